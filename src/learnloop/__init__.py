@@ -1,0 +1,1 @@
+"""learnloop: a fast, typed PyTorch training loop with fastai semantics."""
