@@ -1,0 +1,430 @@
+"""Metrics: objects the Recorder resets, feeds batch by batch and reads at the end of a phase.
+
+A metric has ``reset()``, ``accumulate(learn)``, a ``value`` property and a ``name`` property.
+Plain functions ``f(pred, *targets) -> Tensor`` become an :class:`AvgMetric` (mean over the set,
+weighted by batch size); whole-set metrics such as :data:`rmse` are :class:`AccumMetric` objects.
+
+Running totals stay on the predictions' device as tensors, so accumulating never waits for the
+accelerator; only reading ``value`` does. They live in plain attributes (``total``/``count``,
+``preds``/``targs``) so a distributed layer can all-reduce or all-gather them before ``value``.
+
+Example::
+
+    learn = Learner(dls, model, loss_func, metrics=[accuracy, top_k_accuracy, rmse])
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class MetricLearner(Protocol):
+    """The part of the learner a metric reads during ``accumulate``."""
+
+    @property
+    def pred(self) -> Any: ...
+    @property
+    def xb(self) -> Any: ...
+    @property
+    def yb(self) -> Any: ...
+    @property
+    def loss(self) -> Any: ...
+    @property
+    def training(self) -> bool: ...
+
+
+@runtime_checkable
+class TorchMetricLike(Protocol):
+    """A torchmetrics-style stateful metric: ``update(pred, target)``, ``compute()``, ``reset()``."""
+
+    def update(self, *args: Any, **kwargs: Any) -> Any: ...
+    def compute(self) -> Any: ...
+    def reset(self) -> Any: ...
+
+
+def _snake_case(name: str) -> str:
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+def _func_name(func: Callable[..., Any]) -> str:
+    if isinstance(func, functools.partial):
+        return _func_name(func.func)
+    return getattr(func, "__name__", None) or _snake_case(type(func).__name__)
+
+
+def _at_least_float32(t: Tensor) -> Tensor:
+    # Sums of half-precision values overflow or lose digits over a whole validation set.
+    if t.is_floating_point() and t.dtype not in (torch.float16, torch.bfloat16):
+        return t
+    return t.float()
+
+
+def find_bs(b: Any) -> int:
+    """Batch size of ``b``: the first dimension of the first tensor found in a nested structure."""
+    if isinstance(b, Tensor):
+        return b.shape[0] if b.dim() > 0 else 1
+    items = b.values() if isinstance(b, Mapping) else b if isinstance(b, (tuple, list)) else ()
+    for item in items:
+        try:
+            return find_bs(item)
+        except TypeError:
+            continue
+    raise TypeError(f"Cannot find a batch size: no tensor in {type(b).__name__} {b!r:.200}")
+
+
+def flatten_check(inp: Tensor, targ: Tensor) -> tuple[Tensor, Tensor]:
+    """Flatten ``inp`` and ``targ``, which must have the same number of elements."""
+    if inp.numel() != targ.numel():
+        raise ValueError(
+            f"Metric input and target must have the same number of elements, got input of shape "
+            f"{tuple(inp.shape)} and target of shape {tuple(targ.shape)}"
+        )
+    return inp.reshape(-1), targ.reshape(-1)
+
+
+class Metric:
+    """Base class: ``reset`` before a phase, ``accumulate(learn)`` per batch, read ``value`` after."""
+
+    def reset(self) -> None:
+        """Clear the state kept over a phase."""
+
+    def accumulate(self, learn: MetricLearner) -> None:
+        """Update the state from the current batch (``learn.pred``, ``learn.yb``, ...)."""
+
+    @property
+    def value(self) -> Any:
+        """The metric over everything accumulated since ``reset``."""
+        raise NotImplementedError(f"{type(self).__name__} must define a `value` property")
+
+    @property
+    def name(self) -> str:
+        """Column name: the class name without a trailing "Metric", in snake_case."""
+        cls_name = type(self).__name__
+        return _snake_case(cls_name.removesuffix("Metric") or cls_name)
+
+
+class _WeightedMean(Metric):
+    """Running ``total`` (a tensor, summed without syncing) and ``count`` (items seen) of a phase."""
+
+    def reset(self) -> None:
+        self.total: Tensor = torch.zeros(())
+        self.count: int = 0
+
+    def _add(self, batch_value: Tensor | float, bs: int) -> None:
+        self.total = self.total + _at_least_float32(torch.as_tensor(batch_value).detach()) * bs
+        self.count += bs
+
+    @property
+    def value(self) -> Tensor | None:
+        return self.total / self.count if self.count else None
+
+
+class AvgMetric(_WeightedMean):
+    """Average of ``func(pred, *yb)`` over a phase, weighted by batch size."""
+
+    def __init__(self, func: Callable[..., Tensor | float]) -> None:
+        self.func = func
+        self.reset()
+
+    def accumulate(self, learn: MetricLearner) -> None:
+        self._add(self.func(learn.pred, *learn.yb), find_bs(learn.yb))
+
+    @property
+    def name(self) -> str:
+        return _func_name(self.func)
+
+
+class AvgLoss(_WeightedMean):
+    """Average of ``learn.loss`` over a phase, weighted by batch size."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def accumulate(self, learn: MetricLearner) -> None:
+        self._add(learn.loss.mean(), find_bs(learn.yb))
+
+    @property
+    def name(self) -> str:
+        return "loss"
+
+
+class AvgSmoothLoss(Metric):
+    """Exponential moving average of ``learn.loss`` (factor ``beta``), debiased like Adam's moments."""
+
+    def __init__(self, beta: float = 0.98) -> None:
+        self.beta = beta
+        self.reset()
+
+    def reset(self) -> None:
+        self.count: int = 0
+        self.val: Tensor = torch.zeros(())
+
+    def accumulate(self, learn: MetricLearner) -> None:
+        loss = _at_least_float32(learn.loss.detach().mean())
+        self.count += 1
+        self.val = torch.lerp(loss, self.val.to(device=loss.device, dtype=loss.dtype), self.beta)
+
+    @property
+    def value(self) -> Tensor | None:
+        return self.val / (1 - self.beta**self.count) if self.count else None
+
+    @property
+    def name(self) -> str:
+        return "loss"
+
+
+class ValueMetric(Metric):
+    """A metric whose value is ``func()``, computed elsewhere (by a callback, say)."""
+
+    def __init__(self, func: Callable[[], Any], metric_name: str | None = None) -> None:
+        self.func = func
+        self.metric_name = metric_name
+
+    @property
+    def value(self) -> Any:
+        return self.func()
+
+    @property
+    def name(self) -> str:
+        return self.metric_name or _func_name(self.func)
+
+
+class ActivationType(StrEnum):
+    """Activation :class:`AccumMetric` applies to predictions before storing them."""
+
+    No = "no"
+    Sigmoid = "sigmoid"
+    Softmax = "softmax"
+    BinarySoftmax = "binarysoftmax"
+
+
+class AccumMetric(Metric):
+    """``func(preds, targs)`` over the whole set, from every batch's stored predictions and targets."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        dim_argmax: int | None = None,
+        activation: ActivationType | str = ActivationType.No,
+        thresh: float | None = None,
+        to_np: bool = False,
+        invert_arg: bool = False,
+        flatten: bool = True,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.func = func
+        self.dim_argmax = dim_argmax
+        self.activation = ActivationType(activation)
+        self.thresh = thresh
+        self.to_np = to_np
+        self.invert_arg = invert_arg
+        self.flatten = flatten
+        self.kwargs = kwargs
+        self._name = name or _func_name(func)
+        self.reset()
+
+    def reset(self) -> None:
+        self.preds: list[Tensor] = []
+        self.targs: list[Tensor] = []
+
+    def _prepare(self, pred: Tensor) -> Tensor:
+        dim = -1 if self.dim_argmax is None else self.dim_argmax
+        if self.activation in (ActivationType.Softmax, ActivationType.BinarySoftmax):
+            pred = F.softmax(pred, dim=dim)
+            if self.activation == ActivationType.BinarySoftmax:
+                pred = pred[:, -1]
+        elif self.activation == ActivationType.Sigmoid:
+            pred = torch.sigmoid(pred)
+        elif self.dim_argmax is not None:
+            pred = pred.argmax(dim=dim)
+        if self.thresh is not None:
+            pred = pred >= self.thresh
+        return pred
+
+    def accum_values(self, preds: Tensor, targs: Tensor) -> None:
+        """Store one batch of (already activated) predictions and targets."""
+        preds, targs = preds.detach(), targs.detach()
+        if self.flatten:
+            preds, targs = flatten_check(preds, targs)
+        self.preds.append(preds)
+        self.targs.append(targs)
+
+    def accumulate(self, learn: MetricLearner) -> None:
+        self.accum_values(self._prepare(learn.pred), learn.yb[0])
+
+    def _compute(self, preds: Any, targs: Any) -> Any:
+        if self.to_np:
+            preds, targs = preds.cpu().numpy(), targs.cpu().numpy()
+        if self.invert_arg:
+            return self.func(targs, preds, **self.kwargs)
+        return self.func(preds, targs, **self.kwargs)
+
+    def __call__(self, preds: Tensor, targs: Tensor) -> Any:
+        """``func`` on one set of (already activated) predictions; the accumulated state is untouched."""
+        preds, targs = preds.detach(), targs.detach()
+        return self._compute(*flatten_check(preds, targs)) if self.flatten else self._compute(preds, targs)
+
+    @property
+    def value(self) -> Any:
+        if not self.preds:
+            return None
+        return self._compute(torch.cat(self.preds), torch.cat(self.targs))
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
+class TorchMetric(Metric):
+    """Adapter running a torchmetrics-style metric (``update``/``compute``/``reset``) unchanged."""
+
+    def __init__(self, metric: TorchMetricLike, name: str | None = None) -> None:
+        self.metric = metric
+        self._name = name or _snake_case(type(metric).__name__)
+        self._device: torch.device | None = None
+
+    def reset(self) -> None:
+        self.metric.reset()
+
+    def accumulate(self, learn: MetricLearner) -> None:
+        pred = learn.pred
+        move = getattr(self.metric, "to", None)
+        if isinstance(pred, Tensor) and pred.device != self._device and callable(move):
+            self.metric = move(pred.device) or self.metric
+            self._device = pred.device
+        self.metric.update(pred, *learn.yb)
+
+    @property
+    def value(self) -> Any:
+        return self.metric.compute()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+
+def mk_metric(m: Any) -> Metric:
+    """Turn ``m`` (Metric, torchmetrics-style object, or function) into a :class:`Metric`."""
+    if isinstance(m, type) and (issubclass(m, Metric) or isinstance(m, TorchMetricLike)):
+        m = m()
+    if isinstance(m, Metric):
+        return m
+    if isinstance(m, TorchMetricLike):
+        return TorchMetric(m)
+    if callable(m) and not isinstance(m, type):
+        return AvgMetric(m)
+    raise TypeError(
+        f"Cannot use {m!r:.100} (of type {type(m).__name__}) as a metric: expected a learnloop Metric, "
+        "an object with update/compute/reset methods (such as a torchmetrics metric), "
+        "or a function f(pred, *targets) returning a tensor"
+    )
+
+
+def accuracy(inp: Tensor, targ: Tensor, axis: int = -1) -> Tensor:
+    """Fraction of items whose argmax over ``axis`` equals the target class."""
+    pred, targ = flatten_check(inp.argmax(dim=axis), targ)
+    return (pred == targ).float().mean()
+
+
+def error_rate(inp: Tensor, targ: Tensor, axis: int = -1) -> Tensor:
+    """1 - accuracy."""
+    return 1 - accuracy(inp, targ, axis=axis)
+
+
+def top_k_accuracy(inp: Tensor, targ: Tensor, k: int = 5, axis: int = -1) -> Tensor:
+    """Fraction of items whose target is among the ``k`` highest scores over ``axis``."""
+    axis = axis % inp.dim()
+    expected = inp.shape[:axis] + inp.shape[axis + 1 :]
+    if targ.shape != expected:
+        raise ValueError(
+            f"top_k_accuracy: target of shape {tuple(targ.shape)} does not match input of shape "
+            f"{tuple(inp.shape)}; expected target shape {tuple(expected)}"
+        )
+    if k > inp.shape[axis]:
+        raise ValueError(f"top_k_accuracy: k={k} is larger than the {inp.shape[axis]} classes")
+    top = inp.topk(k=k, dim=axis).indices
+    hits = top == targ.unsqueeze(axis).expand_as(top)
+    return hits.sum(dim=axis).float().mean()
+
+
+def accuracy_multi(inp: Tensor, targ: Tensor, thresh: float = 0.5, sigmoid: bool = True) -> Tensor:
+    """Multi-label accuracy: fraction of (item, label) pairs where ``inp > thresh`` matches ``targ``."""
+    inp, targ = flatten_check(inp, targ)
+    if sigmoid:
+        inp = inp.sigmoid()
+    return ((inp > thresh) == targ.bool()).float().mean()
+
+
+def mse(inp: Tensor, targ: Tensor) -> Tensor:
+    """Mean squared error."""
+    return F.mse_loss(*flatten_check(inp, targ))
+
+
+def mae(inp: Tensor, targ: Tensor) -> Tensor:
+    """Mean absolute error."""
+    inp, targ = flatten_check(inp, targ)
+    return (inp - targ).abs().mean()
+
+
+def msle(inp: Tensor, targ: Tensor) -> Tensor:
+    """Mean squared logarithmic error: mse of ``log(1 + x)``."""
+    inp, targ = flatten_check(inp, targ)
+    return F.mse_loss(torch.log1p(inp), torch.log1p(targ))
+
+
+def _rmse(inp: Tensor, targ: Tensor) -> Tensor:
+    return torch.sqrt(F.mse_loss(_at_least_float32(inp), _at_least_float32(targ)))
+
+
+def _exp_rmspe(inp: Tensor, targ: Tensor) -> Tensor:
+    inp, targ = torch.exp(inp), torch.exp(targ)
+    return torch.sqrt(((targ - inp) / targ).pow(2).mean())
+
+
+def _finite_score(num: Tensor, den: Tensor) -> Tensor:
+    # scikit-learn's convention when the targets are constant: 1 for a perfect fit, else 0.
+    return torch.where(den == 0, (num == 0).to(num.dtype), 1 - num / den)
+
+
+def _r2_score(inp: Tensor, targ: Tensor) -> Tensor:
+    inp, targ = _at_least_float32(inp), _at_least_float32(targ)
+    return _finite_score((targ - inp).pow(2).sum(), (targ - targ.mean()).pow(2).sum())
+
+
+def _explained_variance(inp: Tensor, targ: Tensor) -> Tensor:
+    inp, targ = _at_least_float32(inp), _at_least_float32(targ)
+    diff = targ - inp
+    return _finite_score((diff - diff.mean()).pow(2).mean(), (targ - targ.mean()).pow(2).mean())
+
+
+def R2Score() -> AccumMetric:
+    """A new whole-set coefficient of determination, 1 - SS_res / SS_tot (named ``r2_score``)."""
+    return AccumMetric(_r2_score, name="r2_score")
+
+
+def ExplainedVariance() -> AccumMetric:
+    """A new whole-set 1 - Var(targ - pred) / Var(targ) (named ``explained_variance_score``)."""
+    return AccumMetric(_explained_variance, name="explained_variance_score")
+
+
+rmse = AccumMetric(_rmse)
+"""Root mean squared error over the whole set (named ``_rmse``, as in fastai)."""
+
+exp_rmspe = AccumMetric(_exp_rmspe)
+"""Root mean squared percentage error of ``exp(pred)`` against ``exp(targ)`` over the whole set."""
+
+r2_score = R2Score()
+"""Coefficient of determination over the whole set (scikit-learn's ``r2_score`` on flattened data)."""
+
+explained_variance = ExplainedVariance()
+"""Explained variance over the whole set (scikit-learn's ``explained_variance_score``)."""

@@ -1,0 +1,431 @@
+"""Numerical and behavioural checks of learnloop.metrics on hand-computed batches."""
+
+from __future__ import annotations
+
+import functools
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from learnloop.metrics import (
+    AccumMetric,
+    ActivationType,
+    AvgLoss,
+    AvgMetric,
+    AvgSmoothLoss,
+    ExplainedVariance,
+    Metric,
+    R2Score,
+    TorchMetric,
+    ValueMetric,
+    accuracy,
+    accuracy_multi,
+    error_rate,
+    exp_rmspe,
+    explained_variance,
+    find_bs,
+    flatten_check,
+    mae,
+    mk_metric,
+    mse,
+    msle,
+    r2_score,
+    rmse,
+    top_k_accuracy,
+)
+
+
+def batch(pred: Any, *yb: Any, loss: Tensor | None = None, training: bool = False) -> SimpleNamespace:
+    """A stand-in for the learner as a metric sees it during `accumulate`."""
+    return SimpleNamespace(pred=pred, yb=yb, xb=(torch.zeros(1),), loss=loss, training=training)
+
+
+def run(metric: Metric, batches: list[SimpleNamespace]) -> Any:
+    """Reset, accumulate every batch and read the value, as the Recorder does."""
+    metric.reset()
+    for learn in batches:
+        metric.accumulate(learn)
+    return metric.value
+
+
+# Three items, three classes: argmaxes are 1, 0, 2.
+LOGITS = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.1, 0.4, 0.5]])
+
+
+def test_accuracy_and_error_rate() -> None:
+    targ = torch.tensor([1, 2, 2])
+    assert accuracy(LOGITS, targ).item() == pytest.approx(2 / 3)
+    assert error_rate(LOGITS, targ).item() == pytest.approx(1 / 3)
+    # axis selects the class dimension
+    assert accuracy(LOGITS.T, targ, axis=0).item() == pytest.approx(2 / 3)
+
+
+def test_accuracy_shape_mismatch_names_both_shapes() -> None:
+    with pytest.raises(ValueError, match=r"input of shape \(3,\) and target of shape \(4,\)"):
+        accuracy(LOGITS, torch.tensor([1, 2, 2, 0]))
+    with pytest.raises(ValueError, match=r"same number of elements"):
+        mse(torch.zeros(2, 3), torch.zeros(5))
+
+
+def test_flatten_check_accepts_same_numel() -> None:
+    inp, targ = flatten_check(torch.zeros(2, 3), torch.ones(6, 1))
+    assert inp.shape == targ.shape == (6,)
+
+
+def test_top_k_accuracy() -> None:
+    # Rank of the targets: item 0 target 2 is 2nd, item 1 target 2 is 3rd, item 2 target 0 is 3rd.
+    targ = torch.tensor([2, 2, 0])
+    assert top_k_accuracy(LOGITS, targ, k=1).item() == pytest.approx(0.0)
+    assert top_k_accuracy(LOGITS, targ, k=2).item() == pytest.approx(1 / 3)
+    assert top_k_accuracy(LOGITS, targ, k=3).item() == pytest.approx(1.0)
+    assert top_k_accuracy(LOGITS.T, targ, k=2, axis=0).item() == pytest.approx(1 / 3)
+
+
+def test_top_k_accuracy_errors() -> None:
+    with pytest.raises(ValueError, match=r"target of shape \(2,\) does not match input of shape \(3, 3\)"):
+        top_k_accuracy(LOGITS, torch.tensor([0, 1]), k=2)
+    with pytest.raises(ValueError, match="k=5 is larger than the 3 classes"):
+        top_k_accuracy(LOGITS, torch.tensor([0, 1, 2]))
+
+
+def test_accuracy_multi() -> None:
+    inp = torch.tensor([[2.0, -1.0], [-3.0, 0.5]])  # sigmoid > 0.5 -> [[1, 0], [0, 1]]
+    targ = torch.tensor([[1, 1], [0, 1]])
+    assert accuracy_multi(inp, targ).item() == pytest.approx(3 / 4)
+    probs = torch.tensor([[0.9, 0.2], [0.6, 0.7]])
+    assert accuracy_multi(probs, targ, thresh=0.65, sigmoid=False).item() == pytest.approx(3 / 4)
+
+
+def test_regression_functions() -> None:
+    inp = torch.tensor([1.0, 2.0, 4.0])
+    targ = torch.tensor([1.0, 3.0, 2.0])
+    assert mse(inp, targ).item() == pytest.approx((0 + 1 + 4) / 3)
+    assert mae(inp, targ).item() == pytest.approx((0 + 1 + 2) / 3)
+    expected_msle = sum((math.log(1 + a) - math.log(1 + b)) ** 2 for a, b in [(1, 1), (2, 3), (4, 2)]) / 3
+    assert msle(inp, targ).item() == pytest.approx(expected_msle)
+    # mse flattens: a (3, 1) prediction against a (3,) target is fine
+    assert mse(inp[:, None], targ).item() == pytest.approx(5 / 3)
+
+
+def test_avg_metric_weights_uneven_batches_by_size() -> None:
+    preds = torch.randn(7, 4, generator=torch.Generator().manual_seed(0))
+    targs = torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    sizes = [4, 2, 1]
+    batches = [batch(p, t) for p, t in zip(preds.split(sizes), targs.split(sizes), strict=True)]
+    value = run(AvgMetric(accuracy), batches)
+    assert isinstance(value, Tensor)
+    assert value.item() == pytest.approx(accuracy(preds, targs).item())
+    # the unweighted mean of per-batch accuracies would differ on this data
+    per_batch = [accuracy(b.pred, b.yb[0]).item() for b in batches]
+    assert sum(per_batch) / len(per_batch) != pytest.approx(value.item())
+
+
+def test_avg_metric_running_totals_and_reset() -> None:
+    m = AvgMetric(mae)
+    assert m.value is None
+    m.accumulate(batch(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 0.0])))  # mae 1.5 on 2 items
+    m.accumulate(batch(torch.tensor([4.0]), torch.tensor([0.0])))  # mae 4 on 1 item
+    assert m.count == 3
+    assert isinstance(m.total, Tensor) and m.total.item() == pytest.approx(7.0)
+    assert m.value is not None and m.value.item() == pytest.approx(7 / 3)
+    m.reset()
+    assert m.count == 0 and m.value is None
+
+
+def test_avg_metric_batch_size_from_nested_targets() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def first_target_mae(pred: Tensor, targ: dict[str, Tensor], extra: Tensor) -> Tensor:
+        calls.append((pred, targ, extra))
+        return mae(pred, targ["y"])
+
+    m = AvgMetric(first_target_mae)
+    m.accumulate(batch(torch.tensor([1.0, 1.0, 1.0]), {"y": torch.zeros(3)}, torch.zeros(3)))
+    m.accumulate(batch(torch.tensor([3.0]), {"y": torch.zeros(1)}, torch.zeros(1)))
+    assert m.count == 4
+    assert m.value is not None and m.value.item() == pytest.approx((3 * 1 + 1 * 3) / 4)
+    assert len(calls) == 2 and len(calls[0]) == 3  # every target is passed on
+
+
+def test_find_bs() -> None:
+    assert find_bs((torch.zeros(5, 2),)) == 5
+    assert find_bs(([{"a": torch.zeros(3)}], torch.zeros(9))) == 3
+    assert find_bs(("label", torch.zeros(4))) == 4
+    with pytest.raises(TypeError, match="no tensor in tuple"):
+        find_bs(("a", 1))
+
+
+def test_avg_metric_accepts_python_float_results() -> None:
+    m = AvgMetric(lambda pred, targ: 0.5)
+    m.accumulate(batch(torch.zeros(2), torch.zeros(2)))
+    assert m.value is not None and m.value.item() == pytest.approx(0.5)
+
+
+def test_avg_metric_accumulates_half_precision_in_float32() -> None:
+    m = AvgMetric(lambda pred, targ: torch.tensor(60000.0, dtype=torch.float16))
+    m.accumulate(batch(torch.zeros(4), torch.zeros(4)))  # 240000 overflows float16
+    assert m.value is not None and m.value.item() == pytest.approx(60000.0)
+
+
+def test_avg_metric_names() -> None:
+    assert AvgMetric(accuracy).name == "accuracy"
+    assert AvgMetric(functools.partial(top_k_accuracy, k=3)).name == "top_k_accuracy"
+
+    class Scorer:
+        def __call__(self, pred: Tensor, targ: Tensor) -> Tensor:
+            return pred.mean()
+
+    assert AvgMetric(Scorer()).name == "scorer"
+
+
+def test_avg_loss() -> None:
+    m = AvgLoss()
+    batches = [
+        batch(torch.zeros(3), torch.zeros(3), loss=torch.tensor(2.0)),
+        batch(torch.zeros(1), torch.zeros(1), loss=torch.tensor(6.0)),
+    ]
+    value = run(m, batches)
+    assert value.item() == pytest.approx((3 * 2.0 + 1 * 6.0) / 4)
+    assert m.name == "loss"
+    # a per-item loss vector is averaged first
+    assert run(m, [batch(torch.zeros(2), torch.zeros(2), loss=torch.tensor([1.0, 3.0]))]).item() == 2.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_avg_smooth_loss_debiasing(n: int) -> None:
+    beta = 0.9
+    losses = [4.0, 1.0, 3.0, 0.5, 2.0][:n]
+    m = AvgSmoothLoss(beta=beta)
+    value = run(m, [batch(torch.zeros(2), torch.zeros(2), loss=torch.tensor(x)) for x in losses])
+    val = 0.0
+    for x in losses:
+        val = beta * val + (1 - beta) * x
+    assert m.count == n
+    assert value.item() == pytest.approx(val / (1 - beta**n))
+    # written out: a weighted mean with weights beta**(n-1-i)
+    weights = [beta ** (n - 1 - i) for i in range(n)]
+    assert value.item() == pytest.approx(
+        sum(w * x for w, x in zip(weights, losses, strict=True)) / sum(weights)
+    )
+
+
+def test_avg_smooth_loss_first_value_is_the_first_loss() -> None:
+    m = AvgSmoothLoss()
+    assert m.value is None
+    m.accumulate(batch(torch.zeros(1), torch.zeros(1), loss=torch.tensor(3.5)))
+    assert m.value is not None and m.value.item() == pytest.approx(3.5)
+    assert m.name == "loss"
+
+
+def test_value_metric() -> None:
+    def best_so_far() -> float:
+        return 0.25
+
+    assert ValueMetric(best_so_far).value == 0.25
+    assert ValueMetric(best_so_far).name == "best_so_far"
+    assert ValueMetric(lambda: 1.0, "custom").name == "custom"
+
+
+def test_rmse_is_over_the_whole_set_not_a_mean_of_batches() -> None:
+    preds = torch.tensor([0.0, 0.0, 0.0, 0.0, 10.0])
+    targs = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
+    batches = [batch(preds[:4], targs[:4]), batch(preds[4:], targs[4:])]
+    value = run(rmse, batches)
+    whole_set = math.sqrt((4 * 1.0 + 100.0) / 5)
+    assert value.item() == pytest.approx(whole_set)
+    per_batch = [1.0, 10.0]
+    assert whole_set != pytest.approx(sum(per_batch) / 2)
+    assert whole_set != pytest.approx((4 * 1.0 + 1 * 10.0) / 5)  # nor a batch-size-weighted mean
+    assert rmse.name == "_rmse"
+    # usable as a plain function too, without disturbing accumulated state
+    assert rmse(preds, targs).item() == pytest.approx(whole_set)
+    assert len(rmse.preds) == 2
+
+
+def test_exp_rmspe() -> None:
+    preds, targs = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.5, 1.0, 1.5])
+    value = run(exp_rmspe, [batch(preds[:2], targs[:2]), batch(preds[2:], targs[2:])])
+    p, t = preds.exp(), targs.exp()
+    assert value.item() == pytest.approx(torch.sqrt((((t - p) / t) ** 2).mean()).item())
+
+
+def test_r2_score_and_explained_variance() -> None:
+    preds = torch.tensor([2.5, 0.0, 2.0, 8.0, 4.0])
+    targs = torch.tensor([3.0, -0.5, 2.0, 7.0, 5.0])
+    batches = [batch(preds[:3], targs[:3]), batch(preds[3:], targs[3:])]
+    mean = targs.mean()
+    expected_r2 = 1 - ((targs - preds) ** 2).sum() / ((targs - mean) ** 2).sum()
+    assert run(r2_score, batches).item() == pytest.approx(expected_r2.item())
+    assert r2_score.name == "r2_score"
+    diff = targs - preds
+    expected_ev = 1 - ((diff - diff.mean()) ** 2).mean() / ((targs - mean) ** 2).mean()
+    assert run(explained_variance, batches).item() == pytest.approx(expected_ev.item())
+    assert explained_variance.name == "explained_variance_score"
+    # the factories give independent instances
+    assert R2Score() is not R2Score() and ExplainedVariance().name == "explained_variance_score"
+
+
+def test_r2_score_constant_targets_follows_scikit_learn() -> None:
+    const = torch.full((4,), 2.0)
+    assert r2_score(const, const).item() == 1.0
+    assert r2_score(const + 1, const).item() == 0.0
+
+
+def test_accum_metric_dim_argmax_and_reset() -> None:
+    def frac_equal(preds: Tensor, targs: Tensor) -> Tensor:
+        return (preds == targs).float().mean()
+
+    m = AccumMetric(frac_equal, dim_argmax=-1)
+    assert m.value is None
+    value = run(m, [batch(LOGITS[:2], torch.tensor([1, 2])), batch(LOGITS[2:], torch.tensor([2]))])
+    assert value.item() == pytest.approx(2 / 3)
+    assert torch.equal(torch.cat(m.preds), torch.tensor([1, 0, 2]))
+    assert m.name == "frac_equal"
+    m.reset()
+    assert m.preds == [] and m.targs == [] and m.value is None
+
+
+def test_accum_metric_activations_and_thresh() -> None:
+    seen: dict[str, Tensor] = {}
+
+    def capture(preds: Tensor, targs: Tensor) -> Tensor:
+        seen["preds"] = preds
+        return preds.float().sum()
+
+    logits = torch.tensor([[1.0, 2.0], [0.0, -1.0]])
+    run(AccumMetric(capture, activation="softmax", dim_argmax=-1), [batch(logits, torch.zeros(2, 2))])
+    assert torch.allclose(seen["preds"], logits.softmax(-1).flatten())
+    run(AccumMetric(capture, activation=ActivationType.Sigmoid, thresh=0.5), [batch(logits, torch.zeros(4))])
+    assert torch.equal(seen["preds"], torch.tensor([True, True, True, False]))  # sigmoid(0) >= 0.5
+    run(AccumMetric(capture, activation=ActivationType.BinarySoftmax), [batch(logits, torch.zeros(2))])
+    assert torch.allclose(seen["preds"], logits.softmax(-1)[:, 1])
+    # dim_argmax=0 is honoured (not mistaken for "no argmax")
+    run(AccumMetric(capture, dim_argmax=0), [batch(logits, torch.zeros(2))])
+    assert torch.equal(seen["preds"], torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="'tanh' is not a valid ActivationType"):
+        AccumMetric(capture, activation="tanh")
+
+
+def test_accum_metric_to_np_invert_arg_flatten_and_kwargs() -> None:
+    args: list[Any] = []
+
+    def record(a: Any, b: Any, scale: float = 1.0) -> float:
+        args.append((a, b))
+        return scale
+
+    m = AccumMetric(record, to_np=True, invert_arg=True, flatten=False, name="rec", scale=2.0)
+    value = run(m, [batch(torch.ones(2, 3), torch.zeros(2))])
+    assert value == 2.0 and m.name == "rec"
+    targs, preds = args[-1]
+    assert type(preds).__name__ == "ndarray" and preds.shape == (2, 3) and targs.shape == (2,)
+    with pytest.raises(ValueError, match=r"input of shape \(2, 3\) and target of shape \(2,\)"):
+        AccumMetric(record).accumulate(batch(torch.ones(2, 3), torch.zeros(2)))
+
+
+class FakeTorchMetric:
+    """Stateful metric with the torchmetrics interface: update(preds, target), compute(), reset()."""
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.seen = 0
+        self.devices: list[torch.device] = []
+
+    def to(self, device: torch.device) -> FakeTorchMetric:
+        self.devices.append(device)
+        return self
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        self.correct += int((preds.argmax(-1) == target).sum())
+        self.seen += target.numel()
+
+    def compute(self) -> Tensor:
+        return torch.tensor(self.correct / self.seen)
+
+    def reset(self) -> None:
+        self.correct = self.seen = 0
+
+
+def test_mk_metric_wraps_torchmetrics_style_objects() -> None:
+    fake = FakeTorchMetric()
+    m = mk_metric(fake)
+    assert isinstance(m, TorchMetric) and m.metric is fake
+    assert m.name == "fake_torch_metric"
+    value = run(m, [batch(LOGITS[:2], torch.tensor([1, 2])), batch(LOGITS[2:], torch.tensor([2]))])
+    assert value.item() == pytest.approx(2 / 3)
+    assert fake.devices == [torch.device("cpu")]  # moved once, on first use
+    m.reset()
+    assert fake.seen == 0
+    assert TorchMetric(FakeTorchMetric(), name="acc").name == "acc"
+    assert isinstance(mk_metric(FakeTorchMetric), TorchMetric)  # a class is instantiated
+
+
+def test_mk_metric_callable_and_metric() -> None:
+    m = mk_metric(accuracy)
+    assert isinstance(m, AvgMetric) and m.name == "accuracy"
+    assert mk_metric(rmse) is rmse
+    loss = AvgLoss()
+    assert mk_metric(loss) is loss
+    assert isinstance(mk_metric(AvgLoss), AvgLoss)
+
+
+@pytest.mark.parametrize("bad", [3, "accuracy", None, int])
+def test_mk_metric_rejects_other_objects(bad: Any) -> None:
+    with pytest.raises(TypeError, match="expected a learnloop Metric, an object with update/compute/reset"):
+        mk_metric(bad)
+
+
+def test_metric_base_name_and_value() -> None:
+    class MyScoreMetric(Metric):
+        pass
+
+    class R2Thing(Metric):
+        pass
+
+    assert MyScoreMetric().name == "my_score"
+    assert R2Thing().name == "r2_thing"
+    assert Metric().name == "metric"
+    with pytest.raises(NotImplementedError, match="MyScoreMetric must define a `value` property"):
+        _ = MyScoreMetric().value
+
+
+def _same(preds: Tensor, targs: Tensor) -> Tensor:
+    return (preds == targs).float().mean()
+
+
+@pytest.mark.parametrize(
+    "make_metric",
+    [
+        lambda: AvgMetric(accuracy),
+        lambda: AvgMetric(functools.partial(top_k_accuracy, k=2)),
+        AvgLoss,
+        AvgSmoothLoss,
+        lambda: AccumMetric(_same, dim_argmax=-1),
+        R2Score,
+    ],
+)
+def test_accumulate_never_reads_tensor_values(make_metric: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # On an accelerator each of these reads waits for the device; accumulating must use none of them.
+    # A partial check (boolean-mask indexing also syncs and is not caught); the meta device would be
+    # stricter, but its first use costs about a second.
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("metric read a tensor value on the host while accumulating")
+
+    m = make_metric()
+    m.reset()
+    batches = []
+    for bs in (4, 3):
+        pred, targ = torch.randn(bs, 3), torch.randint(0, 3, (bs,))
+        if isinstance(m, AccumMetric) and m.dim_argmax is None:
+            pred, targ = torch.randn(bs), torch.randn(bs)
+        batches.append(batch(pred, targ, loss=torch.rand(())))
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+            patch.setattr(torch.Tensor, name, forbidden)
+        for learn in batches:
+            m.accumulate(learn)
+        value = m.value
+    assert isinstance(value, Tensor) and value.shape == ()
