@@ -1,0 +1,144 @@
+"""The Callback base class: a bag of event methods that sees the whole Learner."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .events import ALIASES, INNER_LOOP, Event, did_you_mean
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+__all__ = ["Callback", "noop", "snake_name"]
+
+
+def noop(*args: Any, **kwargs: Any) -> None:
+    """Do nothing (the logger of a learner that should print nothing)."""
+
+
+def snake_name(cls_name: str, strip: str = "Callback") -> str:
+    """`TrainEvalCallback` -> `train_eval`: drop a trailing `strip`, then camel case to snake case."""
+    name = re.sub(f"{strip}$", "", cls_name) or strip
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+class Callback:
+    """Base class of callbacks: define methods named like events (`before_batch`, ...).
+
+    Attributes the callback does not have are read from the learner, so `self.model`
+    is `self.learn.model`; assign through `self.learn` to change the learner's state.
+
+    >>> class CountBatches(Callback):
+    ...     def before_fit(self): self.n = 0
+    ...     def after_batch(self): self.n += 1
+    """
+
+    order: int = 0
+    run_before: type | Iterable[type] | None = None
+    run_after: type | Iterable[type] | None = None
+    run: bool = True
+    run_train: bool = True
+    run_valid: bool = True
+    learn: Learner | None = None
+
+    def __init__(self, **hooks: Callable[[], Any]) -> None:
+        """Event methods may also be given as keywords: `Callback(after_batch=f)`."""
+        for name, hook in hooks.items():
+            if name not in Event.__members__:
+                raise TypeError(f"Callback() got {name!r}, which is not an event.{did_you_mean(name)}")
+            object.__setattr__(self, name, hook)
+
+    @property
+    def name(self) -> str:
+        """The attribute under which the learner exposes this callback (`learn.<name>`)."""
+        return getattr(self, "_name", None) or snake_name(type(self).__name__)
+
+    def __getattr__(self, name: str) -> Any:
+        learn = self.__dict__.get("learn")
+        if name.startswith("_") or learn is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(learn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        learn = self.__dict__.get("learn")
+        if learn is not None and name != "learn" and hasattr(learn, name):
+            warnings.warn(
+                f"{type(self).__name__} sets `self.{name}`, which shadows the learner's attribute "
+                f"`{name}`; use `self.learn.{name} = ...` to change the learner's.",
+                stacklevel=2,
+            )
+        object.__setattr__(self, name, value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that travels in checkpoints (nothing by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+    def __call__(self, event_name: str) -> Any:
+        """Run this callback's method for one event, honouring `run`, `run_train` and `run_valid`."""
+        event = Event(event_name)
+        result = None
+        hook = event_hooks(self).get(event)
+        training = getattr(self, "training", True) if self.learn is not None else True
+        if hook is not None and self.run and (event not in INNER_LOOP or _runs_now(self, training)):
+            result = hook()
+        if event is Event.after_fit:
+            self.run = True
+        return result
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+def _runs_now(cb: Callback, training: bool) -> bool:
+    return cb.run_train if training else cb.run_valid
+
+
+_BASE_ATTRS = frozenset(dir(Callback))
+
+
+def _methods(cb: Callback) -> list[str]:
+    """Names of the callback's own callables: methods of its class and hooks set on the instance."""
+    cls = type(cb)
+    names = [a for a in dir(cls) if callable(getattr(cls, a, None)) and not isinstance(getattr(cls, a), type)]
+    names += [a for a, v in vars(cb).items() if callable(v) and a not in names]
+    return [a for a in names if not a.startswith("_") and a not in _BASE_ATTRS]
+
+
+def event_hooks(cb: Callback) -> dict[Event, Callable[[], Any]]:
+    """The callback's bound event methods, by event; `begin_*` names count as `before_*`."""
+    hooks: dict[Event, Callable[[], Any]] = {}
+    for attr in _methods(cb):
+        method = getattr(cb, attr)
+        if attr in Event.__members__:
+            hooks[Event(attr)] = method
+        elif attr in ALIASES:
+            hooks.setdefault(ALIASES[attr], method)
+    return hooks
+
+
+def check_hook_names(cb: Callback) -> None:
+    """Warn about methods that look like misspelt events, and about deprecated `begin_*` names."""
+    for attr in _methods(cb):
+        if attr in Event.__members__:
+            continue
+        if attr in ALIASES:
+            warnings.warn(
+                f"{type(cb).__name__}.{attr} uses the old event name {attr!r}; "
+                f"rename it {ALIASES[attr].value!r}.",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+        elif hint := did_you_mean(attr, cutoff=0.85):
+            warnings.warn(
+                f"{type(cb).__name__}.{attr} is not an event, so it will never be called by the loop."
+                f"{hint}",
+                UserWarning,
+                stacklevel=3,
+            )

@@ -1,0 +1,116 @@
+"""ProgressCallback: tqdm bars for epochs and batches, and the per-epoch table printed row by row."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from tqdm.auto import tqdm
+
+from ..callback import Callback, noop
+
+__all__ = ["ProgressCallback", "format_row"]
+
+
+def format_row(values: list[Any], width: int) -> str:
+    """One table row: floats with 6 decimals, every cell left-justified to `width`."""
+    cells = [f"{v:.6f}" if isinstance(v, float) else str(v) for v in values]
+    return "".join(c.ljust(width) for c in cells).rstrip()
+
+
+class ProgressCallback(Callback):
+    """Shows a bar over epochs and one over the batches of each phase, and prints the epoch table.
+
+    When the output is not a terminal (a log file, CI), no bar is drawn: the table is printed
+    one plain line per epoch. `bars=True/False` forces the choice.
+    """
+
+    order = 60
+
+    def __init__(self, bars: bool | None = None, file: TextIO | None = None, refresh_secs: float = 0.5) -> None:
+        self.bars, self.file, self.refresh_secs = bars, file, refresh_secs
+        self.epoch_bar: Any = None
+        self.batch_bar: Any = None
+        self._old_logger: Callable[[Any], None] | None = None
+
+    @property
+    def _out(self) -> TextIO:
+        return self.file if self.file is not None else sys.stdout
+
+    def _use_bars(self) -> bool:
+        if self.bars is not None:
+            return self.bars
+        isatty = getattr(self._out, "isatty", None)
+        return bool(isatty and isatty())
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        self._cleanup()  # a fit that ended in an exception left its bars and logger behind
+        self._show_bars = self._use_bars() and learn.create_mbar
+        self._width = max([len(n) for n in learn.recorder.metric_names] + [8]) + 2
+        if learn.create_mbar and learn.logger is not noop:
+            self._old_logger, learn.logger = learn.logger, self._write_row
+            self._write_row(learn.recorder.metric_names)
+        if self._show_bars:
+            self.epoch_bar = tqdm(total=learn.n_epoch, desc="epoch", file=self._out, leave=False, dynamic_ncols=True)
+
+    def _write_row(self, values: list[Any]) -> None:
+        line = format_row(list(values), self._width)
+        if self._show_bars:
+            tqdm.write(line, file=self._out)
+        else:
+            print(line, file=self._out, flush=True)
+
+    def before_train(self) -> None:
+        self._open_batch_bar("train")
+
+    def before_validate(self) -> None:
+        self._open_batch_bar("valid")
+
+    def _open_batch_bar(self, desc: str) -> None:
+        if self._show_bars:
+            total = len(self.learn.dl) if hasattr(self.learn.dl, "__len__") else None
+            self.batch_bar = tqdm(total=total, desc=desc, file=self._out, leave=False, dynamic_ncols=True)
+            self._last_refresh = time.monotonic()
+
+    def after_batch(self) -> None:
+        bar = self.batch_bar
+        if bar is None:
+            return
+        bar.update(1)
+        now = time.monotonic()
+        # Reading the loss waits on the device, so it is shown only when the bar is redrawn.
+        if self.learn.training and now - self._last_refresh > self.refresh_secs:
+            smooth = getattr(self.learn, "smooth_loss", None)
+            if smooth is not None:
+                bar.set_postfix_str(f"loss {float(smooth):.4f}", refresh=False)
+            self._last_refresh = now
+
+    def _close_batch_bar(self) -> None:
+        if self.batch_bar is not None:
+            self.batch_bar.close()
+            self.batch_bar = None
+
+    def after_train(self) -> None:
+        self._close_batch_bar()
+
+    def after_validate(self) -> None:
+        self._close_batch_bar()
+
+    def after_epoch(self) -> None:
+        if self.epoch_bar is not None:
+            self.epoch_bar.update(1)
+
+    def after_fit(self) -> None:
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        self._close_batch_bar()
+        if self.epoch_bar is not None:
+            self.epoch_bar.close()
+            self.epoch_bar = None
+        if self._old_logger is not None:
+            self.learn.logger = self._old_logger
+            self._old_logger = None

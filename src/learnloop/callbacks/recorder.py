@@ -1,0 +1,136 @@
+"""Recorder: the history of a fit (losses, hyper-parameters, per-epoch values) and the epoch table rows."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..callback import Callback
+from ..metrics import AvgLoss, AvgSmoothLoss, Metric
+
+__all__ = ["Recorder", "format_time"]
+
+
+def format_time(seconds: float) -> str:
+    """`mm:ss`, or `h:mm:ss` past an hour."""
+    t = int(seconds)
+    h, m, s = t // 3600, (t // 60) % 60, t % 60
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def _value(metric: Metric) -> Any:
+    v = metric.value
+    return v.item() if isinstance(v, torch.Tensor) else v
+
+
+class Recorder(Callback):
+    """Records the smoothed training loss and lr per batch, and `[train_loss, valid_loss, *metrics]` per epoch.
+
+    The per-batch records stay tensors on the training device, so recording never waits on the device.
+    """
+
+    order = 50
+
+    def __init__(
+        self, add_time: bool = True, train_metrics: bool = False, valid_metrics: bool = True, beta: float = 0.98
+    ) -> None:
+        self.add_time, self.train_metrics, self.valid_metrics = add_time, train_metrics, valid_metrics
+        self.loss, self.smooth_loss = AvgLoss(), AvgSmoothLoss(beta=beta)
+        self.lrs: list[float] = []
+        self.iters: list[int] = []
+        self.losses: list[torch.Tensor] = []
+        self.values: list[list[Any]] = []
+        self.hps: dict[str, list[Any]] = {}
+        self.metric_names: list[str] = []
+        self.log: list[Any] = []
+        self.cancel_train = self.cancel_valid = False
+
+    def before_fit(self) -> None:
+        self.lrs, self.iters, self.losses, self.values = [], [], [], []
+        names = [m.name for m in self.learn.metrics]
+        if self.train_metrics and self.valid_metrics:
+            names = [f"train_{n}" for n in ["loss", *names]] + [f"valid_{n}" for n in ["loss", *names]]
+        elif self.valid_metrics:
+            names = ["train_loss", "valid_loss", *names]
+        else:
+            names = ["train_loss", *names]
+        self.metric_names = ["epoch", *names, *(["time"] if self.add_time else [])]
+        self.smooth_loss.reset()
+
+    def before_epoch(self) -> None:
+        self.cancel_train = self.cancel_valid = False
+        self.start_epoch = time.time()
+        self.log = [self.learn.epoch]
+
+    def before_train(self) -> None:
+        for m in self._train_mets[1:]:
+            m.reset()
+
+    def before_validate(self) -> None:
+        for m in self._valid_mets:
+            m.reset()
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        if not learn.yb:
+            return
+        if not learn.training:
+            for m in self._valid_mets:
+                m.accumulate(learn)
+            return
+        for m in self._train_mets:
+            m.accumulate(learn)
+        self.lrs.append(learn.opt.hypers[-1]["lr"])
+        smooth = self.smooth_loss.value
+        self.losses.append(smooth)
+        learn.smooth_loss = smooth
+
+    def after_train(self) -> None:
+        self.log += [_value(m) for m in self._train_mets]
+
+    def after_validate(self) -> None:
+        self.log += [_value(m) for m in self._valid_mets]
+
+    def after_cancel_train(self) -> None:
+        self.cancel_train = True
+
+    def after_cancel_validate(self) -> None:
+        self.cancel_valid = True
+
+    def after_epoch(self) -> None:
+        learn = self.learn
+        learn.final_record = self.log[1:].copy()
+        self.values.append(learn.final_record)
+        if self.add_time:
+            self.log.append(format_time(time.time() - self.start_epoch))
+        learn.logger(self.log)
+        self.iters.append(self.smooth_loss.count)
+
+    @property
+    def _train_mets(self) -> list[Metric]:
+        if self.cancel_train:
+            return []
+        return [self.smooth_loss, *(self.learn.metrics if self.train_metrics else [])]
+
+    @property
+    def _valid_mets(self) -> list[Metric]:
+        if self.cancel_valid or not self.valid_metrics:
+            return []
+        return [self.loss, *self.learn.metrics]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history, so a resumed run keeps its curves."""
+        return {
+            "lrs": list(self.lrs),
+            "iters": list(self.iters),
+            "losses": [t.detach().cpu() for t in self.losses],
+            "values": [list(v) for v in self.values],
+            "hps": {k: list(v) for k, v in self.hps.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lrs, self.iters = list(state["lrs"]), list(state["iters"])
+        self.losses, self.values = list(state["losses"]), [list(v) for v in state["values"]]
+        self.hps = {k: list(v) for k, v in state.get("hps", {}).items()}

@@ -1,0 +1,150 @@
+"""DataLoaders: the training and validation loaders a Learner iterates, and the device they feed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+__all__ = ["DataLoaders", "default_device", "to_device", "unshuffled"]
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_device(b: Any, device: torch.device, non_blocking: bool = True) -> Any:
+    """Move every tensor in the (nested) batch `b` to `device`."""
+    if isinstance(b, torch.Tensor):
+        return b.to(device, non_blocking=non_blocking)
+    if isinstance(b, (tuple, list)):
+        return type(b)(to_device(o, device, non_blocking) for o in b)
+    if isinstance(b, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in b.items()}
+    return b
+
+
+def unshuffled(dl: Iterable[Any]) -> Iterable[Any]:
+    """The same batches in dataset order, without dropping the last one (for predictions)."""
+    if isinstance(dl, DataLoader) and not isinstance(dl.dataset, torch.utils.data.IterableDataset):
+        if isinstance(dl.sampler, torch.utils.data.SequentialSampler) and not dl.drop_last:
+            return dl
+        return DataLoader(
+            dl.dataset,
+            batch_size=dl.batch_size,
+            shuffle=False,
+            drop_last=False,
+            num_workers=dl.num_workers,
+            collate_fn=dl.collate_fn,
+            pin_memory=dl.pin_memory,
+        )
+    return dl
+
+
+class DataLoaders:
+    """A training and a validation loader (any iterables of batches) plus the device they feed.
+
+    >>> dls = DataLoaders.from_tensors(x_train, y_train, x_valid, y_valid, bs=64)
+    >>> learn = Learner(dls, model, loss_func=torch.nn.functional.cross_entropy)
+    """
+
+    def __init__(
+        self,
+        train: Iterable[Any],
+        valid: Iterable[Any] | None = None,
+        *,
+        device: torch.device | str | None = None,
+        n_inp: int | None = None,
+        path: str = ".",
+    ) -> None:
+        self.loaders: list[Iterable[Any] | None] = [train, valid]
+        self.device = torch.device(device) if device is not None else default_device()
+        self.n_inp = n_inp
+        self.path = path
+
+    @property
+    def train(self) -> Iterable[Any]:
+        """The training loader."""
+        return self.loaders[0]  # type: ignore[return-value]
+
+    @property
+    def valid(self) -> Iterable[Any]:
+        """The validation loader (an empty list when there is none)."""
+        return self.loaders[1] if self.loaders[1] is not None else []
+
+    @property
+    def train_ds(self) -> Any:
+        """The training loader's dataset, when it has one."""
+        return getattr(self.train, "dataset", None)
+
+    @property
+    def valid_ds(self) -> Any:
+        """The validation loader's dataset, when it has one."""
+        return getattr(self.valid, "dataset", None)
+
+    def __getitem__(self, i: int) -> Iterable[Any]:
+        return self.train if i == 0 else self.valid if i == 1 else self.loaders[i]  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.loaders)
+
+    @classmethod
+    def from_dsets(
+        cls,
+        train_ds: Dataset[Any],
+        valid_ds: Dataset[Any] | None = None,
+        bs: int = 64,
+        *,
+        valid_bs: int | None = None,
+        shuffle: bool = True,
+        drop_last: bool | None = None,
+        num_workers: int = 0,
+        seed: int | None = None,
+        device: torch.device | str | None = None,
+        n_inp: int | None = None,
+        **kwargs: Any,
+    ) -> DataLoaders:
+        """Torch DataLoaders over two datasets; the training one shuffles and drops its last partial batch."""
+        if bs < 1:
+            raise ValueError(f"bs must be a positive number of items per batch, got {bs}.")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        train = DataLoader(
+            train_ds,
+            batch_size=bs,
+            shuffle=shuffle,
+            drop_last=shuffle if drop_last is None else drop_last,
+            num_workers=num_workers,
+            generator=generator,
+            **kwargs,
+        )
+        valid = None
+        if valid_ds is not None:
+            valid = DataLoader(valid_ds, batch_size=valid_bs or bs, num_workers=num_workers, **kwargs)
+        return cls(train, valid, device=device, n_inp=n_inp)
+
+    @classmethod
+    def from_tensors(
+        cls,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_valid: torch.Tensor | None = None,
+        y_valid: torch.Tensor | None = None,
+        bs: int = 64,
+        **kwargs: Any,
+    ) -> DataLoaders:
+        """DataLoaders over in-memory tensors (inputs and targets, training and validation)."""
+        valid = None
+        if x_valid is not None and y_valid is not None:
+            valid = TensorDataset(x_valid, y_valid)
+        return cls.from_dsets(TensorDataset(x_train, y_train), valid, bs, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"DataLoaders(train={_describe(self.train)}, valid={_describe(self.valid)}, device={self.device})"
+
+
+def _describe(dl: Any) -> str:
+    n = len(dl) if isinstance(dl, Sequence) or hasattr(dl, "__len__") else "?"
+    return f"{type(dl).__name__}({n} batches)"

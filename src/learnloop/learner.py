@@ -1,0 +1,559 @@
+"""The Learner: the training loop, its callbacks and the state they share."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .callback import Callback, check_hook_names, event_hooks, noop
+from .callbacks.core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
+from .callbacks.progress import ProgressCallback
+from .callbacks.recorder import Recorder
+from .data import DataLoaders, to_device, unshuffled
+from .events import (
+    BACKWARD,
+    BATCH,
+    CANCEL_EXCEPTIONS,
+    EPOCH,
+    FIT,
+    INNER_LOOP,
+    STEP,
+    TRAIN,
+    VALIDATE,
+    Event,
+    Phase,
+    resolve_event,
+)
+from .metrics import Metric, mk_metric
+from .optimizer import Adam
+from .sorting import sort_callbacks
+
+__all__ = ["Learner", "trainable_params", "norm_bias_params", "NORM_TYPES"]
+
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LayerNorm,
+)
+
+
+def trainable_params(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of `model` that require a gradient (the default splitter: one group)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def norm_bias_params(model: nn.Module, with_bias: bool = True) -> list[nn.Parameter]:
+    """Parameters of normalisation layers, and biases of other layers when `with_bias`."""
+    if isinstance(model, NORM_TYPES):
+        return list(model.parameters())
+    params = [p for child in model.children() for p in norm_bias_params(child, with_bias)]
+    bias = getattr(model, "bias", None)
+    if with_bias and isinstance(bias, nn.Parameter):
+        params.append(bias)
+    return params
+
+
+_DEPTH = {"create": 0, "fit": 0, "epoch": 1, "train": 2, "validate": 2}
+_DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
+
+DEFAULT_CALLBACKS: tuple[type[Callback], ...] = (TrainEvalCallback, Recorder, ProgressCallback)
+
+
+class Learner:
+    """Trains `model` on `dls` with `loss_func` and an optimizer from `opt_func`, firing callback events.
+
+    >>> learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
+    >>> learn.fit(3, lr=1e-3)
+    """
+
+    def __init__(
+        self,
+        dls: DataLoaders | Sequence[Iterable[Any]],
+        model: nn.Module,
+        loss_func: Callable[..., torch.Tensor] | None = None,
+        opt_func: Callable[..., Any] = Adam,
+        lr: float | slice = 1e-3,
+        splitter: Callable[[nn.Module], Any] = trainable_params,
+        cbs: Callback | type[Callback] | Iterable[Callback | type[Callback]] | None = None,
+        metrics: Any = None,
+        path: str | Path | None = None,
+        model_dir: str | Path = "models",
+        wd: float | None = None,
+        wd_bn_bias: bool = False,
+        train_bn: bool = True,
+        moms: tuple[float, ...] = (0.95, 0.85, 0.95),
+        default_cbs: bool = True,
+    ) -> None:
+        if not isinstance(dls, DataLoaders) and isinstance(dls, (tuple, list)):
+            dls = DataLoaders(*dls)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        if loss_func is None:
+            loss_func = getattr(dls, "loss_func", None) or getattr(getattr(dls, "train_ds", None), "loss_func", None)
+        if loss_func is None:
+            raise ValueError(
+                "No loss function: pass one, e.g. Learner(dls, model, loss_func=nn.CrossEntropyLoss()); "
+                "it could not be inferred from the data."
+            )
+        _check_lr(lr)
+        self.dls: Any = dls
+        self.model = model
+        self.loss_func = loss_func
+        self.opt_func = opt_func
+        self.lr = lr
+        self.splitter = splitter
+        self.path = Path(path) if path is not None else Path(getattr(dls, "path", "."))
+        self.model_dir = Path(model_dir)
+        self.wd = wd
+        self.wd_bn_bias = wd_bn_bias
+        self.train_bn = train_bn
+        self.moms = moms
+        self.metrics = metrics
+        self.opt: Any = None
+        self.training = False
+        self.logger: Callable[[Any], None] = print
+        self.create_mbar = True
+        self.n_epoch, self.epoch, self.n_iter, self.iter = 1, 0, 0, 0
+        self.pct_train, self.train_iter = 0.0, 0
+        self.dl: Any = None
+        self.xb: tuple[Any, ...] = (None,)
+        self.yb: tuple[Any, ...] = (None,)
+        self.pred: Any = None
+        self.loss_grad: Any = None
+        self.loss: Any = None
+        self._n_inp: int | None = None
+        self.cbs: list[Callback] = []
+        self._hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
+        if default_cbs:
+            self.add_cbs(DEFAULT_CALLBACKS)
+        self.add_cbs(cbs)
+        self(Event.after_create)
+
+    # ----------------------------------------------------------------- callbacks
+    @property
+    def metrics(self) -> list[Metric]:
+        """The metrics computed on the validation set (functions are wrapped in `AvgMetric`)."""
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, value: Any) -> None:
+        items = [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+        self._metrics = [mk_metric(m) for m in items]
+
+    def add_cb(self, cb: Callback | type[Callback]) -> Learner:
+        """Add a callback (a class is instantiated) and expose it as `learn.<cb.name>`."""
+        if isinstance(cb, type) and issubclass(cb, Callback):
+            cb = cb()
+        if not isinstance(cb, Callback):
+            raise TypeError(
+                f"{cb!r} is not a Callback: pass an instance or subclass of learnloop.Callback "
+                "(its event methods are named before_fit, after_batch, ...)."
+            )
+        check_hook_names(cb)
+        self.cbs.append(cb)
+        try:
+            self._build_hooks()
+        except ValueError:
+            self.cbs.remove(cb)
+            raise
+        object.__setattr__(cb, "learn", self)
+        setattr(self, cb.name, cb)
+        return self
+
+    def add_cbs(self, cbs: Callback | type[Callback] | Iterable[Callback | type[Callback]] | None) -> Learner:
+        """Add each callback of `cbs`."""
+        for cb in _as_list(cbs):
+            self.add_cb(cb)
+        return self
+
+    def remove_cb(self, cb: Callback | type[Callback]) -> Learner:
+        """Remove a callback, or every callback of a class."""
+        if isinstance(cb, type):
+            for found in [c for c in self.cbs if isinstance(c, cb)]:
+                self.remove_cb(found)
+            return self
+        object.__setattr__(cb, "learn", None)
+        if self.__dict__.get(cb.name) is cb:
+            delattr(self, cb.name)
+        if cb in self.cbs:
+            self.cbs.remove(cb)
+        self._build_hooks()
+        return self
+
+    def remove_cbs(self, cbs: Callback | type[Callback] | Iterable[Callback | type[Callback]] | None) -> Learner:
+        """Remove each callback (or callback class) of `cbs`."""
+        for cb in _as_list(cbs):
+            self.remove_cb(cb)
+        return self
+
+    @contextmanager
+    def added_cbs(self, cbs: Any) -> Iterator[Learner]:
+        """Add `cbs` for the duration of the block."""
+        added = [cb() if isinstance(cb, type) else cb for cb in _as_list(cbs)]
+        self.add_cbs(added)
+        try:
+            yield self
+        finally:
+            self.remove_cbs(added)
+
+    @contextmanager
+    def removed_cbs(self, cbs: Any) -> Iterator[Learner]:
+        """Remove `cbs` for the duration of the block; they come back at the end of the list."""
+        removed = [c for cb in _as_list(cbs) for c in (self._grab(cb) if isinstance(cb, type) else [cb])]
+        self.remove_cbs(removed)
+        try:
+            yield self
+        finally:
+            self.add_cbs(removed)
+
+    def _grab(self, cls: type) -> list[Callback]:
+        return [cb for cb in self.cbs if isinstance(cb, cls)]
+
+    def _build_hooks(self) -> None:
+        """Rebuild the per-event lists of bound methods: done when callbacks change, never per event."""
+        hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
+        for cb in sort_callbacks(self.cbs):
+            for event, method in event_hooks(cb).items():
+                hooks[event].append((cb, method))
+        self._hooks = hooks
+
+    def sorted_cbs(self) -> list[Callback]:
+        """The callbacks in the order they run (by `order`, then `run_before`/`run_after`, then insertion)."""
+        return sort_callbacks(self.cbs)
+
+    def __call__(self, event_name: str | Iterable[str]) -> None:
+        """Fire one event (or each of a list) on every callback."""
+        names = [event_name] if isinstance(event_name, str) else list(event_name)
+        for name in names:
+            self._fire(resolve_event(name))
+
+    def _fire(self, event: Event) -> None:
+        inner = event in INNER_LOOP
+        training = self.training
+        for cb, hook in self._hooks[event]:
+            if cb.run and (not inner or (cb.run_train if training else cb.run_valid)):
+                try:
+                    hook()
+                except CANCEL_EXCEPTIONS:
+                    raise
+                except Exception as e:
+                    e.add_note(f"(raised in callback {type(cb).__name__} at event {event.value})")
+                    raise
+        if event is Event.after_fit:
+            for cb in self.cbs:
+                cb.run = True
+
+    def show_training_loop(self) -> None:
+        """Print the execution plan: for each event, in loop order, the callbacks that run, in order."""
+        for event in Event:
+            names = ", ".join(type(cb).__name__ for cb, _ in self._hooks[event]) or "-"
+            print(f"{'  ' * _DEPTH[event.value.split('_')[-1]]}{event.value:<22} {names}")
+
+    # ------------------------------------------------------------------ the loop
+    def _phase(self, phase: Phase, body: Callable[[], Any]) -> None:
+        try:
+            self._fire(phase.before)
+            body()
+        except phase.cancel:
+            self._fire(phase.after_cancel)
+        self._fire(phase.after)
+
+    def _split(self, b: Any) -> None:
+        if not isinstance(b, (tuple, list)):
+            self.xb, self.yb = (b,), ()
+            return
+        n_inp = self._n_inp if self._n_inp is not None else getattr(self.dls, "n_inp", None)
+        if n_inp is None:
+            n_inp = 1 if len(b) == 1 else len(b) - 1
+        if not b or n_inp > len(b) or n_inp < 1:
+            raise ValueError(
+                f"Cannot split a batch of {len(b)} elements into {n_inp} input(s) and targets: "
+                "batches should be (input, ..., target) tuples; set DataLoaders(n_inp=...) to say how many "
+                "elements are inputs."
+            )
+        self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
+
+    def _all_batches(self) -> None:
+        self.n_iter = len(self.dl) if hasattr(self.dl, "__len__") else 0
+        device = self._device
+        for i, b in enumerate(self.dl):
+            self.iter = i
+            self._split(b if device is None else to_device(b, device))
+            self._phase(BATCH, self._do_one_batch)
+
+    def _do_one_batch(self) -> None:
+        self.pred = self.model(*self.xb)
+        self._fire(Event.after_pred)
+        if self.yb:
+            self.loss_grad = self._compute_loss()
+            self.loss = self.loss_grad.detach()
+        self._fire(Event.after_loss)
+        if not self.training or not self.yb:
+            return
+        self._phase(BACKWARD, self._backward)
+        self._phase(STEP, self._step)
+        self.opt.zero_grad()
+
+    def _compute_loss(self) -> torch.Tensor:
+        try:
+            return self.loss_func(self.pred, *self.yb)
+        except (RuntimeError, ValueError, IndexError) as e:
+            targets = ", ".join(_shape(y) for y in self.yb)
+            e.add_note(
+                f"learnloop: the loss function rejected the model's output of shape {_shape(self.pred)} "
+                f"with target(s) of shape {targets}; check that the model's last layer and the targets "
+                "match what the loss function expects."
+            )
+            raise
+
+    def _backward(self) -> None:
+        self.loss_grad.backward()
+
+    def _step(self) -> None:
+        self.opt.step()
+
+    def _do_epoch_train(self) -> None:
+        self.dl = self.dls.train
+        self._phase(TRAIN, self._all_batches)
+
+    def _do_epoch_validate(self, ds_idx: int = 1, dl: Any = None) -> None:
+        self.dl = self.dls[ds_idx] if dl is None else dl
+        with torch.no_grad():
+            self._phase(VALIDATE, self._all_batches)
+
+    def _do_epoch(self) -> None:
+        self._do_epoch_train()
+        self._do_epoch_validate()
+
+    def _do_fit(self) -> None:
+        for epoch in range(self.n_epoch):
+            self.epoch = epoch
+            self._phase(EPOCH, self._do_epoch)
+
+    def _end_cleanup(self) -> None:
+        self.dl, self.xb, self.yb, self.pred, self.loss, self.loss_grad = None, (None,), (None,), None, None, None
+
+    @property
+    def _device(self) -> torch.device | None:
+        """Where batches go: the DataLoaders' device (None: leave batches where they are)."""
+        return getattr(self.dls, "device", None)
+
+    # --------------------------------------------------------------- public API
+    def create_opt(self) -> None:
+        """Create the optimizer from `opt_func` over the groups made by `splitter`."""
+        if isinstance(self.opt_func, functools.partial) and "lr" in self.opt_func.keywords:
+            self.lr = self.opt_func.keywords["lr"]
+        self.opt = self.opt_func(self.splitter(self.model), lr=self.lr)
+        if not self.wd_bn_bias:
+            for p in norm_bias_params(self.model, with_bias=True):
+                self.opt.state[p]["do_wd"] = False
+        if self.train_bn:
+            for p in norm_bias_params(self.model, with_bias=False):
+                self.opt.state[p]["force_train"] = True
+
+    def fit(
+        self,
+        n_epoch: int,
+        lr: float | slice | Sequence[float] | None = None,
+        wd: float | None = None,
+        cbs: Any = None,
+        reset_opt: bool = False,
+        start_epoch: int = 0,
+    ) -> None:
+        """Train for `n_epoch` epochs, validating after each one."""
+        if not isinstance(n_epoch, int) or n_epoch < 0:
+            raise ValueError(f"n_epoch must be a whole number of epochs >= 0, got {n_epoch!r}.")
+        if lr is not None:
+            _check_lr(lr)
+        self._check_train_data()
+        cbs = _as_list(cbs)
+        if start_epoch:
+            cbs = [*cbs, SkipToEpoch(start_epoch)]
+        with self.added_cbs(cbs):
+            if reset_opt or self.opt is None:
+                self.create_opt()
+            if wd is None:
+                wd = self.wd
+            if wd is not None:
+                self.opt.set_hypers(wd=wd)
+            self.opt.set_hypers(lr=self.lr if lr is None else lr)
+            self.n_epoch = n_epoch
+            self._phase(FIT, self._do_fit)
+            self._end_cleanup()
+
+    def _check_train_data(self) -> None:
+        train = self.dls.train
+        try:
+            n = len(train)
+        except TypeError:
+            raise TypeError(
+                f"The training data ({type(train).__name__}) has no length; learnloop needs the number of "
+                "batches per epoch to schedule training: give it a __len__."
+            ) from None
+        if n == 0:
+            size = len(getattr(train, "dataset", ())) if hasattr(getattr(train, "dataset", None), "__len__") else "?"
+            raise ValueError(
+                f"The training DataLoader is empty: it yields no batches (dataset of {size} items, "
+                f"batch_size={getattr(train, 'batch_size', '?')}, drop_last={getattr(train, 'drop_last', '?')}). "
+                "Use a smaller batch size, drop_last=False, or more data."
+            )
+
+    @contextmanager
+    def no_logging(self) -> Iterator[None]:
+        """Silence the per-epoch table for the duration of the block."""
+        old, self.logger = self.logger, noop
+        try:
+            yield
+        finally:
+            self.logger = old
+
+    @contextmanager
+    def no_mbar(self) -> Iterator[None]:
+        """Don't create the epoch progress bar in this block."""
+        old, self.create_mbar = self.create_mbar, False
+        try:
+            yield
+        finally:
+            self.create_mbar = old
+
+    @contextmanager
+    def no_bar(self) -> Iterator[None]:
+        """Run the block without the progress callback."""
+        with self.removed_cbs(ProgressCallback):
+            yield
+
+    @contextmanager
+    def _validation_context(self, cbs: Any = None) -> Iterator[None]:
+        with self.no_logging(), self.no_mbar(), self.added_cbs(cbs):
+            self([Event.before_fit, Event.before_epoch])
+            yield
+            self([Event.after_epoch, Event.after_fit])
+            self._end_cleanup()
+
+    def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any]:
+        """Evaluate on the validation set (or `dl`): `[valid_loss, *metrics]`."""
+        dl = self.dls[ds_idx] if dl is None else dl
+        with self._validation_context(cbs):
+            self._do_epoch_validate(ds_idx, dl)
+        return list(getattr(self, "final_record", []))
+
+    def get_preds(
+        self,
+        ds_idx: int = 1,
+        dl: Any = None,
+        with_input: bool = False,
+        with_decoded: bool = False,
+        with_loss: bool = False,
+        act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        cbs: Any = None,
+    ) -> tuple[Any, ...]:
+        """Predictions and targets over a dataset: `(inputs?, preds, targets, decoded?, losses?)`."""
+        dl = unshuffled(self.dls[ds_idx]) if dl is None else dl
+        gather = GatherPredsCallback(with_input=with_input, with_loss=with_loss)
+        with self._unreduced_loss(with_loss), self._validation_context([*_as_list(cbs), gather]):
+            self._do_epoch_validate(ds_idx, dl)
+        preds = gather.preds
+        if preds is not None:
+            activation = act or getattr(self.loss_func, "activation", None)
+            if activation is not None:
+                preds = activation(preds)
+        result: list[Any] = [gather.inputs] if with_input else []
+        result += [preds, gather.targets]
+        if with_decoded:
+            decodes = getattr(self.loss_func, "decodes", None)
+            result.append(decodes(preds) if decodes is not None else preds)
+        if with_loss:
+            result.append(gather.losses)
+        return tuple(result)
+
+    @contextmanager
+    def _unreduced_loss(self, active: bool) -> Iterator[None]:
+        if not active:
+            yield
+            return
+        old = self.loss_func
+        if hasattr(old, "reduction"):
+            reduction = old.reduction
+            old.reduction = "none"
+            try:
+                yield
+            finally:
+                old.reduction = reduction
+        else:
+            self.loss_func = functools.partial(old, reduction="none")
+            try:
+                yield
+            finally:
+                self.loss_func = old
+
+    def predict(self, item: Any) -> tuple[Any, Any, Any]:
+        """Predict one item (an input tensor, or a tuple of inputs): `(decoded, decoded tensor, pred)`."""
+        inputs = tuple(item) if isinstance(item, (tuple, list)) else (item,)
+        batch = tuple(torch.as_tensor(x).unsqueeze(0) for x in inputs)
+        self._n_inp = len(batch)
+        try:
+            _, preds, _, decoded = self.get_preds(dl=[batch], with_decoded=True, with_input=True)
+        finally:
+            self._n_inp = None
+        dec = decoded[0]
+        return (dec.item() if dec.numel() == 1 else dec), dec, preds[0]
+
+    def freeze_to(self, n: int) -> None:
+        """Freeze the parameter groups before group `n` (normalisation layers keep training if `train_bn`)."""
+        if self.opt is None:
+            self.create_opt()
+        self.opt.freeze_to(n)
+        self.opt.clear_state()
+
+    def freeze(self) -> None:
+        """Freeze every parameter group but the last."""
+        self.freeze_to(-1)
+
+    def unfreeze(self) -> None:
+        """Make every parameter group trainable."""
+        self.freeze_to(0)
+
+    def __getattr__(self, name: str) -> Any:
+        model = self.__dict__.get("model")
+        if name.startswith("_") or model is None:
+            raise AttributeError(f"'Learner' object has no attribute {name!r}")
+        try:
+            return getattr(model, name)
+        except AttributeError:
+            raise AttributeError(f"'Learner' object has no attribute {name!r}, nor has its model") from None
+
+    def __repr__(self) -> str:
+        return f"Learner(model={type(self.model).__name__}, cbs={self.sorted_cbs()})"
+
+
+def _as_list(cbs: Any) -> list[Any]:
+    if cbs is None:
+        return []
+    if isinstance(cbs, (Callback, type)):
+        return [cbs]
+    return list(cbs)
+
+
+def _shape(x: Any) -> str:
+    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_lr(lr: Any) -> None:
+    values = [lr.start, lr.stop] if isinstance(lr, slice) else list(lr) if isinstance(lr, (list, tuple)) else [lr]
+    for v in values:
+        if v is None and isinstance(lr, slice):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"lr must be a number, a slice or a list of numbers, got {lr!r}.")
+        if v < 0 or v != v:
+            raise ValueError(f"lr must be a non-negative number, got {lr!r}.")
