@@ -15,6 +15,7 @@ from .callback import Callback, check_hook_names, event_hooks, noop
 from .callbacks.core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
+from .checkpoint import load_model, save_model
 from .data import DataLoaders, to_device, unshuffled
 from .events import (
     BACKWARD,
@@ -507,6 +508,22 @@ class Learner:
             self._n_inp = None
         dec = decoded[0]
         return (dec.item() if dec.numel() == 1 else dec), dec, preds[0]
+
+    def _model_file(self, file: str | Path) -> Path:
+        return self.path / self.model_dir / f"{file}.pth"
+
+    def save(self, file: str | Path, with_opt: bool = True) -> Path:
+        """Save the model (and optimizer) to `path/model_dir/file.pth`, atomically; returns the path."""
+        return save_model(self._model_file(file), self.model, self.opt, with_opt=with_opt)
+
+    def load(self, file: str | Path, device: Any = None, with_opt: bool = True, strict: bool = True) -> Learner:
+        """Load `path/model_dir/file.pth` (written by `save`) into the model and optimizer."""
+        if device is None:
+            device = getattr(self.dls, "device", None)
+        if self.opt is None:
+            self.create_opt()
+        load_model(self._model_file(file), self.model, self.opt, with_opt=with_opt, device=device, strict=strict)
+        return self
 
     def freeze_to(self, n: int) -> None:
         """Freeze the parameter groups before group `n` (normalisation layers keep training if `train_bn`)."""
