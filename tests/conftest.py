@@ -25,7 +25,9 @@ for _event in Event:
     setattr(EventLog, _event.value, lambda self, _e=_event.value: self.events.append(_e))
 
 
-def synth_dls(n_train: int = 32, n_valid: int = 16, bs: int = 16, n_in: int = 2, seed: int = 0, **kw: Any) -> DataLoaders:
+def synth_dls(
+    n_train: int = 32, n_valid: int = 16, bs: int = 16, n_in: int = 2, seed: int = 0, **kw: Any
+) -> DataLoaders:
     """A linear regression problem y = x @ w + b as DataLoaders (no shuffling unless asked)."""
     g = torch.Generator().manual_seed(seed)
     w, b = torch.randn(n_in, 1, generator=g), torch.randn(1, generator=g)

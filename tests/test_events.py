@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import EventLog, synth_learner
 
+from conftest import EventLog, synth_learner
 from learnloop import (
     Callback,
     CancelBackwardException,

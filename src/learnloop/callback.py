@@ -43,7 +43,9 @@ class Callback:
     run: bool = True
     run_train: bool = True
     run_valid: bool = True
-    learn: Learner | None = None
+    # Set by the learner when the callback is added (None until then and after removal); typed as a
+    # Learner because every event method runs with it set.
+    learn: Learner = None  # type: ignore[assignment]
 
     def __init__(self, **hooks: Callable[[], Any]) -> None:
         """Event methods may also be given as keywords: `Callback(after_batch=f)`."""

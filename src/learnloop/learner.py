@@ -77,6 +77,10 @@ class Learner:
     >>> learn.fit(3, lr=1e-3)
     """
 
+    # Set by the Recorder: the smoothed training loss and the last epoch's [train_loss, valid_loss, *metrics].
+    smooth_loss: Any
+    final_record: list[Any]
+
     def __init__(
         self,
         dls: DataLoaders | Sequence[Iterable[Any]],
