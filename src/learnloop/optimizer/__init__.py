@@ -1,0 +1,66 @@
+"""learnloop's optimizers: fastai's generic stepper-chain ``Optimizer``, its built-ins, and wrappers."""
+
+from .base import BaseOptimizer, OptimizerState, even_mults
+from .builtins import LAMB, LARS, SGD, Adam, Lamb, Larc, QHAdam, RAdam, RMSProp, ranger
+from .core import Implementation, Optimizer
+from .lookahead import Lookahead
+from .steppers import (
+    Stepper,
+    adam_step,
+    average_grad,
+    average_sqr_grad,
+    debias,
+    l2_reg,
+    lamb_step,
+    larc_layer_lr,
+    larc_step,
+    momentum_step,
+    qhadam_step,
+    radam_step,
+    rms_prop_step,
+    sgd_step,
+    step_stat,
+    stepper_defaults,
+    weight_decay,
+    with_defaults,
+)
+from .wrapper import PYTORCH_HP_MAP, OptimWrapper
+
+__all__ = [
+    "BaseOptimizer",
+    "OptimizerState",
+    "Optimizer",
+    "Implementation",
+    "even_mults",
+    "SGD",
+    "RMSProp",
+    "Adam",
+    "RAdam",
+    "QHAdam",
+    "Larc",
+    "LARS",
+    "Lamb",
+    "LAMB",
+    "Lookahead",
+    "ranger",
+    "OptimWrapper",
+    "PYTORCH_HP_MAP",
+    "Stepper",
+    "with_defaults",
+    "stepper_defaults",
+    "debias",
+    "sgd_step",
+    "weight_decay",
+    "l2_reg",
+    "average_grad",
+    "average_sqr_grad",
+    "momentum_step",
+    "rms_prop_step",
+    "step_stat",
+    "adam_step",
+    "radam_step",
+    "qhadam_step",
+    "larc_layer_lr",
+    "larc_step",
+    "lamb_step",
+]

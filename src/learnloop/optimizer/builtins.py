@@ -1,0 +1,168 @@
+"""The built-in optimizers, with fastai 2.8's signatures, defaults and stepper chains.
+
+Every chain starts with the weight decay stepper: ``weight_decay`` (decoupled, ``p *= 1 - lr*wd``)
+when ``decouple_wd`` else ``l2_reg`` (``grad += wd*p``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from .core import Optimizer
+from .lookahead import Lookahead
+from .steppers import (
+    adam_step,
+    average_grad,
+    average_sqr_grad,
+    l2_reg,
+    lamb_step,
+    larc_layer_lr,
+    larc_step,
+    momentum_step,
+    qhadam_step,
+    radam_step,
+    rms_prop_step,
+    sgd_step,
+    step_stat,
+    weight_decay,
+)
+
+__all__ = ["SGD", "RMSProp", "Adam", "RAdam", "QHAdam", "Larc", "LARS", "Lamb", "LAMB", "ranger"]
+
+Params = Iterable[Any]
+
+
+def _wd(decouple_wd: bool) -> list[Callable[..., Any]]:
+    return [weight_decay] if decouple_wd else [l2_reg]
+
+
+def SGD(params: Params, lr: float, mom: float = 0.0, wd: float = 0.0, decouple_wd: bool = True) -> Optimizer:
+    """SGD, with momentum (no dampening) when ``mom`` is not 0: ``[wd, average_grad, momentum_step]``."""
+    cbs = _wd(decouple_wd)
+    if mom != 0:
+        cbs.append(average_grad)
+    cbs.append(sgd_step if mom == 0 else momentum_step)
+    return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd)
+
+
+def RMSProp(
+    params: Params,
+    lr: float,
+    sqr_mom: float = 0.99,
+    mom: float = 0.0,
+    eps: float = 1e-8,
+    wd: float = 0.0,
+    decouple_wd: bool = True,
+) -> Optimizer:
+    """RMSProp: ``[wd, average_grad if mom, average_sqr_grad, rms_prop_step]``."""
+    cbs = _wd(decouple_wd)
+    cbs += [average_sqr_grad] if mom == 0 else [average_grad, average_sqr_grad]
+    cbs.append(rms_prop_step)
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+
+
+def Adam(
+    params: Params,
+    lr: float,
+    mom: float = 0.9,
+    sqr_mom: float = 0.99,
+    eps: float = 1e-5,
+    wd: float = 0.01,
+    decouple_wd: bool = True,
+) -> Optimizer:
+    """Adam (AdamW when ``decouple_wd``): ``[wd, average_grad(dampening), average_sqr_grad, step_stat,
+    adam_step]``."""
+    cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, adam_step]
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+
+
+def RAdam(
+    params: Params,
+    lr: float,
+    mom: float = 0.9,
+    sqr_mom: float = 0.99,
+    eps: float = 1e-5,
+    wd: float = 0.0,
+    beta: float = 0.0,
+    decouple_wd: bool = True,
+) -> Optimizer:
+    """Rectified Adam; ``beta`` > 0 smooths the denominator with ``softplus(denom, beta)``."""
+    cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, radam_step]
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta)
+
+
+def QHAdam(
+    params: Params,
+    lr: float,
+    mom: float = 0.999,
+    sqr_mom: float = 0.999,
+    nu_1: float = 0.7,
+    nu_2: float = 1.0,
+    eps: float = 1e-8,
+    wd: float = 0.0,
+    decouple_wd: bool = True,
+) -> Optimizer:
+    """Quasi-hyperbolic Adam (Ma & Yarats, 2019)."""
+    cbs = _wd(decouple_wd) + [
+        partial(average_grad, dampening=True),
+        partial(average_sqr_grad, dampening=True),
+        step_stat,
+        qhadam_step,
+    ]
+    return Optimizer(params, cbs, lr=lr, nu_1=nu_1, nu_2=nu_2, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+
+
+def Larc(
+    params: Params,
+    lr: float,
+    mom: float = 0.9,
+    clip: bool = True,
+    trust_coeff: float = 0.02,
+    eps: float = 1e-8,
+    wd: float = 0.0,
+    decouple_wd: bool = True,
+) -> Optimizer:
+    """LARC (LARS with ``clip=False``): SGD with a layer-wise learning rate from the trust ratio."""
+    cbs = _wd(decouple_wd)
+    if mom != 0:
+        cbs.append(average_grad)
+    cbs += [partial(larc_layer_lr, clip=clip), larc_step]
+    return Optimizer(params, cbs, lr=lr, mom=mom, trust_coeff=trust_coeff, eps=eps, wd=wd)
+
+
+LARS = Larc
+
+
+def Lamb(
+    params: Params,
+    lr: float,
+    mom: float = 0.9,
+    sqr_mom: float = 0.99,
+    eps: float = 1e-5,
+    wd: float = 0.0,
+    decouple_wd: bool = True,
+) -> Optimizer:
+    """LAMB: Adam's update scaled per tensor by ``min(rms(p) / rms(update), 10)``."""
+    cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, lamb_step]
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+
+
+LAMB = Lamb
+
+
+def ranger(
+    params: Params,
+    lr: float,
+    mom: float = 0.95,
+    sqr_mom: float = 0.99,
+    eps: float = 1e-6,
+    wd: float = 0.01,
+    beta: float = 0.0,
+    decouple_wd: bool = True,
+) -> Lookahead:
+    """``Lookahead(RAdam(...))`` with fastai's ranger defaults."""
+    return Lookahead(
+        RAdam(params, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta, decouple_wd=decouple_wd)
+    )

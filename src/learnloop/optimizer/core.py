@@ -1,0 +1,358 @@
+"""The generic ``Optimizer``: a chain of steppers applied to every parameter with a gradient.
+
+``step()`` means, for each group and each parameter ``p`` with a gradient (fastai's semantics)::
+
+    for cb in cbs:
+        state[p].update(cb(p, **{**state[p], **hypers}) or {})
+
+When every stepper of the chain is a built-in one, the same update runs vectorised: each group's
+parameters are bucketed by device, dtype, ``do_wd`` and step count, and each bucket goes through the
+steppers' foreach forms, or through one fused torch kernel for the standard Adam and momentum-SGD
+chains. A chain with any user stepper runs the per-parameter loop above.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Literal, get_args
+
+import torch
+from torch import Tensor
+
+from .base import BaseOptimizer, OptimizerState, ParamGroupView, spread_hyper
+from .foreach import RESERVED_NAMES, Bucket, BuiltinSpec, cpu_chunks, resolve_builtin
+from .fused import FusedPlan, find_fused_plan
+from .steppers import stepper_defaults
+
+__all__ = ["Optimizer", "Implementation"]
+
+Implementation = Literal["auto", "fused", "foreach", "per_param"]
+_PER_PARAM_STATE = ("grad_avg", "sqr_avg")  # state tensors shaped like their parameter
+
+
+def _stepper_name(cb: Callable[..., Any]) -> str:
+    inner = getattr(cb, "func", None)
+    if inner is not None and getattr(cb, "keywords", None) is not None:
+        return f"partial({_stepper_name(inner)})"
+    return getattr(cb, "__qualname__", None) or repr(cb)
+
+
+def _signature_names(cb: Callable[..., Any]) -> tuple[set[str], set[str]] | None:
+    """(required names, all names) a stepper takes after ``p``, or None if its signature is opaque."""
+    try:
+        params = list(inspect.signature(cb).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
+        return None
+    named = [q for q in params[1:] if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
+    return {q.name for q in named if q.default is q.empty}, {q.name for q in named}
+
+
+def _to_param_lists(params: Iterable[Any]) -> tuple[list[list[Tensor]], list[dict[str, Any]]]:
+    """Parameter lists from tensors (one group), lists of tensors, or torch-style group dicts."""
+    items = list(params)
+    if not items:
+        raise ValueError("the optimizer got an empty parameter list")
+    if isinstance(items[0], dict):
+        return [list(g["params"]) for g in items], [
+            {k: v for k, v in g.items() if k != "params"} for g in items
+        ]
+    if isinstance(items[0], (list, tuple)):
+        return [list(g) for g in items], [{} for _ in items]
+    return [items], [{}]
+
+
+class Optimizer(BaseOptimizer):
+    """fastai's generic optimizer: ``Optimizer(params, cbs, train_bn=True, **defaults)``.
+
+    >>> opt = Optimizer(model.parameters(), [weight_decay, sgd_step], lr=0.1, wd=0.01)  # doctest: +SKIP
+    """
+
+    keep_on_clear: ClassVar[tuple[str, ...]] = ("force_train", "do_wd")
+
+    def __init__(
+        self, params: Iterable[Any], cbs: Sequence[Callable[..., Any]], train_bn: bool = True, **defaults: Any
+    ) -> None:
+        self.param_lists, group_hypers = _to_param_lists(params)
+        self.cbs = list(cbs)
+        self.state = OptimizerState()
+        self.train_bn = train_bn
+        self.frozen_idx = 0
+        self.implementation = "auto"
+        merged: dict[str, Any] = {}
+        for cb in self.cbs:
+            merged.update(stepper_defaults(cb))
+        merged.update(defaults)
+        self.defaults = merged
+        self.hypers: list[dict[str, Any]] = [{} for _ in self.param_lists]
+        for k, v in merged.items():
+            self._set_hyper_values(k, self._checked_values(k, v))
+        for h, extra in zip(self.hypers, group_hypers, strict=True):
+            h.update(extra)
+        self._check_required_hypers(self._compile())
+
+    def _compile(self) -> list[tuple[BuiltinSpec, dict[str, Any]] | None]:
+        """Work out, once per chain, whether it runs vectorised or fused, and each stepper's signature."""
+        resolved = [resolve_builtin(cb) for cb in self.cbs]
+        self._compiled_for = tuple(self.cbs)
+        self._chain: list[tuple[BuiltinSpec, dict[str, Any]]] | None = (
+            None if any(r is None for r in resolved) else [r for r in resolved if r is not None]
+        )
+        self._fused: FusedPlan | None = find_fused_plan(self.cbs) if self._chain is not None else None
+        self._signatures = {id(cb): _signature_names(cb) for cb in self.cbs}
+        return resolved
+
+    # -- construction checks ------------------------------------------------------------------------
+    def _check_required_hypers(self, resolved: list[tuple[BuiltinSpec, dict[str, Any]] | None]) -> None:
+        available = set.intersection(*(set(h) for h in self.hypers)) | set(self.keep_on_clear)
+        for cb, r in zip(self.cbs, resolved, strict=True):
+            names = self._signatures[id(cb)]
+            if names is None:
+                return
+            missing = names[0] - available
+            if missing:
+                raise TypeError(self._missing_message(cb, missing))
+            if r is None:  # a user stepper: what state it adds is unknown, stop checking here
+                return
+            available.update(r[0].produces)
+
+    def _missing_message(self, cb: Callable[..., Any], missing: set[str]) -> str:
+        name, first = _stepper_name(cb), sorted(missing)[0]
+        return (
+            f"stepper {name} needs hyper-parameter(s) {sorted(missing)} that neither a stepper default nor "
+            f"an Optimizer keyword defines; pass e.g. Optimizer(..., {first}=...) or give {name} a default "
+            f"(hypers defined: {sorted(self.hypers[0])})"
+        )
+
+    def _checked_values(self, k: str, v: Any) -> list[Any]:
+        values = spread_hyper(k, v, len(self.param_lists))
+        if k == "lr" and any(isinstance(x, (int, float)) and x < 0 for x in values):
+            raise ValueError(f"learning rate must be non-negative, got lr={v}")
+        return values
+
+    def known_hypers(self) -> set[str]:
+        """Names ``set_hyper`` accepts: current hypers, standard names, and every stepper argument."""
+        names = super().known_hypers()
+        for sig in self._signatures.values():
+            if sig is not None:
+                names.update(sig[1])
+        return names
+
+    @property
+    def implementation(self) -> Implementation:
+        """Which path ``step`` takes for built-in chains: "auto" (fused where possible, else foreach),
+        "fused", "foreach", or "per_param" (the reference loop)."""
+        return self._implementation
+
+    @implementation.setter
+    def implementation(self, value: Implementation) -> None:
+        if value not in get_args(Implementation):
+            raise ValueError(f"implementation must be one of {get_args(Implementation)}, got {value!r}")
+        self._implementation = value
+
+    # -- stepping -----------------------------------------------------------------------------------
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Update every parameter with a gradient; ``closure`` (torch-style) is called first if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if tuple(self.cbs) != self._compiled_for:  # someone edited opt.cbs
+            self._compile()
+        fast = self._chain is not None and self._implementation != "per_param"
+        for plist, hyper in zip(self.param_lists, self.hypers, strict=True):
+            if fast and RESERVED_NAMES.isdisjoint(hyper):
+                self._step_vectorised(plist, hyper)
+            else:
+                self._step_per_param(plist, hyper)
+        return loss
+
+    def _step_per_param(self, plist: list[Tensor], hyper: dict[str, Any]) -> None:
+        state = self.state
+        for p in plist:
+            g = p.grad
+            if g is None:
+                continue
+            if g.layout != torch.strided or g.is_complex():
+                self._reject(p, g)
+            s = state[p]
+            for cb in self.cbs:
+                try:
+                    res = cb(p, **{**s, **hyper})
+                except TypeError as e:
+                    self._explain_type_error(e, cb, s, hyper)
+                    raise
+                if isinstance(res, dict):
+                    s.update(res)
+
+    def _step_vectorised(self, plist: list[Tensor], hyper: dict[str, Any]) -> None:
+        assert self._chain is not None
+        state = self.state
+        buckets: dict[tuple[Any, ...], Bucket] = {}
+        for p in plist:
+            g = p.grad
+            if g is None:
+                continue
+            if g.layout != torch.strided or g.is_complex():
+                self._reject(p, g)
+            s = state[p]
+            do_wd, step = bool(s.get("do_wd", True)), s.get("step", 0)
+            key = (p.device, p.dtype, do_wd, step)
+            b = buckets.get(key)
+            if b is None:
+                buckets[key] = Bucket([p], [g], [s], do_wd, step)
+            else:
+                b.params.append(p)
+                b.grads.append(g)
+                b.states.append(s)
+        fused = self._fused if self._implementation in ("auto", "fused") else None
+        with torch.no_grad():
+            for bucket in buckets.values():
+                if fused is not None and fused(bucket, hyper):
+                    continue
+                for b in cpu_chunks(bucket) if bucket.params[0].device.type == "cpu" else (bucket,):
+                    for spec, opts in self._chain:
+                        spec.foreach(b, hyper, opts)
+
+    def _explain_type_error(
+        self, e: TypeError, cb: Callable[..., Any], s: Mapping[str, Any], hyper: Mapping[str, Any]
+    ) -> None:
+        names = self._signatures.get(id(cb)) or _signature_names(cb)
+        missing = names[0] - set(s) - set(hyper) if names is not None else set()
+        if missing:
+            raise TypeError(self._missing_message(cb, missing)) from e
+
+    def _reject(self, p: Tensor, g: Tensor) -> None:
+        where = next(
+            (
+                f"parameter {i} of group {j}"
+                for j, pl in enumerate(self.param_lists)
+                for i, q in enumerate(pl)
+                if q is p
+            ),
+            "a parameter",
+        )
+        if g.layout != torch.strided:
+            raise RuntimeError(
+                f"{where} (shape {tuple(p.shape)}) has a sparse gradient ({g.layout}); learnloop's "
+                "optimizers need dense gradients: use nn.Embedding(sparse=False), or "
+                "OptimWrapper(params, opt=torch.optim.SparseAdam) for sparse embeddings"
+            )
+        raise RuntimeError(
+            f"{where} (shape {tuple(p.shape)}, dtype {p.dtype}) is complex; learnloop's steppers work "
+            "on real tensors: optimise torch.view_as_real(p) instead, or use OptimWrapper with a torch.optim "
+            "optimizer"
+        )
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the gradients (``set_to_none=True``, torch's default) or zero them in place."""
+        to_zero = []
+        for plist in self.param_lists:
+            for p in plist:
+                g = p.grad
+                if g is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                    continue
+                if g.grad_fn is not None:
+                    g.detach_()
+                else:
+                    g.requires_grad_(False)
+                to_zero.append(g)
+        if to_zero:
+            torch._foreach_zero_(to_zero)
+
+    # -- state ----------------------------------------------------------------------------------------
+    def clear_state(self) -> None:
+        """Forget all state but ``force_train`` and ``do_wd`` (the state dicts themselves are kept)."""
+        for plist in self.param_lists:
+            for p in plist:
+                s = self.state[p]
+                kept = {k: s[k] for k in self.keep_on_clear if k in s}
+                s.clear()
+                s.update(kept)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{'state': [one dict per parameter], 'hypers': [one dict per group], 'group_sizes': [...]}``.
+
+        Like torch's, the state tensors are shared, not copied: ``torch.save`` or deep-copy to snapshot.
+        """
+        return {
+            "state": [dict(self.state[p]) for plist in self.param_lists for p in plist],
+            "hypers": [dict(h) for h in self.hypers],
+            "group_sizes": [len(plist) for plist in self.param_lists],
+        }
+
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        """Load a ``state_dict``: copies its tensors onto each parameter's device (and dtype)."""
+        hypers, states = sd["hypers"], sd["state"]
+        sizes = [len(plist) for plist in self.param_lists]
+        if len(hypers) != len(sizes):
+            raise ValueError(
+                f"state_dict has {len(hypers)} parameter groups but this optimizer has {len(sizes)}"
+            )
+        if len(states) != sum(sizes):
+            raise ValueError(
+                f"state_dict holds state for {len(states)} parameters but this optimizer has "
+                f"{sum(sizes)} (in groups of {sizes})"
+            )
+        if "group_sizes" in sd and list(sd["group_sizes"]) != sizes:
+            raise ValueError(
+                f"state_dict has groups of {list(sd['group_sizes'])} parameters, this optimizer {sizes}"
+            )
+        params = [p for plist in self.param_lists for p in plist]
+        loaded = [
+            self._load_param_state(i, p, s) for i, (p, s) in enumerate(zip(params, states, strict=True))
+        ]
+        for h, new in zip(self.hypers, hypers, strict=True):
+            h.clear()
+            h.update(new)
+        for p, new in zip(params, loaded, strict=True):
+            s = self.state[p]
+            s.clear()
+            s.update(new)
+
+    @staticmethod
+    def _load_param_state(i: int, p: Tensor, saved: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in saved.items():
+            if isinstance(v, Tensor):
+                like_p = k in _PER_PARAM_STATE
+                if like_p and v.shape != p.shape:
+                    raise ValueError(
+                        f"state {k!r} of parameter {i} has shape {tuple(v.shape)} but the parameter has "
+                        f"shape {tuple(p.shape)}; was the state_dict saved from another model?"
+                    )
+                v = v.to(device=p.device, dtype=p.dtype if like_p else v.dtype, copy=True)
+            out[k] = v
+        return out
+
+    # -- torch compatibility --------------------------------------------------------------------------
+    @property
+    def param_groups(self) -> list[ParamGroupView]:
+        """torch-style live views ``{'params': [...], **hypers}``, one per group."""
+        return [ParamGroupView(self, i) for i in range(len(self.param_lists))]
+
+    @param_groups.setter
+    def param_groups(self, groups: Sequence[Mapping[str, Any]]) -> None:
+        if len(groups) != len(self.param_lists):
+            raise ValueError(f"got {len(groups)} parameter groups, the optimizer has {len(self.param_lists)}")
+        for i, g in enumerate(groups):
+            self.param_lists[i] = list(g["params"])
+            self.hypers[i].update({k: v for k, v in g.items() if k != "params"})
+
+    def add_param_group(self, group: Mapping[str, Any]) -> None:
+        """Append a torch-style group; hypers it does not give come from the construction defaults."""
+        new = list(group["params"])
+        seen = {id(p) for plist in self.param_lists for p in plist}
+        if any(id(p) in seen for p in new):
+            raise ValueError("some parameters appear in more than one group")
+        self.param_lists.append(new)
+        self.hypers.append({**self.defaults, **{k: v for k, v in group.items() if k != "params"}})
+
+    def __repr__(self) -> str:
+        names = ", ".join(_stepper_name(cb) for cb in self.cbs)
+        return f"Optimizer([{names}], groups={[len(pl) for pl in self.param_lists]}, hypers={self.hypers})"

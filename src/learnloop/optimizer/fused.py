@@ -1,0 +1,134 @@
+"""Single-kernel forms of whole built-in chains, run on torch's fused optimizer kernels.
+
+The standard Adam chain ``[weight_decay, partial(average_grad, dampening=True), average_sqr_grad,
+step_stat, adam_step]`` is exactly torch's AdamW with ``betas=(mom, sqr_mom)``: decay ``p *= 1 - lr*wd``
+first, then ``p -= lr/(1-mom**t) * m / (sqrt(v/(1-sqr_mom**t)) + eps)``. The momentum SGD chain
+``[weight_decay, average_grad, momentum_step]`` is torch's SGD with ``dampening=0`` once the decoupled
+decay is applied (fastai's buffer starts at zero, so its first value ``0*mom + g`` equals torch's ``g``).
+Each plan returns False when it cannot run (device or dtype without a fused kernel); the caller then
+runs the foreach chain instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+from . import steppers as S
+from .foreach import Bucket, state_tensors
+
+__all__ = ["FusedPlan", "find_fused_plan"]
+
+FusedPlan = Callable[[Bucket, Mapping[str, Any]], bool]
+
+_FUSED_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+_unsupported: set[tuple[str, torch.dtype, str]] = set()
+
+
+def _can_fuse(b: Bucket, kernel: str) -> bool:
+    p = b.params[0]
+    key = (p.device.type, p.dtype, kernel)
+    return (
+        p.dtype in _FUSED_DTYPES
+        and p.device.type in _get_fused_kernels_supported_devices()
+        and key not in _unsupported
+    )
+
+
+def _mark_unsupported(b: Bucket, kernel: str) -> None:
+    _unsupported.add((b.params[0].device.type, b.params[0].dtype, kernel))
+
+
+def _fused_adamw(b: Bucket, h: Mapping[str, Any]) -> bool:
+    if not _can_fuse(b, "adamw"):
+        return False
+    exp_avgs, exp_avg_sqs = state_tensors(b, "grad_avg"), state_tensors(b, "sqr_avg")
+    step = b.step + 1
+    # torch.full launches a fill on the device: no host-to-device copy, no synchronisation.
+    step_t = torch.full((), float(step), dtype=torch.float32, device=b.params[0].device)
+    try:
+        torch._fused_adamw_(
+            b.params,
+            b.grads,
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            [step_t] * len(b.params),
+            lr=h["lr"],
+            beta1=h["mom"],
+            beta2=h["sqr_mom"],
+            weight_decay=h["wd"] if b.do_wd else 0.0,
+            eps=h["eps"],
+            amsgrad=False,
+            maximize=False,
+        )
+    except (RuntimeError, NotImplementedError):
+        _mark_unsupported(b, "adamw")
+        return False
+    b.step = step
+    for s in b.states:
+        s["step"] = step
+    return True
+
+
+def _fused_sgd_momentum(b: Bucket, h: Mapping[str, Any]) -> bool:
+    mom = h["mom"]
+    # torch's SGD leaves its buffers alone when momentum is 0, fastai's chain does not.
+    if mom == 0 or not _can_fuse(b, "sgd"):
+        return False
+    bufs = state_tensors(b, "grad_avg")
+    if b.do_wd and h["wd"] != 0:
+        torch._foreach_mul_(b.params, 1 - h["lr"] * h["wd"])
+    try:
+        torch._fused_sgd_(
+            b.params,
+            b.grads,
+            bufs,
+            weight_decay=0.0,
+            momentum=mom,
+            lr=h["lr"],
+            dampening=0.0,
+            nesterov=False,
+            maximize=False,
+            is_first_step=False,
+        )
+    except (RuntimeError, NotImplementedError):
+        # The decay is already applied: finish this step with the foreach forms of the rest of the chain.
+        _mark_unsupported(b, "sgd")
+        torch._foreach_mul_(bufs, mom)
+        torch._foreach_add_(bufs, b.grads)
+        torch._foreach_add_(b.params, bufs, alpha=-h["lr"])
+    return True
+
+
+def _is(cb: Callable[..., Any], fn: Callable[..., Any], **allowed: Any) -> bool:
+    """``cb`` is ``fn`` or a keyword partial of it whose keywords equal ``allowed`` (missing = default)."""
+    if isinstance(cb, functools.partial):
+        if cb.args or cb.func is not fn:
+            return False
+        return all(k in allowed and allowed[k] == v for k, v in cb.keywords.items())
+    return cb is fn
+
+
+def find_fused_plan(cbs: Sequence[Callable[..., Any]]) -> FusedPlan | None:
+    """The fused plan running this exact chain of built-in steppers, if there is one."""
+    if len(cbs) == 5 and (
+        _is(cbs[0], S.weight_decay)
+        and isinstance(cbs[1], functools.partial)
+        and _is(cbs[1], S.average_grad, dampening=True)
+        and _is(cbs[2], S.average_sqr_grad, dampening=True)
+        and _is(cbs[3], S.step_stat)
+        and _is(cbs[4], S.adam_step)
+    ):
+        return _fused_adamw
+    if len(cbs) == 3 and (
+        _is(cbs[0], S.weight_decay)
+        and _is(cbs[1], S.average_grad, dampening=False)
+        and _is(cbs[2], S.momentum_step)
+    ):
+        return _fused_sgd_momentum
+    return None

@@ -1,0 +1,178 @@
+"""``OptimWrapper``: any ``torch.optim`` optimizer behind learnloop's optimizer API.
+
+Hyper-parameters are exposed under learnloop's names (``hp_map``, by default ``momentum`` and
+``betas[0]`` -> ``mom``, ``betas[1]`` and ``alpha`` -> ``sqr_mom``, ``weight_decay`` -> ``wd``) through
+live views of torch's param groups, so schedules and discriminative learning rates work unchanged.
+
+What differs from learnloop's own ``Optimizer``: ``wrapper.state[p]`` holds only learnloop's flags
+(``do_wd``, ``force_train``); torch's per-parameter state is ``wrapper.opt.state``. ``force_train`` is
+honoured by ``freeze_to``; ``do_wd`` is not: torch applies a group's ``weight_decay`` to all its
+parameters (pass groups with ``weight_decay=0`` and ``convert_groups=False`` to exempt some).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import BaseOptimizer, OptimizerState
+
+__all__ = ["OptimWrapper", "PYTORCH_HP_MAP"]
+
+#: torch.optim param-group keys -> learnloop hyper-parameter names (``name__i`` is item i of a tuple).
+PYTORCH_HP_MAP: dict[str, str] = {
+    "momentum": "mom",
+    "weight_decay": "wd",
+    "alpha": "sqr_mom",
+    "betas__0": "mom",
+    "betas__1": "sqr_mom",
+}
+
+
+def _flat_keys(group: Mapping[str, Any]) -> Iterator[str]:
+    """A torch group's keys, with tuple-valued ones split into ``name__i``."""
+    for k, v in group.items():
+        if k == "params":
+            continue
+        if isinstance(v, (tuple, list)):
+            yield from (f"{k}__{i}" for i in range(len(v)))
+        else:
+            yield k
+
+
+class TorchGroupHypers(MutableMapping[str, Any]):
+    """A live view of one torch param group under learnloop's hyper-parameter names."""
+
+    def __init__(self, group: dict[str, Any], fwd: Mapping[str, str], bwd: Mapping[str, str]) -> None:
+        self.group, self._fwd, self._bwd = group, fwd, bwd
+
+    def _torch_key(self, k: str) -> tuple[str, int | None]:
+        tk = self._bwd.get(k, k)
+        if tk == "params":
+            raise KeyError(k)
+        name, sep, idx = tk.rpartition("__")
+        return (name, int(idx)) if sep and idx.isdigit() else (tk, None)
+
+    def __getitem__(self, k: str) -> Any:
+        name, idx = self._torch_key(k)
+        return self.group[name] if idx is None else self.group[name][idx]
+
+    def __setitem__(self, k: str, v: Any) -> None:
+        name, idx = self._torch_key(k)
+        if idx is None:
+            self.group[name] = v
+        else:
+            old = self.group[name]
+            self.group[name] = tuple(v if i == idx else x for i, x in enumerate(old))
+
+    def __delitem__(self, k: str) -> None:
+        raise KeyError(f"cannot delete hyper-parameter {k!r} of a torch optimizer")
+
+    def __iter__(self) -> Iterator[str]:
+        return (self._fwd.get(k, k) for k in _flat_keys(self.group))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in _flat_keys(self.group))
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+class OptimWrapper(BaseOptimizer):
+    """Run a ``torch.optim`` optimizer under learnloop's API.
+
+    >>> opt_func = functools.partial(OptimWrapper, opt=torch.optim.AdamW)  # doctest: +SKIP
+    >>> opt = opt_func(param_lists, lr=1e-3)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any] | None = None,
+        opt: Callable[..., torch.optim.Optimizer] | torch.optim.Optimizer | None = None,
+        hp_map: Mapping[str, str] | None = None,
+        convert_groups: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if params is None and opt is None:
+            raise ValueError(
+                "OptimWrapper needs params and a torch.optim class, or an already built optimizer"
+            )
+        if isinstance(opt, torch.optim.Optimizer):
+            if params is not None:
+                raise ValueError("Tried using both `params` and a built optimizer; just pass in `opt`.")
+            self.opt = opt
+        elif callable(opt):
+            if params is None:
+                raise ValueError(f"OptimWrapper needs params to build {opt!r}")
+            items = list(params)
+            if convert_groups and items and isinstance(items[0], (list, tuple)):
+                items = [{"params": list(g)} for g in items]
+            self.opt = opt(items, **kwargs)
+        else:
+            raise TypeError(f"opt must be a torch.optim.Optimizer class or instance, got {opt!r}")
+        hp_map = PYTORCH_HP_MAP if hp_map is None else hp_map
+        self.fwd_map = {k: hp_map.get(k, k) for k in _flat_keys(self.opt.param_groups[0])}
+        self.bwd_map = {v: k for k, v in self.fwd_map.items()}
+        self.state = OptimizerState()
+        self.frozen_idx = 0
+        self._views: list[TorchGroupHypers] = []
+
+    @property
+    def hypers(self) -> Sequence[MutableMapping[str, Any]]:
+        """One live view per torch param group, under learnloop's names."""
+        groups = self.opt.param_groups
+        views = self._views
+        if len(views) != len(groups) or any(v.group is not g for v, g in zip(views, groups, strict=False)):
+            views = self._views = [TorchGroupHypers(g, self.fwd_map, self.bwd_map) for g in groups]
+        return views
+
+    @hypers.setter
+    def hypers(self, values: Sequence[Mapping[str, Any]]) -> None:
+        for view, new in zip(self.hypers, values, strict=True):
+            view.update(new)
+
+    @property
+    def param_lists(self) -> list[list[Tensor]]:
+        """The torch param groups' ``params`` lists."""
+        return [g["params"] for g in self.opt.param_groups]
+
+    @param_lists.setter
+    def param_lists(self, v: list[list[Tensor]]) -> None:
+        for g, ps in zip(self.opt.param_groups, v, strict=True):
+            g["params"] = list(ps)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The wrapped optimizer's own (torch-named) param groups."""
+        return self.opt.param_groups
+
+    def known_hypers(self) -> set[str]:
+        """The learnloop names of the wrapped optimizer's hyper-parameters."""
+        return set(self.bwd_map)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Step the torch optimizer."""
+        return self.opt.step(closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero (or drop) the gradients."""
+        self.opt.zero_grad(set_to_none=set_to_none)
+
+    def clear_state(self) -> None:
+        """Forget torch's optimizer state (learnloop's ``do_wd`` / ``force_train`` flags are kept)."""
+        self.opt.state = defaultdict(dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict."""
+        return self.opt.state_dict()
+
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        """Load a torch state dict."""
+        self.opt.load_state_dict(dict(sd))
+
+    def __repr__(self) -> str:
+        return f"OptimWrapper({self.opt!r})"
