@@ -52,3 +52,21 @@ def synth_learner(
 @pytest.fixture
 def learn() -> Learner:
     return synth_learner()
+
+
+def synth_classif_learner(
+    n_train: int = 48, n_valid: int = 24, bs: int = 16, n_classes: int = 3, n_in: int = 4, seed: int = 0,
+    **kwargs: Any,
+) -> Learner:
+    """A learner on a synthetic `n_classes`-way classification problem (linear model, cross-entropy), quiet."""
+    g = torch.Generator().manual_seed(seed)
+    x_train, x_valid = torch.randn(n_train, n_in, generator=g), torch.randn(n_valid, n_in, generator=g)
+    w = torch.randn(n_in, n_classes, generator=g)
+    dls = DataLoaders.from_tensors(x_train, (x_train @ w).argmax(1), x_valid, (x_valid @ w).argmax(1), bs=bs,
+                                   shuffle=kwargs.pop("shuffle", False), device="cpu")
+    torch.manual_seed(seed)
+    kwargs.setdefault("loss_func", nn.CrossEntropyLoss())
+    kwargs.setdefault("lr", 1e-2)
+    learn = Learner(dls, nn.Linear(n_in, n_classes), **kwargs)
+    learn.logger = noop
+    return learn

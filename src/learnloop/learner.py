@@ -204,9 +204,12 @@ class Learner:
     @contextmanager
     def added_cbs(self, cbs: Any) -> Iterator[Learner]:
         """Add `cbs` for the duration of the block."""
-        added = [cb() if isinstance(cb, type) else cb for cb in _as_list(cbs)]
-        self.add_cbs(added)
+        added: list[Callback] = []
         try:
+            for cb in _as_list(cbs):
+                cb = cb() if isinstance(cb, type) and issubclass(cb, Callback) else cb
+                self.add_cb(cb)  # may refuse cb: the ones added before it are removed again below
+                added.append(cb)
             yield self
         finally:
             self.remove_cbs(added)
@@ -393,7 +396,13 @@ class Learner:
                 self.opt.set_hypers(wd=wd)
             self.opt.set_hypers(lr=self.lr if lr is None else lr)
             self.n_epoch = n_epoch
-            self._phase(FIT, self._do_fit)
+            logger = self.logger
+            try:
+                self._phase(FIT, self._do_fit)
+            except BaseException:
+                # No after_fit on this path, so a callback that swapped the logger (progress) cannot put it back.
+                self.logger = logger
+                raise
             self._end_cleanup()
 
     def _check_train_data(self) -> None:
@@ -556,12 +565,37 @@ class Learner:
     def __repr__(self) -> str:
         return f"Learner(model={type(self.model).__name__}, cbs={self.sorted_cbs()})"
 
+    # ----------------------------------------------------------- mixed precision
+    # Set by MixedPrecision: the GradScaler during fit, and the skipped-step record of callbacks/steps.py.
+    scaler: Any
+    opt_step_skipped: bool
+    skipped_steps: int
+    pct_skipped: float
+
+    def to_fp16(self, **kwargs: Any) -> Learner:
+        """Train in mixed precision with float16 and a GradScaler (`kwargs` go to `MixedPrecision`)."""
+        from .callbacks.fp16 import MixedPrecision
+
+        cb = MixedPrecision(**kwargs)  # built first, so bad arguments leave the learner as it was
+        self.remove_cb(MixedPrecision)
+        return self.add_cb(cb)
+
+    def to_bf16(self) -> Learner:
+        """Train in mixed precision with bfloat16 (no loss scaling needed)."""
+        return self.to_fp16(amp_mode="bf16")
+
+    def to_fp32(self) -> Learner:
+        """Train in full precision again: remove MixedPrecision."""
+        from .callbacks.fp16 import MixedPrecision
+
+        return self.remove_cb(MixedPrecision)
+
 
 def _as_list(cbs: Any) -> list[Any]:
     if cbs is None:
         return []
-    if isinstance(cbs, (Callback, type)):
-        return [cbs]
+    if isinstance(cbs, (Callback, type, str)) or not isinstance(cbs, Iterable):
+        return [cbs]  # a single (possibly wrong) item: add_cb then says what is wrong with it
     return list(cbs)
 
 

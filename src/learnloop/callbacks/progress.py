@@ -112,5 +112,6 @@ class ProgressCallback(Callback):
             self.epoch_bar.close()
             self.epoch_bar = None
         if self._old_logger is not None:
-            self.learn.logger = self._old_logger
+            if self.learn.logger == self._write_row:  # else it was already restored (or replaced) after a failed fit
+                self.learn.logger = self._old_logger
             self._old_logger = None

@@ -1,0 +1,436 @@
+"""Callback (SPEC §2): order, constraints, run flags, attribute fall-through, names, add/remove, errors."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+
+import learnloop.learner as learner_module
+from conftest import EventLog, synth_learner
+from learnloop import (
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    Learner,
+    ProgressCallback,
+    Recorder,
+    TrainEvalCallback,
+)
+from learnloop.callback import snake_name
+from learnloop.events import INNER_LOOP
+
+
+class Tagged(Callback):
+    """Appends its tag to a shared list at before_fit."""
+
+    def __init__(self, tag: str, log: list[str], order: int = 0) -> None:
+        self.tag, self.log, self.order = tag, log, order
+
+    def before_fit(self) -> None:
+        self.log.append(self.tag)
+
+
+# ------------------------------------------------------------------ order and constraints
+def test_order_sorts_and_ties_keep_insertion_order() -> None:
+    log: list[str] = []
+    cbs: list[Callback] = [Tagged("a", log, 5), Tagged("b", log, 0), Tagged("c", log, 5), Tagged("d", log, -1),
+                           Tagged("e", log, 0)]
+    learn = synth_learner(default_cbs=False, cbs=cbs)
+    learn("before_fit")
+    assert log == ["d", "b", "e", "a", "c"]
+    assert [cb.tag for cb in learn.sorted_cbs()] == log  # type: ignore[attr-defined]
+
+
+def test_default_orders() -> None:
+    assert (TrainEvalCallback.order, Recorder.order) == (-10, 50)
+    learn = synth_learner()
+    assert [type(cb) for cb in learn.sorted_cbs()] == [TrainEvalCallback, Recorder, ProgressCallback]
+
+
+class First(Tagged):
+    pass
+
+
+class Second(Tagged):
+    pass
+
+
+class Third(Tagged):
+    pass
+
+
+def test_run_before_overrides_order() -> None:
+    log: list[str] = []
+    first = First("first", log, order=10)
+    first.run_before = Second
+    learn = synth_learner(default_cbs=False, cbs=[Second("second", log, order=0), first])
+    learn("before_fit")
+    assert log == ["first", "second"]
+
+
+def test_run_after_overrides_order_and_accepts_a_list() -> None:
+    log: list[str] = []
+    third = Third("third", log, order=-5)
+    third.run_after = [First, Second]
+    learn = synth_learner(default_cbs=False, cbs=[third, First("first", log, 3), Second("second", log, 1)])
+    learn("before_fit")
+    assert log == ["second", "first", "third"]
+
+
+def test_run_before_list_and_class_attributes() -> None:
+    log: list[str] = []
+
+    class Early(Tagged):
+        order = 100
+        run_before = [First, Third]
+
+    learn = synth_learner(default_cbs=False,
+                          cbs=[First("first", log), Early("early", log, order=100), Third("third", log)])
+    learn("before_fit")
+    assert log == ["early", "first", "third"]
+
+
+def test_cycle_is_a_clear_error_and_leaves_the_learner_unchanged() -> None:
+    log: list[str] = []
+    a, b = First("a", log), Second("b", log)
+    a.run_before, b.run_before = Second, First
+    learn = synth_learner()
+    learn.add_cb(a)
+    before = list(learn.cbs)
+    with pytest.raises(ValueError, match="cycle.*(First.*Second|Second.*First)"):
+        learn.add_cb(b)
+    assert learn.cbs == before
+    assert b.learn is None and learn.__dict__.get("second") is None
+    learn.fit(1)  # the learner still works, with a's hooks only
+    assert log == ["a"]
+
+
+# ------------------------------------------------------------------ run, run_train, run_valid
+def test_run_false_skips_every_event_and_is_reset_at_after_fit() -> None:
+    learn = synth_learner()
+    log = EventLog()
+    log.run = False
+    learn.fit(1, cbs=log)
+    assert log.events == []
+    assert log.run is True
+    learn.fit(1, cbs=log)
+    assert log.events[0] == "before_fit" and log.events[-1] == "after_fit"
+
+
+def test_run_set_false_mid_fit_still_gets_reset() -> None:
+    learn = synth_learner()
+    log = EventLog()
+
+    class Stopper(Callback):
+        order = 200  # after the log
+
+        def after_train(self) -> None:
+            log.run = False
+
+    learn.fit(1, cbs=[log, Stopper()])
+    assert log.events[-1] == "after_train" and log.run is True
+
+
+INNER = {e.value for e in INNER_LOOP}
+
+
+def _between(events: list[str], start: str, end: str) -> list[str]:
+    return events[events.index(start) + 1:events.index(end)]
+
+
+@pytest.mark.parametrize("flag", ["run_train", "run_valid"])
+def test_run_train_and_run_valid_skip_only_inner_loop_events(flag: str) -> None:
+    learn = synth_learner()  # two training batches, one validation batch
+    full, partial = EventLog(), EventLog()
+    setattr(partial, flag, False)
+    learn.fit(1, cbs=[full, partial])
+    assert [e for e in partial.events if e not in INNER] == [e for e in full.events if e not in INNER]
+    train_full = _between(full.events, "before_train", "after_train")
+    valid_full = _between(full.events, "before_validate", "after_validate")
+    train_part = _between(partial.events, "before_train", "after_train")
+    valid_part = _between(partial.events, "before_validate", "after_validate")
+    assert len(train_full) == 16 and len(valid_full) == 4
+    if flag == "run_train":
+        assert (train_part, valid_part) == ([], valid_full)
+    else:
+        assert (train_part, valid_part) == (train_full, [])
+
+
+# ------------------------------------------------------------------ the learner through the callback
+def test_attribute_reads_fall_through_to_the_learner(learn: Learner) -> None:
+    cb = Callback()
+    learn.add_cb(cb)
+    assert cb.model is learn.model
+    assert cb.opt_func is learn.opt_func
+    assert cb.recorder is learn.recorder
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        cb.no_such_thing  # noqa: B018
+    learn.remove_cb(cb)
+    with pytest.raises(AttributeError):
+        cb.model  # noqa: B018
+
+
+def test_assigning_a_learner_attribute_through_the_callback_warns(learn: Learner) -> None:
+    class Shadow(Callback):
+        def after_loss(self) -> None:
+            self.loss = self.loss * 2
+
+    with pytest.warns(UserWarning, match=r"shadows.*`loss`.*self\.learn\.loss = \.\.\."):
+        learn.fit(1, cbs=Shadow())
+
+
+def test_assigning_own_attributes_does_not_warn(learn: Learner) -> None:
+    class Own(Callback):
+        def before_fit(self) -> None:
+            self.count = 0
+
+        def after_batch(self) -> None:
+            self.count += 1
+            self.learn.loss = self.learn.loss  # going through self.learn is the right way
+
+    cb = Own()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1, cbs=cb)
+    assert cb.count == 3
+
+
+# ------------------------------------------------------------------ names
+@pytest.mark.parametrize("cls_name,name", [
+    ("TrainEvalCallback", "train_eval"), ("Recorder", "recorder"), ("ProgressCallback", "progress"),
+    ("Callback", "callback"), ("LRFinder", "lr_finder"), ("MixedPrecision", "mixed_precision"),
+    ("GatherPredsCallback", "gather_preds"), ("SaveModelCallback", "save_model"),
+])
+def test_snake_case_names(cls_name: str, name: str) -> None:
+    assert snake_name(cls_name) == name
+
+
+def test_learner_exposes_callbacks_by_name(learn: Learner) -> None:
+    assert isinstance(learn.train_eval, TrainEvalCallback)
+    assert isinstance(learn.recorder, Recorder)
+    assert isinstance(learn.progress, ProgressCallback)
+    assert Callback().name == "callback"
+
+    class CountBatchesCallback(Callback):
+        pass
+
+    cb = CountBatchesCallback()
+    learn.add_cb(cb)
+    assert cb.name == "count_batches" and learn.count_batches is cb
+
+
+# ------------------------------------------------------------------ adding and removing
+class Counter(Callback):
+    def __init__(self) -> None:
+        self.n_fit = 0
+
+    def before_fit(self) -> None:
+        self.n_fit += 1
+
+
+def test_class_or_instance_accepted_everywhere() -> None:
+    learn = synth_learner(cbs=Counter)
+    assert isinstance(learn.counter, Counter) and learn.counter.learn is learn
+    learn.remove_cb(Counter)
+    learn.add_cb(Counter)
+    assert isinstance(learn.counter, Counter)
+    learn.remove_cb(Counter)
+    seen: list[Counter] = []
+    learn.fit(1, cbs=[Counter, Callback(after_fit=lambda: seen.append(learn.counter))])
+    assert seen[0].n_fit == 1
+    learn2 = synth_learner(cbs=[Counter(), Counter])
+    assert sum(isinstance(cb, Counter) for cb in learn2.cbs) == 2
+
+
+def test_remove_cb_class_removes_every_instance(learn: Learner) -> None:
+    a, b = Counter(), Counter()
+    learn.add_cbs([a, b])
+    learn.remove_cb(Counter)
+    assert not any(isinstance(cb, Counter) for cb in learn.cbs)
+    assert "counter" not in learn.__dict__
+    assert a.learn is None and b.learn is None
+    learn.fit(1)
+    assert a.n_fit == b.n_fit == 0
+
+
+def test_remove_cb_instance(learn: Learner) -> None:
+    cb = Counter()
+    learn.add_cb(cb)
+    learn.remove_cbs([cb])
+    assert cb not in learn.cbs and cb.learn is None and not hasattr(learn, "counter")
+
+
+def test_removed_cbs_puts_them_back_at_the_end(learn: Learner) -> None:
+    recorder = learn.recorder
+    with learn.removed_cbs(Recorder):
+        assert recorder not in learn.cbs and not hasattr(learn, "recorder") and recorder.learn is None
+    assert learn.cbs[-1] is recorder and learn.recorder is recorder and recorder.learn is learn
+
+
+def test_added_cbs_for_a_block_only(learn: Learner) -> None:
+    cb = Counter()
+    with learn.added_cbs(cb):
+        assert learn.counter is cb
+        learn.fit(1)
+    assert cb not in learn.cbs and cb.learn is None and cb.n_fit == 1
+    with learn.added_cbs(Counter):
+        assert isinstance(learn.counter, Counter)
+    assert not hasattr(learn, "counter")
+
+
+def test_fit_cbs_are_removed_after_fit_even_when_fit_raises(learn: Learner) -> None:
+    cb = Counter()
+    learn.fit(1, cbs=cb)
+    assert cb not in learn.cbs and cb.n_fit == 1
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    failing = Callback(after_batch=boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, cbs=[cb, failing])
+    assert cb not in learn.cbs and failing not in learn.cbs
+    assert [type(c) for c in learn.cbs] == [TrainEvalCallback, Recorder, ProgressCallback]
+
+
+def test_fit_cbs_with_a_refused_one_leave_nothing_behind(learn: Learner) -> None:
+    cb = Counter()
+    with pytest.raises(TypeError, match="int.*is not a Callback"):
+        learn.fit(1, cbs=[cb, int])
+    assert cb not in learn.cbs and not hasattr(learn, "counter")
+    assert len(learn.cbs) == 3
+
+
+def test_after_create_reaches_only_constructor_callbacks() -> None:
+    at_init, later, in_fit = EventLog(), EventLog(), EventLog()
+    learn = synth_learner(cbs=at_init)
+    learn.add_cb(later)
+    learn.fit(1, cbs=in_fit)
+    assert at_init.events.count("after_create") == 1 and at_init.events[0] == "after_create"
+    assert "after_create" not in later.events and "after_create" not in in_fit.events
+
+
+# ------------------------------------------------------------------ errors
+class Faulty(Callback):
+    def after_loss(self) -> None:
+        raise KeyError("the original message")
+
+
+def test_errors_keep_their_type_and_name_callback_and_event(learn: Learner) -> None:
+    with pytest.raises(KeyError, match=r"the original message") as info:
+        learn.fit(1, cbs=Faulty())
+    notes = getattr(info.value, "__notes__", [])
+    assert any("Faulty" in n and "after_loss" in n for n in notes)
+    with pytest.raises(KeyError, match=r"Faulty.*after_loss"):
+        learn.fit(1, cbs=Faulty())
+
+
+def test_errors_in_after_create_are_annotated_too() -> None:
+    class BadInit(Callback):
+        def after_create(self) -> None:
+            raise ZeroDivisionError("div")
+
+    with pytest.raises(ZeroDivisionError, match="BadInit.*after_create"):
+        synth_learner(cbs=BadInit())
+
+
+@pytest.mark.parametrize("exc", [CancelBatchException, CancelEpochException, CancelFitException])
+def test_cancel_exceptions_pass_unmodified(exc: type[Exception]) -> None:
+    learn = synth_learner()
+    instance = exc("cancel")
+
+    def cancel() -> None:
+        raise instance
+
+    cb = Callback(before_batch=cancel)
+    learn.add_cb(cb)
+    with pytest.raises(exc):
+        learn("before_batch")
+    assert not getattr(instance, "__notes__", None)
+    assert instance.args == ("cancel",)
+
+
+def test_keyword_hooks(learn: Learner) -> None:
+    batches: list[int] = []
+    learn.fit(1, cbs=Callback(after_batch=lambda: batches.append(learn.iter)))
+    assert batches == [0, 1, 0]  # two training batches, one validation batch
+    with pytest.raises(TypeError, match="after_bacth.*not an event.*after_batch"):
+        Callback(after_bacth=lambda: None)
+
+
+class NotACallback:
+    def before_fit(self) -> None: ...
+
+
+@pytest.mark.parametrize("bad", [NotACallback(), NotACallback, 42, "recorder"])
+def test_non_callbacks_are_refused(bad: Any) -> None:
+    learn = synth_learner()
+    with pytest.raises(TypeError, match="is not a Callback"):
+        learn.add_cb(bad)
+    with pytest.raises(TypeError, match="is not a Callback"):
+        learn.fit(1, cbs=bad)
+    with pytest.raises(TypeError, match="is not a Callback"):
+        synth_learner(cbs=bad)
+    assert len(learn.cbs) == 3
+
+
+def test_state_dict_defaults() -> None:
+    cb = Callback()
+    assert cb.state_dict() == {}
+    cb.load_state_dict({})
+    cb.load_state_dict({"anything": 1})  # ignored by default
+
+
+# ------------------------------------------------------------------ the execution plan and dispatch cost
+def test_show_training_loop_lists_callbacks_per_event_in_order(capsys: pytest.CaptureFixture[str]) -> None:
+    class Late(Callback):
+        order = 99
+
+        def before_fit(self) -> None: ...
+
+        def after_batch(self) -> None: ...
+
+    learn = synth_learner(cbs=Late())
+    learn.show_training_loop()
+    lines = {line.split()[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()}
+    assert lines["before_fit"] == "TrainEvalCallback, Recorder, ProgressCallback, Late"
+    assert lines["after_batch"] == "TrainEvalCallback, Recorder, ProgressCallback, Late"
+    assert lines["before_batch"] == "-"
+    assert lines["after_create"] == "TrainEvalCallback"
+    assert len(lines) == 24
+
+
+def test_dispatch_lists_are_not_rebuilt_per_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    learn = synth_learner()
+    calls = {"sort": 0}
+    real = learner_module.sort_callbacks
+
+    def counting(cbs: Any) -> Any:
+        calls["sort"] += 1
+        return real(cbs)
+
+    monkeypatch.setattr(learner_module, "sort_callbacks", counting)
+    learn.fit(2)
+    assert calls["sort"] == 0
+    learn.fit(1, cbs=Counter())
+    assert calls["sort"] == 2  # once when added, once when removed
+
+
+def test_callbacks_without_a_method_are_not_called_for_that_event(learn: Learner) -> None:
+    class OnlyFit(Callback):
+        def before_fit(self) -> None: ...
+
+    def no_getattr(self: Any, name: str) -> Any:  # would be hit if the loop looked up missing events
+        raise AssertionError(f"looked up {name}")
+
+    cb = OnlyFit()
+    learn.add_cb(cb)
+    OnlyFit.__getattr__ = no_getattr  # type: ignore[method-assign]
+    try:
+        learn.fit(1)
+    finally:
+        del OnlyFit.__getattr__
+    assert len(learn.recorder.losses) == 2
