@@ -19,6 +19,8 @@ def default_device() -> torch.device:
 def to_device(b: Any, device: torch.device, non_blocking: bool = True) -> Any:
     """Move every tensor in the (nested) batch `b` to `device`."""
     if isinstance(b, torch.Tensor):
+        if device.type == "cpu" and b.is_cpu:  # the common case, kept cheap: it runs for every batch
+            return b
         return b.to(device, non_blocking=non_blocking)
     if isinstance(b, (tuple, list)):
         return type(b)(to_device(o, device, non_blocking) for o in b)

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from .callback import Callback, check_hook_names, event_hooks, noop
+from .callbacks import lr_finder as _lr_finder
+from .callbacks import schedule as _schedule
 from .callbacks.core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
@@ -64,6 +66,7 @@ def norm_bias_params(model: nn.Module, with_bias: bool = True) -> list[nn.Parame
     return params
 
 
+_AFTER_FIT = Event.after_fit
 _DEPTH = {"create": 0, "fit": 0, "epoch": 1, "train": 2, "validate": 2}
 _DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
 
@@ -246,9 +249,17 @@ class Learner:
             self._fire(resolve_event(name))
 
     def _fire(self, event: Event) -> None:
+        hooks = self._hooks[event]
+        if hooks:
+            self._run_hooks(event, hooks)
+        if event is _AFTER_FIT:
+            for cb in self.cbs:
+                cb.run = True
+
+    def _run_hooks(self, event: Event, hooks: list[tuple[Callback, Callable[[], Any]]]) -> None:
         inner = event in INNER_LOOP
         training = self.training
-        for cb, hook in self._hooks[event]:
+        for cb, hook in hooks:
             if cb.run and (not inner or (cb.run_train if training else cb.run_valid)):
                 try:
                     hook()
@@ -257,9 +268,6 @@ class Learner:
                 except Exception as e:
                     e.add_note(f"(raised in callback {type(cb).__name__} at event {event.value})")
                     raise
-        if event is Event.after_fit:
-            for cb in self.cbs:
-                cb.run = True
 
     def show_training_loop(self) -> None:
         """Print the execution plan: for each event, in loop order, the callbacks that run, in order."""
@@ -294,6 +302,8 @@ class Learner:
     def _all_batches(self) -> None:
         self.n_iter = len(self.dl) if hasattr(self.dl, "__len__") else 0
         device = self._device
+        if device is not None and device.type == "cpu":
+            device = None  # batches from CPU DataLoaders are already there; skip the per-batch walk
         for i, b in enumerate(self.dl):
             self.iter = i
             self._split(b if device is None else to_device(b, device))
@@ -589,6 +599,78 @@ class Learner:
         from .callbacks.fp16 import MixedPrecision
 
         return self.remove_cb(MixedPrecision)
+
+    # ---- fit policies and the LR finder
+    def fit_one_cycle(
+        self,
+        n_epoch: int,
+        lr_max: float | slice | Sequence[float] | None = None,
+        div: float = 25.0,
+        div_final: float = 1e5,
+        pct_start: float = 0.25,
+        wd: float | None = None,
+        moms: Sequence[float] | None = None,
+        cbs: Any = None,
+        reset_opt: bool = False,
+        start_epoch: int = 0,
+    ) -> None:
+        """Train with the 1cycle policy (lr warm-up then cosine annealing, momentum the other way)."""
+        _schedule.fit_one_cycle(
+            self, n_epoch, lr_max, div, div_final, pct_start, wd, moms, cbs, reset_opt, start_epoch
+        )
+
+    def fit_flat_cos(
+        self,
+        n_epoch: int,
+        lr: float | slice | Sequence[float] | None = None,
+        div_final: float = 1e5,
+        pct_start: float = 0.75,
+        wd: float | None = None,
+        cbs: Any = None,
+        reset_opt: bool = False,
+        start_epoch: int = 0,
+    ) -> None:
+        """Train at a flat `lr` for `pct_start` of training, then anneal it with a cosine."""
+        _schedule.fit_flat_cos(self, n_epoch, lr, div_final, pct_start, wd, cbs, reset_opt, start_epoch)
+
+    def fit_sgdr(
+        self,
+        n_cycles: int,
+        cycle_len: int,
+        lr_max: float | slice | Sequence[float] | None = None,
+        cycle_mult: int = 2,
+        cbs: Any = None,
+        reset_opt: bool = False,
+        wd: float | None = None,
+        start_epoch: int = 0,
+    ) -> None:
+        """Train with SGDR: `n_cycles` cosine annealings of `cycle_len * cycle_mult**i` epochs."""
+        _schedule.fit_sgdr(self, n_cycles, cycle_len, lr_max, cycle_mult, cbs, reset_opt, wd, start_epoch)
+
+    def fine_tune(
+        self,
+        epochs: int,
+        base_lr: float = 2e-3,
+        freeze_epochs: int = 1,
+        lr_mult: float = 100,
+        pct_start: float = 0.3,
+        div: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        """Train the last group frozen for `freeze_epochs`, then everything with discriminative lrs."""
+        _schedule.fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, **kwargs)
+
+    def lr_find(
+        self,
+        start_lr: float = 1e-7,
+        end_lr: float = 10,
+        num_it: int = 100,
+        stop_div: bool = True,
+        show_plot: bool = True,
+        suggest_funcs: Callable[..., Any] | Iterable[Callable[..., Any]] | None = (_lr_finder.valley,),
+    ) -> tuple[float, ...] | None:
+        """Sweep the lr upwards for `num_it` batches, restore the learner, return `SuggestedLRs(...)`."""
+        return _lr_finder.lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot, suggest_funcs)
 
 
 def _as_list(cbs: Any) -> list[Any]:

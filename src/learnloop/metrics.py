@@ -158,7 +158,11 @@ class AvgLoss(_WeightedMean):
 
 
 class AvgSmoothLoss(Metric):
-    """Exponential moving average of ``learn.loss`` (factor ``beta``), debiased like Adam's moments."""
+    """Exponential moving average of ``learn.loss`` (factor ``beta``), debiased like Adam's moments.
+
+    The debiased average is kept directly: with ``c_n = 1 - beta**n``,
+    ``avg_n = lerp(loss_n, avg_{n-1}, beta * c_{n-1} / c_n)``, one tensor op per batch and no host sync.
+    """
 
     def __init__(self, beta: float = 0.98) -> None:
         self.beta = beta
@@ -166,16 +170,31 @@ class AvgSmoothLoss(Metric):
 
     def reset(self) -> None:
         self.count: int = 0
-        self.val: Tensor = torch.zeros(())
+        self._avg: Tensor | None = None
 
     def accumulate(self, learn: MetricLearner) -> None:
-        loss = _at_least_float32(learn.loss.detach().mean())
+        loss = learn.loss
+        if loss.ndim:
+            loss = loss.mean()
         self.count += 1
-        self.val = torch.lerp(loss, self.val.to(device=loss.device, dtype=loss.dtype), self.beta)
+        if self._avg is None:
+            self._avg = _at_least_float32(loss.detach()).clone()
+            return
+        beta, n, avg = self.beta, self.count, self._avg
+        weight = beta * (1 - beta ** (n - 1)) / (1 - beta**n)
+        loss = loss.detach()
+        self._avg = torch.lerp(loss if loss.dtype == avg.dtype else loss.to(avg.dtype), avg, weight)
+
+    @property
+    def val(self) -> Tensor:
+        """The running (biased) average, as fastai keeps it."""
+        if self._avg is None:
+            return torch.zeros(())
+        return self._avg * (1 - self.beta**self.count)
 
     @property
     def value(self) -> Tensor | None:
-        return self.val / (1 - self.beta**self.count) if self.count else None
+        return self._avg
 
     @property
     def name(self) -> str:

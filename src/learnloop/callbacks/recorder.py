@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,11 +82,14 @@ class Recorder(Callback):
             for m in self._valid_mets:
                 m.accumulate(learn)
             return
-        for m in self._train_mets:
-            m.accumulate(learn)
+        if self.cancel_train:
+            return
+        self.smooth_loss.accumulate(learn)
+        if self.train_metrics:
+            for m in self.learn.metrics:
+                m.accumulate(learn)
         self.lrs.append(learn.opt.hypers[-1]["lr"])
         smooth = self.smooth_loss.value
-        assert smooth is not None  # it has just accumulated a batch
         self.losses.append(smooth)
         learn.smooth_loss = smooth
 
@@ -135,3 +140,53 @@ class Recorder(Callback):
         self.lrs, self.iters = list(state["lrs"]), list(state["iters"])
         self.losses, self.values = list(state["losses"]), [list(v) for v in state["values"]]
         self.hps = {k: list(v) for k, v in state.get("hps", {}).items()}
+
+    # ---- plots (learnloop.plots; matplotlib is imported on first use)
+    def plot_loss(
+        self,
+        skip_start: int = 5,
+        with_valid: bool = True,
+        log: bool = False,
+        show_epochs: bool = False,
+        ax: Any = None,
+        fname: str | Path | None = None,
+    ) -> Any:
+        """Training loss per batch and validation loss per epoch; returns the Figure (saved to `fname`)."""
+        from ..plots import plot_loss
+
+        return plot_loss(self, skip_start, with_valid, log, show_epochs, ax, fname)
+
+    def plot_sched(
+        self,
+        keys: str | Sequence[str] | None = None,
+        figsize: tuple[float, float] | None = None,
+        fname: str | Path | None = None,
+    ) -> Any:
+        """Every scheduled hyper-parameter (`hps`) per batch; returns the Figure (saved to `fname`)."""
+        from ..plots import plot_sched
+
+        return plot_sched(self, keys, figsize, fname)
+
+    def plot_lr_find(
+        self,
+        skip_end: int = 5,
+        suggestions: Sequence[tuple[float, float]] | None = None,
+        nms: Sequence[str] | None = None,
+        fname: str | Path | None = None,
+    ) -> Any:
+        """Loss against lr (log scale) after `lr_find`, suggestions marked; returns the Figure."""
+        from ..plots import plot_lr_find
+
+        return plot_lr_find(self, skip_end, suggestions, nms, fname)
+
+    def plot_metrics(
+        self,
+        nrows: int | None = None,
+        ncols: int | None = None,
+        figsize: tuple[float, float] | None = None,
+        fname: str | Path | None = None,
+    ) -> Any:
+        """Losses and every metric per epoch; returns the Figure (saved to `fname`)."""
+        from ..plots import plot_metrics
+
+        return plot_metrics(self, nrows, ncols, figsize, fname)

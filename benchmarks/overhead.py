@@ -1,0 +1,159 @@
+"""Loop overhead: learnloop's Learner against a hand-written PyTorch loop doing the same work.
+
+A tiny MLP on pre-built in-memory batches (bs 64), one thread. Every contender trains one epoch per
+repetition, repetitions are interleaved (A B C A B C ...) so machine noise hits all alike, and the table
+reports the median time per batch and its ratio to the raw loop. fastai and Lightning run too when they
+are installed (an optional benchmark environment, never a dependency of learnloop).
+
+    python benchmarks/overhead.py [--batches 300] [--reps 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from learnloop import DataLoaders, Learner
+from learnloop.optimizer import SGD, OptimWrapper
+
+N_IN, N_HIDDEN, N_OUT, BS, LR = 32, 64, 10, 64, 1e-2
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(N_IN, N_HIDDEN), nn.ReLU(), nn.Linear(N_HIDDEN, N_OUT))
+
+
+def make_batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.randn(BS, N_IN, generator=g), torch.randint(0, N_OUT, (BS,), generator=g)) for _ in range(n)]
+
+
+def raw_loop(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None]:
+    """The limit: forward, loss, backward, step, zero_grad, and nothing else."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, foreach=True)
+
+    def epoch() -> None:
+        model.train()
+        for xb, yb in batches:
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+    return epoch
+
+
+def learnloop_loop(batches: list[tuple[torch.Tensor, torch.Tensor]], opt_func: Callable) -> Callable[[], None]:
+    """learnloop's Learner with its default callbacks, progress going to a non-terminal."""
+    dls = DataLoaders(batches, [], device="cpu")
+    learn = Learner(dls, make_model(), loss_func=F.cross_entropy, opt_func=opt_func, lr=LR)
+    sink = io.StringIO()
+
+    def epoch() -> None:
+        with contextlib.redirect_stdout(sink):
+            learn.fit(1)
+        sink.seek(0)
+        sink.truncate()
+
+    return epoch
+
+
+def fastai_loop(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None] | None:
+    try:
+        from fastai.data.core import DataLoaders as FastaiDataLoaders
+        from fastai.learner import Learner as FastaiLearner
+        from fastai.optimizer import SGD as FastaiSGD
+    except ImportError:
+        return None
+    dls = FastaiDataLoaders(batches, [], device="cpu")
+    learn = FastaiLearner(dls, make_model(), loss_func=F.cross_entropy, opt_func=functools.partial(FastaiSGD, mom=0.9),
+                          lr=LR)
+    sink = io.StringIO()
+
+    def epoch() -> None:
+        with contextlib.redirect_stdout(sink), learn.no_bar(), learn.no_logging():
+            learn.fit(1)
+
+    return epoch
+
+
+def lightning_loop(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None] | None:
+    try:
+        import lightning as L
+    except ImportError:
+        return None
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = make_model()
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+            return F.cross_entropy(self.model(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9, foreach=True)
+
+    module = Module()
+
+    def epoch() -> None:
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer.fit(module, batches)
+
+    return epoch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=300)
+    parser.add_argument("--reps", type=int, default=15)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    batches = make_batches(args.batches)
+    contenders: dict[str, Callable[[], None] | None] = {
+        "raw PyTorch loop (torch.optim.SGD, foreach)": raw_loop(batches),
+        "learnloop Learner, OptimWrapper(torch.optim.SGD)": learnloop_loop(
+            batches, functools.partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9, foreach=True)),
+        "learnloop Learner, learnloop SGD(mom=0.9)": learnloop_loop(batches, functools.partial(SGD, mom=0.9)),
+        "fastai 2.8 Learner": fastai_loop(batches),
+        "Lightning Trainer": lightning_loop(batches),
+    }
+    runs = {name: fn for name, fn in contenders.items() if fn is not None}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():  # warm-up
+        fn()
+    for _ in range(args.reps):
+        for name, fn in runs.items():
+            start = time.thread_time()  # CPU time of this thread: robust to other processes on a shared machine
+            fn()
+            times[name].append((time.thread_time() - start) / args.batches * 1e6)
+    base = statistics.median(times[next(iter(runs))])
+    print(f"Loop overhead: {args.batches} batches of {BS}, MLP {N_IN}-{N_HIDDEN}-{N_OUT}, 1 thread, "
+          f"median thread CPU time of {args.reps} interleaved epochs, torch {torch.__version__}\n")
+    print("| loop | µs/batch (median) | ratio to raw loop |")
+    print("|---|---:|---:|")
+    for name, samples in times.items():
+        med = statistics.median(samples)
+        print(f"| {name} | {med:.1f} | {med / base:.3f}x |")
+    for name in contenders:
+        if contenders[name] is None:
+            print(f"| {name} | not installed | - |")
+
+
+if __name__ == "__main__":
+    main()
