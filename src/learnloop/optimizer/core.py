@@ -121,9 +121,9 @@ class Optimizer(BaseOptimizer):
     def _missing_message(self, cb: Callable[..., Any], missing: set[str]) -> str:
         name, first = _stepper_name(cb), sorted(missing)[0]
         return (
-            f"stepper {name} needs hyper-parameter(s) {sorted(missing)} that neither a stepper default nor "
-            f"an Optimizer keyword defines; pass e.g. Optimizer(..., {first}=...) or give {name} a default "
-            f"(hypers defined: {sorted(self.hypers[0])})"
+            f"stepper {name} needs {sorted(missing)}, which no stepper default, Optimizer keyword or earlier "
+            f"stepper's state provides; pass e.g. Optimizer(..., {first}=...) or give {name} a default "
+            f"(hyper-parameters defined: {sorted(self.hypers[0])})"
         )
 
     def _checked_values(self, k: str, v: Any) -> list[Any]:

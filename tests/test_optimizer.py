@@ -1,0 +1,346 @@
+"""The generic Optimizer's API: hypers, freezing, state, state_dict, zero_grad, errors, torch parity."""
+
+from __future__ import annotations
+
+import copy
+import io
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from learnloop.optimizer import (
+    SGD,
+    Adam,
+    Lamb,
+    Optimizer,
+    RMSProp,
+    average_grad,
+    momentum_step,
+    ranger,
+    sgd_step,
+    weight_decay,
+    with_defaults,
+)
+
+
+def three_groups() -> list[list[torch.Tensor]]:
+    torch.manual_seed(0)
+    return [[torch.randn(3, requires_grad=True)] for _ in range(3)]
+
+
+def net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 2))
+
+
+def groups_of(model: nn.Sequential) -> list[list[nn.Parameter]]:
+    return [list(model[0].parameters()), list(model[1].parameters()), list(model[3].parameters())]
+
+
+def fit(model: nn.Module, opt: Any, steps: int, seed: int = 0) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x, y = torch.randn(16, 5, generator=gen), torch.randn(16, 2, generator=gen)
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+# -- construction and hyper-parameters ---------------------------------------------------------------
+def test_params_forms_and_defaults() -> None:
+    p, q = torch.zeros(2, requires_grad=True), torch.zeros(3, requires_grad=True)
+    one = SGD([p, q], lr=0.1)
+    assert one.param_lists == [[p, q]] and one.hypers == [{"wd": 0.0, "mom": 0.0, "lr": 0.1}]
+    assert SGD(iter([[p], [q]]), lr=0.1).param_lists == [[p], [q]]
+    torch_style = SGD([{"params": [p], "lr": 0.5}, {"params": [q]}], lr=0.1)
+    assert [h["lr"] for h in torch_style.hypers] == [0.5, 0.1]
+    adam = Adam([p], lr=1e-3)
+    assert adam.hypers[0] == {"wd": 0.01, "mom": 0.9, "sqr_mom": 0.99, "lr": 1e-3, "eps": 1e-5}
+
+
+def test_stepper_defaults_fastai_attribute_and_typed_decorator() -> None:
+    def my_step(p: torch.Tensor, lr: float, scale: float, **kwargs: Any) -> None:
+        p.data.add_(p.grad, alpha=-lr * scale)
+
+    my_step.defaults = {"scale": 3.0}  # type: ignore[attr-defined]
+    p = torch.ones(1, requires_grad=True)
+    opt = Optimizer([p], [my_step], lr=0.1)
+    assert opt.hypers[0]["scale"] == 3.0
+    p.grad = torch.ones(1)
+    opt.step()
+    assert p.item() == pytest.approx(0.7)
+    assert Optimizer([p], [partial(average_grad, dampening=True)]).hypers[0] == {"mom": 0.9}
+    with pytest.raises(TypeError, match=r"\['scal'\] are not parameters of my_step"):
+        with_defaults(scal=1.0)(my_step)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0.1, [0.1, 0.1, 0.1]),
+        ([0.1, 0.2, 0.3], [0.1, 0.2, 0.3]),
+        ((0.5,), [0.5, 0.5, 0.5]),
+        (slice(1e-4, 1e-2), [1e-4, 1e-3, 1e-2]),
+        (slice(1e-2), [1e-3, 1e-3, 1e-2]),
+        (slice(None, 1e-2), [1e-3, 1e-3, 1e-2]),
+    ],
+)
+def test_set_hypers_scalar_list_slice(value: Any, expected: list[float]) -> None:
+    opt = SGD(three_groups(), lr=1.0)
+    opt.set_hypers(lr=value)
+    assert [h["lr"] for h in opt.hypers] == pytest.approx(expected)
+    opt.set_hyper("mom", value)
+    assert [h["mom"] for h in opt.hypers] == pytest.approx(expected)
+
+
+def test_slice_with_one_group_gives_the_stop_value() -> None:
+    opt = SGD([torch.zeros(1)], lr=1.0)
+    opt.set_hypers(lr=slice(1e-4, 1e-2))
+    assert opt.hypers[0]["lr"] == 1e-2
+
+
+def test_set_hypers_errors() -> None:
+    opt = SGD(three_groups(), lr=1.0)
+    with pytest.raises(ValueError, match="got 2 values but the optimizer has 3 parameter groups"):
+        opt.set_hypers(lr=[0.1, 0.2])
+    with pytest.raises(ValueError, match="learning rate must be non-negative"):
+        opt.set_hypers(lr=-0.1)
+    with pytest.raises(ValueError, match="non-negative"):
+        SGD([torch.zeros(1)], lr=-1.0)
+    with pytest.raises(KeyError, match=r"unknown hyper-parameter 'lrr'; valid names: \[.*'lr'.*'wd'"):
+        opt.set_hypers(lrr=0.1)
+    opt.set_hypers(sqr_mom=0.9)  # the standard names are always accepted (schedules set them)
+    assert opt.hypers[0]["lr"] == 1.0  # nothing was changed by the failed calls
+
+
+def test_missing_hyper_is_reported_at_construction_or_first_step() -> None:
+    p = torch.zeros(2, requires_grad=True)
+    with pytest.raises(TypeError, match=r"stepper momentum_step needs \['grad_avg'\]"):
+        Optimizer([p], [weight_decay, momentum_step], lr=0.1)
+
+    def needs_beta(p: torch.Tensor, lr: float, beta: float, **kwargs: Any) -> None: ...
+
+    with pytest.raises(TypeError, match=r"needs_beta needs \['beta'\].*Optimizer\(\.\.\., beta=\.\.\.\)"):
+        Optimizer([p], [sgd_step, needs_beta], lr=0.1)
+
+    def user_stepper(p: torch.Tensor, **kwargs: Any) -> None: ...
+
+    opt = Optimizer([p], [user_stepper, needs_beta], lr=0.1)  # after a user stepper: checked when stepping
+    p.grad = torch.ones(2)
+    with pytest.raises(TypeError, match=r"needs_beta needs \['beta'\]"):
+        opt.step()
+
+
+# -- freezing ---------------------------------------------------------------------------------------------
+def test_freeze_unfreeze_and_force_train() -> None:
+    groups = three_groups()
+    opt = SGD(groups, lr=0.1)
+    forced = torch.zeros(1, requires_grad=True)
+    groups[0].append(forced)
+    opt.state[forced]["force_train"] = True
+    opt.freeze()
+    assert opt.frozen_idx == 2
+    assert [p.requires_grad for g in groups for p in g] == [False, True, False, True]
+    opt.freeze_to(-2)
+    assert opt.frozen_idx == 1 and [p.requires_grad for g in groups for p in g] == [False, True, True, True]
+    opt.unfreeze()
+    assert opt.frozen_idx == 0 and all(p.requires_grad for g in groups for p in g)
+    with pytest.warns(UserWarning, match="whole model is frozen"):
+        opt.freeze_to(3)
+    with pytest.raises(ValueError, match="at least two parameter groups"):
+        SGD([torch.zeros(1)], lr=0.1).freeze()
+
+
+# -- state ------------------------------------------------------------------------------------------------
+def test_state_is_a_sticky_mutable_dict_and_clear_state_keeps_flags() -> None:
+    model = net()
+    opt = Adam(groups_of(model), lr=1e-2)
+    w, b = model[0].weight, model[0].bias
+    opt.state[b]["do_wd"] = False
+    opt.state[w]["force_train"] = True
+    state_w = opt.state[w]
+    fit(model, opt, 2)
+    assert opt.state[w] is state_w and set(state_w) == {"force_train", "grad_avg", "sqr_avg", "step"}
+    opt.clear_state()
+    assert opt.state[w] is state_w and state_w == {"force_train": True}
+    assert opt.state[b] == {"do_wd": False}
+
+
+def test_do_wd_false_skips_weight_decay() -> None:
+    for impl in ("per_param", "foreach", "auto"):
+        p, q = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+        opt = Adam([p, q], lr=0.1, wd=0.5)
+        opt.implementation = impl  # type: ignore[assignment]
+        opt.state[q]["do_wd"] = False
+        p.grad, q.grad = torch.zeros(2), torch.zeros(2)
+        opt.step()
+        assert torch.allclose(p, torch.full((2,), 0.95)) and torch.equal(q, torch.ones(2))
+
+
+def test_zero_grad_both_modes() -> None:
+    p = torch.ones(3, requires_grad=True)
+    opt = SGD([p], lr=0.1)
+    p.grad = torch.ones(3)
+    grad = p.grad
+    opt.zero_grad(set_to_none=False)
+    assert p.grad is grad and torch.equal(grad, torch.zeros(3))
+    opt.zero_grad()
+    assert p.grad is None
+
+
+OPT_FUNCS: dict[str, Callable[..., Any]] = {
+    "SGD-mom": partial(SGD, lr=0.05, mom=0.9, wd=0.01),
+    "Adam": partial(Adam, lr=1e-2),
+    "Adam-foreach": partial(Adam, lr=1e-2),
+    "RMSProp": partial(RMSProp, lr=1e-3, mom=0.9),
+    "Lamb": partial(Lamb, lr=1e-2),
+    "ranger": partial(ranger, lr=1e-2, wd=0.1),
+}
+
+
+@pytest.mark.parametrize("name", list(OPT_FUNCS))
+def test_state_dict_round_trip_continues_identically(name: str) -> None:
+    def make(groups: list[list[nn.Parameter]]) -> Any:
+        opt = OPT_FUNCS[name](groups)
+        if name.endswith("foreach"):
+            opt.implementation = "foreach"
+        return opt
+
+    model = net()
+    opt = make(groups_of(model))
+    opt.state[model[3].bias]["do_wd"] = False
+    fit(model, opt, 7)  # ranger: 7 steps, so the Lookahead count is mid-cycle
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    twin = copy.deepcopy(model)
+    twin_opt = make(groups_of(twin))
+    buffer.seek(0)
+    twin_opt.load_state_dict(torch.load(buffer, weights_only=True))
+    assert twin_opt.state[twin[3].bias]["do_wd"] is False
+    fit(model, opt, 5, seed=1)
+    fit(twin, twin_opt, 5, seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
+    assert twin_opt.hypers == opt.hypers
+
+
+def test_load_state_dict_rejects_mismatches() -> None:
+    sd = SGD(three_groups(), lr=0.1, mom=0.9).state_dict()
+    with pytest.raises(ValueError, match="state_dict has 3 parameter groups but this optimizer has 1"):
+        SGD([torch.zeros(1)], lr=0.1).load_state_dict(sd)
+    with pytest.raises(ValueError, match="state for 3 parameters but this optimizer has 4"):
+        SGD([[torch.zeros(1)], [torch.zeros(1)], [torch.zeros(1), torch.zeros(1)]], lr=0.1).load_state_dict(sd)
+    opt = SGD(three_groups(), lr=0.1, mom=0.9)
+    sd["state"][0]["grad_avg"] = torch.zeros(5)
+    with pytest.raises(ValueError, match=r"'grad_avg' of parameter 0 has shape \(5,\) but the parameter"):
+        opt.load_state_dict(sd)
+
+
+# -- torch compatibility -------------------------------------------------------------------------------------
+def test_param_groups_is_a_live_torch_style_view() -> None:
+    groups = three_groups()
+    opt = SGD(groups, lr=0.1)
+    pg = opt.param_groups
+    assert pg[1]["params"] == groups[1] and pg[1]["lr"] == 0.1 and set(pg[0]) == {"params", "wd", "mom", "lr"}
+    pg[2]["lr"] = 0.5  # what torch's lr schedulers do
+    assert opt.hypers[2]["lr"] == 0.5
+    opt.param_groups = [{"params": g, "lr": 0.2} for g in groups]
+    assert [h["lr"] for h in opt.hypers] == [0.2, 0.2, 0.2]
+    extra = torch.zeros(1, requires_grad=True)
+    opt.add_param_group({"params": [extra], "mom": 0.5})
+    assert opt.param_lists[-1] == [extra] and opt.hypers[-1]["mom"] == 0.5 and opt.hypers[-1]["lr"] == 0.1
+
+
+def test_closure_is_called() -> None:
+    p = torch.ones(1, requires_grad=True)
+    opt = SGD([p], lr=0.1)
+
+    def closure() -> torch.Tensor:
+        loss = (p * 2).sum()
+        loss.backward()
+        return loss
+
+    assert opt.step(closure).item() == 2.0 and p.item() == pytest.approx(0.8)
+
+
+def trajectory(make_opt: Callable[[list[nn.Parameter]], Any], steps: int = 30) -> list[torch.Tensor]:
+    """Parameters after ``steps`` steps on a fixed random sequence of gradients.
+
+    Fixed gradients, not a model's: Adam's update amplifies gradient differences by up to ``lr / eps``
+    when gradients are tiny, so two mathematically equal Adams training a network drift apart from
+    rounding alone; on the same gradients they agree to rounding.
+    """
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(shape)) for shape in [(7, 5), (7,), (2, 7), (2,)]]
+    opt = make_opt(params)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (partial(SGD, lr=0.05), partial(torch.optim.SGD, lr=0.05)),
+        (partial(SGD, lr=0.05, mom=0.9), partial(torch.optim.SGD, lr=0.05, momentum=0.9)),
+        (partial(SGD, lr=0.05, mom=0.9, wd=0.1, decouple_wd=False),
+         partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=0.1)),
+        (partial(RMSProp, lr=1e-3), partial(torch.optim.RMSprop, lr=1e-3, alpha=0.99, eps=1e-8)),
+        (partial(Adam, lr=1e-2), partial(torch.optim.AdamW, lr=1e-2, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)),
+        (partial(Adam, lr=1e-2, mom=0.8, sqr_mom=0.999, eps=1e-8, wd=0.1),
+         partial(torch.optim.AdamW, lr=1e-2, betas=(0.8, 0.999), eps=1e-8, weight_decay=0.1)),
+        (partial(Adam, lr=1e-2, wd=0.1, decouple_wd=False),
+         partial(torch.optim.Adam, lr=1e-2, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.1)),
+    ],
+    ids=["SGD", "SGD-mom", "SGD-l2", "RMSProp", "Adam", "Adam-hypers", "Adam-l2"],
+)
+@pytest.mark.parametrize("implementation", ["per_param", "auto"])
+def test_builtins_match_torch_optim(ours: Callable[..., Any], theirs: Callable[..., Any], implementation: str) -> None:
+    def make_ours(params: list[nn.Parameter]) -> Optimizer:
+        opt = ours(params)
+        opt.implementation = implementation
+        return opt
+
+    for a, b in zip(trajectory(make_ours), trajectory(theirs), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "complex"])
+@pytest.mark.parametrize("implementation", ["per_param", "auto"])
+def test_sparse_and_complex_gradients_are_rejected(kind: str, implementation: str) -> None:
+    emb = nn.Embedding(4, 2, sparse=True)
+    p = emb.weight if kind == "sparse" else nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+    opt = Adam([[torch.zeros(1, requires_grad=True)], [p]], lr=0.1)
+    opt.implementation = implementation  # type: ignore[assignment]
+    if kind == "sparse":
+        emb(torch.tensor([1])).sum().backward()
+        match = r"parameter 0 of group 1 \(shape \(4, 2\)\) has a sparse gradient.*SparseAdam"
+    else:
+        p.grad = torch.ones(2, dtype=torch.complex64)
+        match = r"parameter 0 of group 1 .* is complex; .*view_as_real"
+    with pytest.raises(RuntimeError, match=match):
+        opt.step()
+
+
+def test_hyper_shadowing_state_names_takes_the_reference_path() -> None:
+    p, q = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+    opt = SGD([[p], [q]], lr=0.1, wd=0.5)
+    opt.hypers[1]["do_wd"] = False  # fastai semantics: hypers override state, so the whole group skips wd
+    p.grad, q.grad = torch.zeros(2), torch.zeros(2)
+    opt.step()
+    assert torch.allclose(p, torch.full((2,), 0.95)) and torch.equal(q, torch.ones(2))
+
+
+def test_editing_cbs_after_construction_is_seen() -> None:
+    p = torch.ones(1, requires_grad=True)
+    opt = Optimizer([p], [sgd_step], lr=0.1)
+    opt.cbs.insert(0, lambda p, **kw: p.grad.mul_(10))
+    p.grad = torch.ones(1)
+    opt.step()
+    assert p.item() == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,306 @@
+"""Each per-parameter stepper against hand-computed numbers, and every fast path against them."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from learnloop.optimizer import (
+    SGD,
+    Adam,
+    Lamb,
+    Larc,
+    Optimizer,
+    QHAdam,
+    RAdam,
+    RMSProp,
+    adam_step,
+    average_grad,
+    average_sqr_grad,
+    debias,
+    l2_reg,
+    lamb_step,
+    larc_layer_lr,
+    larc_step,
+    momentum_step,
+    qhadam_step,
+    radam_step,
+    ranger,
+    rms_prop_step,
+    sgd_step,
+    step_stat,
+    weight_decay,
+)
+
+
+def param(values: list[float], grad: list[float]) -> torch.Tensor:
+    p = torch.tensor(values, requires_grad=True)
+    p.grad = torch.tensor(grad)
+    return p
+
+
+def close(t: torch.Tensor, expected: list[float]) -> None:
+    torch.testing.assert_close(t.detach().reshape(-1), torch.tensor(expected), rtol=1e-6, atol=1e-7)
+
+
+# -- per-parameter formulas on hand-computed numbers ---------------------------------------------------
+def test_sgd_step() -> None:
+    p = param([1.0, 2.0], [0.5, -1.0])
+    assert sgd_step(p, lr=0.1) is None
+    close(p, [0.95, 2.1])
+
+
+def test_weight_decay_is_decoupled_and_respects_do_wd() -> None:
+    p = param([1.0, 2.0], [0.5, -1.0])
+    weight_decay(p, lr=0.1, wd=0.5)
+    close(p, [0.95, 1.9])
+    close(p.grad, [0.5, -1.0])
+    weight_decay(p, lr=0.1, wd=0.5, do_wd=False)
+    close(p, [0.95, 1.9])
+
+
+def test_l2_reg_adds_to_the_gradient() -> None:
+    p = param([1.0, 2.0], [0.5, -1.0])
+    l2_reg(p, lr=0.1, wd=0.5)
+    close(p.grad, [1.0, 0.0])
+    close(p, [1.0, 2.0])
+    l2_reg(p, lr=0.1, wd=0.5, do_wd=False)
+    close(p.grad, [1.0, 0.0])
+
+
+def test_average_grad_with_and_without_dampening() -> None:
+    p = param([0.0], [2.0])
+    state = average_grad(p, mom=0.9)
+    assert state is not None
+    close(state["grad_avg"], [2.0])
+    p.grad = torch.tensor([1.0])
+    close(average_grad(p, mom=0.9, **state)["grad_avg"], [0.9 * 2 + 1])  # type: ignore[index]
+    damped = average_grad(param([0.0], [2.0]), mom=0.9, dampening=True)
+    assert damped is not None
+    close(damped["grad_avg"], [0.1 * 2])
+
+
+def test_average_sqr_grad_with_and_without_dampening() -> None:
+    state = average_sqr_grad(param([0.0], [2.0]), sqr_mom=0.99)
+    assert state is not None
+    close(state["sqr_avg"], [0.01 * 4])
+    undamped = average_sqr_grad(param([0.0], [2.0]), sqr_mom=0.99, dampening=False)
+    assert undamped is not None
+    close(undamped["sqr_avg"], [4.0])
+
+
+def test_momentum_and_rms_prop_steps() -> None:
+    p = param([1.0], [2.0])
+    momentum_step(p, lr=0.1, grad_avg=torch.tensor([3.0]))
+    close(p, [0.7])
+    p = param([1.0], [2.0])
+    rms_prop_step(p, lr=0.1, sqr_avg=torch.tensor([4.0]), eps=0.5)
+    close(p, [1 - 0.1 * 2 / 2.5])
+    p = param([1.0], [2.0])
+    rms_prop_step(p, lr=0.1, sqr_avg=torch.tensor([4.0]), eps=0.5, grad_avg=torch.tensor([5.0]))
+    close(p, [1 - 0.1 * 5 / 2.5])
+
+
+def test_step_stat_and_debias() -> None:
+    assert step_stat(param([0.0], [0.0])) == {"step": 1}
+    assert step_stat(param([0.0], [0.0]), step=5) == {"step": 6}
+    assert debias(0.9, 0.1, 1) == pytest.approx(0.1)
+    assert debias(0.9, 1.0, 2) == pytest.approx(1.9)
+
+
+def test_adam_step() -> None:
+    p = param([1.0], [2.0])
+    adam_step(p, lr=0.1, mom=0.9, step=1, sqr_mom=0.99, grad_avg=torch.tensor([0.2]),
+              sqr_avg=torch.tensor([0.04]), eps=1e-5)
+    close(p, [1 - 0.1 * 2.0 / (2.0 + 1e-5)])  # debiased: m = 0.2/0.1 = 2, v = 0.04/0.01 = 4
+
+
+def test_radam_step_falls_back_to_sgd_then_rectifies() -> None:
+    p = param([1.0], [2.0])
+    radam_step(p, lr=0.1, mom=0.9, step=1, sqr_mom=0.99, grad_avg=torch.tensor([0.2]),
+               sqr_avg=torch.tensor([0.04]), eps=1e-5, beta=0.0)
+    close(p, [1 - 0.1 * 0.2 / 0.1])  # r <= 5 at step 1: momentum SGD with the debiased average
+    step, lr = 10, 0.1
+    r_inf = 2 / 0.01 - 1
+    r = r_inf - 2 * step * 0.99**step / (1 - 0.99**step)
+    v = math.sqrt((r - 4) * (r - 2) * r_inf / ((r_inf - 4) * (r_inf - 2) * r))
+    m_hat, v_hat = 0.5 / (1 - 0.9**step), 0.3 / (1 - 0.99**step)
+    p = param([1.0], [2.0])
+    radam_step(p, lr=lr, mom=0.9, step=step, sqr_mom=0.99, grad_avg=torch.tensor([0.5]),
+               sqr_avg=torch.tensor([0.3]), eps=1e-5, beta=0.0)
+    close(p, [1 - lr * v * m_hat / (math.sqrt(v_hat) + 1e-5)])
+
+
+def test_qhadam_step() -> None:
+    p = param([1.0], [2.0])
+    qhadam_step(p, lr=0.1, mom=0.9, sqr_mom=0.99, sqr_avg=torch.tensor([0.04]), nu_1=0.7, nu_2=0.5, step=1,
+                grad_avg=torch.tensor([0.2]), eps=1e-8)
+    num = 0.3 * 2 + 0.7 * 2.0
+    denom = math.sqrt(0.5 * 4 + 0.5 * 4.0) + 1e-8
+    close(p, [1 - 0.1 * num / denom])
+
+
+def test_larc_layer_lr_and_step() -> None:
+    p = param([3.0, 4.0], [0.0, 1.0])  # |p| = 5, |g| = 1
+    state = larc_layer_lr(p, lr=0.5, trust_coeff=0.02, wd=0.1, eps=0.0)
+    assert state is not None
+    close(state["local_lr"], [0.5 * 0.02 * 5 / (1 + 0.5)])
+    clipped = larc_layer_lr(p, lr=0.5, trust_coeff=1.0, wd=0.0, eps=0.0)
+    unclipped = larc_layer_lr(p, lr=0.5, trust_coeff=1.0, wd=0.0, eps=0.0, clip=False)
+    assert clipped is not None and unclipped is not None
+    close(clipped["local_lr"], [0.5])
+    close(unclipped["local_lr"], [2.5])
+    larc_step(p, local_lr=torch.tensor(0.1))
+    close(p, [3.0, 3.9])
+    larc_step(p, local_lr=0.1, grad_avg=torch.tensor([1.0, 1.0]))
+    close(p, [2.9, 3.8])
+
+
+def test_lamb_step_scales_by_the_trust_ratio() -> None:
+    p = param([3.0, 4.0], [0.0, 0.0])
+    grad_avg, sqr_avg = torch.tensor([0.1, 0.2]), torch.tensor([0.01, 0.04])
+    lamb_step(p, lr=0.1, mom=0.9, step=1, sqr_mom=0.99, grad_avg=grad_avg, sqr_avg=sqr_avg, eps=0.0)
+    update = [1.0, 1.0]  # (0.1/0.1) / sqrt(0.01/0.01), (0.2/0.1) / sqrt(0.04/0.01)
+    q = min(math.sqrt(12.5) / 1.0, 10)
+    close(p, [3 - 0.1 * q * update[0], 4 - 0.1 * q * update[1]])
+    zero = param([0.0, 0.0], [0.0, 0.0])
+    lamb_step(zero, lr=0.1, mom=0.9, step=1, sqr_mom=0.99, grad_avg=grad_avg, sqr_avg=sqr_avg, eps=0.0)
+    close(zero, [-0.1, -0.1])  # rms(p) == 0: trust ratio 1
+
+
+# -- fast paths against the per-parameter reference -------------------------------------------------------
+class TinyNet(nn.Module):
+    """Two linear layers, a norm, a parameter used only on even steps and one never used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin1, self.norm, self.lin2 = nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3)
+        self.sometimes = nn.Parameter(torch.randn(3) * 0.1)
+        self.unused = nn.Parameter(torch.randn(4))
+
+    def forward(self, x: torch.Tensor, use_sometimes: bool) -> torch.Tensor:
+        out = self.lin2(self.norm(self.lin1(x)).tanh())
+        return out + self.sometimes if use_sometimes else out
+
+    def groups(self) -> list[list[nn.Parameter]]:
+        return [list(self.lin1.parameters()), [*self.norm.parameters(), self.unused],
+                [*self.lin2.parameters(), self.sometimes]]
+
+
+def train(opt_func: Callable[..., Any], implementation: str, steps: int = 100) -> list[torch.Tensor]:
+    """Train TinyNet to fixed targets; ``do_wd`` False on the norm and the biases."""
+    model = TinyNet()
+    opt = opt_func(model.groups())
+    inner = getattr(opt, "opt", opt)
+    inner.implementation = implementation
+    for p in [*model.norm.parameters(), model.lin1.bias, model.lin2.bias]:
+        opt.state[p]["do_wd"] = False
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 6, generator=gen), torch.randn(64, 3, generator=gen)
+    for i in range(steps):
+        nn.functional.mse_loss(model(x, use_sometimes=i % 2 == 0), y).backward()
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+OPTIMIZERS: dict[str, Callable[..., Any]] = {
+    "SGD": partial(SGD, lr=0.1, wd=0.01),
+    "SGD-mom": partial(SGD, lr=0.05, mom=0.9, wd=0.01),
+    "SGD-mom-l2": partial(SGD, lr=0.05, mom=0.9, wd=0.01, decouple_wd=False),
+    "RMSProp": partial(RMSProp, lr=1e-3, wd=0.01),
+    "RMSProp-mom": partial(RMSProp, lr=1e-3, mom=0.9),
+    "Adam": partial(Adam, lr=1e-2),
+    "Adam-l2": partial(Adam, lr=1e-2, decouple_wd=False),
+    "RAdam": partial(RAdam, lr=1e-2, wd=0.01),
+    "RAdam-beta": partial(RAdam, lr=1e-2, beta=10.0),
+    "QHAdam": partial(QHAdam, lr=1e-2, wd=0.01),
+    "Larc": partial(Larc, lr=0.5, wd=0.01),
+    "LARS": partial(Larc, lr=0.5, clip=False, mom=0.0),
+    "Lamb": partial(Lamb, lr=1e-2, wd=0.01),
+    "ranger": partial(ranger, lr=1e-2),
+}
+
+
+@functools.cache
+def reference(name: str) -> list[torch.Tensor]:
+    """The per-parameter trajectory of ``OPTIMIZERS[name]`` (computed once per test session)."""
+    return train(OPTIMIZERS[name], "per_param")
+
+
+def relative_error(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
+    return max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(out, ref, strict=True))
+
+
+@pytest.mark.parametrize("implementation", ["foreach", "auto"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_fast_path_matches_per_param_reference(name: str, implementation: str) -> None:
+    ref = reference(name)
+    out = train(OPTIMIZERS[name], implementation)
+    assert relative_error(out, ref) <= 1e-6
+    assert not torch.equal(ref[0], TinyNet().lin1.weight)  # it did train
+
+
+def test_state_is_the_same_in_every_path_and_untouched_without_grads() -> None:
+    states = {}
+    for impl in ("per_param", "foreach", "auto"):
+        model = TinyNet()
+        opt = Adam(model.groups(), lr=1e-2)
+        opt.implementation = impl
+        for _ in range(3):
+            model(torch.ones(2, 6), use_sometimes=False).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        assert opt.state[model.unused] == {} and opt.state[model.sometimes] == {}
+        states[impl] = opt.state[model.lin1.weight]
+    for impl in ("foreach", "auto"):
+        assert states[impl]["step"] == 3 and isinstance(states[impl]["step"], int)
+        for key in ("grad_avg", "sqr_avg"):
+            torch.testing.assert_close(states[impl][key], states["per_param"][key], rtol=1e-6, atol=1e-9)
+
+
+def test_builtin_chains_take_the_fused_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    for kernel in ("_fused_adamw_", "_fused_sgd_"):
+        real = getattr(torch, kernel)
+        monkeypatch.setattr(torch, kernel, lambda *a, _r=real, _k=kernel, **k: (calls.append(_k), _r(*a, **k))[1])
+    train(OPTIMIZERS["Adam"], "auto", steps=2)
+    train(OPTIMIZERS["SGD-mom"], "auto", steps=2)
+    assert "_fused_adamw_" in calls and "_fused_sgd_" in calls
+    calls.clear()
+    train(OPTIMIZERS["Adam"], "foreach", steps=2)
+    assert calls == []
+
+
+def clip_grad(p: torch.Tensor, **kwargs: Any) -> None:
+    """A user stepper (unknown to learnloop): clip the gradient in place."""
+    assert p.grad is not None
+    p.grad.clamp_(-0.05, 0.05)
+
+
+def user_average_grad(p: torch.Tensor, mom: float, grad_avg: torch.Tensor | None = None, **kwargs: Any) -> Any:
+    """fastai-book style user stepper, equal to the built-in average_grad."""
+    assert p.grad is not None
+    if grad_avg is None:
+        grad_avg = torch.zeros_like(p.grad)
+    return {"grad_avg": grad_avg.mul_(mom).add_(p.grad)}
+
+
+def test_user_stepper_mixed_with_builtins_gives_reference_numbers() -> None:
+    mixed = partial(Optimizer, cbs=[weight_decay, user_average_grad, momentum_step], lr=0.05, mom=0.9, wd=0.01)
+    ref = reference("SGD-mom")
+    for impl in ("auto", "foreach"):
+        out = train(mixed, impl)
+        assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
+    adam_cbs = [clip_grad, weight_decay, partial(average_grad, dampening=True), average_sqr_grad, step_stat, adam_step]
+    clipped = partial(Optimizer, cbs=adam_cbs, lr=1e-2, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01)
+    assert relative_error(train(clipped, "auto"), train(clipped, "per_param")) == 0
+    assert Optimizer([torch.zeros(1)], adam_cbs, lr=1e-2, eps=1e-5, wd=0.01)._chain is None

@@ -1,0 +1,176 @@
+"""OptimWrapper (torch.optim behind learnloop's API), Lookahead and ranger."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from learnloop.optimizer import SGD, Lookahead, OptimWrapper, RAdam, ranger
+
+
+def three_groups() -> list[list[nn.Parameter]]:
+    torch.manual_seed(0)
+    return [[nn.Parameter(torch.randn(3))] for _ in range(3)]
+
+
+def set_grads(groups: list[list[nn.Parameter]], value: float = 1.0) -> None:
+    for g in groups:
+        for p in g:
+            p.grad = torch.full_like(p, value)
+
+
+# -- OptimWrapper --------------------------------------------------------------------------------------------
+def test_opt_func_partial_builds_groups_and_maps_names() -> None:
+    groups = three_groups()
+    opt = partial(OptimWrapper, opt=torch.optim.AdamW)(groups, lr=1e-3)
+    assert isinstance(opt.opt, torch.optim.AdamW) and len(opt.opt.param_groups) == 3
+    h = opt.hypers[-1]
+    assert (h["lr"], h["mom"], h["sqr_mom"], h["eps"], h["wd"]) == (1e-3, 0.9, 0.999, 1e-8, 0.01)
+    assert opt.param_lists == groups
+
+
+@pytest.mark.parametrize(
+    ("cls", "torch_key", "name", "value", "expected"),
+    [
+        (torch.optim.AdamW, "betas", "mom", 0.8, (0.8, 0.999)),
+        (torch.optim.AdamW, "betas", "sqr_mom", 0.95, (0.9, 0.95)),
+        (torch.optim.AdamW, "weight_decay", "wd", 0.1, 0.1),
+        (torch.optim.SGD, "momentum", "mom", 0.7, 0.7),
+        (torch.optim.RMSprop, "alpha", "sqr_mom", 0.9, 0.9),
+    ],
+)
+def test_hyper_mapping_both_ways(cls: type, torch_key: str, name: str, value: float, expected: object) -> None:
+    opt = OptimWrapper(three_groups(), opt=cls, lr=0.1)
+    opt.set_hypers(**{name: value})
+    assert all(g[torch_key] == expected for g in opt.opt.param_groups)
+    assert all(h[name] == value for h in opt.hypers)
+    opt.opt.param_groups[0][torch_key] = expected  # torch -> learnloop reads through
+    assert opt.hypers[0][name] == value
+
+
+def test_wrapper_discriminative_lrs_and_errors() -> None:
+    opt = OptimWrapper(three_groups(), opt=torch.optim.SGD, lr=0.1, momentum=0.9)
+    opt.set_hypers(lr=slice(1e-4, 1e-2))
+    assert [g["lr"] for g in opt.opt.param_groups] == pytest.approx([1e-4, 1e-3, 1e-2])
+    opt.set_hypers(lr=slice(1e-2))
+    assert [h["lr"] for h in opt.hypers] == pytest.approx([1e-3, 1e-3, 1e-2])
+    with pytest.raises(KeyError, match=r"unknown hyper-parameter 'sqr_mom'; valid names: \[.*'mom'"):
+        opt.set_hypers(sqr_mom=0.9)  # torch SGD has no second moment
+    with pytest.raises(ValueError, match="got 2 values but the optimizer has 3"):
+        opt.set_hypers(lr=[0.1, 0.2])
+    with pytest.raises(ValueError, match="non-negative"):
+        opt.set_hypers(lr=-1.0)
+    with pytest.raises(ValueError, match="just pass in `opt`"):
+        OptimWrapper(three_groups(), opt=torch.optim.SGD(three_groups()[0], lr=0.1))
+
+
+def test_wrapper_steps_like_the_bare_torch_optimizer() -> None:
+    groups, bare_groups = three_groups(), three_groups()
+    opt = OptimWrapper(groups, opt=torch.optim.AdamW, lr=0.1)
+    bare = torch.optim.AdamW([{"params": g} for g in bare_groups], lr=0.1)
+    for _ in range(3):
+        set_grads(groups)
+        set_grads(bare_groups)
+        opt.step()
+        bare.step()
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(groups, bare_groups, strict=True))
+    opt.zero_grad()
+    assert groups[0][0].grad is None
+
+
+def test_wrapper_freeze_force_train_state_dict_and_clear_state() -> None:
+    groups = three_groups()
+    opt = OptimWrapper(groups, opt=torch.optim.AdamW, lr=0.1)
+    opt.state[groups[0][0]]["force_train"] = True
+    opt.freeze()
+    assert [g[0].requires_grad for g in groups] == [True, False, True]
+    opt.unfreeze()
+    set_grads(groups)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    twin_groups = [[nn.Parameter(p.detach().clone()) for p in g] for g in groups]
+    twin = OptimWrapper(twin_groups, opt=torch.optim.AdamW, lr=0.1)
+    twin.load_state_dict(sd)
+    set_grads(groups, 0.5)
+    set_grads(twin_groups, 0.5)
+    opt.step()
+    twin.step()
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(groups, twin_groups, strict=True))
+    opt.clear_state()
+    assert len(opt.opt.state) == 0 and opt.state[groups[0][0]] == {"force_train": True}
+
+
+def test_wrapper_around_a_built_optimizer() -> None:
+    params = three_groups()[0]
+    opt = OptimWrapper(opt=torch.optim.SGD(params, lr=0.1, momentum=0.9))
+    assert opt.hypers[0]["mom"] == 0.9 and opt.param_lists == [params]
+
+
+# -- Lookahead and ranger -----------------------------------------------------------------------------------
+def test_lookahead_pulls_slow_weights_every_k_steps() -> None:
+    p = nn.Parameter(torch.zeros(2))
+    opt = Lookahead(SGD([p], lr=1.0), k=2, alpha=0.5)
+    p.grad = torch.ones(2)
+    opt.step()
+    assert torch.equal(p.detach(), torch.full((2,), -1.0)) and opt.count == 1
+    opt.step()  # fast reached -2; slow = 0 + 0.5 * (-2 - 0) = -1, and fast is reset to slow
+    assert torch.equal(p.detach(), torch.full((2,), -1.0))
+    assert opt.slow_weights is not None and torch.equal(opt.slow_weights[0][0], torch.full((2,), -1.0))
+    opt.step()
+    opt.step()  # fast -3; slow = -1 + 0.5 * (-3 + 1) = -2
+    assert torch.equal(p.detach(), torch.full((2,), -2.0))
+    opt.clear_state()
+    assert opt.count == 0 and opt.slow_weights is None
+
+
+def test_lookahead_exposes_the_wrapped_api() -> None:
+    groups = three_groups()
+    opt = ranger(groups, lr=1e-2)
+    assert isinstance(opt, Lookahead) and isinstance(opt.opt.cbs, list)
+    h = opt.hypers[0]
+    assert (h["mom"], h["sqr_mom"], h["eps"], h["wd"], h["beta"]) == (0.95, 0.99, 1e-6, 0.01, 0.0)
+    opt.set_hypers(lr=slice(1e-3, 1e-1))
+    assert [h["lr"] for h in opt.opt.hypers] == pytest.approx([1e-3, 1e-2, 1e-1])
+    opt.state[groups[0][0]]["force_train"] = True
+    opt.freeze()
+    assert opt.frozen_idx == 2 and [g[0].requires_grad for g in groups] == [True, False, True]
+    assert opt.param_lists == groups and opt.param_groups[1]["params"] == groups[1]
+    with pytest.raises(KeyError, match="unknown hyper-parameter"):
+        opt.set_hypers(lrr=0.1)
+    with pytest.raises(ValueError, match="k >= 1"):
+        Lookahead(RAdam(groups, lr=0.1), k=0)
+
+
+def test_lookahead_state_dict_round_trip() -> None:
+    groups = three_groups()
+    opt = ranger(groups, lr=0.1)
+    for _ in range(4):
+        set_grads(groups)
+        opt.step()
+    sd = opt.state_dict()
+    assert sd["count"] == 4 and len(sd["slow_weights"]) == 3
+    twin_groups = [[nn.Parameter(p.detach().clone()) for p in g] for g in groups]
+    twin = ranger(twin_groups, lr=0.1)
+    twin.load_state_dict(sd)
+    assert "count" in sd  # the caller's dict is left alone
+    for _ in range(4):
+        set_grads(groups, -0.5)
+        set_grads(twin_groups, -0.5)
+        opt.step()
+        twin.step()
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(groups, twin_groups, strict=True))
+
+
+def test_lookahead_over_optim_wrapper() -> None:
+    groups = three_groups()
+    opt = Lookahead(OptimWrapper(groups, opt=torch.optim.SGD, lr=1.0), k=2)
+    set_grads(groups)
+    opt.step()
+    opt.step()
+    assert torch.allclose(groups[0][0], three_groups()[0][0] - 1.0)
+    opt.set_hypers(mom=0.5)
+    assert opt.opt.opt.param_groups[0]["momentum"] == 0.5
