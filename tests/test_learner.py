@@ -1,0 +1,549 @@
+"""Learner (SPEC §1 state rules and §3): construction, fit state, batches, validate, get_preds, predict, freezing."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import EventLog, synth_classif_learner, synth_dls, synth_learner
+from learnloop import (
+    Callback,
+    CancelBatchException,
+    DataLoaders,
+    Learner,
+    ProgressCallback,
+    Recorder,
+    TrainEvalCallback,
+    accuracy,
+    trainable_params,
+)
+from learnloop.optimizer import Adam
+
+
+# ------------------------------------------------------------------ construction
+def test_constructor_signature_matches_the_spec() -> None:
+    params = inspect.signature(Learner).parameters
+    defaults = {k: v.default for k, v in params.items()}
+    assert list(params) == ["dls", "model", "loss_func", "opt_func", "lr", "splitter", "cbs", "metrics", "path",
+                            "model_dir", "wd", "wd_bn_bias", "train_bn", "moms", "default_cbs"]
+    assert defaults["loss_func"] is None and defaults["opt_func"] is Adam and defaults["lr"] == 1e-3
+    assert defaults["splitter"] is trainable_params
+    assert (defaults["cbs"], defaults["metrics"], defaults["path"]) == (None, None, None)
+    assert defaults["model_dir"] == "models"
+    assert (defaults["wd"], defaults["wd_bn_bias"], defaults["train_bn"]) == (None, False, True)
+    assert defaults["moms"] == (0.95, 0.85, 0.95) and defaults["default_cbs"] is True
+
+
+def test_construction_state() -> None:
+    learn = synth_learner()
+    assert [type(cb) for cb in learn.cbs] == [TrainEvalCallback, Recorder, ProgressCallback]
+    assert learn.opt is None and learn.training is False
+    assert learn.xb == (None,) and learn.yb == (None,) and learn.pred is None and learn.loss is None
+    assert learn.metrics == [] and learn.lr == 1e-2
+    bare = synth_learner(default_cbs=False)
+    assert bare.cbs == [] and not hasattr(bare, "recorder") and not hasattr(bare, "progress")
+
+
+def test_attributes_fall_through_to_the_model(learn: Learner) -> None:
+    assert list(learn.parameters()) == list(learn.model.parameters())
+    assert learn.weight is learn.model.weight
+    with pytest.raises(AttributeError, match="no_such_attr"):
+        learn.no_such_attr  # noqa: B018
+
+
+def test_call_fires_events() -> None:
+    learn = synth_learner(default_cbs=False)
+    log = EventLog()
+    learn.add_cb(log)
+    learn("after_epoch")
+    learn(["before_validate", "after_validate"])
+    assert log.events == ["after_epoch", "before_validate", "after_validate"]
+
+
+def test_loss_func_is_read_from_the_dataloaders_when_not_given() -> None:
+    dls = synth_dls()
+    dls.loss_func = nn.L1Loss()  # type: ignore[attr-defined]
+    assert isinstance(Learner(dls, nn.Linear(2, 1)).loss_func, nn.L1Loss)
+
+
+# ------------------------------------------------------------------ the state fit sets
+class StateSpy(Callback):
+    """Records the learner's counters and flags at several events."""
+
+    order = 100
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+
+    def _grab(self, event: str) -> None:
+        learn = self.learn
+        self.seen.append({
+            "event": event, "n_epoch": learn.n_epoch, "epoch": learn.epoch, "iter": learn.iter,
+            "n_iter": learn.n_iter, "training": learn.training, "model_training": learn.model.training,
+            "dl": learn.dl, "pct_train": learn.pct_train, "train_iter": learn.train_iter,
+            "grad": torch.is_grad_enabled(),
+        })
+
+    def before_fit(self) -> None:
+        self._grab("before_fit")
+
+    def before_epoch(self) -> None:
+        self._grab("before_epoch")
+
+    def before_train(self) -> None:
+        self._grab("before_train")
+
+    def before_batch(self) -> None:
+        self._grab("before_batch")
+
+    def after_batch(self) -> None:
+        self._grab("after_batch")
+
+    def before_validate(self) -> None:
+        self._grab("before_validate")
+
+
+def test_fit_sets_counters_and_flags_seen_by_callbacks() -> None:
+    learn = synth_learner(n_train=48, n_valid=32, bs=16)  # 3 training batches, 2 validation batches
+    spy = StateSpy()
+    learn.fit(2, cbs=spy)
+    seen = spy.seen
+    assert seen[0] == {**seen[0], "event": "before_fit", "n_epoch": 2, "epoch": 0, "pct_train": 0.0, "train_iter": 0}
+    train_batches = [s for s in seen if s["event"] == "before_batch" and s["training"]]
+    valid_batches = [s for s in seen if s["event"] == "before_batch" and not s["training"]]
+    assert [(s["epoch"], s["iter"]) for s in train_batches] == [(e, i) for e in range(2) for i in range(3)]
+    assert [(s["epoch"], s["iter"]) for s in valid_batches] == [(e, i) for e in range(2) for i in range(2)]
+    assert all(s["n_iter"] == 3 and s["dl"] is learn.dls.train and s["model_training"] and s["grad"]
+               for s in train_batches)
+    assert all(s["n_iter"] == 2 and s["dl"] is learn.dls.valid and not s["model_training"] and not s["grad"]
+               for s in valid_batches)
+    # pct_train before each training batch: the fraction of training done; train_iter counts batches
+    assert [s["pct_train"] for s in train_batches] == pytest.approx([i / 6 for i in range(6)])
+    assert [s["train_iter"] for s in train_batches] == list(range(6))
+    after_train = [s for s in seen if s["event"] == "after_batch" and s["training"]]
+    assert after_train[-1]["pct_train"] == 1.0 and after_train[-1]["train_iter"] == 6
+    starts = [s for s in seen if s["event"] == "before_train"]
+    assert [s["pct_train"] for s in starts] == [0.0, 0.5] and all(s["training"] for s in starts)
+    assert [s["epoch"] for s in seen if s["event"] == "before_epoch"] == [0, 1]
+    assert all(not s["training"] for s in seen if s["event"] == "before_validate")
+
+
+def test_state_after_fit(learn: Learner) -> None:
+    learn.fit(2)
+    assert learn.xb == (None,) and learn.yb == (None,)
+    assert learn.pred is None and learn.loss is None and learn.loss_grad is None and learn.dl is None
+    assert not learn.model.training and learn.training is False
+    assert learn.pct_train == 1.0 and learn.train_iter == 4
+    assert learn.n_epoch == 2 and learn.epoch == 1
+
+
+def test_fit_validates_its_arguments(learn: Learner) -> None:
+    with pytest.raises(ValueError, match="n_epoch"):
+        learn.fit(-1)
+    learn.fit(0)  # nothing to do, but fine
+    assert learn.recorder.values == []
+
+
+# ------------------------------------------------------------------ loss_grad, loss and what callbacks may replace
+def test_loss_is_a_detached_copy_of_loss_grad(learn: Learner) -> None:
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    learn.fit(1, cbs=Callback(after_loss=lambda: seen.append((learn.loss, learn.loss_grad))))
+    loss, loss_grad = seen[0]
+    assert loss_grad.requires_grad and not loss.requires_grad
+    assert torch.equal(loss, loss_grad.detach())
+
+
+def _first_grad(learn: Learner, cb: Callback | None = None) -> torch.Tensor:
+    grads: list[torch.Tensor] = []
+    cbs: list[Callback] = [Callback(after_backward=lambda: grads.append(learn.model.weight.grad.clone()))]
+    learn.fit(1, lr=0.0, cbs=cbs + ([cb] if cb else []))
+    return grads[0]
+
+
+def test_backward_uses_loss_grad_which_callbacks_may_replace() -> None:
+    plain = _first_grad(synth_learner())
+    learn = synth_learner()
+
+    def triple() -> None:
+        learn.loss_grad = learn.loss_grad * 3
+
+    tripled = _first_grad(learn, Callback(after_loss=triple))
+    torch.testing.assert_close(tripled, 3 * plain)
+    assert plain.abs().sum() > 0
+
+
+def test_callbacks_may_replace_xb_yb_and_pred() -> None:
+    learn = synth_learner(n_train=16, bs=16)
+    seen: dict[str, Any] = {}
+
+    class Replace(Callback):
+        def before_batch(self) -> None:
+            self.learn.xb = (torch.zeros_like(self.learn.xb[0]),)
+            self.learn.yb = (torch.ones_like(self.learn.yb[0]),)
+
+        def after_pred(self) -> None:
+            seen["pred"] = self.learn.pred
+            self.learn.pred = self.learn.pred + 1
+
+        def after_loss(self) -> None:
+            seen["loss"] = self.learn.loss
+
+    learn.fit(1, lr=0.0, cbs=Replace())
+    bias = learn.model.bias.detach()
+    torch.testing.assert_close(seen["pred"], bias.expand(16, 1))  # the model saw the zeroed inputs
+    torch.testing.assert_close(seen["loss"], ((bias + 1 - 1) ** 2).mean())  # the loss saw the new pred and yb
+
+
+# ------------------------------------------------------------------ splitting batches into xb / yb
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.lin(a) + b
+
+
+def _batches_seen(learn: Learner, **fit_kw: Any) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    seen: list[tuple[tuple[Any, ...], tuple[Any, ...]]] = []
+    learn.fit(1, cbs=Callback(before_batch=lambda: seen.append((learn.xb, learn.yb))), **fit_kw)
+    return seen
+
+
+def _three_tensor_dls(n_inp: int | None) -> DataLoaders:
+    ds = TensorDataset(torch.randn(16, 2), torch.randn(16, 1), torch.randn(16, 1))
+    return DataLoaders(DataLoader(ds, batch_size=8), DataLoader(ds, batch_size=8), device="cpu", n_inp=n_inp)
+
+
+def test_batches_split_at_n_inp() -> None:
+    learn = Learner(_three_tensor_dls(n_inp=2), TwoInputs(), loss_func=nn.MSELoss())
+    learn.logger = lambda _: None
+    xb, yb = _batches_seen(learn)[0]
+    assert isinstance(xb, tuple) and isinstance(yb, tuple) and (len(xb), len(yb)) == (2, 1)
+
+
+def test_batches_split_before_the_last_element_by_default() -> None:
+    learn = Learner(_three_tensor_dls(n_inp=None), TwoInputs(), loss_func=nn.MSELoss())
+    learn.logger = lambda _: None
+    xb, yb = _batches_seen(learn)[0]
+    assert (len(xb), len(yb)) == (2, 1)
+
+
+def test_n_inp_one_passes_several_targets_to_the_loss() -> None:
+    def two_target_loss(pred: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(pred, y1) + F.mse_loss(pred, y2)
+
+    learn = Learner(_three_tensor_dls(n_inp=1), nn.Linear(2, 1), loss_func=two_target_loss)
+    learn.logger = lambda _: None
+    xb, yb = _batches_seen(learn)[0]
+    assert (len(xb), len(yb)) == (1, 2)
+
+
+def _inputs_only_learner(batches: list[Any]) -> tuple[Learner, EventLog]:
+    model = nn.Linear(2, 1)
+    learn = Learner(DataLoaders(batches, batches, device="cpu"), model, loss_func=nn.MSELoss())
+    learn.logger = lambda _: None
+    log = EventLog()
+    learn.add_cb(log)
+    return learn, log
+
+
+@pytest.mark.parametrize("kind", ["one-element tuple", "bare tensor"])
+def test_batches_without_targets_do_no_backward_or_step(kind: str) -> None:
+    x = torch.randn(4, 2)
+    learn, log = _inputs_only_learner([(x,), (x,)] if kind == "one-element tuple" else [x, x])
+    before = learn.model.weight.detach().clone()
+    seen = _batches_seen(learn)
+    assert all(xb[0] is x or torch.equal(xb[0], x) for xb, _ in seen) and all(yb == () for _, yb in seen)
+    assert all(len(xb) == 1 for xb, _ in seen)
+    assert "before_backward" not in log.events and "before_step" not in log.events
+    assert log.events.count("after_loss") == 4  # after_loss still fires, with no loss computed
+    assert torch.equal(learn.model.weight, before)
+
+
+# ------------------------------------------------------------------ the optimizer across fits
+def test_optimizer_is_created_once_and_kept_unless_reset_opt(learn: Learner) -> None:
+    learn.fit(1)
+    opt = learn.opt
+    assert opt is not None
+    learn.fit(1, lr=0.05, wd=0.1)
+    assert learn.opt is opt and opt.hypers[-1]["lr"] == 0.05 and opt.hypers[-1]["wd"] == 0.1
+    learn.fit(1, reset_opt=True)
+    assert learn.opt is not opt and learn.opt.hypers[-1]["lr"] == learn.lr
+
+
+def test_learner_wd_is_used_when_fit_has_none() -> None:
+    learn = synth_learner(wd=0.25)
+    learn.fit(1)
+    assert learn.opt.hypers[-1]["wd"] == 0.25
+
+
+def test_start_epoch_skips_epochs_and_keeps_the_schedule_position() -> None:
+    learn = synth_learner()
+    log, spy = EventLog(), StateSpy()
+    learn.fit(4, start_epoch=2, cbs=[log, spy])
+    # the skipping callback (order 70) cancels before the log (order 100) sees before_epoch
+    assert log.events[:4] == ["before_fit", "after_cancel_epoch", "after_epoch", "after_cancel_epoch"]
+    assert log.events.count("after_cancel_epoch") == 2 and log.events.count("before_train") == 2
+    starts = [s for s in spy.seen if s["event"] == "before_train"]
+    assert [(s["epoch"], s["pct_train"]) for s in starts] == [(2, 0.5), (3, 0.75)]
+    assert learn.pct_train == 1.0
+    assert len(learn.cbs) == 3  # the skipping callback is gone
+
+
+# ------------------------------------------------------------------ validate, get_preds, predict
+def test_validate_returns_valid_loss_and_metrics() -> None:
+    learn = synth_classif_learner(metrics=accuracy)
+    learn.fit(1)
+    valid_loss, acc = learn.validate()
+    x, y = learn.dls.valid.dataset.tensors
+    with torch.no_grad():
+        out = learn.model(x)
+    assert valid_loss == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-5)
+    assert acc == pytest.approx((out.argmax(1) == y).float().mean().item())
+    assert isinstance(valid_loss, float) and isinstance(acc, float)
+
+
+def test_validate_on_another_dl() -> None:
+    learn = synth_learner()
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    [loss] = learn.validate(dl=DataLoader(TensorDataset(x, y), batch_size=3))
+    with torch.no_grad():
+        assert loss == pytest.approx(F.mse_loss(learn.model(x), y).item(), rel=1e-5)
+
+
+def test_get_preds_shapes_and_values() -> None:
+    learn = synth_classif_learner()
+    preds, targs = learn.get_preds()
+    x, y = learn.dls.valid.dataset.tensors
+    assert preds.shape == (24, 3) and targs.shape == (24,)
+    with torch.no_grad():
+        torch.testing.assert_close(preds, learn.model(x))
+    assert torch.equal(targs, y)
+
+
+def test_get_preds_on_a_shuffled_training_set_is_in_dataset_order() -> None:
+    learn = synth_classif_learner(n_train=40, bs=16, shuffle=True)  # drops its last partial batch in training
+    assert learn.dls.train.drop_last
+    preds, targs = learn.get_preds(ds_idx=0)
+    x, y = learn.dls.train.dataset.tensors
+    assert torch.equal(targs, y)
+    with torch.no_grad():
+        torch.testing.assert_close(preds, learn.model(x))
+
+
+def test_get_preds_with_input_loss_and_decoded() -> None:
+    learn = synth_classif_learner()
+    inputs, preds, targs, decoded, losses = learn.get_preds(with_input=True, with_decoded=True, with_loss=True)
+    x, y = learn.dls.valid.dataset.tensors
+    assert torch.equal(inputs, x)
+    torch.testing.assert_close(losses, F.cross_entropy(preds, y, reduction="none"))
+    assert torch.equal(decoded, preds)  # nn.CrossEntropyLoss has no `decodes`
+    assert learn.loss_func.reduction == "mean"  # restored
+
+
+def test_get_preds_with_loss_on_a_plain_function() -> None:
+    learn = synth_classif_learner(loss_func=F.cross_entropy)
+    preds, targs, losses = learn.get_preds(with_loss=True)
+    torch.testing.assert_close(losses, F.cross_entropy(preds, targs, reduction="none"))
+    assert learn.loss_func is F.cross_entropy
+
+
+def test_get_preds_regression_losses_are_per_item(learn: Learner) -> None:
+    preds, targs, losses = learn.get_preds(with_loss=True)
+    assert preds.shape == (16, 1) and losses.numel() == 16  # one loss per item (shaped like the output, as fastai)
+    torch.testing.assert_close(losses.reshape(-1), ((preds - targs) ** 2).reshape(-1))
+
+
+class SoftmaxCE(nn.CrossEntropyLoss):
+    """A cross-entropy loss that says how to turn outputs into probabilities and classes, like fastai's."""
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        return F.softmax(x, dim=-1)
+
+    def decodes(self, x: torch.Tensor) -> torch.Tensor:
+        return x.argmax(dim=-1)
+
+
+def test_get_preds_applies_act_or_the_loss_activation() -> None:
+    learn = synth_classif_learner()
+    raw, _ = learn.get_preds()
+    sig, _ = learn.get_preds(act=torch.sigmoid)
+    torch.testing.assert_close(sig, torch.sigmoid(raw))
+    learn.loss_func = SoftmaxCE()
+    probs, _, decoded = learn.get_preds(with_decoded=True)
+    torch.testing.assert_close(probs, F.softmax(raw, dim=-1))
+    assert torch.equal(decoded, raw.argmax(-1))
+    explicit, _ = learn.get_preds(act=functools.partial(F.log_softmax, dim=-1))
+    torch.testing.assert_close(explicit, F.log_softmax(raw, dim=-1))
+
+
+def test_get_preds_does_not_disturb_the_recorder_output_or_the_model(learn: Learner) -> None:
+    printed: list[Any] = []
+    learn.logger = printed.append
+    learn.fit(1)
+    printed.clear()
+    learn.get_preds()
+    assert printed == [] and learn.xb == (None,) and learn.pred is None
+
+
+def test_predict_one_item() -> None:
+    learn = synth_learner()
+    x = torch.tensor([0.5, -1.0])
+    value, decoded, pred = learn.predict(x)
+    with torch.no_grad():
+        expected = learn.model(x[None])[0]
+    torch.testing.assert_close(pred, expected)
+    torch.testing.assert_close(decoded, expected)
+    assert value == pytest.approx(expected.item())
+    classif = synth_classif_learner(loss_func=SoftmaxCE())
+    cls, dec, probs = classif.predict(torch.randn(4))
+    assert probs.shape == (3,) and probs.sum().item() == pytest.approx(1.0)
+    assert cls == probs.argmax().item() and dec == probs.argmax()
+
+
+# ------------------------------------------------------------------ devices
+def test_model_and_batches_go_to_the_dataloaders_device() -> None:
+    # The meta device shows where things go on a CPU-only machine; batches are cancelled before any
+    # computation (the first computation on meta costs seconds of imports).
+    dls = synth_dls(device="meta")
+    model = nn.Linear(2, 1)
+    learn = Learner(dls, model, loss_func=nn.MSELoss(), default_cbs=False, cbs=TrainEvalCallback)
+    assert model.weight.device.type == "cpu"
+    seen: list[torch.device] = []
+
+    def look() -> None:
+        seen.extend([model.weight.device, *(t.device for t in learn.xb + learn.yb)])
+        raise CancelBatchException
+
+    learn.fit(1, cbs=Callback(before_batch=look))
+    assert len(seen) == 3 * 3 and all(d.type == "meta" for d in seen)
+
+
+def test_default_device() -> None:
+    expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert DataLoaders([]).device == expected
+    assert Learner(([], []), nn.Linear(1, 1), loss_func=nn.MSELoss()).dls.device == expected
+
+
+# ------------------------------------------------------------------ parameter groups, freezing, weight decay flags
+def _grouped_model() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+
+def _two_groups(m: nn.Module) -> list[list[nn.Parameter]]:
+    return [[*m[0].parameters(), *m[1].parameters()], list(m[2].parameters())]
+
+
+def _grouped_learner(**kw: Any) -> Learner:
+    torch.manual_seed(0)
+    learn = Learner(synth_dls(), _grouped_model(), loss_func=nn.MSELoss(), splitter=_two_groups, lr=1e-2, **kw)
+    learn.logger = lambda _: None
+    return learn
+
+
+def test_freeze_unfreeze_on_two_groups() -> None:
+    learn = _grouped_learner()
+    lin0, bn, lin2 = learn.model
+    learn.freeze()
+    assert not any(p.requires_grad for p in lin0.parameters())
+    assert all(p.requires_grad for p in bn.parameters())  # train_bn: normalisation layers keep training
+    assert all(p.requires_grad for p in lin2.parameters())
+    w0 = lin0.weight.detach().clone()
+    learn.fit(1)
+    assert torch.equal(lin0.weight, w0)
+    learn.unfreeze()
+    assert all(p.requires_grad for p in learn.model.parameters())
+    learn.fit(1)
+    assert not torch.equal(lin0.weight, w0)
+    learn.freeze_to(1)
+    assert not lin0.weight.requires_grad and lin2.weight.requires_grad
+
+
+def test_freeze_without_train_bn_freezes_norm_layers_too() -> None:
+    learn = _grouped_learner(train_bn=False)
+    learn.freeze()
+    assert not any(p.requires_grad for p in learn.model[1].parameters())
+
+
+def test_weight_decay_and_force_train_flags() -> None:
+    learn = _grouped_learner()
+    learn.create_opt()
+    lin0, bn, lin2 = learn.model
+    no_wd = {id(p) for p in [lin0.bias, bn.weight, bn.bias, lin2.bias]}
+    for p in learn.model.parameters():
+        assert learn.opt.state[p].get("do_wd", True) is (id(p) not in no_wd)
+        assert learn.opt.state[p].get("force_train", False) is (p is bn.weight or p is bn.bias)
+    with_bn = _grouped_learner(wd_bn_bias=True, train_bn=False)
+    with_bn.create_opt()
+    assert all("do_wd" not in with_bn.opt.state[p] for p in with_bn.model.parameters())
+    assert all("force_train" not in with_bn.opt.state[p] for p in with_bn.model.parameters())
+
+
+# ------------------------------------------------------------------ bad input
+def test_empty_training_dataloader() -> None:
+    dls = DataLoaders.from_tensors(torch.randn(10, 2), torch.randn(10, 1), bs=16, drop_last=True, device="cpu")
+    learn = Learner(dls, nn.Linear(2, 1), loss_func=nn.MSELoss())
+    with pytest.raises(ValueError, match=r"training DataLoader is empty.*10 items.*batch_size=16.*drop_last=True"):
+        learn.fit(1)
+
+
+def test_batch_that_cannot_be_split() -> None:
+    ds = TensorDataset(torch.randn(8, 2), torch.randn(8, 1))
+    dls = DataLoaders(DataLoader(ds, batch_size=4), device="cpu", n_inp=3)
+    learn = Learner(dls, nn.Linear(2, 1), loss_func=nn.MSELoss())
+    learn.logger = lambda _: None
+    with pytest.raises(ValueError, match=r"Cannot split a batch of 2 elements into 3 input.*n_inp"):
+        learn.fit(1)
+
+
+def test_loss_that_rejects_the_shapes_names_them() -> None:
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16, 2))
+    dls = DataLoaders.from_tensors(x, y, bs=8, device="cpu", shuffle=False)
+    learn = Learner(dls, nn.Linear(4, 3), loss_func=nn.CrossEntropyLoss())
+    learn.logger = lambda _: None
+    with pytest.raises(RuntimeError, match=r"rejected the model's output of shape \(8, 3\).*shape \(8, 2\)") as info:
+        learn.fit(1)
+    assert any("(8, 3)" in n and "(8, 2)" in n for n in info.value.__notes__)
+
+
+def test_no_loss_function() -> None:
+    with pytest.raises(ValueError, match="No loss function.*loss_func="):
+        Learner(synth_dls(), nn.Linear(2, 1))
+
+
+def test_model_that_is_not_a_module() -> None:
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        Learner(synth_dls(), lambda x: x, loss_func=nn.MSELoss())  # type: ignore[arg-type]
+
+
+def test_misspelt_event(learn: Learner) -> None:
+    with pytest.raises(ValueError, match="'after_bacth'.*Did you mean 'after_batch'"):
+        learn("after_bacth")
+
+
+@pytest.mark.parametrize("lr,exc,match", [
+    ("fast", TypeError, "lr must be a number.*'fast'"),
+    (None, None, None),
+    (-0.1, ValueError, "non-negative.*-0.1"),
+    (float("nan"), ValueError, "non-negative"),
+    (True, TypeError, "lr must be a number"),
+    (slice(1e-4, "x"), TypeError, "lr must be a number"),
+])
+def test_bad_lr(lr: Any, exc: type[Exception] | None, match: str | None) -> None:
+    learn = synth_learner()
+    if exc is None:
+        learn.fit(1, lr=lr)
+        return
+    with pytest.raises(exc, match=match):
+        learn.fit(1, lr=lr)
+    assert learn.opt is None  # refused before anything was built
+    with pytest.raises(exc, match=match):
+        synth_learner(lr=lr)
