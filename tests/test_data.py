@@ -1,0 +1,120 @@
+"""DataLoaders: wrapping torch DataLoaders and plain iterables, the helpers, devices, unshuffled loaders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
+
+from learnloop import DataLoaders, Learner, default_device
+from learnloop.callback import noop
+from learnloop.data import to_device, unshuffled
+
+
+def _ds(n: int = 20) -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(n, 2, generator=g), torch.randn(n, 1, generator=g))
+
+
+def test_wraps_plain_torch_dataloaders() -> None:
+    train, valid = DataLoader(_ds(), batch_size=4), DataLoader(_ds(8), batch_size=4)
+    dls = DataLoaders(train, valid, device="cpu", n_inp=1)
+    assert dls.train is train and dls.valid is valid and dls[0] is train and dls[1] is valid
+    assert dls.train_ds is train.dataset and dls.valid_ds is valid.dataset
+    assert dls.device == torch.device("cpu") and dls.n_inp == 1 and len(dls) == 2
+    assert "DataLoader(5 batches)" in repr(dls)
+
+
+def test_default_device_and_no_validation_set() -> None:
+    dls = DataLoaders(DataLoader(_ds(), batch_size=4))
+    assert dls.device == default_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert list(dls.valid) == [] and dls.n_inp is None and dls.valid_ds is None
+
+
+def test_a_learner_trains_on_plain_lists_of_batches() -> None:
+    ds = _ds(12)
+    batches = [(ds.tensors[0][i:i + 4], ds.tensors[1][i:i + 4]) for i in range(0, 12, 4)]
+    learn = Learner(DataLoaders(batches, batches[:1], device="cpu"), nn.Linear(2, 1), loss_func=nn.MSELoss())
+    learn.logger = noop
+    learn.fit(2)
+    assert len(learn.recorder.losses) == 6 and len(learn.recorder.values) == 2
+
+
+def test_a_learner_trains_without_a_validation_set() -> None:
+    learn = Learner(DataLoaders(DataLoader(_ds(), batch_size=5), device="cpu"), nn.Linear(2, 1),
+                    loss_func=nn.MSELoss())
+    learn.logger = noop
+    learn.fit(1)
+    train_loss, valid_loss = learn.recorder.values[0]
+    assert isinstance(train_loss, float) and valid_loss is None
+
+
+def test_a_tuple_of_loaders_is_accepted_as_dls() -> None:
+    train, valid = DataLoader(_ds(), batch_size=4), DataLoader(_ds(8), batch_size=4)
+    learn = Learner((train, valid), nn.Linear(2, 1), loss_func=nn.MSELoss())
+    assert isinstance(learn.dls, DataLoaders) and learn.dls.train is train and learn.dls.valid is valid
+    learn.logger = noop
+    learn.fit(1)
+    assert len(learn.recorder.losses) == 5
+
+
+def test_from_dsets() -> None:
+    dls = DataLoaders.from_dsets(_ds(20), _ds(10), bs=8, device="cpu", n_inp=1, seed=1)
+    assert isinstance(dls.train, DataLoader) and isinstance(dls.valid, DataLoader)
+    assert dls.train.batch_size == 8 and dls.train.drop_last and len(dls.train) == 2
+    assert not isinstance(dls.train.sampler, SequentialSampler)
+    assert isinstance(dls.valid.sampler, SequentialSampler) and not dls.valid.drop_last and len(dls.valid) == 2
+    assert dls.n_inp == 1 and dls.device == torch.device("cpu")
+    again = DataLoaders.from_dsets(_ds(20), _ds(10), bs=8, seed=1)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(dls.train, again.train, strict=True))  # seeded shuffle
+    plain = DataLoaders.from_dsets(_ds(20), bs=8, shuffle=False, valid_bs=3)
+    assert not plain.train.drop_last and len(plain.train) == 3 and plain.loaders[1] is None
+
+
+def test_from_dsets_valid_bs() -> None:
+    dls = DataLoaders.from_dsets(_ds(20), _ds(10), bs=8, valid_bs=5)
+    assert dls.valid.batch_size == 5
+
+
+def test_from_dsets_rejects_a_bad_batch_size() -> None:
+    with pytest.raises(ValueError, match="bs must be a positive"):
+        DataLoaders.from_dsets(_ds(), bs=0)
+
+
+def test_from_tensors() -> None:
+    x, y = torch.randn(10, 3), torch.randn(10)
+    dls = DataLoaders.from_tensors(x, y, x[:4], y[:4], bs=5, shuffle=False)
+    xb, yb = next(iter(dls.train))
+    assert torch.equal(xb, x[:5]) and torch.equal(yb, y[:5])
+    assert torch.equal(dls.valid_ds.tensors[0], x[:4])
+    assert list(DataLoaders.from_tensors(x, y, bs=5).valid) == []
+
+
+def test_to_device_moves_nested_batches() -> None:
+    # Moving to the meta device is cheap and shows the move on a CPU-only machine.
+    meta = torch.device("meta")
+    b = (torch.ones(2), [torch.zeros(1), {"k": torch.ones(3)}], "label", 3)
+    moved = to_device(b, meta)
+    assert isinstance(moved, tuple) and isinstance(moved[1], list)
+    assert moved[0].device == meta and moved[1][0].device == meta and moved[1][1]["k"].device == meta
+    assert moved[2:] == ("label", 3)
+
+
+def test_unshuffled() -> None:
+    sequential = DataLoader(_ds(), batch_size=6)
+    assert unshuffled(sequential) is sequential
+    shuffled = DataLoader(_ds(), batch_size=6, shuffle=True, drop_last=True)
+    fixed = unshuffled(shuffled)
+    assert isinstance(fixed, DataLoader) and not fixed.drop_last and fixed.batch_size == 6
+    assert torch.equal(torch.cat([xb for xb, _ in fixed]), _ds().tensors[0])
+    batches = [1, 2, 3]
+    assert unshuffled(batches) is batches
+
+
+def test_training_data_without_a_length_is_refused_clearly() -> None:
+    ds = _ds(8)
+    gen = ((ds.tensors[0][i:i + 4], ds.tensors[1][i:i + 4]) for i in (0, 4))
+    learn = Learner(DataLoaders(gen, device="cpu"), nn.Linear(2, 1), loss_func=nn.MSELoss())
+    with pytest.raises(TypeError, match="training data.*has no length.*__len__"):
+        learn.fit(1)
