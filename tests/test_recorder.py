@@ -1,0 +1,184 @@
+"""Recorder: metric names, per-epoch values, smoothed losses and lrs per batch, logging, history per fit."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import synth_classif_learner, synth_learner
+from learnloop import Callback, DataLoaders, Learner, ProgressCallback, accuracy
+from learnloop.callback import noop
+from learnloop.callbacks.recorder import format_time
+
+
+class LossSpy(Callback):
+    """Keeps every training batch's loss, prediction and target."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def after_batch(self) -> None:
+        if self.learn.training:
+            self.losses.append(float(self.learn.loss))
+            self.batches.append((self.learn.pred.detach(), self.learn.yb[0]))
+
+
+def _debiased_ema(values: list[float], beta: float = 0.98) -> list[float]:
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta**i))
+    return out
+
+
+# ------------------------------------------------------------------ names
+def test_metric_names() -> None:
+    assert synth_learner().recorder.metric_names == []  # filled in at before_fit
+    learn = synth_learner()
+    learn.fit(1)
+    assert learn.recorder.metric_names == ["epoch", "train_loss", "valid_loss", "time"]
+    learn = synth_classif_learner(metrics=accuracy)
+    learn.fit(1)
+    assert learn.recorder.metric_names == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    learn.recorder.train_metrics = True
+    learn.fit(1)
+    assert learn.recorder.metric_names == ["epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
+                                           "time"]
+    learn.recorder.train_metrics, learn.recorder.valid_metrics, learn.recorder.add_time = False, False, False
+    learn.fit(1)
+    assert learn.recorder.metric_names == ["epoch", "train_loss", "accuracy"]
+
+
+# ------------------------------------------------------------------ values
+def test_values_losses_and_lrs() -> None:
+    learn = synth_classif_learner(metrics=accuracy)  # 3 training batches per epoch
+    spy = LossSpy()
+    learn.fit(2, lr=0.05, cbs=spy)
+    rec = learn.recorder
+    assert len(rec.values) == 2 and all(len(v) == 3 for v in rec.values)
+    smooth = _debiased_ema(spy.losses)
+    assert len(rec.losses) == 6 == len(spy.losses)
+    assert [float(v) for v in rec.losses] == pytest.approx(smooth, rel=1e-5)
+    # train_loss is the smoothed loss at the end of each training phase (not reset between epochs)
+    assert [v[0] for v in rec.values] == pytest.approx([smooth[2], smooth[5]], rel=1e-5)
+    assert rec.lrs == [0.05] * 6
+    assert rec.iters == [3, 6]
+    assert learn.final_record == rec.values[-1]
+    assert float(learn.smooth_loss) == pytest.approx(smooth[-1], rel=1e-5)
+    assert all(isinstance(x, float) for v in rec.values for x in v)
+
+
+def test_valid_loss_and_metric_values_match_a_manual_computation() -> None:
+    learn = synth_classif_learner(n_valid=40, bs=16, metrics=accuracy)  # validation batches of 16, 16 and 8
+    learn.fit(1)
+    _, valid_loss, acc = learn.recorder.values[0]
+    x, y = learn.dls.valid.dataset.tensors
+    with torch.no_grad():
+        out = learn.model(x)
+    assert valid_loss == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-5)
+    assert acc == pytest.approx((out.argmax(1) == y).float().mean().item())
+
+
+def test_train_metrics() -> None:
+    learn = synth_classif_learner(metrics=accuracy)
+    learn.recorder.train_metrics = True
+    spy = LossSpy()
+    learn.fit(1, cbs=spy)
+    train_loss, train_acc, valid_loss, valid_acc = learn.recorder.values[0]
+    hits = sum((p.argmax(1) == y).sum().item() for p, y in spy.batches)
+    assert train_acc == pytest.approx(hits / sum(len(y) for _, y in spy.batches))
+    assert train_loss == pytest.approx(_debiased_ema(spy.losses)[-1], rel=1e-5)
+    assert valid_acc == pytest.approx(learn.validate()[1])
+
+
+def test_logger_gets_one_row_per_epoch() -> None:
+    learn = synth_learner()
+    rows: list[list[Any]] = []
+    learn.logger = rows.append
+    with learn.no_bar():
+        learn.fit(3)
+    assert [r[0] for r in rows] == [0, 1, 2]
+    assert all(r[1:3] == v for r, v in zip(rows, learn.recorder.values, strict=True))
+    assert all(re.fullmatch(r"\d\d:\d\d", r[3]) for r in rows)
+
+
+def test_format_time() -> None:
+    assert format_time(5.7) == "00:05"
+    assert format_time(65) == "01:05"
+    assert format_time(3725) == "1:02:05"
+
+
+# ------------------------------------------------------------------ history per fit (fastai 2.8 behaviour)
+def test_before_fit_wipes_the_history() -> None:
+    # fastai 2.8's Recorder.before_fit empties lrs, iters, losses and values, so each fit starts afresh
+    # (and validate/get_preds, which fire before_fit, replace them: fastai issue #4132).
+    learn = synth_learner()
+    learn.fit(3)
+    assert len(learn.recorder.values) == 3 and len(learn.recorder.losses) == 6
+    learn.fit(1)
+    assert len(learn.recorder.values) == 1 and len(learn.recorder.losses) == 2 and len(learn.recorder.lrs) == 2
+    assert learn.recorder.iters == [2]
+    valid_loss = learn.validate()
+    assert learn.recorder.values == [valid_loss] and learn.recorder.losses == []
+
+
+def test_smoothing_restarts_with_each_fit() -> None:
+    learn = synth_learner()
+    learn.fit(1)
+    spy = LossSpy()
+    learn.fit(1, cbs=spy)
+    assert float(learn.recorder.losses[0]) == pytest.approx(spy.losses[0], rel=1e-6)  # debiased: the first loss
+
+
+def test_recorded_losses_are_tensors_kept_without_syncing() -> None:
+    learn = synth_learner()
+    learn.fit(1)
+    assert all(isinstance(v, torch.Tensor) and not v.requires_grad for v in learn.recorder.losses)
+
+
+# ------------------------------------------------------------------ logging switches
+def test_no_logging_silences_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    learn = synth_learner()
+    learn.logger = print
+    with learn.no_logging():
+        assert learn.logger is noop
+        learn.fit(2)
+    assert learn.logger is print
+    assert capsys.readouterr().out == ""
+    assert len(learn.recorder.values) == 2  # still recorded
+
+
+def test_no_bar_removes_the_progress_callback(capsys: pytest.CaptureFixture[str]) -> None:
+    learn = synth_learner()
+    progress = learn.progress
+    learn.logger = print
+    with learn.no_bar():
+        assert not any(isinstance(cb, ProgressCallback) for cb in learn.cbs) and not hasattr(learn, "progress")
+        learn.fit(1)
+    assert learn.progress is progress and progress in learn.cbs
+    out = capsys.readouterr().out
+    assert out.startswith("[0, ") and "epoch" not in out  # the bare logger prints the raw record
+
+
+def test_state_dict_round_trip() -> None:
+    learn = synth_learner()
+    learn.fit(2)
+    state = learn.recorder.state_dict()
+    other = synth_learner()
+    other.recorder.load_state_dict(state)
+    assert other.recorder.values == learn.recorder.values and other.recorder.lrs == learn.recorder.lrs
+    assert other.recorder.iters == learn.recorder.iters
+    assert all(torch.equal(a, b) for a, b in zip(other.recorder.losses, learn.recorder.losses, strict=True))
+
+
+def test_recorder_skips_batches_without_targets() -> None:
+    x = torch.randn(4, 2)
+    learn = Learner(DataLoaders([(x,)], [(x,)], device="cpu"), torch.nn.Linear(2, 1), loss_func=F.mse_loss)
+    learn.logger = noop
+    learn.fit(1)
+    assert learn.recorder.losses == [] and learn.recorder.values == [[None, None]]
