@@ -11,6 +11,10 @@ from torch import nn
 from learnloop import Callback, DataLoaders, Event, Learner
 from learnloop.callback import noop
 
+# The tests use tiny tensors: intra-op threads only add overhead, and on a busy machine each op can wait
+# tens of milliseconds for its worker threads (a whole fit then takes seconds instead of milliseconds).
+torch.set_num_threads(1)
+
 
 class EventLog(Callback):
     """Records every event it receives, with the training flag at that moment."""

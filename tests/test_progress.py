@@ -1,0 +1,158 @@
+"""ProgressCallback: plain lines off a terminal, tqdm bars on demand, the logger restored; no per-batch host sync."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+import learnloop.callbacks.progress as progress_module
+from conftest import synth_classif_learner, synth_learner
+from learnloop import Callback, Learner, accuracy
+
+
+def _printing_learner(**kw: Any) -> tuple[Learner, io.StringIO]:
+    """A synthetic learner whose progress callback writes to a StringIO (not a terminal)."""
+    learn = synth_classif_learner(**kw)
+    learn.logger = print
+    out = io.StringIO()
+    learn.progress.file = out
+    return learn, out
+
+
+def test_not_a_terminal_gives_a_header_and_one_plain_line_per_epoch() -> None:
+    learn, out = _printing_learner(metrics=accuracy)
+    learn.fit(3)
+    text = out.getvalue()
+    assert "\r" not in text and "\x1b" not in text and "|" not in text and "%" not in text
+    lines = text.splitlines()
+    assert len(lines) == 4
+    assert lines[0].split() == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    for epoch, (line, values) in enumerate(zip(lines[1:], learn.recorder.values, strict=True)):
+        cells = line.split()
+        assert cells[0] == str(epoch) and cells[1:4] == [f"{v:.6f}" for v in values]
+        assert len(cells) == 5 and cells[4].count(":") == 1
+    # the columns line up under the header
+    header_cols = [lines[0].index(n) for n in ("train_loss", "valid_loss")]
+    assert header_cols == [lines[1].index(c) for c in lines[1].split()[1:3]]
+
+
+def test_stdout_captured_by_pytest_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    learn = synth_learner()
+    learn.logger = print
+    learn.fit(2)
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 3 and "\r" not in out.out + out.err
+
+
+def test_validate_and_get_preds_print_nothing() -> None:
+    learn, out = _printing_learner()
+    learn.fit(1)
+    out.truncate(0)
+    out.seek(0)
+    learn.validate()
+    learn.get_preds()
+    assert out.getvalue() == ""
+
+
+class Spy(progress_module.tqdm):  # type: ignore[misc, name-defined]
+    """A tqdm that remembers every bar made and whether it was closed."""
+
+    made: list[Spy] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.closed = False
+        Spy.made.append(self)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+@pytest.fixture
+def spy_bars(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Spy]]:
+    Spy.made = []
+    monkeypatch.setattr(progress_module, "tqdm", Spy)
+    yield Spy.made
+
+
+def test_bars_are_created_and_closed(spy_bars: list[Spy]) -> None:
+    learn, out = _printing_learner()
+    learn.progress.bars = True
+    learn.fit(2)
+    descs = [bar.desc for bar in spy_bars]
+    assert descs == ["epoch", "train", "valid", "train", "valid"]
+    assert all(bar.closed for bar in spy_bars)
+    assert spy_bars[0].n == 2 and spy_bars[1].n == 3 and spy_bars[2].n == 2  # epochs, then batches done
+    assert spy_bars[1].total == 3
+    rows = [line for line in out.getvalue().replace("\r", "\n").splitlines() if line[:1].isdigit()]
+    assert len(rows) == 2  # the table still has a row per epoch
+    assert learn.progress.epoch_bar is None and learn.progress.batch_bar is None
+
+
+def test_no_bars_when_forced_off(spy_bars: list[Spy]) -> None:
+    learn, _ = _printing_learner()
+    learn.progress.bars = False
+    learn.fit(1)
+    assert spy_bars == []
+
+
+class Boom(Callback):
+    def after_batch(self) -> None:
+        raise RuntimeError("boom")
+
+
+def test_logger_is_restored_after_fit_even_when_fit_raises(spy_bars: list[Spy]) -> None:
+    learn, out = _printing_learner()
+    learn.progress.bars = True
+    rows: list[Any] = []
+    learn.logger = rows.append
+    learn.fit(1)
+    assert learn.logger == rows.append
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, cbs=Boom())
+    assert learn.logger == rows.append
+    learn.fit(1)  # the next fit also closes the bars the failed one left open
+    assert learn.logger == rows.append and all(bar.closed for bar in spy_bars)
+    assert rows == []  # the progress callback prints the table itself while it runs, as fastai's does
+    assert out.getvalue().count("epoch ") == 3  # a header per fit
+
+
+def test_logger_changed_after_a_failed_fit_is_kept() -> None:
+    learn, _ = _printing_learner()
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, cbs=Boom())
+    rows: list[Any] = []
+    learn.logger = rows.append
+    learn.fit(1)
+    assert learn.logger == rows.append
+    with learn.no_bar():
+        learn.fit(1)
+    assert len(rows) == 1  # the user's logger, not the table writer of the failed fit
+
+
+# ------------------------------------------------------------------ no host-device sync per batch
+SYNCING = ("item", "__float__", "__int__", "__bool__", "tolist")
+
+
+def test_default_callbacks_do_not_sync_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    learn, out = _printing_learner(n_train=16 * 20, n_valid=16 * 10, metrics=accuracy)  # 20 + 10 batches an epoch
+    calls: dict[str, int] = dict.fromkeys(SYNCING, 0)
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self: torch.Tensor, *args: Any, _name: str = name, _orig: Any = original, **kw: Any) -> Any:
+            calls[_name] += 1
+            return _orig(self, *args, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    learn.fit(2)
+    monkeypatch.undo()
+    assert len(out.getvalue().splitlines()) == 3
+    # Per epoch: the table row reads train_loss, valid_loss and accuracy, and torch's DataLoader draws a
+    # seed with .item() for each iterator (train and valid): 5, with 30 batches an epoch.
+    assert sum(calls.values()) <= 2 * 6, calls
