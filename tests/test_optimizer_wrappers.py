@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from functools import partial
 
 import pytest
@@ -10,6 +11,15 @@ import torch
 from torch import nn
 
 from learnloop.optimizer import SGD, Lookahead, OptimWrapper, RAdam, ranger
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from intra-op threads, and spinning threads slow a busy machine down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def three_groups() -> list[list[nn.Parameter]]:
