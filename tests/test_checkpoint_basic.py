@@ -1,0 +1,129 @@
+"""Learner.save / load: round trips with and without the optimizer, atomic writes, and clear errors."""
+
+from __future__ import annotations
+
+import fractions
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import learnloop.checkpoint as checkpoint_module
+from conftest import synth_learner
+from learnloop import Learner
+from learnloop.checkpoint import CheckpointError
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _trained(tmp_path: Path, seed: int = 0) -> Learner:
+    learn = synth_learner(path=tmp_path, seed=seed)
+    learn.fit(1)
+    return learn
+
+
+def test_round_trip_with_optimizer(tmp_path: Path) -> None:
+    learn = _trained(tmp_path)
+    file = learn.save("model")
+    assert file == tmp_path / "models" / "model.pth" and file.is_file()
+    other = synth_learner(path=tmp_path)  # same data, untrained model and no optimizer yet
+    assert not torch.equal(other.model.weight, learn.model.weight) and other.opt is None
+    assert other.load("model") is other
+    assert _same(other.model.state_dict(), learn.model.state_dict())
+    assert _same(other.opt.state_dict(), learn.opt.state_dict())
+    # both continue identically (same data, weights and optimizer state)
+    learn.fit(1)
+    other.fit(1)
+    assert _same(other.model.state_dict(), learn.model.state_dict())
+
+
+def test_round_trip_without_optimizer(tmp_path: Path) -> None:
+    learn = _trained(tmp_path)
+    learn.save("weights", with_opt=False)
+    assert set(torch.load(tmp_path / "models" / "weights.pth", weights_only=True)) == {"weight", "bias"}
+    other = synth_learner(path=tmp_path, seed=1)
+    other.load("weights", with_opt=False)
+    assert _same(other.model.state_dict(), learn.model.state_dict())
+    with pytest.warns(UserWarning, match="no optimizer state"):
+        synth_learner(path=tmp_path, seed=2).load("weights")
+
+
+def test_load_with_opt_false_leaves_the_optimizer_alone(tmp_path: Path) -> None:
+    learn = _trained(tmp_path)
+    learn.save("model")
+    other = _trained(tmp_path, seed=3)
+    before = other.opt.state_dict()
+    other.load("model", with_opt=False)
+    assert _same(other.opt.state_dict(), before)
+    assert _same(other.model.state_dict(), learn.model.state_dict())
+
+
+def test_save_creates_missing_folders_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path / "a" / "b", model_dir="deep/er")
+    file = learn.save("m")
+    assert file == tmp_path / "a" / "b" / "deep" / "er" / "m.pth" and file.is_file()
+    assert [p.name for p in file.parent.iterdir()] == ["m.pth"]
+
+
+def test_an_interrupted_save_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    learn = _trained(tmp_path)
+    file = learn.save("m")
+    good = file.read_bytes()
+
+    def half_written(obj: Any, f: Any) -> None:
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        learn.save("m")
+    assert file.read_bytes() == good
+    assert [p.name for p in file.parent.iterdir()] == ["m.pth"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"No checkpoint at .*nothing\.pth"):
+        synth_learner(path=tmp_path).load("nothing")
+
+
+def test_truncated_file(tmp_path: Path) -> None:
+    learn = _trained(tmp_path)
+    file = learn.save("m")
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        learn.load("m")
+
+
+def test_a_pickle_with_arbitrary_objects_is_refused(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    (tmp_path / "models").mkdir()
+    torch.save({"weight": fractions.Fraction(1, 3)}, tmp_path / "models" / "evil.pth")
+    with pytest.raises(CheckpointError, match="refused.*arbitrary code"):
+        learn.load("evil")
+
+
+def test_a_file_without_a_state_dict(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    (tmp_path / "models").mkdir()
+    torch.save([torch.ones(1)], tmp_path / "models" / "list.pth")
+    with pytest.raises(CheckpointError, match="does not hold a state dict.*list"):
+        learn.load("list")
+
+
+def test_a_checkpoint_of_a_different_model_names_the_mismatch(tmp_path: Path) -> None:
+    _trained(tmp_path).save("m")
+    wider = Learner(synth_learner().dls, nn.Linear(2, 3), loss_func=nn.MSELoss(), path=tmp_path)
+    before = wider.model.weight.detach().clone()
+    with pytest.raises(CheckpointError, match=r"(?s)different model.*size mismatch for weight.*\[1, 2\].*\[3, 2\]"):
+        wider.load("m")
+    assert torch.equal(wider.model.weight, before)
