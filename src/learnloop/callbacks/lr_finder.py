@@ -1,0 +1,385 @@
+"""The learning-rate finder: a short training run with a growing lr, and suggestions read off its losses.
+
+>>> learn.lr_find()                      # plots loss against lr and returns SuggestedLRs(valley=...)
+>>> lr_find(learn, suggest_funcs=(minimum, steep, valley, slide))
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import functools
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..callback import Callback
+from ..events import CancelFitException, CancelValidException
+from ..schedules import SchedExp, SchedLin
+from .recorder import Recorder
+from .schedule import ParamScheduler
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+__all__ = [
+    "LRFinder",
+    "SuggestionFunction",
+    "SuggestionMethod",
+    "lr_find",
+    "minimum",
+    "min_points",
+    "slide",
+    "steep",
+    "valley",
+]
+
+
+# ------------------------------------------------------------------------------------ the callback
+class LRFinder(ParamScheduler):
+    """Trains with lr growing from ``start_lr`` to ``end_lr`` over ``num_it`` batches, without validation.
+
+    Iteration ``i`` uses ``start_lr * (end_lr/start_lr) ** (i/num_it)`` (``start_lr + (end_lr-start_lr)*i/num_it``
+    when ``linear``). Training stops after ``num_it`` batches, or as soon as the smoothed loss exceeds 4 times
+    its best value (or is not finite) when ``stop_div``. With ``restore`` (the default) the model and the
+    optimizer are put back as they were at ``before_fit`` when the fit ends.
+    """
+
+    def __init__(
+        self,
+        start_lr: float | Sequence[float] = 1e-7,
+        end_lr: float | Sequence[float] = 10,
+        num_it: int = 100,
+        stop_div: bool = True,
+        linear: bool = False,
+        restore: bool = True,
+    ) -> None:
+        start, end = np.asarray(start_lr, dtype=np.float64), np.asarray(end_lr, dtype=np.float64)
+        if not (np.all(np.isfinite(start)) and np.all(np.isfinite(end)) and np.all(start > 0)):
+            raise ValueError(f"LRFinder: start_lr and end_lr must be finite and > 0, got {start_lr!r}, {end_lr!r}.")
+        if np.any(end <= start):
+            raise ValueError(
+                f"LRFinder: end_lr ({end_lr!r}) must be larger than start_lr ({start_lr!r}): the finder sweeps "
+                "the learning rate upwards."
+            )
+        if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 1:
+            raise ValueError(f"LRFinder: num_it is a number of batches >= 1, got {num_it!r}.")
+        sched = SchedLin(start_lr, end_lr) if linear else SchedExp(start_lr, end_lr)
+        super().__init__({"lr": sched})
+        self.start_lr, self.end_lr, self.num_it = start_lr, end_lr, num_it
+        self.stop_div, self.linear, self.restore = stop_div, linear, restore
+        self.best_loss = math.inf
+        self._snapshot: LearnerSnapshot | None = None
+
+    def before_fit(self) -> None:
+        super().before_fit()
+        if not isinstance(getattr(self.learn, "recorder", None), Recorder):
+            raise ValueError("LRFinder reads the smoothed loss the Recorder computes: add a Recorder callback.")
+        self.best_loss = math.inf
+        self._snapshot = LearnerSnapshot(self.learn, callbacks=False) if self.restore else None
+
+    def before_batch(self) -> None:
+        self._set_hypers(self.learn.train_iter / self.num_it)
+
+    def after_batch(self) -> None:
+        super().after_batch()
+        smooth = getattr(self.learn, "smooth_loss", None)
+        if smooth is not None:
+            loss = float(smooth)  # waits for the device: the decision to stop needs the number
+            if loss < self.best_loss:
+                self.best_loss = loss
+            if self.stop_div and (loss > 4 * self.best_loss or not math.isfinite(loss)):
+                raise CancelFitException
+        if self.learn.train_iter >= self.num_it:
+            raise CancelFitException
+
+    def before_validate(self) -> None:
+        raise CancelValidException
+
+    def after_fit(self) -> None:
+        super().after_fit()
+        self.learn.opt.zero_grad()
+        if self._snapshot is not None:
+            self._snapshot.restore()
+            self._snapshot = None
+
+
+# ------------------------------------------------------------------------------------ what lr_find restores
+_LOOP_ATTRS = ("n_epoch", "epoch", "iter", "n_iter", "train_iter", "pct_train", "training", "final_record")
+
+
+class LearnerSnapshot:
+    """A copy, in memory, of what a trial run changes: the model's weights, buffers, gradients and train/eval
+    modes, the optimizer (state and hypers, or its absence), and with ``callbacks`` the learner's loop
+    counters and the state of its callbacks (except the Recorder's history).
+
+    The random number generators are not part of it (fastai does not restore them either).
+    """
+
+    def __init__(self, learn: Learner, callbacks: bool = True) -> None:
+        self.learn = learn
+        model = learn.model
+        self.model_state = copy.deepcopy(model.state_dict())
+        self.modes = [m.training for m in model.modules()]
+        self.grads = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
+        self.opt = learn.opt
+        self.opt_state = None if learn.opt is None else copy.deepcopy(learn.opt.state_dict())
+        self.cb_states: list[tuple[Callback, dict[str, Any]]] = []
+        self.loop: dict[str, Any] = {}
+        if callbacks:
+            memo = self._shared(learn)
+            self.cb_states = [(cb, _copy_dict(vars(cb), memo)) for cb in learn.cbs if not isinstance(cb, Recorder)]
+            self.loop = {name: copy.copy(learn.__dict__[name]) for name in _LOOP_ATTRS if name in learn.__dict__}
+
+    @staticmethod
+    def _shared(learn: Learner) -> dict[int, Any]:
+        """Objects callbacks may point at that must stay themselves, never be copied."""
+        shared = [learn, learn.model, learn.opt, learn.dls, learn.loss_func, *learn.cbs]
+        shared += list(learn.model.modules()) + list(learn.model.parameters())
+        return {id(o): o for o in shared if o is not None}
+
+    def restore(self) -> None:
+        """Put everything back."""
+        learn = self.learn
+        model = learn.model
+        model.load_state_dict(self.model_state)
+        for module, mode in zip(model.modules(), self.modes, strict=False):
+            module.training = mode
+        for p, grad in zip(model.parameters(), self.grads, strict=False):
+            p.grad = grad
+        learn.opt = self.opt
+        if self.opt is not None and self.opt_state is not None:
+            self.opt.load_state_dict(self.opt_state)
+        for cb, state in self.cb_states:
+            cb.__dict__.clear()
+            cb.__dict__.update(state)
+        for name in _LOOP_ATTRS:
+            if name in self.loop:
+                learn.__dict__[name] = self.loop[name]
+            else:
+                learn.__dict__.pop(name, None)
+
+
+def _copy_dict(attrs: dict[str, Any], memo: dict[int, Any]) -> dict[str, Any]:
+    """Deep copies of a callback's attributes; what cannot be copied (files, locks, ...) is kept as is."""
+    out: dict[str, Any] = {}
+    for name, value in attrs.items():
+        try:
+            out[name] = copy.deepcopy(value, memo)
+        except Exception:  # noqa: BLE001 - any object may refuse to be copied; then keep the object itself
+            out[name] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------ suggestions
+class SuggestionFunction(Protocol):
+    """``f(lrs, losses, num_it) -> (suggested lr, (lr, loss) point to mark on the plot)``."""
+
+    def __call__(self, lrs: Tensor, losses: Tensor, num_it: int) -> tuple[float, tuple[float, float]]: ...
+
+
+def _point(lrs: Tensor, losses: Tensor, lr: float) -> tuple[float, float]:
+    """``(lr, loss at the recorded lr nearest to lr)``."""
+    i = int(torch.argmin((lrs - lr).abs()))
+    return lr, float(losses[i])
+
+
+def valley(lrs: Tensor, losses: Tensor, num_it: int) -> tuple[float, tuple[float, float]]:
+    """The lr two thirds of the way down the longest valley (longest strictly decreasing run of losses)."""
+    vals = [float(x) for x in losses]
+    lengths = [1] * len(vals)  # longest decreasing subsequence ending at each point
+    for i, v in enumerate(vals):
+        for j in range(i):
+            if vals[j] > v and lengths[j] >= lengths[i]:
+                lengths[i] = lengths[j] + 1
+    end = lengths.index(max(lengths))  # the first point ending a longest valley
+    # fastai counts the valley from one point before its first (and from 0 when there is none).
+    start = end - lengths[end] if lengths[end] > 1 else 0
+    third = (end - start) / 3
+    idx = start + int(third) + int(third / 2)
+    return float(lrs[idx]), (float(lrs[idx]), float(losses[idx]))
+
+
+def slide(
+    lrs: Tensor, losses: Tensor, num_it: int, lr_diff: int = 15, thresh: float = 0.005, adjust_value: float = 1.0
+) -> tuple[float, tuple[float, float]]:
+    """The interval slide rule: slide a window of ``lr_diff`` points down from the end of the curve until the
+    loss gradients at its two ends differ by at most ``thresh``; suggest the lr at its left end."""
+    loss_np = losses.detach().cpu().numpy()
+    grads = np.gradient(loss_np)
+    right, left = len(loss_np) - 1, len(loss_np) - 1 - lr_diff
+    if left < 0:
+        raise ValueError(f"slide needs more than lr_diff={lr_diff} points, got {len(loss_np)}.")
+    found = float(lrs[left])
+    while left >= 0 and abs(grads[right] - grads[left]) > thresh:
+        found = float(lrs[left])
+        right, left = right - 1, left - 1
+    suggestion = found * adjust_value
+    log_lrs = np.log10(lrs.detach().cpu().numpy())
+    return suggestion, (suggestion, float(np.interp(np.log10(suggestion), log_lrs, loss_np)))
+
+
+def minimum(lrs: Tensor, losses: Tensor, num_it: int) -> tuple[float, tuple[float, float]]:
+    """A tenth of the lr at the lowest loss (marks that lowest point)."""
+    lr_min = float(lrs[int(torch.argmin(losses))])
+    return lr_min / 10, _point(lrs, losses, lr_min)
+
+
+def steep(lrs: Tensor, losses: Tensor, num_it: int) -> tuple[float, tuple[float, float]]:
+    """The lr where the loss falls fastest against log(lr)."""
+    slopes = (losses[1:] - losses[:-1]) / (lrs[1:].log() - lrs[:-1].log())
+    lr_steep = float(lrs[int(torch.argmin(slopes))])
+    return lr_steep, _point(lrs, losses, lr_steep)
+
+
+class SuggestionMethod:
+    """The suggestion functions by name, for tab completion: ``suggest_funcs=(SuggestionMethod.Valley,)``."""
+
+    Valley = staticmethod(valley)
+    Slide = staticmethod(slide)
+    Minimum = staticmethod(minimum)
+    Steep = staticmethod(steep)
+
+
+def _base(func: Callable[..., Any]) -> Callable[..., Any]:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return func
+
+
+def _keywords(func: Callable[..., Any]) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    while isinstance(func, functools.partial):
+        kw = {**func.keywords, **kw}
+        func = func.func
+    return kw
+
+
+def min_points(func: Callable[..., Any]) -> int:
+    """How many (lr, loss) points a suggestion function needs: 2 for ``steep``, ``lr_diff + 1`` for ``slide``,
+    1 for the others (user functions included)."""
+    base = _base(func)
+    if base is steep:
+        return 2
+    if base is slide:
+        return int(_keywords(func).get("lr_diff", 15)) + 1
+    return 1
+
+
+def _suggestion_names(funcs: Sequence[Callable[..., Any]]) -> list[str]:
+    names: list[str] = []
+    for func in funcs:
+        name = getattr(_base(func), "__name__", type(func).__name__)
+        if not name.isidentifier() or name.startswith("_"):
+            name = f"suggestion_{len(names)}"
+        unique, k = name, 2
+        while unique in names:
+            unique, k = f"{name}_{k}", k + 1
+        names.append(unique)
+    return names
+
+
+# ------------------------------------------------------------------------------------ lr_find
+def lr_find(
+    learn: Learner,
+    start_lr: float = 1e-7,
+    end_lr: float = 10,
+    num_it: int = 100,
+    stop_div: bool = True,
+    show_plot: bool = True,
+    suggest_funcs: Callable[..., Any] | Iterable[Callable[..., Any]] | None = (valley,),
+) -> tuple[float, ...] | None:
+    """Train ``num_it`` batches with the lr growing from ``start_lr`` to ``end_lr``, put the learner back as it
+    was, and return ``SuggestedLRs(valley=..., ...)``: one field per function of ``suggest_funcs``.
+
+    The model's weights, buffers, gradients and modes, the optimizer (state and hypers), the loop counters and
+    every callback but the Recorder are restored exactly, even when the run raises. The Recorder keeps the
+    sweep (``recorder.lrs`` / ``recorder.losses``) until the next fit. The random number generators are not
+    restored, as in fastai: a later fit sees different shuffles and dropout masks than without lr_find.
+    """
+    funcs = _as_funcs(suggest_funcs)
+    finder = LRFinder(start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div, restore=False)
+    need = max((min_points(f) for f in funcs), default=0)
+    usable = num_it - num_it // 10 - 5
+    if funcs and usable < need:
+        raise ValueError(
+            f"lr_find: num_it={num_it} leaves {max(usable, 0)} points for the suggestions once the first "
+            f"num_it//10 and the last 5 are dropped, but {_suggestion_names(funcs)} need {need}; "
+            f"use num_it >= {_min_num_it(need)}."
+        )
+    try:
+        n_batches = len(learn.dls.train)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError("lr_find needs the number of training batches: the training data has no length.") from None
+    n_epoch = num_it // max(n_batches, 1) + 1
+    snapshot = LearnerSnapshot(learn)
+    try:
+        with learn.no_logging():
+            learn.fit(n_epoch, cbs=finder)
+    finally:
+        snapshot.restore()
+    return _suggest(learn, funcs, num_it, show_plot)
+
+
+def _min_num_it(points: int) -> int:
+    n = 6
+    while n - n // 10 - 5 < points:
+        n += 1
+    return n
+
+
+def _as_funcs(suggest_funcs: Any) -> list[Callable[..., Any]]:
+    if suggest_funcs is None:
+        return []
+    funcs = [suggest_funcs] if callable(suggest_funcs) else list(suggest_funcs)
+    for f in funcs:
+        if not callable(f):
+            raise TypeError(f"lr_find: suggest_funcs must be functions like valley or steep, got {f!r}.")
+    return funcs
+
+
+def _suggest(learn: Learner, funcs: list[Callable[..., Any]], num_it: int, show_plot: bool) -> tuple[float, ...] | None:
+    recorder = learn.recorder
+    if not funcs:
+        if show_plot:
+            _plot(recorder)
+        return None
+    window = slice(num_it // 10, -5)
+    lrs = torch.tensor([float(x) for x in recorder.lrs[window]], dtype=torch.float64)
+    losses = torch.tensor([float(x) for x in recorder.losses[window]], dtype=torch.float32)
+    nans = torch.nonzero(torch.isnan(losses)).flatten()
+    if len(nans):
+        lrs, losses = lrs[: int(nans[0])], losses[: int(nans[0])]
+    names = _suggestion_names(funcs)
+    values: list[float] = []
+    points: list[tuple[float, float]] = []
+    for func, name in zip(funcs, names, strict=True):
+        if len(lrs) < min_points(func):
+            warnings.warn(
+                f"lr_find: the sweep stopped after {len(recorder.lrs)} of {num_it} iterations (the loss diverged), "
+                f"leaving {len(lrs)} usable points; {name} needs {min_points(func)}, so it suggests nan. "
+                "Try a smaller end_lr, or stop_div=False.",
+                stacklevel=3,
+            )
+            values.append(math.nan)
+            continue
+        lr, point = func(lrs, losses, num_it)
+        values.append(float(lr))
+        points.append((float(point[0]), float(point[1])))
+    if show_plot:
+        shown = [n for n, v in zip(names, values, strict=True) if not math.isnan(v)]
+        _plot(recorder, suggestions=points, nms=shown)
+    suggested_lrs = collections.namedtuple("SuggestedLRs", names)  # type: ignore[misc]
+    return suggested_lrs._make(values)
+
+
+def _plot(recorder: Recorder, **kwargs: Any) -> None:
+    try:
+        recorder.plot_lr_find(**kwargs)
+    except ImportError as e:
+        warnings.warn(f"lr_find: no plot ({e}); pass show_plot=False to silence this.", stacklevel=4)

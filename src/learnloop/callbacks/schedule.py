@@ -1,0 +1,227 @@
+"""ParamScheduler and the fit policies built on it: one-cycle, flat-then-cosine, SGDR and fine-tuning.
+
+The policies are functions taking the learner first; ``Learner.fit_one_cycle`` & co. call them.
+
+>>> fit_one_cycle(learn, 5, lr_max=slice(1e-4, 1e-2))   # or learn.fit_one_cycle(5, slice(1e-4, 1e-2))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..callback import Callback
+from ..schedules import SchedCos, Schedule, combine_scheds, combined_cos
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+__all__ = ["ParamScheduler", "fit_one_cycle", "fit_flat_cos", "fit_sgdr", "fine_tune"]
+
+
+class ParamScheduler(Callback):
+    """Sets each hyper-parameter of ``scheds`` from ``sched(learn.pct_train)`` before every training batch.
+
+    A schedule may return one value, or an array with one value per parameter group. The value of the
+    last group after each batch is recorded in ``self.hps`` (and in ``learn.recorder.hps`` after fit).
+
+    >>> learn.fit(2, cbs=ParamScheduler({"lr": SchedLin(1e-3, 1e-5), "mom": SchedNo(0.9, 0.9)}))
+    """
+
+    order = 60
+    run_valid = False
+
+    def __init__(self, scheds: Mapping[str, Schedule]) -> None:
+        for name, sched in scheds.items():
+            if not callable(sched):
+                raise TypeError(
+                    f"ParamScheduler: the schedule for {name!r} is {sched!r}, not a function of progress; "
+                    "use an annealer such as SchedCos(start, end) or a function pct -> value."
+                )
+        self.scheds: dict[str, Schedule] = dict(scheds)
+        self.hps: dict[str, list[Any]] = {name: [] for name in self.scheds}
+
+    def before_fit(self) -> None:
+        opt = self.learn.opt
+        names = _hyper_names(opt)
+        missing = [n for n in self.scheds if n not in names]
+        if missing:
+            raise ValueError(
+                f"ParamScheduler schedules {missing}, which the optimizer ({type(opt).__name__}) does not have; "
+                f"its hyper-parameters are {sorted(names)}."
+            )
+        self.hps = {name: [] for name in self.scheds}
+
+    def before_batch(self) -> None:
+        self._set_hypers(self.learn.pct_train)
+
+    def _set_hypers(self, pct: float) -> None:
+        opt = self.learn.opt
+        for name, sched in self.scheds.items():
+            opt.set_hyper(name, sched(pct))
+
+    def after_batch(self) -> None:
+        last = self.learn.opt.hypers[-1]
+        for name, values in self.hps.items():
+            values.append(last[name])
+
+    def after_fit(self) -> None:
+        recorder = getattr(self.learn, "recorder", None)
+        if recorder is not None:
+            recorder.hps = self.hps
+
+
+def _hyper_names(opt: Any) -> set[str]:
+    """The hyper-parameters the optimizer's groups actually hold."""
+    return {name for hypers in opt.hypers for name in hypers}
+
+
+# ------------------------------------------------------------------------------------ fit policies
+def _check_fraction(name: str, value: float) -> None:
+    # fastai accepts the end points: pct_start=0 is pure annealing, 1 pure warm-up.
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} is the fraction of training spent warming up, in [0, 1]; got {value!r}.")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"{name} divides the learning rate, so it must be a finite number > 0; got {value!r}.")
+
+
+def _group_lrs(learn: Learner, lr: Any, arg: str) -> np.ndarray:
+    """Set ``lr`` (or ``learn.lr``) on the optimizer, creating it if needed; read it back, one per group."""
+    if learn.opt is None:
+        learn.create_opt()
+    learn.opt.set_hyper("lr", learn.lr if lr is None else lr)
+    lrs = np.array([h["lr"] for h in learn.opt.hypers], dtype=np.float64)
+    if not np.all(np.isfinite(lrs)) or np.any(lrs < 0):
+        raise ValueError(f"{arg} must give finite learning rates >= 0, got {lr!r} -> {lrs.tolist()}.")
+    return lrs
+
+
+def fit_one_cycle(
+    learn: Learner,
+    n_epoch: int,
+    lr_max: float | slice | Sequence[float] | None = None,
+    div: float = 25.0,
+    div_final: float = 1e5,
+    pct_start: float = 0.25,
+    wd: float | None = None,
+    moms: Sequence[float] | None = None,
+    cbs: Any = None,
+    reset_opt: bool = False,
+    start_epoch: int = 0,
+) -> None:
+    """Train with the 1cycle policy: lr warms up from ``lr_max/div`` to ``lr_max`` over ``pct_start`` of
+    training (cosine), then anneals to ``lr_max/div_final``; momentum goes the opposite way through ``moms``.
+
+    ``lr_max`` may be a slice or a list for discriminative learning rates. An optimizer without a
+    momentum hyper-parameter (torch's Adagrad, say) gets only the lr schedule unless ``moms`` is given.
+    """
+    _check_fraction("pct_start", pct_start)
+    _check_positive("div", div)
+    _check_positive("div_final", div_final)
+    lrs = _group_lrs(learn, lr_max, "lr_max")
+    scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs / div, lrs, lrs / div_final)}
+    if moms is not None or "mom" in _hyper_names(learn.opt):
+        mom_start, mom_mid, mom_end = _three_moms(learn.moms if moms is None else moms)
+        scheds["mom"] = combined_cos(pct_start, mom_start, mom_mid, mom_end)
+    learn.fit(
+        n_epoch, cbs=[ParamScheduler(scheds), *_cb_list(cbs)], reset_opt=reset_opt, wd=wd, start_epoch=start_epoch
+    )
+
+
+def _three_moms(moms: Sequence[float]) -> tuple[float, float, float]:
+    values = tuple(moms)
+    if len(values) != 3:
+        raise ValueError(f"moms is (start, middle, end) of the momentum cycle, got {moms!r}.")
+    return values[0], values[1], values[2]
+
+
+def _cb_list(cbs: Any) -> list[Any]:
+    if cbs is None:
+        return []
+    if isinstance(cbs, (Callback, type)):
+        return [cbs]
+    return list(cbs)
+
+
+def fit_flat_cos(
+    learn: Learner,
+    n_epoch: int,
+    lr: float | slice | Sequence[float] | None = None,
+    div_final: float = 1e5,
+    pct_start: float = 0.75,
+    wd: float | None = None,
+    cbs: Any = None,
+    reset_opt: bool = False,
+    start_epoch: int = 0,
+) -> None:
+    """Train at a flat ``lr`` for ``pct_start`` of training, then anneal it to ``lr/div_final`` (cosine)."""
+    _check_fraction("pct_start", pct_start)
+    _check_positive("div_final", div_final)
+    lrs = _group_lrs(learn, lr, "lr")
+    scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs, lrs, lrs / div_final)}
+    learn.fit(
+        n_epoch, cbs=[ParamScheduler(scheds), *_cb_list(cbs)], reset_opt=reset_opt, wd=wd, start_epoch=start_epoch
+    )
+
+
+def sgdr_epochs(n_cycles: int, cycle_len: int, cycle_mult: int = 2) -> int:
+    """Epochs of ``n_cycles`` SGDR cycles, the first ``cycle_len`` long, each ``cycle_mult`` times the last."""
+    if cycle_mult == 1:  # the limit of the geometric sum (fastai divides by zero here)
+        return cycle_len * n_cycles
+    return cycle_len * (cycle_mult**n_cycles - 1) // (cycle_mult - 1)
+
+
+def fit_sgdr(
+    learn: Learner,
+    n_cycles: int,
+    cycle_len: int,
+    lr_max: float | slice | Sequence[float] | None = None,
+    cycle_mult: int = 2,
+    cbs: Any = None,
+    reset_opt: bool = False,
+    wd: float | None = None,
+    start_epoch: int = 0,
+) -> None:
+    """Train with warm restarts (SGDR): ``n_cycles`` cosine annealings from ``lr_max`` to 0, the first one
+    ``cycle_len`` epochs long, each next one ``cycle_mult`` times longer."""
+    for name, value, low in (("n_cycles", n_cycles, 1), ("cycle_len", cycle_len, 1), ("cycle_mult", cycle_mult, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"fit_sgdr: {name} must be a whole number >= {low}, got {value!r}.")
+    lrs = _group_lrs(learn, lr_max, "lr_max")
+    n_epoch = sgdr_epochs(n_cycles, cycle_len, cycle_mult)
+    pcts = [cycle_len * cycle_mult**i / n_epoch for i in range(n_cycles)]
+    scheds: dict[str, Schedule] = {"lr": combine_scheds(pcts, [SchedCos(lrs, 0.0) for _ in range(n_cycles)])}
+    learn.fit(
+        n_epoch, cbs=[ParamScheduler(scheds), *_cb_list(cbs)], reset_opt=reset_opt, wd=wd, start_epoch=start_epoch
+    )
+
+
+def fine_tune(
+    learn: Learner,
+    epochs: int,
+    base_lr: float = 2e-3,
+    freeze_epochs: int = 1,
+    lr_mult: float = 100,
+    pct_start: float = 0.3,
+    div: float = 5.0,
+    **kwargs: Any,
+) -> None:
+    """Transfer learning: ``freeze_epochs`` of one-cycle on the last parameter group only, then ``epochs``
+    of one-cycle on the whole model with learning rates from ``base_lr/2/lr_mult`` to ``base_lr/2``.
+
+    ``kwargs`` go to both ``fit_one_cycle`` calls (``wd``, ``moms``, ``cbs``, ``div_final``, ...).
+    """
+    _check_positive("lr_mult", lr_mult)
+    _check_fraction("pct_start", pct_start)
+    _check_positive("div", div)
+    learn.freeze()
+    fit_one_cycle(learn, freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
+    base_lr /= 2
+    learn.unfreeze()
+    fit_one_cycle(learn, epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, **kwargs)

@@ -1,0 +1,205 @@
+"""Plots of a Recorder's history (matplotlib, the optional ``learnloop[plot]`` extra).
+
+Each function returns the matplotlib Figure and saves it as a PNG when given ``fname``. matplotlib is
+imported on first use; its backend is left to matplotlib (it falls back to Agg when there is no display).
+
+>>> learn.recorder.plot_loss(fname="loss.png")
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .callbacks.recorder import Recorder
+
+__all__ = ["plot_loss", "plot_lr_find", "plot_metrics", "plot_sched"]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("Plotting needs matplotlib: pip install 'learnloop[plot]'") from e
+    return plt
+
+
+def _save(fig: Figure, fname: str | Path | None) -> None:
+    if fname is None:
+        return
+    path = Path(fname)
+    if not path.suffix:
+        path = path.with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+
+
+def _float(x: Any) -> float:
+    """A recorded value as a float (nan for a missing one)."""
+    if x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _require(values: Sequence[Any], what: str, how: str) -> None:
+    if not values:
+        raise ValueError(f"Nothing to plot: the recorder has no {what} yet; {how} first.")
+
+
+def plot_loss(
+    recorder: Recorder,
+    skip_start: int = 5,
+    with_valid: bool = True,
+    log: bool = False,
+    show_epochs: bool = False,
+    ax: Axes | None = None,
+    fname: str | Path | None = None,
+) -> Figure:
+    """Smoothed training loss per batch (skipping the first ``skip_start``), and the validation loss at the
+    batch where each epoch ended; log-log axes with ``log``, epoch ends marked with ``show_epochs``."""
+    _require(recorder.losses, "training losses", "fit the learner")
+    plt = _pyplot()
+    if ax is None:
+        fig, ax = plt.subplots()
+    else:
+        fig = ax.figure
+    steps = list(range(skip_start, len(recorder.losses)))
+    losses = [_float(x) for x in recorder.losses[skip_start:]]
+    ax.plot(steps, losses, label="train")
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    if show_epochs:
+        for it in recorder.iters:
+            ax.axvline(it, color="grey", linestyle=":")
+    if with_valid and "valid_loss" in recorder.metric_names:
+        col = recorder.metric_names.index("valid_loss") - 1  # values have no 'epoch' column
+        pairs = [
+            (it, _float(row[col]) if col < len(row) else math.nan)
+            for it, row in zip(recorder.iters, recorder.values, strict=False)
+            if it >= skip_start
+        ]
+        pairs = [(it, v) for it, v in pairs if not math.isnan(v)]
+        if pairs:
+            ax.plot([it for it, _ in pairs], [v for _, v in pairs], marker="o", label="valid")
+    ax.set_xlabel("steps")
+    ax.set_ylabel("loss")
+    ax.set_title("learning curve")
+    ax.legend(loc="best")
+    _save(fig, fname)
+    return fig
+
+
+def plot_sched(
+    recorder: Recorder,
+    keys: str | Sequence[str] | None = None,
+    figsize: tuple[float, float] | None = None,
+    fname: str | Path | None = None,
+) -> Figure:
+    """Each scheduled hyper-parameter (``recorder.hps``, or only ``keys``) against the training batch."""
+    names = list(recorder.hps) if keys is None else [keys] if isinstance(keys, str) else list(keys)
+    _require(names, "scheduled hyper-parameters", "fit with a schedule (fit_one_cycle, ...)")
+    unknown = [k for k in names if k not in recorder.hps]
+    if unknown:
+        raise KeyError(f"plot_sched: {unknown} were not scheduled; the recorded ones are {list(recorder.hps)}.")
+    plt = _pyplot()
+    cols = min(2, len(names))
+    rows = (len(names) + 1) // 2
+    fig, axs = plt.subplots(rows, cols, figsize=figsize or (6 * cols, 4 * rows), squeeze=False)
+    flat = list(axs.flat)
+    for name, ax in zip(names, flat, strict=False):
+        ax.plot([_float(v) for v in recorder.hps[name]])
+        ax.set_xlabel("steps")
+        ax.set_ylabel(name)
+    for ax in flat[len(names) :]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    _save(fig, fname)
+    return fig
+
+
+def plot_lr_find(
+    recorder: Recorder,
+    skip_end: int = 5,
+    suggestions: Sequence[tuple[float, float]] | None = None,
+    nms: Sequence[str] | None = None,
+    fname: str | Path | None = None,
+) -> Figure:
+    """Loss against learning rate (log scale) of an ``lr_find`` run, without the last ``skip_end`` points;
+    ``suggestions`` are ``(lr, loss)`` points marked and labelled with ``nms``."""
+    _require(recorder.lrs, "learning rates", "run learn.lr_find()")
+    plt = _pyplot()
+    end = len(recorder.lrs) - skip_end if skip_end > 0 else len(recorder.lrs)
+    fig, ax = plt.subplots()
+    ax.plot([_float(x) for x in recorder.lrs[:end]], [_float(x) for x in recorder.losses[:end]])
+    ax.set_xscale("log")
+    ax.set_xlabel("Learning Rate")
+    ax.set_ylabel("Loss")
+    if suggestions:
+        labels = list(nms) if nms is not None else [f"suggestion {i}" for i in range(len(suggestions))]
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"][1:]
+        for i, ((lr, loss), label) in enumerate(zip(suggestions, labels, strict=False)):
+            ax.plot(lr, loss, "o", color=colors[i % len(colors)], label=f"{label}: {lr:.2e}")
+        ax.legend(loc="best")
+    _save(fig, fname)
+    return fig
+
+
+def plot_metrics(
+    recorder: Recorder,
+    nrows: int | None = None,
+    ncols: int | None = None,
+    figsize: tuple[float, float] | None = None,
+    fname: str | Path | None = None,
+) -> Figure:
+    """Every recorded value per epoch: the losses together on the first axes, then one axes per metric."""
+    _require(recorder.values, "epoch values", "fit the learner")
+    names = [n for n in recorder.metric_names[1:] if n != "time"]
+    rows = recorder.values
+    columns = {n: [_float(row[i]) if i < len(row) else math.nan for row in rows] for i, n in enumerate(names)}
+    # train_x and valid_x share a panel; the losses' panel comes first, as in fastai.
+    panels: dict[str, list[str]] = {}
+    for name in sorted(names, key=lambda m: _metric_of(m) != "loss"):
+        panels.setdefault(_metric_of(name), []).append(name)
+    n = len(panels)
+    if nrows is None and ncols is None:
+        ncols = min(n, 3)
+    if ncols is None:
+        ncols = math.ceil(n / (nrows or 1))
+    if nrows is None:
+        nrows = math.ceil(n / ncols)
+    if nrows * ncols < n:
+        raise ValueError(f"plot_metrics: {nrows}x{ncols} axes cannot hold the {n} panels {list(panels)}.")
+    plt = _pyplot()
+    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (6 * ncols, 4 * nrows), squeeze=False)
+    flat = list(axs.flat)
+    epochs = list(range(len(recorder.values)))
+    for (metric, cols), ax in zip(panels.items(), flat, strict=False):
+        for col in cols:
+            ax.plot(epochs, columns[col], marker="o", label=col)
+        ax.set_title("losses" if metric == "loss" else metric)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend(loc="best")
+    for ax in flat[n:]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    _save(fig, fname)
+    return fig
+
+
+def _metric_of(column: str) -> str:
+    """'train_loss' -> 'loss', 'valid_accuracy' -> 'accuracy', 'accuracy' -> 'accuracy'."""
+    for prefix in ("train_", "valid_"):
+        if column.startswith(prefix):
+            return column[len(prefix) :]
+    return column

@@ -1,0 +1,166 @@
+"""Annealers: pure functions of training progress ``pct`` in [0, 1] that give a hyper-parameter value.
+
+``start`` and ``end`` may be numbers or arrays (one value per parameter group, as ``fit_one_cycle``
+passes its ``lr_max``); an annealer returns a float for numbers and a float64 numpy array for arrays.
+
+>>> sched = combined_cos(0.25, 1.0, 10.0, 0.0)   # warm up over 25% of training, then anneal
+>>> sched(0.0), sched(0.25), sched(1.0)
+(1.0, 10.0, 0.0)
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
+
+import numpy as np
+
+__all__ = [
+    "Annealer",
+    "CombinedSchedule",
+    "SchedCos",
+    "SchedExp",
+    "SchedLin",
+    "SchedNo",
+    "SchedPoly",
+    "Schedule",
+    "combine_scheds",
+    "combined_cos",
+]
+
+#: Anything that maps progress in [0, 1] to a value (annealers, combined schedules, plain functions).
+Schedule: TypeAlias = Callable[[float], Any]
+
+
+def _as_value(x: Any) -> float | np.ndarray:
+    """A float, or a float64 array for sequences and arrays (torch tensors included)."""
+    if isinstance(x, (list, tuple)) or (hasattr(x, "__array__") and np.ndim(x) > 0):
+        return np.asarray(x, dtype=np.float64)
+    return float(x)
+
+
+def _out(x: Any) -> float | np.ndarray:
+    return float(x) if np.ndim(x) == 0 else np.asarray(x, dtype=np.float64)
+
+
+class Annealer:
+    """Base class: a schedule from ``start`` to ``end``; subclasses define ``at(pct)``."""
+
+    def __init__(self, start: Any, end: Any) -> None:
+        self.start, self.end = _as_value(start), _as_value(end)
+
+    def at(self, pct: float) -> Any:
+        """The value at progress ``pct`` (before conversion to float / array)."""
+        raise NotImplementedError
+
+    def __call__(self, pct: float) -> float | np.ndarray:
+        return _out(self.at(pct))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({_fmt(self.start)}, {_fmt(self.end)})"
+
+
+def _fmt(x: float | np.ndarray) -> str:
+    return repr(x.tolist()) if isinstance(x, np.ndarray) else repr(x)
+
+
+class SchedLin(Annealer):
+    """Linear from ``start`` to ``end``."""
+
+    def at(self, pct: float) -> Any:
+        return self.start + pct * (self.end - self.start)
+
+
+class SchedCos(Annealer):
+    """Half a cosine from ``start`` to ``end`` (flat at both ends)."""
+
+    def at(self, pct: float) -> Any:
+        return self.start + (1 + math.cos(math.pi * (1 - pct))) * (self.end - self.start) / 2
+
+
+class SchedNo(Annealer):
+    """Constant ``start`` (``end`` is ignored)."""
+
+    def at(self, pct: float) -> Any:
+        return self.start
+
+
+class SchedExp(Annealer):
+    """Geometric from ``start`` to ``end``: ``start * (end/start) ** pct``; both must be non-zero, same sign."""
+
+    def __init__(self, start: Any, end: Any) -> None:
+        super().__init__(start, end)
+        start_a, end_a = np.asarray(self.start), np.asarray(self.end)
+        if np.any(start_a == 0) or np.any(start_a * end_a <= 0):
+            raise ValueError(
+                f"SchedExp({_fmt(self.start)}, {_fmt(self.end)}): an exponential schedule needs a non-zero "
+                "start and an end of the same sign; use SchedLin or SchedCos to reach or cross zero."
+            )
+
+    def at(self, pct: float) -> Any:
+        return self.start * (self.end / self.start) ** pct
+
+
+class SchedPoly(Annealer):
+    """Polynomial from ``start`` to ``end``: ``start + (end - start) * pct ** power``."""
+
+    def __init__(self, start: Any, end: Any, power: float) -> None:
+        super().__init__(start, end)
+        self.power = power
+
+    def at(self, pct: float) -> Any:
+        return self.start + (self.end - self.start) * pct**self.power
+
+    def __repr__(self) -> str:
+        return f"SchedPoly({_fmt(self.start)}, {_fmt(self.end)}, power={self.power!r})"
+
+
+class CombinedSchedule:
+    """Run ``scheds[i]`` over a fraction ``pcts[i]`` of training, each seeing its own progress in [0, 1]."""
+
+    def __init__(self, pcts: Sequence[float], scheds: Sequence[Schedule]) -> None:
+        fractions = [float(p) for p in pcts]
+        if len(fractions) != len(scheds) or not scheds:
+            raise ValueError(
+                f"combine_scheds needs one fraction per schedule, got {len(fractions)} fractions for "
+                f"{len(scheds)} schedules."
+            )
+        if any(not p >= 0 for p in fractions):  # `not >=` also catches NaN
+            raise ValueError(f"combine_scheds: every fraction must be >= 0, got {list(pcts)}.")
+        if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+            raise ValueError(
+                f"combine_scheds: the fractions must add up to 1, got {list(pcts)} (sum {sum(fractions)})."
+            )
+        bounds = [0.0]
+        for p in fractions:
+            bounds.append(bounds[-1] + p)
+        bounds[-1] = 1.0
+        self.pcts, self.scheds, self.bounds = fractions, list(scheds), bounds
+
+    def __call__(self, pct: float) -> Any:
+        bounds = self.bounds
+        # The last schedule that has started (fastai's rule); pct == 1 stays in the last one.
+        idx = min(max(bisect.bisect_right(bounds, pct) - 1, 0), len(self.scheds) - 1)
+        while idx > 0 and bounds[idx + 1] == bounds[idx]:
+            idx -= 1  # a trailing empty segment has no progress to give; finish the one before it
+        return self.scheds[idx]((pct - bounds[idx]) / (bounds[idx + 1] - bounds[idx]))
+
+    def __repr__(self) -> str:
+        return f"combine_scheds({self.pcts}, {self.scheds})"
+
+
+def combine_scheds(pcts: Sequence[float], scheds: Sequence[Schedule]) -> CombinedSchedule:
+    """One schedule running ``scheds[i]`` over the fraction ``pcts[i]`` of training (``pcts`` sum to 1).
+
+    >>> sched = combine_scheds([0.3, 0.7], [SchedLin(0., 1.), SchedCos(1., 0.)])
+    >>> sched(0.15), sched(0.3), sched(1.0)
+    (0.5, 1.0, 0.0)
+    """
+    return CombinedSchedule(pcts, scheds)
+
+
+def combined_cos(pct: float, start: Any, middle: Any, end: Any) -> CombinedSchedule:
+    """Cosine from ``start`` to ``middle`` over the first ``pct`` of training, then from ``middle`` to ``end``."""
+    return combine_scheds([pct, 1 - pct], [SchedCos(start, middle), SchedCos(middle, end)])

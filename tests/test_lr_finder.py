@@ -1,0 +1,306 @@
+"""lr_find and LRFinder: the sweep, early stopping, exact restoration, the suggestion functions."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import re
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import synth_learner
+from learnloop import Callback, Learner
+from learnloop.callbacks.lr_finder import (
+    LRFinder,
+    SuggestionMethod,
+    lr_find,
+    min_points,
+    minimum,
+    slide,
+    steep,
+    valley,
+)
+from learnloop.optimizer import OptimWrapper
+
+
+def trained_learner(**kwargs: Any) -> Learner:
+    """A learner with one epoch behind it, so the optimizer has state (Adam moments, step counts)."""
+    learn = synth_learner(n_train=64, bs=16, **kwargs)
+    learn.fit(1, lr=1e-2)
+    return learn
+
+
+def model_state(learn: Learner) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
+
+
+def assert_same_model(learn: Learner, before: dict[str, torch.Tensor]) -> None:
+    after = learn.model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k
+
+
+def assert_same_opt_state(a: Any, b: Any) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same_opt_state(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same_opt_state(x, y)
+    else:
+        assert a == b
+
+
+# ------------------------------------------------------------------ the sweep
+def test_sweeps_the_exact_exponential_lrs() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    lr_find(learn, start_lr=1e-5, end_lr=1e-1, num_it=30, stop_div=False, show_plot=False, suggest_funcs=None)
+    expected = [1e-5 * (1e-1 / 1e-5) ** (i / 30) for i in range(30)]
+    assert learn.recorder.lrs == pytest.approx(expected, rel=1e-12)
+    assert len(learn.recorder.losses) == 30
+    assert learn.recorder.hps["lr"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_linear_sweep_and_standalone_finder_restores() -> None:
+    learn = trained_learner()
+    before = model_state(learn)
+    learn.fit(3, cbs=LRFinder(start_lr=1e-4, end_lr=1e-2, num_it=10, linear=True))
+    assert learn.recorder.lrs == pytest.approx([1e-4 + (1e-2 - 1e-4) * i / 10 for i in range(10)], rel=1e-12)
+    assert_same_model(learn, before)
+
+
+def test_validation_is_cancelled_and_epochs_cover_num_it() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    events: list[str] = []
+    learn.add_cb(Callback(after_cancel_validate=lambda: events.append("cancel_valid"),
+                          before_epoch=lambda: events.append("epoch")))
+    lr_find(learn, num_it=10, stop_div=False, show_plot=False, suggest_funcs=None)
+    assert events.count("epoch") == 3  # 10 batches of 4 per epoch: epochs 0, 1 and part of 2
+    assert events.count("cancel_valid") == 2  # the third epoch is cut by CancelFitException
+    assert len(learn.recorder.lrs) == 10
+
+
+def test_stops_early_when_the_loss_diverges() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    lr_find(learn, start_lr=1e-3, end_lr=1e6, num_it=100, show_plot=False, suggest_funcs=None)
+    n = len(learn.recorder.lrs)
+    assert 5 < n < 100
+    last = float(learn.recorder.losses[-1])
+    assert not math.isfinite(last) or last > 4 * min(float(x) for x in learn.recorder.losses[:-1])
+    learn.fit(1)  # the learner still trains afterwards
+    assert math.isfinite(learn.recorder.values[-1][0])
+
+
+def test_no_early_stop_without_stop_div() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    lr_find(learn, start_lr=1e-3, end_lr=1e3, num_it=40, stop_div=False, show_plot=False, suggest_funcs=None)
+    assert len(learn.recorder.lrs) == 40
+
+
+# ------------------------------------------------------------------ restoring the learner
+def test_restores_weights_and_optimizer_bit_identically() -> None:
+    learn = trained_learner()
+    before_model = model_state(learn)
+    opt = learn.opt
+    before_opt = copy.deepcopy(opt.state_dict())
+    hypers = [dict(h) for h in opt.hypers]
+    lr_find(learn, num_it=30, show_plot=False)
+    assert_same_model(learn, before_model)
+    assert learn.opt is opt
+    assert_same_opt_state(opt.state_dict(), before_opt)
+    assert [dict(h) for h in opt.hypers] == hypers
+
+
+def test_restores_a_torch_optimizer() -> None:
+    learn = trained_learner(opt_func=functools.partial(OptimWrapper, opt=torch.optim.AdamW))
+    before_model, before_opt = model_state(learn), copy.deepcopy(learn.opt.state_dict())
+    lr_find(learn, num_it=30, show_plot=False)
+    assert_same_model(learn, before_model)
+    assert_same_opt_state(learn.opt.state_dict(), before_opt)
+    assert learn.opt.hypers[0]["lr"] == before_opt["param_groups"][0]["lr"]
+
+
+def test_no_optimizer_before_means_none_after() -> None:
+    learn = synth_learner()
+    before = model_state(learn)
+    lr_find(learn, num_it=20, show_plot=False)
+    assert learn.opt is None
+    assert_same_model(learn, before)
+
+
+def test_restores_batchnorm_buffers_modes_and_grads() -> None:
+    torch.manual_seed(0)
+    first, norm, last = nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)
+    model = nn.Sequential(first, norm, last)
+    learn = synth_learner(n_train=64, bs=16)
+    learn = Learner(learn.dls, model, loss_func=nn.MSELoss())
+    learn.logger = lambda *_: None
+    model.train()
+    norm.eval()
+    first.weight.grad = torch.ones_like(first.weight)
+    before = model_state(learn)
+    lr_find(learn, num_it=20, show_plot=False)
+    assert_same_model(learn, before)  # running_mean, running_var, num_batches_tracked included
+    assert [m.training for m in model.modules()] == [True, True, False, True]
+    assert torch.equal(first.weight.grad, torch.ones_like(first.weight))
+    assert last.weight.grad is None
+
+
+class Counter(Callback):
+    """A callback with state that lr_find must not disturb."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.history: list[int] = []
+
+    def after_batch(self) -> None:
+        self.batches += 1
+        self.history.append(self.batches)
+
+
+def test_restores_other_callbacks_and_loop_counters() -> None:
+    learn = trained_learner()
+    counter = Counter()
+    learn.add_cb(counter)
+    learn.fit(1)
+    counter.run = False  # a user switched it off; lr_find must not switch it back on
+    state = (counter.batches, list(counter.history))
+    loop = (learn.n_epoch, learn.epoch, learn.train_iter, learn.pct_train, learn.final_record)
+    lr_find(learn, num_it=20, show_plot=False)
+    assert (counter.batches, counter.history) == state
+    assert counter.run is False
+    assert (learn.n_epoch, learn.epoch, learn.train_iter, learn.pct_train, learn.final_record) == loop
+    assert [type(cb).__name__ for cb in learn.cbs][-1] == "Counter"
+    assert not any(isinstance(cb, LRFinder) for cb in learn.cbs)
+
+
+def test_exception_inside_lr_find_still_restores() -> None:
+    learn = trained_learner()
+    before_model, before_opt = model_state(learn), copy.deepcopy(learn.opt.state_dict())
+
+    class Boom(Callback):
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def after_batch(self) -> None:
+            self.calls += 1
+            if self.learn.train_iter == 5:
+                raise RuntimeError("boom")
+
+    boom = Boom()
+    learn.add_cb(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        lr_find(learn, num_it=30, show_plot=False)
+    assert_same_model(learn, before_model)
+    assert_same_opt_state(learn.opt.state_dict(), before_opt)
+    assert boom.calls == 0
+    assert not any(isinstance(cb, LRFinder) for cb in learn.cbs)
+
+
+# ------------------------------------------------------------------ suggestions
+def test_suggestions_are_named_and_in_range() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    res = lr_find(learn, num_it=100, show_plot=False, suggest_funcs=(minimum, steep, valley, slide))
+    assert res is not None
+    assert res._fields == ("minimum", "steep", "valley", "slide")  # type: ignore[attr-defined]
+    lrs = learn.recorder.lrs
+    for name, value in zip(res._fields, res, strict=True):  # type: ignore[attr-defined]
+        low = min(lrs) / 10 if name == "minimum" else min(lrs)
+        assert low <= value <= max(lrs), name
+    assert learn.lr_find(show_plot=False)._fields == ("valley",)  # type: ignore[union-attr]
+
+
+def test_single_function_and_partials_and_suggestion_method() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    res = lr_find(learn, show_plot=False, suggest_funcs=SuggestionMethod.Steep)
+    assert res is not None and res._fields == ("steep",)  # type: ignore[attr-defined]
+    res = lr_find(learn, show_plot=False, suggest_funcs=(functools.partial(slide, lr_diff=10), slide))
+    assert res is not None and res._fields == ("slide", "slide_2")  # type: ignore[attr-defined]
+    assert lr_find(learn, show_plot=False, suggest_funcs=None) is None
+
+
+def test_too_few_points_after_divergence_warns_and_gives_nan() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    with pytest.warns(UserWarning) as record:
+        res = lr_find(learn, start_lr=1e-2, end_lr=1e30, num_it=100, show_plot=False, suggest_funcs=(valley, slide))
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2 and all(re.search(r"stopped after \d+ of 100 iterations", m) for m in messages)
+    assert "valley needs 1, so it suggests nan" in messages[0] and "slide needs 16" in messages[1]
+    assert res is not None and math.isnan(res.valley) and math.isnan(res.slide)  # type: ignore[attr-defined]
+
+
+def lrs_for(n: int) -> torch.Tensor:
+    return torch.logspace(-5, 0, n, dtype=torch.float64)
+
+
+def test_valley() -> None:
+    lrs = lrs_for(4)
+    # longest decreasing run 3 > 1 > 0 ends at index 3 with length 3: counted from 0, two thirds down = 1
+    assert valley(lrs, torch.tensor([3.0, 1.0, 2.0, 0.0]), 4) == (float(lrs[1]), (float(lrs[1]), 1.0))
+    lrs = lrs_for(10)
+    losses = torch.tensor([5.0, 4.0, 3.5, 3.0, 2.0, 1.0, 0.5, 2.0, 9.0, 20.0])  # valley over indices 0..6
+    lr, (lr_pt, loss_pt) = valley(lrs, losses, 10)
+    assert lr == float(lrs[2]) == lr_pt and loss_pt == 3.5  # start -1, end 6: -1 + int(7/3) + int(7/6) = 2
+    assert valley(lrs_for(3), torch.tensor([1.0, 2.0, 3.0]), 3)[0] == float(lrs_for(3)[0])
+
+
+def test_slide() -> None:
+    lrs = lrs_for(25)
+    straight = torch.linspace(5, 1, 25)
+    assert slide(lrs, straight, 25)[0] == pytest.approx(float(lrs[25 - 1 - 15]))
+    bend = torch.tensor([0.0] * 20 + [0.0, 1.0, 4.0, 9.0, 16.0])
+    lr, (lr_pt, loss_pt) = slide(lrs, bend, 25)
+    assert lr == pytest.approx(float(lrs[5])) and lr_pt == lr and loss_pt == pytest.approx(0.0)
+    assert slide(lrs, straight, 25, adjust_value=0.5)[0] == pytest.approx(float(lrs[9]) / 2)
+    with pytest.raises(ValueError, match="lr_diff=15"):
+        slide(lrs_for(10), torch.zeros(10), 10)
+
+
+def test_minimum_and_steep() -> None:
+    lrs = lrs_for(4)
+    assert minimum(lrs, torch.tensor([3.0, 2.0, 1.0, 2.0]), 4) == (float(lrs[2]) / 10, (float(lrs[2]), 1.0))
+    # equal log-spacing: the steepest fall (-3 per step) starts at index 1
+    assert steep(lrs, torch.tensor([5.0, 4.0, 1.0, 0.5]), 4) == (float(lrs[1]), (float(lrs[1]), 4.0))
+
+
+def test_min_points() -> None:
+    assert min_points(valley) == 1 and min_points(minimum) == 1 and min_points(steep) == 2
+    assert min_points(slide) == 16 and min_points(functools.partial(slide, lr_diff=4)) == 5
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"start_lr": 1e-2, "end_lr": 1e-3}, "end_lr .* must be larger than start_lr"),
+        ({"start_lr": 1e-2, "end_lr": 1e-2}, "end_lr"),
+        ({"start_lr": 0.0}, "start_lr and end_lr must be finite and > 0"),
+        ({"num_it": 5}, "num_it=5 leaves 0 points.*use num_it >= 6"),
+        ({"num_it": 6, "suggest_funcs": (steep,)}, "num_it >= 7"),
+        ({"num_it": 20, "suggest_funcs": (slide,)}, r"\['slide'\] need 16; use num_it >= 23"),
+        ({"num_it": 0, "suggest_funcs": None}, "num_it is a number of batches >= 1"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+    learn = synth_learner()
+    with pytest.raises(ValueError, match=match):
+        lr_find(learn, show_plot=False, **kwargs)
+    assert learn.recorder.lrs == []  # nothing ran
+
+
+def test_finder_needs_a_recorder() -> None:
+    learn = synth_learner(default_cbs=False)
+    from learnloop.callbacks.core import TrainEvalCallback
+
+    learn.add_cb(TrainEvalCallback())
+    with pytest.raises(ValueError, match="add a Recorder"):
+        lr_find(learn, show_plot=False)

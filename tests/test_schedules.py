@@ -1,0 +1,383 @@
+"""Annealers, ParamScheduler and the fit policies (fit_one_cycle, fit_flat_cos, fit_sgdr, fine_tune).
+
+The expected hyper-parameters are written here from the textbook formulas, independently of
+learnloop.schedules, and compared with what the optimizer holds at every training step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import synth_dls, synth_learner
+from learnloop import Callback, Learner
+from learnloop.callback import noop
+from learnloop.callbacks.schedule import ParamScheduler, fit_one_cycle, sgdr_epochs
+from learnloop.optimizer import SGD, Optimizer, OptimWrapper, sgd_step
+from learnloop.schedules import (
+    SchedCos,
+    SchedExp,
+    SchedLin,
+    SchedNo,
+    SchedPoly,
+    combine_scheds,
+    combined_cos,
+)
+
+approx = functools.partial(pytest.approx, rel=1e-9, abs=1e-15)
+
+
+# ------------------------------------------------------------------ independent reference formulas
+def cos_anneal(a: float, b: float, t: float) -> float:
+    """Cosine annealing from a (t=0) to b (t=1)."""
+    return b + (a - b) * (1 + math.cos(math.pi * t)) / 2
+
+
+def two_phase(p: float, split: float, a: float, b: float, c: float) -> float:
+    """a -> b by cosine over [0, split), then b -> c by cosine over [split, 1]."""
+    if p < split:
+        return cos_anneal(a, b, p / split)
+    return cos_anneal(b, c, (p - split) / (1 - split))
+
+
+# ------------------------------------------------------------------ annealers
+def test_sched_lin() -> None:
+    s = SchedLin(0.0, 10.0)
+    assert [s(p) for p in (0.0, 0.25, 0.5, 1.0)] == [0.0, 2.5, 5.0, 10.0]
+
+
+def test_sched_cos() -> None:
+    s = SchedCos(1.0, 0.0)
+    assert s(0.0) == 1.0 and s(1.0) == 0.0
+    assert s(0.5) == approx(0.5)
+    assert s(0.25) == approx(cos_anneal(1.0, 0.0, 0.25))
+    assert s(0.1) == approx((1 + math.cos(math.pi * 0.1)) / 2)
+
+
+def test_sched_no() -> None:
+    s = SchedNo(3.0, 7.0)
+    assert [s(p) for p in (0.0, 0.3, 1.0)] == [3.0, 3.0, 3.0]
+
+
+def test_sched_exp() -> None:
+    s = SchedExp(1e-3, 1e-1)
+    assert s(0.0) == approx(1e-3) and s(0.5) == approx(1e-2) and s(1.0) == approx(1e-1)
+    assert s(0.3) == approx(1e-3 * 100**0.3)
+
+
+def test_sched_poly() -> None:
+    s = SchedPoly(0.0, 1.0, 2)
+    assert [s(p) for p in (0.0, 0.5, 1.0)] == [0.0, 0.25, 1.0]
+    s = SchedPoly(2.0, 0.0, 0.5)
+    assert s(0.25) == approx(2.0 - 2.0 * 0.5)
+
+
+def test_scalars_give_floats_arrays_give_arrays() -> None:
+    assert type(SchedCos(1, 2)(0.3)) is float
+    start, end = np.array([1e-4, 1e-3]), np.array([1e-2, 1e-1])
+    for sched in (SchedLin(start, end), SchedCos(start, end), SchedNo(start, end), SchedExp(start, end)):
+        out = sched(0.5)
+        assert isinstance(out, np.ndarray) and out.shape == (2,)
+    np.testing.assert_allclose(SchedLin([0.0, 10.0], [1.0, 20.0])(0.5), [0.5, 15.0])
+    np.testing.assert_allclose(SchedExp(start, end)(0.5), np.sqrt(start * end))
+    np.testing.assert_allclose(SchedCos(start, 0.0)(1 / 3), [cos_anneal(x, 0.0, 1 / 3) for x in start])
+
+
+def test_sched_exp_rejects_zero_or_sign_change() -> None:
+    with pytest.raises(ValueError, match="non-zero start"):
+        SchedExp(0.0, 1.0)
+    with pytest.raises(ValueError, match="same sign"):
+        SchedExp(-1.0, 1.0)
+
+
+def test_combine_scheds() -> None:
+    s = combine_scheds([0.3, 0.7], [SchedLin(0.0, 1.0), SchedCos(1.0, 0.0)])
+    assert s(0.0) == 0.0
+    assert s(0.15) == approx(0.5)
+    assert s(0.3) == approx(1.0)
+    assert s(0.3 + 0.7 / 2) == approx(0.5)
+    assert s(1.0) == approx(0.0)
+    three = combine_scheds([0.25, 0.25, 0.5], [SchedNo(1.0, 1.0), SchedLin(2.0, 3.0), SchedLin(10.0, 20.0)])
+    assert [three(p) for p in (0.1, 0.25, 0.375, 0.5, 0.75, 1.0)] == approx([1.0, 2.0, 2.5, 10.0, 15.0, 20.0])
+
+
+def test_combine_scheds_empty_segments() -> None:
+    # An empty first segment is skipped; an empty last one leaves the previous schedule at its end.
+    assert combine_scheds([0.0, 1.0], [SchedLin(5.0, 6.0), SchedLin(0.0, 1.0)])(0.0) == 0.0
+    assert combine_scheds([1.0, 0.0], [SchedLin(0.0, 1.0), SchedLin(5.0, 6.0)])(1.0) == 1.0
+
+
+def test_combine_scheds_bad_input() -> None:
+    with pytest.raises(ValueError, match="add up to 1"):
+        combine_scheds([0.3, 0.3], [SchedNo(0, 0), SchedNo(0, 0)])
+    with pytest.raises(ValueError, match=">= 0"):
+        combine_scheds([1.5, -0.5], [SchedNo(0, 0), SchedNo(0, 0)])
+    with pytest.raises(ValueError, match="one fraction per schedule"):
+        combine_scheds([1.0], [SchedNo(0, 0), SchedNo(0, 0)])
+
+
+@pytest.mark.parametrize("pct", [0.25, 0.3, 0.75])
+def test_combined_cos(pct: float) -> None:
+    s = combined_cos(pct, 1e-4, 1e-2, 1e-7)
+    for p in np.linspace(0, 1, 41):
+        assert s(float(p)) == approx(two_phase(float(p), pct, 1e-4, 1e-2, 1e-7))
+    assert s(0.0) == approx(1e-4) and s(pct) == approx(1e-2) and s(1.0) == approx(1e-7)
+
+
+def test_combined_cos_over_groups() -> None:
+    lr_max = np.array([1e-4, 1e-3, 1e-2])
+    s = combined_cos(0.25, lr_max / 25, lr_max, lr_max / 1e5)
+    for p in (0.0, 0.1, 0.25, 0.6, 1.0):
+        np.testing.assert_allclose(s(p), [two_phase(p, 0.25, x / 25, x, x / 1e5) for x in lr_max], rtol=1e-9)
+
+
+# ------------------------------------------------------------------ recording what the optimizer holds
+class HyperLog(Callback):
+    """Records every group's lr (and mom) at before_step, i.e. after ParamScheduler's before_batch."""
+
+    order = 100
+
+    def __init__(self, names: tuple[str, ...] = ("lr", "mom")) -> None:
+        self.names = names
+        self.values: dict[str, list[list[float]]] = {n: [] for n in names}
+        self.requires_grad: list[list[bool]] = []
+
+    def before_fit(self) -> None:
+        self.requires_grad.append([p.requires_grad for p in self.learn.model.parameters()])
+
+    def before_step(self) -> None:
+        for name in self.names:
+            self.values[name].append([float(g[name]) for g in self.learn.opt.param_groups])
+
+
+def expected_pcts(n_epoch: int, n_batches: int) -> list[float]:
+    total = n_epoch * n_batches
+    return [k / total for k in range(total)]
+
+
+def two_layers(model: nn.Module) -> list[list[nn.Parameter]]:
+    """A splitter: the first Linear, then the last one (two parameter groups)."""
+    assert isinstance(model, nn.Sequential)
+    return [list(model[0].parameters()), list(model[2].parameters())]
+
+
+def two_group_learner(n_train: int = 64, bs: int = 16, **kwargs: Any) -> Learner:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
+    learn = Learner(synth_dls(n_train, 16, bs), model, loss_func=nn.MSELoss(), splitter=two_layers, **kwargs)
+    learn.logger = noop
+    return learn
+
+
+# ------------------------------------------------------------------ ParamScheduler
+def test_param_scheduler_sets_hypers_from_pct_train() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    log = HyperLog(("lr",))
+    sched = SchedLin(1e-2, 1e-4)
+    ps = ParamScheduler({"lr": sched})
+    learn.fit(2, cbs=[ps, log])
+    assert [v[0] for v in log.values["lr"]] == approx([sched(p) for p in expected_pcts(2, 4)])
+    assert ps.hps["lr"] == approx([sched(p) for p in expected_pcts(2, 4)])
+    assert learn.recorder.hps["lr"] == ps.hps["lr"]
+    assert learn.recorder.lrs == approx(ps.hps["lr"])
+
+
+def test_param_scheduler_is_silent_during_validation() -> None:
+    learn = synth_learner(n_train=32, n_valid=32, bs=16)
+    ps = ParamScheduler({"lr": SchedLin(1.0, 2.0)})
+    seen: list[float] = []
+    learn.fit(1, cbs=[ps, Callback(before_validate=lambda: seen.append(learn.opt.hypers[0]["lr"]))])
+    assert len(ps.hps["lr"]) == 2  # training batches only
+    assert seen == [ps.hps["lr"][-1]]  # validation did not move the lr
+
+
+def test_param_scheduler_rejects_unknown_hyper() -> None:
+    learn = synth_learner()
+    with pytest.raises(ValueError, match=r"\['beta'\].*\(Optimizer\).*\['eps', 'lr', 'mom', 'sqr_mom', 'wd'\]"):
+        learn.fit(1, cbs=ParamScheduler({"beta": SchedNo(0.5, 0.5)}))
+
+
+def test_param_scheduler_rejects_non_callable() -> None:
+    with pytest.raises(TypeError, match="'lr'.*not a function"):
+        ParamScheduler({"lr": 0.1})  # type: ignore[dict-item]
+
+
+def test_param_scheduler_with_torch_optimizer() -> None:
+    opt_func = functools.partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9)
+    learn = synth_learner(n_train=64, bs=16, opt_func=opt_func)
+    seen: list[tuple[float, float]] = []
+
+    def record() -> None:
+        group = learn.opt.opt.param_groups[0]  # torch's own param group
+        seen.append((group["lr"], group["momentum"]))
+
+    learn.fit_one_cycle(2, lr_max=0.1, cbs=Callback(before_step=record))
+    pcts = expected_pcts(2, 4)
+    assert [lr for lr, _ in seen] == approx([two_phase(p, 0.25, 0.1 / 25, 0.1, 0.1 / 1e5) for p in pcts])
+    assert [m for _, m in seen] == approx([two_phase(p, 0.25, 0.95, 0.85, 0.95) for p in pcts])
+
+
+def test_one_cycle_without_momentum_hyper() -> None:
+    learn = synth_learner(opt_func=functools.partial(OptimWrapper, opt=torch.optim.Adagrad))
+    learn.fit_one_cycle(1, lr_max=0.1)
+    assert list(learn.recorder.hps) == ["lr"]
+    with pytest.raises(ValueError, match=r"\['mom'\].*OptimWrapper"):
+        learn.fit_one_cycle(1, lr_max=0.1, moms=(0.9, 0.8, 0.9))
+    bare = synth_learner(opt_func=lambda params, lr: Optimizer(params, [sgd_step], lr=lr))
+    bare.fit_one_cycle(1)
+    assert list(bare.recorder.hps) == ["lr"]
+
+
+# ------------------------------------------------------------------ fit policies
+@pytest.mark.parametrize("pct_start,div,div_final", [(0.25, 25.0, 1e5), (0.5, 10.0, 100.0)])
+def test_fit_one_cycle_lr_and_mom_every_batch(pct_start: float, div: float, div_final: float) -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    log = HyperLog()
+    learn.fit_one_cycle(3, lr_max=1e-2, div=div, div_final=div_final, pct_start=pct_start, cbs=log)
+    pcts = expected_pcts(3, 4)
+    assert len(log.values["lr"]) == 12
+    assert [v[0] for v in log.values["lr"]] == approx([two_phase(p, pct_start, 1e-2 / div, 1e-2, 1e-2 / div_final)
+                                                         for p in pcts])
+    assert [v[0] for v in log.values["mom"]] == approx([two_phase(p, pct_start, 0.95, 0.85, 0.95) for p in pcts])
+    assert learn.recorder.hps["lr"] == approx([v[-1] for v in log.values["lr"]])
+    assert learn.recorder.hps["mom"] == approx([v[-1] for v in log.values["mom"]])
+
+
+def test_fit_one_cycle_defaults_to_learn_lr_and_custom_moms() -> None:
+    learn = synth_learner(n_train=32, bs=16, lr=3e-3)
+    log = HyperLog()
+    learn.fit_one_cycle(2, moms=(0.9, 0.8, 0.7), cbs=log)
+    pcts = expected_pcts(2, 2)
+    assert [v[0] for v in log.values["lr"]] == approx([two_phase(p, 0.25, 3e-3 / 25, 3e-3, 3e-3 / 1e5) for p in pcts])
+    assert [v[0] for v in log.values["mom"]] == approx([two_phase(p, 0.25, 0.9, 0.8, 0.7) for p in pcts])
+
+
+def test_fit_one_cycle_discriminative_lrs() -> None:
+    learn = two_group_learner()
+    log = HyperLog()
+    learn.fit_one_cycle(2, lr_max=slice(1e-4, 1e-2), cbs=log)
+    pcts = expected_pcts(2, 4)
+    for group, top in enumerate((1e-4, 1e-2)):
+        assert [v[group] for v in log.values["lr"]] == approx([two_phase(p, 0.25, top / 25, top, top / 1e5)
+                                                                  for p in pcts])
+    assert learn.recorder.hps["lr"] == approx([v[1] for v in log.values["lr"]])
+    learn.fit_one_cycle(1, lr_max=[1e-3, 2e-3], cbs=(log2 := HyperLog()))
+    assert log2.values["lr"][0] == approx([1e-3 / 25, 2e-3 / 25])
+
+
+def test_fit_one_cycle_start_epoch_resumes_the_schedule() -> None:
+    full, resumed = HyperLog(), HyperLog()
+    synth_learner(n_train=32, bs=16).fit_one_cycle(4, lr_max=1e-2, cbs=full)
+    synth_learner(n_train=32, bs=16).fit_one_cycle(4, lr_max=1e-2, cbs=resumed, start_epoch=2)
+    assert [v[0] for v in resumed.values["lr"]] == approx([v[0] for v in full.values["lr"][4:]])
+
+
+def test_fit_flat_cos_every_batch() -> None:
+    learn = two_group_learner()
+    log = HyperLog(("lr",))
+    learn.fit_flat_cos(2, lr=slice(1e-3, 1e-2), cbs=log)
+    pcts = expected_pcts(2, 4)
+    for group, lr in enumerate((1e-3, 1e-2)):
+        assert [v[group] for v in log.values["lr"]] == approx([two_phase(p, 0.75, lr, lr, lr / 1e5) for p in pcts])
+    assert list(learn.recorder.hps) == ["lr"]
+
+
+def sgdr_reference(p: float, lr: float, n_cycles: int, cycle_len: int, cycle_mult: int, n_epoch: int) -> float:
+    """The lr of SGDR at progress p: find the cycle by its epochs, anneal lr -> 0 inside it."""
+    epoch_pos = p * n_epoch
+    start = 0
+    for i in range(n_cycles):
+        length = cycle_len * cycle_mult**i
+        if epoch_pos < start + length or i == n_cycles - 1:
+            return cos_anneal(lr, 0.0, (epoch_pos - start) / length)
+        start += length
+    raise AssertionError
+
+
+@pytest.mark.parametrize("n_cycles,cycle_len,cycle_mult,n_epoch", [(3, 1, 2, 7), (2, 2, 3, 8), (3, 1, 1, 3)])
+def test_fit_sgdr_every_batch(n_cycles: int, cycle_len: int, cycle_mult: int, n_epoch: int) -> None:
+    assert sgdr_epochs(n_cycles, cycle_len, cycle_mult) == n_epoch
+    learn = synth_learner(n_train=32, bs=16)
+    log = HyperLog(("lr",))
+    learn.fit_sgdr(n_cycles, cycle_len, lr_max=1e-2, cycle_mult=cycle_mult, cbs=log)
+    assert len(learn.recorder.values) == n_epoch
+    pcts = expected_pcts(n_epoch, 2)
+    assert [v[0] for v in log.values["lr"]] == approx(
+        [sgdr_reference(p, 1e-2, n_cycles, cycle_len, cycle_mult, n_epoch) for p in pcts]
+    )
+    restarts = [i for i in range(1, len(pcts)) if log.values["lr"][i][0] > log.values["lr"][i - 1][0]]
+    assert len(restarts) == n_cycles - 1
+
+
+def test_fine_tune_freezes_then_unfreezes() -> None:
+    learn = two_group_learner()
+    log = HyperLog()
+    learn.fine_tune(2, base_lr=2e-3, freeze_epochs=1, cbs=log)
+    frozen, unfrozen = log.requires_grad
+    assert frozen == [False, False, True, True]  # first Linear frozen, last trainable
+    assert unfrozen == [True] * 4
+    lrs = log.values["lr"]
+    assert len(lrs) == 4 + 8
+    first = expected_pcts(1, 4)
+    for group, top in enumerate((2e-4, 2e-3)):  # slice(base_lr): base_lr/10 for all groups but the last
+        assert [v[group] for v in lrs[:4]] == approx([two_phase(p, 0.99, top / 25, top, top / 1e5) for p in first])
+    second = expected_pcts(2, 4)
+    for group, top in enumerate((1e-3 / 100, 1e-3)):  # base_lr halved, spread over lr_mult
+        assert [v[group] for v in lrs[4:]] == approx([two_phase(p, 0.3, top / 5, top, top / 1e5) for p in second])
+
+
+def test_fine_tune_passes_kwargs_to_fit_one_cycle() -> None:
+    learn = two_group_learner()
+    log = HyperLog()
+    learn.fine_tune(1, freeze_epochs=1, moms=(0.9, 0.8, 0.9), div_final=10.0, cbs=log)
+    assert log.values["mom"][0] == approx([0.9, 0.9])
+    assert log.values["lr"][-1][1] == approx(two_phase(3 / 4, 0.3, 1e-3 / 5, 1e-3, 1e-3 / 10))
+
+
+# ------------------------------------------------------------------ bad input
+Policy = Callable[[Learner], None]
+BAD: list[tuple[str, Policy, str]] = [
+    ("pct_start>1", lambda l: l.fit_one_cycle(1, pct_start=1.5), "pct_start.*1.5"),
+    ("pct_start<0", lambda l: l.fit_one_cycle(1, pct_start=-0.1), "pct_start"),
+    ("pct_start nan", lambda l: l.fit_one_cycle(1, pct_start=float("nan")), "pct_start"),
+    ("div=0", lambda l: l.fit_one_cycle(1, div=0), "div .*> 0"),
+    ("div_final<0", lambda l: l.fit_one_cycle(1, div_final=-1.0), "div_final.*> 0"),
+    ("moms len", lambda l: l.fit_one_cycle(1, moms=(0.9, 0.8)), "moms"),
+    ("lr nan", lambda l: l.fit_one_cycle(1, lr_max=float("nan")), "lr_max"),
+    ("flat pct", lambda l: l.fit_flat_cos(1, pct_start=2.0), "pct_start"),
+    ("flat div_final", lambda l: l.fit_flat_cos(1, div_final=0.0), "div_final"),
+    ("sgdr cycles", lambda l: l.fit_sgdr(0, 1), "n_cycles"),
+    ("sgdr mult", lambda l: l.fit_sgdr(2, 1, cycle_mult=0), "cycle_mult"),
+    ("fine_tune pct", lambda l: l.fine_tune(1, pct_start=3.0), "pct_start"),
+    ("fine_tune div", lambda l: l.fine_tune(1, div=-5.0), "div"),
+]
+
+
+@pytest.mark.parametrize("policy,match", [(p, m) for _, p, m in BAD], ids=[n for n, _, _ in BAD])
+def test_bad_policy_arguments(policy: Policy, match: str) -> None:
+    learn = synth_learner()
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=match):
+        policy(learn)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
+
+
+def test_pct_start_end_points_are_allowed() -> None:
+    # fastai accepts them: pct_start=0 is a pure cosine annealing.
+    learn = synth_learner(n_train=32, bs=16)
+    log = HyperLog(("lr",))
+    fit_one_cycle(learn, 1, lr_max=1e-2, pct_start=0.0, cbs=log)
+    assert [v[0] for v in log.values["lr"]] == approx([cos_anneal(1e-2, 1e-7, p) for p in (0.0, 0.5)])
+
+
+def test_policies_work_with_learnloop_sgd() -> None:
+    learn = synth_learner(opt_func=SGD)
+    learn.fit_one_cycle(1, lr_max=0.05)
+    assert set(learn.recorder.hps) == {"lr", "mom"}
