@@ -312,4 +312,4 @@ def test_user_stepper_mixed_with_builtins_gives_reference_numbers() -> None:
     adam_cbs = [clip_grad, weight_decay, partial(average_grad, dampening=True), average_sqr_grad, step_stat, adam_step]
     clipped = partial(Optimizer, cbs=adam_cbs, lr=1e-2, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01)
     assert relative_error(train(clipped, "auto"), train(clipped, "per_param")) == 0
-    assert Optimizer([torch.zeros(1)], adam_cbs, lr=1e-2, eps=1e-5, wd=0.01)._chain is None
+    assert Optimizer([torch.zeros(1)], adam_cbs, lr=1e-2, eps=1e-5, wd=0.01)._compiled.vectorised is None

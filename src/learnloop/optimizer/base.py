@@ -127,12 +127,13 @@ class BaseOptimizer:
         known = self.known_hypers()
         if k not in known:
             raise KeyError(f"unknown hyper-parameter {k!r}; valid names: {sorted(known)}")
+        self._set_hyper_values(k, self._spread_checked(k, v))
+
+    def _spread_checked(self, k: str, v: Any) -> list[Any]:
         values = spread_hyper(k, v, len(self.param_lists))
-        if k == "lr":
-            for x in values:
-                if isinstance(x, Real) and x < 0:
-                    raise ValueError(f"learning rate must be non-negative, got lr={x}")
-        self._set_hyper_values(k, values)
+        if k == "lr" and any(isinstance(x, Real) and x < 0 for x in values):
+            raise ValueError(f"learning rate must be non-negative, got lr={v}")
+        return values
 
     def _set_hyper_values(self, k: str, values: list[Any]) -> None:
         for h, x in zip(self.hypers, values, strict=True):

@@ -13,41 +13,21 @@ chains. A chain with any user stepper runs the per-parameter loop above.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor
 
-from .base import BaseOptimizer, OptimizerState, ParamGroupView, spread_hyper
-from .foreach import RESERVED_NAMES, Bucket, BuiltinSpec, cpu_chunks, resolve_builtin
-from .fused import FusedPlan, find_fused_plan
+from .base import BaseOptimizer, OptimizerState, ParamGroupView
+from .chain import compile_chain, missing_message, stepper_name
+from .foreach import RESERVED_NAMES, Bucket, cpu_chunks
 from .steppers import stepper_defaults
 
 __all__ = ["Optimizer", "Implementation"]
 
 Implementation = Literal["auto", "fused", "foreach", "per_param"]
 _PER_PARAM_STATE = ("grad_avg", "sqr_avg")  # state tensors shaped like their parameter
-
-
-def _stepper_name(cb: Callable[..., Any]) -> str:
-    inner = getattr(cb, "func", None)
-    if inner is not None and getattr(cb, "keywords", None) is not None:
-        return f"partial({_stepper_name(inner)})"
-    return getattr(cb, "__qualname__", None) or repr(cb)
-
-
-def _signature_names(cb: Callable[..., Any]) -> tuple[set[str], set[str]] | None:
-    """(required names, all names) a stepper takes after ``p``, or None if its signature is opaque."""
-    try:
-        params = list(inspect.signature(cb).parameters.values())
-    except (TypeError, ValueError):
-        return None
-    if not params or params[0].kind not in (params[0].POSITIONAL_ONLY, params[0].POSITIONAL_OR_KEYWORD):
-        return None
-    named = [q for q in params[1:] if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
-    return {q.name for q in named if q.default is q.empty}, {q.name for q in named}
 
 
 def _to_param_lists(params: Iterable[Any]) -> tuple[list[list[Tensor]], list[dict[str, Any]]]:
@@ -88,57 +68,20 @@ class Optimizer(BaseOptimizer):
         self.defaults = merged
         self.hypers: list[dict[str, Any]] = [{} for _ in self.param_lists]
         for k, v in merged.items():
-            self._set_hyper_values(k, self._checked_values(k, v))
+            self._set_hyper_values(k, self._spread_checked(k, v))
         for h, extra in zip(self.hypers, group_hypers, strict=True):
             h.update(extra)
-        self._check_required_hypers(self._compile())
+        self._compile()
 
-    def _compile(self) -> list[tuple[BuiltinSpec, dict[str, Any]] | None]:
-        """Work out, once per chain, whether it runs vectorised or fused, and each stepper's signature."""
-        resolved = [resolve_builtin(cb) for cb in self.cbs]
-        self._compiled_for = tuple(self.cbs)
-        self._chain: list[tuple[BuiltinSpec, dict[str, Any]]] | None = (
-            None if any(r is None for r in resolved) else [r for r in resolved if r is not None]
-        )
-        self._fused: FusedPlan | None = find_fused_plan(self.cbs) if self._chain is not None else None
-        self._signatures = {id(cb): _signature_names(cb) for cb in self.cbs}
-        return resolved
-
-    # -- construction checks ------------------------------------------------------------------------
-    def _check_required_hypers(self, resolved: list[tuple[BuiltinSpec, dict[str, Any]] | None]) -> None:
-        available = set.intersection(*(set(h) for h in self.hypers)) | set(self.keep_on_clear)
-        for cb, r in zip(self.cbs, resolved, strict=True):
-            names = self._signatures[id(cb)]
-            if names is None:
-                return
-            missing = names[0] - available
-            if missing:
-                raise TypeError(self._missing_message(cb, missing))
-            if r is None:  # a user stepper: what state it adds is unknown, stop checking here
-                return
-            available.update(r[0].produces)
-
-    def _missing_message(self, cb: Callable[..., Any], missing: set[str]) -> str:
-        name, first = _stepper_name(cb), sorted(missing)[0]
-        return (
-            f"stepper {name} needs {sorted(missing)}, which no stepper default, Optimizer keyword or earlier "
-            f"stepper's state provides; pass e.g. Optimizer(..., {first}=...) or give {name} a default "
-            f"(hyper-parameters defined: {sorted(self.hypers[0])})"
-        )
-
-    def _checked_values(self, k: str, v: Any) -> list[Any]:
-        values = spread_hyper(k, v, len(self.param_lists))
-        if k == "lr" and any(isinstance(x, (int, float)) and x < 0 for x in values):
-            raise ValueError(f"learning rate must be non-negative, got lr={v}")
-        return values
+    def _compile(self) -> None:
+        self._compiled = compile_chain(self.cbs)
+        hit = self._compiled.missing(set.intersection(*(set(h) for h in self.hypers)) | set(self.keep_on_clear))
+        if hit is not None:
+            raise TypeError(missing_message(hit[0], hit[1], self.hypers[0]))
 
     def known_hypers(self) -> set[str]:
         """Names ``set_hyper`` accepts: current hypers, standard names, and every stepper argument."""
-        names = super().known_hypers()
-        for sig in self._signatures.values():
-            if sig is not None:
-                names.update(sig[1])
-        return names
+        return super().known_hypers() | self._compiled.argument_names()
 
     @property
     def implementation(self) -> Implementation:
@@ -159,9 +102,9 @@ class Optimizer(BaseOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if tuple(self.cbs) != self._compiled_for:  # someone edited opt.cbs
+        if tuple(self.cbs) != self._compiled.cbs:  # someone edited opt.cbs
             self._compile()
-        fast = self._chain is not None and self._implementation != "per_param"
+        fast = self._compiled.vectorised is not None and self._implementation != "per_param"
         for plist, hyper in zip(self.param_lists, self.hypers, strict=True):
             if fast and RESERVED_NAMES.isdisjoint(hyper):
                 self._step_vectorised(plist, hyper)
@@ -182,13 +125,16 @@ class Optimizer(BaseOptimizer):
                 try:
                     res = cb(p, **{**s, **hyper})
                 except TypeError as e:
-                    self._explain_type_error(e, cb, s, hyper)
+                    missing = self._compiled.missing_at_call(cb, {**s, **hyper})
+                    if missing:
+                        raise TypeError(missing_message(cb, missing, hyper)) from e
                     raise
                 if isinstance(res, dict):
                     s.update(res)
 
     def _step_vectorised(self, plist: list[Tensor], hyper: dict[str, Any]) -> None:
-        assert self._chain is not None
+        chain = self._compiled.vectorised
+        assert chain is not None
         state = self.state
         buckets: dict[tuple[Any, ...], Bucket] = {}
         for p in plist:
@@ -207,22 +153,14 @@ class Optimizer(BaseOptimizer):
                 b.params.append(p)
                 b.grads.append(g)
                 b.states.append(s)
-        fused = self._fused if self._implementation in ("auto", "fused") else None
+        fused = self._compiled.fused if self._implementation in ("auto", "fused") else None
         with torch.no_grad():
             for bucket in buckets.values():
                 if fused is not None and fused(bucket, hyper):
                     continue
                 for b in cpu_chunks(bucket) if bucket.params[0].device.type == "cpu" else (bucket,):
-                    for spec, opts in self._chain:
+                    for spec, opts in chain:
                         spec.foreach(b, hyper, opts)
-
-    def _explain_type_error(
-        self, e: TypeError, cb: Callable[..., Any], s: Mapping[str, Any], hyper: Mapping[str, Any]
-    ) -> None:
-        names = self._signatures.get(id(cb)) or _signature_names(cb)
-        missing = names[0] - set(s) - set(hyper) if names is not None else set()
-        if missing:
-            raise TypeError(self._missing_message(cb, missing)) from e
 
     def _reject(self, p: Tensor, g: Tensor) -> None:
         where = next(
@@ -354,5 +292,5 @@ class Optimizer(BaseOptimizer):
         self.hypers.append({**self.defaults, **{k: v for k, v in group.items() if k != "params"}})
 
     def __repr__(self) -> str:
-        names = ", ".join(_stepper_name(cb) for cb in self.cbs)
+        names = ", ".join(stepper_name(cb) for cb in self.cbs)
         return f"Optimizer([{names}], groups={[len(pl) for pl in self.param_lists]}, hypers={self.hypers})"
