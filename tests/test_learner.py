@@ -27,6 +27,12 @@ from learnloop import (
 from learnloop.optimizer import Adam
 
 
+def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """float32 closeness (torch.testing.assert_close's defaults) without its first-call import cost."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert torch.allclose(actual, expected, rtol=1.3e-6, atol=1e-5), (actual, expected)
+
+
 # ------------------------------------------------------------------ construction
 def test_constructor_signature_matches_the_spec() -> None:
     params = inspect.signature(Learner).parameters
@@ -175,7 +181,7 @@ def test_backward_uses_loss_grad_which_callbacks_may_replace() -> None:
         learn.loss_grad = learn.loss_grad * 3
 
     tripled = _first_grad(learn, Callback(after_loss=triple))
-    torch.testing.assert_close(tripled, 3 * plain)
+    assert_close(tripled, 3 * plain)
     assert plain.abs().sum() > 0
 
 
@@ -197,8 +203,8 @@ def test_callbacks_may_replace_xb_yb_and_pred() -> None:
 
     learn.fit(1, lr=0.0, cbs=Replace())
     bias = learn.model.bias.detach()
-    torch.testing.assert_close(seen["pred"], bias.expand(16, 1))  # the model saw the zeroed inputs
-    torch.testing.assert_close(seen["loss"], ((bias + 1 - 1) ** 2).mean())  # the loss saw the new pred and yb
+    assert_close(seen["pred"], bias.expand(16, 1))  # the model saw the zeroed inputs
+    assert_close(seen["loss"], ((bias + 1 - 1) ** 2).mean())  # the loss saw the new pred and yb
 
 
 # ------------------------------------------------------------------ splitting batches into xb / yb
@@ -325,7 +331,7 @@ def test_get_preds_shapes_and_values() -> None:
     x, y = learn.dls.valid.dataset.tensors
     assert preds.shape == (24, 3) and targs.shape == (24,)
     with torch.no_grad():
-        torch.testing.assert_close(preds, learn.model(x))
+        assert_close(preds, learn.model(x))
     assert torch.equal(targs, y)
 
 
@@ -336,7 +342,7 @@ def test_get_preds_on_a_shuffled_training_set_is_in_dataset_order() -> None:
     x, y = learn.dls.train.dataset.tensors
     assert torch.equal(targs, y)
     with torch.no_grad():
-        torch.testing.assert_close(preds, learn.model(x))
+        assert_close(preds, learn.model(x))
 
 
 def test_get_preds_with_input_loss_and_decoded() -> None:
@@ -344,7 +350,7 @@ def test_get_preds_with_input_loss_and_decoded() -> None:
     inputs, preds, targs, decoded, losses = learn.get_preds(with_input=True, with_decoded=True, with_loss=True)
     x, y = learn.dls.valid.dataset.tensors
     assert torch.equal(inputs, x)
-    torch.testing.assert_close(losses, F.cross_entropy(preds, y, reduction="none"))
+    assert_close(losses, F.cross_entropy(preds, y, reduction="none"))
     assert torch.equal(decoded, preds)  # nn.CrossEntropyLoss has no `decodes`
     assert learn.loss_func.reduction == "mean"  # restored
 
@@ -352,14 +358,14 @@ def test_get_preds_with_input_loss_and_decoded() -> None:
 def test_get_preds_with_loss_on_a_plain_function() -> None:
     learn = synth_classif_learner(loss_func=F.cross_entropy)
     preds, targs, losses = learn.get_preds(with_loss=True)
-    torch.testing.assert_close(losses, F.cross_entropy(preds, targs, reduction="none"))
+    assert_close(losses, F.cross_entropy(preds, targs, reduction="none"))
     assert learn.loss_func is F.cross_entropy
 
 
 def test_get_preds_regression_losses_are_per_item(learn: Learner) -> None:
     preds, targs, losses = learn.get_preds(with_loss=True)
     assert preds.shape == (16, 1) and losses.numel() == 16  # one loss per item (shaped like the output, as fastai)
-    torch.testing.assert_close(losses.reshape(-1), ((preds - targs) ** 2).reshape(-1))
+    assert_close(losses.reshape(-1), ((preds - targs) ** 2).reshape(-1))
 
 
 class SoftmaxCE(nn.CrossEntropyLoss):
@@ -376,13 +382,13 @@ def test_get_preds_applies_act_or_the_loss_activation() -> None:
     learn = synth_classif_learner()
     raw, _ = learn.get_preds()
     sig, _ = learn.get_preds(act=torch.sigmoid)
-    torch.testing.assert_close(sig, torch.sigmoid(raw))
+    assert_close(sig, torch.sigmoid(raw))
     learn.loss_func = SoftmaxCE()
     probs, _, decoded = learn.get_preds(with_decoded=True)
-    torch.testing.assert_close(probs, F.softmax(raw, dim=-1))
+    assert_close(probs, F.softmax(raw, dim=-1))
     assert torch.equal(decoded, raw.argmax(-1))
     explicit, _ = learn.get_preds(act=functools.partial(F.log_softmax, dim=-1))
-    torch.testing.assert_close(explicit, F.log_softmax(raw, dim=-1))
+    assert_close(explicit, F.log_softmax(raw, dim=-1))
 
 
 def test_get_preds_does_not_disturb_the_recorder_output_or_the_model(learn: Learner) -> None:
@@ -400,8 +406,8 @@ def test_predict_one_item() -> None:
     value, decoded, pred = learn.predict(x)
     with torch.no_grad():
         expected = learn.model(x[None])[0]
-    torch.testing.assert_close(pred, expected)
-    torch.testing.assert_close(decoded, expected)
+    assert_close(pred, expected)
+    assert_close(decoded, expected)
     assert value == pytest.approx(expected.item())
     classif = synth_classif_learner(loss_func=SoftmaxCE())
     cls, dec, probs = classif.predict(torch.randn(4))
