@@ -434,3 +434,22 @@ def test_callbacks_without_a_method_are_not_called_for_that_event(learn: Learner
     finally:
         del OnlyFit.__getattr__
     assert len(learn.recorder.losses) == 2
+
+
+def test_calling_a_callback_directly_honours_run_flags() -> None:
+    calls: list[str] = []
+    cb = Callback(before_fit=lambda: calls.append("fit"), before_batch=lambda: calls.append("batch"))
+    cb("before_fit")
+    cb("after_epoch")  # not defined: nothing happens
+    cb.run = False
+    cb("before_fit")
+    cb("after_fit")  # resets run
+    assert cb.run is True
+    cb.run_train = False
+    learn = synth_learner()
+    learn.add_cb(cb)
+    learn.training = True
+    cb("before_batch")
+    learn.training = False
+    cb("before_batch")
+    assert calls == ["fit", "batch"]
