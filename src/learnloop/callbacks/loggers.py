@@ -1,0 +1,236 @@
+"""Loggers: the epoch table to a CSV file, and training curves to TensorBoard.
+
+Both write on rank 0 only when torch.distributed is initialised, and only in `fit` (not in
+`validate()`, `get_preds()` or `lr_find()`, nor for epochs skipped by `fit(start_epoch=...)`).
+
+>>> learn.fit(5, cbs=[CSVLogger(), TensorBoardCallback('runs/exp1')])
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..callback import Callback
+from .recorder import Recorder
+
+__all__ = ["CSVLogger", "TensorBoardCallback", "is_rank_zero"]
+
+
+def is_rank_zero() -> bool:
+    """True unless torch.distributed is initialised and this process is not rank 0."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _in_fit_only(learn: Any) -> bool:
+    """fastai's rule for loggers: sit out lr_find and get_preds."""
+    return not (hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds"))
+
+
+def epoch_row(recorder: Recorder) -> list[Any]:
+    """The Recorder's row for the epoch that just ended, aligned with `metric_names`.
+
+    The Recorder leaves out the values of a cancelled training or validation phase; their cells
+    are left empty here so that every value stays under its name.
+    """
+    row, names = list(recorder.log), recorder.metric_names
+    missing = len(names) - len(row)
+    if missing <= 0:
+        return row
+    at = 1 if recorder.cancel_train and not recorder.cancel_valid else len(row) - int(recorder.add_time)
+    return [*row[:at], *[""] * missing, *row[at:]]
+
+
+class CSVLogger(Callback):
+    """Writes the epoch table (`recorder.metric_names`, then one row per epoch) to `learn.path/fname`.
+
+    The header is written once, when the first epoch ends; each row is flushed to disk at once, so
+    the file is complete up to the last finished epoch even if training dies. `append=True`
+    continues an existing file without writing the header again (what a resumed run wants);
+    otherwise each fit starts the file afresh.
+    """
+
+    order = 60
+
+    def __init__(self, fname: str | Path = "history.csv", append: bool = False) -> None:
+        self.fname, self.append = Path(fname), append
+        self._started = False
+        self._epoch_trained = False
+
+    @property
+    def path(self) -> Path:
+        """The file written: `learn.path / fname` (`fname` when it is absolute)."""
+        return self.learn.path / self.fname if self.learn is not None else self.fname
+
+    def before_fit(self) -> None:
+        self.run = _in_fit_only(self.learn) and is_rank_zero()
+        self._started = False
+
+    def before_epoch(self) -> None:
+        self._epoch_trained = False
+
+    def before_train(self) -> None:
+        self._epoch_trained = True
+
+    def after_epoch(self) -> None:
+        if not self._epoch_trained:
+            return
+        recorder = self.learn.recorder
+        path = self.path
+        rows = [] if self._started else self._header(path, list(recorder.metric_names))
+        rows.append([str(v) for v in epoch_row(recorder)])
+        mode = "a" if self._started or self.append else "w"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open(mode, newline="") as f:
+            csv.writer(f).writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        self._started = True
+
+    def _header(self, path: Path, names: list[str]) -> list[list[str]]:
+        """The header to write before the first row: none when appending to a file that has one."""
+        if not self.append or not path.is_file() or path.stat().st_size == 0:
+            return [names]
+        with path.open(newline="") as f:
+            existing = next(csv.reader(f), [])
+        if existing != names:
+            warnings.warn(
+                f"CSVLogger appends to {path}, whose columns {existing} differ from this fit's {names}.",
+                stacklevel=2,
+            )
+        return []
+
+    def read_log(self) -> list[dict[str, str]]:
+        """The rows written so far, as dicts from column name to cell."""
+        with self.path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def _summary_writer_class() -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ImportError(
+            "TensorBoardCallback needs the tensorboard package: pip install 'learnloop[tensorboard]'"
+        ) from e
+    return SummaryWriter
+
+
+class TensorBoardCallback(Callback):
+    """Logs training curves to TensorBoard (`log_dir`, or torch's default `runs/<date>_<host>`).
+
+    - each training batch: the smoothed training loss ('train_loss') and every numeric
+      hyper-parameter of every group (`'{name}_{group}'`, e.g. 'lr_0');
+    - each epoch: every value the Recorder keeps, under its name (the epoch's training loss as
+      'train_loss_epoch', not to mix with the per-batch curve);
+    - `log_preds=True`: a histogram of the predictions (after the loss's activation) on the first
+      validation batch of each epoch; `trace_model=True`: the model's graph, traced on the first
+      training batch.
+
+    Steps are `learn.train_iter`. Losses stay on the device and are read `flush_every` batches at a
+    time, so logging costs no host-device synchronisation per batch.
+    """
+
+    order = Recorder.order + 1
+
+    def __init__(
+        self, log_dir: str | Path | None = None, trace_model: bool = False, log_preds: bool = False,
+        flush_every: int = 50,
+    ) -> None:
+        self._writer_class = _summary_writer_class()  # fail when created, not in the middle of a fit
+        self.log_dir, self.trace_model, self.log_preds = log_dir, trace_model, log_preds
+        self.flush_every = max(1, flush_every)
+        self.writer: Any = None
+        self._losses: list[tuple[int, torch.Tensor]] = []
+        self._preds: torch.Tensor | None = None
+        self._traced = False
+        self._epoch_trained = False
+
+    def before_fit(self) -> None:
+        self._close()  # a fit that raised left its writer open
+        self.run = _in_fit_only(self.learn) and is_rank_zero()
+        self._traced = False
+
+    def before_epoch(self) -> None:
+        self._epoch_trained = False
+        self._preds = None
+
+    def before_train(self) -> None:
+        self._epoch_trained = True
+        if self.writer is None:
+            self.writer = self._writer_class(log_dir=None if self.log_dir is None else str(self.log_dir))
+
+    def before_batch(self) -> None:
+        if self.trace_model and not self._traced and self.learn.training:
+            self._traced = True
+            model = self.learn.model
+            # Traced in eval mode, without gradients and on a forked RNG: tracing runs the model, and
+            # must not update normalisation statistics or shift the random stream of training.
+            model.eval()
+            try:
+                with torch.no_grad(), torch.random.fork_rng(), warnings.catch_warnings():
+                    # SummaryWriter.add_graph traces with torch.jit.trace, deprecated in recent torch.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self.writer.add_graph(model, list(self.learn.xb))
+            finally:
+                model.train()
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        if not learn.training:
+            if self.log_preds and learn.iter == 0 and isinstance(learn.pred, torch.Tensor):
+                activation = getattr(learn.loss_func, "activation", None)
+                pred = learn.pred.detach()
+                self._preds = activation(pred) if activation is not None else pred
+            return
+        step = learn.train_iter
+        smooth = getattr(learn, "smooth_loss", None)
+        if isinstance(smooth, torch.Tensor):
+            self._losses.append((step, smooth.detach()))
+        elif smooth is not None:
+            self.writer.add_scalar("train_loss", float(smooth), step)
+        for i, hypers in enumerate(learn.opt.hypers):
+            for name, value in hypers.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{name}_{i}", value, step)
+        if len(self._losses) >= self.flush_every:
+            self._write_losses()
+
+    def _write_losses(self) -> None:
+        if not self._losses:
+            return
+        steps = [s for s, _ in self._losses]
+        values = torch.stack([v.float().reshape(()) for _, v in self._losses]).tolist()  # one device sync
+        for step, value in zip(steps, values, strict=True):
+            self.writer.add_scalar("train_loss", value, step)
+        self._losses = []
+
+    def after_epoch(self) -> None:
+        if not self._epoch_trained or self.writer is None:
+            return
+        self._write_losses()
+        recorder = self.learn.recorder
+        step = self.learn.train_iter
+        names = recorder.metric_names[1 : len(recorder.metric_names) - int(recorder.add_time)]
+        for name, value in zip(names, epoch_row(recorder)[1:], strict=False):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar("train_loss_epoch" if name == "train_loss" else name, value, step)
+        if self._preds is not None:
+            self.writer.add_histogram("valid_preds", self._preds.float().cpu(), step)
+        self.writer.flush()
+
+    def after_fit(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            self._write_losses()
+            self.writer.close()
+            self.writer = None
+        self._losses = []

@@ -1,0 +1,137 @@
+"""Callbacks for recurrent models: resetting the hidden state, and AR/TAR regularisation (Merity et al., 2017).
+
+A regularised RNN returns `(output, raw_outputs, outputs)`: the prediction, then per layer the
+outputs before dropout (`raw_outputs`) and after it (`outputs`); each of the last two may be one
+tensor (the last layer's) or a list with one per layer. Activations are batch-first:
+`(batch, time, features)`.
+
+>>> learn = Learner(dls, lstm_model, loss_func=CrossEntropyLossFlat(), cbs=rnn_cbs(alpha=2., beta=1.))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..callback import Callback
+
+__all__ = ["ModelResetter", "RNNCallback", "RNNRegularizer", "rnn_cbs"]
+
+
+class ModelResetter(Callback):
+    """Calls `learn.model.reset()` before training, before validation and after fit (a fresh hidden state)."""
+
+    def before_fit(self) -> None:
+        if not callable(getattr(self.learn.model, "reset", None)):
+            raise TypeError(
+                f"ModelResetter calls model.reset(), but {type(self.learn.model).__name__} has no reset method; "
+                "give the model one that clears its hidden state, or remove ModelResetter."
+            )
+
+    def _reset(self) -> None:
+        model: Any = self.learn.model  # nn.Module's attributes are typed as tensors or modules
+        model.reset()
+
+    def before_train(self) -> None:
+        self._reset()
+
+    def before_validate(self) -> None:
+        self._reset()
+
+    def after_fit(self) -> None:
+        self._reset()
+
+
+def _last(o: Any) -> Any:
+    return o[-1] if isinstance(o, (list, tuple)) else o
+
+
+def split_rnn_output(learn: Any, who: str) -> tuple[Any, Any] | None:
+    """Replace `learn.pred = (output, raw_outputs, outputs)` by `output`; returns the last layer's
+    `(raw_out, out)`, or None when `learn.pred` is not such a tuple (already split)."""
+    pred = learn.pred
+    if not isinstance(pred, (tuple, list)):
+        return None
+    if len(pred) != 3:
+        raise ValueError(
+            f"{who} expects the model to return (output, raw_outputs, outputs), "
+            f"got a {type(pred).__name__} of {len(pred)} elements."
+        )
+    output, raw_outputs, outputs = pred
+    learn.pred = output
+    return _last(raw_outputs), _last(outputs)
+
+
+class RNNCallback(Callback):
+    """Splits the model's `(output, raw_outputs, outputs)`: `learn.pred` becomes `output`, and the last
+    layer's activations are kept as `raw_out` (before dropout) and `out` (after dropout)."""
+
+    def __init__(self) -> None:
+        self.raw_out: torch.Tensor | None = None
+        self.out: torch.Tensor | None = None
+
+    def after_pred(self) -> None:
+        split = split_rnn_output(self.learn, type(self).__name__)
+        if split is not None:
+            _keep(self, *split)
+
+    def after_fit(self) -> None:
+        _keep(self, None, None)  # don't hold the last batch's activations
+
+
+def _keep(cb: RNNCallback | RNNRegularizer, raw_out: Any, out: Any) -> None:
+    # Through __dict__: a model with a layer named `out` would make plain assignment warn that it
+    # shadows `learn.out`, which is the model's attribute, not state of the loop.
+    cb.__dict__.update(raw_out=raw_out, out=out)
+
+
+class RNNRegularizer(Callback):
+    """Adds activation regularisation (AR) and temporal activation regularisation (TAR) to the training loss.
+
+    At after_pred it splits the model's `(output, raw_outputs, outputs)` as RNNCallback does (or,
+    when an RNNCallback ran first, takes what it kept). At after_loss, when training, it adds to
+    `learn.loss_grad` (so to the gradients, not to the logged `learn.loss`):
+
+    - `alpha * mean(out ** 2)`, `out` the last layer's output after dropout (AR);
+    - `beta * mean((raw_out[:, 1:] - raw_out[:, :-1]) ** 2)`, `raw_out` the last layer's output
+      before dropout: the change between consecutive time steps (TAR), when there are at least two.
+    """
+
+    order = RNNCallback.order + 1
+
+    def __init__(self, alpha: float = 0.0, beta: float = 0.0) -> None:
+        self.alpha, self.beta = alpha, beta
+        self.raw_out: torch.Tensor | None = None
+        self.out: torch.Tensor | None = None
+
+    def after_pred(self) -> None:
+        split = split_rnn_output(self.learn, type(self).__name__)
+        if split is None:
+            splitter = getattr(self.learn, "rnn", None)
+            split = (splitter.raw_out, splitter.out) if isinstance(splitter, RNNCallback) else (None, None)
+        _keep(self, *split)
+
+    def after_loss(self) -> None:
+        learn = self.learn
+        if not learn.training or learn.loss_grad is None:
+            return
+        loss = learn.loss_grad
+        if self.alpha and self.out is not None:
+            loss = loss + self.alpha * self.out.float().pow(2).mean()
+        raw = self.raw_out
+        if self.beta and raw is not None and raw.ndim >= 2 and raw.shape[1] > 1:
+            loss = loss + self.beta * (raw[:, 1:] - raw[:, :-1]).float().pow(2).mean()
+        learn.loss_grad = loss
+
+    def after_fit(self) -> None:
+        _keep(self, None, None)
+
+
+def rnn_cbs(alpha: float = 0.0, beta: float = 0.0) -> list[Callback]:
+    """The callbacks for (optionally regularised) RNN training: ModelResetter, RNNCallback, and
+    RNNRegularizer when `alpha` or `beta` is set."""
+    cbs: list[Callback] = [ModelResetter(), RNNCallback()]
+    if alpha or beta:
+        cbs.append(RNNRegularizer(alpha=alpha, beta=beta))
+    return cbs

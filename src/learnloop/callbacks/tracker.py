@@ -1,0 +1,335 @@
+"""Callbacks that watch a recorded value epoch by epoch: early stopping, saving the best model, lr on plateau.
+
+A tracker reads its `monitor` ('valid_loss', 'accuracy', ...) from the row the Recorder has just
+appended (`learn.recorder.values[-1]`), so it runs after the Recorder (order 60 > 50) and acts in
+the epoch the value was measured. Lower is better when the name contains 'loss' or 'error',
+higher otherwise, unless `comp` says (`np.less`, `np.greater`). An improvement must beat the best
+by more than `min_delta`.
+
+Trackers act only in `fit`: not in `validate()`, `get_preds()` or `lr_find()`, and not in epochs
+skipped by `fit(start_epoch=...)` or whose row misses values (a cancelled training or validation
+phase). Their state (best value, waiting counters) travels in checkpoints through
+`state_dict`/`load_state_dict`; state loaded that way is kept by the next fit instead of being
+reset, so a resumed run carries on where it stopped.
+
+>>> learn.fit(20, cbs=[EarlyStoppingCallback(patience=3), SaveModelCallback(monitor='accuracy')])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..callback import Callback, noop
+from ..events import CancelFitException
+
+__all__ = ["TrackerCallback", "EarlyStoppingCallback", "SaveModelCallback", "ReduceLROnPlateau"]
+
+Comparison = Callable[[Any, Any], Any]
+
+
+class TrackerCallback(Callback):
+    """Keeps the best value of `monitor` seen so far; `new_best` says whether the last epoch improved on it."""
+
+    order = 60
+
+    def __init__(
+        self,
+        monitor: str = "valid_loss",
+        comp: Comparison | None = None,
+        min_delta: float = 0.0,
+        reset_on_fit: bool = True,
+    ) -> None:
+        if comp is None:
+            comp = np.less if "loss" in monitor or "error" in monitor else np.greater
+        self.monitor, self.comp, self.reset_on_fit = monitor, comp, reset_on_fit
+        # Which way is better, asked of `comp` itself, so operator.lt or a lambda work as well as np.less.
+        self.lower_is_better = bool(comp(0.0, 1.0))
+        # Signed so that `comp(value - min_delta, best)` asks for an improvement of more than |min_delta|.
+        self.min_delta = -abs(min_delta) if self.lower_is_better else abs(min_delta)
+        self.best: float | None = None
+        self.new_best = False
+        self.idx = 0
+        self._fit_started = False  # a training phase ran in this fit (validate() has none)
+        self._epoch_trained = False
+        self._restored = False
+
+    # ------------------------------------------------------------------ events
+    def before_fit(self) -> None:
+        learn = self.learn
+        # fastai's rule: trackers sit out lr_find and get_preds.
+        self.run = not (hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds"))
+        names = monitored_names(learn)
+        if self.monitor not in names:
+            raise ValueError(
+                f"{type(self).__name__} monitors {self.monitor!r}, which is not recorded; "
+                f"the recorded values are {names}. Pass monitor=<one of those>, or add the metric to the Learner."
+            )
+        self.idx = names.index(self.monitor)
+        self._names_count = len(names)
+        self._fit_started = False
+
+    def before_epoch(self) -> None:
+        self._epoch_trained = False
+        self.new_best = False
+
+    def before_train(self) -> None:
+        self._epoch_trained = True
+        if not self._fit_started:
+            self._fit_started = True
+            restored, self._restored = self._restored, False
+            if not restored:
+                self.start_fit()
+
+    def start_fit(self) -> None:
+        """Reset the state at the start of a fit (at its first training phase)."""
+        if self.reset_on_fit or self.best is None:
+            self.best = self._worst
+
+    def after_epoch(self) -> None:
+        """Compare this epoch's value with the best so far; sets `new_best`."""
+        value = self.current_value()
+        if value is None or self.best is None:
+            self.new_best = False
+            return
+        self.new_best = bool(self.comp(value - self.min_delta, self.best))
+        if self.new_best:
+            self.best = value
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def _worst(self) -> float:
+        return float("inf") if self.lower_is_better else -float("inf")
+
+    def current_value(self) -> float | None:
+        """The monitored value of the epoch that just ended, or None when this epoch has none to judge."""
+        if not self._epoch_trained:
+            return None
+        values = self.learn.recorder.values
+        row = values[-1] if values else []
+        if len(row) != self._names_count or row[self.idx] is None:
+            return None  # a cancelled phase left its values out of the row
+        return float(row[self.idx])
+
+    def say(self, message: str) -> None:
+        """Print a message, unless the learner's output is silenced."""
+        if self.learn.logger is not noop:
+            print(message)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best value so far."""
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict`; the next fit keeps this state instead of resetting it."""
+        self.best = state["best"]
+        self._restored = True
+
+
+def monitored_names(learn: Any) -> list[str]:
+    """The names of the values in each row of `learn.recorder.values` (metric_names without epoch and time)."""
+    recorder = getattr(learn, "recorder", None)
+    if recorder is None:
+        raise ValueError("Trackers read the values recorded each epoch, so the Learner needs its Recorder callback.")
+    names = list(recorder.metric_names[1:])
+    if getattr(recorder, "add_time", False) and names and names[-1] == "time":
+        names = names[:-1]
+    return names
+
+
+class EarlyStoppingCallback(TrackerCallback):
+    """Stops training (CancelFitException) after `patience` epochs in a row without improvement."""
+
+    order = TrackerCallback.order + 3
+
+    def __init__(
+        self,
+        monitor: str = "valid_loss",
+        comp: Comparison | None = None,
+        min_delta: float = 0.0,
+        patience: int = 1,
+        reset_on_fit: bool = True,
+    ) -> None:
+        super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
+        self.patience = patience
+        self.wait = 0
+
+    def start_fit(self) -> None:
+        super().start_fit()
+        self.wait = 0
+
+    def after_epoch(self) -> None:
+        super().after_epoch()
+        if self.current_value() is None:
+            return
+        if self.new_best:
+            self.wait = 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.say(f"No improvement since epoch {self.learn.epoch - self.wait}: early stopping")
+            raise CancelFitException
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.wait = int(state["wait"])
+
+
+class SaveModelCallback(TrackerCallback):
+    """Saves the model (`learn.save(fname)`) in each epoch that improves `monitor`, and loads the best at the end.
+
+    `every_epoch=True` saves every epoch as `f'{fname}_{epoch}'` instead (an int `n`: every n epochs);
+    `at_end=True` saves once, at the end of training. In both cases nothing is reloaded.
+
+    What is saved in an epoch is the weights that were validated: when a callback validates other
+    weights than the training ones (EMACallback's average, which reports `swapped` while it is in
+    the model), those are saved, since the monitored value is theirs; so the model loaded at the
+    end is the one that scored best.
+    """
+
+    order = TrackerCallback.order + 1
+
+    def __init__(
+        self,
+        monitor: str = "valid_loss",
+        comp: Comparison | None = None,
+        min_delta: float = 0.0,
+        fname: str = "model",
+        every_epoch: bool | int = False,
+        at_end: bool = False,
+        with_opt: bool = False,
+        reset_on_fit: bool = True,
+    ) -> None:
+        super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
+        if every_epoch and at_end:
+            raise ValueError("SaveModelCallback: every_epoch and at_end cannot both be set; choose one.")
+        if not isinstance(every_epoch, bool) and (not isinstance(every_epoch, int) or every_epoch < 1):
+            raise ValueError(f"every_epoch must be a bool or a whole number of epochs >= 1, got {every_epoch!r}.")
+        self.fname, self.every_epoch, self.at_end, self.with_opt = fname, every_epoch, at_end, with_opt
+        self.last_saved_path: Any = None
+        self._holds_best = False  # the file `fname` holds the model that scored `best`
+        self._validated: list[torch.Tensor] | None = None  # weights swapped in for validation, if any
+
+    def start_fit(self) -> None:
+        if self.reset_on_fit or self.best is None:
+            self._holds_best = False
+        super().start_fit()
+
+    def before_epoch(self) -> None:
+        super().before_epoch()
+        self._validated = None
+
+    def before_validate(self) -> None:
+        # Runs after the swapping callbacks (order 60+ > their 0), so the model holds what is validated.
+        if any(getattr(cb, "swapped", False) is True for cb in self.learn.cbs):
+            self._validated = _snapshot(self.learn.model)
+
+    def _save(self, name: str) -> None:
+        validated, model = self._validated, self.learn.model
+        if validated is None:
+            self.last_saved_path = self.learn.save(name, with_opt=self.with_opt)
+            return
+        training = _snapshot(model)
+        _copy_into(model, validated)
+        try:
+            self.last_saved_path = self.learn.save(name, with_opt=self.with_opt)
+        finally:
+            _copy_into(model, training)
+
+    def after_epoch(self) -> None:
+        if self.every_epoch:
+            if self._epoch_trained and self.learn.epoch % int(self.every_epoch) == 0:
+                self._save(f"{self.fname}_{self.learn.epoch}")
+            return
+        super().after_epoch()
+        if self.new_best:
+            self.say(f"Better model found at epoch {self.learn.epoch} with {self.monitor} value: {self.best}.")
+            self._save(self.fname)
+            self._holds_best = True
+
+    def after_fit(self) -> None:
+        self._validated = None
+        if not self._fit_started:
+            return  # validate(), or a fit that never trained
+        if self.at_end:
+            self._save(self.fname)
+        elif not self.every_epoch and self._holds_best:
+            self.learn.load(self.fname, with_opt=self.with_opt)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "holds_best": self._holds_best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._holds_best = bool(state.get("holds_best", False))
+
+
+def _snapshot(model: nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in model.state_dict().values()]
+
+
+def _copy_into(model: nn.Module, tensors: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for t, src in zip(model.state_dict().values(), tensors, strict=True):
+            t.copy_(src)
+
+
+class ReduceLROnPlateau(TrackerCallback):
+    """Divides every parameter group's lr by `factor` (not below `min_lr`) after `patience` epochs without
+    improvement.
+
+    The optimizer's lr is changed directly, so this pairs with a constant-lr `fit`; a schedule
+    (fit_one_cycle) sets the lr again at every batch.
+    """
+
+    order = TrackerCallback.order + 2
+
+    def __init__(
+        self,
+        monitor: str = "valid_loss",
+        comp: Comparison | None = None,
+        min_delta: float = 0.0,
+        patience: int = 1,
+        factor: float = 10.0,
+        min_lr: float = 0,
+        reset_on_fit: bool = True,
+    ) -> None:
+        super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
+        if factor <= 0:
+            raise ValueError(f"factor must be > 0 (the lr is divided by it), got {factor}.")
+        self.patience, self.factor, self.min_lr = patience, factor, min_lr
+        self.wait = 0
+
+    def start_fit(self) -> None:
+        super().start_fit()
+        self.wait = 0
+
+    def after_epoch(self) -> None:
+        super().after_epoch()
+        if self.current_value() is None:
+            return
+        if self.new_best:
+            self.wait = 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            opt = self.learn.opt
+            old_lr = opt.hypers[-1]["lr"]
+            opt.set_hypers(lr=[max(h["lr"] / self.factor, self.min_lr) for h in opt.hypers])
+            self.wait = 0
+            if opt.hypers[-1]["lr"] < old_lr:
+                self.say(f"Epoch {self.learn.epoch}: reducing lr to {opt.hypers[-1]['lr']}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.wait = int(state["wait"])

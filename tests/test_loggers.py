@@ -1,0 +1,193 @@
+"""CSVLogger and TensorBoardCallback."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import synth_classif_learner, synth_learner
+from learnloop import Callback, CancelValidException
+from learnloop.callbacks import loggers
+from learnloop.callbacks.loggers import CSVLogger, TensorBoardCallback
+from learnloop.metrics import accuracy
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as f:
+        return list(csv.reader(f))
+
+
+# ------------------------------------------------------------------------------------------- CSV
+def test_csv_logger_writes_the_header_once_and_a_row_per_epoch(tmp_path: Path) -> None:
+    learn = synth_classif_learner(metrics=accuracy, path=tmp_path)
+    learn.fit(3, cbs=CSVLogger())
+    rows = read_rows(tmp_path / "history.csv")
+    assert rows[0] == ["epoch", "train_loss", "valid_loss", "accuracy", "time"]
+    assert [r[0] for r in rows[1:]] == ["0", "1", "2"]
+    for row, values in zip(rows[1:], learn.recorder.values, strict=True):
+        assert [float(c) for c in row[1:4]] == values  # full precision
+        assert row[4].count(":") == 1
+
+
+def test_each_row_is_on_disk_when_its_epoch_ends(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    seen: list[int] = []
+    reader = Callback(after_epoch=lambda: seen.append(len(read_rows(tmp_path / "log.csv"))))
+    reader.order = 100
+    learn.fit(3, cbs=[CSVLogger("log.csv"), reader])
+    assert seen == [2, 3, 4]
+
+
+def test_append_continues_the_file_without_a_second_header(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    learn.fit(2, cbs=CSVLogger())
+    learn.fit(2, cbs=CSVLogger(append=True))
+    rows = read_rows(tmp_path / "history.csv")
+    assert len(rows) == 5 and rows[0][0] == "epoch" and all(r[0] != "epoch" for r in rows[1:])
+    learn.fit(1, cbs=CSVLogger())  # not appending: a fresh file
+    assert len(read_rows(tmp_path / "history.csv")) == 2
+
+
+def test_append_to_a_missing_or_empty_file_writes_the_header(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    (tmp_path / "empty.csv").touch()
+    learn.fit(1, cbs=[CSVLogger("empty.csv", append=True), CSVLogger("new/missing.csv", append=True)])
+    assert read_rows(tmp_path / "empty.csv")[0][0] == "epoch"
+    assert read_rows(tmp_path / "new" / "missing.csv")[0][0] == "epoch"
+
+
+def test_append_to_a_file_with_other_columns_warns(tmp_path: Path) -> None:
+    learn = synth_classif_learner(path=tmp_path)
+    learn.fit(1, cbs=CSVLogger())
+    learn.metrics = accuracy
+    with pytest.warns(UserWarning, match="whose columns .* differ from this fit's"):
+        learn.fit(1, cbs=CSVLogger(append=True))
+
+
+def test_a_resumed_run_appends_only_the_epochs_it_trains(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    learn.fit(4, cbs=CSVLogger())
+    learn.fit(4, start_epoch=2, cbs=CSVLogger(append=True))
+    assert [r[0] for r in read_rows(tmp_path / "history.csv")] == ["epoch", "0", "1", "2", "3", "2", "3"]
+
+
+def test_validate_and_get_preds_write_nothing(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    logger = CSVLogger()
+    learn.add_cb(logger)
+    learn.validate()
+    learn.get_preds()
+    assert not (tmp_path / "history.csv").exists()
+    learn.fit(1)
+    before = (tmp_path / "history.csv").read_text()
+    learn.validate()
+    assert (tmp_path / "history.csv").read_text() == before
+    assert [r["epoch"] for r in logger.read_log()] == ["0"]
+
+
+def test_a_cancelled_validation_leaves_its_cells_empty(tmp_path: Path) -> None:
+    learn = synth_classif_learner(metrics=accuracy, path=tmp_path)
+
+    def skip_second_validation() -> None:
+        if learn.epoch == 1:
+            raise CancelValidException
+
+    learn.fit(2, cbs=[CSVLogger(), Callback(before_validate=skip_second_validation)])
+    rows = read_rows(tmp_path / "history.csv")
+    assert rows[2][0] == "1" and rows[2][2:4] == ["", ""] and rows[2][1] and rows[2][4]
+
+
+def test_only_rank_zero_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loggers, "is_rank_zero", lambda: False)
+    learn = synth_learner(path=tmp_path)
+    learn.fit(1, cbs=CSVLogger())
+    assert not (tmp_path / "history.csv").exists()
+
+
+def test_is_rank_zero_without_distributed() -> None:
+    assert loggers.is_rank_zero()
+
+
+# ----------------------------------------------------------------------------------- TensorBoard
+def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def tags(log_dir: Path) -> dict[str, Any]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return acc.Tags()
+
+
+def test_tensorboard_logs_losses_hypers_and_epoch_values(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    learn = synth_classif_learner(metrics=accuracy, n_train=48, bs=16)
+    learn.fit(2, cbs=TensorBoardCallback(tmp_path, flush_every=4))
+    logged = scalars(tmp_path)
+    assert [s for s, _ in logged["train_loss"]] == [1, 2, 3, 4, 5, 6]
+    smooth = [float(v) for v in learn.recorder.losses]
+    torch.testing.assert_close([v for _, v in logged["train_loss"]], smooth)
+    assert {"lr_0", "mom_0", "wd_0", "eps_0", "sqr_mom_0"} <= set(logged)
+    assert [s for s, _ in logged["valid_loss"]] == [3, 6]
+    torch.testing.assert_close([v for _, v in logged["valid_loss"]], [r[1] for r in learn.recorder.values])
+    torch.testing.assert_close([v for _, v in logged["accuracy"]], [r[2] for r in learn.recorder.values])
+    torch.testing.assert_close([v for _, v in logged["train_loss_epoch"]], [r[0] for r in learn.recorder.values])
+
+
+def test_tensorboard_reads_losses_in_batches(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    learn = synth_learner(n_train=64, bs=16)
+    tb = TensorBoardCallback(tmp_path, flush_every=100)
+    pending: list[int] = []
+    spy = Callback(after_batch=lambda: pending.append(len(tb._losses)) if learn.training else None)
+    spy.order = 100
+    learn.fit(1, cbs=[tb, spy])
+    assert pending == [1, 2, 3, 4]  # kept as device tensors until the epoch ends
+    assert len(scalars(tmp_path)["train_loss"]) == 4
+
+
+def test_tensorboard_preds_histogram_and_graph(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    learn = synth_classif_learner()
+    learn.fit(1, cbs=TensorBoardCallback(tmp_path, trace_model=True, log_preds=True))
+    found = tags(tmp_path)
+    assert "valid_preds" in found["histograms"] and found["graph"]
+
+
+def test_tracing_does_not_change_training(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    plain = synth_classif_learner()
+    plain.fit(1)
+    traced = synth_classif_learner()
+    traced.fit(1, cbs=TensorBoardCallback(tmp_path, trace_model=True))
+    assert torch.equal(plain.model.state_dict()["weight"], traced.model.state_dict()["weight"])
+
+
+def test_tensorboard_writes_nothing_in_validate_and_on_other_ranks(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tensorboard")
+    learn = synth_learner()
+    learn.add_cb(TensorBoardCallback(tmp_path / "a"))
+    learn.validate()
+    learn.get_preds()
+    assert not (tmp_path / "a").exists()
+    monkeypatch.setattr(loggers, "is_rank_zero", lambda: False)
+    learn.fit(1, cbs=TensorBoardCallback(tmp_path / "b"))
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_missing_tensorboard_is_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ImportError, match=r"pip install 'learnloop\[tensorboard\]'"):
+        TensorBoardCallback()

@@ -1,0 +1,306 @@
+"""MixUp and CutMix: what is mixed, how the loss is mixed, and that the loss function always comes back."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import EventLog, synth_classif_learner, synth_learner
+from learnloop import Callback, CancelEpochException, CancelFitException, DataLoaders, Learner
+from learnloop.callback import noop
+from learnloop.callbacks.mixup import CutMix, MixedLoss, MixUp
+from learnloop.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropy
+
+
+class FixedBeta:
+    """Stands in for the Beta distribution: always the same draws."""
+
+    def __init__(self, values: torch.Tensor) -> None:
+        self.values = values
+
+    def sample(self, shape: tuple[int, ...] = ()) -> torch.Tensor:
+        return self.values[: shape[0]] if shape else self.values[0]
+
+
+def fixed(cb: MixUp | CutMix, lams: list[float]) -> MixUp | CutMix:
+    """`cb` with known draws: `lams` for lambda and a reversed batch as the partner."""
+    cb.distrib = FixedBeta(torch.tensor(lams))  # type: ignore[assignment]
+    cb._shuffle = lambda bs, device: torch.arange(bs - 1, -1, -1, device=device)  # type: ignore[method-assign]
+    return cb
+
+
+class Spy(Callback):
+    """Keeps, per training/validation batch, the batch before mixing, the batch after, and the loss."""
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self.seen: list[dict[str, Any]] = []
+
+    def before_batch(self) -> None:
+        self.seen.append({"training": self.learn.training, "xb": self.learn.xb, "yb": self.learn.yb})
+
+    def after_loss(self) -> None:
+        self.seen[-1].update(
+            loss=self.learn.loss.clone(), pred=self.learn.pred.detach().clone(), loss_func=self.learn.loss_func,
+            mixed_xb=self.learn.xb, mixed_yb=self.learn.yb,
+        )
+
+
+def test_mixup_blends_inputs_per_item_and_mixes_the_loss_for_class_targets() -> None:
+    learn = synth_classif_learner(n_train=16, bs=8)
+    before, after = Spy(order=-1), Spy(order=1)
+    lams = [0.9, 0.2, 0.5, 0.7, 0.6, 0.1, 0.8, 0.55]
+    learn.fit(1, cbs=[fixed(MixUp(), lams), before, after])
+    lam = torch.tensor([max(v, 1 - v) for v in lams])
+    first = before.seen[0]
+    x, y = first["xb"][0], first["yb"][0]
+    partner = torch.arange(7, -1, -1)
+    mixed = after.seen[0]
+    torch.testing.assert_close(mixed["mixed_xb"][0], lam[:, None] * x + (1 - lam[:, None]) * x[partner])
+    assert torch.equal(mixed["mixed_yb"][0], y)  # class indices are not blended...
+    per_item = lam * F.cross_entropy(mixed["pred"], y, reduction="none") + (1 - lam) * F.cross_entropy(
+        mixed["pred"], y[partner], reduction="none"
+    )
+    torch.testing.assert_close(mixed["loss"], per_item.mean())  # ...the loss is
+    assert isinstance(mixed["loss_func"], MixedLoss)
+
+
+def test_mixup_lambda_is_folded_to_the_larger_share() -> None:
+    learn = synth_classif_learner(n_train=64, bs=32)
+    cb = MixUp(alpha=0.4)
+    lams: list[torch.Tensor] = []
+
+    def keep_lam() -> None:
+        if learn.training and cb._pending is not None:
+            lams.append(cb._pending[0])
+
+    learn.fit(2, cbs=[cb, Callback(after_pred=keep_lam)])
+    assert len(lams) == 4 and all(lam.shape == (32,) for lam in lams)
+    assert all(bool((lam >= 0.5).all()) and bool((lam <= 1).all()) for lam in lams)
+
+
+def test_mixup_blends_float_targets_and_keeps_the_plain_loss() -> None:
+    learn = synth_learner(n_train=16, bs=8, loss_func=nn.MSELoss())
+    after = Spy(order=1)
+    before = Spy(order=-1)
+    lams = [0.9, 0.6, 0.7, 0.8, 0.5, 0.6, 0.7, 0.95]
+    learn.fit(1, cbs=[fixed(MixUp(), lams), before, after])
+    lam = torch.tensor(lams)[:, None]
+    y = before.seen[0]["yb"][0]
+    torch.testing.assert_close(after.seen[0]["mixed_yb"][0], lam * y + (1 - lam) * y.flip(0))
+    torch.testing.assert_close(after.seen[0]["loss"], F.mse_loss(after.seen[0]["pred"], after.seen[0]["mixed_yb"][0]))
+
+
+def test_validation_is_not_mixed_and_uses_the_original_loss() -> None:
+    loss_func = nn.CrossEntropyLoss()
+    learn = synth_classif_learner(loss_func=loss_func)
+    spy = Spy(order=1)
+    learn.fit(1, cbs=[MixUp(), spy])
+    valid = [s for s in spy.seen if not s["training"]]
+    assert valid and all(s["loss_func"] is loss_func for s in valid)
+    assert all(s["mixed_xb"] is s["xb"] for s in valid)
+    assert learn.loss_func is loss_func
+
+
+def test_the_original_loss_function_is_back_after_fit_and_after_a_cancelled_fit() -> None:
+    loss_func = nn.CrossEntropyLoss()
+    learn = synth_classif_learner(loss_func=loss_func)
+    mixup = MixUp()
+    learn.add_cb(mixup)
+    learn.fit(1)
+    assert learn.loss_func is loss_func
+
+    def cancel_fit() -> None:
+        if learn.training:
+            raise CancelFitException
+
+    learn.fit(1, cbs=Callback(after_batch=cancel_fit))
+    assert learn.loss_func is loss_func
+    assert learn.loss_func.reduction == "mean"
+
+
+def test_cancel_epoch_while_training_restores_the_loss_before_the_next_epoch() -> None:
+    loss_func = nn.CrossEntropyLoss()
+    learn = synth_classif_learner(loss_func=loss_func)
+    seen: list[Any] = []
+
+    def cancel_first_epoch() -> None:
+        if learn.training and learn.epoch == 0:
+            raise CancelEpochException
+
+    learn.fit(2, cbs=[MixUp(), Callback(after_batch=cancel_first_epoch),
+                      Callback(before_epoch=lambda: seen.append(learn.loss_func))])
+    assert seen == [loss_func, loss_func]
+    assert learn.loss_func is loss_func
+
+
+def test_an_exception_leaves_an_inert_wrapper_that_the_next_fit_removes() -> None:
+    loss_func = nn.CrossEntropyLoss()
+    learn = synth_classif_learner(loss_func=loss_func)
+
+    def boom() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, cbs=[MixUp(), Callback(after_loss=boom)])
+    # A non-cancel exception skips after_fit, so the wrapper is still there; the MixUp that made it
+    # was removed with the fit's callbacks, so it computes exactly the original loss.
+    wrapper = learn.loss_func
+    assert isinstance(wrapper, MixedLoss) and wrapper.original is loss_func
+    pred, targ = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    learn.training = True
+    torch.testing.assert_close(wrapper(pred, targ), F.cross_entropy(pred, targ))
+    assert learn.validate()  # works through the wrapper
+    learn.fit(1, cbs=MixUp())
+    assert learn.loss_func is loss_func
+
+
+def test_mixup_with_label_smoothing() -> None:
+    loss_func = LabelSmoothingCrossEntropy(eps=0.1)
+    learn = synth_classif_learner(n_train=16, bs=8, loss_func=loss_func)
+    before, after = Spy(order=-1), Spy(order=1)
+    lams = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 0.75, 0.65]
+    learn.fit(2, cbs=[fixed(MixUp(), lams), before, after])
+    y, out = before.seen[0]["yb"][0], after.seen[0]["pred"]
+    lam = torch.tensor(lams)
+    per_item = lam * F.cross_entropy(out, y, label_smoothing=0.1, reduction="none") + (1 - lam) * F.cross_entropy(
+        out, y.flip(0), label_smoothing=0.1, reduction="none"
+    )
+    torch.testing.assert_close(after.seen[0]["loss"], per_item.mean())
+    assert learn.loss_func is loss_func and loss_func.reduction == "mean"
+    assert all(torch.isfinite(v[1]) for v in [torch.tensor(r) for r in learn.recorder.values])
+
+
+def test_mixup_with_a_sum_reduction_and_a_functional_loss() -> None:
+    for loss_func in (nn.CrossEntropyLoss(reduction="sum"), functools.partial(F.cross_entropy, reduction="sum"),
+                      F.cross_entropy):
+        learn = synth_classif_learner(n_train=16, bs=8, loss_func=loss_func)
+        after = Spy(order=1)
+        before = Spy(order=-1)
+        learn.fit(1, cbs=[fixed(MixUp(), [0.7] * 8), before, after])
+        y, out = before.seen[0]["yb"][0], after.seen[0]["pred"]
+        per_item = 0.7 * F.cross_entropy(out, y, reduction="none") + 0.3 * F.cross_entropy(
+            out, y.flip(0), reduction="none")
+        expected = per_item.mean() if loss_func is F.cross_entropy else per_item.sum()
+        torch.testing.assert_close(after.seen[0]["loss"], expected)
+        assert learn.loss_func is loss_func
+
+
+def test_mixup_on_sequence_targets_weighs_each_items_positions() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 5, 3, generator=g), torch.randint(0, 4, (8, 5), generator=g)
+    dls = DataLoaders.from_tensors(x, y, x, y, bs=8, device="cpu")
+    learn = Learner(dls, nn.Linear(3, 4), loss_func=CrossEntropyLossFlat())
+    learn.logger = noop
+    before, after = Spy(order=-1), Spy(order=1)
+    lams = [0.5 + i / 16 for i in range(8)]
+    learn.fit(1, cbs=[fixed(MixUp(), lams), before, after])
+    out, y = after.seen[0]["pred"], before.seen[0]["yb"][0]
+    lam = torch.tensor(lams)[:, None]
+    ce = functools.partial(F.cross_entropy, reduction="none")
+    per_pos = lam * ce(out.transpose(1, 2), y) + (1 - lam) * ce(out.transpose(1, 2), y.flip(0))
+    torch.testing.assert_close(after.seen[0]["loss"], per_pos.mean())
+
+
+# ----------------------------------------------------------------------------------------- CutMix
+def image_learner(**kwargs: Any) -> Learner:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 1, 6, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+    dls = DataLoaders.from_tensors(x, y, x[:8], y[:8], bs=8, device="cpu")
+    torch.manual_seed(0)
+    learn = Learner(dls, nn.Sequential(nn.Flatten(), nn.Linear(48, 3)), loss_func=nn.CrossEntropyLoss(), **kwargs)
+    learn.logger = noop
+    return learn
+
+
+def test_cutmix_pastes_a_box_of_the_partner_and_weighs_the_loss_by_the_kept_area() -> None:
+    learn = image_learner()
+    data = learn.dls.train.dataset.tensors[0].clone()
+    before, after = Spy(order=-1), Spy(order=1)
+    cb = CutMix()
+    boxes: list[tuple[int, int, int, int]] = []
+    rand_bbox = cb.rand_bbox
+
+    def keep_box(width: int, height: int, lam: float) -> tuple[int, int, int, int]:
+        boxes.append(rand_bbox(width, height, lam))
+        return boxes[-1]
+
+    cb.rand_bbox = keep_box  # type: ignore[method-assign]
+    learn.fit(1, cbs=[fixed(cb, [0.6]), before, after])
+    x, y = before.seen[0]["xb"][0], before.seen[0]["yb"][0]
+    x1, y1, x2, y2 = boxes[0]
+    expected = x.clone()
+    expected[..., y1:y2, x1:x2] = x.flip(0)[..., y1:y2, x1:x2]
+    assert torch.equal(after.seen[0]["mixed_xb"][0], expected)
+    kept = 1 - (x2 - x1) * (y2 - y1) / 48
+    out = after.seen[0]["pred"]
+    ce = functools.partial(F.cross_entropy, reduction="none")
+    loss = kept * ce(out, y) + (1 - kept) * ce(out, y.flip(0))
+    torch.testing.assert_close(after.seen[0]["loss"], loss.mean())
+    assert torch.equal(learn.dls.train.dataset.tensors[0], data)  # the dataset was not written into
+
+
+def test_cutmix_box_has_about_the_requested_area_and_stays_inside() -> None:
+    cb = CutMix()
+    torch.manual_seed(0)
+    for lam in (0.0, 0.3, 0.75, 1.0):
+        for _ in range(20):
+            x1, y1, x2, y2 = cb.rand_bbox(40, 30, lam)
+            assert 0 <= x1 <= x2 <= 40 and 0 <= y1 <= y2 <= 30
+            assert (x2 - x1) <= round(40 * (1 - lam) ** 0.5) and (y2 - y1) <= round(30 * (1 - lam) ** 0.5)
+
+
+def test_cutmix_needs_image_batches() -> None:
+    learn = synth_classif_learner()
+    with pytest.raises(ValueError, match=r"CutMix expects image batches \(bs, channels, height, width\)"):
+        learn.fit(1, cbs=CutMix())
+
+
+# ------------------------------------------------------------------------------------- bad input
+def test_integer_targets_with_a_loss_that_cannot_be_unreduced_fail_at_before_fit() -> None:
+    learn = synth_classif_learner(loss_func=lambda pred, targ: F.cross_entropy(pred, targ))
+    log = EventLog()
+    log.order = -100
+    w = learn.model.state_dict()["weight"].clone()
+    with pytest.raises(ValueError, match=r"cannot mix the loss .* `reduction='none'`"):
+        learn.fit(1, cbs=[MixUp(), log])
+    assert log.events == ["before_fit"]
+    assert torch.equal(learn.model.state_dict()["weight"], w)
+
+
+def test_integer_targets_discovered_at_the_first_batch_also_get_the_clear_error() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+    batches = [(x[:8], y[:8]), (x[8:], y[8:])]  # plain lists: nothing to inspect before the first batch
+    learn = Learner(DataLoaders(batches, batches, device="cpu"), nn.Linear(4, 3),
+                    loss_func=lambda pred, targ: F.cross_entropy(pred, targ))
+    learn.logger = noop
+    with pytest.raises(ValueError, match="cannot mix the loss <function"):
+        learn.fit(1, cbs=MixUp())
+
+
+def test_float_targets_mix_with_any_loss() -> None:
+    learn = synth_learner(loss_func=lambda pred, targ: ((pred - targ) ** 2).mean())
+    learn.fit(1, cbs=MixUp())
+    assert all(torch.isfinite(torch.tensor(v[0])) for v in learn.recorder.values)
+
+
+def test_integer_inputs_cannot_be_blended() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 10, (16, 4), generator=g), torch.randint(0, 3, (16,), generator=g)
+    dls = DataLoaders.from_tensors(x, y, x, y, bs=8, device="cpu")
+    learn = Learner(dls, nn.Sequential(nn.Embedding(10, 2), nn.Flatten(), nn.Linear(8, 3)),
+                    loss_func=nn.CrossEntropyLoss())
+    learn.logger = noop
+    with pytest.raises(TypeError, match="MixUp blends the inputs, so they must be float tensors"):
+        learn.fit(1, cbs=MixUp())
+
+
+def test_alpha_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        MixUp(alpha=0)

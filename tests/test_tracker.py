@@ -1,0 +1,402 @@
+"""Trackers: EarlyStopping, SaveModel, ReduceLROnPlateau; when they act, what they save, their state."""
+
+from __future__ import annotations
+
+import operator
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synth_classif_learner, synth_learner
+from learnloop import Callback, CancelValidException, Learner
+from learnloop.callbacks.tracker import (
+    EarlyStoppingCallback,
+    ReduceLROnPlateau,
+    SaveModelCallback,
+    TrackerCallback,
+)
+from learnloop.metrics import accuracy
+
+
+class Script(Callback):
+    """Overwrites the monitored value the Recorder just recorded with scripted values, epoch by epoch."""
+
+    order = 55  # after the Recorder (50), before the trackers (60+)
+
+    def __init__(self, values: list[float], idx: int = 1) -> None:
+        self.values, self.idx = values, idx
+
+    def after_epoch(self) -> None:
+        row = self.learn.recorder.values[-1]
+        if len(row) > self.idx:
+            row[self.idx] = self.values[self.learn.epoch]
+
+
+class EpochsRun(Callback):
+    order = 100
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+        self.lrs: list[float] = []
+
+    def after_epoch(self) -> None:
+        self.epochs.append(self.learn.epoch)
+        self.lrs.append(self.learn.opt.hypers[-1]["lr"])
+
+
+def spy_saves(learn: Learner) -> list[tuple[int, str, dict[str, torch.Tensor]]]:
+    """Record every learn.save: the epoch, the name, and a copy of the model's weights at that moment."""
+    saves: list[tuple[int, str, dict[str, torch.Tensor]]] = []
+    save = learn.save
+
+    def spy(name: Any, with_opt: bool = True) -> Path:
+        saves.append((learn.epoch, str(name), {k: v.clone() for k, v in learn.model.state_dict().items()}))
+        return save(name, with_opt=with_opt)
+
+    learn.save = spy  # type: ignore[method-assign,assignment]
+    return saves
+
+
+def late(**hooks: Any) -> Callback:
+    """A callback running after every tracker."""
+    cb = Callback(**hooks)
+    cb.order = 100
+    return cb
+
+
+def weights(learn: Learner) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in learn.model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------- the base
+def test_tracker_order_runs_after_the_recorder() -> None:
+    assert TrackerCallback.order == 60
+    assert (SaveModelCallback.order, ReduceLROnPlateau.order, EarlyStoppingCallback.order) == (61, 62, 63)
+
+
+def test_comparison_defaults_from_the_monitor_name() -> None:
+    assert TrackerCallback("valid_loss").comp is np.less
+    assert TrackerCallback("error_rate").comp is np.less
+    assert TrackerCallback("accuracy").comp is np.greater
+    assert TrackerCallback("valid_loss", min_delta=0.1).min_delta == -0.1
+    assert TrackerCallback("accuracy", min_delta=0.1).min_delta == 0.1
+
+
+def test_tracker_keeps_the_best_and_flags_new_bests() -> None:
+    learn = synth_learner()
+    tracker = TrackerCallback()
+    flags: list[bool] = []
+    learn.fit(4, cbs=[Script([1.0, 0.5, 0.7, 0.4]), tracker,
+                      late(after_epoch=lambda: flags.append(tracker.new_best))])
+    assert flags == [True, True, False, True]
+    assert tracker.best == 0.4
+
+
+def test_min_delta_asks_for_a_big_enough_improvement() -> None:
+    learn = synth_learner()
+    tracker = TrackerCallback(min_delta=0.1)
+    flags: list[bool] = []
+    learn.fit(4, cbs=[Script([1.0, 0.95, 0.85, 0.7]), tracker,
+                      late(after_epoch=lambda: flags.append(tracker.new_best))])
+    assert flags == [True, False, True, True]
+
+
+def test_a_custom_comparison_sets_the_direction() -> None:
+    learn = synth_learner()
+    tracker = TrackerCallback(monitor="valid_loss", comp=operator.gt)
+    learn.fit(3, cbs=[Script([1.0, 0.5, 2.0]), tracker])
+    assert tracker.best == 2.0
+
+
+def test_monitoring_a_metric_reads_its_column() -> None:
+    learn = synth_classif_learner(metrics=accuracy)
+    tracker = TrackerCallback(monitor="accuracy")
+    learn.fit(3, cbs=[Script([0.5, 0.9, 0.8], idx=2), tracker])
+    assert tracker.idx == 2 and tracker.best == 0.9
+
+
+@pytest.mark.parametrize("monitor", ["valid_los", "time", "epoch", "accuracy"])
+def test_an_unrecorded_monitor_is_a_clear_error_before_any_batch(monitor: str) -> None:
+    learn = synth_learner()
+    batches: list[int] = []
+    w = weights(learn)
+    with pytest.raises(ValueError, match=rf"monitors '{monitor}', which is not recorded; the recorded values are "
+                                         r"\['train_loss', 'valid_loss'\]"):
+        learn.fit(1, cbs=[EarlyStoppingCallback(monitor=monitor), Callback(before_batch=lambda: batches.append(1))])
+    assert batches == [] and all(torch.equal(w[k], v) for k, v in weights(learn).items())
+
+
+def test_trackers_sit_out_validate_and_get_preds() -> None:
+    learn = synth_learner()
+    tracker = EarlyStoppingCallback(patience=1)
+    learn.add_cb(tracker)
+    learn.fit(1)
+    best = tracker.best
+    for _ in range(3):
+        learn.validate()
+        learn.get_preds()
+    assert tracker.best == best and tracker.wait == 0
+
+
+def test_epochs_with_a_cancelled_validation_are_not_judged() -> None:
+    learn = synth_learner()
+    es = EarlyStoppingCallback(patience=1)
+
+    def cancel_valid() -> None:
+        if learn.epoch == 1:
+            raise CancelValidException
+
+    run = EpochsRun()
+    learn.fit(3, cbs=[Script([1.0, 9.0, 0.5]), Callback(before_validate=cancel_valid), es, run])
+    assert run.epochs == [0, 1, 2] and es.best == 0.5
+
+
+# ----------------------------------------------------------------------------------- EarlyStopping
+def test_early_stopping_stops_after_patience_epochs_without_improvement() -> None:
+    learn = synth_learner()
+    run, events = EpochsRun(), []
+    learn.fit(10, cbs=[Script([1.0, 0.8, 0.9, 0.85, 0.81, 0.7, 0.6, 0.5, 0.4, 0.3]),
+                       EarlyStoppingCallback(patience=3), run,
+                       Callback(after_cancel_fit=lambda: events.append("after_cancel_fit"))])
+    assert run.epochs == [0, 1, 2, 3]  # epoch 4 is the third without improvement: after_epoch stops the fit there
+    assert len(learn.recorder.values) == 5 and events == ["after_cancel_fit"]
+
+
+def test_early_stopping_patience_one_and_a_recovery_resets_the_wait() -> None:
+    learn = synth_learner()
+    es = EarlyStoppingCallback(patience=2)
+    waits: list[int] = []
+    learn.fit(6, cbs=[Script([1.0, 1.1, 0.9, 1.0, 1.2, 0.1]), es, late(after_epoch=lambda: waits.append(es.wait))])
+    assert len(learn.recorder.values) == 5 and es.wait == 2
+
+
+def test_early_stopping_on_accuracy() -> None:
+    learn = synth_classif_learner(metrics=accuracy)
+    learn.fit(10, cbs=[Script([0.5, 0.6, 0.6, 0.55] + [0.9] * 6, idx=2),
+                       EarlyStoppingCallback(monitor="accuracy", patience=2)])
+    assert len(learn.recorder.values) == 4
+
+
+def test_reset_on_fit_false_carries_the_best_between_fits() -> None:
+    learn = synth_learner()
+    es = EarlyStoppingCallback(patience=1, reset_on_fit=False)
+    learn.fit(1, cbs=[Script([0.5]), es])
+    learn.fit(3, cbs=[Script([0.6, 0.1, 0.1]), es])
+    assert len(learn.recorder.values) == 1 and es.best == 0.5
+    es2 = EarlyStoppingCallback(patience=1)
+    learn.fit(1, cbs=[Script([0.5]), es2])
+    learn.fit(3, cbs=[Script([0.6, 0.1, 0.1]), es2])
+    assert len(learn.recorder.values) == 3 and es2.best == 0.1
+
+
+# -------------------------------------------------------------------------------------- SaveModel
+def test_save_model_saves_in_the_improving_epoch_and_reloads_the_best(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    saves = spy_saves(learn)
+    mtimes: dict[int, float] = {}
+    file = tmp_path / "models" / "best.pth"
+
+    def note_mtime() -> None:
+        mtimes[learn.epoch] = os.stat(file).st_mtime_ns if file.exists() else 0
+        time.sleep(0.01)
+
+    learn.fit(4, cbs=[Script([1.0, 0.7, 0.9, 0.8]), SaveModelCallback(fname="best"),
+                      late(after_epoch=note_mtime)])
+    assert [(e, n) for e, n, _ in saves] == [(0, "best"), (1, "best")]
+    assert mtimes[0] < mtimes[1] == mtimes[2] == mtimes[3]  # written in epochs 0 and 1, not later
+    best = saves[1][2]
+    final = weights(learn)
+    assert all(torch.equal(final[k], best[k]) for k in best)
+
+
+def test_save_model_with_opt(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    learn.fit(2, cbs=SaveModelCallback(with_opt=True))
+    state = torch.load(tmp_path / "models" / "model.pth", weights_only=True)
+    assert set(state) == {"model", "opt"}
+    learn.fit(1, cbs=SaveModelCallback(fname="plain"))
+    assert "weight" in torch.load(tmp_path / "models" / "plain.pth", weights_only=True)
+
+
+@pytest.mark.parametrize("every, names", [(True, ["m_0", "m_1", "m_2", "m_3"]), (2, ["m_0", "m_2"])])
+def test_save_every_epoch_and_no_reload(tmp_path: Path, every: bool | int, names: list[str]) -> None:
+    learn = synth_learner(path=tmp_path)
+    saves = spy_saves(learn)
+    trained: list[dict[str, torch.Tensor]] = []
+    learn.fit(4, cbs=[Script([1.0, 0.7, 0.9, 0.8]), SaveModelCallback(fname="m", every_epoch=every),
+                      late(after_epoch=lambda: trained.append(weights(learn)))])
+    assert [n for _, n, _ in saves] == names
+    assert sorted(p.stem for p in (tmp_path / "models").glob("*.pth")) == names
+    assert all(torch.equal(trained[-1][k], v) for k, v in weights(learn).items())  # nothing reloaded
+
+
+def test_save_at_end_saves_once_and_does_not_reload(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    saves = spy_saves(learn)
+    learn.fit(3, cbs=[Script([1.0, 0.5, 0.9]), SaveModelCallback(at_end=True)])
+    # As fastai: the best is saved as it improves (a crash leaves the best so far), then the final
+    # model overwrites it, and nothing is reloaded.
+    assert [(e, n) for e, n, _ in saves] == [(0, "model"), (1, "model"), (2, "model")]
+    final = weights(learn)
+    assert all(torch.equal(final[k], v) for k, v in saves[-1][2].items())
+    assert any(not torch.equal(final[k], v) for k, v in saves[1][2].items())
+
+
+def test_every_epoch_and_at_end_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="every_epoch and at_end cannot both be set"):
+        SaveModelCallback(every_epoch=True, at_end=True)
+    with pytest.raises(ValueError, match="every_epoch must be a bool or a whole number"):
+        SaveModelCallback(every_epoch=0)
+
+
+def test_save_model_neither_saves_nor_loads_in_validate(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    learn.add_cb(SaveModelCallback())
+    learn.fit(1)
+    saves = spy_saves(learn)
+    loads: list[str] = []
+    load = learn.load
+
+    def spy_load(name: Any, **kw: Any) -> Learner:
+        loads.append(name)
+        return load(name, **kw)
+
+    learn.load = spy_load  # type: ignore[method-assign,assignment]
+    learn.validate()
+    learn.get_preds()
+    assert saves == [] and loads == []
+
+
+def test_save_model_does_not_load_a_file_it_never_wrote(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    learn.fit(2, cbs=[Script([float("nan"), float("nan")]), SaveModelCallback()])
+    assert not (tmp_path / "models" / "model.pth").exists()
+
+
+def test_save_model_stopped_early_still_reloads_the_best(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    saves = spy_saves(learn)
+    learn.fit(10, cbs=[Script([1.0, 0.5, 0.6, 0.7] + [0.1] * 6), SaveModelCallback(),
+                       EarlyStoppingCallback(patience=2)])
+    assert len(learn.recorder.values) == 4 and [e for e, _, _ in saves] == [0, 1]
+    assert all(torch.equal(weights(learn)[k], v) for k, v in saves[1][2].items())
+
+
+# ----------------------------------------------------------------------------------- ReduceLROnPlateau
+def test_reduce_lr_on_plateau_divides_the_lr_after_patience_epochs() -> None:
+    learn = synth_learner(lr=1e-2)
+    run = EpochsRun()
+    learn.fit(6, cbs=[Script([1.0, 1.1, 1.2, 0.5, 0.6, 0.7]), ReduceLROnPlateau(patience=1, factor=10), run])
+    torch.testing.assert_close(run.lrs, [1e-2, 1e-3, 1e-4, 1e-4, 1e-5, 1e-6])
+
+
+def test_reduce_lr_on_plateau_patience_two_and_min_lr() -> None:
+    learn = synth_learner(lr=1e-2)
+    run = EpochsRun()
+    learn.fit(6, cbs=[Script([1.0] * 6), ReduceLROnPlateau(patience=2, factor=4, min_lr=1e-3), run])
+    torch.testing.assert_close(run.lrs, [1e-2, 1e-2, 2.5e-3, 2.5e-3, 1e-3, 1e-3])
+
+
+def test_reduce_lr_on_plateau_acts_on_every_group() -> None:
+    learn = synth_learner(lr=1e-2, splitter=lambda m: [[m.weight], [m.bias]])
+    learn.fit(2, lr=[1e-2, 1e-1], cbs=[Script([1.0, 1.0]), ReduceLROnPlateau(patience=1)])
+    torch.testing.assert_close([h["lr"] for h in learn.opt.hypers], [1e-3, 1e-2])
+
+
+def test_the_lowered_lr_is_what_the_optimizer_uses() -> None:
+    learn = synth_learner(lr=1e-2)
+    steps: list[float] = []
+    learn.fit(2, cbs=[Script([1.0, 1.0]), ReduceLROnPlateau(patience=1, factor=2),
+                      Callback(before_step=lambda: steps.append(learn.opt.hypers[0]["lr"]))])
+    assert steps == [1e-2, 1e-2, 1e-2, 1e-2]  # lowered after the last epoch
+    learn2 = synth_learner(lr=1e-2)
+    learn2.fit(3, cbs=[Script([1.0, 1.0, 1.0]), ReduceLROnPlateau(patience=1, factor=2),
+                       Callback(before_step=lambda: steps.append(learn2.opt.hypers[0]["lr"]))])
+    assert steps[4:] == [1e-2, 1e-2, 1e-2, 1e-2, 5e-3, 5e-3]
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def test_state_dicts_round_trip_through_the_weights_only_loader(tmp_path: Path) -> None:
+    learn = synth_learner()
+    es, rl, sm = EarlyStoppingCallback(patience=5), ReduceLROnPlateau(patience=5), SaveModelCallback()
+    learn.path = tmp_path
+    learn.fit(3, cbs=[Script([1.0, 0.5, 0.8]), es, rl, sm])
+    torch.save({"es": es.state_dict(), "rl": rl.state_dict(), "sm": sm.state_dict()}, tmp_path / "cbs.pth")
+    state = torch.load(tmp_path / "cbs.pth", weights_only=True)
+    assert state["es"] == {"best": 0.5, "wait": 1} and state["rl"] == {"best": 0.5, "wait": 1}
+    assert state["sm"] == {"best": 0.5, "holds_best": True}
+
+
+def test_loaded_state_is_kept_by_the_next_fit_even_after_validate() -> None:
+    learn = synth_learner()
+    es = EarlyStoppingCallback(patience=2)
+    es.load_state_dict({"best": 0.5, "wait": 1})
+    learn.add_cb(es)
+    learn.validate()
+    learn.fit(3, cbs=Script([0.6, 0.1, 0.1]))
+    assert len(learn.recorder.values) == 1  # the loaded wait of 1 plus one more epoch reaches patience 2
+    learn.fit(5, cbs=Script([0.6, 0.7, 0.8, 0.9, 1.0]))
+    assert len(learn.recorder.values) == 3  # a fresh fit starts again from scratch
+
+
+def test_resume_with_start_epoch_carries_the_tracker_on() -> None:
+    values = [1.0, 0.5, 0.6, 0.7, 0.8, 0.9]
+    full = synth_learner()
+    full_run = EpochsRun()
+    full.fit(6, cbs=[Script(values), EarlyStoppingCallback(patience=3), full_run])
+    es = EarlyStoppingCallback(patience=3)
+    first = synth_learner()
+    first.fit(2, cbs=[Script(values), es])
+    resumed = EarlyStoppingCallback(patience=3)
+    resumed.load_state_dict(es.state_dict())
+    second = synth_learner()
+    run = EpochsRun()
+    second.fit(6, start_epoch=2, cbs=[Script(values), resumed, run])
+    assert run.epochs[-1] == full_run.epochs[-1] == 3 and resumed.wait == 3
+
+
+# ------------------------------------------------------------------------------------ combinations
+def test_ema_with_save_model_and_early_stopping(tmp_path: Path) -> None:
+    ema_module = pytest.importorskip("learnloop.callbacks.ema")
+    learn = synth_learner(path=tmp_path, lr=0.1)
+    ema = ema_module.EMACallback(decay=0.5)
+    saves = spy_saves(learn)
+    averages: list[list[torch.Tensor]] = []
+    trained: list[dict[str, torch.Tensor]] = []
+
+    def note() -> None:
+        averages.append([t.clone() for t in ema.averaged])
+        trained.append(weights(learn))
+
+    learn.fit(10, cbs=[Script([1.0, 0.5, 0.6, 0.7] + [0.1] * 6), ema, SaveModelCallback(),
+                       EarlyStoppingCallback(patience=2), late(after_epoch=note)])
+    assert len(learn.recorder.values) == 4  # stopped after two epochs without improvement
+    assert [e for e, _, _ in saves] == [0, 1]  # saved in the improving epochs
+    # What was saved is what was validated, the EMA average, not the training weights of that epoch.
+    saved = saves[1][2]
+    torch.testing.assert_close([saved["weight"], saved["bias"]], averages[1])
+    assert not torch.equal(saved["weight"], trained[1]["weight"])
+    # At the end the best validated weights are back in the model; EMA has put its swap back first.
+    assert not ema.swapped
+    final = weights(learn)
+    assert all(torch.equal(final[k], v) for k, v in saved.items())
+
+
+def test_messages_are_printed_unless_the_learner_is_silent(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    cbs = [Script([1.0, 0.5, 0.6, 0.7]), SaveModelCallback(), ReduceLROnPlateau(patience=1),
+           EarlyStoppingCallback(patience=2)]
+    learn.fit(4, cbs=cbs)
+    assert capsys.readouterr().out == ""
+    learn.logger = lambda row: None
+    learn.fit(4, cbs=cbs)
+    out = [line for line in capsys.readouterr().out.splitlines() if not line.startswith(("epoch", "0", "1", "2", "3"))]
+    assert out == ["Better model found at epoch 0 with valid_loss value: 1.0.",
+                   "Better model found at epoch 1 with valid_loss value: 0.5.",
+                   "Epoch 2: reducing lr to 0.001", "Epoch 3: reducing lr to 0.0001",
+                   "No improvement since epoch 1: early stopping"]
