@@ -65,11 +65,7 @@ def train(args: argparse.Namespace) -> Learner:
     opt_func = getattr(optimizer, OPTIMIZERS[args.opt])
     learn = Learner(dls, SimpleCNN(DIGITS_CLASSES), loss_func=nn.CrossEntropyLoss(), opt_func=opt_func,
                     lr=args.lr, wd=args.wd, metrics=accuracy)
-    fit_one_cycle = getattr(learn, "fit_one_cycle", None)
-    if callable(fit_one_cycle):
-        fit_one_cycle(args.epochs, args.lr)
-    else:
-        learn.fit(args.epochs, args.lr)
+    learn.fit_one_cycle(args.epochs, args.lr)
     if args.out is not None:
         _write_run(learn, args)
     return learn
