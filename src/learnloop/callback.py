@@ -67,7 +67,8 @@ class Callback:
 
     def __setattr__(self, name: str, value: Any) -> None:
         learn = self.__dict__.get("learn")
-        if learn is not None and name != "learn" and hasattr(learn, name):
+        # Only the learner's own attributes count, not those it reads through from the model.
+        if learn is not None and name != "learn" and (name in learn.__dict__ or hasattr(type(learn), name)):
             warnings.warn(
                 f"{type(self).__name__} sets `self.{name}`, which shadows the learner's attribute "
                 f"`{name}`; use `self.learn.{name} = ...` to change the learner's.",
