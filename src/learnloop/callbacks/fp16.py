@@ -1,0 +1,266 @@
+"""Mixed precision training: torch.autocast around forward and loss, and a GradScaler for float16.
+
+Per batch (``MixedPrecision`` has order 10)::
+
+    before_batch     enter autocast(device of the model, float16 | bfloat16)
+    after_pred       learn.pred back to float32
+    after_loss       exit autocast (also at after_batch / after_cancel_batch / after_fit if still active)
+    before_backward  fp16: learn.loss_grad = scaler.scale(learn.loss_grad)   (learn.loss stays unscaled)
+    before_step      fp16: scaler.unscale_ the gradients (once), scaler.step(<recording stand-in>);
+                     an inf/nan gradient -> the stand-in's step() never runs -> CancelStepException,
+                     so opt.step() never runs: optimizer state and step counters stay put
+    after_step       fp16: scaler.update(), only after a step attempt (never on accumulation micro-batches)
+
+A skipped step is reported through :mod:`learnloop.callbacks.steps` so schedules do not advance on it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, cast
+
+import torch
+
+from ..callback import Callback
+from ..events import CancelStepException
+from .steps import record_skipped_step, reset_skipped_steps
+
+__all__ = ["AMPMode", "MixedPrecision", "to_float32"]
+
+
+class AMPMode(StrEnum):
+    """The half-precision types MixedPrecision trains in."""
+
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+_DTYPES = {AMPMode.FP16: torch.float16, AMPMode.BF16: torch.bfloat16}
+
+
+def to_float32(x: Any) -> Any:
+    """`x` with every float16/bfloat16 tensor in it (nested in tuples, lists, dicts) cast to float32."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_float32(o) for o in x)
+    if isinstance(x, dict):
+        return {k: to_float32(v) for k, v in x.items()}
+    return x
+
+
+class _ScalerTarget:
+    """What MixedPrecision hands to ``GradScaler.step`` as the optimizer.
+
+    GradScaler unscales the gradients of ``param_groups`` (the real optimizer's) and calls ``step()``
+    only when they are all finite; this ``step()`` just records that, and the loop then runs the
+    real ``opt.step()``. So any learnloop optimizer works, whatever its ``step`` does.
+    """
+
+    def __init__(self, cb: MixedPrecision) -> None:
+        self.cb = cb
+        self.stepped = False
+
+    @property
+    def param_groups(self) -> Any:
+        return self.cb.learn.opt.param_groups
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        self.stepped = True
+
+
+def _check_scaler_args(init_scale: float, growth_factor: float, backoff_factor: float, growth_interval: int) -> None:
+    if not init_scale > 0:
+        raise ValueError(f"MixedPrecision: init_scale is the first loss scale and must be > 0, got {init_scale!r}.")
+    if not growth_factor > 1:
+        raise ValueError(
+            f"MixedPrecision: growth_factor multiplies the loss scale after growth_interval good steps and must be "
+            f"> 1, got {growth_factor!r}."
+        )
+    if not 0 < backoff_factor < 1:
+        raise ValueError(
+            f"MixedPrecision: backoff_factor shrinks the loss scale after an overflow and must be in (0, 1), "
+            f"got {backoff_factor!r}."
+        )
+    if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
+        raise ValueError(
+            f"MixedPrecision: growth_interval is a number of steps, a whole number >= 1; got {growth_interval!r}."
+        )
+
+
+class MixedPrecision(Callback):
+    """Mixed precision training with ``torch.autocast`` and, for ``amp_mode='fp16'``, a ``GradScaler``.
+
+    bf16 has float32's range, so it needs no loss scaling. Each fit starts a new GradScaler
+    (``learn.scaler`` during fit) at ``init_scale``, as fastai does, unless a ``state_dict()`` was
+    loaded since the last fit: then it resumes from that. ``GradScaler.step`` reads whether the
+    gradients are finite, so an fp16 step waits on the device (as in torch's recipe).
+
+    An exception other than a cancel one, raised by the model or the loss, leaves ``fit`` without any
+    event, so autocast may still be entered afterwards; the next ``before_fit`` of this callback (or
+    ``exit_autocast()``) leaves it.
+
+    >>> learn.fit(1, cbs=MixedPrecision("bf16"))   # or learn.to_bf16(); learn.to_fp16() for float16
+    """
+
+    order = 10
+
+    def __init__(
+        self,
+        amp_mode: str | AMPMode = AMPMode.FP16,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+        enabled: bool = True,
+    ) -> None:
+        try:
+            mode = AMPMode(amp_mode)
+        except ValueError:
+            raise ValueError(
+                f"MixedPrecision: unknown amp_mode {amp_mode!r}; use 'fp16' (float16 with loss scaling) or "
+                "'bf16' (bfloat16, no loss scaling)."
+            ) from None
+        _check_scaler_args(init_scale, growth_factor, backoff_factor, growth_interval)
+        self.amp_mode = mode
+        self.dtype = _DTYPES[mode]
+        self.init_scale, self.growth_factor = init_scale, growth_factor
+        self.backoff_factor, self.growth_interval = backoff_factor, growth_interval
+        self.enabled = enabled
+        self.skipped = False
+        self._autocast: torch.autocast | None = None
+        self._autocast_active = False
+        self._scaler: torch.amp.GradScaler | None = None
+        self._scaler_state: dict[str, Any] | None = None  # loaded, for the next fit's scaler
+        self._target = _ScalerTarget(self)
+        self._unscaled = False  # this step's gradients went through scaler.unscale_
+        self._n_accumulated = 0  # training batches whose scaled gradients await the next step attempt
+
+    @property
+    def use_scaler(self) -> bool:
+        """Whether gradients are scaled: fp16 and enabled."""
+        return self.enabled and self.amp_mode is AMPMode.FP16
+
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """The GradScaler of the current or last fit (fp16 only)."""
+        return self._scaler
+
+    # ------------------------------------------------------------------ autocast
+    def _device_type(self) -> str:
+        param = next(self.learn.model.parameters(), None)
+        if param is not None:
+            return param.device.type
+        device = getattr(self.learn.dls, "device", None)
+        return torch.device(device).type if device is not None else "cpu"
+
+    def exit_autocast(self) -> None:
+        """Leave autocast if this callback entered it."""
+        if self._autocast_active and self._autocast is not None:
+            self._autocast_active = False
+            self._autocast.__exit__(None, None, None)
+
+    def before_fit(self) -> None:
+        self.exit_autocast()
+        device_type = self._device_type()
+        if self.amp_mode is AMPMode.BF16 and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("MixedPrecision: this GPU does not support bfloat16; use amp_mode='fp16'.")
+        self._autocast = torch.autocast(device_type, dtype=self.dtype, enabled=self.enabled)
+        if self.use_scaler:
+            # A fresh scaler each fit, as fastai: a scale collapsed by lr_find's divergence must not carry over.
+            self._scaler = torch.amp.GradScaler(
+                device_type,
+                init_scale=self.init_scale,
+                growth_factor=self.growth_factor,
+                backoff_factor=self.backoff_factor,
+                growth_interval=self.growth_interval,
+            )
+            if self._scaler_state is not None:  # loaded from a checkpoint since the last fit: resume from it
+                self._scaler.load_state_dict(self._scaler_state)
+                self._scaler_state = None
+        self.learn.scaler = self._scaler
+        self._unscaled, self._n_accumulated = False, 0
+        reset_skipped_steps(self.learn)
+
+    def before_batch(self) -> None:
+        self.learn.opt_step_skipped = False
+        if not self._autocast_active and self._autocast is not None:
+            self._autocast.__enter__()
+            self._autocast_active = True
+
+    def after_pred(self) -> None:
+        self.learn.pred = to_float32(self.learn.pred)
+
+    def after_loss(self) -> None:
+        self.exit_autocast()
+
+    # ------------------------------------------------------------- loss scaling
+    def before_backward(self) -> None:
+        if self.use_scaler and self._scaler is not None:
+            self._n_accumulated += 1
+            # A new tensor: learn.loss (the logged, detached loss) is never scaled.
+            self.learn.loss_grad = self._scaler.scale(self.learn.loss_grad)
+
+    def unscale_grads(self) -> None:
+        """Divide this step's gradients by the loss scale, once per step (GradientClip calls it before clipping)."""
+        if self.use_scaler and self._scaler is not None and not self._unscaled:
+            self._scaler.unscale_(cast(torch.optim.Optimizer, self._target))
+            self._unscaled = True
+
+    def before_step(self) -> None:
+        if not self.use_scaler or self._scaler is None:
+            return
+        self.unscale_grads()
+        self._target.stepped = False
+        # Unscaled already, so this only checks the gradients for inf/nan and calls step() when there is none.
+        self._scaler.step(cast(torch.optim.Optimizer, self._target))
+        self.skipped = not self._target.stepped
+        if self.skipped:
+            record_skipped_step(self.learn, self._n_accumulated)
+            raise CancelStepException
+
+    def _update_scaler(self) -> None:
+        if self._unscaled and self._scaler is not None:
+            self._scaler.update()
+        self._unscaled, self._n_accumulated = False, 0
+
+    def after_step(self) -> None:
+        self._update_scaler()
+
+    def after_cancel_batch(self) -> None:
+        self.exit_autocast()
+        if self._unscaled:  # the batch was cancelled inside the step phase, after unscale_
+            self._update_scaler()
+
+    def after_batch(self) -> None:
+        self.exit_autocast()
+        if self._unscaled:
+            self._update_scaler()
+
+    def after_cancel_fit(self) -> None:
+        self.exit_autocast()
+
+    def after_fit(self) -> None:
+        self.exit_autocast()
+        self.learn.scaler = None
+        # The counts stay readable on the learner; the schedule offset must not leak into another fit.
+        self.learn.opt_step_skipped = False
+        self.learn.pct_skipped = 0.0
+
+    # --------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The GradScaler's state (loss scale and growth tracker), or a loaded one not used yet."""
+        if self._scaler_state is not None:
+            return {"scaler": dict(self._scaler_state)}
+        return {"scaler": self._scaler.state_dict() if self._scaler is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        scaler_state = state.get("scaler")
+        if scaler_state is None:
+            return
+        self._scaler_state = dict(scaler_state)  # for the next fit's scaler
+        if self._scaler is not None:
+            self._scaler.load_state_dict(scaler_state)
+
+    def __repr__(self) -> str:
+        return f"MixedPrecision({self.amp_mode.value!r})"

@@ -1,0 +1,156 @@
+"""Callbacks that change how a step is taken: gradient accumulation, gradient clipping, stopping on NaN.
+
+With MixedPrecision they run in this order (by ``order``)::
+
+    GradientAccumulation (6)   after_loss: loss_grad scaled down;  after_backward: cancel the batch until
+                               enough samples (or batches) have accumulated, so zero_grad is skipped
+    MixedPrecision       (10)  before_backward: loss_grad *= loss scale;  before_step: unscale, skip on inf/nan
+    GradientClip         (11)  before_step: clip the (unscaled) gradients, then opt.step()
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..callback import Callback
+from ..events import CancelBatchException, CancelFitException
+from .fp16 import MixedPrecision
+
+__all__ = ["GradientAccumulation", "GradientClip", "TerminateOnNaNCallback"]
+
+
+def _whole(name: str, value: Any, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: {name} must be a whole number, got {value!r}.")
+    if value < 1:
+        raise ValueError(f"{owner}: {name} must be >= 1, got {value!r}.")
+    return value
+
+
+def batch_size(yb: tuple[Any, ...]) -> int:
+    """The number of items in a batch, from its first target (a tensor's first dimension, or len)."""
+    first = yb[0]
+    while isinstance(first, (tuple, list)) and first and isinstance(first[0], (torch.Tensor, tuple, list)):
+        first = first[0]
+    if isinstance(first, torch.Tensor):
+        return int(first.shape[0]) if first.ndim else 1
+    return len(first)
+
+
+class GradientAccumulation(Callback):
+    """Accumulate gradients over several batches before each optimizer step.
+
+    fastai's semantics: with ``n_acc`` (32 when neither argument is given) the step happens once at
+    least ``n_acc`` *samples* have been seen, and each batch's ``loss_grad`` is multiplied by
+    ``bs / n_acc``, so with a mean-reduced loss the accumulated gradient is the mean over the ``n_acc``
+    samples, as one batch of ``n_acc`` would give. With ``n_steps`` the step happens every
+    ``n_steps`` batches and ``loss_grad`` is divided by ``n_steps``. The logged ``learn.loss`` is never
+    scaled. A partial accumulation carries over to the next epoch; gradients left over at the end of a
+    fit are dropped at ``after_fit`` so they cannot leak into the next one.
+
+    The schedule (ParamScheduler) follows ``pct_train`` as in fastai: hyper-parameters are set every
+    batch but only the values at the stepping batches are used, and those sample the whole schedule,
+    so a one-cycle spans the fit whatever ``n_acc``. Accumulation micro-batches are not skipped steps.
+
+    >>> learn.fit(1, cbs=GradientAccumulation(n_acc=64))   # batches of 16: one step every 4 batches
+    """
+
+    order = MixedPrecision.order - 4
+    run_valid = False
+
+    def __init__(self, n_acc: int | None = None, n_steps: int | None = None) -> None:
+        if n_acc is not None and n_steps is not None:
+            raise ValueError(
+                "GradientAccumulation: give n_acc (samples per step) or n_steps (batches per step), not both."
+            )
+        self.n_steps = _whole("n_steps", n_steps, "GradientAccumulation") if n_steps is not None else None
+        self.n_acc = _whole("n_acc", n_acc, "GradientAccumulation") if n_acc is not None else 32
+        self.count = 0
+
+    @property
+    def target(self) -> int:
+        """How much accumulates before a step: samples (``n_acc``) or batches (``n_steps``)."""
+        return self.n_steps if self.n_steps is not None else self.n_acc
+
+    def before_fit(self) -> None:
+        self.count = 0
+
+    def after_loss(self) -> None:
+        learn = self.learn
+        if not learn.yb:
+            return
+        if self.n_steps is not None:
+            learn.loss_grad = learn.loss_grad / self.n_steps
+        else:  # not in place: learn.loss shares the storage of loss_grad
+            learn.loss_grad = learn.loss_grad * (batch_size(learn.yb) / self.n_acc)
+
+    def before_backward(self) -> None:
+        self.count += 1 if self.n_steps is not None else batch_size(self.learn.yb)
+
+    def after_backward(self) -> None:
+        if self.count < self.target:
+            raise CancelBatchException  # before opt.step and zero_grad: the gradients add up
+        self.count = 0
+
+    def after_fit(self) -> None:
+        if self.count and self.learn.opt is not None:
+            self.learn.opt.zero_grad()
+        self.count = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """How much has accumulated towards the next step."""
+        return {"count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = int(state.get("count", 0))
+
+
+class GradientClip(Callback):
+    """Clip the norm of the gradients to ``max_norm`` before each step (``torch.nn.utils.clip_grad_norm_``).
+
+    Runs after MixedPrecision, on gradients it has unscaled (it unscales them itself if run earlier).
+    ``total_norm`` holds the norm before clipping, as a tensor, so reading it is the only host sync.
+    """
+
+    order = MixedPrecision.order + 1
+    run_valid = False
+
+    def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0) -> None:
+        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
+            raise ValueError(f"GradientClip: max_norm must be a number > 0, got {max_norm!r}.")
+        if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or not norm_type > 0:
+            raise ValueError(f"GradientClip: norm_type must be > 0 (2.0, 1.0, or math.inf), got {norm_type!r}.")
+        self.max_norm, self.norm_type = float(max_norm), float(norm_type)
+        self.total_norm: torch.Tensor | None = None
+
+    def before_step(self) -> None:
+        mixed = getattr(self.learn, "mixed_precision", None)
+        if isinstance(mixed, MixedPrecision):
+            mixed.unscale_grads()
+        params = [p for p in self.learn.model.parameters() if p.grad is not None]
+        if params:
+            self.total_norm = nn.utils.clip_grad_norm_(params, self.max_norm, self.norm_type)
+
+
+class TerminateOnNaNCallback(Callback):
+    """Stop training (CancelFitException in after_batch) when the training loss is NaN or infinite.
+
+    Only ``learn.loss`` is checked, once per training batch; reading it waits for the device to finish
+    the batch. Validation batches are not checked (fastai checks them too): ``validate()`` and
+    ``get_preds()`` have no fit phase to catch the exception, and weights that make the validation
+    loss NaN stop training at the next training batch anyway.
+    """
+
+    order = -9
+    run_valid = False
+
+    def after_batch(self) -> None:
+        loss = self.learn.loss
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+            raise CancelFitException
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise CancelFitException

@@ -1,0 +1,256 @@
+"""EMACallback: the average itself, real steps only, swapping for validation (and back on every path)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import synth_dls
+from learnloop import Callback, CancelStepException, CancelValidException, Learner
+from learnloop.callback import noop
+from learnloop.callbacks.ema import EMACallback
+from learnloop.callbacks.training import GradientAccumulation
+from learnloop.optimizer import SGD
+
+
+def make_learner(model: nn.Module | None = None, n_train: int = 64, bs: int = 16, **kwargs: Any) -> Learner:
+    torch.manual_seed(0)
+    model = model if model is not None else nn.Linear(2, 1)
+    learn = Learner(synth_dls(n_train=n_train, bs=bs), model, loss_func=nn.MSELoss(), opt_func=SGD, lr=0.1, **kwargs)
+    learn.logger = noop
+    return learn
+
+
+def weights(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+class Track(Callback):
+    """Training weights after each step, weights seen during validation and at phase boundaries."""
+
+    order = 100
+
+    def __init__(self) -> None:
+        self.after_steps: list[list[torch.Tensor]] = []
+        self.in_validation: list[list[torch.Tensor]] = []
+        self.at_before_train: list[list[torch.Tensor]] = []
+        self.at_after_validate: list[list[torch.Tensor]] = []
+
+    def after_step(self) -> None:
+        self.after_steps.append(weights(self.learn.model))
+
+    def before_train(self) -> None:
+        self.at_before_train.append(weights(self.learn.model))
+
+    def before_batch(self) -> None:
+        if not self.learn.training:
+            self.in_validation.append(weights(self.learn.model))
+
+    def after_validate(self) -> None:
+        self.at_after_validate.append(weights(self.learn.model))
+
+
+@pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1, True, "0.9", float("nan")])
+def test_decay_outside_open_unit_interval(decay: Any) -> None:
+    with pytest.raises(ValueError, match=r"decay must be a number in \(0, 1\)"):
+        EMACallback(decay=decay)
+
+
+def test_average_matches_the_formula() -> None:
+    learn = make_learner()
+    start = weights(learn.model)
+    ema, track = EMACallback(decay=0.8), Track()
+    learn.fit(2, cbs=[ema, track])
+    expected = start
+    for w in track.after_steps:
+        expected = [0.8 * e + 0.2 * x for e, x in zip(expected, w, strict=True)]
+    assert ema.n_updates == len(track.after_steps) == 8
+    for got, want in zip(ema.averaged, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_validation_uses_the_average_and_training_weights_come_back() -> None:
+    learn = make_learner()
+    ema, track = EMACallback(decay=0.5), Track()
+    learn.add_cbs([ema, track])  # on the learner, not only for the fit: validate() below uses it too
+    learn.fit(2)
+    # Epoch 0 ends after 4 steps: validation saw the average, after_validate the training weights again.
+    assert not same(track.in_validation[0], track.after_steps[3])
+    assert same(track.at_after_validate[0], track.after_steps[3])
+    assert same(track.at_before_train[1], track.after_steps[3])
+    assert same(weights(learn.model), track.after_steps[-1])  # training weights after fit
+    assert not ema.swapped
+    # The recorded valid loss is the average's.
+    xv, yv = learn.dls.valid.dataset.tensors
+    w, b = ema.averaged
+    ema_loss = nn.functional.mse_loss(xv @ w.T + b, yv).item()
+    assert learn.recorder.values[-1][1] == pytest.approx(ema_loss, rel=1e-5)
+    # validate() and get_preds() outside fit use the average too, and give the model back.
+    assert learn.validate()[0] == pytest.approx(ema_loss, rel=1e-5)
+    preds, _ = learn.get_preds()
+    torch.testing.assert_close(preds, xv @ w.T + b)
+    assert same(weights(learn.model), track.after_steps[-1])
+
+
+class CancelValidation(Callback):
+    def after_pred(self) -> None:
+        if not self.learn.training:
+            raise CancelValidException
+
+
+def test_cancelled_validation_restores_training_weights() -> None:
+    learn = make_learner()
+    ema, track = EMACallback(decay=0.5), Track()
+    learn.fit(2, cbs=[ema, track, CancelValidation()])
+    assert same(track.at_before_train[1], track.after_steps[3])
+    assert same(weights(learn.model), track.after_steps[-1])
+
+
+class FailValidation(Callback):
+    def after_pred(self) -> None:
+        if not self.learn.training:
+            raise RuntimeError("validation broke")
+
+
+def test_exception_in_validation_keeps_training_weights_recoverable() -> None:
+    learn = make_learner()
+    ema, track = EMACallback(decay=0.5), Track()
+    learn.add_cbs([ema, track])
+    failing = FailValidation()
+    with pytest.raises(RuntimeError, match="validation broke"):
+        learn.fit(1, cbs=failing)
+    assert ema.swapped  # no event fired on the way out: the average is still in the model
+    ema.restore_training_weights()
+    assert not ema.swapped and same(weights(learn.model), track.after_steps[-1])
+    # The next fit also restores them by itself at before_fit.
+    with pytest.raises(RuntimeError):
+        learn.fit(1, cbs=failing)
+    last = track.after_steps[-1]
+    learn.fit(1)
+    assert same(track.at_before_train[-1], last)
+
+
+class CancelStepAt(Callback):
+    order = 20
+
+    def __init__(self, at_iter: int) -> None:
+        self.at_iter = at_iter
+
+    def before_step(self) -> None:
+        if self.learn.train_iter == self.at_iter:
+            raise CancelStepException
+
+
+def test_cancelled_step_does_not_update_the_average() -> None:
+    learn = make_learner()
+    ema = EMACallback(decay=0.5)
+    seen: list[list[torch.Tensor]] = []
+
+    class Snap(Callback):
+        order = 100
+
+        def after_batch(self) -> None:
+            if self.learn.training:
+                seen.append([t.clone() for t in ema.averaged])
+
+    learn.fit(1, cbs=[ema, CancelStepAt(1), Snap()])
+    assert ema.n_updates == 3
+    assert same(seen[0], seen[1]) and not same(seen[1], seen[2])
+
+
+def test_accumulation_micro_batches_do_not_update_the_average() -> None:
+    learn = make_learner(n_train=64, bs=8)
+    ema = EMACallback()
+    learn.fit(1, cbs=[ema, GradientAccumulation(n_acc=32)])
+    assert ema.n_updates == 2
+
+
+def test_state_dict_round_trip() -> None:
+    learn = make_learner()
+    ema = EMACallback(decay=0.7)
+    learn.fit(1, cbs=ema)
+    buffer = io.BytesIO()
+    torch.save(ema.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    fresh = EMACallback(decay=0.7)
+    fresh.load_state_dict(state)  # no learner yet: applied at before_fit
+    other = make_learner()
+    other.add_cb(fresh)
+    other.validate()
+    assert fresh.n_updates == 4
+    assert same(fresh.averaged, ema.averaged)
+    attached = EMACallback(decay=0.7)
+    other.add_cb(attached)
+    attached.load_state_dict(state)  # on a learner: checked and applied at once
+    assert same(attached.averaged, ema.averaged)
+
+
+def test_state_from_another_model_is_refused() -> None:
+    learn = make_learner()
+    ema = EMACallback()
+    learn.fit(1, cbs=ema)
+    bigger = make_learner(model=nn.Sequential(nn.Linear(2, 4), nn.Linear(4, 1)))
+    fresh = EMACallback()
+    bigger.add_cb(fresh)
+    with pytest.raises(ValueError, match="was it saved from another model"):
+        fresh.load_state_dict(ema.state_dict())
+
+
+def bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+
+
+@pytest.mark.parametrize("ema_buffers", [True, False])
+def test_buffers_option(ema_buffers: bool) -> None:
+    learn = make_learner(model=bn_model())
+    bn = next(m for m in learn.model.modules() if isinstance(m, nn.BatchNorm1d))
+    assert bn.running_mean is not None
+    running_mean: torch.Tensor = bn.running_mean  # updated in place, so this stays the live buffer
+    ema, track = EMACallback(decay=0.5, ema_buffers=ema_buffers), Track()
+    running: list[torch.Tensor] = []
+
+    class Buffers(Callback):
+        order = 100
+
+        def after_step(self) -> None:
+            running.append(running_mean.clone())
+
+        def before_batch(self) -> None:
+            if not self.learn.training:
+                running.append(running_mean.clone())
+
+    learn.fit(1, cbs=[ema, track, Buffers()])
+    in_validation, training = running[-1], running[-2]
+    if ema_buffers:
+        assert len(ema.averaged) == 6 + 2  # params, then running_mean and running_var
+        torch.testing.assert_close(in_validation, ema.averaged[6])
+        assert not torch.equal(in_validation, training)
+    else:
+        assert len(ema.averaged) == 6
+        assert torch.equal(in_validation, training)
+    assert torch.equal(running_mean, training)  # training statistics back after fit
+
+
+def test_replace_weights_at_the_end() -> None:
+    learn = make_learner()
+    ema = EMACallback(decay=0.5, replace_weights=True)
+    learn.fit(1, cbs=ema)
+    assert same(weights(learn.model), ema.averaged)
+
+
+def test_no_validation_swap_when_asked() -> None:
+    learn = make_learner()
+    ema, track = EMACallback(decay=0.5, validate_ema=False), Track()
+    learn.fit(1, cbs=[ema, track])
+    assert same(track.in_validation[0], track.after_steps[-1])
+    assert ema.n_updates == 4

@@ -1,0 +1,276 @@
+"""MixedPrecision: autocast, the fp16 GradScaler path (skipped steps), and to_fp16/to_bf16/to_fp32."""
+
+from __future__ import annotations
+
+import io
+import math
+from functools import partial
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import synth_dls, synth_learner
+from learnloop import Callback, CancelBatchException, CancelFitException, Learner
+from learnloop.callback import noop
+from learnloop.callbacks.ema import EMACallback
+from learnloop.callbacks.fp16 import MixedPrecision, to_float32
+from learnloop.callbacks.steps import schedule_pct
+from learnloop.optimizer import SGD, Adam, OptimWrapper
+
+
+def autocast_on() -> bool:
+    return torch.is_autocast_enabled("cpu")
+
+
+def mlp_learner(**kwargs: Any) -> Learner:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+    learn = Learner(synth_dls(n_train=64, bs=16), model, loss_func=nn.MSELoss(), **kwargs)
+    learn.logger = noop
+    return learn
+
+
+class Probe(Callback):
+    """Records, per batch, what the rest of the loop saw."""
+
+    order = 100
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def before_batch(self) -> None:
+        self.row: dict[str, Any] = {"training": self.learn.training, "autocast_at_start": autocast_on()}
+        self.row["weights_before"] = [p.detach().clone() for p in self.learn.model.parameters()]
+        if self.learn.training:
+            self.row["schedule_pct"] = schedule_pct(self.learn)
+
+    def after_pred(self) -> None:
+        self.row["pred_dtype"] = self.learn.pred.dtype
+        self.row["pred"] = self.learn.pred.detach().clone()
+
+    def after_loss(self) -> None:
+        self.row["loss"] = self.learn.loss.clone()
+        self.row["autocast_after_loss"] = autocast_on()
+
+    def after_backward(self) -> None:
+        self.row["loss_grad"] = self.learn.loss_grad.detach().clone()
+        scaler = getattr(self.learn, "scaler", None)
+        self.row["scale"] = scaler.get_scale() if scaler is not None else 1.0
+
+    def after_batch(self) -> None:
+        self.row["weights_after"] = [p.detach().clone() for p in self.learn.model.parameters()]
+        self.row["autocast_at_end"] = autocast_on()
+        self.row["opt_step_skipped"] = getattr(self.learn, "opt_step_skipped", None)
+        self.rows.append(self.row)
+
+
+class InfGradAt(Callback):
+    """Puts an inf in the first parameter's gradient on the given training iterations."""
+
+    def __init__(self, *iters: int) -> None:
+        self.iters = set(iters)
+
+    def after_backward(self) -> None:
+        if self.learn.train_iter in self.iters:
+            grad = next(self.learn.model.parameters()).grad
+            assert grad is not None
+            grad.view(-1)[0] = math.inf
+
+
+def train_rows(probe: Probe) -> list[dict[str, Any]]:
+    return [r for r in probe.rows if r["training"]]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+# ------------------------------------------------------------------------------------------- bf16
+def test_bf16_autocasts_the_forward_and_gives_float32_preds() -> None:
+    learn = mlp_learner(cbs=MixedPrecision("bf16"))
+    inner: list[torch.dtype] = []
+    first = next(m for m in learn.model.modules() if isinstance(m, nn.Linear))
+    first.register_forward_hook(lambda m, i, o: inner.append(o.dtype))
+    probe = Probe()
+    learn.fit(1, cbs=probe)
+    assert inner and set(inner) == {torch.bfloat16}  # training and validation forwards
+    assert {r["pred_dtype"] for r in probe.rows} == {torch.float32}
+    assert all(r["loss"].dtype == torch.float32 for r in probe.rows)
+    assert not any(r["autocast_after_loss"] or r["autocast_at_end"] for r in probe.rows)
+    assert learn.mixed_precision.scaler is None  # bf16 needs no loss scaling
+    assert train_rows(probe)[0]["loss_grad"].dtype == torch.float32
+    assert not autocast_on()
+    preds, _ = learn.get_preds()
+    assert preds.dtype == torch.float32
+
+
+def test_to_float32_casts_nested_half_tensors_only() -> None:
+    half, bf, dbl = torch.ones(2, dtype=torch.float16), torch.ones(2, dtype=torch.bfloat16), torch.ones(2).double()
+    out = to_float32((half, [bf, {"a": dbl}], 3))
+    assert out[0].dtype == torch.float32 and out[1][0].dtype == torch.float32
+    assert out[1][1]["a"].dtype == torch.float64 and out[2] == 3
+
+
+# ------------------------------------------------------------------------------------------- fp16
+def test_fp16_scales_loss_grad_but_never_the_logged_loss() -> None:
+    learn = synth_learner(n_train=64, bs=16, cbs=MixedPrecision(init_scale=2.0**8))
+    probe = Probe()
+    learn.fit(1, cbs=probe)
+    rows = train_rows(probe)
+    y = [b[1] for b in learn.dls.train]
+    for row, yb in zip(rows, y, strict=True):
+        assert row["pred_dtype"] == torch.float32
+        assert torch.allclose(row["loss"], nn.functional.mse_loss(row["pred"], yb))  # unscaled
+        assert torch.allclose(row["loss_grad"], row["loss"] * row["scale"], rtol=1e-6)
+    assert learn.recorder.losses[0].item() == pytest.approx(rows[0]["loss"].item(), rel=1e-6)
+    assert learn.skipped_steps == 0
+    assert not any(r["weights_before"][0].equal(r["weights_after"][0]) for r in rows)
+
+
+@pytest.mark.parametrize(
+    "opt_func",
+    [Adam, SGD, partial(OptimWrapper, opt=torch.optim.AdamW)],
+    ids=["Adam", "SGD", "OptimWrapper(AdamW)"],
+)
+def test_fp16_inf_gradient_skips_the_step(opt_func: Any) -> None:
+    learn = synth_learner(n_train=64, bs=16, opt_func=opt_func, cbs=MixedPrecision(init_scale=2.0**8))
+    probe, ema = Probe(), EMACallback(decay=0.5)
+    learn.fit(1, cbs=[probe, ema, InfGradAt(1)])
+    rows = train_rows(probe)
+    assert len(rows) == 4
+    assert [r["opt_step_skipped"] for r in rows] == [False, True, False, False]
+    assert same(rows[1]["weights_before"], rows[1]["weights_after"])  # the step did not run
+    assert not any(same(r["weights_before"], r["weights_after"]) for i, r in enumerate(rows) if i != 1)
+    assert learn.skipped_steps == 1
+    assert learn.mixed_precision.scaler.get_scale() == 2.0**7  # backed off once, after the skipped attempt
+    assert ema.n_updates == 3
+    if opt_func is Adam:  # the optimizer's own step counter did not move either
+        assert all(learn.opt.state[p]["step"] == 3 for p in learn.model.parameters())
+    # The schedule clock holds still over the skipped step: batch 2 gets what batch 1 had.
+    assert [r["schedule_pct"] for r in rows] == pytest.approx([0.0, 0.25, 0.25, 0.5])
+    # The logged losses are the plain ones, even on the skipped batch.
+    assert all(torch.isfinite(r["loss"]) and r["loss"] < 100 for r in rows)
+    assert learn.pct_skipped == 0.0  # reset at after_fit: it must not shift a later fit's schedule
+
+
+def test_fp16_natural_overflow_backs_off_the_scale() -> None:
+    """With torch's default scale, the first fp16 backward overflows; the scale halves until it fits."""
+    learn = mlp_learner(cbs=MixedPrecision(init_scale=2.0**24))
+    learn.fit(1)
+    scaler = learn.mixed_precision.scaler
+    assert learn.skipped_steps >= 1
+    assert scaler.get_scale() == 2.0 ** (24 - learn.skipped_steps)
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+
+# -------------------------------------------------------------------------------- autocast exits
+class RaiseAt(Callback):
+    order = 20  # after MixedPrecision's after_pred
+
+    def __init__(self, exc: type[BaseException] | BaseException, event: str = "after_pred", at_iter: int = 1) -> None:
+        self.exc, self.at_iter = exc, at_iter
+        setattr(self, event, self._maybe_raise)
+
+    def _maybe_raise(self) -> None:
+        if self.learn.training and self.learn.iter == self.at_iter:
+            raise self.exc
+
+
+@pytest.mark.parametrize("event", ["after_pred", "after_loss"])
+def test_cancelled_batch_leaves_autocast(event: str) -> None:
+    learn = mlp_learner(cbs=MixedPrecision("bf16"))
+    probe = Probe()
+    learn.fit(1, cbs=[RaiseAt(CancelBatchException, event), probe])
+    assert len(train_rows(probe)) == 4
+    assert all(r["autocast_at_start"] for r in probe.rows)  # entered by MixedPrecision (order 10 < 100)
+    assert not any(r["autocast_at_end"] for r in probe.rows)  # and left, whether the batch was cancelled or not
+    assert not autocast_on()
+
+
+def test_cancelled_fit_leaves_autocast() -> None:
+    learn = mlp_learner(cbs=MixedPrecision("fp16"))
+    learn.fit(1, cbs=RaiseAt(CancelFitException))
+    assert not autocast_on()
+    assert learn.scaler is None
+
+
+def test_exception_out_of_fit_then_next_fit_leaves_autocast() -> None:
+    learn = mlp_learner(cbs=MixedPrecision("bf16"))
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            learn.fit(1, cbs=RaiseAt(RuntimeError("boom")))
+        # No event fires on this path; the next fit (or exit_autocast) leaves the context.
+        learn.fit(1)
+        assert not autocast_on()
+    finally:
+        learn.mixed_precision.exit_autocast()
+    assert not autocast_on()
+
+
+# ---------------------------------------------------------------------------- learner methods
+def test_to_fp16_to_bf16_to_fp32() -> None:
+    learn = synth_learner()
+    assert learn.to_fp16(init_scale=1024.0) is learn
+    learn.to_fp16()
+    mps = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
+    assert len(mps) == 1 and mps[0].amp_mode == "fp16" and learn.mixed_precision is mps[0]
+    learn.to_bf16()
+    mps = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
+    assert len(mps) == 1 and mps[0].amp_mode == "bf16"
+    learn.fit(1)
+    assert learn.to_fp32() is learn
+    assert not any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
+    assert not hasattr(learn, "mixed_precision")
+    with pytest.raises(ValueError, match="unknown amp_mode 'fp8'"):
+        learn.to_fp16(amp_mode="fp8")
+    assert not any(isinstance(cb, MixedPrecision) for cb in learn.cbs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"amp_mode": "float16"}, "unknown amp_mode 'float16'; use 'fp16'"),
+        ({"init_scale": 0.0}, "init_scale .* must be > 0"),
+        ({"growth_factor": 1.0}, "growth_factor .* must be > 1"),
+        ({"backoff_factor": 1.5}, r"backoff_factor .* must be in \(0, 1\)"),
+        ({"growth_interval": 0}, "growth_interval .* >= 1"),
+    ],
+)
+def test_bad_arguments_fail_at_creation(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        MixedPrecision(**kwargs)
+
+
+def test_scaler_state_travels_in_state_dict() -> None:
+    learn = synth_learner(n_train=64, bs=16, cbs=MixedPrecision(init_scale=2.0**8))
+    learn.fit(1, cbs=InfGradAt(0, 2))
+    state = learn.mixed_precision.state_dict()
+    assert state["scaler"]["scale"] == 2.0**6
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    fresh = MixedPrecision()
+    fresh.load_state_dict(loaded)  # before the scaler exists: applied at the first before_fit
+    assert fresh.state_dict()["scaler"]["scale"] == 2.0**6
+    other = synth_learner(cbs=fresh)
+    other.fit(1)
+    assert fresh.scaler is not None and fresh.scaler.get_scale() == 2.0**6
+    fresh.load_state_dict({"scaler": {**loaded["scaler"], "scale": 2.0**3}})  # the scaler exists now
+    assert fresh.scaler.get_scale() == 2.0**3 and fresh.state_dict()["scaler"]["scale"] == 2.0**3
+
+
+def test_each_fit_starts_a_fresh_scaler_unless_state_was_loaded() -> None:
+    learn = synth_learner(n_train=64, bs=16, cbs=MixedPrecision(init_scale=2.0**8))
+    learn.fit(1, cbs=InfGradAt(1, 2, 3))  # say lr_find diverged: the scale collapsed
+    mp = learn.mixed_precision
+    assert mp.scaler.get_scale() == 2.0**5
+    state = mp.state_dict()
+    learn.fit(1)
+    assert mp.scaler.get_scale() == 2.0**8  # fastai's behaviour: the next fit starts at init_scale
+    assert learn.skipped_steps == 0  # counted per fit
+    mp.load_state_dict(state)  # resuming from a checkpoint: the next fit continues from its scale
+    learn.fit(1)
+    assert mp.scaler.get_scale() == 2.0**5

@@ -1,0 +1,102 @@
+"""Speed helpers: ChannelsLast, CompileModel and ProfilerCallback."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import synth_learner
+from learnloop import DataLoaders, Learner
+from learnloop.callback import noop
+from learnloop.callbacks.perf import ChannelsLast, CompileModel, ProfilerCallback
+
+
+def conv_learner(**kwargs: Any) -> Learner:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 3, 8, 8, generator=g), torch.randn(32, 1, generator=g)
+    dls = DataLoaders.from_tensors(x[:24], y[:24], x[24:], y[24:], bs=8, shuffle=False, device="cpu")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+    learn = Learner(dls, model, loss_func=nn.MSELoss(), **kwargs)
+    learn.logger = noop
+    return learn
+
+
+def test_channels_last_converts_model_and_4d_inputs() -> None:
+    learn = conv_learner()
+    seen: list[tuple[bool, bool]] = []
+    conv = next(m for m in learn.model.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_pre_hook(
+        lambda m, args: seen.append((args[0].is_contiguous(memory_format=torch.channels_last), learn.training))
+    )
+    learn.fit(1, cbs=ChannelsLast())
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert seen and all(cl for cl, _ in seen)
+    assert {training for _, training in seen} == {True, False}  # validation batches too
+
+
+def test_compile_model_calls_module_compile_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    learn = synth_learner()
+    calls: list[dict[str, Any]] = []
+
+    def fake_compile(**kwargs: Any) -> None:
+        calls.append(kwargs)
+        learn.model._compiled_call_impl = learn.model._call_impl  # what nn.Module.compile leaves behind
+
+    monkeypatch.setattr(learn.model, "compile", fake_compile)
+    cb = CompileModel(mode="reduce-overhead", dynamic=False)
+    learn.add_cb(cb)
+    learn.fit(1)
+    learn.fit(1)
+    assert calls == [{"mode": "reduce-overhead", "dynamic": False}]  # compiled once, kept for later fits
+
+
+def test_compile_model_in_place() -> None:
+    """A real torch.compile (inductor) of a tiny model: a few seconds on a CPU, most of it importing dynamo."""
+    learn = synth_learner()
+    model = learn.model
+    keys = list(model.state_dict())
+    assert not CompileModel.is_compiled(model)
+    try:
+        learn.fit(1, cbs=CompileModel())
+    except Exception as e:  # noqa: BLE001 - no C++ toolchain, unsupported platform...
+        pytest.skip(f"torch.compile's inductor backend is not usable here: {type(e).__name__}: {e}")
+    assert learn.model is model and CompileModel.is_compiled(model)
+    assert list(model.state_dict()) == keys  # no `_orig_mod.` prefix: checkpoints are unchanged
+    assert learn.opt.param_lists[0][0] is model.weight
+    assert all(math.isfinite(v) for v in learn.recorder.values[-1])
+
+
+def test_profiler_writes_a_chrome_trace(tmp_path: Path) -> None:
+    learn = synth_learner(n_train=64, bs=8)  # 8 training batches
+    prof = ProfilerCallback(wait=1, warmup=1, active=2, path=tmp_path / "trace.json")
+    learn.fit(1, cbs=prof)
+    assert prof.traces == [tmp_path / "trace.json"]
+    trace = json.loads((tmp_path / "trace.json").read_text())
+    names = {e.get("name", "") for e in trace["traceEvents"]}
+    assert any("aten::" in n for n in names)
+    assert prof._running is False
+
+
+@pytest.mark.filterwarnings("ignore:Warning. Profiler clears events:UserWarning")  # one trace per cycle is the point
+def test_profiler_cycles_and_default_path(tmp_path: Path) -> None:
+    learn = synth_learner(n_train=64, bs=8, path=tmp_path)
+    prof = ProfilerCallback(wait=0, warmup=1, active=1, repeat=2)
+    learn.add_cb(prof)
+    learn.fit(1)
+    assert prof.traces == [tmp_path / "trace.json", tmp_path / "trace_1.json"]
+    assert all(p.exists() for p in prof.traces)
+    learn.validate()  # no training batch: no profiler started, the traces are kept
+    assert len(prof.traces) == 2
+
+
+@pytest.mark.parametrize("kwargs", [{"active": 0}, {"wait": -1}, {"repeat": 1.5}])
+def test_profiler_bad_schedule(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="ProfilerCallback: .* is a number of steps"):
+        ProfilerCallback(**kwargs)

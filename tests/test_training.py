@@ -1,0 +1,317 @@
+"""GradientAccumulation, GradientClip, TerminateOnNaNCallback, and their combination with MixedPrecision."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import EventLog, synth_dls
+from learnloop import Callback, Learner
+from learnloop.callback import noop
+from learnloop.callbacks.ema import EMACallback
+from learnloop.callbacks.fp16 import MixedPrecision
+from learnloop.callbacks.steps import schedule_pct
+from learnloop.callbacks.training import GradientAccumulation, GradientClip, TerminateOnNaNCallback, batch_size
+from learnloop.optimizer import SGD, Adam
+
+
+def make_learner(n_train: int = 32, bs: int = 8, model: nn.Module | None = None, **kwargs: Any) -> Learner:
+    torch.manual_seed(0)
+    model = model if model is not None else nn.Linear(2, 1)
+    learn = Learner(synth_dls(n_train=n_train, bs=bs), model, loss_func=nn.MSELoss(), **kwargs)
+    learn.logger = noop
+    return learn
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+
+
+def weights(learn: Learner) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in learn.model.parameters()]
+
+
+class CountSteps(Callback):
+    def before_fit(self) -> None:
+        self.steps = 0
+
+    def after_step(self) -> None:
+        self.steps += 1
+
+
+# ------------------------------------------------------------------------------- accumulation
+@pytest.mark.parametrize("opt_func", [SGD, Adam], ids=["SGD", "Adam"])
+@pytest.mark.parametrize("acc", [{"n_acc": 32}, {"n_steps": 4}], ids=["n_acc", "n_steps"])
+def test_accumulation_matches_one_big_batch(opt_func: Any, acc: dict[str, int]) -> None:
+    big = make_learner(bs=32, opt_func=opt_func, lr=0.1)
+    big.fit(2)
+    small = make_learner(bs=8, opt_func=opt_func, lr=0.1)
+    counter = CountSteps()
+    small.fit(2, cbs=[GradientAccumulation(**acc), counter])
+    assert counter.steps == 2
+    for a, b in zip(weights(small), weights(big), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_counts_samples_and_drops_leftovers() -> None:
+    learn = make_learner(n_train=64, bs=8)
+    counter, acc = CountSteps(), GradientAccumulation(n_acc=20)
+    learn.fit(1, cbs=[counter, acc])
+    assert counter.steps == 2  # after 24 and 48 samples; the last 16 never reach 20
+    assert all(p.grad is None for p in learn.model.parameters())  # the partial accumulation is not kept
+    assert acc.count == 0
+
+
+def test_accumulation_beyond_the_data_never_steps() -> None:
+    learn = make_learner(n_train=32, bs=8)
+    before = weights(learn)
+    learn.fit(2, lr=0.1, cbs=GradientAccumulation(n_acc=1000))
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(learn), strict=True))
+    assert learn.recorder.values[0][1] == learn.recorder.values[1][1]
+
+
+class LossProbe(Callback):
+    order = 100
+
+    def before_fit(self) -> None:
+        self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def after_loss(self) -> None:
+        if self.learn.training:
+            self.rows.append((self.learn.loss.clone(), self.learn.pred.detach(), self.learn.yb[0]))
+
+
+def test_accumulation_logs_the_unscaled_loss() -> None:
+    learn = make_learner(bs=8)
+    probe = LossProbe()
+    learn.fit(1, cbs=[GradientAccumulation(n_acc=32), probe])
+    for loss, pred, y in probe.rows:
+        torch.testing.assert_close(loss, nn.functional.mse_loss(pred, y))
+    assert learn.recorder.losses[0].item() == pytest.approx(probe.rows[0][0].item(), rel=1e-6)
+
+
+def test_batch_size_of_targets() -> None:
+    assert batch_size((torch.zeros(5, 3),)) == 5
+    assert batch_size(([torch.zeros(4), torch.zeros(4)],)) == 4
+    assert batch_size(([1, 2, 3],)) == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"n_acc": 0}, ValueError, "n_acc must be >= 1, got 0"),
+        ({"n_steps": -2}, ValueError, "n_steps must be >= 1"),
+        ({"n_acc": 2.5}, TypeError, "n_acc must be a whole number"),
+        ({"n_acc": 32, "n_steps": 4}, ValueError, "not both"),
+    ],
+)
+def test_accumulation_bad_arguments(kwargs: dict[str, Any], exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        GradientAccumulation(**kwargs)
+
+
+def test_accumulation_state_dict() -> None:
+    acc = GradientAccumulation(n_acc=64)
+    learn = make_learner(n_train=32, bs=8)
+    learn.add_cb(acc)
+    acc.count = 24
+    other = GradientAccumulation(n_acc=64)
+    other.load_state_dict(acc.state_dict())
+    assert other.count == 24
+
+
+# ------------------------------------------------------------------------------------ clipping
+class GradNorms(Callback):
+    """Records the gradient norm at before_step, wherever its order puts it."""
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self.norms: list[float] = []
+
+    def before_step(self) -> None:
+        grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
+        self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_clip_bounds_the_gradient_norm(norm_type: float) -> None:
+    learn = make_learner(model=mlp(), lr=0.1)
+    after = GradNorms(order=20)
+    clip = GradientClip(max_norm=0.05, norm_type=norm_type)
+    learn.fit(1, cbs=[clip, after])
+    if norm_type == 2.0:
+        assert max(after.norms) <= 0.05 * (1 + 1e-4)
+    assert clip.total_norm is not None and clip.total_norm.item() > 0.05
+
+
+@pytest.mark.parametrize("max_norm", [0, -1.0, float("nan")])
+def test_clip_bad_max_norm(max_norm: float) -> None:
+    with pytest.raises(ValueError, match="max_norm must be a number > 0"):
+        GradientClip(max_norm=max_norm)
+
+
+class EarlyClip(GradientClip):
+    order = 5  # before MixedPrecision: it unscales the gradients itself
+
+
+@pytest.mark.parametrize("clip_cls", [GradientClip, EarlyClip], ids=["after_mp", "before_mp"])
+def test_clip_sees_unscaled_fp16_gradients(clip_cls: type[GradientClip]) -> None:
+    learn = make_learner(model=mlp(), cbs=MixedPrecision(init_scale=2.0**10))
+    scaled = GradNorms(order=-50)  # before anything touches the gradients
+    clip = clip_cls(max_norm=1e-3)
+    seen: list[float] = []
+
+    class Record(Callback):
+        order = 50
+
+        def before_step(self) -> None:
+            assert clip.total_norm is not None
+            seen.append(clip.total_norm.item())
+
+    learn.fit(1, cbs=[scaled, clip, Record()])
+    assert learn.skipped_steps == 0
+    assert seen == pytest.approx([n / 2.0**10 for n in scaled.norms], rel=1e-4)
+
+
+# --------------------------------------------------------------------------------- terminate
+class Poison(Callback):
+    order = 5
+
+    def __init__(self, at_iter: int, value: float) -> None:
+        self.at_iter, self.value = at_iter, value
+
+    def after_pred(self) -> None:
+        if self.learn.training and self.learn.train_iter == self.at_iter:
+            self.learn.pred = self.learn.pred * self.value
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_terminate_on_nan(value: float) -> None:
+    learn = make_learner(n_train=64, bs=8)
+    log = EventLog()
+    learn.fit(3, cbs=[TerminateOnNaNCallback(), Poison(2, value), log])
+    assert learn.train_iter == 3
+    # TerminateOnNaN (order -9) raises in after_batch before the log (order 100) sees that event.
+    assert log.events[-3:] == ["after_step", "after_cancel_fit", "after_fit"]
+    assert "before_validate" not in log.events
+    assert learn.recorder.values == []
+
+
+class PoisonValidation(Callback):
+    def after_pred(self) -> None:
+        if not self.learn.training:
+            self.learn.pred = self.learn.pred * math.nan
+
+
+def test_terminate_on_nan_leaves_validation_alone() -> None:
+    learn = make_learner(cbs=[TerminateOnNaNCallback(), PoisonValidation()])
+    assert math.isnan(learn.validate()[0])  # no CancelFitException escaping validate()
+
+
+def test_callbacks_run_in_the_order_that_makes_them_correct() -> None:
+    learn = make_learner(cbs=[GradientClip(), MixedPrecision(), GradientAccumulation()])
+    names = [type(cb).__name__ for cb in learn.sorted_cbs()]
+    assert names.index("GradientAccumulation") < names.index("MixedPrecision") < names.index("GradientClip")
+
+
+def test_terminate_on_nan_lets_finite_training_run() -> None:
+    learn = make_learner()
+    learn.fit(2, cbs=TerminateOnNaNCallback())
+    assert len(learn.recorder.values) == 2
+
+
+# ------------------------------------------------------------------------------ combination
+class InfGradAt(Callback):
+    def __init__(self, *iters: int) -> None:
+        self.iters = set(iters)
+
+    def after_backward(self) -> None:
+        if self.learn.train_iter in self.iters:
+            grad = next(self.learn.model.parameters()).grad
+            assert grad is not None
+            grad.view(-1)[0] = math.inf
+
+
+class StepProbe(Callback):
+    """Counts scaler updates and records the lr of every step attempt and the clock of every batch."""
+
+    order = 9  # before MixedPrecision's before_step, so skipped attempts are seen too
+
+    def before_fit(self) -> None:
+        self.updates = 0
+        self.attempt_lrs: list[float] = []
+        self.attempt_iters: list[int] = []
+        self.clock: list[float] = []
+        self.losses: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def before_train(self) -> None:
+        scaler = self.learn.scaler  # created by MixedPrecision's before_fit
+        if getattr(scaler, "counted", False):
+            return
+        update = scaler.update
+
+        def counting_update(*args: Any, **kwargs: Any) -> None:
+            self.updates += 1
+            update(*args, **kwargs)
+
+        scaler.update, scaler.counted = counting_update, True
+
+    def before_batch(self) -> None:
+        self.clock.append(schedule_pct(self.learn))
+
+    def after_loss(self) -> None:
+        if self.learn.training:
+            self.losses.append((self.learn.loss.clone(), nn.functional.mse_loss(self.learn.pred, self.learn.yb[0])))
+
+    def before_step(self) -> None:
+        self.attempt_lrs.append(self.learn.opt.hypers[-1]["lr"])
+        self.attempt_iters.append(self.learn.train_iter)
+
+
+def combined_run() -> tuple[Learner, StepProbe, EMACallback, GradNorms, GradientClip]:
+    learn = make_learner(n_train=64, bs=8, model=mlp(), opt_func=Adam)  # 8 batches an epoch
+    learn.to_fp16(init_scale=2.0**8)
+    probe, ema = StepProbe(), EMACallback(decay=0.9)
+    scaled, clip = GradNorms(order=-50), GradientClip(max_norm=0.1)
+    # Two epochs, one step every 2 batches: 8 attempts; the gradient of batch 6 is poisoned, so the
+    # attempt at batch 7 is skipped and batches 6 and 7 are lost.
+    learn.fit_one_cycle(2, lr_max=1e-2, cbs=[GradientAccumulation(n_acc=16), clip, ema, probe, scaled, InfGradAt(6)])
+    return learn, probe, ema, scaled, clip
+
+
+def test_fp16_accumulation_clipping_one_cycle() -> None:
+    learn, probe, ema, scaled, clip = combined_run()
+    assert probe.attempt_iters == [1, 3, 5, 7, 9, 11, 13, 15]
+    assert probe.updates == 8  # one scaler.update per step attempt, none on accumulation micro-batches
+    assert learn.skipped_steps == 1
+    assert ema.n_updates == 7
+    assert all(learn.opt.state[p]["step"] == 7 for p in learn.model.parameters())
+    # Clipping saw unscaled gradients (scaled.norms: what backward left, i.e. scale * gradient).
+    scales = [2.0**8] * 4 + [2.0**7] * 4  # backed off after the skipped attempt
+    assert clip.total_norm is not None
+    assert clip.total_norm.item() == pytest.approx(scaled.norms[-1] / scales[-1], rel=1e-3)
+    # The logged loss is the plain mean squared error, never divided or scaled.
+    for loss, reference in probe.losses:
+        torch.testing.assert_close(loss, reference)
+    # The schedule clock held still over the two lost batches.
+    n = 16
+    expected = [i / n for i in range(8)] + [(i - 2) / n for i in range(8, 16)]
+    train_clock = probe.clock[:8] + probe.clock[10:18]  # two validation batches after epoch 0
+    assert train_clock == pytest.approx(expected)
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="ParamScheduler sets hypers from learn.pct_train; it should read callbacks.steps.schedule_pct(learn) "
+    "so that a skipped fp16 step does not advance the schedule",
+)
+def test_skipped_step_does_not_advance_one_cycle() -> None:
+    _, probe, *_ = combined_run()
+    # The attempt at batch 7 was skipped: the next real step (batch 9) gets the lr that attempt had.
+    assert probe.attempt_lrs[4] == pytest.approx(probe.attempt_lrs[3])
