@@ -208,8 +208,7 @@ def train(opt_func: Callable[..., Any], implementation: str, steps: int = 100) -
     """Train TinyNet to fixed targets; ``do_wd`` False on the norm and the biases."""
     model = TinyNet()
     opt = opt_func(model.groups())
-    inner = getattr(opt, "opt", opt)
-    inner.implementation = implementation
+    opt.implementation = implementation
     for p in [*model.norm.parameters(), model.lin1.bias, model.lin2.bias]:
         opt.state[p]["do_wd"] = False
     gen = torch.Generator().manual_seed(1)

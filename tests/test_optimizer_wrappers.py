@@ -141,6 +141,8 @@ def test_lookahead_exposes_the_wrapped_api() -> None:
     groups = three_groups()
     opt = ranger(groups, lr=1e-2)
     assert isinstance(opt, Lookahead) and isinstance(opt.opt.cbs, list)
+    opt.implementation = "foreach"
+    assert opt.opt.implementation == "foreach" and opt.cbs is opt.opt.cbs
     h = opt.hypers[0]
     assert (h["mom"], h["sqr_mom"], h["eps"], h["wd"], h["beta"]) == (0.95, 0.99, 1e-6, 0.01, 0.0)
     opt.set_hypers(lr=slice(1e-3, 1e-1))

@@ -70,6 +70,15 @@ class Lookahead(BaseOptimizer):
         """The wrapped optimizer's torch-style parameter groups."""
         return getattr(self.opt, "param_groups")  # noqa: B009
 
+    @property
+    def implementation(self) -> Any:
+        """The wrapped optimizer's ``implementation`` (see ``Optimizer.implementation``)."""
+        return getattr(self.opt, "implementation")  # noqa: B009
+
+    @implementation.setter
+    def implementation(self, value: Any) -> None:
+        setattr(self.opt, "implementation", value)  # noqa: B010
+
     def known_hypers(self) -> set[str]:
         """Names the wrapped optimizer's ``set_hyper`` accepts."""
         return self.opt.known_hypers()
