@@ -44,6 +44,8 @@ def spread_hyper(name: str, value: Any, n_groups: int) -> list[Any]:
     ``slice(a, b)`` spreads geometrically from ``a`` to ``b``; ``slice(b)`` gives ``b/10`` to every
     group but the last, which gets ``b``.
     """
+    if isinstance(value, (float, int)):  # the common case, every batch
+        return [value] * n_groups
     if isinstance(value, slice):
         if value.stop is None:
             raise ValueError(f"set_hyper({name!r}): a slice needs a stop value, got {value}")
@@ -124,14 +126,15 @@ class BaseOptimizer:
 
     def set_hyper(self, k: str, v: Any) -> None:
         """Set hyper-parameter ``k`` on every group from a scalar, a list or a slice."""
-        known = self.known_hypers()
-        if k not in known:
-            raise KeyError(f"unknown hyper-parameter {k!r}; valid names: {sorted(known)}")
+        if not (self.hypers and k in self.hypers[0]):  # schedules set existing names every batch: keep it cheap
+            known = self.known_hypers()
+            if k not in known:
+                raise KeyError(f"unknown hyper-parameter {k!r}; valid names: {sorted(known)}")
         self._set_hyper_values(k, self._spread_checked(k, v))
 
     def _spread_checked(self, k: str, v: Any) -> list[Any]:
         values = spread_hyper(k, v, len(self.param_lists))
-        if k == "lr" and any(isinstance(x, Real) and x < 0 for x in values):
+        if k == "lr" and any(x < 0 for x in values if isinstance(x, Real)):
             raise ValueError(f"learning rate must be non-negative, got lr={v}")
         return values
 

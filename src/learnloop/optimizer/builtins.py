@@ -124,7 +124,7 @@ def Larc(
     wd: float = 0.0,
     decouple_wd: bool = True,
 ) -> Optimizer:
-    """LARC (LARS with ``clip=False``): SGD with a layer-wise learning rate from the trust ratio."""
+    """LARC: SGD with a layer-wise lr from the trust ratio, clipped at ``lr`` (``clip=False`` gives LARS)."""
     cbs = _wd(decouple_wd)
     if mom != 0:
         cbs.append(average_grad)
@@ -132,6 +132,7 @@ def Larc(
     return Optimizer(params, cbs, lr=lr, mom=mom, trust_coeff=trust_coeff, eps=eps, wd=wd)
 
 
+#: fastai's name for the same factory; pass ``clip=False`` for LARS proper.
 LARS = Larc
 
 
