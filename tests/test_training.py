@@ -306,11 +306,6 @@ def test_fp16_accumulation_clipping_one_cycle() -> None:
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ParamScheduler sets hypers from learn.pct_train; it should read callbacks.steps.schedule_pct(learn) "
-    "so that a skipped fp16 step does not advance the schedule",
-)
 def test_skipped_step_does_not_advance_one_cycle() -> None:
     _, probe, *_ = combined_run()
     # The attempt at batch 7 was skipped: the next real step (batch 9) gets the lr that attempt had.

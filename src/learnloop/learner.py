@@ -302,9 +302,9 @@ class Learner:
     def _all_batches(self) -> None:
         self.n_iter = len(self.dl) if hasattr(self.dl, "__len__") else 0
         device = self._device
-        if device is not None and device.type == "cpu":
-            device = None  # batches from CPU DataLoaders are already there; skip the per-batch walk
         for i, b in enumerate(self.dl):
+            if i == 0 and device is not None and device.type == "cpu" and _all_on_cpu(b):
+                device = None  # a CPU loader's batches are already in place: skip the per-batch walk
             self.iter = i
             self._split(b if device is None else to_device(b, device))
             self._phase(BATCH, self._do_one_batch)
@@ -679,6 +679,16 @@ def _as_list(cbs: Any) -> list[Any]:
     if isinstance(cbs, (Callback, type, str)) or not isinstance(cbs, Iterable):
         return [cbs]  # a single (possibly wrong) item: add_cb then says what is wrong with it
     return list(cbs)
+
+
+def _all_on_cpu(b: Any) -> bool:
+    if isinstance(b, torch.Tensor):
+        return b.is_cpu
+    if isinstance(b, (tuple, list)):
+        return all(_all_on_cpu(o) for o in b)
+    if isinstance(b, dict):
+        return all(_all_on_cpu(o) for o in b.values())
+    return True
 
 
 def _shape(x: Any) -> str:

@@ -1,7 +1,47 @@
 """The standard callbacks, a module per family."""
 
 from .core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
+from .ema import EMACallback
+from .fp16 import AMPMode, MixedPrecision
+from .loggers import CSVLogger, TensorBoardCallback
+from .lr_finder import LRFinder
+from .mixup import CutMix, MixHandler, MixUp
+from .perf import ChannelsLast, CompileModel, ProfilerCallback
 from .progress import ProgressCallback
 from .recorder import Recorder
+from .rnn import ModelResetter, RNNCallback, RNNRegularizer, rnn_cbs
+from .schedule import ParamScheduler
+from .tracker import EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback, TrackerCallback
+from .training import GradientAccumulation, GradientClip, TerminateOnNaNCallback
 
-__all__ = ["GatherPredsCallback", "ProgressCallback", "Recorder", "SkipToEpoch", "TrainEvalCallback"]
+__all__ = [
+    "AMPMode",
+    "CSVLogger",
+    "ChannelsLast",
+    "CompileModel",
+    "CutMix",
+    "EMACallback",
+    "EarlyStoppingCallback",
+    "GatherPredsCallback",
+    "GradientAccumulation",
+    "GradientClip",
+    "LRFinder",
+    "MixHandler",
+    "MixUp",
+    "MixedPrecision",
+    "ModelResetter",
+    "ParamScheduler",
+    "ProfilerCallback",
+    "ProgressCallback",
+    "RNNCallback",
+    "RNNRegularizer",
+    "Recorder",
+    "ReduceLROnPlateau",
+    "SaveModelCallback",
+    "SkipToEpoch",
+    "TensorBoardCallback",
+    "TerminateOnNaNCallback",
+    "TrackerCallback",
+    "TrainEvalCallback",
+    "rnn_cbs",
+]

@@ -34,6 +34,7 @@ class ProgressCallback(Callback):
         self.epoch_bar: Any = None
         self.batch_bar: Any = None
         self._old_logger: Callable[[Any], None] | None = None
+        self._show_bars, self._width = False, 10
 
     @property
     def _out(self) -> TextIO:
@@ -47,6 +48,8 @@ class ProgressCallback(Callback):
 
     def before_fit(self) -> None:
         learn = self.learn
+        if not learn.create_mbar:  # validate()/get_preds(), perhaps inside a fit: leave the fit's bars alone
+            return
         self._cleanup()  # a fit that ended in an exception left its bars and logger behind
         self._show_bars = self._use_bars() and learn.create_mbar
         self._width = max([len(n) for n in learn.recorder.metric_names] + [8]) + 2
@@ -104,7 +107,8 @@ class ProgressCallback(Callback):
             self.epoch_bar.update(1)
 
     def after_fit(self) -> None:
-        self._cleanup()
+        if self.learn.create_mbar:
+            self._cleanup()
 
     def _cleanup(self) -> None:
         self._close_batch_bar()

@@ -90,6 +90,7 @@ class Recorder(Callback):
                 m.accumulate(learn)
         self.lrs.append(learn.opt.hypers[-1]["lr"])
         smooth = self.smooth_loss.value
+        assert smooth is not None  # it has just accumulated a batch
         self.losses.append(smooth)
         learn.smooth_loss = smooth
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..callback import Callback
 from ..schedules import SchedCos, Schedule, combine_scheds, combined_cos
+from .steps import schedule_pct
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -23,7 +24,10 @@ __all__ = ["ParamScheduler", "fit_one_cycle", "fit_flat_cos", "fit_sgdr", "fine_
 
 
 class ParamScheduler(Callback):
-    """Sets each hyper-parameter of ``scheds`` from ``sched(learn.pct_train)`` before every training batch.
+    """Sets each hyper-parameter of ``scheds`` from ``sched(pct)`` before every training batch.
+
+    ``pct`` is ``learn.pct_train``, less the share of training whose optimizer steps were skipped
+    (an fp16 overflow): a skipped step does not advance the schedule.
 
     A schedule may return one value, or an array with one value per parameter group. The value of the
     last group after each batch is recorded in ``self.hps`` (and in ``learn.recorder.hps`` after fit).
@@ -56,7 +60,7 @@ class ParamScheduler(Callback):
         self.hps = {name: [] for name in self.scheds}
 
     def before_batch(self) -> None:
-        self._set_hypers(self.learn.pct_train)
+        self._set_hypers(schedule_pct(self.learn))
 
     def _set_hypers(self, pct: float) -> None:
         opt = self.learn.opt
