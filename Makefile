@@ -21,7 +21,7 @@ train: setup
 
 test: setup
 	$(PY) -m pytest -q
-	$(VENV)/bin/ruff check src tests benchmarks examples scripts
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 bench: setup
