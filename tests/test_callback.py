@@ -453,3 +453,24 @@ def test_calling_a_callback_directly_honours_run_flags() -> None:
     learn.training = False
     cb("before_batch")
     assert calls == ["fit", "batch"]
+
+
+def test_a_callback_named_like_a_learner_attribute_is_refused() -> None:
+    from conftest import synth_learner
+
+    class Loss(Callback):
+        pass
+
+    class Metrics(Callback):
+        pass
+
+    learn = synth_learner()
+    with pytest.raises(ValueError, match="learn.loss, which is already the learner's own attribute"):
+        learn.add_cb(Loss())
+    with pytest.raises(ValueError, match="learn.metrics"):
+        learn.add_cb(Metrics())
+    assert not any(isinstance(cb, (Loss, Metrics)) for cb in learn.cbs)
+    renamed = Loss()
+    renamed._name = "loss_tracker"
+    learn.add_cb(renamed)
+    assert learn.loss_tracker is renamed

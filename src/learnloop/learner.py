@@ -168,6 +168,12 @@ class Learner:
                 "(its event methods are named before_fit, after_batch, ...)."
             )
         check_hook_names(cb)
+        own = self.__dict__
+        if hasattr(type(self), cb.name) or (cb.name in own and not isinstance(own[cb.name], Callback)):
+            raise ValueError(
+                f"{type(cb).__name__} would be exposed as learn.{cb.name}, which is already the learner's own "
+                f"attribute; rename the class or give the callback another name (set `_name`)."
+            )
         self.cbs.append(cb)
         try:
             self._build_hooks()
