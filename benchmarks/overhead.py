@@ -55,7 +55,9 @@ def raw_loop(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], N
     return epoch
 
 
-def learnloop_loop(batches: list[tuple[torch.Tensor, torch.Tensor]], opt_func: Callable) -> Callable[[], None]:
+def learnloop_loop(
+    batches: list[tuple[torch.Tensor, torch.Tensor]], opt_func: Callable, one_cycle: bool = False
+) -> Callable[[], None]:
     """learnloop's Learner with its default callbacks, progress going to a non-terminal."""
     dls = DataLoaders(batches, [], device="cpu")
     learn = Learner(dls, make_model(), loss_func=F.cross_entropy, opt_func=opt_func, lr=LR)
@@ -63,7 +65,10 @@ def learnloop_loop(batches: list[tuple[torch.Tensor, torch.Tensor]], opt_func: C
 
     def epoch() -> None:
         with contextlib.redirect_stdout(sink):
-            learn.fit(1)
+            if one_cycle:
+                learn.fit_one_cycle(1, LR)
+            else:
+                learn.fit(1)
         sink.seek(0)
         sink.truncate()
 
@@ -130,6 +135,8 @@ def main() -> None:
         "learnloop Learner, OptimWrapper(torch.optim.SGD)": learnloop_loop(
             batches, functools.partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9, foreach=True)),
         "learnloop Learner, learnloop SGD(mom=0.9)": learnloop_loop(batches, functools.partial(SGD, mom=0.9)),
+        "learnloop Learner, learnloop SGD, fit_one_cycle (lr and mom scheduled)": learnloop_loop(
+            batches, functools.partial(SGD, mom=0.9), one_cycle=True),
         "fastai 2.8 Learner": fastai_loop(batches),
         "Lightning Trainer": lightning_loop(batches),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Callable, Iterable
@@ -106,42 +107,51 @@ def _runs_now(cb: Callback, training: bool) -> bool:
 _BASE_ATTRS = frozenset(dir(Callback))
 
 
+_CLASS_METHODS: dict[type, tuple[str, ...]] = {}
+
+
+def _class_methods(cls: type) -> tuple[str, ...]:
+    """Names of the callables a callback class defines beyond the base class (cached: classes don't change)."""
+    if cls not in _CLASS_METHODS:
+        names = [a for a in dir(cls) if callable(getattr(cls, a, None)) and not isinstance(getattr(cls, a), type)]
+        _CLASS_METHODS[cls] = tuple(a for a in names if not a.startswith("_") and a not in _BASE_ATTRS)
+    return _CLASS_METHODS[cls]
+
+
 def _methods(cb: Callback) -> list[str]:
     """Names of the callback's own callables: methods of its class and hooks set on the instance."""
-    cls = type(cb)
-    names = [a for a in dir(cls) if callable(getattr(cls, a, None)) and not isinstance(getattr(cls, a), type)]
-    names += [a for a, v in vars(cb).items() if callable(v) and a not in names]
-    return [a for a in names if not a.startswith("_") and a not in _BASE_ATTRS]
+    names = list(_class_methods(type(cb)))
+    names += [a for a, v in vars(cb).items() if callable(v) and not a.startswith("_") and a not in names]
+    return names
 
 
 def event_hooks(cb: Callback) -> dict[Event, Callable[[], Any]]:
     """The callback's bound event methods, by event; `begin_*` names count as `before_*`."""
     hooks: dict[Event, Callable[[], Any]] = {}
     for attr in _methods(cb):
-        method = getattr(cb, attr)
         if attr in Event.__members__:
-            hooks[Event(attr)] = method
+            hooks[Event(attr)] = getattr(cb, attr)
         elif attr in ALIASES:
-            hooks.setdefault(ALIASES[attr], method)
+            hooks.setdefault(ALIASES[attr], getattr(cb, attr))
     return hooks
+
+
+@functools.cache
+def _name_problem(cls_name: str, attr: str) -> tuple[type[Warning], str] | None:
+    """The warning a method called `attr` deserves (an old event name, a likely typo), if any."""
+    if attr in Event.__members__:
+        return None
+    if attr in ALIASES:
+        new = ALIASES[attr].value
+        return DeprecationWarning, f"{cls_name}.{attr} uses the old event name {attr!r}; rename it {new!r}."
+    if hint := did_you_mean(attr, cutoff=0.85):
+        return UserWarning, f"{cls_name}.{attr} is not an event, so it will never be called by the loop.{hint}"
+    return None
 
 
 def check_hook_names(cb: Callback) -> None:
     """Warn about methods that look like misspelt events, and about deprecated `begin_*` names."""
     for attr in _methods(cb):
-        if attr in Event.__members__:
-            continue
-        if attr in ALIASES:
-            warnings.warn(
-                f"{type(cb).__name__}.{attr} uses the old event name {attr!r}; "
-                f"rename it {ALIASES[attr].value!r}.",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-        elif hint := did_you_mean(attr, cutoff=0.85):
-            warnings.warn(
-                f"{type(cb).__name__}.{attr} is not an event, so it will never be called by the loop."
-                f"{hint}",
-                UserWarning,
-                stacklevel=3,
-            )
+        problem = _name_problem(type(cb).__name__, attr)
+        if problem is not None:
+            warnings.warn(problem[1], problem[0], stacklevel=3)

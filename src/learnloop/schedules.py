@@ -42,6 +42,8 @@ def _as_value(x: Any) -> float | np.ndarray:
 
 
 def _out(x: Any) -> float | np.ndarray:
+    if isinstance(x, float):  # the common case, kept cheap: schedules run before every batch
+        return x
     return float(x) if np.ndim(x) == 0 else np.asarray(x, dtype=np.float64)
 
 

@@ -95,7 +95,7 @@ def _check_positive(name: str, value: float) -> None:
         raise ValueError(f"{name} divides the learning rate, so it must be a finite number > 0; got {value!r}.")
 
 
-def _group_lrs(learn: Learner, lr: Any, arg: str) -> np.ndarray:
+def _group_lrs(learn: Learner, lr: Any, arg: str) -> float | np.ndarray:
     """Set ``lr`` (or ``learn.lr``) on the optimizer, creating it if needed; read it back, one per group."""
     if learn.opt is None:
         learn.create_opt()
@@ -103,7 +103,8 @@ def _group_lrs(learn: Learner, lr: Any, arg: str) -> np.ndarray:
     lrs = np.array([h["lr"] for h in learn.opt.hypers], dtype=np.float64)
     if not np.all(np.isfinite(lrs)) or np.any(lrs < 0):
         raise ValueError(f"{arg} must give finite learning rates >= 0, got {lr!r} -> {lrs.tolist()}.")
-    return lrs
+    # One group: a plain float, whose schedule costs a fraction of an array's before every batch.
+    return float(lrs[0]) if len(lrs) == 1 else lrs
 
 
 def fit_one_cycle(

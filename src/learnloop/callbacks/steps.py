@@ -53,4 +53,5 @@ def record_skipped_step(learn: Learner, n_batches: int) -> None:
 
 def schedule_pct(learn: Learner) -> float:
     """The schedule's clock: ``pct_train`` less the share of the fit wasted on skipped steps."""
-    return max(0.0, float(learn.pct_train) - getattr(learn, "pct_skipped", 0.0))
+    # Read from the instance dict: a missing attribute would fall through to the model, slowly, every batch.
+    return max(0.0, float(learn.pct_train) - learn.__dict__.get("pct_skipped", 0.0))
