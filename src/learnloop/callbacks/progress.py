@@ -15,9 +15,10 @@ __all__ = ["ProgressCallback", "format_row"]
 
 
 def format_row(values: list[Any], width: int) -> str:
-    """One table row: floats with 6 decimals, every cell left-justified to `width`."""
+    """One table row: floats with 6 decimals, every cell left-justified to `width`, and at least two spaces
+    after a cell too wide for it (large regression losses), so that cells never run together."""
     cells = [f"{v:.6f}" if isinstance(v, float) else str(v) for v in values]
-    return "".join(c.ljust(width) for c in cells).rstrip()
+    return "".join(c.ljust(width) if len(c) < width - 1 else c + "  " for c in cells).rstrip()
 
 
 class ProgressCallback(Callback):
