@@ -1,23 +1,69 @@
-"""Saving and loading weights safely: atomic writes, and loads through torch's weights-only unpickler."""
+"""Saving and loading weights safely: atomic writes, and loads through torch's weights-only unpickler.
+
+Every file learnloop writes (``learn.save``, ``learn.export``, training checkpoints) goes through
+:func:`atomic_write`: a temporary file in the same folder, fsync, then ``os.replace``, so a save that
+is interrupted (kill -9, a full disk, a read-only folder) leaves the previous file as it was.
+Every file it reads goes through :func:`safe_load` (``torch.load(weights_only=True)``), which refuses
+pickled code and says what is wrong with a corrupt file. Files that learnloop describes itself
+(training checkpoints, exports) carry a ``format`` name and version, checked by :func:`check_format`.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import pickle
 import tempfile
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "atomic_save", "safe_load", "save_model", "load_model", "to_plain"]
+__all__ = [
+    "CheckpointError",
+    "atomic_save",
+    "atomic_write",
+    "check_format",
+    "check_state_dict",
+    "is_checkpoint_writer",
+    "learnloop_version",
+    "safe_load",
+    "save_model",
+    "load_model",
+    "to_plain",
+]
+
+#: The ``format`` of a training checkpoint (``CheckpointCallback``), and the version this learnloop writes.
+CHECKPOINT_FORMAT = "learnloop.checkpoint"
+#: The ``format`` of ``learn.export`` files.
+EXPORT_FORMAT = "learnloop.export"
+FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used: missing, corrupt, foreign or unsafe."""
+
+
+def is_checkpoint_writer() -> bool:
+    """Whether this process writes training checkpoints: every process but rank 0 of a torch.distributed run skips.
+
+    The single gate of ``CheckpointCallback``'s saves (the files of ``learn.save``/``learn.export`` are the
+    caller's choice); a distributed layer may refine it.
+    """
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def learnloop_version() -> str:
+    """The installed learnloop's version (recorded in checkpoints)."""
+    try:
+        return importlib.metadata.version("learnloop")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def to_plain(obj: Any) -> Any:
@@ -33,26 +79,43 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save` to a temporary file beside `path`, fsync, then rename: `path` is never half-written."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
+
+    ``path`` is never half-written: if anything fails or the process dies before the rename, the file
+    that was at ``path`` (if any) is untouched. Missing folders are created.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise type(e)(
+            e.errno, f"Cannot save {path}: the folder {path.parent} cannot be created or written to ({e.strerror})"
+        ) from e
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(to_plain(obj), f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            e.add_note(f"learnloop: saving {path} failed; the file that was there (if any) is unchanged.")
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
     return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """`torch.save` to a temporary file beside `path`, fsync, then rename: `path` is never half-written."""
+    plain = to_plain(obj)
+    return atomic_write(path, lambda f: torch.save(plain, f))
 
 
 def safe_load(path: str | Path, map_location: Any = None) -> Any:
@@ -63,12 +126,64 @@ def safe_load(path: str | Path, map_location: Any = None) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"{path} is corrupt or truncated and cannot be read ({e}).") from e
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, so it is refused: loading it could "
-            f"run arbitrary code. Only load files you trust, with torch.load(weights_only=False). ({e})"
+            f"run arbitrary code. Only load files you trust, with torch.load(weights_only=False). "
+            f"({str(e).splitlines()[0]})"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is corrupt or truncated and cannot be read ({e}).") from e
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
+        raise CheckpointError(f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}).") from e
+
+
+def check_format(obj: Any, path: str | Path, expected: str, hint: str = "") -> None:
+    """Check that ``obj`` (a loaded file) is a learnloop file of format ``expected`` that this version can read."""
+    found = obj.get("format") if isinstance(obj, Mapping) else None
+    if found != expected:
+        what = f"a {found!r} file" if isinstance(found, str) else f"a {type(obj).__name__}"
+        raise CheckpointError(f"{path} is not a {expected} file (it holds {what}).{hint}")
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path} has no valid format version ({version!r}): it was not written by learnloop.")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by learnloop {obj.get('learnloop_version', '?')} in {expected} format version "
+            f"{version}, but this learnloop ({learnloop_version()}) reads versions up to {FORMAT_VERSION}: "
+            "upgrade learnloop to load it."
+        )
+
+
+def check_state_dict(model: nn.Module, state: Mapping[str, Any], path: str | Path) -> None:
+    """Raise a CheckpointError listing missing and unexpected keys and shape mismatches, before loading anything."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} does not hold a state dict (found {type(state).__name__}).")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {list(v.shape)}, model {list(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and isinstance(v, torch.Tensor) and v.shape != expected[k].shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"{path} was saved from a different model than this {type(model).__name__}:"]
+    if missing:
+        lines.append(f"  missing keys (in the model, not in the checkpoint): {_few(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys (in the checkpoint, not in the model): {_few(unexpected)}")
+    if shapes:
+        lines.append(f"  size mismatch for {_few(shapes, sep='; ')}")
+    lines.append("Build the model exactly as in the run that saved it (same architecture and sizes).")
+    raise CheckpointError("\n".join(lines))
+
+
+def _few(items: list[str], n: int = 10, sep: str = ", ") -> str:
+    more = f"{sep}... ({len(items) - n} more)" if len(items) > n else ""
+    return sep.join(items[:n]) + more
 
 
 def save_model(path: str | Path, model: nn.Module, opt: Any = None, with_opt: bool = True) -> Path:
@@ -91,6 +206,9 @@ def load_model(
     state = safe_load(path, map_location=device)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(state).__name__}).")
+    if state.get("format") == CHECKPOINT_FORMAT:  # a training checkpoint: its model and optimizer
+        check_format(state, path, CHECKPOINT_FORMAT)
+        state = {"model": state["model"], "opt": state["opt"]} if state.get("opt") is not None else state["model"]
     has_opt = set(state) == {"model", "opt"}
     model_state = state["model"] if has_opt else state
     try:

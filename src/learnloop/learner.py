@@ -14,6 +14,7 @@ from torch import nn
 from .callback import Callback, check_hook_names, event_hooks, noop
 from .callbacks import lr_finder as _lr_finder
 from .callbacks import schedule as _schedule
+from .callbacks.checkpointing import resolve_resume
 from .callbacks.core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
@@ -35,6 +36,7 @@ from .events import (
 )
 from .metrics import Metric, mk_metric
 from .optimizer import Adam
+from .resume import DataOrder, ResumeState
 from .sorting import sort_callbacks
 
 __all__ = ["Learner", "trainable_params", "norm_bias_params", "NORM_TYPES"]
@@ -140,6 +142,11 @@ class Learner:
         self.loss_grad: Any = None
         self.loss: Any = None
         self._n_inp: int | None = None
+        # Exact resume (resume.py): the checkpoint a fit is resuming from, the recorder of each training epoch's
+        # data order (set while a CheckpointCallback is on or a fit resumes), and which fit of fine_tune runs.
+        self._resume: ResumeState | None = None
+        self._data_order: DataOrder | None = None
+        self._fit_stage: str | None = None
         self.cbs: list[Callback] = []
         self._hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
         if default_cbs:
@@ -308,12 +315,20 @@ class Learner:
     def _all_batches(self) -> None:
         self.n_iter = len(self.dl) if hasattr(self.dl, "__len__") else 0
         device = self._device
-        for i, b in enumerate(self.dl):
+        for i, b in self._batches():
             if i == 0 and device is not None and device.type == "cpu" and _all_on_cpu(b):
                 device = None  # a CPU loader's batches are already in place: skip the per-batch walk
             self.iter = i
             self._split(b if device is None else to_device(b, device))
             self._phase(BATCH, self._do_one_batch)
+
+    def _batches(self) -> Iterable[tuple[int, Any]]:
+        # While checkpointing or resuming, a training epoch's batches come through DataOrder, which records the
+        # random state the epoch's order is drawn from and, resuming mid-epoch, re-creates that order and skips
+        # the batches already done (resume.py). Once per epoch: nothing per batch.
+        if self._data_order is not None and self.training:
+            return self._data_order.batches(self)
+        return enumerate(self.dl)
 
     def _do_one_batch(self) -> None:
         self.pred = self.model(*self.xb)
@@ -360,9 +375,25 @@ class Learner:
         self._do_epoch_validate()
 
     def _do_fit(self) -> None:
-        for epoch in range(self.n_epoch):
+        first = 0
+        if self._resume is not None:  # fit(resume=...): now that before_fit has run, put the saved state back
+            first = self._resume.restore(self)
+        for epoch in range(first, self.n_epoch):
             self.epoch = epoch
             self._phase(EPOCH, self._do_epoch)
+
+    def _run_fit(self) -> None:
+        """The fit phase. Ctrl-C (KeyboardInterrupt) is no cancel exception, but unlike other exceptions it still
+        gets after_fit's cleanup (weights, loss function and progress bars put back) before it goes on."""
+        try:
+            self._fire(FIT.before)
+            self._do_fit()
+        except FIT.cancel:
+            self._fire(FIT.after_cancel)
+        except KeyboardInterrupt:
+            self._fire(FIT.after)
+            raise
+        self._fire(FIT.after)
 
     def _end_cleanup(self) -> None:
         self.dl, self.xb, self.yb, self.pred, self.loss, self.loss_grad = None, (None,), (None,), None, None, None
@@ -393,12 +424,19 @@ class Learner:
         cbs: Any = None,
         reset_opt: bool = False,
         start_epoch: int = 0,
+        resume: str | Path | None = None,
     ) -> None:
-        """Train for `n_epoch` epochs, validating after each one."""
+        """Train for `n_epoch` epochs, validating after each one.
+
+        `resume` continues a run from a checkpoint of `CheckpointCallback` (a file, its folder, or 'latest'),
+        ending exactly as the uninterrupted run would have; call it as the interrupted fit was called.
+        """
         if not isinstance(n_epoch, int) or n_epoch < 0:
             raise ValueError(f"n_epoch must be a whole number of epochs >= 0, got {n_epoch!r}.")
         if lr is not None:
             _check_lr(lr)
+        if resume is not None and start_epoch:
+            raise ValueError("fit: give resume= or start_epoch=, not both (a checkpoint knows where to resume).")
         self._check_train_data()
         cbs = _as_list(cbs)
         if start_epoch:
@@ -406,19 +444,29 @@ class Learner:
         with self.added_cbs(cbs):
             if reset_opt or self.opt is None:
                 self.create_opt()
+            # Read and checked before anything changes: a wrong file fails here, before any event.
+            file = resolve_resume(self, resume) if resume is not None else None
+            resuming = ResumeState(self, file, n_epoch) if file is not None else None
             if wd is None:
                 wd = self.wd
             if wd is not None:
                 self.opt.set_hypers(wd=wd)
             self.opt.set_hypers(lr=self.lr if lr is None else lr)
             self.n_epoch = n_epoch
+            if resuming is not None:
+                resuming.load_model(self)
             logger = self.logger
+            self._resume = resuming
             try:
-                self._phase(FIT, self._do_fit)
-            except BaseException:
-                # No after_fit on this path, so a callback that swapped the logger (progress) cannot put it back.
+                self._run_fit()
+            except BaseException as e:
+                # Only Ctrl-C gets after_fit; on this path a callback that swapped the logger cannot put it back.
                 self.logger = logger
+                if isinstance(e, KeyboardInterrupt):
+                    self._end_cleanup()
                 raise
+            finally:
+                self._resume, self._data_order = None, None
             self._end_cleanup()
 
     def _check_train_data(self) -> None:

@@ -1,0 +1,225 @@
+"""CheckpointCallback: training checkpoints a fit can resume from exactly, and a last one on Ctrl-C.
+
+>>> learn.fit_one_cycle(10, 1e-3, cbs=CheckpointCallback(every_n_iters=500))
+>>> learn.fit_one_cycle(10, 1e-3, resume="latest")      # after a crash: picks up where the last checkpoint was
+
+Files are ``<path>/<fname>_<seq>_epoch<e>_batch<k>.pth`` (taken inside epoch ``e`` after ``k`` batches)
+or ``<fname>_<seq>_epoch<e>_end.pth`` (after epoch ``e``); ``seq`` counts up across runs in the folder,
+and the highest is the latest. What a checkpoint holds and how a fit resumes: :mod:`learnloop.resume`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import warnings
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from ..callback import Callback
+from ..checkpoint import CheckpointError
+from ..resume import DataOrder, Position, save_training_checkpoint
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+__all__ = ["CheckpointCallback", "checkpoint_files", "latest_checkpoint", "resolve_resume"]
+
+DEFAULT_FOLDER = "checkpoints"  # under learn.path / learn.model_dir
+
+
+def _pattern(fname: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(fname)}_(\d+)_epoch\d+_(?:batch\d+|end)\.pth$")
+
+
+def checkpoint_files(folder: str | Path, fname: str = "checkpoint") -> list[Path]:
+    """The checkpoints in ``folder``, oldest first (by sequence number); temporary files are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = _pattern(fname)
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(folder: str | Path, fname: str = "checkpoint") -> Path | None:
+    """The newest checkpoint in ``folder``, or None."""
+    files = checkpoint_files(folder, fname)
+    return files[-1] if files else None
+
+
+class CheckpointCallback(Callback):
+    """Saves training checkpoints every ``every_n_iters`` training batches and/or at the end of every epoch.
+
+    A checkpoint holds everything a fit needs to resume exactly (``fit(..., resume=path_or_'latest')``):
+    model, gradients, optimizer, callback states, loop counters, random states and the epoch's data
+    order. Only the newest ``keep_last`` files are kept (None: all). ``path`` is the folder, relative to
+    ``learn.path`` (default ``learn.path / learn.model_dir / 'checkpoints'``). Saves are atomic.
+
+    Ctrl-C during a fit (in the main thread) does not stop it at once: the current training batch (or
+    the validation in progress) is finished, a last checkpoint is written there, and then
+    KeyboardInterrupt is raised (the learner runs the after_fit cleanup). A second Ctrl-C stops at once.
+
+    It runs after every other callback (``order``), so what it saves includes their updates for the batch or
+    epoch; it sits out ``lr_find`` and ``get_preds``.
+    """
+
+    order = 1000
+    run_valid = False
+
+    def __init__(
+        self,
+        every_n_iters: int | None = None,
+        every_epoch: bool = True,
+        keep_last: int | None = 3,
+        path: str | Path | None = None,
+        fname: str = "checkpoint",
+    ) -> None:
+        for name, value in (("every_n_iters", every_n_iters), ("keep_last", keep_last)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"CheckpointCallback: {name} must be a whole number >= 1 or None, got {value!r}.")
+        if not fname or "/" in fname or os.sep in fname:
+            raise ValueError(f"CheckpointCallback: fname is a file name prefix without folders, got {fname!r}.")
+        self.every_n_iters, self.every_epoch, self.keep_last = every_n_iters, every_epoch, keep_last
+        self.path = None if path is None else Path(path)
+        self.fname = fname
+        self.last_saved: Path | None = None
+        self._fit_started = False
+        self._epoch_trained = False
+        self._interrupted = False  # Ctrl-C seen, not acted on yet
+        self._old_handler: Any = None
+
+    # ------------------------------------------------------------------ where
+    def folder(self, learn: Learner | None = None) -> Path:
+        """The folder checkpoints are written to."""
+        learn = learn or self.learn
+        if self.path is not None and self.path.is_absolute():
+            return self.path
+        if learn is None:
+            raise ValueError("CheckpointCallback.folder() needs a learner for a relative path.")
+        return learn.path / (self.path if self.path is not None else learn.model_dir / DEFAULT_FOLDER)
+
+    def _file(self, position: Position) -> Path:
+        latest = latest_checkpoint(self.folder(), self.fname)
+        seq = 1 if latest is None else int(_pattern(self.fname).match(latest.name).group(1)) + 1  # type: ignore[union-attr]
+        where = f"epoch{position.epoch}_batch{position.batch}" if position.mid_epoch else f"epoch{position.epoch - 1}_end"
+        return self.folder() / f"{self.fname}_{seq:06d}_{where}.pth"
+
+    # ------------------------------------------------------------------ events
+    def before_fit(self) -> None:
+        learn = self.learn
+        self.run = not (hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds"))
+        self._fit_started = self._interrupted = False
+
+    def before_epoch(self) -> None:
+        self._epoch_trained = False
+
+    def before_train(self) -> None:
+        self._epoch_trained = True
+        if not self._fit_started:  # the first training phase of a fit (validate() has none)
+            self._fit_started = True
+            if self.learn._data_order is None:
+                self.learn._data_order = DataOrder()  # from now on the loop records each epoch's random state
+            self._catch_ctrl_c()
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        if self._interrupted or (self.every_n_iters is not None and learn.train_iter % self.every_n_iters == 0):
+            self.save(self._position(epoch=learn.epoch, batch=learn.iter + 1))
+        if self._interrupted:
+            raise KeyboardInterrupt
+
+    def after_epoch(self) -> None:
+        if not self._epoch_trained:
+            return  # validate(), or an epoch skipped by start_epoch
+        if self.every_epoch or self._interrupted:
+            self.save(self._position(epoch=self.learn.epoch + 1, batch=0))
+        if self._interrupted:
+            raise KeyboardInterrupt
+
+    def after_fit(self) -> None:
+        self._restore_ctrl_c()
+        if self._interrupted:  # Ctrl-C after the last epoch ended: the fit is complete, but the user wants out
+            self._interrupted = False
+            raise KeyboardInterrupt
+
+    # ------------------------------------------------------------------ saving
+    def _position(self, epoch: int, batch: int) -> Position:
+        learn = self.learn
+        return Position(
+            epoch=epoch,
+            batch=batch,
+            n_epoch=learn.n_epoch,
+            n_iter=learn.n_iter if learn.training else len(learn.dls.train),
+            train_iter=learn.train_iter,
+            stage=getattr(learn, "_fit_stage", None),
+        )
+
+    def save(self, position: Position) -> Path | None:
+        """Write a checkpoint for ``position`` now, then delete the ones beyond ``keep_last``."""
+        order = self.learn._data_order
+        path = save_training_checkpoint(self.learn, self._file(position), position, order and order.epoch_rng)
+        if path is None:
+            return None
+        self.last_saved = path
+        if self.keep_last is not None:
+            for old in checkpoint_files(self.folder(), self.fname)[: -self.keep_last]:
+                old.unlink(missing_ok=True)
+        return path
+
+    # ------------------------------------------------------------------ Ctrl-C
+    def _catch_ctrl_c(self) -> None:
+        # Only where Python delivers signals, and only over Python's own handler (never over someone else's).
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            return
+        self._old_handler = signal.signal(signal.SIGINT, self._on_ctrl_c)
+
+    def _on_ctrl_c(self, signum: int, frame: FrameType | None) -> None:
+        self._interrupted = True
+        self._restore_ctrl_c()  # a second Ctrl-C raises KeyboardInterrupt at once
+        # os.write: a signal handler may run in the middle of a print to the same stream.
+        os.write(2, b"\nlearnloop: interrupted: finishing the current batch to write a checkpoint "
+                    b"(Ctrl-C again to stop now)\n")
+
+    def _restore_ctrl_c(self) -> None:
+        if self._old_handler is not None:
+            if signal.getsignal(signal.SIGINT) == self._on_ctrl_c:
+                signal.signal(signal.SIGINT, self._old_handler)
+            self._old_handler = None
+
+    def __repr__(self) -> str:
+        return f"CheckpointCallback(every_n_iters={self.every_n_iters}, every_epoch={self.every_epoch})"
+
+
+def resolve_resume(learn: Learner, resume: str | Path, cbs: list[Any] | None = None) -> Path | None:
+    """The checkpoint file ``resume`` names: a file, a folder (its latest checkpoint), or ``'latest'``.
+
+    ``'latest'`` looks in the folder of the learner's CheckpointCallback (or one in ``cbs``), else in the
+    default ``learn.path / learn.model_dir / 'checkpoints'``; when it holds no checkpoint, a warning says
+    so and None is returned (the fit starts from scratch). A file or folder that does not exist is an error.
+    """
+    checkpointers = [cb for cb in [*learn.cbs, *(cbs or [])] if isinstance(cb, CheckpointCallback)]
+    fname = checkpointers[0].fname if checkpointers else "checkpoint"
+    if isinstance(resume, str) and resume == "latest":
+        folder = checkpointers[0].folder(learn) if checkpointers else learn.path / learn.model_dir / DEFAULT_FOLDER
+        found = latest_checkpoint(folder, fname)
+        if found is None:
+            warnings.warn(f"resume='latest': no checkpoint in {folder}; training starts from scratch.", stacklevel=4)
+        return found
+    path = Path(resume)
+    if path.is_dir():
+        found = latest_checkpoint(path, fname)
+        if found is None:
+            raise CheckpointError(f"resume={str(resume)!r}: the folder holds no {fname}_*.pth checkpoint.")
+        return found
+    if not path.exists():
+        raise FileNotFoundError(
+            f"resume={str(resume)!r}: no such checkpoint file or folder. Pass a checkpoint written by "
+            "CheckpointCallback, its folder, or 'latest'."
+        )
+    return path

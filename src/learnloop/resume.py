@@ -1,0 +1,308 @@
+"""Exact resume: what a training checkpoint holds, and how a fit picks up from one.
+
+A checkpoint is taken at one of two points of the loop (``CheckpointCallback``), and records its
+*position*, where the resumed fit has to carry on:
+
+==================================  ========================  ==========================================
+saved at                            position                  the resumed fit continues with
+==================================  ========================  ==========================================
+``after_batch`` of training batch   ``(epoch, batch=k)``      batch ``k`` of ``epoch`` (mid-epoch)
+``k-1`` (``every_n_iters``, Ctrl-C)
+``after_epoch`` (``every_epoch``)   ``(epoch + 1, batch=0)``  ``before_epoch`` of ``epoch + 1``
+==================================  ========================  ==========================================
+
+It holds the model, its gradients (non-empty in the middle of a gradient accumulation), the optimizer
+(state and hypers), every callback's ``state_dict()``, the learner's counters (``train_iter``,
+``pct_train``: the schedule's position), the states of every random generator (:mod:`learnloop.rng`)
+at the save, and for a mid-epoch checkpoint the generators' states at the start of that epoch's
+training, from which the epoch's batch order was drawn.
+
+A resumed fit (``fit(..., resume=path)``) runs the same events as any fit, minus the epochs and
+batches already done:
+
+1. ``fit`` reads the file and checks it against the learner before any event; loads the weights.
+2. ``before_fit`` fires as usual (callbacks reset their per-fit state).
+3. The loop (``Learner._do_fit``) calls :meth:`ResumeState.restore`: the optimizer; at an epoch
+   boundary also the callbacks, counters and generators. The epochs before the position are skipped.
+4. Mid-epoch: ``before_epoch`` and ``before_train`` fire, then :class:`DataOrder` puts the generators
+   back as they were when the epoch's order was drawn, draws it again, skips ``k`` batches without
+   running them, and restores callbacks, counters, gradients and generators as they were at the save.
+
+So every random number after the resume point (shuffling, MixUp, dropout, augmentation) is the one the
+uninterrupted run drew, and the run ends bit-identical to it (on CPU; see docs/checkpoints.md for GPUs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_save,
+    check_format,
+    check_state_dict,
+    is_checkpoint_writer,
+    learnloop_version,
+    safe_load,
+)
+from .rng import get_rng_state, loader_generators, set_rng_state
+
+if TYPE_CHECKING:
+    from .callback import Callback
+    from .learner import Learner
+
+__all__ = ["Position", "DataOrder", "ResumeState", "save_training_checkpoint", "training_state", "read_position"]
+
+# Learner attributes that travel in a checkpoint: the loop's counters and the skipped-step record.
+_LOOP_ATTRS = ("train_iter", "pct_train", "final_record", "skipped_steps", "pct_skipped")
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where a checkpoint was taken: ``batch`` training batches of ``epoch`` are done (0: none, at its start)."""
+
+    epoch: int
+    batch: int
+    n_epoch: int
+    n_iter: int
+    train_iter: int
+    stage: str | None = None  # which fit of a multi-fit policy (fine_tune) wrote it
+
+    @property
+    def mid_epoch(self) -> bool:
+        """Whether the checkpoint was taken inside a training epoch rather than between epochs."""
+        return self.batch > 0
+
+
+# ------------------------------------------------------------------------------------------ saving
+def keyed_callbacks(learn: Learner) -> list[tuple[str, Callback]]:
+    """The learner's callbacks with the keys their states have in a checkpoint: the name, then ``name#2``..."""
+    seen: dict[str, int] = {}
+    keyed = []
+    for cb in learn.cbs:
+        n = seen[cb.name] = seen.get(cb.name, 0) + 1
+        keyed.append((cb.name if n == 1 else f"{cb.name}#{n}", cb))
+    return keyed
+
+
+def training_state(learn: Learner, position: Position, epoch_rng: dict[str, Any] | None) -> dict[str, Any]:
+    """Everything a fit needs to carry on exactly from ``position`` (see the module's docstring)."""
+    model = learn.model
+    callbacks = {}
+    for key, cb in keyed_callbacks(learn):
+        state = cb.state_dict()
+        if state:
+            callbacks[key] = {"class": type(cb).__qualname__, "state": state}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "learnloop_version": learnloop_version(),
+        "torch_version": torch.__version__,
+        "position": dataclasses.asdict(position),
+        "model": model.state_dict(),
+        "grads": {name: p.grad for name, p in model.named_parameters() if p.grad is not None},
+        "opt": learn.opt.state_dict() if learn.opt is not None else None,
+        "callbacks": callbacks,
+        "loop": {name: learn.__dict__[name] for name in _LOOP_ATTRS if name in learn.__dict__},
+        "rng": get_rng_state(loader_generators(learn.dls)),
+        "epoch_rng": epoch_rng if position.mid_epoch else None,
+    }
+
+
+def save_training_checkpoint(
+    learn: Learner, path: str | Path, position: Position, epoch_rng: dict[str, Any] | None
+) -> Path | None:
+    """Write a training checkpoint to ``path`` atomically; None (nothing written) on processes that do not save."""
+    if not is_checkpoint_writer():
+        return None
+    return atomic_save(training_state(learn, position, epoch_rng), path)
+
+
+def read_position(path: str | Path) -> Position:
+    """The position of the checkpoint at ``path`` (the file is checked, its tensors are not read)."""
+    ckpt = _load(path, mmap=True)
+    return Position(**ckpt["position"])
+
+
+def _load(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    if mmap:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - safe_load below says what is wrong with the file
+            ckpt = safe_load(path, map_location="cpu")
+    else:
+        ckpt = safe_load(path, map_location="cpu")
+    check_format(ckpt, path, CHECKPOINT_FORMAT, " Weights saved by learn.save are loaded with learn.load.")
+    return ckpt
+
+
+# ------------------------------------------------------------------------------------------ data order
+class DataOrder:
+    """Hands the loop each training epoch's batches, recording the random state its order is drawn from.
+
+    The Learner's loop goes through it (``Learner._batches``) while a CheckpointCallback is on the learner or a
+    fit resumes. At the start of a training epoch it records the generators' states (``epoch_rng``), just
+    before the loader draws the epoch's order: a torch DataLoader draws a base seed, then its sampler draws
+    the permutation, from the loader's ``generator`` or, without one, from torch's global generator.
+    When a mid-epoch checkpoint is being resumed, it re-creates that order instead and skips the batches
+    the checkpoint had done.
+    """
+
+    def __init__(self) -> None:
+        self.epoch_rng: dict[str, Any] | None = None
+        self.resume: ResumeState | None = None
+
+    def batches(self, learn: Learner) -> Iterable[tuple[int, Any]]:
+        """``(index, batch)`` pairs of the current training epoch."""
+        resume, self.resume = self.resume, None
+        generators = loader_generators(learn.dls)
+        if resume is None or resume.position.epoch != learn.epoch:
+            self.epoch_rng = get_rng_state(generators)
+            return enumerate(learn.dl)
+        skip = resume.position.batch
+        self.epoch_rng = resume.ckpt["epoch_rng"]
+        set_rng_state(resume.ckpt["epoch_rng"], generators)
+        batches = iter(learn.dl)
+        skip_batches(learn.dl, batches, skip)
+        resume.restore_state(learn)  # everything as at the save, the generators included
+        return enumerate(batches, start=skip)
+
+
+def skip_batches(dl: Any, batches: Iterator[Any], n: int) -> None:
+    """Advance ``batches`` (a fresh iterator over ``dl``) by ``n`` batches.
+
+    A single-process torch DataLoader over a map-style dataset skips indices: its sampler yields (and draws
+    random numbers for) the same indices, but no item is loaded or collated. Any other loader (worker
+    processes, iterable datasets, plain iterables) loads the ``n`` batches and drops them, so that workers
+    see the same indices, in the same order, as in the saved run.
+    """
+    sampler_iter = getattr(batches, "_sampler_iter", None)  # torch's private iterator state (stable since 1.x)
+    if (
+        isinstance(dl, DataLoader)
+        and dl.num_workers == 0
+        and not isinstance(dl.dataset, IterableDataset)
+        and sampler_iter is not None
+        and hasattr(batches, "_num_yielded")
+    ):
+        for _ in range(n):
+            next(sampler_iter)
+        batches._num_yielded += n  # type: ignore[attr-defined]
+        return
+    for _ in range(n):
+        next(batches)
+
+
+# ------------------------------------------------------------------------------------------ resuming
+class ResumeState:
+    """A training checkpoint read back and checked against the learner, then put back into a fit.
+
+    Reading it checks everything that can be checked before training starts, so a wrong file fails before
+    any event fires and before anything on the learner changes: the format and version, the model's keys
+    and shapes, the optimizer's groups, the callbacks, the batches per epoch.
+    """
+
+    def __init__(self, learn: Learner, path: str | Path, n_epoch: int) -> None:
+        self.path = Path(path)
+        ckpt = _load(path)
+        self.ckpt = ckpt
+        self.position = Position(**ckpt["position"])
+        check_state_dict(learn.model, ckpt["model"], path)
+        self._check_data(learn)
+        self._check_opt(learn)
+        self._check_callbacks(learn)
+        if n_epoch != self.position.n_epoch:
+            warnings.warn(
+                f"{path} was taken in a fit of {self.position.n_epoch} epochs and this fit has {n_epoch}: training "
+                "carries on, but the schedule (which depends on the number of epochs) differs from the saved run's.",
+                stacklevel=4,
+            )
+
+    def _check_data(self, learn: Learner) -> None:
+        n_iter, pos = len(learn.dls.train), self.position
+        if n_iter == pos.n_iter:
+            return
+        message = (
+            f"{self.path} was taken with {pos.n_iter} training batches per epoch, but the training data now "
+            f"has {n_iter}"
+        )
+        if pos.mid_epoch:
+            raise CheckpointError(
+                f"{message}: the checkpoint is in the middle of epoch {pos.epoch}, so the batches done cannot be "
+                "matched. Use the same data and batch size, or resume from a checkpoint taken at the end of an epoch."
+            )
+        warnings.warn(f"{message}; training carries on from epoch {pos.epoch}.", stacklevel=4)
+
+    def _check_opt(self, learn: Learner) -> None:
+        saved = self.ckpt["opt"]
+        sizes = saved.get("group_sizes") if isinstance(saved, dict) else None
+        if learn.opt is None or sizes is None:
+            return
+        current = [len(g) for g in learn.opt.param_lists]
+        if list(sizes) != current:
+            raise CheckpointError(
+                f"{self.path} holds an optimizer with parameter groups of {list(sizes)} parameters, but this "
+                f"learner's optimizer has {current}: use the same splitter (and model) as the saved run."
+            )
+
+    def _check_callbacks(self, learn: Learner) -> None:
+        current = dict(keyed_callbacks(learn))
+        missing = []
+        for key, saved in self.ckpt["callbacks"].items():
+            cb = current.get(key)
+            if cb is None:
+                missing.append(f"{key} ({saved['class']})")
+            elif type(cb).__qualname__ != saved["class"]:
+                raise CheckpointError(
+                    f"{self.path} holds the state of a {saved['class']} under {key!r}, but this learner's {key!r} "
+                    f"is a {type(cb).__qualname__}: give the resumed fit the same callbacks as the saved run."
+                )
+        if missing:
+            warnings.warn(
+                f"{self.path} holds the state of callbacks this learner does not have, which is dropped: "
+                f"{', '.join(missing)}. Add them to resume the run exactly.",
+                stacklevel=4,
+            )
+
+    # The three steps of a resumed fit, in the order the loop runs them.
+    def load_model(self, learn: Learner) -> None:
+        """Before ``before_fit``: the weights, so that callbacks reading them there (EMA) see the saved ones."""
+        learn.model.load_state_dict(self.ckpt["model"])
+
+    def restore(self, learn: Learner) -> int:
+        """Right after ``before_fit``: the optimizer, and at an epoch boundary everything else; returns the
+        first epoch to run. A mid-epoch checkpoint is handed to the loop's DataOrder, which restores the rest
+        at the start of the epoch's first batch."""
+        if self.ckpt["opt"] is not None and learn.opt is not None:
+            learn.opt.load_state_dict(self.ckpt["opt"])
+        if self.position.mid_epoch:
+            order = learn._data_order or DataOrder()
+            order.resume = self
+            learn._data_order = order
+        else:
+            self.restore_state(learn)
+        return self.position.epoch
+
+    def restore_state(self, learn: Learner) -> None:
+        """Callbacks, the learner's counters, the gradients and the random generators, as at the save."""
+        ckpt = self.ckpt
+        current = dict(keyed_callbacks(learn))
+        for key, saved in ckpt["callbacks"].items():
+            cb = current.get(key)
+            if cb is not None:
+                cb.load_state_dict(saved["state"])
+        for name, value in ckpt["loop"].items():
+            setattr(learn, name, value)
+        grads = ckpt["grads"]
+        for name, p in learn.model.named_parameters():
+            grad = grads.get(name)
+            p.grad = None if grad is None else grad.to(device=p.device, dtype=p.dtype)
+        set_rng_state(ckpt["rng"], loader_generators(learn.dls))
