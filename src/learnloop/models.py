@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
-__all__ = ["SimpleCNN", "MLP", "conv_block"]
+__all__ = ["SimpleCNN", "MLP", "Rescale", "conv_block", "CNN_WIDTHS", "MLP_HIDDEN"]
+
+CNN_WIDTHS = (16, 32, 64)
+"""Default channel widths of :class:`SimpleCNN`'s conv blocks."""
+MLP_HIDDEN = (200, 100)
+"""Default hidden layer widths of :class:`MLP` (fastai's tabular default)."""
 
 
 def conv_block(n_in: int, n_out: int, stride: int = 1) -> nn.Sequential:
@@ -19,7 +25,7 @@ def conv_block(n_in: int, n_out: int, stride: int = 1) -> nn.Sequential:
 class SimpleCNN(nn.Sequential):
     """A small convolutional classifier: a stack of conv blocks, global average pooling and a linear head."""
 
-    def __init__(self, n_classes: int = 10, n_channels: int = 1, widths: Sequence[int] = (16, 32, 64)) -> None:
+    def __init__(self, n_classes: int = 10, n_channels: int = 1, widths: Sequence[int] = CNN_WIDTHS) -> None:
         layers: list[nn.Module] = []
         n_in = n_channels
         for i, width in enumerate(widths):
@@ -28,14 +34,50 @@ class SimpleCNN(nn.Sequential):
         super().__init__(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_in, n_classes))
 
 
-class MLP(nn.Sequential):
-    """A multi-layer perceptron for tabular data: Linear, BatchNorm, ReLU per hidden layer, then a linear head."""
+class Rescale(nn.Module):
+    """`x * scale + shift`, with fixed `scale` and `shift` kept as buffers (so they travel in the state dict)."""
 
-    def __init__(self, n_in: int, n_out: int, hidden: Sequence[int] = (64, 64), dropout: float = 0.0) -> None:
-        layers: list[nn.Module] = []
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+    def __init__(self, scale: float = 1.0, shift: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("shift", torch.tensor(float(shift)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale.item():.4g}, shift={self.shift.item():.4g}"
+
+
+class MLP(nn.Sequential):
+    """A multi-layer perceptron for tabular data: Linear, BatchNorm, ReLU per hidden layer, then a linear head.
+
+    Inputs of more than one dimension per item are flattened. With `target_stats=(mean, std)` the output is
+    scaled to the targets' units (`out * std + mean`): the layers learn a unit-scale output, whatever the
+    targets' scale, while predictions, losses and metrics read in the targets' own units.
+
+    >>> model = MLP(n_in=8, n_out=1, hidden=(64, 32), target_stats=(250_000.0, 80_000.0))   # house prices
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        hidden: Sequence[int] = MLP_HIDDEN,
+        dropout: float = 0.0,
+        target_stats: tuple[float, float] | None = None,
+    ) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]
         for width in hidden:
             layers += [nn.Linear(n_in, width), nn.BatchNorm1d(width), nn.ReLU()]
             if dropout:
                 layers.append(nn.Dropout(dropout))
             n_in = width
-        super().__init__(*layers, nn.Linear(n_in, n_out))
+        layers.append(nn.Linear(n_in, n_out))
+        if target_stats is not None:
+            mean, std = target_stats
+            layers.append(Rescale(scale=std, shift=mean))
+        super().__init__(*layers)

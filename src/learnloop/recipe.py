@@ -1,0 +1,263 @@
+"""The recipe `learnloop train` follows: data, model, learner, lr finder, fit policy, run directory.
+
+Every setting is a field of :class:`TrainConfig`; the defaults left as None are resolved from the data
+(`resolved`), and the resolved config is what `config.json` holds, with the command line that repeats it.
+
+>>> learn, run_dir = train(TrainConfig(data="houses.csv", target="price", epochs=20))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from . import __version__, optimizer, runs
+from .callback import Callback
+from .callbacks import CSVLogger, MixUp, ParamScheduler, SaveModelCallback
+from .data import DataLoaders, default_device
+from .datasets import digits
+from .learner import Learner
+from .losses import CrossEntropyLossFlat, MSELossFlat
+from .metrics import AccumMetric, R2Score, accuracy, rmse
+from .models import CNN_WIDTHS, MLP_HIDDEN
+from .schedules import SchedNo
+from .tabular import TabularData, TabularPreprocessor, load_csv, read_csv
+
+__all__ = ["ConfigError", "TrainConfig", "train", "OPTIMIZERS", "POLICIES"]
+
+OPTIMIZERS: dict[str, Callable[..., Any]] = {
+    "adam": optimizer.Adam, "sgd": partial(optimizer.SGD, mom=0.9), "rmsprop": optimizer.RMSProp,
+    "radam": optimizer.RAdam, "lamb": optimizer.LAMB, "ranger": optimizer.ranger}
+POLICIES = ("one_cycle", "flat_cos", "sgdr", "fit")
+DIGITS_EPOCHS, CSV_STEPS, CSV_EPOCHS = 8, 300, (5, 30)
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work together, or a file that does not exist: a usage error (exit code 2)."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a `learnloop train` run; None means "chosen from the data" (see `resolved`)."""
+
+    data: str = "digits"
+    target: str | None = None
+    task: Literal["auto", "classification", "regression"] = "auto"
+    valid_pct: float = 0.2
+    drop: list[str] = field(default_factory=list)
+    categorical: list[str] = field(default_factory=list)
+    arch: Literal["auto", "cnn", "mlp"] = "auto"
+    hidden: list[int] | None = None
+    epochs: int | None = None
+    bs: int | None = None
+    lr: float = 1e-2
+    lr_find: bool = False
+    policy: str = "one_cycle"
+    opt: str = "adam"
+    wd: float | None = None
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    mixup: float | None = None
+    seed: int = 42
+    device: str | None = None
+    out: str | None = None
+
+    def resolved(self, data: TabularData) -> TrainConfig:
+        """This config with the automatic choices made for `data`: arch, hidden, bs, epochs, task, device."""
+        arch = self.arch if self.arch != "auto" else "cnn" if data.prep.input_shape else "mlp"
+        if arch == "cnn" and not data.prep.input_shape:
+            raise ConfigError("--arch cnn needs images; for a CSV file use --arch mlp (the default).")
+        n_train, tabular = len(data.train), self.data != "digits"
+        # A small CSV gets small batches, so that an epoch still makes ~10 steps.
+        bs = min(self.bs or (min(64, max(8, n_train // 10)) if tabular else 64), n_train)
+        epochs = self.epochs or (
+            min(max(-(-CSV_STEPS * bs // n_train), CSV_EPOCHS[0]), CSV_EPOCHS[1]) if tabular else DIGITS_EPOCHS)
+        return dataclasses.replace(
+            self, arch=arch, hidden=self.hidden or list(CNN_WIDTHS if arch == "cnn" else MLP_HIDDEN), bs=bs,
+            epochs=epochs, task=data.prep.task, device=str(_device(self.device)))
+
+    def command(self) -> str:
+        """The command line that repeats this (resolved) run."""
+        words = ["learnloop", "train", "--data", self.data]
+        if self.data != "digits":
+            words += ["--target", str(self.target), "--task", self.task]
+            words += [*(["--drop", *self.drop] if self.drop else []),
+                      *(["--categorical", *self.categorical] if self.categorical else [])]
+        words += ["--valid-pct", str(self.valid_pct), "--arch", self.arch, "--hidden", *map(str, self.hidden or []),
+                  "--epochs", str(self.epochs), "--bs", str(self.bs)]
+        words += ["--lr-find"] if self.lr_find else ["--lr", str(self.lr)]
+        words += ["--policy", self.policy, "--opt", self.opt, *(["--wd", str(self.wd)] if self.wd is not None else [])]
+        words += [f"--{self.precision}"] if self.precision != "fp32" else []
+        words += ["--mixup", str(self.mixup)] if self.mixup else []
+        return shlex.join([*words, "--seed", str(self.seed), "--device", str(self.device)])
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[Learner, Path]:
+    """Train as `learnloop train` does; returns the learner (with the best model loaded) and the run directory."""
+    if config.policy not in POLICIES or config.opt not in OPTIMIZERS:
+        raise ConfigError(f"policy must be one of {POLICIES} and opt one of {tuple(OPTIMIZERS)}.")
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    random.seed(config.seed)
+    data = load_data(config)
+    config = config.resolved(data)
+    bs, epochs, hidden = config.bs or 64, config.epochs or 1, config.hidden or []  # set by resolved()
+    dls = DataLoaders.from_dsets(data.train, data.valid, bs=bs, seed=config.seed, device=config.device)
+    classification = data.prep.task == "classification"
+    model = runs.build_model(config.arch, data.prep, hidden)
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat() if classification else MSELossFlat(),
+                    opt_func=OPTIMIZERS[config.opt], lr=config.lr, wd=config.wd,
+                    metrics=accuracy if classification else _regression_metrics(),
+                    cbs=MixUp(config.mixup) if config.mixup else None)
+    if config.precision != "fp32":
+        learn.to_fp16(amp_mode=config.precision)
+    out = runs.new_run_dir(Path(config.out) if config.out else None)
+    learn.path, learn.model_dir = out, Path(".")
+    what = f"{len(data.prep.classes)} classes" if classification else f"regression of {data.prep.target!r}"
+    log(f"data: {config.data}, {len(data.train)} train / {len(data.valid)} valid items, {data.prep.n_inputs} "
+        f"features, {what}" + "".join(f"; {note}" for note in data.notes))
+    if config.lr_find:
+        config = dataclasses.replace(config, lr=_lr_find(learn, out, config.lr, log))
+    runs.write_json(out / runs.CONFIG, {"command": config.command(), **dataclasses.asdict(config), "out": str(out),
+                                        "n_train": len(data.train), "n_valid": len(data.valid), **_provenance(config)})
+    runs.write_json(out / runs.PREPROCESSING, data.prep.to_dict())
+    log(f"model: {type(model).__name__} {' '.join(map(str, hidden))}; {config.opt}, {config.policy}, "
+        f"{epochs} epochs, bs {bs}, lr {config.lr:.3g}, {config.precision}, device {config.device}\n"
+        f"run directory: {out}")
+    _fit(learn, config.policy, epochs, config.lr)
+    _finish(learn, out, log)
+    return learn, out
+
+
+def _regression_metrics() -> list[Any]:
+    return [AccumMetric(rmse.func, name="rmse"), R2Score()]  # fresh instances, named plainly (fastai: '_rmse')
+
+
+def load_data(config: TrainConfig) -> TabularData:
+    """The training and validation data of `config`: the bundled digits, or a CSV file."""
+    if config.data == "digits":
+        for option in ("target", "drop", "categorical"):
+            if getattr(config, option):
+                raise ConfigError(f"--{option} is for CSV files; the digits' target is the digit in each image.")
+        if config.task == "regression":
+            raise ConfigError("--task regression: the digits are a classification task.")
+        image = config.arch != "mlp"
+        shape = (-1, 1, 8, 8) if image else (-1, 64)
+        train_ds, valid_ds = (TensorDataset(ds.tensors[0].reshape(shape), ds.tensors[1])
+                              for ds in digits(valid_pct=config.valid_pct, seed=config.seed))
+        # The schema of the UCI files (64 pixels valued 0..16), so `learnloop predict` reads digits from a CSV file.
+        prep = TabularPreprocessor("digit", "classification", [f"pixel{i}" for i in range(64)], [0.0] * 64,
+                                   [16.0] * 64, classes=[str(i) for i in range(10)],
+                                   input_shape=[1, 8, 8] if image else None)
+        return TabularData(train_ds, valid_ds, prep, [])
+    path = existing_file(config.data, "--data", "'digits' or the path of a CSV file")
+    if config.target is None:
+        raise ConfigError(f"--data {config.data} needs --target COLUMN, the column to predict; "
+                          f"the columns of {path} are: {', '.join(read_csv(path).columns)}.")
+    return load_csv(path, config.target, config.valid_pct, config.seed, config.task, config.drop, config.categorical)
+
+
+def existing_file(name: str | Path, option: str, takes: str) -> Path:
+    """`name` as a Path if it is a file; else a ConfigError saying what `option` takes, with a close match."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise ConfigError(f"{option} {name}: is a directory; {option} takes {takes}.")
+    import difflib
+
+    siblings = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.8)
+    hint = f" Did you mean {path.parent / close[0]}?" if close else ""
+    raise ConfigError(f"{option} {name}: no such file (from {Path.cwd()}).{hint} {option} takes {takes}.")
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device: use cpu, cuda, cuda:1, mps, ...") from None
+    available: dict[str, Callable[[], bool]] = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+    if device.type in available and not available[device.type]():
+        raise ConfigError(f"--device {name}: this machine has no {device.type.upper()} device; use --device cpu.")
+    return device
+
+
+def _lr_find(learn: Learner, out: Path, default: float, log: Callable[[str], None]) -> float:
+    suggestion = learn.lr_find(show_plot=False)
+    lr = float(suggestion[0]) if suggestion else float("nan")
+    if not lr > 0:
+        log(f"lr_find: the loss diverged before it could suggest an lr; using --lr {default}")
+        return default
+    plotted = runs.save_lr_find_plot(learn, out, lr)
+    log(f"lr_find: valley at lr {lr:.3g}" + (" (plot: lr_find.png)" if plotted else ""))
+    return lr
+
+
+class QuietSaveModel(SaveModelCallback):
+    """SaveModelCallback without its "Better model found" line between the rows of the table."""
+
+    def say(self, message: str) -> None:
+        pass
+
+
+class SaveLast(Callback):
+    """Saves model and optimizer as `last.pth` at the end of fit, before SaveModelCallback loads the best back."""
+
+    order = SaveModelCallback.order - 1
+
+    def after_fit(self) -> None:
+        self.learn.save("last", with_opt=True)
+
+
+def _fit(learn: Learner, policy: str, epochs: int, lr: float) -> None:
+    cbs = [CSVLogger(runs.METRICS), QuietSaveModel(fname="model"), SaveLast()]
+    if policy == "one_cycle":
+        learn.fit_one_cycle(epochs, lr, cbs=cbs)
+    elif policy == "flat_cos":
+        learn.fit_flat_cos(epochs, lr, cbs=cbs)
+    elif policy == "sgdr":
+        # Cycles 1, 2, 4, ... units long (cycle_mult 2): as many cycles as fit --epochs exactly.
+        n_cycles = max(n for n in range(1, 8) if epochs % (2**n - 1) == 0)
+        learn.fit_sgdr(n_cycles, epochs // (2**n_cycles - 1), lr, cbs=cbs)
+    else:  # a flat schedule: the same as a plain fit, and schedule.png shows the lr
+        learn.fit(epochs, lr, cbs=[*cbs, ParamScheduler({"lr": SchedNo(lr, lr)})])
+
+
+def _finish(learn: Learner, out: Path, log: Callable[[str], None]) -> None:
+    names = learn.recorder.metric_names[1:-1]  # without epoch and time
+    rows = [v for v in learn.recorder.values if len(v) == len(names)]
+    losses = [float(v[1]) for v in rows]
+    if not (out / runs.BEST_MODEL).exists():
+        learn.save("model", with_opt=False)
+        log("valid_loss never improved (is it nan?): model.pth is the last model")
+    elif losses:
+        best = int(np.nanargmin(losses))
+        scores = ", ".join(f"{n} {float(v):.6f}" for n, v in zip(names[1:], rows[best][1:], strict=True))
+        log(f"best epoch: {best} ({scores}), saved as model.pth")
+    files = [runs.CONFIG, runs.PREPROCESSING, runs.METRICS, *runs.save_plots(learn, out)]
+    files += [f for f in ("lr_find.png", runs.BEST_MODEL, runs.LAST_MODEL) if (out / f).exists()]
+    run = shlex.quote(str(out))
+    log(f"wrote {', '.join(files)} in {out}\nnext: learnloop show {run}  |  learnloop predict {run} NEW_ROWS.csv")
+
+
+def _provenance(config: TrainConfig) -> dict[str, Any]:
+    info: dict[str, Any] = {"learnloop": __version__, "torch": torch.__version__,
+                            "created": datetime.now().isoformat(timespec="seconds")}
+    if config.data != "digits":
+        path = Path(config.data)
+        info |= {"data_path": str(path.resolve()), "data_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return info

@@ -1,0 +1,173 @@
+"""Run directories: what `learnloop train` writes, and what `learnloop predict` and `learnloop show` read.
+
+A run directory holds::
+
+    config.json         every setting of the run, and the command that repeats it
+    preprocessing.json  the columns, normalisation statistics and class names (learnloop.tabular)
+    metrics.csv         the epoch table
+    loss.png, schedule.png, lr_find.png (with --lr-find)
+    model.pth           the best model's weights (lowest valid_loss), for `learnloop predict`
+    last.pth            the model and optimizer at the end of training
+
+Only JSON and weights-only `.pth` files: nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .checkpoint import safe_load
+from .models import MLP, SimpleCNN
+from .tabular import TabularPreprocessor
+
+__all__ = ["Run", "RunError", "build_model", "new_run_dir", "open_run", "save_plots", "format_table", "write_json"]
+
+CONFIG, PREPROCESSING, METRICS, BEST_MODEL, LAST_MODEL = (
+    "config.json", "preprocessing.json", "metrics.csv", "model.pth", "last.pth")
+
+
+class RunError(ValueError):
+    """A path that is not a usable run directory (or a model file inside one)."""
+
+
+def new_run_dir(out: Path | None, root: Path = Path("runs")) -> Path:
+    """`out`, created (refusing one that already holds a run), or a new `runs/<date>-<time>` directory."""
+    if out is not None:
+        if (out / CONFIG).exists():
+            raise RunError(f"{out} already holds a run: choose another --out, or delete it first.")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1, 1000):
+        path = root / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"Could not create a new run directory under {root}.")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as indented JSON, atomically (a temporary file renamed over `path`)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def build_model(arch: str, prep: TabularPreprocessor, hidden: list[int]) -> nn.Module:
+    """The model `learnloop train` trains for this preprocessing: SimpleCNN on images, MLP on features."""
+    if arch == "cnn":
+        if not prep.input_shape or len(prep.input_shape) != 3:
+            raise RunError("--arch cnn needs images; tabular data (a CSV file) needs --arch mlp.")
+        return SimpleCNN(prep.n_outputs, n_channels=prep.input_shape[0], widths=hidden)
+    stats = (prep.target_mean, prep.target_std) if prep.task == "regression" else None
+    return MLP(prep.n_inputs, prep.n_outputs, hidden=hidden, target_stats=stats)
+
+
+def save_plots(learn: Any, run_dir: Path) -> list[str]:
+    """loss.png and schedule.png from the learner's Recorder; the names written (none without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: never open a window, even when there is a display
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    recorder = learn.recorder
+    learn_plots = {
+        "loss.png": lambda f: recorder.plot_loss(skip_start=min(5, len(recorder.losses) // 4), fname=f),
+        "schedule.png": lambda f: recorder.plot_sched(fname=f),
+    }
+    written = []
+    for name, plot in learn_plots.items():
+        plt.close(plot(run_dir / name))
+        written.append(name)
+    return written
+
+
+def save_lr_find_plot(learn: Any, run_dir: Path, lr: float) -> bool:
+    """lr_find.png: the sweep of the last `lr_find`, the chosen `lr` marked; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    recorder = learn.recorder
+    lrs = [float(x) for x in recorder.lrs]
+    nearest = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i]) - math.log(lr)))
+    point = (lr, float(recorder.losses[nearest]))
+    plt.close(recorder.plot_lr_find(suggestions=[point], nms=["valley"], fname=run_dir / "lr_find.png"))
+    return True
+
+
+@dataclass
+class Run:
+    """A run directory as `learnloop predict` and `learnloop show` read it."""
+
+    path: Path
+    config: dict[str, Any]
+    model_file: Path
+
+    @property
+    def prep(self) -> TabularPreprocessor:
+        """The preprocessing learnt in training."""
+        return TabularPreprocessor.from_dict(_read_json(self.path / PREPROCESSING))
+
+    def metrics(self) -> list[list[str]]:
+        """metrics.csv as rows of cells, the header first (empty when training wrote none)."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return []
+        with path.open(newline="") as f:
+            return [row for row in csv.reader(f) if row]
+
+    def load_model(self) -> nn.Module:
+        """The model of the run, with the weights of `model_file`, in eval mode on the CPU."""
+        model = build_model(self.config["arch"], self.prep, self.config["hidden"])
+        state = safe_load(self.model_file, map_location="cpu")
+        model.load_state_dict(state["model"] if set(state) == {"model", "opt"} else state)
+        return model.eval()
+
+
+def open_run(path: Path) -> Run:
+    """The run in directory `path`, or the run a model file `path` belongs to (then that file is its model)."""
+    run_dir, model_file = (path, path / BEST_MODEL) if path.is_dir() else (path.parent, path)
+    if not (run_dir / CONFIG).is_file():
+        configs = sorted(path.glob(f"*/{CONFIG}"), key=lambda p: p.stat().st_mtime) if path.is_dir() else []
+        inside = [p.parent for p in configs]
+        if inside:
+            raise RunError(f"{path} holds {len(inside)} runs rather than being one; the latest is {inside[-1]}.")
+        raise RunError(
+            f"{path} is not a run directory (no {CONFIG} in {run_dir}): give the directory `learnloop train` "
+            "wrote (it prints it), or a model file inside it."
+        )
+    return Run(run_dir, _read_json(run_dir / CONFIG), model_file)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing: the run directory is incomplete.") from None
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path} is not valid JSON ({e}).") from None
+
+
+def format_table(rows: list[list[str]]) -> str:
+    """Rows of cells as left-aligned columns."""
+    if not rows:
+        return ""
+    widths = [max(len(row[i]) if i < len(row) else 0 for row in rows) + 2 for i in range(len(rows[0]))]
+    return "\n".join("".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)).rstrip() for row in rows)

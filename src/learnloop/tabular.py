@@ -1,0 +1,404 @@
+"""Tabular data from CSV files, without pandas: read, infer the task, normalise, and preprocess new rows alike.
+
+Everything the preprocessing learns from the training rows (feature columns, normalisation statistics,
+categories, class names, target statistics) lives in a :class:`TabularPreprocessor`, a plain dataclass that
+round-trips through JSON: a saved run preprocesses new rows exactly as it did its training rows.
+
+>>> data = load_csv("houses.csv", target="price")          # split, task inferred, features normalised
+>>> dls = DataLoaders.from_dsets(data.train, data.valid, bs=64)
+>>> prep = data.prep                                      # prep.task == 'regression'
+>>> x_new = prep.transform(read_csv("new_houses.csv"))   # the same columns, statistics and order
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+__all__ = [
+    "CSVError",
+    "CSVTable",
+    "MAX_INFERRED_CLASSES",
+    "MISSING_VALUES",
+    "TabularData",
+    "TabularPreprocessor",
+    "Task",
+    "infer_task",
+    "load_csv",
+    "read_csv",
+]
+
+Task = Literal["classification", "regression"]
+
+MAX_INFERRED_CLASSES = 20
+"""A numeric target whose values are all whole numbers, with at most this many distinct values, is a class label."""
+MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
+"""Cells (compared lower-case) read as missing values: filled with the training mean in a feature column."""
+_BOOLEANS = {"true": 1.0, "false": 0.0}
+
+
+class CSVError(ValueError):
+    """A CSV file whose contents cannot be used as asked; the message says what to change."""
+
+
+@dataclass
+class CSVTable:
+    """A CSV file's header and data rows, as stripped strings; every row has one cell per column.
+
+    `lines[i]` is the line of the file where row `i` is (for messages).
+    """
+
+    columns: list[str]
+    rows: list[list[str]]
+    name: str = "the CSV file"
+    lines: list[int] = field(default_factory=list)
+
+    def line(self, i: int) -> int:
+        """The file line of row `i`."""
+        return self.lines[i] if self.lines else i + 2
+
+    def column(self, name: str) -> list[str]:
+        """The cells of one column."""
+        i = self.columns.index(name)
+        return [row[i] for row in self.rows]
+
+    def select(self, index: Iterable[int]) -> CSVTable:
+        """The rows at `index`, in that order."""
+        index = list(index)
+        lines = [self.line(i) for i in index]
+        return CSVTable(self.columns, [self.rows[i] for i in index], self.name, lines)
+
+    def check_columns(self, names: Iterable[str], what: str) -> None:
+        """Raise CSVError naming the first of `names` that is not a column, with the columns there are."""
+        for name in names:
+            if name not in self.columns:
+                close = difflib.get_close_matches(name, self.columns, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise CSVError(
+                    f"{what} {name!r} is not a column of {self.name}.{hint} Its columns are: {_names(self.columns)}."
+                )
+
+
+def read_csv(path: str | Path) -> CSVTable:
+    """Read a CSV file with a header row; the delimiter (`,` `;` tab `|`) is detected, UTF-8 or Latin-1."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such file: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # every byte is a character: never fails, and right for most legacy files
+    name = str(path)
+    if not text.strip():
+        raise CSVError(f"{name} is empty: a CSV file needs a header row with the column names, then one row per item.")
+    reader = csv.reader(io.StringIO(text), delimiter=_sniff_delimiter(text))
+    records = [([cell.strip() for cell in row], reader.line_num) for row in reader if any(c.strip() for c in row)]
+    header, rows, lines = records[0][0], [r for r, _ in records[1:]], [n for _, n in records[1:]]
+    columns = [c or f"column_{i + 1}" for i, c in enumerate(header)]
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise CSVError(f"{name} has several columns named {_names(duplicated)}: rename them so each name is unique.")
+    if not rows:
+        raise CSVError(f"{name} has a header ({_names(columns)}) but no data rows.")
+    for row, line in zip(rows, lines, strict=True):
+        if len(row) != len(columns):
+            raise CSVError(
+                f"{name}, line {line}: {len(row)} cells, but the header has {len(columns)} columns. "
+                "Check for a missing or extra delimiter, or an unquoted delimiter inside a value."
+            )
+    return CSVTable(columns, rows, name, lines)
+
+
+def _sniff_delimiter(text: str) -> str:
+    """The candidate giving the same number (> 1) of cells on each of the first lines, preferring more cells."""
+    sample = [line for line in text.splitlines()[:20] if line.strip()]
+    best, best_cells = ",", 1
+    for delimiter in (",", ";", "\t", "|"):
+        counts = {len(row) for row in csv.reader(sample, delimiter=delimiter)}
+        if len(counts) == 1 and (n := counts.pop()) > best_cells:
+            best, best_cells = delimiter, n
+    return best
+
+
+def _names(columns: Sequence[str], limit: int = 30) -> str:
+    shown = ", ".join(repr(c) for c in columns[:limit])
+    return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")
+
+
+def _numbers(cells: Sequence[str]) -> tuple[np.ndarray, int | None]:
+    """Cells as float64 (nan where missing) and the index of the first cell that is not a number, if any."""
+    try:
+        return np.asarray(cells, dtype=np.float64), None  # the fast path: every cell is a number
+    except ValueError:
+        pass
+    out = np.empty(len(cells), dtype=np.float64)
+    for i, cell in enumerate(cells):
+        low = cell.lower()
+        if low in MISSING_VALUES:
+            out[i] = math.nan
+        elif low in _BOOLEANS:
+            out[i] = _BOOLEANS[low]
+        else:
+            try:
+                out[i] = float(cell)
+            except ValueError:
+                return out, i
+    return out, None
+
+
+def _class_name(value: float) -> str:
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
+def infer_task(cells: Sequence[str]) -> Task:
+    """'classification' when the target is not numeric, or when its values are all whole numbers with at most
+    `MAX_INFERRED_CLASSES` distinct values; 'regression' otherwise."""
+    values, bad = _numbers(cells)
+    if bad is not None:
+        return "classification"
+    values = values[np.isfinite(values)]
+    whole = bool(np.all(values == np.round(values)))
+    return "classification" if whole and len(np.unique(values)) <= MAX_INFERRED_CLASSES else "regression"
+
+
+@dataclass
+class TabularPreprocessor:
+    """What turns a CSV table into model inputs and targets, learnt from the training rows.
+
+    Inputs are the `numeric` columns, normalised with `means` and `stds` (a missing cell becomes the mean,
+    so 0), then one one-hot block per `categorical` column (a missing or unseen category is all zeros),
+    reshaped to `input_shape` when one is given (an image). Targets are class indices into `classes`, or
+    floats for regression (`target_mean` / `target_std` let a model output them in the target's units).
+    """
+
+    target: str
+    task: Task
+    numeric: list[str]
+    means: list[float]
+    stds: list[float]
+    categorical: dict[str, list[str]] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    input_shape: list[int] | None = None
+
+    @property
+    def n_inputs(self) -> int:
+        """Number of input features (numeric columns plus one per category)."""
+        return len(self.numeric) + sum(len(levels) for levels in self.categorical.values())
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs a model needs: one per class, or one for regression."""
+        return len(self.classes) if self.task == "classification" else 1
+
+    @property
+    def features(self) -> list[str]:
+        """The columns the inputs are made of."""
+        return [*self.numeric, *self.categorical]
+
+    def transform(self, table: CSVTable) -> torch.Tensor:
+        """The model inputs for every row of `table` (float32); other columns than the features are ignored."""
+        missing = [c for c in self.features if c not in table.columns]
+        if missing:
+            raise CSVError(
+                f"{table.name} lacks the column(s) {_names(missing)} that the model was trained on; "
+                f"it needs all of {_names(self.features)}."
+            )
+        blocks: list[np.ndarray] = []
+        if self.numeric:
+            x = np.stack([_feature(table, c) for c in self.numeric], axis=1)
+            x = (x - np.asarray(self.means)) / np.asarray(self.stds)
+            blocks.append(np.nan_to_num(x, nan=0.0))
+        for name, levels in self.categorical.items():
+            index = {level: i for i, level in enumerate(levels)}
+            onehot = np.zeros((len(table.rows), len(levels)))
+            for row, cell in enumerate(table.column(name)):
+                if cell in index:
+                    onehot[row, index[cell]] = 1.0
+            blocks.append(onehot)
+        x = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(table.rows), 0))
+        out = torch.from_numpy(x.astype(np.float32))
+        return out.reshape(-1, *self.input_shape) if self.input_shape else out
+
+    def targets(self, table: CSVTable) -> torch.Tensor:
+        """Class indices (int64) or float32 values of the target column; a CSVError for unknown or missing ones."""
+        table.check_columns([self.target], "The target column")
+        cells = table.column(self.target)
+        if self.task == "regression":
+            values, bad = _numbers(cells)
+            if bad is not None:
+                raise CSVError(
+                    f"The target column {self.target!r} of {table.name} must be numeric for regression, but line "
+                    f"{table.line(bad)} holds {cells[bad]!r}. Use --task classification if it is a class label."
+                )
+            if np.isnan(values).any():
+                raise CSVError(f"The target column {self.target!r} of {table.name} has missing values.")
+            return torch.from_numpy(values.astype(np.float32))
+        index = {name: i for i, name in enumerate(self.classes)}
+        labels = _labels(cells)
+        unknown = sorted({label for label in labels if label not in index})
+        if unknown:
+            raise CSVError(
+                f"The target column {self.target!r} of {table.name} holds {_names(unknown)}, which are not among "
+                f"the classes {_names(self.classes)}."
+            )
+        return torch.tensor([index[label] for label in labels], dtype=torch.int64)
+
+    def decode(self, outputs: torch.Tensor) -> tuple[list[str | float], list[float] | None]:
+        """The model's raw outputs as predictions: class names and their probabilities, or values."""
+        if self.task == "regression":
+            return [float(v) for v in outputs.reshape(len(outputs), -1)[:, 0]], None
+        probs = torch.softmax(outputs.float(), dim=-1)
+        best, index = probs.max(dim=-1)
+        return [self.classes[int(i)] for i in index], [float(p) for p in best]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; `from_dict` rebuilds the preprocessor."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> TabularPreprocessor:
+        """The preprocessor `to_dict` described."""
+        return cls(**state)
+
+    @classmethod
+    def fit(
+        cls,
+        table: CSVTable,
+        target: str,
+        task: Task | Literal["auto"] = "auto",
+        drop: Sequence[str] = (),
+        categorical: Sequence[str] = (),
+        classes: Sequence[str] | None = None,
+    ) -> TabularPreprocessor:
+        """Learn the preprocessing from the (training) rows of `table`; every column but `target` and `drop`
+        is a feature, numeric unless listed in `categorical`. `classes` (default: the target's values) are
+        the class names of a classification."""
+        table.check_columns([target], "The target column")
+        table.check_columns(drop, "The column to drop")
+        table.check_columns(categorical, "The categorical column")
+        features = [c for c in table.columns if c != target and c not in drop]
+        if not features:
+            raise CSVError(f"{table.name} has no feature columns left besides the target {target!r}.")
+        numeric = [c for c in features if c not in categorical]
+        x = np.stack([_feature(table, c) for c in numeric], axis=1) if numeric else np.zeros((len(table.rows), 0))
+        observed = ~np.isnan(x)
+        counts = observed.sum(axis=0)
+        means = np.where(counts > 0, np.nansum(x, axis=0) / np.maximum(counts, 1), 0.0)
+        stds = np.sqrt(np.nansum((x - means) ** 2, axis=0) / np.maximum(counts, 1))
+        stds = np.where(stds > 1e-12, stds, 1.0)  # a constant column becomes all zeros, not nan
+        levels = {c: sorted({cell for cell in table.column(c) if cell.lower() not in MISSING_VALUES})
+                  for c in categorical}
+        cells = table.column(target)
+        resolved: Task = infer_task(cells) if task == "auto" else task
+        prep = cls(target, resolved, numeric, means.tolist(), stds.tolist(), levels)
+        if resolved == "classification":
+            prep.classes = list(classes) if classes is not None else _sorted_classes(_labels(cells))
+            if len(prep.classes) < 2:
+                raise CSVError(
+                    f"The target column {target!r} of {table.name} holds a single value ({_names(prep.classes)}): "
+                    "there is nothing to learn."
+                )
+        else:
+            y = prep.targets(table).double()
+            prep.target_mean, prep.target_std = float(y.mean()), float(y.std(unbiased=False)) or 1.0
+        return prep
+
+
+def _feature(table: CSVTable, name: str) -> np.ndarray:
+    cells = table.column(name)
+    values, bad = _numbers(cells)
+    if bad is not None:
+        raise CSVError(
+            f"The column {name!r} of {table.name} is not numeric: line {table.line(bad)} holds {cells[bad]!r}. "
+            f"Leave it out with --drop {_quote(name)}, or one-hot encode it with --categorical {_quote(name)}."
+        )
+    values[~np.isfinite(values)] = math.nan  # inf is as unusable as a missing value
+    return values
+
+
+def _quote(name: str) -> str:
+    return name if name.replace("_", "").replace("-", "").replace(".", "").isalnum() else repr(name)
+
+
+def _labels(cells: Sequence[str]) -> list[str]:
+    """Class names of target cells: numbers in a canonical form ('1.0' and '1' are the same class '1')."""
+    values, bad = _numbers(cells)
+    if bad is not None:
+        return list(cells)
+    return [_class_name(v) for v in values]
+
+
+def _sorted_classes(labels: Iterable[str]) -> list[str]:
+    unique = set(labels)
+    try:
+        return sorted(unique, key=float)
+    except ValueError:
+        return sorted(unique)
+
+
+class TabularData(NamedTuple):
+    """What `load_csv` returns: training and validation datasets `(x, y)` and the preprocessing."""
+
+    train: TensorDataset
+    valid: TensorDataset
+    prep: TabularPreprocessor
+    notes: list[str]
+
+
+def load_csv(
+    path: str | Path,
+    target: str,
+    valid_pct: float = 0.2,
+    seed: int = 42,
+    task: Task | Literal["auto"] = "auto",
+    drop: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+) -> TabularData:
+    """Read a CSV file and split its rows at random (seeded) into training and validation datasets.
+
+    Rows whose target is missing are left out. The preprocessing is learnt from the training rows only.
+    `notes` says what was inferred or filled in, for the user to read.
+    """
+    if not 0 < valid_pct < 1:
+        raise ValueError(f"valid_pct is the fraction of rows kept for validation, in (0, 1); got {valid_pct!r}.")
+    table = read_csv(path)
+    table.check_columns([target], "The target column")
+    notes: list[str] = []
+    labelled = [i for i, cell in enumerate(table.column(target)) if cell.lower() not in MISSING_VALUES]
+    if len(labelled) < len(table.rows):
+        notes.append(f"left out {len(table.rows) - len(labelled)} rows whose target {target!r} is missing")
+        table = table.select(labelled)
+    n = len(table.rows)
+    n_valid = min(max(round(n * valid_pct), 1), n - 2)
+    if n_valid < 1:
+        raise CSVError(f"{table.name} has {n} labelled rows: at least 3 are needed (2 to train, 1 to validate).")
+    # Everything is checked on all rows first, so that messages point at the first bad line of the file;
+    # the task and the classes come from all rows too (a rare class may fall entirely in the validation split).
+    whole = TabularPreprocessor.fit(table, target, task=task, drop=drop, categorical=categorical)
+    order = np.random.default_rng(seed).permutation(n)
+    train, valid = table.select(sorted(order[n_valid:].tolist())), table.select(sorted(order[:n_valid].tolist()))
+    prep = TabularPreprocessor.fit(train, target, whole.task, drop, categorical, whole.classes)
+    if task == "auto" and whole.task == "classification" and _numbers(table.column(target))[1] is None:
+        notes.append(f"the target holds whole numbers with at most {MAX_INFERRED_CLASSES} distinct values, so it "
+                     "is taken as a class label (--task regression to predict it as a number)")
+    elif whole.task == "classification" and len(whole.classes) > max(MAX_INFERRED_CLASSES, n // 4):
+        notes.append(f"the target has {len(whole.classes)} classes for {n} rows: if it is a number, use "
+                     "--task regression")
+    n_missing = sum(int(np.isnan(_feature(table, c)).sum()) for c in prep.numeric)
+    if n_missing:
+        notes.append(f"filled {n_missing} missing feature values with their column's training mean")
+    datasets = [TensorDataset(prep.transform(t), prep.targets(t)) for t in (train, valid)]
+    return TabularData(datasets[0], datasets[1], prep, notes)
