@@ -12,9 +12,6 @@ round-trips through JSON: a saved run preprocesses new rows exactly as it did it
 
 from __future__ import annotations
 
-import csv
-import difflib
-import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,6 +21,8 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
+
+from .csvtable import MISSING_VALUES, CSVError, CSVTable, column_list, parse_numbers, read_csv
 
 __all__ = [
     "CSVError",
@@ -42,119 +41,6 @@ Task = Literal["classification", "regression"]
 
 MAX_INFERRED_CLASSES = 20
 """A numeric target whose values are all whole numbers, with at most this many distinct values, is a class label."""
-MISSING_VALUES = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
-"""Cells (compared lower-case) read as missing values: filled with the training mean in a feature column."""
-_BOOLEANS = {"true": 1.0, "false": 0.0}
-
-
-class CSVError(ValueError):
-    """A CSV file whose contents cannot be used as asked; the message says what to change."""
-
-
-@dataclass
-class CSVTable:
-    """A CSV file's header and data rows, as stripped strings; every row has one cell per column.
-
-    `lines[i]` is the line of the file where row `i` is (for messages).
-    """
-
-    columns: list[str]
-    rows: list[list[str]]
-    name: str = "the CSV file"
-    lines: list[int] = field(default_factory=list)
-
-    def line(self, i: int) -> int:
-        """The file line of row `i`."""
-        return self.lines[i] if self.lines else i + 2
-
-    def column(self, name: str) -> list[str]:
-        """The cells of one column."""
-        i = self.columns.index(name)
-        return [row[i] for row in self.rows]
-
-    def select(self, index: Iterable[int]) -> CSVTable:
-        """The rows at `index`, in that order."""
-        index = list(index)
-        lines = [self.line(i) for i in index]
-        return CSVTable(self.columns, [self.rows[i] for i in index], self.name, lines)
-
-    def check_columns(self, names: Iterable[str], what: str) -> None:
-        """Raise CSVError naming the first of `names` that is not a column, with the columns there are."""
-        for name in names:
-            if name not in self.columns:
-                close = difflib.get_close_matches(name, self.columns, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise CSVError(
-                    f"{what} {name!r} is not a column of {self.name}.{hint} Its columns are: {_names(self.columns)}."
-                )
-
-
-def read_csv(path: str | Path) -> CSVTable:
-    """Read a CSV file with a header row; the delimiter (`,` `;` tab `|`) is detected, UTF-8 or Latin-1."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No such file: {path}" + (" (it is a directory)" if path.is_dir() else ""))
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # every byte is a character: never fails, and right for most legacy files
-    name = str(path)
-    if not text.strip():
-        raise CSVError(f"{name} is empty: a CSV file needs a header row with the column names, then one row per item.")
-    reader = csv.reader(io.StringIO(text), delimiter=_sniff_delimiter(text))
-    records = [([cell.strip() for cell in row], reader.line_num) for row in reader if any(c.strip() for c in row)]
-    header, rows, lines = records[0][0], [r for r, _ in records[1:]], [n for _, n in records[1:]]
-    columns = [c or f"column_{i + 1}" for i, c in enumerate(header)]
-    duplicated = sorted({c for c in columns if columns.count(c) > 1})
-    if duplicated:
-        raise CSVError(f"{name} has several columns named {_names(duplicated)}: rename them so each name is unique.")
-    if not rows:
-        raise CSVError(f"{name} has a header ({_names(columns)}) but no data rows.")
-    for row, line in zip(rows, lines, strict=True):
-        if len(row) != len(columns):
-            raise CSVError(
-                f"{name}, line {line}: {len(row)} cells, but the header has {len(columns)} columns. "
-                "Check for a missing or extra delimiter, or an unquoted delimiter inside a value."
-            )
-    return CSVTable(columns, rows, name, lines)
-
-
-def _sniff_delimiter(text: str) -> str:
-    """The candidate giving the same number (> 1) of cells on each of the first lines, preferring more cells."""
-    sample = [line for line in text.splitlines()[:20] if line.strip()]
-    best, best_cells = ",", 1
-    for delimiter in (",", ";", "\t", "|"):
-        counts = {len(row) for row in csv.reader(sample, delimiter=delimiter)}
-        if len(counts) == 1 and (n := counts.pop()) > best_cells:
-            best, best_cells = delimiter, n
-    return best
-
-
-def _names(columns: Sequence[str], limit: int = 30) -> str:
-    shown = ", ".join(repr(c) for c in columns[:limit])
-    return shown + (f", ... ({len(columns)} in all)" if len(columns) > limit else "")
-
-
-def _numbers(cells: Sequence[str]) -> tuple[np.ndarray, int | None]:
-    """Cells as float64 (nan where missing) and the index of the first cell that is not a number, if any."""
-    try:
-        return np.asarray(cells, dtype=np.float64), None  # the fast path: every cell is a number
-    except ValueError:
-        pass
-    out = np.empty(len(cells), dtype=np.float64)
-    for i, cell in enumerate(cells):
-        low = cell.lower()
-        if low in MISSING_VALUES:
-            out[i] = math.nan
-        elif low in _BOOLEANS:
-            out[i] = _BOOLEANS[low]
-        else:
-            try:
-                out[i] = float(cell)
-            except ValueError:
-                return out, i
-    return out, None
 
 
 def _class_name(value: float) -> str:
@@ -164,7 +50,7 @@ def _class_name(value: float) -> str:
 def infer_task(cells: Sequence[str]) -> Task:
     """'classification' when the target is not numeric, or when its values are all whole numbers with at most
     `MAX_INFERRED_CLASSES` distinct values; 'regression' otherwise."""
-    values, bad = _numbers(cells)
+    values, bad = parse_numbers(cells)
     if bad is not None:
         return "classification"
     values = values[np.isfinite(values)]
@@ -213,8 +99,8 @@ class TabularPreprocessor:
         missing = [c for c in self.features if c not in table.columns]
         if missing:
             raise CSVError(
-                f"{table.name} lacks the column(s) {_names(missing)} that the model was trained on; "
-                f"it needs all of {_names(self.features)}."
+                f"{table.name} lacks the column(s) {column_list(missing)} that the model was trained on; "
+                f"it needs all of {column_list(self.features)}."
             )
         blocks: list[np.ndarray] = []
         if self.numeric:
@@ -237,7 +123,7 @@ class TabularPreprocessor:
         table.check_columns([self.target], "The target column")
         cells = table.column(self.target)
         if self.task == "regression":
-            values, bad = _numbers(cells)
+            values, bad = parse_numbers(cells)
             if bad is not None:
                 raise CSVError(
                     f"The target column {self.target!r} of {table.name} must be numeric for regression, but line "
@@ -251,8 +137,8 @@ class TabularPreprocessor:
         unknown = sorted({label for label in labels if label not in index})
         if unknown:
             raise CSVError(
-                f"The target column {self.target!r} of {table.name} holds {_names(unknown)}, which are not among "
-                f"the classes {_names(self.classes)}."
+                f"The target column {self.target!r} of {table.name} holds {column_list(unknown)}, which are not among "
+                f"the classes {column_list(self.classes)}."
             )
         return torch.tensor([index[label] for label in labels], dtype=torch.int64)
 
@@ -308,7 +194,7 @@ class TabularPreprocessor:
             prep.classes = list(classes) if classes is not None else _sorted_classes(_labels(cells))
             if len(prep.classes) < 2:
                 raise CSVError(
-                    f"The target column {target!r} of {table.name} holds a single value ({_names(prep.classes)}): "
+                    f"The target column {target!r} of {table.name} holds a single value ({column_list(prep.classes)}): "
                     "there is nothing to learn."
                 )
         else:
@@ -319,7 +205,7 @@ class TabularPreprocessor:
 
 def _feature(table: CSVTable, name: str) -> np.ndarray:
     cells = table.column(name)
-    values, bad = _numbers(cells)
+    values, bad = parse_numbers(cells)
     if bad is not None:
         raise CSVError(
             f"The column {name!r} of {table.name} is not numeric: line {table.line(bad)} holds {cells[bad]!r}. "
@@ -335,7 +221,7 @@ def _quote(name: str) -> str:
 
 def _labels(cells: Sequence[str]) -> list[str]:
     """Class names of target cells: numbers in a canonical form ('1.0' and '1' are the same class '1')."""
-    values, bad = _numbers(cells)
+    values, bad = parse_numbers(cells)
     if bad is not None:
         return list(cells)
     return [_class_name(v) for v in values]
@@ -391,7 +277,7 @@ def load_csv(
     order = np.random.default_rng(seed).permutation(n)
     train, valid = table.select(sorted(order[n_valid:].tolist())), table.select(sorted(order[:n_valid].tolist()))
     prep = TabularPreprocessor.fit(train, target, whole.task, drop, categorical, whole.classes)
-    if task == "auto" and whole.task == "classification" and _numbers(table.column(target))[1] is None:
+    if task == "auto" and whole.task == "classification" and parse_numbers(table.column(target))[1] is None:
         notes.append(f"the target holds whole numbers with at most {MAX_INFERRED_CLASSES} distinct values, so it "
                      "is taken as a class label (--task regression to predict it as a number)")
     elif whole.task == "classification" and len(whole.classes) > max(MAX_INFERRED_CLASSES, n // 4):

@@ -1,0 +1,280 @@
+"""The `learnloop` command: train on digits and on CSV files, predict, show, and errors a person can act on.
+
+Most runs call `learnloop.cli.main([...])` in-process; a few run `python -m learnloop` and the console
+script to check exit codes and that no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from learnloop.cli import build_parser, main
+from learnloop.datasets import digits
+
+RUN_FILES = {"config.json", "preprocessing.json", "metrics.csv", "loss.png", "schedule.png", "model.pth", "last.pth"}
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[object]], delimiter: str = ",") -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def flowers(path: Path, n: int = 90, seed: int = 0) -> Path:
+    """Three well separated classes named by strings, four numeric features (one cell missing)."""
+    rng = np.random.default_rng(seed)
+    centers = {"setosa": [5.0, 3.4, 1.5, 0.2], "versicolor": [5.9, 2.8, 4.3, 1.3], "virginica": [6.6, 3.0, 5.5, 2.0]}
+    rows: list[list[object]] = []
+    for i in range(n):
+        name = list(centers)[i % 3]
+        rows.append([f"{v:.2f}" for v in np.array(centers[name]) + rng.normal(0, 0.2, 4)] + [name])
+    rows[5][1] = ""
+    return write_csv(path, ["sepal length", "sepal width", "petal length", "petal width", "species"], rows)
+
+
+def houses(path: Path, n: int = 200, seed: int = 0) -> Path:
+    """Prices in the hundreds of thousands from area, rooms and a city (a string); `;`-separated, with an id."""
+    rng = np.random.default_rng(seed)
+    rows: list[list[object]] = []
+    for i in range(n):
+        area, rooms, city = rng.uniform(40, 250), int(rng.integers(1, 7)), ["Paris", "Lyon", "Nice"][i % 3]
+        price = area * 3000 + rooms * 10000 + (100000 if city == "Paris" else 0) + rng.normal(0, 5000)
+        rows.append([i, f"{area:.1f}", rooms, city, f"{price:.0f}"])
+    return write_csv(path, ["id", "area", "rooms", "city", "price"], rows, delimiter=";")
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------------------ digits (the default)
+def test_default_train_on_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The bare command's settings reach >= 97%; the run directory can be shown, predicted with and repeated."""
+    out_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", "--out", out_dir)
+    assert code == 0, err
+    assert "epoch" in out and "accuracy" in out and f"run directory: {out_dir}" in out
+    assert RUN_FILES <= {p.name for p in out_dir.iterdir()}
+    metrics = read_rows(out_dir / "metrics.csv")
+    assert len(metrics) == 8 and float(metrics[-1]["accuracy"]) >= 0.97
+
+    # config.json holds every setting, and its command line parses back to the same settings
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["arch"] == "cnn" and config["epochs"] == 8 and config["bs"] == 64 and config["lr"] == 0.01
+    args = build_parser().parse_args(shlex.split(config["command"])[1:])
+    for key in ("data", "arch", "hidden", "epochs", "bs", "lr", "policy", "opt", "seed", "valid_pct"):
+        assert getattr(args, key) == config[key], key
+
+    # show: the settings and the epoch table
+    code, out, _ = run(capsys, "show", out_dir)
+    assert code == 0 and config["command"] in out and "valid_loss" in out and len(out.splitlines()) > 20
+
+    # predict: digits as CSV rows of 64 pixels valued 0..16, the schema of the UCI files
+    _, valid = digits(seed=42)
+    pixels = (valid.tensors[0].reshape(-1, 64) * 16).round().int().tolist()
+    new = write_csv(tmp_path / "digits.csv", [f"pixel{i}" for i in range(64)], pixels)
+    code, out, err = run(capsys, "predict", out_dir, new, "--out", tmp_path / "pred.csv")
+    assert code == 0, err
+    preds = [int(r["digit_pred"]) for r in read_rows(tmp_path / "pred.csv")]
+    assert np.mean(np.array(preds) == valid.tensors[1].numpy()) >= 0.97
+
+
+# ------------------------------------------------------------------------------------ CSV files
+def test_csv_classification_predict_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = flowers(tmp_path / "flowers.csv")
+    code, out, err = run(capsys, "train", "--data", data, "--target", "species", "--epochs", "6", "--out",
+                         tmp_path / "run")
+    assert code == 0, err
+    assert "3 classes" in out and "filled 1 missing feature value" in out
+    prep = json.loads((tmp_path / "run" / "preprocessing.json").read_text())
+    assert prep["task"] == "classification" and prep["classes"] == ["setosa", "versicolor", "virginica"]
+    assert prep["numeric"] == ["sepal length", "sepal width", "petal length", "petal width"]
+    assert float(read_rows(tmp_path / "run" / "metrics.csv")[-1]["accuracy"]) >= 0.9
+
+    # predict to stdout, new rows without the target, columns in another order plus an extra one
+    new = write_csv(tmp_path / "new.csv", ["note", "petal width", "petal length", "sepal width", "sepal length"],
+                    [["a", 0.2, 1.4, 3.5, 5.1], ["b", 2.1, 5.6, 3.0, 6.7]])
+    code, out, err = run(capsys, "predict", tmp_path / "run", new)
+    assert code == 0, err
+    rows = list(csv.DictReader(out.splitlines()))
+    assert [r["species_pred"] for r in rows] == ["setosa", "virginica"]
+    assert rows[0]["note"] == "a" and 0.5 < float(rows[0]["species_prob"]) <= 1
+    code, out, _ = run(capsys, "predict", tmp_path / "run" / "last.pth", new)  # a model file in the run
+    assert code == 0 and "setosa" in out
+
+
+def test_csv_regression_with_drop_and_categorical(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = houses(tmp_path / "houses.csv")
+    code, out, err = run(capsys, "train", "--data", data, "--target", "price", "--drop", "id", "--categorical",
+                         "city", "--epochs", "12", "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "regression of 'price'" in out and "rmse" in out
+    last = read_rows(tmp_path / "run" / "metrics.csv")[-1]
+    assert float(last["r2_score"]) > 0.8 and float(last["rmse"]) < 80000  # in the target's units
+    new = write_csv(tmp_path / "new.csv", ["area", "rooms", "city"], [[100, 3, "Paris"], [100, 3, "Lyon"]])
+    code, out, err = run(capsys, "predict", tmp_path / "run", new)
+    assert code == 0, err
+    paris, lyon = (float(r["price_pred"]) for r in csv.DictReader(out.splitlines()))
+    assert 250_000 < paris < 550_000 and paris > lyon
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--policy", "flat_cos", "--opt", "sgd"],
+        ["--policy", "sgdr", "--epochs", "3", "--opt", "rmsprop"],
+        ["--policy", "fit", "--opt", "radam", "--wd", "0.1"],
+        ["--opt", "lamb", "--bf16", "--hidden", "16"],
+        ["--opt", "ranger", "--fp16", "--mixup"],
+        ["--lr-find", "--arch", "mlp", "--bs", "16", "--seed", "3", "--valid-pct", "0.3"],
+    ],
+)
+def test_train_options(tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str]) -> None:
+    data = flowers(tmp_path / "flowers.csv", n=45)
+    argv = ["train", "--data", data, "--target", "species", "--epochs", "2", *options, "--out", tmp_path / "run"]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["command"].startswith("learnloop train --data")
+    assert len(read_rows(tmp_path / "run" / "metrics.csv")) == config["epochs"]
+    if "--lr-find" in options:
+        assert (tmp_path / "run" / "lr_find.png").is_file() and "lr_find: valley at lr" in out
+        assert config["lr_find"] and config["lr"] != 0.01 and config["bs"] == 16
+
+
+def test_default_run_directory_and_auto_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = flowers(tmp_path / "flowers.csv", n=60)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "train", "--data", "flowers.csv", "--target", "species", "--epochs", "1")
+    assert code == 0, err
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert f"run directory: runs/{run_dir.name}" in out
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["bs"] == 8 and config["arch"] == "mlp" and config["hidden"] == [200, 100]  # a small CSV
+    assert config["data_path"] == str(data) and len(config["data_sha256"]) == 64
+    code, _, err = run(capsys, "train", "--data", "flowers.csv", "--target", "species", "--epochs", "1", "--out",
+                       run_dir)
+    assert code == 1 and "already holds a run" in err
+
+
+# ------------------------------------------------------------------------------------ errors
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    flowers(tmp_path / "flowers.csv", n=30)
+    houses(tmp_path / "houses.csv", n=30)
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("a,b,y\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        ("train --data nope.csv --target y", 2, r"--data nope.csv: no such file .* takes .digits. or the path"),
+        ("train --data flower.csv --target y", 2, r"Did you mean .*flowers.csv\?"),
+        ("train --data flowers.csv", 2, "needs --target COLUMN.* columns of .* are: sepal length, sepal width"),
+        ("train --data flowers.csv --target Species", 1, r"'Species' is not a column .* Did you mean 'species'\?"),
+        ("train --data houses.csv --target price", 1, "'id'|'city'"),
+        ("train --data houses.csv --target price --drop id", 1, r"'city' .* not numeric: line 2 holds 'Paris'.*--drop"),
+        ("train --data empty.csv --target y", 1, "empty.csv is empty"),
+        ("train --data header.csv --target y", 1, "has a header .* but no data rows"),
+        ("train --data flowers.csv --target species --task regression", 1, "must be numeric for regression"),
+        ("train --data flowers.csv --target species --arch cnn", 2, "--arch cnn needs images"),
+        ("train --epochs 0", 2, "argument --epochs: must be a whole number >= 1, got '0'"),
+        ("train --epochs two", 2, "argument --epochs: must be a whole number >= 1, got 'two'"),
+        ("train --bs -4", 2, "argument --bs: must be a whole number >= 1"),
+        ("train --lr 0", 2, "argument --lr: must be a number > 0"),
+        ("train --valid-pct 1", 2, "argument --valid-pct: must be a fraction strictly between 0 and 1"),
+        ("train --opt adamw", 2, r"invalid choice: 'adamw' \(choose from 'adam', 'sgd', 'rmsprop', 'radam'"),
+        ("train --policy cosine", 2, r"invalid choice: 'cosine' \(choose from 'one_cycle', 'flat_cos', 'sgdr', 'fit'"),
+        ("train --arch resnet", 2, r"invalid choice: 'resnet' \(choose from 'auto', 'cnn', 'mlp'\)"),
+        ("train --fp16 --bf16", 2, "not allowed with argument"),
+        ("train --device quantum", 2, "is not a device"),
+        ("train --target y", 2, "--target is for CSV files"),
+        ("train --bogus", 2, "unrecognized arguments: --bogus"),
+        ("fly", 2, "invalid choice: 'fly'"),
+        ("predict nope flowers.csv", 2, "nope: no such run directory or model file"),
+        ("predict . flowers.csv", 1, "is not a run directory"),
+        ("show nope", 2, "nope: no such run directory"),
+        ("show .", 1, "is not a run directory"),
+    ],
+)
+def test_user_errors(
+    files: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, argv: str, code: int,
+    message: str,
+) -> None:
+    monkeypatch.chdir(files)
+    got, out, err = run(capsys, *shlex.split(argv))
+    assert got == code, err
+    assert __import__("re").search(message, err), err
+    assert "Traceback" not in err + out
+    assert not (files / "runs").exists()  # nothing written for a run that cannot start
+
+
+def test_predict_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "train", "--data", flowers(tmp_path / "f.csv", n=30), "--target", "species", "--epochs",
+                       "1", "--out", tmp_path / "run")
+    assert code == 0, err
+    wrong = write_csv(tmp_path / "wrong.csv", ["sepal length", "x"], [[1, 2]])
+    code, _, err = run(capsys, "predict", tmp_path / "run", wrong)
+    assert code == 1 and "lacks the column(s) 'sepal width', 'petal length', 'petal width'" in err
+    text = write_csv(tmp_path / "text.csv", ["sepal length", "sepal width", "petal length", "petal width"],
+                     [[1, 2, 3, 4], [1, 2, "big", 4]])
+    code, _, err = run(capsys, "predict", tmp_path / "run", text)
+    assert code == 1 and "'petal length'" in err and "line 3 holds 'big'" in err
+    code, _, err = run(capsys, "predict", tmp_path / "run", tmp_path / "nope.csv")
+    assert code == 2 and "INPUT" in err and "no such file" in err
+
+
+def test_help_explains_defaults_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "train", "--help")
+    assert code == 0
+    for text in ("digits", "--target", "at most 20 distinct values", "--lr-find", "exit codes"):
+        assert text in " ".join(out.split()), text
+
+
+# ------------------------------------------------------------------------------------ real processes
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+def test_python_m_learnloop_exit_codes_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("")
+    usage = subprocess.run([sys.executable, "-m", "learnloop", "train", "--epochs", "0"], capture_output=True,
+                           text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert usage.returncode == 2 and "--epochs" in usage.stderr and "Traceback" not in usage.stderr
+    failure = subprocess.run([sys.executable, "-m", "learnloop", "train", "--data", "empty.csv", "--target", "y"],
+                             capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert failure.returncode == 1 and "empty.csv is empty" in failure.stderr
+    assert "Traceback" not in failure.stderr
+
+
+def test_console_script_trains_a_csv(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("learnloop")
+    if not script.exists():
+        pytest.skip("the learnloop console script is not installed next to this Python")
+    flowers(tmp_path / "flowers.csv", n=30)
+    done = subprocess.run([str(script), "train", "--data", "flowers.csv", "--target", "species", "--epochs", "2",
+                           "--out", "run"], capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "train_loss" in done.stdout and (tmp_path / "run" / "model.pth").is_file()

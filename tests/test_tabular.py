@@ -1,0 +1,187 @@
+"""CSV reading (csvtable) and tabular preprocessing (tabular): parsing, task inference, normalisation, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from learnloop.csvtable import CSVError, parse_numbers, read_csv
+from learnloop.models import MLP
+from learnloop.tabular import MAX_INFERRED_CLASSES, TabularPreprocessor, infer_task, load_csv
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------ read_csv
+@pytest.mark.parametrize("sep", [",", ";", "\t", "|"])
+def test_delimiter_is_detected(tmp_path: Path, sep: str) -> None:
+    table = read_csv(write(tmp_path / "t.csv", f"a{sep}b{sep}y\n1{sep}2{sep}3\n4{sep}5{sep}6\n"))
+    assert table.columns == ["a", "b", "y"]
+    assert table.rows == [["1", "2", "3"], ["4", "5", "6"]]
+
+
+def test_quotes_bom_blank_lines_and_latin1(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes('\ufeff"name","x"\n"Zoë, the first",1\n\n"b",2\n'.encode())
+    table = read_csv(path)
+    assert table.columns == ["name", "x"] and table.rows[0] == ["Zoë, the first", "1"]
+    assert table.lines == [2, 4]  # the blank line is skipped, line numbers stay the file's
+    path.write_bytes("name,x\nZo\xeb,1\n".encode("latin-1"))
+    assert read_csv(path).rows == [["Zoë", "1"]]
+
+
+def test_unnamed_columns_get_names(tmp_path: Path) -> None:
+    table = read_csv(write(tmp_path / "t.csv", ",a,y\n0,1,2\n"))  # pandas' index column has no name
+    assert table.columns == ["column_1", "a", "y"]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "is empty"),
+        ("\n  \n", "is empty"),
+        ("a,b,y\n", "has a header .* but no data rows"),
+        ("a,a,y\n1,2,3\n", "several columns named 'a'"),
+        ("a,b,y\n1,2,3\n1,2\n", "line 3: 2 cells, but the header has 3 columns"),
+    ],
+)
+def test_unusable_files(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(CSVError, match=match):
+        read_csv(write(tmp_path / "t.csv", text))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="No such file"):
+        read_csv(tmp_path / "nope.csv")
+
+
+def test_parse_numbers() -> None:
+    values, bad = parse_numbers(["1", "2.5", "", "NA", "nan", "?", "true", "False", "-3e2"])
+    assert bad is None
+    np.testing.assert_array_equal(values[[0, 1, 6, 7, 8]], [1, 2.5, 1, 0, -300])
+    assert np.isnan(values[2:6]).all()
+    assert parse_numbers(["1", "x", "2"])[1] == 1
+
+
+# ------------------------------------------------------------------------------------ task inference
+@pytest.mark.parametrize(
+    ("cells", "task"),
+    [
+        (["a", "b", "a"], "classification"),
+        (["0", "1", "1", "0"], "classification"),
+        (["1.0", "2.0", "3"], "classification"),
+        ([str(i) for i in range(MAX_INFERRED_CLASSES + 1)], "regression"),
+        (["0.5", "1", "2"], "regression"),
+        (["1", "2", "", "3"], "classification"),  # a missing value does not make the target a string
+    ],
+)
+def test_infer_task(cells: list[str], task: str) -> None:
+    assert infer_task(cells) == task
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+def table_file(tmp_path: Path) -> Path:
+    rows = ["x1,x2,color,id,label"]
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        x2 = "" if i == 3 else i % 7
+        rows.append(f"{rng.normal(10, 2):.3f},{x2},{['red', 'blue'][i % 2]},{i},{'yes' if i % 3 else 'no'}")
+    return write(tmp_path / "t.csv", "\n".join(rows) + "\n")
+
+
+def test_load_csv_classification(tmp_path: Path) -> None:
+    data = load_csv(table_file(tmp_path), "label", valid_pct=0.25, drop=["id"], categorical=["color"])
+    prep = data.prep
+    assert prep.task == "classification" and prep.classes == ["no", "yes"]
+    assert prep.numeric == ["x1", "x2"] and prep.categorical == {"color": ["blue", "red"]}
+    assert prep.n_inputs == 4 and prep.n_outputs == 2
+    x, y = data.train.tensors
+    assert len(data.train) == 30 and len(data.valid) == 10
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x[:, :2].mean(0).abs().max() < 1e-5  # normalised with the training rows' statistics
+    assert torch.isfinite(x).all()  # the missing x2 cell became the mean (0)
+    assert set(x[:, 2:].sum(1).tolist()) == {1.0}  # one-hot
+    assert any("filled 1 missing" in note for note in data.notes)
+
+
+def test_split_is_seeded(tmp_path: Path) -> None:
+    path = table_file(tmp_path)
+    a, b = (load_csv(path, "label", drop=["id", "color"], seed=1) for _ in range(2))
+    c = load_csv(path, "label", drop=["id", "color"], seed=2)
+    assert torch.equal(a.valid.tensors[0], b.valid.tensors[0])
+    assert not torch.equal(a.valid.tensors[0], c.valid.tensors[0])
+
+
+def test_preprocessing_round_trips_through_json(tmp_path: Path) -> None:
+    path = table_file(tmp_path)
+    prep = load_csv(path, "label", drop=["id"], categorical=["color"]).prep
+    again = TabularPreprocessor.from_dict(json.loads(json.dumps(prep.to_dict())))
+    assert again == prep
+    table = read_csv(path)
+    assert torch.equal(again.transform(table), prep.transform(table))
+
+
+def test_transform_new_rows_by_column_name(tmp_path: Path) -> None:
+    prep = load_csv(table_file(tmp_path), "label", drop=["id"], categorical=["color"]).prep
+    new = read_csv(write(tmp_path / "new.csv", "color,extra,x2,x1\ngreen,z,3,10\nred,z,,\n"))
+    x = prep.transform(new)
+    assert x.shape == (2, 4)
+    assert x[0, 2:].tolist() == [0, 0]  # an unseen category is all zeros
+    assert x[1, :2].tolist() == [0, 0]  # missing numbers are the training mean
+    with pytest.raises(CSVError, match="lacks the column.*'x1'"):
+        prep.transform(read_csv(write(tmp_path / "bad.csv", "x2,color\n1,red\n")))
+
+
+def test_regression_target_stats(tmp_path: Path) -> None:
+    rows = ["a,b,price"] + [f"{i},{i % 5},{100000 + 5000 * i + 0.5}" for i in range(50)]
+    data = load_csv(write(tmp_path / "r.csv", "\n".join(rows)), "price")
+    prep = data.prep
+    assert prep.task == "regression" and prep.n_outputs == 1
+    assert data.train.tensors[1].dtype == torch.float32
+    y = data.train.tensors[1].double()
+    assert prep.target_mean == pytest.approx(float(y.mean())) and prep.target_std == pytest.approx(float(y.std(False)))
+    model = MLP(prep.n_inputs, 1, target_stats=(prep.target_mean, prep.target_std)).eval()
+    with torch.no_grad():  # the output layer works at unit scale: an untrained model predicts near the mean
+        assert abs(float(model(data.valid.tensors[0]).mean()) - prep.target_mean) < 5 * prep.target_std
+
+
+def test_rows_without_target_are_left_out(tmp_path: Path) -> None:
+    data = load_csv(write(tmp_path / "t.csv", "x,y\n1,1.5\n2,\n3,2.5\n4,NA\n5,3.5\n6,0.1\n"), "y")
+    assert len(data.train) + len(data.valid) == 4
+    assert any("left out 2 rows" in note for note in data.notes)
+
+
+def test_rare_class_only_in_validation_is_known(tmp_path: Path) -> None:
+    rows = ["x,y"] + [f"{i},{'a' if i % 2 else 'b'}" for i in range(30)] + ["99,rare"]
+    for seed in range(5):
+        data = load_csv(write(tmp_path / "t.csv", "\n".join(rows)), "y", seed=seed)
+        assert data.prep.classes == ["a", "b", "rare"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target": "Label"}, r"'Label' is not a column .* Did you mean 'label'\? Its columns are: 'x1', 'x2'"),
+        ({"target": "label"}, r"'color' .* is not numeric: line 2 holds 'red'.*--drop color.*--categorical color"),
+        ({"target": "label", "drop": ["nope"]}, "The column to drop 'nope' is not a column"),
+        ({"target": "label", "drop": ["x1", "x2", "color", "id"]}, "no feature columns left"),
+        ({"target": "color", "drop": ["id", "label"], "task": "regression"}, "must be numeric for regression.*line 2"),
+    ],
+)
+def test_errors_say_what_to_do(tmp_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(CSVError, match=match):
+        load_csv(table_file(tmp_path), **kwargs)
+
+
+def test_single_class_and_too_few_rows(tmp_path: Path) -> None:
+    with pytest.raises(CSVError, match="single value"):
+        load_csv(write(tmp_path / "a.csv", "x,y\n1,a\n2,a\n3,a\n"), "y")
+    with pytest.raises(CSVError, match="at least 3 are needed"):
+        load_csv(write(tmp_path / "b.csv", "x,y\n1,a\n2,b\n"), "y")
