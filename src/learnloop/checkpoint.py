@@ -131,12 +131,18 @@ def safe_load(path: str | Path, map_location: Any = None) -> Any:
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, so it is refused: loading it could "
             f"run arbitrary code. Only load files you trust, with torch.load(weights_only=False). "
-            f"({str(e).splitlines()[0]})"
+            f"({_unpickler_reason(e)})"
         ) from e
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 - garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
         raise CheckpointError(f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}).") from e
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The line of torch's long weights-only error that names what was refused."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
 
 
 def check_format(obj: Any, path: str | Path, expected: str, hint: str = "") -> None:

@@ -602,6 +602,17 @@ class Learner:
         load_model(self._model_file(file), self.model, self.opt, with_opt=with_opt, device=device, strict=strict)
         return self
 
+    def export(self, fname: str | Path = "export.pkl", pickle_model: bool = True) -> Path:
+        """Save the model for inference to `path/fname`, atomically, for `load_learner` (see learnloop.export).
+
+        The file is read with torch's weights-only loader; the pickled model it also holds (unless
+        `pickle_model=False`) is only unpickled by `load_learner(..., trusted=True)`. A name ending in
+        `.safetensors` writes the weights in that format.
+        """
+        from .export import export_learner
+
+        return export_learner(self, fname, pickle_model)
+
     def freeze_to(self, n: int) -> None:
         """Freeze the parameter groups before group `n` (normalisation layers keep training if `train_bn`)."""
         if self.opt is None:
@@ -667,10 +678,11 @@ class Learner:
         cbs: Any = None,
         reset_opt: bool = False,
         start_epoch: int = 0,
+        resume: str | Path | None = None,
     ) -> None:
         """Train with the 1cycle policy (lr warm-up then cosine annealing, momentum the other way)."""
         _schedule.fit_one_cycle(
-            self, n_epoch, lr_max, div, div_final, pct_start, wd, moms, cbs, reset_opt, start_epoch
+            self, n_epoch, lr_max, div, div_final, pct_start, wd, moms, cbs, reset_opt, start_epoch, resume
         )
 
     def fit_flat_cos(
@@ -683,9 +695,10 @@ class Learner:
         cbs: Any = None,
         reset_opt: bool = False,
         start_epoch: int = 0,
+        resume: str | Path | None = None,
     ) -> None:
         """Train at a flat `lr` for `pct_start` of training, then anneal it with a cosine."""
-        _schedule.fit_flat_cos(self, n_epoch, lr, div_final, pct_start, wd, cbs, reset_opt, start_epoch)
+        _schedule.fit_flat_cos(self, n_epoch, lr, div_final, pct_start, wd, cbs, reset_opt, start_epoch, resume)
 
     def fit_sgdr(
         self,
@@ -697,9 +710,12 @@ class Learner:
         reset_opt: bool = False,
         wd: float | None = None,
         start_epoch: int = 0,
+        resume: str | Path | None = None,
     ) -> None:
         """Train with SGDR: `n_cycles` cosine annealings of `cycle_len * cycle_mult**i` epochs."""
-        _schedule.fit_sgdr(self, n_cycles, cycle_len, lr_max, cycle_mult, cbs, reset_opt, wd, start_epoch)
+        _schedule.fit_sgdr(
+            self, n_cycles, cycle_len, lr_max, cycle_mult, cbs, reset_opt, wd, start_epoch, resume
+        )
 
     def fine_tune(
         self,
@@ -709,10 +725,11 @@ class Learner:
         lr_mult: float = 100,
         pct_start: float = 0.3,
         div: float = 5.0,
+        resume: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
         """Train the last group frozen for `freeze_epochs`, then everything with discriminative lrs."""
-        _schedule.fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, **kwargs)
+        _schedule.fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, resume, **kwargs)
 
     def lr_find(
         self,

@@ -106,7 +106,7 @@ def training_state(learn: Learner, position: Position, epoch_rng: dict[str, Any]
         "format": CHECKPOINT_FORMAT,
         "format_version": FORMAT_VERSION,
         "learnloop_version": learnloop_version(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "position": dataclasses.asdict(position),
         "model": model.state_dict(),
         "grads": {name: p.grad for name, p in model.named_parameters() if p.grad is not None},

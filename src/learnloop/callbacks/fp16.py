@@ -249,14 +249,21 @@ class MixedPrecision(Callback):
 
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """The GradScaler's state (loss scale and growth tracker), or a loaded one not used yet."""
+        """The GradScaler's state (loss scale and growth tracker), or a loaded one not used yet, and how many
+        batches' scaled gradients await the next step (a checkpoint in the middle of gradient accumulation)."""
         if self._scaler_state is not None:
-            return {"scaler": dict(self._scaler_state)}
-        return {"scaler": self._scaler.state_dict() if self._scaler is not None else None}
+            return {"scaler": dict(self._scaler_state), "n_accumulated": self._n_accumulated}
+        scaler = self._scaler.state_dict() if self._scaler is not None else None
+        return {"scaler": scaler, "n_accumulated": self._n_accumulated}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         scaler_state = state.get("scaler")
         if scaler_state is None:
+            return
+        in_fit = self._scaler is not None and self.learn is not None and getattr(self.learn, "scaler", None) is self._scaler
+        if in_fit:  # a fit resuming from a checkpoint: this fit's scaler carries on; the next fit starts afresh
+            self._scaler.load_state_dict(scaler_state)  # type: ignore[union-attr]
+            self._n_accumulated = int(state.get("n_accumulated", 0))
             return
         self._scaler_state = dict(scaler_state)  # for the next fit's scaler
         if self._scaler is not None:

@@ -27,6 +27,37 @@ def _value(metric: Metric) -> Any:
     return v.item() if isinstance(v, torch.Tensor) else v
 
 
+def _stacked(losses: list[torch.Tensor]) -> Any:
+    """The per-batch losses as one tensor: thousands of separate scalars are slow to save."""
+    try:
+        return torch.stack([t.detach().reshape(()) for t in losses]).cpu() if losses else torch.zeros(0)
+    except RuntimeError:  # mixed devices or dtypes: keep them apart
+        return [t.detach().cpu() for t in losses]
+
+
+def _is_state(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, torch.Tensor) for v in value)
+    return value is None or isinstance(value, torch.Tensor) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def metric_state(metric: Metric) -> dict[str, Any]:
+    """A metric's running totals, for a checkpoint taken in the middle of a phase: its attributes that hold
+    tensors, numbers or lists of tensors (``total``/``count``, ``preds``/``targs``, ...); other objects
+    (a torchmetrics metric inside ``TorchMetric``) are not captured."""
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(metric).items() if _is_state(v)}
+
+
+def load_metric_state(metric: Metric, state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Put back what :func:`metric_state` returned, tensors moved to ``device`` (the model's)."""
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and device is not None:
+            v = v.to(device)
+        elif isinstance(v, list) and device is not None:
+            v = [t.to(device) for t in v]
+        setattr(metric, k, v)
+
+
 class Recorder(Callback):
     """Records the smoothed training loss and lr per batch, and `[train_loss, valid_loss, *metrics]` per epoch.
 
@@ -128,19 +159,34 @@ class Recorder(Callback):
         return [self.loss, *self.learn.metrics]
 
     def state_dict(self) -> dict[str, Any]:
-        """The history, so a resumed run keeps its curves."""
+        """The history, so a resumed run keeps its curves, and the running averages of the epoch in progress."""
+        learn = self.learn
         return {
             "lrs": list(self.lrs),
             "iters": list(self.iters),
-            "losses": [t.detach().cpu() for t in self.losses],
+            "losses": _stacked(self.losses),
             "values": [list(v) for v in self.values],
             "hps": {k: list(v) for k, v in self.hps.items()},
+            "smooth_loss": metric_state(self.smooth_loss),
+            "train_metrics": [metric_state(m) for m in learn.metrics] if self.train_metrics and learn else [],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        losses = state["losses"]
         self.lrs, self.iters = list(state["lrs"]), list(state["iters"])
-        self.losses, self.values = list(state["losses"]), [list(v) for v in state["values"]]
+        self.losses = list(losses.unbind()) if isinstance(losses, torch.Tensor) else list(losses)
+        self.values = [list(v) for v in state["values"]]
         self.hps = {k: list(v) for k, v in state.get("hps", {}).items()}
+        learn = self.learn
+        param = next(learn.model.parameters(), None) if learn is not None else None
+        device = param.device if param is not None else None
+        if "smooth_loss" in state:
+            load_metric_state(self.smooth_loss, state["smooth_loss"], device)
+            if learn is not None and self.smooth_loss.value is not None:
+                learn.smooth_loss = self.smooth_loss.value
+        if learn is not None and state.get("train_metrics"):
+            for m, saved in zip(learn.metrics, state["train_metrics"], strict=False):
+                load_metric_state(m, saved, device)
 
     # ---- plots (learnloop.plots; matplotlib is imported on first use)
     def plot_loss(

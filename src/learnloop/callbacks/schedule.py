@@ -8,13 +8,18 @@ The policies are functions taking the learner first; ``Learner.fit_one_cycle`` &
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..callback import Callback
+from ..checkpoint import CheckpointError
+from ..resume import read_position
 from ..schedules import SchedCos, Schedule, combine_scheds, combined_cos
+from .checkpointing import resolve_resume
 from .steps import schedule_pct
 
 if TYPE_CHECKING:
@@ -77,6 +82,13 @@ class ParamScheduler(Callback):
         if recorder is not None:
             recorder.hps = self.hps
 
+    def state_dict(self) -> dict[str, Any]:
+        """The hyper-parameters recorded so far (the schedule's position is the learner's ``pct_train``)."""
+        return {"hps": {name: list(values) for name, values in self.hps.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.hps = {name: list(values) for name, values in state.get("hps", {}).items()}
+
 
 def _hyper_names(opt: Any) -> set[str]:
     """The hyper-parameters the optimizer's groups actually hold."""
@@ -119,12 +131,14 @@ def fit_one_cycle(
     cbs: Any = None,
     reset_opt: bool = False,
     start_epoch: int = 0,
+    resume: str | Path | None = None,
 ) -> None:
     """Train with the 1cycle policy: lr warms up from ``lr_max/div`` to ``lr_max`` over ``pct_start`` of
     training (cosine), then anneals to ``lr_max/div_final``; momentum goes the opposite way through ``moms``.
 
     ``lr_max`` may be a slice or a list for discriminative learning rates. An optimizer without a
     momentum hyper-parameter (torch's Adagrad, say) gets only the lr schedule unless ``moms`` is given.
+    ``resume`` continues from a checkpoint (``Learner.fit``), with the same arguments as the saved run.
     """
     _check_fraction("pct_start", pct_start)
     _check_positive("div", div)
@@ -135,7 +149,12 @@ def fit_one_cycle(
         mom_start, mom_mid, mom_end = _three_moms(learn.moms if moms is None else moms)
         scheds["mom"] = combined_cos(pct_start, mom_start, mom_mid, mom_end)
     learn.fit(
-        n_epoch, cbs=[ParamScheduler(scheds), *_cb_list(cbs)], reset_opt=reset_opt, wd=wd, start_epoch=start_epoch
+        n_epoch,
+        cbs=[ParamScheduler(scheds), *_cb_list(cbs)],
+        reset_opt=reset_opt,
+        wd=wd,
+        start_epoch=start_epoch,
+        resume=resume,
     )
 
 
@@ -164,6 +183,7 @@ def fit_flat_cos(
     cbs: Any = None,
     reset_opt: bool = False,
     start_epoch: int = 0,
+    resume: str | Path | None = None,
 ) -> None:
     """Train at a flat ``lr`` for ``pct_start`` of training, then anneal it to ``lr/div_final`` (cosine)."""
     _check_fraction("pct_start", pct_start)
@@ -171,7 +191,12 @@ def fit_flat_cos(
     lrs = _group_lrs(learn, lr, "lr")
     scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs, lrs, lrs / div_final)}
     learn.fit(
-        n_epoch, cbs=[ParamScheduler(scheds), *_cb_list(cbs)], reset_opt=reset_opt, wd=wd, start_epoch=start_epoch
+        n_epoch,
+        cbs=[ParamScheduler(scheds), *_cb_list(cbs)],
+        reset_opt=reset_opt,
+        wd=wd,
+        start_epoch=start_epoch,
+        resume=resume,
     )
 
 
@@ -192,6 +217,7 @@ def fit_sgdr(
     reset_opt: bool = False,
     wd: float | None = None,
     start_epoch: int = 0,
+    resume: str | Path | None = None,
 ) -> None:
     """Train with warm restarts (SGDR): ``n_cycles`` cosine annealings from ``lr_max`` to 0, the first one
     ``cycle_len`` epochs long, each next one ``cycle_mult`` times longer."""
@@ -203,7 +229,12 @@ def fit_sgdr(
     pcts = [cycle_len * cycle_mult**i / n_epoch for i in range(n_cycles)]
     scheds: dict[str, Schedule] = {"lr": combine_scheds(pcts, [SchedCos(lrs, 0.0) for _ in range(n_cycles)])}
     learn.fit(
-        n_epoch, cbs=[ParamScheduler(scheds), *_cb_list(cbs)], reset_opt=reset_opt, wd=wd, start_epoch=start_epoch
+        n_epoch,
+        cbs=[ParamScheduler(scheds), *_cb_list(cbs)],
+        reset_opt=reset_opt,
+        wd=wd,
+        start_epoch=start_epoch,
+        resume=resume,
     )
 
 
@@ -215,18 +246,52 @@ def fine_tune(
     lr_mult: float = 100,
     pct_start: float = 0.3,
     div: float = 5.0,
+    resume: str | Path | None = None,
     **kwargs: Any,
 ) -> None:
     """Transfer learning: ``freeze_epochs`` of one-cycle on the last parameter group only, then ``epochs``
     of one-cycle on the whole model with learning rates from ``base_lr/2/lr_mult`` to ``base_lr/2``.
 
     ``kwargs`` go to both ``fit_one_cycle`` calls (``wd``, ``moms``, ``cbs``, ``div_final``, ...).
+    ``resume`` continues from a checkpoint taken during either fit (the frozen one is skipped when the
+    checkpoint is from the second).
     """
     _check_positive("lr_mult", lr_mult)
     _check_fraction("pct_start", pct_start)
     _check_positive("div", div)
+    file = resolve_resume(learn, resume, _cb_list(kwargs.get("cbs"))) if resume is not None else None
+    stage = read_position(file).stage if file is not None else None
+    if file is not None and stage not in (FROZEN, UNFROZEN):
+        raise CheckpointError(
+            f"{file} was not taken during fine_tune (it is from a plain fit): resume it with the fit method that "
+            "wrote it."
+        )
     learn.freeze()
-    fit_one_cycle(learn, freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
+    if stage != UNFROZEN:
+        with _fit_stage(learn, FROZEN):
+            fit_one_cycle(learn, freeze_epochs, slice(base_lr), pct_start=0.99, resume=file, **kwargs)
     base_lr /= 2
     learn.unfreeze()
-    fit_one_cycle(learn, epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, **kwargs)
+    with _fit_stage(learn, UNFROZEN):
+        fit_one_cycle(
+            learn,
+            epochs,
+            slice(base_lr / lr_mult, base_lr),
+            pct_start=pct_start,
+            div=div,
+            resume=file if stage == UNFROZEN else None,
+            **kwargs,
+        )
+
+
+# The two fits of fine_tune, as recorded in their checkpoints.
+FROZEN, UNFROZEN = "fine_tune:frozen", "fine_tune:unfrozen"
+
+
+@contextmanager
+def _fit_stage(learn: Learner, stage: str) -> Iterator[None]:
+    old, learn._fit_stage = learn._fit_stage, stage
+    try:
+        yield
+    finally:
+        learn._fit_stage = old

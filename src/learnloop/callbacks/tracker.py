@@ -85,6 +85,10 @@ class TrackerCallback(Callback):
             if not restored:
                 self.start_fit()
 
+    def after_train(self) -> None:
+        # State loaded inside a training phase (resuming a mid-epoch checkpoint) comes after the reset it would skip.
+        self._restored = False
+
     def start_fit(self) -> None:
         """Reset the state at the start of a fit (at its first training phase)."""
         if self.reset_on_fit or self.best is None:

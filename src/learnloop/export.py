@@ -1,0 +1,212 @@
+"""``learn.export`` / ``load_learner``: a trained model saved for inference, loaded without running code from the file.
+
+fastai pickles the whole Learner, so loading an export runs whatever code the file names. A learnloop
+export is read with torch's weights-only loader and holds:
+
+- the model's ``state_dict`` (always), the model's class name, the learnloop and torch versions and
+  ``dls.n_inp``;
+- unless ``pickle_model=False``, the model and the loss function pickled, stored as an opaque ``bytes``
+  field: the weights-only loader reads it as bytes and never unpickles it; only
+  ``load_learner(fname, trusted=True)`` does.
+
+So there are two ways to load one:
+
+>>> learn = load_learner("export.pkl", model=Net())       # safe: the weights go into a model you build
+>>> learn = load_learner("export.pkl", trusted=True)       # fastai-style: unpickles the stored model (runs code)
+>>> learn.predict(x)
+
+A file name ending in ``.safetensors`` writes the weights in the safetensors format instead (weights and
+text metadata only, readable by other tools; needs ``pip install 'learnloop[safetensors]'``); loading it
+needs ``model=``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .callback import noop
+from .checkpoint import (
+    EXPORT_FORMAT,
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_save,
+    atomic_write,
+    check_format,
+    check_state_dict,
+    learnloop_version,
+    safe_load,
+)
+from .data import DataLoaders, default_device
+
+if TYPE_CHECKING:
+    from .learner import Learner
+
+__all__ = ["export_learner", "load_learner", "InferenceOnlyLoss"]
+
+
+class InferenceOnlyLoss:
+    """The loss function of a learner loaded for inference without one: predictions work, losses do not."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise RuntimeError(
+            "This learner was loaded by load_learner for inference, without a loss function: pass "
+            "load_learner(..., loss_func=...) to compute losses or to train."
+        )
+
+    def __repr__(self) -> str:
+        return "InferenceOnlyLoss()"
+
+
+def _class_name(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def export_learner(learn: Learner, fname: str | Path = "export.pkl", pickle_model: bool = True) -> Path:
+    """Write ``learn``'s model for inference to ``learn.path / fname`` atomically (see the module docstring)."""
+    path = learn.path / fname
+    model = learn.model
+    if path.suffix == ".safetensors":
+        metadata = {"model_class": _class_name(model), "n_inp": str(getattr(learn.dls, "n_inp", None) or "")}
+        return save_safetensors(path, model.state_dict(), metadata)
+    pickled = _pickled(model, learn.loss_func) if pickle_model else None
+    return atomic_save(
+        {
+            "format": EXPORT_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "learnloop_version": learnloop_version(),
+            "torch_version": str(torch.__version__),
+            "model_class": _class_name(model),
+            "n_inp": getattr(learn.dls, "n_inp", None),
+            "model": model.state_dict(),
+            "pickled": pickled,
+        },
+        path,
+    )
+
+
+def _pickled(model: nn.Module, loss_func: Any) -> bytes | None:
+    buffer = io.BytesIO()
+    try:
+        torch.save({"model": model, "loss_func": loss_func}, buffer)
+    except Exception as e:  # noqa: BLE001 - anything may refuse to be pickled (lambdas, local classes, ...)
+        warnings.warn(
+            f"learn.export: the model or loss function cannot be pickled ({type(e).__name__}: {e}); the export "
+            "holds the weights only, to be loaded with load_learner(fname, model=...).",
+            stacklevel=3,
+        )
+        return None
+    return buffer.getvalue()
+
+
+def load_learner(
+    fname: str | Path,
+    model: nn.Module | Callable[[], nn.Module] | None = None,
+    loss_func: Callable[..., torch.Tensor] | None = None,
+    cpu: bool = True,
+    trusted: bool = False,
+) -> Learner:
+    """A Learner for inference from a file written by ``learn.export`` (on the CPU unless ``cpu=False``).
+
+    ``model`` (a module, or a function building one) receives the weights: the safe way. Without it,
+    ``trusted=True`` unpickles the model stored in the file, which runs code from it: only for files you
+    trust. ``loss_func`` defaults to the exported one when unpickled, else to a stand-in that refuses to
+    compute losses (``predict`` and ``get_preds`` work without one).
+    """
+    from .learner import Learner
+
+    path = Path(fname)
+    device = torch.device("cpu") if cpu else default_device()
+    if path.suffix == ".safetensors":
+        weights, info = load_safetensors(path, device)
+        pickled = None
+    else:
+        info = safe_load(path, map_location=device)
+        check_format(info, path, EXPORT_FORMAT, " Weights saved by learn.save are loaded with learn.load.")
+        weights, pickled = info["model"], info.get("pickled")
+    if model is not None:
+        model = model if isinstance(model, nn.Module) else model()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"load_learner: model must be an nn.Module or build one, got {type(model).__name__}.")
+        check_state_dict(model, weights, path)
+        model.load_state_dict(weights)
+    elif trusted:
+        if pickled is None:
+            raise CheckpointError(
+                f"{path} holds the weights only (no pickled model): pass load_learner({str(fname)!r}, model=...) "
+                f"with a {info.get('model_class', 'model')} built as in training."
+            )
+        stored = torch.load(io.BytesIO(pickled), map_location=device, weights_only=False)
+        model = stored["model"]
+        loss_func = loss_func if loss_func is not None else stored.get("loss_func")
+    else:
+        raise CheckpointError(
+            f"{path} holds the weights of a {info.get('model_class', 'model')}. Load them safely into a model "
+            f"built as in training: load_learner({str(fname)!r}, model=<the model>); or, only if you trust the "
+            "file, unpickle the model stored with it: load_learner(..., trusted=True)."
+        )
+    assert isinstance(model, nn.Module)
+    n_inp = info.get("n_inp") or None
+    dls = DataLoaders([], None, device=device, n_inp=int(n_inp) if n_inp else None)
+    learn = Learner(dls, model.to(device).eval(), loss_func=loss_func or InferenceOnlyLoss(), path=path.parent)
+    learn.logger = noop
+    return learn
+
+
+# ------------------------------------------------------------------------------------ safetensors
+def _safetensors() -> Any:
+    try:
+        import safetensors.torch
+    except ImportError as e:
+        raise ImportError(
+            "Reading or writing .safetensors files needs the safetensors package: "
+            "pip install 'learnloop[safetensors]' (or pip install safetensors)."
+        ) from e
+    return safetensors
+
+
+def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``state_dict`` as a safetensors file, atomically, with learnloop's format fields in its metadata."""
+    st = _safetensors()
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in state_dict.items():
+        t = value.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr and ptr in seen:  # safetensors refuses tensors sharing memory: tied weights are stored as copies
+            t = t.clone()
+        seen.add(ptr)
+        tensors[key] = t
+    meta = {
+        "format": EXPORT_FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "learnloop_version": learnloop_version(),
+        **metadata,
+    }
+    data = st.torch.save(tensors, metadata=meta)
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def load_safetensors(path: str | Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the (checked) learnloop metadata of a safetensors file written by ``save_safetensors``."""
+    st = _safetensors()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No file at {path}.")
+    try:
+        with st.safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta: dict[str, Any] = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a mapping
+    except Exception as e:  # noqa: BLE001 - safetensors reports a bad file with its own error types
+        raise CheckpointError(f"{path} is not a readable safetensors file: corrupt or truncated ({e}).") from e
+    version = meta.get("format_version", "")
+    meta["format_version"] = int(version) if version.isdigit() else None
+    check_format(meta, path, EXPORT_FORMAT)
+    return tensors, meta
