@@ -4,6 +4,7 @@ from .callback import Callback
 from .callbacks import (
     AMPMode,
     ChannelsLast,
+    CheckpointCallback,
     CompileModel,
     CSVLogger,
     CutMix,
@@ -45,6 +46,7 @@ from .events import (
     CancelValidException,
     Event,
 )
+from .export import load_learner
 from .learner import Learner, norm_bias_params, trainable_params
 from .losses import (
     BaseLoss,
@@ -118,6 +120,7 @@ __all__ = [
     "CancelTrainException",
     "CancelValidException",
     "ChannelsLast",
+    "CheckpointCallback",
     "CheckpointError",
     "CompileModel",
     "CrossEntropyLossFlat",
@@ -182,6 +185,7 @@ __all__ = [
     "error_rate",
     "exp_rmspe",
     "explained_variance",
+    "load_learner",
     "mae",
     "minimum",
     "mk_metric",

@@ -1,5 +1,6 @@
 """The standard callbacks, a module per family."""
 
+from .checkpointing import CheckpointCallback
 from .core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
 from .ema import EMACallback
 from .fp16 import AMPMode, MixedPrecision
@@ -18,6 +19,7 @@ __all__ = [
     "AMPMode",
     "CSVLogger",
     "ChannelsLast",
+    "CheckpointCallback",
     "CompileModel",
     "CutMix",
     "EMACallback",
