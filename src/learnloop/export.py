@@ -26,7 +26,7 @@ import io
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -191,7 +191,11 @@ def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], meta
         **metadata,
     }
     data = st.torch.save(tensors, metadata=meta)
-    return atomic_write(path, lambda f: f.write(data))
+
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    return atomic_write(path, write)
 
 
 def load_safetensors(path: str | Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

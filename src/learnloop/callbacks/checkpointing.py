@@ -104,8 +104,12 @@ class CheckpointCallback(Callback):
 
     def _file(self, position: Position) -> Path:
         latest = latest_checkpoint(self.folder(), self.fname)
-        seq = 1 if latest is None else int(_pattern(self.fname).match(latest.name).group(1)) + 1  # type: ignore[union-attr]
-        where = f"epoch{position.epoch}_batch{position.batch}" if position.mid_epoch else f"epoch{position.epoch - 1}_end"
+        match = _pattern(self.fname).match(latest.name) if latest is not None else None
+        seq = int(match.group(1)) + 1 if match is not None else 1
+        if position.mid_epoch:
+            where = f"epoch{position.epoch}_batch{position.batch}"
+        else:
+            where = f"epoch{position.epoch - 1}_end"
         return self.folder() / f"{self.fname}_{seq:06d}_{where}.pth"
 
     # ------------------------------------------------------------------ events
@@ -161,7 +165,8 @@ class CheckpointCallback(Callback):
     def save(self, position: Position) -> Path | None:
         """Write a checkpoint for ``position`` now, then delete the ones beyond ``keep_last``."""
         order = self.learn._data_order
-        path = save_training_checkpoint(self.learn, self._file(position), position, order and order.epoch_rng)
+        epoch_rng = order.epoch_rng if order is not None else None
+        path = save_training_checkpoint(self.learn, self._file(position), position, epoch_rng)
         if path is None:
             return None
         self.last_saved = path

@@ -260,9 +260,11 @@ class MixedPrecision(Callback):
         scaler_state = state.get("scaler")
         if scaler_state is None:
             return
-        in_fit = self._scaler is not None and self.learn is not None and getattr(self.learn, "scaler", None) is self._scaler
-        if in_fit:  # a fit resuming from a checkpoint: this fit's scaler carries on; the next fit starts afresh
-            self._scaler.load_state_dict(scaler_state)  # type: ignore[union-attr]
+        scaler = self._scaler
+        in_fit = self.learn is not None and getattr(self.learn, "scaler", None) is scaler
+        if scaler is not None and in_fit:
+            # In a fit resuming from a checkpoint: this fit's scaler carries on; the next fit starts afresh.
+            scaler.load_state_dict(scaler_state)
             self._n_accumulated = int(state.get("n_accumulated", 0))
             return
         self._scaler_state = dict(scaler_state)  # for the next fit's scaler

@@ -38,7 +38,9 @@ def _stacked(losses: list[torch.Tensor]) -> Any:
 def _is_state(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(isinstance(v, torch.Tensor) for v in value)
-    return value is None or isinstance(value, torch.Tensor) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if isinstance(value, bool):
+        return False
+    return value is None or isinstance(value, (torch.Tensor, int, float))
 
 
 def metric_state(metric: Metric) -> dict[str, Any]:
