@@ -14,7 +14,7 @@ from torch import nn
 from .callback import Callback, check_hook_names, event_hooks, noop
 from .callbacks import lr_finder as _lr_finder
 from .callbacks import schedule as _schedule
-from .callbacks.checkpointing import resolve_resume
+from .callbacks.checkpointing import CheckpointCallback, resolve_resume
 from .callbacks.core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
@@ -384,13 +384,16 @@ class Learner:
 
     def _run_fit(self) -> None:
         """The fit phase. Ctrl-C (KeyboardInterrupt) is no cancel exception, but unlike other exceptions it still
-        gets after_fit's cleanup (weights, loss function and progress bars put back) before it goes on."""
+        gets after_fit's cleanup (weights, loss function and progress bars put back) before it goes on, and
+        a CheckpointCallback writes a last checkpoint first."""
         try:
             self._fire(FIT.before)
             self._do_fit()
         except FIT.cancel:
             self._fire(FIT.after_cancel)
         except KeyboardInterrupt:
+            for cb in self._grab(CheckpointCallback):  # a last checkpoint, unless written at a deferred Ctrl-C
+                cb.save_on_interrupt()
             self._fire(FIT.after)
             raise
         self._fire(FIT.after)

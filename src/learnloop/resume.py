@@ -76,6 +76,7 @@ class Position:
     n_iter: int
     train_iter: int
     stage: str | None = None  # which fit of a multi-fit policy (fine_tune) wrote it
+    exact: bool = True  # False: written after an interrupt that stopped a batch midway (CheckpointCallback)
 
     @property
     def mid_epoch(self) -> bool:

@@ -61,7 +61,11 @@ class CheckpointCallback(Callback):
 
     Ctrl-C during a fit (in the main thread) does not stop it at once: the current training batch (or
     the validation in progress) is finished, a last checkpoint is written there, and then
-    KeyboardInterrupt is raised (the learner runs the after_fit cleanup). A second Ctrl-C stops at once.
+    KeyboardInterrupt is raised (the learner runs the after_fit cleanup). A second Ctrl-C stops at once,
+    without a new checkpoint. A KeyboardInterrupt that cannot be deferred so (raised by code, or Ctrl-C
+    outside the main thread) in a training batch still gets a last checkpoint, at the batches finished so
+    far, but marked ``exact=False``: the callbacks that had not yet seen the interrupted batch's
+    ``after_batch`` (the Recorder, say) miss it, so resuming from it is not guaranteed bit-identical.
 
     It runs after every other callback (``order``), so what it saves includes their updates for the batch or
     epoch; it sits out ``lr_find`` and ``get_preds``.
@@ -90,6 +94,7 @@ class CheckpointCallback(Callback):
         self._fit_started = False
         self._epoch_trained = False
         self._interrupted = False  # Ctrl-C seen, not acted on yet
+        self._interrupt_saved = False  # the last checkpoint of an interrupted fit is written
         self._old_handler: Any = None
 
     # ------------------------------------------------------------------ where
@@ -116,7 +121,7 @@ class CheckpointCallback(Callback):
     def before_fit(self) -> None:
         learn = self.learn
         self.run = not (hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds"))
-        self._fit_started = self._interrupted = False
+        self._fit_started = self._interrupted = self._interrupt_saved = False
 
     def before_epoch(self) -> None:
         self._epoch_trained = False
@@ -134,7 +139,7 @@ class CheckpointCallback(Callback):
         if self._interrupted or (self.every_n_iters is not None and learn.train_iter % self.every_n_iters == 0):
             self.save(self._position(epoch=learn.epoch, batch=learn.iter + 1))
         if self._interrupted:
-            raise KeyboardInterrupt
+            self._stop()
 
     def after_epoch(self) -> None:
         if not self._epoch_trained:
@@ -142,7 +147,7 @@ class CheckpointCallback(Callback):
         if self.every_epoch or self._interrupted:
             self.save(self._position(epoch=self.learn.epoch + 1, batch=0))
         if self._interrupted:
-            raise KeyboardInterrupt
+            self._stop()
 
     def after_fit(self) -> None:
         self._restore_ctrl_c()
@@ -150,8 +155,27 @@ class CheckpointCallback(Callback):
             self._interrupted = False
             raise KeyboardInterrupt
 
+    def _stop(self) -> None:
+        """Raise the deferred Ctrl-C, now that its checkpoint is written."""
+        self._interrupted, self._interrupt_saved = False, True
+        raise KeyboardInterrupt
+
+    def save_on_interrupt(self) -> None:
+        """Called by the learner when a KeyboardInterrupt leaves the loop, before after_fit: a last checkpoint
+        when the interrupt could not be deferred to the end of a batch and came in a training batch."""
+        learn = self.learn
+        if self._interrupt_saved or self._interrupted or not (self.run and self._fit_started):
+            return  # written at the deferred point; or a second Ctrl-C: stop now; or nothing trained
+        if not (learn.training and self._epoch_trained):
+            return  # between phases the last periodic checkpoint is the state to resume from
+        self._interrupt_saved = True
+        try:
+            self.save(self._position(epoch=learn.epoch, batch=_batches_done(learn), exact=False))
+        except Exception as e:  # noqa: BLE001 - the interrupt and after_fit's cleanup come first
+            warnings.warn(f"CheckpointCallback: the last checkpoint could not be written ({e}).", stacklevel=2)
+
     # ------------------------------------------------------------------ saving
-    def _position(self, epoch: int, batch: int) -> Position:
+    def _position(self, epoch: int, batch: int, exact: bool = True) -> Position:
         learn = self.learn
         return Position(
             epoch=epoch,
@@ -160,6 +184,7 @@ class CheckpointCallback(Callback):
             n_iter=learn.n_iter if learn.training else len(learn.dls.train),
             train_iter=learn.train_iter,
             stage=getattr(learn, "_fit_stage", None),
+            exact=exact,
         )
 
     def save(self, position: Position) -> Path | None:
@@ -199,6 +224,15 @@ class CheckpointCallback(Callback):
 
     def __repr__(self) -> str:
         return f"CheckpointCallback(every_n_iters={self.every_n_iters}, every_epoch={self.every_epoch})"
+
+
+def _batches_done(learn: Learner) -> int:
+    """Training batches of the current epoch whose after_batch has counted them (TrainEvalCallback's
+    ``pct_train``, set from the batch index, says how many); the batch in progress when it has not."""
+    n_iter, n_epoch = learn.n_iter, learn.n_epoch
+    if n_iter and n_epoch and getattr(learn, "train_eval", None) is not None:
+        return max(0, min(n_iter, round((learn.pct_train * n_epoch - learn.epoch) * n_iter)))
+    return learn.iter
 
 
 def resolve_resume(learn: Learner, resume: str | Path, cbs: list[Any] | None = None) -> Path | None:
