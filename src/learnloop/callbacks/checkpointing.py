@@ -202,6 +202,7 @@ class CheckpointCallback(Callback):
 
     # ------------------------------------------------------------------ Ctrl-C
     def _catch_ctrl_c(self) -> None:
+        self._restore_ctrl_c()  # left behind by a fit that ended in an exception (no after_fit)
         # Only where Python delivers signals, and only over Python's own handler (never over someone else's).
         if threading.current_thread() is not threading.main_thread():
             return
@@ -210,8 +211,11 @@ class CheckpointCallback(Callback):
         self._old_handler = signal.signal(signal.SIGINT, self._on_ctrl_c)
 
     def _on_ctrl_c(self, signum: int, frame: FrameType | None) -> None:
-        self._interrupted = True
         self._restore_ctrl_c()  # a second Ctrl-C raises KeyboardInterrupt at once
+        learn = self.learn
+        if learn is None or learn._data_order is None:  # no fit running (it ended in an exception): plain Ctrl-C
+            raise KeyboardInterrupt
+        self._interrupted = True
         # os.write: a signal handler may run in the middle of a print to the same stream.
         os.write(2, b"\nlearnloop: interrupted: finishing the current batch to write a checkpoint "
                     b"(Ctrl-C again to stop now)\n")

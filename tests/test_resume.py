@@ -1,0 +1,380 @@
+"""Exact resume: a fit resumed from any checkpoint (mid-epoch, mid-accumulation, end of epoch) ends bit-identical
+to the uninterrupted run, recorder included; what is checked before a resume; what a resumed fit fires."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import learnloop.resume as resume_module
+from conftest import EventLog, synth_classif_learner
+from learnloop import (
+    Callback,
+    CancelFitException,
+    CheckpointCallback,
+    CheckpointError,
+    DataLoaders,
+    EarlyStoppingCallback,
+    EMACallback,
+    GradientAccumulation,
+    Learner,
+    MixedPrecision,
+    MixUp,
+    ReduceLROnPlateau,
+    SaveModelCallback,
+    accuracy,
+)
+from learnloop.callbacks.checkpointing import checkpoint_files, latest_checkpoint
+from learnloop.resume import Position
+
+N_EPOCH = 3  # 96 items in batches of 16: 6 batches per epoch, a step every 2 (n_acc=32)
+
+
+def make_learner(path: Path | None = None, dls: str = "shuffle", **kwargs: Any) -> Learner:
+    """A classifier with dropout, trained with MixUp, weight EMA and gradient accumulation, measured by accuracy."""
+    learn = synth_classif_learner(n_train=96, n_valid=24, bs=16, shuffle=dls == "shuffle", metrics=accuracy, **kwargs)
+    if dls == "seeded":  # the DataLoader's own generator draws the order
+        learn.dls = DataLoaders.from_dsets(learn.dls.train_ds, learn.dls.valid_ds, bs=16, seed=7, device="cpu")
+    elif dls == "lists":  # plain lists of batches: no torch DataLoader at all
+        learn.dls = DataLoaders(list(learn.dls.train), list(learn.dls.valid), device="cpu")
+    elif dls == "workers":  # worker processes: batches are loaded and dropped when skipped
+        learn.dls = DataLoaders.from_dsets(learn.dls.train_ds, learn.dls.valid_ds, bs=16, num_workers=2, device="cpu")
+    torch.manual_seed(1)
+    learn.model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    learn.add_cbs([MixUp(0.4), EMACallback(decay=0.9), GradientAccumulation(n_acc=32)])
+    if path is not None:
+        learn.path = path
+    return learn
+
+
+def one_cycle(learn: Learner, **kwargs: Any) -> None:
+    learn.fit_one_cycle(N_EPOCH, 1e-2, **kwargs)
+
+
+def assert_same_run(a: Learner, b: Learner) -> None:
+    """Bit-identical parameters, buffers, optimizer state, EMA and recorder."""
+    for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+    for x, y in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(x, y)
+    sa, sb = a.opt.state_dict(), b.opt.state_dict()
+    assert sa["hypers"] == sb["hypers"]
+    for pa, pb in zip(sa["state"], sb["state"], strict=True):
+        assert pa.keys() == pb.keys()
+        for k in pa:
+            assert torch.equal(pa[k], pb[k]) if isinstance(pa[k], torch.Tensor) else pa[k] == pb[k], k
+    ra, rb = a.recorder, b.recorder
+    assert ra.values == rb.values and ra.lrs == rb.lrs and ra.iters == rb.iters and ra.hps == rb.hps
+    assert all(torch.equal(x, y) for x, y in zip(ra.losses, rb.losses, strict=True))
+    assert a.train_iter == b.train_iter and a.pct_train == b.pct_train
+    ema_a = getattr(a, "ema", None)
+    if ema_a is not None:
+        assert all(torch.equal(x, y) for x, y in zip(ema_a.averaged, b.ema.averaged, strict=True))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Learner, list[Path]]:
+    """The uninterrupted run, with a checkpoint after every training batch and at every epoch end."""
+    folder = tmp_path_factory.mktemp("ckpts")
+    learn = make_learner()
+    one_cycle(learn, cbs=CheckpointCallback(every_n_iters=1, keep_last=None, path=folder))
+    return learn, checkpoint_files(folder)
+
+
+def test_checkpointing_does_not_change_the_run(full_run: tuple[Learner, list[Path]]) -> None:
+    plain = make_learner()
+    one_cycle(plain)
+    assert_same_run(full_run[0], plain)
+    names = [f.name for f in full_run[1]]
+    assert len(names) == N_EPOCH * 6 + N_EPOCH
+    assert names[:2] == ["checkpoint_000001_epoch0_batch1.pth", "checkpoint_000002_epoch0_batch2.pth"]
+    assert names[5:7] == ["checkpoint_000006_epoch0_batch6.pth", "checkpoint_000007_epoch0_end.pth"]
+
+
+def _position(file: Path) -> Position:
+    return Position(**torch.load(file, weights_only=True)["position"])
+
+
+@pytest.mark.parametrize(
+    "index",
+    [0, 2, 5, 6, 9, 14, -1],
+    ids=["first-batch", "mid-epoch", "last-batch-before-validation", "epoch-end", "epoch1-mid", "epoch2-first", "end"],
+)
+def test_resume_from_any_checkpoint_is_bit_identical(full_run: tuple[Learner, list[Path]], index: int) -> None:
+    full, files = full_run
+    resumed = make_learner()
+    one_cycle(resumed, resume=files[index])
+    assert_same_run(full, resumed)
+
+
+def test_resume_in_the_middle_of_a_gradient_accumulation(full_run: tuple[Learner, list[Path]]) -> None:
+    full, files = full_run
+    mid_accumulation = [f for f in files if torch.load(f, weights_only=True)["grads"]]
+    assert mid_accumulation and all(_position(f).batch % 2 == 1 for f in mid_accumulation)
+    for file in mid_accumulation[:2]:
+        resumed = make_learner()
+        one_cycle(resumed, resume=file)
+        assert_same_run(full, resumed)
+
+
+@pytest.mark.parametrize("dls", ["seeded", "lists", "workers"])
+def test_every_kind_of_data_loader_resumes_exactly(tmp_path: Path, dls: str) -> None:
+    full = make_learner(dls=dls)
+    one_cycle(full, cbs=CheckpointCallback(every_n_iters=4, keep_last=None, path=tmp_path))
+    files = checkpoint_files(tmp_path)
+    for file in files[2:3] if dls == "workers" else files[::2]:
+        resumed = make_learner(dls=dls)
+        one_cycle(resumed, resume=file)
+        assert_same_run(full, resumed)
+
+
+def test_an_interrupted_run_resumes_from_latest_and_keeps_checkpointing(tmp_path: Path) -> None:
+    class Crash(Callback):
+        def after_batch(self) -> None:
+            if self.learn.train_iter == 10:
+                raise CancelFitException  # the hidden world's crash: the fit stops for good
+
+    full = make_learner()
+    one_cycle(full)
+    first = make_learner(path=tmp_path)
+    one_cycle(first, cbs=[CheckpointCallback(every_n_iters=3), Crash()])
+    folder = tmp_path / "models" / "checkpoints"
+    assert latest_checkpoint(folder).name == "checkpoint_000004_epoch1_batch3.pth"  # train_iter 9
+    second = make_learner(path=tmp_path)
+    one_cycle(second, cbs=CheckpointCallback(every_n_iters=3), resume="latest")
+    assert_same_run(full, second)
+    assert [f.name for f in checkpoint_files(folder)] == [
+        "checkpoint_000007_epoch2_batch3.pth",
+        "checkpoint_000008_epoch2_batch6.pth",
+        "checkpoint_000009_epoch2_end.pth",
+    ]
+
+
+def test_a_resumed_fit_fires_only_what_is_left(full_run: tuple[Learner, list[Path]]) -> None:
+    files = full_run[1]
+    log = EventLog()
+    resumed = make_learner()
+    one_cycle(resumed, resume=files[9], cbs=log)  # epoch 1 after 3 batches
+    assert _position(files[9]) == Position(epoch=1, batch=3, n_epoch=3, n_iter=6, train_iter=9)
+    events = log.events
+    assert events[:4] == ["before_fit", "before_epoch", "before_train", "before_batch"]
+    assert events.count("before_epoch") == 2 and events.count("after_train") == 2
+    assert events.count("before_batch") == 3 + 6 + 2 * 2  # 3 + 6 training batches, 2 validation per epoch
+    assert events[-1] == "after_fit"
+
+
+def test_other_fit_policies_resume_exactly(tmp_path: Path) -> None:
+    policies: dict[str, Callable[..., None]] = {
+        "fit": lambda learn, **kw: learn.fit(2, 1e-2, **kw),
+        "flat_cos": lambda learn, **kw: learn.fit_flat_cos(2, 1e-2, **kw),
+        "sgdr": lambda learn, **kw: learn.fit_sgdr(2, 1, 1e-2, **kw),
+    }
+    for name, policy in policies.items():
+        folder = tmp_path / name
+        full = make_learner()
+        policy(full, cbs=CheckpointCallback(every_n_iters=5, keep_last=None, path=folder))
+        for file in checkpoint_files(folder)[1::2]:
+            resumed = make_learner()
+            policy(resumed, resume=file)
+            assert_same_run(full, resumed)
+
+
+def test_fine_tune_resumes_in_either_of_its_fits(tmp_path: Path) -> None:
+    def two_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+        return [list(model[0].parameters()), list(model[3].parameters())]  # type: ignore[index]
+
+    def tune(learn: Learner, **kw: Any) -> None:
+        learn.splitter = two_groups
+        learn.fine_tune(2, 1e-2, freeze_epochs=1, **kw)
+
+    full = make_learner()
+    tune(full, cbs=CheckpointCallback(every_n_iters=4, keep_last=None, path=tmp_path))
+    files = checkpoint_files(tmp_path)
+    stages = [_position(f).stage for f in files]
+    assert stages[0] == "fine_tune:frozen" and stages[-1] == "fine_tune:unfrozen"
+    for file in (files[0], files[stages.index("fine_tune:unfrozen") + 1]):
+        resumed = make_learner()
+        tune(resumed, resume=file)
+        assert_same_run(full, resumed)
+    plain = make_learner()
+    one_cycle(plain, cbs=CheckpointCallback(path=tmp_path / "plain"))
+    with pytest.raises(CheckpointError, match="not taken during fine_tune"):
+        tune(make_learner(), resume=tmp_path / "plain")
+
+
+def test_mixed_precision_resumes_with_its_loss_scale(tmp_path: Path) -> None:
+    def make() -> Learner:
+        learn = make_learner()
+        learn.remove_cb(MixUp)
+        learn.add_cb(MixedPrecision(init_scale=2.0**20, growth_interval=2))  # overflows now and then: skipped steps
+        return learn
+
+    full = make()
+    one_cycle(full, cbs=CheckpointCallback(every_n_iters=1, keep_last=None, path=tmp_path))
+    assert full.skipped_steps > 0
+    for file in checkpoint_files(tmp_path)[3::5]:
+        resumed = make()
+        one_cycle(resumed, resume=file)
+        assert_same_run(full, resumed)
+        assert resumed.mixed_precision.scaler.get_scale() == full.mixed_precision.scaler.get_scale()
+        assert resumed.skipped_steps == full.skipped_steps
+
+
+def test_trackers_resume_with_their_counters(tmp_path: Path) -> None:
+    def make() -> Learner:
+        learn = make_learner(path=tmp_path)
+        learn.add_cbs([SaveModelCallback(monitor="accuracy"), ReduceLROnPlateau("accuracy", patience=1, factor=2)])
+        learn.add_cb(EarlyStoppingCallback(monitor="accuracy", patience=2))
+        return learn
+
+    def fit(learn: Learner, **kw: Any) -> None:
+        learn.fit(8, 0.3, **kw)
+
+    full = make()
+    fit(full, cbs=CheckpointCallback(every_n_iters=4, keep_last=None, path=tmp_path / "ck"))
+    n_epochs = len(full.recorder.values)
+    assert n_epochs < 8 and full.opt.hypers[0]["lr"] < 0.3  # stopped early, after reducing the lr
+    for file in checkpoint_files(tmp_path / "ck")[3::5]:
+        resumed = make()
+        fit(resumed, resume=file)
+        assert len(resumed.recorder.values) == n_epochs
+        assert_same_run(full, resumed)
+        assert resumed.early_stopping.wait == full.early_stopping.wait
+        assert resumed.save_model.best == full.save_model.best
+
+
+def test_tracker_state_loaded_mid_epoch_does_not_leak_into_the_next_fit(tmp_path: Path) -> None:
+    def make() -> Learner:
+        learn = make_learner()
+        learn.add_cb(EarlyStoppingCallback(patience=100))
+        return learn
+
+    one_cycle(make(), cbs=CheckpointCallback(every_n_iters=1, keep_last=None, path=tmp_path))
+    resumed = make()
+    one_cycle(resumed, resume=checkpoint_files(tmp_path)[-3])  # in the middle of the last epoch
+    es = resumed.early_stopping
+    assert es.best is not None and es._restored is False  # the next fit starts afresh, as reset_on_fit says
+
+
+# ------------------------------------------------------------------------------------------ no cost
+def test_no_random_state_is_read_without_checkpointing(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = resume_module.get_rng_state
+    monkeypatch.setattr(resume_module, "get_rng_state", lambda *a: calls.append(1) or real(*a))
+    learn = make_learner()
+    seen: list[Any] = []
+    learn.add_cb(Callback(after_batch=lambda: seen.append(learn._data_order)))
+    one_cycle(learn)
+    assert calls == [] and set(seen) == {None}
+    one_cycle(learn, cbs=CheckpointCallback(every_epoch=False, path=learn.path / "unused"))
+    assert len(calls) == N_EPOCH  # one per training epoch, where its order is drawn
+    assert learn._data_order is None and learn._resume is None
+
+
+# ------------------------------------------------------------------------------------------ checks
+def test_resume_latest_without_a_checkpoint_starts_from_scratch(tmp_path: Path) -> None:
+    full = make_learner()
+    one_cycle(full)
+    learn = make_learner(path=tmp_path)
+    with pytest.warns(UserWarning, match="no checkpoint in .*training starts from scratch"):
+        one_cycle(learn, resume="latest")
+    assert_same_run(full, learn)
+
+
+def test_resume_needs_an_existing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file or folder"):
+        one_cycle(make_learner(), resume=tmp_path / "nothing.pth")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no checkpoint_"):
+        one_cycle(make_learner(), resume=tmp_path / "empty")
+    with pytest.raises(ValueError, match="resume= or start_epoch="):
+        make_learner().fit(2, resume="latest", start_epoch=1)
+
+
+def test_resume_from_a_folder_takes_its_latest(full_run: tuple[Learner, list[Path]]) -> None:
+    log = EventLog()
+    learn = make_learner()
+    one_cycle(learn, resume=full_run[1][0].parent, cbs=log)  # the end of the run: nothing left to train
+    assert log.events == ["before_fit", "after_fit"]
+    assert_same_run(full_run[0], learn)
+
+
+def test_a_mid_epoch_checkpoint_needs_the_same_batches_per_epoch(full_run: tuple[Learner, list[Path]]) -> None:
+    files = full_run[1]
+    other = synth_classif_learner(n_train=80, bs=16, shuffle=True, metrics=accuracy)
+    other.model = make_learner().model
+    other.add_cbs([MixUp(0.4), EMACallback(decay=0.9), GradientAccumulation(n_acc=32)])
+    before = [p.detach().clone() for p in other.model.parameters()]
+    with pytest.raises(CheckpointError, match="6 training batches per epoch.*now has 5.*middle of epoch 0"):
+        one_cycle(other, resume=files[2])
+    assert all(torch.equal(p, b) for p, b in zip(other.model.parameters(), before, strict=True))
+    with pytest.warns(UserWarning, match="now has 5; training carries on from epoch 1"):
+        one_cycle(other, resume=files[6])
+
+
+def test_a_different_number_of_epochs_warns(full_run: tuple[Learner, list[Path]]) -> None:
+    with pytest.warns(UserWarning, match="fit of 3 epochs and this fit has 4"):
+        make_learner().fit_one_cycle(4, 1e-2, resume=full_run[1][6])
+
+
+def test_callbacks_must_match(full_run: tuple[Learner, list[Path]]) -> None:
+    files = full_run[1]
+    learn = make_learner()
+    learn.remove_cb(EMACallback)
+    with pytest.warns(UserWarning, match=r"callbacks this learner does not have.*ema \(EMACallback\)"):
+        one_cycle(learn, resume=files[3])
+
+    class NotTheRecorder(Callback):
+        def state_dict(self) -> dict[str, Any]:
+            return {}
+
+    impostor = make_learner()
+    impostor.remove_cb(EMACallback)
+    odd = NotTheRecorder()
+    odd._name = "ema"
+    impostor.add_cb(odd)
+    with pytest.raises(CheckpointError, match="state of a EMACallback under 'ema'.*NotTheRecorder"):
+        one_cycle(impostor, resume=files[3])
+
+
+def test_a_checkpoint_of_another_model_lists_the_differences(full_run: tuple[Learner, list[Path]]) -> None:
+    learn = make_learner()
+    learn.model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.3), nn.Linear(8, 3), nn.Linear(3, 3))
+    log = EventLog()
+    learn.add_cb(log)
+    with pytest.raises(CheckpointError) as info:
+        one_cycle(learn, resume=full_run[1][3])
+    message = str(info.value)
+    assert "different model" in message and "unexpected" not in message
+    assert "missing keys (in the model, not in the checkpoint): 4.weight, 4.bias" in message
+    assert "size mismatch for 0.weight: checkpoint [16, 4], model [8, 4]" in message
+    assert log.events == []  # nothing fired, nothing changed
+
+
+def test_an_uncertain_final_checkpoint_is_marked(tmp_path: Path) -> None:
+    class Stop(Callback):
+        def after_batch(self) -> None:
+            if self.learn.train_iter == 8:
+                raise KeyboardInterrupt  # raised by code: cannot be deferred to the end of the batch
+
+    full = make_learner()
+    one_cycle(full)
+    learn = make_learner(path=tmp_path)
+    log = EventLog()
+    with pytest.raises(KeyboardInterrupt):
+        one_cycle(learn, cbs=[CheckpointCallback(every_epoch=False), Stop(), log])
+    assert log.events[-1] == "after_fit" and "after_epoch" not in log.events[-3:]
+    last = latest_checkpoint(tmp_path / "models" / "checkpoints")
+    assert last is not None and _position(last) == Position(1, 2, 3, 6, 8, exact=False)
+    resumed = make_learner(path=tmp_path)
+    one_cycle(resumed, resume="latest")
+    # The batch counted by TrainEvalCallback is in the weights, but the Recorder (order 50) never saw it.
+    assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True))
+    assert len(resumed.recorder.losses) == len(full.recorder.losses) - 1
+    assert math.isclose(resumed.recorder.values[-1][1], full.recorder.values[-1][1])
