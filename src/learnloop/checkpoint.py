@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import is_rank_zero
+
 __all__ = [
     "CheckpointError",
     "atomic_save",
@@ -51,11 +53,11 @@ class CheckpointError(RuntimeError):
 def is_checkpoint_writer() -> bool:
     """Whether this process writes training checkpoints: every process but rank 0 of a torch.distributed run skips.
 
-    The single gate of ``CheckpointCallback``'s saves (the files of ``learn.save``/``learn.export`` are the
-    caller's choice); a distributed layer may refine it.
+    The single gate of ``CheckpointCallback``'s saves; ``learn.save`` uses the same rule
+    (:func:`learnloop.distributed.is_rank_zero`), which also knows the rank torchrun gave before the
+    process group is up.
     """
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return is_rank_zero()
 
 
 def learnloop_version() -> str:

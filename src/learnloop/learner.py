@@ -16,10 +16,13 @@ from .callbacks import lr_finder as _lr_finder
 from .callbacks import schedule as _schedule
 from .callbacks.checkpointing import CheckpointCallback, resolve_resume
 from .callbacks.core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
+from .callbacks.distributed import DistributedTrainer, auto_distributed
+from .callbacks.distributed import distrib_ctx as _distrib_ctx
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .checkpoint import load_model, save_model
 from .data import DataLoaders, to_device, unshuffled
+from .distributed import barrier, is_rank_zero, unwrap_model
 from .events import (
     BACKWARD,
     BATCH,
@@ -152,6 +155,8 @@ class Learner:
         if default_cbs:
             self.add_cbs(DEFAULT_CALLBACKS)
         self.add_cbs(cbs)
+        if auto_distributed() and not self._grab(DistributedTrainer):  # launched by torchrun: one env lookup
+            self.add_cb(DistributedTrainer())
         self(Event.after_create)
 
     # ----------------------------------------------------------------- callbacks
@@ -593,8 +598,16 @@ class Learner:
         return self.path / self.model_dir / f"{file}.pth"
 
     def save(self, file: str | Path, with_opt: bool = True) -> Path:
-        """Save the model (and optimizer) to `path/model_dir/file.pth`, atomically; returns the path."""
-        return save_model(self._model_file(file), self.model, self.opt, with_opt=with_opt)
+        """Save the model (and optimizer) to `path/model_dir/file.pth`, atomically; returns the path.
+
+        In a distributed job, call it on every rank: rank 0 writes, and every rank waits until the
+        file is complete, so any rank can load it next.
+        """
+        path = self._model_file(file)
+        if is_rank_zero():
+            save_model(path, unwrap_model(self.model), self.opt, with_opt=with_opt)
+        barrier()
+        return path
 
     def load(self, file: str | Path, device: Any = None, with_opt: bool = True, strict: bool = True) -> Learner:
         """Load `path/model_dir/file.pth` (written by `save`) into the model and optimizer."""
@@ -602,7 +615,8 @@ class Learner:
             device = getattr(self.dls, "device", None)
         if self.opt is None:
             self.create_opt()
-        load_model(self._model_file(file), self.model, self.opt, with_opt=with_opt, device=device, strict=strict)
+        model = unwrap_model(self.model)
+        load_model(self._model_file(file), model, self.opt, with_opt=with_opt, device=device, strict=strict)
         return self
 
     def export(self, fname: str | Path = "export.pkl", pickle_model: bool = True) -> Path:
@@ -745,6 +759,22 @@ class Learner:
     ) -> tuple[float, ...] | None:
         """Sweep the lr upwards for `num_it` batches, restore the learner, return `SuggestedLRs(...)`."""
         return _lr_finder.lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot, suggest_funcs)
+
+    # ---- distributed training (callbacks/distributed.py)
+    @contextmanager
+    def distrib_ctx(
+        self, split_batch: bool = False, sync_bn: bool = False, timeout: Any = None, **kwargs: Any
+    ) -> Iterator[Learner]:
+        """Train with DistributedDataParallel in the block when launched by torchrun (a no-op otherwise).
+
+        `split_batch=True` divides the batch size between the processes; `timeout` (seconds or a timedelta)
+        bounds every collective. Other keywords go to `DistributedTrainer` (and on to DDP).
+
+        >>> with learn.distrib_ctx():
+        ...     learn.fit_one_cycle(3)
+        """
+        with _distrib_ctx(self, split_batch=split_batch, sync_bn=sync_bn, timeout=timeout, **kwargs):
+            yield self
 
 
 def _as_list(cbs: Any) -> list[Any]:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .distributed import is_rank_zero
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -31,7 +33,7 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Figure, fname: str | Path | None) -> None:
-    if fname is None:
+    if fname is None or not is_rank_zero():  # in a distributed job, rank 0 writes the figure
         return
     path = Path(fname)
     if not path.suffix:

@@ -1,6 +1,6 @@
 """Loggers: the epoch table to a CSV file, and training curves to TensorBoard.
 
-Both write on rank 0 only when torch.distributed is initialised, and only in `fit` (not in
+Both write on rank 0 only in a distributed job (`learnloop.distributed.is_rank_zero`), and only in `fit` (not in
 `validate()`, `get_preds()` or `lr_find()`, nor for epochs skipped by `fit(start_epoch=...)`).
 
 >>> learn.fit(5, cbs=[CSVLogger(), TensorBoardCallback('runs/exp1')])
@@ -15,17 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ..callback import Callback
+from ..distributed import is_rank_zero
 from .recorder import Recorder
 
 __all__ = ["CSVLogger", "TensorBoardCallback", "is_rank_zero"]
-
-
-def is_rank_zero() -> bool:
-    """True unless torch.distributed is initialised and this process is not rank 0."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _in_fit_only(learn: Any) -> bool:

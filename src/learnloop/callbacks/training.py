@@ -79,6 +79,13 @@ class GradientAccumulation(Callback):
     def before_fit(self) -> None:
         self.count = 0
 
+    def will_step(self) -> bool:
+        """Whether the current batch completes an accumulation, so a step follows its backward pass.
+
+        Known from ``before_batch`` on; DistributedTrainer skips DDP's gradient all-reduce when it is False.
+        """
+        return self.count + (1 if self.n_steps is not None else batch_size(self.learn.yb)) >= self.target
+
     def after_loss(self) -> None:
         learn = self.learn
         if not learn.yb:

@@ -1,0 +1,522 @@
+"""DistributedTrainer: the same training loop on several processes with DistributedDataParallel.
+
+Launched by ``torchrun``, a Learner adds this callback by itself (``WORLD_SIZE`` > 1 in the
+environment); ``learn.distrib_ctx()`` or ``cbs=DistributedTrainer(...)`` do it explicitly. In a
+single process it does nothing. During ``fit`` it:
+
+- wraps the model in DDP at the first ``before_train`` (``learn.model`` is the plain module again
+  after fit, and during validation), on this rank's device;
+- gives each rank its share of the data (:mod:`learnloop.sharding`), the DataLoaders' copies being
+  used for the fit only; ``split_batch=True`` divides the batch size between the ranks;
+- makes the numbers agree: validation loss and metrics are summed over ranks before the Recorder
+  reads them, ``get_preds`` gathers predictions in dataset order, and the smoothed training loss
+  is averaged over ranks at the end of each training phase, so the Recorder holds the same values
+  on every rank;
+- on ranks other than 0, silences the table, the progress bars and the trackers' messages;
+- skips DDP's gradient all-reduce on GradientAccumulation's micro-batches (``no_sync``);
+- makes a cancel raised on one rank (early stopping, TerminateOnNaN) everyone's: see below.
+
+Agreeing on cancels. A rank that raises ``CancelTrain/Valid/Epoch/FitException`` tells the others at
+once (in its ``after_cancel_*``), and the others ask before any collective they would otherwise wait
+in: before each training backward (and before the forward when DDP broadcasts buffers), at the
+start of each epoch, and at the end of each phase (``after_train``, ``after_validate``, ``after_epoch``,
+``after_fit``). A rank that
+learns of a cancel raises it in turn (or, at the end of a phase, fires ``after_cancel_*`` for it), so
+every rank leaves the same phase. Each question is a one-integer all-reduce on a Gloo group on the
+CPU: about 0.1 ms, no wait on the GPU. Batch, backward and step cancels are not exchanged: they must
+be decided the same way on every rank, as GradientAccumulation and MixedPrecision do. A
+training-phase cancel raised on one rank only in ``before_backward`` by a callback of order above
+this one's is not seen before the backward pass; the ranks then end with a timeout error.
+
+>>> learn = Learner(dls, model, loss_func, metrics=accuracy)   # under torchrun: distributed already
+>>> with learn.distrib_ctx(split_batch=True):                  # or explicitly
+...     learn.fit(3)
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import RandomSampler
+
+from .. import distributed as D
+from ..callback import Callback, noop
+from ..events import (
+    CancelEpochException,
+    CancelFitException,
+    CancelTrainException,
+    CancelValidException,
+    Event,
+)
+from ..sharding import interleave, is_sharded, shard_loader
+from .progress import ProgressCallback
+from .training import GradientAccumulation
+
+if TYPE_CHECKING:
+    from ..learner import Learner
+
+__all__ = ["DistributedTrainer", "distrib_ctx", "auto_distributed"]
+
+AUTO_ENV = "LEARNLOOP_AUTO_DISTRIBUTED"
+
+# Cancel codes, exchanged as the max over ranks: a bigger phase's cancel wins.
+_NONE, _VALID, _TRAIN, _EPOCH, _FIT = range(5)
+_EXCEPTIONS: dict[int, type[Exception]] = {
+    _VALID: CancelValidException,
+    _TRAIN: CancelTrainException,
+    _EPOCH: CancelEpochException,
+    _FIT: CancelFitException,
+}
+_AFTER_CANCEL = {
+    _VALID: Event.after_cancel_validate,
+    _TRAIN: Event.after_cancel_train,
+    _EPOCH: Event.after_cancel_epoch,
+    _FIT: Event.after_cancel_fit,
+}
+
+
+def auto_distributed() -> bool:
+    """Whether a new Learner should add a DistributedTrainer: launched by torchrun with several processes,
+    unless ``LEARNLOOP_AUTO_DISTRIBUTED=0``."""
+    return D.launched_distributed() and os.environ.get(AUTO_ENV, "1") != "0"
+
+
+class _DDP(DistributedDataParallel):
+    """DDP whose missing attributes are read from the wrapped module (so `learn.model.reset()` still works)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("_") or name in ("module", "buffer_hook"):  # DDP probes for these itself
+                raise
+            return getattr(self.module, name)
+
+
+class DistributedTrainer(Callback):
+    """Train with DistributedDataParallel over the ranks of a torch.distributed job (see the module docs).
+
+    `split_batch`: the DataLoaders' batch size is the global batch, divided between the ranks (it
+    must divide evenly); by default each rank takes batches of that size (fastai's behaviour).
+    `shard_data=False`: the loaders already give each rank its own share; they are used as they are.
+    `sync_bn`: convert BatchNorm layers to SyncBatchNorm (GPU only; the conversion is permanent).
+    `timeout`: for the process group, when this callback sets it up. Other keywords go to DDP.
+    """
+
+    order = 4  # after GatherPredsCallback (0); before GradientAccumulation (6), MixedPrecision (10), Recorder (50)
+
+    def __init__(
+        self,
+        split_batch: bool = False,
+        shard_data: bool = True,
+        sync_bn: bool = False,
+        timeout: timedelta | float | None = None,
+        **ddp_kwargs: Any,
+    ) -> None:
+        self.split_batch, self.shard_data, self.sync_bn = split_batch, shard_data, sync_bn
+        self.timeout, self.ddp_kwargs = timeout, ddp_kwargs
+        self.ddp: DistributedDataParallel | None = None
+        self._active = False
+        self._depth = 0  # fits in progress: validate() inside a fit nests one
+        self._agreed: set[int] = set()  # phases whose cancel has been agreed on in this phase instance
+        self._following = _NONE  # a cancel this rank raises because another rank raised it
+        self._shards: list[tuple[Any, Any]] = []  # (original loader, this rank's copy), for this fit
+        self._saved: dict[str, Any] = {}
+        self._no_sync = ExitStack()
+        self._loss_mark = 0  # recorder.losses before this index have been averaged over ranks
+        self._warned: set[str] = set()
+
+    # --------------------------------------------------------------- lifecycle
+    def after_create(self) -> None:
+        if D.launched_distributed():
+            D.setup(timeout=self.timeout)  # at once, so rank checks (saving, logging) are right from the start
+
+    def before_fit(self) -> None:
+        learn = self.learn
+        if self._depth and learn.create_mbar:  # a fit that raised left its state behind
+            self.restore()
+        self._depth += 1
+        if self._depth > 1:
+            return
+        if D.launched_distributed():
+            D.setup(timeout=self.timeout)
+        self._active = D.is_distributed()
+        if not self._active:
+            return
+        self._agreed, self._following, self._loss_mark = set(), _NONE, 0
+        self._fix_device()
+        if not D.is_rank_zero():
+            self._saved["logger"] = learn.logger
+            learn.logger = noop
+            for cb in learn.cbs:
+                if isinstance(cb, ProgressCallback):
+                    cb.run = False  # the learner sets it back at after_fit
+
+    def after_fit(self) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth or not self._active:
+            return
+        if self._end_point(_FIT) and self.ddp is not None:
+            self._average_losses()  # of an epoch a cancel cut short
+        self.restore()
+
+    def restore(self) -> None:
+        """Put back what the fit changed: the plain model, the DataLoaders, the logger, the device."""
+        self._no_sync.close()
+        learn = self.learn
+        if self.ddp is not None:
+            if learn.model is self.ddp:
+                learn.model = self.ddp.module
+            self.ddp = None
+        dls = learn.dls
+        loaders = getattr(dls, "loaders", None)
+        if loaders is not None:
+            for i, dl in enumerate(loaders):
+                for original, copy in self._shards:
+                    if dl is copy:
+                        loaders[i] = original
+        self._shards = []
+        if "logger" in self._saved:
+            learn.logger = self._saved.pop("logger")
+        if "device" in self._saved:
+            dls.device = self._saved.pop("device")
+        self._depth = 0
+
+    def _fix_device(self) -> None:
+        dls, device = self.learn.dls, D.rank_device()
+        current = getattr(dls, "device", None)
+        if isinstance(current, torch.device) and current.type == "cuda" and current != device:
+            self._saved["device"] = current
+            dls.device = device
+            self.learn.model.to(device)
+
+    # ------------------------------------------------------------------ training
+    def before_epoch(self) -> None:
+        if self._active:
+            self._point()  # a cancel raised at the end of the last epoch (a tracker) stops every rank here
+
+    def before_train(self) -> None:
+        if not self._active:
+            return
+        learn = self.learn
+        if self.ddp is None:
+            self._point()  # every rank must be here before the collectives of wrapping
+            self.ddp = self._wrap()
+        learn.model = self.ddp
+        learn.dl = self._shard(learn.dl, train=True)
+        sampler = getattr(learn.dl, "sampler", None)
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(learn.epoch)  # type: ignore[union-attr]
+        recorder = getattr(learn, "recorder", None)
+        self._loss_mark = len(recorder.losses) if recorder is not None else 0
+
+    def _wrap(self) -> DistributedDataParallel:
+        learn = self.learn
+        model = learn.model
+        if self.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        device_ids = [device.index] if device.type == "cuda" else None
+        ddp = _DDP(model, device_ids=device_ids, **self.ddp_kwargs)
+        if not self.shard_data:
+            return ddp
+        dls = learn.dls
+        train = dls.train
+        seed = 0
+        if isinstance(getattr(train, "sampler", None), RandomSampler):
+            seed = D.broadcast_object(_shuffle_seed(train))  # every rank must shuffle alike
+        loaders = getattr(dls, "loaders", None)
+        copy = self._shard(train, train=True, seed=seed)
+        if loaders is not None:  # swapped in for the fit, so len(dls.train) is this rank's number of batches
+            loaders[:] = [copy if i == 0 else self._shard(dl, train=False) for i, dl in enumerate(loaders)]
+        return ddp
+
+    def _shard(self, dl: Any, train: bool, seed: int = 0) -> Any:
+        """This rank's copy of `dl` (made once per fit), or `dl` itself when it needs none."""
+        if dl is None or not self.shard_data or is_sharded(dl):
+            return dl
+        for original, copy in self._shards:
+            if dl is original or dl is copy:
+                return copy
+        if not train and not isinstance(dl, torch.utils.data.DataLoader):
+            return dl  # batches given by hand (predict): every rank evaluates them all
+        copy = shard_loader(dl, D.rank(), D.world_size(), train=train, seed=seed, split_batch=self.split_batch)
+        self._shards.append((dl, copy))
+        return copy
+
+    def before_batch(self) -> None:
+        if not self._active or not self.learn.training or self.ddp is None:
+            return
+        self._no_sync.close()
+        if self.ddp.will_sync_module_buffers():
+            self._point()  # the forward broadcasts rank 0's buffers
+        accumulation = getattr(self.learn, "gradient_accumulation", None)
+        if isinstance(accumulation, GradientAccumulation) and not accumulation.will_step():
+            self._no_sync.enter_context(self.ddp.no_sync())
+
+    def before_backward(self) -> None:
+        if self._active:
+            self._point()  # the backward pass all-reduces the gradients
+
+    def after_batch(self) -> None:
+        self._no_sync.close()
+
+    def after_train(self) -> None:
+        if not self._active:
+            return
+        self._no_sync.close()
+        self._end_point(_TRAIN)
+        self._average_losses()  # the Recorder (order 50) logs the last one next
+        recorder = getattr(self.learn, "recorder", None)
+        if recorder is not None and recorder.train_metrics and not recorder.cancel_train:
+            self._reduce_metrics(self.learn.metrics)
+        if self.ddp is not None:
+            self._broadcast_buffers(self.ddp.module)
+
+    # ---------------------------------------------------------------- validation
+    def before_validate(self) -> None:
+        if not self._active:
+            return
+        learn = self.learn
+        if self.ddp is not None and learn.model is self.ddp:
+            learn.model = self.ddp.module  # a forward pass needs no DDP, and DDP's could wait on other ranks
+        learn.dl = self._shard(learn.dl, train=False)
+
+    def after_validate(self) -> None:
+        if not self._active:
+            return
+        learn = self.learn
+        if self.ddp is not None and learn.model is self.ddp.module:
+            learn.model = self.ddp
+        self._end_point(_VALID)
+        recorder = getattr(learn, "recorder", None)
+        if recorder is not None and recorder.cancel_valid:
+            return
+        if not (is_sharded(learn.dl) or not self.shard_data):
+            return  # every rank saw all of it
+        if recorder is not None and recorder.valid_metrics:
+            self._reduce_metrics([recorder.loss, *learn.metrics])
+        gather = getattr(learn, "gather_preds", None)
+        if gather is not None:
+            self._gather_preds(gather, in_order=self.shard_data)
+
+    def after_epoch(self) -> None:
+        if self._active and self._end_point(_EPOCH) and self.ddp is not None:
+            self._average_losses()  # of a training phase the cancel cut short
+
+    # ----------------------------------------------------------- cancel agreement
+    def _point(self) -> None:
+        """Ask the other ranks whether one of them cancelled; if so, cancel here too."""
+        code = D.agree(_NONE)
+        if code != _NONE:
+            self._following = code
+            raise _EXCEPTIONS[code]
+
+    def _end_point(self, phase: int) -> bool:
+        """The last question of a phase; a cancel of this very phase elsewhere fires its after_cancel here.
+
+        Returns whether the phase was cancelled (on any rank).
+        """
+        agreed = phase in self._agreed
+        self._agreed = {p for p in self._agreed if p > phase}  # the phases inside this one are over too
+        if agreed:
+            return True
+        code = D.agree(_NONE)
+        if code > phase:
+            self._following = code
+            raise _EXCEPTIONS[code]
+        if code == phase:
+            self._following = code
+            self.learn(_AFTER_CANCEL[code])
+            self._agreed.discard(phase)
+            return True
+        return False
+
+    def _cancelled(self, phase: int) -> None:
+        if not self._active:
+            return
+        if self._following == phase:  # raised (or fired) because of another rank: nothing to tell
+            self._following = _NONE
+        else:
+            code = D.agree(phase)  # tell the others at once; they ask before their next collective
+            if code > phase:
+                self._following = code
+                raise _EXCEPTIONS[code]
+        self._agreed.add(phase)
+
+    def after_cancel_train(self) -> None:
+        self._no_sync.close()
+        self._cancelled(_TRAIN)
+
+    def after_cancel_validate(self) -> None:
+        self._cancelled(_VALID)
+
+    def after_cancel_epoch(self) -> None:
+        self._cancelled(_EPOCH)
+
+    def after_cancel_fit(self) -> None:
+        self._cancelled(_FIT)
+
+    # ---------------------------------------------------------------- reductions
+    def _average_losses(self) -> None:
+        """Average the smoothed training losses recorded since the last call over the ranks.
+
+        A rank that ran on into a batch before learning of another rank's cancel recorded one more
+        loss; the entries beyond what every rank recorded are dropped, as a single process would have.
+        """
+        recorder = getattr(self.learn, "recorder", None)
+        if recorder is None:
+            return
+        mark, losses = self._loss_mark, recorder.losses
+        n_local = len(losses) - mark
+        counts = D.all_gather_objects(n_local)
+        n = min(counts)
+        if max(counts) == 0:
+            return
+        extra = n_local - n
+        if extra:
+            del losses[mark + n :]
+            del recorder.lrs[len(recorder.lrs) - extra :]
+            recorder.smooth_loss.count -= extra
+            scheduler = getattr(self.learn, "param_scheduler", None)
+            for values in getattr(scheduler, "hps", {}).values():
+                del values[len(values) - extra :]
+        chunk = losses[mark:]
+        if chunk:
+            total = D.all_reduce_sum(torch.stack([t.detach().float().reshape(()) for t in chunk]))
+            mean = total / D.world_size()
+            with torch.no_grad():
+                for t, v in zip(chunk, mean, strict=True):
+                    t.copy_(v)  # in place: the Recorder's smooth_loss and learn.smooth_loss are these tensors
+                current = recorder.smooth_loss.value
+                if current is not None and current is not chunk[-1]:
+                    current.copy_(chunk[-1])
+            self.learn.smooth_loss = chunk[-1]
+        self._loss_mark = len(losses)
+
+    def _reduce_metrics(self, metrics: list[Any]) -> None:
+        """Sum the running totals of averaging metrics over ranks; gather the stored predictions of the others."""
+        means = [m for m in metrics if isinstance(getattr(m, "total", None), torch.Tensor) and hasattr(m, "count")]
+        if means:
+            pieces = [torch.cat([m.total.detach().double().cpu().reshape(-1), torch.tensor([float(m.count)])])
+                      for m in means]
+            summed = D.all_reduce_sum(torch.cat(pieces)).split([p.numel() for p in pieces])
+            for m, s in zip(means, summed, strict=True):
+                m.total = s[:-1].reshape(m.total.shape).to(device=m.total.device, dtype=m.total.dtype)
+                m.count = int(round(float(s[-1])))
+        for m in metrics:
+            if m in means:
+                continue
+            if isinstance(getattr(m, "preds", None), list) and isinstance(getattr(m, "targs", None), list):
+                m.preds, m.targs = _gather_lists(m.preds), _gather_lists(m.targs)
+            elif type(m).__name__ != "TorchMetric" and m.name not in self._warned:
+                self._warned.add(m.name)
+                warnings.warn(
+                    f"DistributedTrainer cannot combine metric {m.name!r} ({type(m).__name__}) over ranks: each rank "
+                    "reports it on its own share of the data. Give it `total`/`count` (an average) or "
+                    "`preds`/`targs` lists (a whole-set metric).",
+                    stacklevel=2,
+                )
+
+    def _gather_preds(self, gather: Any, in_order: bool) -> None:
+        fields = ("preds", "targets", "inputs", "losses")
+        local = tuple(_to_cpu(getattr(gather, f)) for f in fields)
+        shares = D.all_gather_objects(local)
+        device = _device_of(gather.preds)
+        for i, field in enumerate(fields):
+            parts = [s[i] for s in shares]
+            if in_order:
+                merged = interleave(parts)
+            else:
+                present = [p for p in parts if p is not None]
+                merged = _cat(present) if present else None
+            setattr(gather, field, _to_device(merged, device))
+
+    @staticmethod
+    def _broadcast_buffers(module: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics) everywhere, as DDP's next forward would make them."""
+        for buf in module.buffers():
+            torch.distributed.broadcast(buf, src=0)
+
+
+def _shuffle_seed(dl: Any) -> int:
+    generator = getattr(dl, "generator", None)
+    if isinstance(generator, torch.Generator):
+        return int(generator.initial_seed())
+    return int(torch.randint(0, 2**31 - 1, ()).item())  # from the global RNG, as an unseeded loader would
+
+
+def _gather_lists(items: list[torch.Tensor]) -> list[torch.Tensor]:
+    device = items[0].device if items else None
+    local = torch.cat([t.detach().cpu() for t in items]) if items else None
+    present = [s for s in D.all_gather_objects(local) if s is not None]
+    if not present:
+        return []
+    merged = torch.cat(present)
+    return [merged.to(device) if device is not None else merged]
+
+
+def _to_cpu(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_cpu(o) for o in x)
+    return x
+
+
+def _to_device(x: Any, device: torch.device | None) -> Any:
+    if device is None:
+        return x
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_device(o, device) for o in x)
+    return x
+
+
+def _device_of(x: Any) -> torch.device | None:
+    if isinstance(x, torch.Tensor):
+        return x.device
+    if isinstance(x, (tuple, list)) and x:
+        return _device_of(x[0])
+    return None
+
+
+def _cat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))
+    return torch.cat(parts)
+
+
+@contextmanager
+def distrib_ctx(learn: Learner, timeout: timedelta | float | None = None, **kwargs: Any) -> Iterator[Learner]:
+    """Train `learn` with a DistributedTrainer(**kwargs) in this block; a no-op in a single process.
+
+    Sets the process group up if needed (and tears it down at the end if it did), and replaces for
+    the block any DistributedTrainer the learner already has.
+    """
+    if not (D.launched_distributed() or D.is_distributed()):
+        yield learn
+        return
+    created = D.setup(timeout=timeout)
+    others = [cb for cb in learn.cbs if isinstance(cb, DistributedTrainer)]
+    learn.remove_cbs(others)
+    trainer = DistributedTrainer(timeout=timeout, **kwargs)
+    learn.add_cb(trainer)
+    try:
+        yield learn
+    finally:
+        trainer.restore()
+        learn.remove_cb(trainer)
+        learn.add_cbs(others)
+        if created:
+            D.teardown()

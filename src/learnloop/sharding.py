@@ -1,0 +1,163 @@
+"""Giving each rank its share of a DataLoader, and putting the shares of predictions back in order.
+
+Training loaders get a :class:`torch.utils.data.distributed.DistributedSampler`: every rank gets
+the same number of batches (DDP needs every rank in every gradient all-reduce), so the last items are
+repeated when the dataset does not split evenly, and shuffling is seeded the same on every rank and
+changes with ``set_epoch``. Evaluation loaders get a :class:`ShardSampler` instead: rank ``r`` of ``W``
+reads items ``r, r+W, r+2W, ...`` with no padding, so no item is counted twice in a metric, and
+:func:`interleave` rebuilds dataset order from the shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    IterableDataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
+from torch.utils.data.distributed import DistributedSampler
+
+from .distributed import DistributedError
+
+__all__ = ["ShardSampler", "interleave", "is_sharded", "shard_loader"]
+
+
+class ShardSampler(Sampler[int]):
+    """Items ``rank, rank + world_size, ...`` of a dataset of `n` items, in order, without padding."""
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"ShardSampler: rank {rank} is outside 0..{world_size - 1}.")
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world_size))
+
+
+def is_sharded(dl: Any) -> bool:
+    """Whether `dl` is a DataLoader that already reads only this rank's share."""
+    return isinstance(dl, DataLoader) and isinstance(dl.sampler, (DistributedSampler, ShardSampler))
+
+
+def _describe_sampler(dl: DataLoader[Any]) -> str:
+    if not isinstance(dl.batch_sampler, BatchSampler) or dl.batch_size is None:
+        return f"a custom batch sampler ({type(dl.batch_sampler).__name__})"
+    return f"a {type(dl.sampler).__name__}"
+
+
+def shard_loader(
+    dl: Any, rank: int, world_size: int, *, train: bool, seed: int = 0, split_batch: bool = False
+) -> DataLoader[Any]:
+    """A copy of the DataLoader `dl` that reads rank `rank`'s share of its dataset.
+
+    `train`: a DistributedSampler (same number of batches on every rank; shuffled with `seed` when
+    `dl` shuffles), else a :class:`ShardSampler`. `split_batch`: `dl.batch_size` is the global batch,
+    divided between the ranks, instead of each rank's.
+    """
+    role = "training" if train else "evaluation"
+    if not isinstance(dl, DataLoader):
+        raise DistributedError(
+            f"The {role} data is a {type(dl).__name__}, not a torch DataLoader, so learnloop cannot give each "
+            "rank its share of it. Use a torch.utils.data.DataLoader over a map-style dataset, or shard the data "
+            "yourself (each rank reading its own part, the same number of batches on every rank) and pass "
+            "DistributedTrainer(shard_data=False)."
+        )
+    if isinstance(dl.dataset, IterableDataset):
+        raise DistributedError(
+            f"The {role} DataLoader reads an IterableDataset, which learnloop cannot split between ranks: make "
+            "each rank's dataset yield only its share (torch.distributed.get_rank()), the same number of batches "
+            "on every rank, and pass DistributedTrainer(shard_data=False)."
+        )
+    sampler = dl.sampler
+    custom_batches = not isinstance(dl.batch_sampler, BatchSampler) or dl.batch_size is None
+    known = (RandomSampler, SequentialSampler, DistributedSampler, ShardSampler)
+    if custom_batches or not isinstance(sampler, known) or _random_with_replacement(sampler):
+        raise DistributedError(
+            f"The {role} DataLoader has {_describe_sampler(dl)}, which does not know about the other ranks: "
+            "every rank would read the same items. Use shuffle=True/False (learnloop then splits the data), a "
+            f"DistributedSampler(num_replicas={world_size}, rank=<rank>), or shard the data yourself and pass "
+            "DistributedTrainer(shard_data=False)."
+        )
+    if isinstance(sampler, DistributedSampler) and (sampler.num_replicas, sampler.rank) != (world_size, rank):
+        raise DistributedError(
+            f"The {role} DataLoader's DistributedSampler is for rank {sampler.rank} of {sampler.num_replicas}, "
+            f"but this is rank {rank} of {world_size}."
+        )
+    batch_size = int(dl.batch_size)  # type: ignore[arg-type]  # checked above: a plain BatchSampler
+    if split_batch:
+        if batch_size % world_size:
+            raise DistributedError(
+                f"The {role} batch size {batch_size} cannot be split evenly over {world_size} processes "
+                f"(split_batch=True): use a multiple of {world_size}, or split_batch=False to give each process "
+                f"batches of {batch_size}."
+            )
+        batch_size //= world_size
+    new_sampler: Sampler[int]
+    if train:
+        if isinstance(sampler, DistributedSampler):
+            new_sampler = sampler
+        else:
+            shuffle = isinstance(sampler, RandomSampler)
+            new_sampler = DistributedSampler(dl.dataset, world_size, rank, shuffle=shuffle, seed=seed)
+    else:
+        new_sampler = ShardSampler(len(dl.dataset), rank, world_size)  # type: ignore[arg-type]
+    return _rebuild(dl, new_sampler, batch_size)
+
+
+def _random_with_replacement(sampler: Sampler[Any]) -> bool:
+    return isinstance(sampler, RandomSampler) and (
+        sampler.replacement or sampler.num_samples != len(sampler.data_source)  # type: ignore[arg-type]
+    )
+
+
+def _rebuild(dl: DataLoader[Any], sampler: Sampler[int], batch_size: int) -> DataLoader[Any]:
+    kwargs: dict[str, Any] = {
+        "num_workers": dl.num_workers,
+        "collate_fn": dl.collate_fn,
+        "pin_memory": dl.pin_memory,
+        "drop_last": dl.drop_last,
+        "timeout": dl.timeout,
+        "worker_init_fn": dl.worker_init_fn,
+        "multiprocessing_context": dl.multiprocessing_context,
+        "generator": dl.generator,
+        "persistent_workers": dl.persistent_workers,
+        "pin_memory_device": dl.pin_memory_device,
+    }
+    if dl.num_workers:
+        kwargs["prefetch_factor"] = dl.prefetch_factor
+    if hasattr(dl, "in_order"):
+        kwargs["in_order"] = dl.in_order
+    return DataLoader(dl.dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+
+
+def interleave(shares: Sequence[Any]) -> Any:
+    """Dataset order from each rank's share (rank ``r`` held items ``r, r+W, ...``): tensors or tuples of them.
+
+    A rank with nothing to share passes None.
+    """
+    present = [s for s in shares if s is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, (tuple, list)):
+        parts = [interleave([None if s is None else s[i] for s in shares]) for i in range(len(first))]
+        return type(first)(parts)
+    if not isinstance(first, torch.Tensor):
+        return [x for s in present for x in s]
+    world = len(shares)
+    n = sum(int(s.shape[0]) for s in present)
+    out = first.new_empty((n, *first.shape[1:]))
+    for r, s in enumerate(shares):
+        if s is not None and s.shape[0]:
+            out[r::world] = s
+    return out

@@ -1,0 +1,220 @@
+"""The program tests/test_distributed.py runs under `torchrun --nproc_per_node=2` (and imports for reference runs).
+
+`python -m torch.distributed.run --standalone --nproc_per_node=2 distributed_worker.py SCENARIO OUT_DIR`
+writes `OUT_DIR/<scenario>_rank<r>.json`; the learners' files go to `OUT_DIR/work`. Every file a rank
+opens for writing under that folder is recorded (an audit hook), to check that only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from learnloop import (
+    Callback,
+    CSVLogger,
+    DataLoaders,
+    EarlyStoppingCallback,
+    GradientAccumulation,
+    Learner,
+    SaveModelCallback,
+    TerminateOnNaNCallback,
+    mae,
+    rmse,
+)
+from learnloop.optimizer import SGD
+
+torch.set_num_threads(1)
+
+N_TRAIN, N_VALID, GLOBAL_BS = 64, 21, 8  # 21 validation items: two ranks get 11 and 10, nothing padded
+
+
+def make_data(bs: int, shuffle: bool = False, index_feature: bool = False) -> DataLoaders:
+    """A small regression problem; `index_feature` puts each item's index in its first feature."""
+    g = torch.Generator().manual_seed(0)
+    x_train, x_valid = torch.randn(N_TRAIN, 4, generator=g), torch.randn(N_VALID, 4, generator=g)
+    if index_feature:
+        x_train[:, 0] = torch.arange(N_TRAIN, dtype=torch.float32)
+    w = torch.randn(4, 1, generator=g)
+    return DataLoaders.from_tensors(x_train, x_train @ w, x_valid, x_valid @ w, bs=bs, shuffle=shuffle,
+                                    drop_last=False, device="cpu", seed=0 if shuffle else None)
+
+
+def make_learner(bs: int, path: Path, cbs: Any = None, metrics: Any = (mae, rmse), **kwargs: Any) -> Learner:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    learn = Learner(make_data(bs, **kwargs), model, loss_func=nn.MSELoss(), opt_func=SGD, lr=0.05,
+                    metrics=list(metrics), cbs=cbs, path=path)
+    return learn
+
+
+def split_batch(learn: Learner) -> Learner:
+    """Under torchrun the learner has a DistributedTrainer (added by itself): the batch size is the global one."""
+    trainer = getattr(learn, "distributed_trainer", None)
+    if trainer is not None:
+        trainer.split_batch = True
+    return learn
+
+
+def params(learn: Learner) -> list[float]:
+    return torch.cat([p.detach().reshape(-1) for p in learn.model.parameters()]).tolist()
+
+
+class Record(Callback):
+    """What each rank saw: the sampler's epoch, the items of each batch (index_feature data)."""
+
+    order = 90
+
+    def __init__(self) -> None:
+        self.sampler_epochs: list[int] = []
+        self.items: list[list[int]] = []
+
+    def before_train(self) -> None:
+        self.sampler_epochs.append(getattr(self.learn.dl.sampler, "epoch", -1))
+        self.items.append([])
+
+    def before_batch(self) -> None:
+        if self.learn.training:
+            self.items[-1] += self.learn.xb[0][:, 0].long().tolist()
+
+
+class OnRank(Callback):
+    """Runs `action(learn)` at one event of one batch, on one rank only."""
+
+    order = -20
+
+    def __init__(self, rank: int, event: str, epoch: int, it: int, action: Any) -> None:
+        self.rank, self.event, self.epoch, self.it, self.action = rank, event, epoch, it, action
+        setattr(self, event, self._maybe)
+
+    def _maybe(self) -> None:
+        learn = self.learn
+        if int(os.environ.get("RANK", 0)) == self.rank and learn.epoch == self.epoch and learn.iter == self.it:
+            if learn.training:
+                self.action(learn)
+
+
+def _set_nan(learn: Learner) -> None:
+    learn.loss = torch.tensor(float("nan"))
+
+
+def _boom(learn: Learner) -> None:
+    raise ValueError("boom on rank 1")
+
+
+def summary(learn: Learner) -> dict[str, Any]:
+    rec = learn.recorder
+    return {
+        "values": rec.values,
+        "losses": [float(t) for t in rec.losses],
+        "lrs": rec.lrs,
+        "iters": rec.iters,
+        "train_iter": learn.train_iter,
+        "params": params(learn),
+        "model_type": type(learn.model).__name__,
+    }
+
+
+def run(scenario: str, out: Path) -> dict[str, Any]:
+    work = out / "work"
+    rank = int(os.environ.get("RANK", 0))
+    per_rank_bs = GLOBAL_BS  # split_batch=True: each of the two ranks takes 4
+    if scenario == "main":
+        result: dict[str, Any] = {}
+        record = Record()
+        learn = make_learner(per_rank_bs, work, cbs=[CSVLogger(), SaveModelCallback(), record])
+        split_batch(learn)
+        learn.fit(3)
+        result["fit"] = summary(learn)
+        result["sampler_epochs"] = record.sampler_epochs
+        result["validate"] = learn.validate()
+        preds, targs = learn.get_preds()
+        result["preds"], result["targs"] = preds.reshape(-1).tolist(), targs.reshape(-1).tolist()
+        learn.save("final")
+        result["loaded"] = params(learn.load("final"))
+
+        # a rank-1-only early stopping: both ranks stop after epoch 1
+        learn = make_learner(per_rank_bs, work, cbs=record)
+        split_batch(learn)
+        stop = EarlyStoppingCallback(comp=np.greater, patience=1)
+        learn.fit(5, cbs=[stop] if rank == 1 else [])
+        result["early_stop"] = summary(learn)
+
+        # TerminateOnNaN sees a NaN loss on rank 1 only, in the middle of epoch 1
+        learn = make_learner(per_rank_bs, work, cbs=[TerminateOnNaNCallback(), OnRank(1, "after_loss", 1, 3, _set_nan)])
+        split_batch(learn)
+        learn.fit(3)
+        result["nan_stop"] = summary(learn)
+
+        # gradient accumulation: DDP's all-reduce only on the batches that step
+        calls: list[int] = []
+        learn = make_learner(per_rank_bs, work, cbs=[GradientAccumulation(n_steps=2), CountAllReduce(calls)])
+        split_batch(learn)
+        learn.fit(2)
+        result["accumulate"] = summary(learn) | {"allreduce_calls": len(calls), "batches": 2 * len(learn.dls.train)}
+
+        # shuffled training data: ranks read disjoint items, the same order on every rank, new each epoch
+        record = Record()
+        learn = make_learner(per_rank_bs, work, cbs=record, shuffle=True, index_feature=True, metrics=())
+        split_batch(learn)
+        learn.fit(2)
+        result["shuffle"] = {"items": record.items, "sampler_epochs": record.sampler_epochs}
+        return result
+    if scenario == "error":
+        learn = make_learner(per_rank_bs, work, cbs=OnRank(1, "after_batch", 0, 2, _boom))
+        learn.fit(2)
+        return {}
+    raise SystemExit(f"unknown scenario {scenario}")
+
+
+class CountAllReduce(Callback):
+    """Counts the gradient buckets DDP all-reduces (a comm hook around the default all-reduce)."""
+
+    order = 5  # after DistributedTrainer has wrapped the model
+
+    def __init__(self, calls: list[int]) -> None:
+        self.calls = calls
+
+    def before_train(self) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        model = self.learn.model
+        if self.learn.epoch == 0 and hasattr(model, "register_comm_hook"):
+            def hook(state, bucket):  # type: ignore[no-untyped-def]  # DDP rejects other annotations than its own
+                self.calls.append(1)
+                return allreduce_hook(state, bucket)
+
+            model.register_comm_hook(None, hook)
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    written: list[str] = []
+    watched = str(out / "work")
+
+    def audit(event: str, args: tuple[Any, ...]) -> None:
+        if event == "open" and isinstance(args[0], (str, os.PathLike)) and str(args[0]).startswith(watched):
+            mode, flags = args[1], args[2]
+            writes = isinstance(mode, str) and any(c in mode for c in "wax+")
+            writes |= isinstance(flags, int) and bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+            if writes:
+                written.append(os.path.relpath(str(args[0]), watched))
+        elif event in ("os.mkdir", "os.rename", "os.remove") and str(args[0]).startswith(watched):
+            written.append(f"{event} {os.path.relpath(str(args[0]), watched)}")
+
+    sys.addaudithook(audit)
+    result = run(scenario, out)
+    result["written"] = written
+    rank = int(os.environ.get("RANK", 0))
+    (out / f"{scenario}_rank{rank}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

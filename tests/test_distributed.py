@@ -1,0 +1,270 @@
+"""Distributed training: data sharding and launch checks in-process, and real 2-process runs under torchrun.
+
+The torchrun tests start `python -m torch.distributed.run --standalone --nproc_per_node=2` on CPU with
+Gloo, running tests/distributed_worker.py, each with a hard timeout so the suite cannot hang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset, WeightedRandomSampler
+from torch.utils.data.distributed import DistributedSampler
+
+import distributed_worker as worker
+from learnloop import CSVLogger, GradientAccumulation, Learner, SaveModelCallback
+from learnloop.callback import noop
+from learnloop.callbacks.distributed import DistributedTrainer
+from learnloop.distributed import DistributedError, check_launch_env, is_rank_zero, launched_distributed
+from learnloop.sharding import ShardSampler, interleave, shard_loader
+
+HERE = Path(__file__).parent
+TIMEOUT = 120  # seconds: a hung run fails the test instead of the suite
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith("TORCHELASTIC")}
+    env.update({"OMP_NUM_THREADS": "1", "LEARNLOOP_DIST_TIMEOUT": "30", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def torchrun(scenario: str, out: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE / "distributed_worker.py"), scenario, str(out)]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT, cwd=out)
+
+
+def _ds(n: int = 10) -> TensorDataset:
+    return TensorDataset(torch.arange(n, dtype=torch.float32)[:, None], torch.arange(n))
+
+
+# ------------------------------------------------------------------ sharding the data
+def test_training_loader_gets_a_distributed_sampler_with_equal_batches() -> None:
+    dl = DataLoader(_ds(10), batch_size=4, shuffle=True)
+    shards = [shard_loader(dl, r, 3, train=True, seed=7) for r in range(3)]
+    assert all(isinstance(s.sampler, DistributedSampler) and s.sampler.shuffle for s in shards)
+    assert {len(s) for s in shards} == {1}  # 10 items over 3 ranks: 4 each (2 repeated), one batch of 4
+    items = [int(i) for s in shards for b in s for i in b[1]]
+    assert set(items) == set(range(10)) and len(items) == 12
+    seq = shard_loader(DataLoader(_ds(10), batch_size=2), 1, 2, train=True)
+    assert not seq.sampler.shuffle and [int(i) for b in seq for i in b[1]] == [1, 3, 5, 7, 9]
+
+
+def test_evaluation_loader_is_sharded_without_padding_and_interleaves_back() -> None:
+    dl = DataLoader(_ds(11), batch_size=4)
+    shards = [shard_loader(dl, r, 3, train=False) for r in range(3)]
+    assert all(isinstance(s.sampler, ShardSampler) for s in shards)
+    parts = [torch.cat([b[1] for b in s]) for s in shards]
+    assert [len(p) for p in parts] == [4, 4, 3]  # 11 items, none counted twice
+    assert interleave(parts).tolist() == list(range(11))
+    pairs = [(p, p * 10) for p in parts]
+    assert interleave(pairs)[1].tolist() == [10 * i for i in range(11)]
+    assert interleave([torch.tensor([5]), None]).tolist() == [5]  # one item: the other rank had none
+    assert len(ShardSampler(2, 2, 3)) == 0
+
+
+def test_split_batch_divides_the_batch_size_or_says_why_not() -> None:
+    dl = DataLoader(_ds(12), batch_size=6, shuffle=True)
+    assert shard_loader(dl, 0, 2, train=True, split_batch=True).batch_size == 3
+    assert shard_loader(dl, 0, 2, train=True).batch_size == 6
+    with pytest.raises(DistributedError, match=r"batch size 6 cannot be split evenly over 4 processes"):
+        shard_loader(dl, 0, 4, train=True, split_batch=True)
+
+
+@pytest.mark.parametrize(
+    "dl, match",
+    [
+        (DataLoader(_ds(), batch_size=2, sampler=WeightedRandomSampler([1.0] * 10, 10)),
+         "WeightedRandomSampler, which does not know about the other ranks"),
+        (DataLoader(_ds(), batch_sampler=[[0, 1], [2, 3]]), "custom batch sampler"),
+        (DataLoader(_ds(), batch_size=2, sampler=DistributedSampler(_ds(), num_replicas=4, rank=1)),
+         "for rank 1 of 4, but this is rank 0 of 2"),
+        ([(torch.zeros(2, 1), torch.zeros(2))], "not a torch DataLoader"),
+    ],
+    ids=["weighted-sampler", "batch-sampler", "wrong-replicas", "plain-list"],
+)
+def test_loaders_that_cannot_be_sharded_are_refused_clearly(dl: Any, match: str) -> None:
+    with pytest.raises(DistributedError, match=match):
+        shard_loader(dl, 0, 2, train=True)
+
+
+def test_iterable_dataset_is_refused_clearly() -> None:
+    class Stream(IterableDataset[int]):
+        def __iter__(self) -> Any:
+            return iter(range(4))
+
+    with pytest.raises(DistributedError, match="IterableDataset.*shard_data=False"):
+        shard_loader(DataLoader(Stream(), batch_size=2), 0, 2, train=True)
+
+
+# ------------------------------------------------------------------ launch environment
+GOOD = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"RANK": "2"}, r"RANK=2 is outside 0..1"),
+        ({"RANK": None}, "RANK is not"),
+        ({"MASTER_PORT": None}, "MASTER_PORT is not"),
+        ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' should be a whole number"),
+        ({"LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK=3 does not fit"),
+        ({"WORLD_SIZE": None}, "not a distributed launch"),
+    ],
+)
+def test_a_mismatched_launch_environment_is_a_clear_error(change: dict[str, str | None], match: str) -> None:
+    env = {**GOOD, **{k: v for k, v in change.items() if v is not None}}
+    for k, v in change.items():
+        if v is None:
+            env.pop(k)
+    with pytest.raises(DistributedError, match=match):
+        check_launch_env(env)
+
+
+def test_more_processes_than_gpus_is_a_clear_error() -> None:
+    with pytest.raises(DistributedError, match=r"this machine has 1 GPU\(s\)"):
+        check_launch_env(GOOD, n_devices=1)
+    assert check_launch_env(GOOD, n_devices=2).rank == 1
+
+
+def test_single_process_runs_are_untouched(tmp_path: Path) -> None:
+    assert not launched_distributed() and is_rank_zero()
+    assert not launched_distributed({"WORLD_SIZE": "1"}) and launched_distributed({"WORLD_SIZE": "2"})
+    learn = worker.make_learner(8, tmp_path)
+    assert not hasattr(learn, "distributed_trainer")  # nothing added without torchrun
+    with learn.distrib_ctx():  # a no-op in a single process
+        assert not hasattr(learn, "distributed_trainer")
+    explicit = worker.make_learner(8, tmp_path, cbs=DistributedTrainer(split_batch=True))
+    learn.logger = explicit.logger = noop
+    learn.fit(1)
+    explicit.fit(1)
+    assert worker.params(explicit) == worker.params(learn)
+    assert explicit.recorder.values == learn.recorder.values
+
+
+# ------------------------------------------------------------------ two processes (torchrun)
+def _reference(tmp: Path, epochs: int, cbs: Any) -> Learner:
+    learn = worker.make_learner(worker.GLOBAL_BS, tmp, cbs=cbs)
+    learn.logger = noop
+    learn.fit(epochs)
+    return learn
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("ddp")
+    start = time.monotonic()
+    proc = torchrun("main", out)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    ranks = [json.loads((out / f"main_rank{r}.json").read_text()) for r in range(2)]
+    return {"ranks": ranks, "stdout": proc.stdout, "elapsed": elapsed, "out": out}
+
+
+def _close(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
+    return torch.allclose(torch.tensor(a), torch.tensor(b), atol=tol, rtol=tol)
+
+
+def test_two_processes_end_with_the_parameters_of_one_process_over_the_same_global_batch(
+    ddp_run: dict[str, Any], tmp_path: Path
+) -> None:
+    ref = _reference(tmp_path, 3, [CSVLogger(), SaveModelCallback()])
+    for rank in ddp_run["ranks"]:
+        fit = rank["fit"]
+        assert fit["model_type"] == "Sequential"  # the plain module again after fit
+        assert _close(fit["params"], worker.params(ref))
+        # the epoch table too: training loss averaged over ranks, validation summed over both halves
+        assert _close([v for row in fit["values"] for v in row], [v for row in ref.recorder.values for v in row])
+        assert _close(fit["losses"], [float(t) for t in ref.recorder.losses])
+
+
+def test_recorder_holds_the_same_values_on_every_rank(ddp_run: dict[str, Any]) -> None:
+    r0, r1 = ddp_run["ranks"]
+    for key in ("fit", "early_stop", "nan_stop", "accumulate", "validate"):
+        assert r0[key] == r1[key], key
+
+
+def test_get_preds_and_validate_gather_every_rank_in_dataset_order(ddp_run: dict[str, Any], tmp_path: Path) -> None:
+    ref = _reference(tmp_path, 3, [CSVLogger(), SaveModelCallback()])
+    preds, targs = ref.get_preds()
+    for rank in ddp_run["ranks"]:
+        assert len(rank["preds"]) == worker.N_VALID  # 11 + 10 items, none padded in
+        assert _close(rank["preds"], preds.reshape(-1).tolist())
+        assert _close(rank["targs"], targs.reshape(-1).tolist())
+        assert _close(rank["validate"], ref.validate())
+
+
+def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[str, Any]) -> None:
+    r0, r1 = ddp_run["ranks"]
+    assert r1["written"] == []
+    assert "history.csv" in r0["written"] and any(w.startswith("models/.final.pth") for w in r0["written"])
+    for rank in (r0, r1):
+        assert rank["loaded"] == rank["fit"]["params"]
+    assert ddp_run["stdout"].count("epoch       train_loss") == 5  # one table per fit, from rank 0 only
+
+
+def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
+    for rank in ddp_run["ranks"]:
+        assert len(rank["early_stop"]["values"]) == 2  # EarlyStopping ran on rank 1 only, patience 1, of 5 epochs
+
+
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_batch(ddp_run: dict[str, Any]) -> None:
+    r0, r1 = ddp_run["ranks"]
+    for rank in (r0, r1):
+        nan = rank["nan_stop"]
+        assert len(nan["values"]) == 1 and nan["train_iter"] == 12  # NaN at batch 3 of epoch 1 (8 per epoch)
+        assert len(nan["losses"]) == 11  # as one process would record: the NaN batch is not recorded
+
+
+def test_gradient_accumulation_skips_the_all_reduce_of_micro_batches(
+    ddp_run: dict[str, Any], tmp_path: Path
+) -> None:
+    ref = _reference(tmp_path, 2, GradientAccumulation(n_steps=2))
+    for rank in ddp_run["ranks"]:
+        acc = rank["accumulate"]
+        assert acc["allreduce_calls"] == acc["batches"] // 2  # one bucket per step, none for micro-batches
+        assert _close(acc["params"], worker.params(ref))
+
+
+def test_shuffled_training_data_is_split_and_reshuffled_each_epoch(ddp_run: dict[str, Any]) -> None:
+    r0, r1 = (r["shuffle"] for r in ddp_run["ranks"])
+    assert r0["sampler_epochs"] == r1["sampler_epochs"] == [0, 1]
+    for epoch in range(2):
+        assert sorted(r0["items"][epoch] + r1["items"][epoch]) == list(range(worker.N_TRAIN))
+    assert r0["items"][0] != r0["items"][1]
+
+
+def test_an_exception_on_one_rank_ends_every_rank_with_that_error(tmp_path: Path) -> None:
+    start = time.monotonic()
+    proc = torchrun("error", tmp_path)
+    assert proc.returncode != 0
+    assert "boom on rank 1" in proc.stderr + proc.stdout
+    assert time.monotonic() - start < 30  # well within the collective timeout: no rank waits it out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_missing_process_is_a_clear_error_after_the_timeout(tmp_path: Path) -> None:
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import distributed_worker as w; w.make_learner(8, '.')"
+    env = _env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
+               LEARNLOOP_DIST_TIMEOUT="2")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code, str(HERE)], env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "could not join the process group of 2 processes" in proc.stderr
+    assert time.monotonic() - start < 30
