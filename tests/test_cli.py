@@ -7,20 +7,25 @@ script to check exit codes and that no traceback reaches the user.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from learnloop import CSVLogger, recipe
 from learnloop.cli import build_parser, main
 from learnloop.datasets import digits
+from learnloop.recipe import TrainConfig
 
-RUN_FILES = {"config.json", "preprocessing.json", "metrics.csv", "loss.png", "schedule.png", "model.pth", "last.pth"}
+RUN_FILES = {"config.json", "preprocessing.json", "metrics.csv", "loss.png", "schedule.png", "model.pth", "checkpoints"}
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[object]], delimiter: str = ",") -> Path:
@@ -117,7 +122,8 @@ def test_csv_classification_predict_and_show(tmp_path: Path, capsys: pytest.Capt
     rows = list(csv.DictReader(out.splitlines()))
     assert [r["species_pred"] for r in rows] == ["setosa", "virginica"]
     assert rows[0]["note"] == "a" and 0.5 < float(rows[0]["species_prob"]) <= 1
-    code, out, _ = run(capsys, "predict", tmp_path / "run" / "last.pth", new)  # a model file in the run
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").iterdir()  # the last checkpoint: a model file too
+    code, out, _ = run(capsys, "predict", checkpoint, new)
     assert code == 0 and "setosa" in out
 
 
@@ -278,3 +284,50 @@ def test_console_script_trains_a_csv(tmp_path: Path) -> None:
                            "--out", "run"], capture_output=True, text=True, cwd=tmp_path, env=_env(), timeout=120)
     assert done.returncode == 0, done.stderr
     assert "train_loss" in done.stdout and (tmp_path / "run" / "model.pth").is_file()
+
+
+# ------------------------------------------------------------------------------------ resume
+class CtrlCInEpoch2(CSVLogger):
+    """The run's CSVLogger, plus a Ctrl-C in the middle of epoch 2 (as if the user pressed it then)."""
+
+    def after_batch(self) -> None:
+        if self.learn.training and self.learn.epoch == 2 and self.learn.iter == 1:
+            signal.raise_signal(signal.SIGINT)
+
+
+def test_resume_after_ctrl_c_ends_as_the_uninterrupted_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = flowers(tmp_path / "flowers.csv", n=60)
+    argv = ["train", "--data", data, "--target", "species", "--epochs", "4", "--mixup", "--out"]
+    assert run(capsys, *argv, tmp_path / "whole")[0] == 0
+
+    with monkeypatch.context() as patch:
+        patch.setattr(recipe, "CSVLogger", CtrlCInEpoch2)
+        code, out, err = run(capsys, *argv, tmp_path / "cut")
+    assert code == 130 and "interrupted" in err
+    assert f"learnloop train --resume {tmp_path / 'cut'}" in out
+    assert len(read_rows(tmp_path / "cut" / "metrics.csv")) == 2
+
+    code, out, err = run(capsys, "train", "--resume", tmp_path / "cut")
+    assert code == 0, err
+    assert "resuming from" in out
+    whole, cut = (read_rows(tmp_path / d / "metrics.csv") for d in ("whole", "cut"))
+    assert [{**r, "time": ""} for r in whole] == [{**r, "time": ""} for r in cut]  # bit-identical values
+    best = [torch.load(tmp_path / d / "model.pth", weights_only=True) for d in ("whole", "cut")]
+    assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])
+
+    code, _, err = run(capsys, "train", "--resume", tmp_path / "cut")
+    assert code == 1 and "finished all its 4 epochs" in err
+    code, _, err = run(capsys, "train", "--resume", tmp_path / "cut", "--epochs", "9", "--fp16")
+    assert code == 2 and "leave out --epochs, --fp16" in err
+    code, _, err = run(capsys, "train", "--resume", tmp_path / "nope")
+    assert code == 2 and "no such run directory" in err
+
+
+def test_parser_defaults_are_train_config_defaults() -> None:
+    args = build_parser().parse_args(["train"])
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in ("precision", "out"):
+            assert getattr(args, field.name) == getattr(defaults, field.name), field.name

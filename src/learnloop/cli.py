@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--seed", type=int, default=42, help="random seed: same seed, same run (default: 42)")
     o.add_argument("--device", help="cpu, cuda, cuda:1, mps, ... (default: cuda when available, else cpu)")
     o.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/<date>-<time>)")
+    o.add_argument("--resume", type=Path, metavar="RUN_DIR", help="carry on an interrupted run from its last "
+                   "checkpoint, with the settings of its config.json (only --device may be given with it)")
     p = commands.add_parser("predict", help="predict the target of new rows with a trained model",
                             description="Write the rows of INPUT with a <target>_pred column (and <target>_prob, "
                             "the predicted class's probability).", epilog=EXIT_CODES)
@@ -112,11 +114,30 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------- commands
 def train(args: argparse.Namespace) -> Learner:
     """`learnloop train`: the options as a TrainConfig, trained by `learnloop.recipe.train`."""
+    if args.resume is not None:
+        return _resume(args)
     precision: Literal["fp32", "fp16", "bf16"] = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"precision", "out"}
     config = TrainConfig(**{n: getattr(args, n) for n in names}, precision=precision,
                          out=str(args.out) if args.out else None)
     learn, _ = recipe.train(config)
+    return learn
+
+
+def _resume(args: argparse.Namespace) -> Learner:
+    if not args.resume.is_dir():
+        raise ConfigError(f"--resume {args.resume}: no such run directory.")
+    run = runs.open_run(args.resume)
+    defaults, fields = TrainConfig(), {f.name for f in dataclasses.fields(TrainConfig)}
+    given = [f"--{name.replace('_', '-')}" for name in sorted(fields - {"precision", "device", "out"})
+             if getattr(args, name) != getattr(defaults, name)]
+    given += [f"--{name}" for name in ("fp16", "bf16", "out") if getattr(args, name)]
+    if given:
+        raise ConfigError(f"--resume carries on with the settings in {run.path / runs.CONFIG}; leave out "
+                          f"{', '.join(given)} (only --device may change).")
+    config = TrainConfig(**{k: v for k, v in run.config.items() if k in fields})
+    config = dataclasses.replace(config, out=str(run.path), device=args.device or config.device)
+    learn, _ = recipe.train(config, resume=True)
     return learn
 
 

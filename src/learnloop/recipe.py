@@ -24,14 +24,14 @@ import torch
 from torch.utils.data import TensorDataset
 
 from . import __version__, optimizer, runs
-from .callback import Callback
-from .callbacks import CSVLogger, MixUp, ParamScheduler, SaveModelCallback
+from .callbacks import CheckpointCallback, CSVLogger, MixUp, ParamScheduler, SaveModelCallback
 from .data import DataLoaders, default_device
 from .datasets import digits
 from .learner import Learner
 from .losses import CrossEntropyLossFlat, MSELossFlat
 from .metrics import AccumMetric, R2Score, accuracy, rmse
 from .models import CNN_WIDTHS, MLP_HIDDEN
+from .resume import read_position
 from .schedules import SchedNo
 from .tabular import TabularData, TabularPreprocessor, load_csv, read_csv
 
@@ -103,8 +103,12 @@ class TrainConfig:
         return shlex.join([*words, "--seed", str(self.seed), "--device", str(self.device)])
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[Learner, Path]:
-    """Train as `learnloop train` does; returns the learner (with the best model loaded) and the run directory."""
+def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool = False) -> tuple[Learner, Path]:
+    """Train as `learnloop train` does; returns the learner (with the best model loaded) and the run directory.
+
+    With `resume`, `config` is a run's config.json and training carries on from the last checkpoint in the run
+    directory `config.out`, ending exactly as the uninterrupted run would have.
+    """
     if config.policy not in POLICIES or config.opt not in OPTIMIZERS:
         raise ConfigError(f"policy must be one of {POLICIES} and opt one of {tuple(OPTIMIZERS)}.")
     torch.manual_seed(config.seed)
@@ -122,22 +126,50 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> tuple[Lear
                     cbs=MixUp(config.mixup) if config.mixup else None)
     if config.precision != "fp32":
         learn.to_fp16(amp_mode=config.precision)
-    out = runs.new_run_dir(Path(config.out) if config.out else None)
+    out = _resumable(config, data) if resume else runs.new_run_dir(Path(config.out) if config.out else None)
     learn.path, learn.model_dir = out, Path(".")
     what = f"{len(data.prep.classes)} classes" if classification else f"regression of {data.prep.target!r}"
     log(f"data: {config.data}, {len(data.train)} train / {len(data.valid)} valid items, {data.prep.n_inputs} "
         f"features, {what}" + "".join(f"; {note}" for note in data.notes))
-    if config.lr_find:
+    if config.lr_find and not resume:  # a resumed run keeps the lr its finder chose (config.json)
         config = dataclasses.replace(config, lr=_lr_find(learn, out, config.lr, log))
-    runs.write_json(out / runs.CONFIG, {"command": config.command(), **dataclasses.asdict(config), "out": str(out),
-                                        "n_train": len(data.train), "n_valid": len(data.valid), **_provenance(config)})
-    runs.write_json(out / runs.PREPROCESSING, data.prep.to_dict())
+    if not resume:
+        runs.write_json(out / runs.CONFIG, {"command": config.command(), **dataclasses.asdict(config),
+                                            "out": str(out), "n_train": len(data.train), "n_valid": len(data.valid),
+                                            **_provenance(config)})
+        runs.write_json(out / runs.PREPROCESSING, data.prep.to_dict())
     log(f"model: {type(model).__name__} {' '.join(map(str, hidden))}; {config.opt}, {config.policy}, "
         f"{epochs} epochs, bs {bs}, lr {config.lr:.3g}, {config.precision}, device {config.device}\n"
-        f"run directory: {out}")
-    _fit(learn, config.policy, epochs, config.lr)
+        f"run directory: {out}" + (f" (resuming from {runs.latest_checkpoint(out)})" if resume else ""))
+    try:
+        _fit(learn, config.policy, epochs, config.lr, resume)
+    except KeyboardInterrupt:
+        checkpoint = runs.latest_checkpoint(out)
+        if checkpoint is not None:
+            log(f"\ninterrupted; the last checkpoint is {checkpoint}: carry on with "
+                f"learnloop train --resume {shlex.quote(str(out))}")
+        raise
     _finish(learn, out, log)
     return learn, out
+
+
+def _resumable(config: TrainConfig, data: TabularData) -> Path:
+    """The run directory of a run to resume, checked: same data, a checkpoint to resume from, epochs left."""
+    out = Path(str(config.out))
+    saved = TabularPreprocessor.from_dict(runs.read_json(out / runs.PREPROCESSING))
+    if saved != data.prep:
+        raise runs.RunError(f"{config.data} is not the data the run in {out} was trained on (it changed since); "
+                            "resuming needs the same data.")
+    checkpoint = runs.latest_checkpoint(out)
+    if checkpoint is None:
+        raise runs.RunError(f"{out} holds no checkpoint to resume from (one is written at the end of each epoch); "
+                            "start it again with the command in its config.json.")
+    position = read_position(checkpoint)
+    if position.epoch >= position.n_epoch and not position.mid_epoch:
+        raise runs.RunError(f"the run in {out} finished all its {position.n_epoch} epochs: there is nothing to "
+                            "resume. `learnloop show` prints it.")
+    runs.keep_metrics(out, position.epoch)  # rows of epochs after the checkpoint (a crash) are done again
+    return out
 
 
 def _regression_metrics() -> list[Any]:
@@ -214,27 +246,22 @@ class QuietSaveModel(SaveModelCallback):
         pass
 
 
-class SaveLast(Callback):
-    """Saves model and optimizer as `last.pth` at the end of fit, before SaveModelCallback loads the best back."""
-
-    order = SaveModelCallback.order - 1
-
-    def after_fit(self) -> None:
-        self.learn.save("last", with_opt=True)
-
-
-def _fit(learn: Learner, policy: str, epochs: int, lr: float) -> None:
-    cbs = [CSVLogger(runs.METRICS), QuietSaveModel(fname="model"), SaveLast()]
+def _fit(learn: Learner, policy: str, epochs: int, lr: float, resume: bool) -> None:
+    # The checkpoint at the end of each epoch (and on Ctrl-C) is the run's last checkpoint, for --resume.
+    checkpoints = CheckpointCallback(every_epoch=True, keep_last=1, path=runs.CHECKPOINTS)
+    cbs = [CSVLogger(runs.METRICS, append=resume), QuietSaveModel(fname="model"), checkpoints]
+    kwargs: dict[str, Any] = {"cbs": cbs, "resume": learn.path / runs.CHECKPOINTS if resume else None}
     if policy == "one_cycle":
-        learn.fit_one_cycle(epochs, lr, cbs=cbs)
+        learn.fit_one_cycle(epochs, lr, **kwargs)
     elif policy == "flat_cos":
-        learn.fit_flat_cos(epochs, lr, cbs=cbs)
+        learn.fit_flat_cos(epochs, lr, **kwargs)
     elif policy == "sgdr":
         # Cycles 1, 2, 4, ... units long (cycle_mult 2): as many cycles as fit --epochs exactly.
         n_cycles = max(n for n in range(1, 8) if epochs % (2**n - 1) == 0)
-        learn.fit_sgdr(n_cycles, epochs // (2**n_cycles - 1), lr, cbs=cbs)
+        learn.fit_sgdr(n_cycles, epochs // (2**n_cycles - 1), lr, **kwargs)
     else:  # a flat schedule: the same as a plain fit, and schedule.png shows the lr
-        learn.fit(epochs, lr, cbs=[*cbs, ParamScheduler({"lr": SchedNo(lr, lr)})])
+        kwargs["cbs"] = [*cbs, ParamScheduler({"lr": SchedNo(lr, lr)})]
+        learn.fit(epochs, lr, **kwargs)
 
 
 def _finish(learn: Learner, out: Path, log: Callable[[str], None]) -> None:
@@ -249,7 +276,9 @@ def _finish(learn: Learner, out: Path, log: Callable[[str], None]) -> None:
         scores = ", ".join(f"{n} {float(v):.6f}" for n, v in zip(names[1:], rows[best][1:], strict=True))
         log(f"best epoch: {best} ({scores}), saved as model.pth")
     files = [runs.CONFIG, runs.PREPROCESSING, runs.METRICS, *runs.save_plots(learn, out)]
-    files += [f for f in ("lr_find.png", runs.BEST_MODEL, runs.LAST_MODEL) if (out / f).exists()]
+    files += [f for f in ("lr_find.png", runs.BEST_MODEL) if (out / f).exists()]
+    checkpoint = runs.latest_checkpoint(out)
+    files += [str(checkpoint.relative_to(out))] if checkpoint is not None else []
     run = shlex.quote(str(out))
     log(f"wrote {', '.join(files)} in {out}\nnext: learnloop show {run}  |  learnloop predict {run} NEW_ROWS.csv")
 

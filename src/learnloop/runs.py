@@ -7,7 +7,8 @@ A run directory holds::
     metrics.csv         the epoch table
     loss.png, schedule.png, lr_find.png (with --lr-find)
     model.pth           the best model's weights (lowest valid_loss), for `learnloop predict`
-    last.pth            the model and optimizer at the end of training
+    checkpoints/        the last training checkpoint (end of the last epoch done, or where Ctrl-C stopped),
+                        from which `learnloop train --resume RUN_DIR` carries on exactly
 
 Only JSON and weights-only `.pth` files: nothing is pickled.
 """
@@ -25,14 +26,18 @@ from typing import Any
 
 from torch import nn
 
+from .callbacks import checkpointing
 from .checkpoint import safe_load
 from .models import MLP, SimpleCNN
 from .tabular import TabularPreprocessor
 
-__all__ = ["Run", "RunError", "build_model", "new_run_dir", "open_run", "save_plots", "format_table", "write_json"]
+__all__ = [
+    "Run", "RunError", "build_model", "format_table", "keep_metrics", "latest_checkpoint", "new_run_dir", "open_run", "read_json",
+    "save_lr_find_plot", "save_plots", "write_json",
+]
 
-CONFIG, PREPROCESSING, METRICS, BEST_MODEL, LAST_MODEL = (
-    "config.json", "preprocessing.json", "metrics.csv", "model.pth", "last.pth")
+CONFIG, PREPROCESSING, METRICS, BEST_MODEL, CHECKPOINTS = (
+    "config.json", "preprocessing.json", "metrics.csv", "model.pth", "checkpoints")
 
 
 class RunError(ValueError):
@@ -55,6 +60,19 @@ def new_run_dir(out: Path | None, root: Path = Path("runs")) -> Path:
         except FileExistsError:
             continue
     raise RunError(f"Could not create a new run directory under {root}.")
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The run's last training checkpoint, if it has one."""
+    return checkpointing.latest_checkpoint(run_dir / CHECKPOINTS)
+
+
+def keep_metrics(run_dir: Path, n_epochs: int) -> None:
+    """Cut metrics.csv down to its header and the rows of its first `n_epochs` epochs."""
+    path = run_dir / METRICS
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        path.write_text("".join(lines[: n_epochs + 1]))
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -123,7 +141,7 @@ class Run:
     @property
     def prep(self) -> TabularPreprocessor:
         """The preprocessing learnt in training."""
-        return TabularPreprocessor.from_dict(_read_json(self.path / PREPROCESSING))
+        return TabularPreprocessor.from_dict(read_json(self.path / PREPROCESSING))
 
     def metrics(self) -> list[list[str]]:
         """metrics.csv as rows of cells, the header first (empty when training wrote none)."""
@@ -137,13 +155,17 @@ class Run:
         """The model of the run, with the weights of `model_file`, in eval mode on the CPU."""
         model = build_model(self.config["arch"], self.prep, self.config["hidden"])
         state = safe_load(self.model_file, map_location="cpu")
-        model.load_state_dict(state["model"] if set(state) == {"model", "opt"} else state)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # with optimizer, or a checkpoint
+            state = state["model"]
+        model.load_state_dict(state)
         return model.eval()
 
 
 def open_run(path: Path) -> Run:
     """The run in directory `path`, or the run a model file `path` belongs to (then that file is its model)."""
     run_dir, model_file = (path, path / BEST_MODEL) if path.is_dir() else (path.parent, path)
+    if run_dir.name == CHECKPOINTS and (run_dir.parent / CONFIG).is_file():  # a checkpoint of the run
+        run_dir = run_dir.parent
     if not (run_dir / CONFIG).is_file():
         configs = sorted(path.glob(f"*/{CONFIG}"), key=lambda p: p.stat().st_mtime) if path.is_dir() else []
         inside = [p.parent for p in configs]
@@ -153,10 +175,11 @@ def open_run(path: Path) -> Run:
             f"{path} is not a run directory (no {CONFIG} in {run_dir}): give the directory `learnloop train` "
             "wrote (it prints it), or a model file inside it."
         )
-    return Run(run_dir, _read_json(run_dir / CONFIG), model_file)
+    return Run(run_dir, read_json(run_dir / CONFIG), model_file)
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """The JSON file of a run directory, with errors that say which file is missing or broken."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
