@@ -32,8 +32,18 @@ from .models import MLP, SimpleCNN
 from .tabular import TabularPreprocessor
 
 __all__ = [
-    "Run", "RunError", "build_model", "format_table", "keep_metrics", "latest_checkpoint", "new_run_dir", "open_run", "read_json",
-    "save_lr_find_plot", "save_plots", "write_json",
+    "Run",
+    "RunError",
+    "build_model",
+    "format_table",
+    "keep_metrics",
+    "latest_checkpoint",
+    "new_run_dir",
+    "open_run",
+    "read_json",
+    "save_lr_find_plot",
+    "save_plots",
+    "write_json",
 ]
 
 CONFIG, PREPROCESSING, METRICS, BEST_MODEL, CHECKPOINTS = (
