@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -178,7 +179,8 @@ def show(args: argparse.Namespace) -> None:
     print(f"run {run.path}\n  command: {config.pop('command', '?')}")
     width = max(map(len, config)) + 2
     for key, value in config.items():
-        print(f"  {key.ljust(width)}{value}")
+        print(f"  {key.ljust(width)}{value if isinstance(value, str) else json.dumps(value)}")
+    print(f"  {'files'.ljust(width)}{' '.join(sorted(p.name for p in run.path.iterdir()))}")
     rows = run.metrics()
     print(runs.format_table([rows[0], *([_fmt(c) for c in r] for r in rows[1:])]) if rows else "(no epoch finished)")
 
