@@ -128,8 +128,12 @@ def safe_load(path: str | Path, map_location: Any = None) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" not in str(e).lower():
-            raise CheckpointError(f"{path} is corrupt or truncated and cannot be read ({e}).") from e
+        # The weights-only unpickler names the GLOBAL (class, function) it refused; anything else is garbage.
+        if "GLOBAL" not in str(e):
+            raise CheckpointError(
+                f"{path} is corrupt or truncated, or was not written by torch.save, and cannot be read "
+                f"({_unpickler_reason(e)})."
+            ) from e
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, so it is refused: loading it could "
             f"run arbitrary code. Only load files you trust, with torch.load(weights_only=False). "
@@ -144,7 +148,14 @@ def safe_load(path: str | Path, map_location: Any = None) -> Any:
 def _unpickler_reason(e: Exception) -> str:
     """The line of torch's long weights-only error that names what was refused."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    return next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+    refused = [line for line in lines if "GLOBAL" in line]
+    if refused:
+        return refused[0].split("WeightsUnpickler error:", 1)[-1].strip()
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:  # the reason is on this line, or alone on the next one
+            reason = line.split("WeightsUnpickler error:", 1)[-1].strip()
+            return reason or (lines[i + 1] if i + 1 < len(lines) else "")
+    return lines[0] if lines else str(e)
 
 
 def check_format(obj: Any, path: str | Path, expected: str, hint: str = "") -> None:

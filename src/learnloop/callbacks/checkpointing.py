@@ -202,7 +202,11 @@ class CheckpointCallback(Callback):
 
     # ------------------------------------------------------------------ Ctrl-C
     def _catch_ctrl_c(self) -> None:
-        self._restore_ctrl_c()  # left behind by a fit that ended in an exception (no after_fit)
+        # A handler left behind by a fit that ended in an exception (no after_fit), this one's or another's.
+        self._restore_ctrl_c()
+        owner = getattr(signal.getsignal(signal.SIGINT), "__self__", None)
+        if isinstance(owner, CheckpointCallback):
+            owner._restore_ctrl_c()
         # Only where Python delivers signals, and only over Python's own handler (never over someone else's).
         if threading.current_thread() is not threading.main_thread():
             return

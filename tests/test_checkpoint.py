@@ -1,0 +1,506 @@
+"""Training checkpoint files: naming and pruning, atomic saves (kill -9 in the middle of one), Ctrl-C (SIGINT to a
+process, and in-process), bad files (truncated, garbage, pickled code, foreign model, newer format), read-only
+folders, and learn.export / load_learner (weights-only, trusted pickles, safetensors)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import learnloop.checkpoint as checkpoint_module
+from conftest import synth_learner
+from learnloop import Callback, CheckpointCallback, CheckpointError, EMACallback, Learner, load_learner
+from learnloop.callbacks.checkpointing import checkpoint_files, latest_checkpoint
+from learnloop.checkpoint import FORMAT_VERSION
+from learnloop.resume import Position
+from test_resume import assert_same_run, make_learner, one_cycle
+
+TESTS = Path(__file__).parent
+
+
+def _position(file: Path) -> Position:
+    return Position(**torch.load(file, weights_only=True)["position"])
+
+
+@pytest.fixture(scope="module")
+def full() -> Learner:
+    learn = make_learner()
+    one_cycle(learn)
+    return learn
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    """A checkpoint taken in the middle of the first epoch."""
+    learn = make_learner(path=tmp_path)
+    learn.fit(1, cbs=CheckpointCallback(every_n_iters=3, every_epoch=False))
+    file = latest_checkpoint(tmp_path / "models" / "checkpoints")
+    assert file is not None
+    return file
+
+
+# ------------------------------------------------------------------------------------------ the callback
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"every_n_iters": 0}, "every_n_iters must be a whole number >= 1"),
+        ({"every_n_iters": 2.5}, "every_n_iters must be a whole number"),
+        ({"keep_last": 0}, "keep_last must be a whole number >= 1 or None"),
+        ({"fname": "a/b"}, "file name prefix without folders"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        CheckpointCallback(**kwargs)
+
+
+def test_files_are_numbered_and_pruned_and_folders_created(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path / "run", n_train=64)  # 4 batches per epoch
+    cb = CheckpointCallback(every_n_iters=3, keep_last=2, path="deep/er/ck")
+    learn.fit(2, cbs=cb)
+    folder = tmp_path / "run" / "deep" / "er" / "ck"
+    names = ["checkpoint_000003_epoch1_batch2.pth", "checkpoint_000004_epoch1_end.pth"]
+    assert [f.name for f in checkpoint_files(folder)] == names
+    assert cb.last_saved == folder / "checkpoint_000004_epoch1_end.pth"
+    assert sorted(p.name for p in folder.iterdir()) == [f.name for f in checkpoint_files(folder)]  # no temporary file
+    learn.fit(1, cbs=cb)  # the numbering carries on in the folder
+    names = ["checkpoint_000005_epoch0_batch3.pth", "checkpoint_000006_epoch0_end.pth"]
+    assert [f.name for f in checkpoint_files(folder)] == names
+    default = synth_learner(path=tmp_path / "other")
+    default.fit(1, cbs=CheckpointCallback(keep_last=None))
+    assert [f.name for f in checkpoint_files(tmp_path / "other" / "models" / "checkpoints")] == [
+        "checkpoint_000001_epoch0_end.pth"
+    ]
+
+
+def test_no_checkpoint_in_validate_get_preds_or_lr_find(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path, cbs=CheckpointCallback(every_n_iters=1))
+    learn.validate()
+    learn.get_preds()
+    learn.lr_find(num_it=10, show_plot=False)
+    assert not (tmp_path / "models" / "checkpoints").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_learn_load_reads_a_training_checkpoint(ckpt: Path) -> None:
+    saved = torch.load(ckpt, weights_only=True)
+    other = make_learner()
+    other.path, other.model_dir = ckpt.parent, Path(".")
+    other.load(ckpt.stem)
+    assert all(torch.equal(a, saved["model"][k]) for k, a in other.model.state_dict().items())
+    assert other.opt.state_dict()["hypers"] == saved["opt"]["hypers"]
+
+
+# ------------------------------------------------------------------------------------------ bad files
+def _resume(file: Path) -> None:
+    one_cycle(make_learner(), resume=file)
+
+
+def test_truncated_and_garbage_checkpoints(ckpt: Path) -> None:
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        _resume(ckpt)
+    ckpt.write_bytes(b"not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        _resume(ckpt)
+    ckpt.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        _resume(ckpt)
+
+
+class _RunsCode:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("echo this should never run",))
+
+
+def test_pickled_code_is_refused(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    torch.save({"format": "learnloop.checkpoint", "x": _RunsCode()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="refused: loading it could run arbitrary code.*posix.system|refused"):
+        _resume(tmp_path / "evil.pth")
+    with (tmp_path / "plain.pth").open("wb") as f:
+        pickle.dump(_RunsCode(), f, protocol=2)
+    with pytest.raises(CheckpointError, match="refused.*GLOBAL posix.system"):
+        _resume(tmp_path / "plain.pth")
+    with (tmp_path / "plain4.pth").open("wb") as f:
+        pickle.dump(_RunsCode(), f)  # protocol 4 frames: not even read as far as the function
+    with pytest.raises(CheckpointError, match="not written by torch.save"):
+        _resume(tmp_path / "plain4.pth")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_learner(tmp_path / "evil.pth", trusted=True)  # trusted= only unpickles the export's model field
+    assert "should never run" not in capfd.readouterr().out
+
+
+def test_other_files_are_named_for_what_they_are(tmp_path: Path, ckpt: Path) -> None:
+    learn = make_learner(path=tmp_path)
+    learn.save("weights")
+    with pytest.raises(CheckpointError, match="is not a learnloop.checkpoint file.*loaded with learn.load"):
+        _resume(tmp_path / "models" / "weights.pth")
+    state = torch.load(ckpt, weights_only=True)
+    torch.save({**state, "format_version": FORMAT_VERSION + 1, "learnloop_version": "9.0"}, ckpt)
+    with pytest.raises(CheckpointError, match=r"written by learnloop 9.0 .*version 2.*upgrade learnloop"):
+        _resume(ckpt)
+
+
+def test_a_checkpoint_of_another_model_changes_nothing(ckpt: Path) -> None:
+    learn = make_learner()
+    learn.model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 5))
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(CheckpointError, match=r"size mismatch for 3.weight: checkpoint \[3, 16\], model \[5, 16\]"):
+        one_cycle(learn, resume=ckpt)
+    assert all(torch.equal(p, b) for p, b in zip(learn.model.parameters(), before, strict=True))
+
+
+# ------------------------------------------------------------------------------------------ failed saves
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    learn = synth_learner(path=tmp_path)
+    cb = CheckpointCallback(keep_last=1)
+    learn.fit(1, cbs=cb)
+    first = cb.last_saved
+    assert first is not None
+    good = first.read_bytes()
+
+    def disk_full(obj: Any, f: Any) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left") as info:
+        learn.fit(1, cbs=cb)
+    assert any("unchanged" in note for note in getattr(info.value, "__notes__", []))
+    assert checkpoint_files(first.parent) == [first] and first.read_bytes() == good
+    assert sorted(first.parent.iterdir()) == [first]  # the temporary file is gone
+
+
+def test_a_read_only_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    learn = synth_learner(path=tmp_path)
+    learn.save("m")
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError, match=r"Cannot save .*m\.pth: the folder .*models cannot be created"):
+        learn.save("m")
+    with pytest.raises(PermissionError, match="cannot be created or written"):
+        learn.export()
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "models" / "m.pth", weights_only=True)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs a non-root POSIX user")
+def test_a_really_read_only_folder(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    file = learn.save("m")
+    good = file.read_bytes()
+    file.parent.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError, match="cannot be created or written"):
+            learn.save("m")
+    finally:
+        file.parent.chmod(0o755)
+    assert file.read_bytes() == good
+
+
+# ------------------------------------------------------------------------------------------ processes
+def _script(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, time
+            from pathlib import Path
+            sys.path.insert(0, {str(TESTS)!r})
+            import torch
+            from learnloop import Callback, CheckpointCallback
+            from test_resume import make_learner, one_cycle
+            RUN, MARKER = Path({str(tmp_path / 'run')!r}), Path({str(tmp_path / 'marker')!r})
+            """
+        )
+        + textwrap.dedent(body)
+    )
+    return script
+
+
+def _wait_for(marker: Path, proc: subprocess.Popen[str], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the script ended early:\n{proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the script never got there")
+        time.sleep(0.01)
+
+
+def test_kill_9_during_a_save_leaves_the_last_checkpoint_intact(tmp_path: Path, full: Learner) -> None:
+    script = _script(
+        tmp_path,
+        """
+        learn = make_learner(path=RUN)
+        save = torch.save
+
+        def hang_in_the_middle(obj, f):
+            if learn.train_iter >= 3:  # the third save starts writing, then hangs there until killed
+                f.write(b"the first bytes of a checkpoint")
+                f.flush()
+                MARKER.touch()
+                time.sleep(60)
+            save(obj, f)
+
+        torch.save = hang_in_the_middle
+        one_cycle(learn, cbs=CheckpointCallback(every_n_iters=1, keep_last=2))
+        """,
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(tmp_path / "marker", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    folder = tmp_path / "run" / "models" / "checkpoints"
+    files = checkpoint_files(folder)
+    assert [f.name for f in files] == ["checkpoint_000001_epoch0_batch1.pth", "checkpoint_000002_epoch0_batch2.pth"]
+    leftovers = [p.name for p in folder.iterdir() if p not in files]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".checkpoint_000003_") and leftovers[0].endswith(".tmp")
+    resumed = make_learner(path=tmp_path / "run")
+    one_cycle(resumed, resume="latest")
+    assert_same_run(full, resumed)
+
+
+def test_kill_9_while_overwriting_a_saved_model_keeps_the_old_file(tmp_path: Path) -> None:
+    script = _script(
+        tmp_path,
+        """
+        learn = make_learner(path=RUN)
+        learn.fit(1)
+        learn.save("model")
+        MARKER.with_suffix(".saved").touch()
+        save = torch.save
+
+        def hang(obj, f):
+            f.write(b"half")
+            f.flush()
+            MARKER.touch()
+            time.sleep(60)
+
+        torch.save = hang
+        learn.fit(1)
+        learn.save("model")
+        """,
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(tmp_path / "marker.saved", proc)
+        good = (tmp_path / "run" / "models" / "model.pth").read_bytes()
+        _wait_for(tmp_path / "marker", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert (tmp_path / "run" / "models" / "model.pth").read_bytes() == good
+    make_learner(path=tmp_path / "run").load("model")
+
+
+def test_sigint_finishes_the_batch_writes_a_checkpoint_and_stops(tmp_path: Path, full: Learner) -> None:
+    script = _script(
+        tmp_path,
+        """
+        class Slow(Callback):
+            def after_batch(self):
+                if self.learn.train_iter == 4:
+                    MARKER.touch()
+                if self.learn.train_iter >= 4:
+                    time.sleep(0.1)  # time for the test to send SIGINT
+
+        learn = make_learner(path=RUN)
+        try:
+            one_cycle(learn, cbs=[CheckpointCallback(), Slow()])
+        except KeyboardInterrupt:
+            print("interrupted; after_fit ran:", learn.dl is None and learn.loss_func.__class__.__name__)
+            raise
+        print("finished")
+        """,
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(tmp_path / "marker", proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err and "finished" not in out
+    assert "interrupted; after_fit ran: CrossEntropyLoss" in out  # MixUp's loss wrapper taken off by after_fit
+    assert "finishing the current batch to write a checkpoint" in err
+    last = latest_checkpoint(tmp_path / "run" / "models" / "checkpoints")
+    assert last is not None
+    position = _position(last)
+    assert position.exact and position.mid_epoch and position.train_iter >= 4
+    resumed = make_learner(path=tmp_path / "run")
+    one_cycle(resumed, resume="latest")
+    assert_same_run(full, resumed)  # a different process, bit for bit
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C in process
+class CtrlC(Callback):
+    """Presses Ctrl-C (SIGINT to this process) in a training batch, `times` times."""
+
+    def __init__(self, at: int, times: int = 1) -> None:
+        self.at, self.times = at, times
+
+    def after_batch(self) -> None:
+        if self.learn.training and self.learn.train_iter == self.at:
+            for _ in range(self.times):
+                signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_in_process_is_deferred_to_the_end_of_the_batch(tmp_path: Path, full: Learner) -> None:
+    learn = make_learner(path=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        one_cycle(learn, cbs=[CheckpointCallback(every_epoch=False), CtrlC(at=8)])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    files = checkpoint_files(tmp_path / "models" / "checkpoints")
+    assert [f.name for f in files] == ["checkpoint_000001_epoch1_batch2.pth"]
+    assert _position(files[0]) == Position(epoch=1, batch=2, n_epoch=3, n_iter=6, train_iter=8)
+    assert learn.dl is None and type(learn.loss_func).__name__ == "CrossEntropyLoss"  # after_fit's cleanup ran
+    resumed = make_learner(path=tmp_path)
+    one_cycle(resumed, resume="latest")
+    assert_same_run(full, resumed)
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_checkpoint(tmp_path: Path) -> None:
+    learn = make_learner(path=tmp_path)
+    log: list[str] = []
+    learn.add_cb(Callback(after_fit=lambda: log.append("after_fit")))
+    with pytest.raises(KeyboardInterrupt):
+        one_cycle(learn, cbs=[CheckpointCallback(every_epoch=False), CtrlC(at=8, times=2)])
+    assert not checkpoint_files(tmp_path / "models" / "checkpoints")
+    assert log == ["after_fit"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_during_validation_waits_for_the_end_of_the_epoch(tmp_path: Path) -> None:
+    learn = make_learner(path=tmp_path)
+    press = Callback(before_validate=lambda: signal.raise_signal(signal.SIGINT) if learn.epoch == 1 else None)
+    with pytest.raises(KeyboardInterrupt):
+        one_cycle(learn, cbs=[CheckpointCallback(every_epoch=False), press])
+    files = checkpoint_files(tmp_path / "models" / "checkpoints")
+    assert [f.name for f in files] == ["checkpoint_000001_epoch1_end.pth"] and len(learn.recorder.values) == 2
+
+
+def test_ctrl_c_without_a_checkpoint_callback_still_cleans_up() -> None:
+    learn = make_learner()
+    events: list[str] = []
+    learn.add_cb(Callback(after_fit=lambda: events.append("after_fit")))
+    with pytest.raises(KeyboardInterrupt):
+        one_cycle(learn, cbs=CtrlC(at=3))
+    assert events == ["after_fit"] and type(learn.loss_func).__name__ == "CrossEntropyLoss"
+
+
+def test_the_handler_of_a_fit_that_failed_is_put_back(tmp_path: Path) -> None:
+    learn = make_learner(path=tmp_path)
+    boom = Callback(after_batch=lambda: (_ for _ in ()).throw(ValueError("boom")))
+    with pytest.raises(ValueError, match="boom"):
+        one_cycle(learn, cbs=[CheckpointCallback(), boom])  # no after_fit: the handler stays installed
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):  # but no fit runs: Ctrl-C acts at once, and puts Python's handler back
+        signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ------------------------------------------------------------------------------------------ export
+def trained(path: Path) -> Learner:
+    learn = make_learner(path=path)
+    learn.remove_cb(EMACallback)  # which would validate and predict with the average, not the model's weights
+    learn.fit(1)
+    return learn
+
+
+def test_export_and_load_safely_into_a_model(tmp_path: Path) -> None:
+    learn = trained(tmp_path)
+    file = learn.export()
+    assert file == tmp_path / "export.pkl"
+    x = torch.randn(4)
+    expected = learn.predict(x)
+    inference = load_learner(file, model=make_learner().model)
+    decoded, _, probs = inference.predict(x)
+    assert torch.equal(decoded, expected[0]) and torch.equal(probs, expected[2])
+    with pytest.raises(RuntimeError, match="loaded by load_learner for inference, without a loss function"):
+        inference.loss_func(probs, torch.tensor(0))
+    built = load_learner(file, model=lambda: make_learner().model, loss_func=nn.CrossEntropyLoss())
+    assert torch.equal(built.predict(x)[2], expected[2])
+
+
+def test_load_learner_unpickles_only_when_trusted(tmp_path: Path) -> None:
+    learn = trained(tmp_path)
+    learn.export("m.pkl")
+    with pytest.raises(CheckpointError, match=r"(?s)holds the weights of a torch.nn.*Sequential.*model=.*trusted=True"):
+        load_learner(tmp_path / "m.pkl")
+    trusted = load_learner(tmp_path / "m.pkl", trusted=True)
+    assert isinstance(trusted.loss_func, nn.CrossEntropyLoss)
+    x = torch.randn(4)
+    assert torch.equal(trusted.predict(x)[2], learn.predict(x)[2])
+    learn.export("weights_only.pkl", pickle_model=False)
+    with pytest.raises(CheckpointError, match="holds the weights only"):
+        load_learner(tmp_path / "weights_only.pkl", trusted=True)
+
+
+def test_load_learner_errors(tmp_path: Path) -> None:
+    learn = make_learner(path=tmp_path)
+    learn.export()
+    with pytest.raises(CheckpointError, match=r"(?s)different model.*size mismatch for 0.weight"):
+        narrower = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Identity(), nn.Linear(16, 3))
+        load_learner(tmp_path / "export.pkl", model=narrower)
+    learn.save("weights")
+    with pytest.raises(CheckpointError, match="not a learnloop.export file"):
+        load_learner(tmp_path / "models" / "weights.pth", model=learn.model)
+    with pytest.raises(FileNotFoundError):
+        load_learner(tmp_path / "nothing.pkl", model=learn.model)
+
+
+def test_safetensors_export(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    learn = trained(tmp_path)
+    learn.model = nn.Sequential(learn.model, nn.Linear(3, 3))
+    file = learn.export("model.safetensors")
+    inference = load_learner(file, model=nn.Sequential(make_learner().model, nn.Linear(3, 3)))
+    loaded, saved = inference.model.state_dict().values(), learn.model.state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(loaded, saved, strict=True))
+    with pytest.raises(CheckpointError, match="model="):
+        load_learner(file, trusted=True)
+    file.write_bytes(file.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_learner(file, model=learn.model)
+
+
+def test_safetensors_tied_weights(tmp_path: Path) -> None:
+    pytest.importorskip("safetensors")
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    tied[1].weight = tied[0].weight
+    learn = Learner(synth_learner().dls, tied, loss_func=nn.MSELoss(), path=tmp_path)
+    file = learn.export("tied.safetensors")
+    other = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    other[1].weight = other[0].weight
+    load_learner(file, model=other)
+    assert torch.equal(other[0].weight, tied[0].weight)
+
+
+def test_safetensors_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with pytest.raises(ImportError, match=r"pip install 'learnloop\[safetensors\]'"):
+        make_learner(path=tmp_path).export("m.safetensors")
