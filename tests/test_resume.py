@@ -378,3 +378,24 @@ def test_an_uncertain_final_checkpoint_is_marked(tmp_path: Path) -> None:
     assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True))
     assert len(resumed.recorder.losses) == len(full.recorder.losses) - 1
     assert math.isclose(resumed.recorder.values[-1][1], full.recorder.values[-1][1])
+
+
+def test_the_csv_log_carries_on_from_the_checkpoint(tmp_path: Path) -> None:
+    from learnloop import CSVLogger
+
+    def make(path: Path) -> Learner:
+        learn = make_learner(path=path)
+        learn.add_cb(CSVLogger())
+        return learn
+
+    full = make(tmp_path / "full")
+    one_cycle(full)
+    expected = (tmp_path / "full" / "history.csv").read_text().splitlines()
+    run = tmp_path / "run"
+    one_cycle(make(run), cbs=CheckpointCallback(every_n_iters=1, keep_last=None))
+    files = checkpoint_files(run / "models" / "checkpoints")
+    for file in (files[3], files[6], files[13], files[17]):  # mid-epoch 0, ends of epochs 0 and 1, mid-epoch 2
+        one_cycle(make(run), resume=file)
+        lines = (run / "history.csv").read_text().splitlines()
+        assert len(lines) == len(expected) == N_EPOCH + 1
+        assert [line.rsplit(",", 1)[0] for line in lines] == [line.rsplit(",", 1)[0] for line in expected]  # no time

@@ -81,7 +81,7 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
 
     ``path`` is never half-written: if anything fails or the process dies before the rename, the file

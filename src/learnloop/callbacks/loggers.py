@@ -9,6 +9,7 @@ Both write on rank 0 only in a distributed job (`learnloop.distributed.is_rank_z
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from ..callback import Callback
+from ..checkpoint import atomic_write
 from ..distributed import is_rank_zero
 from .recorder import Recorder
 
@@ -47,8 +49,9 @@ class CSVLogger(Callback):
 
     The header is written once, when the first epoch ends; each row is flushed to disk at once, so
     the file is complete up to the last finished epoch even if training dies. `append=True`
-    continues an existing file without writing the header again (what a resumed run wants);
-    otherwise each fit starts the file afresh.
+    continues an existing file without writing the header again; otherwise each fit starts the file
+    afresh. A fit resumed from a checkpoint (`fit(resume=...)`) carries the file on from the rows the
+    checkpoint had seen, dropping any row written after it.
     """
 
     order = 60
@@ -57,6 +60,8 @@ class CSVLogger(Callback):
         self.fname, self.append = Path(fname), append
         self._started = False
         self._epoch_trained = False
+        self._rows: int | None = None  # data rows in the file after this fit's last write
+        self._resume_rows: int | None = None  # loaded from a checkpoint before the fit
 
     @property
     def path(self) -> Path:
@@ -65,7 +70,9 @@ class CSVLogger(Callback):
 
     def before_fit(self) -> None:
         self.run = _in_fit_only(self.learn) and is_rank_zero()
-        self._started = False
+        self._started, self._rows = False, None
+        if self._resume_rows is not None and self.run:
+            self._keep_rows(self._resume_rows)
 
     def before_epoch(self) -> None:
         self._epoch_trained = False
@@ -81,12 +88,15 @@ class CSVLogger(Callback):
         rows = [] if self._started else self._header(path, list(recorder.metric_names))
         rows.append([str(v) for v in epoch_row(recorder)])
         mode = "a" if self._started or self.append else "w"
+        if self._rows is None:
+            self._rows = len(self.read_log()) if mode == "a" and path.is_file() else 0
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open(mode, newline="") as f:
             csv.writer(f).writerows(rows)
             f.flush()
             os.fsync(f.fileno())
         self._started = True
+        self._rows += 1
 
     def _header(self, path: Path, names: list[str]) -> list[list[str]]:
         """The header to write before the first row: none when appending to a file that has one."""
@@ -101,10 +111,39 @@ class CSVLogger(Callback):
             )
         return []
 
+    def state_dict(self) -> dict[str, Any]:
+        """How many rows the file holds, so a resumed fit carries it on from there."""
+        return {} if self._rows is None else {"rows": self._rows}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "rows" not in state:
+            return
+        if self.learn is None:
+            self._resume_rows = int(state["rows"])  # applied by the next fit
+        elif self.run:
+            self._keep_rows(int(state["rows"]))
+
+    def _keep_rows(self, n: int) -> None:
+        """Cut the file back to its header and first `n` rows; the next rows are appended to them."""
+        self._resume_rows = None
+        path = self.path
+        if not path.is_file():
+            return
+        with path.open(newline="") as f:
+            lines = list(csv.reader(f))[: n + 1]
+        atomic_write(path, lambda f: f.write(_csv_bytes(lines)))
+        self._started, self._rows = True, max(0, len(lines) - 1)
+
     def read_log(self) -> list[dict[str, str]]:
         """The rows written so far, as dicts from column name to cell."""
         with self.path.open(newline="") as f:
             return list(csv.DictReader(f))
+
+
+def _csv_bytes(rows: list[list[str]]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue().encode()
 
 
 def _summary_writer_class() -> Any:
