@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import learnloop.checkpoint as checkpoint_module
-from conftest import synth_learner
+from conftest import EventLog, synth_learner
 from learnloop import Callback, CheckpointCallback, CheckpointError, EMACallback, Learner, load_learner
 from learnloop.callbacks.checkpointing import checkpoint_files, latest_checkpoint
 from learnloop.checkpoint import FORMAT_VERSION
@@ -504,3 +504,35 @@ def test_safetensors_missing_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "safetensors.torch", None)
     with pytest.raises(ImportError, match=r"pip install 'learnloop\[safetensors\]'"):
         make_learner(path=tmp_path).export("m.safetensors")
+
+
+@pytest.mark.parametrize(
+    "event", ["before_fit", "before_epoch", "before_train", "before_batch", "after_loss", "after_step", "after_batch",
+              "before_validate", "after_epoch"],
+)
+def test_keyboard_interrupt_anywhere_in_fit_runs_after_fit_once(event: str) -> None:
+    learn = synth_learner()
+    log = EventLog()
+
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(2, cbs=[Callback(**{event: stop}), log])
+    assert log.events.count("after_fit") == 1 and log.events[-1] == "after_fit"
+    assert "after_cancel_fit" not in log.events
+    assert learn.dl is None and learn.xb == (None,) and learn.loss is None  # the end-of-fit cleanup too
+    assert learn.cbs == [learn.train_eval, learn.recorder, learn.progress]  # fit's callbacks removed
+
+
+def test_keyboard_interrupt_in_after_fit_does_not_run_it_again() -> None:
+    learn = synth_learner()
+    calls: list[str] = []
+
+    def stop() -> None:
+        calls.append("after_fit")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(1, cbs=Callback(after_fit=stop))
+    assert calls == ["after_fit"] and learn.dl is None
