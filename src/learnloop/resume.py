@@ -217,6 +217,7 @@ class ResumeState:
         self.ckpt = ckpt
         self.position = Position(**ckpt["position"])
         check_state_dict(learn.model, ckpt["model"], path)
+        self._check_devices()
         self._check_data(learn)
         self._check_opt(learn)
         self._check_callbacks(learn)
@@ -225,6 +226,14 @@ class ResumeState:
                 f"{path} was taken in a fit of {self.position.n_epoch} epochs and this fit has {n_epoch}: training "
                 "carries on, but the schedule (which depends on the number of epochs) differs from the saved run's.",
                 stacklevel=4,
+            )
+
+    def _check_devices(self) -> None:
+        saved = len(self.ckpt["rng"].get("cuda") or [])
+        if saved and torch.cuda.is_available() and saved != torch.cuda.device_count():
+            raise CheckpointError(
+                f"{self.path} holds the random states of {saved} GPU(s) but {torch.cuda.device_count()} are visible: "
+                "make the same number visible (CUDA_VISIBLE_DEVICES) to resume the run exactly."
             )
 
     def _check_data(self, learn: Learner) -> None:
