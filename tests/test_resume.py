@@ -357,7 +357,7 @@ def test_a_checkpoint_of_another_model_lists_the_differences(full_run: tuple[Lea
     assert log.events == []  # nothing fired, nothing changed
 
 
-def test_an_uncertain_final_checkpoint_is_marked(tmp_path: Path) -> None:
+def test_an_uncertain_final_checkpoint_is_marked_and_latest_skips_it(tmp_path: Path) -> None:
     class Stop(Callback):
         def after_batch(self) -> None:
             if self.learn.train_iter == 8:
@@ -368,16 +368,23 @@ def test_an_uncertain_final_checkpoint_is_marked(tmp_path: Path) -> None:
     learn = make_learner(path=tmp_path)
     log = EventLog()
     with pytest.raises(KeyboardInterrupt):
-        one_cycle(learn, cbs=[CheckpointCallback(every_epoch=False), Stop(), log])
+        one_cycle(learn, cbs=[CheckpointCallback(every_n_iters=3, keep_last=1), Stop(), log])
     assert log.events[-1] == "after_fit" and "after_epoch" not in log.events[-3:]
-    last = latest_checkpoint(tmp_path / "models" / "checkpoints")
-    assert last is not None and _position(last) == Position(1, 2, 3, 6, 8, exact=False)
+    folder = tmp_path / "models" / "checkpoints"
+    names = [f.name for f in checkpoint_files(folder)]
+    assert names == ["checkpoint_000003_epoch0_end.pth", "checkpoint_000004_epoch1_batch2_inexact.pth"]
+    inexact = folder / names[1]
+    assert _position(inexact) == Position(1, 2, 3, 6, 8, exact=False)
+    assert latest_checkpoint(folder) == folder / names[0]  # 'latest' is the newest exact checkpoint
     resumed = make_learner(path=tmp_path)
     one_cycle(resumed, resume="latest")
+    assert_same_run(full, resumed)
+    from_inexact = make_learner(path=tmp_path)
+    one_cycle(from_inexact, resume=inexact)
     # The batch counted by TrainEvalCallback is in the weights, but the Recorder (order 50) never saw it.
-    assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True))
-    assert len(resumed.recorder.losses) == len(full.recorder.losses) - 1
-    assert math.isclose(resumed.recorder.values[-1][1], full.recorder.values[-1][1])
+    assert all(torch.equal(a, b) for a, b in zip(full.model.parameters(), from_inexact.model.parameters(), strict=True))
+    assert len(from_inexact.recorder.losses) == len(full.recorder.losses) - 1
+    assert math.isclose(from_inexact.recorder.values[-1][1], full.recorder.values[-1][1])
 
 
 def test_the_csv_log_carries_on_from_the_checkpoint(tmp_path: Path) -> None:

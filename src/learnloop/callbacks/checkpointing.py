@@ -4,8 +4,10 @@
 >>> learn.fit_one_cycle(10, 1e-3, resume="latest")      # after a crash: picks up where the last checkpoint was
 
 Files are ``<path>/<fname>_<seq>_epoch<e>_batch<k>.pth`` (taken inside epoch ``e`` after ``k`` batches)
-or ``<fname>_<seq>_epoch<e>_end.pth`` (after epoch ``e``); ``seq`` counts up across runs in the folder,
-and the highest is the latest. What a checkpoint holds and how a fit resumes: :mod:`learnloop.resume`.
+or ``<fname>_<seq>_epoch<e>_end.pth`` (after epoch ``e``); ``seq`` counts up across runs in the folder.
+The latest is the highest ``seq`` among exact checkpoints: one written after an interrupt that stopped a
+batch midway ends in ``_inexact.pth`` and is only resumed from when named. What a checkpoint holds and
+how a fit resumes: :mod:`learnloop.resume`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ DEFAULT_FOLDER = "checkpoints"  # under learn.path / learn.model_dir
 
 
 def _pattern(fname: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(fname)}_(\d+)_epoch\d+_(?:batch\d+|end)\.pth$")
+    return re.compile(rf"^{re.escape(fname)}_(\d+)_epoch\d+_(?:batch\d+|end)(_inexact)?\.pth$")
 
 
 def checkpoint_files(folder: str | Path, fname: str = "checkpoint") -> list[Path]:
@@ -45,9 +47,11 @@ def checkpoint_files(folder: str | Path, fname: str = "checkpoint") -> list[Path
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(folder: str | Path, fname: str = "checkpoint") -> Path | None:
-    """The newest checkpoint in ``folder``, or None."""
+def latest_checkpoint(folder: str | Path, fname: str = "checkpoint", exact: bool = True) -> Path | None:
+    """The newest checkpoint in ``folder`` (with ``exact``, the newest that resumes bit-identically), or None."""
     files = checkpoint_files(folder, fname)
+    if exact:
+        files = [f for f in files if not f.name.endswith("_inexact.pth")]
     return files[-1] if files else None
 
 
@@ -64,8 +68,9 @@ class CheckpointCallback(Callback):
     KeyboardInterrupt is raised (the learner runs the after_fit cleanup). A second Ctrl-C stops at once,
     without a new checkpoint. A KeyboardInterrupt that cannot be deferred so (raised by code, or Ctrl-C
     outside the main thread) in a training batch still gets a last checkpoint, at the batches finished so
-    far, but marked ``exact=False``: the callbacks that had not yet seen the interrupted batch's
-    ``after_batch`` (the Recorder, say) miss it, so resuming from it is not guaranteed bit-identical.
+    far, but marked ``exact=False`` (``..._inexact.pth``): the callbacks that had not yet seen the interrupted
+    batch's ``after_batch`` (the Recorder, say) miss it, so resuming from it is not guaranteed bit-identical;
+    ``resume='latest'`` takes the newest exact checkpoint instead.
 
     It runs after every other callback (``order``), so what it saves includes their updates for the batch or
     epoch; it sits out ``lr_find`` and ``get_preds``.
@@ -108,14 +113,14 @@ class CheckpointCallback(Callback):
         return learn.path / (self.path if self.path is not None else learn.model_dir / DEFAULT_FOLDER)
 
     def _file(self, position: Position) -> Path:
-        latest = latest_checkpoint(self.folder(), self.fname)
+        latest = latest_checkpoint(self.folder(), self.fname, exact=False)
         match = _pattern(self.fname).match(latest.name) if latest is not None else None
         seq = int(match.group(1)) + 1 if match is not None else 1
         if position.mid_epoch:
             where = f"epoch{position.epoch}_batch{position.batch}"
         else:
             where = f"epoch{position.epoch - 1}_end"
-        return self.folder() / f"{self.fname}_{seq:06d}_{where}.pth"
+        return self.folder() / f"{self.fname}_{seq:06d}_{where}{'' if position.exact else '_inexact'}.pth"
 
     # ------------------------------------------------------------------ events
     def before_fit(self) -> None:
@@ -195,7 +200,7 @@ class CheckpointCallback(Callback):
         if path is None:
             return None
         self.last_saved = path
-        if self.keep_last is not None:
+        if self.keep_last is not None and position.exact:  # an inexact checkpoint never pushes out an exact one
             for old in checkpoint_files(self.folder(), self.fname)[: -self.keep_last]:
                 old.unlink(missing_ok=True)
         return path
@@ -234,6 +239,13 @@ class CheckpointCallback(Callback):
         return f"CheckpointCallback(every_n_iters={self.every_n_iters}, every_epoch={self.every_epoch})"
 
 
+def _inexact_hint(folder: Path, fname: str) -> str:
+    inexact = latest_checkpoint(folder, fname, exact=False)
+    if inexact is None:
+        return ""
+    return f" to resume from exactly (only {inexact.name}, written after an interrupt: pass its path to use it)"
+
+
 def _batches_done(learn: Learner) -> int:
     """Training batches of the current epoch whose after_batch has counted them (TrainEvalCallback's
     ``pct_train``, set from the batch index, says how many); the batch in progress when it has not."""
@@ -247,8 +259,10 @@ def resolve_resume(learn: Learner, resume: str | Path, cbs: list[Any] | None = N
     """The checkpoint file ``resume`` names: a file, a folder (its latest checkpoint), or ``'latest'``.
 
     ``'latest'`` looks in the folder of the learner's CheckpointCallback (or one in ``cbs``), else in the
-    default ``learn.path / learn.model_dir / 'checkpoints'``; when it holds no checkpoint, a warning says
-    so and None is returned (the fit starts from scratch). A file or folder that does not exist is an error.
+    default ``learn.path / learn.model_dir / 'checkpoints'``, for the newest exact checkpoint; when there is
+    none, a warning says so and None is returned (the fit starts from scratch). A folder must hold an exact
+    checkpoint; a file is taken as it is (an ``_inexact`` one too). A file or folder that does not exist is
+    an error.
     """
     checkpointers = [cb for cb in [*learn.cbs, *(cbs or [])] if isinstance(cb, CheckpointCallback)]
     fname = checkpointers[0].fname if checkpointers else "checkpoint"
@@ -256,13 +270,19 @@ def resolve_resume(learn: Learner, resume: str | Path, cbs: list[Any] | None = N
         folder = checkpointers[0].folder(learn) if checkpointers else learn.path / learn.model_dir / DEFAULT_FOLDER
         found = latest_checkpoint(folder, fname)
         if found is None:
-            warnings.warn(f"resume='latest': no checkpoint in {folder}; training starts from scratch.", stacklevel=4)
+            warnings.warn(
+                f"resume='latest': no checkpoint in {folder}{_inexact_hint(folder, fname)}; training starts from "
+                "scratch.",
+                stacklevel=4,
+            )
         return found
     path = Path(resume)
     if path.is_dir():
         found = latest_checkpoint(path, fname)
         if found is None:
-            raise CheckpointError(f"resume={str(resume)!r}: the folder holds no {fname}_*.pth checkpoint.")
+            raise CheckpointError(
+                f"resume={str(resume)!r}: the folder holds no {fname}_*.pth checkpoint{_inexact_hint(path, fname)}."
+            )
         return found
     if not path.exists():
         raise FileNotFoundError(
