@@ -54,6 +54,7 @@ from .checkpoint import (
     learnloop_version,
     safe_load,
 )
+from .distributed import unwrap_model
 from .rng import get_rng_state, loader_generators, set_rng_state
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ def keyed_callbacks(learn: Learner) -> list[tuple[str, Callback]]:
 
 def training_state(learn: Learner, position: Position, epoch_rng: dict[str, Any] | None) -> dict[str, Any]:
     """Everything a fit needs to carry on exactly from ``position`` (see the module's docstring)."""
-    model = learn.model
+    model = unwrap_model(learn.model)  # the module itself, without a DistributedDataParallel wrapper
     callbacks = {}
     for key, cb in keyed_callbacks(learn):
         state = cb.state_dict()
@@ -216,7 +217,7 @@ class ResumeState:
         ckpt = _load(path)
         self.ckpt = ckpt
         self.position = Position(**ckpt["position"])
-        check_state_dict(learn.model, ckpt["model"], path)
+        check_state_dict(unwrap_model(learn.model), ckpt["model"], path)
         self._check_devices()
         self._check_data(learn)
         self._check_opt(learn)
@@ -285,7 +286,7 @@ class ResumeState:
     # The three steps of a resumed fit, in the order the loop runs them.
     def load_model(self, learn: Learner) -> None:
         """Before ``before_fit``: the weights, so that callbacks reading them there (EMA) see the saved ones."""
-        learn.model.load_state_dict(self.ckpt["model"])
+        unwrap_model(learn.model).load_state_dict(self.ckpt["model"])
 
     def restore(self, learn: Learner) -> int:
         """Right after ``before_fit``: the optimizer, and at an epoch boundary everything else; returns the
@@ -312,7 +313,7 @@ class ResumeState:
         for name, value in ckpt["loop"].items():
             setattr(learn, name, value)
         grads = ckpt["grads"]
-        for name, p in learn.model.named_parameters():
+        for name, p in unwrap_model(learn.model).named_parameters():
             grad = grads.get(name)
             p.grad = None if grad is None else grad.to(device=p.device, dtype=p.dtype)
         set_rng_state(ckpt["rng"], loader_generators(learn.dls))
