@@ -295,6 +295,8 @@ def test_resume_needs_an_existing_file(tmp_path: Path) -> None:
         one_cycle(make_learner(), resume=tmp_path / "empty")
     with pytest.raises(ValueError, match="resume= or start_epoch="):
         make_learner().fit(2, resume="latest", start_epoch=1)
+    with pytest.raises(TypeError, match="resume must be a checkpoint file, its folder, or 'latest'; got True"):
+        make_learner().fit(2, resume=True)  # type: ignore[arg-type]
 
 
 def test_resume_from_a_folder_takes_its_latest(full_run: tuple[Learner, list[Path]]) -> None:

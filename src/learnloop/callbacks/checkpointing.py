@@ -264,6 +264,10 @@ def resolve_resume(learn: Learner, resume: str | Path, cbs: list[Any] | None = N
     checkpoint; a file is taken as it is (an ``_inexact`` one too). A file or folder that does not exist is
     an error.
     """
+    if not isinstance(resume, (str, os.PathLike)):
+        raise TypeError(
+            f"resume must be a checkpoint file, its folder, or 'latest'; got {resume!r} ({type(resume).__name__})."
+        )
     checkpointers = [cb for cb in [*learn.cbs, *(cbs or [])] if isinstance(cb, CheckpointCallback)]
     fname = checkpointers[0].fname if checkpointers else "checkpoint"
     if isinstance(resume, str) and resume == "latest":
