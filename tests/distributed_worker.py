@@ -21,6 +21,7 @@ from learnloop import (
     Callback,
     CSVLogger,
     DataLoaders,
+    DistributedTrainer,
     EarlyStoppingCallback,
     GradientAccumulation,
     Learner,
@@ -29,11 +30,11 @@ from learnloop import (
     mae,
     rmse,
 )
-from learnloop.optimizer import SGD
+from learnloop.optimizer import SGD, Adam
 
 torch.set_num_threads(1)
 
-N_TRAIN, N_VALID, GLOBAL_BS = 64, 21, 8  # 21 validation items: two ranks get 11 and 10, nothing padded
+N_TRAIN, N_VALID, GLOBAL_BS = 64, 17, 8  # 17 validation items: 9 and 8 (3 and 2 batches), nothing padded
 
 
 def make_data(bs: int, shuffle: bool = False, index_feature: bool = False) -> DataLoaders:
@@ -47,12 +48,14 @@ def make_data(bs: int, shuffle: bool = False, index_feature: bool = False) -> Da
                                     drop_last=False, device="cpu", seed=0 if shuffle else None)
 
 
-def make_learner(bs: int, path: Path, cbs: Any = None, metrics: Any = (mae, rmse), **kwargs: Any) -> Learner:
+def make_learner(
+    bs: int, path: Path, cbs: Any = None, metrics: Any = (mae, rmse), opt_func: Any = SGD, **kwargs: Any
+) -> Learner:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    learn = Learner(make_data(bs, **kwargs), model, loss_func=nn.MSELoss(), opt_func=SGD, lr=0.05,
-                    metrics=list(metrics), cbs=cbs, path=path)
-    return learn
+    lr = 0.05 if opt_func is SGD else 0.01
+    return Learner(make_data(bs, **kwargs), model, loss_func=nn.MSELoss(), opt_func=opt_func, lr=lr,
+                   metrics=list(metrics), cbs=cbs, path=path)
 
 
 def split_batch(learn: Learner) -> Learner:
@@ -64,7 +67,9 @@ def split_batch(learn: Learner) -> Learner:
 
 
 def params(learn: Learner) -> list[float]:
-    return torch.cat([p.detach().reshape(-1) for p in learn.model.parameters()]).tolist()
+    """Every parameter, flattened (an FSDP model's are gathered from the shards: call on every rank)."""
+    full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in learn.model.parameters()]
+    return torch.cat([p.detach().reshape(-1) for p in full]).tolist()
 
 
 class Record(Callback):
@@ -166,6 +171,25 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         split_batch(learn)
         learn.fit(2)
         result["shuffle"] = {"items": record.items, "sampler_epochs": record.sampler_epochs}
+
+        # FSDP: the model sharded over the two ranks, checkpoints through torch.distributed.checkpoint
+        fsdp_work = out / "fsdp"
+        cbs = [DistributedTrainer(fsdp=True, split_batch=True), CSVLogger(), SaveModelCallback()]
+        learn = make_learner(per_rank_bs, fsdp_work, cbs=cbs)
+        learn.fit(3)
+        fsdp: dict[str, Any] = {"fit": summary(learn), "validate": learn.validate()}
+        preds, targs = learn.get_preds()
+        fsdp["preds"], fsdp["targs"] = preds.reshape(-1).tolist(), targs.reshape(-1).tolist()
+        learn.save("final")
+        fresh = make_learner(per_rank_bs, fsdp_work, cbs=DistributedTrainer(fsdp=True, split_batch=True))
+        fsdp["loaded"] = params(fresh.load("final"))
+        # a DDP fit, then an FSDP one: the model is sharded and Adam's state moves onto the shards
+        learn = split_batch(make_learner(per_rank_bs, fsdp_work, opt_func=Adam))
+        learn.fit(1)
+        with learn.distrib_ctx(fsdp=True, split_batch=True):
+            learn.fit(1)
+            fsdp["adam"] = params(learn)
+        result["fsdp"] = fsdp
         return result
     if scenario == "error":
         learn = make_learner(per_rank_bs, work, cbs=OnRank(1, "after_batch", 0, 2, _boom))
@@ -197,17 +221,20 @@ class CountAllReduce(Callback):
 def main() -> None:
     scenario, out = sys.argv[1], Path(sys.argv[2])
     written: list[str] = []
-    watched = str(out / "work")
+    watched = [str(out / "work") + os.sep, str(out / "fsdp") + os.sep]
 
     def audit(event: str, args: tuple[Any, ...]) -> None:
-        if event == "open" and isinstance(args[0], (str, os.PathLike)) and str(args[0]).startswith(watched):
+        path = str(args[0]) if args and isinstance(args[0], (str, os.PathLike)) else ""
+        if not any(path.startswith(w) or path + os.sep == w for w in watched):
+            return
+        if event == "open":
             mode, flags = args[1], args[2]
             writes = isinstance(mode, str) and any(c in mode for c in "wax+")
             writes |= isinstance(flags, int) and bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
             if writes:
-                written.append(os.path.relpath(str(args[0]), watched))
-        elif event in ("os.mkdir", "os.rename", "os.remove") and str(args[0]).startswith(watched):
-            written.append(f"{event} {os.path.relpath(str(args[0]), watched)}")
+                written.append(os.path.relpath(path, out))
+        elif event in ("os.mkdir", "os.rename", "os.remove"):
+            written.append(f"{event} {os.path.relpath(path, out)}")
 
     sys.addaudithook(audit)
     result = run(scenario, out)

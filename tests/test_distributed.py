@@ -190,7 +190,7 @@ def test_two_processes_end_with_the_parameters_of_one_process_over_the_same_glob
 
 def test_recorder_holds_the_same_values_on_every_rank(ddp_run: dict[str, Any]) -> None:
     r0, r1 = ddp_run["ranks"]
-    for key in ("fit", "early_stop", "nan_stop", "accumulate", "validate"):
+    for key in ("fit", "early_stop", "nan_stop", "accumulate", "validate", "fsdp"):
         assert r0[key] == r1[key], key
 
 
@@ -198,7 +198,7 @@ def test_get_preds_and_validate_gather_every_rank_in_dataset_order(ddp_run: dict
     ref = _reference(tmp_path, 3, [CSVLogger(), SaveModelCallback()])
     preds, targs = ref.get_preds()
     for rank in ddp_run["ranks"]:
-        assert len(rank["preds"]) == worker.N_VALID  # 11 + 10 items, none padded in
+        assert len(rank["preds"]) == worker.N_VALID  # 9 + 8 items, none padded in
         assert _close(rank["preds"], preds.reshape(-1).tolist())
         assert _close(rank["targs"], targs.reshape(-1).tolist())
         assert _close(rank["validate"], ref.validate())
@@ -206,11 +206,14 @@ def test_get_preds_and_validate_gather_every_rank_in_dataset_order(ddp_run: dict
 
 def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[str, Any]) -> None:
     r0, r1 = ddp_run["ranks"]
-    assert r1["written"] == []
-    assert "history.csv" in r0["written"] and any(w.startswith("models/.final.pth") for w in r0["written"])
+    # rank 1 writes nothing but its own shards of FSDP checkpoints (torch.distributed.checkpoint)
+    assert [w for w in r1["written"] if ".dcp" not in w] == []
+    assert all(w.endswith("__1_0.distcp") or w.startswith("os.mkdir") for w in r1["written"])
+    assert "work/history.csv" in r0["written"] and any(w.startswith("work/models/.final.pth") for w in r0["written"])
+    assert "fsdp/history.csv" in r0["written"]
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch       train_loss") == 5  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch       train_loss") == 8  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -268,3 +271,34 @@ def test_a_missing_process_is_a_clear_error_after_the_timeout(tmp_path: Path) ->
     assert proc.returncode != 0
     assert "could not join the process group of 2 processes" in proc.stderr
     assert time.monotonic() - start < 30
+
+
+def test_fsdp_shards_the_model_and_trains_like_one_process(ddp_run: dict[str, Any], tmp_path: Path) -> None:
+    ref = _reference(tmp_path, 3, [CSVLogger(), SaveModelCallback()])
+    values = [v for row in ref.recorder.values for v in row]
+    preds, _ = ref.get_preds()
+    for rank in ddp_run["ranks"]:
+        fsdp = rank["fsdp"]
+        assert fsdp["fit"]["model_type"].startswith("FSDP")  # sharded in place, and it stays so
+        assert _close(fsdp["fit"]["params"], worker.params(ref))
+        assert _close([v for row in fsdp["fit"]["values"] for v in row], values)
+        assert _close(fsdp["preds"], preds.reshape(-1).tolist())  # uneven shards: 3 and 2 batches, kept in step
+        assert _close(fsdp["validate"], ref.validate())
+
+
+def test_fsdp_checkpoints_round_trip_through_distributed_checkpoint(ddp_run: dict[str, Any]) -> None:
+    out = ddp_run["out"]
+    assert sorted(p.name for p in (out / "fsdp" / "models" / "final.dcp").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert not list((out / "fsdp" / "models").glob("*.partial")) and not list((out / "fsdp" / "models").glob("*.old"))
+    for rank in ddp_run["ranks"]:
+        assert rank["fsdp"]["loaded"] == rank["fsdp"]["fit"]["params"]
+
+
+def test_sharding_a_trained_model_carries_the_optimizer_state_over(ddp_run: dict[str, Any], tmp_path: Path) -> None:
+    ref = worker.make_learner(worker.GLOBAL_BS, tmp_path, opt_func=worker.Adam)
+    ref.logger = noop
+    ref.fit(1)
+    ref.fit(1)
+    for rank in ddp_run["ranks"]:
+        assert _close(rank["fsdp"]["adam"], worker.params(ref))

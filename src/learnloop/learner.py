@@ -37,6 +37,7 @@ from .events import (
     Phase,
     resolve_event,
 )
+from .fsdp import is_fsdp, load_sharded, save_sharded
 from .metrics import Metric, mk_metric
 from .optimizer import Adam
 from .resume import DataOrder, ResumeState
@@ -601,9 +602,12 @@ class Learner:
         """Save the model (and optimizer) to `path/model_dir/file.pth`, atomically; returns the path.
 
         In a distributed job, call it on every rank: rank 0 writes, and every rank waits until the
-        file is complete, so any rank can load it next.
+        file is complete, so any rank can load it next. A model sharded with FSDP is saved with
+        torch.distributed.checkpoint instead, each rank writing its shard, to the folder `file.dcp`.
         """
         path = self._model_file(file)
+        if is_fsdp(self.model):
+            return save_sharded(path, self.model, self.opt, with_opt=with_opt)
         if is_rank_zero():
             save_model(path, unwrap_model(self.model), self.opt, with_opt=with_opt)
         barrier()
@@ -616,6 +620,9 @@ class Learner:
         if self.opt is None:
             self.create_opt()
         model = unwrap_model(self.model)
+        if is_fsdp(model):
+            load_sharded(self._model_file(file), model, self.opt, with_opt=with_opt)
+            return self
         load_model(self._model_file(file), model, self.opt, with_opt=with_opt, device=device, strict=strict)
         return self
 

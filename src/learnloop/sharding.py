@@ -10,6 +10,7 @@ reads items ``r, r+W, r+2W, ...`` with no padding, so no item is counted twice i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .distributed import DistributedError
 
-__all__ = ["ShardSampler", "interleave", "is_sharded", "shard_loader"]
+__all__ = ["EvenBatches", "ShardSampler", "interleave", "is_sharded", "shard_loader"]
 
 
 class ShardSampler(Sampler[int]):
@@ -161,3 +162,46 @@ def interleave(shares: Sequence[Any]) -> Any:
         if s is not None and s.shape[0]:
             out[r::world] = s
     return out
+
+
+class EvenBatches:
+    """An evaluation shard followed by empty batches, up to the number of batches of the largest shard.
+
+    With FSDP every forward pass gathers parameters from all ranks, so every rank must run as many
+    as the others; the empty batches (every tensor cut to 0 rows) cost nothing and add nothing.
+    `real_batches` is the number of batches that hold data.
+    """
+
+    def __init__(self, dl: DataLoader[Any]) -> None:
+        sampler = dl.sampler
+        if not isinstance(sampler, ShardSampler) or dl.batch_size is None:
+            raise TypeError("EvenBatches pads the DataLoaders made by shard_loader(train=False).")
+        self.dl, self.dataset, self.sampler, self.batch_size = dl, dl.dataset, sampler, dl.batch_size
+        largest = len(range(0, sampler.n, sampler.world_size))
+        self.n_batches = largest // dl.batch_size if dl.drop_last else math.ceil(largest / dl.batch_size)
+        self.real_batches = len(dl)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __iter__(self) -> Iterator[Any]:
+        first = None
+        for b in self.dl:
+            first = b if first is None else first
+            yield b
+        if self.real_batches < self.n_batches:
+            if first is None:  # this rank's share is empty: shape an empty batch on the first item
+                first = self.dl.collate_fn([self.dl.dataset[0]])  # type: ignore[misc]
+            empty = _empty(first)
+            for _ in range(self.n_batches - self.real_batches):
+                yield empty
+
+
+def _empty(b: Any) -> Any:
+    if isinstance(b, torch.Tensor):
+        return b[:0]
+    if isinstance(b, (tuple, list)):
+        return type(b)(_empty(o) for o in b)
+    if isinstance(b, dict):
+        return {k: _empty(v) for k, v in b.items()}
+    return b

@@ -2,6 +2,7 @@
 
 from .checkpointing import CheckpointCallback
 from .core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
+from .distributed import DistributedTrainer
 from .ema import EMACallback
 from .fp16 import AMPMode, MixedPrecision
 from .loggers import CSVLogger, TensorBoardCallback
@@ -22,6 +23,7 @@ __all__ = [
     "CheckpointCallback",
     "CompileModel",
     "CutMix",
+    "DistributedTrainer",
     "EMACallback",
     "EarlyStoppingCallback",
     "GatherPredsCallback",

@@ -36,7 +36,6 @@ this one's is not seen before the backward pass; the ranks then end with a timeo
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
@@ -56,7 +55,9 @@ from ..events import (
     CancelValidException,
     Event,
 )
-from ..sharding import interleave, is_sharded, shard_loader
+from ..fsdp import ShardModules, is_fsdp, reshard_optimizer, shard_model
+from ..reductions import average_losses, gather_preds, reduce_metrics
+from ..sharding import EvenBatches, ShardSampler, is_sharded, shard_loader
 from .progress import ProgressCallback
 from .training import GradientAccumulation
 
@@ -102,12 +103,15 @@ class _DDP(DistributedDataParallel):
 
 
 class DistributedTrainer(Callback):
-    """Train with DistributedDataParallel over the ranks of a torch.distributed job (see the module docs).
+    """Train over the ranks of a torch.distributed job with DDP, or FSDP (see the module docs).
 
     `split_batch`: the DataLoaders' batch size is the global batch, divided between the ranks (it
     must divide evenly); by default each rank takes batches of that size (fastai's behaviour).
     `shard_data=False`: the loaders already give each rank its own share; they are used as they are.
     `sync_bn`: convert BatchNorm layers to SyncBatchNorm (GPU only; the conversion is permanent).
+    `fsdp`: shard the model with ``fully_shard`` (:mod:`learnloop.fsdp`) instead of replicating it;
+    True, or a dict of ``fully_shard`` keywords; `shard_modules` picks the submodules sharded on
+    their own (default: the model's direct children).
     `timeout`: for the process group, when this callback sets it up. Other keywords go to DDP.
     """
 
@@ -118,26 +122,34 @@ class DistributedTrainer(Callback):
         split_batch: bool = False,
         shard_data: bool = True,
         sync_bn: bool = False,
+        fsdp: bool | dict[str, Any] = False,
+        shard_modules: ShardModules = None,
         timeout: timedelta | float | None = None,
         **ddp_kwargs: Any,
     ) -> None:
         self.split_batch, self.shard_data, self.sync_bn = split_batch, shard_data, sync_bn
+        self.fsdp, self.shard_modules = fsdp, shard_modules
         self.timeout, self.ddp_kwargs = timeout, ddp_kwargs
         self.ddp: DistributedDataParallel | None = None
+        self._wrapped = False  # the model is ready for distributed training (DDP wrapper made, or sharded)
         self._active = False
         self._depth = 0  # fits in progress: validate() inside a fit nests one
         self._agreed: set[int] = set()  # phases whose cancel has been agreed on in this phase instance
         self._following = _NONE  # a cancel this rank raises because another rank raised it
         self._shards: list[tuple[Any, Any]] = []  # (original loader, this rank's copy), for this fit
+        self._eval_sharded = False  # the loader being evaluated holds only this rank's share
         self._saved: dict[str, Any] = {}
         self._no_sync = ExitStack()
         self._loss_mark = 0  # recorder.losses before this index have been averaged over ranks
+        self._grad_sync: bool | None = None  # FSDP's gradient reduction switch, as last set
         self._warned: set[str] = set()
 
     # --------------------------------------------------------------- lifecycle
     def after_create(self) -> None:
         if D.launched_distributed():
             D.setup(timeout=self.timeout)  # at once, so rank checks (saving, logging) are right from the start
+            if self.fsdp:
+                self._shard_model()  # before the optimizer is made, so it is made on the shards
 
     def before_fit(self) -> None:
         learn = self.learn
@@ -153,6 +165,8 @@ class DistributedTrainer(Callback):
             return
         self._agreed, self._following, self._loss_mark = set(), _NONE, 0
         self._fix_device()
+        if self.fsdp:
+            self._shard_model()
         if not D.is_rank_zero():
             self._saved["logger"] = learn.logger
             learn.logger = noop
@@ -164,18 +178,22 @@ class DistributedTrainer(Callback):
         self._depth = max(0, self._depth - 1)
         if self._depth or not self._active:
             return
-        if self._end_point(_FIT) and self.ddp is not None:
-            self._average_losses()  # of an epoch a cancel cut short
+        if self._end_point(_FIT) and self._wrapped:
+            self._loss_mark = average_losses(self.learn, self._loss_mark)  # of an epoch a cancel cut short
         self.restore()
 
     def restore(self) -> None:
-        """Put back what the fit changed: the plain model, the DataLoaders, the logger, the device."""
+        """Put back what the fit changed: the plain model (an FSDP model stays sharded), the DataLoaders,
+        the logger, the device."""
         self._no_sync.close()
         learn = self.learn
-        if self.ddp is not None:
-            if learn.model is self.ddp:
-                learn.model = self.ddp.module
-            self.ddp = None
+        if self._grad_sync is False:
+            model: Any = learn.model
+            model.set_requires_gradient_sync(True)
+        self._grad_sync = None
+        if self.ddp is not None and learn.model is self.ddp:
+            learn.model = self.ddp.module
+        self.ddp, self._wrapped = None, False
         dls = learn.dls
         loaders = getattr(dls, "loaders", None)
         if loaders is not None:
@@ -198,6 +216,19 @@ class DistributedTrainer(Callback):
             dls.device = device
             self.learn.model.to(device)
 
+    def _shard_model(self) -> None:
+        """FSDP: shard the model in place, once; an optimizer made before moves onto the shards."""
+        learn = self.learn
+        if is_fsdp(learn.model):
+            return
+        old_opt = learn.opt
+        old_params = [p for plist in old_opt.param_lists for p in plist] if old_opt is not None else []
+        kwargs = self.fsdp if isinstance(self.fsdp, dict) else {}
+        shard_model(learn.model.to(D.rank_device()), self.shard_modules, **kwargs)
+        if old_opt is not None:
+            learn.create_opt()
+            reshard_optimizer(old_opt, learn.opt, old_params)
+
     # ------------------------------------------------------------------ training
     def before_epoch(self) -> None:
         if self._active:
@@ -207,10 +238,11 @@ class DistributedTrainer(Callback):
         if not self._active:
             return
         learn = self.learn
-        if self.ddp is None:
+        if not self._wrapped:
             self._point()  # every rank must be here before the collectives of wrapping
-            self.ddp = self._wrap()
-        learn.model = self.ddp
+            self._wrap()
+        if self.ddp is not None:
+            learn.model = self.ddp
         learn.dl = self._shard(learn.dl, train=True)
         sampler = getattr(learn.dl, "sampler", None)
         if callable(getattr(sampler, "set_epoch", None)):
@@ -218,16 +250,18 @@ class DistributedTrainer(Callback):
         recorder = getattr(learn, "recorder", None)
         self._loss_mark = len(recorder.losses) if recorder is not None else 0
 
-    def _wrap(self) -> DistributedDataParallel:
+    def _wrap(self) -> None:
         learn = self.learn
-        model = learn.model
-        if self.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        device_ids = [device.index] if device.type == "cuda" else None
-        ddp = _DDP(model, device_ids=device_ids, **self.ddp_kwargs)
+        if not self.fsdp:
+            model = learn.model
+            if self.sync_bn:
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            device_ids = [device.index] if device.type == "cuda" else None
+            self.ddp = _DDP(model, device_ids=device_ids, **self.ddp_kwargs)
+        self._wrapped = True
         if not self.shard_data:
-            return ddp
+            return
         dls = learn.dls
         train = dls.train
         seed = 0
@@ -237,11 +271,10 @@ class DistributedTrainer(Callback):
         copy = self._shard(train, train=True, seed=seed)
         if loaders is not None:  # swapped in for the fit, so len(dls.train) is this rank's number of batches
             loaders[:] = [copy if i == 0 else self._shard(dl, train=False) for i, dl in enumerate(loaders)]
-        return ddp
 
     def _shard(self, dl: Any, train: bool, seed: int = 0) -> Any:
         """This rank's copy of `dl` (made once per fit), or `dl` itself when it needs none."""
-        if dl is None or not self.shard_data or is_sharded(dl):
+        if dl is None or not self.shard_data or is_sharded(dl) or isinstance(dl, EvenBatches):
             return dl
         for original, copy in self._shards:
             if dl is original or dl is copy:
@@ -253,14 +286,28 @@ class DistributedTrainer(Callback):
         return copy
 
     def before_batch(self) -> None:
-        if not self._active or not self.learn.training or self.ddp is None:
+        if not self._active:
+            return
+        learn = self.learn
+        if self.fsdp:
+            self._point()  # every forward pass gathers the parameters from all ranks
+            if not learn.training:
+                if isinstance(learn.dl, EvenBatches) and learn.iter >= learn.dl.real_batches:
+                    learn.yb = ()  # an empty batch that keeps this rank in step: no loss, no metrics
+                return
+        if not learn.training or not self._wrapped:
             return
         self._no_sync.close()
-        if self.ddp.will_sync_module_buffers():
+        if self.ddp is not None and self.ddp.will_sync_module_buffers():
             self._point()  # the forward broadcasts rank 0's buffers
-        accumulation = getattr(self.learn, "gradient_accumulation", None)
-        if isinstance(accumulation, GradientAccumulation) and not accumulation.will_step():
+        accumulation = getattr(learn, "gradient_accumulation", None)
+        sync = not isinstance(accumulation, GradientAccumulation) or accumulation.will_step()
+        if self.ddp is not None and not sync:
             self._no_sync.enter_context(self.ddp.no_sync())
+        elif self.fsdp and sync != self._grad_sync:
+            model: Any = learn.model
+            model.set_requires_gradient_sync(sync)  # FSDP's no_sync: gradients stay unreduced until the step
+            self._grad_sync = sync
 
     def before_backward(self) -> None:
         if self._active:
@@ -274,12 +321,12 @@ class DistributedTrainer(Callback):
             return
         self._no_sync.close()
         self._end_point(_TRAIN)
-        self._average_losses()  # the Recorder (order 50) logs the last one next
+        self._loss_mark = average_losses(self.learn, self._loss_mark)  # the Recorder (order 50) logs the last one
         recorder = getattr(self.learn, "recorder", None)
         if recorder is not None and recorder.train_metrics and not recorder.cancel_train:
-            self._reduce_metrics(self.learn.metrics)
-        if self.ddp is not None:
-            self._broadcast_buffers(self.ddp.module)
+            reduce_metrics(self.learn.metrics, self._warned)
+        if self._wrapped:
+            self._broadcast_buffers()
 
     # ---------------------------------------------------------------- validation
     def before_validate(self) -> None:
@@ -288,7 +335,11 @@ class DistributedTrainer(Callback):
         learn = self.learn
         if self.ddp is not None and learn.model is self.ddp:
             learn.model = self.ddp.module  # a forward pass needs no DDP, and DDP's could wait on other ranks
-        learn.dl = self._shard(learn.dl, train=False)
+        dl = self._shard(learn.dl, train=False)
+        self._eval_sharded = is_sharded(dl) or isinstance(dl, EvenBatches) or not self.shard_data
+        if self.fsdp and isinstance(dl, torch.utils.data.DataLoader) and isinstance(dl.sampler, ShardSampler):
+            dl = EvenBatches(dl)
+        learn.dl = dl
 
     def after_validate(self) -> None:
         if not self._active:
@@ -298,19 +349,17 @@ class DistributedTrainer(Callback):
             learn.model = self.ddp
         self._end_point(_VALID)
         recorder = getattr(learn, "recorder", None)
-        if recorder is not None and recorder.cancel_valid:
-            return
-        if not (is_sharded(learn.dl) or not self.shard_data):
-            return  # every rank saw all of it
+        if (recorder is not None and recorder.cancel_valid) or not self._eval_sharded:
+            return  # nothing to combine, or every rank saw all of it
         if recorder is not None and recorder.valid_metrics:
-            self._reduce_metrics([recorder.loss, *learn.metrics])
+            reduce_metrics([recorder.loss, *learn.metrics], self._warned)
         gather = getattr(learn, "gather_preds", None)
         if gather is not None:
-            self._gather_preds(gather, in_order=self.shard_data)
+            gather_preds(gather, in_order=self.shard_data)
 
     def after_epoch(self) -> None:
-        if self._active and self._end_point(_EPOCH) and self.ddp is not None:
-            self._average_losses()  # of a training phase the cancel cut short
+        if self._active and self._end_point(_EPOCH) and self._wrapped:
+            self._loss_mark = average_losses(self.learn, self._loss_mark)  # of a training phase a cancel cut short
 
     # ----------------------------------------------------------- cancel agreement
     def _point(self) -> None:
@@ -365,84 +414,9 @@ class DistributedTrainer(Callback):
     def after_cancel_fit(self) -> None:
         self._cancelled(_FIT)
 
-    # ---------------------------------------------------------------- reductions
-    def _average_losses(self) -> None:
-        """Average the smoothed training losses recorded since the last call over the ranks.
-
-        A rank that ran on into a batch before learning of another rank's cancel recorded one more
-        loss; the entries beyond what every rank recorded are dropped, as a single process would have.
-        """
-        recorder = getattr(self.learn, "recorder", None)
-        if recorder is None:
-            return
-        mark, losses = self._loss_mark, recorder.losses
-        n_local = len(losses) - mark
-        counts = D.all_gather_objects(n_local)
-        n = min(counts)
-        if max(counts) == 0:
-            return
-        extra = n_local - n
-        if extra:
-            del losses[mark + n :]
-            del recorder.lrs[len(recorder.lrs) - extra :]
-            recorder.smooth_loss.count -= extra
-            scheduler = getattr(self.learn, "param_scheduler", None)
-            for values in getattr(scheduler, "hps", {}).values():
-                del values[len(values) - extra :]
-        chunk = losses[mark:]
-        if chunk:
-            total = D.all_reduce_sum(torch.stack([t.detach().float().reshape(()) for t in chunk]))
-            mean = total / D.world_size()
-            with torch.no_grad():
-                for t, v in zip(chunk, mean, strict=True):
-                    t.copy_(v)  # in place: the Recorder's smooth_loss and learn.smooth_loss are these tensors
-                current = recorder.smooth_loss.value
-                if current is not None and current is not chunk[-1]:
-                    current.copy_(chunk[-1])
-            self.learn.smooth_loss = chunk[-1]
-        self._loss_mark = len(losses)
-
-    def _reduce_metrics(self, metrics: list[Any]) -> None:
-        """Sum the running totals of averaging metrics over ranks; gather the stored predictions of the others."""
-        means = [m for m in metrics if isinstance(getattr(m, "total", None), torch.Tensor) and hasattr(m, "count")]
-        if means:
-            pieces = [torch.cat([m.total.detach().double().cpu().reshape(-1), torch.tensor([float(m.count)])])
-                      for m in means]
-            summed = D.all_reduce_sum(torch.cat(pieces)).split([p.numel() for p in pieces])
-            for m, s in zip(means, summed, strict=True):
-                m.total = s[:-1].reshape(m.total.shape).to(device=m.total.device, dtype=m.total.dtype)
-                m.count = int(round(float(s[-1])))
-        for m in metrics:
-            if m in means:
-                continue
-            if isinstance(getattr(m, "preds", None), list) and isinstance(getattr(m, "targs", None), list):
-                m.preds, m.targs = _gather_lists(m.preds), _gather_lists(m.targs)
-            elif type(m).__name__ != "TorchMetric" and m.name not in self._warned:
-                self._warned.add(m.name)
-                warnings.warn(
-                    f"DistributedTrainer cannot combine metric {m.name!r} ({type(m).__name__}) over ranks: each rank "
-                    "reports it on its own share of the data. Give it `total`/`count` (an average) or "
-                    "`preds`/`targs` lists (a whole-set metric).",
-                    stacklevel=2,
-                )
-
-    def _gather_preds(self, gather: Any, in_order: bool) -> None:
-        fields = ("preds", "targets", "inputs", "losses")
-        local = tuple(_to_cpu(getattr(gather, f)) for f in fields)
-        shares = D.all_gather_objects(local)
-        device = _device_of(gather.preds)
-        for i, field in enumerate(fields):
-            parts = [s[i] for s in shares]
-            if in_order:
-                merged = interleave(parts)
-            else:
-                present = [p for p in parts if p is not None]
-                merged = _cat(present) if present else None
-            setattr(gather, field, _to_device(merged, device))
-
-    @staticmethod
-    def _broadcast_buffers(module: nn.Module) -> None:
+    def _broadcast_buffers(self) -> None:
         """Rank 0's buffers (BatchNorm statistics) everywhere, as DDP's next forward would make them."""
+        module = self.ddp.module if self.ddp is not None else self.learn.model
         for buf in module.buffers():
             torch.distributed.broadcast(buf, src=0)
 
@@ -452,49 +426,6 @@ def _shuffle_seed(dl: Any) -> int:
     if isinstance(generator, torch.Generator):
         return int(generator.initial_seed())
     return int(torch.randint(0, 2**31 - 1, ()).item())  # from the global RNG, as an unseeded loader would
-
-
-def _gather_lists(items: list[torch.Tensor]) -> list[torch.Tensor]:
-    device = items[0].device if items else None
-    local = torch.cat([t.detach().cpu() for t in items]) if items else None
-    present = [s for s in D.all_gather_objects(local) if s is not None]
-    if not present:
-        return []
-    merged = torch.cat(present)
-    return [merged.to(device) if device is not None else merged]
-
-
-def _to_cpu(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_cpu(o) for o in x)
-    return x
-
-
-def _to_device(x: Any, device: torch.device | None) -> Any:
-    if device is None:
-        return x
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_device(o, device) for o in x)
-    return x
-
-
-def _device_of(x: Any) -> torch.device | None:
-    if isinstance(x, torch.Tensor):
-        return x.device
-    if isinstance(x, (tuple, list)) and x:
-        return _device_of(x[0])
-    return None
-
-
-def _cat(parts: list[Any]) -> Any:
-    first = parts[0]
-    if isinstance(first, (tuple, list)):
-        return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))
-    return torch.cat(parts)
 
 
 @contextmanager

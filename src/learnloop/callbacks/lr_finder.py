@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..callback import Callback
+from ..distributed import is_rank_zero
 from ..events import CancelFitException, CancelValidException
 from ..schedules import SchedExp, SchedLin
 from .recorder import Recorder
@@ -379,6 +380,8 @@ def _suggest(learn: Learner, funcs: list[Callable[..., Any]], num_it: int, show_
 
 
 def _plot(recorder: Recorder, **kwargs: Any) -> None:
+    if not is_rank_zero():  # in a distributed job, rank 0 plots
+        return
     try:
         recorder.plot_lr_find(**kwargs)
     except ImportError as e:

@@ -1,0 +1,148 @@
+"""Combining what each rank computed on its share: metric totals, stored predictions, recorded losses.
+
+Every function here is a collective over learnloop's control group (:mod:`learnloop.distributed`):
+all ranks call it at the same point of the loop, and it returns at once in a single process.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import distributed as D
+from .sharding import interleave
+
+__all__ = ["average_losses", "gather_preds", "reduce_metrics"]
+
+
+def reduce_metrics(metrics: Sequence[Any], warned: set[str] | None = None) -> None:
+    """Make each metric's ``value`` the one over every rank's share, in place.
+
+    Averages (``total``/``count``, as AvgMetric and AvgLoss keep them) are summed in one all-reduce;
+    whole-set metrics (``preds``/``targs`` lists, as AccumMetric keeps them) get every rank's items.
+    A torchmetrics metric (TorchMetric) syncs itself in ``compute()``. Any other metric keeps its
+    own rank's value, with a warning (once per name when `warned` is given).
+    """
+    means = [m for m in metrics if isinstance(getattr(m, "total", None), torch.Tensor) and hasattr(m, "count")]
+    if means:
+        pieces = [torch.cat([m.total.detach().double().cpu().reshape(-1), torch.tensor([float(m.count)])])
+                  for m in means]
+        summed = D.all_reduce_sum(torch.cat(pieces)).split([p.numel() for p in pieces])
+        for m, s in zip(means, summed, strict=True):
+            m.total = s[:-1].reshape(m.total.shape).to(device=m.total.device, dtype=m.total.dtype)
+            m.count = int(round(float(s[-1])))
+    for m in metrics:
+        if any(m is x for x in means):
+            continue
+        if isinstance(getattr(m, "preds", None), list) and isinstance(getattr(m, "targs", None), list):
+            m.preds, m.targs = _gather_list(m.preds), _gather_list(m.targs)
+        elif type(m).__name__ != "TorchMetric" and (warned is None or m.name not in warned):
+            if warned is not None:
+                warned.add(m.name)
+            warnings.warn(
+                f"Metric {m.name!r} ({type(m).__name__}) cannot be combined over ranks: each rank reports it on "
+                "its own share of the data. Give it `total`/`count` (an average) or `preds`/`targs` lists "
+                "(a whole-set metric).",
+                stacklevel=3,
+            )
+
+
+def _gather_list(items: list[torch.Tensor]) -> list[torch.Tensor]:
+    device = items[0].device if items else None
+    local = torch.cat([t.detach().cpu() for t in items]) if items else None
+    present = [s for s in D.all_gather_objects(local) if s is not None]
+    if not present:
+        return []
+    merged = torch.cat(present)
+    return [merged.to(device) if device is not None else merged]
+
+
+def gather_preds(gather: Any, in_order: bool) -> None:
+    """Give a GatherPredsCallback every rank's predictions, targets, inputs and losses.
+
+    `in_order`: each rank held items ``rank, rank + W, ...`` (a ShardSampler), so dataset order
+    is rebuilt; otherwise the shares are put one after the other, in rank order.
+    """
+    fields = ("preds", "targets", "inputs", "losses")
+    shares = D.all_gather_objects(tuple(_to_cpu(getattr(gather, f)) for f in fields))
+    device = _device_of(gather.preds)
+    for i, field in enumerate(fields):
+        parts = [s[i] for s in shares]
+        if in_order:
+            merged = interleave(parts)
+        else:
+            present = [p for p in parts if p is not None]
+            merged = _cat(present) if present else None
+        setattr(gather, field, _to_device(merged, device))
+
+
+def average_losses(learn: Any, mark: int) -> int:
+    """Average over ranks the smoothed training losses the Recorder recorded from index `mark` on.
+
+    A rank that ran on into one more batch before learning of a cancel raised elsewhere recorded one
+    more loss (and lr, and scheduled values); those are dropped, as a single process would not have
+    recorded them. Returns the new length of ``recorder.losses``, the next call's `mark`.
+    """
+    recorder = getattr(learn, "recorder", None)
+    if recorder is None:
+        return mark
+    losses = recorder.losses
+    n_local = len(losses) - mark
+    counts = D.all_gather_objects(n_local)
+    n = min(counts)
+    extra = n_local - n
+    if extra:
+        del losses[mark + n :]
+        del recorder.lrs[len(recorder.lrs) - extra :]
+        recorder.smooth_loss.count -= extra
+        scheduler = getattr(learn, "param_scheduler", None)
+        for values in getattr(scheduler, "hps", {}).values():
+            del values[len(values) - extra :]
+    chunk = losses[mark:]
+    if chunk:
+        total = D.all_reduce_sum(torch.stack([t.detach().float().reshape(()) for t in chunk]))
+        mean = total / D.world_size()
+        with torch.no_grad():
+            for t, v in zip(chunk, mean, strict=True):
+                t.copy_(v)  # in place: the Recorder's running average and learn.smooth_loss are these tensors
+            current = recorder.smooth_loss.value
+            if current is not None and current is not chunk[-1]:
+                current.copy_(chunk[-1])
+        learn.smooth_loss = chunk[-1]
+    return len(losses)
+
+
+def _to_cpu(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_cpu(o) for o in x)
+    return x
+
+
+def _to_device(x: Any, device: torch.device | None) -> Any:
+    if device is None:
+        return x
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_device(o, device) for o in x)
+    return x
+
+
+def _device_of(x: Any) -> torch.device | None:
+    if isinstance(x, torch.Tensor):
+        return x.device
+    if isinstance(x, (tuple, list)) and x:
+        return _device_of(x[0])
+    return None
+
+
+def _cat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))
+    return torch.cat(parts)
