@@ -185,3 +185,14 @@ def test_single_class_and_too_few_rows(tmp_path: Path) -> None:
         load_csv(write(tmp_path / "a.csv", "x,y\n1,a\n2,a\n3,a\n"), "y")
     with pytest.raises(CSVError, match="at least 3 are needed"):
         load_csv(write(tmp_path / "b.csv", "x,y\n1,a\n2,b\n"), "y")
+
+
+def test_decimal_commas_in_semicolon_files(tmp_path: Path) -> None:
+    table = read_csv(write(tmp_path / "t.csv", "a;b;name;y\n1,5;-0,25;Smith, J;3\n2;1e3;x;4,0\n"))
+    assert table.rows == [["1.5", "-0.25", "Smith, J", "3"], ["2", "1e3", "x", "4.0"]]
+    assert read_csv(write(tmp_path / "c.csv", 'a,y\n"1,5",2\n')).rows == [["1,5", "2"]]  # a ',' file: left alone
+
+
+def test_empty_columns_are_left_out(tmp_path: Path) -> None:
+    data = load_csv(write(tmp_path / "t.csv", "a,empty,y\n" + "".join(f"{i},,{i % 2}\n" for i in range(10))), "y")
+    assert data.prep.numeric == ["a"] and any("'empty', which hold no values" in n for n in data.notes)

@@ -10,6 +10,7 @@ import csv
 import difflib
 import io
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,11 @@ class CSVTable:
 
 
 def read_csv(path: str | Path) -> CSVTable:
-    """Read a CSV file with a header row; the delimiter (`,` `;` tab `|`) is detected, UTF-8 or Latin-1."""
+    """Read a CSV file with a header row; the delimiter (`,` `;` tab `|`) is detected, UTF-8 or Latin-1.
+
+    In a file not delimited by commas, numbers written with a decimal comma (`3,14`, the European way that
+    goes with `;`) are read as `3.14`.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No such file: {path}" + (" (it is a directory)" if path.is_dir() else ""))
@@ -77,8 +82,11 @@ def read_csv(path: str | Path) -> CSVTable:
     name = str(path)
     if not text.strip():
         raise CSVError(f"{name} is empty: a CSV file needs a header row with the column names, then one row per item.")
-    reader = csv.reader(io.StringIO(text), delimiter=_sniff_delimiter(text))
+    delimiter = _sniff_delimiter(text)
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     records = [([cell.strip() for cell in row], reader.line_num) for row in reader if any(c.strip() for c in row)]
+    if delimiter != ",":
+        records = [([_decimal_point(cell) for cell in row], line) for row, line in records]
     header, rows, lines = records[0][0], [r for r, _ in records[1:]], [n for _, n in records[1:]]
     columns = [c or f"column_{i + 1}" for i, c in enumerate(header)]
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
@@ -95,6 +103,13 @@ def read_csv(path: str | Path) -> CSVTable:
                 "Check for a missing or extra delimiter, or an unquoted delimiter inside a value."
             )
     return CSVTable(columns, rows, name, lines)
+
+
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
+
+
+def _decimal_point(cell: str) -> str:
+    return cell.replace(",", ".") if _DECIMAL_COMMA.fullmatch(cell) else cell
 
 
 def _sniff_delimiter(text: str) -> str:

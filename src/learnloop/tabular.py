@@ -273,6 +273,11 @@ def load_csv(
         raise CSVError(f"{table.name} has {n} labelled rows: at least 3 are needed (2 to train, 1 to validate).")
     # Everything is checked on all rows first, so that messages point at the first bad line of the file;
     # the task and the classes come from all rows too (a rare class may fall entirely in the validation split).
+    empty = [c for c in table.columns if c not in (target, *drop, *categorical)
+             and all(cell.lower() in MISSING_VALUES for cell in table.column(c))]
+    if empty:  # nothing to learn from, and all-missing would be all-mean: leave them out, and say so
+        notes.append(f"left out the column(s) {column_list(empty)}, which hold no values")
+        drop = [*drop, *empty]
     whole = TabularPreprocessor.fit(table, target, task=task, drop=drop, categorical=categorical)
     order = np.random.default_rng(seed).permutation(n)
     train, valid = table.select(sorted(order[n_valid:].tolist())), table.select(sorted(order[:n_valid].tolist()))
