@@ -15,12 +15,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from learnloop import CSVLogger, recipe
+from learnloop import Callback, Learner, recipe
 from learnloop.cli import build_parser, main
 from learnloop.datasets import digits
 from learnloop.recipe import TrainConfig
@@ -287,12 +288,16 @@ def test_console_script_trains_a_csv(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ resume
-class CtrlCInEpoch2(CSVLogger):
-    """The run's CSVLogger, plus a Ctrl-C in the middle of epoch 2 (as if the user pressed it then)."""
+class CtrlCInEpoch2(Callback):
+    """A Ctrl-C in the middle of epoch 2, as if the user pressed it then (no state: nothing of it is saved)."""
 
     def after_batch(self) -> None:
         if self.learn.training and self.learn.epoch == 2 and self.learn.iter == 1:
             signal.raise_signal(signal.SIGINT)
+
+
+def learner_with_ctrl_c(*args: Any, **kwargs: Any) -> Learner:
+    return Learner(*args, **kwargs).add_cb(CtrlCInEpoch2())
 
 
 def test_resume_after_ctrl_c_ends_as_the_uninterrupted_run(
@@ -303,7 +308,7 @@ def test_resume_after_ctrl_c_ends_as_the_uninterrupted_run(
     assert run(capsys, *argv, tmp_path / "whole")[0] == 0
 
     with monkeypatch.context() as patch:
-        patch.setattr(recipe, "CSVLogger", CtrlCInEpoch2)
+        patch.setattr(recipe, "Learner", learner_with_ctrl_c)
         code, out, err = run(capsys, *argv, tmp_path / "cut")
     assert code == 130 and "interrupted" in err
     assert f"learnloop train --resume {tmp_path / 'cut'}" in out
