@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "flat_cos, sgdr (restarts; cycles of 1, 2, 4, ... units summing to --epochs) or fit (constant)")
     o.add_argument("--opt", choices=list(OPTIMIZERS), default="adam", help="optimizer (default: adam)")
     o.add_argument("--wd", type=non_negative, help="weight decay (default: the "
-                   "optimizer's: 0.01 for adam, radam, ranger; 0 otherwise)")
+                   "optimizer's: 0.01 for adam and ranger, 0 for the others)")
     precision = o.add_mutually_exclusive_group()
     precision.add_argument("--fp16", action="store_true", help="mixed precision, float16 with loss scaling")
     precision.add_argument("--bf16", action="store_true", help="mixed precision, bfloat16")

@@ -168,7 +168,6 @@ def _resumable(config: TrainConfig, data: TabularData) -> Path:
     if position.epoch >= position.n_epoch and not position.mid_epoch:
         raise runs.RunError(f"the run in {out} finished all its {position.n_epoch} epochs: there is nothing to "
                             "resume. `learnloop show` prints it.")
-    runs.keep_metrics(out, position.epoch)  # rows of epochs after the checkpoint (a crash) are done again
     return out
 
 

@@ -36,7 +36,6 @@ __all__ = [
     "RunError",
     "build_model",
     "format_table",
-    "keep_metrics",
     "latest_checkpoint",
     "new_run_dir",
     "open_run",
@@ -75,14 +74,6 @@ def new_run_dir(out: Path | None, root: Path = Path("runs")) -> Path:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The run's last training checkpoint, if it has one."""
     return checkpointing.latest_checkpoint(run_dir / CHECKPOINTS)
-
-
-def keep_metrics(run_dir: Path, n_epochs: int) -> None:
-    """Cut metrics.csv down to its header and the rows of its first `n_epochs` epochs."""
-    path = run_dir / METRICS
-    if path.is_file():
-        lines = path.read_text().splitlines(keepends=True)
-        path.write_text("".join(lines[: n_epochs + 1]))
 
 
 def write_json(path: Path, data: Any) -> None:
