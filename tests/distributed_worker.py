@@ -19,6 +19,8 @@ from torch import nn
 
 from learnloop import (
     Callback,
+    CancelTrainException,
+    CancelValidException,
     CSVLogger,
     DataLoaders,
     DistributedTrainer,
@@ -95,19 +97,27 @@ class OnRank(Callback):
 
     order = -20
 
-    def __init__(self, rank: int, event: str, epoch: int, it: int, action: Any) -> None:
+    def __init__(self, rank: int, event: str, epoch: int, it: int, action: Any, training: bool = True) -> None:
         self.rank, self.event, self.epoch, self.it, self.action = rank, event, epoch, it, action
+        self.training_only = training
         setattr(self, event, self._maybe)
 
     def _maybe(self) -> None:
         learn = self.learn
         if int(os.environ.get("RANK", 0)) == self.rank and learn.epoch == self.epoch and learn.iter == self.it:
-            if learn.training:
+            if learn.training == self.training_only:
                 self.action(learn)
 
 
 def _set_nan(learn: Learner) -> None:
     learn.loss = torch.tensor(float("nan"))
+
+
+def _raise(exc: type[Exception]) -> Any:
+    def action(learn: Learner) -> None:
+        raise exc
+
+    return action
 
 
 def _boom(learn: Learner) -> None:
@@ -157,6 +167,13 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         split_batch(learn)
         learn.fit(3)
         result["nan_stop"] = summary(learn)
+
+        # rank 1 alone cancels the training phase of epoch 0 and the validation of epoch 1
+        cbs = [OnRank(1, "after_batch", 0, 2, _raise(CancelTrainException)),
+               OnRank(1, "before_batch", 1, 1, _raise(CancelValidException), training=False)]
+        learn = split_batch(make_learner(per_rank_bs, work, cbs=cbs))
+        learn.fit(3)
+        result["phase_cancels"] = summary(learn)
 
         # gradient accumulation: DDP's all-reduce only on the batches that step
         calls: list[int] = []

@@ -190,7 +190,7 @@ def test_two_processes_end_with_the_parameters_of_one_process_over_the_same_glob
 
 def test_recorder_holds_the_same_values_on_every_rank(ddp_run: dict[str, Any]) -> None:
     r0, r1 = ddp_run["ranks"]
-    for key in ("fit", "early_stop", "nan_stop", "accumulate", "validate", "fsdp"):
+    for key in ("fit", "early_stop", "nan_stop", "phase_cancels", "accumulate", "validate", "fsdp"):
         assert r0[key] == r1[key], key
 
 
@@ -213,7 +213,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert "fsdp/history.csv" in r0["written"]
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch       train_loss") == 8  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch       train_loss") == 9  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -227,6 +227,14 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_batch(ddp_run: dict[str,
         nan = rank["nan_stop"]
         assert len(nan["values"]) == 1 and nan["train_iter"] == 12  # NaN at batch 3 of epoch 1 (8 per epoch)
         assert len(nan["losses"]) == 11  # as one process would record: the NaN batch is not recorded
+
+
+def test_a_phase_cancelled_on_one_rank_is_cancelled_on_every_rank(ddp_run: dict[str, Any]) -> None:
+    for rank in ddp_run["ranks"]:
+        values = rank["phase_cancels"]["values"]
+        # epoch 0: training cancelled at batch 2 (no train_loss); epoch 1: validation cancelled (no valid values)
+        assert [len(row) for row in values] == [3, 1, 4]
+        assert rank["phase_cancels"]["train_iter"] == 2 + 8 + 8  # rank 1 cancelled before counting batch 2
 
 
 def test_gradient_accumulation_skips_the_all_reduce_of_micro_batches(

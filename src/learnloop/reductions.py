@@ -83,15 +83,17 @@ def average_losses(learn: Any, mark: int) -> int:
     """Average over ranks the smoothed training losses the Recorder recorded from index `mark` on.
 
     A rank that ran on into one more batch before learning of a cancel raised elsewhere recorded one
-    more loss (and lr, and scheduled values); those are dropped, as a single process would not have
-    recorded them. Returns the new length of ``recorder.losses``, the next call's `mark`.
+    more loss (and lr, and scheduled values) and counted one more ``train_iter``; those are dropped,
+    as the rank that cancelled did not get that far. Returns the new length of ``recorder.losses``,
+    the next call's `mark`.
     """
     recorder = getattr(learn, "recorder", None)
     if recorder is None:
         return mark
     losses = recorder.losses
     n_local = len(losses) - mark
-    counts = D.all_gather_objects(n_local)
+    counts, iters = zip(*D.all_gather_objects((n_local, learn.train_iter)), strict=True)
+    learn.train_iter = min(iters)
     n = min(counts)
     extra = n_local - n
     if extra:
