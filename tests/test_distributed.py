@@ -22,6 +22,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 import distributed_worker as worker
 from learnloop import CSVLogger, GradientAccumulation, Learner, SaveModelCallback
+from learnloop import distributed as D
 from learnloop.callback import noop
 from learnloop.callbacks.distributed import DistributedTrainer
 from learnloop.distributed import DistributedError, check_launch_env, is_rank_zero, launched_distributed
@@ -150,6 +151,24 @@ def test_single_process_runs_are_untouched(tmp_path: Path) -> None:
     explicit.fit(1)
     assert worker.params(explicit) == worker.params(learn)
     assert explicit.recorder.values == learn.recorder.values
+
+
+def test_rank_comes_from_the_launcher_before_the_process_group_is_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LEARNLOOP_AUTO_DISTRIBUTED", "0")  # no process group: this test is one process
+    assert (D.rank(), D.world_size(), D.is_rank_zero(), D.is_distributed()) == (1, 2, False, False)
+    learn = worker.make_learner(8, tmp_path)
+    assert not hasattr(learn, "distributed_trainer")
+    assert learn.save("m") == tmp_path / "models" / "m.pth"
+    assert not (tmp_path / "models" / "m.pth").exists()  # rank 1 does not write
+    monkeypatch.setenv("LEARNLOOP_DIST_TIMEOUT", "soon")
+    with pytest.raises(DistributedError, match="LEARNLOOP_DIST_TIMEOUT='soon' should be a number of seconds"):
+        D.default_timeout()
+    monkeypatch.setenv("LEARNLOOP_DIST_TIMEOUT", "2.5")
+    assert D.default_timeout().total_seconds() == 2.5
 
 
 # ------------------------------------------------------------------ two processes (torchrun)

@@ -1,32 +1,32 @@
-"""DistributedTrainer: the same training loop on several processes with DistributedDataParallel.
+"""DistributedTrainer: the same training loop on several processes, with DDP (or FSDP).
 
 Launched by ``torchrun``, a Learner adds this callback by itself (``WORLD_SIZE`` > 1 in the
 environment); ``learn.distrib_ctx()`` or ``cbs=DistributedTrainer(...)`` do it explicitly. In a
 single process it does nothing. During ``fit`` it:
 
 - wraps the model in DDP at the first ``before_train`` (``learn.model`` is the plain module again
-  after fit, and during validation), on this rank's device;
+  during validation and after fit), on this rank's device; with ``fsdp=True`` it shards the model
+  in place instead (:mod:`learnloop.fsdp`);
 - gives each rank its share of the data (:mod:`learnloop.sharding`), the DataLoaders' copies being
   used for the fit only; ``split_batch=True`` divides the batch size between the ranks;
-- makes the numbers agree: validation loss and metrics are summed over ranks before the Recorder
-  reads them, ``get_preds`` gathers predictions in dataset order, and the smoothed training loss
-  is averaged over ranks at the end of each training phase, so the Recorder holds the same values
-  on every rank;
+- makes the numbers agree (:mod:`learnloop.reductions`): validation loss and metrics are combined
+  over ranks before the Recorder reads them, ``get_preds`` gathers predictions in dataset order, and
+  the smoothed training loss is averaged over ranks, so the Recorder holds the same values everywhere;
 - on ranks other than 0, silences the table, the progress bars and the trackers' messages;
-- skips DDP's gradient all-reduce on GradientAccumulation's micro-batches (``no_sync``);
-- makes a cancel raised on one rank (early stopping, TerminateOnNaN) everyone's: see below.
+- skips the gradient all-reduce on GradientAccumulation's micro-batches (``no_sync``);
+- makes a cancel raised on one rank (early stopping, TerminateOnNaN) everyone's.
 
 Agreeing on cancels. A rank that raises ``CancelTrain/Valid/Epoch/FitException`` tells the others at
-once (in its ``after_cancel_*``), and the others ask before any collective they would otherwise wait
-in: before each training backward (and before the forward when DDP broadcasts buffers), at the
-start of each epoch, and at the end of each phase (``after_train``, ``after_validate``, ``after_epoch``,
-``after_fit``). A rank that
-learns of a cancel raises it in turn (or, at the end of a phase, fires ``after_cancel_*`` for it), so
-every rank leaves the same phase. Each question is a one-integer all-reduce on a Gloo group on the
-CPU: about 0.1 ms, no wait on the GPU. Batch, backward and step cancels are not exchanged: they must
-be decided the same way on every rank, as GradientAccumulation and MixedPrecision do. A
-training-phase cancel raised on one rank only in ``before_backward`` by a callback of order above
-this one's is not seen before the backward pass; the ranks then end with a timeout error.
+once (in its ``after_cancel_*``); the others ask before any collective they would otherwise wait in:
+before each training backward (and before each forward when DDP broadcasts buffers, or under FSDP),
+at the start of each epoch, and at the end of each phase (``after_train``, ``after_validate``,
+``after_epoch``, ``after_fit``). A rank that learns of a cancel raises it in turn (or, at the end of a
+phase, fires ``after_cancel_*`` for it), so every rank leaves the same phase at the same batch. Each
+question is a one-integer all-reduce on a Gloo group on the CPU: about 0.1-0.3 ms, no wait on the
+GPU. Batch, backward and step cancels are not exchanged: they must be decided alike on every rank,
+as GradientAccumulation and MixedPrecision do. A training-phase cancel raised on one rank only in
+``before_backward`` by a callback of order above this one's comes after the question: the ranks
+then end with a timeout error.
 
 >>> learn = Learner(dls, model, loss_func, metrics=accuracy)   # under torchrun: distributed already
 >>> with learn.distrib_ctx(split_batch=True):                  # or explicitly
