@@ -39,6 +39,8 @@ class CSVTable:
     rows: list[list[str]]
     name: str = "the CSV file"
     lines: list[int] = field(default_factory=list)
+    # Parsed numeric columns (`numbers`), kept: preprocessing reads each column several times.
+    _parsed: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def line(self, i: int) -> int:
         """The file line of row `i`."""
@@ -49,11 +51,22 @@ class CSVTable:
         i = self.columns.index(name)
         return [row[i] for row in self.rows]
 
+    def numbers(self, name: str) -> tuple[np.ndarray, int | None]:
+        """`parse_numbers` of one column (computed once per table): float64 values, nan where missing,
+        and the row of the first cell that is not a number, if any."""
+        if name in self._parsed:
+            return self._parsed[name], None
+        values, bad = parse_numbers(self.column(name))
+        if bad is None:
+            self._parsed[name] = values
+        return values, bad
+
     def select(self, index: Iterable[int]) -> CSVTable:
         """The rows at `index`, in that order."""
         index = list(index)
         lines = [self.line(i) for i in index]
-        return CSVTable(self.columns, [self.rows[i] for i in index], self.name, lines)
+        parsed = {name: values[index] for name, values in self._parsed.items()}
+        return CSVTable(self.columns, [self.rows[i] for i in index], self.name, lines, parsed)
 
     def check_columns(self, names: Iterable[str], what: str) -> None:
         """Raise CSVError naming the first of `names` that is not a column, with the columns there are."""

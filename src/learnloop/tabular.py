@@ -123,7 +123,7 @@ class TabularPreprocessor:
         table.check_columns([self.target], "The target column")
         cells = table.column(self.target)
         if self.task == "regression":
-            values, bad = parse_numbers(cells)
+            values, bad = table.numbers(self.target)
             if bad is not None:
                 raise CSVError(
                     f"The target column {self.target!r} of {table.name} must be numeric for regression, but line "
@@ -204,15 +204,14 @@ class TabularPreprocessor:
 
 
 def _feature(table: CSVTable, name: str) -> np.ndarray:
-    cells = table.column(name)
-    values, bad = parse_numbers(cells)
+    values, bad = table.numbers(name)
     if bad is not None:
+        cell = table.rows[bad][table.columns.index(name)]
         raise CSVError(
-            f"The column {name!r} of {table.name} is not numeric: line {table.line(bad)} holds {cells[bad]!r}. "
+            f"The column {name!r} of {table.name} is not numeric: line {table.line(bad)} holds {cell!r}. "
             f"Leave it out with --drop {_quote(name)}, or one-hot encode it with --categorical {_quote(name)}."
         )
-    values[~np.isfinite(values)] = math.nan  # inf is as unusable as a missing value
-    return values
+    return np.where(np.isfinite(values), values, math.nan)  # inf is as unusable as a missing value
 
 
 def _quote(name: str) -> str:
