@@ -28,6 +28,7 @@ from learnloop import (
     GradientAccumulation,
     Learner,
     SaveModelCallback,
+    TensorBoardCallback,
     TerminateOnNaNCallback,
     mae,
     rmse,
@@ -90,6 +91,18 @@ class Record(Callback):
     def before_batch(self) -> None:
         if self.learn.training:
             self.items[-1] += self.learn.xb[0][:, 0].long().tolist()
+
+
+class ValidateInside(Callback):
+    """Calls learn.validate() from inside the fit, at the end of epoch 0."""
+
+    order = 70
+
+    def after_epoch(self) -> None:
+        learn = self.learn
+        if learn.epoch == 0 and learn.create_mbar and not hasattr(learn, "lr_finder"):
+            with learn.removed_cbs(self):
+                learn.nested = learn.validate()
 
 
 class OnRank(Callback):
@@ -167,6 +180,13 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         split_batch(learn)
         learn.fit(3)
         result["nan_stop"] = summary(learn)
+
+        # lr_find, then a one-cycle fit logging to TensorBoard that also calls validate() after its first epoch
+        learn = split_batch(make_learner(per_rank_bs, work, cbs=[TensorBoardCallback(work / "tb"), ValidateInside()]))
+        suggestion = learn.lr_find(num_it=20, show_plot=False)
+        sweep = {"suggestion": list(suggestion), "losses": [float(t) for t in learn.recorder.losses]}
+        learn.fit_one_cycle(2, 0.05)
+        result["one_cycle"] = summary(learn) | sweep | {"nested": learn.nested, "hps": learn.recorder.hps}
 
         # rank 1 alone cancels the training phase of epoch 0 and the validation of epoch 1
         cbs = [OnRank(1, "after_batch", 0, 2, _raise(CancelTrainException)),
@@ -255,7 +275,7 @@ def main() -> None:
 
     sys.addaudithook(audit)
     result = run(scenario, out)
-    result["written"] = written
+    result["written"], result["pid"] = written, os.getpid()
     rank = int(os.environ.get("RANK", 0))
     (out / f"{scenario}_rank{rank}.json").write_text(json.dumps(result))
 

@@ -78,6 +78,9 @@ class CSVLogger(Callback):
         self._epoch_trained = False
 
     def before_train(self) -> None:
+        if not is_rank_zero():  # again here: a validate() inside the fit sets `run` back to True at its after_fit
+            self.run = False
+            return
         self._epoch_trained = True
 
     def after_epoch(self) -> None:
@@ -196,6 +199,9 @@ class TensorBoardCallback(Callback):
         self._preds = None
 
     def before_train(self) -> None:
+        if not is_rank_zero():  # again here: a validate() inside the fit sets `run` back to True at its after_fit
+            self.run = False
+            return
         self._epoch_trained = True
         if self.writer is None:
             self.writer = self._writer_class(log_dir=None if self.log_dir is None else str(self.log_dir))

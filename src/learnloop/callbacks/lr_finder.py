@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..callback import Callback
-from ..distributed import is_rank_zero
+from ..distributed import is_rank_zero, world_size
 from ..events import CancelFitException, CancelValidException
 from ..schedules import SchedExp, SchedLin
 from .recorder import Recorder
@@ -317,7 +317,9 @@ def lr_find(
         n_batches = len(learn.dls.train)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError("lr_find needs the number of training batches: the training data has no length.") from None
-    n_epoch = num_it // max(n_batches, 1) + 1
+    # Each process of a distributed run reads about 1/world_size of the batches (more with split_batch): enough
+    # epochs for num_it batches either way; the finder stops the fit after num_it.
+    n_epoch = num_it // max(n_batches // world_size(), 1) + 1
     snapshot = LearnerSnapshot(learn)
     try:
         with learn.no_logging():
