@@ -158,7 +158,7 @@ def predict(args: argparse.Namespace) -> None:
     extra = [f"{prep.target}_pred"] + ([f"{prep.target}_prob"] if probs is not None else [])
     out = sys.stdout if args.out is None else args.out.open("w", newline="")
     try:
-        writer = csv.writer(out)
+        writer = csv.writer(out, lineterminator="\n")
         writer.writerow([*table.columns, *extra])
         for i, row in enumerate(table.rows):
             pred = preds[i] if probs is not None else str(np.float32(preds[i]))  # float32's shortest exact form
