@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-import learnloop.learner as learner_module
+import learnloop.dispatch as dispatch_module
 from conftest import EventLog, synth_learner
 from learnloop import (
     Callback,
@@ -406,13 +406,13 @@ def test_show_training_loop_lists_callbacks_per_event_in_order(capsys: pytest.Ca
 def test_dispatch_lists_are_not_rebuilt_per_event(monkeypatch: pytest.MonkeyPatch) -> None:
     learn = synth_learner()
     calls = {"sort": 0}
-    real = learner_module.sort_callbacks
+    real = dispatch_module.sort_callbacks
 
     def counting(cbs: Any) -> Any:
         calls["sort"] += 1
         return real(cbs)
 
-    monkeypatch.setattr(learner_module, "sort_callbacks", counting)
+    monkeypatch.setattr(dispatch_module, "sort_callbacks", counting)
     learn.fit(2)
     assert calls["sort"] == 0
     learn.fit(1, cbs=Counter())

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .callback import Callback, check_hook_names, event_hooks, noop
+from .callback import Callback, noop
 from .callbacks import lr_finder as _lr_finder
 from .callbacks import schedule as _schedule
 from .callbacks.checkpointing import CheckpointCallback, resolve_resume
@@ -22,26 +22,23 @@ from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .checkpoint import load_model, save_model
 from .data import DataLoaders, to_device, unshuffled
+from .dispatch import CallbackHost, as_list
 from .distributed import barrier, is_rank_zero, unwrap_model
 from .events import (
     BACKWARD,
     BATCH,
-    CANCEL_EXCEPTIONS,
     EPOCH,
     FIT,
-    INNER_LOOP,
     STEP,
     TRAIN,
     VALIDATE,
     Event,
     Phase,
-    resolve_event,
 )
 from .fsdp import is_fsdp, load_sharded, save_sharded
 from .metrics import Metric, mk_metric
 from .optimizer import Adam
 from .resume import DataOrder, ResumeState
-from .sorting import sort_callbacks
 
 __all__ = ["Learner", "trainable_params", "norm_bias_params", "NORM_TYPES"]
 
@@ -72,14 +69,11 @@ def norm_bias_params(model: nn.Module, with_bias: bool = True) -> list[nn.Parame
     return params
 
 
-_AFTER_FIT = Event.after_fit
-_DEPTH = {"create": 0, "fit": 0, "epoch": 1, "train": 2, "validate": 2}
-_DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
 
 DEFAULT_CALLBACKS: tuple[type[Callback], ...] = (TrainEvalCallback, Recorder, ProgressCallback)
 
 
-class Learner:
+class Learner(CallbackHost):
     """Trains `model` on `dls` with `loss_func` and an optimizer from `opt_func`, firing callback events.
 
     >>> learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
@@ -151,8 +145,7 @@ class Learner:
         self._resume: ResumeState | None = None
         self._data_order: DataOrder | None = None
         self._fit_stage: str | None = None
-        self.cbs: list[Callback] = []
-        self._hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
+        CallbackHost.__init__(self)
         if default_cbs:
             self.add_cbs(DEFAULT_CALLBACKS)
         self.add_cbs(cbs)
@@ -170,129 +163,6 @@ class Learner:
     def metrics(self, value: Any) -> None:
         items = [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
         self._metrics = [mk_metric(m) for m in items]
-
-    def add_cb(self, cb: Callback | type[Callback]) -> Learner:
-        """Add a callback (a class is instantiated) and expose it as `learn.<cb.name>`."""
-        if isinstance(cb, type) and issubclass(cb, Callback):
-            cb = cb()
-        if not isinstance(cb, Callback):
-            raise TypeError(
-                f"{cb!r} is not a Callback: pass an instance or subclass of learnloop.Callback "
-                "(its event methods are named before_fit, after_batch, ...)."
-            )
-        check_hook_names(cb)
-        own = self.__dict__
-        if hasattr(type(self), cb.name) or (cb.name in own and not isinstance(own[cb.name], Callback)):
-            raise ValueError(
-                f"{type(cb).__name__} would be exposed as learn.{cb.name}, which is already the learner's own "
-                f"attribute; rename the class or give the callback another name (set `_name`)."
-            )
-        self.cbs.append(cb)
-        try:
-            self._build_hooks()
-        except ValueError:
-            self.cbs.remove(cb)
-            raise
-        object.__setattr__(cb, "learn", self)
-        setattr(self, cb.name, cb)
-        return self
-
-    def add_cbs(self, cbs: Callback | type[Callback] | Iterable[Callback | type[Callback]] | None) -> Learner:
-        """Add each callback of `cbs`."""
-        for cb in _as_list(cbs):
-            self.add_cb(cb)
-        return self
-
-    def remove_cb(self, cb: Callback | type[Callback]) -> Learner:
-        """Remove a callback, or every callback of a class."""
-        if isinstance(cb, type):
-            for found in [c for c in self.cbs if isinstance(c, cb)]:
-                self.remove_cb(found)
-            return self
-        object.__setattr__(cb, "learn", None)
-        if self.__dict__.get(cb.name) is cb:
-            delattr(self, cb.name)
-        if cb in self.cbs:
-            self.cbs.remove(cb)
-        self._build_hooks()
-        return self
-
-    def remove_cbs(self, cbs: Callback | type[Callback] | Iterable[Callback | type[Callback]] | None) -> Learner:
-        """Remove each callback (or callback class) of `cbs`."""
-        for cb in _as_list(cbs):
-            self.remove_cb(cb)
-        return self
-
-    @contextmanager
-    def added_cbs(self, cbs: Any) -> Iterator[Learner]:
-        """Add `cbs` for the duration of the block."""
-        added: list[Callback] = []
-        try:
-            for cb in _as_list(cbs):
-                cb = cb() if isinstance(cb, type) and issubclass(cb, Callback) else cb
-                self.add_cb(cb)  # may refuse cb: the ones added before it are removed again below
-                added.append(cb)
-            yield self
-        finally:
-            self.remove_cbs(added)
-
-    @contextmanager
-    def removed_cbs(self, cbs: Any) -> Iterator[Learner]:
-        """Remove `cbs` for the duration of the block; they come back at the end of the list."""
-        removed = [c for cb in _as_list(cbs) for c in (self._grab(cb) if isinstance(cb, type) else [cb])]
-        self.remove_cbs(removed)
-        try:
-            yield self
-        finally:
-            self.add_cbs(removed)
-
-    def _grab(self, cls: type) -> list[Callback]:
-        return [cb for cb in self.cbs if isinstance(cb, cls)]
-
-    def _build_hooks(self) -> None:
-        """Rebuild the per-event lists of bound methods: done when callbacks change, never per event."""
-        hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
-        for cb in sort_callbacks(self.cbs):
-            for event, method in event_hooks(cb).items():
-                hooks[event].append((cb, method))
-        self._hooks = hooks
-
-    def sorted_cbs(self) -> list[Callback]:
-        """The callbacks in the order they run (by `order`, then `run_before`/`run_after`, then insertion)."""
-        return sort_callbacks(self.cbs)
-
-    def __call__(self, event_name: str | Iterable[str]) -> None:
-        """Fire one event (or each of a list) on every callback."""
-        names = [event_name] if isinstance(event_name, str) else list(event_name)
-        for name in names:
-            self._fire(resolve_event(name))
-
-    def _fire(self, event: Event) -> None:
-        hooks = self._hooks[event]
-        if hooks:
-            self._run_hooks(event, hooks)
-        if event is _AFTER_FIT:
-            for cb in self.cbs:
-                cb.run = True
-
-    def _run_hooks(self, event: Event, hooks: list[tuple[Callback, Callable[[], Any]]]) -> None:
-        inner = event in INNER_LOOP
-        training = self.training
-        for cb, hook in hooks:
-            if cb.run and (not inner or (cb.run_train if training else cb.run_valid)):
-                try:
-                    hook()
-                except CANCEL_EXCEPTIONS:
-                    raise
-                except Exception as e:
-                    e.add_note(f"(raised in callback {type(cb).__name__} at event {event.value})")
-                    raise
-
-    def show_training_loop(self) -> None:
-        """Print the execution plan: for each event, in loop order, the callbacks that run, in order."""
-        for event in Event:
-            names = ", ".join(type(cb).__name__ for cb, _ in self._hooks[event]) or "-"
-            print(f"{'  ' * _DEPTH[event.value.split('_')[-1]]}{event.value:<22} {names}")
 
     # ------------------------------------------------------------------ the loop
     def _phase(self, phase: Phase, body: Callable[[], Any]) -> None:
@@ -447,7 +317,7 @@ class Learner:
         if resume is not None and start_epoch:
             raise ValueError("fit: give resume= or start_epoch=, not both (a checkpoint knows where to resume).")
         self._check_train_data()
-        cbs = _as_list(cbs)
+        cbs = as_list(cbs)
         if start_epoch:
             cbs = [*cbs, SkipToEpoch(start_epoch)]
         with self.added_cbs(cbs):
@@ -547,7 +417,7 @@ class Learner:
         """Predictions and targets over a dataset: `(inputs?, preds, targets, decoded?, losses?)`."""
         dl = unshuffled(self.dls[ds_idx]) if dl is None else dl
         gather = GatherPredsCallback(with_input=with_input, with_loss=with_loss)
-        with self._unreduced_loss(with_loss), self._validation_context([*_as_list(cbs), gather]):
+        with self._unreduced_loss(with_loss), self._validation_context([*as_list(cbs), gather]):
             self._do_epoch_validate(ds_idx, dl)
         preds = gather.preds
         if preds is not None:
@@ -782,14 +652,6 @@ class Learner:
         """
         with _distrib_ctx(self, split_batch=split_batch, sync_bn=sync_bn, timeout=timeout, **kwargs):
             yield self
-
-
-def _as_list(cbs: Any) -> list[Any]:
-    if cbs is None:
-        return []
-    if isinstance(cbs, (Callback, type, str)) or not isinstance(cbs, Iterable):
-        return [cbs]  # a single (possibly wrong) item: add_cb then says what is wrong with it
-    return list(cbs)
 
 
 def _all_on_cpu(b: Any) -> bool:

@@ -1,0 +1,164 @@
+"""CallbackHost: the callbacks of a learner, their per-event hook lists, and firing events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Self
+
+from .callback import Callback, check_hook_names, event_hooks
+from .events import CANCEL_EXCEPTIONS, INNER_LOOP, Event, resolve_event
+from .sorting import sort_callbacks
+
+__all__ = ["CallbackHost", "as_list"]
+
+_AFTER_FIT = Event.after_fit
+# Indentation of each event in show_training_loop, by the phase it belongs to.
+_DEPTH = {"create": 0, "fit": 0, "epoch": 1, "train": 2, "validate": 2}
+_DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
+
+
+def as_list(cbs: Any) -> list[Any]:
+    """`cbs` (None, one callback or class, or an iterable of them) as a list."""
+    if cbs is None:
+        return []
+    if isinstance(cbs, (Callback, type, str)) or not isinstance(cbs, Iterable):
+        return [cbs]
+    return list(cbs)
+
+
+class CallbackHost:
+    """Holds callbacks and fires events on them.
+
+    The per-event lists of bound hook methods are rebuilt when callbacks are added or removed, never
+    when an event fires: an event costs nothing for a callback that does not define it.
+    """
+
+    training: bool
+
+    def __init__(self) -> None:
+        self.cbs: list[Callback] = []
+        self._hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
+
+    def add_cb(self, cb: Callback | type[Callback]) -> Self:
+        """Add a callback (a class is instantiated) and expose it as `learn.<cb.name>`."""
+        if isinstance(cb, type) and issubclass(cb, Callback):
+            cb = cb()
+        if not isinstance(cb, Callback):
+            raise TypeError(
+                f"{cb!r} is not a Callback: pass an instance or subclass of learnloop.Callback "
+                "(its event methods are named before_fit, after_batch, ...)."
+            )
+        check_hook_names(cb)
+        own = self.__dict__
+        if hasattr(type(self), cb.name) or (cb.name in own and not isinstance(own[cb.name], Callback)):
+            raise ValueError(
+                f"{type(cb).__name__} would be exposed as learn.{cb.name}, which is already the learner's own "
+                f"attribute; rename the class or give the callback another name (set `_name`)."
+            )
+        self.cbs.append(cb)
+        try:
+            self._build_hooks()
+        except ValueError:
+            self.cbs.remove(cb)
+            raise
+        object.__setattr__(cb, "learn", self)
+        setattr(self, cb.name, cb)
+        return self
+
+    def add_cbs(self, cbs: Callback | type[Callback] | Iterable[Callback | type[Callback]] | None) -> Self:
+        """Add each callback of `cbs`."""
+        for cb in as_list(cbs):
+            self.add_cb(cb)
+        return self
+
+    def remove_cb(self, cb: Callback | type[Callback]) -> Self:
+        """Remove a callback, or every callback of a class."""
+        if isinstance(cb, type):
+            for found in [c for c in self.cbs if isinstance(c, cb)]:
+                self.remove_cb(found)
+            return self
+        object.__setattr__(cb, "learn", None)
+        if self.__dict__.get(cb.name) is cb:
+            delattr(self, cb.name)
+        if cb in self.cbs:
+            self.cbs.remove(cb)
+        self._build_hooks()
+        return self
+
+    def remove_cbs(self, cbs: Callback | type[Callback] | Iterable[Callback | type[Callback]] | None) -> Self:
+        """Remove each callback (or callback class) of `cbs`."""
+        for cb in as_list(cbs):
+            self.remove_cb(cb)
+        return self
+
+    @contextmanager
+    def added_cbs(self, cbs: Any) -> Iterator[Self]:
+        """Add `cbs` for the duration of the block."""
+        added: list[Callback] = []
+        try:
+            for cb in as_list(cbs):
+                cb = cb() if isinstance(cb, type) and issubclass(cb, Callback) else cb
+                self.add_cb(cb)  # may refuse cb: the ones added before it are removed again below
+                added.append(cb)
+            yield self
+        finally:
+            self.remove_cbs(added)
+
+    @contextmanager
+    def removed_cbs(self, cbs: Any) -> Iterator[Self]:
+        """Remove `cbs` for the duration of the block; they come back at the end of the list."""
+        removed = [c for cb in as_list(cbs) for c in (self._grab(cb) if isinstance(cb, type) else [cb])]
+        self.remove_cbs(removed)
+        try:
+            yield self
+        finally:
+            self.add_cbs(removed)
+
+    def _grab(self, cls: type) -> list[Callback]:
+        return [cb for cb in self.cbs if isinstance(cb, cls)]
+
+    def _build_hooks(self) -> None:
+        """Rebuild the per-event lists of bound methods: done when callbacks change, never per event."""
+        hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
+        for cb in sort_callbacks(self.cbs):
+            for event, method in event_hooks(cb).items():
+                hooks[event].append((cb, method))
+        self._hooks = hooks
+
+    def sorted_cbs(self) -> list[Callback]:
+        """The callbacks in the order they run (by `order`, then `run_before`/`run_after`, then insertion)."""
+        return sort_callbacks(self.cbs)
+
+    def __call__(self, event_name: str | Iterable[str]) -> None:
+        """Fire one event (or each of a list) on every callback."""
+        names = [event_name] if isinstance(event_name, str) else list(event_name)
+        for name in names:
+            self._fire(resolve_event(name))
+
+    def _fire(self, event: Event) -> None:
+        hooks = self._hooks[event]
+        if hooks:
+            self._run_hooks(event, hooks)
+        if event is _AFTER_FIT:
+            for cb in self.cbs:
+                cb.run = True
+
+    def _run_hooks(self, event: Event, hooks: list[tuple[Callback, Callable[[], Any]]]) -> None:
+        inner = event in INNER_LOOP
+        training = self.training
+        for cb, hook in hooks:
+            if cb.run and (not inner or (cb.run_train if training else cb.run_valid)):
+                try:
+                    hook()
+                except CANCEL_EXCEPTIONS:
+                    raise
+                except Exception as e:
+                    e.add_note(f"(raised in callback {type(cb).__name__} at event {event.value})")
+                    raise
+
+    def show_training_loop(self) -> None:
+        """Print the execution plan: for each event, in loop order, the callbacks that run, in order."""
+        for event in Event:
+            names = ", ".join(type(cb).__name__ for cb, _ in self._hooks[event]) or "-"
+            print(f"{'  ' * _DEPTH[event.value.split('_')[-1]]}{event.value:<22} {names}")
