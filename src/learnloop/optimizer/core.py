@@ -136,6 +136,8 @@ class Optimizer(BaseOptimizer):
         chain = self._compiled.vectorised
         assert chain is not None
         state = self.state
+        # Without weight decay, do_wd changes nothing: one bucket instead of two halves the kernel launches.
+        split_wd = hyper.get("wd", 0) != 0
         buckets: dict[tuple[Any, ...], Bucket] = {}
         for p in plist:
             g = p.grad
@@ -144,7 +146,7 @@ class Optimizer(BaseOptimizer):
             if g.layout != torch.strided or g.is_complex():
                 self._reject(p, g)
             s = state[p]
-            do_wd, step = bool(s.get("do_wd", True)), s.get("step", 0)
+            do_wd, step = bool(s.get("do_wd", True)) or not split_wd, s.get("step", 0)
             key = (p.device, p.dtype, do_wd, step)
             b = buckets.get(key)
             if b is None:
