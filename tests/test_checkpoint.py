@@ -447,6 +447,29 @@ def test_export_and_load_safely_into_a_model(tmp_path: Path) -> None:
     assert torch.equal(built.predict(x)[2], expected[2])
 
 
+def test_export_under_ddp_writes_the_module_on_rank_zero_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    learn = make_learner(path=tmp_path)
+    plain = learn.model
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        learn.model = DistributedDataParallel(plain)
+        file = learn.export()
+    finally:
+        learn.model = plain
+        dist.destroy_process_group()
+    info = torch.load(file, weights_only=True)
+    assert info["model"].keys() == plain.state_dict().keys()  # no "module." prefix: loads into the bare model
+    assert info["model_class"] == "torch.nn.modules.container.Sequential"
+    load_learner(file, model=make_learner().model)
+    monkeypatch.setenv("RANK", "1")  # a launched rank other than 0, before its process group is up
+    assert learn.export("other.pkl") == tmp_path / "other.pkl" and not (tmp_path / "other.pkl").exists()
+
+
 def test_load_learner_unpickles_only_when_trusted(tmp_path: Path) -> None:
     learn = trained(tmp_path)
     learn.export("m.pkl")

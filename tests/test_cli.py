@@ -253,6 +253,24 @@ def test_predict_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 2 and "INPUT" in err and "no such file" in err
 
 
+def test_predict_with_a_model_file_that_does_not_fit_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "train", "--data", flowers(tmp_path / "f.csv", n=30), "--target", "species", "--epochs",
+                       "1", "--hidden", "8", "--out", tmp_path / "run")
+    assert code == 0, err
+    new = write_csv(tmp_path / "new.csv", ["sepal length", "sepal width", "petal length", "petal width"],
+                    [[5.1, 3.5, 1.4, 0.2]])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "hidden": [16]}))  # not the saved model
+    code, _, err = run(capsys, "predict", tmp_path / "run", new)
+    assert code == 1 and "different model" in err and "size mismatch" in err
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "run" / "model.pth").unlink()  # as after a run stopped in its first epoch
+    code, _, err = run(capsys, "predict", tmp_path / "run", new)
+    assert code == 1 and "has no model.pth" in err and "--resume" in err
+
+
 def test_help_explains_defaults_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "train", "--help")
     assert code == 0

@@ -44,6 +44,7 @@ from .checkpoint import (
     safe_load,
 )
 from .data import DataLoaders, default_device
+from .distributed import barrier, is_rank_zero, unwrap_model
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -70,14 +71,25 @@ def _class_name(obj: Any) -> str:
 
 
 def export_learner(learn: Learner, fname: str | Path = "export.pkl", pickle_model: bool = True) -> Path:
-    """Write ``learn``'s model for inference to ``learn.path / fname`` atomically (see the module docstring)."""
+    """Write ``learn``'s model for inference to ``learn.path / fname`` atomically (see the module docstring).
+
+    In a distributed job rank 0 writes (the module inside the DDP wrapper) and every rank waits for the file.
+    """
     path = learn.path / fname
-    model = learn.model
+    if is_rank_zero():
+        _write_export(learn, path, pickle_model)
+    barrier()
+    return path
+
+
+def _write_export(learn: Learner, path: Path, pickle_model: bool) -> None:
+    model = unwrap_model(learn.model)  # the module itself: its keys without DDP's "module." prefix
     if path.suffix == ".safetensors":
         metadata = {"model_class": _class_name(model), "n_inp": str(getattr(learn.dls, "n_inp", None) or "")}
-        return save_safetensors(path, model.state_dict(), metadata)
+        save_safetensors(path, model.state_dict(), metadata)
+        return
     pickled = _pickled(model, learn.loss_func) if pickle_model else None
-    return atomic_save(
+    atomic_save(
         {
             "format": EXPORT_FORMAT,
             "format_version": FORMAT_VERSION,

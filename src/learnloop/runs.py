@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 from torch import nn
 
 from .callbacks import checkpointing
-from .checkpoint import safe_load
+from .checkpoint import atomic_write, check_state_dict, safe_load
 from .models import MLP, SimpleCNN
 from .tabular import TabularPreprocessor
 
@@ -78,9 +77,8 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def write_json(path: Path, data: Any) -> None:
     """Write `data` as indented JSON, atomically (a temporary file renamed over `path`)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def build_model(arch: str, prep: TabularPreprocessor, hidden: list[int]) -> nn.Module:
@@ -154,10 +152,16 @@ class Run:
 
     def load_model(self) -> nn.Module:
         """The model of the run, with the weights of `model_file`, in eval mode on the CPU."""
+        if not self.model_file.is_file():
+            raise RunError(
+                f"{self.path} has no {self.model_file.name}: its training did not finish an epoch. Carry it on with "
+                f"`learnloop train --resume {self.path}`, or pass one of its checkpoints/*.pth as the model."
+            )
         model = build_model(self.config["arch"], self.prep, self.config["hidden"])
         state = safe_load(self.model_file, map_location="cpu")
         if isinstance(state, dict) and isinstance(state.get("model"), dict):  # with optimizer, or a checkpoint
             state = state["model"]
+        check_state_dict(model, state, self.model_file)  # a CheckpointError naming the keys, not torch's traceback
         model.load_state_dict(state)
         return model.eval()
 
