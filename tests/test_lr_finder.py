@@ -284,7 +284,7 @@ def test_min_points() -> None:
         ({"start_lr": 1e-2, "end_lr": 1e-3}, "end_lr .* must be larger than start_lr"),
         ({"start_lr": 1e-2, "end_lr": 1e-2}, "end_lr"),
         ({"start_lr": 0.0}, "start_lr and end_lr must be finite and > 0"),
-        ({"num_it": 5}, "num_it=5 leaves 0 points.*use num_it >= 6"),
+        ({"num_it": 5, "suggest_funcs": (steep,)}, "num_it=5 leaves 1 points.*use num_it >= 7"),
         ({"num_it": 6, "suggest_funcs": (steep,)}, "num_it >= 7"),
         ({"num_it": 20, "suggest_funcs": (slide,)}, r"\['slide'\] need 16; use num_it >= 23"),
         ({"num_it": 0, "suggest_funcs": None}, "num_it is a number of batches >= 1"),

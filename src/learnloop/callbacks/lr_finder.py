@@ -42,13 +42,18 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------ the callback
+#: The fewest batches a sweep runs (fastai's floor): with the last 5 dropped, the suggestions keep at least one point.
+MIN_NUM_IT = 6
+
+
 class LRFinder(ParamScheduler):
     """Trains with lr growing from ``start_lr`` to ``end_lr`` over ``num_it`` batches, without validation.
 
     Iteration ``i`` uses ``start_lr * (end_lr/start_lr) ** (i/num_it)`` (``start_lr + (end_lr-start_lr)*i/num_it``
-    when ``linear``). Training stops after ``num_it`` batches, or as soon as the smoothed loss exceeds 4 times
-    its best value (or is not finite) when ``stop_div``. With ``restore`` (the default) the model and the
-    optimizer are put back as they were at ``before_fit`` when the fit ends.
+    when ``linear``); as in fastai, a ``num_it`` below 6 counts as 6. Training stops after ``num_it`` batches,
+    or as soon as the smoothed loss exceeds 4 times its best value (or is not finite) when ``stop_div``.
+    With ``restore`` (the default) the model and the optimizer are put back as they were at ``before_fit``
+    when the fit ends.
     """
 
     def __init__(
@@ -72,7 +77,7 @@ class LRFinder(ParamScheduler):
             raise ValueError(f"LRFinder: num_it is a number of batches >= 1, got {num_it!r}.")
         sched = SchedLin(start_lr, end_lr) if linear else SchedExp(start_lr, end_lr)
         super().__init__({"lr": sched})
-        self.start_lr, self.end_lr, self.num_it = start_lr, end_lr, num_it
+        self.start_lr, self.end_lr, self.num_it = start_lr, end_lr, max(num_it, MIN_NUM_IT)
         self.stop_div, self.linear, self.restore = stop_div, linear, restore
         self.best_loss = math.inf
         self._snapshot: LearnerSnapshot | None = None
@@ -306,7 +311,7 @@ def lr_find(
     funcs = _as_funcs(suggest_funcs)
     finder = LRFinder(start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div, restore=False)
     need = max((min_points(f) for f in funcs), default=0)
-    usable = num_it - num_it // 10 - 5
+    usable = _usable_points(num_it)
     if funcs and usable < need:
         raise ValueError(
             f"lr_find: num_it={num_it} leaves {max(usable, 0)} points for the suggestions once the first "
@@ -319,7 +324,7 @@ def lr_find(
         raise TypeError("lr_find needs the number of training batches: the training data has no length.") from None
     # Each process of a distributed run reads about 1/world_size of the batches (more with split_batch): enough
     # epochs for num_it batches either way; the finder stops the fit after num_it.
-    n_epoch = num_it // max(n_batches // world_size(), 1) + 1
+    n_epoch = max(num_it, MIN_NUM_IT) // max(n_batches // world_size(), 1) + 1
     snapshot = LearnerSnapshot(learn)
     try:
         with learn.no_logging():
@@ -329,9 +334,14 @@ def lr_find(
     return _suggest(learn, funcs, num_it, show_plot)
 
 
+def _usable_points(num_it: int) -> int:
+    """How many of a full sweep's points the suggestions see: the first ``num_it//10`` and the last 5 are dropped."""
+    return max(num_it, MIN_NUM_IT) - num_it // 10 - 5
+
+
 def _min_num_it(points: int) -> int:
-    n = 6
-    while n - n // 10 - 5 < points:
+    n = 1
+    while _usable_points(n) < points:
         n += 1
     return n
 
@@ -353,7 +363,8 @@ def _suggest(learn: Learner, funcs: list[Callable[..., Any]], num_it: int, show_
             _plot(recorder)
         return None
     window = slice(num_it // 10, -5)
-    lrs = torch.tensor([float(x) for x in recorder.lrs[window]], dtype=torch.float64)
+    # float32 as in fastai (a tensor of Python floats), so that ties in steep/valley break the same way.
+    lrs = torch.tensor([float(x) for x in recorder.lrs[window]], dtype=torch.float32)
     losses = torch.tensor([float(x) for x in recorder.losses[window]], dtype=torch.float32)
     nans = torch.nonzero(torch.isnan(losses)).flatten()
     if len(nans):

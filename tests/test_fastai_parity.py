@@ -1,0 +1,74 @@
+"""Parity with fastai 2.8's observable behaviour, each value computed here from fastai's formulas written out."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synth_learner
+from learnloop.callbacks.lr_finder import LRFinder, lr_find, minimum, slide, steep, valley
+
+
+# ------------------------------------------------------------------ lr_find
+def _fastai_valley_index(losses: list[float]) -> int:
+    """fastai's valley: two thirds down the longest strictly decreasing run (its loop, written out)."""
+    n = len(losses)
+    lds, max_start, max_end = [1] * n, 0, 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and lds[i] < lds[j] + 1:
+                lds[i] = lds[j] + 1
+            if lds[max_end] < lds[i]:
+                max_end, max_start = i, i - lds[i]
+    sections = (max_end - max_start) / 3
+    return max_start + int(sections) + int(sections / 2)
+
+
+def test_lr_find_suggestions_are_read_off_float32_lrs_as_in_fastai() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    res = lr_find(learn, num_it=40, show_plot=False, suggest_funcs=(valley, minimum, steep))
+    assert res is not None
+    # fastai: tensor(recorder.lrs[num_it//10:-5]) -- a float32 tensor -- and the losses likewise.
+    lrs = torch.tensor([float(x) for x in learn.recorder.lrs[4:-5]], dtype=torch.float32)
+    losses = torch.tensor([float(x) for x in learn.recorder.losses[4:-5]], dtype=torch.float32)
+    assert res.valley == float(lrs[_fastai_valley_index(losses.tolist())])
+    assert res.minimum == lrs[losses.argmin()].item() / 10
+    slopes = (losses[1:] - losses[:-1]) / (lrs[1:].log() - lrs[:-1].log())
+    assert res.steep == lrs[slopes.argmin()].item()
+
+
+def test_lr_find_with_fewer_than_6_iterations_runs_6_as_in_fastai() -> None:
+    learn = synth_learner(n_train=32, bs=16)  # 2 batches per epoch
+    res = lr_find(learn, start_lr=1e-5, end_lr=1e-1, num_it=5, show_plot=False)
+    # LRFinder raises num_it to 6: lrs start * (end/start) ** (i/6); the suggestions see recorder.lrs[0:-5].
+    assert learn.recorder.lrs == pytest.approx([1e-5 * 1e4 ** (i / 6) for i in range(6)], rel=1e-12)
+    assert res is not None and res.valley == pytest.approx(1e-5, rel=1e-6)
+    assert LRFinder(num_it=3).num_it == 6
+
+
+def test_suggestion_functions_on_known_curves() -> None:
+    lrs = torch.logspace(-6, 0, 60, dtype=torch.float32)
+    x = torch.linspace(0, 1, 60)
+    losses = 2 - 4 * x + 5 * x**2  # a valley with its minimum at x = 0.4
+    losses[50:] += torch.linspace(0, 3, 10)
+    lr, _ = valley(lrs, losses, 60)
+    assert lr == float(lrs[_fastai_valley_index(losses.tolist())])
+    lr, _ = minimum(lrs, losses, 60)
+    assert lr == lrs[losses.argmin()].item() / 10
+    lr, _ = steep(lrs, losses, 60)
+    slopes = (losses[1:] - losses[:-1]) / (lrs[1:].log() - lrs[:-1].log())
+    assert lr == lrs[slopes.argmin()].item()
+    # slide, written out: a window of lr_diff points slides down from the end until the gradients at its
+    # two ends are within thresh; the lr at its left end.
+    grads = np.gradient(losses.numpy())
+    r, left = 59, 59 - 15
+    expected = float(lrs[left])
+    while left >= 0 and abs(grads[r] - grads[left]) > 0.005:
+        expected = float(lrs[left])
+        r, left = r - 1, left - 1
+    lr, _ = slide(lrs, losses, 60)
+    assert lr == expected
+    assert not math.isnan(lr)
