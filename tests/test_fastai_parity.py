@@ -72,3 +72,17 @@ def test_suggestion_functions_on_known_curves() -> None:
     lr, _ = slide(lrs, losses, 60)
     assert lr == expected
     assert not math.isnan(lr)
+
+
+# ------------------------------------------------------------------ Recorder
+def test_a_metric_with_several_values_is_recorded_as_it_is() -> None:
+    from learnloop import AccumMetric
+
+    def mae_and_mse(inp: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        return torch.stack([(inp - targ).abs().mean(), (inp - targ).pow(2).mean()])
+
+    learn = synth_learner(metrics=AccumMetric(mae_and_mse))
+    learn.fit(1)
+    value = learn.recorder.values[-1][-1]  # fastai's _maybe_item: .item() only for one-element tensors
+    assert isinstance(value, torch.Tensor) and value.shape == (2,)
+    assert isinstance(learn.recorder.values[-1][0], float)

@@ -23,8 +23,9 @@ def format_time(seconds: float) -> str:
 
 
 def _value(metric: Metric) -> Any:
+    """A one-element tensor as a number; any other value (a per-class tensor, say) as it is, like fastai."""
     v = metric.value
-    return v.item() if isinstance(v, torch.Tensor) else v
+    return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
 
 
 def _stacked(losses: list[torch.Tensor]) -> Any:
