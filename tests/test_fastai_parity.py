@@ -86,3 +86,41 @@ def test_a_metric_with_several_values_is_recorded_as_it_is() -> None:
     value = learn.recorder.values[-1][-1]  # fastai's _maybe_item: .item() only for one-element tensors
     assert isinstance(value, torch.Tensor) and value.shape == (2,)
     assert isinstance(learn.recorder.values[-1][0], float)
+
+
+# ------------------------------------------------------------------ schedules
+def _cos(start: float, end: float, pos: float) -> float:
+    return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
+
+
+def _combined_cos(pct: float, start: float, middle: float, end: float, pos: float) -> float:
+    return _cos(start, middle, pos / pct) if pos < pct else _cos(middle, end, (pos - pct) / (1 - pct))
+
+
+def test_fit_one_cycle_hypers_every_batch_with_discriminative_lrs() -> None:
+    from torch import nn
+
+    from learnloop import Callback
+
+    class Spy(Callback):
+        order = 100
+
+        def before_fit(self) -> None:
+            self.seen: list[list[tuple[float, float]]] = []
+
+        def before_step(self) -> None:
+            self.seen.append([(h["lr"], h["mom"]) for h in self.learn.opt.hypers])
+
+    learn = synth_learner(n_train=48, bs=16)  # 3 batches per epoch
+    learn.model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    learn.splitter = lambda m: [list(m[0].parameters()), list(m[1].parameters())]
+    spy = Spy()
+    learn.fit_one_cycle(3, slice(1e-3, 1e-1), pct_start=0.3, cbs=spy)
+    assert len(spy.seen) == 9
+    for i, groups in enumerate(spy.seen):
+        pos = i / 9  # pct_train at before_batch
+        for (lr, mom), lr_max in zip(groups, [1e-3, 1e-1], strict=True):
+            assert lr == pytest.approx(_combined_cos(0.3, lr_max / 25, lr_max, lr_max / 1e5, pos), rel=1e-9)
+            assert mom == pytest.approx(_combined_cos(0.3, 0.95, 0.85, 0.95, pos), rel=1e-9)
+    assert learn.recorder.hps["lr"] == pytest.approx([g[-1][0] for g in spy.seen], rel=1e-12)
+    assert learn.recorder.lrs == pytest.approx([g[-1][0] for g in spy.seen], rel=1e-12)
