@@ -553,3 +553,9 @@ def test_bad_lr(lr: Any, exc: type[Exception] | None, match: str | None) -> None
     assert learn.opt is None  # refused before anything was built
     with pytest.raises(exc, match=match):
         synth_learner(lr=lr)
+
+
+def test_model_dir_is_kept_as_given(tmp_path: Path) -> None:
+    learn = synth_learner()
+    assert learn.model_dir == "models"
+    assert synth_learner(path=tmp_path, model_dir="weights").save("m") == tmp_path / "weights" / "m.pth"

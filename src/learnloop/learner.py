@@ -121,7 +121,7 @@ class Learner(CallbackHost):
         self.lr = lr
         self.splitter = splitter
         self.path = Path(path) if path is not None else Path(getattr(dls, "path", "."))
-        self.model_dir = Path(model_dir)
+        self.model_dir = model_dir  # as given, like fastai; joined with `path` where files are written
         self.wd = wd
         self.wd_bn_bias = wd_bn_bias
         self.train_bn = train_bn

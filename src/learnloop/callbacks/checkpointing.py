@@ -110,7 +110,7 @@ class CheckpointCallback(Callback):
             return self.path
         if learn is None:
             raise ValueError("CheckpointCallback.folder() needs a learner for a relative path.")
-        return learn.path / (self.path if self.path is not None else learn.model_dir / DEFAULT_FOLDER)
+        return learn.path / (self.path if self.path is not None else Path(learn.model_dir) / DEFAULT_FOLDER)
 
     def _file(self, position: Position) -> Path:
         latest = latest_checkpoint(self.folder(), self.fname, exact=False)
