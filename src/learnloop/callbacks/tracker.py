@@ -145,10 +145,8 @@ def monitored_names(learn: Any) -> list[str]:
     return names
 
 
-class EarlyStoppingCallback(TrackerCallback):
-    """Stops training (CancelFitException) after `patience` epochs in a row without improvement."""
-
-    order = TrackerCallback.order + 3
+class _PatienceTracker(TrackerCallback):
+    """A tracker that acts once `patience` epochs in a row have not improved `monitor`."""
 
     def __init__(
         self,
@@ -166,17 +164,15 @@ class EarlyStoppingCallback(TrackerCallback):
         super().start_fit()
         self.wait = 0
 
-    def after_epoch(self) -> None:
-        super().after_epoch()
+    def _out_of_patience(self) -> bool:
+        """Count this epoch (after `TrackerCallback.after_epoch`); True when patience has run out."""
         if self.current_value() is None:
-            return
+            return False
         if self.new_best:
             self.wait = 0
-            return
+            return False
         self.wait += 1
-        if self.wait >= self.patience:
-            self.say(f"No improvement since epoch {self.learn.epoch - self.wait}: early stopping")
-            raise CancelFitException
+        return self.wait >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "wait": self.wait}
@@ -184,6 +180,18 @@ class EarlyStoppingCallback(TrackerCallback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.wait = int(state["wait"])
+
+
+class EarlyStoppingCallback(_PatienceTracker):
+    """Stops training (CancelFitException) after `patience` epochs in a row without improvement."""
+
+    order = TrackerCallback.order + 3
+
+    def after_epoch(self) -> None:
+        super().after_epoch()
+        if self._out_of_patience():
+            self.say(f"No improvement since epoch {self.learn.epoch - self.wait}: early stopping")
+            raise CancelFitException
 
 
 class SaveModelCallback(TrackerCallback):
@@ -285,7 +293,7 @@ def _copy_into(model: nn.Module, tensors: list[torch.Tensor]) -> None:
             t.copy_(src)
 
 
-class ReduceLROnPlateau(TrackerCallback):
+class ReduceLROnPlateau(_PatienceTracker):
     """Divides every parameter group's lr by `factor` (not below `min_lr`) after `patience` epochs without
     improvement.
 
@@ -305,35 +313,17 @@ class ReduceLROnPlateau(TrackerCallback):
         min_lr: float = 0,
         reset_on_fit: bool = True,
     ) -> None:
-        super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
+        super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, patience=patience, reset_on_fit=reset_on_fit)
         if factor <= 0:
             raise ValueError(f"factor must be > 0 (the lr is divided by it), got {factor}.")
-        self.patience, self.factor, self.min_lr = patience, factor, min_lr
-        self.wait = 0
-
-    def start_fit(self) -> None:
-        super().start_fit()
-        self.wait = 0
+        self.factor, self.min_lr = factor, min_lr
 
     def after_epoch(self) -> None:
         super().after_epoch()
-        if self.current_value() is None:
-            return
-        if self.new_best:
-            self.wait = 0
-            return
-        self.wait += 1
-        if self.wait >= self.patience:
+        if self._out_of_patience():
             opt = self.learn.opt
             old_lr = opt.hypers[-1]["lr"]
             opt.set_hypers(lr=[max(h["lr"] / self.factor, self.min_lr) for h in opt.hypers])
             self.wait = 0
             if opt.hypers[-1]["lr"] < old_lr:
                 self.say(f"Epoch {self.learn.epoch}: reducing lr to {opt.hypers[-1]['lr']}")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.wait = int(state["wait"])
