@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -366,22 +366,21 @@ class Learner(CallbackHost):
             )
 
     @contextmanager
-    def no_logging(self) -> Iterator[None]:
-        """Silence the per-epoch table for the duration of the block."""
-        old, self.logger = self.logger, noop
+    def _replacing(self, name: str, value: Any) -> Iterator[None]:
+        old = getattr(self, name)
+        setattr(self, name, value)
         try:
             yield
         finally:
-            self.logger = old
+            setattr(self, name, old)
 
-    @contextmanager
-    def no_mbar(self) -> Iterator[None]:
+    def no_logging(self) -> AbstractContextManager[None]:
+        """Silence the per-epoch table for the duration of the block."""
+        return self._replacing("logger", noop)
+
+    def no_mbar(self) -> AbstractContextManager[None]:
         """Don't create the epoch progress bar in this block."""
-        old, self.create_mbar = self.create_mbar, False
-        try:
-            yield
-        finally:
-            self.create_mbar = old
+        return self._replacing("create_mbar", False)
 
     @contextmanager
     def no_bar(self) -> Iterator[None]:
