@@ -305,6 +305,19 @@ def test_console_script_trains_a_csv(tmp_path: Path) -> None:
     assert "train_loss" in done.stdout and (tmp_path / "run" / "model.pth").is_file()
 
 
+def test_train_under_torchrun_writes_one_run_from_rank_zero(tmp_path: Path) -> None:
+    launch = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in _env().items() if k not in launch and not k.startswith("TORCHELASTIC")}
+    env["LEARNLOOP_DIST_TIMEOUT"] = "30"  # a rank left waiting fails instead of hanging
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "learnloop", "train", "--epochs", "1", "--out", "run"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # one run directory, the one rank 0 chose
+    assert {"config.json", "metrics.csv", "model.pth"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    assert done.stdout.count("train_loss") == 1 and done.stdout.count("run directory: run") == 1
+    assert done.stdout.count("wrote config.json") == 1
+
 # ------------------------------------------------------------------------------------ resume
 class CtrlCInEpoch2(Callback):
     """A Ctrl-C in the middle of epoch 2, as if the user pressed it then (no state: nothing of it is saved)."""

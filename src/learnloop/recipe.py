@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from . import __version__, optimizer, runs
+from . import distributed as D
 from .callbacks import CheckpointCallback, CSVLogger, MixUp, ParamScheduler, SaveModelCallback
 from .data import DataLoaders, default_device
 from .datasets import digits
@@ -108,7 +109,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
 
     With `resume`, `config` is a run's config.json and training carries on from the last checkpoint in the run
     directory `config.out`, ending exactly as the uninterrupted run would have.
+
+    Under torchrun (several processes), rank 0 chooses the run directory and shares it with the other ranks,
+    and only rank 0 logs and writes the run's files; every rank returns once rank 0 has written them all.
     """
+    if not D.is_rank_zero():
+        log = _silent
     if config.policy not in POLICIES or config.opt not in OPTIMIZERS:
         raise ConfigError(f"policy must be one of {POLICIES} and opt one of {tuple(OPTIMIZERS)}.")
     torch.manual_seed(config.seed)
@@ -126,14 +132,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
                     cbs=MixUp(config.mixup) if config.mixup else None)
     if config.precision != "fp32":
         learn.to_fp16(amp_mode=config.precision)
-    out = _resumable(config, data) if resume else runs.new_run_dir(Path(config.out) if config.out else None)
+    out = _resumable(config, data) if resume else _new_run_dir(config)
     learn.path, learn.model_dir = out, Path(".")
     what = f"{len(data.prep.classes)} classes" if classification else f"regression of {data.prep.target!r}"
     log(f"data: {config.data}, {len(data.train)} train / {len(data.valid)} valid items, {data.prep.n_inputs} "
         f"features, {what}" + "".join(f"; {note}" for note in data.notes))
     if config.lr_find and not resume:  # a resumed run keeps the lr its finder chose (config.json)
         config = dataclasses.replace(config, lr=_lr_find(learn, out, config.lr, log))
-    if not resume:
+    if not resume and D.is_rank_zero():
         runs.write_json(out / runs.CONFIG, {"command": config.command(), **dataclasses.asdict(config),
                                             "out": str(out), "n_train": len(data.train), "n_valid": len(data.valid),
                                             **_provenance(config)})
@@ -150,7 +156,32 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
                 f"learnloop train --resume {shlex.quote(str(out))}")
         raise
     _finish(learn, out, log)
+    D.barrier()  # the other ranks return (and exit) only once rank 0 has written every file
     return learn, out
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _new_run_dir(config: TrainConfig) -> Path:
+    """A new run directory: made by rank 0 and shared with the other ranks, which raise rank 0's error if it fails."""
+    made: Path | str | None = None
+    error: Exception | None = None
+    if D.is_rank_zero():
+        try:
+            made = runs.new_run_dir(Path(config.out) if config.out else None)
+        except (runs.RunError, OSError) as e:
+            made, error = str(e), e
+    made = D.broadcast_object(made)
+    if error is not None:
+        raise error
+    if isinstance(made, str):
+        raise runs.RunError(f"rank 0 could not make the run directory: {made}")
+    if made is None:  # no process group: LEARNLOOP_AUTO_DISTRIBUTED=0
+        raise runs.RunError(f"rank {D.rank()} got no run directory from rank 0: under torchrun, `learnloop train` "
+                            "needs the Learner to join the process group (leave LEARNLOOP_AUTO_DISTRIBUTED unset).")
+    return made
 
 
 def _resumable(config: TrainConfig, data: TabularData) -> Path:
@@ -233,7 +264,7 @@ def _lr_find(learn: Learner, out: Path, default: float, log: Callable[[str], Non
     if not lr > 0:
         log(f"lr_find: the loss diverged before it could suggest an lr; using --lr {default}")
         return default
-    plotted = runs.save_lr_find_plot(learn, out, lr)
+    plotted = runs.save_lr_find_plot(learn, out, lr) if D.is_rank_zero() else False
     log(f"lr_find: valley at lr {lr:.3g}" + (" (plot: lr_find.png)" if plotted else ""))
     return lr
 
@@ -274,7 +305,8 @@ def _finish(learn: Learner, out: Path, log: Callable[[str], None]) -> None:
         best = int(np.nanargmin(losses))
         scores = ", ".join(f"{n} {float(v):.6f}" for n, v in zip(names[1:], rows[best][1:], strict=True))
         log(f"best epoch: {best} ({scores}), saved as model.pth")
-    files = [runs.CONFIG, runs.PREPROCESSING, runs.METRICS, *runs.save_plots(learn, out)]
+    plots = runs.save_plots(learn, out) if D.is_rank_zero() else []
+    files = [runs.CONFIG, runs.PREPROCESSING, runs.METRICS, *plots]
     files += [f for f in ("lr_find.png", runs.BEST_MODEL) if (out / f).exists()]
     checkpoint = runs.latest_checkpoint(out)
     files += [str(checkpoint.relative_to(out))] if checkpoint is not None else []
