@@ -17,6 +17,7 @@ import numpy as np
 
 from ..callback import Callback
 from ..checkpoint import CheckpointError
+from ..dispatch import as_list
 from ..resume import read_position
 from ..schedules import SchedCos, Schedule, combine_scheds, combined_cos
 from .checkpointing import resolve_resume
@@ -150,7 +151,7 @@ def fit_one_cycle(
         scheds["mom"] = combined_cos(pct_start, mom_start, mom_mid, mom_end)
     learn.fit(
         n_epoch,
-        cbs=[ParamScheduler(scheds), *_cb_list(cbs)],
+        cbs=[ParamScheduler(scheds), *as_list(cbs)],
         reset_opt=reset_opt,
         wd=wd,
         start_epoch=start_epoch,
@@ -163,14 +164,6 @@ def _three_moms(moms: Sequence[float]) -> tuple[float, float, float]:
     if len(values) != 3:
         raise ValueError(f"moms is (start, middle, end) of the momentum cycle, got {moms!r}.")
     return values[0], values[1], values[2]
-
-
-def _cb_list(cbs: Any) -> list[Any]:
-    if cbs is None:
-        return []
-    if isinstance(cbs, (Callback, type)):
-        return [cbs]
-    return list(cbs)
 
 
 def fit_flat_cos(
@@ -192,7 +185,7 @@ def fit_flat_cos(
     scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs, lrs, lrs / div_final)}
     learn.fit(
         n_epoch,
-        cbs=[ParamScheduler(scheds), *_cb_list(cbs)],
+        cbs=[ParamScheduler(scheds), *as_list(cbs)],
         reset_opt=reset_opt,
         wd=wd,
         start_epoch=start_epoch,
@@ -230,7 +223,7 @@ def fit_sgdr(
     scheds: dict[str, Schedule] = {"lr": combine_scheds(pcts, [SchedCos(lrs, 0.0) for _ in range(n_cycles)])}
     learn.fit(
         n_epoch,
-        cbs=[ParamScheduler(scheds), *_cb_list(cbs)],
+        cbs=[ParamScheduler(scheds), *as_list(cbs)],
         reset_opt=reset_opt,
         wd=wd,
         start_epoch=start_epoch,
@@ -259,7 +252,7 @@ def fine_tune(
     _check_positive("lr_mult", lr_mult)
     _check_fraction("pct_start", pct_start)
     _check_positive("div", div)
-    file = resolve_resume(learn, resume, _cb_list(kwargs.get("cbs"))) if resume is not None else None
+    file = resolve_resume(learn, resume, as_list(kwargs.get("cbs"))) if resume is not None else None
     stage = read_position(file).stage if file is not None else None
     if file is not None and stage not in (FROZEN, UNFROZEN):
         raise CheckpointError(
