@@ -124,7 +124,9 @@ class CallbackHost:
         for cb in sort_callbacks(self.cbs):
             for event, method in event_hooks(cb).items():
                 hooks[event].append((cb, method))
-        self._hooks = hooks
+        # In place: the batch loop holds this dict for a whole phase. The lists are new objects, so an event
+        # whose hooks are running when a callback is added or removed finishes with the list it started.
+        self._hooks.update(hooks)
 
     def sorted_cbs(self) -> list[Callback]:
         """The callbacks in the order they run (by `order`, then `run_before`/`run_after`, then insertion)."""

@@ -70,6 +70,8 @@ def norm_bias_params(model: nn.Module, with_bias: bool = True) -> list[nn.Parame
 
 
 
+_AFTER_PRED, _AFTER_LOSS = Event.after_pred, Event.after_loss
+
 DEFAULT_CALLBACKS: tuple[type[Callback], ...] = (TrainEvalCallback, Recorder, ProgressCallback)
 
 
@@ -80,8 +82,7 @@ class Learner(CallbackHost):
     >>> learn.fit(3, lr=1e-3)
     """
 
-    # Set by the Recorder: the smoothed training loss and the last epoch's [train_loss, valid_loss, *metrics].
-    smooth_loss: Any
+    # Set by the Recorder: the last epoch's [train_loss, valid_loss, *metrics].
     final_record: list[Any]
 
     def __init__(
@@ -173,30 +174,84 @@ class Learner(CallbackHost):
             self._fire(phase.after_cancel)
         self._fire(phase.after)
 
-    def _split(self, b: Any) -> None:
+    def _split(self, b: Any, n_inp: int | None = None) -> None:
+        """Set `xb` (the first `n_inp` elements of the batch) and `yb` (the rest), as tuples."""
         if not isinstance(b, (tuple, list)):
             self.xb, self.yb = (b,), ()
             return
-        n_inp = self._n_inp if self._n_inp is not None else getattr(self.dls, "n_inp", None)
         if n_inp is None:
-            n_inp = 1 if len(b) == 1 else len(b) - 1
+            n_inp = self._batch_n_inp()
+            if n_inp is None:
+                n_inp = 1 if len(b) == 1 else len(b) - 1
         if not b or n_inp > len(b) or n_inp < 1:
             raise ValueError(
                 f"Cannot split a batch of {len(b)} elements into {n_inp} input(s) and targets: "
                 "batches should be (input, ..., target) tuples; set DataLoaders(n_inp=...) to say how many "
                 "elements are inputs."
             )
-        self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
+        if type(b) is tuple:
+            self.xb, self.yb = b[:n_inp], b[n_inp:]
+        else:
+            self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
+
+    def _batch_n_inp(self) -> int | None:
+        return self._n_inp if self._n_inp is not None else getattr(self.dls, "n_inp", None)
 
     def _all_batches(self) -> None:
+        """Every batch of `self.dl`: split into `xb`/`yb`, then the batch phase, with the backward and step
+        phases inside it when training.
+
+        The loop's hot path: the three inner phases are written out here rather than run through `_phase`, and an
+        event without hooks costs one dict lookup. Same events and cancel rules as everywhere (`events.Event`).
+        `self._hooks` is one dict for the learner's life, updated in place when callbacks change, so holding it
+        in a local sees every change at once.
+        """
         self.n_iter = len(self.dl) if hasattr(self.dl, "__len__") else 0
         device = self._device
+        n_inp = self._batch_n_inp()
+        hooks, run = self._hooks, self._run_hooks
         for i, b in self._batches():
             if i == 0 and device is not None and device.type == "cpu" and _all_on_cpu(b):
                 device = None  # a CPU loader's batches are already in place: skip the per-batch walk
             self.iter = i
-            self._split(b if device is None else to_device(b, device))
-            self._phase(BATCH, self._do_one_batch)
+            self._split(b if device is None else to_device(b, device), n_inp)
+            try:
+                if h := hooks[BATCH.before]:
+                    run(BATCH.before, h)
+                self.pred = self.model(*self.xb)
+                if h := hooks[_AFTER_PRED]:
+                    run(_AFTER_PRED, h)
+                if self.yb:
+                    try:
+                        self.loss_grad = self.loss_func(self.pred, *self.yb)
+                    except (RuntimeError, ValueError, IndexError) as e:
+                        self._explain_loss_error(e)
+                        raise
+                    self.loss = self.loss_grad.detach()
+                if h := hooks[_AFTER_LOSS]:
+                    run(_AFTER_LOSS, h)
+                if self.training and self.yb:
+                    try:
+                        if h := hooks[BACKWARD.before]:
+                            run(BACKWARD.before, h)
+                        self.loss_grad.backward()
+                    except BACKWARD.cancel:
+                        self._fire(BACKWARD.after_cancel)
+                    if h := hooks[BACKWARD.after]:
+                        run(BACKWARD.after, h)
+                    try:
+                        if h := hooks[STEP.before]:
+                            run(STEP.before, h)
+                        self.opt.step()
+                    except STEP.cancel:
+                        self._fire(STEP.after_cancel)
+                    if h := hooks[STEP.after]:
+                        run(STEP.after, h)
+                    self.opt.zero_grad()
+            except BATCH.cancel:
+                self._fire(BATCH.after_cancel)
+            if h := hooks[BATCH.after]:
+                run(BATCH.after, h)
 
     def _batches(self) -> Iterable[tuple[int, Any]]:
         # While checkpointing or resuming, a training epoch's batches come through DataOrder, which records the
@@ -206,36 +261,13 @@ class Learner(CallbackHost):
             return self._data_order.batches(self)
         return enumerate(self.dl)
 
-    def _do_one_batch(self) -> None:
-        self.pred = self.model(*self.xb)
-        self._fire(Event.after_pred)
-        if self.yb:
-            self.loss_grad = self._compute_loss()
-            self.loss = self.loss_grad.detach()
-        self._fire(Event.after_loss)
-        if not self.training or not self.yb:
-            return
-        self._phase(BACKWARD, self._backward)
-        self._phase(STEP, self._step)
-        self.opt.zero_grad()
-
-    def _compute_loss(self) -> torch.Tensor:
-        try:
-            return self.loss_func(self.pred, *self.yb)
-        except (RuntimeError, ValueError, IndexError) as e:
-            targets = ", ".join(_shape(y) for y in self.yb)
-            e.add_note(
-                f"learnloop: the loss function rejected the model's output of shape {_shape(self.pred)} "
-                f"with target(s) of shape {targets}; check that the model's last layer and the targets "
-                "match what the loss function expects."
-            )
-            raise
-
-    def _backward(self) -> None:
-        self.loss_grad.backward()
-
-    def _step(self) -> None:
-        self.opt.step()
+    def _explain_loss_error(self, e: BaseException) -> None:
+        targets = ", ".join(_shape(y) for y in self.yb)
+        e.add_note(
+            f"learnloop: the loss function rejected the model's output of shape {_shape(self.pred)} "
+            f"with target(s) of shape {targets}; check that the model's last layer and the targets "
+            "match what the loss function expects."
+        )
 
     def _do_epoch_train(self) -> None:
         self.dl = self.dls.train
@@ -276,6 +308,22 @@ class Learner(CallbackHost):
 
     def _end_cleanup(self) -> None:
         self.dl, self.xb, self.yb, self.pred, self.loss, self.loss_grad = None, (None,), (None,), None, None, None
+
+    @property
+    def smooth_loss(self) -> torch.Tensor:
+        """The Recorder's smoothed training loss after the last batch it recorded (reading it waits on the device)."""
+        recorder = self.__dict__.get("recorder")
+        value = recorder.smooth_loss.value if isinstance(recorder, Recorder) else None
+        if value is None:
+            raise AttributeError("'Learner' object has no attribute 'smooth_loss': no training batch recorded yet")
+        return value
+
+    @smooth_loss.setter
+    def smooth_loss(self, value: Any) -> None:
+        recorder = self.__dict__.get("recorder")
+        if not isinstance(recorder, Recorder):
+            raise AttributeError("learn.smooth_loss is the Recorder's: add a Recorder to set it")
+        recorder.smooth_loss.set_value(float(value))
 
     @property
     def _device(self) -> torch.device | None:

@@ -160,8 +160,15 @@ class AvgLoss(_WeightedMean):
 class AvgSmoothLoss(Metric):
     """Exponential moving average of ``learn.loss`` (factor ``beta``), debiased like Adam's moments.
 
-    The debiased average is kept directly: with ``c_n = 1 - beta**n``,
-    ``avg_n = lerp(loss_n, avg_{n-1}, beta * c_{n-1} / c_n)``, one tensor op per batch and no host sync.
+    With ``val_n = beta * val_{n-1} + (1 - beta) * loss_n`` (``val_0 = 0``), the value after ``n`` batches is
+    ``val_n / (1 - beta**n)``. Accumulating only keeps the batch's loss, already detached: no tensor op and
+    no wait on the device per batch. The losses are folded into the average when it is read, all at once, in
+    float64 on the host, so the result is the same whenever (and however often) it is read.
+
+    >>> m = AvgSmoothLoss(beta=0.9)
+    >>> for loss in (4.0, 1.0): m.fold_losses([torch.tensor(loss)])  # what accumulate(learn) defers
+    >>> round(float(m.value), 4)  # (0.9 * 0.4 + 0.1) / (1 - 0.81)
+    2.4211
     """
 
     def __init__(self, beta: float = 0.98) -> None:
@@ -169,36 +176,70 @@ class AvgSmoothLoss(Metric):
         self.reset()
 
     def reset(self) -> None:
-        self.count: int = 0
-        self._avg: Tensor | None = None
+        self.count: int = 0  # batches accumulated, folded or not
+        self.val: float = 0.0  # the biased average over the folded batches (fastai's `val`)
+        self.pending: list[Tensor] = []  # losses accumulated but not folded yet
+        self.folded: list[float] = []  # the debiased average after each folded batch, until `take_folded`
 
     def accumulate(self, learn: MetricLearner) -> None:
-        loss = learn.loss
-        if loss.ndim:
-            loss = loss.mean()
+        self.pending.append(learn.loss)
         self.count += 1
-        if self._avg is None:
-            self._avg = _at_least_float32(loss.detach()).clone()
-            return
-        beta, n, avg = self.beta, self.count, self._avg
-        weight = beta * (1 - beta ** (n - 1)) / (1 - beta**n)
-        loss = loss.detach()
-        self._avg = torch.lerp(loss if loss.dtype == avg.dtype else loss.to(avg.dtype), avg, weight)
 
-    @property
-    def val(self) -> Tensor:
-        """The running (biased) average, as fastai keeps it."""
-        if self._avg is None:
-            return torch.zeros(())
-        return self._avg * (1 - self.beta**self.count)
+    def fold(self) -> None:
+        """Fold the pending losses into the average: one stack and one copy to the host for all of them."""
+        if not self.pending:
+            return
+        losses, self.pending = self.pending, []
+        self.fold_losses(losses, counted=True)
+
+    def fold_losses(self, losses: list[Tensor], counted: bool = False) -> None:
+        """Fold `losses` (one per batch; a batch's per-item losses are averaged) into the average, in order.
+        `counted`: they are already in `count` (accumulated, then folded)."""
+        if not losses:
+            return
+        beta, val = self.beta, self.val
+        n = self.count - len(losses) if counted else self.count
+        for x in _batch_means(losses):
+            n += 1
+            val = x + beta * (val - x)  # lerp(x, val, beta), as fastai; float64 here
+            self.folded.append(val / (1 - beta**n))
+        self.val, self.count = val, n
+
+    def take_folded(self) -> list[float]:
+        """The debiased average after each batch folded since the last call (the Recorder's per-batch losses)."""
+        self.fold()
+        folded, self.folded = self.folded, []
+        return folded
+
+    def set_value(self, value: float) -> None:
+        """Make the (debiased) average `value` from here on: the average over every rank after a distributed
+        epoch, say. Pending losses are folded first; the next batches carry on from `value`."""
+        self.fold()
+        if self.count:
+            self.val = float(value) * (1 - self.beta**self.count)
 
     @property
     def value(self) -> Tensor | None:
-        return self._avg
+        self.fold()
+        if not self.count:
+            return None
+        return torch.tensor(self.val / (1 - self.beta**self.count), dtype=torch.float32)
 
     @property
     def name(self) -> str:
         return "loss"
+
+
+def _batch_means(losses: list[Tensor]) -> list[float]:
+    """Each batch's loss (the mean of a batch of per-item losses) as a float64 number, with one device sync."""
+    try:
+        stacked = torch.stack(losses)
+    except RuntimeError:  # losses of different shapes, or on different devices
+        stacked = torch.stack([t.detach().double().mean().cpu() for t in losses])
+    stacked = stacked.detach().double()
+    if stacked.ndim > 1:
+        stacked = stacked.flatten(1).mean(1)
+    return stacked.tolist()
 
 
 class ValueMetric(Metric):

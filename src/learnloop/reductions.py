@@ -90,7 +90,7 @@ def average_losses(learn: Any, mark: int) -> int:
     recorder = getattr(learn, "recorder", None)
     if recorder is None:
         return mark
-    losses = recorder.losses
+    losses = recorder.losses  # computes the pending ones
     n_local = len(losses) - mark
     counts, iters = zip(*D.all_gather_objects((n_local, learn.train_iter)), strict=True)
     learn.train_iter = min(iters)
@@ -103,17 +103,11 @@ def average_losses(learn: Any, mark: int) -> int:
         scheduler = getattr(learn, "param_scheduler", None)
         for values in getattr(scheduler, "hps", {}).values():
             del values[len(values) - extra :]
-    chunk = losses[mark:]
-    if chunk:
-        total = D.all_reduce_sum(torch.stack([t.detach().float().reshape(()) for t in chunk]))
+    if n:
+        total = D.all_reduce_sum(torch.stack([t.detach().double().reshape(()) for t in losses[mark:]]))
         mean = total / D.world_size()
-        with torch.no_grad():
-            for t, v in zip(chunk, mean, strict=True):
-                t.copy_(v)  # in place: the Recorder's running average and learn.smooth_loss are these tensors
-            current = recorder.smooth_loss.value
-            if current is not None and current is not chunk[-1]:
-                current.copy_(chunk[-1])
-        learn.smooth_loss = chunk[-1]
+        losses[mark:] = list(mean.float().unbind())
+        recorder.smooth_loss.set_value(float(mean[-1]))  # the running average carries on from the common value
     return len(losses)
 
 

@@ -170,7 +170,7 @@ class TensorBoardCallback(Callback):
       validation batch of each epoch; `trace_model=True`: the model's graph, traced on the first
       training batch.
 
-    Steps are `learn.train_iter`. Losses stay on the device and are read `flush_every` batches at a
+    Steps are `learn.train_iter`. The Recorder's smoothed losses are read `flush_every` batches at a
     time, so logging costs no host-device synchronisation per batch.
     """
 
@@ -184,7 +184,7 @@ class TensorBoardCallback(Callback):
         self.log_dir, self.trace_model, self.log_preds = log_dir, trace_model, log_preds
         self.flush_every = max(1, flush_every)
         self.writer: Any = None
-        self._losses: list[tuple[int, torch.Tensor]] = []
+        self._losses: list[tuple[int, int]] = []  # (step, index in recorder.losses) not written yet
         self._preds: torch.Tensor | None = None
         self._traced = False
         self._epoch_trained = False
@@ -230,11 +230,9 @@ class TensorBoardCallback(Callback):
                 self._preds = activation(pred) if activation is not None else pred
             return
         step = learn.train_iter
-        smooth = getattr(learn, "smooth_loss", None)
-        if isinstance(smooth, torch.Tensor):
-            self._losses.append((step, smooth.detach()))
-        elif smooth is not None:
-            self.writer.add_scalar("train_loss", float(smooth), step)
+        recorder = getattr(learn, "recorder", None)
+        if isinstance(recorder, Recorder) and recorder.n_losses:
+            self._losses.append((step, recorder.n_losses - 1))  # the value is read when written, `flush_every` at once
         for i, hypers in enumerate(learn.opt.hypers):
             for name, value in hypers.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -245,10 +243,11 @@ class TensorBoardCallback(Callback):
     def _write_losses(self) -> None:
         if not self._losses:
             return
-        steps = [s for s, _ in self._losses]
-        values = torch.stack([v.float().reshape(()) for _, v in self._losses]).tolist()  # one device sync
-        for step, value in zip(steps, values, strict=True):
-            self.writer.add_scalar("train_loss", value, step)
+        recorder = getattr(self.learn, "recorder", None)
+        recorded = recorder.losses if isinstance(recorder, Recorder) else []  # one device sync for all of them
+        for step, i in self._losses:
+            if i < len(recorded):  # else the Recorder has started another fit since
+                self.writer.add_scalar("train_loss", float(recorded[i]), step)
         self._losses = []
 
     def after_epoch(self) -> None:

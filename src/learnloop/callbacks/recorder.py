@@ -64,7 +64,9 @@ def load_metric_state(metric: Metric, state: dict[str, Any], device: torch.devic
 class Recorder(Callback):
     """Records the smoothed training loss and lr per batch, and `[train_loss, valid_loss, *metrics]` per epoch.
 
-    The per-batch records stay tensors on the training device, so recording never waits on the device.
+    Per batch it only keeps the (detached) loss and the lr: the smoothed losses are computed when
+    `losses` (or `learn.smooth_loss`) is read, and at the latest at the end of each training phase,
+    so recording costs no tensor op and no wait on the device.
     """
 
     order = 50
@@ -76,7 +78,7 @@ class Recorder(Callback):
         self.loss, self.smooth_loss = AvgLoss(), AvgSmoothLoss(beta=beta)
         self.lrs: list[float] = []
         self.iters: list[int] = []
-        self.losses: list[torch.Tensor] = []
+        self._losses: list[torch.Tensor] = []
         self.values: list[list[Any]] = []
         self.hps: dict[str, list[Any]] = {}
         self.metric_names: list[str] = []
@@ -84,7 +86,7 @@ class Recorder(Callback):
         self.cancel_train = self.cancel_valid = False
 
     def before_fit(self) -> None:
-        self.lrs, self.iters, self.losses, self.values = [], [], [], []
+        self.lrs, self.iters, self._losses, self.values = [], [], [], []
         names = [m.name for m in self.learn.metrics]
         if self.train_metrics and self.valid_metrics:
             names = [f"train_{n}" for n in ["loss", *names]] + [f"valid_{n}" for n in ["loss", *names]]
@@ -115,18 +117,30 @@ class Recorder(Callback):
         if not learn.training:
             for m in self._valid_mets:
                 m.accumulate(learn)
-            return
-        if self.cancel_train:
-            return
-        self.smooth_loss.accumulate(learn)
-        if self.train_metrics:
-            for m in self.learn.metrics:
-                m.accumulate(learn)
-        self.lrs.append(learn.opt.hypers[-1]["lr"])
-        smooth = self.smooth_loss.value
-        assert smooth is not None  # it has just accumulated a batch
-        self.losses.append(smooth)
-        learn.smooth_loss = smooth
+        elif not self.cancel_train:
+            self.smooth_loss.accumulate(learn)
+            if self.train_metrics:
+                for m in learn.metrics:
+                    m.accumulate(learn)
+            self.lrs.append(learn.opt.hypers[-1]["lr"])
+
+    @property
+    def losses(self) -> list[torch.Tensor]:
+        """The smoothed training loss after each batch of the fit (0-dim float32 tensors)."""
+        folded = self.smooth_loss.take_folded()
+        if folded:
+            self._losses.extend(torch.tensor(folded, dtype=torch.float32).unbind())
+        return self._losses
+
+    @losses.setter
+    def losses(self, value: list[torch.Tensor]) -> None:
+        self.smooth_loss.take_folded()  # what was pending belongs to the history being replaced
+        self._losses = list(value)
+
+    @property
+    def n_losses(self) -> int:
+        """How many smoothed losses this fit has recorded: ``len(losses)`` without computing them."""
+        return len(self._losses) + len(self.smooth_loss.folded) + len(self.smooth_loss.pending)
 
     def after_train(self) -> None:
         self.log += [_value(m) for m in self._train_mets]
@@ -164,29 +178,30 @@ class Recorder(Callback):
     def state_dict(self) -> dict[str, Any]:
         """The history, so a resumed run keeps its curves, and the running averages of the epoch in progress."""
         learn = self.learn
+        losses = _stacked(self.losses)  # reading `losses` folds every pending loss into the running average
         return {
             "lrs": list(self.lrs),
             "iters": list(self.iters),
-            "losses": _stacked(self.losses),
+            "losses": losses,
             "values": [list(v) for v in self.values],
             "hps": {k: list(v) for k, v in self.hps.items()},
-            "smooth_loss": metric_state(self.smooth_loss),
+            "smooth_loss": {"count": self.smooth_loss.count, "val": self.smooth_loss.val},
             "train_metrics": [metric_state(m) for m in learn.metrics] if self.train_metrics and learn else [],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         losses = state["losses"]
         self.lrs, self.iters = list(state["lrs"]), list(state["iters"])
-        self.losses = list(losses.unbind()) if isinstance(losses, torch.Tensor) else list(losses)
+        self._losses = list(losses.unbind()) if isinstance(losses, torch.Tensor) else list(losses)
         self.values = [list(v) for v in state["values"]]
         self.hps = {k: list(v) for k, v in state.get("hps", {}).items()}
         learn = self.learn
         param = next(learn.model.parameters(), None) if learn is not None else None
         device = param.device if param is not None else None
+        self.smooth_loss.reset()
         if "smooth_loss" in state:
-            load_metric_state(self.smooth_loss, state["smooth_loss"], device)
-            if learn is not None and self.smooth_loss.value is not None:
-                learn.smooth_loss = self.smooth_loss.value
+            smooth = state["smooth_loss"]
+            self.smooth_loss.count, self.smooth_loss.val = int(smooth["count"]), float(smooth["val"])
         if learn is not None and state.get("train_metrics"):
             for m, saved in zip(learn.metrics, state["train_metrics"], strict=False):
                 load_metric_state(m, saved, device)
