@@ -1,11 +1,11 @@
 """Loop overhead: learnloop's Learner against a hand-written PyTorch loop doing the same work.
 
 A tiny MLP on pre-built in-memory batches (bs 64), one thread. Every contender trains one epoch per
-repetition, repetitions are interleaved (A B C A B C ...) so machine noise hits all alike, and the table
+repetition, repetitions are interleaved (A B C, B C A, ...) so machine noise hits all alike, and the table
 reports the median time per batch and its ratio to the raw loop. fastai and Lightning run too when they
 are installed (an optional benchmark environment, never a dependency of learnloop).
 
-    python benchmarks/overhead.py [--batches 300] [--reps 15]
+    python benchmarks/overhead.py [--batches 300] [--reps 21]
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def lightning_loop(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=300)
-    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--reps", type=int, default=21)
     args = parser.parse_args()
     torch.set_num_threads(1)
     batches = make_batches(args.batches)
@@ -150,20 +150,30 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in runs}
     for fn in runs.values():  # warm-up
         fn()
-    for _ in range(args.reps):
-        for name, fn in runs.items():
+    names = list(runs)
+    for rep in range(args.reps):
+        # Interleaved, and each repetition starts one contender further on, so no contender always runs
+        # right after the same neighbour (warm or cold caches) or at the same point of the cycle.
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
             start = time.thread_time()  # CPU time of this thread: robust to other processes on a shared machine
-            fn()
+            runs[name]()
             times[name].append((time.thread_time() - start) / args.batches * 1e6)
     raw_torch, raw_learnloop = "raw PyTorch loop (torch.optim.SGD, foreach)", "raw PyTorch loop, learnloop SGD(mom=0.9)"
-    medians = {name: statistics.median(samples) for name, samples in times.items()}
+
+    def ratio(name: str, baseline: str) -> float:
+        # The median of the per-repetition ratios: each epoch is compared with the baseline's epoch of the
+        # same repetition, run moments apart, so slow drifts of a shared machine cancel out.
+        return statistics.median(a / b for a, b in zip(times[name], times[baseline], strict=True))
+
     print(f"Loop overhead: {args.batches} batches of {BS}, MLP {N_IN}-{N_HIDDEN}-{N_OUT}, 1 thread, "
-          f"median thread CPU time of {args.reps} interleaved epochs, torch {torch.__version__}\n")
+          f"thread CPU time of {args.reps} interleaved epochs (ratios: median of per-repetition ratios), "
+          f"torch {torch.__version__}\n")
     print("| loop | µs/batch (median) | ratio to the raw torch.optim loop | ratio to the raw loop, same optimizer |")
     print("|---|---:|---:|---:|")
-    for name, med in medians.items():
+    for name, samples in times.items():
         same = raw_learnloop if "learnloop SGD" in name else raw_torch
-        print(f"| {name} | {med:.1f} | {med / medians[raw_torch]:.3f}x | {med / medians[same]:.3f}x |")
+        median = statistics.median(samples)
+        print(f"| {name} | {median:.1f} | {ratio(name, raw_torch):.3f}x | {ratio(name, same):.3f}x |")
     for name in contenders:
         if contenders[name] is None:
             print(f"| {name} | not installed | - | - |")

@@ -209,12 +209,18 @@ class Learner(CallbackHost):
         self.n_iter = len(self.dl) if hasattr(self.dl, "__len__") else 0
         device = self._device
         n_inp = self._batch_n_inp()
+        one_input = n_inp is None or n_inp == 1
         hooks, run = self._hooks, self._run_hooks
         for i, b in self._batches():
             if i == 0 and device is not None and device.type == "cpu" and _all_on_cpu(b):
                 device = None  # a CPU loader's batches are already in place: skip the per-batch walk
             self.iter = i
-            self._split(b if device is None else to_device(b, device), n_inp)
+            if device is not None:
+                b = to_device(b, device)
+            if one_input and type(b) is tuple and len(b) == 2:  # (input, target), the usual batch
+                self.xb, self.yb = b[:1], b[1:]
+            else:
+                self._split(b, n_inp)
             try:
                 if h := hooks[BATCH.before]:
                     run(BATCH.before, h)

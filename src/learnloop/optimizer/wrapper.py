@@ -12,6 +12,7 @@ parameters (pass groups with ``weight_decay=0`` and ``convert_groups=False`` to 
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
@@ -120,14 +121,17 @@ class OptimWrapper(BaseOptimizer):
         self.state = OptimizerState()
         self.frozen_idx = 0
         self._views: list[TorchGroupHypers] = []
+        self._view_groups: list[dict[str, Any]] = []  # the torch param groups `_views` were made for
 
     @property
     def hypers(self) -> Sequence[MutableMapping[str, Any]]:
         """One live view per torch param group, under learnloop's names."""
         groups = self.opt.param_groups
         views = self._views
-        if len(views) != len(groups) or any(v.group is not g for v, g in zip(views, groups, strict=False)):
+        # Read once per batch by the Recorder: the check that the groups are still the same runs in C.
+        if len(views) != len(groups) or not all(map(operator.is_, self._view_groups, groups)):
             views = self._views = [TorchGroupHypers(g, self.fwd_map, self.bwd_map) for g in groups]
+            self._view_groups = list(groups)
         return views
 
     @hypers.setter
