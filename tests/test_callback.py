@@ -304,6 +304,39 @@ def test_fit_cbs_with_a_refused_one_leave_nothing_behind(learn: Learner) -> None
     assert len(learn.cbs) == 3
 
 
+class AddsOnce(Callback):
+    """Adds `to_add` to the learner at its first before_batch."""
+
+    def __init__(self, to_add: Callback) -> None:
+        self.to_add, self.added = to_add, False
+
+    def before_batch(self) -> None:
+        if not self.added:
+            self.added = True
+            self.learn.add_cb(self.to_add)
+
+
+def test_a_callback_added_at_before_batch_gets_the_rest_of_that_batch(learn: Learner) -> None:
+    log = EventLog()
+    learn.fit(1, cbs=AddsOnce(log))
+    assert log.events[:8] == ["after_pred", "after_loss", "before_backward", "after_backward", "before_step",
+                              "after_step", "after_batch", "before_batch"]
+    assert log.events[-1] == "after_fit"
+
+
+class LeavesAtAfterPred(EventLog):
+    def after_pred(self) -> None:
+        self.events.append("after_pred")
+        self.learn.remove_cb(self)
+
+
+def test_a_callback_removed_mid_batch_gets_no_later_event(learn: Learner) -> None:
+    log = LeavesAtAfterPred()
+    learn.fit(1, cbs=log)
+    assert log.events == ["before_fit", "before_epoch", "before_train", "before_batch", "after_pred"]
+    assert log not in learn.cbs
+
+
 def test_after_create_reaches_only_constructor_callbacks() -> None:
     at_init, later, in_fit = EventLog(), EventLog(), EventLog()
     learn = synth_learner(cbs=at_init)

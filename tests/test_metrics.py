@@ -221,6 +221,90 @@ def test_avg_smooth_loss_first_value_is_the_first_loss() -> None:
     assert m.name == "loss"
 
 
+def _fastai_smooth(losses: list[float], beta: float) -> list[float]:
+    """fastai's recurrence in float64: val = beta * val + (1 - beta) * x, value = val / (1 - beta**n)."""
+    out, val = [], 0.0
+    for n, x in enumerate(losses, start=1):
+        val = beta * val + (1 - beta) * x
+        out.append(val / (1 - beta**n))
+    return out
+
+
+def _loss_batches(losses: list[Tensor]) -> list[SimpleNamespace]:
+    return [batch(torch.zeros(1), torch.zeros(1), loss=x) for x in losses]
+
+
+def test_avg_smooth_loss_does_not_depend_on_when_it_is_folded() -> None:
+    beta = 0.9
+    losses = list((torch.rand(10, generator=torch.Generator().manual_seed(0)) * 5).unbind())
+    all_at_once = AvgSmoothLoss(beta)
+    for learn in _loss_batches(losses):
+        all_at_once.accumulate(learn)
+    assert all_at_once.folded == [] and len(all_at_once.pending) == 10  # accumulating folds nothing
+    once = all_at_once.take_folded()
+
+    every_batch, read = AvgSmoothLoss(beta), []
+    for learn in _loss_batches(losses):
+        every_batch.accumulate(learn)
+        value = every_batch.value
+        assert value is not None and value.dtype == torch.float32 and value.shape == ()
+        read.append(float(value))
+    per_batch = every_batch.take_folded()
+
+    chunked, in_chunks = AvgSmoothLoss(beta), []
+    batches = _loss_batches(losses)
+    for start, stop in ((0, 3), (3, 4), (4, 10)):
+        for learn in batches[start:stop]:
+            chunked.accumulate(learn)
+        in_chunks += chunked.take_folded()
+
+    direct = AvgSmoothLoss(beta)
+    direct.fold_losses(losses)
+
+    assert once == per_batch == in_chunks == direct.take_folded()  # bit-identical
+    expected = _fastai_smooth([float(x) for x in losses], beta)
+    assert once == pytest.approx(expected, rel=1e-12, abs=0)
+    assert read == [float(torch.tensor(v, dtype=torch.float32)) for v in once]
+    assert read == pytest.approx(expected, rel=2**-23, abs=0)  # within float32 rounding
+    assert all_at_once.count == every_batch.count == chunked.count == direct.count == 10
+    assert all_at_once.val == every_batch.val == chunked.val == direct.val
+
+
+def test_avg_smooth_loss_averages_per_item_losses_per_batch() -> None:
+    beta = 0.9
+    per_item = [torch.tensor([1.0, 3.0, 2.0, 6.0]), torch.tensor([0.5, 0.25, 1.0, 2.0])]
+    m = AvgSmoothLoss(beta)
+    for learn in _loss_batches(per_item):
+        m.accumulate(learn)
+    assert m.take_folded() == pytest.approx(_fastai_smooth([3.0, 0.9375], beta), rel=1e-12, abs=0)
+
+
+def test_avg_smooth_loss_folds_losses_of_mixed_shapes() -> None:
+    beta = 0.9
+    m = AvgSmoothLoss(beta)
+    for learn in _loss_batches([torch.tensor(2.0), torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0.5])]):
+        m.accumulate(learn)
+    assert m.take_folded() == pytest.approx(_fastai_smooth([2.0, 3.0, 0.5], beta), rel=1e-12, abs=0)
+
+
+def test_avg_smooth_loss_set_value_carries_on_from_the_new_value() -> None:
+    beta = 0.9
+    m = AvgSmoothLoss(beta)
+    m.set_value(5.0)  # nothing accumulated yet: nothing to set
+    assert m.value is None
+    for learn in _loss_batches([torch.tensor(4.0), torch.tensor(1.0)]):
+        m.accumulate(learn)
+    assert m.take_folded() == pytest.approx(_fastai_smooth([4.0, 1.0], beta), rel=1e-12, abs=0)
+    assert m.take_folded() == []  # each batch's value is handed out once
+    m.set_value(10.0)
+    value = m.value
+    assert value is not None and float(value) == pytest.approx(10.0, rel=1e-7)
+    m.accumulate(_loss_batches([torch.tensor(2.0)])[0])
+    val = 10.0 * (1 - beta**2) * beta + (1 - beta) * 2.0  # the biased average carried on from 10.0
+    assert m.take_folded() == pytest.approx([val / (1 - beta**3)], rel=1e-12, abs=0)
+    assert m.take_folded() == [] and m.count == 3
+
+
 def test_value_metric() -> None:
     def best_so_far() -> float:
         return 0.25
@@ -427,5 +511,5 @@ def test_accumulate_never_reads_tensor_values(make_metric: Any, monkeypatch: pyt
             patch.setattr(torch.Tensor, name, forbidden)
         for learn in batches:
             m.accumulate(learn)
-        value = m.value
+    value = m.value  # reading may wait on the device (AvgSmoothLoss folds its losses on the host)
     assert isinstance(value, Tensor) and value.shape == ()

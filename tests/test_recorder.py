@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import synth_classif_learner, synth_learner
-from learnloop import Callback, DataLoaders, Learner, ProgressCallback, accuracy
+from learnloop import Callback, DataLoaders, Learner, ProgressCallback, Recorder, TrainEvalCallback, accuracy
 from learnloop.callback import noop
 from learnloop.callbacks.recorder import format_time
 
@@ -182,3 +182,108 @@ def test_recorder_skips_batches_without_targets() -> None:
     learn.logger = noop
     learn.fit(1)
     assert learn.recorder.losses == [] and learn.recorder.values == [[None, None]]
+
+
+# ------------------------------------------------------------------ smoothed losses, computed when read
+class SmoothLossReader(Callback):
+    """After the Recorder, every training batch: counts the recorded losses, then reads them and learn.smooth_loss."""
+
+    order = Recorder.order + 1
+
+    def __init__(self) -> None:
+        self.counted: list[int] = []
+        self.read: list[int] = []
+        self.smooth: list[float] = []
+
+    def after_batch(self) -> None:
+        if self.learn.training:
+            recorder = self.learn.recorder
+            self.counted.append(recorder.n_losses)
+            self.read.append(len(recorder.losses))
+            self.smooth.append(float(self.learn.smooth_loss))
+
+
+def test_recorded_losses_are_float32_scalars_of_the_smoothed_batch_losses() -> None:
+    learn = synth_learner()  # 2 training batches per epoch
+    spy = LossSpy()
+    learn.fit(3, cbs=spy)
+    rec = learn.recorder
+    assert rec.n_losses == 6  # counted without computing them
+    losses = rec.losses
+    assert len(losses) == 6 == len(spy.losses)
+    assert all(isinstance(t, torch.Tensor) and t.shape == () and t.dtype == torch.float32 for t in losses)
+    assert [float(t) for t in losses] == pytest.approx(_debiased_ema(spy.losses), rel=1e-6)
+    assert float(learn.smooth_loss) == float(losses[-1])
+    assert rec.losses is losses and rec.n_losses == len(rec.losses)
+
+
+def test_reading_the_losses_mid_fit_does_not_change_them() -> None:
+    reader = SmoothLossReader()
+    read = synth_learner()
+    read.fit(3, cbs=reader)
+    unread = synth_learner()
+    unread.fit(3)
+    assert reader.counted == reader.read == [1, 2, 3, 4, 5, 6]
+    assert reader.smooth == [float(t) for t in read.recorder.losses]
+    assert torch.equal(torch.stack(read.recorder.losses), torch.stack(unread.recorder.losses))
+
+
+def test_recorded_losses_can_be_cut_in_place_or_replaced() -> None:
+    learn = synth_learner()
+    learn.fit(2)
+    rec = learn.recorder
+    first = [float(t) for t in rec.losses]
+    del rec.losses[2:]
+    assert [float(t) for t in rec.losses] == first[:2] and rec.n_losses == 2
+    rec.losses[1:] = [torch.tensor(7.0)]
+    assert [float(t) for t in rec.losses] == [first[0], 7.0]
+    learn.fit(1)
+    rec.losses = [torch.tensor(1.0)]  # before reading: the new fit's values not read yet are dropped too
+    assert rec.n_losses == 1 and [float(t) for t in rec.losses] == [1.0]
+
+
+def test_smooth_loss_is_missing_before_a_batch_is_recorded_or_without_a_recorder() -> None:
+    learn = synth_learner()
+    assert getattr(learn, "smooth_loss", None) is None
+    learn.fit(1)
+    assert isinstance(learn.smooth_loss, torch.Tensor)
+    learn.remove_cbs([ProgressCallback, Recorder])
+    assert getattr(learn, "smooth_loss", None) is None
+    bare = synth_learner(default_cbs=False, cbs=TrainEvalCallback)
+    bare.fit(1)
+    assert getattr(bare, "smooth_loss", None) is None
+    with pytest.raises(AttributeError, match="Recorder"):
+        bare.smooth_loss = 1.0
+
+
+def test_setting_smooth_loss_sets_the_recorders_average() -> None:
+    learn = synth_learner()
+    learn.fit(1)
+    before = float(learn.smooth_loss)
+    learn.smooth_loss = 2.0
+    assert before != pytest.approx(2.0) and float(learn.smooth_loss) == pytest.approx(2.0, rel=1e-7)
+    value = learn.recorder.smooth_loss.value
+    assert value is not None and float(value) == pytest.approx(2.0, rel=1e-7)
+
+
+class SetsSmoothLoss(Callback):
+    """Sets learn.smooth_loss after the Recorder has recorded the first training batch."""
+
+    order = Recorder.order + 1
+
+    def after_batch(self) -> None:
+        if self.learn.training and self.learn.train_iter == 1:
+            self.learn.smooth_loss = 10.0
+
+
+def test_batches_after_setting_smooth_loss_carry_on_from_the_new_value() -> None:
+    beta, spy = 0.98, LossSpy()
+    learn = synth_learner()
+    learn.fit(2, cbs=[spy, SetsSmoothLoss()])
+    val, expected = 10.0 * (1 - beta), []
+    for n, x in enumerate(spy.losses[1:], start=2):
+        val = beta * val + (1 - beta) * x
+        expected.append(val / (1 - beta**n))
+    losses = [float(t) for t in learn.recorder.losses]
+    assert losses[0] == pytest.approx(spy.losses[0], rel=1e-6)  # recorded before the change: kept
+    assert losses[1:] == pytest.approx(expected, rel=1e-6)
