@@ -287,3 +287,19 @@ def test_batches_after_setting_smooth_loss_carry_on_from_the_new_value() -> None
     losses = [float(t) for t in learn.recorder.losses]
     assert losses[0] == pytest.approx(spy.losses[0], rel=1e-6)  # recorded before the change: kept
     assert losses[1:] == pytest.approx(expected, rel=1e-6)
+
+
+def test_smooth_loss_outlives_validate_and_the_start_of_the_next_fit() -> None:
+    # As in fastai, where validate() runs before_fit (resetting the Recorder's average) but learn.smooth_loss
+    # stays what the last training batch left until the next one is recorded.
+    learn = synth_learner()
+    learn.fit(1)
+    last = float(learn.recorder.losses[-1])
+    learn.validate()
+    assert learn.recorder.losses == [] and float(learn.smooth_loss) == last
+    seen: list[float] = []
+    learn.fit(1, cbs=Callback(before_batch=lambda: seen.append(float(learn.smooth_loss))))
+    assert seen[0] == last and seen[1] == float(learn.recorder.losses[0])
+    learn.validate()
+    learn.smooth_loss = 3.0  # nothing recorded since validate(): sets the value kept from the fit
+    assert float(learn.smooth_loss) == 3.0

@@ -319,7 +319,7 @@ class Learner(CallbackHost):
     def smooth_loss(self) -> torch.Tensor:
         """The Recorder's smoothed training loss after the last batch it recorded (reading it waits on the device)."""
         recorder = self.__dict__.get("recorder")
-        value = recorder.smooth_loss.value if isinstance(recorder, Recorder) else None
+        value = recorder.smooth_value if isinstance(recorder, Recorder) else None
         if value is None:
             raise AttributeError("'Learner' object has no attribute 'smooth_loss': no training batch recorded yet")
         return value
@@ -329,7 +329,7 @@ class Learner(CallbackHost):
         recorder = self.__dict__.get("recorder")
         if not isinstance(recorder, Recorder):
             raise AttributeError("learn.smooth_loss is the Recorder's: add a Recorder to set it")
-        recorder.smooth_loss.set_value(float(value))
+        recorder.smooth_value = value
 
     @property
     def _device(self) -> torch.device | None:

@@ -84,6 +84,7 @@ class Recorder(Callback):
         self.metric_names: list[str] = []
         self.log: list[Any] = []
         self.cancel_train = self.cancel_valid = False
+        self._previous_smooth: torch.Tensor | None = None  # the last fit's final smoothed loss
 
     def before_fit(self) -> None:
         self.lrs, self.iters, self._losses, self.values = [], [], [], []
@@ -95,6 +96,8 @@ class Recorder(Callback):
         else:
             names = ["train_loss", *names]
         self.metric_names = ["epoch", *names, *(["time"] if self.add_time else [])]
+        if self.smooth_loss.count:
+            self._previous_smooth = self.smooth_loss.value
         self.smooth_loss.reset()
 
     def before_epoch(self) -> None:
@@ -136,6 +139,20 @@ class Recorder(Callback):
     def losses(self, value: list[torch.Tensor]) -> None:
         self.smooth_loss.take_folded()  # what was pending belongs to the history being replaced
         self._losses = list(value)
+
+    @property
+    def smooth_value(self) -> torch.Tensor | None:
+        """What `learn.smooth_loss` reads: the smoothed loss after the last batch recorded in this fit, or, until
+        this fit records one, the previous fit's last (fastai keeps it too: `validate()` runs `before_fit`)."""
+        value = self.smooth_loss.value
+        return self._previous_smooth if value is None else value
+
+    @smooth_value.setter
+    def smooth_value(self, value: Any) -> None:
+        if self.smooth_loss.count:
+            self.smooth_loss.set_value(float(value))
+        else:
+            self._previous_smooth = torch.tensor(float(value))
 
     @property
     def n_losses(self) -> int:
