@@ -338,3 +338,36 @@ def test_sharding_a_trained_model_carries_the_optimizer_state_over(ddp_run: dict
     ref.fit(1)
     for rank in ddp_run["ranks"]:
         assert _close(rank["fsdp"]["adam"], worker.params(ref))
+
+
+def _record(learn: Learner, loss: float) -> None:
+    learn.training, learn.yb, learn.loss = True, (torch.zeros(1),), torch.tensor(loss)
+    learn.recorder.after_batch()
+
+
+@pytest.mark.parametrize("before", [0, 3])
+def test_average_losses_drops_a_batch_only_this_rank_ran_from_the_running_average(
+    before: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Another rank cancelled one batch earlier: this rank's extra batch (loss 100) must leave no trace.
+    from learnloop import reductions
+
+    def ranks_recorded(learn: Learner, losses: list[float]) -> None:
+        learn.fit(1)
+        learn.recorder.before_fit()
+        for x in losses:
+            _record(learn, x)
+
+    learn = worker.make_learner(16, tmp_path / "a", metrics=())
+    ref = worker.make_learner(16, tmp_path / "b", metrics=())
+    learn.logger = ref.logger = noop
+    ranks_recorded(learn, [1.0 + i for i in range(before)])
+    mark = len(learn.recorder.losses)
+    _record(learn, 100.0)
+    monkeypatch.setattr(reductions.D, "all_gather_objects", lambda obj: [obj, (0, obj[1] - 1)])
+    monkeypatch.setattr(reductions.D, "world_size", lambda: 2)
+    monkeypatch.setattr(reductions.D, "all_reduce_sum", lambda t: t * 2)
+    reductions.average_losses(learn, mark)
+    _record(learn, 5.0)
+    ranks_recorded(ref, [*(1.0 + i for i in range(before)), 5.0])
+    assert [float(x) for x in learn.recorder.losses] == [float(x) for x in ref.recorder.losses]

@@ -252,8 +252,27 @@ def test_smooth_loss_is_missing_before_a_batch_is_recorded_or_without_a_recorder
     bare = synth_learner(default_cbs=False, cbs=TrainEvalCallback)
     bare.fit(1)
     assert getattr(bare, "smooth_loss", None) is None
-    with pytest.raises(AttributeError, match="Recorder"):
-        bare.smooth_loss = 1.0
+    bare.smooth_loss = 1.0  # without a Recorder it is a plain attribute, as in fastai
+    assert bare.smooth_loss == 1.0
+
+
+def test_smooth_loss_is_read_from_a_recorder_subclass_under_another_name() -> None:
+    class MyRecorder(Recorder):
+        pass
+
+    learn = synth_learner(default_cbs=False, cbs=[TrainEvalCallback, MyRecorder])
+    learn.fit(1)
+    assert float(learn.smooth_loss) == float(learn.my_recorder.losses[-1])
+
+
+def test_recorder_state_from_before_the_average_was_kept_on_the_host_loads() -> None:
+    learn = synth_learner()
+    learn.fit(1)
+    state = learn.recorder.state_dict()
+    count, debiased = state["smooth_loss"]["count"], float(learn.smooth_loss)
+    state["smooth_loss"] = {"count": count, "_avg": torch.tensor(debiased), "beta": 0.98}  # the old layout
+    learn.recorder.load_state_dict(state)
+    assert float(learn.smooth_loss) == pytest.approx(debiased, rel=1e-6)
 
 
 def test_setting_smooth_loss_sets_the_recorders_average() -> None:

@@ -318,18 +318,25 @@ class Learner(CallbackHost):
     @property
     def smooth_loss(self) -> torch.Tensor:
         """The Recorder's smoothed training loss after the last batch it recorded (reading it waits on the device)."""
-        recorder = self.__dict__.get("recorder")
-        value = recorder.smooth_value if isinstance(recorder, Recorder) else None
+        recorder = self._recorder()
+        value = recorder.smooth_value if recorder is not None else self.__dict__.get("_smooth_loss")
         if value is None:
             raise AttributeError("'Learner' object has no attribute 'smooth_loss': no training batch recorded yet")
         return value
 
     @smooth_loss.setter
     def smooth_loss(self, value: Any) -> None:
+        recorder = self._recorder()
+        if recorder is not None:
+            recorder.smooth_value = value
+        else:  # no Recorder: a plain attribute, as in fastai
+            self.__dict__["_smooth_loss"] = value
+
+    def _recorder(self) -> Recorder | None:
         recorder = self.__dict__.get("recorder")
-        if not isinstance(recorder, Recorder):
-            raise AttributeError("learn.smooth_loss is the Recorder's: add a Recorder to set it")
-        recorder.smooth_value = value
+        if isinstance(recorder, Recorder):
+            return recorder
+        return next((cb for cb in self.cbs if isinstance(cb, Recorder)), None)  # a subclass, under another name
 
     @property
     def _device(self) -> torch.device | None:

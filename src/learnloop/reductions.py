@@ -107,7 +107,12 @@ def average_losses(learn: Any, mark: int) -> int:
         total = D.all_reduce_sum(torch.stack([t.detach().double().reshape(()) for t in losses[mark:]]))
         mean = total / D.world_size()
         losses[mark:] = list(mean.float().unbind())
-        recorder.smooth_loss.set_value(float(mean[-1]))  # the running average carries on from the common value
+    if n or extra:
+        # The running average carries on from the common value (which no longer holds the dropped batches).
+        if losses:
+            recorder.smooth_loss.set_value(float(losses[-1]))
+        else:
+            recorder.smooth_loss.reset()
     return len(losses)
 
 

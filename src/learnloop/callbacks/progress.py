@@ -53,8 +53,6 @@ class ProgressCallback(Callback):
             return
         self._cleanup()  # a fit that ended in an exception left its bars and logger behind
         self._show_bars = self._use_bars() and learn.create_mbar
-        # Without bars there is nothing to do per batch: the loop then skips after_batch at no cost.
-        self.run_train = self.run_valid = self._show_bars
         self._width = max([len(n) for n in learn.recorder.metric_names] + [8]) + 2
         if learn.create_mbar and learn.logger is not noop:
             self._old_logger, learn.logger = learn.logger, self._write_row

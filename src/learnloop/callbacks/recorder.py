@@ -216,9 +216,16 @@ class Recorder(Callback):
         param = next(learn.model.parameters(), None) if learn is not None else None
         device = param.device if param is not None else None
         self.smooth_loss.reset()
+        self._previous_smooth = None
         if "smooth_loss" in state:
             smooth = state["smooth_loss"]
-            self.smooth_loss.count, self.smooth_loss.val = int(smooth["count"]), float(smooth["val"])
+            count = int(smooth["count"])
+            if "val" in smooth:
+                val = float(smooth["val"])
+            else:  # written before the average was kept on the host: the debiased value as a tensor
+                avg = smooth.get("_avg")
+                val = 0.0 if avg is None else float(avg) * (1 - self.smooth_loss.beta**count)
+            self.smooth_loss.count, self.smooth_loss.val = count, val
         if learn is not None and state.get("train_metrics"):
             for m, saved in zip(learn.metrics, state["train_metrics"], strict=False):
                 load_metric_state(m, saved, device)
