@@ -174,25 +174,20 @@ class Learner(CallbackHost):
             self._fire(phase.after_cancel)
         self._fire(phase.after)
 
-    def _split(self, b: Any, n_inp: int | None = None) -> None:
-        """Set `xb` (the first `n_inp` elements of the batch) and `yb` (the rest), as tuples."""
+    def _split(self, b: Any, n_inp: int | None) -> None:
+        """Set `xb` (the first `n_inp` elements of the batch; None: all but the last) and `yb` (the rest), as tuples."""
         if not isinstance(b, (tuple, list)):
             self.xb, self.yb = (b,), ()
             return
         if n_inp is None:
-            n_inp = self._batch_n_inp()
-            if n_inp is None:
-                n_inp = 1 if len(b) == 1 else len(b) - 1
+            n_inp = 1 if len(b) == 1 else len(b) - 1
         if not b or n_inp > len(b) or n_inp < 1:
             raise ValueError(
                 f"Cannot split a batch of {len(b)} elements into {n_inp} input(s) and targets: "
                 "batches should be (input, ..., target) tuples; set DataLoaders(n_inp=...) to say how many "
                 "elements are inputs."
             )
-        if type(b) is tuple:
-            self.xb, self.yb = b[:n_inp], b[n_inp:]
-        else:
-            self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
+        self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
 
     def _batch_n_inp(self) -> int | None:
         return self._n_inp if self._n_inp is not None else getattr(self.dls, "n_inp", None)

@@ -190,15 +190,14 @@ class AvgSmoothLoss(Metric):
         if not self.pending:
             return
         losses, self.pending = self.pending, []
-        self.fold_losses(losses, counted=True)
+        self.count -= len(losses)  # counted when accumulated; fold_losses counts them again
+        self.fold_losses(losses)
 
-    def fold_losses(self, losses: list[Tensor], counted: bool = False) -> None:
-        """Fold `losses` (one per batch; a batch's per-item losses are averaged) into the average, in order.
-        `counted`: they are already in `count` (accumulated, then folded)."""
+    def fold_losses(self, losses: list[Tensor]) -> None:
+        """Fold `losses` (one per batch; a batch's per-item losses are averaged) into the average, in order."""
         if not losses:
             return
-        beta, val = self.beta, self.val
-        n = self.count - len(losses) if counted else self.count
+        beta, val, n = self.beta, self.val, self.count
         for x in _batch_means(losses):
             n += 1
             val = x + beta * (val - x)  # lerp(x, val, beta), as fastai; float64 here
