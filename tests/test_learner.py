@@ -25,6 +25,7 @@ from learnloop import (
     accuracy,
     trainable_params,
 )
+from learnloop.attrs import OwnAttrs
 from learnloop.optimizer import Adam
 
 
@@ -560,3 +561,79 @@ def test_model_dir_is_kept_as_given(tmp_path: Path) -> None:
     learn = synth_learner()
     assert learn.model_dir == "models"
     assert synth_learner(path=tmp_path, model_dir="weights").save("m") == tmp_path / "weights" / "m.pth"
+
+
+# ------------------------------------------------------------------ the loop reads the learner's own attributes fast
+def test_own_attrs_share_the_objects_attributes_and_nothing_else() -> None:
+    learn = synth_learner()
+    view = OwnAttrs(learn)
+    view.pred = "from the view"
+    assert learn.pred == "from the view"
+    learn.loss = "from the learner"
+    assert view.loss == "from the learner"
+    with pytest.raises(AttributeError):  # the model's attributes (learn.weight falls through) are not seen
+        view.weight  # noqa: B018
+    with pytest.raises(AttributeError):  # nor the Learner's properties
+        view.smooth_loss  # noqa: B018
+
+
+def test_callbacks_may_swap_model_loss_func_and_opt_between_batches() -> None:
+    learn = synth_learner(n_train=48, bs=16)
+    learn.fit(1)  # creates the optimizer
+    doubled = nn.Linear(2, 1)
+    calls: list[str] = []
+
+    def loss_func(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append("loss")
+        return F.mse_loss(pred, y)
+
+    class CountingSGD:
+        def __init__(self, opt: Any) -> None:
+            self.opt = opt
+
+        def step(self) -> None:
+            calls.append("step")
+            self.opt.step()
+
+        def zero_grad(self) -> None:
+            self.opt.zero_grad()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.opt, name)
+
+    class Swap(Callback):
+        def before_batch(self) -> None:
+            if self.learn.iter == 1:
+                self.learn.model, self.learn.loss_func = doubled, loss_func
+                self.learn.opt = CountingSGD(self.learn.opt)
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    learn.fit(1, cbs=[Swap(), Callback(after_pred=lambda: seen.append((learn.xb[0], learn.pred)))])
+    assert calls[:2] == ["loss", "step"] and calls.count("step") == 2  # from the second of three batches
+    xb, pred = seen[1]
+    with torch.no_grad():
+        assert torch.equal(pred, doubled(xb))
+
+
+def test_an_unpickled_learner_trains_its_own_state() -> None:
+    import pickle
+
+    learn = synth_learner(n_train=32, bs=16)
+    learn.fit(1)
+    copy = pickle.loads(pickle.dumps(learn))
+    seen: list[int] = []
+    copy.fit(1, cbs=Callback(after_batch=lambda: seen.append(copy.train_iter) if copy.training else None))
+    assert seen == [1, 2] and copy.train_iter == 2 and copy.recorder.n_losses == 2
+    assert learn.train_iter == 2 and learn.recorder.n_losses == 2  # the original is untouched
+
+
+def test_train_eval_moves_the_model_only_when_it_is_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    learn = synth_learner()
+    moved: list[Any] = []
+    monkeypatch.setattr(learn.model, "to", lambda *a, **k: moved.append(a))
+    learn.fit(1)  # the model is on the DataLoaders' device (cpu) already: `to` is not called
+    assert moved == []
+    monkeypatch.undo()
+    learn.dls.device = torch.device("meta")  # a device the model is not on: it is moved
+    learn.train_eval.before_fit()
+    assert all(p.device.type == "meta" for p in learn.model.parameters())

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .attrs import OwnAttrs
 from .callback import Callback, noop
 from .callbacks import lr_finder as _lr_finder
 from .callbacks import schedule as _schedule
@@ -146,6 +147,7 @@ class Learner(CallbackHost):
         self._resume: ResumeState | None = None
         self._data_order: DataOrder | None = None
         self._fit_stage: str | None = None
+        self._attrs = OwnAttrs(self)  # for per-batch code; `_all_batches` makes a new one every phase
         CallbackHost.__init__(self)
         if default_cbs:
             self.add_cbs(DEFAULT_CALLBACKS)
@@ -199,9 +201,11 @@ class Learner(CallbackHost):
         The loop's hot path: the three inner phases are written out here rather than run through `_phase`, and an
         event without hooks costs one dict lookup. Same events and cancel rules as everywhere (`events.Event`).
         `self._hooks` is one dict for the learner's life, updated in place when callbacks change, so holding it
-        in a local sees every change at once.
+        in a local sees every change at once. The loop's state is read and written through `s`, the learner's
+        own attributes without its `__getattr__` (`attrs.OwnAttrs`): the same values, at a plain object's cost.
         """
-        self.n_iter = len(self.dl) if hasattr(self.dl, "__len__") else 0
+        s = self._attrs = OwnAttrs(self)
+        s.n_iter = len(s.dl) if hasattr(s.dl, "__len__") else 0
         device = self._device
         n_inp = self._batch_n_inp()
         one_input = n_inp is None or n_inp == 1
@@ -209,33 +213,33 @@ class Learner(CallbackHost):
         for i, b in self._batches():
             if i == 0 and device is not None and device.type == "cpu" and _all_on_cpu(b):
                 device = None  # a CPU loader's batches are already in place: skip the per-batch walk
-            self.iter = i
+            s.iter = i
             if device is not None:
                 b = to_device(b, device)
             if one_input and type(b) is tuple and len(b) == 2:  # (input, target), the usual batch
-                self.xb, self.yb = b[:1], b[1:]
+                s.xb, s.yb = b[:1], b[1:]
             else:
                 self._split(b, n_inp)
             try:
                 if h := hooks[BATCH.before]:
                     run(BATCH.before, h)
-                self.pred = self.model(*self.xb)
+                s.pred = s.model(*s.xb)
                 if h := hooks[_AFTER_PRED]:
                     run(_AFTER_PRED, h)
-                if self.yb:
+                if s.yb:
                     try:
-                        self.loss_grad = self.loss_func(self.pred, *self.yb)
+                        s.loss_grad = s.loss_func(s.pred, *s.yb)
                     except (RuntimeError, ValueError, IndexError) as e:
                         self._explain_loss_error(e)
                         raise
-                    self.loss = self.loss_grad.detach()
+                    s.loss = s.loss_grad.detach()
                 if h := hooks[_AFTER_LOSS]:
                     run(_AFTER_LOSS, h)
-                if self.training and self.yb:
+                if s.training and s.yb:
                     try:
                         if h := hooks[BACKWARD.before]:
                             run(BACKWARD.before, h)
-                        self.loss_grad.backward()
+                        s.loss_grad.backward()
                     except BACKWARD.cancel:
                         self._fire(BACKWARD.after_cancel)
                     if h := hooks[BACKWARD.after]:
@@ -243,12 +247,12 @@ class Learner(CallbackHost):
                     try:
                         if h := hooks[STEP.before]:
                             run(STEP.before, h)
-                        self.opt.step()
+                        s.opt.step()
                     except STEP.cancel:
                         self._fire(STEP.after_cancel)
                     if h := hooks[STEP.after]:
                         run(STEP.after, h)
-                    self.opt.zero_grad()
+                    s.opt.zero_grad()
             except BATCH.cancel:
                 self._fire(BATCH.after_cancel)
             if h := hooks[BATCH.after]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -10,6 +11,14 @@ from ..callback import Callback
 from ..events import CancelEpochException
 
 __all__ = ["TrainEvalCallback", "SkipToEpoch", "GatherPredsCallback"]
+
+
+def _to_device(module: torch.nn.Module, device: torch.device | str) -> None:
+    """`module.to(device)`, unless every parameter and buffer is on `device` already: `to` rebuilds the
+    whole module tree even then, which costs about as much as a few batches of a small model."""
+    device = torch.device(device)
+    if any(t.device != device for t in itertools.chain(module.parameters(), module.buffers())):
+        module.to(device)
 
 
 class TrainEvalCallback(Callback):
@@ -27,9 +36,9 @@ class TrainEvalCallback(Callback):
         learn.train_iter, learn.pct_train = 0, 0.0
         device = getattr(learn.dls, "device", None)
         if device is not None:
-            learn.model.to(device)
+            _to_device(learn.model, device)
             if isinstance(learn.loss_func, torch.nn.Module):
-                learn.loss_func.to(device)
+                _to_device(learn.loss_func, device)
         reset = getattr(learn.model, "reset", None)
         if callable(reset):
             reset()
@@ -41,7 +50,7 @@ class TrainEvalCallback(Callback):
         learn.training = True
 
     def after_batch(self) -> None:
-        learn = self.learn
+        learn = self.learn._attrs  # the learner's attributes, read at a plain object's cost (attrs.OwnAttrs)
         learn.train_iter += 1
         # From the epoch and the batch index rather than summed increments, so it ends at exactly 1.0.
         learn.pct_train = (learn.epoch + (learn.iter + 1) / learn.n_iter) / learn.n_epoch

@@ -115,9 +115,10 @@ class Recorder(Callback):
 
     def after_batch(self) -> None:
         learn = self.learn
-        if not learn.yb:
+        state = learn._attrs  # the learner's own attributes, read at a plain object's cost (attrs.OwnAttrs)
+        if not state.yb:
             return
-        if not learn.training:
+        if not state.training:
             for m in self._valid_mets:
                 m.accumulate(learn)
         elif not self.cancel_train:
@@ -125,7 +126,7 @@ class Recorder(Callback):
             if self.train_metrics:
                 for m in learn.metrics:
                     m.accumulate(learn)
-            self.lrs.append(learn.opt.hypers[-1]["lr"])
+            self.lrs.append(state.opt.hypers[-1]["lr"])
 
     @property
     def losses(self) -> list[torch.Tensor]:
