@@ -5,7 +5,12 @@ repetition, repetitions are interleaved (A B C, B C A, ...) so machine noise hit
 reports the median time per batch and its ratio to the raw loop. fastai and Lightning run too when they
 are installed (an optional benchmark environment, never a dependency of learnloop).
 
-    python benchmarks/overhead.py [--batches 300] [--reps 21]
+Each contender runs as several independent instances (own model, optimizer and Learner), and a repetition
+times them all: where a model's tensors land in memory moves an epoch's time by a percent or two (two
+identical raw loops in one process differ that much), and averaging over instances keeps that luck out of
+the ratios.
+
+    python benchmarks/overhead.py [--batches 300] [--reps 21] [--instances 3]
 """
 
 from __future__ import annotations
@@ -132,32 +137,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--reps", type=int, default=21)
+    parser.add_argument("--instances", type=int, default=3, help="independent copies of each contender")
     args = parser.parse_args()
     torch.set_num_threads(1)
     batches = make_batches(args.batches)
-    contenders: dict[str, Callable[[], None] | None] = {
-        "raw PyTorch loop (torch.optim.SGD, foreach)": raw_loop(batches),
-        "learnloop Learner, OptimWrapper(torch.optim.SGD)": learnloop_loop(
+    contenders: dict[str, Callable[[], Callable[[], None] | None]] = {
+        "raw PyTorch loop (torch.optim.SGD, foreach)": lambda: raw_loop(batches),
+        "learnloop Learner, OptimWrapper(torch.optim.SGD)": lambda: learnloop_loop(
             batches, functools.partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9, foreach=True)),
-        "raw PyTorch loop, learnloop SGD(mom=0.9)": raw_loop(batches, learnloop_opt=True),
-        "learnloop Learner, learnloop SGD(mom=0.9)": learnloop_loop(batches, functools.partial(SGD, mom=0.9)),
-        "learnloop Learner, learnloop SGD, fit_one_cycle (lr and mom scheduled)": learnloop_loop(
+        "raw PyTorch loop, learnloop SGD(mom=0.9)": lambda: raw_loop(batches, learnloop_opt=True),
+        "learnloop Learner, learnloop SGD(mom=0.9)": lambda: learnloop_loop(batches, functools.partial(SGD, mom=0.9)),
+        "learnloop Learner, learnloop SGD, fit_one_cycle (lr and mom scheduled)": lambda: learnloop_loop(
             batches, functools.partial(SGD, mom=0.9), one_cycle=True),
-        "fastai 2.8 Learner": fastai_loop(batches),
-        "Lightning Trainer": lightning_loop(batches),
+        "fastai 2.8 Learner": lambda: fastai_loop(batches),
+        "Lightning Trainer": lambda: lightning_loop(batches),
     }
-    runs = {name: fn for name, fn in contenders.items() if fn is not None}
+    runs: dict[str, list[Callable[[], None]]] = {}
+    missing = []
+    for name, make in contenders.items():
+        instances = [make() for _ in range(args.instances)]
+        if instances[0] is None:
+            missing.append(name)
+        else:
+            runs[name] = [fn for fn in instances if fn is not None]
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for fn in runs.values():  # warm-up
-        fn()
+    for instances in runs.values():  # warm-up
+        for fn in instances:
+            fn()
     names = list(runs)
     for rep in range(args.reps):
         # Interleaved, and each repetition starts one contender further on, so no contender always runs
         # right after the same neighbour (warm or cold caches) or at the same point of the cycle.
         for name in names[rep % len(names):] + names[: rep % len(names)]:
-            start = time.thread_time()  # CPU time of this thread: robust to other processes on a shared machine
-            runs[name]()
-            times[name].append((time.thread_time() - start) / args.batches * 1e6)
+            total = 0.0
+            for fn in runs[name]:
+                start = time.thread_time()  # CPU time of this thread: robust to other processes on a shared machine
+                fn()
+                total += time.thread_time() - start
+            times[name].append(total / len(runs[name]) / args.batches * 1e6)
     raw_torch, raw_learnloop = "raw PyTorch loop (torch.optim.SGD, foreach)", "raw PyTorch loop, learnloop SGD(mom=0.9)"
 
     def ratio(name: str, baseline: str) -> float:
@@ -166,7 +183,8 @@ def main() -> None:
         return statistics.median(a / b for a, b in zip(times[name], times[baseline], strict=True))
 
     print(f"Loop overhead: {args.batches} batches of {BS}, MLP {N_IN}-{N_HIDDEN}-{N_OUT}, 1 thread, "
-          f"thread CPU time of {args.reps} interleaved epochs (ratios: median of per-repetition ratios), "
+          f"thread CPU time of {args.reps} interleaved repetitions of one epoch per instance, {args.instances} "
+          f"instances each (ratios: median of per-repetition ratios), "
           f"torch {torch.__version__}\n")
     print("| loop | µs/batch (median) | ratio to the raw torch.optim loop | ratio to the raw loop, same optimizer |")
     print("|---|---:|---:|---:|")
@@ -174,9 +192,8 @@ def main() -> None:
         same = raw_learnloop if "learnloop SGD" in name else raw_torch
         median = statistics.median(samples)
         print(f"| {name} | {median:.1f} | {ratio(name, raw_torch):.3f}x | {ratio(name, same):.3f}x |")
-    for name in contenders:
-        if contenders[name] is None:
-            print(f"| {name} | not installed | - | - |")
+    for name in missing:
+        print(f"| {name} | not installed | - | - |")
 
 
 if __name__ == "__main__":
