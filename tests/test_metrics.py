@@ -270,6 +270,24 @@ def test_avg_smooth_loss_does_not_depend_on_when_it_is_folded() -> None:
     assert all_at_once.val == every_batch.val == chunked.val == direct.val
 
 
+def test_avg_smooth_loss_keeps_a_bounded_number_of_pending_losses() -> None:
+    # A long epoch with nothing reading the losses: every `max_pending` batches they are folded on their own,
+    # into the same values (bit for bit) as folding them all at once.
+    beta, n, bound = 0.98, 2500, AvgSmoothLoss.max_pending
+    assert n > 2 * bound
+    losses = list((torch.rand(n, generator=torch.Generator().manual_seed(0)) * 5).unbind())
+    bounded, longest = AvgSmoothLoss(beta), 0
+    for learn in _loss_batches(losses):
+        bounded.accumulate(learn)
+        longest = max(longest, len(bounded.pending))
+    assert longest < bound and len(bounded.pending) == n % bound and bounded.count == n
+
+    all_at_once = AvgSmoothLoss(beta)
+    all_at_once.fold_losses(losses)
+    assert bounded.take_folded() == all_at_once.take_folded()
+    assert bounded.count == all_at_once.count == n and bounded.val == all_at_once.val
+
+
 def test_avg_smooth_loss_averages_per_item_losses_per_batch() -> None:
     beta = 0.9
     per_item = [torch.tensor([1.0, 3.0, 2.0, 6.0]), torch.tensor([0.5, 0.25, 1.0, 2.0])]

@@ -19,7 +19,7 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -163,13 +163,17 @@ class AvgSmoothLoss(Metric):
     With ``val_n = beta * val_{n-1} + (1 - beta) * loss_n`` (``val_0 = 0``), the value after ``n`` batches is
     ``val_n / (1 - beta**n)``. Accumulating only keeps the batch's loss, already detached: no tensor op and
     no wait on the device per batch. The losses are folded into the average when it is read, all at once, in
-    float64 on the host, so the result is the same whenever (and however often) it is read.
+    float64 on the host, so the result is the same whenever (and however often) it is read. Unread, they are
+    folded every ``max_pending`` (1024) batches, one wait on the device each time, so that a long epoch does
+    not keep a tensor per batch (about half a kilobyte each) until its end.
 
     >>> m = AvgSmoothLoss(beta=0.9)
     >>> for loss in (4.0, 1.0): m.fold_losses([torch.tensor(loss)])  # what accumulate(learn) defers
     >>> round(float(m.value), 4)  # (0.9 * 0.4 + 0.1) / (1 - 0.81)
     2.4211
     """
+
+    max_pending: ClassVar[int] = 1024  # pending losses are folded as soon as there are this many
 
     def __init__(self, beta: float = 0.98) -> None:
         self.beta = beta
@@ -180,13 +184,17 @@ class AvgSmoothLoss(Metric):
         self.val: float = 0.0  # the biased average over the folded batches (fastai's `val`)
         self.pending: list[Tensor] = []  # losses accumulated but not folded yet
         self.folded: list[float] = []  # the debiased average after each folded batch, until `take_folded`
+        self.fold_at: int = self.max_pending  # the `count` at which the pending losses are folded on their own
 
     def accumulate(self, learn: MetricLearner) -> None:
         self.pending.append(learn.loss)
         self.count += 1
+        if self.count >= self.fold_at:  # not len(pending): past 256, len() makes a new int object every batch
+            self.fold()
 
     def fold(self) -> None:
         """Fold the pending losses into the average: one stack and one copy to the host for all of them."""
+        self.fold_at = self.count + self.max_pending
         if not self.pending:
             return
         losses, self.pending = self.pending, []
