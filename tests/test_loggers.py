@@ -187,6 +187,44 @@ def test_tensorboard_writes_nothing_in_validate_and_on_other_ranks(tmp_path: Pat
     assert not (tmp_path / "b").exists()
 
 
+def _smoothed(losses: list[float], beta: float = 0.98) -> list[float]:
+    """fastai's debiased moving average of the training losses, after each batch."""
+    out, val = [], 0.0
+    for n, x in enumerate(losses, start=1):
+        val = beta * val + (1 - beta) * x
+        out.append(val / (1 - beta**n))
+    return out
+
+
+@pytest.mark.parametrize("event", ["after_train", "after_validate", "after_epoch"])
+@pytest.mark.parametrize("evaluate", ["validate", "get_preds"])
+@pytest.mark.parametrize("flush_every", [3, 100])
+def test_tensorboard_writes_the_points_buffered_before_a_validate_inside_the_fit(
+    tmp_path: Path, event: str, evaluate: str, flush_every: int
+) -> None:
+    # validate() and get_preds() run before_fit: the Recorder (order 50) starts a new list of losses before
+    # TensorBoard (order 51) sees the event. A callback of the default order 0 calls them before either has
+    # logged the epoch: TensorBoard still has points to write, from losses the Recorder has not computed yet.
+    pytest.importorskip("tensorboard")
+    learn = synth_learner(n_train=64, bs=16)
+    raw: list[float] = []
+    spy = Callback(after_batch=lambda: raw.append(float(learn.loss)) if learn.training else None)
+    spy.order = 100
+    calls: list[str] = []
+
+    def evaluate_once() -> None:  # once: the validate() fires after_validate and after_epoch too
+        if not calls:
+            calls.append(evaluate)
+            getattr(learn, evaluate)()
+
+    learn.fit(1, cbs=[TensorBoardCallback(tmp_path, flush_every=flush_every), Callback(**{event: evaluate_once}), spy])
+    assert calls == [evaluate]
+    logged = scalars(tmp_path)["train_loss"]
+    assert [s for s, _ in logged] == [1, 2, 3, 4]
+    assert [v for _, v in logged] == pytest.approx(_smoothed(raw), rel=1e-6)
+    assert learn.recorder.losses == []  # as in fastai: the Recorder's history starts again in validate()
+
+
 def test_a_missing_tensorboard_is_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ImportError, match=r"pip install 'learnloop\[tensorboard\]'"):

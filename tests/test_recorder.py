@@ -127,6 +127,27 @@ def test_before_fit_wipes_the_history() -> None:
     assert learn.recorder.values == [valid_loss] and learn.recorder.losses == []
 
 
+def test_a_validate_inside_a_fit_completes_the_history_it_replaces() -> None:
+    # Whoever holds the list of losses (TensorBoardCallback's unwritten points index into it) finds in it
+    # every batch recorded before the validate(), also those whose smoothed loss was not computed yet.
+    learn = synth_learner(n_train=64, bs=16)
+    spy, held = LossSpy(), []
+
+    def hold_the_losses() -> None:
+        if learn.training and learn.iter == 0:
+            held.append(learn.recorder.losses)  # computes the first one; the next three stay pending
+
+    def validate() -> None:  # at the default order 0: before the Recorder has read the epoch's loss
+        assert learn.recorder.n_losses == 4 and len(held[0]) == 1
+        learn.validate()
+
+    hold = Callback(after_batch=hold_the_losses)
+    spy.order = hold.order = 51
+    learn.fit(1, cbs=[spy, hold, Callback(after_train=validate)])
+    assert held[0] is not learn.recorder.losses and learn.recorder.losses == []
+    assert [float(t) for t in held[0]] == pytest.approx(_debiased_ema(spy.losses), rel=1e-6)
+
+
 def test_smoothing_restarts_with_each_fit() -> None:
     learn = synth_learner()
     learn.fit(1)

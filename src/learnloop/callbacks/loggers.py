@@ -171,7 +171,9 @@ class TensorBoardCallback(Callback):
       training batch.
 
     Steps are `learn.train_iter`. The Recorder's smoothed losses are read `flush_every` batches at a
-    time, so logging costs no host-device synchronisation per batch.
+    time, so logging costs no host-device synchronisation per batch. The points not written yet are
+    kept with the list of losses they come from: a `validate()` inside the fit, which starts the
+    Recorder's lists afresh, does not lose them.
     """
 
     order = Recorder.order + 1
@@ -184,7 +186,8 @@ class TensorBoardCallback(Callback):
         self.log_dir, self.trace_model, self.log_preds = log_dir, trace_model, log_preds
         self.flush_every = max(1, flush_every)
         self.writer: Any = None
-        self._losses: list[tuple[int, int]] = []  # (step, index in recorder.losses) not written yet
+        self._losses: list[tuple[int, int]] = []  # (step, index in `_history`) not written yet
+        self._history: list[torch.Tensor] = []  # the Recorder's `losses` those points come from
         self._preds: torch.Tensor | None = None
         self._traced = False
         self._epoch_trained = False
@@ -232,6 +235,9 @@ class TensorBoardCallback(Callback):
         step = learn.train_iter
         recorder = getattr(learn, "recorder", None)
         if isinstance(recorder, Recorder) and recorder.n_losses:
+            if recorder._losses is not self._history:  # a new list: the fit's first batch, or after a validate()
+                self._write_losses()
+                self._history = recorder.losses  # read, so that the Recorder completes it before replacing it
             self._losses.append((step, recorder.n_losses - 1))  # the value is read when written, `flush_every` at once
         for i, hypers in enumerate(learn.opt.hypers):
             for name, value in hypers.items():
@@ -243,11 +249,12 @@ class TensorBoardCallback(Callback):
     def _write_losses(self) -> None:
         if not self._losses:
             return
-        recorder = getattr(self.learn, "recorder", None)
-        recorded = recorder.losses if isinstance(recorder, Recorder) else []  # one device sync for all of them
+        history, recorder = self._history, getattr(self.learn, "recorder", None)
+        if isinstance(recorder, Recorder) and recorder._losses is history:
+            history = recorder.losses  # the same list, the pending losses computed: one device sync for all
         for step, i in self._losses:
-            if i < len(recorded):  # else the Recorder has started another fit since
-                self.writer.add_scalar("train_loss", float(recorded[i]), step)
+            if i < len(history):  # else `recorder.losses` was set to another list before they were computed
+                self.writer.add_scalar("train_loss", float(history[i]), step)
         self._losses = []
 
     def after_epoch(self) -> None:
@@ -272,4 +279,4 @@ class TensorBoardCallback(Callback):
             self._write_losses()
             self.writer.close()
             self.writer = None
-        self._losses = []
+        self._losses, self._history = [], []

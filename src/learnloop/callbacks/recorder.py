@@ -65,8 +65,9 @@ class Recorder(Callback):
     """Records the smoothed training loss and lr per batch, and `[train_loss, valid_loss, *metrics]` per epoch.
 
     Per batch it only keeps the (detached) loss and the lr: the smoothed losses are computed when
-    `losses` (or `learn.smooth_loss`) is read, and at the latest at the end of each training phase,
-    so recording costs no tensor op and no wait on the device.
+    `losses` (or `learn.smooth_loss`) is read, and at the latest at the end of each training phase
+    (and every `AvgSmoothLoss.max_pending` batches), so recording costs no tensor op and no wait on
+    the device.
     """
 
     order = 50
@@ -79,6 +80,7 @@ class Recorder(Callback):
         self.lrs: list[float] = []
         self.iters: list[int] = []
         self._losses: list[torch.Tensor] = []
+        self._handed_out = False  # `losses` has returned this fit's list: someone may hold it
         self.values: list[list[Any]] = []
         self.hps: dict[str, list[Any]] = {}
         self.metric_names: list[str] = []
@@ -87,7 +89,12 @@ class Recorder(Callback):
         self._previous_smooth: torch.Tensor | None = None  # the last fit's final smoothed loss
 
     def before_fit(self) -> None:
+        if self._handed_out:
+            # A validate() inside a fit starts new lists too: the one being replaced gets its pending losses, for
+            # whoever holds it (TensorBoardCallback's points not written yet). Only then: each costs a microsecond.
+            self._compute_pending()
         self.lrs, self.iters, self._losses, self.values = [], [], [], []
+        self._handed_out = False
         names = [m.name for m in self.learn.metrics]
         if self.train_metrics and self.valid_metrics:
             names = [f"train_{n}" for n in ["loss", *names]] + [f"valid_{n}" for n in ["loss", *names]]
@@ -130,16 +137,25 @@ class Recorder(Callback):
 
     @property
     def losses(self) -> list[torch.Tensor]:
-        """The smoothed training loss after each batch of the fit (0-dim float32 tensors)."""
-        folded = self.smooth_loss.take_folded()
-        if folded:
-            self._losses.extend(torch.tensor(folded, dtype=torch.float32).unbind())
+        """The smoothed training loss after each batch of the fit (0-dim float32 tensors).
+
+        Each fit, and each `validate()` or `get_preds()`, starts a new list; a list read here before that is
+        completed first, so it holds every batch recorded before the new one started.
+        """
+        self._compute_pending()
+        self._handed_out = True
         return self._losses
 
     @losses.setter
     def losses(self, value: list[torch.Tensor]) -> None:
         self.smooth_loss.take_folded()  # what was pending belongs to the history being replaced
         self._losses = list(value)
+
+    def _compute_pending(self) -> None:
+        """Append the smoothed losses not computed yet to `_losses`: one device sync for all of them."""
+        folded = self.smooth_loss.take_folded()
+        if folded:
+            self._losses.extend(torch.tensor(folded, dtype=torch.float32).unbind())
 
     @property
     def smooth_value(self) -> torch.Tensor | None:
