@@ -5,10 +5,12 @@ repetition, repetitions are interleaved (A B C, B C A, ...) so machine noise hit
 reports the median time per batch and its ratio to the raw loop. fastai and Lightning run too when they
 are installed (an optional benchmark environment, never a dependency of learnloop).
 
-Each contender runs as several independent instances (own model, optimizer and Learner), and a repetition
-times them all: where a model's tensors land in memory moves an epoch's time by a percent or two (two
-identical raw loops in one process differ that much), and averaging over instances keeps that luck out of
-the ratios.
+Each contender runs as several independent instances (own model, optimizer and Learner): where a model's
+tensors land in memory moves an epoch's time by a percent or two (two identical raw loops in one process
+differ that much), and taking the median over instances keeps that luck out of the ratios. A round runs the
+k-th instance of every contender back to back, so each epoch is compared with its baseline's epoch of the
+same round, run a fraction of a second apart: on a shared machine, whose speed drifts by several percent
+from one second to the next, this pairing is what makes the ratios repeatable.
 
     python benchmarks/overhead.py [--batches 300] [--reps 21] [--instances 3]
 """
@@ -166,25 +168,25 @@ def main() -> None:
             fn()
     names = list(runs)
     for rep in range(args.reps):
-        # Interleaved, and each repetition starts one contender further on, so no contender always runs
-        # right after the same neighbour (warm or cold caches) or at the same point of the cycle.
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
-            total = 0.0
-            for fn in runs[name]:
+        for k in range(args.instances):
+            # The k-th instance of every contender, one after the other, in an order that turns with each round:
+            # an epoch is compared with its baseline's epoch run moments before or after it, and no contender
+            # always follows the same neighbour (warm or cold caches) or holds the same place in the cycle.
+            turn = (rep * args.instances + k) % len(names)
+            for name in names[turn:] + names[:turn]:
                 start = time.thread_time()  # CPU time of this thread: robust to other processes on a shared machine
-                fn()
-                total += time.thread_time() - start
-            times[name].append(total / len(runs[name]) / args.batches * 1e6)
+                runs[name][k]()
+                times[name].append((time.thread_time() - start) / args.batches * 1e6)
     raw_torch, raw_learnloop = "raw PyTorch loop (torch.optim.SGD, foreach)", "raw PyTorch loop, learnloop SGD(mom=0.9)"
 
     def ratio(name: str, baseline: str) -> float:
-        # The median of the per-repetition ratios: each epoch is compared with the baseline's epoch of the
-        # same repetition, run moments apart, so slow drifts of a shared machine cancel out.
+        # The median of the per-round ratios: each epoch is compared with the epoch of the baseline's instance
+        # of the same round, run moments apart, so slow drifts of a shared machine cancel out.
         return statistics.median(a / b for a, b in zip(times[name], times[baseline], strict=True))
 
     print(f"Loop overhead: {args.batches} batches of {BS}, MLP {N_IN}-{N_HIDDEN}-{N_OUT}, 1 thread, "
-          f"thread CPU time of {args.reps} interleaved repetitions of one epoch per instance, {args.instances} "
-          f"instances each (ratios: median of per-repetition ratios), "
+          f"thread CPU time of one epoch, {args.instances} instances of each contender x {args.reps} interleaved "
+          f"repetitions (ratios: median of the {args.instances * args.reps} per-round ratios), "
           f"torch {torch.__version__}\n")
     print("| loop | µs/batch (median) | ratio to the raw torch.optim loop | ratio to the raw loop, same optimizer |")
     print("|---|---:|---:|---:|")
