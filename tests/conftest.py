@@ -29,6 +29,15 @@ for _event in Event:
     setattr(EventLog, _event.value, lambda self, _e=_event.value: self.events.append(_e))
 
 
+def debiased_ema(losses: list[float], beta: float = 0.98) -> list[float]:
+    """fastai's smoothed loss after each batch, in float64: ``val = beta*val + (1-beta)*x``, ``val / (1-beta**n)``."""
+    out, val = [], 0.0
+    for n, x in enumerate(losses, start=1):
+        val = beta * val + (1 - beta) * x
+        out.append(val / (1 - beta**n))
+    return out
+
+
 def synth_dls(
     n_train: int = 32, n_valid: int = 16, bs: int = 16, n_in: int = 2, seed: int = 0, **kw: Any
 ) -> DataLoaders:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import synth_classif_learner, synth_learner
+from conftest import debiased_ema, synth_classif_learner, synth_learner
 from learnloop import Callback, CancelValidException
 from learnloop.callbacks import loggers
 from learnloop.callbacks.loggers import CSVLogger, TensorBoardCallback
@@ -187,15 +187,6 @@ def test_tensorboard_writes_nothing_in_validate_and_on_other_ranks(tmp_path: Pat
     assert not (tmp_path / "b").exists()
 
 
-def _smoothed(losses: list[float], beta: float = 0.98) -> list[float]:
-    """fastai's debiased moving average of the training losses, after each batch."""
-    out, val = [], 0.0
-    for n, x in enumerate(losses, start=1):
-        val = beta * val + (1 - beta) * x
-        out.append(val / (1 - beta**n))
-    return out
-
-
 @pytest.mark.parametrize("event", ["after_train", "after_validate", "after_epoch"])
 @pytest.mark.parametrize("evaluate", ["validate", "get_preds"])
 @pytest.mark.parametrize("flush_every", [3, 100])
@@ -221,7 +212,7 @@ def test_tensorboard_writes_the_points_buffered_before_a_validate_inside_the_fit
     assert calls == [evaluate]
     logged = scalars(tmp_path)["train_loss"]
     assert [s for s, _ in logged] == [1, 2, 3, 4]
-    assert [v for _, v in logged] == pytest.approx(_smoothed(raw), rel=1e-6)
+    assert [v for _, v in logged] == pytest.approx(debiased_ema(raw), rel=1e-6)
     assert learn.recorder.losses == []  # as in fastai: the Recorder's history starts again in validate()
 
 

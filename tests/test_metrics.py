@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from conftest import debiased_ema
 from learnloop.metrics import (
     AccumMetric,
     ActivationType,
@@ -221,15 +222,6 @@ def test_avg_smooth_loss_first_value_is_the_first_loss() -> None:
     assert m.name == "loss"
 
 
-def _fastai_smooth(losses: list[float], beta: float) -> list[float]:
-    """fastai's recurrence in float64: val = beta * val + (1 - beta) * x, value = val / (1 - beta**n)."""
-    out, val = [], 0.0
-    for n, x in enumerate(losses, start=1):
-        val = beta * val + (1 - beta) * x
-        out.append(val / (1 - beta**n))
-    return out
-
-
 def _loss_batches(losses: list[Tensor]) -> list[SimpleNamespace]:
     return [batch(torch.zeros(1), torch.zeros(1), loss=x) for x in losses]
 
@@ -262,7 +254,7 @@ def test_avg_smooth_loss_does_not_depend_on_when_it_is_folded() -> None:
     direct.fold_losses(losses)
 
     assert once == per_batch == in_chunks == direct.take_folded()  # bit-identical
-    expected = _fastai_smooth([float(x) for x in losses], beta)
+    expected = debiased_ema([float(x) for x in losses], beta)
     assert once == pytest.approx(expected, rel=1e-12, abs=0)
     assert read == [float(torch.tensor(v, dtype=torch.float32)) for v in once]
     assert read == pytest.approx(expected, rel=2**-23, abs=0)  # within float32 rounding
@@ -294,7 +286,7 @@ def test_avg_smooth_loss_averages_per_item_losses_per_batch() -> None:
     m = AvgSmoothLoss(beta)
     for learn in _loss_batches(per_item):
         m.accumulate(learn)
-    assert m.take_folded() == pytest.approx(_fastai_smooth([3.0, 0.9375], beta), rel=1e-12, abs=0)
+    assert m.take_folded() == pytest.approx(debiased_ema([3.0, 0.9375], beta), rel=1e-12, abs=0)
 
 
 def test_avg_smooth_loss_folds_losses_of_mixed_shapes() -> None:
@@ -302,7 +294,7 @@ def test_avg_smooth_loss_folds_losses_of_mixed_shapes() -> None:
     m = AvgSmoothLoss(beta)
     for learn in _loss_batches([torch.tensor(2.0), torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0.5])]):
         m.accumulate(learn)
-    assert m.take_folded() == pytest.approx(_fastai_smooth([2.0, 3.0, 0.5], beta), rel=1e-12, abs=0)
+    assert m.take_folded() == pytest.approx(debiased_ema([2.0, 3.0, 0.5], beta), rel=1e-12, abs=0)
 
 
 def test_avg_smooth_loss_set_value_carries_on_from_the_new_value() -> None:
@@ -312,7 +304,7 @@ def test_avg_smooth_loss_set_value_carries_on_from_the_new_value() -> None:
     assert m.value is None
     for learn in _loss_batches([torch.tensor(4.0), torch.tensor(1.0)]):
         m.accumulate(learn)
-    assert m.take_folded() == pytest.approx(_fastai_smooth([4.0, 1.0], beta), rel=1e-12, abs=0)
+    assert m.take_folded() == pytest.approx(debiased_ema([4.0, 1.0], beta), rel=1e-12, abs=0)
     assert m.take_folded() == []  # each batch's value is handed out once
     m.set_value(10.0)
     value = m.value

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import synth_classif_learner, synth_learner
+from conftest import debiased_ema, synth_classif_learner, synth_learner
 from learnloop import Callback, DataLoaders, Learner, ProgressCallback, Recorder, TrainEvalCallback, accuracy
 from learnloop.callback import noop
 from learnloop.callbacks.recorder import format_time
@@ -26,14 +26,6 @@ class LossSpy(Callback):
         if self.learn.training:
             self.losses.append(float(self.learn.loss))
             self.batches.append((self.learn.pred.detach(), self.learn.yb[0]))
-
-
-def _debiased_ema(values: list[float], beta: float = 0.98) -> list[float]:
-    out, avg = [], 0.0
-    for i, v in enumerate(values, start=1):
-        avg = beta * avg + (1 - beta) * v
-        out.append(avg / (1 - beta**i))
-    return out
 
 
 # ------------------------------------------------------------------ names
@@ -61,7 +53,7 @@ def test_values_losses_and_lrs() -> None:
     learn.fit(2, lr=0.05, cbs=spy)
     rec = learn.recorder
     assert len(rec.values) == 2 and all(len(v) == 3 for v in rec.values)
-    smooth = _debiased_ema(spy.losses)
+    smooth = debiased_ema(spy.losses)
     assert len(rec.losses) == 6 == len(spy.losses)
     assert [float(v) for v in rec.losses] == pytest.approx(smooth, rel=1e-5)
     # train_loss is the smoothed loss at the end of each training phase (not reset between epochs)
@@ -92,7 +84,7 @@ def test_train_metrics() -> None:
     train_loss, train_acc, valid_loss, valid_acc = learn.recorder.values[0]
     hits = sum((p.argmax(1) == y).sum().item() for p, y in spy.batches)
     assert train_acc == pytest.approx(hits / sum(len(y) for _, y in spy.batches))
-    assert train_loss == pytest.approx(_debiased_ema(spy.losses)[-1], rel=1e-5)
+    assert train_loss == pytest.approx(debiased_ema(spy.losses)[-1], rel=1e-5)
     assert valid_acc == pytest.approx(learn.validate()[1])
 
 
@@ -145,7 +137,7 @@ def test_a_validate_inside_a_fit_completes_the_history_it_replaces() -> None:
     spy.order = hold.order = 51
     learn.fit(1, cbs=[spy, hold, Callback(after_train=validate)])
     assert held[0] is not learn.recorder.losses and learn.recorder.losses == []
-    assert [float(t) for t in held[0]] == pytest.approx(_debiased_ema(spy.losses), rel=1e-6)
+    assert [float(t) for t in held[0]] == pytest.approx(debiased_ema(spy.losses), rel=1e-6)
 
 
 def test_smoothing_restarts_with_each_fit() -> None:
@@ -233,7 +225,7 @@ def test_recorded_losses_are_float32_scalars_of_the_smoothed_batch_losses() -> N
     losses = rec.losses
     assert len(losses) == 6 == len(spy.losses)
     assert all(isinstance(t, torch.Tensor) and t.shape == () and t.dtype == torch.float32 for t in losses)
-    assert [float(t) for t in losses] == pytest.approx(_debiased_ema(spy.losses), rel=1e-6)
+    assert [float(t) for t in losses] == pytest.approx(debiased_ema(spy.losses), rel=1e-6)
     assert float(learn.smooth_loss) == float(losses[-1])
     assert rec.losses is losses and rec.n_losses == len(rec.losses)
 
