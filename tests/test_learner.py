@@ -168,6 +168,53 @@ def test_loss_is_a_detached_copy_of_loss_grad(learn: Learner) -> None:
     assert torch.equal(loss, loss_grad.detach())
 
 
+def test_loss_grad_changed_in_place_changes_the_gradients_not_the_logged_loss() -> None:
+    # fastai's RNNRegularizer adds its penalties with `learn.loss_grad += ...`: the Recorder logs the loss without
+    # them, because `learn.loss` is copied before after_loss.
+    plain = synth_learner(n_train=32, bs=16)
+    plain.fit(2, lr=0.0)
+    learn = synth_learner(n_train=32, bs=16)
+    logged: list[tuple[float, float]] = []
+
+    class Penalty(Callback):
+        def after_loss(self) -> None:
+            if self.training:
+                self.learn.loss_grad += 10.0
+
+    class Watch(Callback):
+        order = 55  # after the Recorder
+
+        def after_batch(self) -> None:
+            logged.append((float(self.learn.loss), float(self.learn.loss_grad.detach())))
+
+    learn.fit(2, lr=0.0, cbs=[Penalty(), Watch()])
+    assert_close(torch.stack(learn.recorder.losses), torch.stack(plain.recorder.losses))
+    assert learn.recorder.values == plain.recorder.values
+    assert all(abs(g - loss - 10.0) < 1e-4 for loss, g in logged[:2])  # the first epoch's two training batches
+
+
+def test_loss_changed_in_place_leaves_loss_grad_and_the_gradients_alone() -> None:
+    def exp_mse(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # its backward reads its own output
+        return torch.exp(F.mse_loss(pred, y))
+
+    plain = _first_grad(synth_learner(loss_func=exp_mse))
+    learn = synth_learner(loss_func=exp_mse)
+    zeroed = _first_grad(learn, Callback(after_loss=lambda: learn.loss.zero_()))
+    assert_close(zeroed, plain)
+
+
+def test_a_detach_is_enough_with_only_the_default_callbacks() -> None:
+    # The copy of the loss costs a tensor op per batch: the learner only pays it when some hook could change
+    # loss_grad in place (a speed promise, checked on what decides it).
+    learn = synth_learner()
+    assert not learn._copy_loss
+    with learn.added_cbs(Callback(after_batch=lambda: None)):
+        assert learn._copy_loss
+    assert not learn._copy_loss
+    learn.fit(1, cbs=Callback(before_step=lambda: None))
+    assert not learn._copy_loss
+
+
 def _first_grad(learn: Learner, cb: Callback | None = None) -> torch.Tensor:
     grads: list[torch.Tensor] = []
     cbs: list[Callback] = [Callback(after_backward=lambda: grads.append(learn.model.weight.grad.clone()))]

@@ -39,6 +39,7 @@ class OwnAttrs:
     pred: Any
     loss_grad: Any
     loss: Any
+    _copy_loss: bool
 
     def __init__(self, obj: object) -> None:
         self.__dict__ = obj.__dict__

@@ -75,6 +75,24 @@ _AFTER_PRED, _AFTER_LOSS = Event.after_pred, Event.after_loss
 
 DEFAULT_CALLBACKS: tuple[type[Callback], ...] = (TrainEvalCallback, Recorder, ProgressCallback)
 
+# `learn.loss` is a copy of `loss_grad` taken before after_loss: a hook that changes `loss_grad` in place
+# (`learn.loss_grad += penalty`, as fastai's RNNRegularizer does) changes the gradients, not the logged loss.
+# Hooks run between the loss and the Recorder's read of it at these events. When the only hooks there are
+# those of `_LOSS_READERS` (which never change either), the copy is a detach: it shares the storage and
+# costs a third as much.
+_LOSS_EVENTS = (
+    Event.after_loss,
+    Event.before_backward,
+    Event.after_cancel_backward,
+    Event.after_backward,
+    Event.before_step,
+    Event.after_cancel_step,
+    Event.after_step,
+    Event.after_cancel_batch,
+    Event.after_batch,
+)
+_LOSS_READERS = (*DEFAULT_CALLBACKS, GatherPredsCallback, _schedule.ParamScheduler, _lr_finder.LRFinder)
+
 
 class Learner(CallbackHost):
     """Trains `model` on `dls` with `loss_func` and an optimizer from `opt_func`, firing callback events.
@@ -148,6 +166,7 @@ class Learner(CallbackHost):
         self._data_order: DataOrder | None = None
         self._fit_stage: str | None = None
         self._attrs = OwnAttrs(self)  # for per-batch code; `_all_batches` makes a new one every phase
+        self._copy_loss = False  # whether `loss` must be a copy of `loss_grad` (see _LOSS_EVENTS)
         CallbackHost.__init__(self)
         if default_cbs:
             self.add_cbs(DEFAULT_CALLBACKS)
@@ -166,6 +185,10 @@ class Learner(CallbackHost):
     def metrics(self, value: Any) -> None:
         items = [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
         self._metrics = [mk_metric(m) for m in items]
+
+    def _build_hooks(self) -> None:
+        super()._build_hooks()
+        self._copy_loss = any(type(cb) not in _LOSS_READERS for e in _LOSS_EVENTS for cb, _ in self._hooks[e])
 
     # ------------------------------------------------------------------ the loop
     def _phase(self, phase: Phase, body: Callable[[], Any]) -> None:
@@ -232,7 +255,7 @@ class Learner(CallbackHost):
                     except (RuntimeError, ValueError, IndexError) as e:
                         self._explain_loss_error(e)
                         raise
-                    s.loss = s.loss_grad.detach()
+                    s.loss = s.loss_grad.detach().clone() if s._copy_loss else s.loss_grad.detach()
                 if h := hooks[_AFTER_LOSS]:
                     run(_AFTER_LOSS, h)
                 if s.training and s.yb:
