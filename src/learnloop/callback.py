@@ -69,7 +69,7 @@ class Callback:
     def __setattr__(self, name: str, value: Any) -> None:
         learn = self.__dict__.get("learn")
         # Only the learner's own attributes count, not those it reads through from the model.
-        if learn is not None and name != "learn" and (name in learn.__dict__ or hasattr(type(learn), name)):
+        if learn is not None and name != "learn" and (name in learn.__dict__ or _class_has(type(learn), name)):
             warnings.warn(
                 f"{type(self).__name__} sets `self.{name}`, which shadows the learner's attribute "
                 f"`{name}`; use `self.learn.{name} = ...` to change the learner's.",
@@ -98,6 +98,14 @@ class Callback:
 
     def __repr__(self) -> str:
         return type(self).__name__
+
+
+def _class_has(cls: type, name: str) -> bool:
+    """`hasattr(cls, name)` without the AttributeError (and its formatted message) that a miss costs."""
+    for c in cls.__mro__:
+        if name in c.__dict__:
+            return True
+    return False
 
 
 def _runs_now(cb: Callback, training: bool) -> bool:

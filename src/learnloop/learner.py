@@ -240,7 +240,7 @@ class Learner(CallbackHost):
             if device is not None:
                 b = to_device(b, device)
             if one_input and type(b) is tuple and len(b) == 2:  # (input, target), the usual batch
-                s.xb, s.yb = b[:1], b[1:]
+                s.xb, s.yb = (b[0],), (b[1],)
             else:
                 self._split(b, n_inp)
             try:
@@ -251,11 +251,12 @@ class Learner(CallbackHost):
                     run(_AFTER_PRED, h)
                 if s.yb:
                     try:
-                        s.loss_grad = s.loss_func(s.pred, *s.yb)
+                        loss_grad = s.loss_grad = s.loss_func(s.pred, *s.yb)
                     except (RuntimeError, ValueError, IndexError) as e:
                         self._explain_loss_error(e)
                         raise
-                    s.loss = s.loss_grad.detach().clone() if s._copy_loss else s.loss_grad.detach()
+                    # When no hook can change it in place (_LOSS_EVENTS): `.data`, detach()'s alias at half the cost.
+                    s.loss = loss_grad.detach().clone() if s._copy_loss else loss_grad.data
                 if h := hooks[_AFTER_LOSS]:
                     run(_AFTER_LOSS, h)
                 if s.training and s.yb:
