@@ -195,6 +195,13 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         learn.fit(3)
         result["phase_cancels"] = summary(learn)
 
+        # rank 1 alone cancels training after the very first batch, while rank 0's next forward is the one in
+        # which DDP rebuilds its gradient buckets (a collective of its own)
+        cbs = [OnRank(1, "after_batch", 0, 0, _raise(CancelTrainException))]
+        learn = split_batch(make_learner(per_rank_bs, work, cbs=cbs))
+        learn.fit(2)
+        result["first_batch_cancel"] = summary(learn)
+
         # gradient accumulation: DDP's all-reduce only on the batches that step
         calls: list[int] = []
         learn = make_learner(per_rank_bs, work, cbs=[GradientAccumulation(n_steps=2), CountAllReduce(calls)])

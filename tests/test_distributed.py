@@ -209,7 +209,8 @@ def test_two_processes_end_with_the_parameters_of_one_process_over_the_same_glob
 
 def test_recorder_holds_the_same_values_on_every_rank(ddp_run: dict[str, Any]) -> None:
     r0, r1 = ddp_run["ranks"]
-    for key in ("fit", "early_stop", "nan_stop", "phase_cancels", "accumulate", "validate", "fsdp", "one_cycle"):
+    for key in ("fit", "early_stop", "nan_stop", "phase_cancels", "first_batch_cancel", "accumulate", "validate",
+                "fsdp", "one_cycle"):
         assert r0[key] == r1[key], key
 
 
@@ -234,7 +235,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch       train_loss") == 10  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch       train_loss") == 11  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -256,6 +257,13 @@ def test_a_phase_cancelled_on_one_rank_is_cancelled_on_every_rank(ddp_run: dict[
         # epoch 0: training cancelled at batch 2 (no train_loss); epoch 1: validation cancelled (no valid values)
         assert [len(row) for row in values] == [3, 1, 4]
         assert rank["phase_cancels"]["train_iter"] == 2 + 8 + 8  # rank 1 cancelled before counting batch 2
+
+
+def test_a_cancel_after_the_first_batch_does_not_hang(ddp_run: dict[str, Any]) -> None:
+    r0, r1 = (rank["first_batch_cancel"] for rank in ddp_run["ranks"])
+    assert r0 == r1
+    assert [len(row) for row in r0["values"]] == [3, 4]  # epoch 0 without train_loss
+    assert r0["train_iter"] == 0 + 8
 
 
 def test_lr_find_and_a_scheduled_fit_agree_on_every_rank(ddp_run: dict[str, Any]) -> None:

@@ -18,7 +18,8 @@ single process it does nothing. During ``fit`` it:
 
 Agreeing on cancels. A rank that raises ``CancelTrain/Valid/Epoch/FitException`` tells the others at
 once (in its ``after_cancel_*``); the others ask before any collective they would otherwise wait in:
-before each training backward (and before each forward when DDP broadcasts buffers, or under FSDP),
+before each training backward (and before each forward when DDP broadcasts buffers or may still rebuild
+its gradient buckets, which it does once, in the forward after the first backward; or under FSDP),
 at the start of each epoch, and at the end of each phase (``after_train``, ``after_validate``,
 ``after_epoch``, ``after_fit``). A rank that learns of a cancel raises it in turn (or, at the end of a
 phase, fires ``after_cancel_*`` for it), so every rank leaves the same phase at the same batch. Each
@@ -298,8 +299,8 @@ class DistributedTrainer(Callback):
         if not learn.training or not self._wrapped:
             return
         self._no_sync.close()
-        if self.ddp is not None and self.ddp.will_sync_module_buffers():
-            self._point()  # the forward broadcasts rank 0's buffers
+        if self.ddp is not None and (self.ddp.will_sync_module_buffers() or _may_rebuild_buckets(self.ddp)):
+            self._point()  # the forward broadcasts rank 0's buffers, or DDP's new bucket layout
         accumulation = getattr(learn, "gradient_accumulation", None)
         sync = not isinstance(accumulation, GradientAccumulation) or accumulation.will_step()
         if self.ddp is not None and not sync:
@@ -419,6 +420,14 @@ class DistributedTrainer(Callback):
         module = self.ddp.module if self.ddp is not None else self.learn.model
         for buf in module.buffers():
             torch.distributed.broadcast(buf, src=0)
+
+
+def _may_rebuild_buckets(ddp: DistributedDataParallel) -> bool:
+    """Whether DDP's next training forward may rebuild its gradient buckets: a collective, done once, in the
+    forward after the first backward, unless ``find_unused_parameters`` is set without ``static_graph``."""
+    if getattr(ddp, "_has_rebuilt_buckets", False):
+        return False
+    return bool(getattr(ddp, "static_graph", False)) or not getattr(ddp, "find_unused_parameters", False)
 
 
 def _shuffle_seed(dl: Any) -> int:
