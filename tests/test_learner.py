@@ -18,14 +18,18 @@ from learnloop import (
     Callback,
     CancelBatchException,
     DataLoaders,
+    GradientAccumulation,
     Learner,
+    ParamScheduler,
     ProgressCallback,
     Recorder,
+    TerminateOnNaNCallback,
     TrainEvalCallback,
     accuracy,
     trainable_params,
 )
 from learnloop.attrs import OwnAttrs
+from learnloop.callbacks import GatherPredsCallback
 from learnloop.optimizer import Adam
 
 
@@ -168,7 +172,8 @@ def test_loss_is_a_detached_copy_of_loss_grad(learn: Learner) -> None:
     assert torch.equal(loss, loss_grad.detach())
 
 
-def test_loss_grad_changed_in_place_changes_the_gradients_not_the_logged_loss() -> None:
+@pytest.mark.parametrize("where", ["own callback", "hook set on a library callback"])
+def test_loss_grad_changed_in_place_changes_the_gradients_not_the_logged_loss(where: str) -> None:
     # fastai's RNNRegularizer adds its penalties with `learn.loss_grad += ...`: the Recorder logs the loss without
     # them, because `learn.loss` is copied before after_loss.
     plain = synth_learner(n_train=32, bs=16)
@@ -176,10 +181,9 @@ def test_loss_grad_changed_in_place_changes_the_gradients_not_the_logged_loss() 
     learn = synth_learner(n_train=32, bs=16)
     logged: list[tuple[float, float]] = []
 
-    class Penalty(Callback):
-        def after_loss(self) -> None:
-            if self.training:
-                self.learn.loss_grad += 10.0
+    def penalty() -> None:
+        if learn.training:
+            learn.loss_grad += 10.0
 
     class Watch(Callback):
         order = 55  # after the Recorder
@@ -187,7 +191,13 @@ def test_loss_grad_changed_in_place_changes_the_gradients_not_the_logged_loss() 
         def after_batch(self) -> None:
             logged.append((float(self.learn.loss), float(self.learn.loss_grad.detach())))
 
-    learn.fit(2, lr=0.0, cbs=[Penalty(), Watch()])
+    if where == "own callback":
+        cbs: list[Callback] = [Callback(after_loss=penalty), Watch()]
+    else:  # and no other hook that could change the loss: the learner must see this one
+        carrier = ParamScheduler({"lr": lambda pct: 0.0})
+        carrier.after_loss = penalty
+        cbs = [carrier]
+    learn.fit(2, lr=0.0, cbs=cbs)
     assert_close(torch.stack(learn.recorder.losses), torch.stack(plain.recorder.losses))
     assert learn.recorder.values == plain.recorder.values
     assert all(abs(g - loss - 10.0) < 1e-4 for loss, g in logged[:2])  # the first epoch's two training batches
@@ -203,14 +213,26 @@ def test_loss_changed_in_place_leaves_loss_grad_and_the_gradients_alone() -> Non
     assert_close(zeroed, plain)
 
 
-def test_a_detach_is_enough_with_only_the_default_callbacks() -> None:
-    # The copy of the loss costs a tensor op per batch: the learner only pays it when some hook could change
-    # loss_grad in place (a speed promise, checked on what decides it).
+def test_the_loss_is_copied_only_when_a_hook_not_of_learnloop_could_change_it() -> None:
+    # The copy costs a tensor op per batch: the learner pays it only when a hook that is not one of learnloop's
+    # own methods runs between the loss and the end of the batch (a speed promise, checked on what decides it).
     learn = synth_learner()
     assert not learn._copy_loss
-    with learn.added_cbs(Callback(after_batch=lambda: None)):
-        assert learn._copy_loss
-    assert not learn._copy_loss
+    library = [ParamScheduler({"lr": lambda pct: 1e-3}), GatherPredsCallback(), GradientAccumulation(n_steps=2),
+               TerminateOnNaNCallback()]
+    with learn.added_cbs(library):
+        assert not learn._copy_loss
+
+    class OwnRecorder(Recorder):
+        def after_batch(self) -> None:
+            super().after_batch()
+
+    scheduler = ParamScheduler({"lr": lambda pct: 1e-3})
+    scheduler.after_step = lambda: None
+    for cb in (Callback(after_batch=lambda: None), OwnRecorder(), scheduler):
+        with learn.added_cbs(cb):
+            assert learn._copy_loss, cb
+        assert not learn._copy_loss
     learn.fit(1, cbs=Callback(before_step=lambda: None))
     assert not learn._copy_loss
 

@@ -78,8 +78,8 @@ DEFAULT_CALLBACKS: tuple[type[Callback], ...] = (TrainEvalCallback, Recorder, Pr
 # `learn.loss` is a copy of `loss_grad` taken before after_loss: a hook that changes `loss_grad` in place
 # (`learn.loss_grad += penalty`, as fastai's RNNRegularizer does) changes the gradients, not the logged loss.
 # Hooks run between the loss and the Recorder's read of it at these events. When the only hooks there are
-# those of `_LOSS_READERS` (which never change either), the copy is a detach: it shares the storage and
-# costs a third as much.
+# learnloop's own callback methods (which never change `loss` or `loss_grad` in place: keep it so), nothing
+# can change either, and the copy is an alias that shares the storage, at a third of the cost.
 _LOSS_EVENTS = (
     Event.after_loss,
     Event.before_backward,
@@ -91,7 +91,12 @@ _LOSS_EVENTS = (
     Event.after_cancel_batch,
     Event.after_batch,
 )
-_LOSS_READERS = (*DEFAULT_CALLBACKS, GatherPredsCallback, _schedule.ParamScheduler, _lr_finder.LRFinder)
+
+
+def _library_hook(cb: Callback, hook: Callable[[], Any]) -> bool:
+    """Whether `hook` is a method of `cb` written in learnloop (not a user's override or function)."""
+    func = getattr(hook, "__func__", None)
+    return getattr(hook, "__self__", None) is cb and getattr(func, "__module__", "").startswith("learnloop.")
 
 
 class Learner(CallbackHost):
@@ -188,7 +193,7 @@ class Learner(CallbackHost):
 
     def _build_hooks(self) -> None:
         super()._build_hooks()
-        self._copy_loss = any(type(cb) not in _LOSS_READERS for e in _LOSS_EVENTS for cb, _ in self._hooks[e])
+        self._copy_loss = not all(_library_hook(cb, hook) for e in _LOSS_EVENTS for cb, hook in self._hooks[e])
 
     # ------------------------------------------------------------------ the loop
     def _phase(self, phase: Phase, body: Callable[[], Any]) -> None:

@@ -129,7 +129,7 @@ class Recorder(Callback):
             for m in self._valid_mets:
                 m.accumulate(learn)
         elif not self.cancel_train:
-            self.smooth_loss.accumulate(state)  # it reads `loss` only
+            self.smooth_loss.accumulate(learn)
             if self.train_metrics:
                 for m in learn.metrics:
                     m.accumulate(learn)
