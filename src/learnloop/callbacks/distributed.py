@@ -19,15 +19,15 @@ single process it does nothing. During ``fit`` it:
 Agreeing on cancels. A rank that raises ``CancelTrain/Valid/Epoch/FitException`` tells the others at
 once (in its ``after_cancel_*``); the others ask before any collective they would otherwise wait in:
 before each training backward (and before each forward when DDP broadcasts buffers or may still rebuild
-its gradient buckets, which it does once, in the forward after the first backward; or under FSDP),
+its gradient buckets, which a new wrapper does once, early in each fit; or under FSDP),
 at the start of each epoch, and at the end of each phase (``after_train``, ``after_validate``,
 ``after_epoch``, ``after_fit``). A rank that learns of a cancel raises it in turn (or, at the end of a
 phase, fires ``after_cancel_*`` for it), so every rank leaves the same phase at the same batch. Each
 question is a one-integer all-reduce on a Gloo group on the CPU: about 0.1-0.3 ms, no wait on the
 GPU. Batch, backward and step cancels are not exchanged: they must be decided alike on every rank,
 as GradientAccumulation and MixedPrecision do. A training-phase cancel raised on one rank only in
-``before_backward`` by a callback of order above this one's comes after the question: the ranks
-then end with a timeout error.
+``before_backward``, or in ``before_batch`` while the forward is preceded by a question, by a callback of
+order above this one's comes after the question: the ranks then end with a timeout error.
 
 >>> learn = Learner(dls, model, loss_func, metrics=accuracy)   # under torchrun: distributed already
 >>> with learn.distrib_ctx(split_batch=True):                  # or explicitly
@@ -423,9 +423,12 @@ class DistributedTrainer(Callback):
 
 
 def _may_rebuild_buckets(ddp: DistributedDataParallel) -> bool:
-    """Whether DDP's next training forward may rebuild its gradient buckets: a collective, done once, in the
-    forward after the first backward, unless ``find_unused_parameters`` is set without ``static_graph``."""
+    """Whether DDP's next training forward may rebuild its gradient buckets, a collective. A wrapper does it
+    once, in a forward after a backward that synchronised the gradients (the second one with ``static_graph``);
+    never with ``find_unused_parameters`` (without ``static_graph``), a Python reducer or a delayed all-reduce."""
     if getattr(ddp, "_has_rebuilt_buckets", False):
+        return False
+    if getattr(ddp, "_use_python_reducer", False) or getattr(ddp, "_delay_all_reduce_all_params", False):
         return False
     return bool(getattr(ddp, "static_graph", False)) or not getattr(ddp, "find_unused_parameters", False)
 
