@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import functools
 import io
+import logging
 import statistics
 import time
 import warnings
@@ -89,6 +90,7 @@ def learnloop_loop(
 
 def fastai_loop(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None] | None:
     try:
+        import fastai.callback.progress  # noqa: F401  (puts ProgressCallback among fastai's default callbacks)
         from fastai.data.core import DataLoaders as FastaiDataLoaders
         from fastai.learner import Learner as FastaiLearner
         from fastai.optimizer import SGD as FastaiSGD
@@ -100,8 +102,10 @@ def fastai_loop(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[]
     sink = io.StringIO()
 
     def epoch() -> None:
-        with contextlib.redirect_stdout(sink), learn.no_bar(), learn.no_logging():
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             learn.fit(1)
+        sink.seek(0)
+        sink.truncate()
 
     return epoch
 
@@ -123,14 +127,24 @@ def lightning_loop(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9, foreach=True)
 
-    module = Module()
+    class Batches:  # one iterable of batches: Lightning would take a list for a list of loaders
+        def __iter__(self) -> Any:
+            return iter(batches)
+
+        def __len__(self) -> int:
+            return len(batches)
+
+    module, loader, sink = Module(), Batches(), io.StringIO()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # its per-Trainer notices about devices
 
     def epoch() -> None:
-        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
-            trainer.fit(module, batches)
+            trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False)
+            trainer.fit(module, loader)
+        sink.seek(0)
+        sink.truncate()
 
     return epoch
 
