@@ -58,13 +58,67 @@ def test_accumulation_matches_one_big_batch(opt_func: Any, acc: dict[str, int]) 
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_accumulation_counts_samples_and_drops_leftovers() -> None:
+def test_accumulation_counts_samples_and_leaves_leftovers_as_fastai() -> None:
     learn = make_learner(n_train=64, bs=8)
     counter, acc = CountSteps(), GradientAccumulation(n_acc=20)
     learn.fit(1, cbs=[counter, acc])
     assert counter.steps == 2  # after 24 and 48 samples; the last 16 never reach 20
-    assert all(p.grad is None for p in learn.model.parameters())  # the partial accumulation is not kept
-    assert acc.count == 0
+    # As fastai: the partial accumulation stays after the fit, counted and in the gradients.
+    assert acc.count == 16
+    model = learn.model
+    assert isinstance(model, nn.Linear) and model.weight.grad is not None
+    x, y = learn.dls.train.dataset.tensors  # type: ignore[attr-defined]
+    expected = torch.zeros_like(model.weight)
+    for xb, yb in ((x[48:56], y[48:56]), (x[56:64], y[56:64])):
+        expected += torch.autograd.grad(nn.functional.mse_loss(model(xb), yb) / (20 / 8), model.weight)[0]
+    torch.testing.assert_close(model.weight.grad, expected)
+
+
+def test_accumulation_count_starts_from_zero_each_fit() -> None:
+    learn = make_learner(n_train=64, bs=8)
+    counter, acc = CountSteps(), GradientAccumulation(n_acc=20)
+    learn.fit(1, cbs=[counter, acc])
+    assert acc.count == 16
+    learn.fit(1, cbs=[counter, acc])
+    assert counter.steps == 2  # not 3: the 16 samples left by the first fit are not counted again
+    assert acc.count == 16
+
+
+class LossGradLog(Callback):
+    """Records, at every event of a training batch, the event and ``loss_grad`` relative to ``loss``."""
+
+    def __init__(self, order: int) -> None:
+        self.order = order
+        self.rows: list[tuple[str, float]] = []
+
+    def _log(self, event: str) -> None:
+        if self.learn.training:
+            self.rows.append((event, round((self.learn.loss_grad / self.learn.loss).item(), 5)))
+
+
+for _event in ("after_loss", "before_backward", "after_backward", "before_step", "after_step",
+               "after_cancel_batch", "after_batch"):
+    setattr(LossGradLog, _event, lambda self, _e=_event: self._log(_e))
+
+
+@pytest.mark.parametrize(
+    "order, seen",
+    [
+        # Before GradientAccumulation (order 6): its before_step on every batch, the scaled loss until then.
+        (0, [("after_loss", 1.0), ("before_backward", 0.25), ("after_backward", 0.25), ("before_step", 0.25)]),
+        # After it: the scaled loss from after_loss on, no before_step on the batches that do not step.
+        (20, [("after_loss", 0.25), ("before_backward", 0.25), ("after_backward", 0.25)]),
+    ],
+    ids=["before", "after"],
+)
+def test_accumulation_cancels_at_before_step_and_unscales_loss_grad(order: int, seen: list[tuple[str, float]]) -> None:
+    learn = make_learner(n_train=32, bs=8)
+    log = LossGradLog(order)
+    learn.fit(1, cbs=[GradientAccumulation(n_acc=32), log])
+    # Three accumulation batches (cancelled at before_step, loss_grad unscaled again), then one that steps.
+    cancelled = [*seen, ("after_cancel_batch", 1.0), ("after_batch", 1.0)]
+    stepped = [*seen[:3], ("before_step", 0.25 if order == 0 else 1.0), ("after_step", 1.0), ("after_batch", 1.0)]
+    assert log.rows == cancelled * 3 + stepped
 
 
 def test_accumulation_beyond_the_data_never_steps() -> None:

@@ -2,8 +2,9 @@
 
 With MixedPrecision they run in this order (by ``order``)::
 
-    GradientAccumulation (6)   after_loss: loss_grad scaled down;  after_backward: cancel the batch until
-                               enough samples (or batches) have accumulated, so zero_grad is skipped
+    GradientAccumulation (6)   after_loss: loss_grad scaled down;  before_step: scaled back up, and the batch
+                               cancelled until enough samples (or batches) have accumulated, so
+                               opt.step and zero_grad are skipped
     MixedPrecision       (10)  before_backward: loss_grad *= loss scale;  before_step: unscale, skip on inf/nan
     GradientClip         (11)  before_step: clip the (unscaled) gradients, then opt.step()
 """
@@ -45,12 +46,18 @@ class GradientAccumulation(Callback):
     """Accumulate gradients over several batches before each optimizer step.
 
     fastai's semantics: with ``n_acc`` (32 when neither argument is given) the step happens once at
-    least ``n_acc`` *samples* have been seen, and each batch's ``loss_grad`` is multiplied by
-    ``bs / n_acc``, so with a mean-reduced loss the accumulated gradient is the mean over the ``n_acc``
-    samples, as one batch of ``n_acc`` would give. With ``n_steps`` the step happens every
-    ``n_steps`` batches and ``loss_grad`` is divided by ``n_steps``. The logged ``learn.loss`` is never
-    scaled. A partial accumulation carries over to the next epoch; gradients left over at the end of a
-    fit are dropped at ``after_fit`` so they cannot leak into the next one.
+    least ``n_acc`` *samples* have been seen, and each batch's ``loss_grad`` is divided by
+    ``n_acc / bs`` at ``after_loss``, so with a mean-reduced loss the accumulated gradient is the mean
+    over the ``n_acc`` samples, as one batch of ``n_acc`` would give. With ``n_steps`` the step happens
+    every ``n_steps`` batches and ``loss_grad`` is divided by ``n_steps``.
+
+    At ``before_step`` the division is undone (``learn.loss_grad`` holds the unscaled loss again from
+    there on), the batch is counted, and until enough has accumulated the batch is cancelled
+    (CancelBatchException) before ``opt.step()`` and ``opt.zero_grad()``, so the gradients add up. The
+    callbacks before it in ``order`` see ``before_step`` on every training batch; those after it only on
+    the batches that step. The logged ``learn.loss`` is never scaled. A partial accumulation carries
+    over to the next epoch; at the end of a fit it is left as it is, as in fastai (``count`` and the
+    gradients), and the next fit starts counting from zero.
 
     The schedule (ParamScheduler) follows ``pct_train`` as in fastai: hyper-parameters are set every
     batch but only the values at the stepping batches are used, and those sample the whole schedule,
@@ -76,36 +83,36 @@ class GradientAccumulation(Callback):
         """How much accumulates before a step: samples (``n_acc``) or batches (``n_steps``)."""
         return self.n_steps if self.n_steps is not None else self.n_acc
 
+    def _amount(self) -> int:
+        """What the current batch adds to ``count``: one batch, or its number of samples."""
+        return 1 if self.n_steps is not None else batch_size(self.learn.yb)
+
+    def _divisor(self) -> float:
+        """What the current batch's ``loss_grad`` is divided by: ``n_steps``, or ``n_acc / bs``."""
+        return self.n_steps if self.n_steps is not None else self.n_acc / batch_size(self.learn.yb)
+
     def before_fit(self) -> None:
         self.count = 0
 
     def will_step(self) -> bool:
         """Whether the current batch completes an accumulation, so a step follows its backward pass.
 
-        Known from ``before_batch`` on; DistributedTrainer skips DDP's gradient all-reduce when it is False.
+        Known from ``before_batch`` until ``before_step`` counts the batch; DistributedTrainer skips
+        DDP's gradient all-reduce when it is False.
         """
-        return self.count + (1 if self.n_steps is not None else batch_size(self.learn.yb)) >= self.target
+        return self.count + self._amount() >= self.target
 
+    # Never in place: learn.loss may share the storage of loss_grad.
     def after_loss(self) -> None:
+        if self.learn.yb:
+            self.learn.loss_grad = self.learn.loss_grad / self._divisor()
+
+    def before_step(self) -> None:
         learn = self.learn
-        if not learn.yb:
-            return
-        if self.n_steps is not None:
-            learn.loss_grad = learn.loss_grad / self.n_steps
-        else:  # not in place: learn.loss shares the storage of loss_grad
-            learn.loss_grad = learn.loss_grad * (batch_size(learn.yb) / self.n_acc)
-
-    def before_backward(self) -> None:
-        self.count += 1 if self.n_steps is not None else batch_size(self.learn.yb)
-
-    def after_backward(self) -> None:
+        learn.loss_grad = learn.loss_grad * self._divisor()  # the unscaled loss again, for what follows
+        self.count += self._amount()
         if self.count < self.target:
             raise CancelBatchException  # before opt.step and zero_grad: the gradients add up
-        self.count = 0
-
-    def after_fit(self) -> None:
-        if self.count and self.learn.opt is not None:
-            self.learn.opt.zero_grad()
         self.count = 0
 
     def state_dict(self) -> dict[str, Any]:
