@@ -16,6 +16,7 @@ from learnloop.callbacks.ema import EMACallback
 from learnloop.callbacks.fp16 import MixedPrecision
 from learnloop.callbacks.steps import schedule_pct
 from learnloop.callbacks.training import GradientAccumulation, GradientClip, TerminateOnNaNCallback, batch_size
+from learnloop.events import CancelFitException
 from learnloop.optimizer import SGD, Adam
 
 
@@ -262,9 +263,28 @@ class PoisonValidation(Callback):
             self.learn.pred = self.learn.pred * math.nan
 
 
-def test_terminate_on_nan_leaves_validation_alone() -> None:
+def test_terminate_on_nan_checks_validation_batches_in_fit() -> None:
+    learn = make_learner(n_train=32, bs=8)
+    log = EventLog()
+    learn.fit(2, cbs=[TerminateOnNaNCallback(), PoisonValidation(), log])
+    # The first validation batch ends the fit: no after_validate, after_epoch, nor a second epoch.
+    assert log.events[-8:] == [
+        "after_batch", "after_train", "before_validate",
+        "before_batch", "after_pred", "after_loss", "after_cancel_fit", "after_fit",
+    ]
+    assert log.events.count("before_epoch") == 1
+    assert learn.recorder.values == []
+
+
+def test_terminate_on_nan_in_validate_reaches_the_caller() -> None:
     learn = make_learner(cbs=[TerminateOnNaNCallback(), PoisonValidation()])
-    assert math.isnan(learn.validate()[0])  # no CancelFitException escaping validate()
+    log = EventLog()
+    with pytest.raises(CancelFitException):
+        learn.validate(cbs=log)
+    assert log.events == [
+        "before_fit", "before_epoch", "before_validate",
+        "before_batch", "after_pred", "after_loss", "after_epoch", "after_fit",
+    ]
 
 
 def test_callbacks_run_in_the_order_that_makes_them_correct() -> None:

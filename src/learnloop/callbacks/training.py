@@ -151,16 +151,16 @@ class GradientClip(Callback):
 
 
 class TerminateOnNaNCallback(Callback):
-    """Stop training (CancelFitException in after_batch) when the training loss is NaN or infinite.
+    """Stop (CancelFitException in after_batch) when the loss of a batch is NaN or infinite.
 
-    Only ``learn.loss`` is checked, once per training batch; reading it waits for the device to finish
-    the batch. Validation batches are not checked (fastai checks them too): ``validate()`` and
-    ``get_preds()`` have no fit phase to catch the exception, and weights that make the validation
-    loss NaN stop training at the next training batch anyway.
+    As fastai's, training and validation batches are checked: in ``fit`` the exception ends the fit
+    (after_cancel_fit, after_fit); in ``validate()`` and ``get_preds()``, which have no fit phase to
+    catch it, it reaches the caller, after their after_epoch and after_fit. ``learn.loss`` is read every
+    batch, so on an accelerator it waits for each batch to finish. A per-item loss (``get_preds(
+    with_loss=True)``) is checked item by item.
     """
 
     order = -9
-    run_valid = False
 
     def after_batch(self) -> None:
         loss = self.learn.loss
