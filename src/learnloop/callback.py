@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import re
+import types
 import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -48,12 +50,13 @@ class Callback:
     # Learner because every event method runs with it set.
     learn: Learner = None  # type: ignore[assignment]
 
-    def __init__(self, **hooks: Callable[[], Any]) -> None:
-        """Event methods may also be given as keywords: `Callback(after_batch=f)`."""
+    def __init__(self, **hooks: Callable[..., Any]) -> None:
+        """Event methods may also be given as keywords: `Callback(after_batch=f)`. As in fastai, `f` becomes a
+        method of the callback, called with it (`f(cb)`); a function that takes no argument is called as it is."""
         for name, hook in hooks.items():
             if name not in Event.__members__:
                 raise TypeError(f"Callback() got {name!r}, which is not an event.{did_you_mean(name)}")
-            object.__setattr__(self, name, hook)
+            object.__setattr__(self, name, types.MethodType(hook, self) if _takes_an_argument(hook) else hook)
 
     @property
     def name(self) -> str:
@@ -76,6 +79,8 @@ class Callback:
                 stacklevel=2,
             )
         object.__setattr__(self, name, value)
+        if learn is not None and name in _SORT_OR_HOOK:  # an event method or the order changed: new hook lists
+            learn._build_hooks()
 
     def state_dict(self) -> dict[str, Any]:
         """State that travels in checkpoints (nothing by default)."""
@@ -98,6 +103,18 @@ class Callback:
 
     def __repr__(self) -> str:
         return type(self).__name__
+
+
+def _takes_an_argument(func: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it as it is
+        return False
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+
+
+# Assigning one of these on a callback already added changes which hooks run, or in which order.
+_SORT_OR_HOOK = frozenset({*Event.__members__, *ALIASES, "order", "run_before", "run_after"})
 
 
 def _class_has(cls: type, name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
@@ -16,6 +17,17 @@ _AFTER_FIT = Event.after_fit
 # Indentation of each event in show_training_loop, by the phase it belongs to.
 _DEPTH = {"create": 0, "fit": 0, "epoch": 1, "train": 2, "validate": 2}
 _DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
+
+
+def _blame(e: Exception, cb: Callback, event: Event) -> None:
+    """Name the callback and the event in the message of `e`, which keeps its type and its own message."""
+    where = f"in callback {type(cb).__name__} at event {event.value}"
+    if not e.args:
+        e.args = (f"Exception {where}",)
+    elif len(e.args) == 1 and isinstance(e.args[0], str):
+        e.args = (f"{e.args[0]} ({where})",)
+    else:  # structured arguments (OSError's errno, ...): left alone, the message goes into a note
+        e.add_note(f"(raised {where})")
 
 
 def as_list(cbs: Any) -> list[Any]:
@@ -122,6 +134,12 @@ class CallbackHost:
         """Rebuild the per-event lists of bound methods: done when callbacks change, never per event."""
         hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
         for cb in sort_callbacks(self.cbs):
+            if type(cb).__call__ is not Callback.__call__:
+                # A callback that overrides `__call__` (to log every event, say) is called with every event's name,
+                # as fastai calls every callback: its override decides what to run.
+                for event in Event:
+                    hooks[event].append((cb, functools.partial(cb, event.value)))
+                continue
             for event, method in event_hooks(cb).items():
                 hooks[event].append((cb, method))
         # In place: the batch loop holds this dict for a whole phase. The lists are new objects, so an event
@@ -156,7 +174,7 @@ class CallbackHost:
                 except CANCEL_EXCEPTIONS:
                     raise
                 except Exception as e:
-                    e.add_note(f"(raised in callback {type(cb).__name__} at event {event.value})")
+                    _blame(e, cb, event)
                     raise
 
     def show_training_loop(self) -> None:
