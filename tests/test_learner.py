@@ -7,6 +7,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ from conftest import EventLog, synth_classif_learner, synth_dls, synth_learner
 from learnloop import (
     Callback,
     CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
     DataLoaders,
     GradientAccumulation,
     Learner,
@@ -30,7 +33,7 @@ from learnloop import (
 )
 from learnloop.attrs import OwnAttrs
 from learnloop.callbacks import GatherPredsCallback
-from learnloop.optimizer import Adam
+from learnloop.optimizer import Adam, OptimWrapper
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
@@ -150,7 +153,9 @@ def test_fit_sets_counters_and_flags_seen_by_callbacks() -> None:
 def test_state_after_fit(learn: Learner) -> None:
     learn.fit(2)
     assert learn.xb == (None,) and learn.yb == (None,)
-    assert learn.pred is None and learn.loss is None and learn.loss_grad is None and learn.dl is None
+    assert learn.pred is None and learn.loss is None and learn.dl is None
+    # loss_grad is left as the last batch's loss, as fastai leaves it (its graph was freed by backward).
+    assert isinstance(learn.loss_grad, torch.Tensor) and learn.loss_grad.grad_fn is None
     assert not learn.model.training and learn.training is False
     assert learn.pct_train == 1.0 and learn.train_iter == 4
     assert learn.n_epoch == 2 and learn.epoch == 1
@@ -468,8 +473,66 @@ def test_get_preds_does_not_disturb_the_recorder_output_or_the_model(learn: Lear
     learn.logger = printed.append
     learn.fit(1)
     printed.clear()
-    learn.get_preds()
-    assert printed == [] and learn.xb == (None,) and learn.pred is None
+    preds, _ = learn.get_preds()
+    assert printed == []
+    # As fastai's, the last validation batch stays in the learner's state (no cleanup as after a fit).
+    assert learn.pred is not None and torch.equal(learn.pred, preds[-len(learn.pred):])
+
+
+class _RaisesInValidation(Callback):
+    def __init__(self, exc: type[BaseException]) -> None:
+        self.exc = exc
+
+    def after_pred(self) -> None:
+        if not self.training:
+            raise self.exc("in validation")
+
+
+@pytest.mark.parametrize("exc", [ValueError, CancelFitException, CancelEpochException])
+@pytest.mark.parametrize("call", ["validate", "get_preds"])
+def test_an_exception_leaving_validate_or_get_preds_still_fires_after_epoch_and_after_fit(exc: Any, call: str) -> None:
+    learn, log = synth_learner(), EventLog()
+    learn.add_cbs([log, _RaisesInValidation(exc)])
+    with pytest.raises(exc):
+        getattr(learn, call)()
+    assert log.events[-3:] == ["before_batch", "after_epoch", "after_fit"]  # the log runs after the raiser
+    assert "after_validate" not in log.events and "after_cancel_validate" not in log.events
+    assert learn.recorder.values == [[]]  # the Recorder's after_epoch ran: an empty row, as fastai's
+
+
+def test_get_preds_inner_fires_only_the_validation_phase() -> None:
+    learn, log = synth_learner(), EventLog()
+    learn.add_cb(log)
+    learn.fit(1)
+    values = learn.recorder.values
+    log.events.clear()
+    preds, targets = learn.get_preds(inner=True)
+    assert log.events[0] == "before_validate" and log.events[-1] == "after_validate"
+    assert "before_fit" not in log.events and "after_epoch" not in log.events
+    assert learn.recorder.values is values and len(preds) == len(targets) == 16
+
+
+def test_validate_returns_the_final_record_and_none_without_a_recorder() -> None:
+    learn = synth_learner()
+    result = learn.validate()
+    assert result is learn.final_record and result is learn.recorder.values[-1]
+    assert synth_learner(default_cbs=False).validate() is None
+
+
+def test_fit_takes_a_numpy_integer() -> None:
+    learn = synth_learner()
+    learn.fit(np.int64(2))
+    assert learn.n_epoch == 2 and type(learn.n_epoch) is int and len(learn.recorder.values) == 2
+
+
+def test_an_optim_wrapper_instance_as_opt_func_is_used_as_it_is() -> None:
+    learn = synth_learner()
+    opt = OptimWrapper(list(learn.model.parameters()), opt=torch.optim.SGD, lr=0.1)
+    learn.opt_func = opt
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    learn.fit(1, lr=0.05)
+    assert learn.opt is opt and opt.hypers[0]["lr"] == 0.05
+    assert any(not torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
 
 
 def test_predict_one_item() -> None:

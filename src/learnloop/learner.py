@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -38,7 +39,7 @@ from .events import (
 )
 from .fsdp import is_fsdp, load_sharded, save_sharded
 from .metrics import Metric, mk_metric
-from .optimizer import Adam
+from .optimizer import Adam, OptimWrapper
 from .resume import DataOrder, ResumeState
 
 __all__ = ["Learner", "trainable_params", "norm_bias_params", "NORM_TYPES"]
@@ -341,7 +342,8 @@ class Learner(CallbackHost):
         self._fire(FIT.after)
 
     def _end_cleanup(self) -> None:
-        self.dl, self.xb, self.yb, self.pred, self.loss, self.loss_grad = None, (None,), (None,), None, None, None
+        # As fastai's: `loss_grad` stays (the last batch's loss, its graph already freed by backward).
+        self.dl, self.xb, self.yb, self.pred, self.loss = None, (None,), (None,), None, None
 
     @property
     def smooth_loss(self) -> torch.Tensor:
@@ -376,7 +378,11 @@ class Learner(CallbackHost):
         """Create the optimizer from `opt_func` over the groups made by `splitter`."""
         if isinstance(self.opt_func, functools.partial) and "lr" in self.opt_func.keywords:
             self.lr = self.opt_func.keywords["lr"]
-        self.opt = self.opt_func(self.splitter(self.model), lr=self.lr)
+        if isinstance(self.opt_func, OptimWrapper):  # an optimizer already built: used as it is, its state cleared
+            self.opt = self.opt_func
+            self.opt.clear_state()
+        else:
+            self.opt = self.opt_func(self.splitter(self.model), lr=self.lr)
         if not self.wd_bn_bias:
             for p in norm_bias_params(self.model, with_bias=True):
                 self.opt.state[p]["do_wd"] = False
@@ -399,8 +405,9 @@ class Learner(CallbackHost):
         `resume` continues a run from a checkpoint of `CheckpointCallback` (a file, its folder, or 'latest'),
         ending exactly as the uninterrupted run would have; call it as the interrupted fit was called.
         """
-        if not isinstance(n_epoch, int) or n_epoch < 0:
+        if isinstance(n_epoch, bool) or not isinstance(n_epoch, numbers.Integral) or n_epoch < 0:
             raise ValueError(f"n_epoch must be a whole number of epochs >= 0, got {n_epoch!r}.")
+        n_epoch = int(n_epoch)  # a numpy integer too
         if lr is not None:
             _check_lr(lr)
         if resume is not None and start_epoch:
@@ -478,19 +485,28 @@ class Learner(CallbackHost):
             yield
 
     @contextmanager
-    def _validation_context(self, cbs: Any = None) -> Iterator[None]:
+    def _validation_context(self, cbs: Any = None, inner: bool = False) -> Iterator[None]:
+        """The events around `validate()`'s and `get_preds()`'s validation phase: before_fit and before_epoch, then
+        after_epoch and after_fit, those even when an exception leaves the phase (as fastai's). `inner=True` (a call
+        from inside a running fit that should leave the fit's callbacks alone) fires none of them. The last batch's
+        state (`xb`, `pred`, `loss`...) is left in place, as fastai leaves it."""
         with self.no_logging(), self.no_mbar(), self.added_cbs(cbs):
+            if inner:
+                yield
+                return
             self([Event.before_fit, Event.before_epoch])
-            yield
-            self([Event.after_epoch, Event.after_fit])
-            self._end_cleanup()
+            try:
+                yield
+            finally:
+                self([Event.after_epoch, Event.after_fit])
 
-    def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any]:
-        """Evaluate on the validation set (or `dl`): `[valid_loss, *metrics]`."""
+    def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any] | None:
+        """Evaluate on the validation set (or `dl`): `[valid_loss, *metrics]`, the Recorder's `final_record`
+        (None when no Recorder ever recorded one)."""
         dl = self.dls[ds_idx] if dl is None else dl
         with self._validation_context(cbs):
             self._do_epoch_validate(ds_idx, dl)
-        return list(getattr(self, "final_record", []))
+        return getattr(self, "final_record", None)
 
     def get_preds(
         self,
@@ -500,12 +516,17 @@ class Learner(CallbackHost):
         with_decoded: bool = False,
         with_loss: bool = False,
         act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        inner: bool = False,
         cbs: Any = None,
     ) -> tuple[Any, ...]:
-        """Predictions and targets over a dataset: `(inputs?, preds, targets, decoded?, losses?)`."""
+        """Predictions and targets over a dataset: `(inputs?, preds, targets, decoded?, losses?)`.
+
+        `inner=True` runs only the validation phase, without the fit and epoch events around it: for a callback
+        that needs predictions in the middle of a fit without resetting the fit's callbacks (the Recorder's).
+        """
         dl = unshuffled(self.dls[ds_idx]) if dl is None else dl
         gather = GatherPredsCallback(with_input=with_input, with_loss=with_loss)
-        with self._unreduced_loss(with_loss), self._validation_context([*as_list(cbs), gather]):
+        with self._unreduced_loss(with_loss), self._validation_context([*as_list(cbs), gather], inner=inner):
             self._do_epoch_validate(ds_idx, dl)
         preds = gather.preds
         if preds is not None:
