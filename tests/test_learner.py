@@ -548,6 +548,9 @@ def test_predict_one_item() -> None:
     cls, dec, probs = classif.predict(torch.randn(4))
     assert probs.shape == (3,) and probs.sum().item() == pytest.approx(1.0)
     assert cls == probs.argmax().item() and dec == probs.argmax()
+    x = torch.randn(4)
+    inp, cls, dec, probs = classif.predict(x, with_input=True)
+    assert torch.equal(inp, x) and torch.equal(probs, classif.predict(x)[2])
 
 
 # ------------------------------------------------------------------ devices

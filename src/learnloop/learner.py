@@ -562,17 +562,21 @@ class Learner(CallbackHost):
             finally:
                 self.loss_func = old
 
-    def predict(self, item: Any) -> tuple[Any, Any, Any]:
-        """Predict one item (an input tensor, or a tuple of inputs): `(decoded, decoded tensor, pred)`."""
+    def predict(self, item: Any, with_input: bool = False) -> tuple[Any, ...]:
+        """Predict one item (an input tensor, or a tuple of inputs): `(decoded, decoded tensor, pred)`, with the
+        input first when `with_input` (fastai's order)."""
         inputs = tuple(item) if isinstance(item, (tuple, list)) else (item,)
         batch = tuple(torch.as_tensor(x).unsqueeze(0) for x in inputs)
         self._n_inp = len(batch)
         try:
-            _, preds, _, decoded = self.get_preds(dl=[batch], with_decoded=True, with_input=True)
+            inp, preds, _, decoded = self.get_preds(dl=[batch], with_decoded=True, with_input=True)
         finally:
             self._n_inp = None
         dec = decoded[0]
-        return (dec.item() if dec.numel() == 1 else dec), dec, preds[0]
+        result = (dec.item() if dec.numel() == 1 else dec), dec, preds[0]
+        if with_input:
+            return (inp[0] if isinstance(inp, torch.Tensor) else tuple(x[0] for x in inp), *result)
+        return result
 
     def _model_file(self, file: str | Path) -> Path:
         return self.path / self.model_dir / f"{file}.pth"
