@@ -20,6 +20,7 @@ from learnloop import (
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
+    CastToTensor,
     DataLoaders,
     GradientAccumulation,
     Learner,
@@ -773,3 +774,17 @@ def test_train_eval_moves_the_model_only_when_it_is_elsewhere(monkeypatch: pytes
     learn.dls.device = torch.device("meta")  # a device the model is not on: it is moved
     learn.train_eval.before_fit()
     assert all(p.device.type == "meta" for p in learn.model.parameters())
+
+
+def test_cast_to_tensor_makes_tensor_subclasses_plain_before_the_model() -> None:
+    class Tagged(torch.Tensor):
+        pass
+
+    seen: list[type] = []
+    plain = synth_dls()
+    tagged = [[(x.as_subclass(Tagged), y.as_subclass(Tagged)) for x, y in dl] for dl in (plain.train, plain.valid)]
+    learn = Learner(DataLoaders(*tagged), nn.Linear(2, 1), loss_func=F.mse_loss, cbs=CastToTensor())
+    learn.add_cb(Callback(after_pred=lambda: seen.extend(type(t) for t in (*learn.xb, *learn.yb))))
+    with learn.no_bar():
+        learn.fit(1)
+    assert seen and set(seen) == {torch.Tensor} and learn.cast_to_tensor.order == 9

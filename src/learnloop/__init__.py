@@ -3,6 +3,7 @@
 from .callback import Callback
 from .callbacks import (
     AMPMode,
+    CastToTensor,
     ChannelsLast,
     CheckpointCallback,
     CompileModel,
@@ -113,6 +114,7 @@ __all__ = [
     "BaseLoss",
     "CSVLogger",
     "Callback",
+    "CastToTensor",
     "CancelBackwardException",
     "CancelBatchException",
     "CancelEpochException",

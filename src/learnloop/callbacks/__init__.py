@@ -1,7 +1,7 @@
 """The standard callbacks, a module per family."""
 
 from .checkpointing import CheckpointCallback
-from .core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
+from .core import CastToTensor, GatherPredsCallback, SkipToEpoch, TrainEvalCallback
 from .distributed import DistributedTrainer
 from .ema import EMACallback
 from .fp16 import AMPMode, MixedPrecision
@@ -19,6 +19,7 @@ from .training import GradientAccumulation, GradientClip, TerminateOnNaNCallback
 __all__ = [
     "AMPMode",
     "CSVLogger",
+    "CastToTensor",
     "ChannelsLast",
     "CheckpointCallback",
     "CompileModel",

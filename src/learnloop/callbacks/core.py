@@ -10,7 +10,7 @@ import torch
 from ..callback import Callback
 from ..events import CancelEpochException
 
-__all__ = ["TrainEvalCallback", "SkipToEpoch", "GatherPredsCallback"]
+__all__ = ["TrainEvalCallback", "SkipToEpoch", "GatherPredsCallback", "CastToTensor"]
 
 
 def _to_device(module: torch.nn.Module, device: torch.device | str) -> None:
@@ -129,3 +129,23 @@ class GatherPredsCallback(Callback):
         self.targets = _concat(self._targets)
         self.inputs = _concat(self._inputs) if self.with_input else None
         self.losses = _concat(self._losses) if self.with_loss else None
+
+
+def _plain_tensors(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x if type(x) is torch.Tensor else x.as_subclass(torch.Tensor)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_plain_tensors(o) for o in x)
+    return x
+
+
+class CastToTensor(Callback):
+    """Makes the batch's tensor subclasses plain `torch.Tensor`s before the model sees them (fastai's callback of
+    that name, which fastai adds by default for its own tensor types; learnloop has none, so it is not a default:
+    add it when a Dataset yields tensor subclasses that slow down or confuse the model, `torch.compile` say)."""
+
+    order = 9
+
+    def before_batch(self) -> None:
+        learn = self.learn
+        learn.xb, learn.yb = _plain_tensors(learn.xb), _plain_tensors(learn.yb)
