@@ -190,15 +190,108 @@ def test_do_wd_false_skips_weight_decay() -> None:
         assert torch.allclose(p, torch.full((2,), 0.95)) and torch.equal(q, torch.ones(2))
 
 
-def test_zero_grad_both_modes() -> None:
-    p = torch.ones(3, requires_grad=True)
-    opt = SGD([p], lr=0.1)
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+def test_zero_grad_zeroes_in_place_by_default_and_drops_on_request() -> None:
+    p, q, r = (torch.ones(3, requires_grad=True) for _ in range(3))
+    opt = SGD([p, q, r], lr=0.1)
     p.grad = torch.ones(3)
     grad = p.grad
-    opt.zero_grad(set_to_none=False)
-    assert p.grad is grad and torch.equal(grad, torch.zeros(3))
+    (r * r).sum().backward(create_graph=True)  # a gradient that is part of a graph
+    assert r.grad is not None and r.grad.requires_grad
     opt.zero_grad()
+    assert p.grad is grad and torch.equal(grad, torch.zeros(3))  # the same tensor, zeroed (fastai's way)
+    assert q.grad is None  # a parameter without a gradient does not get one
+    assert torch.equal(r.grad, torch.zeros(3)) and not r.grad.requires_grad and r.grad.grad_fn is None
+    opt.zero_grad(set_to_none=True)
+    assert p.grad is None and r.grad is None
+    opt.zero_grad()  # nothing to zero
     assert p.grad is None
+
+
+def sgd_after_zero_grad(mom: float, wd: float) -> float:
+    """p after SGD(lr=0.1) steps once from 1 with a gradient of 1, then once with the zeroed gradient."""
+    lr, p, buf = 0.1, 1.0, 0.0
+    for g in (1.0, 0.0):
+        p *= 1 - lr * wd
+        buf = buf * mom + g
+        p -= lr * (buf if mom else g)
+    return p
+
+
+def adam_after_zero_grad(lr: float, wd: float, mom: float = 0.9, sqr_mom: float = 0.99, eps: float = 1e-5) -> float:
+    """p after Adam steps once from 1 with a gradient of 1, then once with the zeroed gradient."""
+    p, avg, sqr = 1.0, 0.0, 0.0
+    for step, g in ((1, 1.0), (2, 0.0)):
+        p *= 1 - lr * wd
+        avg, sqr = mom * avg + (1 - mom) * g, sqr_mom * sqr + (1 - sqr_mom) * g * g
+        p -= lr / (1 - mom**step) * avg / ((sqr / (1 - sqr_mom**step)) ** 0.5 + eps)
+    return p
+
+
+@pytest.mark.parametrize("impl", ["per_param", "foreach", "auto"])
+def test_a_step_with_zeroed_gradients_still_applies_momentum_and_weight_decay(impl: str) -> None:
+    """As after a CancelBackwardException: the step runs on the gradients zero_grad left (zeros, not None)."""
+    cases: list[tuple[Callable[..., Any], float]] = [
+        (partial(SGD, lr=0.1, mom=0.9, wd=0.1), sgd_after_zero_grad(0.9, 0.1)),  # 0.7911
+        (partial(SGD, lr=0.1, wd=0.1), sgd_after_zero_grad(0.0, 0.1)),  # decay only: 0.89 * 0.99
+        (partial(Adam, lr=0.1, wd=0.1), adam_after_zero_grad(0.1, 0.1)),
+    ]
+    for make, expected in cases:
+        p = torch.ones(3, requires_grad=True)
+        opt = make([p])
+        opt.implementation = impl
+        p.grad = torch.ones(3)
+        opt.step()
+        opt.zero_grad()
+        opt.step()
+        torch.testing.assert_close(p.detach(), torch.full((3,), expected), rtol=1e-6, atol=0)
+    assert sgd_after_zero_grad(0.9, 0.1) == pytest.approx(0.7911)
+
+
+@pytest.mark.parametrize("impl", ["per_param", "foreach", "auto"])
+def test_frozen_parameters_keep_zero_gradients_and_are_still_stepped(impl: str) -> None:
+    """fastai's zero_grad leaves frozen parameters a zero gradient: weight decay and momentum keep moving them."""
+    lr, mom, wd, steps = 0.1, 0.9, 0.1, 3
+    model = net()
+    opt = SGD(groups_of(model), lr=lr, mom=mom, wd=wd)
+    opt.implementation = impl  # type: ignore[assignment]
+    fit(model, opt, 2)
+    opt.freeze()
+    frozen = [*model[0].parameters(), *model[1].parameters()]
+    expected = []
+    for p in frozen:  # the per-parameter formula with g = 0: p *= 1 - lr*wd; buf = mom*buf; p -= lr*buf
+        w, buf = p.detach().clone(), opt.state[p]["grad_avg"].clone()
+        for _ in range(steps):
+            w = w * (1 - lr * wd)
+            buf = buf * mom
+            w = w - lr * buf
+        expected.append(w)
+    fit(model, opt, steps, seed=1)
+    for p, w in zip(frozen, expected, strict=True):
+        assert not p.requires_grad and p.grad is not None and not p.grad.any()
+        torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("impl", ["per_param", "foreach", "auto"])
+def test_frozen_parameters_after_clear_state_only_decay(impl: str) -> None:
+    """Learner.freeze also clears the state: a frozen Adam parameter then moves by weight decay alone."""
+    lr, wd, steps = 0.01, 0.5, 3
+    model = net()
+    opt = Adam(groups_of(model), lr=lr)
+    opt.implementation = impl  # type: ignore[assignment]
+    fit(model, opt, 2)
+    opt.freeze()
+    opt.clear_state()
+    opt.set_hypers(wd=wd)
+    frozen = [*model[0].parameters(), *model[1].parameters()]
+    before = [p.detach().clone() for p in frozen]
+    fit(model, opt, steps, seed=1)
+    for p, w in zip(frozen, before, strict=True):
+        for _ in range(steps):
+            w = w * (1 - lr * wd)
+        torch.testing.assert_close(p.detach(), w, rtol=1e-6, atol=1e-7)
+        assert opt.state[p]["step"] == steps and set(opt.state[p]) == {"grad_avg", "sqr_avg", "step"}
+        assert not opt.state[p]["grad_avg"].any()
 
 
 OPT_FUNCS: dict[str, Callable[..., Any]] = {

@@ -205,7 +205,12 @@ class TinyNet(nn.Module):
 
 
 def train(opt_func: Callable[..., Any], implementation: str, steps: int = 100) -> list[torch.Tensor]:
-    """Train TinyNet to fixed targets; ``do_wd`` False on the norm and the biases."""
+    """Train TinyNet to fixed targets; ``do_wd`` False on the norm and the biases.
+
+    The gradients are zeroed in place (the default), but dropped every fourth step, so ``sometimes`` is
+    skipped on some of its unused steps (no gradient) and stepped with a zero gradient on the others: its
+    step count falls behind the other parameters'.
+    """
     model = TinyNet()
     opt = opt_func(model.groups())
     opt.implementation = implementation
@@ -216,7 +221,7 @@ def train(opt_func: Callable[..., Any], implementation: str, steps: int = 100) -
     for i in range(steps):
         nn.functional.mse_loss(model(x, use_sometimes=i % 2 == 0), y).backward()
         opt.step()
-        opt.zero_grad()
+        opt.zero_grad(set_to_none=i % 4 == 0)
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -245,7 +250,12 @@ def reference(name: str) -> list[torch.Tensor]:
 
 
 def relative_error(out: list[torch.Tensor], ref: list[torch.Tensor]) -> float:
-    return max(((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(out, ref, strict=True))
+    """The largest ``|a - b| / max(|b|, 0.1)`` over the tensors: relative, but absolute for small tensors.
+
+    ``sometimes``, also stepped with zero gradients, shrinks to a norm of about 0.02, where the fused kernels'
+    few-ulp rounding reaches 2e-6 relative (the per-parameter float32 path is itself 2e-6 from float64).
+    """
+    return max(((a - b).norm() / b.norm().clamp_min(0.1)).item() for a, b in zip(out, ref, strict=True))
 
 
 @pytest.mark.parametrize("implementation", ["foreach", "auto"])

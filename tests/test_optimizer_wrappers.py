@@ -157,6 +157,20 @@ def test_lookahead_exposes_the_wrapped_api() -> None:
         Lookahead(RAdam(groups, lr=0.1), k=0)
 
 
+def test_lookahead_zero_grad_zeroes_in_place_whatever_it_wraps() -> None:
+    """fastai's Lookahead zeroes in place (its own zero_grad); a bare OptimWrapper keeps torch's default."""
+    for inner in (lambda g: RAdam(g, lr=0.1), lambda g: OptimWrapper(g, opt=torch.optim.SGD, lr=0.1)):
+        groups = three_groups()
+        opt = Lookahead(inner(groups))
+        set_grads(groups)
+        grads = [g[0].grad for g in groups]
+        opt.zero_grad()
+        for g, grad in zip(groups, grads, strict=True):
+            assert g[0].grad is grad and grad is not None and not grad.any()
+        opt.zero_grad(set_to_none=True)
+        assert all(g[0].grad is None for g in groups)
+
+
 def test_lookahead_state_dict_round_trip() -> None:
     groups = three_groups()
     opt = ranger(groups, lr=0.1)

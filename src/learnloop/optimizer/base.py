@@ -188,8 +188,12 @@ class BaseOptimizer:
         """Update the parameters from their gradients."""
         raise NotImplementedError
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Drop the gradients (``set_to_none=True``) or zero them in place."""
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero the gradients in place, or drop them (``set_to_none=True``).
+
+        ``Optimizer`` and ``Lookahead`` zero in place by default, as fastai does; ``OptimWrapper`` keeps
+        torch's default (``set_to_none=True``), as fastai's forwards to torch.
+        """
         raise NotImplementedError
 
     def clear_state(self) -> None:

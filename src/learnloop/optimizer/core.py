@@ -13,6 +13,8 @@ chains. A chain with any user stepper runs the per-parameter loop above.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, get_args
 
@@ -28,6 +30,8 @@ __all__ = ["Optimizer", "Implementation"]
 
 Implementation = Literal["auto", "fused", "foreach", "per_param"]
 _PER_PARAM_STATE = ("grad_avg", "sqr_avg")  # state tensors shaped like their parameter
+_GRAD = operator.attrgetter("grad")
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
 
 
 def _to_param_lists(params: Iterable[Any]) -> tuple[list[list[Tensor]], list[dict[str, Any]]]:
@@ -186,24 +190,27 @@ class Optimizer(BaseOptimizer):
             "optimizer"
         )
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Drop the gradients (``set_to_none=True``, torch's default) or zero them in place."""
-        to_zero = []
-        for plist in self.param_lists:
-            for p in plist:
-                g = p.grad
-                if g is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                    continue
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero every gradient in place, as fastai does; ``set_to_none=True`` drops them instead (torch's way).
+
+        Zeroed in place, a gradient stays a tensor: its parameter is still stepped, with a zero gradient, so
+        weight decay and momentum keep moving it, even once it is frozen (fastai's behaviour).
+        """
+        params = itertools.chain.from_iterable(self.param_lists)
+        if set_to_none:
+            for p in params:
+                p.grad = None
+            return
+        grads = [g for g in map(_GRAD, params) if g is not None]
+        if not grads:
+            return
+        if any(map(_REQUIRES_GRAD, grads)):  # rare: gradients of backward(create_graph=True) hold a graph
+            for g in grads:
                 if g.grad_fn is not None:
                     g.detach_()
                 else:
                     g.requires_grad_(False)
-                to_zero.append(g)
-        if to_zero:
-            torch._foreach_zero_(to_zero)
+        torch._foreach_zero_(grads)
 
     # -- state ----------------------------------------------------------------------------------------
     def clear_state(self) -> None:

@@ -91,8 +91,8 @@ class Lookahead(BaseOptimizer):
         """Freeze the wrapped optimizer's groups before ``n``."""
         self.opt.freeze_to(n)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero (or drop) the gradients."""
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero the gradients in place (fastai's default, whatever the wrapped optimizer), or drop them."""
         self.opt.zero_grad(set_to_none)
 
     def __getattr__(self, name: str) -> Any:

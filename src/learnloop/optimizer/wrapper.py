@@ -163,7 +163,7 @@ class OptimWrapper(BaseOptimizer):
         return self.opt.step(closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero (or drop) the gradients."""
+        """The torch optimizer's ``zero_grad``: drops the gradients by default (torch's and fastai's wrapper's)."""
         self.opt.zero_grad(set_to_none=set_to_none)
 
     def clear_state(self) -> None:
