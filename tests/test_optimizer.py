@@ -71,6 +71,24 @@ def test_params_forms_and_defaults() -> None:
     assert adam.hypers[0] == {"wd": 0.01, "mom": 0.9, "sqr_mom": 0.99, "lr": 1e-3, "eps": 1e-5}
 
 
+def test_a_single_tensor_is_one_parameter_and_a_single_stepper_a_chain_of_one() -> None:
+    """fastai wraps them: ``SGD(p, lr)`` steps p itself, not the rows of p; ``Optimizer(p, sgd_step)`` works."""
+    p = torch.ones(3, requires_grad=True)
+    for opt in (SGD(p, lr=0.1), Optimizer(p, sgd_step, lr=0.1), SGD([{"params": p}], lr=0.1)):
+        assert opt.param_lists == [[p]] and opt.cbs[-1] is sgd_step
+        p.grad = torch.ones(3)
+        with torch.no_grad():
+            p.fill_(1.0)
+        opt.step()
+        assert torch.equal(p.detach(), torch.full((3,), 0.9))
+    matrix = torch.ones(2, 3, requires_grad=True)
+    opt = Adam(matrix, lr=0.1)
+    assert opt.param_lists == [[matrix]]
+    opt.add_param_group({"params": p})
+    opt.param_groups[0]["params"] = matrix
+    assert opt.param_lists == [[matrix], [p]]
+
+
 def test_stepper_defaults_fastai_attribute_and_typed_decorator() -> None:
     def my_step(p: torch.Tensor, lr: float, scale: float, **kwargs: Any) -> None:
         p.data.add_(p.grad, alpha=-lr * scale)

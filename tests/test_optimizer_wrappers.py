@@ -114,6 +114,15 @@ def test_wrapper_freeze_force_train_state_dict_and_clear_state() -> None:
     assert len(opt.opt.state) == 0 and opt.state[groups[0][0]] == {"force_train": True}
 
 
+def test_wrapper_takes_a_single_tensor_as_one_parameter() -> None:
+    p = nn.Parameter(torch.ones(3))
+    opt = OptimWrapper(p, opt=torch.optim.SGD, lr=0.1)
+    assert opt.param_lists == [[p]]
+    p.grad = torch.ones(3)
+    opt.step()
+    assert torch.equal(p.detach(), torch.full((3,), 0.9))
+
+
 def test_wrapper_around_a_built_optimizer() -> None:
     params = three_groups()[0]
     opt = OptimWrapper(opt=torch.optim.SGD(params, lr=0.1, momentum=0.9))

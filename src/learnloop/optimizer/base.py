@@ -7,13 +7,13 @@ Learner, schedules and discriminative learning rates see one API whichever is in
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from numbers import Real
 from typing import Any
 
 from torch import Tensor
 
-__all__ = ["BaseOptimizer", "OptimizerState", "ParamGroupView", "even_mults", "spread_hyper"]
+__all__ = ["BaseOptimizer", "OptimizerState", "ParamGroupView", "as_param_list", "even_mults", "spread_hyper"]
 
 #: Hyper-parameter names the Learner and its schedules may set on any optimizer.
 STANDARD_HYPERS = frozenset({"lr", "mom", "sqr_mom", "eps", "wd"})
@@ -28,6 +28,11 @@ class OptimizerState(dict[Tensor, dict[str, Any]]):
         new: dict[str, Any] = {}
         self[p] = new
         return new
+
+
+def as_param_list(params: Tensor | Iterable[Any]) -> list[Any]:
+    """A list of the items of ``params``; a single tensor is one parameter (not an iterable of its rows)."""
+    return [params] if isinstance(params, Tensor) else list(params)
 
 
 def even_mults(start: float, stop: float, n: int) -> list[float]:
@@ -79,7 +84,7 @@ class ParamGroupView(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         if key == "params":
-            self._opt.param_lists[self._index] = list(value)
+            self._opt.param_lists[self._index] = as_param_list(value)
         else:
             self._opt.hypers[self._index][key] = value
 

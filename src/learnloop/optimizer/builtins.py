@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
+from torch import Tensor
+
 from .core import Optimizer
 from .lookahead import Lookahead
 from .steppers import (
@@ -31,7 +33,7 @@ from .steppers import (
 
 __all__ = ["SGD", "RMSProp", "Adam", "RAdam", "QHAdam", "Larc", "LARS", "Lamb", "LAMB", "ranger"]
 
-Params = Iterable[Any]
+Params = Tensor | Iterable[Any]  # a single tensor is one parameter
 
 
 def _wd(decouple_wd: bool) -> list[Callable[..., Any]]:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import Tensor
 
-from .base import BaseOptimizer, OptimizerState, ParamGroupView
+from .base import BaseOptimizer, OptimizerState, ParamGroupView, as_param_list
 from .chain import compile_chain, missing_message, stepper_name
 from .foreach import RESERVED_NAMES, Bucket, cpu_chunks
 from .steppers import stepper_defaults
@@ -34,13 +34,13 @@ _GRAD = operator.attrgetter("grad")
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
 
 
-def _to_param_lists(params: Iterable[Any]) -> tuple[list[list[Tensor]], list[dict[str, Any]]]:
-    """Parameter lists from tensors (one group), lists of tensors, or torch-style group dicts."""
-    items = list(params)
+def _to_param_lists(params: Tensor | Iterable[Any]) -> tuple[list[list[Tensor]], list[dict[str, Any]]]:
+    """Parameter lists from a tensor or tensors (one group), lists of tensors, or torch-style group dicts."""
+    items = as_param_list(params)
     if not items:
         raise ValueError("the optimizer got an empty parameter list")
     if isinstance(items[0], dict):
-        return [list(g["params"]) for g in items], [
+        return [as_param_list(g["params"]) for g in items], [
             {k: v for k, v in g.items() if k != "params"} for g in items
         ]
     if isinstance(items[0], (list, tuple)):
@@ -51,16 +51,22 @@ def _to_param_lists(params: Iterable[Any]) -> tuple[list[list[Tensor]], list[dic
 class Optimizer(BaseOptimizer):
     """fastai's generic optimizer: ``Optimizer(params, cbs, train_bn=True, **defaults)``.
 
+    ``params`` may be a single tensor and ``cbs`` a single stepper, as in fastai.
+
     >>> opt = Optimizer(model.parameters(), [weight_decay, sgd_step], lr=0.1, wd=0.01)  # doctest: +SKIP
     """
 
     keep_on_clear: ClassVar[tuple[str, ...]] = ("force_train", "do_wd")
 
     def __init__(
-        self, params: Iterable[Any], cbs: Sequence[Callable[..., Any]], train_bn: bool = True, **defaults: Any
+        self,
+        params: Tensor | Iterable[Any],
+        cbs: Callable[..., Any] | Sequence[Callable[..., Any]],
+        train_bn: bool = True,
+        **defaults: Any,
     ) -> None:
         self.param_lists, group_hypers = _to_param_lists(params)
-        self.cbs = list(cbs)
+        self.cbs: list[Callable[..., Any]] = [cbs] if callable(cbs) else list(cbs)
         self.state = OptimizerState()
         self.train_bn = train_bn
         self.frozen_idx = 0
@@ -288,12 +294,12 @@ class Optimizer(BaseOptimizer):
         if len(groups) != len(self.param_lists):
             raise ValueError(f"got {len(groups)} parameter groups, the optimizer has {len(self.param_lists)}")
         for i, g in enumerate(groups):
-            self.param_lists[i] = list(g["params"])
+            self.param_lists[i] = as_param_list(g["params"])
             self.hypers[i].update({k: v for k, v in g.items() if k != "params"})
 
     def add_param_group(self, group: Mapping[str, Any]) -> None:
         """Append a torch-style group; hypers it does not give come from the construction defaults."""
-        new = list(group["params"])
+        new = as_param_list(group["params"])
         seen = {id(p) for plist in self.param_lists for p in plist}
         if any(id(p) in seen for p in new):
             raise ValueError("some parameters appear in more than one group")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import BaseOptimizer, OptimizerState
+from .base import BaseOptimizer, OptimizerState, as_param_list
 
 __all__ = ["OptimWrapper", "PYTORCH_HP_MAP"]
 
@@ -92,7 +92,7 @@ class OptimWrapper(BaseOptimizer):
 
     def __init__(
         self,
-        params: Iterable[Any] | None = None,
+        params: Tensor | Iterable[Any] | None = None,
         opt: Callable[..., torch.optim.Optimizer] | torch.optim.Optimizer | None = None,
         hp_map: Mapping[str, str] | None = None,
         convert_groups: bool = True,
@@ -109,7 +109,7 @@ class OptimWrapper(BaseOptimizer):
         elif callable(opt):
             if params is None:
                 raise ValueError(f"OptimWrapper needs params to build {opt!r}")
-            items = list(params)
+            items = as_param_list(params)
             if convert_groups and items and isinstance(items[0], (list, tuple)):
                 items = [{"params": list(g)} for g in items]
             self.opt = opt(items, **kwargs)
