@@ -131,16 +131,29 @@ def test_an_unrecorded_monitor_is_a_clear_error_before_any_batch(monitor: str) -
     assert batches == [] and all(torch.equal(w[k], v) for k, v in weights(learn).items())
 
 
-def test_trackers_sit_out_validate_and_get_preds() -> None:
+def test_the_state_is_reset_at_before_fit() -> None:
     learn = synth_learner()
-    tracker = EarlyStoppingCallback(patience=1)
-    learn.add_cb(tracker)
-    learn.fit(1)
-    best = tracker.best
-    for _ in range(3):
-        learn.validate()
-        learn.get_preds()
-    assert tracker.best == best and tracker.wait == 0
+    es = EarlyStoppingCallback(patience=5)
+    seen: list[tuple[Any, ...]] = []
+    learn.add_cbs([es, late(before_fit=lambda: seen.append((es.best, es.wait, hasattr(es, "new_best"))))])
+    learn.fit(2, cbs=Script([1.0, 2.0]))
+    assert (es.best, es.wait, es.new_best) == (1.0, 1, False)
+    learn.fit(1, cbs=Script([3.0]))
+    # As fastai's: best and wait are reset by before_fit itself, not later; new_best is only set by after_epoch.
+    assert seen == [(float("inf"), 0, False), (float("inf"), 0, True)]
+    assert es.best == 3.0 and es.new_best is True  # 3.0 beats the reset best, not the previous fit's 1.0
+
+
+def test_trackers_are_reset_but_do_not_judge_in_validate_and_get_preds() -> None:
+    learn = synth_learner()
+    es, kept = EarlyStoppingCallback(patience=3), EarlyStoppingCallback(patience=3, reset_on_fit=False)
+    learn.add_cbs([es, kept])
+    learn.fit(2, cbs=Script([1.0, 2.0]))
+    assert (es.best, es.wait, kept.best, kept.wait) == (1.0, 1, 1.0, 1)
+    for run in (learn.validate, learn.get_preds):
+        run()
+        # before_fit resets them as in a fit (wait always, best with reset_on_fit); the epoch is not judged.
+        assert (es.best, es.wait, kept.best, kept.wait) == (float("inf"), 0, 1.0, 0)
 
 
 def test_epochs_with_a_cancelled_validation_are_not_judged() -> None:

@@ -6,10 +6,13 @@ the epoch the value was measured. Lower is better when the name contains 'loss' 
 higher otherwise, unless `comp` says (`np.less`, `np.greater`). An improvement must beat the best
 by more than `min_delta`.
 
-Trackers act only in `fit`: not in `validate()`, `get_preds()` or `lr_find()`, and not in epochs
-skipped by `fit(start_epoch=...)` or whose row misses values (a cancelled training or validation
-phase). Their state (best value, waiting counters) travels in checkpoints through
-`state_dict`/`load_state_dict`; state loaded that way is kept by the next fit instead of being
+As fastai's, every `before_fit` resets their state (the best value when `reset_on_fit`, the waiting
+counters always), that of `validate()`, `get_preds()` and `lr_find()` included. Beyond that they act
+only in `fit`: they do not judge the epoch of `validate()` or `get_preds()` (fastai reads a misaligned
+row there), nor run in `lr_find()` (which puts their state back afterwards), nor judge epochs skipped
+by `fit(start_epoch=...)` or whose row misses values (a cancelled training or validation phase).
+Their state (best value, waiting counters) travels in checkpoints through
+`state_dict`/`load_state_dict`; state loaded that way before a fit is kept by it instead of being
 reset, so a resumed run carries on where it stopped.
 
 >>> learn.fit(20, cbs=[EarlyStoppingCallback(patience=3), SaveModelCallback(monitor='accuracy')])
@@ -52,17 +55,23 @@ class TrackerCallback(Callback):
         # Signed so that `comp(value - min_delta, best)` asks for an improvement of more than |min_delta|.
         self.min_delta = -abs(min_delta) if self.lower_is_better else abs(min_delta)
         self.best: float | None = None
-        self.new_best = False
         self.idx = 0
         self._fit_started = False  # a training phase ran in this fit (validate() has none)
         self._epoch_trained = False
         self._restored = False
 
+    # Set by each judged epoch's after_epoch only, as fastai's: unset before the first one, then kept
+    # from one epoch (and fit) to the next until the next after_epoch.
+    new_best: bool
+
     # ------------------------------------------------------------------ events
     def before_fit(self) -> None:
         learn = self.learn
-        # fastai's rule: trackers sit out lr_find and get_preds.
+        # fastai's rule: trackers sit out lr_find and get_preds (their state is still reset here, as fastai's).
         self.run = not (hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds"))
+        self._fit_started = False
+        if not self._restored:  # state loaded before the fit (load_state_dict) is kept by it
+            self.start_fit()
         names = monitored_names(learn)
         if self.monitor not in names:
             raise ValueError(
@@ -71,26 +80,21 @@ class TrackerCallback(Callback):
             )
         self.idx = names.index(self.monitor)
         self._names_count = len(names)
-        self._fit_started = False
 
     def before_epoch(self) -> None:
         self._epoch_trained = False
-        self.new_best = False
 
     def before_train(self) -> None:
-        self._epoch_trained = True
-        if not self._fit_started:
-            self._fit_started = True
-            restored, self._restored = self._restored, False
-            if not restored:
-                self.start_fit()
+        self._epoch_trained = self._fit_started = True
+        self._restored = False  # state loaded from here on (resuming) comes after this fit's reset
 
     def after_train(self) -> None:
         # State loaded inside a training phase (resuming a mid-epoch checkpoint) comes after the reset it would skip.
         self._restored = False
 
     def start_fit(self) -> None:
-        """Reset the state at the start of a fit (at its first training phase)."""
+        """Reset the state at the start of a fit (``before_fit``): the best value when ``reset_on_fit`` (or when
+        there is none yet)."""
         if self.reset_on_fit or self.best is None:
             self.best = self._worst
 
