@@ -166,6 +166,19 @@ def test_lookahead_exposes_the_wrapped_api() -> None:
         Lookahead(RAdam(groups, lr=0.1), k=0)
 
 
+def test_ranger_takes_fastais_arguments_in_fastais_order() -> None:
+    """``ranger(params, lr, mom=0.95, wd=0.01, eps=1e-6, k=6, alpha=0.5, *, sqr_mom, beta, decouple_wd)``."""
+    groups = three_groups()
+    opt = ranger(groups, 0.1, 0.9, 0.05, 1e-4, 3, 0.2)
+    assert (opt.k, opt.alpha) == (3, 0.2)
+    assert opt.hypers[0] == {"wd": 0.05, "mom": 0.9, "sqr_mom": 0.99, "beta": 0.0, "lr": 0.1, "eps": 1e-4}
+    opt = ranger(groups, lr=0.1, sqr_mom=0.9, beta=5.0, decouple_wd=False)
+    assert (opt.k, opt.alpha) == (6, 0.5) and (opt.hypers[0]["sqr_mom"], opt.hypers[0]["beta"]) == (0.9, 5.0)
+    assert "l2_reg" in repr(opt)
+    with pytest.raises(TypeError):
+        ranger(groups, 0.1, 0.9, 0.05, 1e-4, 3, 0.2, 0.99)  # type: ignore[misc]  # sqr_mom is keyword-only
+
+
 def test_lookahead_zero_grad_zeroes_in_place_whatever_it_wraps() -> None:
     """fastai's Lookahead zeroes in place (its own zero_grad); a bare OptimWrapper keeps torch's default."""
     for inner in (lambda g: RAdam(g, lr=0.1), lambda g: OptimWrapper(g, opt=torch.optim.SGD, lr=0.1)):

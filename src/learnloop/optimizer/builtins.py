@@ -159,13 +159,18 @@ def ranger(
     params: Params,
     lr: float,
     mom: float = 0.95,
-    sqr_mom: float = 0.99,
-    eps: float = 1e-6,
     wd: float = 0.01,
+    eps: float = 1e-6,
+    k: int = 6,
+    alpha: float = 0.5,
+    *,
+    sqr_mom: float = 0.99,
     beta: float = 0.0,
     decouple_wd: bool = True,
 ) -> Lookahead:
-    """``Lookahead(RAdam(...))`` with fastai's ranger defaults."""
-    return Lookahead(
-        RAdam(params, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta, decouple_wd=decouple_wd)
-    )
+    """``Lookahead(RAdam(...), k, alpha)`` with fastai's ranger defaults and argument order.
+
+    The keyword-only arguments go to ``RAdam`` (fastai passes them through ``**kwargs``).
+    """
+    radam = RAdam(params, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta, decouple_wd=decouple_wd)
+    return Lookahead(radam, k=k, alpha=alpha)
