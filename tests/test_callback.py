@@ -182,6 +182,13 @@ def test_assigning_a_learner_attribute_through_the_callback_warns(learn: Learner
         learn.fit(1, cbs=Shadow())
 
 
+@pytest.mark.parametrize("name", ["weight", "in_features", "forward"])
+def test_assigning_an_attribute_the_learner_reads_from_its_model_warns_too(learn: Learner, name: str) -> None:
+    cb = learn.add_cb(Callback()).cbs[-1]  # the model is an nn.Linear: a parameter, an attribute, a method
+    with pytest.warns(UserWarning, match=f"shadows.*`{name}`"):
+        setattr(cb, name, 1)
+
+
 def test_assigning_own_attributes_does_not_warn(learn: Learner) -> None:
     class Own(Callback):
         def before_fit(self) -> None:

@@ -10,6 +10,8 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from torch import nn
+
 from .events import ALIASES, INNER_LOOP, Event, did_you_mean
 
 if TYPE_CHECKING:
@@ -71,8 +73,11 @@ class Callback:
 
     def __setattr__(self, name: str, value: Any) -> None:
         learn = self.__dict__.get("learn")
-        # Only the learner's own attributes count, not those it reads through from the model.
-        if learn is not None and name != "learn" and (name in learn.__dict__ or _class_has(type(learn), name)):
+        # What `learn.<name>` would find, as fastai's `hasattr(self.learn, name)`: the learner's attributes and the
+        # model's it reads through.
+        if learn is not None and name != "learn" and (
+            name in learn.__dict__ or _class_has(type(learn), name) or _model_has(learn.__dict__.get("model"), name)
+        ):
             warnings.warn(
                 f"{type(self).__name__} sets `self.{name}`, which shadows the learner's attribute "
                 f"`{name}`; use `self.learn.{name} = ...` to change the learner's.",
@@ -103,6 +108,18 @@ class Callback:
 
     def __repr__(self) -> str:
         return type(self).__name__
+
+
+def _model_has(model: Any, name: str) -> bool:
+    """Whether `model.<name>` exists (a Module's parameters, buffers and submodules included), without the
+    formatted AttributeError a miss costs in `hasattr`."""
+    if model is None or name.startswith("_"):
+        return False
+    if name in getattr(model, "__dict__", ()) or _class_has(type(model), name):
+        return True
+    if not isinstance(model, nn.Module):
+        return False
+    return name in model._parameters or name in model._buffers or name in model._modules
 
 
 def _takes_an_argument(func: Callable[..., Any]) -> bool:
