@@ -126,15 +126,17 @@ def test_step_stat_and_debias() -> None:
 
 def test_adam_step() -> None:
     p = param([1.0], [2.0])
-    adam_step(p, lr=0.1, mom=0.9, step=1, sqr_mom=0.99, grad_avg=torch.tensor([0.2]),
-              sqr_avg=torch.tensor([0.04]), eps=1e-5)
+    out = adam_step(p, lr=0.1, mom=0.9, step=1, sqr_mom=0.99, grad_avg=torch.tensor([0.2]),
+                    sqr_avg=torch.tensor([0.04]), eps=1e-5)
+    assert out is p  # fastai's adam_step returns p
     close(p, [1 - 0.1 * 2.0 / (2.0 + 1e-5)])  # debiased: m = 0.2/0.1 = 2, v = 0.04/0.01 = 4
 
 
 def test_radam_step_falls_back_to_sgd_then_rectifies() -> None:
     p = param([1.0], [2.0])
-    radam_step(p, lr=0.1, mom=0.9, step=1, sqr_mom=0.99, grad_avg=torch.tensor([0.2]),
-               sqr_avg=torch.tensor([0.04]), eps=1e-5, beta=0.0)
+    out = radam_step(p, lr=0.1, mom=0.9, step=1, sqr_mom=0.99, grad_avg=torch.tensor([0.2]),
+                     sqr_avg=torch.tensor([0.04]), eps=1e-5, beta=0.0)
+    assert out is p  # fastai's radam_step returns p, on both branches
     close(p, [1 - 0.1 * 0.2 / 0.1])  # r <= 5 at step 1: momentum SGD with the debiased average
     step, lr = 10, 0.1
     r_inf = 2 / 0.01 - 1
@@ -142,15 +144,17 @@ def test_radam_step_falls_back_to_sgd_then_rectifies() -> None:
     v = math.sqrt((r - 4) * (r - 2) * r_inf / ((r_inf - 4) * (r_inf - 2) * r))
     m_hat, v_hat = 0.5 / (1 - 0.9**step), 0.3 / (1 - 0.99**step)
     p = param([1.0], [2.0])
-    radam_step(p, lr=lr, mom=0.9, step=step, sqr_mom=0.99, grad_avg=torch.tensor([0.5]),
-               sqr_avg=torch.tensor([0.3]), eps=1e-5, beta=0.0)
+    out = radam_step(p, lr=lr, mom=0.9, step=step, sqr_mom=0.99, grad_avg=torch.tensor([0.5]),
+                     sqr_avg=torch.tensor([0.3]), eps=1e-5, beta=0.0)
+    assert out is p
     close(p, [1 - lr * v * m_hat / (math.sqrt(v_hat) + 1e-5)])
 
 
 def test_qhadam_step() -> None:
     p = param([1.0], [2.0])
-    qhadam_step(p, lr=0.1, mom=0.9, sqr_mom=0.99, sqr_avg=torch.tensor([0.04]), nu_1=0.7, nu_2=0.5, step=1,
-                grad_avg=torch.tensor([0.2]), eps=1e-8)
+    out = qhadam_step(p, lr=0.1, mom=0.9, sqr_mom=0.99, sqr_avg=torch.tensor([0.04]), nu_1=0.7, nu_2=0.5, step=1,
+                      grad_avg=torch.tensor([0.2]), eps=1e-8)
+    assert out is p  # fastai's qhadam_step returns p
     num = 0.3 * 2 + 0.7 * 2.0
     denom = math.sqrt(0.5 * 4 + 0.5 * 4.0) + 1e-8
     close(p, [1 - 0.1 * num / denom])

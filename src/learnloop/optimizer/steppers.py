@@ -1,7 +1,8 @@
 """Per-parameter steppers: the reference form of every built-in optimizer update.
 
 A stepper is called as ``stepper(p, **{**state, **hypers})`` for each parameter ``p`` with a
-gradient and returns a dict of new state for ``p`` (or None). Steppers accept ``**kwargs`` so they
+gradient and returns a dict of new state for ``p`` (or None; anything else is ignored, like the ``p``
+that ``adam_step``, ``radam_step`` and ``qhadam_step`` return, as fastai's do). Steppers accept ``**kwargs`` so they
 can ignore the state and hyper-parameters they do not use, exactly like fastai's. A stepper may
 carry a ``defaults`` dict of hyper-parameter defaults, declared with :func:`with_defaults` (which
 checks the names against the signature) or, fastai-style, as a plain function attribute.
@@ -44,7 +45,7 @@ StepperResult = dict[str, Any] | None
 
 
 class Stepper(Protocol):
-    """What ``Optimizer`` calls: ``stepper(p, **{**state, **hypers}) -> dict | None``."""
+    """What ``Optimizer`` calls: ``stepper(p, **{**state, **hypers}) -> dict | None`` (other results are ignored)."""
 
     def __call__(self, p: Tensor, /, **kwargs: Any) -> Any: ...
 
@@ -167,11 +168,12 @@ def adam_step(
     sqr_avg: Tensor,
     eps: float,
     **kwargs: Any,
-) -> None:
-    """Adam: ``p -= lr/debias1 * grad_avg / (sqrt(sqr_avg/debias2) + eps)``."""
+) -> Tensor:
+    """Adam: ``p -= lr/debias1 * grad_avg / (sqrt(sqr_avg/debias2) + eps)``; returns ``p``, as fastai's does."""
     debias1 = debias(mom, 1 - mom, step)
     debias2 = debias(sqr_mom, 1 - sqr_mom, step)
     p.data.addcdiv_(grad_avg, (sqr_avg / debias2).sqrt() + eps, value=-lr / debias1)
+    return p
 
 
 def radam_rectifier(sqr_mom: float, step: int) -> float | None:
@@ -195,19 +197,20 @@ def radam_step(
     eps: float,
     beta: float,
     **kwargs: Any,
-) -> None:
-    """Rectified Adam; plain momentum SGD (debiased) while the rectifier is undefined."""
+) -> Tensor:
+    """Rectified Adam; plain momentum SGD (debiased) while the rectifier is undefined. Returns ``p`` (fastai's)."""
     debias1 = debias(mom, 1 - mom, step)
     v = radam_rectifier(sqr_mom, step)
     if v is None:
         p.data.add_(grad_avg, alpha=-lr / debias1)
-        return
+        return p
     denom = (sqr_avg / debias(sqr_mom, 1 - sqr_mom, step)).sqrt()
     if eps:
         denom += eps
     if beta:
         denom = F.softplus(denom, beta)
     p.data.addcdiv_(grad_avg, denom, value=-lr * v / debias1)
+    return p
 
 
 @with_defaults(nu_1=0.7, nu_2=1.0)
@@ -223,8 +226,8 @@ def qhadam_step(
     grad_avg: Tensor,
     eps: float,
     **kwargs: Any,
-) -> None:
-    """Quasi-hyperbolic Adam: mixes the raw gradient into both moments with weights ``1 - nu``."""
+) -> Tensor:
+    """Quasi-hyperbolic Adam: mixes the raw gradient into both moments with weights ``1 - nu``; returns ``p``."""
     assert p.grad is not None
     g = p.grad.data
     debias1 = debias(mom, 1 - mom, step)
@@ -232,6 +235,7 @@ def qhadam_step(
     num = g * (1 - nu_1) + (grad_avg / debias1) * nu_1
     denom = ((g * g) * (1 - nu_2) + (sqr_avg / debias2) * nu_2).sqrt() + eps
     p.data.addcdiv_(num, denom, value=-lr)
+    return p
 
 
 @with_defaults(trust_coeff=0.02, wd=0.0, eps=1e-8)
