@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import debiased_ema, synth_classif_learner, synth_learner
-from learnloop import Callback, CancelValidException
+from learnloop import Callback, CancelFitException, CancelTrainException, CancelValidException
 from learnloop.callbacks import loggers
 from learnloop.callbacks.loggers import CSVLogger, TensorBoardCallback
 from learnloop.metrics import accuracy
@@ -43,37 +43,70 @@ def test_each_row_is_on_disk_when_its_epoch_ends(tmp_path: Path) -> None:
     assert seen == [2, 3, 4]
 
 
-def test_append_continues_the_file_without_a_second_header(tmp_path: Path) -> None:
+def test_append_writes_a_header_for_every_fit_and_read_log_reads_them_all(tmp_path: Path) -> None:
     learn = synth_learner(path=tmp_path)
     learn.fit(2, cbs=CSVLogger())
-    learn.fit(2, cbs=CSVLogger(append=True))
+    logger = CSVLogger(append=True)
+    learn.add_cb(logger)
+    learn.fit(2)
     rows = read_rows(tmp_path / "history.csv")
-    assert len(rows) == 5 and rows[0][0] == "epoch" and all(r[0] != "epoch" for r in rows[1:])
+    assert [r[0] for r in rows] == ["epoch", "0", "1", "epoch", "0", "1"]  # as fastai: each fit its header
+    assert [r["epoch"] for r in logger.read_log()] == ["0", "1", "0", "1"]
+    assert all(float(r["valid_loss"]) > 0 for r in logger.read_log())
+    learn.remove_cb(logger)
     learn.fit(1, cbs=CSVLogger())  # not appending: a fresh file
     assert len(read_rows(tmp_path / "history.csv")) == 2
 
 
-def test_append_to_a_missing_or_empty_file_writes_the_header(tmp_path: Path) -> None:
+def test_the_header_is_written_at_before_fit(tmp_path: Path) -> None:
     learn = synth_learner(path=tmp_path)
-    (tmp_path / "empty.csv").touch()
-    learn.fit(1, cbs=[CSVLogger("empty.csv", append=True), CSVLogger("new/missing.csv", append=True)])
-    assert read_rows(tmp_path / "empty.csv")[0][0] == "epoch"
-    assert read_rows(tmp_path / "new" / "missing.csv")[0][0] == "epoch"
+    seen: list[str] = []
+    reader = Callback(before_epoch=lambda: seen.append((tmp_path / "history.csv").read_text()))
+    reader.order = 100
+
+    def stop() -> None:
+        raise CancelFitException
+
+    learn.fit(2, cbs=[CSVLogger(), reader, Callback(before_train=stop)])
+    assert seen == ["epoch,train_loss,valid_loss,time\n"]  # fastai's line breaks: "\n"
+    assert (tmp_path / "history.csv").read_text() == seen[0]  # the fit stopped before an epoch ended
 
 
-def test_append_to_a_file_with_other_columns_warns(tmp_path: Path) -> None:
+def test_append_to_a_file_with_other_columns_keeps_each_fits_columns(tmp_path: Path) -> None:
     learn = synth_classif_learner(path=tmp_path)
     learn.fit(1, cbs=CSVLogger())
     learn.metrics = accuracy
-    with pytest.warns(UserWarning, match="whose columns .* differ from this fit's"):
-        learn.fit(1, cbs=CSVLogger(append=True))
+    logger = CSVLogger(append=True)
+    learn.add_cb(logger)
+    learn.fit(1)
+    first, second = logger.read_log()
+    assert "accuracy" not in first and 0 <= float(second["accuracy"]) <= 1 and second["time"].count(":") == 1
+
+
+def test_append_to_a_file_without_a_final_line_break(tmp_path: Path) -> None:
+    (tmp_path / "history.csv").write_text("old,header\n1,2")
+    learn = synth_learner(path=tmp_path)
+    learn.fit(1, cbs=CSVLogger(append=True))
+    rows = read_rows(tmp_path / "history.csv")
+    assert rows[:3] == [["old", "header"], ["1", "2"], ["epoch", "train_loss", "valid_loss", "time"]]
+    assert len(rows) == 4
 
 
 def test_a_resumed_run_appends_only_the_epochs_it_trains(tmp_path: Path) -> None:
     learn = synth_learner(path=tmp_path)
     learn.fit(4, cbs=CSVLogger())
     learn.fit(4, start_epoch=2, cbs=CSVLogger(append=True))
-    assert [r[0] for r in read_rows(tmp_path / "history.csv")] == ["epoch", "0", "1", "2", "3", "2", "3"]
+    assert [r[0] for r in read_rows(tmp_path / "history.csv")] == ["epoch", "0", "1", "2", "3", "epoch", "2", "3"]
+
+
+def test_state_written_before_the_header_moved_is_read_as_rows_under_one_header(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    logger = CSVLogger()
+    learn.add_cb(logger)
+    learn.fit(3)
+    assert logger.state_dict() == {"lines": 4}
+    logger.load_state_dict({"rows": 1})  # an older checkpoint's state: one row kept, with the header
+    assert [r[0] for r in read_rows(tmp_path / "history.csv")] == ["epoch", "0"]
 
 
 def test_validate_and_get_preds_write_nothing(tmp_path: Path) -> None:
@@ -100,6 +133,39 @@ def test_a_cancelled_validation_leaves_its_cells_empty(tmp_path: Path) -> None:
     learn.fit(2, cbs=[CSVLogger(), Callback(before_validate=skip_second_validation)])
     rows = read_rows(tmp_path / "history.csv")
     assert rows[2][0] == "1" and rows[2][2:4] == ["", ""] and rows[2][1] and rows[2][4]
+
+
+def test_a_cancelled_training_leaves_its_cells_empty(tmp_path: Path) -> None:
+    learn = synth_classif_learner(metrics=accuracy, path=tmp_path)
+
+    def skip_second_training() -> None:
+        if learn.epoch == 1:
+            raise CancelTrainException
+
+    # The callback (order 0) cancels before CSVLogger's before_train: the epoch still gets its row, unshifted.
+    learn.fit(3, cbs=[CSVLogger(), Callback(before_train=skip_second_training)])
+    rows = read_rows(tmp_path / "history.csv")
+    assert [r[0] for r in rows] == ["epoch", "0", "1", "2"]
+    assert rows[2][1] == "" and all(rows[2][2:]) and len(rows[2]) == 5
+
+
+@pytest.mark.parametrize("evaluate", ["validate", "get_preds"])
+def test_a_validate_inside_the_fit_leaves_the_file_alone(tmp_path: Path, evaluate: str) -> None:
+    learn = synth_learner(path=tmp_path)
+
+    def evaluate_once() -> None:  # in the fit's first validation only (the inner one fires after_validate too)
+        if learn.epoch == 0 and learn.create_mbar:
+            getattr(learn, evaluate)()
+
+    learn.fit(2, cbs=[CSVLogger(), Callback(after_validate=evaluate_once)])
+    assert [r[0] for r in read_rows(tmp_path / "history.csv")] == ["epoch", "0", "1"]
+
+
+def test_a_fit_without_the_epoch_bar_is_logged(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    with learn.no_mbar():
+        learn.fit(2, cbs=CSVLogger())
+    assert [r[0] for r in read_rows(tmp_path / "history.csv")] == ["epoch", "0", "1"]
 
 
 def test_only_rank_zero_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -47,21 +47,29 @@ def epoch_row(recorder: Recorder) -> list[Any]:
 class CSVLogger(Callback):
     """Writes the epoch table (`recorder.metric_names`, then one row per epoch) to `learn.path/fname`.
 
-    The header is written once, when the first epoch ends; each row is flushed to disk at once, so
-    the file is complete up to the last finished epoch even if training dies. `append=True`
-    continues an existing file without writing the header again; otherwise each fit starts the file
-    afresh. A fit resumed from a checkpoint (`fit(resume=...)`) carries the file on from the rows the
-    checkpoint had seen, dropping any row written after it.
+    As fastai's: the header is written at `before_fit` (a fit stopped before its first epoch ends
+    leaves a file with the header only), with `append=True` at the end of the existing file, so
+    every fit appends its own header; otherwise each fit starts the file afresh. Each row is flushed
+    to disk as its epoch ends, so the file is complete up to the last finished epoch even if training
+    dies. An epoch whose training or validation was cancelled gets its row, with the missing values'
+    cells empty (every value stays under its name; fastai shifts them left). `read_log()` reads every
+    fit's rows back under their own header. A fit resumed from a checkpoint (`fit(resume=...)`)
+    carries the file on from the lines the checkpoint had seen, dropping any line written after it.
+
+    Only `fit` writes: `validate()` and `get_preds()` leave the file alone (fastai's `validate()`
+    empties it), and so do `lr_find()` and the epochs skipped by `fit(start_epoch=...)`.
     """
 
     order = 60
 
     def __init__(self, fname: str | Path = "history.csv", append: bool = False) -> None:
         self.fname, self.append = Path(fname), append
-        self._started = False
         self._epoch_trained = False
-        self._rows: int | None = None  # data rows in the file after this fit's last write
-        self._resume_rows: int | None = None  # loaded from a checkpoint before the fit
+        # In validate() or get_preds() (no training phase), or a fit under no_mbar() until its first training phase.
+        self._deferred = False
+        self._header_due = False  # the header is written with the first row (a resumed fit without state)
+        self._lines: int | None = None  # lines in the file after this fit's last write
+        self._resume_lines: int | None = None  # loaded from a checkpoint before the fit
 
     @property
     def path(self) -> Path:
@@ -69,83 +77,126 @@ class CSVLogger(Callback):
         return self.learn.path / self.fname if self.learn is not None else self.fname
 
     def before_fit(self) -> None:
-        self.run = _in_fit_only(self.learn) and is_rank_zero()
-        self._started, self._rows = False, None
-        if self._resume_rows is not None and self.run:
-            self._keep_rows(self._resume_rows)
+        learn = self.learn
+        self.run = _in_fit_only(learn) and is_rank_zero()
+        if not self.run:
+            return
+        if not learn.create_mbar:
+            # validate() or get_preds() (perhaps inside a fit, whose file this must leave alone), or a fit run
+            # under no_mbar(): only the latter has a training phase, where it starts.
+            self._deferred = True
+            return
+        self._start()
+
+    def _start(self) -> None:
+        self._header_due, self._lines = False, None
+        if self._resume_lines is not None:
+            self._keep_lines(self._resume_lines)
+        elif getattr(self.learn, "_resume", None) is not None:
+            self._header_due = True  # the checkpoint's state (load_state_dict) puts the file back as it was
+        else:
+            self._write_header()
 
     def before_epoch(self) -> None:
-        self._epoch_trained = False
+        if not self._deferred:  # a validate() inside the fit leaves the fit's epoch alone
+            self._epoch_trained = False
 
     def before_train(self) -> None:
         if not is_rank_zero():  # again here: a validate() inside the fit sets `run` back to True at its after_fit
             self.run = False
             return
+        if self._deferred:
+            self._deferred = False
+            self._start()
         self._epoch_trained = True
 
+    def after_train(self) -> None:
+        self._epoch_trained = True  # also when a callback before this one cancelled the training at before_train
+
     def after_epoch(self) -> None:
-        if not self._epoch_trained:
+        if self._deferred or not self._epoch_trained:
             return
         recorder = self.learn.recorder
+        if self._header_due:
+            self._write_header()
+        self._write([[str(v) for v in epoch_row(recorder)]], "a")
+
+    def after_fit(self) -> None:
+        self._deferred = False  # validate() or get_preds(): no training phase came
+
+    def _write_header(self) -> None:
+        """Start this fit's table: the header, at the end of the file with `append`, else in a new file."""
+        self._header_due = False
+        path, lines = self.path, [list(self.learn.recorder.metric_names)]
+        if not (self.append and path.is_file() and path.stat().st_size):
+            self._lines = 0
+            self._write(lines, "w")
+            return
+        with path.open(newline="") as f:
+            self._lines = sum(1 for _ in csv.reader(f))
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) not in (b"\n", b"\r"):  # a last line without its line break: end it first
+                lines.insert(0, [])
+                self._lines -= 1
+        self._write(lines, "a")
+
+    def _write(self, lines: list[list[str]], mode: str) -> None:
         path = self.path
-        rows = [] if self._started else self._header(path, list(recorder.metric_names))
-        rows.append([str(v) for v in epoch_row(recorder)])
-        mode = "a" if self._started or self.append else "w"
-        if self._rows is None:
-            self._rows = len(self.read_log()) if mode == "a" and path.is_file() else 0
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open(mode, newline="") as f:
-            csv.writer(f).writerows(rows)
+            csv.writer(f, lineterminator="\n").writerows(lines)
             f.flush()
             os.fsync(f.fileno())
-        self._started = True
-        self._rows += 1
-
-    def _header(self, path: Path, names: list[str]) -> list[list[str]]:
-        """The header to write before the first row: none when appending to a file that has one."""
-        if not self.append or not path.is_file() or path.stat().st_size == 0:
-            return [names]
-        with path.open(newline="") as f:
-            existing = next(csv.reader(f), [])
-        if existing != names:
-            warnings.warn(
-                f"CSVLogger appends to {path}, whose columns {existing} differ from this fit's {names}.",
-                stacklevel=2,
-            )
-        return []
+        self._lines = (self._lines or 0) + len(lines)
 
     def state_dict(self) -> dict[str, Any]:
-        """How many rows the file holds, so a resumed fit carries it on from there."""
-        return {} if self._rows is None else {"rows": self._rows}
+        """How many lines the file holds, so a resumed fit carries it on from there."""
+        return {} if self._lines is None else {"lines": self._lines}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "rows" not in state:
+        if "lines" in state:
+            lines = int(state["lines"])
+        elif "rows" in state:  # written by learnloop before the header moved to before_fit: rows under one header
+            lines = int(state["rows"]) + 1
+        else:
             return
         if self.learn is None:
-            self._resume_rows = int(state["rows"])  # applied by the next fit
+            self._resume_lines = lines  # applied by the next fit
         elif self.run:
-            self._keep_rows(int(state["rows"]))
+            self._keep_lines(lines)
 
-    def _keep_rows(self, n: int) -> None:
-        """Cut the file back to its header and first `n` rows; the next rows are appended to them."""
-        self._resume_rows = None
+    def _keep_lines(self, n: int) -> None:
+        """Cut the file back to its first `n` lines; the next rows are appended to them."""
+        self._resume_lines, self._header_due = None, False
         path = self.path
         if not path.is_file():
+            self._header_due = True
             return
         with path.open(newline="") as f:
-            lines = list(csv.reader(f))[: n + 1]
+            lines = list(csv.reader(f))[:n]
         atomic_write(path, lambda f: f.write(_csv_bytes(lines)))
-        self._started, self._rows = True, max(0, len(lines) - 1)
+        self._lines = len(lines)
 
     def read_log(self) -> list[dict[str, str]]:
-        """The rows written so far, as dicts from column name to cell."""
+        """The rows written so far, as dicts from column name to cell: each row under the header of its fit (the
+        file's first line, and every later line that starts with 'epoch')."""
         with self.path.open(newline="") as f:
-            return list(csv.DictReader(f))
+            lines = list(csv.reader(f))
+        if not lines:
+            return []
+        header, rows = lines[0], []
+        for line in lines[1:]:
+            if line[:1] == ["epoch"]:
+                header = line
+            elif line:
+                rows.append(dict(zip(header, line, strict=False)))
+        return rows
 
 
 def _csv_bytes(rows: list[list[str]]) -> bytes:
     buffer = io.StringIO()
-    csv.writer(buffer).writerows(rows)
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue().encode()
 
 
