@@ -408,3 +408,26 @@ def test_the_csv_log_carries_on_from_the_checkpoint(tmp_path: Path) -> None:
         lines = (run / "history.csv").read_text().splitlines()
         assert len(lines) == len(expected) == N_EPOCH + 1
         assert [line.rsplit(",", 1)[0] for line in lines] == [line.rsplit(",", 1)[0] for line in expected]  # no time
+
+
+def test_a_frozen_parameter_with_a_zeroed_gradient_resumes_stepped_as_in_the_uninterrupted_run(tmp_path: Path) -> None:
+    """zero_grad zeroes in place (fastai's), so a parameter frozen after training keeps a zero gradient and is still
+    stepped (Adam's weight decay moves it): a checkpoint brings that zero gradient back, not None."""
+
+    def frozen_learner() -> Learner:
+        torch.manual_seed(0)
+        learn = synth_classif_learner(n_train=64, n_valid=16, bs=16, splitter=lambda m: [[m.weight], [m.bias]])
+        learn.fit(1)  # every parameter gets a gradient, zeroed after each step
+        learn.freeze()  # the weight's group is frozen: no new gradient, still weight-decayed
+        return learn
+
+    full = frozen_learner()
+    frozen_before = full.model.weight.detach().clone()
+    full.fit(2, wd=0.1, cbs=CheckpointCallback(every_n_iters=1, keep_last=None, path=tmp_path))
+    assert not torch.equal(full.model.weight, frozen_before)  # stepped on its zero gradient
+    file = checkpoint_files(tmp_path)[5]  # epoch 1, mid-epoch
+    ckpt = torch.load(file, weights_only=True)
+    assert ckpt["zero_grads"] == ["weight", "bias"] and ckpt["grads"] == {}
+    resumed = frozen_learner()
+    resumed.fit(2, wd=0.1, resume=file)
+    assert torch.equal(resumed.model.weight, full.model.weight) and torch.equal(resumed.model.bias, full.model.bias)

@@ -99,6 +99,7 @@ def keyed_callbacks(learn: Learner) -> list[tuple[str, Callback]]:
 def training_state(learn: Learner, position: Position, epoch_rng: dict[str, Any] | None) -> dict[str, Any]:
     """Everything a fit needs to carry on exactly from ``position`` (see the module's docstring)."""
     model = unwrap_model(learn.model)  # the module itself, without a DistributedDataParallel wrapper
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     callbacks = {}
     for key, cb in keyed_callbacks(learn):
         state = cb.state_dict()
@@ -111,7 +112,9 @@ def training_state(learn: Learner, position: Position, epoch_rng: dict[str, Any]
         "torch_version": str(torch.__version__),
         "position": dataclasses.asdict(position),
         "model": model.state_dict(),
-        "grads": {name: p.grad for name, p in model.named_parameters() if p.grad is not None},
+        # Gradients that are not all zero; the zeroed ones (zero_grad zeroes in place, as fastai's) by name only.
+        "grads": {name: g for name, g in grads.items() if g.any()},
+        "zero_grads": [name for name, g in grads.items() if not g.any()],
         "opt": learn.opt.state_dict() if learn.opt is not None else None,
         "callbacks": callbacks,
         "loop": {name: learn.__dict__[name] for name in _LOOP_ATTRS if name in learn.__dict__},
@@ -312,8 +315,11 @@ class ResumeState:
                 cb.load_state_dict(saved["state"])
         for name, value in ckpt["loop"].items():
             setattr(learn, name, value)
-        grads = ckpt["grads"]
+        grads, zeroed = ckpt["grads"], set(ckpt.get("zero_grads", ()))
         for name, p in unwrap_model(learn.model).named_parameters():
             grad = grads.get(name)
-            p.grad = None if grad is None else grad.to(device=p.device, dtype=p.dtype)
+            if grad is not None:
+                p.grad = grad.to(device=p.device, dtype=p.dtype)
+            else:  # a zeroed gradient is still stepped (weight decay on a frozen parameter): it comes back as zeros
+                p.grad = torch.zeros_like(p) if name in zeroed else None
         set_rng_state(ckpt["rng"], loader_generators(learn.dls))
