@@ -788,3 +788,26 @@ def test_cast_to_tensor_makes_tensor_subclasses_plain_before_the_model() -> None
     with learn.no_bar():
         learn.fit(1)
     assert seen and set(seen) == {torch.Tensor} and learn.cast_to_tensor.order == 9
+
+
+def test_fastai_helpers_x_y_ordered_cbs_loss_not_reduced_and_with_learn() -> None:
+    learn, log = synth_learner(), EventLog()
+    learn.add_cb(log)
+    seen: list[tuple[Any, Any]] = []
+    learn.add_cb(Callback(after_pred=lambda: seen.append((learn.x, learn.y))))
+    learn.fit(1)
+    assert all(x.shape == (16, 2) and y.shape == (16, 1) for x, y in seen)
+    learn.xb, learn.yb = (1, 2), (3,)
+    assert learn.x == (1, 2) and learn.y == 3
+    # The callbacks with an after_batch method (not the one defining only after_pred), in order.
+    assert [type(cb) for cb in learn.ordered_cbs("after_batch")] == [TrainEvalCallback, Recorder, ProgressCallback,
+                                                                      EventLog]
+    assert learn.ordered_cbs("before_fit")[-1] is log
+    with learn.loss_not_reduced():
+        losses = learn.loss_func(torch.zeros(4, 1), torch.ones(4, 1))
+    assert losses.shape == (4, 1)
+    log.events.clear()
+    with pytest.raises(RuntimeError), learn:
+        assert log.events == ["before_fit", "before_epoch"]
+        raise RuntimeError
+    assert log.events == ["before_fit", "before_epoch", "after_epoch", "after_fit"]

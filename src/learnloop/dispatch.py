@@ -150,6 +150,10 @@ class CallbackHost:
         """The callbacks in the order they run (by `order`, then `run_before`/`run_after`, then insertion)."""
         return sort_callbacks(self.cbs)
 
+    def ordered_cbs(self, event: str) -> list[Callback]:
+        """The callbacks that run at `event`, in the order they run (fastai's name)."""
+        return [cb for cb, _ in self._hooks[resolve_event(event)]]
+
     def __call__(self, event_name: str | Iterable[str]) -> None:
         """Fire one event (or each of a list) on every callback."""
         names = [event_name] if isinstance(event_name, str) else list(event_name)

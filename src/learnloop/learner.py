@@ -494,11 +494,8 @@ class Learner(CallbackHost):
             if inner:
                 yield
                 return
-            self([Event.before_fit, Event.before_epoch])
-            try:
+            with self:
                 yield
-            finally:
-                self([Event.after_epoch, Event.after_fit])
 
     def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any] | None:
         """Evaluate on the validation set (or `dl`): `[valid_loss, *metrics]`, the Recorder's `final_record`
@@ -541,6 +538,10 @@ class Learner(CallbackHost):
         if with_loss:
             result.append(gather.losses)
         return tuple(result)
+
+    def loss_not_reduced(self) -> AbstractContextManager[None]:
+        """In the block, the loss function returns one loss per item (`reduction='none'`)."""
+        return self._unreduced_loss(True)
 
     @contextmanager
     def _unreduced_loss(self, active: bool) -> Iterator[None]:
@@ -634,6 +635,25 @@ class Learner(CallbackHost):
     def unfreeze(self) -> None:
         """Make every parameter group trainable."""
         self.freeze_to(0)
+
+    @property
+    def x(self) -> Any:
+        """The batch's input: `xb[0]` when there is one, else the tuple `xb`."""
+        return self.xb[0] if len(self.xb) == 1 else self.xb
+
+    @property
+    def y(self) -> Any:
+        """The batch's target: `yb[0]` when there is one, else the tuple `yb`."""
+        return self.yb[0] if len(self.yb) == 1 else self.yb
+
+    def __enter__(self) -> Learner:
+        """`with learn:` fires before_fit and before_epoch, and after_epoch and after_fit at the end of the block
+        (however it ends): what `validate()` does around its validation phase."""
+        self([Event.before_fit, Event.before_epoch])
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self([Event.after_epoch, Event.after_fit])
 
     def __getattr__(self, name: str) -> Any:
         model = self.__dict__.get("model")
