@@ -13,7 +13,7 @@ from torch import nn
 from conftest import EventLog, synth_classif_learner, synth_learner
 from learnloop import Callback, CancelEpochException, CancelFitException, DataLoaders, Learner
 from learnloop.callback import noop
-from learnloop.callbacks.mixup import CutMix, MixedLoss, MixUp
+from learnloop.callbacks.mixup import CutMix, MixedLoss, MixHandler, MixUp
 from learnloop.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropy
 
 
@@ -76,8 +76,8 @@ def test_mixup_lambda_is_folded_to_the_larger_share() -> None:
     lams: list[torch.Tensor] = []
 
     def keep_lam() -> None:
-        if learn.training and cb._pending is not None:
-            lams.append(cb._pending[0])
+        if learn.training:
+            lams.append(cb.lam)
 
     learn.fit(2, cbs=[cb, Callback(after_pred=keep_lam)])
     assert len(lams) == 4 and all(lam.shape == (32,) for lam in lams)
@@ -304,3 +304,98 @@ def test_integer_inputs_cannot_be_blended() -> None:
 def test_alpha_must_be_positive() -> None:
     with pytest.raises(ValueError, match="alpha must be > 0"):
         MixUp(alpha=0)
+
+
+# ------------------------------------------------------------------------- fastai's MixHandler API
+class ReverseMix(MixHandler):
+    """A MixHandler subclass written as one is for fastai: its before_batch sets `lam` and `yb1`, blends the
+    inputs, and blends the targets unless `stack_y`; the base class mixes the loss. Each item is paired with
+    the batch's reverse, with a fixed weight; `every` > 1 mixes only one batch in `every`."""
+
+    def __init__(self, weight: float, every: int = 1) -> None:
+        super().__init__(alpha=1.0)
+        self.weight, self.every = weight, every
+        self.seen: list[dict[str, Any]] = []
+
+    def before_batch(self) -> None:
+        if self.learn.iter % self.every:
+            return
+        xb, yb = self.learn.xb, self.learn.yb
+        bs = yb[0].size(0)
+        self.lam = torch.full((bs,), self.weight)
+        partner = torch.arange(bs - 1, -1, -1)
+        xb1, self.yb1 = tuple(x[partner] for x in xb), tuple(y[partner] for y in yb)
+        self.learn.xb = tuple(torch.lerp(x1, x, self.lam.view(-1, *[1] * (x.ndim - 1)))
+                              for x1, x in zip(xb1, xb, strict=True))
+        if not self.stack_y:
+            self.learn.yb = tuple(torch.lerp(y1, y, self.lam.view(-1, *[1] * (y.ndim - 1)))
+                                  for y1, y in zip(self.yb1, yb, strict=True))
+
+    def after_loss(self) -> None:
+        super().after_loss()
+        self.seen.append({"stack_y": self.stack_y, "old_lf": self.old_lf, "loss_func": self.learn.loss_func})
+
+
+@pytest.mark.parametrize("loss_func", [CrossEntropyLossFlat(), nn.CrossEntropyLoss()], ids=["y_int", "torch"])
+def test_a_fastai_style_subclass_mixes_the_loss_of_class_targets(loss_func: Any) -> None:
+    learn = synth_classif_learner(n_train=16, bs=8, loss_func=loss_func)
+    before, after = Spy(order=-1), Spy(order=1)
+    mix = ReverseMix(0.75)
+    learn.fit(1, cbs=[mix, before, after])
+    x, y = before.seen[0]["xb"][0], before.seen[0]["yb"][0]
+    seen = after.seen[0]
+    torch.testing.assert_close(seen["mixed_xb"][0], 0.75 * x + 0.25 * x.flip(0))
+    assert torch.equal(seen["mixed_yb"][0], y)  # stack_y: class indices are left alone, the loss is mixed
+    ce = functools.partial(F.cross_entropy, reduction="none")
+    torch.testing.assert_close(seen["loss"], (0.75 * ce(seen["pred"], y) + 0.25 * ce(seen["pred"], y.flip(0))).mean())
+    assert all(s["stack_y"] and s["old_lf"] is loss_func and isinstance(s["loss_func"], MixedLoss) for s in mix.seen)
+    assert torch.equal(mix.yb1[0], after.seen[1]["yb"][0].flip(0)) and mix.lam.shape == (8,)  # kept, as fastai's
+    assert learn.loss_func is loss_func
+
+
+def test_a_fastai_style_subclass_blends_float_targets_with_the_plain_loss() -> None:
+    loss_func = nn.MSELoss()
+    learn = synth_learner(n_train=16, bs=8, loss_func=loss_func)
+    before, after = Spy(order=-1), Spy(order=1)
+    mix = ReverseMix(0.75)
+    learn.fit(1, cbs=[mix, before, after])
+    y, seen = before.seen[0]["yb"][0], after.seen[0]
+    torch.testing.assert_close(seen["mixed_yb"][0], 0.75 * y + 0.25 * y.flip(0))
+    torch.testing.assert_close(seen["loss"], F.mse_loss(seen["pred"], seen["mixed_yb"][0]))
+    # As fastai's: float targets known before the first batch leave the loss function as it is.
+    assert all(not s["stack_y"] and s["loss_func"] is loss_func for s in mix.seen)
+
+
+def test_a_subclass_may_override_lf_and_set_stack_y() -> None:
+    class HalfLoss(ReverseMix):
+        def lf(self, pred: Any, *yb: Any) -> torch.Tensor:
+            return super().lf(pred, *yb) / 2
+
+    learn = synth_learner(n_train=16, bs=8)
+    mix = HalfLoss(0.75)
+    mix.stack_y = True  # float targets, but the loss is mixed rather than the targets
+    after = Spy(order=1)
+    learn.fit(1, cbs=[mix, after])
+    seen = after.seen[0]
+    mse = functools.partial(F.mse_loss, reduction="none")
+    y = seen["mixed_yb"][0]  # not blended
+    per_item = 0.75 * mse(seen["pred"], y) + 0.25 * mse(seen["pred"], y.flip(0))
+    torch.testing.assert_close(seen["loss"], per_item.mean() / 2)
+
+
+def test_a_batch_the_subclass_does_not_mix_gets_the_plain_loss() -> None:
+    learn = synth_classif_learner(n_train=32, bs=8)
+    after = Spy(order=1)
+    learn.fit(1, cbs=[ReverseMix(0.75, every=2), after])
+    plain = after.seen[1]  # not mixed: no stale partners from the batch before
+    torch.testing.assert_close(plain["loss"], F.cross_entropy(plain["pred"], plain["mixed_yb"][0]))
+    mixed = after.seen[2]
+    assert not torch.allclose(mixed["loss"], F.cross_entropy(mixed["pred"], mixed["mixed_yb"][0]))
+
+
+def test_cutmix_lam_has_fastais_shape() -> None:
+    learn = image_learner()
+    cb = CutMix()
+    learn.fit(1, cbs=cb)
+    assert isinstance(cb.lam, torch.Tensor) and cb.lam.shape == (1,) and 0 <= float(cb.lam) <= 1
+    assert len(cb.yb1) == 1 and cb.yb1[0].shape == (8,)

@@ -2,11 +2,17 @@
 
 While training, every batch is paired with a shuffled copy of itself. MixUp blends the inputs
 with a weight `lam` per item; CutMix pastes a random box of the partner image, `lam` being the
-share of the image that stays. Float targets (regression, one-hot, multi-label) are blended the
-same way. Integer targets (class indices) cannot be blended, so the loss is: `learn.loss_func`
-is replaced for the training phase by a `MixedLoss` computing
-`lam * loss(pred, y) + (1 - lam) * loss(pred, y_partner)` per item, then reducing as the
-original loss does. Validation sees the original loss function and unmixed batches.
+share of the image that stays. The handler keeps fastai's attributes: `lam`, the partners' targets
+`yb1`, `stack_y`, and while training `old_lf` (the loss function) and `lf` (the mixed loss). When
+`stack_y` is False (float targets: regression, one-hot, multi-label) the targets are blended like
+the inputs; when it is True (the loss takes class indices, fastai's `y_int`, or the targets are not
+floats and cannot be blended) the loss is mixed instead: `learn.loss_func` is replaced for the
+training phase by a `MixedLoss` calling `lf`, i.e. `lam * loss(pred, y) + (1 - lam) * loss(pred, y1)`
+per item, then reduced as the original loss does. Validation sees the original loss function and
+unmixed batches.
+
+A `MixHandler` subclass written for fastai works as it is: its `before_batch` sets `self.lam` and
+`self.yb1`, blends `learn.xb`, and blends `learn.yb` unless `self.stack_y`.
 
 >>> learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), cbs=MixUp(0.4))
 """
@@ -89,11 +95,12 @@ def _cannot_unreduce(loss_func: Any) -> str:
 
 
 class MixedLoss:
-    """The loss function MixUp/CutMix put in `learn.loss_func` while training.
+    """The loss function MixUp/CutMix put in `learn.loss_func` while training (fastai puts the handler's `lf`).
 
-    On a batch the handler mixed, it blends the original loss on the item's target and on its
-    partner's target; otherwise (validation, or a batch it did not prepare) it is exactly the
-    original loss. `activation`, `decodes` and `reduction` are the original's.
+    On a batch the handler mixed with `stack_y`, it is the handler's `lf`: the original loss on the
+    item's target and on its partner's, blended by `lam`; otherwise (validation, blended targets, or a
+    batch the handler did not mix) it is exactly the original loss. `activation`, `decodes` and
+    `reduction` are the original's.
     """
 
     def __init__(self, original: LossFunc, handler: MixHandler) -> None:
@@ -102,15 +109,10 @@ class MixedLoss:
 
     def __call__(self, pred: Any, *yb: Any, **kwargs: Any) -> torch.Tensor:
         handler = self.handler
-        mix = handler._pending
         # Left behind by a fit that raised, or called outside a mixed training batch: the plain loss.
-        if mix is None or handler.learn is None or not handler.learn.training:
+        if handler.learn is None or not handler.learn.training or not handler._mixed or not handler.stack_y:
             return self.original(pred, *yb, **kwargs)
-        lam, partner_yb = mix
-        reduction = kwargs.pop("reduction", None) or _reduction_of(self.original) or "mean"
-        with unreduced(self.original) as per_item:
-            mixed = _lerp_per_item(per_item(pred, *partner_yb, **kwargs), per_item(pred, *yb, **kwargs), lam)
-        return reduce_loss(mixed, reduction)
+        return handler.lf(pred, *yb, **kwargs)
 
     @property
     def reduction(self) -> str:
@@ -140,8 +142,8 @@ class MixedLoss:
 
 def _lerp_per_item(start: torch.Tensor, end: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """`start + lam * (end - start)`, `lam` holding one weight per item (the first axis) or a scalar."""
-    if lam.ndim == 0 or start.ndim == 0:
-        return torch.lerp(start, end, lam.to(start.dtype))
+    if lam.numel() == 1 or start.ndim == 0:  # one weight for the batch (CutMix's, of shape (1,) as fastai's)
+        return torch.lerp(start, end, lam.reshape(()).to(start.dtype))
     bs = lam.shape[0]
     if start.shape[0] == bs:
         return torch.lerp(start, end, _unsqueeze_to(lam, start).to(start.dtype))
@@ -158,20 +160,73 @@ def _unsqueeze_to(lam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class MixHandler(Callback):
     """Base of MixUp and CutMix: samples `lam` from Beta(alpha, alpha) and mixes the loss or the targets.
 
-    Subclasses implement `before_batch`, setting `learn.xb` and calling `_mix_targets`.
+    Subclasses implement `before_batch`: set `self.lam` (one weight per item, or one for the batch)
+    and `self.yb1` (the partners' targets), blend `learn.xb`, and blend `learn.yb` unless
+    `self.stack_y`, as fastai's do; MixUp and CutMix call `_mix_targets` for the targets.
     """
 
     run_valid = False
+
+    # fastai's attributes, set by the first training phase or batch (absent before, as in fastai).
+    lam: Any  # the weight of each item (its partner gets 1 - lam): a tensor of shape (bs,) or (1,), or a float
+    old_lf: Any  # the learner's loss function, set at before_train
 
     def __init__(self, alpha: float = 0.5) -> None:
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0 (the Beta(alpha, alpha) distribution), got {alpha}.")
         self.alpha = alpha
         self.distrib = Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
-        # (lam, partner targets) of the training batch in flight, read by MixedLoss.
-        self._pending: tuple[torch.Tensor, tuple[Any, ...]] | None = None
+        self._yb1: tuple[Any, ...] | None = None
+        self._mixed = False  # `yb1` was set for the training batch in flight (read by MixedLoss)
+        self._stack_y: bool | None = None  # set by hand; None: decided by the loss function and the targets
         self._installed: MixedLoss | None = None
         self._can_unreduce = True
+
+    # ------------------------------------------------------------ fastai's attributes
+    @property
+    def yb1(self) -> tuple[Any, ...]:
+        """The targets of the partners of the batch's items (fastai's name); set by `before_batch`."""
+        if self._yb1 is None:
+            raise AttributeError(f"{type(self).__name__}.yb1 is set by the first mixed training batch")
+        return self._yb1
+
+    @yb1.setter
+    def yb1(self, value: tuple[Any, ...]) -> None:
+        self._yb1, self._mixed = value, True
+
+    @property
+    def stack_y(self) -> bool:
+        """Whether the loss is mixed (computed on both targets, blended by `lam`) rather than the targets.
+
+        True when the loss function takes class indices (its `y_int`, fastai's rule) or when the
+        batch's targets are not all float tensors, which cannot be blended (fastai fails on those);
+        assign it to decide for every batch.
+        """
+        if self._stack_y is not None:
+            return self._stack_y
+        learn = self.learn
+        if learn is None:
+            return False
+        if getattr(getattr(self, "old_lf", learn.loss_func), "y_int", False):
+            return True
+        targets = [y for y in learn.yb if y is not None]
+        return bool(targets) and not all(isinstance(y, torch.Tensor) and y.is_floating_point() for y in targets)
+
+    @stack_y.setter
+    def stack_y(self, value: bool) -> None:
+        self._stack_y = value
+
+    def lf(self, pred: Any, *yb: Any, **kwargs: Any) -> torch.Tensor:
+        """fastai's mixed loss: `old_lf` on the partners' targets `yb1` and on `yb`, blended per item by `lam`,
+        reduced as `old_lf` reduces; the plain `old_lf` outside training."""
+        if not self.learn.training:
+            return self.old_lf(pred, *yb, **kwargs)
+        reduction = kwargs.pop("reduction", None) or _reduction_of(self.old_lf) or "mean"
+        lam = self.lam if isinstance(self.lam, torch.Tensor) else torch.tensor(float(self.lam))
+        with unreduced(self.old_lf) as per_item:
+            mixed = _lerp_per_item(per_item(pred, *self.yb1, **kwargs), per_item(pred, *yb, **kwargs),
+                                   lam.to(pred.device))
+        return reduce_loss(mixed, reduction)
 
     # ------------------------------------------------------------ outer events
     def before_fit(self) -> None:
@@ -180,7 +235,7 @@ class MixHandler(Callback):
         # behind, from this handler or another one: unwrap it rather than wrapping it again.
         while isinstance(learn.loss_func, MixedLoss):
             learn.loss_func = learn.loss_func.original
-        self._installed, self._pending = None, None
+        self._installed, self._mixed = None, False
         loss_func = learn.loss_func
         self._can_unreduce = isinstance(getattr(loss_func, "reduction", None), str) or (
             _reduction_param(loss_func) is not None
@@ -189,7 +244,14 @@ class MixHandler(Callback):
             raise ValueError(_cannot_unreduce(loss_func))
 
     def before_train(self) -> None:
-        self._install()
+        learn = self.learn
+        if not isinstance(learn.loss_func, MixedLoss):
+            self.old_lf = learn.loss_func
+        # As fastai's, the loss function is replaced when the loss is to be mixed: here when that is known before
+        # any batch (the loss's `y_int`, integer tensors in the dataset), else by the first batch that needs it.
+        if self._stack_y or (self._stack_y is None and (getattr(self.old_lf, "y_int", False)
+                                                        or _targets_are_float(learn) is False)):
+            self._install()
 
     def after_train(self) -> None:
         self._uninstall()
@@ -202,14 +264,19 @@ class MixHandler(Callback):
 
     def after_fit(self) -> None:
         self._uninstall()
-        self._pending = None
+        self._mixed = False
 
     # ------------------------------------------------------------ batch events
+    def after_pred(self) -> None:
+        # A batch whose loss must be mixed (class indices) where the targets' type was not known before it.
+        if self._mixed and self._installed is None and self.stack_y:
+            self._install()
+
     def after_loss(self) -> None:
-        self._pending = None
+        self._mixed = False
 
     def after_cancel_batch(self) -> None:
-        self._pending = None
+        self._mixed = False
 
     def _install(self) -> None:
         learn = self.learn
@@ -229,17 +296,14 @@ class MixHandler(Callback):
         return torch.randperm(bs).to(device)
 
     def _mix_targets(self, lam: torch.Tensor, shuffle: torch.Tensor) -> None:
-        """Blend float targets with their partners; for integer targets, leave the blending to MixedLoss."""
+        """Set `lam` and `yb1`; blend the targets with their partners' unless `stack_y` (then MixedLoss mixes)."""
         learn = self.learn
         yb = learn.yb
-        partner = tuple(y[shuffle] for y in yb)
-        if all(isinstance(y, torch.Tensor) and y.is_floating_point() for y in yb):
-            learn.yb = tuple(torch.lerp(p, y, _broadcast(lam, y)) for p, y in zip(partner, yb, strict=True))
-            return
-        if not self._can_unreduce:
-            loss_func = learn.loss_func
-            raise ValueError(_cannot_unreduce(loss_func.original if isinstance(loss_func, MixedLoss) else loss_func))
-        self._pending = (lam, partner)
+        self.lam, self.yb1 = lam, tuple(y[shuffle] for y in yb)
+        if not self.stack_y:
+            learn.yb = tuple(torch.lerp(p, y, _broadcast(lam, y)) for p, y in zip(self.yb1, yb, strict=True))
+        elif not self._can_unreduce:
+            raise ValueError(_cannot_unreduce(self.old_lf))
 
 
 def _broadcast(lam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -249,14 +313,16 @@ def _broadcast(lam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _targets_look_integer(learn: Learner) -> bool:
     """Whether the training targets are known, before any batch is drawn, to be class indices."""
-    loss_func = learn.loss_func
-    if getattr(loss_func, "y_int", False):
-        return True
+    return bool(getattr(learn.loss_func, "y_int", False)) or _targets_are_float(learn) is False
+
+
+def _targets_are_float(learn: Learner) -> bool | None:
+    """Whether the training targets are float tensors, when the dataset says so before any batch (else None)."""
     dataset = getattr(learn.dls.train, "dataset", None)
     tensors = getattr(dataset, "tensors", None)
     if isinstance(tensors, (tuple, list)) and tensors and isinstance(tensors[-1], torch.Tensor):
-        return not tensors[-1].is_floating_point()
-    return False
+        return tensors[-1].is_floating_point()
+    return None
 
 
 def _check_batch(learn: Learner, name: str) -> torch.Tensor:
@@ -317,7 +383,7 @@ class CutMix(MixHandler):
         mixed[..., y1:y2, x1:x2] = x[shuffle][..., y1:y2, x1:x2]
         learn.xb = (mixed, *learn.xb[1:])
         kept = 1 - ((x2 - x1) * (y2 - y1)) / float(width * height)
-        self._mix_targets(torch.tensor(kept, device=x.device), shuffle)
+        self._mix_targets(torch.tensor([kept], device=x.device), shuffle)  # shape (1,), as fastai's
 
     def rand_bbox(self, width: int, height: int, lam: float) -> tuple[int, int, int, int]:
         """A box `(x1, y1, x2, y2)` of area about `(1 - lam) * width * height` at a uniform random centre,
