@@ -287,6 +287,11 @@ def test_terminate_on_nan_in_validate_reaches_the_caller() -> None:
     ]
 
 
+def test_run_valid_flags_are_fastais() -> None:
+    assert (GradientAccumulation.run_valid, GradientClip.run_valid, TerminateOnNaNCallback.run_valid) == (
+        False, True, True)
+
+
 def test_callbacks_run_in_the_order_that_makes_them_correct() -> None:
     learn = make_learner(cbs=[GradientClip(), MixedPrecision(), GradientAccumulation()])
     names = [type(cb).__name__ for cb in learn.sorted_cbs()]

@@ -130,8 +130,7 @@ class GradientClip(Callback):
     ``total_norm`` holds the norm before clipping, as a tensor, so reading it is the only host sync.
     """
 
-    order = MixedPrecision.order + 1
-    run_valid = False
+    order = MixedPrecision.order + 1  # run_valid stays True, as fastai's: validation has no step to clip anyway
 
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0) -> None:
         if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
