@@ -3,7 +3,7 @@
 Which optimizer steps really ran is a fact of the loop's events: a batch's ``opt.step()`` ran
 iff its step phase finished without being cancelled, i.e. ``after_step`` fired and
 ``after_cancel_step`` did not fire before it in that batch. Gradient-accumulation micro-batches
-never reach the step phase (GradientAccumulation cancels the batch at ``after_backward``).
+never finish it (GradientAccumulation cancels the batch in ``before_step``: no ``after_step``).
 A callback that must count real steps (the weight EMA) watches those two events; a
 cancelled step never touches the optimizer, so its state and ``step`` counters stay put.
 
