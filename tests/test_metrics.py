@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from conftest import debiased_ema
+from learnloop import metrics
 from learnloop.metrics import (
     AccumMetric,
     ActivationType,
@@ -226,6 +227,16 @@ def _loss_batches(losses: list[Tensor]) -> list[SimpleNamespace]:
     return [batch(torch.zeros(1), torch.zeros(1), loss=x) for x in losses]
 
 
+def fastai_smoothed(losses: list[Tensor], beta: float) -> list[float]:
+    """fastai's AvgSmoothLoss after each batch, written out: per batch ``val = torch.lerp(loss.mean(), val, beta)``
+    on float32 tensors (``val`` starts at ``tensor(0.)``) and ``val / (1 - beta**n)``."""
+    val, out = torch.tensor(0.0), []
+    for n, loss in enumerate(losses, start=1):
+        val = torch.lerp(loss.mean(), val, beta)
+        out.append((val / (1 - beta**n)).item())
+    return out
+
+
 def test_avg_smooth_loss_does_not_depend_on_when_it_is_folded() -> None:
     beta = 0.9
     losses = list((torch.rand(10, generator=torch.Generator().manual_seed(0)) * 5).unbind())
@@ -233,7 +244,7 @@ def test_avg_smooth_loss_does_not_depend_on_when_it_is_folded() -> None:
     for learn in _loss_batches(losses):
         all_at_once.accumulate(learn)
     assert all_at_once.folded == [] and len(all_at_once.pending) == 10  # accumulating folds nothing
-    once = all_at_once.take_folded()
+    once = all_at_once.take_folded().tolist()
 
     every_batch, read = AvgSmoothLoss(beta), []
     for learn in _loss_batches(losses):
@@ -241,23 +252,20 @@ def test_avg_smooth_loss_does_not_depend_on_when_it_is_folded() -> None:
         value = every_batch.value
         assert value is not None and value.dtype == torch.float32 and value.shape == ()
         read.append(float(value))
-    per_batch = every_batch.take_folded()
+    per_batch = every_batch.take_folded().tolist()
 
     chunked, in_chunks = AvgSmoothLoss(beta), []
     batches = _loss_batches(losses)
     for start, stop in ((0, 3), (3, 4), (4, 10)):
         for learn in batches[start:stop]:
             chunked.accumulate(learn)
-        in_chunks += chunked.take_folded()
+        in_chunks += chunked.take_folded().tolist()
 
     direct = AvgSmoothLoss(beta)
     direct.fold_losses(losses)
 
-    assert once == per_batch == in_chunks == direct.take_folded()  # bit-identical
-    expected = debiased_ema([float(x) for x in losses], beta)
-    assert once == pytest.approx(expected, rel=1e-12, abs=0)
-    assert read == [float(torch.tensor(v, dtype=torch.float32)) for v in once]
-    assert read == pytest.approx(expected, rel=2**-23, abs=0)  # within float32 rounding
+    assert once == per_batch == in_chunks == direct.take_folded().tolist() == read == fastai_smoothed(losses, beta)
+    assert once == pytest.approx(debiased_ema([float(x) for x in losses], beta), rel=1e-6, abs=0)
     assert all_at_once.count == every_batch.count == chunked.count == direct.count == 10
     assert all_at_once.val == every_batch.val == chunked.val == direct.val
 
@@ -276,7 +284,7 @@ def test_avg_smooth_loss_keeps_a_bounded_number_of_pending_losses() -> None:
 
     all_at_once = AvgSmoothLoss(beta)
     all_at_once.fold_losses(losses)
-    assert bounded.take_folded() == all_at_once.take_folded()
+    assert bounded.take_folded().tolist() == all_at_once.take_folded().tolist() == fastai_smoothed(losses, beta)
     assert bounded.count == all_at_once.count == n and bounded.val == all_at_once.val
 
 
@@ -286,33 +294,130 @@ def test_avg_smooth_loss_averages_per_item_losses_per_batch() -> None:
     m = AvgSmoothLoss(beta)
     for learn in _loss_batches(per_item):
         m.accumulate(learn)
-    assert m.take_folded() == pytest.approx(debiased_ema([3.0, 0.9375], beta), rel=1e-12, abs=0)
+    assert m.take_folded().tolist() == fastai_smoothed(per_item, beta)
+    assert fastai_smoothed(per_item, beta) == pytest.approx(debiased_ema([3.0, 0.9375], beta), rel=1e-6)
 
 
 def test_avg_smooth_loss_folds_losses_of_mixed_shapes() -> None:
     beta = 0.9
     m = AvgSmoothLoss(beta)
-    for learn in _loss_batches([torch.tensor(2.0), torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0.5])]):
+    losses = [torch.tensor(2.0), torch.tensor([1.0, 2.0, 6.0]), torch.tensor([0.5])]
+    for learn in _loss_batches(losses):
         m.accumulate(learn)
-    assert m.take_folded() == pytest.approx(debiased_ema([2.0, 3.0, 0.5], beta), rel=1e-12, abs=0)
+    assert m.take_folded().tolist() == fastai_smoothed(losses, beta)
+    assert fastai_smoothed(losses, beta) == pytest.approx(debiased_ema([2.0, 3.0, 0.5], beta), rel=1e-6)
 
 
 def test_avg_smooth_loss_set_value_carries_on_from_the_new_value() -> None:
     beta = 0.9
     m = AvgSmoothLoss(beta)
     m.set_value(5.0)  # nothing accumulated yet: nothing to set
-    assert m.value is None
+    assert m.count == 0
     for learn in _loss_batches([torch.tensor(4.0), torch.tensor(1.0)]):
         m.accumulate(learn)
-    assert m.take_folded() == pytest.approx(debiased_ema([4.0, 1.0], beta), rel=1e-12, abs=0)
-    assert m.take_folded() == []  # each batch's value is handed out once
+    assert m.take_folded().tolist() == fastai_smoothed([torch.tensor(4.0), torch.tensor(1.0)], beta)
+    assert m.take_folded().tolist() == []  # each batch's value is handed out once
     m.set_value(10.0)
     value = m.value
     assert value is not None and float(value) == pytest.approx(10.0, rel=1e-7)
+    assert m.val == float(torch.tensor(10.0) * torch.tensor(1 - beta**2))  # a float32 number, as fastai's
     m.accumulate(_loss_batches([torch.tensor(2.0)])[0])
-    val = 10.0 * (1 - beta**2) * beta + (1 - beta) * 2.0  # the biased average carried on from 10.0
-    assert m.take_folded() == pytest.approx([val / (1 - beta**3)], rel=1e-12, abs=0)
-    assert m.take_folded() == [] and m.count == 3
+    val = torch.lerp(torch.tensor(2.0), torch.tensor(m.val), beta)  # carried on from 10.0
+    assert m.take_folded().tolist() == [(val / (1 - beta**3)).item()]
+    assert m.take_folded().tolist() == [] and m.count == 3
+
+
+def test_avg_smooth_loss_is_fastais_float32_value_bit_for_bit() -> None:
+    # fastai's first value is lerp(x, 0, 0.98) / (1 - 0.98) in float32: not x itself, nor the float64 average.
+    m = AvgSmoothLoss()
+    m.fold_losses([torch.tensor(1.488769769668579)])
+    assert m.take_folded().tolist() == [1.4887683391571045]
+    assert m.val == 0.029775366187095642  # float32(x * (1 - float32(0.98))), one rounding
+    # Seeded random losses: bit-identical to the per-batch torch.lerp recurrence, for either branch of lerp
+    # (weight < 0.5 computes x + w * (val - x)) and whatever the numbers: the host replay, its checked variant
+    # (losses a factor 2**28 apart), zeros, and the fallback on torch.lerp itself (losses of both signs).
+    g = torch.Generator().manual_seed(0)
+    kinds = {
+        "uniform": torch.rand(1500, generator=g) * 3,
+        "close to the average": 1 + torch.randn(1500, generator=g) * 1e-5,
+        "decaying": 2.3 * torch.exp(-torch.arange(1500) / 150) * (1 + 0.2 * torch.rand(1500, generator=g)),
+        "negative": -torch.rand(1000, generator=g) - 0.01,
+        "far apart": torch.exp(torch.randn(1000, generator=g) * 8),
+        "zeros": torch.where(torch.arange(1000) % 300 < 100, 0.0, torch.rand(1000, generator=g)),
+        "both signs": torch.randn(300, generator=g),
+        "not finite": torch.tensor([1.0, float("inf"), 2.0, float("nan"), 3.0]),
+    }
+    for beta in (0.98, 0.9, 0.999, 0.5, 0.3):
+        for kind, values in kinds.items():
+            losses = list(values.unbind())
+            folded = AvgSmoothLoss(beta)
+            for i, learn in enumerate(_loss_batches(losses)):
+                folded.accumulate(learn)
+                if i % 700 == 0:
+                    folded.fold()
+            got, expected = folded.take_folded(), torch.tensor(fastai_smoothed(losses, beta))
+            assert torch.allclose(got, expected, rtol=0, atol=0, equal_nan=True), (beta, kind)
+
+
+@pytest.mark.parametrize("beta", [0.625, 0.375])  # lerp's two branches: 1 - w and w are 3/8
+def test_avg_smooth_loss_rounds_a_fused_multiply_add_once(beta: float) -> None:
+    # fastai's torch.lerp computes val - (val - x) * (1 - w), or x + w * (val - x), rounded once to float32 where
+    # the kernel fuses the multiply-add. Summed in a double and then rounded to float32, the result is rounded
+    # twice, which differs when the double lands exactly halfway between two float32 numbers: here the product
+    # is such a point (3 * an odd 24-bit number) and the other term is too small to move the double off it.
+    fuses = metrics._lerp_fuses(torch.device("cpu"))
+    differs = 0
+    for odd in range(5592407, 11184810, 2 * 18_001):  # 3 * odd has 25 bits
+        big, tiny = float(odd * 2**-20), odd * 2**-80
+        val, x = (big, tiny) if beta < 0.5 else (tiny, big)
+        m = AvgSmoothLoss(beta)
+        m.count, m.val = 5, val
+        m.fold_losses([torch.tensor(x)])
+        expected = torch.lerp(torch.tensor(x), torch.tensor(val), beta).item()
+        assert m.val == expected
+        twice = float(torch.tensor(tiny + 0.375 * big, dtype=torch.float64).float())
+        differs += twice != expected
+    assert differs > 30 or not fuses  # the cases are the double-rounding ones
+
+
+@pytest.mark.parametrize("beta", [0.98, 0.3])
+def test_avg_smooth_loss_replays_either_kind_of_lerp_kernel(beta: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    # torch.lerp rounds its multiply-add once where its kernel was compiled with fused multiply-adds (AVX2 CPUs,
+    # CUDA) and twice elsewhere: which one is probed on the device. Unfused, each step is float32 ops one at a
+    # time, as separate torch ops compute them.
+    def unfused(losses: list[Tensor]) -> list[float]:
+        w, val, out = torch.tensor(beta, dtype=torch.float32), torch.tensor(0.0), []
+        for n, x in enumerate(losses, start=1):
+            val = x + w * (val - x) if beta < 0.5 else val - (val - x) * (1 - w)
+            out.append((val / (1 - beta**n)).item())
+        return out
+
+    losses = list((torch.rand(3000, generator=torch.Generator().manual_seed(1)) * 3).unbind())
+    here = fastai_smoothed(losses, beta)  # whichever kernel this machine has
+    fuses = metrics._lerp_fuses(torch.device("cpu"))
+    assert (unfused(losses) == here) != fuses
+    for fused in (True, False):
+        monkeypatch.setitem(metrics._lerp_fused, "cpu", fused)
+        m = AvgSmoothLoss(beta)
+        m.fold_losses(losses)
+        if fused == fuses:
+            assert m.take_folded().tolist() == here
+        if not fused:
+            assert m.take_folded().tolist() == unfused(losses)
+    # Where the probe matches neither formula, the losses are replayed with torch.lerp itself.
+    monkeypatch.setitem(metrics._lerp_fused, "cpu", None)
+    m = AvgSmoothLoss(beta)
+    m.fold_losses(losses)
+    assert m.take_folded().tolist() == fastai_smoothed(losses, beta)
+
+
+def test_lerp_probes_tell_the_two_kernels_apart() -> None:
+    for beta, pairs in metrics._LERP_PROBES.items():
+        w = metrics._to_float32(beta)
+        for x, val in pairs:
+            x, val = metrics._to_float32(x), metrics._to_float32(val)
+            assert metrics._replay_checked([x], val, w, True) != metrics._replay_checked([x], val, w, False)
+    assert metrics._lerp_fuses(torch.device("cpu")) in (True, False)
 
 
 def test_value_metric() -> None:

@@ -154,8 +154,8 @@ class Recorder(Callback):
     def _compute_pending(self) -> None:
         """Append the smoothed losses not computed yet to `_losses`: one device sync for all of them."""
         folded = self.smooth_loss.take_folded()
-        if folded:
-            self._losses.extend(torch.tensor(folded, dtype=torch.float32).unbind())
+        if len(folded):
+            self._losses.extend(folded.unbind())
 
     @property
     def smooth_value(self) -> torch.Tensor | None:
@@ -174,7 +174,8 @@ class Recorder(Callback):
     @property
     def n_losses(self) -> int:
         """How many smoothed losses this fit has recorded: ``len(losses)`` without computing them."""
-        return len(self._losses) + len(self.smooth_loss.folded) + len(self.smooth_loss.pending)
+        smooth = self.smooth_loss
+        return len(self._losses) + sum(len(t) for t in smooth.folded) + len(smooth.pending)
 
     def after_train(self) -> None:
         self.log += [_value(m) for m in self._train_mets]
