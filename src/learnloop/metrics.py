@@ -263,22 +263,13 @@ def _to_float32(x: float) -> float:
 def _loss_means(losses: list[Tensor]) -> list[float]:
     """Each batch's loss as fastai smooths it, ``loss.mean()`` in float32, as numbers: one wait on the device."""
     first = losses[0]
-    if first.device.type == "cpu":
-        try:
-            means = list(map(Tensor.item, losses))  # a one-element loss is its own mean; cheaper than a stack
-        except RuntimeError:  # some batch has per-item losses
-            means = [_mean(t).item() for t in losses]
-    else:
-        try:
-            stacked = torch.stack(losses)
-        except RuntimeError:  # losses of different shapes, or on different devices
-            stacked = torch.stack([_mean(t).to(first.device) for t in losses])
-        if stacked.ndim > 1:
-            stacked = torch.stack([_mean(t) for t in losses])
-        means = stacked.float().tolist()
-    if first.dtype != torch.float32:
-        means = array("f", means).tolist()
-    return means
+    try:
+        stacked = torch.stack(losses)
+    except RuntimeError:  # losses of different shapes, or on different devices
+        stacked = torch.stack([_mean(t).to(first.device) for t in losses])
+    if stacked.ndim > 1:  # per-item losses: each batch's mean, as fastai's `loss.mean()` computes it
+        stacked = torch.stack([_mean(t) for t in losses])
+    return stacked.float().tolist()
 
 
 def _mean(loss: Tensor) -> Tensor:
