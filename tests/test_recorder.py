@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -206,7 +207,23 @@ def test_recorder_skips_batches_without_targets() -> None:
     learn = Learner(DataLoaders([(x,)], [(x,)], device="cpu"), torch.nn.Linear(2, 1), loss_func=F.mse_loss)
     learn.logger = noop
     learn.fit(1)
-    assert learn.recorder.losses == [] and learn.recorder.values == [[None, None]]
+    # As fastai: the smoothed loss of no batch is nan (0 / 0), the average validation loss of none is None.
+    assert learn.recorder.losses == [] and len(learn.recorder.values) == 1
+    train_loss, valid_loss = learn.recorder.values[0]
+    assert isinstance(train_loss, float) and math.isnan(train_loss) and valid_loss is None
+    assert getattr(learn, "smooth_loss", None) is None  # never set, as in fastai
+
+
+def test_a_fit_without_training_batches_keeps_the_last_smooth_loss() -> None:
+    learn = synth_learner()
+    learn.fit(1)
+    last = float(learn.smooth_loss)
+    x = torch.randn(4, 2)
+    learn.dls = DataLoaders([(x,)], [(x,)], device="cpu")  # targetless: no batch is recorded
+    learn.fit(1)
+    assert math.isnan(learn.recorder.values[0][0]) and float(learn.smooth_loss) == last
+    learn.validate()
+    assert float(learn.smooth_loss) == last
 
 
 # ------------------------------------------------------------------ smoothed losses, computed when read

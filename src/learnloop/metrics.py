@@ -169,7 +169,8 @@ class AvgSmoothLoss(Metric):
     when it is read, all at once, by replaying fastai's float32 roundings on the host (see :func:`_replay_lerp`),
     so the result is the same whenever (and however often) it is read. Unread, they are folded every
     ``max_pending`` (1024) batches, one wait on the device each time, so that a long epoch does not keep a
-    tensor per batch (about half a kilobyte each) until its end.
+    tensor per batch (about half a kilobyte each) until its end. Before any batch the value is ``nan``
+    (fastai's ``0 / (1 - beta**0)``): the Recorder logs it as the train loss of an epoch without one.
 
     >>> m = AvgSmoothLoss(beta=0.9)
     >>> for loss in (4.0, 1.0): m.fold_losses([torch.tensor(loss)])  # what accumulate(learn) defers
@@ -244,11 +245,9 @@ class AvgSmoothLoss(Metric):
             self.val = _to_float32(_to_float32(float(value)) * _to_float32(1 - self.beta**self.count))
 
     @property
-    def value(self) -> Tensor | None:
+    def value(self) -> Tensor:
         self.fold()
-        if not self.count:
-            return None
-        return torch.tensor(self.val, dtype=torch.float32) / (1 - self.beta**self.count)
+        return torch.tensor(self.val, dtype=torch.float32) / (1 - self.beta**self.count)  # nan before any batch
 
     @property
     def name(self) -> str:

@@ -161,8 +161,7 @@ class Recorder(Callback):
     def smooth_value(self) -> torch.Tensor | None:
         """What `learn.smooth_loss` reads: the smoothed loss after the last batch recorded in this fit, or, until
         this fit records one, the previous fit's last (fastai keeps it too: `validate()` runs `before_fit`)."""
-        value = self.smooth_loss.value
-        return self._previous_smooth if value is None else value
+        return self.smooth_loss.value if self.smooth_loss.count else self._previous_smooth
 
     @smooth_value.setter
     def smooth_value(self, value: Any) -> None:
