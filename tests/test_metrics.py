@@ -503,9 +503,16 @@ def test_accum_metric_activations_and_thresh() -> None:
     assert torch.equal(seen["preds"], torch.tensor([True, True, True, False]))  # sigmoid(0) >= 0.5
     run(AccumMetric(capture, activation=ActivationType.BinarySoftmax), [batch(logits, torch.zeros(2))])
     assert torch.allclose(seen["preds"], logits.softmax(-1)[:, 1])
-    # dim_argmax=0 is honoured (not mistaken for "no argmax")
-    run(AccumMetric(capture, dim_argmax=0), [batch(logits, torch.zeros(2))])
-    assert torch.equal(seen["preds"], torch.tensor([0, 0]))
+    # fastai tests dim_argmax and thresh for truth: 0 means no argmax, 0.0 no threshold (the softmax still runs
+    # over dim 0)
+    run(AccumMetric(capture, dim_argmax=0), [batch(logits, torch.zeros(4))])
+    assert torch.equal(seen["preds"], logits.flatten())
+    run(AccumMetric(capture, dim_argmax=1), [batch(logits, torch.zeros(2))])
+    assert torch.equal(seen["preds"], torch.tensor([1, 0]))
+    run(AccumMetric(capture, activation="sigmoid", thresh=0.0), [batch(logits, torch.zeros(4))])
+    assert torch.equal(seen["preds"], logits.sigmoid().flatten())
+    run(AccumMetric(capture, activation="softmax", dim_argmax=0), [batch(logits, torch.zeros(4))])
+    assert torch.equal(seen["preds"], logits.softmax(0).flatten())
     with pytest.raises(ValueError, match="'tanh' is not a valid ActivationType"):
         AccumMetric(capture, activation="tanh")
 

@@ -438,7 +438,13 @@ class ActivationType(StrEnum):
 
 
 class AccumMetric(Metric):
-    """``func(preds, targs)`` over the whole set, from every batch's stored predictions and targets."""
+    """``func(preds, targs)`` over the whole set, from every batch's stored predictions and targets.
+
+    Before storing a batch's predictions: a softmax over ``dim_argmax`` (the last dimension when None) or a
+    sigmoid when `activation` says so, else an argmax over ``dim_argmax`` when it is set and not 0; then
+    ``preds >= thresh`` when `thresh` is set and not 0 (fastai tests both for truth). ``invert_arg`` calls
+    ``func(targs, preds)``; ``to_np`` hands ``func`` numpy arrays; extra keywords go to ``func``.
+    """
 
     def __init__(
         self,
@@ -468,16 +474,15 @@ class AccumMetric(Metric):
         self.targs: list[Tensor] = []
 
     def _prepare(self, pred: Tensor) -> Tensor:
-        dim = -1 if self.dim_argmax is None else self.dim_argmax
         if self.activation in (ActivationType.Softmax, ActivationType.BinarySoftmax):
-            pred = F.softmax(pred, dim=dim)
+            pred = F.softmax(pred, dim=-1 if self.dim_argmax is None else self.dim_argmax)
             if self.activation == ActivationType.BinarySoftmax:
                 pred = pred[:, -1]
         elif self.activation == ActivationType.Sigmoid:
             pred = torch.sigmoid(pred)
-        elif self.dim_argmax is not None:
-            pred = pred.argmax(dim=dim)
-        if self.thresh is not None:
+        elif self.dim_argmax:
+            pred = pred.argmax(dim=self.dim_argmax)
+        if self.thresh:
             pred = pred >= self.thresh
         return pred
 
