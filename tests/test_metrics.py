@@ -441,9 +441,10 @@ def test_rmse_is_over_the_whole_set_not_a_mean_of_batches() -> None:
     assert whole_set != pytest.approx(sum(per_batch) / 2)
     assert whole_set != pytest.approx((4 * 1.0 + 1 * 10.0) / 5)  # nor a batch-size-weighted mean
     assert rmse.name == "_rmse"
-    # usable as a plain function too, without disturbing accumulated state
-    assert rmse(preds, targs).item() == pytest.approx(whole_set)
-    assert len(rmse.preds) == 2
+    # usable as a plain function too: as fastai's, the call replaces the accumulated state with its batch
+    assert rmse(preds[:4], targs[:4]).item() == pytest.approx(1.0)
+    assert len(rmse.preds) == 1 and torch.equal(rmse.preds[0], preds[:4]) and rmse.value.item() == 1.0
+    rmse.reset()
 
 
 def test_exp_rmspe() -> None:
@@ -529,6 +530,14 @@ def test_accum_metric_to_np_invert_arg_flatten_and_kwargs() -> None:
     assert value == 2.0 and m.name == "rec"
     targs, preds = args[-1]
     assert type(preds).__name__ == "ndarray" and preds.shape == (2, 3) and targs.shape == (2,)
+    assert m.invert_args is True  # fastai's attribute name (its argument is `invert_arg`)
+    m.invert_args = False
+    assert m.value == 2.0
+    preds, targs = args[-1]
+    assert preds.shape == (2, 3)
+    m.name = "renamed"  # settable, as fastai's
+    assert m.name == "renamed"
+    assert AccumMetric(record, name="").name == ""  # only None means "the function's name"
     with pytest.raises(ValueError, match=r"input of shape \(2, 3\) and target of shape \(2,\)"):
         AccumMetric(record).accumulate(batch(torch.ones(2, 3), torch.zeros(2)))
 

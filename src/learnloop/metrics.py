@@ -443,7 +443,12 @@ class AccumMetric(Metric):
     Before storing a batch's predictions: a softmax over ``dim_argmax`` (the last dimension when None) or a
     sigmoid when `activation` says so, else an argmax over ``dim_argmax`` when it is set and not 0; then
     ``preds >= thresh`` when `thresh` is set and not 0 (fastai tests both for truth). ``invert_arg`` calls
-    ``func(targs, preds)``; ``to_np`` hands ``func`` numpy arrays; extra keywords go to ``func``.
+    ``func(targs, preds)`` (kept in the attribute ``invert_args``, as fastai's); ``to_np`` hands ``func`` numpy
+    arrays; extra keywords go to ``func``.
+
+    >>> m = AccumMetric(lambda p, t: (p == t).float().mean(), dim_argmax=-1, name="acc")
+    >>> m(torch.tensor([1, 0]), torch.tensor([1, 1])).item()  # one batch, already decoded
+    0.5
     """
 
     def __init__(
@@ -463,10 +468,10 @@ class AccumMetric(Metric):
         self.activation = ActivationType(activation)
         self.thresh = thresh
         self.to_np = to_np
-        self.invert_arg = invert_arg
+        self.invert_args = invert_arg
         self.flatten = flatten
         self.kwargs = kwargs
-        self._name = name or _func_name(func)
+        self._name = _func_name(func) if name is None else name
         self.reset()
 
     def reset(self) -> None:
@@ -497,27 +502,32 @@ class AccumMetric(Metric):
     def accumulate(self, learn: MetricLearner) -> None:
         self.accum_values(self._prepare(learn.pred), learn.yb[0])
 
-    def _compute(self, preds: Any, targs: Any) -> Any:
-        if self.to_np:
-            preds, targs = preds.cpu().numpy(), targs.cpu().numpy()
-        if self.invert_arg:
-            return self.func(targs, preds, **self.kwargs)
-        return self.func(preds, targs, **self.kwargs)
-
     def __call__(self, preds: Tensor, targs: Tensor) -> Any:
-        """``func`` on one set of (already activated) predictions; the accumulated state is untouched."""
-        preds, targs = preds.detach(), targs.detach()
-        return self._compute(*flatten_check(preds, targs)) if self.flatten else self._compute(preds, targs)
+        """``func`` on one batch of (already activated) predictions: the batch replaces the accumulated state,
+        as in fastai, and stays stored until the next ``reset``."""
+        self.reset()
+        self.accum_values(preds, targs)
+        return self.value
 
     @property
     def value(self) -> Any:
         if not self.preds:
             return None
-        return self._compute(torch.cat(self.preds), torch.cat(self.targs))
+        preds: Any = torch.cat(self.preds)
+        targs: Any = torch.cat(self.targs)
+        if self.to_np:
+            preds, targs = preds.cpu().numpy(), targs.cpu().numpy()
+        if self.invert_args:
+            return self.func(targs, preds, **self.kwargs)
+        return self.func(preds, targs, **self.kwargs)
 
     @property
     def name(self) -> str:
         return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
 
 
 class TorchMetric(Metric):
