@@ -221,7 +221,7 @@ def test_avg_smooth_loss_first_value_is_the_first_loss() -> None:
     assert before.dtype == torch.float32 and before.shape == () and math.isnan(before)
     m.accumulate(batch(torch.zeros(1), torch.zeros(1), loss=torch.tensor(3.5)))
     assert m.value is not None and m.value.item() == pytest.approx(3.5)
-    assert m.name == "loss"
+    assert m.name == "avg_smooth_loss"  # fastai's: the class name (the Recorder names its column train_loss)
 
 
 def _loss_batches(losses: list[Tensor]) -> list[SimpleNamespace]:

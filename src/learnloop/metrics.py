@@ -249,10 +249,6 @@ class AvgSmoothLoss(Metric):
         self.fold()
         return torch.tensor(self.val, dtype=torch.float32) / (1 - self.beta**self.count)  # nan before any batch
 
-    @property
-    def name(self) -> str:
-        return "loss"
-
 
 def _to_float32(x: float) -> float:
     """`x` rounded to the nearest float32 number (ties to even; inf past float32's range)."""
