@@ -111,6 +111,16 @@ def test_label_smoothing_flat_on_sequences() -> None:
     torch.testing.assert_close(LabelSmoothingCrossEntropyFlat()(out, targ), expected)
 
 
+def test_label_smoothing_flat_activation_and_decodes_use_the_last_axis_whatever_axis_is() -> None:
+    out = torch.randn(2, 5, 4)  # class axis 1 for the loss
+    loss = LabelSmoothingCrossEntropyFlat(axis=1)
+    torch.testing.assert_close(loss.activation(out), out.softmax(-1))  # as fastai's, not over `axis`
+    assert torch.equal(loss.decodes(out), out.argmax(-1)) and loss.decodes(out).shape == (2, 5)
+    targ = torch.randint(0, 5, (2, 4))
+    expected = F.cross_entropy(out, targ, label_smoothing=0.1)  # the loss itself does use `axis`
+    torch.testing.assert_close(loss(out, targ), expected)
+
+
 def test_label_smoothing_rejects_an_unknown_reduction() -> None:
     with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none'"):
         LabelSmoothingCrossEntropy(reduction="avg")

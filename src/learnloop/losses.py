@@ -208,7 +208,11 @@ class LabelSmoothingCrossEntropy(nn.Module):
 
 
 class LabelSmoothingCrossEntropyFlat(BaseLoss):
-    """`LabelSmoothingCrossEntropy` on flattened inputs and targets (sequences, segmentation maps)."""
+    """`LabelSmoothingCrossEntropy` on flattened inputs and targets (sequences, segmentation maps).
+
+    Unlike `CrossEntropyLossFlat`, its `activation` and `decodes` work over the last axis whatever `axis` is,
+    as fastai's do.
+    """
 
     y_int = True
 
@@ -216,9 +220,9 @@ class LabelSmoothingCrossEntropyFlat(BaseLoss):
         super().__init__(LabelSmoothingCrossEntropy, *args, axis=axis, **kwargs)
 
     def activation(self, out: torch.Tensor) -> torch.Tensor:
-        """Class probabilities: softmax over `axis`."""
-        return F.softmax(out, dim=self.axis)
+        """Class probabilities: softmax over the last axis."""
+        return F.softmax(out, dim=-1)
 
     def decodes(self, out: torch.Tensor) -> torch.Tensor:
-        """The most likely class along `axis`."""
-        return out.argmax(dim=self.axis)
+        """The most likely class along the last axis."""
+        return out.argmax(dim=-1)
