@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,6 +122,23 @@ def test_label_smoothing_flat_activation_and_decodes_use_the_last_axis_whatever_
     targ = torch.randint(0, 5, (2, 4))
     expected = F.cross_entropy(out, targ, label_smoothing=0.1)  # the loss itself does use `axis`
     torch.testing.assert_close(loss(out, targ), expected)
+
+
+def test_flat_losses_read_the_wrapped_losss_attributes() -> None:
+    # As fastai's, which copies them over: eps, ignore_index, label_smoothing... read through the flat loss.
+    assert LabelSmoothingCrossEntropyFlat().eps == 0.1 and LabelSmoothingCrossEntropyFlat(eps=0.2).eps == 0.2
+    ce = CrossEntropyLossFlat(ignore_index=3, label_smoothing=0.05)
+    assert ce.ignore_index == 3 and ce.label_smoothing == 0.05
+    assert torch.equal(BCEWithLogitsLossFlat(pos_weight=torch.ones(2)).pos_weight, torch.ones(2))
+    assert ce.reduction == "mean" and ce.y_int is True and ce.axis == -1  # its own attributes come first
+    with pytest.raises(AttributeError, match="'CrossEntropyLossFlat' object has no attribute 'gamma'"):
+        _ = ce.gamma
+    assert not hasattr(MSELossFlat(), "eps")
+    ls = LabelSmoothingCrossEntropyFlat()
+    ls.func.eps = 0.0  # the wrapped loss's value, read when asked (fastai's copy would still say 0.1)
+    assert ls.eps == 0.0
+    for clone in (copy.deepcopy(ls), pickle.loads(pickle.dumps(ls))):
+        assert clone.eps == 0.0 and clone.func is not ls.func
 
 
 def test_label_smoothing_rejects_an_unknown_reduction() -> None:

@@ -39,7 +39,9 @@ class BaseLoss(nn.Module):
 
     `axis` is the class (or channel) axis of the model's output; it is moved last, then the
     output is flattened to `(n, classes)` when `is_2d`, else to `(n,)`, and the target to `(n,)`.
-    `floatify` casts the target to float (for regression and BCE losses).
+    `floatify` casts the target to float (for regression and BCE losses). The wrapped loss is `func`;
+    its attributes read through the flattened loss too, as fastai's (`LabelSmoothingCrossEntropyFlat().eps`,
+    `CrossEntropyLossFlat(ignore_index=0).ignore_index`).
     """
 
     y_int: bool = False  # fastai's flag: True when targets are class indices
@@ -58,6 +60,15 @@ class BaseLoss(nn.Module):
         super().__init__()
         self.func = loss_cls(*args, **kwargs)
         self.axis, self.flatten, self.floatify, self.is_2d = axis, flatten, floatify, is_2d
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # parameters, buffers and submodules (`func`)
+        except AttributeError:
+            func = self.__dict__.get("_modules", {}).get("func")
+            if func is None or name.startswith("__") or not hasattr(func, name):
+                raise
+            return getattr(func, name)
 
     @property
     def reduction(self) -> str:
