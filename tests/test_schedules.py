@@ -40,11 +40,20 @@ def cos_anneal(a: float, b: float, t: float) -> float:
     return b + (a - b) * (1 + math.cos(math.pi * t)) / 2
 
 
+def f32_segment(p: float, fractions: list[float]) -> tuple[int, float]:
+    """(segment, position inside it) of progress p, as fastai's combine_scheds finds them: the bounds are the
+    cumulative sum of the fractions as a float32 tensor (torch sums in float64, stores float32); p is compared
+    with them, and its position worked out, in float32. Written with numpy's float32 scalars."""
+    bounds = np.cumsum(np.array([0.0, *fractions], dtype=np.float32), dtype=np.float64).astype(np.float32)
+    p32 = np.float32(p)
+    idx = min(int(np.nonzero(p32 >= bounds)[0].max()), len(fractions) - 1)
+    return idx, float((p32 - bounds[idx]) / (bounds[idx + 1] - bounds[idx]))
+
+
 def two_phase(p: float, split: float, a: float, b: float, c: float) -> float:
-    """a -> b by cosine over [0, split), then b -> c by cosine over [split, 1]."""
-    if p < split:
-        return cos_anneal(a, b, p / split)
-    return cos_anneal(b, c, (p - split) / (1 - split))
+    """a -> b by cosine over [0, split), then b -> c by cosine over [split, 1] (fastai's float32 positions)."""
+    idx, t = f32_segment(p, [split, 1 - split])
+    return cos_anneal(a, b, t) if idx == 0 else cos_anneal(b, c, t)
 
 
 # ------------------------------------------------------------------ annealers
@@ -102,10 +111,24 @@ def test_combine_scheds() -> None:
     assert s(0.0) == 0.0
     assert s(0.15) == approx(0.5)
     assert s(0.3) == approx(1.0)
-    assert s(0.3 + 0.7 / 2) == approx(0.5)
+    idx, t = f32_segment(0.3 + 0.7 / 2, [0.3, 0.7])
+    assert idx == 1 and t == approx(0.5, rel=1e-7) and s(0.3 + 0.7 / 2) == approx(cos_anneal(1.0, 0.0, t))
     assert s(1.0) == approx(0.0)
     three = combine_scheds([0.25, 0.25, 0.5], [SchedNo(1.0, 1.0), SchedLin(2.0, 3.0), SchedLin(10.0, 20.0)])
     assert [three(p) for p in (0.1, 0.25, 0.375, 0.5, 0.75, 1.0)] == approx([1.0, 2.0, 2.5, 10.0, 15.0, 20.0])
+
+
+def test_combine_scheds_positions_are_float32_as_fastai() -> None:
+    # What fastai 2.8 returns: its segment bounds are a float32 tensor, and the position inside a segment is
+    # float32 arithmetic ((pct - lo) / (hi - lo)); the schedule then runs in float64.
+    assert combined_cos(0.25, 4e-5, 1e-3, 1e-8)(999 / 1000) == 1.438619689651463e-08
+    assert combined_cos(0.3, 2e-4, 1e-3, 1e-8)(998 / 1000) == 3.014095441636333e-08
+    assert combined_cos(0.25, 0.95, 0.85, 0.95)(646 / 1000) == 0.9043925687063421
+    # On a boundary: float32(1/7) + float32(2/7) rounds above float32(3/7), so pct = 3/7 still ends the second
+    # SGDR cycle (lr ~ 0) instead of starting the third (lr_max).
+    sgdr = combine_scheds([1 / 7, 2 / 7, 4 / 7], [SchedCos(1e-2, 0.0)] * 3)
+    assert sgdr(15 / 35) == 7.875644580934704e-16
+    assert sgdr(16 / 35) == approx(1e-2 * (1 + math.cos(math.pi * f32_segment(16 / 35, [1 / 7, 2 / 7, 4 / 7])[1])) / 2)
 
 
 def test_combine_scheds_empty_segments() -> None:
@@ -290,15 +313,10 @@ def test_fit_flat_cos_every_batch() -> None:
 
 
 def sgdr_reference(p: float, lr: float, n_cycles: int, cycle_len: int, cycle_mult: int, n_epoch: int) -> float:
-    """The lr of SGDR at progress p: find the cycle by its epochs, anneal lr -> 0 inside it."""
-    epoch_pos = p * n_epoch
-    start = 0
-    for i in range(n_cycles):
-        length = cycle_len * cycle_mult**i
-        if epoch_pos < start + length or i == n_cycles - 1:
-            return cos_anneal(lr, 0.0, (epoch_pos - start) / length)
-        start += length
-    raise AssertionError
+    """The lr of SGDR at progress p: cycle i is the fraction cycle_len * cycle_mult**i / n_epoch of training,
+    found as fastai does (float32 bounds); the lr anneals from lr to 0 inside it."""
+    _, t = f32_segment(p, [cycle_len * cycle_mult**i / n_epoch for i in range(n_cycles)])
+    return cos_anneal(lr, 0.0, t)
 
 
 @pytest.mark.parametrize("n_cycles,cycle_len,cycle_mult,n_epoch", [(3, 1, 2, 7), (2, 2, 3, 8), (3, 1, 1, 3)])
@@ -314,6 +332,19 @@ def test_fit_sgdr_every_batch(n_cycles: int, cycle_len: int, cycle_mult: int, n_
     )
     restarts = [i for i in range(1, len(pcts)) if log.values["lr"][i][0] > log.values["lr"][i - 1][0]]
     assert len(restarts) == n_cycles - 1
+
+
+def test_fit_sgdr_cycle_boundary_as_fastai() -> None:
+    # fit_sgdr(3, 1) with 5 batches an epoch: the batch at train_iter 15 (pct 3/7) still ends the second cycle in
+    # fastai (float32 bounds), and the restart comes one batch later. The lrs fastai 2.8 records for batches 13-16:
+    learn = synth_learner(n_train=80, bs=16)
+    learn.fit_sgdr(3, 1, lr_max=1e-2)
+    assert learn.recorder.hps["lr"][13:17] == [
+        0.0009549160187091801,
+        0.00024471840222200364,
+        7.875644580934704e-16,
+        0.009938441829301271,
+    ]
 
 
 def test_fine_tune_freezes_then_unfreezes() -> None:

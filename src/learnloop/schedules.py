@@ -11,7 +11,9 @@ passes its ``lr_max``); an annealer returns a float for numbers and a float64 nu
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -39,6 +41,22 @@ def _as_value(x: Any) -> float | np.ndarray:
     if isinstance(x, (list, tuple)) or (hasattr(x, "__array__") and np.ndim(x) > 0):
         return np.asarray(x, dtype=np.float64)
     return float(x)
+
+
+_FLOAT32 = struct.Struct("f")
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest float32 (ties to even), as a Python float.
+
+    Applied to the float64 result of an operation on float32 values, it gives the correctly rounded float32
+    result of ``+ - * /`` (float64 has more than twice float32's precision, so rounding twice is harmless):
+    torch's float32 arithmetic, without a tensor.
+    """
+    try:
+        return _FLOAT32.unpack(_FLOAT32.pack(x))[0]  # type: ignore[no-any-return]
+    except OverflowError:  # beyond float32's range
+        return math.copysign(math.inf, x)
 
 
 def _out(x: Any) -> float | np.ndarray:
@@ -120,7 +138,8 @@ class SchedPoly(Annealer):
 
 
 class CombinedSchedule:
-    """Run ``scheds[i]`` over a fraction ``pcts[i]`` of training, each seeing its own progress in [0, 1]."""
+    """Run ``scheds[i]`` over a fraction ``pcts[i]`` of training, each seeing its own progress in [0, 1]
+    (a float32 value, as fastai's; see ``combine_scheds``)."""
 
     def __init__(self, pcts: Sequence[float], scheds: Sequence[Schedule]) -> None:
         fractions = [float(p) for p in pcts]
@@ -135,19 +154,30 @@ class CombinedSchedule:
             raise ValueError(
                 f"combine_scheds: the fractions must add up to 1, got {list(pcts)} (sum {sum(fractions)})."
             )
-        bounds = [0.0]
+        # fastai keeps the segment bounds in a float32 tensor and works out the position inside a segment in
+        # float32: the same here, bit for bit (which segment a pct on a boundary falls in depends on it), with
+        # the float32 values held in Python floats and each result rounded to float32 (see _f32).
+        bounds, total = [0.0], 0.0
         for p in fractions:
-            bounds.append(bounds[-1] + p)
-        bounds[-1] = 1.0
+            total += _f32(p)  # a cumulative sum of the float32 fractions, kept in float64, as torch.cumsum
+            bounds.append(_f32(total))
         self.pcts, self.scheds, self.bounds = fractions, list(scheds), bounds
+        self._widths = [_f32(hi - lo) for lo, hi in itertools.pairwise(bounds)]
+        last = len(fractions) - 1
+        while last > 0 and self._widths[last] == 0:
+            last -= 1  # a trailing empty segment has no progress to give; pct past the end finishes the one before
+        self._last = last
 
     def __call__(self, pct: float) -> Any:
+        pos = _f32(pct)
         bounds = self.bounds
         # The last schedule that has started (fastai's rule); pct == 1 stays in the last one.
-        idx = min(max(bisect.bisect_right(bounds, pct) - 1, 0), len(self.scheds) - 1)
-        while idx > 0 and bounds[idx + 1] == bounds[idx]:
-            idx -= 1  # a trailing empty segment has no progress to give; finish the one before it
-        return self.scheds[idx]((pct - bounds[idx]) / (bounds[idx + 1] - bounds[idx]))
+        idx = bisect.bisect_right(bounds, pos) - 1
+        if idx < 0:
+            idx = 0
+        elif idx >= self._last:
+            idx = self._last
+        return self.scheds[idx](_f32(_f32(pos - bounds[idx]) / self._widths[idx]))
 
     def __repr__(self) -> str:
         return f"combine_scheds({self.pcts}, {self.scheds})"
@@ -155,6 +185,10 @@ class CombinedSchedule:
 
 def combine_scheds(pcts: Sequence[float], scheds: Sequence[Schedule]) -> CombinedSchedule:
     """One schedule running ``scheds[i]`` over the fraction ``pcts[i]`` of training (``pcts`` sum to 1).
+
+    As in fastai, the segment bounds are float32 and so is the position handed to ``scheds[i]``
+    (``(pct - start) / length``, in float32): the values are fastai's to the bit, and a ``pct`` within a
+    float32 rounding of a boundary goes to the segment fastai picks.
 
     >>> sched = combine_scheds([0.3, 0.7], [SchedLin(0., 1.), SchedCos(1., 0.)])
     >>> sched(0.15), sched(0.3), sched(1.0)
