@@ -321,9 +321,9 @@ def test_avg_smooth_loss_set_value_carries_on_from_the_new_value() -> None:
     m.set_value(10.0)
     value = m.value
     assert value is not None and float(value) == pytest.approx(10.0, rel=1e-7)
-    assert m.val == float(torch.tensor(10.0) * torch.tensor(1 - beta**2))  # a float32 number, as fastai's
+    assert torch.equal(m.val, torch.tensor(10.0) * (1 - beta**2))  # a float32 tensor, as fastai's
     m.accumulate(_loss_batches([torch.tensor(2.0)])[0])
-    val = torch.lerp(torch.tensor(2.0), torch.tensor(m.val), beta)  # carried on from 10.0
+    val = torch.lerp(torch.tensor(2.0), m.val, beta)  # carried on from 10.0
     assert m.take_folded().tolist() == [(val / (1 - beta**3)).item()]
     assert m.take_folded().tolist() == [] and m.count == 3
 
@@ -333,7 +333,8 @@ def test_avg_smooth_loss_is_fastais_float32_value_bit_for_bit() -> None:
     m = AvgSmoothLoss()
     m.fold_losses([torch.tensor(1.488769769668579)])
     assert m.take_folded().tolist() == [1.4887683391571045]
-    assert m.val == 0.029775366187095642  # float32(x * (1 - float32(0.98))), one rounding
+    assert m.val.dtype == torch.float32 and m.val.shape == ()  # fastai's `val`: a float32 tensor
+    assert m.val.item() == 0.029775366187095642  # float32(x * (1 - float32(0.98))), one rounding
     # Seeded random losses: bit-identical to the per-batch torch.lerp recurrence, for either branch of lerp
     # (weight < 0.5 computes x + w * (val - x)) and whatever the numbers: the host replay, its checked variant
     # (losses a factor 2**28 apart), zeros, and the fallback on torch.lerp itself (losses of both signs).
@@ -372,10 +373,10 @@ def test_avg_smooth_loss_rounds_a_fused_multiply_add_once(beta: float) -> None:
         big, tiny = float(odd * 2**-20), odd * 2**-80
         val, x = (big, tiny) if beta < 0.5 else (tiny, big)
         m = AvgSmoothLoss(beta)
-        m.count, m.val = 5, val
+        m.count, m.val = 5, torch.tensor(val)
         m.fold_losses([torch.tensor(x)])
         expected = torch.lerp(torch.tensor(x), torch.tensor(val), beta).item()
-        assert m.val == expected
+        assert m.val.item() == expected
         twice = float(torch.tensor(tiny + 0.375 * big, dtype=torch.float64).float())
         differs += twice != expected
     assert differs > 30 or not fuses  # the cases are the double-rounding ones

@@ -187,7 +187,7 @@ class AvgSmoothLoss(Metric):
 
     def reset(self) -> None:
         self.count: int = 0  # batches accumulated, folded or not
-        self.val: float = 0.0  # the biased average over the folded batches (fastai's `val`), a float32 number
+        self._val: float = 0.0  # the biased average over the folded batches (a float32 number): `val`
         self.pending: list[Tensor] = []  # losses accumulated but not folded yet
         self.folded: list[Tensor] = []  # the debiased average after each folded batch (a vector per fold), until
         # `take_folded` hands them out
@@ -212,9 +212,9 @@ class AvgSmoothLoss(Metric):
         """Fold `losses` (one per batch; a batch's per-item losses are averaged) into the average, in order."""
         if not losses:
             return
-        vals = _replay_lerp(_loss_means(losses), _to_float32(self.val), self.beta, losses[0].device)
+        vals = _replay_lerp(_loss_means(losses), self._val, self.beta, losses[0].device)
         first, self.count = self.count + 1, self.count + len(vals)
-        self.val = vals[-1]
+        self._val = vals[-1]
         biased = torch.frombuffer(array("f", vals), dtype=torch.float32)  # exact: float32 numbers already
         self.folded.append(biased / self._divisors(first, self.count))
 
@@ -241,13 +241,22 @@ class AvgSmoothLoss(Metric):
         """Make the (debiased) average `value` from here on: the average over every rank after a distributed
         epoch, say. Pending losses are folded first; the next batches carry on from `value`."""
         self.fold()
-        if self.count:  # a float32 number, as every average of the replay
-            self.val = _to_float32(_to_float32(float(value)) * _to_float32(1 - self.beta**self.count))
+        if self.count:
+            self._val = _to_float32(_to_float32(float(value)) * _to_float32(1 - self.beta**self.count))
+
+    @property
+    def val(self) -> Tensor:
+        """The biased average after the batches folded so far (fastai's ``val``, a float32 tensor); settable."""
+        return torch.tensor(self._val, dtype=torch.float32)
+
+    @val.setter
+    def val(self, value: Tensor | float) -> None:
+        self._val = _to_float32(float(value))
 
     @property
     def value(self) -> Tensor:
         self.fold()
-        return torch.tensor(self.val, dtype=torch.float32) / (1 - self.beta**self.count)  # nan before any batch
+        return self.val / (1 - self.beta**self.count)  # nan before any batch
 
 
 def _to_float32(x: float) -> float:

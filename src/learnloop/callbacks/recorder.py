@@ -219,7 +219,7 @@ class Recorder(Callback):
             "losses": losses,
             "values": [list(v) for v in self.values],
             "hps": {k: list(v) for k, v in self.hps.items()},
-            "smooth_loss": {"count": self.smooth_loss.count, "val": self.smooth_loss.val},
+            "smooth_loss": {"count": self.smooth_loss.count, "val": float(self.smooth_loss.val)},
             "train_metrics": [metric_state(m) for m in learn.metrics] if self.train_metrics and learn else [],
         }
 
@@ -242,7 +242,7 @@ class Recorder(Callback):
             else:  # written before the average was kept on the host: the debiased value as a tensor
                 avg = smooth.get("_avg")
                 val = 0.0 if avg is None else float(avg) * (1 - self.smooth_loss.beta**count)
-            self.smooth_loss.count, self.smooth_loss.val = count, val
+            self.smooth_loss.count, self.smooth_loss.val = count, torch.tensor(val, dtype=torch.float32)
         if learn is not None and state.get("train_metrics"):
             for m, saved in zip(learn.metrics, state["train_metrics"], strict=False):
                 load_metric_state(m, saved, device)
