@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from conftest import debiased_ema
@@ -109,6 +110,11 @@ def test_regression_functions() -> None:
     assert mae(inp, targ).item() == pytest.approx((0 + 1 + 2) / 3)
     expected_msle = sum((math.log(1 + a) - math.log(1 + b)) ** 2 for a, b in [(1, 1), (2, 3), (4, 2)]) / 3
     assert msle(inp, targ).item() == pytest.approx(expected_msle)
+    # fastai's float32 value bit for bit: log(1 + x) as written, not log1p (which differs here)
+    a = torch.tensor([3.4889344533439726e-05, 4.017172977910377e-05, 2.2325752979668323e-06])
+    b = torch.tensor([5.185217742109671e-05, 6.976675649639219e-05, 8.000114030437544e-05])
+    as_fastai = F.mse_loss(torch.log(1 + a), torch.log(1 + b))
+    assert torch.equal(msle(a, b), as_fastai) and not torch.equal(as_fastai, F.mse_loss(a.log1p(), b.log1p()))
     # mse flattens: a (3, 1) prediction against a (3,) target is fine
     assert mse(inp[:, None], targ).item() == pytest.approx(5 / 3)
 

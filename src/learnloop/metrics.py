@@ -627,9 +627,10 @@ def mae(inp: Tensor, targ: Tensor) -> Tensor:
 
 
 def msle(inp: Tensor, targ: Tensor) -> Tensor:
-    """Mean squared logarithmic error: mse of ``log(1 + x)``."""
+    """Mean squared logarithmic error: mse of ``log(1 + x)``, computed as written (as fastai: not ``log1p``,
+    which differs in the last bits, and by more for small values)."""
     inp, targ = flatten_check(inp, targ)
-    return F.mse_loss(torch.log1p(inp), torch.log1p(targ))
+    return F.mse_loss(torch.log(1 + inp), torch.log(1 + targ))
 
 
 def _rmse(inp: Tensor, targ: Tensor) -> Tensor:
