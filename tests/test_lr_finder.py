@@ -78,6 +78,18 @@ def test_linear_sweep_and_standalone_finder_restores() -> None:
     assert_same_model(learn, before)
 
 
+def test_standalone_finder_keeps_the_loop_attributes() -> None:
+    # LRFinder as a fit callback puts back model and optimizer only: the learner keeps its loop attributes
+    # (fastai's values for 5 batches an epoch and num_it=8), and it trains on.
+    learn = synth_learner(n_train=80, bs=16)
+    learn.fit(3, cbs=LRFinder(start_lr=1e-4, end_lr=1.0, num_it=8))
+    assert (learn.n_epoch, learn.epoch, learn.iter, learn.n_iter, learn.train_iter) == (3, 1, 2, 5, 8)
+    assert learn.training is True and learn.pct_train == pytest.approx(8 / 15)
+    assert len(learn.final_record) == 1  # the training loss of epoch 0 (its validation was cancelled)
+    learn.fit(1)
+    assert (learn.n_epoch, learn.train_iter) == (1, 5)
+
+
 def test_validation_is_cancelled_and_epochs_cover_num_it() -> None:
     learn = synth_learner(n_train=64, bs=16)
     events: list[str] = []

@@ -128,7 +128,7 @@ class LearnerSnapshot:
     """
 
     def __init__(self, learn: Learner, callbacks: bool = True) -> None:
-        self.learn = learn
+        self.learn, self.callbacks = learn, callbacks
         model = learn.model
         self.model_state = copy.deepcopy(model.state_dict())
         self.modes = [m.training for m in model.modules()]
@@ -164,11 +164,12 @@ class LearnerSnapshot:
         for cb, state in self.cb_states:
             cb.__dict__.clear()
             cb.__dict__.update(state)
-        for name in _LOOP_ATTRS:
-            if name in self.loop:
-                learn.__dict__[name] = self.loop[name]
-            else:
-                learn.__dict__.pop(name, None)
+        if self.callbacks:  # only a snapshot that took the loop counters puts them back
+            for name in _LOOP_ATTRS:
+                if name in self.loop:
+                    learn.__dict__[name] = self.loop[name]
+                else:
+                    learn.__dict__.pop(name, None)
 
 
 def _copy_dict(attrs: dict[str, Any], memo: dict[int, Any]) -> dict[str, Any]:
