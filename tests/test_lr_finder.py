@@ -67,7 +67,6 @@ def test_sweeps_the_exact_exponential_lrs() -> None:
     expected = [1e-5 * (1e-1 / 1e-5) ** (i / 30) for i in range(30)]
     assert learn.recorder.lrs == pytest.approx(expected, rel=1e-12)
     assert len(learn.recorder.losses) == 30
-    assert learn.recorder.hps["lr"] == pytest.approx(expected, rel=1e-12)
 
 
 def test_linear_sweep_and_standalone_finder_restores() -> None:
@@ -80,12 +79,15 @@ def test_linear_sweep_and_standalone_finder_restores() -> None:
 
 def test_standalone_finder_keeps_the_loop_attributes() -> None:
     # LRFinder as a fit callback puts back model and optimizer only: the learner keeps its loop attributes
-    # (fastai's values for 5 batches an epoch and num_it=8), and it trains on.
+    # (fastai's values for 5 batches an epoch and num_it=8), recorder.hps is left alone, and it trains on.
     learn = synth_learner(n_train=80, bs=16)
-    learn.fit(3, cbs=LRFinder(start_lr=1e-4, end_lr=1.0, num_it=8))
+    finder = LRFinder(start_lr=1e-4, end_lr=1.0, num_it=8)
+    learn.fit(3, cbs=finder)
     assert (learn.n_epoch, learn.epoch, learn.iter, learn.n_iter, learn.train_iter) == (3, 1, 2, 5, 8)
     assert learn.training is True and learn.pct_train == pytest.approx(8 / 15)
     assert len(learn.final_record) == 1  # the training loss of epoch 0 (its validation was cancelled)
+    assert learn.recorder.hps == {}
+    assert finder.hps["lr"] == pytest.approx([1e-4 * 1e4 ** (i / 8) for i in range(8)], rel=1e-12)
     learn.fit(1)
     assert (learn.n_epoch, learn.train_iter) == (1, 5)
 
@@ -116,6 +118,17 @@ def test_no_early_stop_without_stop_div() -> None:
     learn = synth_learner(n_train=64, bs=16)
     lr_find(learn, start_lr=1e-3, end_lr=1e3, num_it=40, stop_div=False, show_plot=False, suggest_funcs=None)
     assert len(learn.recorder.lrs) == 40
+
+
+def test_recorder_hps_stay_those_of_the_previous_fit() -> None:
+    # As fastai's finder, lr_find does not write its lrs into recorder.hps (recorder.lrs has them).
+    learn = synth_learner(n_train=64, bs=16)
+    learn.fit_one_cycle(1, 1e-2)
+    hps = {name: list(values) for name, values in learn.recorder.hps.items()}
+    assert sorted(hps) == ["lr", "mom"] and len(hps["lr"]) == 4
+    lr_find(learn, num_it=20, show_plot=False, suggest_funcs=None)
+    assert learn.recorder.hps == hps
+    assert len(learn.recorder.lrs) == 20
 
 
 # ------------------------------------------------------------------ restoring the learner

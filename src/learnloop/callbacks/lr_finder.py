@@ -53,7 +53,8 @@ class LRFinder(ParamScheduler):
     when ``linear``); as in fastai, a ``num_it`` below 6 counts as 6. Training stops after ``num_it`` batches,
     or as soon as the smoothed loss exceeds 4 times its best value (or is not finite) when ``stop_div``.
     With ``restore`` (the default) the model and the optimizer are put back as they were at ``before_fit``
-    when the fit ends.
+    when the fit ends. As in fastai, the lrs tried are recorded in the finder's ``hps`` and in
+    ``recorder.lrs``, but do not replace ``recorder.hps`` (what the last scheduled fit left).
     """
 
     def __init__(
@@ -108,7 +109,7 @@ class LRFinder(ParamScheduler):
         raise CancelValidException
 
     def after_fit(self) -> None:
-        super().after_fit()
+        # Not ParamScheduler.after_fit: the sweep's lrs do not replace recorder.hps (fastai's finder skips it too).
         self.learn.opt.zero_grad()
         if self._snapshot is not None:
             self._snapshot.restore()
