@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from conftest import synth_learner
-from learnloop import Callback, Learner
+from learnloop import Callback, EarlyStoppingCallback, EMACallback, Learner
 from learnloop.callbacks.lr_finder import (
     LRFinder,
     SuggestionMethod,
@@ -181,31 +181,72 @@ def test_restores_batchnorm_buffers_modes_and_grads() -> None:
 
 
 class Counter(Callback):
-    """A callback with state that lr_find must not disturb."""
+    """A user callback with state: it keeps what it saw during lr_find, as in fastai."""
+
+    order = 5
 
     def __init__(self) -> None:
+        self.fits = 0
         self.batches = 0
-        self.history: list[int] = []
+
+    def before_fit(self) -> None:
+        self.fits += 1
 
     def after_batch(self) -> None:
         self.batches += 1
-        self.history.append(self.batches)
 
 
-def test_restores_other_callbacks_and_loop_counters() -> None:
-    learn = trained_learner()
+def test_user_callbacks_and_loop_counters_keep_what_the_sweep_left() -> None:
+    # fastai 2.8 rolls back neither (its finder only reloads model and optimizer); the numbers are fastai's for
+    # the same run: fit_one_cycle(1) on 5 training and 2 validation batches, then lr_find(num_it=12).
+    learn = synth_learner(n_train=80, n_valid=32, bs=16)
     counter = Counter()
     learn.add_cb(counter)
-    learn.fit(1)
-    counter.run = False  # a user switched it off; lr_find must not switch it back on
-    state = (counter.batches, list(counter.history))
-    loop = (learn.n_epoch, learn.epoch, learn.train_iter, learn.pct_train, learn.final_record)
-    lr_find(learn, num_it=20, show_plot=False)
-    assert (counter.batches, counter.history) == state
-    assert counter.run is False
-    assert (learn.n_epoch, learn.epoch, learn.train_iter, learn.pct_train, learn.final_record) == loop
+    learn.fit_one_cycle(1, 1e-2)
+    lr_find(learn, num_it=12, show_plot=False, suggest_funcs=None)
+    assert (counter.fits, counter.batches) == (2, 19)  # 7 batches of the fit, the sweep's 12 (no validation)
+    assert (learn.n_epoch, learn.epoch, learn.train_iter, learn.training) == (3, 2, 12, True)
+    assert learn.pct_train == pytest.approx(0.8)
     assert [type(cb).__name__ for cb in learn.cbs][-1] == "Counter"
     assert not any(isinstance(cb, LRFinder) for cb in learn.cbs)
+
+
+class Spy(Callback):
+    order = 70
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, float]] = []
+
+    def before_batch(self) -> None:
+        self.seen.append(("before_batch", self.learn.train_iter, self.learn.opt.hypers[-1]["lr"]))
+
+    def after_fit(self) -> None:
+        self.seen.append(("after_fit", self.learn.train_iter, self.learn.opt.hypers[-1]["lr"]))
+
+
+def test_a_callback_keeps_the_events_it_saw_in_the_sweep() -> None:
+    learn = synth_learner(n_train=80, bs=16)
+    spy = Spy()
+    learn.add_cb(spy)
+    lr_find(learn, num_it=12, show_plot=False, suggest_funcs=None)
+    lrs = [1e-7 * 1e8 ** (i / 12) for i in range(12)]
+    assert spy.seen[:-1] == [("before_batch", i, pytest.approx(lr, rel=1e-12)) for i, lr in enumerate(lrs)]
+    assert spy.seen[-1][:2] == ("after_fit", 12)
+
+
+def test_checkpointed_callback_state_is_put_back() -> None:
+    # Callbacks whose state travels in checkpoints (state_dict) are restored: an EMA of the weights is not fed
+    # the sweep, a tracker keeps its best value.
+    learn = trained_learner()
+    ema, early = EMACallback(decay=0.9), EarlyStoppingCallback(patience=3)
+    learn.add_cbs([ema, early])
+    learn.fit(2)
+    averaged, n_updates = [t.clone() for t in ema.averaged], ema.n_updates
+    best, wait = early.best, early.wait
+    lr_find(learn, num_it=20, show_plot=False, suggest_funcs=None)
+    assert ema.n_updates == n_updates
+    assert all(torch.equal(a, b) for a, b in zip(ema.averaged, averaged, strict=True))
+    assert (early.best, early.wait) == (best, wait)
 
 
 def test_exception_inside_lr_find_still_restores() -> None:
@@ -227,7 +268,7 @@ def test_exception_inside_lr_find_still_restores() -> None:
         lr_find(learn, num_it=30, show_plot=False)
     assert_same_model(learn, before_model)
     assert_same_opt_state(learn.opt.state_dict(), before_opt)
-    assert boom.calls == 0
+    assert boom.calls == 5  # it keeps what it saw
     assert not any(isinstance(cb, LRFinder) for cb in learn.cbs)
 
 

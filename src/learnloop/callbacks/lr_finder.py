@@ -53,8 +53,9 @@ class LRFinder(ParamScheduler):
     when ``linear``); as in fastai, a ``num_it`` below 6 counts as 6. Training stops after ``num_it`` batches,
     or as soon as the smoothed loss exceeds 4 times its best value (or is not finite) when ``stop_div``.
     With ``restore`` (the default) the model and the optimizer are put back as they were at ``before_fit``
-    when the fit ends. As in fastai, the lrs tried are recorded in the finder's ``hps`` and in
-    ``recorder.lrs``, but do not replace ``recorder.hps`` (what the last scheduled fit left).
+    when the fit ends (the loop counters and the other callbacks keep what the sweep left). As in fastai, the
+    lrs tried are recorded in the finder's ``hps`` and in ``recorder.lrs``, but do not replace
+    ``recorder.hps`` (what the last scheduled fit left).
     """
 
     def __init__(
@@ -117,19 +118,25 @@ class LRFinder(ParamScheduler):
 
 
 # ------------------------------------------------------------------------------------ what lr_find restores
-_LOOP_ATTRS = ("n_epoch", "epoch", "iter", "n_iter", "train_iter", "pct_train", "training", "final_record")
+def _checkpointed(cb: Callback) -> bool:
+    """Whether the callback keeps state that travels in checkpoints (its class defines ``state_dict``)."""
+    return type(cb).state_dict is not Callback.state_dict and not isinstance(cb, Recorder)
 
 
 class LearnerSnapshot:
-    """A copy, in memory, of what a trial run changes: the model's weights, buffers, gradients and train/eval
-    modes, the optimizer (state and hypers, or its absence), and with ``callbacks`` the learner's loop
-    counters and the state of its callbacks (except the Recorder's history).
+    """A copy, in memory, of what a trial run changes in the model and the optimizer: the model's weights,
+    buffers, gradients and train/eval modes, the optimizer (state and hypers, or its absence); with
+    ``callbacks``, also the state of the callbacks whose state travels in checkpoints (their class defines
+    ``state_dict``: trackers, EMACallback, MixedPrecision, GradientAccumulation, ParamScheduler, CSVLogger),
+    the Recorder excepted.
 
-    The random number generators are not part of it (fastai does not restore them either).
+    The loop counters (``n_epoch``, ``epoch``, ``train_iter``, ``pct_train``, ``training``...), the Recorder
+    and the other callbacks are not part of it: they keep what the run left, as in fastai. Nor are the random
+    number generators (fastai does not restore them either).
     """
 
     def __init__(self, learn: Learner, callbacks: bool = True) -> None:
-        self.learn, self.callbacks = learn, callbacks
+        self.learn = learn
         model = learn.model
         self.model_state = copy.deepcopy(model.state_dict())
         self.modes = [m.training for m in model.modules()]
@@ -137,17 +144,15 @@ class LearnerSnapshot:
         self.opt = learn.opt
         self.opt_state = None if learn.opt is None else copy.deepcopy(learn.opt.state_dict())
         self.cb_states: list[tuple[Callback, dict[str, Any]]] = []
-        self.loop: dict[str, Any] = {}
         if callbacks:
             memo = self._shared(learn)
-            self.cb_states = [(cb, _copy_dict(vars(cb), memo)) for cb in learn.cbs if not isinstance(cb, Recorder)]
-            self.loop = {name: copy.copy(learn.__dict__[name]) for name in _LOOP_ATTRS if name in learn.__dict__}
+            self.cb_states = [(cb, _copy_dict(vars(cb), memo)) for cb in learn.cbs if _checkpointed(cb)]
 
     @staticmethod
     def _shared(learn: Learner) -> dict[int, Any]:
         """Objects callbacks may point at that must stay themselves, never be copied."""
         shared = [learn, learn.model, learn.opt, learn.dls, learn.loss_func, *learn.cbs]
-        shared += list(learn.model.modules()) + list(learn.model.parameters())
+        shared += list(learn.model.modules()) + list(learn.model.parameters()) + list(learn.model.buffers())
         return {id(o): o for o in shared if o is not None}
 
     def restore(self) -> None:
@@ -165,12 +170,6 @@ class LearnerSnapshot:
         for cb, state in self.cb_states:
             cb.__dict__.clear()
             cb.__dict__.update(state)
-        if self.callbacks:  # only a snapshot that took the loop counters puts them back
-            for name in _LOOP_ATTRS:
-                if name in self.loop:
-                    learn.__dict__[name] = self.loop[name]
-                else:
-                    learn.__dict__.pop(name, None)
 
 
 def _copy_dict(attrs: dict[str, Any], memo: dict[int, Any]) -> dict[str, Any]:
@@ -302,13 +301,18 @@ def lr_find(
     show_plot: bool = True,
     suggest_funcs: Callable[..., Any] | Iterable[Callable[..., Any]] | None = (valley,),
 ) -> tuple[float, ...] | None:
-    """Train ``num_it`` batches with the lr growing from ``start_lr`` to ``end_lr``, put the learner back as it
-    was, and return ``SuggestedLRs(valley=..., ...)``: one field per function of ``suggest_funcs``.
+    """Train ``num_it`` batches with the lr growing from ``start_lr`` to ``end_lr``, put the model and the
+    optimizer back as they were, and return ``SuggestedLRs(valley=..., ...)``: one field per function of
+    ``suggest_funcs``.
 
-    The model's weights, buffers, gradients and modes, the optimizer (state and hypers), the loop counters and
-    every callback but the Recorder are restored exactly, even when the run raises. The Recorder keeps the
-    sweep (``recorder.lrs`` / ``recorder.losses``) until the next fit. The random number generators are not
-    restored, as in fastai: a later fit sees different shuffles and dropout masks than without lr_find.
+    The model's weights, buffers, gradients and modes and the optimizer (state and hypers, or its absence) are
+    restored exactly, even when the run raises; so is the state of the callbacks whose state travels in
+    checkpoints (trackers, EMACallback, MixedPrecision...: a state loaded for the next fit is still there, an
+    average is not fed the sweep). As in fastai, the rest keeps what the sweep left: the loop counters
+    (``epoch``, ``train_iter``, ``pct_train``, ``training``...), your other callbacks (what they saw during the
+    sweep), and the Recorder, whose ``lrs`` / ``losses`` are the sweep's until the next fit (``recorder.hps``
+    stays the previous fit's). The random number generators are not restored either: a later fit sees
+    different shuffles and dropout masks than without lr_find.
     """
     funcs = _as_funcs(suggest_funcs)
     finder = LRFinder(start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div, restore=False)
