@@ -278,7 +278,8 @@ def test_tensorboard_writes_the_points_buffered_before_a_validate_inside_the_fit
     assert calls == [evaluate]
     logged = scalars(tmp_path)["train_loss"]
     assert [s for s, _ in logged] == [1, 2, 3, 4]
-    assert [v for _, v in logged] == pytest.approx(debiased_ema(raw), rel=1e-6)
+    # The smoothed losses are fastai's float32 ones: within a few float32 roundings of the float64 formula.
+    assert [v for _, v in logged] == pytest.approx(debiased_ema(raw), rel=2e-6)
     assert learn.recorder.losses == []  # as in fastai: the Recorder's history starts again in validate()
 
 
