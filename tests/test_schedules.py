@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +28,13 @@ from learnloop.schedules import (
     SchedLin,
     SchedNo,
     SchedPoly,
+    annealer,
     combine_scheds,
     combined_cos,
+    sched_cos,
+    sched_exp,
+    sched_lin,
+    sched_no,
 )
 
 approx = functools.partial(pytest.approx, rel=1e-9, abs=1e-15)
@@ -97,6 +103,36 @@ def test_scalars_give_floats_arrays_give_arrays() -> None:
     np.testing.assert_allclose(SchedLin([0.0, 10.0], [1.0, 20.0])(0.5), [0.5, 15.0])
     np.testing.assert_allclose(SchedExp(start, end)(0.5), np.sqrt(start * end))
     np.testing.assert_allclose(SchedCos(start, 0.0)(1 / 3), [cos_anneal(x, 0.0, 1 / 3) for x in start])
+
+
+def test_fastai_schedule_functions() -> None:
+    # fastai's sched_lin/sched_cos/sched_no/sched_exp: f(start, end, pos), on numbers or arrays as they are.
+    assert [sched_lin(0.0, 10.0, p) for p in (0.0, 0.25, 1.0)] == [0.0, 2.5, 10.0]
+    assert sched_cos(1.0, 0.0, 0.0) == 1.0 and sched_cos(1.0, 0.0, 1.0) == 0.0
+    assert sched_cos(1.0, 0.0, 0.25) == approx(cos_anneal(1.0, 0.0, 0.25))
+    assert sched_no(3, 7, 0.4) == 3
+    assert sched_exp(1e-3, 1e-1, 0.5) == approx(1e-2)
+    np.testing.assert_allclose(sched_lin(np.array([0.0, 10.0]), np.array([1.0, 20.0]), 0.5), [0.5, 15.0])
+    for fn, cls in ((sched_lin, SchedLin), (sched_cos, SchedCos), (sched_exp, SchedExp)):
+        assert [fn(1e-4, 1e-2, p) for p in (0.1, 0.37, 0.9)] == [cls(1e-4, 1e-2)(p) for p in (0.1, 0.37, 0.9)]
+
+
+def sched_half(start: float, end: float, pos: float) -> float:
+    """A module-level annealing function (so that its annealed schedules pickle)."""
+    return start + (end - start) * min(2 * pos, 1.0)
+
+
+def test_annealer_makes_schedules_from_a_function() -> None:
+    maker = annealer(sched_half)
+    assert maker.__name__ == "sched_half" and maker.__doc__ == sched_half.__doc__
+    sched = maker(2.0, 4.0)
+    assert (sched.f, sched.start, sched.end) == (sched_half, 2.0, 4.0)  # type: ignore[attr-defined]
+    assert [sched(p) for p in (0.0, 0.25, 0.5, 1.0)] == [2.0, 3.0, 4.0, 4.0]
+    assert pickle.loads(pickle.dumps(sched))(0.25) == 3.0
+    assert annealer(sched_lin)(0.0, 10.0)(0.3) == sched_lin(0.0, 10.0, 0.3)
+    learn = synth_learner(n_train=64, bs=16)
+    learn.fit(1, cbs=ParamScheduler({"lr": maker(1e-3, 1e-2)}))
+    assert learn.recorder.hps["lr"] == approx([1e-3 + 9e-3 * min(2 * k / 4, 1.0) for k in range(4)])
 
 
 def test_sched_exp_rejects_zero_or_sign_change() -> None:

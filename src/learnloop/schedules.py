@@ -11,6 +11,7 @@ passes its ``lr_max``); an annealer returns a float for numbers and a float64 nu
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 import struct
@@ -28,8 +29,13 @@ __all__ = [
     "SchedNo",
     "SchedPoly",
     "Schedule",
+    "annealer",
     "combine_scheds",
     "combined_cos",
+    "sched_cos",
+    "sched_exp",
+    "sched_lin",
+    "sched_no",
 ]
 
 #: Anything that maps progress in [0, 1] to a value (annealers, combined schedules, plain functions).
@@ -65,6 +71,60 @@ def _out(x: Any) -> float | np.ndarray:
     return float(x) if np.ndim(x) == 0 else np.asarray(x, dtype=np.float64)
 
 
+# ------------------------------------------------------------------------------------ fastai's functions
+def sched_lin(start: Any, end: Any, pos: float) -> Any:
+    """Linear from ``start`` (``pos`` 0) to ``end`` (``pos`` 1): ``start + pos * (end - start)``."""
+    return start + pos * (end - start)
+
+
+def sched_cos(start: Any, end: Any, pos: float) -> Any:
+    """Half a cosine from ``start`` (``pos`` 0) to ``end`` (``pos`` 1), flat at both ends."""
+    return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
+
+
+def sched_no(start: Any, end: Any, pos: float) -> Any:
+    """Constant ``start`` (``end`` and ``pos`` are ignored)."""
+    return start
+
+
+def sched_exp(start: Any, end: Any, pos: float) -> Any:
+    """Geometric from ``start`` to ``end``: ``start * (end / start) ** pos``."""
+    return start * (end / start) ** pos
+
+
+class _AnnealedFunction:
+    """The schedule ``pos -> f(start, end, pos)`` that ``annealer(f)(start, end)`` makes."""
+
+    def __init__(self, f: Callable[[Any, Any, float], Any], start: Any, end: Any) -> None:
+        self.f, self.start, self.end = f, start, end
+
+    def __call__(self, pos: float) -> Any:
+        return self.f(self.start, self.end, pos)
+
+    def __repr__(self) -> str:
+        return f"{getattr(self.f, '__name__', 'annealer')}({self.start!r}, {self.end!r})"
+
+
+def annealer(f: Callable[[Any, Any, float], Any]) -> Callable[[Any, Any], Schedule]:
+    """Decorator making ``f(start, end, pos)`` a schedule maker: ``annealer(f)(start, end)`` is the schedule
+    ``pos -> f(start, end, pos)``, with ``f``, ``start`` and ``end`` as attributes (as fastai's ``annealer``).
+    The values are ``f``'s as they are (no conversion to float or array, unlike ``SchedLin`` & co.).
+
+    >>> @annealer
+    ... def sched_sqrt(start, end, pos):
+    ...     return start + (end - start) * pos**0.5
+    >>> sched_sqrt(0.0, 4.0)(0.25)
+    2.0
+    """
+
+    @functools.wraps(f)
+    def make(start: Any, end: Any) -> _AnnealedFunction:
+        return _AnnealedFunction(f, start, end)
+
+    return make
+
+
+# ------------------------------------------------------------------------------------ annealers
 class Annealer:
     """Base class: a schedule from ``start`` to ``end``; subclasses define ``at(pct)``."""
 
