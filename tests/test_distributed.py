@@ -21,7 +21,9 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset, Weighte
 from torch.utils.data.distributed import DistributedSampler
 
 import distributed_worker as worker
-from learnloop import CSVLogger, GradientAccumulation, Learner, SaveModelCallback
+import learnloop.callbacks.distributed as dist_callbacks
+from conftest import synth_learner
+from learnloop import Callback, CSVLogger, GradientAccumulation, Learner, SaveModelCallback
 from learnloop import distributed as D
 from learnloop.callback import noop
 from learnloop.callbacks.distributed import DistributedTrainer
@@ -379,3 +381,20 @@ def test_average_losses_drops_a_batch_only_this_rank_ran_from_the_running_averag
     _record(learn, 5.0)
     ranks_recorded(ref, [*(1.0 + i for i in range(before)), 5.0])
     assert [float(x) for x in learn.recorder.losses] == [float(x) for x in ref.recorder.losses]
+
+
+def test_an_exception_leaving_validate_asks_no_collective_on_its_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """validate() fires after_epoch and after_fit even when an exception leaves it (as fastai's); the trainer then
+    asks the other processes nothing: a rank that raised alone would wait for answers until the timeout."""
+    asked: list[object] = []
+    monkeypatch.setattr(dist_callbacks.D, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist_callbacks.D, "agree", lambda code: asked.append(code) or code)
+
+    def boom() -> None:
+        asked.append("raised")
+        raise ValueError("boom")
+
+    learn = synth_learner(cbs=DistributedTrainer())
+    with pytest.raises(ValueError, match="boom"):
+        learn.validate(cbs=Callback(after_pred=boom))
+    assert asked[-1] == "raised"  # (without the care: two more questions, at after_epoch and after_fit)

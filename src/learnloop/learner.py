@@ -173,6 +173,7 @@ class Learner(CallbackHost):
         self._fit_stage: str | None = None
         self._attrs = OwnAttrs(self)  # for per-batch code; `_all_batches` makes a new one every phase
         self._copy_loss = False  # whether `loss` must be a copy of `loss_grad` (see _LOSS_EVENTS)
+        self._unwinding = False  # after_epoch/after_fit fired by `with learn:` while an exception leaves (__exit__)
         CallbackHost.__init__(self)
         if default_cbs:
             self.add_cbs(DEFAULT_CALLBACKS)
@@ -652,8 +653,14 @@ class Learner(CallbackHost):
         self([Event.before_fit, Event.before_epoch])
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self([Event.after_epoch, Event.after_fit])
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        # Whether an exception is on its way out: a callback can skip what needs every process (the
+        # DistributedTrainer's collectives, which a rank that raised alone would wait on until the timeout).
+        self._unwinding = exc_type is not None
+        try:
+            self([Event.after_epoch, Event.after_fit])
+        finally:
+            self._unwinding = False
 
     def __getattr__(self, name: str) -> Any:
         model = self.__dict__.get("model")

@@ -179,7 +179,9 @@ class DistributedTrainer(Callback):
         self._depth = max(0, self._depth - 1)
         if self._depth or not self._active:
             return
-        if self._end_point(_FIT) and self._wrapped:
+        # validate()/get_preds() fire after_fit while an exception leaves them: no collective then (this rank may be
+        # the only one that raised; the others would never answer).
+        if not getattr(self.learn, "_unwinding", False) and self._end_point(_FIT) and self._wrapped:
             self._loss_mark = average_losses(self.learn, self._loss_mark)  # of an epoch a cancel cut short
         self.restore()
 
@@ -359,7 +361,7 @@ class DistributedTrainer(Callback):
             gather_preds(gather, in_order=self.shard_data)
 
     def after_epoch(self) -> None:
-        if self._active and self._end_point(_EPOCH) and self._wrapped:
+        if self._active and not getattr(self.learn, "_unwinding", False) and self._end_point(_EPOCH) and self._wrapped:
             self._loss_mark = average_losses(self.learn, self._loss_mark)  # of a training phase a cancel cut short
 
     # ----------------------------------------------------------- cancel agreement
