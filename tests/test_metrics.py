@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from conftest import debiased_ema
-from learnloop import metrics
+from learnloop import smoothing
 from learnloop.metrics import (
     AccumMetric,
     ActivationType,
@@ -373,7 +373,7 @@ def test_avg_smooth_loss_rounds_a_fused_multiply_add_once(beta: float) -> None:
     # the kernel fuses the multiply-add. Summed in a double and then rounded to float32, the result is rounded
     # twice, which differs when the double lands exactly halfway between two float32 numbers: here the product
     # is such a point (3 * an odd 24-bit number) and the other term is too small to move the double off it.
-    fuses = metrics._lerp_fuses(torch.device("cpu"))
+    fuses = smoothing._lerp_fuses(torch.device("cpu"))
     differs = 0
     for odd in range(5592407, 11184810, 2 * 18_001):  # 3 * odd has 25 bits
         big, tiny = float(odd * 2**-20), odd * 2**-80
@@ -402,10 +402,10 @@ def test_avg_smooth_loss_replays_either_kind_of_lerp_kernel(beta: float, monkeyp
 
     losses = list((torch.rand(3000, generator=torch.Generator().manual_seed(1)) * 3).unbind())
     here = fastai_smoothed(losses, beta)  # whichever kernel this machine has
-    fuses = metrics._lerp_fuses(torch.device("cpu"))
+    fuses = smoothing._lerp_fuses(torch.device("cpu"))
     assert (unfused(losses) == here) != fuses
     for fused in (True, False):
-        monkeypatch.setitem(metrics._lerp_fused, "cpu", fused)
+        monkeypatch.setitem(smoothing._lerp_fused, "cpu", fused)
         m = AvgSmoothLoss(beta)
         m.fold_losses(losses)
         if fused == fuses:
@@ -413,19 +413,19 @@ def test_avg_smooth_loss_replays_either_kind_of_lerp_kernel(beta: float, monkeyp
         if not fused:
             assert m.take_folded().tolist() == unfused(losses)
     # Where the probe matches neither formula, the losses are replayed with torch.lerp itself.
-    monkeypatch.setitem(metrics._lerp_fused, "cpu", None)
+    monkeypatch.setitem(smoothing._lerp_fused, "cpu", None)
     m = AvgSmoothLoss(beta)
     m.fold_losses(losses)
     assert m.take_folded().tolist() == fastai_smoothed(losses, beta)
 
 
 def test_lerp_probes_tell_the_two_kernels_apart() -> None:
-    for beta, pairs in metrics._LERP_PROBES.items():
-        w = metrics._to_float32(beta)
+    for beta, pairs in smoothing._LERP_PROBES.items():
+        w = smoothing.to_float32(beta)
         for x, val in pairs:
-            x, val = metrics._to_float32(x), metrics._to_float32(val)
-            assert metrics._replay_checked([x], val, w, True) != metrics._replay_checked([x], val, w, False)
-    assert metrics._lerp_fuses(torch.device("cpu")) in (True, False)
+            x, val = smoothing.to_float32(x), smoothing.to_float32(val)
+            assert smoothing._replay_checked([x], val, w, True) != smoothing._replay_checked([x], val, w, False)
+    assert smoothing._lerp_fuses(torch.device("cpu")) in (True, False)
 
 
 def test_value_metric() -> None:
