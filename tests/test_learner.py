@@ -22,6 +22,8 @@ from learnloop import (
     CancelFitException,
     CastToTensor,
     DataLoaders,
+    EarlyStoppingCallback,
+    FetchPredsCallback,
     GradientAccumulation,
     Learner,
     ParamScheduler,
@@ -30,6 +32,7 @@ from learnloop import (
     TerminateOnNaNCallback,
     TrainEvalCallback,
     accuracy,
+    rmse,
     trainable_params,
 )
 from learnloop.attrs import OwnAttrs
@@ -811,3 +814,18 @@ def test_fastai_helpers_x_y_ordered_cbs_loss_not_reduced_and_with_learn() -> Non
         assert log.events == ["before_fit", "before_epoch"]
         raise RuntimeError
     assert log.events == ["before_fit", "before_epoch", "after_epoch", "after_fit"]
+
+
+def test_fetch_preds_callback_fetches_during_the_fit_without_touching_its_records() -> None:
+    fetch, log = FetchPredsCallback(), EventLog()
+    learn = synth_learner(cbs=[fetch, log], metrics=rmse)
+    plain = synth_learner(metrics=rmse)
+    learn.fit(2, cbs=EarlyStoppingCallback(patience=5))
+    plain.fit(2, cbs=EarlyStoppingCallback(patience=5))
+    preds, targets = fetch.preds
+    assert preds.shape == targets.shape == (16, 1)
+    # The Recorder and the tracker sat out the fetch: the same records as a fit without it.
+    assert learn.recorder.values == plain.recorder.values and learn.recorder.metric_names == plain.recorder.metric_names
+    assert all(len(row) == 3 for row in learn.recorder.values)  # train_loss, valid_loss, rmse: no extra columns
+    assert log.events.count("before_validate") == 4 and log.events.count("before_fit") == 1  # fetches: inner phases
+    assert learn.recorder in learn.cbs and fetch in learn.cbs

@@ -519,8 +519,10 @@ class Learner(CallbackHost):
     ) -> tuple[Any, ...]:
         """Predictions and targets over a dataset: `(inputs?, preds, targets, decoded?, losses?)`.
 
-        `inner=True` runs only the validation phase, without the fit and epoch events around it: for a callback
-        that needs predictions in the middle of a fit without resetting the fit's callbacks (the Recorder's).
+        `inner=True` runs only the validation phase, without the fit and epoch events around it, for a callback
+        that needs predictions in the middle of a fit (after a validation phase: the model is left in eval mode).
+        Callbacks that keep the fit's records still see that phase: take them out around the call, as
+        `FetchPredsCallback` does with those marked `remove_on_fetch` (the Recorder, the trackers).
         """
         dl = unshuffled(self.dls[ds_idx]) if dl is None else dl
         gather = GatherPredsCallback(with_input=with_input, with_loss=with_loss)

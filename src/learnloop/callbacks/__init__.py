@@ -1,7 +1,7 @@
 """The standard callbacks, a module per family."""
 
 from .checkpointing import CheckpointCallback
-from .core import CastToTensor, GatherPredsCallback, SkipToEpoch, TrainEvalCallback
+from .core import CastToTensor, FetchPredsCallback, GatherPredsCallback, SkipToEpoch, TrainEvalCallback
 from .distributed import DistributedTrainer
 from .ema import EMACallback
 from .fp16 import AMPMode, MixedPrecision
@@ -27,6 +27,7 @@ __all__ = [
     "DistributedTrainer",
     "EMACallback",
     "EarlyStoppingCallback",
+    "FetchPredsCallback",
     "GatherPredsCallback",
     "GradientAccumulation",
     "GradientClip",

@@ -10,7 +10,7 @@ import torch
 from ..callback import Callback
 from ..events import CancelEpochException
 
-__all__ = ["TrainEvalCallback", "SkipToEpoch", "GatherPredsCallback", "CastToTensor"]
+__all__ = ["TrainEvalCallback", "SkipToEpoch", "GatherPredsCallback", "CastToTensor", "FetchPredsCallback"]
 
 
 def _to_device(module: torch.nn.Module, device: torch.device | str) -> None:
@@ -149,3 +149,29 @@ class CastToTensor(Callback):
     def before_batch(self) -> None:
         learn = self.learn
         learn.xb, learn.yb = _plain_tensors(learn.xb), _plain_tensors(learn.yb)
+
+
+class FetchPredsCallback(Callback):
+    """Fetches predictions in the middle of a fit, after each validation phase, into `self.preds` (fastai's).
+
+    It calls `get_preds(inner=True)` (the validation phase alone, no fit or epoch events) with the callbacks that keep
+    the fit's records taken out for the while (those with `remove_on_fetch`: the Recorder, the trackers), and the
+    callbacks given as `cbs` too.
+    """
+
+    remove_on_fetch = True
+
+    def __init__(
+        self, ds_idx: int = 1, dl: Any = None, with_input: bool = False, with_decoded: bool = False, cbs: Any = None
+    ) -> None:
+        self.ds_idx, self.dl, self.with_input, self.with_decoded = ds_idx, dl, with_input, with_decoded
+        self.cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
+        self.preds: Any = None
+
+    def after_validate(self) -> None:
+        learn = self.learn
+        out = [cb for cb in learn.cbs if getattr(cb, "remove_on_fetch", False) or cb in self.cbs]
+        with learn.removed_cbs(out):
+            self.preds = learn.get_preds(
+                ds_idx=self.ds_idx, dl=self.dl, with_input=self.with_input, with_decoded=self.with_decoded, inner=True
+            )

@@ -71,6 +71,7 @@ class Recorder(Callback):
     """
 
     order = 50
+    remove_on_fetch = True  # FetchPredsCallback takes it out while it fetches (a fit's records)
 
     def __init__(
         self, add_time: bool = True, train_metrics: bool = False, valid_metrics: bool = True, beta: float = 0.98

@@ -39,6 +39,7 @@ class TrackerCallback(Callback):
     """Keeps the best value of `monitor` seen so far; `new_best` says whether the last epoch improved on it."""
 
     order = 60
+    remove_on_fetch = True  # FetchPredsCallback takes it out while it fetches (a fit's records)
 
     def __init__(
         self,
