@@ -575,3 +575,18 @@ def test_hooks_and_order_changed_after_adding_take_effect() -> None:
     second.order = -20  # re-sorted at once
     learn("before_fit")
     assert order == ["second", "first"]
+
+
+def test_an_error_passing_through_the_same_callback_and_event_again_is_named_once(learn: Learner) -> None:
+    class Reentrant(Callback):
+        depth = 0
+
+        def before_fit(self) -> None:
+            type(self).depth += 1
+            if type(self).depth < 3:
+                self.learn("before_fit")  # fires this very hook again, twice deep
+            raise ValueError("deep")
+
+    with pytest.raises(ValueError) as info:
+        learn.fit(1, cbs=Reentrant())
+    assert str(info.value).count("Reentrant at event before_fit") == 1 and "deep" in str(info.value)

@@ -158,7 +158,7 @@ def test_state_after_fit(learn: Learner) -> None:
     learn.fit(2)
     assert learn.xb == (None,) and learn.yb == (None,)
     assert learn.pred is None and learn.loss is None and learn.dl is None
-    # loss_grad is left as the last batch's loss, as fastai leaves it (its graph was freed by backward).
+    # loss_grad is left as the last batch's loss, as fastai leaves it (a validation batch's here: no graph).
     assert isinstance(learn.loss_grad, torch.Tensor) and learn.loss_grad.grad_fn is None
     assert not learn.model.training and learn.training is False
     assert learn.pct_train == 1.0 and learn.train_iter == 4
@@ -829,3 +829,18 @@ def test_fetch_preds_callback_fetches_during_the_fit_without_touching_its_record
     assert all(len(row) == 3 for row in learn.recorder.values)  # train_loss, valid_loss, rmse: no extra columns
     assert log.events.count("before_validate") == 4 and log.events.count("before_fit") == 1  # fetches: inner phases
     assert learn.recorder in learn.cbs and fetch in learn.cbs
+
+
+def test_cast_to_tensor_keeps_namedtuples() -> None:
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "a b")
+
+    class Tagged(torch.Tensor):
+        pass
+
+    learn = synth_learner(cbs=CastToTensor())
+    learn.xb, learn.yb = (Pair(torch.zeros(2).as_subclass(Tagged), 3),), ()
+    learn.cast_to_tensor.before_batch()
+    (pair,) = learn.xb
+    assert type(pair) is Pair and type(pair.a) is torch.Tensor and pair.b == 3

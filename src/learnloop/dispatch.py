@@ -22,6 +22,8 @@ _DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
 def _blame(e: Exception, cb: Callback, event: Event) -> None:
     """Name the callback and the event in the message of `e`, which keeps its type and its own message."""
     where = f"in callback {type(cb).__name__} at event {event.value}"
+    if any(where in str(a) for a in e.args) or any(where in n for n in getattr(e, "__notes__", ())):
+        return  # named already (an event fired again by a callback, recursively)
     if not e.args:
         e.args = (f"Exception {where}",)
     elif len(e.args) == 1 and isinstance(e.args[0], str):

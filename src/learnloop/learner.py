@@ -343,7 +343,7 @@ class Learner(CallbackHost):
         self._fire(FIT.after)
 
     def _end_cleanup(self) -> None:
-        # As fastai's: `loss_grad` stays (the last batch's loss, its graph already freed by backward).
+        # As fastai's: `loss_grad` stays, the last batch's loss (with its graph if backward never ran on it).
         self.dl, self.xb, self.yb, self.pred, self.loss = None, (None,), (None,), None, None
 
     @property

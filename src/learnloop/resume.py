@@ -100,6 +100,7 @@ def training_state(learn: Learner, position: Position, epoch_rng: dict[str, Any]
     """Everything a fit needs to carry on exactly from ``position`` (see the module's docstring)."""
     model = unwrap_model(learn.model)  # the module itself, without a DistributedDataParallel wrapper
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    nonzero = dict(zip(grads, torch.stack([g.any() for g in grads.values()]).tolist() if grads else [], strict=True))
     callbacks = {}
     for key, cb in keyed_callbacks(learn):
         state = cb.state_dict()
@@ -113,8 +114,8 @@ def training_state(learn: Learner, position: Position, epoch_rng: dict[str, Any]
         "position": dataclasses.asdict(position),
         "model": model.state_dict(),
         # Gradients that are not all zero; the zeroed ones (zero_grad zeroes in place, as fastai's) by name only.
-        "grads": {name: g for name, g in grads.items() if g.any()},
-        "zero_grads": [name for name, g in grads.items() if not g.any()],
+        "grads": {name: g for name, g in grads.items() if nonzero[name]},
+        "zero_grads": [name for name in grads if not nonzero[name]],
         "opt": learn.opt.state_dict() if learn.opt is not None else None,
         "callbacks": callbacks,
         "loop": {name: learn.__dict__[name] for name in _LOOP_ATTRS if name in learn.__dict__},

@@ -134,6 +134,8 @@ class GatherPredsCallback(Callback):
 def _plain_tensors(x: Any) -> Any:
     if isinstance(x, torch.Tensor):
         return x if type(x) is torch.Tensor else x.as_subclass(torch.Tensor)
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple takes its fields as arguments
+        return type(x)(*(_plain_tensors(o) for o in x))
     if isinstance(x, (tuple, list)):
         return type(x)(_plain_tensors(o) for o in x)
     return x
