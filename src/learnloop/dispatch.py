@@ -20,16 +20,11 @@ _DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
 
 
 def _blame(e: Exception, cb: Callback, event: Event) -> None:
-    """Name the callback and the event in the message of `e`, which keeps its type and its own message."""
-    where = f"in callback {type(cb).__name__} at event {event.value}"
-    if any(where in str(a) for a in e.args) or any(where in n for n in getattr(e, "__notes__", ())):
-        return  # named already (an event fired again by a callback, recursively)
-    if not e.args:
-        e.args = (f"Exception {where}",)
-    elif len(e.args) == 1 and isinstance(e.args[0], str):
-        e.args = (f"{e.args[0]} ({where})",)
-    else:  # structured arguments (OSError's errno, ...): left alone, the message goes into a note
-        e.add_note(f"(raised {where})")
+    """Add the callback and the event to the message of `e` (a PEP 678 note: `str(e)` stays the original message,
+    tracebacks and `pytest.raises(match=...)` show both), which keeps its type and its arguments."""
+    note = f"(raised in callback {type(cb).__name__} at event {event.value})"
+    if note not in getattr(e, "__notes__", ()):  # once, when an event fired again by a callback raised it
+        e.add_note(note)
 
 
 def as_list(cbs: Any) -> list[Any]:
