@@ -428,6 +428,48 @@ def test_lerp_probes_tell_the_two_kernels_apart() -> None:
     assert smoothing._lerp_fuses(torch.device("cpu")) in (True, False)
 
 
+@pytest.mark.parametrize(("beta", "exact_from"), [(0.98, 858), (0.9, 165), (0.999, 17321), (0.5, 25), (0.0, 1)])
+def test_debiasing_divisors_become_one_where_float32_rounds_them_to_one(beta: float, exact_from: int) -> None:
+    # torch rounds the Python number 1 - beta**n to float32 when fastai divides its float32 average by it: below
+    # 1.0 up to `exact_from` - 1, exactly 1.0 from `exact_from` on (beta**n <= 2**-25), where the table stops.
+    def divisor(n: int) -> float:
+        return torch.tensor(1 - beta**n, dtype=torch.float32).item()
+
+    assert exact_from == 1 or divisor(exact_from - 1) < 1.0
+    assert all(divisor(n) == 1.0 for n in range(exact_from, exact_from + 3000))
+    assert smoothing.Debiaser(beta).exact_from == exact_from
+    assert smoothing.Debiaser(1.0).exact_from is None and smoothing.Debiaser(-0.5).exact_from is None
+
+
+@pytest.mark.parametrize("beta", [0.98, 0.9, 0.5])
+def test_avg_smooth_loss_past_a_million_batches_keeps_a_bounded_table_of_divisors(beta: float) -> None:
+    start = torch.tensor(0.75)
+    m = AvgSmoothLoss(beta)
+    m.count, m.val = 1_000_000, start  # as after a million batches
+    losses = [torch.tensor(x) for x in (1.0, 0.5, 2.0, 1.25)]
+    m.fold_losses(losses[:1])
+    m.fold_losses(losses[1:])
+    val, expected = start, []
+    for n, x in enumerate(losses, start=1_000_001):
+        val = torch.lerp(x, val, beta)
+        expected.append((val / (1 - beta**n)).item())  # fastai's, whose divisor is 1.0 in float32 by now
+    assert m.take_folded().tolist() == expected
+    assert m.value.item() == expected[-1]
+    assert 0 < len(m._debiaser._divisors) < 1024  # the divisors below 1.0 (857 for 0.98), not 2**20 of them
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 100, 5000])
+def test_avg_smooth_loss_is_fastais_across_the_end_of_the_divisor_table(chunk: int) -> None:
+    # Folds that end before, straddle or start after the batch from which 1 - 0.9**n rounds to 1.0 (165).
+    beta = 0.9
+    losses = list((torch.rand(400, generator=torch.Generator().manual_seed(2)) * 3).unbind())
+    m, got = AvgSmoothLoss(beta), []
+    for start in range(0, len(losses), chunk):
+        m.fold_losses(losses[start : start + chunk])
+        got += m.take_folded().tolist()
+    assert got == fastai_smoothed(losses, beta)
+
+
 def test_value_metric() -> None:
     def best_so_far() -> float:
         return 0.25

@@ -259,6 +259,18 @@ def test_recorded_losses_are_float32_scalars_of_the_smoothed_batch_losses() -> N
     assert rec.losses is losses and rec.n_losses == len(rec.losses)
 
 
+@pytest.mark.parametrize("beta", [0.5, 0.7])  # 1 - beta**n is 1.0 in float32 from batch 25 (0.5) or 49 (0.7) on
+@pytest.mark.parametrize("read_mid_fit", [False, True])
+def test_recorded_losses_are_fastais_past_the_batch_where_debiasing_stops(beta: float, read_mid_fit: bool) -> None:
+    learn = synth_learner(n_train=64, bs=2)  # 32 training batches per epoch
+    learn.recorder.smooth_loss.beta = beta
+    spy = LossSpy()
+    learn.fit(2, cbs=[spy, SmoothLossReader()] if read_mid_fit else spy)
+    assert len(spy.losses) == 64
+    assert [float(t) for t in learn.recorder.losses] == fastai_smoothed(spy.losses, beta)  # bit for bit
+    assert float(learn.smooth_loss) == fastai_smoothed(spy.losses, beta)[-1]
+
+
 def test_reading_the_losses_mid_fit_does_not_change_them() -> None:
     reader = SmoothLossReader()
     read = synth_learner()

@@ -7,7 +7,8 @@ numbers as the per-batch recurrence:
 
 - :func:`batch_means`: each batch's ``loss.mean()`` in float32, as Python numbers, with one copy to the host;
 - :func:`replay_lerp`: every ``val`` of the recurrence, replaying torch.lerp's float32 roundings in doubles;
-- :class:`Debiaser`: the division by ``1 - beta**n`` rounded to float32, from a table of the divisors.
+- :class:`Debiaser`: the division by ``1 - beta**n`` rounded to float32, from a table of the divisors that
+  ends where they become 1.0.
 
 >>> vals = replay_lerp([4.0, 1.0], 0.0, 0.9, torch.device("cpu"))  # val after each batch, from val = 0
 >>> [round(v, 4) for v in vals]  # 0.1 * 4, then 0.9 * 0.4 + 0.1 * 1
@@ -48,23 +49,52 @@ def _mean(loss: Tensor) -> Tensor:
 
 class Debiaser:
     """Divides the biased averages after batches ``n = first, first + 1, ...`` by ``1 - beta**n`` rounded to
-    float32, as torch rounds the Python number fastai divides its float32 average by. The divisors are computed
-    once (with Python's pow, as fastai's) and kept in a table that grows as batches come."""
+    float32, as torch rounds the Python number fastai divides its float32 average by.
+
+    The divisors are computed once (with Python's pow, as fastai's) into a table that grows as batches come, up
+    to ``exact_from``: from that batch on, ``1 - beta**n`` rounds to 1.0 in float32 (``beta**n`` is at most 2**-25,
+    half the gap between 1.0 and the float32 number below it; n = 858 for beta 0.98), the division changes nothing
+    and the table stops growing. A ``beta`` outside [0, 1) never gets there (``exact_from`` is None): its divisors
+    are computed for each call, not kept.
+    """
 
     def __init__(self, beta: float) -> None:
         self.beta = beta
-        self._divisors = torch.zeros(0)  # 1 - beta**n in float32 for n = 1, 2, ...
+        self.exact_from = _first_divisor_of_one(beta)
+        self._divisors = torch.zeros(0)  # 1 - beta**n in float32 for n = 1, 2, ... (below `exact_from`)
 
     def debiased(self, vals: list[float], first: int) -> Tensor:
         """``vals[i] / float32(1 - beta**(first + i))`` for float32 numbers `vals`, a float32 vector."""
         biased = torch.frombuffer(array("f", vals), dtype=torch.float32)  # exact: float32 numbers already
-        return biased / self._table(first, first + len(vals) - 1)
-
-    def _table(self, first: int, last: int) -> Tensor:
-        if len(self._divisors) < last:
-            size = max(last, 2 * len(self._divisors), 1024)
+        last = first + len(vals) - 1
+        if self.exact_from is None:
+            return biased / torch.tensor([1 - self.beta**n for n in range(first, last + 1)], dtype=torch.float32)
+        last_below = min(last, self.exact_from - 1)  # the last n whose divisor is not 1.0
+        if len(self._divisors) < last_below:
+            size = min(max(last_below, 2 * len(self._divisors), 1024), self.exact_from - 1)
             self._divisors = torch.tensor([1 - self.beta**n for n in range(1, size + 1)], dtype=torch.float32)
-        return self._divisors[first - 1 : last]
+        below = max(0, last_below - first + 1)  # how many of `vals` have a divisor below 1.0
+        head = biased[:below] / self._divisors[first - 1 : first - 1 + below]
+        return head if below == len(vals) else torch.cat((head, biased[below:]))  # the rest divided by 1.0
+
+
+def _divisor(beta: float, n: int) -> float:
+    return to_float32(1 - beta**n)
+
+
+def _first_divisor_of_one(beta: float) -> int | None:
+    """The least ``n >= 1`` from which ``float32(1 - beta**n)`` is 1.0 for every larger ``n`` (None if there is
+    none: ``beta`` outside [0, 1)). ``beta**n`` decreases with ``n``, so the first 1.0 is found by bisection."""
+    if not 0 <= beta < 1:
+        return None
+    hi = 1
+    while _divisor(beta, hi) != 1.0:
+        hi *= 2
+    lo = hi // 2  # the divisor at lo is below 1.0 (lo = 0: 1 - beta**0 is 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _divisor(beta, mid) == 1.0 else (mid, hi)
+    return hi
 
 
 # `torch.lerp(x, val, beta)` on float32 numbers rounds `beta` to float32 (`w`), then computes
