@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from conftest import debiased_ema
-from learnloop import smoothing
+from conftest import debiased_ema, synth_learner
+from learnloop import Callback, smoothing
 from learnloop.metrics import (
     AccumMetric,
     ActivationType,
@@ -483,17 +483,45 @@ def test_rmse_is_over_the_whole_set_not_a_mean_of_batches() -> None:
     preds = torch.tensor([0.0, 0.0, 0.0, 0.0, 10.0])
     targs = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0])
     batches = [batch(preds[:4], targs[:4]), batch(preds[4:], targs[4:])]
-    value = run(rmse, batches)
-    whole_set = math.sqrt((4 * 1.0 + 100.0) / 5)
-    assert value.item() == pytest.approx(whole_set)
-    per_batch = [1.0, 10.0]
-    assert whole_set != pytest.approx(sum(per_batch) / 2)
-    assert whole_set != pytest.approx((4 * 1.0 + 1 * 10.0) / 5)  # nor a batch-size-weighted mean
-    assert rmse.name == "_rmse"
-    # usable as a plain function too: as fastai's, the call replaces the accumulated state with its batch
-    assert rmse(preds[:4], targs[:4]).item() == pytest.approx(1.0)
-    assert len(rmse.preds) == 1 and torch.equal(rmse.preds[0], preds[:4]) and rmse.value.item() == 1.0
-    rmse.reset()
+    try:  # the module-level rmse: leave nothing stored in it for other tests, whatever fails
+        value = run(rmse, batches)
+        whole_set = math.sqrt((4 * 1.0 + 100.0) / 5)
+        assert value.item() == pytest.approx(whole_set)
+        per_batch = [1.0, 10.0]
+        assert whole_set != pytest.approx(sum(per_batch) / 2)
+        assert whole_set != pytest.approx((4 * 1.0 + 1 * 10.0) / 5)  # nor a batch-size-weighted mean
+        assert rmse.name == "_rmse"
+        # usable as a plain function too: as fastai's, the call replaces the accumulated state with its batch
+        assert rmse(preds[:4], targs[:4]).item() == pytest.approx(1.0)
+        assert len(rmse.preds) == 1 and torch.equal(rmse.preds[0], preds[:4]) and rmse.value.item() == 1.0
+    finally:
+        rmse.reset()
+
+
+class CallsRmse(Callback):
+    """Calls the module-level ``rmse`` as a function on every validation batch, as a user's callback may."""
+
+    def after_batch(self) -> None:
+        if not self.learn.training:
+            rmse(self.learn.pred, self.learn.yb[0])
+
+
+@pytest.mark.parametrize("order", [0, 60])  # before or after the Recorder accumulates the batch
+@pytest.mark.parametrize("metric", [rmse, exp_rmspe])
+def test_calling_a_metric_as_a_function_leaves_the_learners_copy_alone(metric: AccumMetric, order: int) -> None:
+    learn = synth_learner(n_valid=48, bs=16, metrics=[metric, rmse])  # 3 validation batches
+    alone = learn.validate()
+    caller = CallsRmse()
+    caller.order = order
+    try:
+        with_caller = learn.validate(cbs=caller)
+        assert with_caller == alone  # the learner's rmse still spans the 3 batches, not what the callback left
+        assert len(rmse.preds) == 1  # the callback's last call stored its batch in the module-level rmse
+    finally:
+        rmse.reset()
+    assert all(m is not metric for m in learn.metrics)
+    preds, targs = learn.get_preds()
+    assert alone[2] == pytest.approx(torch.sqrt(F.mse_loss(preds, targs)).item(), rel=1e-6)
 
 
 def test_exp_rmspe() -> None:
@@ -631,7 +659,9 @@ def test_mk_metric_wraps_torchmetrics_style_objects() -> None:
 def test_mk_metric_callable_and_metric() -> None:
     m = mk_metric(accuracy)
     assert isinstance(m, AvgMetric) and m.name == "accuracy"
-    assert mk_metric(rmse) is rmse
+    own = mk_metric(rmse)  # a copy with nothing stored: rmse is also called as a function
+    assert isinstance(own, AccumMetric) and own is not rmse and own.func is rmse.func and own.name == "_rmse"
+    assert own.preds == [] and own.preds is not rmse.preds and own.kwargs is not rmse.kwargs
     loss = AvgLoss()
     assert mk_metric(loss) is loss
     assert isinstance(mk_metric(AvgLoss), AvgLoss)

@@ -2,7 +2,8 @@
 
 A metric has ``reset()``, ``accumulate(learn)``, a ``value`` property and a ``name`` property.
 Plain functions ``f(pred, *targets) -> Tensor`` become an :class:`AvgMetric` (mean over the set,
-weighted by batch size); whole-set metrics such as :data:`rmse` are :class:`AccumMetric` objects.
+weighted by batch size); whole-set metrics such as :data:`rmse` are :class:`AccumMetric` objects, of which a
+learner keeps its own copy (see :func:`mk_metric`).
 
 Running totals stay on the predictions' device as tensors, so accumulating never waits for the
 accelerator; only reading ``value`` does. They live in plain attributes (``total``/``count``,
@@ -15,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 from collections.abc import Callable, Mapping
@@ -397,9 +399,18 @@ class TorchMetric(Metric):
 
 
 def mk_metric(m: Any) -> Metric:
-    """Turn ``m`` (Metric, torchmetrics-style object, or function) into a :class:`Metric`."""
+    """Turn ``m`` (Metric, torchmetrics-style object, or function) into a :class:`Metric`.
+
+    An :class:`AccumMetric` is copied (with no batch stored), unlike fastai's: ``rmse`` and its kind are also
+    called as functions (``rmse(pred, targ)``), which replaces the batches they store, so a learner keeps its own.
+    Other metrics are used as they are.
+    """
     if isinstance(m, type) and (issubclass(m, Metric) or isinstance(m, TorchMetricLike)):
         m = m()
+    elif isinstance(m, AccumMetric):
+        m = copy.copy(m)
+        m.kwargs = dict(m.kwargs)
+        m.reset()  # new lists: the original's stay its own
     if isinstance(m, Metric):
         return m
     if isinstance(m, TorchMetricLike):
