@@ -724,3 +724,12 @@ def test_accumulate_never_reads_tensor_values(make_metric: Any, monkeypatch: pyt
             m.accumulate(learn)
     value = m.value  # reading may wait on the device (AvgSmoothLoss folds its losses on the host)
     assert isinstance(value, Tensor) and value.shape == ()
+
+
+def test_a_users_own_accum_metric_is_the_learners_as_in_fastai() -> None:
+    mine = AccumMetric(_rmse_like)
+    assert mk_metric(mine) is mine and mk_metric(rmse) is not rmse
+
+
+def _rmse_like(inp: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+    return ((inp - targ) ** 2).mean().sqrt()

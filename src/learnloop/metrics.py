@@ -401,13 +401,14 @@ class TorchMetric(Metric):
 def mk_metric(m: Any) -> Metric:
     """Turn ``m`` (Metric, torchmetrics-style object, or function) into a :class:`Metric`.
 
-    An :class:`AccumMetric` is copied (with no batch stored), unlike fastai's: ``rmse`` and its kind are also
-    called as functions (``rmse(pred, targ)``), which replaces the batches they store, so a learner keeps its own.
-    Other metrics are used as they are.
+    The module's shared metric objects (``rmse``, ``exp_rmspe``, ``r2_score``, ``explained_variance``) are copied
+    (with no batch stored), unlike fastai's: they are also called as functions (``rmse(pred, targ)``), which
+    replaces the batches they store, so a learner keeps its own. Other metrics, your own ``AccumMetric`` objects
+    included, are used as they are (``learn.metrics[0] is m``, as in fastai).
     """
     if isinstance(m, type) and (issubclass(m, Metric) or isinstance(m, TorchMetricLike)):
         m = m()
-    elif isinstance(m, AccumMetric):
+    elif any(m is shared for shared in _SHARED_METRICS):
         m = copy.copy(m)
         m.kwargs = dict(m.kwargs)
         m.reset()  # new lists: the original's stay its own
@@ -523,3 +524,6 @@ r2_score = R2Score()
 
 explained_variance = ExplainedVariance()
 """Explained variance over the whole set (scikit-learn's ``explained_variance_score``)."""
+
+# Module-level metric objects anyone may also call as functions: each learner gets its own copy (mk_metric).
+_SHARED_METRICS: tuple[AccumMetric, ...] = (rmse, exp_rmspe, r2_score, explained_variance)
