@@ -94,7 +94,14 @@ def _cos(start: float, end: float, pos: float) -> float:
 
 
 def _combined_cos(pct: float, start: float, middle: float, end: float, pos: float) -> float:
-    return _cos(start, middle, pos / pct) if pos < pct else _cos(middle, end, (pos - pct) / (1 - pct))
+    """fastai's combined_cos: its combine_scheds keeps the segment bounds in float32 and works out the segment
+    and the position inside it in float32 (then the cosine in float64)."""
+    # The cumulative sum of the float32 fractions (summed in float64, stored as float32, as torch does).
+    bounds = np.cumsum(np.array([0.0, pct, 1 - pct], dtype=np.float32), dtype=np.float64).astype(np.float32)
+    p32 = np.float32(pos)
+    if p32 < bounds[1]:
+        return _cos(start, middle, float(p32 / bounds[1]))
+    return _cos(middle, end, float((p32 - bounds[1]) / (bounds[2] - bounds[1])))
 
 
 def test_fit_one_cycle_hypers_every_batch_with_discriminative_lrs() -> None:

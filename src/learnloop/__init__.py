@@ -99,7 +99,20 @@ from .optimizer import (
     RMSProp,
     ranger,
 )
-from .schedules import SchedCos, SchedExp, SchedLin, SchedNo, SchedPoly, combine_scheds, combined_cos
+from .schedules import (
+    SchedCos,
+    SchedExp,
+    SchedLin,
+    SchedNo,
+    SchedPoly,
+    annealer,
+    combine_scheds,
+    combined_cos,
+    sched_cos,
+    sched_exp,
+    sched_lin,
+    sched_no,
+)
 
 __version__ = "0.1.0"
 
@@ -207,4 +220,9 @@ __all__ = [
     "top_k_accuracy",
     "trainable_params",
     "valley",
+    "annealer",
+    "sched_cos",
+    "sched_exp",
+    "sched_lin",
+    "sched_no",
 ]
