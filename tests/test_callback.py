@@ -419,6 +419,10 @@ def test_keyword_hooks(learn: Learner) -> None:
     cb = Callback(after_batch=lambda self: seen.append((self is cb, self.training)))
     learn.fit(1, cbs=cb)
     assert seen == [(True, True), (True, True), (True, False)]
+    # A parameter with a default (binding a loop variable) is not the callback: the function is called as it is.
+    tags: list[str] = []
+    learn.fit(1, cbs=Callback(before_fit=lambda tag="fit": tags.append(tag)))
+    assert tags == ["fit"]
     with pytest.raises(TypeError, match="after_bacth.*not an event.*after_batch"):
         Callback(after_bacth=lambda: None)
 

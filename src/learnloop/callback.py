@@ -54,7 +54,8 @@ class Callback:
 
     def __init__(self, **hooks: Callable[..., Any]) -> None:
         """Event methods may also be given as keywords: `Callback(after_batch=f)`. As in fastai, `f` becomes a
-        method of the callback, called with it (`f(cb)`); a function that takes no argument is called as it is."""
+        method of the callback, called with it (`f(cb)`); a function without a required positional argument
+        (`lambda: ...`, `lambda e=event: ...`) is called as it is."""
         for name, hook in hooks.items():
             if name not in Event.__members__:
                 raise TypeError(f"Callback() got {name!r}, which is not an event.{did_you_mean(name)}")
@@ -127,7 +128,10 @@ def _takes_an_argument(func: Callable[..., Any]) -> bool:
         params = inspect.signature(func).parameters.values()
     except (TypeError, ValueError):  # a builtin without a signature: call it as it is
         return False
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+    # A required positional parameter takes the callback (`lambda self: ...`); `lambda e=event: ...`, the usual way
+    # to bind a loop variable, is called as it is.
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(p.kind in positional and p.default is p.empty or p.kind is p.VAR_POSITIONAL for p in params)
 
 
 # Assigning one of these on a callback already added changes which hooks run, or in which order.
