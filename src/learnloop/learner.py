@@ -776,7 +776,8 @@ class Learner(CallbackHost):
         show_plot: bool = True,
         suggest_funcs: Callable[..., Any] | Iterable[Callable[..., Any]] | None = (_lr_finder.valley,),
     ) -> tuple[float, ...] | None:
-        """Sweep the lr upwards for `num_it` batches, restore the learner, return `SuggestedLRs(...)`."""
+        """Sweep the lr upwards for `num_it` batches, put the model and the optimizer back as they were, return
+        `SuggestedLRs(...)` (see `callbacks.lr_finder.lr_find` for what else is restored)."""
         return _lr_finder.lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot, suggest_funcs)
 
     # ---- distributed training (callbacks/distributed.py)
