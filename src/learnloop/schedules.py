@@ -14,11 +14,12 @@ import bisect
 import functools
 import itertools
 import math
-import struct
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import numpy as np
+
+from .smoothing import to_float32
 
 __all__ = [
     "Annealer",
@@ -47,22 +48,6 @@ def _as_value(x: Any) -> float | np.ndarray:
     if isinstance(x, (list, tuple)) or (hasattr(x, "__array__") and np.ndim(x) > 0):
         return np.asarray(x, dtype=np.float64)
     return float(x)
-
-
-_FLOAT32 = struct.Struct("f")
-
-
-def _f32(x: float) -> float:
-    """``x`` rounded to the nearest float32 (ties to even), as a Python float.
-
-    Applied to the float64 result of an operation on float32 values, it gives the correctly rounded float32
-    result of ``+ - * /`` (float64 has more than twice float32's precision, so rounding twice is harmless):
-    torch's float32 arithmetic, without a tensor.
-    """
-    try:
-        return _FLOAT32.unpack(_FLOAT32.pack(x))[0]  # type: ignore[no-any-return]
-    except OverflowError:  # beyond float32's range
-        return math.copysign(math.inf, x)
 
 
 def _out(x: Any) -> float | np.ndarray:
@@ -216,20 +201,20 @@ class CombinedSchedule:
             )
         # fastai keeps the segment bounds in a float32 tensor and works out the position inside a segment in
         # float32: the same here, bit for bit (which segment a pct on a boundary falls in depends on it), with
-        # the float32 values held in Python floats and each result rounded to float32 (see _f32).
+        # the float32 values held in Python floats and each result rounded to float32 (see smoothing.to_float32).
         bounds, total = [0.0], 0.0
         for p in fractions:
-            total += _f32(p)  # a cumulative sum of the float32 fractions, kept in float64, as torch.cumsum
-            bounds.append(_f32(total))
+            total += to_float32(p)  # a cumulative sum of the float32 fractions, kept in float64, as torch.cumsum
+            bounds.append(to_float32(total))
         self.pcts, self.scheds, self.bounds = fractions, list(scheds), bounds
-        self._widths = [_f32(hi - lo) for lo, hi in itertools.pairwise(bounds)]
+        self._widths = [to_float32(hi - lo) for lo, hi in itertools.pairwise(bounds)]
         last = len(fractions) - 1
         while last > 0 and self._widths[last] == 0:
             last -= 1  # a trailing empty segment has no progress to give; pct past the end finishes the one before
         self._last = last
 
     def __call__(self, pct: float) -> Any:
-        pos = _f32(pct)
+        pos = to_float32(pct)
         bounds = self.bounds
         # The last schedule that has started (fastai's rule); pct == 1 stays in the last one.
         idx = bisect.bisect_right(bounds, pos) - 1
@@ -237,7 +222,7 @@ class CombinedSchedule:
             idx = 0
         elif idx >= self._last:
             idx = self._last
-        return self.scheds[idx](_f32(_f32(pos - bounds[idx]) / self._widths[idx]))
+        return self.scheds[idx](to_float32(to_float32(pos - bounds[idx]) / self._widths[idx]))
 
     def __repr__(self) -> str:
         return f"combine_scheds({self.pcts}, {self.scheds})"

@@ -20,15 +20,26 @@ numbers as the per-batch recurrence:
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 
 import torch
 from torch import Tensor
 
+_FLOAT32 = struct.Struct("f")
+
 
 def to_float32(x: float) -> float:
-    """`x` rounded to the nearest float32 number (ties to even; inf past float32's range)."""
-    return array("f", (x,))[0]
+    """`x` rounded to the nearest float32 number (ties to even; inf past float32's range), as a Python float.
+
+    Applied to the float64 result of an operation on float32 values, it gives the correctly rounded float32
+    result of ``+ - * /`` (float64 has more than twice float32's precision, so rounding twice is harmless):
+    torch's float32 arithmetic, without a tensor.
+    """
+    try:
+        return _FLOAT32.unpack(_FLOAT32.pack(x))[0]  # type: ignore[no-any-return]
+    except OverflowError:  # beyond float32's range
+        return math.copysign(math.inf, x)
 
 
 def batch_means(losses: list[Tensor]) -> list[float]:

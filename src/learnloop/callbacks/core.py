@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..callback import Callback
+from ..dispatch import as_list
 from ..events import CancelEpochException
 
 __all__ = ["TrainEvalCallback", "SkipToEpoch", "GatherPredsCallback", "CastToTensor", "FetchPredsCallback"]
@@ -167,7 +168,7 @@ class FetchPredsCallback(Callback):
         self, ds_idx: int = 1, dl: Any = None, with_input: bool = False, with_decoded: bool = False, cbs: Any = None
     ) -> None:
         self.ds_idx, self.dl, self.with_input, self.with_decoded = ds_idx, dl, with_input, with_decoded
-        self.cbs = [] if cbs is None else list(cbs) if isinstance(cbs, (list, tuple)) else [cbs]
+        self.cbs = as_list(cbs)
         self.preds: Any = None
 
     def after_validate(self) -> None:
