@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 import learnloop.callbacks.progress as progress_module
 from conftest import synth_classif_learner, synth_learner
 from learnloop import Callback, Learner, accuracy
+from learnloop.events import Event
 
 
 def _printing_learner(**kw: Any) -> tuple[Learner, io.StringIO]:
@@ -99,6 +101,44 @@ def test_no_bars_when_forced_off(spy_bars: list[Spy]) -> None:
     learn.progress.bars = False
     learn.fit(1)
     assert spy_bars == []
+
+
+def _called_at_after_batch(learn: Learner) -> list[str]:
+    return [type(cb).__name__ for cb, _ in learn._hooks[Event.after_batch]]
+
+
+def test_after_batch_is_called_only_while_bars_are_drawn(spy_bars: list[Spy]) -> None:
+    learn, out = _printing_learner()
+    # Off a terminal there is no bar to move: the loop does not call ProgressCallback.after_batch at all...
+    learn.fit(1)
+    assert "ProgressCallback" not in _called_at_after_batch(learn)
+    # ...though it is still among the callbacks that have the event, as in fastai.
+    assert [type(cb).__name__ for cb in learn.ordered_cbs("after_batch")][-1] == "ProgressCallback"
+    learn.progress.bars = True  # bars from the next fit on: after_batch is called again and moves them
+    learn.fit(1)
+    assert _called_at_after_batch(learn)[-1] == "ProgressCallback"
+    assert [bar.n for bar in spy_bars if bar.desc == "train"] == [3]
+    learn.progress.bars = False
+    learn.fit(1)
+    assert "ProgressCallback" not in _called_at_after_batch(learn)
+
+
+def test_a_subclass_overriding_after_batch_gets_every_batch_without_bars() -> None:
+    calls = []
+
+    class Counting(progress_module.ProgressCallback):
+        def after_batch(self) -> None:
+            calls.append(self.iter)
+            super().after_batch()
+
+    learn = synth_classif_learner(cbs=Counting(bars=False))
+    learn.remove_cb(learn.progress)
+    learn.fit(1)
+    assert calls == [0, 1, 2, 0, 1]  # 3 training and 2 validation batches
+    learn.counting.bars = True
+    with contextlib.redirect_stderr(io.StringIO()):
+        learn.fit(1)
+    assert calls == [0, 1, 2, 0, 1] * 2
 
 
 class Boom(Callback):

@@ -7,7 +7,7 @@ import inspect
 import re
 import types
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -87,6 +87,12 @@ class Callback:
         object.__setattr__(self, name, value)
         if learn is not None and name in _SORT_OR_HOOK:  # an event method or the order changed: new hook lists
             learn._build_hooks()
+
+    def _idle_events(self) -> Collection[Event]:
+        """Events whose method has nothing to do for now, which the loop may skip (none by default). A callback
+        that overrides this calls `self.learn._build_hooks()` when its answer changes: it is asked only when the
+        hook lists are built (ProgressCallback skips `after_batch` while it draws no bar)."""
+        return ()
 
     def state_dict(self) -> dict[str, Any]:
         """State that travels in checkpoints (nothing by default)."""

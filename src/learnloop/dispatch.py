@@ -19,7 +19,7 @@ _DEPTH = {"create": 0, "fit": 0, "epoch": 1, "train": 2, "validate": 2}
 _DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
 
 
-def _blame(e: Exception, cb: Callback, event: Event) -> None:
+def blame(e: Exception, cb: Callback, event: Event) -> None:
     """Add the callback and the event to the message of `e` (a PEP 678 note: `str(e)` stays the original message,
     tracebacks and `pytest.raises(match=...)` show both), which keeps its type and its arguments."""
     note = f"(raised in callback {type(cb).__name__} at event {event.value})"
@@ -47,7 +47,11 @@ class CallbackHost:
 
     def __init__(self) -> None:
         self.cbs: list[Callback] = []
+        # What fires: per event, the hooks to call, in order. `_plan` lists every callback with a method for the event
+        # (what `ordered_cbs` and `show_training_loop` show); `_hooks` leaves out the methods a callback marks as
+        # having nothing to do for now (`Callback._idle_events`), so that the loop does not call them for nothing.
         self._hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
+        self._plan: dict[Event, list[Callback]] = {e: [] for e in Event}
 
     def add_cb(self, cb: Callback | type[Callback]) -> Self:
         """Add a callback (a class is instantiated) and expose it as `learn.<cb.name>`."""
@@ -130,18 +134,24 @@ class CallbackHost:
     def _build_hooks(self) -> None:
         """Rebuild the per-event lists of bound methods: done when callbacks change, never per event."""
         hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
+        plan: dict[Event, list[Callback]] = {e: [] for e in Event}
         for cb in sort_callbacks(self.cbs):
             if type(cb).__call__ is not Callback.__call__:
                 # A callback that overrides `__call__` (to log every event, say) is called with every event's name,
                 # as fastai calls every callback: its override decides what to run.
                 for event in Event:
                     hooks[event].append((cb, functools.partial(cb, event.value)))
+                    plan[event].append(cb)
                 continue
+            idle = cb._idle_events()
             for event, method in event_hooks(cb).items():
-                hooks[event].append((cb, method))
+                plan[event].append(cb)
+                if event not in idle:
+                    hooks[event].append((cb, method))
         # In place: the batch loop holds this dict for a whole phase. The lists are new objects, so an event
         # whose hooks are running when a callback is added or removed finishes with the list it started.
         self._hooks.update(hooks)
+        self._plan.update(plan)
 
     def sorted_cbs(self) -> list[Callback]:
         """The callbacks in the order they run (by `order`, then `run_before`/`run_after`, then insertion)."""
@@ -149,7 +159,7 @@ class CallbackHost:
 
     def ordered_cbs(self, event: str) -> list[Callback]:
         """The callbacks that run at `event`, in the order they run (fastai's name)."""
-        return [cb for cb, _ in self._hooks[resolve_event(event)]]
+        return list(self._plan[resolve_event(event)])
 
     def __call__(self, event_name: str | Iterable[str]) -> None:
         """Fire one event (or each of a list) on every callback."""
@@ -175,11 +185,11 @@ class CallbackHost:
                 except CANCEL_EXCEPTIONS:
                     raise
                 except Exception as e:
-                    _blame(e, cb, event)
+                    blame(e, cb, event)
                     raise
 
     def show_training_loop(self) -> None:
         """Print the execution plan: for each event, in loop order, the callbacks that run, in order."""
         for event in Event:
-            names = ", ".join(type(cb).__name__ for cb, _ in self._hooks[event]) or "-"
+            names = ", ".join(type(cb).__name__ for cb in self._plan[event]) or "-"
             print(f"{'  ' * _DEPTH[event.value.split('_')[-1]]}{event.value:<22} {names}")

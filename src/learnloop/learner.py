@@ -24,11 +24,12 @@ from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .checkpoint import load_model, save_model
 from .data import DataLoaders, to_device, unshuffled
-from .dispatch import CallbackHost, as_list
+from .dispatch import CallbackHost, as_list, blame
 from .distributed import barrier, is_rank_zero, unwrap_model
 from .events import (
     BACKWARD,
     BATCH,
+    CANCEL_EXCEPTIONS,
     EPOCH,
     FIT,
     STEP,
@@ -72,7 +73,7 @@ def norm_bias_params(model: nn.Module, with_bias: bool = True) -> list[nn.Parame
 
 
 
-_AFTER_PRED, _AFTER_LOSS = Event.after_pred, Event.after_loss
+_AFTER_PRED, _AFTER_LOSS, _AFTER_BATCH = Event.after_pred, Event.after_loss, Event.after_batch
 
 DEFAULT_CALLBACKS: tuple[type[Callback], ...] = (TrainEvalCallback, Recorder, ProgressCallback)
 
@@ -286,8 +287,17 @@ class Learner(CallbackHost):
                     s.opt.zero_grad()
             except BATCH.cancel:
                 self._fire(BATCH.after_cancel)
-            if h := hooks[BATCH.after]:
-                run(BATCH.after, h)
+            # after_batch, the one event of a batch the default callbacks hook: `_run_hooks` written out.
+            training = s.training
+            for cb, hook in hooks[_AFTER_BATCH]:
+                if cb.run and (cb.run_train if training else cb.run_valid):
+                    try:
+                        hook()
+                    except CANCEL_EXCEPTIONS:
+                        raise
+                    except Exception as e:
+                        blame(e, cb, _AFTER_BATCH)
+                        raise
 
     def _batches(self) -> Iterable[tuple[int, Any]]:
         # While checkpointing or resuming, a training epoch's batches come through DataOrder, which records the

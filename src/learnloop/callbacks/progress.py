@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
 from ..callback import Callback, noop
+from ..events import Event
 
 __all__ = ["ProgressCallback", "format_row"]
 
@@ -52,13 +53,23 @@ class ProgressCallback(Callback):
         if not learn.create_mbar:  # validate()/get_preds(), perhaps inside a fit: leave the fit's bars alone
             return
         self._cleanup()  # a fit that ended in an exception left its bars and logger behind
-        self._show_bars = self._use_bars() and learn.create_mbar
+        show_bars = self._use_bars()
+        if show_bars != self._show_bars:
+            self._show_bars = show_bars
+            learn._build_hooks()  # after_batch is called only while there are bars (_idle_events)
         self._width = max([len(n) for n in learn.recorder.metric_names] + [8]) + 2
         if learn.create_mbar and learn.logger is not noop:
             self._old_logger, learn.logger = learn.logger, self._write_row
             self._write_row(learn.recorder.metric_names)
         if self._show_bars:
             self.epoch_bar = tqdm(total=learn.n_epoch, desc="epoch", file=self._out, leave=False, dynamic_ncols=True)
+
+    def _idle_events(self) -> Collection[Event]:
+        # Without bars, after_batch has nothing to do: the loop need not call it for every batch (unless a subclass
+        # made it do something else).
+        if self._show_bars or type(self).after_batch is not ProgressCallback.after_batch:
+            return ()
+        return (Event.after_batch,)
 
     def _write_row(self, values: list[Any]) -> None:
         line = format_row(list(values), self._width)
