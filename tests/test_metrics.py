@@ -315,6 +315,17 @@ def test_avg_smooth_loss_folds_losses_of_mixed_shapes() -> None:
     assert fastai_smoothed(losses, beta) == pytest.approx(debiased_ema([2.0, 3.0, 0.5], beta), rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_batch_means_of_cpu_losses_read_one_by_one_equal_the_stacked_float32_means(dtype: torch.dtype) -> None:
+    # On the CPU the losses are read one at a time (no device to wait on); the numbers are those of stacking them and
+    # taking float32 means, whatever their dtype, and losses of several numbers are averaged (a float32 mean) as before.
+    g = torch.Generator().manual_seed(0)
+    scalars = [(torch.rand((), generator=g, dtype=torch.float64) * 10 ** i).to(dtype) for i in range(-3, 4)]
+    assert smoothing.batch_means(scalars) == torch.stack(scalars).float().tolist()
+    mixed = [*scalars, torch.tensor([1.0, 2.0, 4.0], dtype=dtype)]
+    assert smoothing.batch_means(mixed) == [*torch.stack(scalars).float().tolist(), torch.tensor(7 / 3).item()]
+
+
 def test_avg_smooth_loss_set_value_carries_on_from_the_new_value() -> None:
     beta = 0.9
     m = AvgSmoothLoss(beta)
