@@ -316,9 +316,8 @@ def test_avg_smooth_loss_folds_losses_of_mixed_shapes() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-def test_batch_means_of_cpu_losses_read_one_by_one_equal_the_stacked_float32_means(dtype: torch.dtype) -> None:
-    # On the CPU the losses are read one at a time (no device to wait on); the numbers are those of stacking them and
-    # taking float32 means, whatever their dtype, and losses of several numbers are averaged (a float32 mean) as before.
+def test_batch_means_are_float32_means_whatever_the_dtype_and_shape(dtype: torch.dtype) -> None:
+    # The numbers fastai smooths: each batch's loss as a float32 number, a loss of several numbers averaged first.
     g = torch.Generator().manual_seed(0)
     scalars = [(torch.rand((), generator=g, dtype=torch.float64) * 10 ** i).to(dtype) for i in range(-3, 4)]
     assert smoothing.batch_means(scalars) == torch.stack(scalars).float().tolist()

@@ -45,13 +45,6 @@ def to_float32(x: float) -> float:
 def batch_means(losses: list[Tensor]) -> list[float]:
     """Each batch's loss as fastai smooths it, ``loss.mean()`` in float32, as numbers: one wait on the device."""
     first = losses[0]
-    if first.device.type == "cpu":
-        # No device to wait on: each number read on its own costs less than stacking them (a view per loss).
-        # array("f") rounds each to float32 as `.float()` does; a loss of several numbers takes the general way.
-        try:
-            return array("f", [t.item() for t in losses]).tolist()
-        except RuntimeError:
-            pass
     try:
         stacked = torch.stack(losses)
     except RuntimeError:  # losses of different shapes, or on different devices
