@@ -469,6 +469,28 @@ def test_show_training_loop_lists_callbacks_per_event_in_order(capsys: pytest.Ca
     assert len(lines) == 24
 
 
+def test_a_callback_can_mark_an_event_it_has_nothing_to_do_at_and_is_not_called_there() -> None:
+    class Sometimes(Callback):
+        def __init__(self) -> None:
+            self.busy, self.calls = False, 0
+
+        def _idle_events(self) -> tuple[str, ...]:
+            return () if self.busy else ("after_batch",)
+
+        def after_batch(self) -> None:
+            self.calls += 1
+
+    cb = Sometimes()
+    learn = synth_learner(cbs=cb)
+    learn.fit(1)
+    assert cb.calls == 0
+    assert cb in learn.ordered_cbs("after_batch")  # still a callback with the event, as fastai lists them
+    cb.busy = True
+    learn._build_hooks()  # what a callback does when its idle events change
+    learn.fit(1)
+    assert cb.calls == len(learn.dls.train) + len(learn.dls.valid)
+
+
 def test_dispatch_lists_are_not_rebuilt_per_event(monkeypatch: pytest.MonkeyPatch) -> None:
     learn = synth_learner()
     calls = {"sort": 0}
