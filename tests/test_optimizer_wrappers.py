@@ -62,6 +62,19 @@ def test_hyper_mapping_both_ways(cls: type, torch_key: str, name: str, value: fl
     assert opt.hypers[0][name] == value
 
 
+def test_hyper_views_read_the_same_names_every_time() -> None:
+    # A view remembers how each name maps to torch's key (the Recorder reads "lr" every batch): the second and
+    # later reads give the live values, and "params" is refused every time, not only the first.
+    opt = OptimWrapper(three_groups(), opt=torch.optim.AdamW, lr=0.1)
+    view = opt.hypers[0]
+    for expected in (0.9, 0.5):
+        opt.opt.param_groups[0]["betas"] = (expected, 0.99)
+        assert (view["mom"], view["sqr_mom"], view["lr"]) == (expected, 0.99, 0.1)
+    for _ in range(2):
+        with pytest.raises(KeyError):
+            view["params"]
+
+
 def test_wrapper_discriminative_lrs_and_errors() -> None:
     opt = OptimWrapper(three_groups(), opt=torch.optim.SGD, lr=0.1, momentum=0.9)
     opt.set_hypers(lr=slice(1e-4, 1e-2))

@@ -50,16 +50,20 @@ class TorchGroupHypers(MutableMapping[str, Any]):
 
     def __init__(self, group: dict[str, Any], fwd: Mapping[str, str], bwd: Mapping[str, str]) -> None:
         self.group, self._fwd, self._bwd = group, fwd, bwd
+        self._keys: dict[str, tuple[str, int | None]] = {}  # `_torch_key`'s answers: the Recorder reads "lr" per batch
 
     def _torch_key(self, k: str) -> tuple[str, int | None]:
-        tk = self._bwd.get(k, k)
-        if tk == "params":
-            raise KeyError(k)
-        name, sep, idx = tk.rpartition("__")
-        return (name, int(idx)) if sep and idx.isdigit() else (tk, None)
+        key = self._keys.get(k)
+        if key is None:
+            tk = self._bwd.get(k, k)
+            if tk == "params":
+                raise KeyError(k)
+            name, sep, idx = tk.rpartition("__")
+            key = self._keys[k] = (name, int(idx)) if sep and idx.isdigit() else (tk, None)
+        return key
 
     def __getitem__(self, k: str) -> Any:
-        name, idx = self._torch_key(k)
+        name, idx = self._keys.get(k) or self._torch_key(k)
         return self.group[name] if idx is None else self.group[name][idx]
 
     def __setitem__(self, k: str, v: Any) -> None:
