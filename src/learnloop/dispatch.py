@@ -158,7 +158,7 @@ class CallbackHost:
         return sort_callbacks(self.cbs)
 
     def ordered_cbs(self, event: str) -> list[Callback]:
-        """The callbacks that run at `event`, in the order they run (fastai's name)."""
+        """The callbacks with a method for `event`, in the order they run (fastai's name)."""
         return list(self._plan[resolve_event(event)])
 
     def __call__(self, event_name: str | Iterable[str]) -> None:
