@@ -344,6 +344,23 @@ def test_avg_smooth_loss_set_value_carries_on_from_the_new_value() -> None:
     assert m.take_folded().tolist() == [] and m.count == 3
 
 
+@pytest.mark.parametrize("beta", [0.98, 0.9, 0.5, 0.3])
+def test_avg_smooth_loss_value_is_fastais_after_every_batch_bit_for_bit(beta: float) -> None:
+    # `value` divides on the host; it must be fastai's float32 `val / (1 - beta**n)` exactly, after any batch.
+    g = torch.Generator().manual_seed(1)
+    losses = list((torch.rand(300, generator=g) * torch.logspace(-3, 3, 300)).unbind())
+    expected = fastai_smoothed(losses, beta)
+    m = AvgSmoothLoss(beta)
+    for loss, want in zip(_loss_batches(losses), expected, strict=True):
+        m.accumulate(loss)
+        value = m.value
+        assert value.dtype == torch.float32 and value.shape == ()
+        assert value.item() == want == m.value_as_float()
+    assert m.take_folded().tolist() == expected  # folded batch by batch, handed out debiased at the end
+    m.reset()
+    assert math.isnan(m.value_as_float())  # before any batch: fastai's 0 / 0
+
+
 def test_avg_smooth_loss_is_fastais_float32_value_bit_for_bit() -> None:
     # fastai's first value is lerp(x, 0, 0.98) / (1 - 0.98) in float32: not x itself, nor the float64 average.
     m = AvgSmoothLoss()

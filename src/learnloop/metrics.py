@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import re
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -191,8 +192,10 @@ class AvgSmoothLoss(Metric):
         self.count: int = 0  # batches accumulated, folded or not
         self._val: float = 0.0  # the biased average over the folded batches (a float32 number): `val`
         self.pending: list[Tensor] = []  # losses accumulated but not folded yet
-        self.folded: list[Tensor] = []  # the debiased average after each folded batch (a vector per fold), until
-        # `take_folded` hands them out
+        # Per fold, until `take_folded` hands them out debiased: the biased averages after each of its batches, the
+        # number of its first batch and the divisors of the beta it was folded with. Debiasing them only then
+        # keeps the fold that ends each epoch to the replay: the Recorder's per-batch history is rarely read.
+        self.folded: list[tuple[list[float], int, Debiaser]] = []
         self.fold_at: int = self.max_pending  # the `count` at which the pending losses are folded on their own
 
     def accumulate(self, learn: MetricLearner) -> None:
@@ -219,16 +222,22 @@ class AvgSmoothLoss(Metric):
         self._val = vals[-1]
         if self._debiaser.beta != self.beta:  # `beta` was changed: its divisors are new ones
             self._debiaser = Debiaser(self.beta)
-        self.folded.append(self._debiaser.debiased(vals, first))
+        self.folded.append((vals, first, self._debiaser))
 
     def take_folded(self) -> Tensor:
         """The debiased average after each batch folded since the last call, a float32 vector (the Recorder's
         per-batch losses)."""
         self.fold()
         folded, self.folded = self.folded, []
-        if len(folded) == 1:
-            return folded[0]
-        return torch.cat(folded) if folded else torch.zeros(0)
+        vectors = [debiaser.debiased(vals, first) for vals, first, debiaser in folded]
+        if len(vectors) == 1:
+            return vectors[0]
+        return torch.cat(vectors) if vectors else torch.zeros(0)
+
+    @property
+    def n_folded(self) -> int:
+        """How many batches `take_folded` would hand out now, without computing them."""
+        return sum(len(vals) for vals, _, _ in self.folded)
 
     def set_value(self, value: float) -> None:
         """Make the (debiased) average `value` from here on: the average over every rank after a distributed
@@ -248,8 +257,17 @@ class AvgSmoothLoss(Metric):
 
     @property
     def value(self) -> Tensor:
+        return torch.tensor(self.value_as_float(), dtype=torch.float32)
+
+    def value_as_float(self) -> float:
+        """`value` as a Python number (float32), without making a tensor."""
         self.fold()
-        return self.val / (1 - self.beta**self.count)  # nan before any batch
+        divisor = to_float32(1 - self.beta**self.count)
+        if divisor == 0:  # before any batch, fastai's 0 / 0: nan (with a beta of 1, x / 0: inf)
+            return math.nan if not self._val or math.isnan(self._val) else math.copysign(math.inf, self._val)
+        # torch divides the float32 average by the divisor rounded to float32; the quotient of two float32
+        # numbers computed in a double and rounded to float32 is that division's result, bit for bit.
+        return to_float32(self._val / divisor)
 
 
 class ValueMetric(Metric):

@@ -175,7 +175,7 @@ class Recorder(Callback):
     def n_losses(self) -> int:
         """How many smoothed losses this fit has recorded: ``len(losses)`` without computing them."""
         smooth = self.smooth_loss
-        return len(self._losses) + sum(len(t) for t in smooth.folded) + len(smooth.pending)
+        return len(self._losses) + smooth.n_folded + len(smooth.pending)
 
     def after_train(self) -> None:
         self.log += [_value(m) for m in self._train_mets]
