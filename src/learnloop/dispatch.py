@@ -19,7 +19,7 @@ _DEPTH = {"create": 0, "fit": 0, "epoch": 1, "train": 2, "validate": 2}
 _DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
 
 
-def blame(e: Exception, cb: Callback, event: Event) -> None:
+def _blame(e: Exception, cb: Callback, event: Event) -> None:
     """Add the callback and the event to the message of `e` (a PEP 678 note: `str(e)` stays the original message,
     tracebacks and `pytest.raises(match=...)` show both), which keeps its type and its arguments."""
     note = f"(raised in callback {type(cb).__name__} at event {event.value})"
@@ -185,7 +185,7 @@ class CallbackHost:
                 except CANCEL_EXCEPTIONS:
                     raise
                 except Exception as e:
-                    blame(e, cb, event)
+                    _blame(e, cb, event)
                     raise
 
     def show_training_loop(self) -> None:

@@ -24,12 +24,11 @@ from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .checkpoint import load_model, save_model
 from .data import DataLoaders, to_device, unshuffled
-from .dispatch import CallbackHost, as_list, blame
+from .dispatch import CallbackHost, as_list
 from .distributed import barrier, is_rank_zero, unwrap_model
 from .events import (
     BACKWARD,
     BATCH,
-    CANCEL_EXCEPTIONS,
     EPOCH,
     FIT,
     STEP,
@@ -287,17 +286,8 @@ class Learner(CallbackHost):
                     s.opt.zero_grad()
             except BATCH.cancel:
                 self._fire(BATCH.after_cancel)
-            # after_batch, the one event of a batch the default callbacks hook: `_run_hooks` written out.
-            training = s.training
-            for cb, hook in hooks[_AFTER_BATCH]:
-                if cb.run and (cb.run_train if training else cb.run_valid):
-                    try:
-                        hook()
-                    except CANCEL_EXCEPTIONS:
-                        raise
-                    except Exception as e:
-                        blame(e, cb, _AFTER_BATCH)
-                        raise
+            if h := hooks[_AFTER_BATCH]:
+                run(_AFTER_BATCH, h)
 
     def _batches(self) -> Iterable[tuple[int, Any]]:
         # While checkpointing or resuming, a training epoch's batches come through DataOrder, which records the
