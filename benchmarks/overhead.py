@@ -6,13 +6,17 @@ reports the median time per batch and its ratio to the raw loop. fastai and Ligh
 are installed (an optional benchmark environment, never a dependency of learnloop).
 
 Each contender runs as several independent instances (own model, optimizer and Learner): where a model's
-tensors land in memory moves an epoch's time by a percent or two (two identical raw loops in one process
-differ that much), and taking the median over instances keeps that luck out of the ratios. A round runs the
+tensors land in memory moves an epoch's time by a few percent (two identical raw loops in one process differ
+that much), so before each instance is made a random amount of memory is set aside (`shift_memory`), the
+instances of a contender land in different places, and taking the median over them keeps that luck out of
+the ratios. The k-th instances of all contenders are made together, none always after the others. A round runs the
 k-th instance of every contender back to back, so each epoch is compared with its baseline's epoch of the
 same round, run a fraction of a second apart: on a shared machine, whose speed drifts by several percent
-from one second to the next, this pairing is what makes the ratios repeatable.
+from one second to the next, this pairing is what makes the ratios repeatable. A second raw loop, identical
+to the first, is timed like any contender (the A/A control row): how far its ratio lies from 1.000x is the
+resolution of the run.
 
-    python benchmarks/overhead.py [--batches 300] [--reps 21] [--instances 3]
+    python benchmarks/overhead.py [--batches 300] [--reps 11] [--instances 6] [--seed 0]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import functools
 import io
 import logging
+import random
 import statistics
 import time
 import warnings
@@ -36,11 +41,21 @@ from learnloop import DataLoaders, Learner
 from learnloop.optimizer import SGD, OptimWrapper
 
 N_IN, N_HIDDEN, N_OUT, BS, LR = 32, 64, 10, 64, 1e-2
+# A second, identical raw loop: its ratio to the first would be 1.000x on a quiet machine, so its distance from
+# 1.000x shows how finely this run can tell two loops apart.
+AA_CONTROL = "raw PyTorch loop again (A/A control: the run's own noise)"
 
 
 def make_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(N_IN, N_HIDDEN), nn.ReLU(), nn.Linear(N_HIDDEN, N_OUT))
+
+
+def shift_memory(rng: random.Random, keep: list[Any]) -> None:
+    """Set aside (in `keep`) a random amount of tensor memory and of Python objects, so that what is allocated
+    next lands elsewhere in memory than it would have."""
+    keep.append(torch.empty(rng.randrange(1, 64 * 1024)))  # up to 256 kB: below malloc's threshold for mmap
+    keep.append([object() for _ in range(rng.randrange(2000))])
 
 
 def make_batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -152,13 +167,15 @@ def lightning_loop(batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, default=300)
-    parser.add_argument("--reps", type=int, default=21)
-    parser.add_argument("--instances", type=int, default=3, help="independent copies of each contender")
+    parser.add_argument("--reps", type=int, default=11)
+    parser.add_argument("--instances", type=int, default=6, help="independent copies of each contender")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the memory set aside before each instance")
     args = parser.parse_args()
     torch.set_num_threads(1)
     batches = make_batches(args.batches)
     contenders: dict[str, Callable[[], Callable[[], None] | None]] = {
         "raw PyTorch loop (torch.optim.SGD, foreach)": lambda: raw_loop(batches),
+        AA_CONTROL: lambda: raw_loop(batches),
         "learnloop Learner, OptimWrapper(torch.optim.SGD)": lambda: learnloop_loop(
             batches, functools.partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9, foreach=True)),
         "raw PyTorch loop, learnloop SGD(mom=0.9)": lambda: raw_loop(batches, learnloop_opt=True),
@@ -168,14 +185,17 @@ def main() -> None:
         "fastai 2.8 Learner": lambda: fastai_loop(batches),
         "Lightning Trainer": lambda: lightning_loop(batches),
     }
-    runs: dict[str, list[Callable[[], None]]] = {}
-    missing = []
-    for name, make in contenders.items():
-        instances = [make() for _ in range(args.instances)]
-        if instances[0] is None:
-            missing.append(name)
-        else:
-            runs[name] = [fn for fn in instances if fn is not None]
+    # The k-th instances of all contenders are made together, so that none is always made after the others, each
+    # after a random amount of memory set aside: where a model's tensors land depends on what was allocated before.
+    made: dict[str, list[Callable[[], None] | None]] = {name: [] for name in contenders}
+    rng = random.Random(args.seed)
+    set_aside: list[Any] = []
+    for _ in range(args.instances):
+        for name, make in contenders.items():
+            shift_memory(rng, set_aside)
+            made[name].append(make())
+    runs = {name: [fn for fn in fns if fn is not None] for name, fns in made.items() if fns[0] is not None}
+    missing = [name for name in contenders if name not in runs]
     times: dict[str, list[float]] = {name: [] for name in runs}
     for instances in runs.values():  # warm-up
         for fn in instances:
