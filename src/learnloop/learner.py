@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from .callbacks.recorder import Recorder
 from .checkpoint import load_model, save_model
 from .data import DataLoaders, to_device, unshuffled
 from .dispatch import CallbackHost, as_list
-from .distributed import barrier, is_rank_zero, unwrap_model
+from .distributed import barrier, is_distributed, is_rank_zero, unwrap_model
 from .events import (
     BACKWARD,
     BATCH,
@@ -515,17 +516,63 @@ class Learner(CallbackHost):
         with_loss: bool = False,
         act: Callable[[torch.Tensor], torch.Tensor] | None = None,
         inner: bool = False,
+        reorder: bool = True,
         cbs: Any = None,
+        *,
+        save_preds: str | os.PathLike[str] | None = None,
+        save_targs: str | os.PathLike[str] | None = None,
+        with_preds: bool = True,
+        with_targs: bool = True,
+        concat_dim: int = 0,
+        pickle_protocol: int = 2,
     ) -> tuple[Any, ...]:
         """Predictions and targets over a dataset: `(inputs?, preds, targets, decoded?, losses?)`.
+
+        `ds_idx` picks `dls[ds_idx]` (0 training, 1 validation), read in dataset order: unshuffled, its last
+        partial batch kept. `dl`, any iterable of batches, is read instead, as it comes. Predictions go through
+        `act`, else the loss function's `activation` if it has one; `with_decoded` adds the loss function's
+        `decodes` of them (the predictions themselves without one), `with_loss` a loss per item, `with_input`
+        the inputs. The signature is fastai's, keyword-only arguments included:
+
+        - `with_preds=False` / `with_targs=False`: keep no predictions / targets; that place in the tuple is
+          None (as are the decoded predictions when there are no predictions).
+        - `concat_dim`: the dimension the batches' predictions, targets and inputs are concatenated along
+          (say 1 for a model whose outputs are sequence-first); per-item losses always along 0.
+        - `save_preds` / `save_targs`: a directory (made if missing) to write each batch's raw prediction (before
+          `act`) / first target to, on the CPU, with `torch.save(..., pickle_protocol=pickle_protocol)`, in a file
+          named after the batch's index (`0`, `1`, ...). They are still returned unless `with_preds=False` /
+          `with_targs=False` says not to keep them.
+        - `reorder` changes nothing in learnloop, and is accepted for fastai's code. Fastai puts the predictions
+          back in dataset order when the loader knows the order it drew (its own DataLoader); learnloop reads
+          `dls[ds_idx]` in dataset order in the first place, and reads a `dl` given as it comes, as fastai does
+          a torch DataLoader: with a shuffled one, the results are in that loader's shuffled order either way.
+
+        Only batches the model ran on count: a batch cancelled before its prediction (CancelBatchException in
+        `before_batch`) is left out; one cancelled after it keeps its prediction (NaN losses if its loss was
+        not computed). When the validation phase is cancelled before any batch, or no batch is left, the
+        predictions, targets and the rest are None. Any other keyword raises TypeError, as in fastai.
 
         `inner=True` runs only the validation phase, without the fit and epoch events around it, for a callback
         that needs predictions in the middle of a fit (after a validation phase: the model is left in eval mode).
         Callbacks that keep the fit's records still see that phase: take them out around the call, as
         `FetchPredsCallback` does with those marked `remove_on_fetch` (the Recorder, the trackers).
+
+        >>> probs, targets = learn.get_preds()                       # the validation set
+        >>> _, targets = learn.get_preds(ds_idx=0, with_preds=False)  # the training set's targets only
         """
+        if (concat_dim != 0 or save_preds is not None or save_targs is not None) and is_distributed() and any(
+            isinstance(cb, DistributedTrainer) for cb in self.cbs
+        ):
+            raise NotImplementedError(
+                "get_preds(concat_dim=..., save_preds=..., save_targs=...) is not supported in a distributed job: "
+                "the ranks' predictions are combined along dimension 0 and each rank would write files of the "
+                "same names. Leave them at their defaults and concatenate or save the result on rank 0."
+            )
         dl = unshuffled(self.dls[ds_idx]) if dl is None else dl
-        gather = GatherPredsCallback(with_input=with_input, with_loss=with_loss)
+        gather = GatherPredsCallback(
+            with_input=with_input, with_loss=with_loss, save_preds=save_preds, save_targs=save_targs,
+            with_preds=with_preds, with_targs=with_targs, concat_dim=concat_dim, pickle_protocol=pickle_protocol,
+        )
         with self._unreduced_loss(with_loss), self._validation_context([*as_list(cbs), gather], inner=inner):
             self._do_epoch_validate(ds_idx, dl)
         preds = gather.preds
@@ -537,7 +584,7 @@ class Learner(CallbackHost):
         result += [preds, gather.targets]
         if with_decoded:
             decodes = getattr(self.loss_func, "decodes", None)
-            result.append(decodes(preds) if decodes is not None else preds)
+            result.append(decodes(preds) if decodes is not None and preds is not None else preds)
         if with_loss:
             result.append(gather.losses)
         return tuple(result)

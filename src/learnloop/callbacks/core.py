@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..attrs import OwnAttrs
 from ..callback import Callback
 from ..dispatch import as_list
 from ..events import CancelEpochException
@@ -82,54 +85,149 @@ def _detach(x: Any) -> Any:
     return x
 
 
-def _concat(items: list[Any]) -> Any:
-    """Concatenate a list of batches (tensors, or tuples of tensors) along the first dimension."""
+def _concat(items: list[Any], dim: int = 0) -> Any:
+    """Concatenate a list of batches (tensors, or tuples of tensors) along `dim`; a 1-tuple gives its element."""
     if not items:
         return None
     first = items[0]
     if isinstance(first, torch.Tensor):
-        return torch.cat([t if t.ndim else t[None] for t in items])
+        return torch.cat([t if t.ndim else t[None] for t in items], dim=dim)
     if isinstance(first, (tuple, list)):
-        parts = [_concat([b[i] for b in items]) for i in range(len(first))]
+        parts = [_concat([b[i] for b in items], dim) for i in range(len(first))]
         return parts[0] if len(parts) == 1 else tuple(parts)
     return items
 
 
-class GatherPredsCallback(Callback):
-    """Collects predictions, targets and optionally inputs and per-item losses during validation."""
+def _to_cpu(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.cpu()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_cpu(o) for o in x)
+    return x
 
-    def __init__(self, with_input: bool = False, with_loss: bool = False) -> None:
+
+def _batch_size(yb: tuple[Any, ...]) -> int:
+    return yb[0].shape[0] if isinstance(yb[0], torch.Tensor) else len(yb[0])
+
+
+def _fill_missing_losses(losses: list[Any]) -> list[Any]:
+    """NaN per item in place of the batch sizes that stand for batches whose loss was never computed."""
+    if all(isinstance(x, torch.Tensor) for x in losses):
+        return losses
+    like = next((x for x in losses if isinstance(x, torch.Tensor)), torch.empty(0))
+    return [x if isinstance(x, torch.Tensor) else like.new_full((x, *like.shape[1:]), float("nan")) for x in losses]
+
+
+class _Gathered:
+    """What one validation phase has gathered so far (a plain object: the writes of every batch skip
+    `Callback.__setattr__`'s checks)."""
+
+    __slots__ = ("preds", "targets", "inputs", "losses", "last_pred", "last_loss", "xb", "extras")
+
+    def __init__(self, pred: Any, loss: Any, extras: bool) -> None:
+        self.preds: list[Any] = []
+        self.targets: list[Any] = []
+        self.inputs: list[Any] = []
+        self.losses: list[Any] = []  # per-item losses, or the batch size of a batch whose loss was not computed
+        # The learner's `pred` and `loss` as the phase's start or the last batch gathered left them: a batch that
+        # ends with the same objects was cancelled before making its own.
+        self.last_pred, self.last_loss = pred, loss
+        self.xb: Any = None
+        self.extras = extras  # inputs, losses or files to gather too
+
+
+class GatherPredsCallback(Callback):
+    """Collects predictions and targets during validation, optionally inputs and per-item losses (fastai's).
+
+    After the phase, `preds`, `targets` and `inputs` hold the batches concatenated along `concat_dim`, `losses`
+    along dimension 0. `with_preds=False` / `with_targs=False` keep no predictions / targets (None then).
+    `save_preds` / `save_targs`: a directory (made if missing) where each batch's prediction, as the model made
+    it, / first target is written on the CPU with `torch.save(..., pickle_protocol=pickle_protocol)`, to a file
+    named after the batch's index (`0`, `1`, ...); that does not stop it being kept as well.
+
+    Only the batches the model ran on are gathered: one cancelled before its prediction (a CancelBatchException in
+    before_batch) adds nothing; one cancelled after it keeps its prediction, with NaN losses if its loss was not
+    computed. If a callback that runs before this one cancels the phase in before_validate, all four are None.
+    """
+
+    run_train = False  # it gathers validation phases only
+
+    def __init__(
+        self,
+        with_input: bool = False,
+        with_loss: bool = False,
+        save_preds: str | os.PathLike[str] | None = None,
+        save_targs: str | os.PathLike[str] | None = None,
+        with_preds: bool = True,
+        with_targs: bool = True,
+        concat_dim: int = 0,
+        pickle_protocol: int = 2,
+    ) -> None:
         self.with_input, self.with_loss = with_input, with_loss
+        self.with_preds, self.with_targs = with_preds, with_targs
+        self.save_preds = None if save_preds is None else Path(save_preds)
+        self.save_targs = None if save_targs is None else Path(save_targs)
+        self.concat_dim, self.pickle_protocol = concat_dim, pickle_protocol
         self.preds: Any = None
         self.targets: Any = None
         self.inputs: Any = None
         self.losses: Any = None
+        self._gathered: _Gathered | None = None  # from before_validate to after_validate
 
     def before_validate(self) -> None:
-        self._preds: list[Any] = []
-        self._targets: list[Any] = []
-        self._inputs: list[Any] = []
-        self._losses: list[Any] = []
+        for folder in (self.save_preds, self.save_targs):
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+        extras = self.with_input or self.with_loss or self.save_preds is not None or self.save_targs is not None
+        self._gathered = _Gathered(self.learn.pred, self.learn.loss, extras)
 
     def before_batch(self) -> None:
         if self.with_input:
-            self._inputs.append(_detach(self.learn.xb))
+            g = self._gathered
+            assert g is not None
+            g.xb = self.learn.xb
 
     def after_batch(self) -> None:
-        learn = self.learn
-        self._preds.append(_detach(learn.pred))
-        if learn.yb:
-            self._targets.append(_detach(learn.yb))
-        if self.with_loss and learn.yb:
-            loss = learn.loss
-            bs = learn.yb[0].shape[0] if isinstance(learn.yb[0], torch.Tensor) else len(learn.yb[0])
-            self._losses.append(loss if loss.numel() == bs else loss.reshape(bs, -1).mean(1))
+        g = self._gathered
+        assert g is not None
+        learn = self.learn._attrs  # the learner's attributes, read at a plain object's cost (attrs.OwnAttrs)
+        pred = learn.pred
+        if pred is g.last_pred or pred is None:
+            return  # cancelled before the model ran: nothing of this batch to keep
+        g.last_pred = pred
+        pred, yb = _detach(pred), learn.yb
+        if self.with_preds:
+            g.preds.append(pred)
+        if yb and self.with_targs:
+            g.targets.append(_detach(yb))
+        if g.extras:
+            self._gather_extras(g, learn, pred, yb)
+
+    def _gather_extras(self, g: _Gathered, learn: OwnAttrs, pred: Any, yb: tuple[Any, ...]) -> None:
+        if self.with_input:
+            g.inputs.append(_detach(g.xb))
+        if self.with_loss and yb:
+            loss, bs = learn.loss, _batch_size(yb)
+            if loss is g.last_loss:  # cancelled between the prediction and the loss
+                g.losses.append(bs)
+            else:
+                g.last_loss = loss
+                g.losses.append(loss if loss.numel() == bs else loss.reshape(bs, -1).mean(1))
+        if self.save_preds is not None:
+            torch.save(_to_cpu(pred), self.save_preds / str(learn.iter), pickle_protocol=self.pickle_protocol)
+        if self.save_targs is not None and yb:
+            torch.save(_to_cpu(_detach(yb[0])), self.save_targs / str(learn.iter), pickle_protocol=self.pickle_protocol)
 
     def after_validate(self) -> None:
-        self.preds = _concat(self._preds)
-        self.targets = _concat(self._targets)
-        self.inputs = _concat(self._inputs) if self.with_input else None
-        self.losses = _concat(self._losses) if self.with_loss else None
+        g, self._gathered = self._gathered, None
+        if g is None:  # the phase was cancelled before this callback's before_validate
+            self.preds = self.targets = self.inputs = self.losses = None
+            return
+        dim = self.concat_dim
+        self.preds = _concat(g.preds, dim) if self.with_preds else None
+        self.targets = _concat(g.targets, dim) if self.with_targs else None
+        self.inputs = _concat(g.inputs, dim) if self.with_input else None
+        self.losses = _concat(_fill_missing_losses(g.losses)) if self.with_loss else None
 
 
 def _plain_tensors(x: Any) -> Any:
