@@ -64,7 +64,7 @@ def test_model_resetter_resets_before_train_before_validate_and_after_fit() -> N
 
 def test_model_resetter_needs_a_model_with_reset() -> None:
     learn = synth_learner()
-    with pytest.raises(TypeError, match="ModelResetter calls model.reset\\(\\), but Linear has no reset method"):
+    with pytest.raises(AttributeError, match="ModelResetter calls model.reset\\(\\), but Linear has no reset method"):
         learn.fit(1, cbs=ModelResetter())
 
 

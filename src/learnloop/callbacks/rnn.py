@@ -24,7 +24,7 @@ class ModelResetter(Callback):
 
     def before_fit(self) -> None:
         if not callable(getattr(self.learn.model, "reset", None)):
-            raise TypeError(
+            raise AttributeError(  # the type fastai's call of the missing method raises
                 f"ModelResetter calls model.reset(), but {type(self.learn.model).__name__} has no reset method; "
                 "give the model one that clears its hidden state, or remove ModelResetter."
             )
