@@ -11,6 +11,7 @@ import torch
 
 from ..attrs import OwnAttrs
 from ..callback import Callback
+from ..data import to_device
 from ..dispatch import as_list
 from ..events import CancelEpochException
 
@@ -98,12 +99,9 @@ def _concat(items: list[Any], dim: int = 0) -> Any:
     return items
 
 
-def _to_cpu(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.cpu()
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_cpu(o) for o in x)
-    return x
+def _on_cpu(x: Any) -> Any:
+    # Waits for the copies (non_blocking=False): torch.save reads them at once.
+    return to_device(x, torch.device("cpu"), non_blocking=False)
 
 
 def _batch_size(yb: tuple[Any, ...]) -> int:
@@ -214,9 +212,9 @@ class GatherPredsCallback(Callback):
                 g.last_loss = loss
                 g.losses.append(loss if loss.numel() == bs else loss.reshape(bs, -1).mean(1))
         if self.save_preds is not None:
-            torch.save(_to_cpu(pred), self.save_preds / str(learn.iter), pickle_protocol=self.pickle_protocol)
+            torch.save(_on_cpu(pred), self.save_preds / str(learn.iter), pickle_protocol=self.pickle_protocol)
         if self.save_targs is not None and yb:
-            torch.save(_to_cpu(_detach(yb[0])), self.save_targs / str(learn.iter), pickle_protocol=self.pickle_protocol)
+            torch.save(_on_cpu(_detach(yb[0])), self.save_targs / str(learn.iter), pickle_protocol=self.pickle_protocol)
 
     def after_validate(self) -> None:
         g, self._gathered = self._gathered, None
