@@ -451,7 +451,72 @@ def test_state_dict_defaults() -> None:
 
 
 # ------------------------------------------------------------------ the execution plan and dispatch cost
-def test_show_training_loop_lists_callbacks_per_event_in_order(capsys: pytest.CaptureFixture[str]) -> None:
+# fastai 2.8.12's show_training_loop() for a Learner with its default callbacks (fastai.callback.progress imported),
+# less the CastToTensor fastai adds at before_batch (not a learnloop default).
+FASTAI_TRAINING_LOOP = """\
+Start Fit
+   - before_fit     : [TrainEvalCallback, Recorder, ProgressCallback]
+  Start Epoch Loop
+     - before_epoch   : [Recorder, ProgressCallback]
+    Start Train
+       - before_train   : [TrainEvalCallback, Recorder, ProgressCallback]
+      Start Batch Loop
+         - before_batch   : []
+         - after_pred     : []
+         - after_loss     : []
+         - before_backward: []
+         - before_step    : []
+         - after_step     : []
+         - after_cancel_batch: []
+         - after_batch    : [TrainEvalCallback, Recorder, ProgressCallback]
+      End Batch Loop
+    End Train
+     - after_cancel_train: [Recorder]
+     - after_train    : [Recorder, ProgressCallback]
+    Start Valid
+       - before_validate: [TrainEvalCallback, Recorder, ProgressCallback]
+      Start Batch Loop
+         - **CBs same as train batch**: []
+      End Batch Loop
+    End Valid
+     - after_cancel_validate: [Recorder]
+     - after_validate : [Recorder, ProgressCallback]
+  End Epoch Loop
+   - after_cancel_epoch: []
+   - after_epoch    : [Recorder]
+End Fit
+ - after_cancel_fit: []
+ - after_fit      : [ProgressCallback]
+"""
+
+
+def test_show_training_loop_prints_fastais_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    synth_learner().show_training_loop()
+    assert capsys.readouterr().out == FASTAI_TRAINING_LOOP
+
+
+def test_show_training_loop_names_added_callbacks_by_their_repr(capsys: pytest.CaptureFixture[str]) -> None:
+    class Late(Callback):
+        order = 99
+
+        def before_batch(self) -> None: ...
+
+        def after_backward(self) -> None: ...  # an event fastai's listing leaves out
+
+    class Named(Callback):
+        def before_batch(self) -> None: ...
+
+        def __repr__(self) -> str:
+            return "Named(3)"
+
+    synth_learner(cbs=[Late(), Named()]).show_training_loop()
+    out = capsys.readouterr().out
+    assert "         - before_batch   : [Named(3), Late]\n" in out
+    assert "after_backward" not in out
+    assert out.count("\n") == FASTAI_TRAINING_LOOP.count("\n")
+
+
+def test_show_cbs_lists_callbacks_per_event_in_order(capsys: pytest.CaptureFixture[str]) -> None:
     class Late(Callback):
         order = 99
 
@@ -460,7 +525,7 @@ def test_show_training_loop_lists_callbacks_per_event_in_order(capsys: pytest.Ca
         def after_batch(self) -> None: ...
 
     learn = synth_learner(cbs=Late())
-    learn.show_training_loop()
+    learn.show_cbs()
     lines = {line.split()[0]: line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()}
     assert lines["before_fit"] == "TrainEvalCallback, Recorder, ProgressCallback, Late"
     assert lines["after_batch"] == "TrainEvalCallback, Recorder, ProgressCallback, Late"

@@ -89,7 +89,8 @@ def test_bars_are_created_and_closed(spy_bars: list[Spy]) -> None:
     descs = [bar.desc for bar in spy_bars]
     assert descs == ["epoch", "train", "valid", "train", "valid"]
     assert all(bar.closed for bar in spy_bars)
-    assert spy_bars[0].n == 2 and spy_bars[1].n == 3 and spy_bars[2].n == 2  # epochs, then batches done
+    # The epoch bar is moved at before_epoch (as fastai's): to 1 when the second epoch began; batches done.
+    assert spy_bars[0].n == 1 and spy_bars[1].n == 3 and spy_bars[2].n == 2
     assert spy_bars[1].total == 3
     rows = [line for line in out.getvalue().replace("\r", "\n").splitlines() if line[:1].isdigit()]
     assert len(rows) == 2  # the table still has a row per epoch

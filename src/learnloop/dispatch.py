@@ -14,9 +14,19 @@ from .sorting import sort_callbacks
 __all__ = ["CallbackHost", "as_list"]
 
 _AFTER_FIT = Event.after_fit
-# Indentation of each event in show_training_loop, by the phase it belongs to.
+# Indentation of each event in show_cbs, by the phase it belongs to.
 _DEPTH = {"create": 0, "fit": 0, "epoch": 1, "train": 2, "validate": 2}
 _DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
+# What fastai 2.8's show_training_loop prints, in its order: its phases ("Start ..."/"End ...") and the events it
+# lists (not after_create, after_backward, after_cancel_backward, after_cancel_step); validation batches are one line.
+_FASTAI_LOOP = (
+    "Start Fit", "before_fit", "Start Epoch Loop", "before_epoch", "Start Train", "before_train",
+    "Start Batch Loop", "before_batch", "after_pred", "after_loss", "before_backward", "before_step", "after_step",
+    "after_cancel_batch", "after_batch", "End Batch Loop", "End Train", "after_cancel_train", "after_train",
+    "Start Valid", "before_validate", "Start Batch Loop", "**CBs same as train batch**", "End Batch Loop",
+    "End Valid", "after_cancel_validate", "after_validate", "End Epoch Loop", "after_cancel_epoch", "after_epoch",
+    "End Fit", "after_cancel_fit", "after_fit",
+)
 
 
 def _blame(e: Exception, cb: Callback, event: Event) -> None:
@@ -189,7 +199,24 @@ class CallbackHost:
                     raise
 
     def show_training_loop(self) -> None:
-        """Print the execution plan: for each event, in loop order, the callbacks that run, in order."""
+        """Print the training loop as fastai 2.8 does, line for line: its phases, and at each of its events the
+        callbacks that run there, in order (`show_cbs` lists every event, those fastai leaves out included)."""
+        indent = 0
+        for step in _FASTAI_LOOP:
+            if step.startswith("Start"):
+                print(f"{' ' * indent}{step}")
+                indent += 2
+            elif step.startswith("End"):
+                indent -= 2
+                print(f"{' ' * indent}{step}")
+            else:
+                cbs = [] if step.startswith("**") else self._plan[Event(step)]
+                print(f"{' ' * indent} - {step:15}: [{', '.join(map(repr, cbs))}]")
+
+    def show_cbs(self) -> None:
+        """Print the execution plan: every event, in loop order, with the callbacks that run at it, in order
+        (``-`` for none). Validation batches run the same callbacks as training ones, less those with
+        ``run_valid=False``; training ones less those with ``run_train=False``."""
         for event in Event:
             names = ", ".join(type(cb).__name__ for cb in self._plan[event]) or "-"
             print(f"{'  ' * _DEPTH[event.value.split('_')[-1]]}{event.value:<22} {names}")

@@ -114,9 +114,13 @@ class ProgressCallback(Callback):
     def after_validate(self) -> None:
         self._close_batch_bar()
 
-    def after_epoch(self) -> None:
-        if self.epoch_bar is not None:
-            self.epoch_bar.update(1)
+    def before_epoch(self) -> None:
+        # At before_epoch, as fastai's: the bar counts the epochs begun before this one (those skipped by
+        # `start_epoch` or a resume included).
+        bar = self.epoch_bar
+        if bar is not None:
+            bar.n = self.learn.epoch
+            bar.refresh()
 
     def after_fit(self) -> None:
         if self.learn.create_mbar:
