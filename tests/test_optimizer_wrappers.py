@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator
 from functools import partial
 
@@ -103,6 +104,62 @@ def test_wrapper_steps_like_the_bare_torch_optimizer() -> None:
     assert all(torch.equal(a[0], b[0]) for a, b in zip(groups, bare_groups, strict=True))
     opt.zero_grad()
     assert groups[0][0].grad is None
+
+
+def test_wrapper_step_and_zero_grad_take_torchs_arguments() -> None:
+    groups = three_groups()
+    opt = OptimWrapper(groups, opt=torch.optim.SGD, lr=0.1)
+    set_grads(groups)
+    assert opt.step(lambda: 3.5) == 3.5  # the closure's loss, as torch returns it
+    opt.zero_grad(set_to_none=False)
+    assert torch.equal(groups[0][0].grad, torch.zeros(3))
+    opt.zero_grad(False)
+    assert groups[0][0].grad is not None
+    opt.zero_grad()
+    assert groups[0][0].grad is None
+
+
+def test_wrapper_steps_through_a_patched_torch_step() -> None:
+    """A torch LR scheduler wraps `opt.step` on the instance to know it ran: the wrapper's step goes through it."""
+    groups = three_groups()
+    opt = OptimWrapper(groups, opt=torch.optim.SGD, lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt.opt, step_size=1, gamma=0.5)
+    set_grads(groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when the scheduler steps before an optimizer step it saw
+        opt.step()
+        sched.step()
+    assert opt.opt._opt_called  # type: ignore[attr-defined]  # the scheduler's wrapper ran
+    assert opt.hypers[0]["lr"] == pytest.approx(0.05)
+
+
+def test_wrapper_step_is_looked_up_at_each_call() -> None:
+    groups = three_groups()
+    opt = OptimWrapper(groups, opt=torch.optim.SGD, lr=0.1)
+    calls: list[object] = []
+    opt.opt.step = calls.append  # type: ignore[method-assign,assignment]
+    opt.step(None)
+    assert calls == [None]
+
+
+def test_a_wrapper_subclass_can_override_step_and_zero_grad() -> None:
+    class Counting(OptimWrapper):
+        steps = zeros = 0
+
+        def step(self, closure: object = None) -> None:
+            self.steps += 1
+            self.opt.step()
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            self.zeros += 1
+            self.opt.zero_grad(set_to_none)
+
+    groups = three_groups()
+    opt = Counting(groups, opt=torch.optim.SGD, lr=0.1)
+    set_grads(groups)
+    opt.step()
+    opt.zero_grad()
+    assert (opt.steps, opt.zeros) == (1, 1) and groups[0][0].grad is None
 
 
 def test_wrapper_freeze_force_train_state_dict_and_clear_state() -> None:

@@ -162,13 +162,17 @@ class OptimWrapper(BaseOptimizer):
         """The learnloop names of the wrapped optimizer's hyper-parameters."""
         return set(self.bwd_map)
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Step the torch optimizer."""
-        return self.opt.step(closure)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """The torch optimizer's ``zero_grad``: drops the gradients by default (torch's and fastai's wrapper's)."""
-        self.opt.zero_grad(set_to_none=set_to_none)
+    # `step` and `zero_grad` are the torch optimizer's own bound methods, looked up at each use (so a patch of
+    # `opt.step`, such as the one a torch LR scheduler makes, is honoured), by a property implemented in C: the
+    # loop calls both every batch, and a wrapper method would add a Python frame to each call. Same signatures and
+    # defaults as torch's: `step(closure=None)`, `zero_grad(set_to_none=True)` (torch's default and fastai's).
+    step = property(  # type: ignore[assignment]
+        operator.attrgetter("opt.step"), doc="The torch optimizer's ``step``: ``wrapper.step(closure=None)``."
+    )
+    zero_grad = property(  # type: ignore[assignment]
+        operator.attrgetter("opt.zero_grad"),
+        doc="The torch optimizer's ``zero_grad``: drops the gradients by default (torch's and fastai's wrapper's).",
+    )
 
     def clear_state(self) -> None:
         """Forget torch's optimizer state (learnloop's ``do_wd`` / ``force_train`` flags are kept)."""
