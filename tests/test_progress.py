@@ -97,6 +97,17 @@ def test_bars_are_created_and_closed(spy_bars: list[Spy]) -> None:
     assert learn.progress.epoch_bar is None and learn.progress.batch_bar is None
 
 
+def test_epoch_bar_counts_the_epochs_begun_before_each_one(spy_bars: list[Spy]) -> None:
+    learn, _ = _printing_learner()
+    learn.progress.bars = True
+    positions: list[int] = []
+    learn.add_cb(Callback(before_epoch=lambda cb: positions.append(spy_bars[0].n)))  # order 0: before progress
+    learn.add_cb(Callback(after_epoch=lambda cb: positions.append(spy_bars[0].n)))
+    learn.fit(4, start_epoch=2)  # epochs 0 and 1 skipped (SkipToEpoch, order 70, cancels them after progress ran)
+    # Read before and after each epoch: the bar moves to the epoch's index at its before_epoch, as fastai's.
+    assert positions == [0, 0, 0, 1, 1, 2, 2, 3]
+
+
 def test_no_bars_when_forced_off(spy_bars: list[Spy]) -> None:
     learn, _ = _printing_learner()
     learn.progress.bars = False
