@@ -14,6 +14,7 @@ from ..callback import Callback
 from ..data import to_device
 from ..dispatch import as_list
 from ..events import CancelEpochException
+from .training import batch_size
 
 __all__ = ["TrainEvalCallback", "SkipToEpoch", "GatherPredsCallback", "CastToTensor", "FetchPredsCallback"]
 
@@ -102,10 +103,6 @@ def _concat(items: list[Any], dim: int = 0) -> Any:
 def _on_cpu(x: Any) -> Any:
     # Waits for the copies (non_blocking=False): torch.save reads them at once.
     return to_device(x, torch.device("cpu"), non_blocking=False)
-
-
-def _batch_size(yb: tuple[Any, ...]) -> int:
-    return yb[0].shape[0] if isinstance(yb[0], torch.Tensor) else len(yb[0])
 
 
 def _fill_missing_losses(losses: list[Any]) -> list[Any]:
@@ -205,7 +202,7 @@ class GatherPredsCallback(Callback):
         if self.with_input:
             g.inputs.append(_detach(g.xb))
         if self.with_loss and yb:
-            loss, bs = learn.loss, _batch_size(yb)
+            loss, bs = learn.loss, batch_size(yb)
             if loss is g.last_loss:  # cancelled between the prediction and the loss
                 g.losses.append(bs)
             else:
