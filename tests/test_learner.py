@@ -643,6 +643,13 @@ def test_empty_training_dataloader() -> None:
         learn.fit(1)
 
 
+def test_empty_training_iterable_says_only_what_it_knows() -> None:
+    learn = Learner(DataLoaders([], [], device="cpu"), nn.Linear(2, 1), loss_func=nn.MSELoss())
+    with pytest.raises(ValueError, match="yields no batches") as info:
+        learn.fit(1)
+    assert "?" not in str(info.value) and "at least one batch" in str(info.value)
+
+
 def test_batch_that_cannot_be_split() -> None:
     ds = TensorDataset(torch.randn(8, 2), torch.randn(8, 1))
     dls = DataLoaders(DataLoader(ds, batch_size=4), device="cpu", n_inp=3)

@@ -456,11 +456,13 @@ class Learner(CallbackHost):
                 "batches per epoch to schedule training: give it a __len__."
             ) from None
         if n == 0:
-            size = len(getattr(train, "dataset", ())) if hasattr(getattr(train, "dataset", None), "__len__") else "?"
+            dataset: Any = getattr(train, "dataset", None)
+            facts = [f"a dataset of {len(dataset)} items"] if hasattr(dataset, "__len__") else []
+            facts += [f"{key}={getattr(train, key)!r}" for key in ("batch_size", "drop_last") if hasattr(train, key)]
             raise ValueError(
-                f"The training DataLoader is empty: it yields no batches (dataset of {size} items, "
-                f"batch_size={getattr(train, 'batch_size', '?')}, drop_last={getattr(train, 'drop_last', '?')}). "
-                "Use a smaller batch size, drop_last=False, or more data."
+                "The training DataLoader is empty: it yields no batches"
+                + (f" ({', '.join(facts)}). Use a smaller batch size, drop_last=False, or more data." if facts else
+                   ". Give DataLoaders a training set with at least one batch.")
             )
 
     @contextmanager
