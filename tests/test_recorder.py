@@ -11,7 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from conftest import debiased_ema, synth_classif_learner, synth_learner
-from learnloop import Callback, DataLoaders, Learner, ProgressCallback, Recorder, TrainEvalCallback, accuracy
+from learnloop import (
+    Callback,
+    DataLoaders,
+    Learner,
+    NonFiniteLossWarning,
+    ProgressCallback,
+    Recorder,
+    TrainEvalCallback,
+    accuracy,
+)
 from learnloop.callback import noop
 from learnloop.callbacks.recorder import format_time
 
@@ -376,3 +385,56 @@ def test_smooth_loss_outlives_validate_and_the_start_of_the_next_fit() -> None:
     learn.validate()
     learn.smooth_loss = 3.0  # nothing recorded since validate(): sets the value kept from the fit
     assert float(learn.smooth_loss) == 3.0
+
+
+# ------------------------------------------------------------------ non-finite losses
+class PoisonPred(Callback):
+    """Multiplies the model's output by NaN from `epoch` on, in the phases given."""
+
+    def __init__(self, epoch: int, training: bool = True, validation: bool = True) -> None:
+        self.epoch, self.phases = epoch, {True: training, False: validation}
+
+    def after_pred(self) -> None:
+        learn = self.learn
+        if learn.epoch >= self.epoch and self.phases[learn.training]:
+            learn.pred = learn.pred * math.nan
+
+
+def _non_finite(record: list[Any]) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, NonFiniteLossWarning)]
+
+
+def test_a_nan_training_loss_is_warned_of_once_a_fit_at_the_callers_line() -> None:
+    learn = synth_learner()
+    with pytest.warns(NonFiniteLossWarning) as record:
+        learn.fit(3, cbs=PoisonPred(epoch=1))
+    messages = _non_finite(record.list)
+    assert len(messages) == 1  # not again for the validation loss, nor for epoch 2
+    assert messages[0].startswith("The training loss of epoch 1 is nan: training has diverged")
+    assert "Lower the learning rate" in messages[0] and "TerminateOnNaNCallback()" in messages[0]
+    assert record.list[0].filename == __file__  # the warning points at the fit call, not inside learnloop
+    assert math.isnan(learn.recorder.values[1][0]) and not math.isnan(learn.recorder.values[0][0])  # values as before
+    with pytest.warns(NonFiniteLossWarning, match="training loss of epoch 0 is nan"):  # and again in the next fit
+        learn.fit(1, cbs=PoisonPred(epoch=0))
+
+
+def test_a_nan_validation_loss_is_warned_of(recwarn: pytest.WarningsRecorder) -> None:
+    learn = synth_learner()
+    learn.fit(1, cbs=PoisonPred(epoch=0, training=False))
+    assert [m.split(":")[0] for m in _non_finite(recwarn.list)] == ["The validation loss is nan"]
+    learn.validate(cbs=PoisonPred(epoch=0, training=False))
+    assert len(_non_finite(recwarn.list)) == 2
+
+
+def test_finite_losses_raise_no_warning(recwarn: pytest.WarningsRecorder) -> None:
+    synth_learner().fit(2)
+    assert _non_finite(recwarn.list) == []
+
+
+def test_no_warning_for_the_nan_of_an_epoch_without_training_batches(recwarn: pytest.WarningsRecorder) -> None:
+    learn = synth_learner()
+    x = torch.randn(4, 2)
+    learn.dls = DataLoaders([(x,)], [(x,)], device="cpu")  # targetless: no batch is recorded
+    learn.fit(1)
+    assert math.isnan(learn.recorder.values[0][0])
+    assert _non_finite(recwarn.list) == []

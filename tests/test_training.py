@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from conftest import EventLog, synth_dls
-from learnloop import Callback, Learner
+from learnloop import Callback, Learner, NonFiniteLossWarning
 from learnloop.callback import noop
 from learnloop.callbacks.ema import EMACallback
 from learnloop.callbacks.fp16 import MixedPrecision
@@ -249,7 +249,13 @@ class Poison(Callback):
 def test_terminate_on_nan(value: float) -> None:
     learn = make_learner(n_train=64, bs=8)
     log = EventLog()
-    learn.fit(3, cbs=[TerminateOnNaNCallback(), Poison(2, value), log])
+    with pytest.warns(NonFiniteLossWarning) as record:
+        learn.fit(3, cbs=[TerminateOnNaNCallback(), Poison(2, value), log])
+    assert len(record) == 1 and record[0].filename == __file__  # at the fit call
+    assert str(record[0].message).startswith(
+        f"TerminateOnNaNCallback: the loss of training batch 2 of epoch 0 is {value}: stopping (CancelFitException). "
+        "Lower the learning rate"
+    )
     assert learn.train_iter == 3
     # TerminateOnNaN (order -9) raises in after_batch before the log (order 100) sees that event.
     assert log.events[-3:] == ["after_step", "after_cancel_fit", "after_fit"]
@@ -266,7 +272,8 @@ class PoisonValidation(Callback):
 def test_terminate_on_nan_checks_validation_batches_in_fit() -> None:
     learn = make_learner(n_train=32, bs=8)
     log = EventLog()
-    learn.fit(2, cbs=[TerminateOnNaNCallback(), PoisonValidation(), log])
+    with pytest.warns(NonFiniteLossWarning, match="the loss of validation batch 0 is nan: stopping"):
+        learn.fit(2, cbs=[TerminateOnNaNCallback(), PoisonValidation(), log])
     # The first validation batch ends the fit: no after_validate, after_epoch, nor a second epoch.
     assert log.events[-8:] == [
         "after_batch", "after_train", "before_validate",
@@ -279,7 +286,7 @@ def test_terminate_on_nan_checks_validation_batches_in_fit() -> None:
 def test_terminate_on_nan_in_validate_reaches_the_caller() -> None:
     learn = make_learner(cbs=[TerminateOnNaNCallback(), PoisonValidation()])
     log = EventLog()
-    with pytest.raises(CancelFitException):
+    with pytest.raises(CancelFitException), pytest.warns(NonFiniteLossWarning, match="validation batch 0 is nan"):
         learn.validate(cbs=log)
     assert log.events == [
         "before_fit", "before_epoch", "before_validate",

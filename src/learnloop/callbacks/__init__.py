@@ -10,7 +10,7 @@ from .lr_finder import LRFinder
 from .mixup import CutMix, MixHandler, MixUp
 from .perf import ChannelsLast, CompileModel, ProfilerCallback
 from .progress import ProgressCallback
-from .recorder import Recorder
+from .recorder import NonFiniteLossWarning, Recorder
 from .rnn import ModelResetter, RNNCallback, RNNRegularizer, rnn_cbs
 from .schedule import ParamScheduler
 from .tracker import EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback, TrackerCallback
@@ -36,6 +36,7 @@ __all__ = [
     "MixUp",
     "MixedPrecision",
     "ModelResetter",
+    "NonFiniteLossWarning",
     "ParamScheduler",
     "ProfilerCallback",
     "ProgressCallback",

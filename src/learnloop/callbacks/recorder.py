@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,8 +12,20 @@ import torch
 
 from ..callback import Callback
 from ..metrics import AvgLoss, AvgSmoothLoss, Metric
+from ..warn import warn_caller
 
-__all__ = ["Recorder", "format_time"]
+__all__ = ["NonFiniteLossWarning", "Recorder", "format_time"]
+
+
+class NonFiniteLossWarning(RuntimeWarning):
+    """A loss became NaN or infinite: training diverged, or the data holds NaN or infinite values."""
+
+
+# What to do about it, the end of every NonFiniteLossWarning.
+NON_FINITE_ADVICE = (
+    "Lower the learning rate, check the inputs and targets for NaN or infinite values, or clip the gradients "
+    "(GradientClip)."
+)
 
 
 def format_time(seconds: float) -> str:
@@ -88,6 +101,7 @@ class Recorder(Callback):
         self.log: list[Any] = []
         self.cancel_train = self.cancel_valid = False
         self._previous_smooth: torch.Tensor | None = None  # the last fit's final smoothed loss
+        self._warned_non_finite = False  # this fit has warned of a NaN/inf epoch loss
 
     def before_fit(self) -> None:
         if self._handed_out:
@@ -95,7 +109,7 @@ class Recorder(Callback):
             # whoever holds it (TensorBoardCallback's points not written yet). Only then: each costs a microsecond.
             self._compute_pending()
         self.lrs, self.iters, self._losses, self.values = [], [], [], []
-        self._handed_out = False
+        self._handed_out = self._warned_non_finite = False
         names = [m.name for m in self.learn.metrics]
         if self.train_metrics and self.valid_metrics:
             names = [f"train_{n}" for n in ["loss", *names]] + [f"valid_{n}" for n in ["loss", *names]]
@@ -178,10 +192,29 @@ class Recorder(Callback):
         return len(self._losses) + smooth.n_folded + len(smooth.pending)
 
     def after_train(self) -> None:
-        self.log += [_value(m) for m in self._train_mets]
+        mets = self._train_mets
+        self.log += [_value(m) for m in mets]
+        if mets and self.smooth_loss.count:  # nan without a batch (fastai's 0 / 0): nothing diverged
+            self._check_finite("training", self.log[-len(mets)])
 
     def after_validate(self) -> None:
-        self.log += [_value(m) for m in self._valid_mets]
+        mets = self._valid_mets
+        self.log += [_value(m) for m in mets]
+        if mets:
+            self._check_finite("validation", self.log[-len(mets)])
+
+    def _check_finite(self, phase: str, loss: Any) -> None:
+        """Warn (once a fit) when the phase's loss, read for the epoch table anyway, is NaN or infinite: fastai
+        carries on in silence, and a table of nan is easy to miss in a long run."""
+        if self._warned_non_finite or not isinstance(loss, float) or math.isfinite(loss):
+            return
+        self._warned_non_finite = True
+        warn_caller(
+            f"The {phase} loss{f' of epoch {self.learn.epoch}' if phase == 'training' else ''} is {loss}: training "
+            f"has diverged, or the data holds NaN or infinite values. {NON_FINITE_ADVICE} TerminateOnNaNCallback() "
+            "stops a fit at the first such batch.",
+            NonFiniteLossWarning,
+        )
 
     def after_cancel_train(self) -> None:
         self.cancel_train = True

@@ -19,7 +19,9 @@ from torch import nn
 
 from ..callback import Callback
 from ..events import CancelBatchException, CancelFitException
+from ..warn import warn_caller
 from .fp16 import MixedPrecision
+from .recorder import NON_FINITE_ADVICE, NonFiniteLossWarning
 
 __all__ = ["GradientAccumulation", "GradientClip", "TerminateOnNaNCallback"]
 
@@ -164,6 +166,19 @@ class TerminateOnNaNCallback(Callback):
     def after_batch(self) -> None:
         loss = self.learn.loss
         if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
-            raise CancelFitException
+            self._stop(float(loss) if loss.numel() == 1 else None)
         if isinstance(loss, float) and not math.isfinite(loss):
-            raise CancelFitException
+            self._stop(loss)
+
+    def _stop(self, loss: float | None) -> None:
+        learn = self.learn
+        if learn.training:
+            where = f"training batch {learn.iter} of epoch {learn.epoch}"
+        else:
+            where = f"validation batch {learn.iter}"
+        what = f"is {loss}" if loss is not None else "holds NaN or infinite values"
+        warn_caller(
+            f"TerminateOnNaNCallback: the loss of {where} {what}: stopping (CancelFitException). {NON_FINITE_ADVICE}",
+            NonFiniteLossWarning,
+        )
+        raise CancelFitException
