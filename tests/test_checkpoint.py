@@ -5,6 +5,7 @@ folders, and learn.export / load_learner (weights-only, trusted pickles, safeten
 from __future__ import annotations
 
 import errno
+import math
 import os
 import pickle
 import signal
@@ -21,7 +22,15 @@ from torch import nn
 
 import learnloop.checkpoint as checkpoint_module
 from conftest import EventLog, synth_learner
-from learnloop import Callback, CheckpointCallback, CheckpointError, EMACallback, Learner, load_learner
+from learnloop import (
+    Callback,
+    CheckpointCallback,
+    CheckpointError,
+    EMACallback,
+    Learner,
+    NonFiniteLossWarning,
+    load_learner,
+)
 from learnloop.callbacks.checkpointing import checkpoint_files, latest_checkpoint
 from learnloop.checkpoint import FORMAT_VERSION
 from learnloop.resume import Position
@@ -83,6 +92,40 @@ def test_files_are_numbered_and_pruned_and_folders_created(tmp_path: Path) -> No
     assert [f.name for f in checkpoint_files(tmp_path / "other" / "models" / "checkpoints")] == [
         "checkpoint_000001_epoch0_end.pth"
     ]
+
+
+class PoisonWeights(Callback):
+    """Fills the model's weights with NaN at the start of epoch `epoch`: a fit that has diverged."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def before_epoch(self) -> None:
+        if self.learn.epoch == self.epoch:
+            with torch.no_grad():
+                for p in self.learn.model.parameters():
+                    p.fill_(math.nan)
+
+
+def test_no_checkpoint_of_diverged_weights_the_good_ones_are_kept(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path, n_train=64)  # 4 batches an epoch
+    cb = CheckpointCallback(every_n_iters=2, keep_last=2)
+    with pytest.warns(NonFiniteLossWarning) as record:
+        learn.fit(3, cbs=[cb, PoisonWeights(2)])
+    folder = tmp_path / "models" / "checkpoints"
+    good = ["checkpoint_000005_epoch1_batch4.pth", "checkpoint_000006_epoch1_end.pth"]
+    assert [f.name for f in checkpoint_files(folder)] == good  # epoch 2's three saves neither written nor pruning
+    assert cb.last_saved == folder / good[-1]
+    warned = [str(w.message) for w in record if str(w.message).startswith("CheckpointCallback")]
+    assert warned == [  # once a fit, at the first skipped save, pointing at the fit call
+        "CheckpointCallback: no checkpoint after batch 2 of epoch 2, nor after any later point of this fit: the "
+        "model's weights hold NaN or infinite values (training has diverged). The checkpoints already written are "
+        f"kept: resume from the last one ({good[-1]}) with fit(..., resume='latest') and a lower learning rate."
+    ]
+    assert all(w.filename == __file__ for w in record)
+    again = synth_learner(path=tmp_path, n_train=64)
+    again.fit(3, cbs=CheckpointCallback(every_n_iters=2, keep_last=2), resume="latest")  # from the end of epoch 1
+    assert all(bool(torch.isfinite(p).all()) for p in again.model.parameters())
 
 
 def test_no_checkpoint_in_validate_get_preds_or_lr_find(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ how a fit resumes: :mod:`learnloop.resume`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -21,9 +22,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import torch
+from torch import nn
+
 from ..callback import Callback
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, is_checkpoint_writer
 from ..resume import DataOrder, Position, save_training_checkpoint
+from ..warn import warn_caller
+from .recorder import NonFiniteLossWarning
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -100,6 +106,7 @@ class CheckpointCallback(Callback):
         self._epoch_trained = False
         self._interrupted = False  # Ctrl-C seen, not acted on yet
         self._interrupt_saved = False  # the last checkpoint of an interrupted fit is written
+        self._warned_diverged = False  # this fit has warned that it writes no checkpoint of non-finite weights
         self._old_handler: Any = None
 
     # ------------------------------------------------------------------ where
@@ -126,7 +133,7 @@ class CheckpointCallback(Callback):
     def before_fit(self) -> None:
         learn = self.learn
         self.run = not (hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds"))
-        self._fit_started = self._interrupted = self._interrupt_saved = False
+        self._fit_started = self._interrupted = self._interrupt_saved = self._warned_diverged = False
 
     def before_epoch(self) -> None:
         self._epoch_trained = False
@@ -193,7 +200,14 @@ class CheckpointCallback(Callback):
         )
 
     def save(self, position: Position) -> Path | None:
-        """Write a checkpoint for ``position`` now, then delete the ones beyond ``keep_last``."""
+        """Write a checkpoint for ``position`` now, then delete the ones beyond ``keep_last``.
+
+        Not when the model's weights hold NaN or infinite values (training has diverged): a checkpoint of them is of
+        no use to resume from, and it would push out the good ones. The checkpoints already written are kept.
+        """
+        if is_checkpoint_writer() and not _all_finite(self.learn.model):
+            self._skip_diverged(position)
+            return None
         order = self.learn._data_order
         epoch_rng = order.epoch_rng if order is not None else None
         path = save_training_checkpoint(self.learn, self._file(position), position, epoch_rng)
@@ -204,6 +218,27 @@ class CheckpointCallback(Callback):
             for old in checkpoint_files(self.folder(), self.fname)[: -self.keep_last]:
                 old.unlink(missing_ok=True)
         return path
+
+    def _skip_diverged(self, position: Position) -> None:
+        if self._warned_diverged:
+            return
+        self._warned_diverged = True
+        if position.mid_epoch:
+            where = f"batch {position.batch} of epoch {position.epoch}"
+        else:
+            where = f"epoch {position.epoch - 1}"
+        last = latest_checkpoint(self.folder(), self.fname)
+        kept = (
+            f"The checkpoints already written are kept: resume from the last one ({last.name}) with fit(..., "
+            "resume='latest') and a lower learning rate."
+            if last is not None
+            else "No checkpoint was written before."
+        )
+        warn_caller(
+            f"CheckpointCallback: no checkpoint after {where}, nor after any later point of this fit: the model's "
+            f"weights hold NaN or infinite values (training has diverged). {kept}",
+            NonFiniteLossWarning,
+        )
 
     # ------------------------------------------------------------------ Ctrl-C
     def _catch_ctrl_c(self) -> None:
@@ -237,6 +272,12 @@ class CheckpointCallback(Callback):
 
     def __repr__(self) -> str:
         return f"CheckpointCallback(every_n_iters={self.every_n_iters}, every_epoch={self.every_epoch})"
+
+
+def _all_finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of ``model`` is finite (no NaN, no infinity)."""
+    tensors = (t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point())
+    return all(bool(torch.isfinite(t.detach()).all()) for t in tensors)
 
 
 def _inexact_hint(folder: Path, fname: str) -> str:
