@@ -128,6 +128,20 @@ def test_csv_classification_predict_and_show(tmp_path: Path, capsys: pytest.Capt
     assert code == 0 and "setosa" in out
 
 
+def test_a_diverged_run_is_warned_of_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = flowers(tmp_path / "flowers.csv")
+    code, out, err = run(capsys, "train", "--data", data, "--target", "species", "--epochs", "2", "--lr", "1e30",
+                         "--out", tmp_path / "run")
+    assert code == 0, err
+    assert "nan" in out  # the epoch table
+    lines = err.splitlines()
+    assert any(line.startswith("learnloop train: warning (NonFiniteLossWarning): The training loss of epoch 0 is nan")
+               for line in lines), err
+    assert any(line.startswith("learnloop train: warning (NonFiniteLossWarning): CheckpointCallback: no checkpoint")
+               for line in lines), err
+    assert "sys.exit" not in err and "cli.py" not in err  # no file, line nor source of the code that warned
+
+
 def test_csv_regression_with_drop_and_categorical(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = houses(tmp_path / "houses.csv")
     code, out, err = run(capsys, "train", "--data", data, "--target", "price", "--drop", "id", "--categorical",

@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -195,6 +196,17 @@ def _fmt(cell: str) -> str:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"train": train, "predict": predict, "show": show}
 
 
+def _warning_printer(prog: str) -> Callable[..., None]:
+    """A `warnings.showwarning` for the command line: ``learnloop train: warning: <message>`` on stderr, without
+    the file, line and source of the code that warned (the console script's own, for learnloop's warnings)."""
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        kind = "warning" if category is UserWarning else f"warning ({category.__name__})"
+        print(f"{prog}: {kind}: {message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `learnloop` command; returns the exit code."""
     try:
@@ -203,7 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     prog = f"learnloop {args.command}"
     try:
-        COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_printer(prog)
+            COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"{prog}: error: {e}\n(see `{prog} --help`)", file=sys.stderr)
         return 2
