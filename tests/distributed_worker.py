@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from learnloop import (
     EarlyStoppingCallback,
     GradientAccumulation,
     Learner,
+    NonFiniteLossWarning,
     SaveModelCallback,
     TensorBoardCallback,
     TerminateOnNaNCallback,
@@ -126,6 +128,10 @@ def _set_nan(learn: Learner) -> None:
     learn.loss = torch.tensor(float("nan"))
 
 
+def _non_finite(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, NonFiniteLossWarning)]
+
+
 def _raise(exc: type[Exception]) -> Any:
     def action(learn: Learner) -> None:
         raise exc
@@ -178,8 +184,17 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         # TerminateOnNaN sees a NaN loss on rank 1 only, in the middle of epoch 1
         learn = make_learner(per_rank_bs, work, cbs=[TerminateOnNaNCallback(), OnRank(1, "after_loss", 1, 3, _set_nan)])
         split_batch(learn)
-        learn.fit(3)
-        result["nan_stop"] = summary(learn)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            learn.fit(3)
+        result["nan_stop"], result["nan_stop_warned"] = summary(learn), _non_finite(caught)
+
+        # without it, the NaN makes the epoch's train_loss nan on every rank: rank 0 alone warns of it
+        learn = split_batch(make_learner(per_rank_bs, work, cbs=OnRank(1, "after_loss", 0, 3, _set_nan)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            learn.fit(1)
+        result["nan_epoch"], result["nan_epoch_warned"] = summary(learn), _non_finite(caught)
 
         # lr_find, then a one-cycle fit logging to TensorBoard that also calls validate() after its first epoch
         learn = split_batch(make_learner(per_rank_bs, work, cbs=[TensorBoardCallback(work / "tb"), ValidateInside()]))

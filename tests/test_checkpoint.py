@@ -8,6 +8,7 @@ import errno
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,16 +117,82 @@ def test_no_checkpoint_of_diverged_weights_the_good_ones_are_kept(tmp_path: Path
     good = ["checkpoint_000005_epoch1_batch4.pth", "checkpoint_000006_epoch1_end.pth"]
     assert [f.name for f in checkpoint_files(folder)] == good  # epoch 2's three saves neither written nor pruning
     assert cb.last_saved == folder / good[-1]
-    warned = [str(w.message) for w in record if str(w.message).startswith("CheckpointCallback")]
-    assert warned == [  # once a fit, at the first skipped save, pointing at the fit call
-        "CheckpointCallback: no checkpoint after batch 2 of epoch 2, nor after any later point of this fit: the "
-        "model's weights hold NaN or infinite values (training has diverged). The checkpoints already written are "
-        f"kept: resume from the last one ({good[-1]}) with fit(..., resume='latest') and a lower learning rate."
+    warned = [w.message for w in record if str(w.message).startswith("CheckpointCallback")]
+    assert [str(w) for w in warned] == [  # once a fit, at the first skipped save, pointing at the fit call
+        "CheckpointCallback: no checkpoint after 2 batches of epoch 2, nor after any later point of this fit: the "
+        "model's parameters hold NaN or infinite values (training has diverged). The checkpoints already written "
+        f"are kept, the last: {folder / good[-1]}. Lower the learning rate, check the inputs and targets for NaN or "
+        "infinite values, or clip the gradients (GradientClip)."
     ]
+    assert isinstance(warned[0], NonFiniteLossWarning) and not warned[0].what.endswith("(GradientClip).")
     assert all(w.filename == __file__ for w in record)
     again = synth_learner(path=tmp_path, n_train=64)
     again.fit(3, cbs=CheckpointCallback(every_n_iters=2, keep_last=2), resume="latest")  # from the end of epoch 1
     assert all(bool(torch.isfinite(p).all()) for p in again.model.parameters())
+
+
+def test_a_fit_diverged_at_an_epoch_end_is_named_so(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    learn = synth_learner(path=tmp_path)
+
+    class PoisonAfterTraining(Callback):
+        def after_train(self) -> None:
+            with torch.no_grad():
+                next(iter(self.learn.model.parameters())).fill_(math.inf)
+
+    learn.fit(2, cbs=[CheckpointCallback(), PoisonAfterTraining()])
+    warned = [str(w.message) for w in recwarn.list if issubclass(w.category, NonFiniteLossWarning)]
+    checkpoint_warnings = [m for m in warned if m.startswith("CheckpointCallback")]
+    assert len(checkpoint_warnings) == 1
+    assert checkpoint_warnings[0].startswith(
+        "CheckpointCallback: no checkpoint after epoch 0, nor after any later point of this fit: the model's "
+        "parameters hold NaN or infinite values (training has diverged). No checkpoint was written before."
+    )
+    assert not (tmp_path / "models" / "checkpoints").exists()
+
+
+def test_resuming_with_another_lr_as_the_docs_say(tmp_path: Path) -> None:
+    synth_learner(path=tmp_path / "base").fit(1, cbs=CheckpointCallback())
+
+    class LowerLr(Callback):
+        def before_epoch(self) -> None:
+            self.learn.opt.set_hyper("lr", 1e-5)
+
+    lrs = {}
+    for name, fit, cbs in [("fit", "fit", []), ("callback", "fit", [LowerLr()]), ("one_cycle", "fit_one_cycle", [])]:
+        shutil.copytree(tmp_path / "base", tmp_path / name)
+        learn = synth_learner(path=tmp_path / name)  # lr 1e-2
+        with pytest.warns(UserWarning, match="taken in a fit of 1 epochs and this fit has 2"):
+            getattr(learn, fit)(2, 1e-5, cbs=[CheckpointCallback(), *cbs], resume="latest")
+        lrs[name] = learn.recorder.lrs[2:]  # epoch 1's two batches (epoch 0's come from the checkpoint)
+    assert lrs["fit"] == [1e-2, 1e-2]  # the checkpoint's lr
+    assert lrs["callback"] == [1e-5, 1e-5]
+    assert max(lrs["one_cycle"]) < 1e-5  # the second half of a cycle up to 1e-5
+
+
+class MaskedLinear(nn.Module):
+    """A linear layer with a buffer of -inf on purpose (as an attention mask has) and a running statistic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.register_buffer("mask", torch.tensor([0.0, -math.inf]))
+        self.register_buffer("stat", torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) + self.mask.exp().sum() - 1
+
+
+def test_buffers_may_hold_infinities_but_not_nan(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    learn = synth_learner(path=tmp_path)
+    learn.model = MaskedLinear()
+    learn.fit(1, cbs=CheckpointCallback())
+    folder = tmp_path / "models" / "checkpoints"
+    assert [f.name for f in checkpoint_files(folder)] == ["checkpoint_000001_epoch0_end.pth"]
+    assert not [w for w in recwarn.list if issubclass(w.category, NonFiniteLossWarning)]
+    learn.model.stat.fill_(math.nan)  # a NaN in a running statistic is divergence
+    with pytest.warns(NonFiniteLossWarning, match="no checkpoint after epoch 0"):
+        learn.fit(1, cbs=CheckpointCallback())
+    assert len(checkpoint_files(folder)) == 1
 
 
 def test_no_checkpoint_in_validate_get_preds_or_lr_find(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ Gloo, running tests/distributed_worker.py, each with a hard timeout so the suite
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -237,7 +238,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch       train_loss") == 11  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch       train_loss") == 12  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -251,6 +252,19 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_batch(ddp_run: dict[str,
         nan = rank["nan_stop"]
         assert len(nan["values"]) == 1 and nan["train_iter"] == 12  # NaN at batch 3 of epoch 1 (8 per epoch)
         assert len(nan["losses"]) == 11  # as one process would record: the NaN batch is not recorded
+    assert r0["nan_stop_warned"] == []  # the rank that saw the NaN says where it stopped; the other stops quietly
+    assert r1["nan_stop_warned"] == [
+        "TerminateOnNaNCallback: the loss of training batch 3 of epoch 1 is nan: stopping (CancelFitException). "
+        "Lower the learning rate, check the inputs and targets for NaN or infinite values, or clip the gradients "
+        "(GradientClip)."
+    ]
+
+
+def test_a_nan_epoch_loss_is_warned_of_by_rank_zero_alone(ddp_run: dict[str, Any]) -> None:
+    r0, r1 = ddp_run["ranks"]
+    assert all(math.isnan(rank["nan_epoch"]["values"][0][0]) for rank in (r0, r1))  # reduced over the ranks
+    assert [m.split(":")[0] for m in r0["nan_epoch_warned"]] == ["The training loss of epoch 0 is nan"]
+    assert r1["nan_epoch_warned"] == []
 
 
 def test_a_phase_cancelled_on_one_rank_is_cancelled_on_every_rank(ddp_run: dict[str, Any]) -> None:

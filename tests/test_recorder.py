@@ -438,3 +438,38 @@ def test_no_warning_for_the_nan_of_an_epoch_without_training_batches(recwarn: py
     learn.fit(1)
     assert math.isnan(learn.recorder.values[0][0])
     assert _non_finite(recwarn.list) == []
+
+
+def test_an_infinite_loss_is_warned_of_too() -> None:
+    learn = synth_learner()
+
+    class Infinite(Callback):
+        def after_pred(self) -> None:
+            if not self.learn.training:
+                self.learn.pred = self.learn.pred + math.inf
+
+    with pytest.warns(NonFiniteLossWarning, match="The validation loss is inf: training has diverged"):
+        learn.fit(1, cbs=Infinite())
+
+
+def test_a_validate_called_inside_a_fit_does_not_warn_again(recwarn: pytest.WarningsRecorder) -> None:
+    class ValidateEachEpoch(Callback):
+        order = 100
+        inside = False
+
+        def after_epoch(self) -> None:
+            if not self.inside:  # validate() fires after_epoch too
+                self.inside = True
+                self.learn.validate()
+                self.inside = False
+
+    synth_learner().fit(3, cbs=[PoisonPred(epoch=0), ValidateEachEpoch()])
+    assert [m.split(":")[0] for m in _non_finite(recwarn.list)] == ["The training loss of epoch 0 is nan"]
+
+
+def test_no_warning_from_lr_find_or_get_preds(recwarn: pytest.WarningsRecorder) -> None:
+    learn = synth_learner(n_train=64)
+    learn.lr_find(start_lr=1e-2, end_lr=1e12, num_it=20, stop_div=False, show_plot=False)  # runs into nan
+    assert any(math.isnan(float(x)) for x in learn.recorder.losses)
+    learn.get_preds(with_loss=True, cbs=PoisonPred(epoch=0))  # a nan loss nobody asked to be warned of
+    assert _non_finite(recwarn.list) == []

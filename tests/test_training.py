@@ -294,6 +294,15 @@ def test_terminate_on_nan_in_validate_reaches_the_caller() -> None:
     ]
 
 
+def test_terminate_on_nan_with_a_per_item_loss_says_it_holds_non_finite_values() -> None:
+    learn = make_learner(cbs=[TerminateOnNaNCallback(), PoisonValidation()])
+    learn.loss_func = nn.MSELoss(reduction="none")  # a loss per item: no single number to quote
+    with pytest.raises(CancelFitException), pytest.warns(NonFiniteLossWarning) as record:
+        learn.validate()
+    assert str(record[0].message).startswith(
+        "TerminateOnNaNCallback: the loss of validation batch 0 holds NaN or infinite values: stopping")
+
+
 def test_run_valid_flags_are_fastais() -> None:
     assert (GradientAccumulation.run_valid, GradientClip.run_valid, TerminateOnNaNCallback.run_valid) == (
         False, True, True)

@@ -172,6 +172,7 @@ class Learner(CallbackHost):
         self._resume: ResumeState | None = None
         self._data_order: DataOrder | None = None
         self._fit_stage: str | None = None
+        self._in_fit = False  # between a fit's before_fit and its end (a validate() inside it is no new fit)
         self._attrs = OwnAttrs(self)  # for per-batch code; `_all_batches` makes a new one every phase
         self._copy_loss = False  # whether `loss` must be a copy of `loss_grad` (see _LOSS_EVENTS)
         self._unwinding = False  # after_epoch/after_fit fired by `with learn:` while an exception leaves (__exit__)
@@ -331,8 +332,10 @@ class Learner(CallbackHost):
         """The fit phase. Ctrl-C (KeyboardInterrupt) is no cancel exception, but unlike other exceptions it still
         gets after_fit's cleanup (weights, loss function and progress bars put back) before it goes on, and
         a CheckpointCallback writes a last checkpoint first."""
+        outer = self._in_fit
         try:
             self._fire(FIT.before)
+            self._in_fit = True  # from here, a validate() a callback calls runs inside this fit
             self._do_fit()
         except FIT.cancel:
             self._fire(FIT.after_cancel)
@@ -341,6 +344,8 @@ class Learner(CallbackHost):
                 cb.save_on_interrupt()
             self._fire(FIT.after)
             raise
+        finally:
+            self._in_fit = outer
         self._fire(FIT.after)
 
     def _end_cleanup(self) -> None:

@@ -1,17 +1,40 @@
-"""Warnings attributed to the code that called into learnloop, not to the library line that noticed."""
+"""Warnings attributed to the code that called into learnloop, not to the library line that noticed, and the
+warning a loss that is no longer a finite number raises."""
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
 
-_PACKAGE = str(Path(__file__).parent)
+__all__ = ["NON_FINITE_ADVICE", "NonFiniteLossWarning", "warn_caller"]
+
+_PACKAGE = str(Path(__file__).parent) + os.sep
+
+# What to do about a NaN or infinite loss, after the fact in most NonFiniteLossWarnings.
+NON_FINITE_ADVICE = (
+    "Lower the learning rate, check the inputs and targets for NaN or infinite values, or clip the gradients "
+    "(GradientClip)."
+)
 
 
-def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+class NonFiniteLossWarning(RuntimeWarning):
+    """A loss became NaN or infinite: training diverged, or the data holds NaN or infinite values.
+
+    ``what`` is the fact alone, without the ``advice`` that follows it in the message (the `learnloop` command
+    gives its own, in terms of its options).
+    """
+
+    def __init__(self, what: str, advice: str = "") -> None:
+        super().__init__(f"{what} {advice}" if advice else what)
+        self.what = what
+
+
+def warn_caller(message: str | Warning, category: type[Warning] = UserWarning) -> None:
     """`warnings.warn` pointing at the innermost caller outside learnloop: the user's ``learn.fit(...)`` line for
-    a warning raised by a callback deep in the loop (and the warning filters see that module, not learnloop's)."""
+    a warning raised by a callback deep in the loop (and the warning filters see that module, not learnloop's).
+    ``message`` may be a Warning instance, whose class is then the category."""
     level, frame = 2, sys._getframe(1)
     while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
         level, frame = level + 1, frame.f_back

@@ -1,5 +1,6 @@
 """The standard callbacks, a module per family."""
 
+from ..warn import NonFiniteLossWarning
 from .checkpointing import CheckpointCallback
 from .core import CastToTensor, FetchPredsCallback, GatherPredsCallback, SkipToEpoch, TrainEvalCallback
 from .distributed import DistributedTrainer
@@ -10,7 +11,7 @@ from .lr_finder import LRFinder
 from .mixup import CutMix, MixHandler, MixUp
 from .perf import ChannelsLast, CompileModel, ProfilerCallback
 from .progress import ProgressCallback
-from .recorder import NonFiniteLossWarning, Recorder
+from .recorder import Recorder
 from .rnn import ModelResetter, RNNCallback, RNNRegularizer, rnn_cbs
 from .schedule import ParamScheduler
 from .tracker import EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback, TrackerCallback

@@ -12,7 +12,6 @@ how a fit resumes: :mod:`learnloop.resume`.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import signal
@@ -28,8 +27,7 @@ from torch import nn
 from ..callback import Callback
 from ..checkpoint import CheckpointError, is_checkpoint_writer
 from ..resume import DataOrder, Position, save_training_checkpoint
-from ..warn import warn_caller
-from .recorder import NonFiniteLossWarning
+from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 
 if TYPE_CHECKING:
     from ..learner import Learner
@@ -184,7 +182,7 @@ class CheckpointCallback(Callback):
         try:
             self.save(self._position(epoch=learn.epoch, batch=_batches_done(learn), exact=False))
         except Exception as e:  # noqa: BLE001 - the interrupt and after_fit's cleanup come first
-            warnings.warn(f"CheckpointCallback: the last checkpoint could not be written ({e}).", stacklevel=2)
+            warn_caller(f"CheckpointCallback: the last checkpoint could not be written ({e}).")
 
     # ------------------------------------------------------------------ saving
     def _position(self, epoch: int, batch: int, exact: bool = True) -> Position:
@@ -224,20 +222,18 @@ class CheckpointCallback(Callback):
             return
         self._warned_diverged = True
         if position.mid_epoch:
-            where = f"batch {position.batch} of epoch {position.epoch}"
+            where = f"{position.batch} batch{'es' if position.batch > 1 else ''} of epoch {position.epoch}"
         else:
             where = f"epoch {position.epoch - 1}"
         last = latest_checkpoint(self.folder(), self.fname)
-        kept = (
-            f"The checkpoints already written are kept: resume from the last one ({last.name}) with fit(..., "
-            "resume='latest') and a lower learning rate."
-            if last is not None
-            else "No checkpoint was written before."
-        )
+        kept = f"The checkpoints already written are kept, the last: {last}." if last is not None else (
+            "No checkpoint was written before.")
         warn_caller(
-            f"CheckpointCallback: no checkpoint after {where}, nor after any later point of this fit: the model's "
-            f"weights hold NaN or infinite values (training has diverged). {kept}",
-            NonFiniteLossWarning,
+            NonFiniteLossWarning(
+                f"CheckpointCallback: no checkpoint after {where}, nor after any later point of this fit: the "
+                f"model's parameters hold NaN or infinite values (training has diverged). {kept}",
+                NON_FINITE_ADVICE,
+            )
         )
 
     # ------------------------------------------------------------------ Ctrl-C
@@ -275,9 +271,11 @@ class CheckpointCallback(Callback):
 
 
 def _all_finite(model: nn.Module) -> bool:
-    """Whether every floating-point parameter and buffer of ``model`` is finite (no NaN, no infinity)."""
-    tensors = (t for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point())
-    return all(bool(torch.isfinite(t.detach()).all()) for t in tensors)
+    """Whether the floating-point parameters of ``model`` are all finite and its floating-point buffers hold no
+    NaN (a buffer may hold infinities on purpose: an attention mask of -inf). One wait for the device in all."""
+    checks = [torch.isfinite(p.detach()).all() for p in model.parameters() if p.is_floating_point()]
+    checks += [~torch.isnan(b).any() for b in model.buffers() if b.is_floating_point()]
+    return bool(torch.stack([c.to(checks[0].device) for c in checks]).all()) if checks else True
 
 
 def _inexact_hint(folder: Path, fname: str) -> str:

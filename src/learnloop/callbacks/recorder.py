@@ -11,21 +11,11 @@ from typing import Any
 import torch
 
 from ..callback import Callback
+from ..distributed import is_rank_zero
 from ..metrics import AvgLoss, AvgSmoothLoss, Metric
-from ..warn import warn_caller
+from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 
-__all__ = ["NonFiniteLossWarning", "Recorder", "format_time"]
-
-
-class NonFiniteLossWarning(RuntimeWarning):
-    """A loss became NaN or infinite: training diverged, or the data holds NaN or infinite values."""
-
-
-# What to do about it, the end of every NonFiniteLossWarning.
-NON_FINITE_ADVICE = (
-    "Lower the learning rate, check the inputs and targets for NaN or infinite values, or clip the gradients "
-    "(GradientClip)."
-)
+__all__ = ["Recorder", "format_time"]
 
 
 def format_time(seconds: float) -> str:
@@ -109,7 +99,9 @@ class Recorder(Callback):
             # whoever holds it (TensorBoardCallback's points not written yet). Only then: each costs a microsecond.
             self._compute_pending()
         self.lrs, self.iters, self._losses, self.values = [], [], [], []
-        self._handed_out = self._warned_non_finite = False
+        self._handed_out = False
+        if not getattr(self.learn, "_in_fit", False):  # a fit's own start, not validate() called inside it
+            self._warned_non_finite = False
         names = [m.name for m in self.learn.metrics]
         if self.train_metrics and self.valid_metrics:
             names = [f"train_{n}" for n in ["loss", *names]] + [f"valid_{n}" for n in ["loss", *names]]
@@ -205,15 +197,21 @@ class Recorder(Callback):
 
     def _check_finite(self, phase: str, loss: Any) -> None:
         """Warn (once a fit) when the phase's loss, read for the epoch table anyway, is NaN or infinite: fastai
-        carries on in silence, and a table of nan is easy to miss in a long run."""
+        carries on in silence, and a table of nan is easy to miss in a long run. Not in an lr_find sweep (it runs
+        until the loss blows up), nor in get_preds (no loss was asked for); on rank 0 alone of a distributed job
+        (the values are the same on every rank)."""
         if self._warned_non_finite or not isinstance(loss, float) or math.isfinite(loss):
             return
+        learn = self.learn
+        if hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds") or not is_rank_zero():
+            return
         self._warned_non_finite = True
+        which = f"training loss of epoch {learn.epoch}" if phase == "training" else "validation loss"
         warn_caller(
-            f"The {phase} loss{f' of epoch {self.learn.epoch}' if phase == 'training' else ''} is {loss}: training "
-            f"has diverged, or the data holds NaN or infinite values. {NON_FINITE_ADVICE} TerminateOnNaNCallback() "
-            "stops a fit at the first such batch.",
-            NonFiniteLossWarning,
+            NonFiniteLossWarning(
+                f"The {which} is {loss}: training has diverged, or the data holds NaN or infinite values.",
+                f"{NON_FINITE_ADVICE} TerminateOnNaNCallback() stops a fit at the first such batch.",
+            )
         )
 
     def after_cancel_train(self) -> None:

@@ -19,9 +19,8 @@ from torch import nn
 
 from ..callback import Callback
 from ..events import CancelBatchException, CancelFitException
-from ..warn import warn_caller
+from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 from .fp16 import MixedPrecision
-from .recorder import NON_FINITE_ADVICE, NonFiniteLossWarning
 
 __all__ = ["GradientAccumulation", "GradientClip", "TerminateOnNaNCallback"]
 
@@ -178,7 +177,8 @@ class TerminateOnNaNCallback(Callback):
             where = f"validation batch {learn.iter}"
         what = f"is {loss}" if loss is not None else "holds NaN or infinite values"
         warn_caller(
-            f"TerminateOnNaNCallback: the loss of {where} {what}: stopping (CancelFitException). {NON_FINITE_ADVICE}",
-            NonFiniteLossWarning,
+            NonFiniteLossWarning(
+                f"TerminateOnNaNCallback: the loss of {where} {what}: stopping (CancelFitException).", NON_FINITE_ADVICE
+            )
         )
         raise CancelFitException
