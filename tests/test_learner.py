@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler, TensorDataset
 
 from conftest import EventLog, synth_classif_learner, synth_dls, synth_learner
 from learnloop import (
@@ -648,6 +648,15 @@ def test_empty_training_iterable_says_only_what_it_knows() -> None:
     with pytest.raises(ValueError, match="yields no batches") as info:
         learn.fit(1)
     assert "?" not in str(info.value) and "at least one batch" in str(info.value)
+
+
+def test_empty_training_dataloader_with_a_batch_sampler_names_its_settings() -> None:
+    ds = TensorDataset(torch.randn(10, 2), torch.randn(10, 1))
+    loader = DataLoader(ds, batch_sampler=BatchSampler(SequentialSampler(ds), batch_size=16, drop_last=True))
+    learn = Learner(DataLoaders(loader, [], device="cpu"), nn.Linear(2, 1), loss_func=nn.MSELoss())
+    with pytest.raises(ValueError) as info:  # the DataLoader's own batch_size is None, its drop_last False
+        learn.fit(1)
+    assert "(a dataset of 10 items, a batch_sampler with batch_size=16, drop_last=True)" in str(info.value)
 
 
 def test_batch_that_cannot_be_split() -> None:

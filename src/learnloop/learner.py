@@ -463,7 +463,14 @@ class Learner(CallbackHost):
         if n == 0:
             dataset: Any = getattr(train, "dataset", None)
             facts = [f"a dataset of {len(dataset)} items"] if hasattr(dataset, "__len__") else []
-            facts += [f"{key}={getattr(train, key)!r}" for key in ("batch_size", "drop_last") if hasattr(train, key)]
+            # A torch DataLoader given a batch_sampler has batch_size None: the sampler's settings are the ones used.
+            sampler = getattr(train, "batch_sampler", None) if getattr(train, "batch_size", 0) is None else None
+            source = sampler if sampler is not None else train
+            keys = [key for key in ("batch_size", "drop_last") if hasattr(source, key)]
+            settings = [f"{key}={getattr(source, key)!r}" for key in keys]
+            if settings and sampler is not None:
+                settings = [f"a batch_sampler with {', '.join(settings)}"]
+            facts += settings
             raise ValueError(
                 "The training DataLoader is empty: it yields no batches"
                 + (f" ({', '.join(facts)}). Use a smaller batch size, drop_last=False, or more data." if facts else
