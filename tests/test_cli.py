@@ -139,6 +139,9 @@ def test_a_diverged_run_is_warned_of_in_one_line(tmp_path: Path, capsys: pytest.
                for line in lines), err
     assert any(line.startswith("learnloop train: warning (NonFiniteLossWarning): CheckpointCallback: no checkpoint")
                for line in lines), err
+    warned = [line for line in lines if "NonFiniteLossWarning" in line]
+    assert warned and all(line.endswith(" Train again with a lower --lr.") for line in warned), err
+    assert "GradientClip" not in err and "TerminateOnNaNCallback" not in err  # the library's advice, in Python
     assert "sys.exit" not in err and "cli.py" not in err  # no file, line nor source of the code that warned
 
 

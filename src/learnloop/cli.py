@@ -27,6 +27,7 @@ from .learner import Learner
 from .models import CNN_WIDTHS, MLP_HIDDEN
 from .recipe import CSV_EPOCHS, CSV_STEPS, DIGITS_EPOCHS, OPTIMIZERS, POLICIES, ConfigError, TrainConfig
 from .tabular import MAX_INFERRED_CLASSES, CSVError, read_csv
+from .warn import NonFiniteLossWarning
 
 __all__ = ["main", "build_parser", "train", "predict", "show"]
 
@@ -202,6 +203,8 @@ def _warning_printer(prog: str) -> Callable[..., None]:
 
     def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         kind = "warning" if category is UserWarning else f"warning ({category.__name__})"
+        if isinstance(message, NonFiniteLossWarning):  # the library's advice is in Python's terms: ours instead
+            message = f"{message.what} Train again with a lower --lr."
         print(f"{prog}: {kind}: {message}", file=sys.stderr)
 
     return show
