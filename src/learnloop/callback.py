@@ -6,13 +6,13 @@ import functools
 import inspect
 import re
 import types
-import warnings
 from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from .events import ALIASES, INNER_LOOP, Event, did_you_mean
+from .warn import warn_caller
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -79,10 +79,9 @@ class Callback:
         if learn is not None and name != "learn" and (
             name in learn.__dict__ or _class_has(type(learn), name) or _model_has(learn.__dict__.get("model"), name)
         ):
-            warnings.warn(
+            warn_caller(
                 f"{type(self).__name__} sets `self.{name}`, which shadows the learner's attribute "
-                f"`{name}`; use `self.learn.{name} = ...` to change the learner's.",
-                stacklevel=2,
+                f"`{name}`; use `self.learn.{name} = ...` to change the learner's."
             )
         object.__setattr__(self, name, value)
         if learn is not None and name in _SORT_OR_HOOK:  # an event method or the order changed: new hook lists
@@ -206,4 +205,4 @@ def check_hook_names(cb: Callback) -> None:
     for attr in _methods(cb):
         problem = _name_problem(type(cb).__name__, attr)
         if problem is not None:
-            warnings.warn(problem[1], problem[0], stacklevel=3)
+            warn_caller(problem[1], problem[0])

@@ -14,7 +14,6 @@ import importlib.metadata
 import os
 import pickle
 import tempfile
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from .distributed import is_rank_zero
+from .warn import warn_caller
 
 __all__ = [
     "CheckpointError",
@@ -236,10 +236,9 @@ def load_model(
         raise CheckpointError(f"{path} was saved from a different model: {e}") from e
     if with_opt and opt is not None:
         if not has_opt:
-            warnings.warn(f"{path} holds no optimizer state; only the model was loaded.", stacklevel=3)
+            warn_caller(f"{path} holds no optimizer state; only the model was loaded.")
             return
         try:
             opt.load_state_dict(state["opt"])
         except (KeyError, ValueError, RuntimeError, IndexError) as e:
-            warnings.warn(f"Could not load the optimizer state from {path} ({e}); it was left as it was.",
-                          stacklevel=3)
+            warn_caller(f"Could not load the optimizer state from {path} ({e}); it was left as it was.")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
-import warnings
 from enum import StrEnum
+
+from .warn import warn_caller
 
 
 class Event(StrEnum):
@@ -157,7 +158,7 @@ def resolve_event(name: str) -> Event:
     except ValueError:
         pass
     if name in ALIASES:
-        warnings.warn(f"Event {name!r} is deprecated; use {ALIASES[name].value!r}.", DeprecationWarning, stacklevel=3)
+        warn_caller(f"Event {name!r} is deprecated; use {ALIASES[name].value!r}.", DeprecationWarning)
         return ALIASES[name]
     raise ValueError(f"Unknown event {name!r}.{did_you_mean(name)} Valid events: {', '.join(Event)}.")
 

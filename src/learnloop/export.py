@@ -23,7 +23,6 @@ needs ``model=``.
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -45,6 +44,7 @@ from .checkpoint import (
 )
 from .data import DataLoaders, default_device
 from .distributed import barrier, is_rank_zero, unwrap_model
+from .warn import warn_caller
 
 if TYPE_CHECKING:
     from .learner import Learner
@@ -109,10 +109,9 @@ def _pickled(model: nn.Module, loss_func: Any) -> bytes | None:
     try:
         torch.save({"model": model, "loss_func": loss_func}, buffer)
     except Exception as e:  # noqa: BLE001 - anything may refuse to be pickled (lambdas, local classes, ...)
-        warnings.warn(
+        warn_caller(
             f"learn.export: the model or loss function cannot be pickled ({type(e).__name__}: {e}); the export "
-            "holds the weights only, to be loaded with load_learner(fname, model=...).",
-            stacklevel=3,
+            "holds the weights only, to be loaded with load_learner(fname, model=...)."
         )
         return None
     return buffer.getvalue()

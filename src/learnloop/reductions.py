@@ -6,7 +6,6 @@ all ranks call it at the same point of the loop, and it returns at once in a sin
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 
 from . import distributed as D
 from .sharding import interleave
+from .warn import warn_caller
 
 __all__ = ["average_losses", "gather_preds", "reduce_metrics"]
 
@@ -42,11 +42,10 @@ def reduce_metrics(metrics: Sequence[Any], warned: set[str] | None = None) -> No
         elif type(m).__name__ != "TorchMetric" and (warned is None or m.name not in warned):
             if warned is not None:
                 warned.add(m.name)
-            warnings.warn(
+            warn_caller(
                 f"Metric {m.name!r} ({type(m).__name__}) cannot be combined over ranks: each rank reports it on "
                 "its own share of the data. Give it `total`/`count` (an average) or `preds`/`targs` lists "
-                "(a whole-set metric).",
-                stacklevel=3,
+                "(a whole-set metric)."
             )
 
 

@@ -35,7 +35,6 @@ uninterrupted run drew, and the run ends bit-identical to it (on CPU; see docs/c
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +55,7 @@ from .checkpoint import (
 )
 from .distributed import unwrap_model
 from .rng import get_rng_state, loader_generators, set_rng_state
+from .warn import warn_caller
 
 if TYPE_CHECKING:
     from .callback import Callback
@@ -227,10 +227,9 @@ class ResumeState:
         self._check_opt(learn)
         self._check_callbacks(learn)
         if n_epoch != self.position.n_epoch:
-            warnings.warn(
+            warn_caller(
                 f"{path} was taken in a fit of {self.position.n_epoch} epochs and this fit has {n_epoch}: training "
-                "carries on, but the schedule (which depends on the number of epochs) differs from the saved run's.",
-                stacklevel=4,
+                "carries on, but the schedule (which depends on the number of epochs) differs from the saved run's."
             )
 
     def _check_devices(self) -> None:
@@ -254,7 +253,7 @@ class ResumeState:
                 f"{message}: the checkpoint is in the middle of epoch {pos.epoch}, so the batches done cannot be "
                 "matched. Use the same data and batch size, or resume from a checkpoint taken at the end of an epoch."
             )
-        warnings.warn(f"{message}; training carries on from epoch {pos.epoch}.", stacklevel=4)
+        warn_caller(f"{message}; training carries on from epoch {pos.epoch}.")
 
     def _check_opt(self, learn: Learner) -> None:
         saved = self.ckpt["opt"]
@@ -281,10 +280,9 @@ class ResumeState:
                     f"is a {type(cb).__qualname__}: give the resumed fit the same callbacks as the saved run."
                 )
         if missing:
-            warnings.warn(
+            warn_caller(
                 f"{self.path} holds the state of callbacks this learner does not have, which is dropped: "
-                f"{', '.join(missing)}. Add them to resume the run exactly.",
-                stacklevel=4,
+                f"{', '.join(missing)}. Add them to resume the run exactly."
             )
 
     # The three steps of a resumed fit, in the order the loop runs them.

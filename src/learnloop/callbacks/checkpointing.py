@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import threading
-import warnings
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -313,10 +312,9 @@ def resolve_resume(learn: Learner, resume: str | Path, cbs: list[Any] | None = N
         folder = checkpointers[0].folder(learn) if checkpointers else learn.path / learn.model_dir / DEFAULT_FOLDER
         found = latest_checkpoint(folder, fname)
         if found is None:
-            warnings.warn(
+            warn_caller(
                 f"resume='latest': no checkpoint in {folder}{_inexact_hint(folder, fname)}; training starts from "
-                "scratch.",
-                stacklevel=4,
+                "scratch."
             )
         return found
     path = Path(resume)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..callback import Callback
+from ..warn import warn_caller
 
 __all__ = ["EMACallback"]
 
@@ -93,7 +93,7 @@ class EMACallback(Callback):
                 _check_shapes(self._ema, tracked, "the average")
                 return
             except ValueError as e:
-                warnings.warn(f"{e} Starting the average again from the current weights.", stacklevel=3)
+                warn_caller(f"{e} Starting the average again from the current weights.")
         with torch.no_grad():
             self._ema = [t.detach().clone() for t in tracked]
         self.n_updates = 0

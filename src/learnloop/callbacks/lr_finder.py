@@ -10,7 +10,6 @@ import collections
 import copy
 import functools
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +21,7 @@ from ..callback import Callback
 from ..distributed import is_rank_zero, world_size
 from ..events import CancelFitException, CancelValidException
 from ..schedules import SchedExp, SchedLin
+from ..warn import warn_caller
 from .recorder import Recorder
 from .schedule import ParamScheduler
 
@@ -380,11 +380,10 @@ def _suggest(learn: Learner, funcs: list[Callable[..., Any]], num_it: int, show_
     points: list[tuple[float, float]] = []
     for func, name in zip(funcs, names, strict=True):
         if len(lrs) < min_points(func):
-            warnings.warn(
+            warn_caller(
                 f"lr_find: the sweep stopped after {len(recorder.lrs)} of {num_it} iterations (the loss diverged), "
                 f"leaving {len(lrs)} usable points; {name} needs {min_points(func)}, so it suggests nan. "
-                "Try a smaller end_lr, or stop_div=False.",
-                stacklevel=3,
+                "Try a smaller end_lr, or stop_div=False."
             )
             values.append(math.nan)
             continue
@@ -404,4 +403,4 @@ def _plot(recorder: Recorder, **kwargs: Any) -> None:
     try:
         recorder.plot_lr_find(**kwargs)
     except ImportError as e:
-        warnings.warn(f"lr_find: no plot ({e}); pass show_plot=False to silence this.", stacklevel=4)
+        warn_caller(f"lr_find: no plot ({e}); pass show_plot=False to silence this.")

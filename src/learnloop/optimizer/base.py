@@ -6,12 +6,13 @@ Learner, schedules and discriminative learning rates see one API whichever is in
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from numbers import Real
 from typing import Any
 
 from torch import Tensor
+
+from ..warn import warn_caller
 
 __all__ = ["BaseOptimizer", "OptimizerState", "ParamGroupView", "as_param_list", "even_mults", "spread_hyper"]
 
@@ -166,9 +167,8 @@ class BaseOptimizer:
         n_groups = len(self.param_lists)
         self.frozen_idx = n if n >= 0 else max(0, n_groups + n)
         if self.frozen_idx >= n_groups:
-            warnings.warn(
-                f"Freezing {self.frozen_idx} groups; model has {n_groups}; whole model is frozen.",
-                stacklevel=2,
+            warn_caller(
+                f"Freezing {self.frozen_idx} groups; model has {n_groups}; whole model is frozen."
             )
         for p, *_ in self.all_params(slice(self.frozen_idx, None)):
             p.requires_grad_(True)
