@@ -466,6 +466,22 @@ def test_a_validate_called_inside_a_fit_does_not_warn_again(recwarn: pytest.Warn
     synth_learner().fit(3, cbs=[PoisonPred(epoch=0), ValidateEachEpoch()])
     assert [m.split(":")[0] for m in _non_finite(recwarn.list)] == ["The training loss of epoch 0 is nan"]
 
+    class ValidateAfterFit(Callback):
+        inside = False
+
+        def after_fit(self) -> None:
+            if not self.inside:  # validate() fires after_fit too
+                self.inside = True
+                self.learn.validate()
+                self.inside = False
+
+    recwarn.clear()
+    learn = synth_learner()
+    learn.fit(2, cbs=[PoisonPred(epoch=0), ValidateAfterFit()])
+    assert [m.split(":")[0] for m in _non_finite(recwarn.list)] == ["The training loss of epoch 0 is nan"]
+    learn.validate(cbs=PoisonPred(epoch=0))  # after the fit: a new run, warned of again
+    assert len(_non_finite(recwarn.list)) == 2
+
 
 def test_no_warning_from_lr_find_or_get_preds(recwarn: pytest.WarningsRecorder) -> None:
     learn = synth_learner(n_train=64)

@@ -172,7 +172,7 @@ class Learner(CallbackHost):
         self._resume: ResumeState | None = None
         self._data_order: DataOrder | None = None
         self._fit_stage: str | None = None
-        self._in_fit = False  # between a fit's before_fit and its end (a validate() inside it is no new fit)
+        self._in_fit = False  # from a fit's before_fit to its after_fit (a validate() inside it is no new fit)
         self._attrs = OwnAttrs(self)  # for per-batch code; `_all_batches` makes a new one every phase
         self._copy_loss = False  # whether `loss` must be a copy of `loss_grad` (see _LOSS_EVENTS)
         self._unwinding = False  # after_epoch/after_fit fired by `with learn:` while an exception leaves (__exit__)
@@ -334,19 +334,20 @@ class Learner(CallbackHost):
         a CheckpointCallback writes a last checkpoint first."""
         outer = self._in_fit
         try:
-            self._fire(FIT.before)
-            self._in_fit = True  # from here, a validate() a callback calls runs inside this fit
-            self._do_fit()
-        except FIT.cancel:
-            self._fire(FIT.after_cancel)
-        except KeyboardInterrupt:
-            for cb in self._grab(CheckpointCallback):  # a last checkpoint, unless written at a deferred Ctrl-C
-                cb.save_on_interrupt()
+            try:
+                self._fire(FIT.before)
+                self._in_fit = True  # from here to after_fit, a validate() a callback calls is part of this fit
+                self._do_fit()
+            except FIT.cancel:
+                self._fire(FIT.after_cancel)
+            except KeyboardInterrupt:
+                for cb in self._grab(CheckpointCallback):  # a last checkpoint, unless written at a deferred Ctrl-C
+                    cb.save_on_interrupt()
+                self._fire(FIT.after)
+                raise
             self._fire(FIT.after)
-            raise
         finally:
             self._in_fit = outer
-        self._fire(FIT.after)
 
     def _end_cleanup(self) -> None:
         # As fastai's: `loss_grad` stays, the last batch's loss (with its graph if backward never ran on it).
