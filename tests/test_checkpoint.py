@@ -120,9 +120,9 @@ def test_no_checkpoint_of_diverged_weights_the_good_ones_are_kept(tmp_path: Path
     warned = [w.message for w in record if str(w.message).startswith("CheckpointCallback")]
     assert [str(w) for w in warned] == [  # once a fit, at the first skipped save, pointing at the fit call
         "CheckpointCallback: no checkpoint after 2 batches of epoch 2, nor after any later point of this fit: the "
-        "model's parameters hold NaN or infinite values (training has diverged). The checkpoints already written "
-        f"are kept, the last: {folder / good[-1]}. Lower the learning rate, check the inputs and targets for NaN or "
-        "infinite values, or clip the gradients (GradientClip)."
+        "model's parameter 'weight' holds NaN or infinite values (training has diverged). The checkpoints already "
+        f"written are kept, the last: {folder / good[-1]}. Lower the learning rate, check the inputs and targets for "
+        "NaN or infinite values, or clip the gradients (GradientClip)."
     ]
     assert isinstance(warned[0], NonFiniteLossWarning) and not warned[0].what.endswith("(GradientClip).")
     assert all(w.filename == __file__ for w in record)
@@ -145,7 +145,7 @@ def test_a_fit_diverged_at_an_epoch_end_is_named_so(tmp_path: Path, recwarn: pyt
     assert len(checkpoint_warnings) == 1
     assert checkpoint_warnings[0].startswith(
         "CheckpointCallback: no checkpoint after epoch 0, nor after any later point of this fit: the model's "
-        "parameters hold NaN or infinite values (training has diverged). No checkpoint was written before."
+        "parameter 'weight' holds NaN or infinite values (training has diverged). No checkpoint was written before."
     )
     assert not (tmp_path / "models" / "checkpoints").exists()
 
@@ -190,7 +190,7 @@ def test_buffers_may_hold_infinities_but_not_nan(tmp_path: Path, recwarn: pytest
     assert [f.name for f in checkpoint_files(folder)] == ["checkpoint_000001_epoch0_end.pth"]
     assert not [w for w in recwarn.list if issubclass(w.category, NonFiniteLossWarning)]
     learn.model.stat.fill_(math.nan)  # a NaN in a running statistic is divergence
-    with pytest.warns(NonFiniteLossWarning, match="no checkpoint after epoch 0"):
+    with pytest.warns(NonFiniteLossWarning, match="after epoch 0, .* the model's buffer 'stat' holds NaN"):
         learn.fit(1, cbs=CheckpointCallback())
     assert len(checkpoint_files(folder)) == 1
 

@@ -17,11 +17,17 @@ from .warn import warn_caller
 if TYPE_CHECKING:
     from .learner import Learner
 
-__all__ = ["Callback", "noop", "snake_name"]
+__all__ = ["Callback", "is_side_run", "noop", "snake_name"]
 
 
 def noop(*args: Any, **kwargs: Any) -> None:
     """Do nothing (the logger of a learner that should print nothing)."""
+
+
+def is_side_run(learn: Any) -> bool:
+    """Whether `learn` is running lr_find's sweep or get_preds' gathering: runs that are no part of the training
+    record, which fastai's trackers and loggers (and learnloop's checkpoints and NaN warning) sit out."""
+    return hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds")
 
 
 def snake_name(cls_name: str, strip: str = "Callback") -> str:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..callback import Callback
+from ..callback import Callback, is_side_run
 from ..checkpoint import CheckpointError, is_checkpoint_writer
 from ..resume import DataOrder, Position, save_training_checkpoint
 from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
@@ -129,7 +129,7 @@ class CheckpointCallback(Callback):
     # ------------------------------------------------------------------ events
     def before_fit(self) -> None:
         learn = self.learn
-        self.run = not (hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds"))
+        self.run = not is_side_run(learn)
         self._fit_started = self._interrupted = self._interrupt_saved = self._warned_diverged = False
 
     def before_epoch(self) -> None:
@@ -230,7 +230,8 @@ class CheckpointCallback(Callback):
         warn_caller(
             NonFiniteLossWarning(
                 f"CheckpointCallback: no checkpoint after {where}, nor after any later point of this fit: the "
-                f"model's parameters hold NaN or infinite values (training has diverged). {kept}",
+                f"model's {_first_non_finite(self.learn.model)} holds NaN or infinite values (training has "
+                f"diverged). {kept}",
                 NON_FINITE_ADVICE,
             )
         )
@@ -269,12 +270,26 @@ class CheckpointCallback(Callback):
         return f"CheckpointCallback(every_n_iters={self.every_n_iters}, every_epoch={self.every_epoch})"
 
 
+def _finite_checks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Per floating-point tensor of ``model``, its description and a 0-dim bool tensor: whether it is usable.
+    A parameter must be finite; a buffer must hold no NaN (it may hold infinities on purpose: an attention mask
+    of -inf)."""
+    checks = [(f"parameter {n!r}", torch.isfinite(p.detach()).all())
+              for n, p in model.named_parameters() if p.is_floating_point()]
+    checks += [(f"buffer {n!r}", ~torch.isnan(b).any()) for n, b in model.named_buffers() if b.is_floating_point()]
+    return checks
+
+
 def _all_finite(model: nn.Module) -> bool:
-    """Whether the floating-point parameters of ``model`` are all finite and its floating-point buffers hold no
-    NaN (a buffer may hold infinities on purpose: an attention mask of -inf). One wait for the device in all."""
-    checks = [torch.isfinite(p.detach()).all() for p in model.parameters() if p.is_floating_point()]
-    checks += [~torch.isnan(b).any() for b in model.buffers() if b.is_floating_point()]
+    """Whether every parameter of ``model`` is finite and no buffer holds NaN (see `_finite_checks`), with one
+    wait for the device in all."""
+    checks = [ok for _, ok in _finite_checks(model)]
     return bool(torch.stack([c.to(checks[0].device) for c in checks]).all()) if checks else True
+
+
+def _first_non_finite(model: nn.Module) -> str:
+    """The description of the first tensor `_all_finite` rejects (for the message; a wait for each tensor)."""
+    return next((name for name, ok in _finite_checks(model) if not ok), "a tensor")
 
 
 def _inexact_hint(folder: Path, fname: str) -> str:

@@ -17,17 +17,12 @@ from typing import Any
 
 import torch
 
-from ..callback import Callback
+from ..callback import Callback, is_side_run
 from ..checkpoint import atomic_write
 from ..distributed import is_rank_zero
 from .recorder import Recorder
 
 __all__ = ["CSVLogger", "TensorBoardCallback", "is_rank_zero"]
-
-
-def _in_fit_only(learn: Any) -> bool:
-    """fastai's rule for loggers: sit out lr_find and get_preds."""
-    return not (hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds"))
 
 
 def epoch_row(recorder: Recorder) -> list[Any]:
@@ -78,7 +73,7 @@ class CSVLogger(Callback):
 
     def before_fit(self) -> None:
         learn = self.learn
-        self.run = _in_fit_only(learn) and is_rank_zero()
+        self.run = not is_side_run(learn) and is_rank_zero()
         if not self.run:
             return
         if not learn.create_mbar:
@@ -245,7 +240,7 @@ class TensorBoardCallback(Callback):
 
     def before_fit(self) -> None:
         self._close()  # a fit that raised left its writer open
-        self.run = _in_fit_only(self.learn) and is_rank_zero()
+        self.run = not is_side_run(self.learn) and is_rank_zero()
         self._traced = False
 
     def before_epoch(self) -> None:

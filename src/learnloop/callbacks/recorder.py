@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..callback import Callback
+from ..callback import Callback, is_side_run
 from ..distributed import is_rank_zero
 from ..metrics import AvgLoss, AvgSmoothLoss, Metric
 from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
@@ -203,7 +203,7 @@ class Recorder(Callback):
         if self._warned_non_finite or not isinstance(loss, float) or math.isfinite(loss):
             return
         learn = self.learn
-        if hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds") or not is_rank_zero():
+        if is_side_run(learn) or not is_rank_zero():
             return
         self._warned_non_finite = True
         which = f"training loss of epoch {learn.epoch}" if phase == "training" else "validation loss"

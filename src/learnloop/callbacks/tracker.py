@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..callback import Callback, noop
+from ..callback import Callback, is_side_run, noop
 from ..events import CancelFitException
 
 __all__ = ["TrackerCallback", "EarlyStoppingCallback", "SaveModelCallback", "ReduceLROnPlateau"]
@@ -69,7 +69,7 @@ class TrackerCallback(Callback):
     def before_fit(self) -> None:
         learn = self.learn
         # fastai's rule: trackers sit out lr_find and get_preds (their state is still reset here, as fastai's).
-        self.run = not (hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds"))
+        self.run = not is_side_run(learn)
         self._fit_started = False
         if not self._restored:  # state loaded before the fit (load_state_dict) is kept by it
             self.start_fit()
