@@ -6,6 +6,7 @@ script to check exit codes and that no traceback reaches the user.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import json
@@ -21,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from learnloop import Callback, Learner, recipe
-from learnloop.cli import build_parser, main
+from learnloop import Callback, Learner, NonFiniteLossWarning, recipe
+from learnloop.cli import _warning_printer, build_parser, main
 from learnloop.datasets import digits
 from learnloop.recipe import TrainConfig
 
@@ -143,6 +144,17 @@ def test_a_diverged_run_is_warned_of_in_one_line(tmp_path: Path, capsys: pytest.
     assert warned and all(line.endswith(" Train again with a lower --lr.") for line in warned), err
     assert "GradientClip" not in err and "TerminateOnNaNCallback" not in err  # the library's advice, in Python
     assert "sys.exit" not in err and "cli.py" not in err  # no file, line nor source of the code that warned
+
+
+def test_the_advice_on_a_nan_loss_follows_the_lr_options(capsys: pytest.CaptureFixture[str]) -> None:
+    for lr_find, advice in [(False, "Train again with a lower --lr."),
+                            (True, "Train again with a lower --lr instead of --lr-find.")]:
+        show = _warning_printer("learnloop train", argparse.Namespace(lr_find=lr_find))
+        show(NonFiniteLossWarning("The loss is nan.", "Python advice."), NonFiniteLossWarning, "file.py", 1)
+        expected = f"learnloop train: warning (NonFiniteLossWarning): The loss is nan. {advice}\n"
+        assert capsys.readouterr().err == expected
+    show(UserWarning("plain"), UserWarning, "file.py", 1)
+    assert capsys.readouterr().err == "learnloop train: warning: plain\n"
 
 
 def test_csv_regression_with_drop_and_categorical(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -197,14 +197,16 @@ def _fmt(cell: str) -> str:
 COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {"train": train, "predict": predict, "show": show}
 
 
-def _warning_printer(prog: str) -> Callable[..., None]:
+def _warning_printer(prog: str, args: argparse.Namespace) -> Callable[..., None]:
     """A `warnings.showwarning` for the command line: ``learnloop train: warning: <message>`` on stderr, without
     the file, line and source of the code that warned (the console script's own, for learnloop's warnings)."""
+    # The library's advice on a NaN loss is in Python's terms: the command's own instead.
+    lower_lr = "Train again with a lower --lr" + (" instead of --lr-find." if getattr(args, "lr_find", False) else ".")
 
-    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    def show(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
         kind = "warning" if category is UserWarning else f"warning ({category.__name__})"
-        if isinstance(message, NonFiniteLossWarning):  # the library's advice is in Python's terms: ours instead
-            message = f"{message.what} Train again with a lower --lr."
+        if isinstance(message, NonFiniteLossWarning):
+            message = f"{message.what} {lower_lr}"
         print(f"{prog}: {kind}: {message}", file=sys.stderr)
 
     return show
@@ -219,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"learnloop {args.command}"
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _warning_printer(prog)
+            warnings.showwarning = _warning_printer(prog, args)
             COMMANDS[args.command](args)
     except ConfigError as e:
         print(f"{prog}: error: {e}\n(see `{prog} --help`)", file=sys.stderr)
