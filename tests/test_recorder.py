@@ -452,32 +452,26 @@ def test_an_infinite_loss_is_warned_of_too() -> None:
         learn.fit(1, cbs=Infinite())
 
 
-def test_a_validate_called_inside_a_fit_does_not_warn_again(recwarn: pytest.WarningsRecorder) -> None:
-    class ValidateEachEpoch(Callback):
-        order = 100
-        inside = False
+class ValidateAt(Callback):
+    """Calls learn.validate() at `event` of the fit (not at the same event of that validate() itself)."""
 
-        def after_epoch(self) -> None:
-            if not self.inside:  # validate() fires after_epoch too
-                self.inside = True
-                self.learn.validate()
-                self.inside = False
+    order = 100
 
-    synth_learner().fit(3, cbs=[PoisonPred(epoch=0), ValidateEachEpoch()])
-    assert [m.split(":")[0] for m in _non_finite(recwarn.list)] == ["The training loss of epoch 0 is nan"]
+    def __init__(self, event: str) -> None:
+        self.inside = False
+        setattr(self, event, self._validate)
 
-    class ValidateAfterFit(Callback):
-        inside = False
+    def _validate(self) -> None:
+        if not self.inside:
+            self.inside = True
+            self.learn.validate()
+            self.inside = False
 
-        def after_fit(self) -> None:
-            if not self.inside:  # validate() fires after_fit too
-                self.inside = True
-                self.learn.validate()
-                self.inside = False
 
-    recwarn.clear()
+@pytest.mark.parametrize("event", ["after_epoch", "after_fit"])
+def test_a_validate_called_inside_a_fit_does_not_warn_again(event: str, recwarn: pytest.WarningsRecorder) -> None:
     learn = synth_learner()
-    learn.fit(2, cbs=[PoisonPred(epoch=0), ValidateAfterFit()])
+    learn.fit(3, cbs=[PoisonPred(epoch=0), ValidateAt(event)])
     assert [m.split(":")[0] for m in _non_finite(recwarn.list)] == ["The training loss of epoch 0 is nan"]
     learn.validate(cbs=PoisonPred(epoch=0))  # after the fit: a new run, warned of again
     assert len(_non_finite(recwarn.list)) == 2
