@@ -199,8 +199,8 @@ class CheckpointCallback(Callback):
     def save(self, position: Position) -> Path | None:
         """Write a checkpoint for ``position`` now, then delete the ones beyond ``keep_last``.
 
-        Not when the model's weights hold NaN or infinite values (training has diverged): a checkpoint of them is of
-        no use to resume from, and it would push out the good ones. The checkpoints already written are kept.
+        Not when a parameter of the model holds NaN or infinite values, or a buffer NaN (training has diverged): a
+        checkpoint of them is of no use to resume from, and it would push out the good ones, which are kept.
         """
         if is_checkpoint_writer() and not _all_finite(self.learn.model):
             self._skip_diverged(position)

@@ -100,7 +100,7 @@ class Recorder(Callback):
             self._compute_pending()
         self.lrs, self.iters, self._losses, self.values = [], [], [], []
         self._handed_out = False
-        if not getattr(self.learn, "_in_fit", False):  # a fit's own start, not validate() called inside it
+        if not self.learn._in_fit:  # a fit's own start, not validate() called inside it
             self._warned_non_finite = False
         names = [m.name for m in self.learn.metrics]
         if self.train_metrics and self.valid_metrics:
