@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from learnloop import Callback, Learner, NonFiniteLossWarning, recipe
+from conftest import synth_learner
+from learnloop import Callback, Learner, NonFiniteLossWarning, recipe, runs
 from learnloop.cli import _warning_printer, build_parser, main
 from learnloop.datasets import digits
 from learnloop.recipe import TrainConfig
@@ -144,6 +145,39 @@ def test_a_diverged_run_is_warned_of_in_one_line(tmp_path: Path, capsys: pytest.
     assert warned and all(line.endswith(" Train again with a lower --lr.") for line in warned), err
     assert "GradientClip" not in err and "TerminateOnNaNCallback" not in err  # the library's advice, in Python
     assert "sys.exit" not in err and "cli.py" not in err  # no file, line nor source of the code that warned
+    # Weights of NaN would predict only NaN: no model.pth, and `predict` says why rather than "did not finish an epoch".
+    assert "training diverged: the model's parameter" in out and "train again with a lower --lr" in out
+    assert not (tmp_path / "run" / "model.pth").exists()
+    code, _, err = run(capsys, "predict", tmp_path / "run", data)
+    assert code != 0 and "has no model.pth: its training diverged" in err and "lower --lr" in err, err
+
+
+@pytest.mark.parametrize("diverged", [False, True])
+def test_a_run_whose_valid_loss_never_improved_keeps_its_last_model_unless_it_diverged(
+    tmp_path: Path, diverged: bool
+) -> None:
+    learn = synth_learner(path=tmp_path, model_dir=".")
+    learn.fit_one_cycle(1)  # without SaveModelCallback: no model.pth, as when no valid_loss improved
+    if diverged:
+        with torch.no_grad():
+            learn.model.bias.fill_(float("nan"))
+    said: list[str] = []
+    recipe._finish(learn, tmp_path, said.append, lower_lr="a lower --lr")
+    assert (tmp_path / "model.pth").exists() is not diverged
+    expected = ("training diverged: the model's parameter 'bias' holds NaN or infinite values, so no model.pth was "
+                "written; train again with a lower --lr") if diverged else (
+                "valid_loss never improved (is it nan?): model.pth is the last model")
+    assert said[0] == expected
+
+
+@pytest.mark.parametrize(("valid_losses", "diverged"), [
+    (["nan", "inf", "nan"], True), (["nan", "0.5"], False), ([""], False), ([], False), (["", "nan"], True)])
+def test_a_run_has_diverged_when_every_recorded_valid_loss_is_nan_or_infinite(
+    tmp_path: Path, valid_losses: list[str], diverged: bool
+) -> None:
+    write_csv(tmp_path / "metrics.csv", ["epoch", "train_loss", "valid_loss", "time"],
+              [[i, "nan", v, "00:00"] for i, v in enumerate(valid_losses)])
+    assert runs.Run(tmp_path, {}, tmp_path / "model.pth").diverged() is diverged
 
 
 def test_the_advice_on_a_nan_loss_follows_the_lr_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,6 +26,7 @@ from torch.utils.data import TensorDataset
 from . import __version__, optimizer, runs
 from . import distributed as D
 from .callbacks import CheckpointCallback, CSVLogger, MixUp, ParamScheduler, SaveModelCallback
+from .callbacks.checkpointing import all_finite, first_non_finite
 from .data import DataLoaders, default_device
 from .datasets import digits
 from .learner import Learner
@@ -155,7 +156,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
             log(f"\ninterrupted; the last checkpoint is {checkpoint}: carry on with "
                 f"learnloop train --resume {shlex.quote(str(out))}")
         raise
-    _finish(learn, out, log)
+    _finish(learn, out, log, lower_lr="a lower --lr" + (" instead of --lr-find" if config.lr_find else ""))
     D.barrier()  # the other ranks return (and exit) only once rank 0 has written every file
     return learn, out
 
@@ -294,13 +295,19 @@ def _fit(learn: Learner, policy: str, epochs: int, lr: float, resume: bool) -> N
         learn.fit(epochs, lr, **kwargs)
 
 
-def _finish(learn: Learner, out: Path, log: Callable[[str], None]) -> None:
+def _finish(learn: Learner, out: Path, log: Callable[[str], None], lower_lr: str) -> None:
     names = learn.recorder.metric_names[1:-1]  # without epoch and time
     rows = [v for v in learn.recorder.values if len(v) == len(names)]
     losses = [float(v[1]) for v in rows]
     if not (out / runs.BEST_MODEL).exists():
-        learn.save("model", with_opt=False)
-        log("valid_loss never improved (is it nan?): model.pth is the last model")
+        # No epoch's valid_loss improved on the one before (the first one's is always an improvement unless it is
+        # NaN): the last model is the best there is, unless its weights diverged, which would predict only NaN.
+        if all_finite(learn.model):
+            learn.save("model", with_opt=False)
+            log("valid_loss never improved (is it nan?): model.pth is the last model")
+        else:
+            log(f"training diverged: the model's {first_non_finite(learn.model)} holds NaN or infinite values, "
+                f"so no model.pth was written; train again with {lower_lr}")
     elif losses:
         best = int(np.nanargmin(losses))
         scores = ", ".join(f"{n} {float(v):.6f}" for n, v in zip(names[1:], rows[best][1:], strict=True))

@@ -142,6 +142,14 @@ class Run:
         """The preprocessing learnt in training."""
         return TabularPreprocessor.from_dict(read_json(self.path / PREPROCESSING))
 
+    def diverged(self) -> bool:
+        """Whether epochs were recorded and the valid_loss of every one is NaN or infinite."""
+        rows = self.metrics()
+        column = rows[0].index("valid_loss") if rows and "valid_loss" in rows[0] else None
+        numbers = [_number(row[column]) for row in rows[1:] if column is not None and column < len(row)]
+        losses = [x for x in numbers if x is not None]  # an empty cell says nothing
+        return bool(losses) and not any(math.isfinite(x) for x in losses)
+
     def metrics(self) -> list[list[str]]:
         """metrics.csv as rows of cells, the header first (empty when training wrote none)."""
         path = self.path / METRICS
@@ -153,6 +161,12 @@ class Run:
     def load_model(self) -> nn.Module:
         """The model of the run, with the weights of `model_file`, in eval mode on the CPU."""
         if not self.model_file.is_file():
+            if self.diverged():  # `learnloop train` writes the last model when none improved, unless it diverged
+                raise RunError(
+                    f"{self.path} has no {self.model_file.name}: its training diverged before any epoch's valid_loss "
+                    f"improved, and weights that hold NaN or infinite values are not saved (`learnloop show "
+                    f"{self.path}` prints its losses). Train again with a lower --lr."
+                )
             raise RunError(
                 f"{self.path} has no {self.model_file.name}: its training did not finish an epoch. Carry it on with "
                 f"`learnloop train --resume {self.path}`, or pass one of its checkpoints/*.pth as the model."
@@ -164,6 +178,13 @@ class Run:
         check_state_dict(model, state, self.model_file)  # a CheckpointError naming the keys, not torch's traceback
         model.load_state_dict(state)
         return model.eval()
+
+
+def _number(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
 
 
 def open_run(path: Path) -> Run:

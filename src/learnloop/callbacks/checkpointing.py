@@ -202,7 +202,7 @@ class CheckpointCallback(Callback):
         Not when a parameter of the model holds NaN or infinite values, or a buffer NaN (training has diverged): a
         checkpoint of them is of no use to resume from, and it would push out the good ones, which are kept.
         """
-        if is_checkpoint_writer() and not _all_finite(self.learn.model):
+        if is_checkpoint_writer() and not all_finite(self.learn.model):
             self._skip_diverged(position)
             return None
         order = self.learn._data_order
@@ -230,7 +230,7 @@ class CheckpointCallback(Callback):
         warn_caller(
             NonFiniteLossWarning(
                 f"CheckpointCallback: no checkpoint after {where}, nor after any later point of this fit: the "
-                f"model's {_first_non_finite(self.learn.model)} holds NaN or infinite values (training has "
+                f"model's {first_non_finite(self.learn.model)} holds NaN or infinite values (training has "
                 f"diverged). {kept}",
                 NON_FINITE_ADVICE,
             )
@@ -280,15 +280,15 @@ def _finite_checks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     return checks
 
 
-def _all_finite(model: nn.Module) -> bool:
+def all_finite(model: nn.Module) -> bool:
     """Whether every parameter of ``model`` is finite and no buffer holds NaN (see `_finite_checks`), with one
     wait for the device in all."""
     checks = [ok for _, ok in _finite_checks(model)]
     return bool(torch.stack([c.to(checks[0].device) for c in checks]).all()) if checks else True
 
 
-def _first_non_finite(model: nn.Module) -> str:
-    """The description of the first tensor `_all_finite` rejects (for the message; a wait for each tensor)."""
+def first_non_finite(model: nn.Module) -> str:
+    """The description of the first tensor `all_finite` rejects (for the message; a wait for each tensor)."""
     return next((name for name, ok in _finite_checks(model) if not ok), "a tensor")
 
 
