@@ -58,8 +58,11 @@ class TrainEvalCallback(Callback):
     def after_batch(self) -> None:
         learn = self.learn._attrs  # the learner's attributes, read at a plain object's cost (attrs.OwnAttrs)
         learn.train_iter += 1
-        # From the epoch and the batch index rather than summed increments, so it ends at exactly 1.0.
-        learn.pct_train = (learn.epoch + (learn.iter + 1) / learn.n_iter) / learn.n_epoch
+        n_iter, n_epoch = learn.n_iter, learn.n_epoch
+        if learn.iter + 1 == n_iter and learn.epoch + 1 == n_epoch:
+            learn.pct_train = 1.0  # the fit's last batch: exactly 1.0, where the sum may end a rounding away
+        else:  # fastai's increments, summed as it sums them: a schedule gets fastai's hyper-parameters bit for bit
+            learn.pct_train += 1.0 / (n_iter * n_epoch)
 
     def before_validate(self) -> None:
         self.learn.model.eval()

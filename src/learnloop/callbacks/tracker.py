@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..callback import Callback, is_side_run, noop
+from ..callback import Callback, is_side_run
+from ..distributed import is_rank_zero
 from ..events import CancelFitException
 
 __all__ = ["TrackerCallback", "EarlyStoppingCallback", "SaveModelCallback", "ReduceLROnPlateau"]
@@ -125,8 +126,10 @@ class TrackerCallback(Callback):
         return float(row[self.idx])
 
     def say(self, message: str) -> None:
-        """Print a message, unless the learner's output is silenced."""
-        if self.learn.logger is not noop:
+        """Print a message ("Better model found...") to stdout from rank 0, as fastai prints it, under
+        `learn.no_logging()` too (that silences the epoch table); override it to send the messages elsewhere or
+        nowhere."""
+        if is_rank_zero():
             print(message)
 
     def state_dict(self) -> dict[str, Any]:
