@@ -29,6 +29,7 @@ from learnloop import (
     ParamScheduler,
     ProgressCallback,
     Recorder,
+    SchedLin,
     TerminateOnNaNCallback,
     TrainEvalCallback,
     accuracy,
@@ -152,6 +153,32 @@ def test_fit_sets_counters_and_flags_seen_by_callbacks() -> None:
     assert [s["pct_train"] for s in starts] == [0.0, 0.5] and all(s["training"] for s in starts)
     assert [s["epoch"] for s in seen if s["event"] == "before_epoch"] == [0, 1]
     assert all(not s["training"] for s in seen if s["event"] == "before_validate")
+
+
+def fastai_pct_train(n_epoch: int, n_iter: int) -> list[float]:
+    """pct_train before each training batch as fastai computes it: epoch/n_epoch at before_train, then
+    1/(n_iter*n_epoch) added after each batch."""
+    seen = []
+    for epoch in range(n_epoch):
+        pct = epoch / n_epoch
+        for _ in range(n_iter):
+            seen.append(pct)
+            pct += 1.0 / (n_iter * n_epoch)
+    return seen
+
+
+def test_pct_train_is_fastais_sum_bit_for_bit_and_ends_at_exactly_one() -> None:
+    # 3 epochs of 7 batches: 9 of fastai's 21 sums differ in the last bit from (epoch + i/n_iter) / n_epoch,
+    # and the last one lands at 1.0000000000000002; a schedule must see fastai's numbers.
+    expected = fastai_pct_train(3, 7)
+    assert expected != [(e + i / 7) / 3 for e in range(3) for i in range(7)]
+    learn = synth_learner(n_train=14, bs=2)
+    spy = StateSpy()
+    sched = ParamScheduler({"lr": SchedLin(1e-2, 1e-4)})
+    learn.fit(3, cbs=[spy, sched])
+    assert [s["pct_train"] for s in spy.seen if s["event"] == "before_batch" and s["training"]] == expected
+    assert learn.recorder.hps["lr"] == [SchedLin(1e-2, 1e-4)(p) for p in expected]
+    assert learn.pct_train == 1.0  # SPEC: after a fit, exactly 1.0
 
 
 def test_state_after_fit(learn: Learner) -> None:

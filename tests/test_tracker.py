@@ -400,7 +400,9 @@ def test_ema_with_save_model_and_early_stopping(tmp_path: Path) -> None:
     assert all(torch.equal(final[k], v) for k, v in saved.items())
 
 
-def test_messages_are_printed_even_when_the_table_is_silenced(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_messages_are_printed_even_when_the_table_is_silenced(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     # As fastai's: the messages are plain prints, which learn.no_logging() (a silent logger) does not silence.
     learn = synth_learner(path=tmp_path)  # its logger is a no-op
     cbs = [Script([1.0, 0.5, 0.6, 0.7]), SaveModelCallback(), ReduceLROnPlateau(patience=1),
