@@ -98,6 +98,19 @@ def test_label_smoothing_matches_torchs_label_smoothing(reduction: str) -> None:
     torch.testing.assert_close(ours, theirs)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_label_smoothing_rounds_as_fastai_does(reduction: str) -> None:
+    # fastai computes `loss * eps / c` (two roundings), not `loss * (eps / c)`: with eps 0.3 the two differ in
+    # the last bits for most inputs, and a fit's recorded losses with them.
+    g = torch.Generator().manual_seed(0)
+    out, targ = torch.randn(64, 7, generator=g), torch.randint(0, 7, (64,), generator=g)
+    log_p = out.log_softmax(1)
+    smooth = -log_p.sum() if reduction == "sum" else -log_p.sum(1)
+    smooth = smooth.mean() if reduction == "mean" else smooth
+    fastai = smooth * 0.3 / 7 + (1 - 0.3) * F.nll_loss(log_p, targ, reduction=reduction)
+    assert torch.equal(LabelSmoothingCrossEntropy(eps=0.3, reduction=reduction)(out, targ), fastai)
+
+
 def test_label_smoothing_formula_with_weight_on_the_nll_part_only() -> None:
     out, targ = torch.randn(8, 4), torch.randint(0, 4, (8,))
     weight = torch.tensor([1.0, 2.0, 3.0, 4.0])

@@ -204,7 +204,7 @@ class LabelSmoothingCrossEntropy(nn.Module):
             if self.reduction == "mean":
                 smooth = smooth.mean()
         nll = F.nll_loss(log_probs, target.long(), weight=self.weight, reduction=self.reduction)
-        return smooth * (self.eps / n_classes) + (1 - self.eps) * nll
+        return smooth * self.eps / n_classes + (1 - self.eps) * nll  # in fastai's order: its roundings, bit for bit
 
     def activation(self, out: torch.Tensor) -> torch.Tensor:
         """Class probabilities: softmax over the last axis."""
