@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -505,30 +506,61 @@ def _exp_rmspe(inp: Tensor, targ: Tensor) -> Tensor:
     return torch.sqrt(((targ - inp) / targ).pow(2).mean())
 
 
-def _finite_score(num: Tensor, den: Tensor) -> Tensor:
-    # scikit-learn's convention when the targets are constant: 1 for a perfect fit, else 0.
-    return torch.where(den == 0, (num == 0).to(num.dtype), 1 - num / den)
+# R² and explained variance are scikit-learn's metrics in fastai (`skm_to_fastai`): computed here with the numpy
+# operations scikit-learn 1.x uses, in the same order and dtype, so the values are its float32 numbers, bit for bit.
+def _regression_columns(
+    targ: np.ndarray, pred: np.ndarray, sample_weight: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``targ`` and ``pred`` as (n, 1) columns of scikit-learn's dtype (the widest floating one among the inputs,
+    float64 when none is floating; at least float32: half-precision sums overflow), and the weights in it."""
+    arrays = [np.asarray(a) for a in (targ, pred, sample_weight) if a is not None]
+    floating = [a.dtype for a in arrays if np.issubdtype(a.dtype, np.floating)]
+    dtype = np.result_type(np.float32, *floating) if floating else np.dtype(np.float64)
+    y_true, y_pred = (a.astype(dtype).reshape(-1, 1) if a.ndim == 1 else a.astype(dtype) for a in arrays[:2])
+    weight = None if sample_weight is None else np.asarray(sample_weight, dtype=dtype).reshape(-1)
+    return y_true, y_pred, weight
 
 
-def _r2_score(inp: Tensor, targ: Tensor) -> Tensor:
-    inp, targ = _at_least_float32(inp), _at_least_float32(targ)
-    return _finite_score((targ - inp).pow(2).sum(), (targ - targ.mean()).pow(2).sum())
+def _explained_share(numerator: np.ndarray, denominator: np.ndarray) -> float:
+    """``1 - numerator / denominator`` averaged over the outputs, with scikit-learn's convention for constant
+    targets (``force_finite``): 1 for a perfect fit, else 0."""
+    scores = np.ones(numerator.shape, dtype=numerator.dtype)
+    valid = (denominator != 0) & (numerator != 0)
+    scores[valid] = 1 - (numerator[valid] / denominator[valid])
+    scores[(numerator != 0) & (denominator == 0)] = 0.0
+    return float(np.average(scores))
 
 
-def _explained_variance(inp: Tensor, targ: Tensor) -> Tensor:
-    inp, targ = _at_least_float32(inp), _at_least_float32(targ)
-    diff = targ - inp
-    return _finite_score((diff - diff.mean()).pow(2).mean(), (targ - targ.mean()).pow(2).mean())
+def _r2_score(targ: np.ndarray, pred: np.ndarray, sample_weight: Any = None) -> float:
+    y_true, y_pred, weight = _regression_columns(targ, pred, sample_weight)
+    if len(y_true) < 2:
+        return math.nan  # not defined for a single sample (scikit-learn warns and returns nan)
+    w = 1.0 if weight is None else weight[:, None]
+    numerator = np.sum(w * (y_true - y_pred) ** 2, axis=0)
+    denominator = np.sum(w * (y_true - np.average(y_true, axis=0, weights=weight)) ** 2, axis=0)
+    return _explained_share(numerator, denominator)
 
 
-def R2Score() -> AccumMetric:
-    """A new whole-set coefficient of determination, 1 - SS_res / SS_tot (named ``r2_score``)."""
-    return AccumMetric(_r2_score, name="r2_score")
+def _explained_variance(targ: np.ndarray, pred: np.ndarray, sample_weight: Any = None) -> float:
+    y_true, y_pred, weight = _regression_columns(targ, pred, sample_weight)
+    diff_avg = np.average(y_true - y_pred, weights=weight, axis=0)
+    numerator = np.average((y_true - y_pred - diff_avg) ** 2, weights=weight, axis=0)
+    true_avg = np.average(y_true, weights=weight, axis=0)
+    denominator = np.average((y_true - true_avg) ** 2, weights=weight, axis=0)
+    return _explained_share(numerator, denominator)
 
 
-def ExplainedVariance() -> AccumMetric:
-    """A new whole-set 1 - Var(targ - pred) / Var(targ) (named ``explained_variance_score``)."""
-    return AccumMetric(_explained_variance, name="explained_variance_score")
+def R2Score(sample_weight: Any = None) -> AccumMetric:
+    """A new whole-set coefficient of determination, 1 - SS_res / SS_tot, a Python float (named ``r2_score``):
+    scikit-learn's ``r2_score`` on the flattened predictions, as fastai's, without needing scikit-learn."""
+    return AccumMetric(_r2_score, to_np=True, invert_arg=True, sample_weight=sample_weight, name="r2_score")
+
+
+def ExplainedVariance(sample_weight: Any = None) -> AccumMetric:
+    """A new whole-set 1 - Var(targ - pred) / Var(targ), a Python float (named ``explained_variance_score``):
+    scikit-learn's ``explained_variance_score``, as fastai's."""
+    return AccumMetric(_explained_variance, to_np=True, invert_arg=True, sample_weight=sample_weight,
+                       name="explained_variance_score")
 
 
 rmse = AccumMetric(_rmse)
