@@ -874,6 +874,15 @@ def test_fetch_preds_callback_fetches_during_the_fit_without_touching_its_record
     assert learn.recorder in learn.cbs and fetch in learn.cbs
 
 
+def test_fetch_preds_callback_takes_fastais_reorder_and_passes_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    learn = synth_learner(cbs=FetchPredsCallback(reorder=False))
+    seen: list[Any] = []
+    get_preds = learn.get_preds
+    monkeypatch.setattr(learn, "get_preds", lambda **kw: seen.append(kw["reorder"]) or get_preds(**kw))
+    learn.fit(1)
+    assert seen == [False] and learn.fetch_preds.reorder is False
+
+
 def test_cast_to_tensor_keeps_namedtuples() -> None:
     from collections import namedtuple
 

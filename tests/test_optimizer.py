@@ -176,6 +176,8 @@ def test_freeze_unfreeze_and_force_train() -> None:
     assert opt.frozen_idx == 1 and [p.requires_grad for g in groups for p in g] == [False, True, True, True]
     opt.unfreeze()
     assert opt.frozen_idx == 0 and all(p.requires_grad for g in groups for p in g)
+    opt.freeze_to(-5)  # more groups than there are: none frozen, and fastai's (negative) frozen_idx
+    assert opt.frozen_idx == -2 and all(p.requires_grad for g in groups for p in g)
     with pytest.warns(UserWarning, match="whole model is frozen"):
         opt.freeze_to(3)
     with pytest.raises(ValueError, match="at least two parameter groups"):

@@ -255,16 +255,23 @@ class FetchPredsCallback(Callback):
 
     It calls `get_preds(inner=True)` (the validation phase alone, no fit or epoch events) with the callbacks that keep
     the fit's records taken out for the while (those with `remove_on_fetch`: the Recorder, the trackers), and the
-    callbacks given as `cbs` too.
+    callbacks given as `cbs` too. `reorder` is passed on to `get_preds`, where it changes nothing (see there).
     """
 
     remove_on_fetch = True
 
     def __init__(
-        self, ds_idx: int = 1, dl: Any = None, with_input: bool = False, with_decoded: bool = False, cbs: Any = None
+        self,
+        ds_idx: int = 1,
+        dl: Any = None,
+        with_input: bool = False,
+        with_decoded: bool = False,
+        cbs: Any = None,
+        reorder: bool = True,
     ) -> None:
         self.ds_idx, self.dl, self.with_input, self.with_decoded = ds_idx, dl, with_input, with_decoded
         self.cbs = as_list(cbs)
+        self.reorder = reorder
         self.preds: Any = None
 
     def after_validate(self) -> None:
@@ -272,5 +279,6 @@ class FetchPredsCallback(Callback):
         out = [cb for cb in learn.cbs if getattr(cb, "remove_on_fetch", False) or cb in self.cbs]
         with learn.removed_cbs(out):
             self.preds = learn.get_preds(
-                ds_idx=self.ds_idx, dl=self.dl, with_input=self.with_input, with_decoded=self.with_decoded, inner=True
+                ds_idx=self.ds_idx, dl=self.dl, with_input=self.with_input, with_decoded=self.with_decoded, inner=True,
+                reorder=self.reorder,
             )

@@ -165,14 +165,14 @@ class BaseOptimizer:
     def freeze_to(self, n: int) -> None:
         """Freeze the groups before ``n`` (negative: from the end); ``force_train`` params stay trainable."""
         n_groups = len(self.param_lists)
-        self.frozen_idx = n if n >= 0 else max(0, n_groups + n)
+        self.frozen_idx = n if n >= 0 else n_groups + n  # as fastai's: below 0 when -n > n_groups (none frozen)
         if self.frozen_idx >= n_groups:
             warn_caller(
                 f"Freezing {self.frozen_idx} groups; model has {n_groups}; whole model is frozen."
             )
-        for p, *_ in self.all_params(slice(self.frozen_idx, None)):
+        for p, *_ in self.all_params(slice(n, None)):
             p.requires_grad_(True)
-        for p, _, state, _ in self.all_params(slice(None, self.frozen_idx)):
+        for p, _, state, _ in self.all_params(slice(None, n)):
             p.requires_grad_(bool(state.get("force_train", False)))
 
     def freeze(self) -> None:
