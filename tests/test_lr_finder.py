@@ -103,6 +103,15 @@ def test_validation_is_cancelled_and_epochs_cover_num_it() -> None:
     assert len(learn.recorder.lrs) == 10
 
 
+@pytest.mark.parametrize(("n_train", "num_it", "n_lrs"), [(16, 2, 3), (32, 3, 4), (48, 4, 6), (16, 8, 8)])
+def test_a_num_it_below_6_runs_the_epochs_fastai_runs(n_train: int, num_it: int, n_lrs: int) -> None:
+    # fastai counts the epochs from num_it as given (num_it // batches + 1) and the finder's own end from
+    # max(num_it, 6): with 1, 2 or 3 batches an epoch, the fit ends after 3, 4 or 6 batches.
+    learn = synth_learner(n_train=n_train, bs=16)
+    lr_find(learn, num_it=num_it, stop_div=False, show_plot=False, suggest_funcs=None)
+    assert len(learn.recorder.lrs) == n_lrs
+
+
 def test_stops_early_when_the_loss_diverges() -> None:
     learn = synth_learner(n_train=64, bs=16)
     lr_find(learn, start_lr=1e-3, end_lr=1e6, num_it=100, show_plot=False, suggest_funcs=None)

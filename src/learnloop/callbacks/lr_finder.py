@@ -313,6 +313,13 @@ def lr_find(
     sweep), and the Recorder, whose ``lrs`` / ``losses`` are the sweep's until the next fit (``recorder.hps``
     stays the previous fit's). The random number generators are not restored either: a later fit sees
     different shuffles and dropout masks than without lr_find.
+
+    The fit runs ``num_it // batches_per_epoch + 1`` epochs, as fastai's: with a ``num_it`` below 6 (which the
+    finder counts as 6) and epochs of one or two batches, it ends before the 6th batch.
+
+    fastai differs in what it leaves of the optimizer: it creates one if there was none, and puts back the
+    hyper-parameters the fit set (``learn.lr``) rather than those from before; learnloop leaves it exactly as
+    it was (SPEC: "the model and optimizer are exactly as before"), and the model's train/eval mode too.
     """
     funcs = _as_funcs(suggest_funcs)
     finder = LRFinder(start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div, restore=False)
@@ -329,8 +336,9 @@ def lr_find(
     except TypeError:
         raise TypeError("lr_find needs the number of training batches: the training data has no length.") from None
     # Each process of a distributed run reads about 1/world_size of the batches (more with split_batch): enough
-    # epochs for num_it batches either way; the finder stops the fit after num_it.
-    n_epoch = max(num_it, MIN_NUM_IT) // max(n_batches // world_size(), 1) + 1
+    # epochs for num_it batches either way; the finder stops the fit after num_it. As in fastai, the epochs are
+    # counted from num_it as given, so with a num_it below 6 and tiny epochs the fit can end before the 6th batch.
+    n_epoch = num_it // max(n_batches // world_size(), 1) + 1
     snapshot = LearnerSnapshot(learn)
     try:
         with learn.no_logging():
