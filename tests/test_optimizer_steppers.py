@@ -268,7 +268,17 @@ def test_fast_path_matches_per_param_reference(name: str, implementation: str) -
     ref = reference(name)
     out = train(OPTIMIZERS[name], implementation)
     assert relative_error(out, ref) <= 1e-6
+    if implementation == "foreach":  # the same float32 operations in the same order: bit for bit, on the CPU
+        assert all(torch.equal(a, b) for a, b in zip(out, ref, strict=True))
     assert not torch.equal(ref[0], TinyNet().lin1.weight)  # it did train
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_factory_takes_the_implementation(name: str) -> None:
+    opt = OPTIMIZERS[name](TinyNet().groups(), implementation="foreach")
+    assert opt.implementation == "foreach"
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        OPTIMIZERS[name](TinyNet().groups(), implementation="fast")
 
 
 def test_state_is_the_same_in_every_path_and_untouched_without_grads() -> None:

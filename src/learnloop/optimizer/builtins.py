@@ -1,7 +1,8 @@
 """The built-in optimizers, with fastai 2.8's signatures, defaults and stepper chains.
 
 Every chain starts with the weight decay stepper: ``weight_decay`` (decoupled, ``p *= 1 - lr*wd``)
-when ``decouple_wd`` else ``l2_reg`` (``grad += wd*p``).
+when ``decouple_wd`` else ``l2_reg`` (``grad += wd*p``). Each factory also takes ``implementation``
+(keyword only, ``Optimizer.implementation``): ``"foreach"`` skips the fused kernels for fastai's numbers bit for bit.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .core import Optimizer
+from .core import Implementation, Optimizer
 from .lookahead import Lookahead
 from .steppers import (
     adam_step,
@@ -40,13 +41,21 @@ def _wd(decouple_wd: bool) -> list[Callable[..., Any]]:
     return [weight_decay] if decouple_wd else [l2_reg]
 
 
-def SGD(params: Params, lr: float, mom: float = 0.0, wd: float = 0.0, decouple_wd: bool = True) -> Optimizer:
+def SGD(
+    params: Params,
+    lr: float,
+    mom: float = 0.0,
+    wd: float = 0.0,
+    decouple_wd: bool = True,
+    *,
+    implementation: Implementation = "auto",
+) -> Optimizer:
     """SGD, with momentum (no dampening) when ``mom`` is not 0: ``[wd, average_grad, momentum_step]``."""
     cbs = _wd(decouple_wd)
     if mom != 0:
         cbs.append(average_grad)
     cbs.append(sgd_step if mom == 0 else momentum_step)
-    return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd)
+    return Optimizer(params, cbs, lr=lr, mom=mom, wd=wd, implementation=implementation)
 
 
 def RMSProp(
@@ -57,12 +66,14 @@ def RMSProp(
     eps: float = 1e-8,
     wd: float = 0.0,
     decouple_wd: bool = True,
+    *,
+    implementation: Implementation = "auto",
 ) -> Optimizer:
     """RMSProp: ``[wd, average_grad if mom, average_sqr_grad, rms_prop_step]``."""
     cbs = _wd(decouple_wd)
     cbs += [average_sqr_grad] if mom == 0 else [average_grad, average_sqr_grad]
     cbs.append(rms_prop_step)
-    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, implementation=implementation)
 
 
 def Adam(
@@ -73,11 +84,13 @@ def Adam(
     eps: float = 1e-5,
     wd: float = 0.01,
     decouple_wd: bool = True,
+    *,
+    implementation: Implementation = "auto",
 ) -> Optimizer:
     """Adam (AdamW when ``decouple_wd``): ``[wd, average_grad(dampening), average_sqr_grad, step_stat,
     adam_step]``."""
     cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, adam_step]
-    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, implementation=implementation)
 
 
 def RAdam(
@@ -89,10 +102,13 @@ def RAdam(
     wd: float = 0.0,
     beta: float = 0.0,
     decouple_wd: bool = True,
+    *,
+    implementation: Implementation = "auto",
 ) -> Optimizer:
     """Rectified Adam; ``beta`` > 0 smooths the denominator with ``softplus(denom, beta)``."""
     cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, radam_step]
-    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta)
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta,
+                     implementation=implementation)
 
 
 def QHAdam(
@@ -105,6 +121,8 @@ def QHAdam(
     eps: float = 1e-8,
     wd: float = 0.0,
     decouple_wd: bool = True,
+    *,
+    implementation: Implementation = "auto",
 ) -> Optimizer:
     """Quasi-hyperbolic Adam (Ma & Yarats, 2019)."""
     cbs = _wd(decouple_wd) + [
@@ -113,7 +131,8 @@ def QHAdam(
         step_stat,
         qhadam_step,
     ]
-    return Optimizer(params, cbs, lr=lr, nu_1=nu_1, nu_2=nu_2, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return Optimizer(params, cbs, lr=lr, nu_1=nu_1, nu_2=nu_2, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd,
+                     implementation=implementation)
 
 
 def Larc(
@@ -125,13 +144,16 @@ def Larc(
     eps: float = 1e-8,
     wd: float = 0.0,
     decouple_wd: bool = True,
+    *,
+    implementation: Implementation = "auto",
 ) -> Optimizer:
     """LARC: SGD with a layer-wise lr from the trust ratio, clipped at ``lr`` (``clip=False`` gives LARS)."""
     cbs = _wd(decouple_wd)
     if mom != 0:
         cbs.append(average_grad)
     cbs += [partial(larc_layer_lr, clip=clip), larc_step]
-    return Optimizer(params, cbs, lr=lr, mom=mom, trust_coeff=trust_coeff, eps=eps, wd=wd)
+    return Optimizer(params, cbs, lr=lr, mom=mom, trust_coeff=trust_coeff, eps=eps, wd=wd,
+                     implementation=implementation)
 
 
 #: fastai's name for the same factory; pass ``clip=False`` for LARS proper.
@@ -146,10 +168,12 @@ def Lamb(
     eps: float = 1e-5,
     wd: float = 0.0,
     decouple_wd: bool = True,
+    *,
+    implementation: Implementation = "auto",
 ) -> Optimizer:
     """LAMB: Adam's update scaled per tensor by ``min(rms(p) / rms(update), 10)``."""
     cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, lamb_step]
-    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd)
+    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, implementation=implementation)
 
 
 LAMB = Lamb
@@ -167,10 +191,12 @@ def ranger(
     sqr_mom: float = 0.99,
     beta: float = 0.0,
     decouple_wd: bool = True,
+    implementation: Implementation = "auto",
 ) -> Lookahead:
     """``Lookahead(RAdam(...), k, alpha)`` with fastai's ranger defaults and argument order.
 
     The keyword-only arguments go to ``RAdam`` (fastai passes them through ``**kwargs``).
     """
-    radam = RAdam(params, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta, decouple_wd=decouple_wd)
+    radam = RAdam(params, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta, decouple_wd=decouple_wd,
+                  implementation=implementation)
     return Lookahead(radam, k=k, alpha=alpha)

@@ -63,6 +63,8 @@ class Optimizer(BaseOptimizer):
         params: Tensor | Iterable[Any],
         cbs: Callable[..., Any] | Sequence[Callable[..., Any]],
         train_bn: bool = True,
+        *,
+        implementation: Implementation = "auto",
         **defaults: Any,
     ) -> None:
         self.param_lists, group_hypers = _to_param_lists(params)
@@ -70,7 +72,7 @@ class Optimizer(BaseOptimizer):
         self.state = OptimizerState()
         self.train_bn = train_bn
         self.frozen_idx = 0
-        self.implementation = "auto"
+        self.implementation = implementation
         merged: dict[str, Any] = {}
         for cb in self.cbs:
             merged.update(stepper_defaults(cb))
