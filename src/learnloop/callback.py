@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from .errors import ArgumentError
 from .events import ALIASES, INNER_LOOP, Event, did_you_mean
 from .warn import warn_caller
 
@@ -64,7 +65,7 @@ class Callback:
         (`lambda: ...`, `lambda e=event: ...`) is called as it is."""
         for name, hook in hooks.items():
             if name not in Event.__members__:
-                raise TypeError(f"Callback() got {name!r}, which is not an event.{did_you_mean(name)}")
+                raise ArgumentError(f"Callback() got {name!r}, which is not an event.{did_you_mean(name)}")
             object.__setattr__(self, name, types.MethodType(hook, self) if _takes_an_argument(hook) else hook)
 
     @property

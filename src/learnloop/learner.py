@@ -27,6 +27,7 @@ from .checkpoint import load_model, save_model
 from .data import DataLoaders, to_device, unshuffled
 from .dispatch import CallbackHost, as_list
 from .distributed import barrier, is_distributed, is_rank_zero, unwrap_model
+from .errors import InputError
 from .events import (
     BACKWARD,
     BATCH,
@@ -136,7 +137,7 @@ class Learner(CallbackHost):
         if loss_func is None:
             loss_func = getattr(dls, "loss_func", None) or getattr(getattr(dls, "train_ds", None), "loss_func", None)
         if loss_func is None:
-            raise ValueError(
+            raise InputError(
                 "No loss function: pass one, e.g. Learner(dls, model, loss_func=nn.CrossEntropyLoss()); "
                 "it could not be inferred from the data."
             )

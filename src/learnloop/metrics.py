@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import InputError
 from .smoothing import Debiaser, batch_means, replay_lerp, to_float32
 
 
@@ -90,7 +91,7 @@ def find_bs(b: Any) -> int:
 def flatten_check(inp: Tensor, targ: Tensor) -> tuple[Tensor, Tensor]:
     """Flatten ``inp`` and ``targ``, which must have the same number of elements."""
     if inp.numel() != targ.numel():
-        raise ValueError(
+        raise InputError(
             f"Metric input and target must have the same number of elements, got input of shape "
             f"{tuple(inp.shape)} and target of shape {tuple(targ.shape)}"
         )

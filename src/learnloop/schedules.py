@@ -19,6 +19,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from .errors import InputError
 from .smoothing import to_float32
 
 __all__ = [
@@ -189,14 +190,14 @@ class CombinedSchedule:
     def __init__(self, pcts: Sequence[float], scheds: Sequence[Schedule]) -> None:
         fractions = [float(p) for p in pcts]
         if len(fractions) != len(scheds) or not scheds:
-            raise ValueError(
+            raise InputError(
                 f"combine_scheds needs one fraction per schedule, got {len(fractions)} fractions for "
                 f"{len(scheds)} schedules."
             )
         if any(not p >= 0 for p in fractions):  # `not >=` also catches NaN
-            raise ValueError(f"combine_scheds: every fraction must be >= 0, got {list(pcts)}.")
+            raise InputError(f"combine_scheds: every fraction must be >= 0, got {list(pcts)}.")
         if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-            raise ValueError(
+            raise InputError(
                 f"combine_scheds: the fractions must add up to 1, got {list(pcts)} (sum {sum(fractions)})."
             )
         # fastai keeps the segment bounds in a float32 tensor and works out the position inside a segment in
