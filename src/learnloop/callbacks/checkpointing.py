@@ -301,7 +301,8 @@ def _inexact_hint(folder: Path, fname: str) -> str:
 
 def _batches_done(learn: Learner) -> int:
     """Training batches of the current epoch whose after_batch has counted them (TrainEvalCallback's
-    ``pct_train``, set from the batch index, says how many); the batch in progress when it has not."""
+    ``pct_train``, advanced by ``1 / (n_iter * n_epoch)`` per batch, says how many, to the nearest batch); the batch
+    in progress when it has not."""
     n_iter, n_epoch = learn.n_iter, learn.n_epoch
     if n_iter and n_epoch and getattr(learn, "train_eval", None) is not None:
         return max(0, min(n_iter, round((learn.pct_train * n_epoch - learn.epoch) * n_iter)))
