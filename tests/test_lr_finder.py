@@ -359,7 +359,7 @@ def test_min_points() -> None:
         ({"start_lr": 1e-2, "end_lr": 1e-3}, "end_lr .* must be larger than start_lr"),
         ({"start_lr": 1e-2, "end_lr": 1e-2}, "end_lr"),
         ({"start_lr": 0.0}, "start_lr and end_lr must be finite and > 0"),
-        ({"num_it": 5, "suggest_funcs": (steep,)}, "num_it=5 leaves 1 points.*use num_it >= 7"),
+        ({"num_it": 5, "suggest_funcs": (steep,)}, "num_it=5 runs 6 batches .* leave 1 points.*use num_it >= 7"),
         ({"num_it": 6, "suggest_funcs": (steep,)}, "num_it >= 7"),
         ({"num_it": 20, "suggest_funcs": (slide,)}, r"\['slide'\] need 16; use num_it >= 23"),
         ({"num_it": 0, "suggest_funcs": None}, "num_it is a number of batches >= 1"),
@@ -370,6 +370,16 @@ def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         lr_find(learn, show_plot=False, **kwargs)
     assert learn.recorder.lrs == []  # nothing ran
+
+
+@pytest.mark.parametrize(("n_train", "num_it"), [(16, 2), (64, 3)])
+def test_a_sweep_cut_short_by_tiny_epochs_is_refused_before_it_runs(n_train: int, num_it: int) -> None:
+    # 1 batch an epoch and num_it=2: 3 batches; 4 an epoch and num_it=3: 4. Once the last 5 are dropped, valley
+    # would get no point at all (fastai raises an IndexError after the sweep).
+    learn = synth_learner(n_train=n_train, bs=16)
+    with pytest.raises(ValueError, match=r"runs [34] batches .* leave 0 points.*\['valley'\] need 1; use num_it >= 6"):
+        lr_find(learn, num_it=num_it, show_plot=False)
+    assert learn.recorder.lrs == []
 
 
 def test_finder_needs_a_recorder() -> None:

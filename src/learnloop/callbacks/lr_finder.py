@@ -315,7 +315,8 @@ def lr_find(
     different shuffles and dropout masks than without lr_find.
 
     The fit runs ``num_it // batches_per_epoch + 1`` epochs, as fastai's: with a ``num_it`` below 6 (which the
-    finder counts as 6) and epochs of one or two batches, it ends before the 6th batch.
+    finder counts as 6), it ends before the 6th batch when those epochs hold fewer than 6 batches (``num_it=2``
+    with epochs of 1 batch: 3 batches). Suggestions that would get too few points are refused before the sweep.
 
     fastai differs in what it leaves of the optimizer: it creates one if there was none, and puts back the
     hyper-parameters the fit set (``learn.lr``) rather than those from before; learnloop leaves it exactly as
@@ -323,22 +324,24 @@ def lr_find(
     """
     funcs = _as_funcs(suggest_funcs)
     finder = LRFinder(start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div, restore=False)
-    need = max((min_points(f) for f in funcs), default=0)
-    usable = _usable_points(num_it)
-    if funcs and usable < need:
-        raise ValueError(
-            f"lr_find: num_it={num_it} leaves {max(usable, 0)} points for the suggestions once the first "
-            f"num_it//10 and the last 5 are dropped, but {_suggestion_names(funcs)} need {need}; "
-            f"use num_it >= {_min_num_it(need)}."
-        )
     try:
         n_batches = len(learn.dls.train)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError("lr_find needs the number of training batches: the training data has no length.") from None
     # Each process of a distributed run reads about 1/world_size of the batches (more with split_batch): enough
     # epochs for num_it batches either way; the finder stops the fit after num_it. As in fastai, the epochs are
-    # counted from num_it as given, so with a num_it below 6 and tiny epochs the fit can end before the 6th batch.
-    n_epoch = num_it // max(n_batches // world_size(), 1) + 1
+    # counted from num_it as given, so with a num_it below 6 and short epochs the fit can end before the 6th batch.
+    per_epoch = max(n_batches // world_size(), 1)
+    n_epoch = num_it // per_epoch + 1  # the last one cut short by the finder
+    sweep = min(max(num_it, MIN_NUM_IT), n_epoch * per_epoch)  # the batches the sweep will run, unless it diverges
+    need = max((min_points(f) for f in funcs), default=0)
+    usable = sweep - num_it // 10 - 5
+    if funcs and usable < need:
+        raise ValueError(
+            f"lr_find: num_it={num_it} runs {sweep} batches ({per_epoch} an epoch), which leave "
+            f"{max(usable, 0)} points for the suggestions once the first num_it//10 and the last 5 are dropped, "
+            f"but {_suggestion_names(funcs)} need {need}; use num_it >= {max(_min_num_it(need), MIN_NUM_IT)}."
+        )
     snapshot = LearnerSnapshot(learn)
     try:
         with learn.no_logging():
