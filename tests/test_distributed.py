@@ -412,3 +412,16 @@ def test_an_exception_leaving_validate_asks_no_collective_on_its_way_out(monkeyp
     with pytest.raises(ValueError, match="boom"):
         learn.validate(cbs=Callback(after_pred=boom))
     assert asked[-1] == "raised"  # (without the care: two more questions, at after_epoch and after_fit)
+
+
+@pytest.mark.parametrize(("n", "frozen"), [(1, [False, True, True]), (-5, [True, True, True])])
+def test_resharding_carries_the_frozen_groups_over(n: int, frozen: list[bool]) -> None:
+    from learnloop.fsdp import reshard_optimizer
+    from learnloop.optimizer import SGD
+
+    old = [torch.nn.Parameter(torch.ones(2)) for _ in range(3)]
+    new = [torch.nn.Parameter(torch.ones(2)) for _ in range(3)]
+    opt, new_opt = SGD([[p] for p in old], lr=0.1), SGD([[p] for p in new], lr=0.1)
+    opt.freeze_to(n)  # -5 of 3 groups: none frozen (fastai's frozen_idx -2), not "all but the last 2"
+    reshard_optimizer(opt, new_opt, old)
+    assert [p.requires_grad for p in new] == frozen == [p.requires_grad for p in old]

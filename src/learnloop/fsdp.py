@@ -77,7 +77,7 @@ def reshard_optimizer(opt: Any, new_opt: Any, old_params: list[torch.Tensor]) ->
             converted[k] = v
         states.append(converted)
     new_opt.load_state_dict({**sd, "state": states})
-    if getattr(opt, "frozen_idx", 0):
+    if getattr(opt, "frozen_idx", 0) > 0:  # below 0 after freeze_to(-n) past the first group: none frozen
         new_opt.freeze_to(opt.frozen_idx)
 
 
