@@ -2,7 +2,8 @@
 
 Every chain starts with the weight decay stepper: ``weight_decay`` (decoupled, ``p *= 1 - lr*wd``)
 when ``decouple_wd`` else ``l2_reg`` (``grad += wd*p``). Each factory also takes ``implementation``
-(keyword only, ``Optimizer.implementation``): ``"foreach"`` skips the fused kernels for fastai's numbers bit for bit.
+(keyword only, ``Optimizer.implementation``): ``"foreach"`` skips the fused kernels, for fastai's numbers bit for bit
+(but for Lamb and Larc, whose trust ratios are computed on the device).
 """
 
 from __future__ import annotations
