@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 from conftest import synth_dls
-from learnloop import Callback, Learner, SchedCos, SchedLin, accuracy, combine_scheds, mae
+from learnloop import Callback, Learner, SaveModelCallback, SchedCos, SchedLin, accuracy, combine_scheds, mae
 from learnloop.errors import ArgumentError, InputError
+from learnloop.optimizer import SGD
 
 
 def no_loss_function() -> Any:
@@ -26,6 +27,9 @@ CASES: list[tuple[Callable[[], Any], type[Exception], str]] = [
     (lambda: mae(torch.randn(3), torch.randn(5)), ValueError, r"shape \(3,\) and target of shape \(5,\)"),
     (lambda: combine_scheds([0.5, 0.6], [SchedLin(0, 1), SchedCos(1, 0)]), ValueError, "must add up to 1"),
     (lambda: combine_scheds([-0.5, 1.5], [SchedLin(0, 1), SchedCos(1, 0)]), ValueError, "must be >= 0"),
+    (lambda: SGD([torch.zeros(1, requires_grad=True)], lr=0.1).freeze(), ValueError, "at least two parameter groups"),
+    (lambda: SGD([[torch.zeros(1)], [torch.ones(1)]], lr=[0.1, 0.2, 0.3]), ValueError, "got 3 values .* 2 parameter"),
+    (lambda: SaveModelCallback(every_epoch=True, at_end=True), ValueError, "cannot both be set"),
 ]
 
 

@@ -178,7 +178,7 @@ def test_pct_train_is_fastais_sum_bit_for_bit_and_ends_at_exactly_one() -> None:
     learn.fit(3, cbs=[spy, sched])
     assert [s["pct_train"] for s in spy.seen if s["event"] == "before_batch" and s["training"]] == expected
     assert learn.recorder.hps["lr"] == [SchedLin(1e-2, 1e-4)(p) for p in expected]
-    assert learn.pct_train == 1.0  # SPEC: after a fit, exactly 1.0
+    assert learn.pct_train == 1.0  # SPEC: after a fit (one that ran its last batch), exactly 1.0
 
 
 def test_state_after_fit(learn: Learner) -> None:

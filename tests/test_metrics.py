@@ -590,6 +590,13 @@ def test_r2_score_and_explained_variance_are_scikit_learns_numbers_bit_for_bit()
     assert math.isnan(r2_score(p[:1], t[:1]))  # undefined for one sample, as in scikit-learn
 
 
+def test_r2_score_takes_bfloat16_and_checks_the_weights() -> None:
+    pred, targ = torch.tensor([1.0, 2.0, 3.5]), torch.tensor([1.0, 2.5, 3.0])
+    assert R2Score()(pred.bfloat16(), targ.bfloat16()) == R2Score()(pred, targ)  # numpy has no bfloat16
+    with pytest.raises(ValueError, match="sample_weight has 2 weights for 3 predictions"):
+        R2Score(sample_weight=[1.0, 2.0])(pred, targ)
+
+
 def test_r2_score_constant_targets_follows_scikit_learn() -> None:
     const = torch.full((4,), 2.0)
     assert r2_score(const, const) == 1.0
@@ -768,7 +775,10 @@ def test_accumulate_never_reads_tensor_values(make_metric: Any, monkeypatch: pyt
             m.accumulate(learn)
     value = m.value  # reading may wait on the device (AvgSmoothLoss folds its losses on the host)
     # A tensor, but a Python float for scikit-learn's metrics (R2Score), as in fastai.
-    assert isinstance(value, float) if isinstance(m, AccumMetric) and m.to_np else value.shape == ()
+    if isinstance(m, AccumMetric) and m.to_np:
+        assert isinstance(value, float)
+    else:
+        assert isinstance(value, Tensor) and value.shape == ()
 
 
 def test_a_users_own_accum_metric_is_the_learners_as_in_fastai() -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import learnloop.callbacks.tracker as tracker_module
 from conftest import synth_classif_learner, synth_learner
 from learnloop import Callback, CancelValidException, Learner
 from learnloop.callbacks.tracker import (
@@ -414,3 +415,12 @@ def test_messages_are_printed_even_when_the_table_is_silenced(
                    "Better model found at epoch 1 with valid_loss value: 0.5.",
                    "Epoch 2: reducing lr to 0.001", "Epoch 3: reducing lr to 0.0001",
                    "No improvement since epoch 1: early stopping"]
+
+
+def test_messages_are_printed_by_rank_0_only(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracker_module, "is_rank_zero", lambda: False)
+    learn = synth_learner(path=tmp_path)
+    learn.fit(4, cbs=[Script([1.0, 0.5, 0.6, 0.7]), SaveModelCallback(), EarlyStoppingCallback(patience=2)])
+    assert len(learn.recorder.values) == 4 and capsys.readouterr().out == ""

@@ -375,7 +375,8 @@ class AccumMetric(Metric):
             return None
         preds: Any = torch.cat(self.preds)
         targs: Any = torch.cat(self.targs)
-        if self.to_np:
+        if self.to_np:  # numpy has no bfloat16: such tensors go over as float32
+            preds, targs = (t.float() if t.dtype == torch.bfloat16 else t for t in (preds, targs))
             preds, targs = preds.cpu().numpy(), targs.cpu().numpy()
         if self.invert_args:
             return self.func(targs, preds, **self.kwargs)
@@ -519,6 +520,11 @@ def _regression_columns(
     dtype = np.result_type(np.float32, *floating) if floating else np.dtype(np.float64)
     y_true, y_pred = (a.astype(dtype).reshape(-1, 1) if a.ndim == 1 else a.astype(dtype) for a in arrays[:2])
     weight = None if sample_weight is None else np.asarray(sample_weight, dtype=dtype).reshape(-1)
+    if weight is not None and len(weight) != len(y_true):
+        raise InputError(
+            f"sample_weight has {len(weight)} weights for {len(y_true)} predictions: give one weight per item of the "
+            "data the metric is computed on (the validation set, in dataset order)."
+        )
     return y_true, y_pred, weight
 
 
@@ -553,15 +559,21 @@ def _explained_variance(targ: np.ndarray, pred: np.ndarray, sample_weight: Any =
 
 def R2Score(sample_weight: Any = None) -> AccumMetric:
     """A new whole-set coefficient of determination, 1 - SS_res / SS_tot, a Python float (named ``r2_score``):
-    scikit-learn's ``r2_score`` on the flattened predictions, as fastai's, without needing scikit-learn."""
+    scikit-learn's ``r2_score`` on the flattened predictions, as fastai's, without needing scikit-learn.
+
+    The same numbers as scikit-learn's, bit for bit, except that half-precision inputs are computed in float32
+    and that no input (or a single item) gives nan where scikit-learn raises. ``sample_weight`` holds one weight
+    per item in dataset order, so it is for a single process: in a distributed run the ranks' items are joined
+    rank by rank, not in dataset order."""
     return AccumMetric(_r2_score, to_np=True, invert_arg=True, sample_weight=sample_weight, name="r2_score")
 
 
 def ExplainedVariance(sample_weight: Any = None) -> AccumMetric:
     """A new whole-set 1 - Var(targ - pred) / Var(targ), a Python float (named ``explained_variance_score``):
     scikit-learn's ``explained_variance_score``, as fastai's."""
-    return AccumMetric(_explained_variance, to_np=True, invert_arg=True, sample_weight=sample_weight,
-                       name="explained_variance_score")
+    return AccumMetric(
+        _explained_variance, to_np=True, invert_arg=True, sample_weight=sample_weight, name="explained_variance_score"
+    )
 
 
 rmse = AccumMetric(_rmse)

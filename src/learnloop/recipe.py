@@ -300,8 +300,8 @@ def _finish(learn: Learner, out: Path, log: Callable[[str], None], lower_lr: str
     rows = [v for v in learn.recorder.values if len(v) == len(names)]
     losses = [float(v[1]) for v in rows]
     if not (out / runs.BEST_MODEL).exists():
-        # No epoch's valid_loss improved on the one before (the first one's is always an improvement unless it is
-        # NaN): the last model is the best there is, unless its weights diverged, which would predict only NaN.
+        # No epoch's valid_loss improved on the best so far (the first one's does unless it is NaN or +inf): the
+        # last model is the best there is, unless its weights diverged, which would predict only NaN.
         if all_finite(learn.model):
             learn.save("model", with_opt=False)
             log("valid_loss never improved (is it nan?): model.pth is the last model")
@@ -318,7 +318,8 @@ def _finish(learn: Learner, out: Path, log: Callable[[str], None], lower_lr: str
     checkpoint = runs.latest_checkpoint(out)
     files += [str(checkpoint.relative_to(out))] if checkpoint is not None else []
     run = shlex.quote(str(out))
-    log(f"wrote {', '.join(files)} in {out}\nnext: learnloop show {run}  |  learnloop predict {run} NEW_ROWS.csv")
+    predict = f"  |  learnloop predict {run} NEW_ROWS.csv" if (out / runs.BEST_MODEL).exists() else ""
+    log(f"wrote {', '.join(files)} in {out}\nnext: learnloop show {run}{predict}")
 
 
 def _provenance(config: TrainConfig) -> dict[str, Any]:

@@ -6,7 +6,8 @@ A run directory holds::
     preprocessing.json  the columns, normalisation statistics and class names (learnloop.tabular)
     metrics.csv         the epoch table
     loss.png, schedule.png, lr_find.png (with --lr-find)
-    model.pth           the best model's weights (lowest valid_loss), for `learnloop predict`
+    model.pth           the best model's weights (lowest valid_loss), for `learnloop predict`; the last model's
+                        when no valid_loss improved, none when those weights are NaN or infinite (diverged)
     checkpoints/        the last training checkpoint (end of the last epoch done, or where Ctrl-C stopped),
                         from which `learnloop train --resume RUN_DIR` carries on exactly
 

@@ -279,6 +279,10 @@ class FetchPredsCallback(Callback):
         out = [cb for cb in learn.cbs if getattr(cb, "remove_on_fetch", False) or cb in self.cbs]
         with learn.removed_cbs(out):
             self.preds = learn.get_preds(
-                ds_idx=self.ds_idx, dl=self.dl, with_input=self.with_input, with_decoded=self.with_decoded, inner=True,
+                ds_idx=self.ds_idx,
+                dl=self.dl,
+                with_input=self.with_input,
+                with_decoded=self.with_decoded,
+                inner=True,
                 reorder=self.reorder,
             )

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..callback import Callback, is_side_run
 from ..distributed import is_rank_zero
+from ..errors import InputError
 from ..events import CancelFitException
 
 __all__ = ["TrackerCallback", "EarlyStoppingCallback", "SaveModelCallback", "ReduceLROnPlateau"]
@@ -229,7 +230,7 @@ class SaveModelCallback(TrackerCallback):
     ) -> None:
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
         if every_epoch and at_end:
-            raise ValueError("SaveModelCallback: every_epoch and at_end cannot both be set; choose one.")
+            raise InputError("SaveModelCallback: every_epoch and at_end cannot both be set; choose one.")
         if not isinstance(every_epoch, bool) and (not isinstance(every_epoch, int) or every_epoch < 1):
             raise ValueError(f"every_epoch must be a bool or a whole number of epochs >= 1, got {every_epoch!r}.")
         self.fname, self.every_epoch, self.at_end, self.with_opt = fname, every_epoch, at_end, with_opt

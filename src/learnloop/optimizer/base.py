@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
+from ..errors import InputError
 from ..warn import warn_caller
 
 __all__ = ["BaseOptimizer", "OptimizerState", "ParamGroupView", "as_param_list", "even_mults", "spread_hyper"]
@@ -64,7 +65,7 @@ def spread_hyper(name: str, value: Any, n_groups: int) -> list[Any]:
         if len(value) == 1:
             return list(value) * n_groups
         if len(value) != n_groups:
-            raise ValueError(
+            raise InputError(
                 f"set_hyper({name!r}): got {len(value)} values but the optimizer has {n_groups} parameter "
                 "groups; pass a scalar, a slice, or exactly one value per group"
             )
@@ -178,7 +179,7 @@ class BaseOptimizer:
     def freeze(self) -> None:
         """Freeze every group but the last."""
         if len(self.param_lists) < 2:
-            raise ValueError(
+            raise InputError(
                 "freeze() needs at least two parameter groups (it trains only the last one); "
                 "build the optimizer from a list of parameter lists, e.g. from a splitter"
             )

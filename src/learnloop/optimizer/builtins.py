@@ -108,8 +108,9 @@ def RAdam(
 ) -> Optimizer:
     """Rectified Adam; ``beta`` > 0 smooths the denominator with ``softplus(denom, beta)``."""
     cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, radam_step]
-    return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta,
-                     implementation=implementation)
+    return Optimizer(
+        params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta, implementation=implementation
+    )
 
 
 def QHAdam(
@@ -132,8 +133,18 @@ def QHAdam(
         step_stat,
         qhadam_step,
     ]
-    return Optimizer(params, cbs, lr=lr, nu_1=nu_1, nu_2=nu_2, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd,
-                     implementation=implementation)
+    return Optimizer(
+        params,
+        cbs,
+        lr=lr,
+        nu_1=nu_1,
+        nu_2=nu_2,
+        mom=mom,
+        sqr_mom=sqr_mom,
+        eps=eps,
+        wd=wd,
+        implementation=implementation,
+    )
 
 
 def Larc(
@@ -153,8 +164,9 @@ def Larc(
     if mom != 0:
         cbs.append(average_grad)
     cbs += [partial(larc_layer_lr, clip=clip), larc_step]
-    return Optimizer(params, cbs, lr=lr, mom=mom, trust_coeff=trust_coeff, eps=eps, wd=wd,
-                     implementation=implementation)
+    return Optimizer(
+        params, cbs, lr=lr, mom=mom, trust_coeff=trust_coeff, eps=eps, wd=wd, implementation=implementation
+    )
 
 
 #: fastai's name for the same factory; pass ``clip=False`` for LARS proper.
@@ -198,6 +210,15 @@ def ranger(
 
     The keyword-only arguments go to ``RAdam`` (fastai passes them through ``**kwargs``).
     """
-    radam = RAdam(params, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta, decouple_wd=decouple_wd,
-                  implementation=implementation)
+    radam = RAdam(
+        params,
+        lr=lr,
+        mom=mom,
+        sqr_mom=sqr_mom,
+        eps=eps,
+        wd=wd,
+        beta=beta,
+        decouple_wd=decouple_wd,
+        implementation=implementation,
+    )
     return Lookahead(radam, k=k, alpha=alpha)
