@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -138,26 +139,54 @@ def test_set_hypers_errors() -> None:
         opt.set_hypers(lr=-0.1)
     with pytest.raises(ValueError, match="non-negative"):
         SGD([torch.zeros(1)], lr=-1.0)
-    with pytest.raises(KeyError, match=r"unknown hyper-parameter 'lrr'; valid names: \[.*'lr'.*'wd'"):
-        opt.set_hypers(lrr=0.1)
-    opt.set_hypers(sqr_mom=0.9)  # the standard names are always accepted (schedules set them)
     assert opt.hypers[0]["lr"] == 1.0  # nothing was changed by the failed calls
+    opt.set_hypers(sqr_mom=0.9)  # the standard names are always accepted (schedules set them)
 
 
-def test_missing_hyper_is_reported_at_construction_or_first_step() -> None:
+def test_any_hyper_name_is_set_as_in_fastai_and_a_likely_typo_is_warned_of() -> None:
+    opt = SGD(three_groups(), lr=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.set_hypers(noise=0.5)  # read by some stepper through **kwargs, perhaps: fastai sets it, silently
+    assert [h["noise"] for h in opt.hypers] == [0.5, 0.5, 0.5]
+    with pytest.warns(UserWarning, match=r"set_hyper\('lrr'\): .* did you mean 'lr'\? It is set anyway"):
+        opt.set_hypers(lrr=0.1)
+    assert opt.hypers[0]["lrr"] == 0.1 and opt.hypers[0]["lr"] == 1.0
+
+
+def test_a_hyper_a_stepper_needs_may_be_set_after_the_optimizer_is_made() -> None:
+    def scaled_step(p: torch.Tensor, lr: float, beta: float, **kwargs: Any) -> None:
+        assert p.grad is not None
+        p.data.add_(p.grad, alpha=-lr * beta)
+
+    p = torch.ones(2, requires_grad=True)
+    opt = Optimizer([p], [scaled_step], lr=0.1)  # no beta yet: fastai sets it later (say in before_fit)
+    p.grad = torch.ones(2)
+    with pytest.raises(TypeError, match=r"scaled_step needs \['beta'\]"):
+        opt.step()  # still missing at the step: the error names the stepper and the name
+    opt.set_hyper("beta", 0.5)
+    opt.step()
+    assert p.tolist() == pytest.approx([0.95, 0.95])
+
+
+def test_missing_hyper_is_reported_at_the_first_step() -> None:
+    # Not at construction: a callback may still set it before the fit's first step, as fastai allows.
     p = torch.zeros(2, requires_grad=True)
+    p.grad = torch.ones(2)
+    opt = Optimizer([p], [weight_decay, momentum_step], lr=0.1)
     with pytest.raises(TypeError, match=r"stepper momentum_step needs \['grad_avg'\]"):
-        Optimizer([p], [weight_decay, momentum_step], lr=0.1)
+        opt.step()
 
     def needs_beta(p: torch.Tensor, lr: float, beta: float, **kwargs: Any) -> None: ...
 
+    opt = Optimizer([p], [sgd_step, needs_beta], lr=0.1)
     with pytest.raises(TypeError, match=r"needs_beta needs \['beta'\].*Optimizer\(\.\.\., beta=\.\.\.\)"):
-        Optimizer([p], [sgd_step, needs_beta], lr=0.1)
+        opt.step()
+    assert p.tolist() == [0.0, 0.0]  # refused before any stepper ran
 
     def user_stepper(p: torch.Tensor, **kwargs: Any) -> None: ...
 
-    opt = Optimizer([p], [user_stepper, needs_beta], lr=0.1)  # after a user stepper: checked when stepping
-    p.grad = torch.ones(2)
+    opt = Optimizer([p], [user_stepper, needs_beta], lr=0.1)  # after a user stepper: found when it is called
     with pytest.raises(TypeError, match=r"needs_beta needs \['beta'\]"):
         opt.step()
 

@@ -57,12 +57,9 @@ class ParamScheduler(Callback):
     def before_fit(self) -> None:
         opt = self.learn.opt
         names = _hyper_names(opt)
-        missing = [n for n in self.scheds if n not in names]
-        if missing:
-            raise ValueError(
-                f"ParamScheduler schedules {missing}, which the optimizer ({type(opt).__name__}) does not have; "
-                f"its hyper-parameters are {sorted(names)}."
-            )
+        for name in self.scheds:
+            if name not in names:  # as in fastai, learnloop's Optimizer takes it; a torch optimizer refuses it now
+                opt.check_hyper_name(name)
         self.hps = {name: [] for name in self.scheds}
 
     def before_batch(self) -> None:

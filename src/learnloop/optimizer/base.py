@@ -134,10 +134,14 @@ class BaseOptimizer:
     def set_hyper(self, k: str, v: Any) -> None:
         """Set hyper-parameter ``k`` on every group from a scalar, a list or a slice."""
         if not (self.hypers and k in self.hypers[0]):  # schedules set existing names every batch: keep it cheap
-            known = self.known_hypers()
-            if k not in known:
-                raise KeyError(f"unknown hyper-parameter {k!r}; valid names: {sorted(known)}")
+            self.check_hyper_name(k)
         self._set_hyper_values(k, self._spread_checked(k, v))
+
+    def check_hyper_name(self, k: str) -> None:
+        """Raise a KeyError, listing the valid names, when this optimizer cannot hold a hyper-parameter ``k``."""
+        known = self.known_hypers()
+        if k not in known:
+            raise KeyError(f"unknown hyper-parameter {k!r}; valid names: {sorted(known)}")
 
     def _spread_checked(self, k: str, v: Any) -> list[Any]:
         values = spread_hyper(k, v, len(self.param_lists))

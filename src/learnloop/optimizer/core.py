@@ -13,6 +13,7 @@ chains. A chain with any user stepper runs the per-parameter loop above.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,6 +22,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import Tensor
 
+from ..warn import warn_caller
 from .base import BaseOptimizer, OptimizerState, ParamGroupView, as_param_list
 from .chain import compile_chain, missing_message, stepper_name
 from .foreach import RESERVED_NAMES, Bucket, cpu_chunks
@@ -87,13 +89,31 @@ class Optimizer(BaseOptimizer):
 
     def _compile(self) -> None:
         self._compiled = compile_chain(self.cbs)
+        # What the steppers need is checked at the next step, not now: as in fastai, a hyper-parameter may be set
+        # after the optimizer is made (a callback's set_hyper in before_fit, a schedule's first batch).
+        self._chain_checked = False
+
+    def _check_chain(self) -> None:
         hit = self._compiled.missing(set.intersection(*(set(h) for h in self.hypers)) | set(self.keep_on_clear))
         if hit is not None:
             raise TypeError(missing_message(hit[0], hit[1], self.hypers[0]))
+        self._chain_checked = True
 
     def known_hypers(self) -> set[str]:
-        """Names ``set_hyper`` accepts: current hypers, standard names, and every stepper argument."""
+        """The names steppers read: current hypers, standard names, and every stepper argument."""
         return super().known_hypers() | self._compiled.argument_names()
+
+    def check_hyper_name(self, k: str) -> None:
+        """Any name is accepted, as fastai's optimizer accepts it (a stepper may read it through ``**kwargs``);
+        one close to a name the steppers read (``'mon'`` for ``'mom'``) is warned of as a likely typo."""
+        known = self.known_hypers()
+        if k not in known:
+            close = difflib.get_close_matches(k, known, n=1, cutoff=0.8)
+            if close:
+                warn_caller(
+                    f"set_hyper({k!r}): no stepper of this optimizer takes {k!r} as an argument; did you mean "
+                    f"{close[0]!r}? It is set anyway, as fastai sets any name (a stepper may read it from **kwargs)."
+                )
 
     @property
     def implementation(self) -> Implementation:
@@ -116,6 +136,8 @@ class Optimizer(BaseOptimizer):
                 loss = closure()
         if tuple(self.cbs) != self._compiled.cbs:  # someone edited opt.cbs
             self._compile()
+        if not self._chain_checked:
+            self._check_chain()
         fast = self._compiled.vectorised is not None and self._implementation != "per_param"
         for plist, hyper in zip(self.param_lists, self.hypers, strict=True):
             if fast and RESERVED_NAMES.isdisjoint(hyper):
