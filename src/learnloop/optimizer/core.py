@@ -105,7 +105,8 @@ class Optimizer(BaseOptimizer):
 
     def check_hyper_name(self, k: str) -> None:
         """Any name is accepted, as fastai's optimizer accepts it (a stepper may read it through ``**kwargs``);
-        one close to a name the steppers read (``'mon'`` for ``'mom'``) is warned of as a likely typo."""
+        one close to a name the steppers read (``'lrr'`` for ``'lr'``, ``'sqr_mon'`` for ``'sqr_mom'``) is warned
+        of as a likely typo."""
         known = self.known_hypers()
         if k not in known:
             close = difflib.get_close_matches(k, known, n=1, cutoff=0.8)
