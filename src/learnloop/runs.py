@@ -146,8 +146,10 @@ class Run:
     def diverged(self) -> bool:
         """Whether epochs were recorded and the valid_loss of every one is NaN or infinite."""
         rows = self.metrics()
-        column = rows[0].index("valid_loss") if rows and "valid_loss" in rows[0] else None
-        numbers = [_number(row[column]) for row in rows[1:] if column is not None and column < len(row)]
+        if not rows or "valid_loss" not in rows[0]:
+            return False
+        column = rows[0].index("valid_loss")
+        numbers = [_number(row[column]) for row in rows[1:] if column < len(row)]
         losses = [x for x in numbers if x is not None]  # an empty cell says nothing
         return bool(losses) and not any(math.isfinite(x) for x in losses)
 

@@ -335,7 +335,7 @@ def lr_find(
     n_epoch = num_it // per_epoch + 1  # the last one cut short by the finder
     sweep = min(max(num_it, MIN_NUM_IT), n_epoch * per_epoch)  # the batches the sweep will run, unless it diverges
     need = max((min_points(f) for f in funcs), default=0)
-    usable = sweep - num_it // 10 - 5
+    usable = _usable_points(num_it, sweep)
     if funcs and usable < need:
         raise ValueError(
             f"lr_find: num_it={num_it} runs {sweep} batches ({per_epoch} an epoch), which leave "
@@ -351,14 +351,14 @@ def lr_find(
     return _suggest(learn, funcs, num_it, show_plot)
 
 
-def _usable_points(num_it: int) -> int:
-    """How many of a full sweep's points the suggestions see: the first ``num_it//10`` and the last 5 are dropped."""
-    return max(num_it, MIN_NUM_IT) - num_it // 10 - 5
+def _usable_points(num_it: int, sweep: int) -> int:
+    """How many of a sweep's points the suggestions see: the first ``num_it//10`` and the last 5 are dropped."""
+    return sweep - num_it // 10 - 5
 
 
 def _min_num_it(points: int) -> int:
     n = 1
-    while _usable_points(n) < points:
+    while _usable_points(n, max(n, MIN_NUM_IT)) < points:  # a full sweep
         n += 1
     return n
 
