@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -592,6 +593,39 @@ def test_load_learner_unpickles_only_when_trusted(tmp_path: Path) -> None:
     learn.export("weights_only.pkl", pickle_model=False)
     with pytest.raises(CheckpointError, match="holds the weights only"):
         load_learner(tmp_path / "weights_only.pkl", trusted=True)
+
+
+def test_export_and_load_learner_take_fastais_arguments(tmp_path: Path) -> None:
+    learn = trained(tmp_path)
+    x = torch.randn(4)
+    # fastai's export(fname, pickle_module, pickle_protocol): the module pickles the stored model
+    calls: list[str] = []
+
+    class RecordingPickler(pickle.Pickler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            calls.append(f"protocol {kwargs.get('protocol', args[1] if len(args) > 1 else None)}")
+            super().__init__(*args, **kwargs)
+
+    class PickleModule:
+        Pickler, Unpickler, load, dump = RecordingPickler, pickle.Unpickler, pickle.load, pickle.dump
+        HIGHEST_PROTOCOL, DEFAULT_PROTOCOL = pickle.HIGHEST_PROTOCOL, pickle.DEFAULT_PROTOCOL
+
+    learn.export("m.pkl", PickleModule, 4)
+    assert "protocol 4" in calls
+    # fastai's load_learner(fname, cpu, pickle_module): cpu is the second positional argument
+    loaded = load_learner(tmp_path / "m.pkl", True, pickle, trusted=True)
+    assert torch.equal(loaded.predict(x)[2], learn.predict(x)[2])
+    with pytest.raises(TypeError, match="positional"):
+        load_learner(tmp_path / "m.pkl", True, pickle, learn.model)  # type: ignore[misc]
+    # learn.save(file, with_opt, pickle_protocol), as fastai's save_model; only protocols load() can read
+    file = learn.save("kept", pickle_protocol=2)
+    with zipfile.ZipFile(file) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert data[:2] == b"\x80\x02"  # a protocol-2 pickle inside torch's zip file
+    for protocol in (3, 4):
+        with pytest.raises(ValueError, match=f"pickle_protocol={protocol} would write a file that torch's weights"):
+            learn.save("kept", pickle_protocol=protocol)
+    learn.load("kept")  # the refused saves left the file as it was
 
 
 def test_load_learner_errors(tmp_path: Path) -> None:

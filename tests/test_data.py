@@ -26,6 +26,20 @@ def test_wraps_plain_torch_dataloaders() -> None:
     assert "DataLoader(5 batches)" in repr(dls)
 
 
+def test_one_batch_is_the_first_batch_on_the_device() -> None:
+    ds = _ds()
+    dls = DataLoaders(DataLoader(ds, batch_size=4), [(torch.ones(2, 2), torch.zeros(2, 1))], device="meta")
+    xb, yb = dls.one_batch()  # fastai's dls.one_batch(): the training loader's first batch, where the model is
+    assert xb.device.type == "meta" and xb.shape == (4, 2) and yb.shape == (4, 1)
+    assert dls.one_batch(1)[0].device.type == "meta" and dls.one_batch(1)[0].shape == (2, 2)
+    cpu = DataLoaders(DataLoader(ds, batch_size=4), device="cpu")
+    assert torch.equal(cpu.one_batch()[0], ds.tensors[0][:4])
+    with pytest.raises(ValueError, match="The validation loader does not contain any batches"):
+        cpu.one_batch(1)
+    with pytest.raises(ValueError, match="The training loader does not contain any batches"):
+        DataLoaders([], device="cpu").one_batch()
+
+
 def test_default_device_and_no_validation_set() -> None:
     dls = DataLoaders(DataLoader(_ds(), batch_size=4))
     assert dls.device == default_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")

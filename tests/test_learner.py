@@ -582,6 +582,10 @@ def test_predict_one_item() -> None:
     x = torch.randn(4)
     inp, cls, dec, probs = classif.predict(x, with_input=True)
     assert torch.equal(inp, x) and torch.equal(probs, classif.predict(x)[2])
+    # fastai's positional order: predict(item, rm_type_tfms, with_input); there are no transforms to remove
+    assert torch.equal(classif.predict(x, None, True)[0], x)
+    with pytest.raises(ValueError, match="learnloop applies no item transforms"):
+        classif.predict(x, 1)
 
 
 # ------------------------------------------------------------------ devices

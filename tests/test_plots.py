@@ -37,9 +37,10 @@ def assert_png(path: Path) -> None:
 
 
 def test_plot_loss(trained: Learner, tmp_path: Path) -> None:
-    fig = trained.recorder.plot_loss(skip_start=2, fname=tmp_path / "loss.png")
+    ax = trained.recorder.plot_loss(skip_start=2, fname=tmp_path / "loss.png")
     assert_png(tmp_path / "loss.png")
-    ax = fig.axes[0]
+    ax.set_title("mine")  # fastai returns the Axes: its users' `plot_loss().set_title(...)` works
+    assert ax.figure.axes == [ax]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("steps", "loss")
     train, valid = ax.get_lines()
     assert list(train.get_xdata()) == list(range(2, 12))
@@ -48,12 +49,11 @@ def test_plot_loss(trained: Learner, tmp_path: Path) -> None:
 
 
 def test_plot_loss_options(trained: Learner) -> None:
-    fig = trained.recorder.plot_loss(with_valid=False, log=True, show_epochs=True)
-    ax = fig.axes[0]
+    ax = trained.recorder.plot_loss(with_valid=False, log=True, show_epochs=True)
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert len(ax.get_lines()) == 1 + 3  # the train curve and one marker per epoch end
     _, given = plt.subplots()
-    assert trained.recorder.plot_loss(ax=given) is given.figure
+    assert trained.recorder.plot_loss(ax=given) is given
 
 
 def test_plot_sched(trained: Learner, tmp_path: Path) -> None:
@@ -91,6 +91,9 @@ def test_plot_lr_find(tmp_path: Path) -> None:
     assert len(ax.get_lines()[0].get_xdata()) == len(learn.recorder.lrs) - 5
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert [t.split(":")[0] for t in legend] == ["minimum", "steep", "valley"]
+    # fastai's positional order (skip_end, return_fig, suggestions, nms); return_fig=False returns nothing
+    assert learn.recorder.plot_lr_find(0, False, points, list(res._fields)) is None  # type: ignore[attr-defined]
+    assert len(plt.gcf().axes[0].get_lines()[0].get_xdata()) == len(learn.recorder.lrs)
 
 
 def test_lr_find_shows_its_plot() -> None:

@@ -410,6 +410,9 @@ def test_fine_tune_passes_kwargs_to_fit_one_cycle() -> None:
     learn.fine_tune(1, freeze_epochs=1, moms=(0.9, 0.8, 0.9), div_final=10.0, cbs=log)
     assert log.values["mom"][0] == approx([0.9, 0.9])
     assert log.values["lr"][-1][1] == approx(two_phase(3 / 4, 0.3, 1e-3 / 5, 1e-3, 1e-3 / 10))
+    # As in fastai, what follows `div` is keyword-only: a seventh positional argument is refused, not misread.
+    with pytest.raises(TypeError, match="positional"):
+        learn.fine_tune(1, 1e-3, 1, 100, 0.3, 5.0, "latest")  # type: ignore[misc]
 
 
 # ------------------------------------------------------------------ bad input

@@ -90,6 +90,17 @@ class DataLoaders:
     def __getitem__(self, i: int) -> Iterable[Any]:
         return self.train if i == 0 else self.valid if i == 1 else self.loaders[i]  # type: ignore[return-value]
 
+    def one_batch(self, ds_idx: int = 0) -> Any:
+        """The first batch of `self[ds_idx]` (the training loader by default), on `device`: for a look at the
+        data, or a test call of the model (`model(*xb)`), as fastai's `dls.one_batch()`.
+
+        >>> xb, yb = dls.one_batch()
+        """
+        name = {0: "training", 1: "validation"}.get(ds_idx, f"dls[{ds_idx}]")
+        for batch in self[ds_idx]:
+            return to_device(batch, self.device)
+        raise ValueError(f"The {name} loader does not contain any batches, so there is no batch to show.")
+
     def __len__(self) -> int:
         return len(self.loaders)
 

@@ -23,6 +23,7 @@ needs ``model=``.
 from __future__ import annotations
 
 import io
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -70,25 +71,33 @@ def _class_name(obj: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def export_learner(learn: Learner, fname: str | Path = "export.pkl", pickle_model: bool = True) -> Path:
+def export_learner(
+    learn: Learner,
+    fname: str | Path = "export.pkl",
+    pickle_model: bool = True,
+    pickle_module: Any = None,
+    pickle_protocol: int = 2,
+) -> Path:
     """Write ``learn``'s model for inference to ``learn.path / fname`` atomically (see the module docstring).
 
-    In a distributed job rank 0 writes (the module inside the DDP wrapper) and every rank waits for the file.
+    ``pickle_module`` (default: pickle) and ``pickle_protocol`` pickle the model and loss function stored for
+    ``trusted=True`` loads (the file around them stays readable by torch's weights-only loader). In a
+    distributed job rank 0 writes (the module inside the DDP wrapper) and every rank waits for the file.
     """
     path = learn.path / fname
     if is_rank_zero():
-        _write_export(learn, path, pickle_model)
+        _write_export(learn, path, pickle_model, pickle_module, pickle_protocol)
     barrier()
     return path
 
 
-def _write_export(learn: Learner, path: Path, pickle_model: bool) -> None:
+def _write_export(learn: Learner, path: Path, pickle_model: bool, pickle_module: Any, pickle_protocol: int) -> None:
     model = unwrap_model(learn.model)  # the module itself: its keys without DDP's "module." prefix
     if path.suffix == ".safetensors":
         metadata = {"model_class": _class_name(model), "n_inp": str(getattr(learn.dls, "n_inp", None) or "")}
         save_safetensors(path, model.state_dict(), metadata)
         return
-    pickled = _pickled(model, learn.loss_func) if pickle_model else None
+    pickled = _pickled(model, learn.loss_func, pickle_module, pickle_protocol) if pickle_model else None
     atomic_save(
         {
             "format": EXPORT_FORMAT,
@@ -104,10 +113,15 @@ def _write_export(learn: Learner, path: Path, pickle_model: bool) -> None:
     )
 
 
-def _pickled(model: nn.Module, loss_func: Any) -> bytes | None:
+def _pickled(model: nn.Module, loss_func: Any, pickle_module: Any, pickle_protocol: int) -> bytes | None:
     buffer = io.BytesIO()
     try:
-        torch.save({"model": model, "loss_func": loss_func}, buffer)
+        torch.save(
+            {"model": model, "loss_func": loss_func},
+            buffer,
+            pickle_module=pickle if pickle_module is None else pickle_module,
+            pickle_protocol=pickle_protocol,
+        )
     except Exception as e:  # noqa: BLE001 - anything may refuse to be pickled (lambdas, local classes, ...)
         warn_caller(
             f"learn.export: the model or loss function cannot be pickled ({type(e).__name__}: {e}); the export "
@@ -119,17 +133,20 @@ def _pickled(model: nn.Module, loss_func: Any) -> bytes | None:
 
 def load_learner(
     fname: str | Path,
+    cpu: bool = True,
+    pickle_module: Any = None,
+    *,
     model: nn.Module | Callable[[], nn.Module] | None = None,
     loss_func: Callable[..., torch.Tensor] | None = None,
-    cpu: bool = True,
     trusted: bool = False,
 ) -> Learner:
     """A Learner for inference from a file written by ``learn.export`` (on the CPU unless ``cpu=False``).
 
     ``model`` (a module, or a function building one) receives the weights: the safe way. Without it,
-    ``trusted=True`` unpickles the model stored in the file, which runs code from it: only for files you
-    trust. ``loss_func`` defaults to the exported one when unpickled, else to a stand-in that refuses to
-    compute losses (``predict`` and ``get_preds`` work without one).
+    ``trusted=True`` unpickles the model stored in the file (with ``pickle_module``, default pickle), which
+    runs code from it: only for files you trust. ``loss_func`` defaults to the exported one when unpickled,
+    else to a stand-in that refuses to compute losses (``predict`` and ``get_preds`` work without one).
+    The positional arguments are fastai's (``fname, cpu, pickle_module``).
     """
     from .learner import Learner
 
@@ -154,7 +171,12 @@ def load_learner(
                 f"{path} holds the weights only (no pickled model): pass load_learner({str(fname)!r}, model=...) "
                 f"with a {info.get('model_class', 'model')} built as in training."
             )
-        stored = torch.load(io.BytesIO(pickled), map_location=device, weights_only=False)
+        stored = torch.load(
+            io.BytesIO(pickled),
+            map_location=device,
+            weights_only=False,
+            pickle_module=pickle if pickle_module is None else pickle_module,
+        )
         model = stored["model"]
         loss_func = loss_func if loss_func is not None else stored.get("loss_func")
     else:

@@ -629,9 +629,17 @@ class Learner(CallbackHost):
             finally:
                 self.loss_func = old
 
-    def predict(self, item: Any, with_input: bool = False) -> tuple[Any, ...]:
+    def predict(self, item: Any, rm_type_tfms: None = None, with_input: bool = False) -> tuple[Any, ...]:
         """Predict one item (an input tensor, or a tuple of inputs): `(decoded, decoded tensor, pred)`, with the
-        input first when `with_input` (fastai's order)."""
+        input first when `with_input` (fastai's order).
+
+        `rm_type_tfms` holds fastai's place in the signature; learnloop has no item transforms to remove.
+        """
+        if rm_type_tfms is not None:
+            raise ValueError(
+                f"predict(rm_type_tfms={rm_type_tfms!r}): learnloop applies no item transforms, so there are none "
+                "to remove; pass the model's input as it is, and leave rm_type_tfms out."
+            )
         inputs = tuple(item) if isinstance(item, (tuple, list)) else (item,)
         batch = tuple(torch.as_tensor(x).unsqueeze(0) for x in inputs)
         self._n_inp = len(batch)
@@ -648,13 +656,20 @@ class Learner(CallbackHost):
     def _model_file(self, file: str | Path) -> Path:
         return self.path / self.model_dir / f"{file}.pth"
 
-    def save(self, file: str | Path, with_opt: bool = True) -> Path:
-        """Save the model (and optimizer) to `path/model_dir/file.pth`, atomically; returns the path.
+    def save(self, file: str | Path, with_opt: bool = True, pickle_protocol: int = 2) -> Path:
+        """Save the model (and optimizer) to `path/model_dir/file.pth`, atomically, with `torch.save`'s
+        `pickle_protocol` (accepted for fastai's code: only 2, what `load` reads cleanly); returns the path.
 
         In a distributed job, call it on every rank: rank 0 writes, and every rank waits until the
         file is complete, so any rank can load it next. A model sharded with FSDP is saved with
         torch.distributed.checkpoint instead, each rank writing its shard, to the folder `file.dcp`.
         """
+        if pickle_protocol != 2:  # checked on every rank, before any rank writes or waits
+            raise ValueError(
+                f"pickle_protocol={pickle_protocol!r} would write a file that torch's weights-only loader, which "
+                "learn.load reads with, cannot read cleanly (it refuses protocols 0, 1, 4 and 5 and warns at every "
+                "load of 3); leave it at 2, torch's default."
+            )
         path = self._model_file(file)
         if is_fsdp(self.model):
             return save_sharded(path, self.model, self.opt, with_opt=with_opt)
@@ -676,16 +691,24 @@ class Learner(CallbackHost):
         load_model(self._model_file(file), model, self.opt, with_opt=with_opt, device=device, strict=strict)
         return self
 
-    def export(self, fname: str | Path = "export.pkl", pickle_model: bool = True) -> Path:
+    def export(
+        self,
+        fname: str | Path = "export.pkl",
+        pickle_module: Any = None,
+        pickle_protocol: int = 2,
+        *,
+        pickle_model: bool = True,
+    ) -> Path:
         """Save the model for inference to `path/fname`, atomically, for `load_learner` (see learnloop.export).
 
         The file is read with torch's weights-only loader; the pickled model it also holds (unless
-        `pickle_model=False`) is only unpickled by `load_learner(..., trusted=True)`. A name ending in
-        `.safetensors` writes the weights in that format.
+        `pickle_model=False`) is only unpickled by `load_learner(..., trusted=True)`. `pickle_module` (say
+        cloudpickle, for a model with lambdas; default: pickle) and `pickle_protocol` pickle that model. A name
+        ending in `.safetensors` writes the weights in that format.
         """
         from .export import export_learner
 
-        return export_learner(self, fname, pickle_model)
+        return export_learner(self, fname, pickle_model, pickle_module, pickle_protocol)
 
     def freeze_to(self, n: int) -> None:
         """Freeze the parameter groups before group `n` (normalisation layers keep training if `train_bn`)."""
@@ -824,10 +847,12 @@ class Learner(CallbackHost):
         lr_mult: float = 100,
         pct_start: float = 0.3,
         div: float = 5.0,
+        *,
         resume: str | Path | None = None,
         **kwargs: Any,
     ) -> None:
-        """Train the last group frozen for `freeze_epochs`, then everything with discriminative lrs."""
+        """Train the last group frozen for `freeze_epochs`, then everything with discriminative lrs (what follows
+        `div` is keyword-only, as in fastai)."""
         _schedule.fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, resume, **kwargs)
 
     def lr_find(

@@ -1,6 +1,8 @@
 """Plots of a Recorder's history (matplotlib, the optional ``learnloop[plot]`` extra).
 
-Each function returns the matplotlib Figure and saves it as a PNG when given ``fname``. matplotlib is
+Each function saves its figure as a PNG when given ``fname`` and returns it: the Figure, except
+``plot_loss``, which returns its Axes as fastai's does (``plot_loss().set_title(...)``; the Figure is
+``ax.figure``). matplotlib is
 imported on first use; its backend is left to matplotlib (it falls back to Agg when there is no display).
 
 >>> learn.recorder.plot_loss(fname="loss.png")
@@ -65,9 +67,10 @@ def plot_loss(
     show_epochs: bool = False,
     ax: Axes | None = None,
     fname: str | Path | None = None,
-) -> Figure:
+) -> Axes:
     """Smoothed training loss per batch (skipping the first ``skip_start``), and the validation loss at the
-    batch where each epoch ended; log-log axes with ``log``, epoch ends marked with ``show_epochs``."""
+    batch where each epoch ended; log-log axes with ``log``, epoch ends marked with ``show_epochs``. Draws on
+    ``ax`` when given, else on a new figure; returns the Axes (fastai's return value)."""
     _require(recorder.losses, "training losses", "fit the learner")
     plt = _pyplot()
     if ax is None:
@@ -98,7 +101,7 @@ def plot_loss(
     ax.set_title("learning curve")
     ax.legend(loc="best")
     _save(fig, fname)
-    return fig
+    return ax
 
 
 def plot_sched(
@@ -132,12 +135,14 @@ def plot_sched(
 def plot_lr_find(
     recorder: Recorder,
     skip_end: int = 5,
+    return_fig: bool = True,
     suggestions: Sequence[tuple[float, float]] | None = None,
     nms: Sequence[str] | None = None,
     fname: str | Path | None = None,
-) -> Figure:
+) -> Figure | None:
     """Loss against learning rate (log scale) of an ``lr_find`` run, without the last ``skip_end`` points;
-    ``suggestions`` are ``(lr, loss)`` points marked and labelled with ``nms``."""
+    ``suggestions`` are ``(lr, loss)`` points marked and labelled with ``nms``. Returns the Figure, or None
+    with ``return_fig=False`` (the arguments in fastai's order)."""
     _require(recorder.lrs, "learning rates", "run learn.lr_find()")
     plt = _pyplot()
     end = len(recorder.lrs) - skip_end if skip_end > 0 else len(recorder.lrs)
@@ -153,7 +158,7 @@ def plot_lr_find(
             ax.plot(lr, loss, "o", color=colors[i % len(colors)], label=f"{label}: {lr:.2e}")
         ax.legend(loc="best")
     _save(fig, fname)
-    return fig
+    return fig if return_fig else None
 
 
 def plot_metrics(

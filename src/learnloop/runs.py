@@ -103,7 +103,7 @@ def save_plots(learn: Any, run_dir: Path) -> list[str]:
         return []
     recorder = learn.recorder
     learn_plots = {
-        "loss.png": lambda f: recorder.plot_loss(skip_start=min(5, len(recorder.losses) // 4), fname=f),
+        "loss.png": lambda f: recorder.plot_loss(skip_start=min(5, len(recorder.losses) // 4), fname=f).figure,
         "schedule.png": lambda f: recorder.plot_sched(fname=f),
     }
     written = []

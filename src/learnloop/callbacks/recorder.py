@@ -289,7 +289,8 @@ class Recorder(Callback):
         ax: Any = None,
         fname: str | Path | None = None,
     ) -> Any:
-        """Training loss per batch and validation loss per epoch; returns the Figure (saved to `fname`)."""
+        """Training loss per batch and validation loss per epoch, on `ax` or a new figure (saved to `fname`);
+        returns the Axes, as fastai's does."""
         from ..plots import plot_loss
 
         return plot_loss(self, skip_start, with_valid, log, show_epochs, ax, fname)
@@ -308,14 +309,16 @@ class Recorder(Callback):
     def plot_lr_find(
         self,
         skip_end: int = 5,
+        return_fig: bool = True,
         suggestions: Sequence[tuple[float, float]] | None = None,
         nms: Sequence[str] | None = None,
         fname: str | Path | None = None,
     ) -> Any:
-        """Loss against lr (log scale) after `lr_find`, suggestions marked; returns the Figure."""
+        """Loss against lr (log scale) after `lr_find`, suggestions marked; returns the Figure (None with
+        `return_fig=False`)."""
         from ..plots import plot_lr_find
 
-        return plot_lr_find(self, skip_end, suggestions, nms, fname)
+        return plot_lr_find(self, skip_end, return_fig, suggestions, nms, fname)
 
     def plot_metrics(
         self,
