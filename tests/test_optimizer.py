@@ -135,12 +135,15 @@ def test_set_hypers_errors() -> None:
     opt = SGD(three_groups(), lr=1.0)
     with pytest.raises(ValueError, match="got 2 values but the optimizer has 3 parameter groups"):
         opt.set_hypers(lr=[0.1, 0.2])
-    with pytest.raises(ValueError, match="learning rate must be non-negative"):
-        opt.set_hypers(lr=-0.1)
+    for negative in (-0.1, -1, [0.1, -0.1, 0.1]):  # a float (a schedule's short path), an int, a list
+        with pytest.raises(ValueError, match="learning rate must be non-negative"):
+            opt.set_hypers(lr=negative)
     with pytest.raises(ValueError, match="non-negative"):
         SGD([torch.zeros(1)], lr=-1.0)
-    assert opt.hypers[0]["lr"] == 1.0  # nothing was changed by the failed calls
+    assert [h["lr"] for h in opt.hypers] == [1.0] * 3  # nothing was changed by the failed calls
     opt.set_hypers(sqr_mom=0.9)  # the standard names are always accepted (schedules set them)
+    opt.set_hyper("lr", 0.25)
+    assert [h["lr"] for h in opt.hypers] == [0.25] * 3
 
 
 def test_any_hyper_name_is_set_as_in_fastai_and_a_likely_typo_is_warned_of() -> None:

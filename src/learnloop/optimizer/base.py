@@ -106,6 +106,10 @@ class ParamGroupView(MutableMapping[str, Any]):
         return repr(dict(self))
 
 
+def _negative_lr(v: Any) -> ValueError:
+    return ValueError(f"learning rate must be non-negative, got lr={v}")
+
+
 class BaseOptimizer:
     """Hyper-parameter, freezing and state helpers shared by every learnloop optimizer.
 
@@ -133,7 +137,15 @@ class BaseOptimizer:
 
     def set_hyper(self, k: str, v: Any) -> None:
         """Set hyper-parameter ``k`` on every group from a scalar, a list or a slice."""
-        if not (self.hypers and k in self.hypers[0]):  # schedules set existing names every batch: keep it cheap
+        hypers = self.hypers
+        if type(v) is float and hypers and k in hypers[0]:
+            # What a schedule sets before every batch: the same result as the general path below, in short.
+            if k == "lr" and v < 0:
+                raise _negative_lr(v)
+            for h in hypers:
+                h[k] = v
+            return
+        if not (hypers and k in hypers[0]):
             self.check_hyper_name(k)
         self._set_hyper_values(k, self._spread_checked(k, v))
 
@@ -146,7 +158,7 @@ class BaseOptimizer:
     def _spread_checked(self, k: str, v: Any) -> list[Any]:
         values = spread_hyper(k, v, len(self.param_lists))
         if k == "lr" and any(x < 0 for x in values if isinstance(x, Real)):
-            raise ValueError(f"learning rate must be non-negative, got lr={v}")
+            raise _negative_lr(v)
         return values
 
     def _set_hyper_values(self, k: str, values: list[Any]) -> None:
