@@ -612,11 +612,30 @@ def test_export_and_load_learner_take_fastais_arguments(tmp_path: Path) -> None:
 
     learn.export("m.pkl", PickleModule, 4)
     assert "protocol 4" in calls
-    # fastai's load_learner(fname, cpu, pickle_module): cpu is the second positional argument
-    loaded = load_learner(tmp_path / "m.pkl", True, pickle, trusted=True)
+    # fastai's load_learner(fname, cpu, pickle_module): the module unpickles the stored model
+    class RecordingUnpickler(pickle.Unpickler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            calls.append("unpickled")
+            super().__init__(*args, **kwargs)
+
+    class UnpickleModule(PickleModule):
+        Unpickler = RecordingUnpickler
+
+    loaded = load_learner(tmp_path / "m.pkl", True, UnpickleModule, trusted=True)
+    assert calls[-1] == "unpickled"
     assert torch.equal(loaded.predict(x)[2], learn.predict(x)[2])
     with pytest.raises(TypeError, match="positional"):
         load_learner(tmp_path / "m.pkl", True, pickle, learn.model)  # type: ignore[misc]
+    # Calls in learnloop's old positional order are refused, not misread
+    with pytest.raises(TypeError, match=r"cpu must be True or False, got Sequential; pass the model by keyword"):
+        load_learner(tmp_path / "m.pkl", learn.model, trusted=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="the second argument is pickle_module, as in fastai; pass pickle_model=False"):
+        learn.export("old.pkl", False)
+    with pytest.raises(TypeError, match="pickle_module must be a pickling module"):
+        learn.export("old.pkl", "cloudpickle")
+    with pytest.raises(ValueError, match="pickle_protocol must be from 2"):
+        learn.export("old.pkl", None, 99)
+    assert not (tmp_path / "old.pkl").exists()
     # learn.save(file, with_opt, pickle_protocol), as fastai's save_model; only protocols load() can read
     file = learn.save("kept", pickle_protocol=2)
     with zipfile.ZipFile(file) as z:

@@ -584,8 +584,11 @@ def test_predict_one_item() -> None:
     assert torch.equal(inp, x) and torch.equal(probs, classif.predict(x)[2])
     # fastai's positional order: predict(item, rm_type_tfms, with_input); there are no transforms to remove
     assert torch.equal(classif.predict(x, None, True)[0], x)
+    assert torch.equal(classif.predict(x, 0)[2], probs)  # fastai's "remove none"
     with pytest.raises(ValueError, match="learnloop applies no item transforms"):
         classif.predict(x, 1)
+    with pytest.raises(TypeError, match="with_input is the third: pass with_input=True by keyword"):
+        classif.predict(x, True)
 
 
 # ------------------------------------------------------------------ devices

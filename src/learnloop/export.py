@@ -84,6 +84,7 @@ def export_learner(
     ``trusted=True`` loads (the file around them stays readable by torch's weights-only loader). In a
     distributed job rank 0 writes (the module inside the DDP wrapper) and every rank waits for the file.
     """
+    _check_pickling(pickle_module, pickle_protocol)  # on every rank, before any rank writes or waits
     path = learn.path / fname
     if is_rank_zero():
         _write_export(learn, path, pickle_model, pickle_module, pickle_protocol)
@@ -111,6 +112,27 @@ def _write_export(learn: Learner, path: Path, pickle_model: bool, pickle_module:
         },
         path,
     )
+
+
+def _check_pickling(pickle_module: Any, pickle_protocol: Any) -> None:
+    """Refuse what `torch.save` could not pickle with, before the export's catch-all takes it for the model's fault."""
+    if isinstance(pickle_module, bool):
+        raise TypeError(
+            f"learn.export(fname, {pickle_module!r}): the second argument is pickle_module, as in fastai; "
+            f"pass pickle_model={pickle_module!r} by keyword."
+        )
+    if pickle_module is not None and not (hasattr(pickle_module, "Pickler") and hasattr(pickle_module, "dump")):
+        raise TypeError(
+            "learn.export: pickle_module must be a pickling module such as pickle or cloudpickle, "
+            f"got {pickle_module!r}."
+        )
+    if isinstance(pickle_protocol, bool) or not isinstance(pickle_protocol, int):
+        raise TypeError(f"learn.export: pickle_protocol must be an int, got {pickle_protocol!r}.")
+    if not 2 <= pickle_protocol <= pickle.HIGHEST_PROTOCOL:
+        raise ValueError(
+            f"learn.export: pickle_protocol must be from 2 (torch's default) to {pickle.HIGHEST_PROTOCOL}, "
+            f"got {pickle_protocol}."
+        )
 
 
 def _pickled(model: nn.Module, loss_func: Any, pickle_module: Any, pickle_protocol: int) -> bytes | None:
@@ -150,6 +172,11 @@ def load_learner(
     """
     from .learner import Learner
 
+    if not isinstance(cpu, bool):  # a model passed where it used to go, before fastai's order was taken
+        raise TypeError(
+            f"load_learner(fname, cpu, pickle_module): cpu must be True or False, got {type(cpu).__name__}; "
+            "pass the model by keyword: load_learner(fname, model=...)."
+        )
     path = Path(fname)
     device = torch.device("cpu") if cpu else default_device()
     if path.suffix == ".safetensors":

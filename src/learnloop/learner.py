@@ -629,13 +629,19 @@ class Learner(CallbackHost):
             finally:
                 self.loss_func = old
 
-    def predict(self, item: Any, rm_type_tfms: None = None, with_input: bool = False) -> tuple[Any, ...]:
+    def predict(self, item: Any, rm_type_tfms: int | None = None, with_input: bool = False) -> tuple[Any, ...]:
         """Predict one item (an input tensor, or a tuple of inputs): `(decoded, decoded tensor, pred)`, with the
         input first when `with_input` (fastai's order).
 
-        `rm_type_tfms` holds fastai's place in the signature; learnloop has no item transforms to remove.
+        `rm_type_tfms` holds fastai's place in the signature: learnloop has no item transforms, so only None or 0
+        (remove none) are accepted.
         """
-        if rm_type_tfms is not None:
+        if isinstance(rm_type_tfms, bool):
+            raise TypeError(
+                f"predict(item, {rm_type_tfms!r}): the second argument is rm_type_tfms, as in fastai; with_input is "
+                f"the third: pass with_input={rm_type_tfms!r} by keyword."
+            )
+        if rm_type_tfms not in (None, 0):
             raise ValueError(
                 f"predict(rm_type_tfms={rm_type_tfms!r}): learnloop applies no item transforms, so there are none "
                 "to remove; pass the model's input as it is, and leave rm_type_tfms out."

@@ -70,7 +70,8 @@ def plot_loss(
 ) -> Axes:
     """Smoothed training loss per batch (skipping the first ``skip_start``), and the validation loss at the
     batch where each epoch ended; log-log axes with ``log``, epoch ends marked with ``show_epochs``. Draws on
-    ``ax`` when given, else on a new figure; returns the Axes (fastai's return value)."""
+    ``ax`` when given, else on a new figure (fastai draws on the current axes, ``plt.gca()``); returns the
+    Axes (fastai's return value)."""
     _require(recorder.losses, "training losses", "fit the learner")
     plt = _pyplot()
     if ax is None:
