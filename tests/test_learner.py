@@ -38,6 +38,7 @@ from learnloop import (
 )
 from learnloop.attrs import OwnAttrs
 from learnloop.callbacks import GatherPredsCallback
+from learnloop.learner import norm_bias_params
 from learnloop.optimizer import Adam, OptimWrapper
 
 
@@ -59,6 +60,15 @@ def test_constructor_signature_matches_the_spec() -> None:
     assert defaults["model_dir"] == "models"
     assert (defaults["wd"], defaults["wd_bn_bias"], defaults["train_bn"]) == (None, False, True)
     assert defaults["moms"] == (0.95, 0.85, 0.95) and defaults["default_cbs"] is True
+
+
+def test_parameter_helpers_take_fastais_argument_names() -> None:
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 1))
+    model[2].weight.requires_grad_(False)
+    assert trainable_params(m=model) == [p for p in model.parameters() if p.requires_grad]
+    bn_and_biases = [model[1].weight, model[1].bias, model[0].bias, model[2].bias]
+    assert {id(p) for p in norm_bias_params(m=model, with_bias=True)} == {id(p) for p in bn_and_biases}
+    assert norm_bias_params(m=model, with_bias=False) == [model[1].weight, model[1].bias]
 
 
 def test_construction_state() -> None:

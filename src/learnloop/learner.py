@@ -57,17 +57,17 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-def trainable_params(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of `model` that require a gradient (the default splitter: one group)."""
-    return [p for p in model.parameters() if p.requires_grad]
+def trainable_params(m: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the model `m` that require a gradient (the default splitter: one group)."""
+    return [p for p in m.parameters() if p.requires_grad]
 
 
-def norm_bias_params(model: nn.Module, with_bias: bool = True) -> list[nn.Parameter]:
-    """Parameters of normalisation layers, and biases of other layers when `with_bias`."""
-    if isinstance(model, NORM_TYPES):
-        return list(model.parameters())
-    params = [p for child in model.children() for p in norm_bias_params(child, with_bias)]
-    bias = getattr(model, "bias", None)
+def norm_bias_params(m: nn.Module, with_bias: bool = True) -> list[nn.Parameter]:
+    """Parameters of the normalisation layers in the model `m`, and biases of other layers when `with_bias`."""
+    if isinstance(m, NORM_TYPES):
+        return list(m.parameters())
+    params = [p for child in m.children() for p in norm_bias_params(child, with_bias)]
+    bias = getattr(m, "bias", None)
     if with_bias and isinstance(bias, nn.Parameter):
         params.append(bias)
     return params
