@@ -2,8 +2,8 @@
 
 Each function saves its figure as a PNG when given ``fname`` and returns it: the Figure, except
 ``plot_loss``, which returns its Axes as fastai's does (``plot_loss().set_title(...)``; the Figure is
-``ax.figure``). matplotlib is
-imported on first use; its backend is left to matplotlib (it falls back to Agg when there is no display).
+``ax.figure``). matplotlib is imported on first use; its backend is left to matplotlib (it falls back to
+Agg when there is no display).
 
 >>> learn.recorder.plot_loss(fname="loss.png")
 """
