@@ -12,7 +12,8 @@ import torch
 
 import learnloop.callbacks.progress as progress_module
 from conftest import synth_classif_learner, synth_learner
-from learnloop import Callback, Learner, accuracy
+from learnloop import Callback, Learner, Recorder, TrainEvalCallback, accuracy
+from learnloop.errors import ArgumentError
 from learnloop.events import Event
 
 
@@ -151,6 +152,20 @@ def test_a_subclass_overriding_after_batch_gets_every_batch_without_bars() -> No
     with contextlib.redirect_stderr(io.StringIO()):
         learn.fit(1)
     assert calls == [0, 1, 2, 0, 1] * 2
+
+
+def test_event_methods_given_as_keywords_run_without_bars() -> None:
+    # As any fastai Callback, ProgressCallback takes event methods as keywords; an after_batch given so runs on
+    # every batch even when no bar is drawn (the loop skips only the built-in one, which has nothing to do then).
+    seen: list[int] = []
+    learn = synth_classif_learner(default_cbs=False)
+    learn.add_cbs([TrainEvalCallback(), Recorder(), progress_module.ProgressCallback(
+        bars=False, after_batch=lambda cb: seen.append(cb.iter))])
+    with contextlib.redirect_stdout(io.StringIO()):
+        learn.fit(1)
+    assert seen == [0, 1, 2, 0, 1]  # 3 training and 2 validation batches
+    with pytest.raises(ArgumentError, match="'after_bacth', which is not an event. Did you mean 'after_batch'"):
+        progress_module.ProgressCallback(after_bacth=print)
 
 
 class Boom(Callback):

@@ -62,6 +62,13 @@ def test_model_resetter_resets_before_train_before_validate_and_after_fit() -> N
     assert outer == ["reset", "before_fit", *epoch * 2, "reset", "after_fit"]
 
 
+def test_rnn_callback_takes_event_methods_as_keywords() -> None:
+    seen: list[str] = []
+    learn = lstm_learner()
+    learn.fit(1, cbs=[ModelResetter(), RNNCallback(after_fit=lambda cb: seen.append(type(cb).__name__))])
+    assert seen == ["RNNCallback"]
+
+
 def test_model_resetter_needs_a_model_with_reset() -> None:
     learn = synth_learner()
     with pytest.raises(AttributeError, match="ModelResetter calls model.reset\\(\\), but Linear has no reset method"):

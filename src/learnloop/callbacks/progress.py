@@ -31,7 +31,14 @@ class ProgressCallback(Callback):
 
     order = 60
 
-    def __init__(self, bars: bool | None = None, file: TextIO | None = None, refresh_secs: float = 0.5) -> None:
+    def __init__(
+        self,
+        bars: bool | None = None,
+        file: TextIO | None = None,
+        refresh_secs: float = 0.5,
+        **hooks: Callable[..., Any],
+    ) -> None:
+        super().__init__(**hooks)  # event methods as keywords, as any Callback takes them
         self.bars, self.file, self.refresh_secs = bars, file, refresh_secs
         self.epoch_bar: Any = None
         self.batch_bar: Any = None
@@ -65,9 +72,9 @@ class ProgressCallback(Callback):
             self.epoch_bar = tqdm(total=learn.n_epoch, desc="epoch", file=self._out, leave=False, dynamic_ncols=True)
 
     def _idle_events(self) -> Collection[Event]:
-        # Without bars, after_batch has nothing to do: the loop need not call it for every batch (unless a subclass
-        # made it do something else).
-        if self._show_bars or type(self).after_batch is not ProgressCallback.after_batch:
+        # Without bars, after_batch has nothing to do: the loop need not call it for every batch (unless a subclass,
+        # or an `after_batch=` given to the constructor, made it do something else).
+        if self._show_bars or "after_batch" in vars(self) or type(self).after_batch is not ProgressCallback.after_batch:
             return ()
         return (Event.after_batch,)
 

@@ -10,6 +10,7 @@ tensor (the last layer's) or a list with one per layer. Activations are batch-fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -67,7 +68,8 @@ class RNNCallback(Callback):
     """Splits the model's `(output, raw_outputs, outputs)`: `learn.pred` becomes `output`, and the last
     layer's activations are kept as `raw_out` (before dropout) and `out` (after dropout)."""
 
-    def __init__(self) -> None:
+    def __init__(self, **hooks: Callable[..., Any]) -> None:
+        super().__init__(**hooks)  # event methods as keywords, as any Callback takes them
         self.raw_out: torch.Tensor | None = None
         self.out: torch.Tensor | None = None
 
