@@ -132,3 +132,22 @@ def test_training_data_without_a_length_is_refused_clearly() -> None:
     learn = Learner(DataLoaders(gen, device="cpu"), nn.Linear(2, 1), loss_func=nn.MSELoss())
     with pytest.raises(TypeError, match="training data.*has no length.*__len__"):
         learn.fit(1)
+
+
+def test_default_device_use_sets_the_default_for_what_follows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import learnloop.data as data_module
+
+    monkeypatch.setattr(data_module, "_use_cuda", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a machine with a GPU
+    assert default_device() == torch.device("cuda")
+    assert default_device(False) == torch.device("cpu")  # fastai's way to keep everything on the CPU
+    assert default_device() == DataLoaders([]).device == torch.device("cpu")  # -1, the default, reads the setting
+    assert DataLoaders([], device="cuda").device == torch.device("cuda")  # an explicit device still wins
+    assert default_device(None) == default_device() == torch.device("cuda")  # back to automatic
+    assert default_device(0) == torch.device("cpu")
+    assert default_device(1) == default_device(True) == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device(True) == torch.device("cpu")  # True without CUDA: the CPU, as fastai's
+    with pytest.raises(TypeError, match=r"default_device\(use='cpu'\): use is True .*pass it device="):
+        default_device("cpu")  # type: ignore[arg-type]
+    assert default_device() == torch.device("cpu") and data_module._use_cuda is True  # the bad call changed nothing

@@ -11,9 +11,32 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 __all__ = ["DataLoaders", "default_device", "to_device", "unshuffled"]
 
 
-def default_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# What `default_device(use)` last set: None picks CUDA when it is available, True too, False the CPU.
+_use_cuda: bool | None = None
+
+
+def default_device(use: bool | int | None = -1) -> torch.device:
+    """The device a `DataLoaders` given none feeds (and `load_learner(cpu=False)` loads to): CUDA when available,
+    else the CPU.
+
+    As fastai's, `use` also sets it for what follows, in this process: False the CPU, True or None CUDA when
+    available; -1 (the default) only reads it. Apple's MPS is never picked on its own (fastai picks it): pass
+    `device="mps"` to `DataLoaders` for it.
+
+    >>> default_device(False)  # from here on, DataLoaders() without a device feeds the CPU
+    device(type='cpu')
+    """
+    global _use_cuda
+    if isinstance(use, int) and not isinstance(use, bool) and use == -1:
+        use = _use_cuda
+    elif use is None or isinstance(use, bool) or use in (0, 1):
+        _use_cuda = use = None if use is None else bool(use)
+    else:
+        raise TypeError(
+            f"default_device(use={use!r}): use is True (CUDA when available), False (the CPU), None (automatic) "
+            "or -1 (read the setting, the default); to put one DataLoaders on a device, pass it device=..."
+        )
+    return torch.device("cuda" if use is not False and torch.cuda.is_available() else "cpu")
 
 
 def to_device(b: Any, device: torch.device, non_blocking: bool = True) -> Any:
