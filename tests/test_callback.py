@@ -608,6 +608,53 @@ def test_calling_a_callback_directly_honours_run_flags() -> None:
     assert calls == ["fit", "batch"]
 
 
+def test_calling_a_callback_runs_any_of_its_methods_by_name() -> None:
+    class Resets(Callback):
+        def reset(self) -> str:
+            return "reset done"
+
+        def before_fit(self) -> str:
+            return "before_fit done"
+
+    cb = Resets()
+    # As in fastai: any method by name, not only an event's, and what it returns; nothing for a missing one.
+    assert cb("reset") == "reset done" and cb("before_fit") == "before_fit done"
+    assert cb("not_defined") is None
+    cb.run = False
+    assert cb("reset") is None and cb("after_fit") is None and cb.run is True
+    learn = synth_learner(cbs=cb)
+    assert cb("fit") is None  # the learner's method is not the callback's: nothing runs
+    typo = r"Resets\('befor_fit'\): no such event or method, nothing ran\. Did you mean 'before_fit'"
+    with pytest.warns(UserWarning, match=typo):
+        assert cb("befor_fit") is None
+    with pytest.warns(DeprecationWarning, match="begin_fit"):
+        assert cb("begin_fit") == "before_fit done"
+    assert learn.epoch == 0  # and the learner was left alone
+
+
+def test_an_error_in_a_callback_called_directly_names_the_callback_and_the_event() -> None:
+    class Boom(Callback):
+        def before_batch(self) -> None:
+            raise ValueError("boom")
+
+        def helper(self) -> None:
+            raise KeyError("missing")
+
+    with pytest.raises(ValueError, match="boom") as info:
+        Boom()("before_batch")
+    assert info.value.__notes__ == ["(raised in callback Boom at event before_batch)"]
+    with pytest.raises(KeyError) as key_info:
+        Boom()("helper")
+    assert key_info.value.__notes__ == ["(raised in callback Boom at event helper)"]
+    with pytest.raises(CancelBatchException) as cancel_info:
+        Callback(before_batch=_raise_cancel)("before_batch")
+    assert not hasattr(cancel_info.value, "__notes__")  # a cancel exception is control flow: no note
+
+
+def _raise_cancel() -> None:
+    raise CancelBatchException()
+
+
 def test_a_callback_named_like_a_learner_attribute_is_refused() -> None:
     from conftest import synth_learner
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from .errors import ArgumentError
-from .events import ALIASES, INNER_LOOP, Event, did_you_mean
+from .events import ALIASES, CANCEL_EXCEPTIONS, INNER_LOOP, Event, did_you_mean, resolve_event
 from .warn import warn_caller
 
 if TYPE_CHECKING:
@@ -87,8 +87,8 @@ class Callback:
             name in learn.__dict__ or _class_has(type(learn), name) or _model_has(learn.__dict__.get("model"), name)
         ):
             warn_caller(
-                f"{type(self).__name__} sets `self.{name}`, which shadows the learner's attribute "
-                f"`{name}`; use `self.learn.{name} = ...` to change the learner's."
+                f"{type(self).__name__} is shadowing an attribute of the learner ({name}): it sets `self.{name}`, "
+                f"which shadows the learner's `{name}`; use `self.learn.{name} = ...` to change the learner's."
             )
         object.__setattr__(self, name, value)
         if learn is not None and name in _SORT_OR_HOOK:  # an event method or the order changed: new hook lists
@@ -108,19 +108,49 @@ class Callback:
         """Restore what `state_dict` returned."""
 
     def __call__(self, event_name: str) -> Any:
-        """Run this callback's method for one event, honouring `run`, `run_train` and `run_valid`."""
-        event = Event(event_name)
-        result = None
-        hook = event_hooks(self).get(event)
+        """Run this callback's method called `event_name` and return what it returns (None when it has none),
+        honouring `run`, and at the per-batch events `run_train` and `run_valid`. As in fastai, any method can be
+        called so (`cb("reset")`), not only an event's; `after_fit` sets `run` back to True."""
+        event = Event.__members__.get(event_name)
+        if event is None and event_name in ALIASES:
+            event = resolve_event(event_name)  # with its DeprecationWarning
+        if event is not None:
+            hook = event_hooks(self).get(event)
+        elif _own_attr(self, event_name):  # a name that is no event: the callback's method of that name
+            hook = getattr(self, event_name)
+        else:  # nothing to run, as in fastai; but a name close to an event's is most likely a typo
+            hook = None
+            if hint := did_you_mean(event_name):
+                warn_caller(f"{type(self).__name__}({event_name!r}): no such event or method, nothing ran.{hint}")
         training = getattr(self, "training", True) if self.learn is not None else True
+        result = None
         if hook is not None and self.run and (event not in INNER_LOOP or _runs_now(self, training)):
-            result = hook()
+            try:
+                result = hook()
+            except CANCEL_EXCEPTIONS:
+                raise
+            except Exception as e:
+                blame(e, self, event_name)
+                raise
         if event is Event.after_fit:
             self.run = True
         return result
 
     def __repr__(self) -> str:
         return type(self).__name__
+
+
+def blame(e: BaseException, cb: Callback, event_name: str) -> None:
+    """Add the callback and the event to the message of `e` (a PEP 678 note: `str(e)` stays the original message,
+    tracebacks and `pytest.raises(match=...)` show both), which keeps its type and its arguments."""
+    note = f"(raised in callback {type(cb).__name__} at event {event_name})"
+    if note not in getattr(e, "__notes__", ()):  # once, when an event fired again by a callback raised it
+        e.add_note(note)
+
+
+def _own_attr(cb: Callback, name: str) -> bool:
+    """Whether `name` is the callback's own attribute (its class's or its instance's), not one read from the learner."""
+    return name in vars(cb) or _class_has(type(cb), name)
 
 
 def _model_has(model: Any, name: str) -> bool:

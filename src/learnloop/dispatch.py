@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
-from .callback import Callback, check_hook_names, event_hooks
+from .callback import Callback, blame, check_hook_names, event_hooks
 from .events import CANCEL_EXCEPTIONS, INNER_LOOP, Event, resolve_event
 from .sorting import sort_callbacks
 
@@ -27,14 +27,6 @@ _FASTAI_LOOP = (
     "End Valid", "after_cancel_validate", "after_validate", "End Epoch Loop", "after_cancel_epoch", "after_epoch",
     "End Fit", "after_cancel_fit", "after_fit",
 )
-
-
-def _blame(e: Exception, cb: Callback, event: Event) -> None:
-    """Add the callback and the event to the message of `e` (a PEP 678 note: `str(e)` stays the original message,
-    tracebacks and `pytest.raises(match=...)` show both), which keeps its type and its arguments."""
-    note = f"(raised in callback {type(cb).__name__} at event {event.value})"
-    if note not in getattr(e, "__notes__", ()):  # once, when an event fired again by a callback raised it
-        e.add_note(note)
 
 
 def as_list(cbs: Any) -> list[Any]:
@@ -195,7 +187,7 @@ class CallbackHost:
                 except CANCEL_EXCEPTIONS:
                     raise
                 except Exception as e:
-                    _blame(e, cb, event)
+                    blame(e, cb, event.value)
                     raise
 
     def show_training_loop(self) -> None:
