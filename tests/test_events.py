@@ -271,3 +271,9 @@ def test_helper_methods_are_not_reported(learn) -> None:  # noqa: ANN001
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.add_cb(Helpers())
+
+
+def test_event_is_fastais_name_for_the_event_namespace() -> None:
+    from learnloop import event
+
+    assert event is Event and event.after_batch == "after_batch" and len(list(event)) == 24

@@ -192,7 +192,8 @@ def test_no_bar_removes_the_progress_callback(capsys: pytest.CaptureFixture[str]
     learn = synth_learner()
     progress = learn.progress
     learn.logger = print
-    with learn.no_bar():
+    with learn.no_bar() as yielded:
+        assert yielded is learn  # as fastai's, the block gets the learner
         assert not any(isinstance(cb, ProgressCallback) for cb in learn.cbs) and not hasattr(learn, "progress")
         learn.fit(1)
     assert learn.progress is progress and progress in learn.cbs

@@ -49,6 +49,7 @@ from .events import (
     CancelTrainException,
     CancelValidException,
     Event,
+    event,
 )
 from .export import load_learner
 from .learner import Learner, norm_bias_params, trainable_params
@@ -148,6 +149,7 @@ __all__ = [
     "EMACallback",
     "EarlyStoppingCallback",
     "Event",
+    "event",
     "ExplainedVariance",
     "FetchPredsCallback",
     "GatherPredsCallback",

@@ -62,6 +62,9 @@ class Event(StrEnum):
     after_fit = "after_fit"
 
 
+#: fastai's name for the namespace of event names (``event.after_batch == "after_batch"``).
+event = Event
+
 #: Events that fire once per batch; `run_train` / `run_valid` apply to these only.
 INNER_LOOP: frozenset[Event] = frozenset(
     {

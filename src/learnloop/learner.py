@@ -497,10 +497,10 @@ class Learner(CallbackHost):
         return self._replacing("create_mbar", False)
 
     @contextmanager
-    def no_bar(self) -> Iterator[None]:
-        """Run the block without the progress callback."""
+    def no_bar(self) -> Iterator[Learner]:
+        """Run the block without the progress callback (`with learn.no_bar() as learn:`, as in fastai)."""
         with self.removed_cbs(ProgressCallback):
-            yield
+            yield self
 
     @contextmanager
     def _validation_context(self, cbs: Any = None, inner: bool = False) -> Iterator[None]:
