@@ -696,6 +696,31 @@ def test_a_callback_overriding_call_gets_every_event_through_it() -> None:
     # Every event of the fit, in the loop's order, including those the callback defines no method for.
     assert cb.seen == [e for e in plain.events if e != "after_create"]
     assert "before_fit" in cb.seen and cb.batches == 3
+    # Listed, as in fastai's ordered_cbs and show_training_loop, only at the events it has a method for.
+    learn.add_cb(cb)
+    assert cb in learn.ordered_cbs("after_batch") and cb not in learn.ordered_cbs("before_fit")
+
+
+def test_replacing_or_editing_learn_cbs_changes_what_runs() -> None:
+    # fastai reads learn.cbs at every event and its own notebooks edit it directly: so does learnloop.
+    learn = synth_learner(n_train=16, n_valid=8, bs=8)
+    log = EventLog()
+    learn.add_cb(log)
+    learn.cbs = [cb for cb in learn.cbs if cb is not log]  # replaced: the log no longer runs
+    learn.fit(1)
+    assert log.events == [] and log not in learn.ordered_cbs("before_fit")
+    extra = EventLog()
+    learn.cbs.append(extra)  # edited in place: runs from the next event on, with its learner set
+    learn.fit(1)
+    assert extra.learn is learn and extra.events[:2] == ["before_fit", "before_epoch"]
+    recorder = learn.recorder
+    learn.cbs.remove(recorder)  # no Recorder: nothing recorded by the next fit
+    recorder.values = []
+    learn.fit(1)
+    assert recorder.values == []
+    learn.cbs.append(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="learn.cbs holds 42, which is not a Callback"):
+        learn.fit(1)
 
 
 def test_hooks_and_order_changed_after_adding_take_effect() -> None:

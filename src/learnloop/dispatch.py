@@ -48,12 +48,40 @@ class CallbackHost:
     training: bool
 
     def __init__(self) -> None:
-        self.cbs: list[Callback] = []
+        self._cbs: list[Callback] = []
+        self._built_for: list[Callback] = []  # the callbacks the hook lists were last built from, in order
         # What fires: per event, the hooks to call, in order. `_plan` lists every callback with a method for the event
         # (what `ordered_cbs` and `show_training_loop` show); `_hooks` leaves out the methods a callback marks as
         # having nothing to do for now (`Callback._idle_events`), so that the loop does not call them for nothing.
         self._hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
         self._plan: dict[Event, list[Callback]] = {e: [] for e in Event}
+
+    @property
+    def cbs(self) -> list[Callback]:
+        """The callbacks, in the order they were added. As in fastai, the list may be replaced (`learn.cbs = ...`)
+        or changed in place (`learn.cbs.pop()`): the loop runs what it holds from the next event on that is not a
+        per-batch one. `add_cb`/`remove_cb` also keep `learn.<name>` up to date, and check what they are given."""
+        return self._cbs
+
+    @cbs.setter
+    def cbs(self, value: Iterable[Callback]) -> None:
+        self._cbs = list(value)
+        self._sync_cbs()
+
+    def _sync_cbs(self) -> None:
+        """Rebuild the hook lists if `cbs` changed since they were built (the list replaced or edited in place):
+        checked at every event that is not a per-batch one, an identity check per callback."""
+        cbs, built = self._cbs, self._built_for
+        if len(cbs) != len(built) or any(a is not b for a, b in zip(cbs, built, strict=True)):
+            for cb in cbs:
+                if not isinstance(cb, Callback):
+                    raise TypeError(
+                        f"learn.cbs holds {cb!r}, which is not a Callback: put only instances of learnloop.Callback "
+                        "in it (or use add_cb, which also takes a class)."
+                    )
+                if cb.learn is None:  # put in the list directly: it needs its learner too
+                    object.__setattr__(cb, "learn", self)
+            self._build_hooks()
 
     def add_cb(self, cb: Callback | type[Callback]) -> Self:
         """Add a callback (a class is instantiated) and expose it as `learn.<cb.name>`."""
@@ -137,13 +165,15 @@ class CallbackHost:
         """Rebuild the per-event lists of bound methods: done when callbacks change, never per event."""
         hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
         plan: dict[Event, list[Callback]] = {e: [] for e in Event}
-        for cb in sort_callbacks(self.cbs):
+        for cb in sort_callbacks(self._cbs):
             if type(cb).__call__ is not Callback.__call__:
                 # A callback that overrides `__call__` (to log every event, say) is called with every event's name,
                 # as fastai calls every callback: its override decides what to run.
+                has = event_hooks(cb)
                 for event in Event:
                     hooks[event].append((cb, functools.partial(cb, event.value)))
-                    plan[event].append(cb)
+                    if event in has:  # listed, as fastai lists a callback, only where it has a method
+                        plan[event].append(cb)
                 continue
             idle = cb._idle_events()
             for event, method in event_hooks(cb).items():
@@ -154,6 +184,7 @@ class CallbackHost:
         # whose hooks are running when a callback is added or removed finishes with the list it started.
         self._hooks.update(hooks)
         self._plan.update(plan)
+        self._built_for = list(self._cbs)
 
     def sorted_cbs(self) -> list[Callback]:
         """The callbacks in the order they run (by `order`, then `run_before`/`run_after`, then insertion)."""
@@ -161,6 +192,7 @@ class CallbackHost:
 
     def ordered_cbs(self, event: str) -> list[Callback]:
         """The callbacks with a method for `event`, in the order they run (fastai's name)."""
+        self._sync_cbs()
         return list(self._plan[resolve_event(event)])
 
     def __call__(self, event_name: str | Iterable[str]) -> None:
@@ -170,6 +202,7 @@ class CallbackHost:
             self._fire(resolve_event(name))
 
     def _fire(self, event: Event) -> None:
+        self._sync_cbs()
         hooks = self._hooks[event]
         if hooks:
             self._run_hooks(event, hooks)
@@ -193,6 +226,7 @@ class CallbackHost:
     def show_training_loop(self) -> None:
         """Print the training loop as fastai 2.8 does, line for line: its phases, and at each of its events the
         callbacks that run there, in order (`show_cbs` lists every event, those fastai leaves out included)."""
+        self._sync_cbs()
         indent = 0
         for step in _FASTAI_LOOP:
             if step.startswith("Start"):
@@ -209,6 +243,7 @@ class CallbackHost:
         """Print the execution plan: every event, in loop order, with the callbacks that run at it, in order
         (``-`` for none). Validation batches run the same callbacks as training ones, less those with
         ``run_valid=False``; training ones less those with ``run_train=False``."""
+        self._sync_cbs()
         for event in Event:
             names = ", ".join(type(cb).__name__ for cb in self._plan[event]) or "-"
             print(f"{'  ' * _DEPTH[event.value.split('_')[-1]]}{event.value:<22} {names}")
