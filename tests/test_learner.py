@@ -913,3 +913,85 @@ def test_cast_to_tensor_keeps_namedtuples() -> None:
     learn.cast_to_tensor.before_batch()
     (pair,) = learn.xb
     assert type(pair) is Pair and type(pair.a) is torch.Tensor and pair.b == 3
+
+
+def test_one_batch_and_all_batches_drive_the_loop_by_hand() -> None:
+    # fastai's public methods: a batch (or a loader's batches) through the batch phase, outside fit().
+    learn = synth_learner(n_train=32, n_valid=16, bs=8)
+    log = EventLog()
+    learn.add_cb(log)
+    learn.cbs = learn.cbs[1:]  # as fastai's notebook does: no TrainEvalCallback (it counts a fit's batches)
+    learn.create_opt()
+    learn.model.train()
+    learn.training = True
+    xb, yb = next(iter(learn.dls.train))
+    before = learn.model.weight.detach().clone()
+    learn.one_batch(3, (xb, yb))
+    assert learn.iter == 3 and learn.n_iter == 0  # n_iter left as it is, as fastai leaves it
+    assert learn.xb[0] is xb and learn.yb[0] is yb
+    assert torch.allclose(learn.loss, learn.loss_func(learn.pred, yb))
+    assert not torch.equal(learn.model.weight, before)  # backward and step ran
+    assert log.events == ["before_batch", "after_pred", "after_loss", "before_backward", "after_backward",
+                          "before_step", "after_step", "after_batch"]
+    log.events.clear()
+    learn.model.eval()
+    learn.training, learn.dl = False, learn.dls.valid
+    with torch.no_grad():
+        learn.all_batches()
+    assert learn.n_iter == 2 and learn.iter == 1
+    assert log.events == ["before_batch", "after_pred", "after_loss", "after_batch"] * 2
+
+
+def test_save_and_load_through_a_buffer(tmp_path: Path) -> None:
+    import io
+
+    learn = synth_learner(path=tmp_path)
+    learn.fit(1)
+    buffer = io.BytesIO()
+    assert learn.save(buffer) is buffer  # written into and handed back, as in fastai; no file
+    assert buffer.getbuffer().nbytes > 0 and not (tmp_path / "models").exists()
+    other = synth_learner(path=tmp_path, seed=1)
+    buffer.seek(0)
+    other.load(buffer)
+    assert torch.equal(other.model.weight, learn.model.weight)
+    assert other.opt.state_dict()["hypers"] == learn.opt.state_dict()["hypers"]
+
+
+def test_fastais_learner_helpers(tmp_path: Path) -> None:
+    from learnloop import before_batch_cb, load_model, save_model, to_detach
+    from learnloop.learner import replacing_yield
+
+    learn = synth_learner()
+    seen: list[float] = []
+
+    def double(cb: Any, xb: tuple[Any, ...], yb: tuple[Any, ...]) -> tuple[Any, Any]:
+        return (xb[0] * 2,), yb
+
+    spy = Callback(after_pred=lambda cb: seen.append(float(cb.learn.xb[0].abs().sum())))
+    raw = float(sum(x.abs().sum() for x, _ in learn.dls.train))
+    learn.fit(1, cbs=[before_batch_cb(double), spy])
+    assert sum(seen[:2]) == pytest.approx(2 * raw)  # the two training batches went in doubled
+
+    with replacing_yield(learn, "lr", 0.5):
+        assert learn.lr == 0.5
+    assert learn.lr == 1e-2
+
+    t = torch.ones(2, requires_grad=True) * 3
+    out = to_detach({"a": [t], "b": 1})
+    assert not out["a"][0].requires_grad and out["a"][0].device.type == "cpu" and out["b"] == 1
+    assert learn.to_detach((t,))[0].requires_grad is False
+
+    path = save_model(tmp_path / "m.pth", learn.model, learn.opt)
+    other = synth_learner(seed=1)
+    other.create_opt()
+    load_model(path, other.model, other.opt)
+    assert torch.equal(other.model.weight, learn.model.weight)
+    with pytest.raises(ValueError, match="pickle_protocol=4 would write a file"):
+        save_model(tmp_path / "p4.pth", learn.model, pickle_protocol=4)
+    from learnloop.callback import noop
+
+    learn.logger = print
+    log = EventLog()
+    with learn.validation_context(cbs=log):  # fastai's public name: what validate() runs its phase in
+        assert learn.logger is noop and learn.create_mbar is False and log.events == ["before_fit", "before_epoch"]
+    assert learn.logger is print and log.events[-2:] == ["after_epoch", "after_fit"] and log.learn is None

@@ -39,7 +39,7 @@ from .callbacks import (
 )
 from .callbacks.lr_finder import SuggestionMethod, minimum, slide, steep, valley
 from .checkpoint import CheckpointError
-from .data import DataLoaders, default_device
+from .data import DataLoaders, default_device, to_detach
 from .events import (
     CancelBackwardException,
     CancelBatchException,
@@ -52,7 +52,7 @@ from .events import (
     event,
 )
 from .export import load_learner
-from .learner import Learner, norm_bias_params, trainable_params
+from .learner import Learner, before_batch_cb, load_model, norm_bias_params, save_model, trainable_params
 from .losses import (
     BaseLoss,
     BCELossFlat,
@@ -205,6 +205,10 @@ __all__ = [
     "combine_scheds",
     "combined_cos",
     "default_device",
+    "to_detach",
+    "before_batch_cb",
+    "save_model",
+    "load_model",
     "error_rate",
     "exp_rmspe",
     "explained_variance",

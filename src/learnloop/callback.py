@@ -18,7 +18,7 @@ from .warn import warn_caller
 if TYPE_CHECKING:
     from .learner import Learner
 
-__all__ = ["Callback", "is_side_run", "noop", "snake_name"]
+__all__ = ["Callback", "before_batch_cb", "is_side_run", "noop", "snake_name"]
 
 
 def noop(*args: Any, **kwargs: Any) -> None:
@@ -151,6 +151,18 @@ def blame(e: BaseException, cb: Callback, event_name: str) -> None:
 def _own_attr(cb: Callback, name: str) -> bool:
     """Whether `name` is the callback's own attribute (its class's or its instance's), not one read from the learner."""
     return name in vars(cb) or _class_has(type(cb), name)
+
+
+def before_batch_cb(f: Callable[[Callback, tuple[Any, ...], tuple[Any, ...]], tuple[Any, Any]]) -> Callback:
+    """A callback that, before each batch, sets the learner's `xb, yb` to `f(cb, xb, yb)` (fastai's shortcut).
+
+    >>> learn.fit(1, cbs=before_batch_cb(lambda cb, xb, yb: ((xb[0] * 2,), yb)))
+    """
+
+    def before_batch(cb: Callback) -> None:
+        cb.learn.xb, cb.learn.yb = f(cb, cb.learn.xb, cb.learn.yb)
+
+    return Callback(before_batch=before_batch)
 
 
 def _model_has(model: Any, name: str) -> bool:

@@ -120,11 +120,18 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(plain, f))
 
 
-def safe_load(path: str | Path, map_location: Any = None) -> Any:
-    """`torch.load(weights_only=True)`, with errors that say what is wrong with the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}: check the name and the learner's path/model_dir.")
+def is_buffer(file: Any) -> bool:
+    """Whether `file` is an open binary file or buffer (io.BytesIO, say) rather than a path."""
+    return not isinstance(file, (str, os.PathLike)) and (hasattr(file, "write") or hasattr(file, "read"))
+
+
+def safe_load(path: str | Path | IO[bytes], map_location: Any = None) -> Any:
+    """`torch.load(weights_only=True)` of a file (or a buffer, read from where it stands), with errors that say
+    what is wrong with the file."""
+    if not is_buffer(path):
+        path = Path(path)  # type: ignore[arg-type]
+        if not path.is_file():
+            raise FileNotFoundError(f"No checkpoint at {path}: check the name and the learner's path/model_dir.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -158,7 +165,7 @@ def _unpickler_reason(e: Exception) -> str:
     return lines[0] if lines else str(e)
 
 
-def check_format(obj: Any, path: str | Path, expected: str, hint: str = "") -> None:
+def check_format(obj: Any, path: str | Path | IO[bytes], expected: str, hint: str = "") -> None:
     """Check that ``obj`` (a loaded file) is a learnloop file of format ``expected`` that this version can read."""
     found = obj.get("format") if isinstance(obj, Mapping) else None
     if found != expected:
@@ -205,16 +212,28 @@ def _few(items: list[str], n: int = 10, sep: str = ", ") -> str:
     return sep.join(items[:n]) + more
 
 
-def save_model(path: str | Path, model: nn.Module, opt: Any = None, with_opt: bool = True) -> Path:
-    """Save the model's state (and the optimizer's, when `with_opt`) to `path`, atomically."""
+def save_model(
+    path: str | Path | IO[bytes], model: nn.Module, opt: Any = None, with_opt: bool = True, pickle_protocol: int = 2
+) -> Any:
+    """Save the model's state (and the optimizer's, when `with_opt`) to `path`, atomically, or into an open
+    buffer; returns where it went. `pickle_protocol` is fastai's argument: only 2, what `load_model` reads cleanly."""
+    if pickle_protocol != 2:
+        raise ValueError(
+            f"pickle_protocol={pickle_protocol!r} would write a file that torch's weights-only loader, which "
+            "load_model reads with, cannot read cleanly (it refuses protocols 0, 1, 4 and 5 and warns at every "
+            "load of 3); leave it at 2, torch's default."
+        )
     state = model.state_dict()
     if with_opt and opt is not None:
-        return atomic_save({"model": state, "opt": opt.state_dict()}, path)
-    return atomic_save(state, path)
+        state = {"model": state, "opt": opt.state_dict()}
+    if is_buffer(path):  # written as it is: a buffer is no file that a crash could leave half-written
+        torch.save(to_plain(state), path)  # type: ignore[arg-type]
+        return path
+    return atomic_save(state, path)  # type: ignore[arg-type]
 
 
 def load_model(
-    path: str | Path,
+    path: str | Path | IO[bytes],
     model: nn.Module,
     opt: Any = None,
     with_opt: bool = True,

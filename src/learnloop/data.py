@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["DataLoaders", "default_device", "to_device", "unshuffled"]
+from .distributed import is_distributed, world_size
+
+__all__ = ["DataLoaders", "default_device", "to_detach", "to_device", "unshuffled"]
 
 
 # What `default_device(use)` last set: None picks CUDA when it is available, True too, False the CPU.
@@ -37,6 +39,27 @@ def default_device(use: bool | int | None = -1) -> torch.device:
             "or -1 (read the setting, the default); to put one DataLoaders on a device, pass it device=..."
         )
     return torch.device("cuda" if use is not False and torch.cuda.is_available() else "cpu")
+
+
+def to_detach(b: Any, cpu: bool = True, gather: bool = True) -> Any:
+    """Every tensor in the (nested) batch `b` detached, and moved to the CPU when `cpu` (fastai's function).
+
+    With `gather`, in a distributed job, each tensor becomes the concatenation along dimension 0 of every
+    process's (a number becomes a vector of one per process): what fastai's does, for metrics over all ranks.
+    """
+    if isinstance(b, torch.Tensor):
+        x = b.detach()
+        if gather and is_distributed():
+            x = x[None] if x.dim() == 0 else x.contiguous()
+            parts = [torch.empty_like(x) for _ in range(world_size())]
+            torch.distributed.all_gather(parts, x)
+            x = torch.cat(parts)
+        return x.cpu() if cpu else x
+    if isinstance(b, (tuple, list)):
+        return type(b)(to_detach(o, cpu, gather) for o in b)
+    if isinstance(b, dict):
+        return {k: to_detach(v, cpu, gather) for k, v in b.items()}
+    return b
 
 
 def to_device(b: Any, device: torch.device, non_blocking: bool = True) -> Any:

@@ -8,13 +8,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import nn
 
 from .attrs import OwnAttrs
-from .callback import Callback, noop
+from .callback import Callback, before_batch_cb, noop
 from .callbacks import lr_finder as _lr_finder
 from .callbacks import schedule as _schedule
 from .callbacks.checkpointing import CheckpointCallback, resolve_resume
@@ -23,8 +23,8 @@ from .callbacks.distributed import DistributedTrainer, auto_distributed
 from .callbacks.distributed import distrib_ctx as _distrib_ctx
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
-from .checkpoint import load_model, save_model
-from .data import DataLoaders, to_device, unshuffled
+from .checkpoint import is_buffer, load_model, save_model
+from .data import DataLoaders, to_detach, to_device, unshuffled
 from .dispatch import CallbackHost, as_list
 from .distributed import barrier, is_distributed, is_rank_zero, unwrap_model
 from .errors import InputError
@@ -44,7 +44,10 @@ from .metrics import Metric, mk_metric
 from .optimizer import Adam, OptimWrapper
 from .resume import DataOrder, ResumeState
 
-__all__ = ["Learner", "trainable_params", "norm_bias_params", "NORM_TYPES"]
+__all__ = [
+    "Learner", "trainable_params", "norm_bias_params", "NORM_TYPES", "replacing_yield", "save_model", "load_model",
+    "before_batch_cb",
+]
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
@@ -227,9 +230,19 @@ class Learner(CallbackHost):
     def _batch_n_inp(self) -> int | None:
         return self._n_inp if self._n_inp is not None else getattr(self.dls, "n_inp", None)
 
-    def _all_batches(self) -> None:
-        """Every batch of `self.dl`: split into `xb`/`yb`, then the batch phase, with the backward and step
-        phases inside it when training.
+    def all_batches(self) -> None:
+        """Run every batch of `learn.dl` (its batch phase, with backward and step when training), as the loop
+        does within a training or validation phase (fastai's method, for driving the loop by hand)."""
+        self._all_batches()
+
+    def one_batch(self, i: int, b: Any) -> None:
+        """Run batch `b` as the loop's `i`-th: split it into `xb`/`yb`, then its batch phase, with backward and
+        step when training (fastai's method, for driving the loop by hand; `n_iter` is left as it is)."""
+        self._all_batches([(i, b)])
+
+    def _all_batches(self, batches: Iterable[tuple[int, Any]] | None = None) -> None:
+        """Every batch of `self.dl` (or the numbered `batches`): split into `xb`/`yb`, then the batch phase, with
+        the backward and step phases inside it when training.
 
         The loop's hot path: the three inner phases are written out here rather than run through `_phase`, and an
         event without hooks costs one dict lookup. Same events and cancel rules as everywhere (`events.Event`).
@@ -238,12 +251,14 @@ class Learner(CallbackHost):
         own attributes without its `__getattr__` (`attrs.OwnAttrs`): the same values, at a plain object's cost.
         """
         s = self._attrs = OwnAttrs(self)
-        s.n_iter = len(s.dl) if hasattr(s.dl, "__len__") else 0
+        if batches is None:
+            s.n_iter = len(s.dl) if hasattr(s.dl, "__len__") else 0
+            batches = self._batches()
         device = self._device
         n_inp = self._batch_n_inp()
         one_input = n_inp is None or n_inp == 1
         hooks, run = self._hooks, self._run_hooks
-        for i, b in self._batches():
+        for i, b in batches:
             if i == 0 and device is not None and device.type == "cpu" and _all_on_cpu(b):
                 device = None  # a CPU loader's batches are already in place: skip the per-batch walk
             s.iter = i
@@ -479,22 +494,13 @@ class Learner(CallbackHost):
                    ". Give DataLoaders a training set with at least one batch.")
             )
 
-    @contextmanager
-    def _replacing(self, name: str, value: Any) -> Iterator[None]:
-        old = getattr(self, name)
-        setattr(self, name, value)
-        try:
-            yield
-        finally:
-            setattr(self, name, old)
-
     def no_logging(self) -> AbstractContextManager[None]:
         """Silence the per-epoch table for the duration of the block."""
-        return self._replacing("logger", noop)
+        return replacing_yield(self, "logger", noop)
 
     def no_mbar(self) -> AbstractContextManager[None]:
         """Don't create the epoch progress bar in this block."""
-        return self._replacing("create_mbar", False)
+        return replacing_yield(self, "create_mbar", False)
 
     @contextmanager
     def no_bar(self) -> Iterator[Learner]:
@@ -503,7 +509,7 @@ class Learner(CallbackHost):
             yield self
 
     @contextmanager
-    def _validation_context(self, cbs: Any = None, inner: bool = False) -> Iterator[None]:
+    def validation_context(self, cbs: Any = None, inner: bool = False) -> Iterator[None]:
         """The events around `validate()`'s and `get_preds()`'s validation phase: before_fit and before_epoch, then
         after_epoch and after_fit, those even when an exception leaves the phase (as fastai's). `inner=True` (a call
         from inside a running fit that should leave the fit's callbacks alone) fires none of them. The last batch's
@@ -519,7 +525,7 @@ class Learner(CallbackHost):
         """Evaluate on the validation set (or `dl`): `[valid_loss, *metrics]`, the Recorder's `final_record`
         (None when no Recorder ever recorded one)."""
         dl = self.dls[ds_idx] if dl is None else dl
-        with self._validation_context(cbs):
+        with self.validation_context(cbs):
             self._do_epoch_validate(ds_idx, dl)
         return getattr(self, "final_record", None)
 
@@ -589,7 +595,7 @@ class Learner(CallbackHost):
             with_input=with_input, with_loss=with_loss, save_preds=save_preds, save_targs=save_targs,
             with_preds=with_preds, with_targs=with_targs, concat_dim=concat_dim, pickle_protocol=pickle_protocol,
         )
-        with self._unreduced_loss(with_loss), self._validation_context([*as_list(cbs), gather], inner=inner):
+        with self._unreduced_loss(with_loss), self.validation_context([*as_list(cbs), gather], inner=inner):
             self._do_epoch_validate(ds_idx, dl)
         preds = gather.preds
         if preds is not None:
@@ -604,6 +610,11 @@ class Learner(CallbackHost):
         if with_loss:
             result.append(gather.losses)
         return tuple(result)
+
+    def to_detach(self, b: Any, cpu: bool = True, gather: bool = True) -> Any:
+        """`b` detached (see `learnloop.data.to_detach`), or as the current loader's own `to_detach` makes it."""
+        dl_to_detach = getattr(self.dl, "to_detach", None)
+        return dl_to_detach(b, cpu, gather) if callable(dl_to_detach) else to_detach(b, cpu, gather)
 
     def loss_not_reduced(self) -> AbstractContextManager[None]:
         """In the block, the loss function returns one loss per item (`reduction='none'`)."""
@@ -659,12 +670,13 @@ class Learner(CallbackHost):
             return (inp[0] if isinstance(inp, torch.Tensor) else tuple(x[0] for x in inp), *result)
         return result
 
-    def _model_file(self, file: str | Path) -> Path:
-        return self.path / self.model_dir / f"{file}.pth"
+    def _model_file(self, file: str | Path | IO[bytes]) -> Any:
+        return file if is_buffer(file) else self.path / self.model_dir / f"{file}.pth"
 
-    def save(self, file: str | Path, with_opt: bool = True, pickle_protocol: int = 2) -> Path:
+    def save(self, file: str | Path | IO[bytes], with_opt: bool = True, pickle_protocol: int = 2) -> Any:
         """Save the model (and optimizer) to `path/model_dir/file.pth`, atomically, with `torch.save`'s
         `pickle_protocol` (accepted for fastai's code: only 2, what `load` reads cleanly); returns the path.
+        An open buffer (`io.BytesIO`) is written into and returned instead, as in fastai.
 
         In a distributed job, call it on every rank: rank 0 writes, and every rank waits until the
         file is complete, so any rank can load it next. A model sharded with FSDP is saved with
@@ -678,20 +690,31 @@ class Learner(CallbackHost):
             )
         path = self._model_file(file)
         if is_fsdp(self.model):
+            if is_buffer(path):
+                raise TypeError(
+                    "A model sharded with FSDP is saved to a folder, one file per rank: give a name, not a buffer."
+                )
             return save_sharded(path, self.model, self.opt, with_opt=with_opt)
         if is_rank_zero():
             save_model(path, unwrap_model(self.model), self.opt, with_opt=with_opt)
         barrier()
         return path
 
-    def load(self, file: str | Path, device: Any = None, with_opt: bool = True, strict: bool = True) -> Learner:
-        """Load `path/model_dir/file.pth` (written by `save`) into the model and optimizer."""
+    def load(
+        self, file: str | Path | IO[bytes], device: Any = None, with_opt: bool = True, strict: bool = True
+    ) -> Learner:
+        """Load `path/model_dir/file.pth` (written by `save`), or an open buffer from where it stands, into the
+        model and optimizer."""
         if device is None:
             device = getattr(self.dls, "device", None)
         if self.opt is None:
             self.create_opt()
         model = unwrap_model(self.model)
         if is_fsdp(model):
+            if is_buffer(file):
+                raise TypeError(
+                    "A model sharded with FSDP is loaded from a folder, one file per rank: give a name, not a buffer."
+                )
             load_sharded(self._model_file(file), model, self.opt, with_opt=with_opt)
             return self
         load_model(self._model_file(file), model, self.opt, with_opt=with_opt, device=device, strict=strict)
@@ -889,6 +912,17 @@ class Learner(CallbackHost):
         """
         with _distrib_ctx(self, split_batch=split_batch, sync_bn=sync_bn, timeout=timeout, **kwargs):
             yield self
+
+
+@contextmanager
+def replacing_yield(obj: Any, attr: str, value: Any) -> Iterator[None]:
+    """Set `obj.<attr>` to `value` for the duration of the block, then put the old value back (fastai's name)."""
+    old = getattr(obj, attr)
+    setattr(obj, attr, value)
+    try:
+        yield
+    finally:
+        setattr(obj, attr, old)
 
 
 def _all_on_cpu(b: Any) -> bool:
