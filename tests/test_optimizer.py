@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from learnloop.errors import InputError
 from learnloop.optimizer import (
     SGD,
     Adam,
@@ -140,6 +141,14 @@ def test_set_hypers_errors() -> None:
             opt.set_hypers(lr=negative)
     with pytest.raises(ValueError, match="non-negative"):
         SGD([torch.zeros(1)], lr=-1.0)
+    # fastai refuses a None lr with an AssertionError ("0 values"); InputError is one, and says what to pass.
+    for none in (None, [0.1, None, 0.1]):
+        with pytest.raises(InputError, match=r"set_hyper\('lr', .*None.*\): the learning rate cannot be None"):
+            opt.set_hypers(lr=none)
+        with pytest.raises(InputError, match="cannot be None"):
+            opt.set_hyper("lr", none)
+    with pytest.raises(InputError, match="cannot be None"):
+        SGD([torch.zeros(1)], lr=None)  # type: ignore[arg-type]
     assert [h["lr"] for h in opt.hypers] == [1.0] * 3  # nothing was changed by the failed calls
     opt.set_hypers(sqr_mom=0.9)  # the standard names are always accepted (schedules set them)
     opt.set_hyper("lr", 0.25)
@@ -382,14 +391,21 @@ def test_state_dict_round_trip_continues_identically(name: str) -> None:
 
 
 def test_load_state_dict_rejects_mismatches() -> None:
+    # InputError: a ValueError, and the AssertionError fastai raises for the same state dicts.
     sd = SGD(three_groups(), lr=0.1, mom=0.9).state_dict()
-    with pytest.raises(ValueError, match="state_dict has 3 parameter groups but this optimizer has 1"):
+    with pytest.raises(InputError, match="state_dict has 3 parameter groups but this optimizer has 1; load a"):
         SGD([torch.zeros(1)], lr=0.1).load_state_dict(sd)
-    with pytest.raises(ValueError, match="state for 3 parameters but this optimizer has 4"):
+    with pytest.raises(InputError, match="state for 3 parameters but this optimizer has 4"):
         SGD([[torch.zeros(1)], [torch.zeros(1)], [torch.zeros(1), torch.zeros(1)]], lr=0.1).load_state_dict(sd)
+    with pytest.raises(InputError, match=r"groups of \[1, 1, 1\] parameters, this optimizer \[2, 1\]"):
+        SGD([[torch.zeros(1), torch.zeros(1)], [torch.zeros(1)]], lr=0.1).load_state_dict(
+            {**sd, "hypers": sd["hypers"][:2]}
+        )
+    with pytest.raises(AssertionError):  # what fastai code catches
+        Adam([torch.zeros(1), torch.zeros(1)], lr=0.1).load_state_dict(Adam([torch.zeros(1)], lr=0.1).state_dict())
     opt = SGD(three_groups(), lr=0.1, mom=0.9)
     sd["state"][0]["grad_avg"] = torch.zeros(5)
-    with pytest.raises(ValueError, match=r"'grad_avg' of parameter 0 has shape \(5,\) but the parameter"):
+    with pytest.raises(InputError, match=r"'grad_avg' of parameter 0 has shape \(5,\) but the parameter"):
         opt.load_state_dict(sd)
 
 

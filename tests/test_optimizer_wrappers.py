@@ -11,7 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from learnloop.optimizer import SGD, Lookahead, OptimWrapper, RAdam, ranger
+import learnloop.optimizer
+from learnloop.errors import InputError
+from learnloop.optimizer import (
+    PYTORCH_HP_MAP,
+    SGD,
+    Lookahead,
+    OptimWrapper,
+    RAdam,
+    detuplify_pg,
+    pytorch_hp_map,
+    ranger,
+    set_item_pg,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -88,6 +100,11 @@ def test_wrapper_discriminative_lrs_and_errors() -> None:
         opt.set_hypers(lr=[0.1, 0.2])
     with pytest.raises(ValueError, match="non-negative"):
         opt.set_hypers(lr=-1.0)
+    with pytest.raises(InputError, match="the learning rate cannot be None"):  # fastai: an AssertionError
+        opt.set_hypers(lr=None)
+    with pytest.raises(InputError, match="the learning rate cannot be None"):
+        opt.set_hyper("lr", None)
+    assert [g["lr"] for g in opt.opt.param_groups] == pytest.approx([1e-3, 1e-3, 1e-2])
     with pytest.raises(ValueError, match="just pass in `opt`"):
         OptimWrapper(three_groups(), opt=torch.optim.SGD(three_groups()[0], lr=0.1))
 
@@ -262,6 +279,47 @@ def test_lookahead_zero_grad_zeroes_in_place_whatever_it_wraps() -> None:
             assert g[0].grad is grad and grad is not None and not grad.any()
         opt.zero_grad(set_to_none=True)
         assert all(g[0].grad is None for g in groups)
+
+
+def test_lookahead_refuses_a_none_lr() -> None:
+    opt = ranger(three_groups(), lr=0.1)
+    for set_lr in (lambda: opt.set_hyper("lr", None), lambda: opt.set_hypers(lr=None)):
+        with pytest.raises(InputError, match="the learning rate cannot be None"):
+            set_lr()
+    assert [h["lr"] for h in opt.hypers] == [0.1] * 3
+
+
+def test_lookahead_load_state_dict_rejects_other_groups() -> None:
+    groups = three_groups()
+    opt = ranger(groups, lr=0.1)
+    set_grads(groups)
+    opt.step()
+    sd = opt.state_dict()
+    bigger = ranger([[nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))], *three_groups()[1:]], lr=0.1)
+    with pytest.raises(InputError, match=r"slow weights come in groups of \[1, 1, 1\] parameters but this "
+                       r"optimizer has groups of \[2, 1, 1\]"):
+        bigger.load_state_dict(sd)
+    with pytest.raises(AssertionError):  # fastai's type, from its inner optimizer's check
+        bigger.load_state_dict({k: v for k, v in sd.items() if k != "slow_weights"})
+
+
+def test_param_group_helpers_of_fastai() -> None:
+    group = {"params": [torch.zeros(1)], "lr": 0.01, "betas": (0.9, 0.999), "ns": [1, 2], "x": ()}
+    assert detuplify_pg(group) == {"lr": 0.01, "betas__0": 0.9, "betas__1": 0.999, "ns__0": 1, "ns__1": 2}
+    assert "params" in group  # the group itself is left alone
+    pg = {"lr": 0.01, "betas": (0.9, 0.999)}
+    assert set_item_pg(pg, "betas__0", 0.95) is pg
+    assert pg == {"lr": 0.01, "betas": (0.95, 0.999)}
+    assert set_item_pg(pg, "lr", 0.1) == {"lr": 0.1, "betas": (0.95, 0.999)}
+    assert set_item_pg({"ns": [1, 2]}, "ns__1", 3) == {"ns": (1, 3)}  # a tuple back, as fastai's
+    assert set_item_pg({}, "my__key", 1) == {"my__key": 1}  # no index after "__": a plain key
+    with pytest.raises(KeyError, match="mom"):
+        set_item_pg({}, "mom__0", 0.9)
+    with pytest.raises(InputError, match="'betas__2' sets item 2 of 'betas', which has 2 items"):
+        set_item_pg({"betas": (0.9, 0.999)}, "betas__2", 0.9)
+    assert pytorch_hp_map is PYTORCH_HP_MAP and pytorch_hp_map["betas__1"] == "sqr_mom"
+    names = set(learnloop.optimizer.__all__)
+    assert {"detuplify_pg", "set_item_pg", "pytorch_hp_map"} <= names
 
 
 def test_lookahead_state_dict_round_trip() -> None:

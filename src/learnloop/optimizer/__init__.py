@@ -24,7 +24,7 @@ from .steppers import (
     weight_decay,
     with_defaults,
 )
-from .wrapper import PYTORCH_HP_MAP, OptimWrapper
+from .wrapper import PYTORCH_HP_MAP, OptimWrapper, detuplify_pg, pytorch_hp_map, set_item_pg
 
 __all__ = [
     "BaseOptimizer",
@@ -45,6 +45,9 @@ __all__ = [
     "ranger",
     "OptimWrapper",
     "PYTORCH_HP_MAP",
+    "pytorch_hp_map",
+    "detuplify_pg",
+    "set_item_pg",
     "Stepper",
     "with_defaults",
     "stepper_defaults",

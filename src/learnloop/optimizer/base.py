@@ -157,8 +157,15 @@ class BaseOptimizer:
 
     def _spread_checked(self, k: str, v: Any) -> list[Any]:
         values = spread_hyper(k, v, len(self.param_lists))
-        if k == "lr" and any(x < 0 for x in values if isinstance(x, Real)):
-            raise _negative_lr(v)
+        if k == "lr":
+            if any(x is None for x in values):
+                # fastai fails here too (an AssertionError: "0 values"); a None lr would only fail at the step.
+                raise InputError(
+                    f"set_hyper('lr', {v!r}): the learning rate cannot be None; pass a number, a list with one "
+                    "number per parameter group, or a slice"
+                )
+            if any(x < 0 for x in values if isinstance(x, Real)):
+                raise _negative_lr(v)
         return values
 
     def _set_hyper_values(self, k: str, values: list[Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..warn import warn_caller
 from .base import BaseOptimizer, OptimizerState, ParamGroupView, as_param_list
 from .chain import compile_chain, missing_message, stepper_name
@@ -268,18 +269,20 @@ class Optimizer(BaseOptimizer):
         """Load a ``state_dict``: copies its tensors onto each parameter's device (and dtype)."""
         hypers, states = sd["hypers"], sd["state"]
         sizes = [len(plist) for plist in self.param_lists]
+        # fastai asserts the first two; InputError is also an AssertionError, so code catching that still works.
+        fix = "; load a state_dict saved from an optimizer over the same model and parameter groups"
         if len(hypers) != len(sizes):
-            raise ValueError(
-                f"state_dict has {len(hypers)} parameter groups but this optimizer has {len(sizes)}"
+            raise InputError(
+                f"state_dict has {len(hypers)} parameter groups but this optimizer has {len(sizes)}{fix}"
             )
         if len(states) != sum(sizes):
-            raise ValueError(
+            raise InputError(
                 f"state_dict holds state for {len(states)} parameters but this optimizer has "
-                f"{sum(sizes)} (in groups of {sizes})"
+                f"{sum(sizes)} (in groups of {sizes}){fix}"
             )
         if "group_sizes" in sd and list(sd["group_sizes"]) != sizes:
-            raise ValueError(
-                f"state_dict has groups of {list(sd['group_sizes'])} parameters, this optimizer {sizes}"
+            raise InputError(
+                f"state_dict has groups of {list(sd['group_sizes'])} parameters, this optimizer {sizes}{fix}"
             )
         params = [p for plist in self.param_lists for p in plist]
         loaded = [
@@ -300,7 +303,7 @@ class Optimizer(BaseOptimizer):
             if isinstance(v, Tensor):
                 like_p = k in _PER_PARAM_STATE
                 if like_p and v.shape != p.shape:
-                    raise ValueError(
+                    raise InputError(
                         f"state {k!r} of parameter {i} has shape {tuple(v.shape)} but the parameter has "
                         f"shape {tuple(p.shape)}; was the state_dict saved from another model?"
                     )

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .base import BaseOptimizer, OptimizerState
 
 __all__ = ["Lookahead"]
@@ -137,7 +138,11 @@ class Lookahead(BaseOptimizer):
         slow = sd.get("slow_weights")
         if slow is not None:
             if [len(g) for g in slow] != [len(g) for g in self.param_lists]:
-                raise ValueError("the saved slow weights do not match this optimizer's parameter groups")
+                raise InputError(
+                    f"the saved slow weights come in groups of {[len(g) for g in slow]} parameters but this "
+                    f"optimizer has groups of {[len(g) for g in self.param_lists]}; was the state_dict saved "
+                    "from another model?"
+                )
             slow = [
                 [s.to(device=p.device, dtype=p.dtype, copy=True) for s, p in zip(gs, gp, strict=True)]
                 for gs, gp in zip(slow, self.param_lists, strict=True)

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from .base import BaseOptimizer, OptimizerState, as_param_list
 
-__all__ = ["OptimWrapper", "PYTORCH_HP_MAP"]
+__all__ = ["OptimWrapper", "PYTORCH_HP_MAP", "detuplify_pg", "pytorch_hp_map", "set_item_pg"]
 
 #: torch.optim param-group keys -> learnloop hyper-parameter names (``name__i`` is item i of a tuple).
 PYTORCH_HP_MAP: dict[str, str] = {
@@ -32,6 +33,46 @@ PYTORCH_HP_MAP: dict[str, str] = {
     "betas__0": "mom",
     "betas__1": "sqr_mom",
 }
+#: fastai's name for :data:`PYTORCH_HP_MAP` (the same dict).
+pytorch_hp_map = PYTORCH_HP_MAP
+
+
+def detuplify_pg(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A torch param group's hypers without ``'params'``, a tuple or list value split into ``name__i`` items.
+
+    >>> detuplify_pg({"params": [], "lr": 0.01, "betas": (0.9, 0.99)})
+    {'lr': 0.01, 'betas__0': 0.9, 'betas__1': 0.99}
+    """
+    res: dict[str, Any] = {}
+    for k, v in d.items():
+        if k == "params":
+            continue
+        if isinstance(v, (tuple, list)):
+            res.update({f"{k}__{i}": x for i, x in enumerate(v)})
+        else:
+            res[k] = v
+    return res
+
+
+def set_item_pg(pg: MutableMapping[str, Any], k: str, v: Any) -> MutableMapping[str, Any]:
+    """Set ``pg[k] = v``, or item ``i`` of the tuple ``pg[name]`` for ``k == 'name__i'``; returns ``pg``.
+
+    >>> set_item_pg({"betas": (0.9, 0.99)}, "betas__1", 0.95)
+    {'betas': (0.9, 0.95)}
+    """
+    name, sep, idx = k.rpartition("__")
+    if not (sep and name and idx.isdigit()):
+        pg[k] = v
+        return pg
+    old, i = pg[name], int(idx)
+    if i >= len(old):
+        # fastai leaves the group unchanged here, which hides a misspelt key.
+        raise InputError(
+            f"set_item_pg: {k!r} sets item {i} of {name!r}, which has {len(old)} items; use an index below "
+            f"{len(old)}"
+        )
+    pg[name] = tuple(v if j == i else x for j, x in enumerate(old))
+    return pg
 
 
 def _flat_keys(group: Mapping[str, Any]) -> Iterator[str]:
