@@ -223,3 +223,14 @@ def test_default_callbacks_do_not_sync_per_batch(monkeypatch: pytest.MonkeyPatch
     # Per epoch: the table row reads train_loss, valid_loss and accuracy, and torch's DataLoader draws a
     # seed with .item() for each iterator (train and valid): 5, with 30 batches an epoch.
     assert sum(calls.values()) <= 2 * 6, calls
+
+
+def test_a_fit_under_no_mbar_prints_no_table() -> None:
+    # fastai's ProgressCallback writes the epoch table to the bar no_mbar() kept it from making: nowhere.
+    learn, out = _printing_learner()
+    stdout = io.StringIO()
+    with learn.no_mbar(), contextlib.redirect_stdout(stdout):
+        learn.fit(2)
+    assert out.getvalue() == stdout.getvalue() == "" and learn.logger is print  # not even the raw records
+    learn.fit(1)  # the logger is back: the next fit prints its table
+    assert out.getvalue().splitlines()[0].split() == ["epoch", "train_loss", "valid_loss", "time"]

@@ -43,6 +43,7 @@ class ProgressCallback(Callback):
         self.epoch_bar: Any = None
         self.batch_bar: Any = None
         self._old_logger: Callable[[Any], None] | None = None
+        self._muted_logger: Callable[[Any], None] | None = None  # the logger a fit under no_mbar() silenced
         self._show_bars, self._width = False, 10
 
     @property
@@ -58,6 +59,9 @@ class ProgressCallback(Callback):
     def before_fit(self) -> None:
         learn = self.learn
         if not learn.create_mbar:  # validate()/get_preds(), perhaps inside a fit: leave the fit's bars alone
+            if not learn._in_fit and learn.logger is not noop:
+                # A fit under `no_mbar()`: fastai writes the table to the bar it did not make, so nowhere.
+                self._muted_logger, learn.logger = learn.logger, noop
             return
         self._cleanup()  # a fit that ended in an exception left its bars and logger behind
         show_bars = self._use_bars()
@@ -130,6 +134,10 @@ class ProgressCallback(Callback):
             bar.refresh()
 
     def after_fit(self) -> None:
+        if self._muted_logger is not None:
+            if self.learn.logger is noop:
+                self.learn.logger = self._muted_logger
+            self._muted_logger = None
         if self.learn.create_mbar:
             self._cleanup()
 
