@@ -292,3 +292,36 @@ def test_what_a_distributed_job_cannot_combine_is_refused(monkeypatch: pytest.Mo
         learn.get_preds(**kwargs)
     preds, _ = learn.get_preds()  # the defaults are fine (a single process here: the trainer stands by)
     assert torch.equal(preds, PREDS)
+
+
+# ------------------------------------------------------------------ all_tensors
+@pytest.mark.parametrize(
+    ("kwargs", "shapes"),
+    [
+        ({}, [(10, 3), (10,)]),
+        ({"with_preds": False}, [None, (10,)]),
+        ({"with_targs": False}, [(10, 3), None]),
+        ({"with_input": True, "with_loss": True}, [(10, 1), (10, 3), (10,), (10,)]),
+        ({"with_input": True, "with_preds": False, "with_targs": False}, [(10, 1), None, None]),
+    ],
+)
+def test_all_tensors_lists_inputs_preds_targets_losses_as_fastai(
+    kwargs: dict[str, bool], shapes: list[tuple[int, ...] | None]
+) -> None:
+    # fastai 2.8.12's rule: preds and targets always have a place (None when not kept), inputs and losses when asked.
+    learn = small_learner()
+    cb = GatherPredsCallback(**kwargs)
+    with learn.loss_not_reduced():  # as get_preds does: per-item losses
+        learn.validate(cbs=cb)
+    tensors = cb.all_tensors()
+    assert [None if t is None else tuple(t.shape) for t in tensors] == shapes
+    preds = tensors[1 if kwargs.get("with_input") else 0]
+    assert preds is None or torch.equal(preds, PREDS)
+
+def test_without_preds_the_callback_keeps_none_where_fastai_keeps_an_empty_list() -> None:
+    # A deliberate difference: get_preds reads `preds`, and returns None in its place (its documented result).
+    learn = small_learner()
+    cb = GatherPredsCallback(with_preds=False, with_targs=False)
+    learn.validate(cbs=cb)
+    assert cb.preds is None and cb.targets is None
+    assert learn.get_preds(with_preds=False, with_targs=False) == (None, None)

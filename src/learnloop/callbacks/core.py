@@ -138,7 +138,8 @@ class GatherPredsCallback(Callback):
     """Collects predictions and targets during validation, optionally inputs and per-item losses (fastai's).
 
     After the phase, `preds`, `targets` and `inputs` hold the batches concatenated along `concat_dim`, `losses`
-    along dimension 0. `with_preds=False` / `with_targs=False` keep no predictions / targets (None then).
+    along dimension 0; `all_tensors()` lists them in `get_preds` order. `with_preds=False` /
+    `with_targs=False` keep no predictions / targets (None then, where fastai leaves an empty list).
     `save_preds` / `save_targs`: a directory (made if missing) where each batch's prediction, as the model made
     it, / first target is written on the CPU with `torch.save(..., pickle_protocol=pickle_protocol)`, to a file
     named after the batch's index (`0`, `1`, ...); that does not stop it being kept as well.
@@ -226,6 +227,16 @@ class GatherPredsCallback(Callback):
         self.targets = _concat(g.targets, dim) if self.with_targs else None
         self.inputs = _concat(g.inputs, dim) if self.with_input else None
         self.losses = _concat(_fill_missing_losses(g.losses)) if self.with_loss else None
+
+    def all_tensors(self) -> list[Any]:
+        """What was gathered, as a list: `[inputs (with_input only), preds, targets, losses (with_loss only)]`
+        (fastai's), preds / targets None when not kept."""
+        res = [self.preds if self.with_preds else None, self.targets if self.with_targs else None]
+        if self.with_input:
+            res.insert(0, self.inputs)
+        if self.with_loss:
+            res.append(self.losses)
+        return res
 
 
 def _plain_tensors(x: Any) -> Any:
