@@ -10,6 +10,7 @@ from .loggers import CSVLogger, TensorBoardCallback
 from .lr_finder import LRFinder
 from .mixup import CutMix, MixHandler, MixUp
 from .perf import ChannelsLast, CompileModel, ProfilerCallback
+from .preds import MCDropoutCallback
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .rnn import ModelResetter, RNNCallback, RNNRegularizer, rnn_cbs
@@ -33,6 +34,7 @@ __all__ = [
     "GradientAccumulation",
     "GradientClip",
     "LRFinder",
+    "MCDropoutCallback",
     "MixHandler",
     "MixUp",
     "MixedPrecision",
