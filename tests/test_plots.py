@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import pytest
@@ -14,7 +17,8 @@ matplotlib.use("Agg")  # tests only: the library leaves the backend to matplotli
 import matplotlib.pyplot as plt  # noqa: E402
 
 from conftest import synth_learner  # noqa: E402
-from learnloop import Learner, mae  # noqa: E402
+from learnloop import Callback, CancelTrainException, CancelValidException, Learner, mae  # noqa: E402
+from learnloop.callbacks import ShowGraphCallback  # noqa: E402
 from learnloop.callbacks.lr_finder import minimum, steep, valley  # noqa: E402
 
 
@@ -125,3 +129,117 @@ def test_missing_matplotlib_names_the_extra(trained: Learner, monkeypatch: pytes
     with pytest.warns(UserWarning, match=r"no plot.*learnloop\[plot\].*show_plot=False"):
         res = learn.lr_find(num_it=20)
     assert res is not None
+
+
+# ------------------------------------------------------------------ ShowGraphCallback
+def graph_data(cb: ShowGraphCallback) -> list[tuple[list[float], list[float]]]:
+    assert cb.fig is not None
+    return [([float(x) for x in line.get_xdata()], [float(y) for y in line.get_ydata()])
+            for line in cb.fig.axes[0].lines]
+
+
+def test_show_graph_plots_the_recorders_losses_and_the_valid_loss_at_each_epoch_end() -> None:
+    learn = synth_learner(n_train=64, bs=16)  # 4 batches an epoch
+    cb = ShowGraphCallback()
+    learn.fit(2, cbs=cb)
+    rec = learn.recorder
+    (train_x, train_y), (valid_x, valid_y) = graph_data(cb)
+    assert train_x == list(range(8)) and train_y == [float(x) for x in rec.losses]
+    assert valid_x == [4.0, 8.0] and valid_y == [row[1] for row in rec.values]
+    assert cb.fig is not None and cb.fig.axes[0].get_xlim() == (0, 8)
+    assert cb.fig.axes[0].get_ylim() == (0, max(train_y + valid_y))
+    assert (cb.order, cb.run_train, cb.run_valid) == (65, True, False)  # fastai's
+    assert plt.get_fignums() == []  # made without pyplot: no window can open, nothing waits to be shown
+
+
+def test_show_graph_spans_the_whole_fit_from_the_first_epoch() -> None:
+    # fastai's bounds: the epochs to come are guessed from the first one's batches.
+    limits: list[tuple[float, float]] = []
+    cb = ShowGraphCallback()
+    spy = Callback(after_epoch=lambda: limits.append(cb.fig.axes[0].get_xlim()))  # type: ignore[union-attr]
+    spy.order = 66
+    synth_learner(n_train=64, bs=16).fit(3, cbs=[cb, spy])
+    assert limits == [(0, 12)] * 3
+
+
+def test_show_graph_sits_out_get_preds_lr_find_and_validate_and_draws_the_next_fit() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    cb = ShowGraphCallback()
+    learn.add_cb(cb)
+    learn.fit(1)
+    fig, drawn = cb.fig, graph_data(cb)
+    learn.get_preds()
+    learn.validate()
+    learn.lr_find(num_it=10, show_plot=False)
+    assert cb.fig is fig and graph_data(cb) == drawn and cb.run
+    learn.fit(2)
+    assert cb.fig is not fig and graph_data(cb)[1][0] == [4.0, 8.0]
+
+
+@pytest.mark.parametrize("exc", [CancelTrainException, CancelValidException])
+def test_show_graph_reads_the_valid_loss_of_an_epoch_with_a_phase_cancelled(exc: type[Exception]) -> None:
+    def cancel() -> None:
+        if learn.epoch == 0:
+            raise exc
+
+    learn = synth_learner(n_train=64, bs=16)
+    event = "before_train" if exc is CancelTrainException else "before_validate"
+    cb = ShowGraphCallback()
+    learn.fit(2, cbs=[cb, Callback(**{event: cancel})])
+    valid_x, valid_y = graph_data(cb)[1]
+    assert valid_x == ([0.0, 4.0] if exc is CancelTrainException else [4.0, 8.0])
+    if exc is CancelTrainException:  # the row holds no training loss: the valid loss comes first
+        assert valid_y == [learn.recorder.values[0][0], learn.recorder.values[1][1]]
+    else:
+        assert math.isnan(valid_y[0]) and valid_y[1] == learn.recorder.values[1][1]
+
+
+class FakeHandle:
+    def __init__(self, shown: list[Any]) -> None:
+        self.shown = shown
+
+    def update(self, obj: Any) -> None:
+        self.shown.append(("update", obj))
+
+
+def fake_ipython(monkeypatch: pytest.MonkeyPatch, kernel: bool) -> list[Any]:
+    """An IPython whose shell is (or is not) a Jupyter kernel; returns what gets displayed."""
+    shown: list[Any] = []
+
+    def display(obj: Any, display_id: bool = False) -> FakeHandle:
+        shown.append(("display", obj, display_id))
+        return FakeHandle(shown)
+
+    shell = types.SimpleNamespace(kernel=object()) if kernel else types.SimpleNamespace()
+    ipython = types.ModuleType("IPython")
+    ipython.get_ipython = lambda: shell  # type: ignore[attr-defined]
+    ipy_display = types.ModuleType("IPython.display")
+    ipy_display.display = display  # type: ignore[attr-defined]
+    ipy_display.Image = lambda data, format: (format, data)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "IPython", ipython)
+    monkeypatch.setitem(sys.modules, "IPython.display", ipy_display)
+    return shown
+
+
+def test_show_graph_in_a_notebook_shows_the_figure_once_then_updates_it_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shown = fake_ipython(monkeypatch, kernel=True)
+    synth_learner(n_train=64, bs=16).fit(3, cbs=ShowGraphCallback())
+    assert [s[0] for s in shown] == ["display", "update", "update"]
+    assert shown[0][2] is True  # a display id, for the updates
+    assert all(s[1][0] == "png" and s[1][1][:8] == b"\x89PNG\r\n\x1a\n" for s in shown)
+
+
+def test_show_graph_outside_a_kernel_shows_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    shown = fake_ipython(monkeypatch, kernel=False)  # a terminal IPython: no kernel
+    cb = ShowGraphCallback()
+    synth_learner(n_train=64, bs=16).fit(1, cbs=cb)
+    assert shown == [] and len(graph_data(cb)[0][0]) == 4
+
+
+def test_show_graph_without_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in ("matplotlib", "matplotlib.figure"):  # as if it were not installed
+        monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=r"ShowGraphCallback needs matplotlib: pip install 'learnloop\[plot\]'"):
+        ShowGraphCallback()

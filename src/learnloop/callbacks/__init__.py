@@ -6,6 +6,7 @@ from .core import CastToTensor, FetchPredsCallback, GatherPredsCallback, SkipToE
 from .distributed import DistributedTrainer
 from .ema import EMACallback
 from .fp16 import AMPMode, MixedPrecision
+from .graph import ShowGraphCallback
 from .loggers import CSVLogger, TensorBoardCallback
 from .lr_finder import LRFinder
 from .mixup import CutMix, MixHandler, MixUp
@@ -48,6 +49,7 @@ __all__ = [
     "Recorder",
     "ReduceLROnPlateau",
     "SaveModelCallback",
+    "ShowGraphCallback",
     "SkipToEpoch",
     "TensorBoardCallback",
     "TerminateOnNaNCallback",
