@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from types import SimpleNamespace
 from typing import Any
 
@@ -644,6 +645,31 @@ def test_accum_metric_activations_and_thresh() -> None:
     assert torch.equal(seen["preds"], logits.softmax(0).flatten())
     with pytest.raises(ValueError, match="'tanh' is not a valid ActivationType"):
         AccumMetric(capture, activation="tanh")
+
+
+@pytest.mark.parametrize("ndim", [2, 4, 5])
+def test_accum_metric_softmax_without_dim_uses_dim_1_like_fastai(ndim: int) -> None:
+    # fastai passes dim=None to F.softmax: torch's implicit choice is dim 1 for 2-D and 4-D or larger inputs
+    stored: list[Tensor] = []
+    logits = torch.randn(2, 3, *(2,) * (ndim - 2), generator=torch.Generator().manual_seed(0))
+    for activation in ("softmax", "binarysoftmax"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning: dim 1 is the class dimension here
+            metric = AccumMetric(lambda p, t: stored.append(p), activation=activation, flatten=False)
+            run(metric, [batch(logits, logits)])
+    assert torch.equal(stored[0], logits.softmax(1))
+    assert torch.equal(stored[1], logits.softmax(1)[:, -1])
+
+
+@pytest.mark.parametrize("ndim", [1, 3])
+def test_accum_metric_softmax_without_dim_uses_dim_0_with_a_warning_like_fastai(ndim: int) -> None:
+    # torch's implicit choice (fastai's) is dim 0 for 1-D and 3-D inputs: usually the batch, hence the warning
+    stored: list[Tensor] = []
+    logits = torch.randn(4, *(3,) * (ndim - 1), generator=torch.Generator().manual_seed(0))
+    metric = AccumMetric(lambda p, t: stored.append(p), activation="softmax", flatten=False)
+    with pytest.warns(UserWarning, match=f"softmax over dim 0 of {ndim}-D predictions.*pass dim_argmax"):
+        run(metric, [batch(logits, logits)])
+    assert torch.equal(stored[0], logits.softmax(0))
 
 
 def test_accum_metric_to_np_invert_arg_flatten_and_kwargs() -> None:

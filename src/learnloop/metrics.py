@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .smoothing import Debiaser, batch_means, replay_lerp, to_float32
+from .warn import warn_caller
 
 
 class MetricLearner(Protocol):
@@ -297,14 +298,28 @@ class ActivationType(StrEnum):
     BinarySoftmax = "binarysoftmax"
 
 
+def _softmax_dim(pred: Tensor) -> int:
+    """The dimension fastai's ``F.softmax(pred, dim=None)`` uses: torch's deprecated implicit choice."""
+    if pred.ndim in (0, 1, 3):
+        warn_caller(
+            f"AccumMetric: softmax over dim 0 of {pred.ndim}-D predictions (fastai's implicit choice, likely "
+            "the batch dimension); pass dim_argmax to choose the class dimension."
+        )
+        return 0
+    return 1
+
+
 class AccumMetric(Metric):
     """``func(preds, targs)`` over the whole set, from every batch's stored predictions and targets.
 
-    Before storing a batch's predictions: a softmax over ``dim_argmax`` (the last dimension when None) or a
-    sigmoid when `activation` says so, else an argmax over ``dim_argmax`` when it is set and not 0; then
-    ``preds >= thresh`` when `thresh` is set and not 0 (fastai tests both for truth). ``invert_arg`` calls
-    ``func(targs, preds)`` (kept in the attribute ``invert_args``, as fastai's); ``to_np`` hands ``func`` numpy
-    arrays; extra keywords go to ``func``.
+    Before storing a batch's predictions: a softmax over ``dim_argmax`` or a sigmoid when `activation` says so,
+    else an argmax over ``dim_argmax`` when it is set and not 0; then ``preds >= thresh`` when `thresh` is set
+    and not 0 (fastai tests both for truth). ``invert_arg`` calls ``func(targs, preds)`` (kept in the attribute
+    ``invert_args``, as fastai's); ``to_np`` hands ``func`` numpy arrays; extra keywords go to ``func``.
+
+    With ``dim_argmax=None`` the softmax runs over the dimension fastai's does (torch's old implicit choice):
+    dim 1 for 2-D and 4-D or larger predictions, dim 0 for 1-D and 3-D ones, with a warning then, since dim 0
+    is usually the batch: pass ``dim_argmax`` to say which dimension holds the classes.
 
     >>> m = AccumMetric(lambda p, t: (p == t).float().mean(), dim_argmax=-1, name="acc")
     >>> m(torch.tensor([1, 0]), torch.tensor([1, 1])).item()  # one batch, already decoded
@@ -340,7 +355,7 @@ class AccumMetric(Metric):
 
     def _prepare(self, pred: Tensor) -> Tensor:
         if self.activation in (ActivationType.Softmax, ActivationType.BinarySoftmax):
-            pred = F.softmax(pred, dim=-1 if self.dim_argmax is None else self.dim_argmax)
+            pred = F.softmax(pred, dim=_softmax_dim(pred) if self.dim_argmax is None else self.dim_argmax)
             if self.activation == ActivationType.BinarySoftmax:
                 pred = pred[:, -1]
         elif self.activation == ActivationType.Sigmoid:
