@@ -20,6 +20,7 @@ from torch import nn
 from conftest import synth_dls, synth_learner
 from learnloop import Callback, Learner
 from learnloop.callback import noop
+from learnloop.errors import InputError
 from learnloop.callbacks.schedule import ParamScheduler, fit_one_cycle, sgdr_epochs
 from learnloop.optimizer import SGD, Optimizer, OptimWrapper, sgd_step
 from learnloop.schedules import (
@@ -174,9 +175,10 @@ def test_combine_scheds_empty_segments() -> None:
 
 
 def test_combine_scheds_bad_input() -> None:
-    with pytest.raises(ValueError, match="add up to 1"):
+    # InputErrors: ValueErrors, and AssertionErrors as fastai's asserts
+    with pytest.raises(AssertionError, match="add up to 1"):
         combine_scheds([0.3, 0.3], [SchedNo(0, 0), SchedNo(0, 0)])
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(AssertionError, match=">= 0"):
         combine_scheds([1.5, -0.5], [SchedNo(0, 0), SchedNo(0, 0)])
     with pytest.raises(ValueError, match="one fraction per schedule"):
         combine_scheds([1.0], [SchedNo(0, 0), SchedNo(0, 0)])
@@ -441,6 +443,23 @@ def test_bad_policy_arguments(policy: Policy, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         policy(learn)
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
+
+
+BAD_FRACTIONS: list[tuple[str, Policy, str]] = [
+    ("one_cycle pct>1", lambda l: l.fit_one_cycle(1, pct_start=1.5), "pct_start.*in \\[0, 1\\]; got 1.5"),
+    ("flat pct<0", lambda l: l.fit_flat_cos(1, pct_start=-0.5), "pct_start.*in \\[0, 1\\]; got -0.5"),
+    ("fine_tune pct", lambda l: l.fine_tune(1, pct_start=3.0), "pct_start.*got 3.0"),
+    ("sgdr cycle_len", lambda l: l.fit_sgdr(2, 1.5), "cycle_len must be a whole number >= 1, got 1.5"),  # type: ignore[arg-type]
+    ("sgdr cycles", lambda l: l.fit_sgdr(0, 1), "n_cycles must be a whole number >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize("policy,match", [(p, m) for _, p, m in BAD_FRACTIONS], ids=[n for n, _, _ in BAD_FRACTIONS])
+def test_bad_fractions_are_assertion_errors_as_in_fastai(policy: Policy, match: str) -> None:
+    # fastai's combine_scheds asserts on the fractions these give: code catching AssertionError still works.
+    with pytest.raises(AssertionError, match=match) as info:
+        policy(synth_learner())
+    assert isinstance(info.value, InputError)
 
 
 def test_pct_start_end_points_are_allowed() -> None:

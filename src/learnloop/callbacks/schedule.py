@@ -18,6 +18,7 @@ import numpy as np
 from ..callback import Callback
 from ..checkpoint import CheckpointError
 from ..dispatch import as_list
+from ..errors import InputError
 from ..resume import read_position
 from ..schedules import SchedCos, Schedule, combine_scheds, combined_cos
 from .checkpointing import resolve_resume
@@ -95,9 +96,10 @@ def _hyper_names(opt: Any) -> set[str]:
 
 # ------------------------------------------------------------------------------------ fit policies
 def _check_fraction(name: str, value: float) -> None:
-    # fastai accepts the end points: pct_start=0 is pure annealing, 1 pure warm-up.
+    # fastai accepts the end points: pct_start=0 is pure annealing, 1 pure warm-up. Outside them fastai's
+    # combine_scheds fails an assert: an InputError is an AssertionError too.
     if not 0 <= value <= 1:
-        raise ValueError(f"{name} is the fraction of training spent warming up, in [0, 1]; got {value!r}.")
+        raise InputError(f"{name} is the fraction of training spent warming up, in [0, 1]; got {value!r}.")
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -213,7 +215,8 @@ def fit_sgdr(
     ``cycle_len`` epochs long, each next one ``cycle_mult`` times longer."""
     for name, value, low in (("n_cycles", n_cycles, 1), ("cycle_len", cycle_len, 1), ("cycle_mult", cycle_mult, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"fit_sgdr: {name} must be a whole number >= {low}, got {value!r}.")
+            # fastai's combine_scheds asserts on the fractions these make: an InputError is an AssertionError too
+            raise InputError(f"fit_sgdr: {name} must be a whole number >= {low}, got {value!r}.")
     lrs = _group_lrs(learn, lr_max, "lr_max")
     n_epoch = sgdr_epochs(n_cycles, cycle_len, cycle_mult)
     pcts = [cycle_len * cycle_mult**i / n_epoch for i in range(n_cycles)]
