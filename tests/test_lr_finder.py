@@ -69,6 +69,17 @@ def test_sweeps_the_exact_exponential_lrs() -> None:
     assert len(learn.recorder.losses) == 30
 
 
+@pytest.mark.parametrize("linear", [False, True])
+def test_a_downward_sweep_is_allowed_as_in_fastai(linear: bool) -> None:
+    # fastai's LRFinder(start_lr=1, end_lr=1e-3) sweeps from 1 down to 1e-3
+    learn = synth_learner(n_train=160, bs=16)
+    learn.fit(1, cbs=LRFinder(start_lr=1.0, end_lr=1e-3, num_it=10, stop_div=False, linear=linear))
+    expected = [1 + (1e-3 - 1) * i / 10 if linear else 1e-3 ** (i / 10) for i in range(10)]
+    assert learn.recorder.lrs == pytest.approx(expected, rel=1e-12)
+    if not linear:  # fastai 2.8's first lrs, rounded
+        assert learn.recorder.lrs[:4] == pytest.approx([1.0, 0.5012, 0.2512, 0.1259], abs=1e-4)
+
+
 def test_linear_sweep_and_standalone_finder_restores() -> None:
     learn = trained_learner()
     before = model_state(learn)
@@ -356,9 +367,9 @@ def test_min_points() -> None:
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"start_lr": 1e-2, "end_lr": 1e-3}, "end_lr .* must be larger than start_lr"),
-        ({"start_lr": 1e-2, "end_lr": 1e-2}, "end_lr"),
         ({"start_lr": 0.0}, "start_lr and end_lr must be finite and > 0"),
+        ({"start_lr": 1e-2, "end_lr": 0.0}, r"start_lr and end_lr must be finite and > 0, got 0.01, 0.0"),
+        ({"end_lr": math.inf}, "start_lr and end_lr must be finite"),
         ({"num_it": 5, "suggest_funcs": (steep,)}, "num_it=5 runs 6 batches .* leave 1 points.*use num_it >= 7"),
         ({"num_it": 6, "suggest_funcs": (steep,)}, "num_it >= 7"),
         ({"num_it": 20, "suggest_funcs": (slide,)}, r"\['slide'\] need 16; use num_it >= 23"),

@@ -20,8 +20,8 @@ from torch import nn
 from conftest import synth_dls, synth_learner
 from learnloop import Callback, Learner
 from learnloop.callback import noop
-from learnloop.errors import InputError
 from learnloop.callbacks.schedule import ParamScheduler, fit_one_cycle, sgdr_epochs
+from learnloop.errors import InputError
 from learnloop.optimizer import SGD, Optimizer, OptimWrapper, sgd_step
 from learnloop.schedules import (
     SchedCos,
@@ -136,11 +136,24 @@ def test_annealer_makes_schedules_from_a_function() -> None:
     assert learn.recorder.hps["lr"] == approx([1e-3 + 9e-3 * min(2 * k / 4, 1.0) for k in range(4)])
 
 
-def test_sched_exp_rejects_zero_or_sign_change() -> None:
-    with pytest.raises(ValueError, match="non-zero start"):
+def test_sched_exp_rejects_zero_start_or_sign_change() -> None:
+    # fastai's fails when called (ZeroDivisionError) or gives complex numbers; an InputError is an AssertionError
+    with pytest.raises(InputError, match=r"SchedExp\(0.0, 1.0\): .*needs a non-zero start"):
         SchedExp(0.0, 1.0)
-    with pytest.raises(ValueError, match="same sign"):
+    with pytest.raises(InputError, match=r"SchedExp\(-1.0, 1.0\): .*an end of the same sign \(or 0\)"):
         SchedExp(-1.0, 1.0)
+    with pytest.raises(InputError, match="same sign"):
+        SchedExp(np.array([1.0, 1.0]), np.array([2.0, -2.0]))
+
+
+def test_sched_exp_towards_zero_as_fastai() -> None:
+    # fastai: start * (0 / start) ** pct, i.e. start at pct 0 and 0 after (-0.0 from a negative start)
+    assert [SchedExp(1.0, 0.0)(p) for p in (0.0, 0.5, 1.0)] == [1.0, 0.0, 0.0]
+    down = [SchedExp(-1.0, 0.0)(p) for p in (0.0, 0.5, 1.0)]
+    assert down == [-1.0, 0.0, 0.0] and math.copysign(1.0, down[1]) == -1.0
+    assert SchedExp(-1.0, -2.0)(0.5) == approx(-math.sqrt(2))
+    arr = SchedExp(np.array([1.0, 2.0]), np.array([0.0, 1.0]))(0.5)
+    assert arr.tolist() == approx([0.0, math.sqrt(2)])
 
 
 def test_combine_scheds() -> None:

@@ -154,15 +154,18 @@ class SchedNo(Annealer):
 
 
 class SchedExp(Annealer):
-    """Geometric from ``start`` to ``end``: ``start * (end/start) ** pct``; both must be non-zero, same sign."""
+    """Geometric from ``start`` to ``end``: ``start * (end/start) ** pct``; ``start`` must be non-zero and
+    ``end`` of the same sign or 0 (then, as in fastai, the value is ``start`` at ``pct=0`` and 0 after)."""
 
     def __init__(self, start: Any, end: Any) -> None:
         super().__init__(start, end)
         start_a, end_a = np.asarray(self.start), np.asarray(self.end)
-        if np.any(start_a == 0) or np.any(start_a * end_a <= 0):
-            raise ValueError(
+        # fastai checks nothing: a zero start divides by zero when called, and a sign change gives complex
+        # numbers between the ends. Both are refused here, when the schedule is made.
+        if np.any(start_a == 0) or np.any(start_a * end_a < 0):
+            raise InputError(
                 f"SchedExp({_fmt(self.start)}, {_fmt(self.end)}): an exponential schedule needs a non-zero "
-                "start and an end of the same sign; use SchedLin or SchedCos to reach or cross zero."
+                "start and an end of the same sign (or 0); use SchedLin or SchedCos to start at or cross zero."
             )
 
     def at(self, pct: float) -> Any:

@@ -47,7 +47,8 @@ MIN_NUM_IT = 6
 
 
 class LRFinder(ParamScheduler):
-    """Trains with lr growing from ``start_lr`` to ``end_lr`` over ``num_it`` batches, without validation.
+    """Trains with lr going from ``start_lr`` to ``end_lr`` (upwards, or downwards if lower) over ``num_it``
+    batches, without validation.
 
     Iteration ``i`` uses ``start_lr * (end_lr/start_lr) ** (i/num_it)`` (``start_lr + (end_lr-start_lr)*i/num_it``
     when ``linear``); as in fastai, a ``num_it`` below 6 counts as 6. Training stops after ``num_it`` batches,
@@ -68,13 +69,10 @@ class LRFinder(ParamScheduler):
         restore: bool = True,
     ) -> None:
         start, end = np.asarray(start_lr, dtype=np.float64), np.asarray(end_lr, dtype=np.float64)
-        if not (np.all(np.isfinite(start)) and np.all(np.isfinite(end)) and np.all(start > 0)):
+        # As in fastai, end_lr may be below start_lr (a downward sweep); learning rates of 0 have no place on
+        # the log-scaled plot (and a sweep from 0 could not be exponential).
+        if not (np.all(np.isfinite(start)) and np.all(np.isfinite(end)) and np.all(start > 0) and np.all(end > 0)):
             raise ValueError(f"LRFinder: start_lr and end_lr must be finite and > 0, got {start_lr!r}, {end_lr!r}.")
-        if np.any(end <= start):
-            raise ValueError(
-                f"LRFinder: end_lr ({end_lr!r}) must be larger than start_lr ({start_lr!r}): the finder sweeps "
-                "the learning rate upwards."
-            )
         if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 1:
             raise ValueError(f"LRFinder: num_it is a number of batches >= 1, got {num_it!r}.")
         sched = SchedLin(start_lr, end_lr) if linear else SchedExp(start_lr, end_lr)
