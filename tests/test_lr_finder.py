@@ -123,6 +123,41 @@ def test_a_num_it_below_6_runs_the_epochs_fastai_runs(n_train: int, num_it: int,
     assert len(learn.recorder.lrs) == n_lrs
 
 
+class NaNAtBatch(nn.Module):
+    """MSE, but NaN at the `at`-th call (1-based)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = ((pred - targ) ** 2).mean()
+        return loss * math.nan if self.calls == self.at else loss
+
+
+@pytest.mark.parametrize("at", [1, 4])
+def test_stops_at_a_nan_smoothed_loss_with_one_lr_and_one_loss_per_batch(at: int) -> None:
+    # fastai carries on to num_it (NaN > 4 * best is False) and records NaNs; learnloop stops at the first one.
+    learn = synth_learner(n_train=160, bs=16, loss_func=NaNAtBatch(at))
+    learn.fit(1, cbs=LRFinder(num_it=8))
+    losses = [float(x) for x in learn.recorder.losses]
+    assert len(learn.recorder.lrs) == len(losses) == at
+    assert math.isnan(losses[-1]) and all(math.isfinite(x) for x in losses[:-1])
+
+
+def test_suggestions_after_a_nan_stop_use_the_points_fastai_keeps() -> None:
+    # fastai's sweep runs on to num_it=100 and drops its last 5 points, then those from the NaN (batch 50) on:
+    # it suggests from points 10..48. learnloop stopped at batch 50, so dropping its own last 5 would lose 4.
+    learn = synth_learner(n_train=320, bs=16, loss_func=NaNAtBatch(50))
+    res = lr_find(learn, show_plot=False, suggest_funcs=(valley, minimum))
+    assert len(learn.recorder.lrs) == 50
+    lrs = torch.tensor([float(x) for x in learn.recorder.lrs[10:49]])
+    losses = torch.tensor([float(x) for x in learn.recorder.losses[10:49]])
+    assert res == (valley(lrs, losses, 100)[0], minimum(lrs, losses, 100)[0])
+    assert res != (valley(lrs[:-4], losses[:-4], 100)[0], minimum(lrs[:-4], losses[:-4], 100)[0])
+
+
 def test_stops_early_when_the_loss_diverges() -> None:
     learn = synth_learner(n_train=64, bs=16)
     lr_find(learn, start_lr=1e-3, end_lr=1e6, num_it=100, show_plot=False, suggest_funcs=None)

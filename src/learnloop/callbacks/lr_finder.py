@@ -346,7 +346,7 @@ def lr_find(
             learn.fit(n_epoch, cbs=finder)
     finally:
         snapshot.restore()
-    return _suggest(learn, funcs, num_it, show_plot)
+    return _suggest(learn, funcs, num_it, sweep, show_plot)
 
 
 def _usable_points(num_it: int, sweep: int) -> int:
@@ -371,13 +371,19 @@ def _as_funcs(suggest_funcs: Any) -> list[Callable[..., Any]]:
     return funcs
 
 
-def _suggest(learn: Learner, funcs: list[Callable[..., Any]], num_it: int, show_plot: bool) -> tuple[float, ...] | None:
+def _suggest(
+    learn: Learner, funcs: list[Callable[..., Any]], num_it: int, sweep: int, show_plot: bool
+) -> tuple[float, ...] | None:
     recorder = learn.recorder
     if not funcs:
         if show_plot:
             _plot(recorder)
         return None
     window = slice(num_it // 10, -5)
+    if recorder.losses and math.isnan(float(recorder.losses[-1])):
+        # The finder stopped at a NaN smoothed loss where fastai's runs on (all `sweep` batches, NaN from there
+        # on): fastai drops the last 5 of those, then everything from the NaN, so the points before it are kept.
+        window = slice(num_it // 10, min(len(recorder.lrs), sweep - 5))
     # float32 as in fastai (a tensor of Python floats), so that ties in steep/valley break the same way.
     lrs = torch.tensor([float(x) for x in recorder.lrs[window]], dtype=torch.float32)
     losses = torch.tensor([float(x) for x in recorder.losses[window]], dtype=torch.float32)
