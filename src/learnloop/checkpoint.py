@@ -212,17 +212,23 @@ def _few(items: list[str], n: int = 10, sep: str = ", ") -> str:
     return sep.join(items[:n]) + more
 
 
+def check_pickle_protocol(pickle_protocol: int, reader: str) -> None:
+    """Refuse a pickle protocol other than 2: torch's weights-only loader, which `reader` reads with, refuses
+    protocols 0, 1, 4 and 5 and warns at every load of 3."""
+    if pickle_protocol != 2:
+        raise ValueError(
+            f"pickle_protocol={pickle_protocol!r} would write a file that torch's weights-only loader, which "
+            f"{reader} reads with, cannot read cleanly (it refuses protocols 0, 1, 4 and 5 and warns at every "
+            "load of 3); leave it at 2, torch's default."
+        )
+
+
 def save_model(
     path: str | Path | IO[bytes], model: nn.Module, opt: Any = None, with_opt: bool = True, pickle_protocol: int = 2
 ) -> Any:
     """Save the model's state (and the optimizer's, when `with_opt`) to `path`, atomically, or into an open
     buffer; returns where it went. `pickle_protocol` is fastai's argument: only 2, what `load_model` reads cleanly."""
-    if pickle_protocol != 2:
-        raise ValueError(
-            f"pickle_protocol={pickle_protocol!r} would write a file that torch's weights-only loader, which "
-            "load_model reads with, cannot read cleanly (it refuses protocols 0, 1, 4 and 5 and warns at every "
-            "load of 3); leave it at 2, torch's default."
-        )
+    check_pickle_protocol(pickle_protocol, "load_model")
     state = model.state_dict()
     if with_opt and opt is not None:
         state = {"model": state, "opt": opt.state_dict()}

@@ -23,7 +23,7 @@ from .callbacks.distributed import DistributedTrainer, auto_distributed
 from .callbacks.distributed import distrib_ctx as _distrib_ctx
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
-from .checkpoint import is_buffer, load_model, save_model
+from .checkpoint import check_pickle_protocol, is_buffer, load_model, save_model
 from .data import DataLoaders, to_detach, to_device, unshuffled
 from .dispatch import CallbackHost, as_list
 from .distributed import barrier, is_distributed, is_rank_zero, unwrap_model
@@ -682,12 +682,7 @@ class Learner(CallbackHost):
         file is complete, so any rank can load it next. A model sharded with FSDP is saved with
         torch.distributed.checkpoint instead, each rank writing its shard, to the folder `file.dcp`.
         """
-        if pickle_protocol != 2:  # checked on every rank, before any rank writes or waits
-            raise ValueError(
-                f"pickle_protocol={pickle_protocol!r} would write a file that torch's weights-only loader, which "
-                "learn.load reads with, cannot read cleanly (it refuses protocols 0, 1, 4 and 5 and warns at every "
-                "load of 3); leave it at 2, torch's default."
-            )
+        check_pickle_protocol(pickle_protocol, "learn.load")  # on every rank, before any rank writes or waits
         path = self._model_file(file)
         if is_fsdp(self.model):
             if is_buffer(path):
