@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import learnloop.callbacks.progress as progress_module
+from learnloop.callbacks.progress import column_widths, format_row
 from conftest import synth_classif_learner, synth_learner
 from learnloop import Callback, Learner, Recorder, TrainEvalCallback, accuracy
 from learnloop.errors import ArgumentError
@@ -41,6 +42,28 @@ def test_not_a_terminal_gives_a_header_and_one_plain_line_per_epoch() -> None:
     # the columns line up under the header
     header_cols = [lines[0].index(n) for n in ("train_loss", "valid_loss")]
     assert header_cols == [lines[1].index(c) for c in lines[1].split()[1:3]]
+
+
+def test_each_column_is_as_wide_as_its_name_plus_two_as_fastprogress_lays_it_out() -> None:
+    def a_very_long_metric_name(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        return accuracy(pred, targ)
+
+    learn, out = _printing_learner(metrics=a_very_long_metric_name)  # wider than 8: its column widens, no other
+    learn.fit(1)
+    header, row = out.getvalue().splitlines()
+    assert header == "epoch     train_loss  valid_loss  a_very_long_metric_name  time"
+    cells = row.split()
+    starts = [row.index(c, i) for c, i in zip(cells, [0, 10, 22, 34, 59], strict=True)]
+    assert starts == [0, 10, 22, 34, 59]  # each cell begins where its name does
+    assert [header.index(n) for n in header.split()] == starts
+
+
+def test_a_cell_wider_than_its_column_is_followed_by_two_spaces() -> None:
+    assert format_row([0, 123456789.0, "00:01"], column_widths(["epoch", "train_loss", "time"])) == (
+        "0         123456789.000000  00:01"
+    )
+    assert format_row([1, 2.0], 6) == "1     2.000000"  # one width for every column
+    assert format_row(["a", "b", "c"], [3]) == "a  b         c"  # past the last column: a 10-wide cell
 
 
 def test_stdout_captured_by_pytest_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:

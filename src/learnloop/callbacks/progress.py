@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TextIO
 
 from tqdm.auto import tqdm
@@ -12,14 +12,24 @@ from tqdm.auto import tqdm
 from ..callback import Callback, noop
 from ..events import Event
 
-__all__ = ["ProgressCallback", "format_row"]
+__all__ = ["ProgressCallback", "column_widths", "format_row"]
 
 
-def format_row(values: list[Any], width: int) -> str:
-    """One table row: floats with 6 decimals, every cell left-justified to `width`, and at least two spaces
-    after a cell too wide for it (large regression losses), so that cells never run together."""
+def column_widths(names: Sequence[Any]) -> list[int]:
+    """The epoch table's column widths, as fastprogress lays out its console table: each column as wide as its
+    name (at least 8 characters) plus two spaces."""
+    return [max(len(str(name)), 8) + 2 for name in names]
+
+
+def format_row(values: Sequence[Any], widths: int | Sequence[int]) -> str:
+    """One table row: floats with 6 decimals, each cell left-justified to its column's width (`widths`, or one
+    width for all), and at least two spaces after a cell too wide for it (large regression losses), so that
+    cells never run together. A cell past the last column gets the width of a short name's column."""
     cells = [f"{v:.6f}" if isinstance(v, float) else str(v) for v in values]
-    return "".join(c.ljust(width) if len(c) < width - 1 else c + "  " for c in cells).rstrip()
+    if isinstance(widths, int):
+        widths = [widths] * len(cells)
+    sized = [*widths, *[10] * (len(cells) - len(widths))]
+    return "".join(c.ljust(w) if len(c) < w - 1 else c + "  " for c, w in zip(cells, sized, strict=False)).rstrip()
 
 
 class ProgressCallback(Callback):
@@ -44,7 +54,7 @@ class ProgressCallback(Callback):
         self.batch_bar: Any = None
         self._old_logger: Callable[[Any], None] | None = None
         self._muted_logger: Callable[[Any], None] | None = None  # the logger a fit under no_mbar() silenced
-        self._show_bars, self._width = False, 10
+        self._show_bars, self._widths = False, [10]
 
     @property
     def _out(self) -> TextIO:
@@ -68,7 +78,7 @@ class ProgressCallback(Callback):
         if show_bars != self._show_bars:
             self._show_bars = show_bars
             learn._build_hooks()  # after_batch is called only while there are bars (_idle_events)
-        self._width = max([len(n) for n in learn.recorder.metric_names] + [8]) + 2
+        self._widths = column_widths(learn.recorder.metric_names)
         if learn.create_mbar and learn.logger is not noop:
             self._old_logger, learn.logger = learn.logger, self._write_row
             self._write_row(learn.recorder.metric_names)
@@ -83,7 +93,7 @@ class ProgressCallback(Callback):
         return (Event.after_batch,)
 
     def _write_row(self, values: list[Any]) -> None:
-        line = format_row(list(values), self._width)
+        line = format_row(list(values), self._widths)
         if self._show_bars:
             tqdm.write(line, file=self._out)
         else:
