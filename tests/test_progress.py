@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import learnloop.callbacks.progress as progress_module
-from learnloop.callbacks.progress import column_widths, format_row
 from conftest import synth_classif_learner, synth_learner
 from learnloop import Callback, Learner, Recorder, TrainEvalCallback, accuracy
+from learnloop.callbacks.progress import column_widths, format_row
 from learnloop.errors import ArgumentError
 from learnloop.events import Event
 
