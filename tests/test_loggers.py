@@ -34,6 +34,15 @@ def test_csv_logger_writes_the_header_once_and_a_row_per_epoch(tmp_path: Path) -
         assert row[4].count(":") == 1
 
 
+def test_the_callbacks_path_is_the_learners_and_the_file_is_path_over_fname(tmp_path: Path) -> None:
+    learn = synth_classif_learner(path=tmp_path)
+    learn.add_cb(CSVLogger("logs/run.csv"))
+    learn.fit(1)
+    cb = learn.csv_logger
+    assert cb.path == learn.path == tmp_path  # fastai's: cb.path falls through to the learner
+    assert (cb.path / cb.fname).is_file() and cb.fname == Path("logs/run.csv")
+
+
 def test_each_row_is_on_disk_when_its_epoch_ends(tmp_path: Path) -> None:
     learn = synth_learner(path=tmp_path)
     seen: list[int] = []

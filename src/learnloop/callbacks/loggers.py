@@ -67,8 +67,9 @@ class CSVLogger(Callback):
         self._resume_lines: int | None = None  # loaded from a checkpoint before the fit
 
     @property
-    def path(self) -> Path:
-        """The file written: `learn.path / fname` (`fname` when it is absolute)."""
+    def _file(self) -> Path:
+        """The file written: `learn.path / fname` (`fname` when it is absolute). `self.path` is the learner's, as in
+        fastai, where the file is `cb.path / cb.fname`."""
         return self.learn.path / self.fname if self.learn is not None else self.fname
 
     def before_fit(self) -> None:
@@ -122,7 +123,7 @@ class CSVLogger(Callback):
     def _write_header(self) -> None:
         """Start this fit's table: the header, at the end of the file with `append`, else in a new file."""
         self._header_due = False
-        path, lines = self.path, [list(self.learn.recorder.metric_names)]
+        path, lines = self._file, [list(self.learn.recorder.metric_names)]
         if not (self.append and path.is_file() and path.stat().st_size):
             self._lines = 0
             self._write(lines, "w")
@@ -137,7 +138,7 @@ class CSVLogger(Callback):
         self._write(lines, "a")
 
     def _write(self, lines: list[list[str]], mode: str) -> None:
-        path = self.path
+        path = self._file
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open(mode, newline="") as f:
             csv.writer(f, lineterminator="\n").writerows(lines)
@@ -164,7 +165,7 @@ class CSVLogger(Callback):
     def _keep_lines(self, n: int) -> None:
         """Cut the file back to its first `n` lines; the next rows are appended to them."""
         self._resume_lines, self._header_due = None, False
-        path = self.path
+        path = self._file
         if not path.is_file():
             self._header_due = True
             return
@@ -176,7 +177,7 @@ class CSVLogger(Callback):
     def read_log(self) -> list[dict[str, str]]:
         """The rows written so far, as dicts from column name to cell: each row under the header of its fit (the
         file's first line, and every later line that starts with 'epoch')."""
-        with self.path.open(newline="") as f:
+        with self._file.open(newline="") as f:
             lines = list(csv.reader(f))
         if not lines:
             return []
