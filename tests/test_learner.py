@@ -507,6 +507,8 @@ def test_get_preds_applies_act_or_the_loss_activation() -> None:
     assert torch.equal(decoded, raw.argmax(-1))
     explicit, _ = learn.get_preds(act=functools.partial(F.log_softmax, dim=-1))
     assert_close(explicit, F.log_softmax(raw, dim=-1))
+    identity, _ = learn.get_preds(act=nn.Sequential())  # falsy (no layers), yet given: it is applied, as in fastai
+    assert torch.equal(identity, raw)
 
 
 def test_get_preds_does_not_disturb_the_recorder_output_or_the_model(learn: Learner) -> None:

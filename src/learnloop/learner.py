@@ -599,7 +599,7 @@ class Learner(CallbackHost):
             self._do_epoch_validate(ds_idx, dl)
         preds = gather.preds
         if preds is not None:
-            activation = act or getattr(self.loss_func, "activation", None)
+            activation = act if act is not None else getattr(self.loss_func, "activation", None)
             if activation is not None:
                 preds = activation(preds)
         result: list[Any] = [gather.inputs] if with_input else []
