@@ -360,6 +360,16 @@ def test_batches_split_before_the_last_element_by_default() -> None:
     assert (len(xb), len(yb)) == (2, 1)
 
 
+def test_split_by_hand_uses_the_learners_n_inp_as_fastais_notebooks_call_it() -> None:
+    b = (torch.zeros(2), torch.ones(2), torch.full((2,), 2.0))
+    learn = Learner(_three_tensor_dls(n_inp=1), TwoInputs(), loss_func=nn.MSELoss())
+    learn._split(b)
+    assert (len(learn.xb), len(learn.yb)) == (1, 2)
+    learn = Learner(_three_tensor_dls(n_inp=None), TwoInputs(), loss_func=nn.MSELoss())
+    learn._split(b)
+    assert (len(learn.xb), len(learn.yb)) == (2, 1) and learn.yb[0] is b[2]
+
+
 def test_n_inp_one_passes_several_targets_to_the_loss() -> None:
     def two_target_loss(pred: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(pred, y1) + F.mse_loss(pred, y2)

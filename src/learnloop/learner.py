@@ -212,8 +212,12 @@ class Learner(CallbackHost):
             self._fire(phase.after_cancel)
         self._fire(phase.after)
 
-    def _split(self, b: Any, n_inp: int | None) -> None:
-        """Set `xb` (the first `n_inp` elements of the batch; None: all but the last) and `yb` (the rest), as tuples."""
+    def _split(self, b: Any, n_inp: int | None = None) -> None:
+        """Set `xb` (the first `n_inp` elements of the batch) and `yb` (the rest), as tuples. `n_inp` defaults to the
+        learner's, or its DataLoaders' (`learn._split(b)`, as fastai's notebooks call it); without one, all
+        but the last element are inputs."""
+        if n_inp is None:
+            n_inp = self._batch_n_inp()
         if not isinstance(b, (tuple, list)):
             self.xb, self.yb = (b,), ()
             return
