@@ -42,6 +42,7 @@ from learnloop.metrics import (
     rmse,
     top_k_accuracy,
 )
+from learnloop.reductions import reduce_metrics
 
 
 def batch(pred: Any, *yb: Any, loss: Tensor | None = None, training: bool = False) -> SimpleNamespace:
@@ -146,6 +147,21 @@ def test_avg_metric_running_totals_and_reset() -> None:
     assert m.count == 0 and m.value is None
 
 
+def test_avg_metric_of_python_floats_sums_them_as_python_floats_as_fastai() -> None:
+    def py_mae(pred: Tensor, targ: Tensor) -> float:
+        return float((pred - targ).abs().mean())
+
+    m = AvgMetric(py_mae)
+    m.accumulate(batch(torch.tensor([0.1, 0.2]), torch.tensor([0.0, 0.0])))
+    m.accumulate(batch(torch.tensor([0.7]), torch.tensor([0.0])))
+    first, second = float(torch.tensor([0.1, 0.2]).mean()), float(torch.tensor([0.7]).mean())
+    assert type(m.total) is float and m.value == (0.0 + first * 2 + second * 1) / 3  # float64 throughout
+    reduce_metrics([m])  # one process: unchanged, and still a Python float
+    assert type(m.total) is float and m.count == 3
+    m.accumulate(batch(torch.tensor([1.0]), torch.tensor([0.0])))
+    assert type(m.value) is float
+
+
 def test_avg_metric_batch_size_from_nested_targets() -> None:
     calls: list[tuple[Any, ...]] = []
 
@@ -172,7 +188,7 @@ def test_find_bs() -> None:
 def test_avg_metric_accepts_python_float_results() -> None:
     m = AvgMetric(lambda pred, targ: 0.5)
     m.accumulate(batch(torch.zeros(2), torch.zeros(2)))
-    assert m.value is not None and m.value.item() == pytest.approx(0.5)
+    assert m.value == 0.5  # a Python float, as fastai's
 
 
 def test_avg_metric_accumulates_half_precision_in_float32() -> None:

@@ -121,18 +121,25 @@ class Metric:
 
 
 class _WeightedMean(Metric):
-    """Running ``total`` (a tensor, summed without syncing) and ``count`` (items seen) of a phase."""
+    """Running ``total`` (summed without syncing) and ``count`` (items seen) of a phase.
+
+    The total is a tensor once a batch's value was one; values that are Python numbers are summed as Python
+    floats (float64), as fastai's ``0.`` total sums them, so such a metric's value is a Python float.
+    """
 
     def reset(self) -> None:
-        self.total: Tensor = torch.zeros(())
+        self.total: Tensor | float = 0.0
         self.count: int = 0
 
     def _add(self, batch_value: Tensor | float, bs: int) -> None:
-        self.total = self.total + _at_least_float32(torch.as_tensor(batch_value).detach()) * bs
+        if isinstance(batch_value, (int, float)) and not isinstance(self.total, Tensor):
+            self.total = self.total + float(batch_value) * bs
+        else:
+            self.total = self.total + _at_least_float32(torch.as_tensor(batch_value).detach()) * bs
         self.count += bs
 
     @property
-    def value(self) -> Tensor | None:
+    def value(self) -> Tensor | float | None:
         return self.total / self.count if self.count else None
 
 

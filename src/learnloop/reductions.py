@@ -26,13 +26,16 @@ def reduce_metrics(metrics: Sequence[Any], warned: set[str] | None = None) -> No
     A torchmetrics metric (TorchMetric) syncs itself in ``compute()``. Any other metric keeps its
     own rank's value, with a warning (once per name when `warned` is given).
     """
-    means = [m for m in metrics if isinstance(getattr(m, "total", None), torch.Tensor) and hasattr(m, "count")]
+    means = [m for m in metrics if isinstance(getattr(m, "total", None), (torch.Tensor, float)) and hasattr(m, "count")]
     if means:
-        pieces = [torch.cat([m.total.detach().double().cpu().reshape(-1), torch.tensor([float(m.count)])])
-                  for m in means]
+        pieces = [torch.cat([torch.as_tensor(m.total).detach().double().cpu().reshape(-1),
+                             torch.tensor([float(m.count)])]) for m in means]
         summed = D.all_reduce_sum(torch.cat(pieces)).split([p.numel() for p in pieces])
         for m, s in zip(means, summed, strict=True):
-            m.total = s[:-1].reshape(m.total.shape).to(device=m.total.device, dtype=m.total.dtype)
+            if isinstance(m.total, torch.Tensor):
+                m.total = s[:-1].reshape(m.total.shape).to(device=m.total.device, dtype=m.total.dtype)
+            else:  # a total of Python numbers (AvgMetric of a function returning floats) stays a Python float
+                m.total = float(s[0])
             m.count = int(round(float(s[-1])))
     for m in metrics:
         if any(m is x for x in means):
