@@ -552,10 +552,14 @@ def test_export_and_load_safely_into_a_model(tmp_path: Path) -> None:
     inference = load_learner(file, model=make_learner().model)
     decoded, _, probs = inference.predict(x)
     assert torch.equal(decoded, expected[0]) and torch.equal(probs, expected[2])
-    with pytest.raises(RuntimeError, match="loaded by load_learner for inference, without a loss function"):
-        inference.loss_func(probs, torch.tensor(0))
+    assert isinstance(inference.loss_func, nn.CrossEntropyLoss)  # rebuilt from the export's description of it
+    torch.testing.assert_close(inference.loss_func(probs[None], torch.tensor([0])), -probs.log_softmax(0)[0])
     built = load_learner(file, model=lambda: make_learner().model, loss_func=nn.CrossEntropyLoss())
     assert torch.equal(built.predict(x)[2], expected[2])
+    learn.loss_func = nn.functional.cross_entropy  # a function: not rebuilt, and no activation to warn of
+    inference = load_learner(learn.export(), model=make_learner().model)
+    with pytest.raises(RuntimeError, match="loaded by load_learner for inference, without a loss function"):
+        inference.loss_func(probs, torch.tensor(0))
 
 
 def test_export_under_ddp_writes_the_module_on_rank_zero_only(
