@@ -163,6 +163,42 @@ def test_a_wrong_model_output_is_a_clear_error() -> None:
 
     learn = lstm_learner()
     learn.model = TwoOutputs()
-    with pytest.raises(ValueError, match=r"RNNRegularizer expects the model to return \(output, raw_outputs, "
-                                         r"outputs\), got a tuple of 2 elements"):
+    with pytest.raises(ValueError, match=r"RNNRegularizer expects the model to return a tuple \(output, raw_outputs, "
+                                         r"outputs\).*; got a tuple of 2 elements"):
         learn.fit(1, cbs=RNNRegularizer(alpha=1.0))
+
+
+@pytest.mark.parametrize("cbs", [[RNNCallback()], [RNNRegularizer(alpha=1.0)], rnn_cbs(alpha=1.0)],
+                         ids=["RNNCallback", "RNNRegularizer", "rnn_cbs"])
+def test_a_model_returning_a_plain_tensor_is_a_clear_error(cbs: list[Callback]) -> None:
+    # fastai unpacks the tensor's rows: a ValueError when the batch size is not 3, a wrong split when it is.
+    learn = lstm_learner()
+    learn.model = nn.Linear(3, 4)
+    who = type(cbs[-1]).__name__ if len(cbs) == 1 else "RNNCallback"
+    with pytest.raises(ValueError, match=rf"{who} expects the model to return a tuple \(output, raw_outputs, "
+                                         rf"outputs\).*; got a Tensor\. A model that returns only its prediction "
+                                         rf"needs no {who}"):
+        learn.fit(1, cbs=[c for c in cbs if not isinstance(c, ModelResetter)])
+
+
+class ListOutputs(TinyLSTM):
+    """Returns its prediction as a list too (two heads, the last being the one trained), as fastai allows."""
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        output, raw_outputs, outputs = super().forward(x)
+        return [output * 0.5, output], raw_outputs, outputs
+
+
+def test_rnn_callback_keeps_the_last_element_of_a_listy_output() -> None:
+    learn = lstm_learner()
+    learn.model = ListOutputs()
+    expected: list[torch.Tensor] = []
+    learn.model.register_forward_hook(lambda module, args, out: expected.append(out[0][-1]))
+    preds: list[Any] = []
+    spy = Callback(after_pred=lambda: preds.append(learn.pred))
+    spy.order = 5
+    learn.fit(1, cbs=[*rnn_cbs(alpha=1.0, beta=1.0), spy])
+    assert len(preds) == 3 and all(p is e for p, e in zip(preds, expected, strict=True))
+    # The regulariser alone splits it the same way.
+    learn.fit(1, cbs=[ModelResetter(), RNNRegularizer(alpha=1.0), spy])
+    assert len(preds) == 6 and all(p is e for p, e in zip(preds[3:], expected[3:], strict=True))

@@ -1,8 +1,8 @@
 """Callbacks for recurrent models: resetting the hidden state, and AR/TAR regularisation (Merity et al., 2017).
 
 A regularised RNN returns `(output, raw_outputs, outputs)`: the prediction, then per layer the
-outputs before dropout (`raw_outputs`) and after it (`outputs`); each of the last two may be one
-tensor (the last layer's) or a list with one per layer. Activations are batch-first:
+outputs before dropout (`raw_outputs`) and after it (`outputs`); each of the three may be one
+tensor or a list (one per layer, say), of which the last is used. Activations are batch-first:
 `(batch, time, features)`.
 
 >>> learn = Learner(dls, lstm_model, loss_func=CrossEntropyLossFlat(), cbs=rnn_cbs(alpha=2., beta=1.))
@@ -48,25 +48,28 @@ def _last(o: Any) -> Any:
     return o[-1] if isinstance(o, (list, tuple)) else o
 
 
-def split_rnn_output(learn: Any, who: str) -> tuple[Any, Any] | None:
-    """Replace `learn.pred = (output, raw_outputs, outputs)` by `output`; returns the last layer's
-    `(raw_out, out)`, or None when `learn.pred` is not such a tuple (already split)."""
+def split_rnn_output(learn: Any, who: str) -> tuple[Any, Any]:
+    """Replace `learn.pred = (output, raw_outputs, outputs)` by `output` and return `(raw_out, out)`; of each
+    part that is a list or tuple (one element per layer), the last element is kept."""
     pred = learn.pred
-    if not isinstance(pred, (tuple, list)):
-        return None
-    if len(pred) != 3:
+    if not isinstance(pred, (tuple, list)) or len(pred) != 3:
+        got = (f"a {type(pred).__name__} of {len(pred)} elements" if isinstance(pred, (tuple, list))
+               else f"a {type(pred).__name__}")
         raise ValueError(
-            f"{who} expects the model to return (output, raw_outputs, outputs), "
-            f"got a {type(pred).__name__} of {len(pred)} elements."
+            f"{who} expects the model to return a tuple (output, raw_outputs, outputs): the prediction, then the "
+            f"outputs of the recurrent layers before and after dropout (a tensor, or a list of one per layer); "
+            f"got {got}. A model that returns only its prediction needs no {who}."
         )
     output, raw_outputs, outputs = pred
-    learn.pred = output
+    learn.pred = _last(output)
     return _last(raw_outputs), _last(outputs)
 
 
 class RNNCallback(Callback):
     """Splits the model's `(output, raw_outputs, outputs)`: `learn.pred` becomes `output`, and the last
-    layer's activations are kept as `raw_out` (before dropout) and `out` (after dropout)."""
+    layer's activations are kept as `raw_out` (before dropout) and `out` (after dropout). Of a part that is a
+    list or tuple, the last element is kept (as fastai's); a model returning anything but such a triple is a
+    ValueError."""
 
     def __init__(self, **hooks: Callable[..., Any]) -> None:
         super().__init__(**hooks)  # event methods as keywords, as any Callback takes them
@@ -74,9 +77,7 @@ class RNNCallback(Callback):
         self.out: torch.Tensor | None = None
 
     def after_pred(self) -> None:
-        split = split_rnn_output(self.learn, type(self).__name__)
-        if split is not None:
-            _keep(self, *split)
+        _keep(self, *split_rnn_output(self.learn, type(self).__name__))
 
     def after_fit(self) -> None:
         _keep(self, None, None)  # don't hold the last batch's activations
@@ -108,11 +109,11 @@ class RNNRegularizer(Callback):
         self.out: torch.Tensor | None = None
 
     def after_pred(self) -> None:
-        split = split_rnn_output(self.learn, type(self).__name__)
-        if split is None:
-            splitter = getattr(self.learn, "rnn", None)
-            split = (splitter.raw_out, splitter.out) if isinstance(splitter, RNNCallback) else (None, None)
-        _keep(self, *split)
+        splitter = getattr(self.learn, "rnn", None)
+        if isinstance(splitter, RNNCallback) and not isinstance(self.learn.pred, (tuple, list)):
+            _keep(self, splitter.raw_out, splitter.out)  # the RNNCallback ran first and split the output
+        else:
+            _keep(self, *split_rnn_output(self.learn, type(self).__name__))
 
     def after_loss(self) -> None:
         learn = self.learn
