@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import EventLog, synth_classif_learner, synth_learner
-from learnloop import Callback, CancelEpochException, CancelFitException, DataLoaders, Learner
+from learnloop import (
+    Callback,
+    CancelEpochException,
+    CancelFitException,
+    CancelTrainException,
+    DataLoaders,
+    Learner,
+)
 from learnloop.callback import noop
 from learnloop.callbacks.mixup import CutMix, MixedLoss, MixHandler, MixUp
 from learnloop.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropy
@@ -122,6 +129,40 @@ def test_the_original_loss_function_is_back_after_fit_and_after_a_cancelled_fit(
     learn.fit(1, cbs=Callback(after_batch=cancel_fit))
     assert learn.loss_func is loss_func
     assert learn.loss_func.reduction == "mean"
+
+
+def test_a_later_callback_sees_the_original_loss_at_after_cancel_train() -> None:
+    loss_func = nn.CrossEntropyLoss()
+    learn = synth_classif_learner(loss_func=loss_func)
+    seen: list[Any] = []
+
+    class StopTraining(Callback):
+        order = 10
+
+        def after_loss(self) -> None:
+            if self.learn.training:
+                raise CancelTrainException
+
+        def after_cancel_train(self) -> None:
+            seen.append(self.learn.loss_func)
+
+    learn.fit(1, cbs=[MixUp(), StopTraining()])
+    assert seen == [loss_func]  # as fastai's, whose MixHandler puts the loss back at after_cancel_train
+    assert learn.loss_func is loss_func
+
+
+def test_stack_y_keeps_the_value_last_decided_once_the_callback_is_removed() -> None:
+    mixup = MixUp()
+    with pytest.raises(AttributeError, match="stack_y"):  # nothing decided yet: absent, as in fastai
+        mixup.stack_y  # noqa: B018
+    learn = synth_classif_learner(loss_func=CrossEntropyLossFlat())
+    learn.fit(1, cbs=mixup)
+    assert mixup.learn is None and mixup.stack_y is True  # fastai's value after the fit: the loss's y_int
+    floats = MixUp()
+    synth_learner().fit(1, cbs=floats)
+    assert floats.learn is None and floats.stack_y is False
+    floats.stack_y = True  # assigned: kept as it is
+    assert floats.stack_y is True
 
 
 def test_cancel_epoch_while_training_restores_the_loss_before_the_next_epoch() -> None:
@@ -253,6 +294,29 @@ def test_cutmix_box_has_about_the_requested_area_and_stays_inside() -> None:
             x1, y1, x2, y2 = cb.rand_bbox(40, 30, lam)
             assert 0 <= x1 <= x2 <= 40 and 0 <= y1 <= y2 <= 30
             assert (x2 - x1) <= round(40 * (1 - lam) ** 0.5) and (y2 - y1) <= round(30 * (1 - lam) ** 0.5)
+
+
+def test_cutmix_lam_is_computed_in_float32_as_fastais() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 7, 9, generator=g), torch.randint(0, 3, (8,), generator=g)
+    learn = Learner(DataLoaders.from_tensors(x, y, x, y, bs=8, device="cpu"),
+                    nn.Sequential(nn.Flatten(), nn.Linear(63, 3)), loss_func=nn.CrossEntropyLoss())
+    learn.logger = noop
+    cb = CutMix()
+    cb.rand_bbox = lambda width, height, lam: (0, 0, 8, 6)  # type: ignore[method-assign]
+    learn.fit(1, cbs=cb)
+    # 1 - 48/63 in float32 arithmetic; computed in float64 and then rounded, it is one ulp above.
+    expected = torch.ones(1) - torch.tensor([48]) / 63.0
+    assert cb.lam.dtype == torch.float32 and torch.equal(cb.lam, expected)
+    assert float(expected) != float(torch.tensor(1 - 48 / 63, dtype=torch.float32))
+
+
+def test_cutmix_box_sides_are_rounded_in_float32_as_fastais(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 224 * sqrt(1 - lam) is 119.5 less a float32 rounding: fastai's float32 rounds it to 120, float64 to 119.
+    lam = float.fromhex("0x1.6e487ep-1")
+    monkeypatch.setattr(torch, "randint", lambda low, high, size: torch.tensor([high // 2]))
+    x1, y1, x2, y2 = CutMix().rand_bbox(224, 224, lam)
+    assert (x1, y1, x2, y2) == (52, 52, 172, 172)
 
 
 def test_cutmix_needs_image_batches() -> None:

@@ -179,6 +179,7 @@ class MixHandler(Callback):
         self._yb1: tuple[Any, ...] | None = None
         self._mixed = False  # `yb1` was set for the training batch in flight (read by MixedLoss)
         self._stack_y: bool | None = None  # set by hand; None: decided by the loss function and the targets
+        self._decided_stack_y: bool | None = None  # the value last decided, read once the callback is removed
         self._installed: MixedLoss | None = None
         self._can_unreduce = True
 
@@ -200,17 +201,24 @@ class MixHandler(Callback):
 
         True when the loss function takes class indices (its `y_int`, fastai's rule) or when the
         batch's targets are not all float tensors, which cannot be blended (fastai fails on those);
-        assign it to decide for every batch.
+        assign it to decide for every batch. Once the callback is off the learner (after `fit(cbs=...)`),
+        the value last decided, as fastai's attribute; an AttributeError before any decision, as in fastai.
         """
         if self._stack_y is not None:
             return self._stack_y
         learn = self.learn
         if learn is None:
-            return False
+            if self._decided_stack_y is None:  # not decided yet: absent, as fastai's before its first before_train
+                raise AttributeError("stack_y")  # Callback.__getattr__ then raises the usual no-attribute error
+            return self._decided_stack_y
         if getattr(getattr(self, "old_lf", learn.loss_func), "y_int", False):
-            return True
-        targets = [y for y in learn.yb if y is not None]
-        return bool(targets) and not all(isinstance(y, torch.Tensor) and y.is_floating_point() for y in targets)
+            decided = True
+        else:
+            targets = [y for y in learn.yb if y is not None]
+            decided = bool(targets) and not all(isinstance(y, torch.Tensor) and y.is_floating_point()
+                                                for y in targets)
+        self._decided_stack_y = decided
+        return decided
 
     @stack_y.setter
     def stack_y(self, value: bool) -> None:
@@ -255,6 +263,9 @@ class MixHandler(Callback):
 
     def after_train(self) -> None:
         self._uninstall()
+
+    def after_cancel_train(self) -> None:
+        self._uninstall()  # before after_train, as fastai's: a later callback's after_cancel_train sees the loss
 
     def after_epoch(self) -> None:
         self._uninstall()  # CancelEpochException raised while training skips after_train
@@ -382,14 +393,17 @@ class CutMix(MixHandler):
         mixed = x.clone()  # the batch may be a view of the dataset: never write into it
         mixed[..., y1:y2, x1:x2] = x[shuffle][..., y1:y2, x1:x2]
         learn.xb = (mixed, *learn.xb[1:])
-        kept = 1 - ((x2 - x1) * (y2 - y1)) / float(width * height)
-        self._mix_targets(torch.tensor([kept], device=x.device), shuffle)  # shape (1,), as fastai's
+        # The share kept, computed as a tensor of shape (1,) in the default float dtype, as fastai's: in float64
+        # then rounded it can be a float32 ulp away from fastai's.
+        area = torch.tensor([(x2 - x1) * (y2 - y1)], device=x.device)
+        self._mix_targets(1 - area / float(width * height), shuffle)
 
-    def rand_bbox(self, width: int, height: int, lam: float) -> tuple[int, int, int, int]:
+    def rand_bbox(self, width: int, height: int, lam: float | torch.Tensor) -> tuple[int, int, int, int]:
         """A box `(x1, y1, x2, y2)` of area about `(1 - lam) * width * height` at a uniform random centre,
         clipped to the image."""
-        cut = (1.0 - lam) ** 0.5
-        cut_w, cut_h = round(width * cut), round(height * cut)
+        # In float32 (torch's default dtype), as fastai's: the rounding of the sides then matches it to the pixel.
+        cut = torch.sqrt(1.0 - torch.as_tensor(lam, dtype=torch.get_default_dtype()))
+        cut_w, cut_h = int(torch.round(width * cut)), int(torch.round(height * cut))
         cx = int(torch.randint(0, width, (1,)))
         cy = int(torch.randint(0, height, (1,)))
         x1, x2 = min(max(cx - cut_w // 2, 0), width), min(max(cx + cut_w // 2, 0), width)
