@@ -88,6 +88,35 @@ def test_comparison_defaults_from_the_monitor_name() -> None:
     assert TrackerCallback("accuracy", min_delta=0.1).min_delta == 0.1
 
 
+def test_min_delta_keeps_its_sign_and_is_negated_when_lower_is_better() -> None:
+    # fastai's rule (`min_delta *= -1` for np.less), so a negative min_delta is a tolerance, not a margin.
+    assert TrackerCallback("valid_loss", min_delta=-0.05).min_delta == 0.05
+    assert TrackerCallback("accuracy", min_delta=-0.05).min_delta == -0.05
+    assert TrackerCallback("valid_loss", comp=np.greater, min_delta=-0.05).min_delta == -0.05
+    assert TrackerCallback("accuracy", comp=np.less, min_delta=0.05).min_delta == -0.05
+    # Other comparisons have their direction inferred, and the same rule applied.
+    assert TrackerCallback("valid_loss", comp=operator.lt, min_delta=0.06).min_delta == -0.06
+    assert TrackerCallback("valid_loss", comp=operator.lt, min_delta=-0.06).min_delta == 0.06
+    assert TrackerCallback("accuracy", comp=operator.gt, min_delta=-0.06).min_delta == -0.06
+    assert str(TrackerCallback("valid_loss").min_delta) == "-0.0"  # fastai's 0. * -1
+    assert str(TrackerCallback("accuracy").min_delta) == "0.0"
+
+
+@pytest.mark.parametrize("comp, values, epochs, stopped_at", [
+    # fastai's numbers: with a tolerance of 0.05 slightly worse values count as improvements (and become the best).
+    (np.less, [0.5, 0.3, 0.32, 0.34, 0.2, 0.1], 6, None),
+    (np.greater, [0.1, 0.3, 0.28, 0.25, 0.4, 0.1], 6, 4),
+])
+def test_a_negative_min_delta_is_a_tolerance(
+    comp: Any, values: list[float], epochs: int, stopped_at: int | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    learn = synth_learner()
+    learn.fit(6, cbs=[Script(values), EarlyStoppingCallback(comp=comp, min_delta=-0.05)])
+    assert len(learn.recorder.values) == epochs
+    out = capsys.readouterr().out
+    assert out == ("" if stopped_at is None else f"No improvement since epoch {stopped_at}: early stopping\n")
+
+
 def test_tracker_keeps_the_best_and_flags_new_bests() -> None:
     learn = synth_learner()
     tracker = TrackerCallback()

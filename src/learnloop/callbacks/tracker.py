@@ -4,7 +4,7 @@ A tracker reads its `monitor` ('valid_loss', 'accuracy', ...) from the row the R
 appended (`learn.recorder.values[-1]`), so it runs after the Recorder (order 60 > 50) and acts in
 the epoch the value was measured. Lower is better when the name contains 'loss' or 'error',
 higher otherwise, unless `comp` says (`np.less`, `np.greater`). An improvement must beat the best
-by more than `min_delta`.
+by more than `min_delta` (a negative one is a tolerance: a value that much worse still counts, as in fastai).
 
 As fastai's, every `before_fit` resets their state (the best value when `reset_on_fit`, the waiting
 counters always), that of `validate()`, `get_preds()` and `lr_find()` included. Beyond that they act
@@ -55,8 +55,9 @@ class TrackerCallback(Callback):
         self.monitor, self.comp, self.reset_on_fit = monitor, comp, reset_on_fit
         # Which way is better, asked of `comp` itself, so operator.lt or a lambda work as well as np.less.
         self.lower_is_better = bool(comp(0.0, 1.0))
-        # Signed so that `comp(value - min_delta, best)` asks for an improvement of more than |min_delta|.
-        self.min_delta = -abs(min_delta) if self.lower_is_better else abs(min_delta)
+        # fastai's sign rule: negated when lower is better, so `comp(value - min_delta, best)` asks for an improvement
+        # of more than min_delta; a negative min_delta is a tolerance (a slightly worse value still counts).
+        self.min_delta = min_delta * -1 if self.lower_is_better else min_delta
         self.best: float | None = None
         self.idx = 0
         self._fit_started = False  # a training phase ran in this fit (validate() has none)
