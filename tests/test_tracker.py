@@ -14,7 +14,7 @@ import torch
 
 import learnloop.callbacks.tracker as tracker_module
 from conftest import synth_classif_learner, synth_learner
-from learnloop import Callback, CancelValidException, Learner
+from learnloop import Callback, CancelEpochException, CancelTrainException, CancelValidException, Learner
 from learnloop.callbacks.tracker import (
     EarlyStoppingCallback,
     ReduceLROnPlateau,
@@ -184,6 +184,84 @@ def test_trackers_are_reset_but_do_not_judge_in_validate_and_get_preds() -> None
         run()
         # before_fit resets them as in a fit (wait always, best with reset_on_fit); the epoch is not judged.
         assert (es.best, es.wait, kept.best, kept.wait) == (float("inf"), 0, 1.0, 0)
+
+
+def cancel_at(learn: Learner, event: str, exc: type[Exception], epoch: int = 1) -> Callback:
+    """A callback running before the Recorder and the trackers that raises `exc` at `event` of `epoch`."""
+
+    def cancel() -> None:
+        if learn.epoch == epoch:
+            raise exc
+
+    cb = Callback(**{event: cancel})
+    cb.order = 5
+    return cb
+
+
+def test_an_epoch_whose_validation_is_cancelled_is_judged_on_train_loss() -> None:
+    # As fastai's: the train loss is in the row, so the epoch counts (learnloop used to skip it).
+    learn = synth_learner()
+    tracker = TrackerCallback(monitor="train_loss")
+    flags: list[bool] = []
+    learn.fit(3, cbs=[Script([1.0, 0.5, 0.7], idx=0), cancel_at(learn, "before_validate", CancelValidException),
+                      tracker, late(after_epoch=lambda: flags.append(tracker.new_best))])
+    assert [len(row) for row in learn.recorder.values] == [2, 1, 2]
+    assert flags == [True, True, False] and tracker.best == 0.5
+
+
+def test_an_epoch_whose_training_is_cancelled_is_judged_on_valid_loss() -> None:
+    # The row is [valid_loss] alone: its value is read under its own name (fastai's reads past the row's end).
+    # Script leaves that row alone (it has no index 1): epoch 1 is judged on its real valid loss.
+    learn = synth_learner()
+    tracker = TrackerCallback()
+    flags: list[bool] = []
+    learn.fit(3, cbs=[Script([100.0, 0.0, 90.0]), cancel_at(learn, "before_train", CancelTrainException),
+                      tracker, late(after_epoch=lambda: flags.append(tracker.new_best))])
+    valid_loss = learn.recorder.values[1]
+    assert len(valid_loss) == 1 and valid_loss[0] < 90.0
+    assert flags == [True, True, False] and tracker.best == valid_loss[0]
+
+
+def test_an_epoch_cancelled_during_validation_is_judged_on_train_loss_only() -> None:
+    learn = synth_learner()
+    on_train, on_valid = TrackerCallback(monitor="train_loss"), EarlyStoppingCallback(patience=1)
+    flags: list[tuple[bool, Any]] = []
+    learn.fit(3, cbs=[Script([1.0, 0.5, 0.7], idx=0), cancel_at(learn, "before_validate", CancelEpochException),
+                      on_train, on_valid, late(after_epoch=lambda: flags.append((on_train.new_best, on_valid.wait)))])
+    assert [len(row) for row in learn.recorder.values] == [2, 1, 2]
+    assert flags[1] == (True, 0) and on_train.best == 0.5  # valid_loss has no value in epoch 1: not counted
+
+
+@pytest.mark.parametrize("cancel, monitor, at", [
+    (CancelTrainException, "valid_accuracy", 1), (CancelValidException, "train_accuracy", 1),
+    (CancelTrainException, "train_accuracy", None), (CancelValidException, "valid_loss", None),
+])
+def test_a_cancelled_phase_with_train_metrics(cancel: type[Exception], monitor: str, at: int | None) -> None:
+    # Recorder(train_metrics=True) rows: train_loss, train_accuracy, valid_loss, valid_accuracy, less a cancelled
+    # phase's values; the monitored one is found under its name, or the epoch is skipped.
+    learn = synth_classif_learner(metrics=accuracy)
+    learn.recorder.train_metrics = True
+    event = "before_train" if cancel is CancelTrainException else "before_validate"
+    tracker = TrackerCallback(monitor=monitor)
+    learn.fit(1, cbs=[cancel_at(learn, event, cancel, epoch=0), tracker])
+    row = learn.recorder.values[0]
+    assert len(row) == 2
+    worst = float("inf") if monitor.endswith("loss") else -float("inf")
+    assert tracker.best == (worst if at is None else row[at])
+
+
+@pytest.mark.parametrize("add_time", [True, False])
+def test_an_epoch_cancelled_before_it_starts_is_not_judged(tmp_path: Path, add_time: bool) -> None:
+    # Cancelled at before_epoch before the Recorder ran, the epoch's row repeats the last one's values (fastai's
+    # trackers count it as no improvement); learnloop's skip it, whatever the row holds.
+    learn = synth_learner(path=tmp_path)
+    learn.recorder.add_time = add_time
+    saves = spy_saves(learn)
+    es, run = EarlyStoppingCallback(patience=1), EpochsRun()
+    learn.fit(3, cbs=[Script([1.0, 2.0, 0.5]), cancel_at(learn, "before_epoch", CancelEpochException), es,
+                      SaveModelCallback(every_epoch=True), run])
+    assert run.epochs == [0, 1, 2] and es.best == 0.5
+    assert [e for e, _, _ in saves] == [0, 2]  # every_epoch writes only the epochs trained
 
 
 def test_epochs_with_a_cancelled_validation_are_not_judged() -> None:

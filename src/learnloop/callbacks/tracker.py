@@ -10,7 +10,9 @@ As fastai's, every `before_fit` resets their state (the best value when `reset_o
 counters always), that of `validate()`, `get_preds()` and `lr_find()` included. Beyond that they act
 only in `fit`: they do not judge the epoch of `validate()` or `get_preds()` (fastai reads a misaligned
 row there), nor run in `lr_find()` (which puts their state back afterwards), nor judge epochs skipped
-by `fit(start_epoch=...)` or whose row misses values (a cancelled training or validation phase).
+by `fit(start_epoch=...)` or cancelled (CancelEpochException) before their monitored value was recorded.
+An epoch whose other phase was cancelled is judged: with validation cancelled, `monitor='train_loss'`
+still has its value (fastai judges it too), 'valid_loss' has none and the epoch is skipped.
 Their state (best value, waiting counters) travels in checkpoints through
 `state_dict`/`load_state_dict`; state loaded that way before a fit is kept by it instead of being
 reset, so a resumed run carries on where it stopped.
@@ -61,7 +63,10 @@ class TrackerCallback(Callback):
         self.best: float | None = None
         self.idx = 0
         self._fit_started = False  # a training phase ran in this fit (validate() has none)
-        self._epoch_trained = False
+        self._trained_epoch: int | None = None  # the fit epoch whose training phase ran last (validate() has none)
+        self._row_names: list[str] = []  # the values the Recorder has put in that epoch's row, in its order
+        self._train_names: list[str] = []  # the values a training phase records, then those of a validation phase
+        self._valid_names: list[str] = []
         self._restored = False
 
     # Set by each judged epoch's after_epoch only, as fastai's: unset before the first one, then kept
@@ -74,6 +79,7 @@ class TrackerCallback(Callback):
         # fastai's rule: trackers sit out lr_find and get_preds (their state is still reset here, as fastai's).
         self.run = not is_side_run(learn)
         self._fit_started = False
+        self._trained_epoch, self._row_names = None, []
         if not self._restored:  # state loaded before the fit (load_state_dict) is kept by it
             self.start_fit()
         names = monitored_names(learn)
@@ -83,18 +89,28 @@ class TrackerCallback(Callback):
                 f"the recorded values are {names}. Pass monitor=<one of those>, or add the metric to the Learner."
             )
         self.idx = names.index(self.monitor)
-        self._names_count = len(names)
+        self._train_names, self._valid_names = _split_names(learn, names)
 
+    # Which values this epoch's row holds, phase by phase: the Recorder (order 50) leaves out those of a cancelled
+    # phase, and an epoch cancelled early leaves no row of its own (fastai's Recorder appends the last one again).
     def before_epoch(self) -> None:
-        self._epoch_trained = False
+        self._row_names = []
 
     def before_train(self) -> None:
-        self._epoch_trained = self._fit_started = True
+        self._fit_started = True
+        self._trained_epoch, self._row_names = self.learn.epoch, []
         self._restored = False  # state loaded from here on (resuming) comes after this fit's reset
 
     def after_train(self) -> None:
+        # Also when a callback before this one cancelled the phase at before_train (this before_train did not run).
+        self._trained_epoch = self.learn.epoch
+        self._row_names = [] if self.learn.recorder.cancel_train else list(self._train_names)
         # State loaded inside a training phase (resuming a mid-epoch checkpoint) comes after the reset it would skip.
         self._restored = False
+
+    def after_validate(self) -> None:
+        if self._epoch_trained and not self.learn.recorder.cancel_valid:
+            self._row_names += self._valid_names
 
     def start_fit(self) -> None:
         """Reset the state at the start of a fit (``before_fit``): the best value when ``reset_on_fit`` (or when
@@ -117,15 +133,23 @@ class TrackerCallback(Callback):
     def _worst(self) -> float:
         return float("inf") if self.lower_is_better else -float("inf")
 
+    @property
+    def _epoch_trained(self) -> bool:
+        """Whether the current epoch is one of the fit's that ran its training phase (not validate()'s, nor
+        one skipped by start_epoch or cancelled before training)."""
+        return self._trained_epoch is not None and self._trained_epoch == self.learn.epoch
+
     def current_value(self) -> float | None:
-        """The monitored value of the epoch that just ended, or None when this epoch has none to judge."""
-        if not self._epoch_trained:
+        """The monitored value of the epoch that just ended, or None when this epoch has none to judge (its
+        phase that records it was cancelled)."""
+        if not self._epoch_trained or self.monitor not in self._row_names:
             return None
         values = self.learn.recorder.values
         row = values[-1] if values else []
-        if len(row) != self._names_count or row[self.idx] is None:
-            return None  # a cancelled phase left its values out of the row
-        return float(row[self.idx])
+        if len(row) != len(self._row_names):
+            return None  # a callback between the Recorder and this one cancelled the phase: the row is not known
+        value = row[self._row_names.index(self.monitor)]
+        return None if value is None else float(value)
 
     def say(self, message: str) -> None:
         """Print a message ("Better model found...") to stdout from rank 0, as fastai prints it, under
@@ -153,6 +177,15 @@ def monitored_names(learn: Any) -> list[str]:
     if getattr(recorder, "add_time", False) and names and names[-1] == "time":
         names = names[:-1]
     return names
+
+
+def _split_names(learn: Any, names: list[str]) -> tuple[list[str], list[str]]:
+    """`names` (from `monitored_names`) split into the values a training phase records and those a validation
+    phase records, as the Recorder (`train_metrics`, `valid_metrics`) lays out its rows."""
+    recorder = learn.recorder
+    n_train = 1 + (len(learn.metrics) if getattr(recorder, "train_metrics", False) else 0)
+    valid = names[n_train:] if getattr(recorder, "valid_metrics", True) else []
+    return names[:n_train], valid
 
 
 class _PatienceTracker(TrackerCallback):
