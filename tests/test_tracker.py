@@ -21,6 +21,7 @@ from learnloop.callbacks.tracker import (
     SaveModelCallback,
     TrackerCallback,
 )
+from learnloop.errors import ArgumentError, InputError
 from learnloop.metrics import accuracy
 
 
@@ -344,8 +345,9 @@ def test_save_model_with_opt(tmp_path: Path) -> None:
     assert "weight" in torch.load(tmp_path / "models" / "plain.pth", weights_only=True)
 
 
-@pytest.mark.parametrize("every, names", [(True, ["m_0", "m_1", "m_2", "m_3"]), (2, ["m_0", "m_2"])])
-def test_save_every_epoch_and_no_reload(tmp_path: Path, every: bool | int, names: list[str]) -> None:
+@pytest.mark.parametrize("every, names", [(True, ["m_0", "m_1", "m_2", "m_3"]), (2, ["m_0", "m_2"]),
+                                          (2.0, ["m_0", "m_2"]), (np.int64(3), ["m_0", "m_3"])])
+def test_save_every_epoch_and_no_reload(tmp_path: Path, every: bool | float, names: list[str]) -> None:
     learn = synth_learner(path=tmp_path)
     saves = spy_saves(learn)
     trained: list[dict[str, torch.Tensor]] = []
@@ -371,8 +373,29 @@ def test_save_at_end_saves_once_and_does_not_reload(tmp_path: Path) -> None:
 def test_every_epoch_and_at_end_together_are_refused() -> None:
     with pytest.raises(ValueError, match="every_epoch and at_end cannot both be set"):
         SaveModelCallback(every_epoch=True, at_end=True)
-    with pytest.raises(ValueError, match="every_epoch must be a bool or a whole number"):
-        SaveModelCallback(every_epoch=0)
+    SaveModelCallback(every_epoch=0, at_end=True)  # 0 is off, as fastai's
+
+
+@pytest.mark.parametrize("every", [-1, -2, 2.5, float("inf"), float("nan")])
+def test_every_epoch_must_be_a_whole_number_of_epochs(every: float) -> None:
+    # fastai's -1 saves every epoch (`epoch % -1 == 0`) by accident; learnloop refuses what is not a whole number >= 0.
+    with pytest.raises(InputError, match=r"every_epoch must be True/False or a whole number of epochs >= 1 "
+                                         r"\(0 turns it off\), got"):
+        SaveModelCallback(every_epoch=every)
+
+
+def test_every_epoch_must_be_a_number() -> None:
+    with pytest.raises(ArgumentError, match="every_epoch must be True/False or a whole number of epochs, got str '2'"):
+        SaveModelCallback(every_epoch="2")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("off", [0, 0.0])
+def test_every_epoch_zero_saves_the_best_as_without_it(tmp_path: Path, off: float) -> None:
+    learn = synth_learner(path=tmp_path)
+    saves = spy_saves(learn)
+    learn.fit(4, cbs=[Script([1.0, 0.7, 0.9, 0.8]), SaveModelCallback(fname="m", every_epoch=off)])
+    assert [(e, n) for e, n, _ in saves] == [(0, "m"), (1, "m")]
+    assert all(torch.equal(weights(learn)[k], v) for k, v in saves[1][2].items())  # the best is loaded back
 
 
 def test_save_model_neither_saves_nor_loads_in_validate(tmp_path: Path) -> None:

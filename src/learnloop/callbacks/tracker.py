@@ -22,6 +22,8 @@ reset, so a resumed run carries on where it stopped.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -31,7 +33,7 @@ from torch import nn
 
 from ..callback import Callback, is_side_run
 from ..distributed import is_rank_zero
-from ..errors import InputError
+from ..errors import ArgumentError, InputError
 from ..events import CancelFitException
 
 __all__ = ["TrackerCallback", "EarlyStoppingCallback", "SaveModelCallback", "ReduceLROnPlateau"]
@@ -240,8 +242,9 @@ class EarlyStoppingCallback(_PatienceTracker):
 class SaveModelCallback(TrackerCallback):
     """Saves the model (`learn.save(fname)`) in each epoch that improves `monitor`, and loads the best at the end.
 
-    `every_epoch=True` saves every epoch as `f'{fname}_{epoch}'` instead (an int `n`: every n epochs);
-    `at_end=True` saves once, at the end of training. In both cases nothing is reloaded.
+    `every_epoch=True` saves every epoch as `f'{fname}_{epoch}'` instead (a whole number `n`, 2 or 2.0: every n
+    epochs; False or 0: off, as in fastai); `at_end=True` saves once, at the end of training. In both cases
+    nothing is reloaded.
 
     What is saved in an epoch is the weights that were validated: when a callback validates other
     weights than the training ones (EMACallback's average, which reports `swapped` while it is in
@@ -257,7 +260,7 @@ class SaveModelCallback(TrackerCallback):
         comp: Comparison | None = None,
         min_delta: float = 0.0,
         fname: str = "model",
-        every_epoch: bool | int = False,
+        every_epoch: bool | int | float = False,
         at_end: bool = False,
         with_opt: bool = False,
         reset_on_fit: bool = True,
@@ -265,8 +268,7 @@ class SaveModelCallback(TrackerCallback):
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
         if every_epoch and at_end:
             raise InputError("SaveModelCallback: every_epoch and at_end cannot both be set; choose one.")
-        if not isinstance(every_epoch, bool) and (not isinstance(every_epoch, int) or every_epoch < 1):
-            raise ValueError(f"every_epoch must be a bool or a whole number of epochs >= 1, got {every_epoch!r}.")
+        _check_every_epoch(every_epoch)
         self.fname, self.every_epoch, self.at_end, self.with_opt = fname, every_epoch, at_end, with_opt
         self.last_saved_path: Any = None
         self._holds_best = False  # the file `fname` holds the model that scored `best`
@@ -324,6 +326,23 @@ class SaveModelCallback(TrackerCallback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._holds_best = bool(state.get("holds_best", False))
+
+
+def _check_every_epoch(every_epoch: Any) -> None:
+    # fastai tests every_epoch for truth (0 is off) and saves when `epoch % every_epoch == 0`, so 2.0 works as 2;
+    # a negative n passes that test too (every epoch for -1), by accident rather than design: refused here.
+    if isinstance(every_epoch, bool):
+        return
+    if not isinstance(every_epoch, numbers.Real):
+        raise ArgumentError(
+            f"every_epoch must be True/False or a whole number of epochs, got {type(every_epoch).__name__} "
+            f"{every_epoch!r}."
+        )
+    n = float(every_epoch)
+    if not (math.isfinite(n) and n.is_integer() and n >= 0):
+        raise InputError(
+            f"every_epoch must be True/False or a whole number of epochs >= 1 (0 turns it off), got {every_epoch!r}."
+        )
 
 
 def _snapshot(model: nn.Module) -> list[torch.Tensor]:
