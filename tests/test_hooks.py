@@ -22,18 +22,14 @@ from learnloop.hooks import (  # noqa: E402
     Hook,
     HookCallback,
     Hooks,
-    PrettyString,
     dummy_eval,
     has_params,
     hook_output,
     hook_outputs,
-    layer_info,
     model_sizes,
-    module_summary,
     num_features_model,
-    summary,
-    total_params,
 )
+from learnloop.summary import PrettyString, layer_info, module_summary, summary, total_params  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -294,6 +290,7 @@ def test_summary_text() -> None:
     text = summary(learn)
     assert isinstance(text, PrettyString) and repr(text) == str(text)
     assert text.split("\n") == SUMMARY_FROZEN
+    assert isinstance(learn.summary(), PrettyString) and learn.summary() == text  # the Learner's method, fastai's name
     learn.unfreeze()
     assert "\nModel unfrozen\n\nCallbacks:" in summary(learn)
 

@@ -54,6 +54,7 @@ from .events import (
     event,
 )
 from .export import load_learner
+from .hooks import ActivationStats, HookCallback
 from .learner import Learner, before_batch_cb, load_model, norm_bias_params, save_model, trainable_params
 from .losses import (
     BaseLoss,
@@ -124,6 +125,8 @@ from .schedules import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationStats",
+    "HookCallback",
     "AMPMode",
     "AccumMetric",
     "Adam",

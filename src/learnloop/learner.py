@@ -43,6 +43,8 @@ from .fsdp import is_fsdp, load_sharded, save_sharded
 from .metrics import Metric, mk_metric
 from .optimizer import Adam, OptimWrapper
 from .resume import DataOrder, ResumeState
+from .summary import PrettyString
+from .summary import summary as _summary
 
 __all__ = [
     "Learner", "trainable_params", "norm_bias_params", "NORM_TYPES", "replacing_yield", "save_model", "load_model",
@@ -737,6 +739,11 @@ class Learner(CallbackHost):
         from .export import export_learner
 
         return export_learner(self, fname, pickle_model, pickle_module, pickle_protocol)
+
+    def summary(self) -> PrettyString:
+        """The model's layers, output shapes and parameters on a training batch, then the optimizer, the loss
+        function, the frozen state and the callbacks: fastai's text (see `learnloop.summary`)."""
+        return _summary(self)
 
     def freeze_to(self, n: int) -> None:
         """Freeze the parameter groups before group `n` (normalisation layers keep training if `train_bn`)."""
