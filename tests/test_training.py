@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from conftest import EventLog, synth_dls
-from learnloop import Callback, Learner, NonFiniteLossWarning
+from learnloop import Callback, DataLoaders, Learner, NonFiniteLossWarning
 from learnloop.callback import noop
 from learnloop.callbacks.ema import EMACallback
 from learnloop.callbacks.fp16 import MixedPrecision
@@ -154,6 +155,77 @@ def test_batch_size_of_targets() -> None:
     assert batch_size((torch.zeros(5, 3),)) == 5
     assert batch_size(([torch.zeros(4), torch.zeros(4)],)) == 4
     assert batch_size(([1, 2, 3],)) == 3
+    assert batch_size((torch.tensor(2.0),)) == 1
+
+
+@pytest.mark.parametrize(
+    "yb",
+    [
+        ({"boxes": torch.zeros(4, 3), "labels": torch.zeros(4)},),  # a dict: its first tensor, not its keys
+        ({"meta": ["a", "b"], "boxes": torch.zeros(4, 3)},),  # the first tensor, wherever it is
+        ([{"labels": torch.zeros(4, 2)}, torch.zeros(7)],),
+        (["a", "b"], torch.zeros(4)),  # no tensor in the first target: the next one's
+    ],
+    ids=["dict", "dict-after-a-list", "list-of-dict", "second-target"],
+)
+def test_batch_size_finds_the_first_tensor_as_fastais_find_bs(yb: tuple[Any, ...]) -> None:
+    assert batch_size(yb) == 4
+
+
+class DictTargets(Dataset[tuple[torch.Tensor, dict[str, torch.Tensor]]]):
+    """The regression of `synth_dls` with each target a dict of two tensors."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.x[i], {"y": self.y[i], "weight": torch.ones(3)}
+
+
+class DictMSE(nn.Module):
+    """MSE against ``target["y"]``, with a ``reduction`` that get_preds(with_loss=True) can set to 'none'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduction = "mean"
+
+    def forward(self, pred: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.mse_loss(pred, target["y"], reduction=self.reduction)
+
+
+def dict_target_learner(bs: int) -> Learner:
+    plain = synth_dls(n_train=32, n_valid=8, bs=bs, n_in=3)
+    (x, y), (xv, yv) = (plain.train.dataset.tensors, plain.valid.dataset.tensors)  # type: ignore[attr-defined]
+    y, yv = y.repeat(1, 3), yv.repeat(1, 3)  # three outputs: a per-item loss has three values to average
+    dls = DataLoaders(DataLoader(DictTargets(x, y), batch_size=bs), DataLoader(DictTargets(xv, yv), batch_size=bs),
+                      device="cpu")
+    torch.manual_seed(0)
+    learn = Learner(dls, nn.Linear(3, 3), loss_func=DictMSE(), opt_func=SGD, lr=0.1)
+    learn.logger = noop
+    return learn
+
+
+def test_accumulation_counts_the_items_of_dict_targets() -> None:
+    # Batches of 4 with n_acc=8: a step every 2 batches, as one batch of 8 (counting the dict's 2 keys, it
+    # took 4 batches and divided loss_grad by 4 instead of 2).
+    small, big = dict_target_learner(bs=4), dict_target_learner(bs=8)
+    counter = CountSteps()
+    small.fit(1, cbs=[GradientAccumulation(n_acc=8), counter])
+    big.fit(1)
+    assert counter.steps == 4
+    for a, b in zip(weights(small), weights(big), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_get_preds_losses_per_item_with_dict_targets() -> None:
+    learn = dict_target_learner(bs=4)  # GatherPredsCallback reads the batch size of a per-item loss too
+    preds, _, losses = learn.get_preds(with_loss=True, with_targs=False)
+    targets = learn.dls.valid.dataset.y  # type: ignore[attr-defined]
+    assert losses.shape == (8,)  # one per item (counting the dict's keys, it gave 2 per batch of 4)
+    torch.testing.assert_close(losses, ((preds - targets) ** 2).mean(1))
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ With MixedPrecision they run in this order (by ``order``)::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -33,14 +34,29 @@ def _whole(name: str, value: Any, owner: str) -> int:
     return value
 
 
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    """The first tensor in `x`, depth first through tuples, lists and dict values; None if there is none."""
+    if isinstance(x, torch.Tensor):
+        return x
+    items = x.values() if isinstance(x, Mapping) else x if isinstance(x, (tuple, list)) else ()
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
 def batch_size(yb: tuple[Any, ...]) -> int:
-    """The number of items in a batch, from its first target (a tensor's first dimension, or len)."""
+    """The number of items in a batch: the first dimension of the first tensor in its targets, found inside
+    tuples, lists and dicts as fastai's ``find_bs`` finds it (1 for a 0-dim tensor); the length of the first
+    target when they hold no tensor (a list of strings, say)."""
     first = yb[0]
-    while isinstance(first, (tuple, list)) and first and isinstance(first[0], (torch.Tensor, tuple, list)):
-        first = first[0]
-    if isinstance(first, torch.Tensor):
+    if isinstance(first, torch.Tensor):  # the usual case, first: GradientAccumulation asks every batch
         return int(first.shape[0]) if first.ndim else 1
-    return len(first)
+    tensor = _first_tensor(yb)
+    if tensor is None:
+        return len(first)
+    return int(tensor.shape[0]) if tensor.ndim else 1
 
 
 class GradientAccumulation(Callback):
