@@ -7,6 +7,7 @@ import math
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from learnloop.callback import noop
 from learnloop.callbacks.ema import EMACallback
 from learnloop.callbacks.fp16 import MixedPrecision, to_float32
 from learnloop.callbacks.steps import schedule_pct
+from learnloop.errors import ArgumentError, InputError
 from learnloop.optimizer import SGD, Adam, OptimWrapper
 
 
@@ -229,18 +231,34 @@ def test_to_fp16_to_bf16_to_fp32() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, exc, match",
     [
-        ({"amp_mode": "float16"}, "unknown amp_mode 'float16'; use 'fp16'"),
-        ({"init_scale": 0.0}, "init_scale .* must be > 0"),
-        ({"growth_factor": 1.0}, "growth_factor .* must be > 1"),
-        ({"backoff_factor": 1.5}, r"backoff_factor .* must be in \(0, 1\)"),
-        ({"growth_interval": 0}, "growth_interval .* >= 1"),
+        ({"amp_mode": "float16"}, ValueError, "unknown amp_mode 'float16'; use 'fp16'"),
+        ({"init_scale": 0.0}, InputError, "init_scale .* must be a finite number > 0"),
+        ({"init_scale": math.inf}, InputError, "init_scale .* must be a finite number > 0"),
+        ({"init_scale": "65536"}, ArgumentError, "init_scale must be a number"),
+        ({"growth_factor": 1.0}, InputError, "growth_factor .* must be > 1"),
+        ({"growth_factor": math.nan}, InputError, "growth_factor is NaN"),
+        ({"backoff_factor": 1.5}, InputError, r"backoff_factor .* must be in \(0, 1\)"),
+        ({"growth_interval": 0}, InputError, "growth_interval is a number of steps, a whole number >= 1; got 0"),
+        ({"growth_interval": 2.5}, ArgumentError, "growth_interval is a number of steps, a whole number"),
+        ({"growth_interval": "100"}, ArgumentError, "growth_interval must be a number"),
     ],
 )
-def test_bad_arguments_fail_at_creation(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_fail_at_creation(kwargs: dict[str, Any], exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
         MixedPrecision(**kwargs)
+
+
+def test_numpy_and_torch_scalar_arguments_as_fastai() -> None:
+    mp = MixedPrecision(init_scale=np.float32(2.0**8), growth_factor=torch.tensor(4.0), backoff_factor=np.float64(0.25),
+                        growth_interval=np.int64(3))
+    assert (mp.init_scale, mp.growth_factor, mp.backoff_factor, mp.growth_interval) == (2.0**8, 4.0, 0.25, 3)
+    assert type(mp.growth_interval) is int and type(mp.init_scale) is float
+    learn = synth_learner(n_train=64, bs=16, cbs=mp)
+    learn.fit(1)
+    assert mp.scaler is not None and mp.scaler.get_scale() == 2.0**8 * 4  # grew once, after 3 good steps
+    assert MixedPrecision(growth_interval=torch.tensor(7)).growth_interval == 7
 
 
 def test_scaler_state_travels_in_state_dict() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,6 +18,7 @@ from learnloop.callbacks.ema import EMACallback
 from learnloop.callbacks.fp16 import MixedPrecision
 from learnloop.callbacks.steps import schedule_pct
 from learnloop.callbacks.training import GradientAccumulation, GradientClip, TerminateOnNaNCallback, batch_size
+from learnloop.errors import ArgumentError, InputError
 from learnloop.events import CancelFitException
 from learnloop.optimizer import SGD, Adam
 
@@ -231,15 +233,41 @@ def test_get_preds_losses_per_item_with_dict_targets() -> None:
 @pytest.mark.parametrize(
     "kwargs, exc, match",
     [
-        ({"n_acc": 0}, ValueError, "n_acc must be >= 1, got 0"),
-        ({"n_steps": -2}, ValueError, "n_steps must be >= 1"),
-        ({"n_acc": 2.5}, TypeError, "n_acc must be a whole number"),
+        ({"n_acc": 0}, InputError, r"n_acc is a number of samples and must be >= 1 and finite, got 0\."),
+        ({"n_acc": -8}, InputError, "n_acc .* must be >= 1"),
+        ({"n_acc": math.nan}, InputError, "n_acc is NaN"),
+        ({"n_acc": math.inf}, InputError, "n_acc .* finite"),
+        ({"n_acc": "32"}, ArgumentError, r"n_acc must be a number \(an int or a float, a numpy scalar or a 0-dim"),
+        ({"n_acc": True}, ArgumentError, "n_acc must be a number"),
+        ({"n_acc": torch.ones(2)}, ArgumentError, "n_acc must be a number"),
+        ({"n_steps": -2}, InputError, "n_steps is a number of batches, a whole number >= 1; got -2"),
+        ({"n_steps": 2.5}, ArgumentError, "n_steps is a number of batches, a whole number"),
         ({"n_acc": 32, "n_steps": 4}, ValueError, "not both"),
     ],
 )
 def test_accumulation_bad_arguments(kwargs: dict[str, Any], exc: type[Exception], match: str) -> None:
     with pytest.raises(exc, match=match):
         GradientAccumulation(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "n_acc, expected",
+    [(np.int64(16), 16), (torch.tensor(16), 16), (16.0, 16.0), (np.float32(16.0), 16.0), (torch.tensor(16.0), 16.0)],
+    ids=["np.int64", "int-tensor", "float", "np.float32", "float-tensor"],
+)
+def test_accumulation_takes_numpy_and_torch_scalars(n_acc: Any, expected: float) -> None:
+    acc = GradientAccumulation(n_acc=n_acc)
+    assert acc.n_acc == expected and type(acc.n_acc) is type(expected)  # an int stays an int
+    counter = CountSteps()
+    make_learner(n_train=64, bs=8).fit(1, cbs=[acc, counter])
+    assert counter.steps == 4
+    assert type(GradientAccumulation(n_steps=np.int64(4)).n_steps) is int
+
+
+def test_accumulation_with_a_fractional_n_acc_as_fastai() -> None:
+    counter = CountSteps()
+    make_learner(n_train=64, bs=8).fit(1, cbs=[GradientAccumulation(n_acc=12.5), counter])
+    assert counter.steps == 4  # after 16 samples each time: 8 < 12.5 <= 16
 
 
 def test_accumulation_state_dict() -> None:
@@ -276,10 +304,54 @@ def test_clip_bounds_the_gradient_norm(norm_type: float) -> None:
     assert clip.total_norm is not None and clip.total_norm.item() > 0.05
 
 
-@pytest.mark.parametrize("max_norm", [0, -1.0, float("nan")])
-def test_clip_bad_max_norm(max_norm: float) -> None:
-    with pytest.raises(ValueError, match="max_norm must be a number > 0"):
-        GradientClip(max_norm=max_norm)
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"max_norm": -1.0}, InputError, r"max_norm must be >= 0 \(0 zeroes the gradients\), got -1.0"),
+        ({"max_norm": math.nan}, InputError, "max_norm is NaN"),
+        ({"max_norm": "1"}, ArgumentError, "max_norm must be a number"),
+        ({"norm_type": -2}, InputError, r"norm_type must be >= 0 \(2.0, 1.0, or math.inf\), got -2"),
+        ({"norm_type": -math.inf}, InputError, "norm_type must be >= 0"),
+        ({"norm_type": math.nan}, InputError, "norm_type is NaN"),
+        ({"norm_type": "inf"}, ArgumentError, "norm_type must be a number"),
+    ],
+)
+def test_clip_bad_arguments(kwargs: dict[str, Any], exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        GradientClip(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "max_norm, norm_type, expected",
+    [
+        (np.float32(0.5), np.int64(2), (0.5, 2)),
+        (torch.tensor(0.5), torch.tensor(2.0), (0.5, 2.0)),
+        (1, 2, (1, 2)),  # ints stay ints, as fastai keeps what it is given
+        (0.5, 0, (0.5, 0)),
+        (0.5, 0.0, (0.5, 0.0)),
+    ],
+    ids=["numpy", "tensor", "ints", "norm_type-0", "norm_type-0.0"],
+)
+def test_clip_takes_what_fastai_takes(max_norm: Any, norm_type: Any, expected: tuple[float, float]) -> None:
+    clip = GradientClip(max_norm=max_norm, norm_type=norm_type)
+    assert (clip.max_norm, clip.norm_type) == expected
+    assert [type(v) for v in (clip.max_norm, clip.norm_type)] == [type(v) for v in expected]
+    learn = make_learner(model=mlp(), lr=0.1)
+    after = GradNorms(order=20)
+    learn.fit(1, cbs=[clip, after])
+    assert clip.total_norm is not None
+    if expected[1] == 2:
+        assert max(after.norms) <= expected[0] * (1 + 1e-4)
+    else:  # torch's 0-"norm": the number of parameters with a non-zero gradient
+        assert clip.total_norm.item() == len(list(learn.model.parameters()))
+
+
+def test_clip_to_zero_zeroes_the_gradients() -> None:
+    learn = make_learner(model=mlp(), lr=0.1, opt_func=SGD)
+    before, after = GradNorms(order=-50), GradNorms(order=20)
+    learn.fit(1, cbs=[GradientClip(max_norm=0), before, after])
+    assert min(before.norms) > 0 and after.norms == [0.0] * len(before.norms)
+    assert all(torch.equal(a, b) for a, b in zip(weights(learn), weights(make_learner(model=mlp())), strict=True))
 
 
 class EarlyClip(GradientClip):

@@ -16,12 +16,15 @@ A skipped step is reported through :mod:`learnloop.callbacks.steps` so schedules
 
 from __future__ import annotations
 
+import math
+import numbers
 from enum import StrEnum
 from typing import Any, cast
 
 import torch
 
 from ..callback import Callback
+from ..errors import ArgumentError, InputError
 from ..events import CancelStepException
 from .steps import record_skipped_step, reset_skipped_steps
 
@@ -69,23 +72,59 @@ class _ScalerTarget:
         self.stepped = True
 
 
-def _check_scaler_args(init_scale: float, growth_factor: float, backoff_factor: float, growth_interval: int) -> None:
-    if not init_scale > 0:
-        raise ValueError(f"MixedPrecision: init_scale is the first loss scale and must be > 0, got {init_scale!r}.")
+def to_number(value: Any, name: str, owner: str) -> int | float:
+    """`value`, a hyper-parameter given as a number, as a Python int (an integral one) or float.
+
+    Accepts what fastai's arithmetic accepts: ints and floats, numpy scalars (``numbers.Integral`` /
+    ``numbers.Real``) and 0-dim torch tensors; an int stays an int. NaN and anything else are refused.
+    """
+    if isinstance(value, torch.Tensor) and value.ndim == 0:
+        value = value.item()  # read once, when the callback is made
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ArgumentError(
+            f"{owner}: {name} must be a number (an int or a float, a numpy scalar or a 0-dim tensor), got {value!r}."
+        )
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    number = float(value)
+    if math.isnan(number):
+        raise InputError(f"{owner}: {name} is NaN; give a number.")
+    return number
+
+
+def to_whole(value: Any, name: str, owner: str, what: str) -> int:
+    """`value` as a Python int >= 1: an int, a numpy integer or a 0-dim integer tensor (`what` says what it counts)."""
+    number = to_number(value, name, owner)
+    if not isinstance(number, int):
+        raise ArgumentError(f"{owner}: {name} is {what}, a whole number >= 1; got {value!r}.")
+    if number < 1:
+        raise InputError(f"{owner}: {name} is {what}, a whole number >= 1; got {value!r}.")
+    return number
+
+
+def _check_scaler_args(
+    init_scale: Any, growth_factor: Any, backoff_factor: Any, growth_interval: Any
+) -> tuple[int | float, int | float, int | float, int]:
+    owner = "MixedPrecision"
+    init_scale = to_number(init_scale, "init_scale", owner)
+    growth_factor = to_number(growth_factor, "growth_factor", owner)
+    backoff_factor = to_number(backoff_factor, "backoff_factor", owner)
+    if not 0 < init_scale < math.inf:
+        raise InputError(
+            f"MixedPrecision: init_scale is the first loss scale and must be a finite number > 0, got {init_scale!r}."
+        )
     if not growth_factor > 1:
-        raise ValueError(
+        raise InputError(
             f"MixedPrecision: growth_factor multiplies the loss scale after growth_interval good steps and must be "
             f"> 1, got {growth_factor!r}."
         )
     if not 0 < backoff_factor < 1:
-        raise ValueError(
+        raise InputError(
             f"MixedPrecision: backoff_factor shrinks the loss scale after an overflow and must be in (0, 1), "
             f"got {backoff_factor!r}."
         )
-    if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
-        raise ValueError(
-            f"MixedPrecision: growth_interval is a number of steps, a whole number >= 1; got {growth_interval!r}."
-        )
+    interval = to_whole(growth_interval, "growth_interval", owner, "a number of steps")
+    return init_scale, growth_factor, backoff_factor, interval
 
 
 class MixedPrecision(Callback):
@@ -121,11 +160,10 @@ class MixedPrecision(Callback):
                 f"MixedPrecision: unknown amp_mode {amp_mode!r}; use 'fp16' (float16 with loss scaling) or "
                 "'bf16' (bfloat16, no loss scaling)."
             ) from None
-        _check_scaler_args(init_scale, growth_factor, backoff_factor, growth_interval)
+        checked = _check_scaler_args(init_scale, growth_factor, backoff_factor, growth_interval)
         self.amp_mode = mode
         self.dtype = _DTYPES[mode]
-        self.init_scale, self.growth_factor = init_scale, growth_factor
-        self.backoff_factor, self.growth_interval = backoff_factor, growth_interval
+        self.init_scale, self.growth_factor, self.backoff_factor, self.growth_interval = checked
         self.enabled = enabled
         self.skipped = False
         self._autocast: torch.autocast | None = None

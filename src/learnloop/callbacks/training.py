@@ -19,19 +19,12 @@ import torch
 from torch import nn
 
 from ..callback import Callback
+from ..errors import InputError
 from ..events import CancelBatchException, CancelFitException
 from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
-from .fp16 import MixedPrecision
+from .fp16 import MixedPrecision, to_number, to_whole
 
 __all__ = ["GradientAccumulation", "GradientClip", "TerminateOnNaNCallback"]
-
-
-def _whole(name: str, value: Any, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be a whole number, got {value!r}.")
-    if value < 1:
-        raise ValueError(f"{owner}: {name} must be >= 1, got {value!r}.")
-    return value
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
@@ -86,17 +79,22 @@ class GradientAccumulation(Callback):
     order = MixedPrecision.order - 4
     run_valid = False
 
-    def __init__(self, n_acc: int | None = None, n_steps: int | None = None) -> None:
+    def __init__(self, n_acc: float | None = None, n_steps: int | None = None) -> None:
         if n_acc is not None and n_steps is not None:
             raise ValueError(
                 "GradientAccumulation: give n_acc (samples per step) or n_steps (batches per step), not both."
             )
-        self.n_steps = _whole("n_steps", n_steps, "GradientAccumulation") if n_steps is not None else None
-        self.n_acc = _whole("n_acc", n_acc, "GradientAccumulation") if n_acc is not None else 32
+        owner = "GradientAccumulation"
+        self.n_steps = to_whole(n_steps, "n_steps", owner, "a number of batches") if n_steps is not None else None
+        self.n_acc: int | float = 32
+        if n_acc is not None:
+            self.n_acc = to_number(n_acc, "n_acc", owner)  # an int stays an int; a float is used as it is, as fastai
+            if not 1 <= self.n_acc < math.inf:
+                raise InputError(f"{owner}: n_acc is a number of samples and must be >= 1 and finite, got {n_acc!r}.")
         self.count = 0
 
     @property
-    def target(self) -> int:
+    def target(self) -> int | float:
         """How much accumulates before a step: samples (``n_acc``) or batches (``n_steps``)."""
         return self.n_steps if self.n_steps is not None else self.n_acc
 
@@ -145,16 +143,21 @@ class GradientClip(Callback):
 
     Runs after MixedPrecision, on gradients it has unscaled (it unscales them itself if run earlier).
     ``total_norm`` holds the norm before clipping, as a tensor, so reading it is the only host sync.
+    As in torch (and fastai), ``max_norm=0`` zeroes the gradients, ``math.inf`` leaves them as they are, and
+    ``norm_type`` may be any number >= 0 or ``math.inf`` (with 0, torch counts the parameters whose gradient is
+    not zero).
     """
 
     order = MixedPrecision.order + 1  # run_valid stays True, as fastai's: validation has no step to clip anyway
 
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0) -> None:
-        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
-            raise ValueError(f"GradientClip: max_norm must be a number > 0, got {max_norm!r}.")
-        if isinstance(norm_type, bool) or not isinstance(norm_type, (int, float)) or not norm_type > 0:
-            raise ValueError(f"GradientClip: norm_type must be > 0 (2.0, 1.0, or math.inf), got {norm_type!r}.")
-        self.max_norm, self.norm_type = float(max_norm), float(norm_type)
+        # Ints stay ints, as fastai stores what it is given; numpy and 0-dim tensor scalars become Python numbers.
+        self.max_norm = to_number(max_norm, "max_norm", "GradientClip")
+        self.norm_type = to_number(norm_type, "norm_type", "GradientClip")
+        if self.max_norm < 0:
+            raise InputError(f"GradientClip: max_norm must be >= 0 (0 zeroes the gradients), got {max_norm!r}.")
+        if self.norm_type < 0:
+            raise InputError(f"GradientClip: norm_type must be >= 0 (2.0, 1.0, or math.inf), got {norm_type!r}.")
         self.total_norm: torch.Tensor | None = None
 
     def before_step(self) -> None:
