@@ -1,7 +1,8 @@
-"""GradientAccumulation, GradientClip, TerminateOnNaNCallback, and their combination with MixedPrecision."""
+"""GradientAccumulation, GradientClip, TerminateOnNaNCallback, ShortEpochCallback, BnFreeze; with MixedPrecision."""
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
@@ -12,12 +13,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from conftest import EventLog, synth_dls
-from learnloop import Callback, DataLoaders, Learner, NonFiniteLossWarning
+from learnloop import Callback, DataLoaders, Learner, NonFiniteLossWarning, ProgressCallback, TrainEvalCallback
 from learnloop.callback import noop
 from learnloop.callbacks.ema import EMACallback
 from learnloop.callbacks.fp16 import MixedPrecision
 from learnloop.callbacks.steps import schedule_pct
-from learnloop.callbacks.training import GradientAccumulation, GradientClip, TerminateOnNaNCallback, batch_size
+from learnloop.callbacks.training import (
+    BnFreeze,
+    GradientAccumulation,
+    GradientClip,
+    ShortEpochCallback,
+    TerminateOnNaNCallback,
+    batch_size,
+    bn_types,
+    set_bn_eval,
+)
 from learnloop.errors import ArgumentError, InputError
 from learnloop.events import CancelFitException
 from learnloop.optimizer import SGD, Adam
@@ -549,3 +559,126 @@ def test_skipped_step_does_not_advance_one_cycle() -> None:
     _, probe, *_ = combined_run()
     # The attempt at batch 7 was skipped: the next real step (batch 9) gets the lr that attempt had.
     assert probe.attempt_lrs[4] == pytest.approx(probe.attempt_lrs[3])
+
+
+# ------------------------------------------------------------------------------- short epochs
+class BatchLog(Callback):
+    order = 100
+
+    def before_fit(self) -> None:
+        self.batches: list[tuple[str, int]] = []
+
+    def after_batch(self) -> None:
+        self.batches.append(("train" if self.learn.training else "valid", self.learn.iter))
+
+
+def short_run(cb: ShortEpochCallback, n_epoch: int = 1) -> tuple[Learner, BatchLog, list[str]]:
+    learn = make_learner(n_train=80, bs=8)  # 10 training batches, 2 validation batches
+    out = io.StringIO()
+    learn.logger = print  # make_learner's is silent
+    learn.remove_cb(ProgressCallback)
+    learn.add_cb(ProgressCallback(bars=False, file=out))  # the table, as printed off a terminal
+    log = BatchLog()
+    learn.fit(n_epoch, cbs=[cb, log])
+    return learn, log, [line.rstrip() for line in out.getvalue().splitlines()]
+
+
+def test_short_epoch_default_cuts_both_phases_as_fastai() -> None:
+    learn, log, printed = short_run(ShortEpochCallback())
+    # The phases stop after their batch 1 (1/10 >= 0.01), which the log (order 100) does not see.
+    assert log.batches == [("train", 0), ("valid", 0)]
+    assert learn.train_iter == 2  # TrainEvalCallback (order -10) counted batch 1; the Recorder (50) did not
+    assert len(learn.recorder.lrs) == 1
+    assert learn.recorder.values == [[]]  # fastai's empty row for an epoch whose phases were both cut
+    assert printed == ["epoch     train_loss  valid_loss  time", "0         00:00"]
+
+
+def test_short_epoch_keeps_the_whole_validation_unless_short_valid() -> None:
+    learn, log, printed = short_run(ShortEpochCallback(pct=0.3, short_valid=False), n_epoch=2)
+    assert log.batches == [("train", 0), ("train", 1), ("train", 2), ("valid", 0), ("valid", 1)] * 2
+    assert learn.train_iter == 8  # 4 batches an epoch: the one that reached 30% is the last
+    values = learn.recorder.values
+    assert [len(row) for row in values] == [1, 1]  # the validation loss alone: training was cut
+    assert values[1][0] == pytest.approx(learn.validate()[0])  # over the whole validation set
+    assert printed[2].startswith("1         ") and printed[2].endswith("00:00")
+
+
+@pytest.mark.parametrize(
+    "pct, exc, match",
+    [
+        (-0.1, InputError, r"pct is the share of each epoch to run, in \[0, 1\]; got -0.1"),
+        (1.5, InputError, r"in \[0, 1\]; got 1.5"),
+        (math.nan, InputError, "pct is NaN"),
+        ("0.1", ArgumentError, "pct must be a number"),
+    ],
+)
+def test_short_epoch_bad_pct(pct: Any, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        ShortEpochCallback(pct=pct)
+
+
+def test_short_epoch_defaults_are_fastais() -> None:
+    cb = ShortEpochCallback(np.float64(0.5))
+    assert (cb.pct, type(cb.pct), cb.short_valid) == (0.5, float, True)
+    assert (ShortEpochCallback().pct, ShortEpochCallback().short_valid, ShortEpochCallback.order) == (0.01, True, 0)
+
+
+# ------------------------------------------------------------------------------ frozen batchnorm
+def bn_model() -> nn.Sequential:
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 4), nn.Sequential(nn.BatchNorm1d(4)),
+                         nn.Linear(4, 1))
+
+
+def bn_learner(train_bn: bool, cbs: list[Callback]) -> Learner:
+    def splitter(m: nn.Module) -> list[list[nn.Parameter]]:
+        body, head = list(m[0].parameters()) + list(m[1].parameters()), list(m[2:].parameters())
+        return [body, head]
+
+    return make_learner(model=bn_model(), splitter=splitter, train_bn=train_bn, cbs=cbs, lr=0.02)
+
+
+@pytest.mark.parametrize(
+    "train_bn, with_cb, frozen_stats_kept",
+    [(False, True, True), (False, False, False), (True, True, False)],
+    ids=["train_bn=False+BnFreeze", "no BnFreeze", "train_bn=True"],
+)
+def test_bn_freeze_keeps_the_frozen_statistics(train_bn: bool, with_cb: bool, frozen_stats_kept: bool) -> None:
+    learn = bn_learner(train_bn, [BnFreeze()] if with_cb else [])
+    learn.freeze()
+    body_bn, head_bn = learn.model[1], learn.model[3][0]
+    body_mean, head_mean = body_bn.running_mean.clone(), head_bn.running_mean.clone()
+    learn.fit(1)
+    assert torch.equal(body_mean, body_bn.running_mean) is frozen_stats_kept
+    assert not torch.equal(head_mean, head_bn.running_mean)  # the trainable head's BatchNorm keeps learning
+    learn.unfreeze()
+    learn.fit(1)  # nothing frozen any more: TrainEvalCallback's train mode stands
+    assert not torch.equal(body_mean, body_bn.running_mean)
+
+
+def test_bn_freeze_runs_after_train_eval_whatever_its_order() -> None:
+    cb = BnFreeze()
+    assert cb.run_after is TrainEvalCallback
+    cb.order = -20  # run_after is honoured: it still follows TrainEvalCallback, which sets train mode
+    learn = bn_learner(False, [cb])
+    learn.freeze()
+    names = [type(c).__name__ for c in learn.ordered_cbs("before_train")]
+    assert names.index("TrainEvalCallback") < names.index("BnFreeze")
+    mean = learn.model[1].running_mean.clone()
+    learn.fit(1)
+    assert torch.equal(mean, learn.model[1].running_mean)
+
+
+def test_set_bn_eval() -> None:
+    assert bn_types == (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    model = nn.Sequential(nn.Sequential(nn.BatchNorm2d(3)), nn.BatchNorm1d(2), nn.BatchNorm3d(2),
+                          nn.BatchNorm1d(2, affine=False), nn.Linear(2, 2))
+    for p in [*model[0].parameters(), *model[1].parameters(), *model[4].parameters()]:
+        p.requires_grad_(False)
+    set_bn_eval(model)
+    # The frozen ones, nested or not; not the trainable BatchNorm3d, nor one without parameters, nor the Linear.
+    assert [m.training for m in model.modules()] == [True, True, False, False, True, True, True]
+    set_bn_eval(model, use_eval=False)  # back in train mode, nested ones too (fastai's recursion drops use_eval)
+    assert all(m.training for m in model.modules())
+    set_bn_eval(model[1])  # `m` itself is not looked at, as in fastai
+    assert model[1].training

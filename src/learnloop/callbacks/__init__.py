@@ -17,10 +17,19 @@ from .recorder import Recorder
 from .rnn import ModelResetter, RNNCallback, RNNRegularizer, rnn_cbs
 from .schedule import ParamScheduler
 from .tracker import EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback, TrackerCallback
-from .training import GradientAccumulation, GradientClip, TerminateOnNaNCallback
+from .training import (
+    BnFreeze,
+    GradientAccumulation,
+    GradientClip,
+    ShortEpochCallback,
+    TerminateOnNaNCallback,
+    bn_types,
+    set_bn_eval,
+)
 
 __all__ = [
     "AMPMode",
+    "BnFreeze",
     "CSVLogger",
     "CastToTensor",
     "ChannelsLast",
@@ -49,11 +58,14 @@ __all__ = [
     "Recorder",
     "ReduceLROnPlateau",
     "SaveModelCallback",
+    "ShortEpochCallback",
     "ShowGraphCallback",
     "SkipToEpoch",
     "TensorBoardCallback",
     "TerminateOnNaNCallback",
     "TrackerCallback",
     "TrainEvalCallback",
+    "bn_types",
     "rnn_cbs",
+    "set_bn_eval",
 ]

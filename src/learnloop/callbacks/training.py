@@ -1,4 +1,5 @@
-"""Callbacks that change how a step is taken: gradient accumulation, gradient clipping, stopping on NaN.
+"""Callbacks that change how training runs: gradient accumulation, gradient clipping, stopping on NaN, short
+epochs, frozen BatchNorm statistics.
 
 With MixedPrecision they run in this order (by ``order``)::
 
@@ -20,11 +21,19 @@ from torch import nn
 
 from ..callback import Callback
 from ..errors import InputError
-from ..events import CancelBatchException, CancelFitException
+from ..events import CancelBatchException, CancelFitException, CancelTrainException, CancelValidException
 from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 from .fp16 import MixedPrecision, to_number, to_whole
 
-__all__ = ["GradientAccumulation", "GradientClip", "TerminateOnNaNCallback"]
+__all__ = [
+    "BnFreeze",
+    "GradientAccumulation",
+    "GradientClip",
+    "ShortEpochCallback",
+    "TerminateOnNaNCallback",
+    "bn_types",
+    "set_bn_eval",
+]
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
@@ -201,3 +210,73 @@ class TerminateOnNaNCallback(Callback):
             )
         )
         raise CancelFitException
+
+
+class ShortEpochCallback(Callback):
+    """Run only the first ``pct`` of each epoch's batches: a quick check that a fit goes through.
+
+    As fastai's: after each batch, once ``iter / n_iter >= pct``, the training phase is cut
+    (CancelTrainException) and, with ``short_valid``, the validation phase too (CancelValidException). The
+    check comes after the batch, so a phase runs batches 0 to ``ceil(pct * n_iter)``: one at least, two with
+    the default ``pct=0.01`` when it has up to 100. An epoch whose phases were both cut records an empty row
+    (``recorder.values`` gets ``[]``) and prints only its number and time; with ``short_valid=False`` the
+    validation loss is the whole validation set's.
+
+    >>> learn.fit(1, cbs=ShortEpochCallback())   # a smoke test: a couple of batches of each phase
+    """
+
+    def __init__(self, pct: float = 0.01, short_valid: bool = True) -> None:
+        self.pct = to_number(pct, "pct", "ShortEpochCallback")
+        if not 0 <= self.pct <= 1:
+            raise InputError(f"ShortEpochCallback: pct is the share of each epoch to run, in [0, 1]; got {pct!r}.")
+        self.short_valid = short_valid
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        if learn.iter / learn.n_iter < self.pct:
+            return
+        if learn.training:
+            raise CancelTrainException
+        if self.short_valid:
+            raise CancelValidException
+
+
+bn_types: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+"""The BatchNorm layers `set_bn_eval` and `BnFreeze` look at (fastai's)."""
+
+
+def set_bn_eval(m: nn.Module, use_eval: bool = True) -> None:
+    """Put every frozen BatchNorm layer below `m` (one of `bn_types` whose parameters do not require gradients) in
+    eval mode, so its running statistics stay as they are; ``use_eval=False`` puts them back in train mode.
+
+    As in fastai, `m` itself is not looked at, only its descendants, and "frozen" is read from a layer's first
+    parameter. A BatchNorm without parameters (``affine=False``) is left alone.
+    """
+    for child in m.children():
+        if isinstance(child, bn_types):
+            weight = next(child.parameters(), None)
+            if weight is not None and not weight.requires_grad:
+                child.train(not use_eval)
+        set_bn_eval(child, use_eval)
+
+
+class BnFreeze(Callback):
+    """Freeze the running statistics of the frozen BatchNorm layers: ``set_bn_eval(model)`` at ``before_train``.
+
+    A BatchNorm is frozen when its parameters do not require gradients: after ``learn.freeze()`` on a
+    learner made with ``train_bn=False`` (with the default ``train_bn=True`` they keep training, and BnFreeze
+    leaves them in train mode). It runs after TrainEvalCallback, which puts the whole model in train mode at
+    ``before_train``.
+
+    >>> learn = Learner(dls, model, splitter=splitter, train_bn=False, cbs=BnFreeze()); learn.freeze()
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # core.py imports this module, so the class is looked up when a BnFreeze is made, not at import.
+        from .core import TrainEvalCallback
+
+        self.run_after = TrainEvalCallback
+
+    def before_train(self) -> None:
+        set_bn_eval(self.learn.model)
