@@ -18,6 +18,7 @@ from learnloop.callback import noop
 from learnloop.callbacks.ema import EMACallback
 from learnloop.callbacks.fp16 import MixedPrecision, to_float32
 from learnloop.callbacks.steps import schedule_pct
+from learnloop.callbacks.training import GradientAccumulation, GradientClip
 from learnloop.errors import ArgumentError, InputError
 from learnloop.optimizer import SGD, Adam, OptimWrapper
 
@@ -292,3 +293,136 @@ def test_each_fit_starts_a_fresh_scaler_unless_state_was_loaded() -> None:
     mp.load_state_dict(state)  # resuming from a checkpoint: the next fit continues from its scale
     learn.fit(1)
     assert mp.scaler.get_scale() == 2.0**5
+
+
+# ------------------------------------------------------------------------- fastai's attributes
+class ScaleSpy(Callback):
+    """At every step that runs (after MixedPrecision's before_step), what learn.scaler says."""
+
+    order = MixedPrecision.order + 1
+
+    def before_fit(self) -> None:
+        self.scales: list[float] = []
+        self.during: list[Any] = []
+
+    def before_step(self) -> None:
+        self.scales.append(self.learn.scaler.get_scale())
+        self.during.append((self.learn.mixed_precision.scales, self.learn.mixed_precision.autocast))
+
+
+class CutAfterUnscale(Callback):
+    """Cancels the batch in before_step after an early GradientClip unscaled it, before MixedPrecision's step."""
+
+    order = 7
+
+    def __init__(self, *iters: int) -> None:
+        self.iters = set(iters)
+
+    def before_step(self) -> None:
+        if self.learn.train_iter in self.iters:
+            raise CancelBatchException
+
+
+class EarlyClip(GradientClip):
+    order = 5  # before MixedPrecision: it unscales the gradients itself
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], [InfGradAt(2, 9)], [EarlyClip(max_norm=10.0), CutAfterUnscale(4, 5, 11)]],
+    ids=["growth", "overflows", "cut-after-unscale"],
+)
+def test_scales_lists_the_loss_scale_of_each_step(extra: list[Callback]) -> None:
+    learn = synth_learner(n_train=256, bs=16, cbs=MixedPrecision(init_scale=2.0**8, growth_interval=3))
+    spy = ScaleSpy()
+    learn.fit(1, cbs=[spy, *extra])
+    assert learn.mixed_precision.scales is None  # as fastai's: None after the fit
+    scales, mp_autocast = spy.during[-1]
+    assert isinstance(mp_autocast, torch.autocast)
+    assert scales == spy.scales and len(scales) == 16 - learn.skipped_steps - 3 * (len(extra) == 2)
+    assert len(set(scales)) > 2  # the scale grew (and backed off) during the fit
+    assert learn.mixed_precision.autocast is None
+
+
+def test_scales_follow_a_scaler_state_loaded_in_the_fit() -> None:
+    learn = synth_learner(n_train=128, bs=16, cbs=MixedPrecision(init_scale=2.0**8, growth_interval=3))
+    spy = ScaleSpy()
+
+    class LoadAt(Callback):
+        def after_batch(self) -> None:  # as a resumed fit does: another scale, 2 good steps into a growth interval
+            if self.learn.train_iter == 2:
+                self.learn.mixed_precision.load_state_dict(
+                    {"scaler": {"scale": 2.0**4, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 3,
+                                "_growth_tracker": 2}})
+
+    learn.fit(1, cbs=[spy, LoadAt()])
+    assert spy.during[-1][0] == spy.scales == [2.0**8, 2.0**8, 2.0**4, 2.0**5, 2.0**5, 2.0**5, 2.0**6, 2.0**6]
+
+
+def test_scales_with_accumulation_one_per_step() -> None:
+    learn = synth_learner(n_train=128, bs=16, cbs=MixedPrecision(init_scale=2.0**8, growth_interval=2))
+    spy = ScaleSpy()
+    learn.fit(1, cbs=[spy, GradientAccumulation(n_acc=32)])
+    assert spy.during[-1][0] == spy.scales == [2.0**8, 2.0**8, 2.0**9, 2.0**9]
+
+
+@pytest.mark.parametrize("kwargs", [{"amp_mode": "bf16"}, {"enabled": False}], ids=["bf16", "disabled"])
+def test_without_loss_scaling_learn_scaler_is_a_disabled_grad_scaler(kwargs: dict[str, Any]) -> None:
+    mp = MixedPrecision(**kwargs)
+    learn = synth_learner(n_train=64, bs=16, cbs=mp)
+    seen: list[Any] = []
+
+    class Spy(Callback):
+        order = 11
+
+        def before_step(self) -> None:  # as a fastai callback may: the scaler's methods work
+            scaler = self.learn.scaler
+            seen.append((type(scaler), scaler.is_enabled(), scaler.get_scale(),
+                         scaler.scale(self.learn.loss) is self.learn.loss))
+
+    learn.fit(1, cbs=Spy())
+    assert seen == [(torch.amp.GradScaler, False, 1.0, True)] * 4
+    assert learn.scaler is None and mp.scaler is None  # none after the fit; mp.scaler is fp16's only
+    assert mp.kwargs["enabled"] is False
+
+
+def test_bf16_scales_are_ones() -> None:
+    learn = mlp_learner(cbs=MixedPrecision("bf16"))
+    spy = ScaleSpy()
+    learn.fit(1, cbs=spy)
+    assert spy.during[-1][0] == [1.0] * 4
+
+
+def test_kwargs_are_the_grad_scaler_keywords_read_only() -> None:
+    mp = MixedPrecision(init_scale=1024, growth_interval=np.int64(10))
+    assert dict(mp.kwargs) == {"init_scale": 1024, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 10,
+                               "enabled": True}
+    assert type(mp.kwargs["init_scale"]) is int  # kept as given, as fastai keeps it
+    with pytest.raises(TypeError):
+        mp.kwargs["init_scale"] = 2.0  # type: ignore[index]
+    assert MixedPrecision("bf16").kwargs["enabled"] is False
+    assert mp.scales is None and mp.autocast is None  # no fit yet
+
+
+def test_repr_is_the_class_name_as_every_callback() -> None:
+    assert repr(MixedPrecision()) == "MixedPrecision" == repr(MixedPrecision("bf16"))
+    assert "MixedPrecision," in repr(mlp_learner(cbs=[MixedPrecision(), EMACallback()]))
+
+
+def test_validate_inside_a_fit_leaves_the_fits_autocast_scaler_and_scales() -> None:
+    learn = mlp_learner(cbs=MixedPrecision(init_scale=2.0**8, growth_interval=3))
+    spy, probe, seen = ScaleSpy(), Probe(), []
+
+    class ValidateAt(Callback):
+        def after_train(self) -> None:
+            if self.learn.epoch == 0:
+                scaler = self.learn.scaler
+                self.learn.validate()  # fastai's MixedPrecision fails at the next batch (its autocast is None)
+                mp = self.learn.mixed_precision
+                seen.append((self.learn.scaler is scaler is mp.scaler, list(mp.scales), mp.autocast is not None))
+
+    learn.fit(2, cbs=[spy, probe, ValidateAt()])
+    assert seen == [(True, [2.0**8] * 3 + [2.0**9], True)]
+    assert [r["autocast_at_start"] for r in train_rows(probe)] == [True] * 8  # epoch 1's batches too
+    assert spy.during[-1][0] == [2.0**8] * 3 + [2.0**9] * 3 + [2.0**10] * 2  # the same list, growing on
+    assert learn.scaler is None and learn.mixed_precision.scales is None

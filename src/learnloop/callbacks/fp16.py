@@ -3,12 +3,13 @@
 Per batch (``MixedPrecision`` has order 10)::
 
     before_batch     enter autocast(device of the model, float16 | bfloat16)
-    after_pred       learn.pred back to float32
+    after_pred       learn.pred's float16/bfloat16 tensors back to float32 (float64 ones are left alone)
     after_loss       exit autocast (also at after_batch / after_cancel_batch / after_fit if still active)
     before_backward  fp16: learn.loss_grad = scaler.scale(learn.loss_grad)   (learn.loss stays unscaled)
     before_step      fp16: scaler.unscale_ the gradients (once), scaler.step(<recording stand-in>);
                      an inf/nan gradient -> the stand-in's step() never runs -> CancelStepException,
-                     so opt.step() never runs: optimizer state and step counters stay put
+                     so opt.step() never runs: optimizer state and step counters stay put;
+                     otherwise the step's loss scale is appended to ``scales`` (1.0 without loss scaling)
     after_step       fp16: scaler.update(), only after a step attempt (never on accumulation micro-batches)
 
 A skipped step is reported through :mod:`learnloop.callbacks.steps` so schedules do not advance on it.
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, cast
 
 import torch
@@ -127,13 +130,60 @@ def _check_scaler_args(
     return init_scale, growth_factor, backoff_factor, interval
 
 
+class _BatchState:
+    """MixedPrecision's per-batch bookkeeping, and where the loss scale stands, on the host.
+
+    An object of its own, with slots, because assigning an attribute of a callback goes through
+    ``Callback.__setattr__``'s check for shadowed learner attributes, which costs about a microsecond, and
+    these change several times a batch.
+
+    ``scale`` lets ``scales`` record each step's loss scale without a device sync: a GradScaler changes its
+    scale only in ``update()``, after an overflow (backoff) or after ``growth_interval`` good steps in a row
+    (growth). ``good_steps`` counts these as the scaler does; when the scale may have changed it is
+    forgotten, and the next step reads it from the scaler again.
+    """
+
+    __slots__ = ("autocast_active", "good_steps", "n_accumulated", "nested", "overflow", "scale", "unscaled")
+
+    def __init__(self) -> None:
+        self.autocast_active = False  # this callback entered its autocast context
+        self.nested = 0  # validate() / get_preds() calls running inside a fit
+        self.unscaled = False  # this step's gradients went through scaler.unscale_
+        self.n_accumulated = 0  # training batches whose scaled gradients await the next step attempt
+        self.scale: float | None = None  # the scaler's loss scale; None: read it at the next step
+        self.good_steps = 0  # the scaler's growth tracker
+        self.overflow: bool | None = None  # what this step's attempt found (None: no attempt seen)
+
+    def follow(self, good_steps: int) -> None:
+        """Track a scaler that is new or was just loaded, whose growth tracker is at `good_steps`."""
+        self.scale, self.good_steps, self.overflow = None, good_steps, None
+
+    def updated(self, scaler: torch.amp.GradScaler) -> None:
+        """Follow ``scaler.update()``, which has just run."""
+        overflow, self.overflow = self.overflow, None
+        if overflow is None:  # unscaled, but cut short before MixedPrecision's step: ask the scaler (a sync, rare)
+            self.follow(int(scaler.state_dict()["_growth_tracker"]))
+        elif overflow:
+            self.follow(0)
+        else:
+            self.good_steps += 1
+            if self.good_steps >= scaler.get_growth_interval():
+                self.follow(0)
+
+
 class MixedPrecision(Callback):
     """Mixed precision training with ``torch.autocast`` and, for ``amp_mode='fp16'``, a ``GradScaler``.
 
     bf16 has float32's range, so it needs no loss scaling. Each fit starts a new GradScaler
     (``learn.scaler`` during fit) at ``init_scale``, as fastai does, unless a ``state_dict()`` was
-    loaded since the last fit: then it resumes from that. ``GradScaler.step`` reads whether the
-    gradients are finite, so an fp16 step waits on the device (as in torch's recipe).
+    loaded since the last fit: then it resumes from that. Without loss scaling (bf16, ``enabled=False``)
+    ``learn.scaler`` is a disabled GradScaler, as in fastai: its ``get_scale()`` is 1.0 and ``scale(loss)``
+    the loss. ``GradScaler.step`` reads whether the gradients are finite, so an fp16 step waits on the
+    device (as in torch's recipe).
+
+    During a fit, as in fastai, ``scales`` lists the loss scale of every optimizer step that ran (1.0
+    without loss scaling) and ``autocast`` is the ``torch.autocast`` context; both are None after it.
+    ``kwargs`` holds the GradScaler's keyword arguments.
 
     An exception other than a cancel one, raised by the model or the loss, leaves ``fit`` without any
     event, so autocast may still be entered afterwards; the next ``before_fit`` of this callback (or
@@ -166,13 +216,12 @@ class MixedPrecision(Callback):
         self.init_scale, self.growth_factor, self.backoff_factor, self.growth_interval = checked
         self.enabled = enabled
         self.skipped = False
-        self._autocast: torch.autocast | None = None
-        self._autocast_active = False
+        self.autocast: torch.autocast | None = None  # this fit's autocast context (fastai's attribute)
+        self.scales: list[float] | None = None  # the loss scale of each step of this fit (fastai's attribute)
         self._scaler: torch.amp.GradScaler | None = None
         self._scaler_state: dict[str, Any] | None = None  # loaded, for the next fit's scaler
         self._target = _ScalerTarget(self)
-        self._unscaled = False  # this step's gradients went through scaler.unscale_
-        self._n_accumulated = 0  # training batches whose scaled gradients await the next step attempt
+        self._state = _BatchState()
 
     @property
     def use_scaler(self) -> bool:
@@ -181,8 +230,21 @@ class MixedPrecision(Callback):
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
-        """The GradScaler of the current or last fit (fp16 only)."""
+        """The GradScaler of the current or last fit (fp16 only; ``learn.scaler`` is a disabled one without scaling)."""
         return self._scaler
+
+    @property
+    def kwargs(self) -> Mapping[str, Any]:
+        """The keyword arguments each fit's GradScaler is made with, read-only: ``enabled`` is ``use_scaler``."""
+        return MappingProxyType(
+            {
+                "init_scale": self.init_scale,
+                "growth_factor": self.growth_factor,
+                "backoff_factor": self.backoff_factor,
+                "growth_interval": self.growth_interval,
+                "enabled": self.use_scaler,
+            }
+        )
 
     # ------------------------------------------------------------------ autocast
     def _device_type(self) -> str:
@@ -194,37 +256,42 @@ class MixedPrecision(Callback):
 
     def exit_autocast(self) -> None:
         """Leave autocast if this callback entered it."""
-        if self._autocast_active and self._autocast is not None:
-            self._autocast_active = False
-            self._autocast.__exit__(None, None, None)
+        state = self._state
+        if state.autocast_active and self.autocast is not None:
+            state.autocast_active = False
+            self.autocast.__exit__(None, None, None)
 
     def before_fit(self) -> None:
         self.exit_autocast()
+        if self.learn._in_fit:  # validate() or get_preds() inside a fit: the fit's autocast and scaler carry on
+            self._state.nested += 1
+            return
         device_type = self._device_type()
         if self.amp_mode is AMPMode.BF16 and device_type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("MixedPrecision: this GPU does not support bfloat16; use amp_mode='fp16'.")
-        self._autocast = torch.autocast(device_type, dtype=self.dtype, enabled=self.enabled)
+        self.autocast = torch.autocast(device_type, dtype=self.dtype, enabled=self.enabled)
+        # A fresh scaler each fit, as fastai: a scale collapsed by lr_find's divergence must not carry over.
+        # Without loss scaling it is a disabled one, so that callbacks may call learn.scaler's methods as in fastai.
+        scaler = torch.amp.GradScaler(device_type, **self.kwargs)
+        state = self._state
+        state.follow(0)
         if self.use_scaler:
-            # A fresh scaler each fit, as fastai: a scale collapsed by lr_find's divergence must not carry over.
-            self._scaler = torch.amp.GradScaler(
-                device_type,
-                init_scale=self.init_scale,
-                growth_factor=self.growth_factor,
-                backoff_factor=self.backoff_factor,
-                growth_interval=self.growth_interval,
-            )
+            self._scaler = scaler
             if self._scaler_state is not None:  # loaded from a checkpoint since the last fit: resume from it
-                self._scaler.load_state_dict(self._scaler_state)
+                scaler.load_state_dict(self._scaler_state)
+                state.follow(int(self._scaler_state.get("_growth_tracker", 0)))
                 self._scaler_state = None
-        self.learn.scaler = self._scaler
-        self._unscaled, self._n_accumulated = False, 0
+        self.learn.scaler = scaler
+        self.scales = []
+        state.unscaled, state.n_accumulated = False, 0
         reset_skipped_steps(self.learn)
 
     def before_batch(self) -> None:
         self.learn.opt_step_skipped = False
-        if not self._autocast_active and self._autocast is not None:
-            self._autocast.__enter__()
-            self._autocast_active = True
+        state = self._state
+        if not state.autocast_active and self.autocast is not None:
+            self.autocast.__enter__()
+            state.autocast_active = True
 
     def after_pred(self) -> None:
         self.learn.pred = to_float32(self.learn.pred)
@@ -235,44 +302,55 @@ class MixedPrecision(Callback):
     # ------------------------------------------------------------- loss scaling
     def before_backward(self) -> None:
         if self.use_scaler and self._scaler is not None:
-            self._n_accumulated += 1
+            self._state.n_accumulated += 1
             # A new tensor: learn.loss (the logged, detached loss) is never scaled.
             self.learn.loss_grad = self._scaler.scale(self.learn.loss_grad)
 
     def unscale_grads(self) -> None:
         """Divide this step's gradients by the loss scale, once per step (GradientClip calls it before clipping)."""
-        if self.use_scaler and self._scaler is not None and not self._unscaled:
+        state = self._state
+        if self.use_scaler and self._scaler is not None and not state.unscaled:
             self._scaler.unscale_(cast(torch.optim.Optimizer, self._target))
-            self._unscaled = True
+            state.unscaled = True
 
     def before_step(self) -> None:
-        if not self.use_scaler or self._scaler is None:
+        scales, scaler = self.scales, self._scaler
+        if not self.use_scaler or scaler is None:
+            if scales is not None:
+                scales.append(1.0)
             return
         self.unscale_grads()
-        self._target.stepped = False
+        target, state = self._target, self._state
+        target.stepped = False
         # Unscaled already, so this only checks the gradients for inf/nan and calls step() when there is none.
-        self._scaler.step(cast(torch.optim.Optimizer, self._target))
-        self.skipped = not self._target.stepped
+        scaler.step(cast(torch.optim.Optimizer, target))
+        self.skipped = state.overflow = not target.stepped
         if self.skipped:
-            record_skipped_step(self.learn, self._n_accumulated)
+            record_skipped_step(self.learn, state.n_accumulated)
             raise CancelStepException
+        if state.scale is None:  # the fit's first step, or the scale may have changed since the last one
+            state.scale = scaler.get_scale()
+        if scales is not None:
+            scales.append(state.scale)
 
     def _update_scaler(self) -> None:
-        if self._unscaled and self._scaler is not None:
+        state = self._state
+        if state.unscaled and self._scaler is not None:
             self._scaler.update()
-        self._unscaled, self._n_accumulated = False, 0
+            state.updated(self._scaler)
+        state.unscaled, state.n_accumulated = False, 0
 
     def after_step(self) -> None:
         self._update_scaler()
 
     def after_cancel_batch(self) -> None:
         self.exit_autocast()
-        if self._unscaled:  # the batch was cancelled inside the step phase, after unscale_
+        if self._state.unscaled:  # the batch was cancelled inside the step phase, after unscale_
             self._update_scaler()
 
     def after_batch(self) -> None:
         self.exit_autocast()
-        if self._unscaled:
+        if self._state.unscaled:
             self._update_scaler()
 
     def after_cancel_fit(self) -> None:
@@ -280,6 +358,11 @@ class MixedPrecision(Callback):
 
     def after_fit(self) -> None:
         self.exit_autocast()
+        state = self._state
+        if state.nested:  # the end of a validate() inside a fit, which goes on
+            state.nested -= 1
+            return
+        self.autocast, self.scales = None, None  # as fastai's: only a fit has them
         self.learn.scaler = None
         # The counts stay readable on the learner; the schedule offset must not leak into another fit.
         self.learn.opt_step_skipped = False
@@ -290,9 +373,9 @@ class MixedPrecision(Callback):
         """The GradScaler's state (loss scale and growth tracker), or a loaded one not used yet, and how many
         batches' scaled gradients await the next step (a checkpoint in the middle of gradient accumulation)."""
         if self._scaler_state is not None:
-            return {"scaler": dict(self._scaler_state), "n_accumulated": self._n_accumulated}
+            return {"scaler": dict(self._scaler_state), "n_accumulated": self._state.n_accumulated}
         scaler = self._scaler.state_dict() if self._scaler is not None else None
-        return {"scaler": scaler, "n_accumulated": self._n_accumulated}
+        return {"scaler": scaler, "n_accumulated": self._state.n_accumulated}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         scaler_state = state.get("scaler")
@@ -303,11 +386,9 @@ class MixedPrecision(Callback):
         if scaler is not None and in_fit:
             # In a fit resuming from a checkpoint: this fit's scaler carries on; the next fit starts afresh.
             scaler.load_state_dict(scaler_state)
-            self._n_accumulated = int(state.get("n_accumulated", 0))
+            self._state.follow(int(scaler_state.get("_growth_tracker", 0)))
+            self._state.n_accumulated = int(state.get("n_accumulated", 0))
             return
         self._scaler_state = dict(scaler_state)  # for the next fit's scaler
         if self._scaler is not None:
             self._scaler.load_state_dict(scaler_state)
-
-    def __repr__(self) -> str:
-        return f"MixedPrecision({self.amp_mode.value!r})"
