@@ -18,6 +18,7 @@ from conftest import synth_classif_learner, synth_learner
 from learnloop import Learner, load_learner
 from learnloop.checkpoint import atomic_save
 from learnloop.export import InferenceOnlyLoss
+from learnloop.loss_record import rebuilt_loss
 from learnloop.losses import (
     BaseLoss,
     BCELossFlat,
@@ -211,11 +212,23 @@ def test_a_description_is_never_imported_from(tmp_path: Path) -> None:
         {"class": "learnloop.losses.CrossEntropyLossFlat", "settings": {"__class__": 1},
          "func": {"class": "torch.nn.modules.loss.CrossEntropyLoss", "settings": {}}},
         {"class": "learnloop.losses.CrossEntropyLossFlat", "settings": []},
+        # torch losses with weights: their sizes would allocate parameters, and they are not on the list
+        {"class": "torch.nn.modules.adaptive.AdaptiveLogSoftmaxWithLoss",
+         "settings": {"in_features": 4000, "n_classes": 50000, "cutoffs": [10]}},
+        {"class": "torch.nn.modules.loss.LinearCrossEntropyLoss", "settings": {"in_features": 4000,
+                                                                               "num_classes": 50000}},
+        {"class": "torch.nn.modules.loss.TripletMarginWithDistanceLoss", "settings": {"distance_function": "x"}},
     ):
         info["loss"]["description"] = bad
         atomic_save(info, file)
         with pytest.warns(UserWarning, match="cannot be rebuilt"):
             assert isinstance(load_learner(file, model=_copy_model(learn)).loss_func, InferenceOnlyLoss)
+
+
+def test_a_safetensors_record_nested_too_deep_for_the_json_parser_is_warned_of(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="does not record its loss function"):
+        loss = rebuilt_loss("[" * 100_000 + "]" * 100_000, torch.device("cpu"), tmp_path)
+    assert isinstance(loss, InferenceOnlyLoss)
 
 
 def test_a_reexported_inference_learner_loads_without_a_warning(tmp_path: Path) -> None:

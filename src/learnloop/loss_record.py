@@ -45,26 +45,30 @@ def class_name(obj: Any) -> str:
     return _qualified(type(obj))
 
 
-# A weights-only load cannot unpickle the loss function, so the export also describes it with names, numbers and
-# lists only. Its class name is looked up in the table below, never imported: only learnloop's losses and
-# torch.nn's are rebuilt, by calling their constructors with the recorded settings.
-
 _SETTING_TYPES = (bool, int, float, str, type(None))
 _TENSOR_DTYPES = {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 _FLAT_SETTINGS = ("axis", "flatten", "floatify", "is_2d", "thresh")  # BaseLoss's own, set after construction
 _FOLDED_PARAMETERS = {"size_average", "reduce"}  # torch's deprecated arguments, kept in `reduction`
 
 
+# torch.nn's losses a description may name: a fixed list (a file could otherwise name any class torch adds), of
+# losses without parameters whose settings are numbers, strings or small tensors (not AdaptiveLogSoftmaxWithLoss or
+# LinearCrossEntropyLoss, whose sizes would allocate weights, nor TripletMarginWithDistanceLoss, which takes a
+# function).
+_TORCH_LOSSES = (
+    "BCELoss", "BCEWithLogitsLoss", "CTCLoss", "CosineEmbeddingLoss", "CrossEntropyLoss", "GaussianNLLLoss",
+    "HingeEmbeddingLoss", "HuberLoss", "KLDivLoss", "L1Loss", "MSELoss", "MarginRankingLoss", "MultiLabelMarginLoss",
+    "MultiLabelSoftMarginLoss", "MultiMarginLoss", "NLLLoss", "PoissonNLLLoss", "SmoothL1Loss", "SoftMarginLoss",
+    "TripletMarginLoss",
+)
+
+
 def _rebuildable() -> dict[str, type]:
-    """The loss classes a description may name: learnloop's, torch.nn's, and the inference stand-in."""
+    """The loss classes a description may name: learnloop's, torch.nn's listed above, and the inference stand-in."""
     from . import losses
 
     classes: list[type] = [getattr(losses, name) for name in losses.__all__]
-    classes += [
-        c for c in vars(nn.modules.loss).values()
-        if isinstance(c, type) and issubclass(c, nn.Module) and c.__module__ == nn.modules.loss.__name__
-        and not c.__name__.startswith("_")
-    ]
+    classes += [c for name in _TORCH_LOSSES if isinstance(c := getattr(nn, name, None), type)]
     classes.append(InferenceOnlyLoss)
     return {_qualified(c): c for c in classes}
 
@@ -135,6 +139,7 @@ def _build_loss(description: dict[str, Any], device: torch.device) -> Any:
     ValueError...) for one that does not describe a loss this learnloop can rebuild."""
     classes = _rebuildable()
     cls = classes[description["class"]]
+    loss: Any
     if issubclass(cls, BaseLoss):
         func = description["func"]
         func_cls, func_settings = classes[func["class"]], _decode_settings(func["settings"], device)
@@ -145,8 +150,11 @@ def _build_loss(description: dict[str, Any], device: torch.device) -> Any:
             if key not in _FLAT_SETTINGS or not isinstance(value, _SETTING_TYPES):
                 raise ValueError(f"unknown setting {key!r} of {cls.__name__}")
             setattr(loss, key, value)
-        return loss
-    return cls(**_decode_settings(description["settings"], device))
+    else:
+        loss = cls(**_decode_settings(description["settings"], device))
+    if isinstance(loss, nn.Module) and next(loss.parameters(), None) is not None:
+        raise ValueError(f"{cls.__name__} has parameters: not a loss an export describes")
+    return loss
 
 
 def _decode_settings(settings: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -169,11 +177,12 @@ def rebuilt_loss(record: Any, device: torch.device, path: Path) -> Any:
     if isinstance(record, str):  # a safetensors file's metadata: JSON
         try:
             record = json.loads(record)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             record = None
     if not isinstance(record, dict):  # an export written before learnloop recorded the loss function
         warn_caller(
-            f"load_learner: {path} does not record its loss function (an export from an older learnloop), so "
+            f"load_learner: {path} does not record its loss function (an export from an older learnloop, or an "
+            "unreadable record), so "
             "predict and get_preds apply no activation or decodes (softmax, argmax, ...) it may have had: " + advice
         )
         return InferenceOnlyLoss()
