@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # tests only: the library leaves the backend to matplotli
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from learnloop import SGD, Adam, DataLoaders, EarlyStoppingCallback, Learner  # noqa: E402
+from learnloop import SGD, Adam, Callback, DataLoaders, EarlyStoppingCallback, Learner  # noqa: E402
 from learnloop.callback import noop  # noqa: E402
 from learnloop.errors import ArgumentError  # noqa: E402
 from learnloop.hooks import (  # noqa: E402
@@ -190,6 +190,31 @@ def test_hook_callback_every_n_batches_and_a_hook_given_as_argument() -> None:
     assert n_hooks(learn.model) == 0
     with pytest.raises(ArgumentError, match="unexpected argument.*'after_batch'"):
         HookCallback(after_batch=print)
+
+
+def test_a_validate_inside_the_fit_leaves_the_hooks_and_the_stats_of_the_fit_alone() -> None:
+    learn = make_learner()
+    stats = ActivationStats()
+    validated = Callback(after_batch=lambda: learn.validate() if learn.training and learn.iter == 0 else None)
+    hooked: list[int] = []
+    learn.fit(1, lr=0.0, cbs=[stats, validated, Callback(before_batch=lambda: hooked.append(n_hooks(learn.model)))])
+    assert len(stats.stats) == 1  # the batch before the validate() (after it, learn.training is False, as in fastai)
+    assert hooked == [3] * len(hooked) and len(hooked) > 2  # hooked at every batch, those after the validate() too
+    assert n_hooks(learn.model) == 0  # and the fit's after_fit took the hooks off
+
+
+def test_a_fit_ended_by_an_error_leaves_its_hooks_until_the_next_fit_replaces_them() -> None:
+    learn = make_learner()
+    cb = OutputMeans()
+
+    def fail() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, lr=0.0, cbs=[cb, Callback(after_batch=fail)])
+    assert n_hooks(learn.model) == 3  # no after_fit ran, as in fastai
+    learn.fit(1, lr=0.0, cbs=cb)
+    assert n_hooks(learn.model) == 0
 
 
 # ------------------------------------------------------------------------------------------ ActivationStats

@@ -235,6 +235,7 @@ class HookCallback(Callback):
         self.every, self.remove_end, self.is_forward = every, remove_end, is_forward
         self.detach, self.cpu, self.include_paramless = detach, cpu, include_paramless
         self._hooked = False  # whether the hooks are on the modules now
+        self._nested = 0  # validate()/get_preds() runs inside the current fit, whose hooks they leave alone
         if hook is not None:
             self.hook = hook  # type: ignore[method-assign, assignment]
 
@@ -244,6 +245,10 @@ class HookCallback(Callback):
 
     def before_fit(self) -> None:
         """Pick the modules (once) and, unless only every `every`-th batch is hooked, register the hooks."""
+        if self.learn._in_fit:  # validate() or get_preds() inside a fit: the fit's hooks stay as they are
+            self._nested += 1
+            return
+        self._nested = 0  # a nested run that ended in an error never reached its after_fit
         if self.modules is None:
             modules = [m for m in flatten_model(self.learn.model) if self.include_paramless or has_params(m)]
             object.__setattr__(self, "modules", modules)  # the callback's own: `learn.modules` is the model's method
@@ -261,7 +266,11 @@ class HookCallback(Callback):
             self._remove()
 
     def after_fit(self) -> None:
-        """Remove the hooks, when `remove_end`."""
+        """Remove the hooks, when `remove_end` (a fit ended by an error other than a cancel runs no `after_fit`, as
+        in fastai: its hooks stay until the next fit replaces them, or `cb.hooks.remove()`)."""
+        if self._nested:
+            self._nested -= 1
+            return
         if self.remove_end:
             self._remove()
 
@@ -284,7 +293,7 @@ class ActivationStats(HookCallback):
     """Records the mean, standard deviation and share of values <= 0.05 of each hooked module's output (and a
     40-bin histogram over [0, 10] when `with_hist`) at every training batch (every `every`-th), in `stats`.
 
-    `stats[batch][module]` is a dict of 0-d tensors (fastai's holds floats): recording never waits on the device.
+    `stats[batch][module]` is a dict of 0-d tensors (fastai's holds floats), computed without `.item()`.
     `layer_stats(idx)` gives them as floats, fastai's values. Other arguments are `HookCallback`'s.
     """
 
@@ -308,9 +317,11 @@ class ActivationStats(HookCallback):
         self.stats: list[list[Any]] = []
 
     def before_fit(self) -> None:
-        """Start a new record, and hook the modules."""
+        """Start a new record (not for a validate() inside the fit), and hook the modules."""
+        nested = self.learn._in_fit
         super().before_fit()
-        self.stats = []
+        if not nested:
+            self.stats = []
 
     def hook(self, m: nn.Module | None, i: Any, o: Any) -> Any:
         """The statistics of the output `o` (a list of them for a tuple of outputs, as an RNN's)."""

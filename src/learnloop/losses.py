@@ -170,7 +170,7 @@ class FocalLoss(nn.Module):
 
     def forward(self, inp: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(inp, targ, weight=self.weight, reduction="none")
-        p_t = torch.exp(-ce)  # the target class's probability (without `weight`), as fastai computes it
+        p_t = torch.exp(-ce)  # the target class's probability (to the power of its `weight` with one), as fastai's
         return _reduce((1 - p_t) ** self.gamma * ce, self.reduction, "FocalLoss")
 
 
