@@ -623,6 +623,19 @@ def test_short_epoch_defaults_are_fastais() -> None:
     assert (ShortEpochCallback().pct, ShortEpochCallback().short_valid, ShortEpochCallback.order) == (0.01, True, 0)
 
 
+def test_number_checks_are_public_in_errors() -> None:
+    from learnloop import errors
+
+    assert {"to_number", "to_whole"} <= set(errors.__all__)
+    assert errors.to_number(np.int64(3), "n_acc", "X") == 3 and type(errors.to_number(np.int64(3), "n", "X")) is int
+    assert errors.to_number(torch.tensor(0.25), "pct", "X") == 0.25
+    assert errors.to_whole(torch.tensor(2), "n_steps", "X", "a number of batches") == 2
+    with pytest.raises(ArgumentError, match="X: n must be a number"):
+        errors.to_number(np.bool_(True), "n", "X")
+    with pytest.raises(InputError, match="X: n is a count, a whole number >= 1; got 0"):
+        errors.to_whole(0, "n", "X", "a count")
+
+
 # ------------------------------------------------------------------------------ frozen batchnorm
 def bn_model() -> nn.Sequential:
     torch.manual_seed(5)

@@ -18,7 +18,6 @@ A skipped step is reported through :mod:`learnloop.callbacks.steps` so schedules
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
@@ -27,7 +26,7 @@ from typing import Any, cast
 import torch
 
 from ..callback import Callback
-from ..errors import ArgumentError, InputError
+from ..errors import InputError, to_number, to_whole
 from ..events import CancelStepException
 from .steps import record_skipped_step, reset_skipped_steps
 
@@ -73,36 +72,6 @@ class _ScalerTarget:
 
     def step(self, *args: Any, **kwargs: Any) -> None:
         self.stepped = True
-
-
-def to_number(value: Any, name: str, owner: str) -> int | float:
-    """`value`, a hyper-parameter given as a number, as a Python int (an integral one) or float.
-
-    Accepts what fastai's arithmetic accepts: ints and floats, numpy scalars (``numbers.Integral`` /
-    ``numbers.Real``) and 0-dim torch tensors; an int stays an int. NaN and anything else are refused.
-    """
-    if isinstance(value, torch.Tensor) and value.ndim == 0:
-        value = value.item()  # read once, when the callback is made
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ArgumentError(
-            f"{owner}: {name} must be a number (an int or a float, a numpy scalar or a 0-dim tensor), got {value!r}."
-        )
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    number = float(value)
-    if math.isnan(number):
-        raise InputError(f"{owner}: {name} is NaN; give a number.")
-    return number
-
-
-def to_whole(value: Any, name: str, owner: str, what: str) -> int:
-    """`value` as a Python int >= 1: an int, a numpy integer or a 0-dim integer tensor (`what` says what it counts)."""
-    number = to_number(value, name, owner)
-    if not isinstance(number, int):
-        raise ArgumentError(f"{owner}: {name} is {what}, a whole number >= 1; got {value!r}.")
-    if number < 1:
-        raise InputError(f"{owner}: {name} is {what}, a whole number >= 1; got {value!r}.")
-    return number
 
 
 def _check_scaler_args(

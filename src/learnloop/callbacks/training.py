@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from ..callback import Callback
-from ..errors import InputError
+from ..errors import InputError, to_number, to_whole
 from ..events import CancelBatchException, CancelFitException, CancelTrainException, CancelValidException
 from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
-from .fp16 import MixedPrecision, to_number, to_whole
+from .fp16 import MixedPrecision
 
 __all__ = [
     "BnFreeze",
