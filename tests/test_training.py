@@ -623,6 +623,29 @@ def test_short_epoch_defaults_are_fastais() -> None:
     assert (ShortEpochCallback().pct, ShortEpochCallback().short_valid, ShortEpochCallback.order) == (0.01, True, 0)
 
 
+class NoLength:
+    """An iterable of batches without __len__: the learner's n_iter is 0 over it."""
+
+    def __init__(self, batches: Any) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+
+@pytest.mark.parametrize("pct, n_run", [(0.01, 1), (0.0, 1), (0.5, 1), (1.0, 2)])
+def test_short_epoch_without_a_length_cuts_after_the_first_batch(pct: float, n_run: int) -> None:
+    learn = make_learner(n_train=80, bs=8)
+    started: list[int] = []
+    log = Callback(before_batch=lambda: started.append(learn.iter))
+    valid = NoLength(learn.dls.valid)  # 2 batches
+    learn.validate(dl=valid, cbs=[ShortEpochCallback(pct=pct), log])  # fastai's: ZeroDivisionError
+    assert started == list(range(n_run))
+    preds, _ = learn.get_preds(dl=valid, cbs=ShortEpochCallback(pct=pct))
+    # The batch that reaches the cut is not gathered (ShortEpochCallback's after_batch comes first), as with a length.
+    assert (preds is None) if n_run == 1 else len(preds) == 16
+
+
 def test_number_checks_are_public_in_errors() -> None:
     from learnloop import errors
 

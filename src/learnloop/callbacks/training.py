@@ -222,6 +222,9 @@ class ShortEpochCallback(Callback):
     (``recorder.values`` gets ``[]``) and prints only its number and time; with ``short_valid=False`` the
     validation loss is the whole validation set's.
 
+    A share of a loader without ``__len__`` (``n_iter`` is 0, say ``validate(dl=a_generator)``) means nothing,
+    so such a phase is cut after its first batch, unless ``pct=1``, which never cuts; fastai's divides by zero.
+
     >>> learn.fit(1, cbs=ShortEpochCallback())   # a smoke test: a couple of batches of each phase
     """
 
@@ -233,7 +236,11 @@ class ShortEpochCallback(Callback):
 
     def after_batch(self) -> None:
         learn = self.learn
-        if learn.iter / learn.n_iter < self.pct:
+        n_iter = learn.n_iter
+        if n_iter == 0:  # no length: only "all of it" (pct=1) and "a first batch" (the rest) make sense
+            if self.pct >= 1:
+                return
+        elif learn.iter / n_iter < self.pct:
             return
         if learn.training:
             raise CancelTrainException
