@@ -389,6 +389,31 @@ def test_every_epoch_must_be_a_number() -> None:
         SaveModelCallback(every_epoch="2")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("every, expected", [
+    (torch.tensor(2), 2), (torch.tensor(2.0), 2), (np.float32(3.0), 3), (torch.tensor(0), 0),
+    (np.bool_(True), True), (np.bool_(False), False),
+])
+def test_every_epoch_takes_what_to_number_takes(every: Any, expected: bool | int) -> None:
+    # As the other callbacks' numbers: 0-dim tensors and numpy scalars, read once; numpy's bools as bools (fastai's
+    # truth test and `epoch % every_epoch` take them all).
+    cb = SaveModelCallback(every_epoch=every)
+    assert cb.every_epoch == expected and type(cb.every_epoch) is type(expected)
+
+
+@pytest.mark.parametrize("every", [torch.tensor(-1), torch.tensor(1.5), torch.ones(2), np.array([1, 2])])
+def test_every_epoch_tensors_are_checked_as_numbers(every: Any) -> None:
+    kind = ArgumentError if getattr(every, "ndim", 0) else InputError
+    with pytest.raises(kind, match="SaveModelCallback: every_epoch must be True/False or a whole number of epochs"):
+        SaveModelCallback(every_epoch=every)
+
+
+@pytest.mark.parametrize("every, kind", [("2", ArgumentError), (np.array([1, 2]), ArgumentError), (-1, InputError)])
+def test_every_epoch_is_checked_before_at_end(every: Any, kind: type[Exception]) -> None:
+    # A wrong every_epoch is reported as such, not as "cannot both be set" (nor numpy's ambiguous truth value).
+    with pytest.raises(kind, match="every_epoch must be True/False or a whole number of epochs"):
+        SaveModelCallback(every_epoch=every, at_end=True)
+
+
 @pytest.mark.parametrize("off", [0, 0.0])
 def test_every_epoch_zero_saves_the_best_as_without_it(tmp_path: Path, off: float) -> None:
     learn = synth_learner(path=tmp_path)

@@ -23,7 +23,6 @@ reset, so a resumed run carries on where it stopped.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from torch import nn
 
 from ..callback import Callback, is_side_run
 from ..distributed import is_rank_zero
-from ..errors import ArgumentError, InputError
+from ..errors import ArgumentError, InputError, to_number
 from ..events import CancelFitException
 
 __all__ = ["TrackerCallback", "EarlyStoppingCallback", "SaveModelCallback", "ReduceLROnPlateau"]
@@ -266,9 +265,9 @@ class SaveModelCallback(TrackerCallback):
         reset_on_fit: bool = True,
     ) -> None:
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
+        every_epoch = _check_every_epoch(every_epoch)  # first: a wrong type is reported as such
         if every_epoch and at_end:
             raise InputError("SaveModelCallback: every_epoch and at_end cannot both be set; choose one.")
-        _check_every_epoch(every_epoch)
         self.fname, self.every_epoch, self.at_end, self.with_opt = fname, every_epoch, at_end, with_opt
         self.last_saved_path: Any = None
         self._holds_best = False  # the file `fname` holds the model that scored `best`
@@ -302,7 +301,7 @@ class SaveModelCallback(TrackerCallback):
 
     def after_epoch(self) -> None:
         if self.every_epoch:
-            if self._epoch_trained and self.learn.epoch % int(self.every_epoch) == 0:
+            if self._epoch_trained and self.learn.epoch % self.every_epoch == 0:
                 self._save(f"{self.fname}_{self.learn.epoch}")
             return
         super().after_epoch()
@@ -328,21 +327,28 @@ class SaveModelCallback(TrackerCallback):
         self._holds_best = bool(state.get("holds_best", False))
 
 
-def _check_every_epoch(every_epoch: Any) -> None:
+def _check_every_epoch(every_epoch: Any) -> bool | int:
+    """`every_epoch` as a bool, or a whole number of epochs >= 0 read as `to_number` reads numbers."""
     # fastai tests every_epoch for truth (0 is off) and saves when `epoch % every_epoch == 0`, so 2.0 works as 2;
     # a negative n passes that test too (every epoch for -1), by accident rather than design: refused here.
-    if isinstance(every_epoch, bool):
-        return
-    if not isinstance(every_epoch, numbers.Real):
+    if isinstance(every_epoch, (bool, np.bool_)):
+        return bool(every_epoch)
+    not_whole = InputError(
+        f"SaveModelCallback: every_epoch must be True/False or a whole number of epochs >= 1 (0 turns it off), "
+        f"got {every_epoch!r}."
+    )
+    try:
+        n = to_number(every_epoch, "every_epoch", "SaveModelCallback")
+    except ArgumentError:
         raise ArgumentError(
-            f"every_epoch must be True/False or a whole number of epochs, got {type(every_epoch).__name__} "
-            f"{every_epoch!r}."
-        )
-    n = float(every_epoch)
-    if not (math.isfinite(n) and n.is_integer() and n >= 0):
-        raise InputError(
-            f"every_epoch must be True/False or a whole number of epochs >= 1 (0 turns it off), got {every_epoch!r}."
-        )
+            f"SaveModelCallback: every_epoch must be True/False or a whole number of epochs, got "
+            f"{type(every_epoch).__name__} {every_epoch!r}."
+        ) from None
+    except InputError:  # NaN
+        raise not_whole from None
+    if not (math.isfinite(n) and float(n).is_integer() and n >= 0):
+        raise not_whole
+    return int(n)
 
 
 def _snapshot(model: nn.Module) -> list[torch.Tensor]:
