@@ -265,6 +265,46 @@ def test_an_epoch_cancelled_before_it_starts_is_not_judged(tmp_path: Path, add_t
     assert [e for e, _, _ in saves] == [0, 2]  # every_epoch writes only the epochs trained
 
 
+@pytest.mark.parametrize("event, exc, saved", [
+    ("before_train", CancelTrainException, [0, 1, 2]),  # as fastai's: the epoch's training phase began
+    ("after_batch", CancelTrainException, [0, 1, 2]),
+    ("after_batch", CancelEpochException, [0, 1, 2]),
+    ("before_train", CancelEpochException, [0, 2]),  # ahead of the tracker: its training never began (fastai: saved)
+    ("before_epoch", CancelEpochException, [0, 2]),
+])
+def test_every_epoch_saves_the_epochs_whose_training_began(
+    tmp_path: Path, event: str, exc: type[Exception], saved: list[int]
+) -> None:
+    learn = synth_learner(path=tmp_path)
+    saves = spy_saves(learn)
+    cancel = cancel_at(learn, event, exc)
+    cancel.run_valid = False  # after_batch: training batches only
+    learn.fit(3, cbs=[cancel, SaveModelCallback(every_epoch=True)])
+    assert [(e, n) for e, n, _ in saves] == [(e, f"model_{e}") for e in saved]
+
+
+@pytest.mark.parametrize("at_end", [False, True])
+def test_a_fit_whose_training_is_cancelled_at_once_saves_or_loads_at_its_end(tmp_path: Path, at_end: bool) -> None:
+    # Every epoch's training is cancelled at before_train, ahead of the tracker: the epochs count as trained (as
+    # for every_epoch), so the fit's end saves (at_end) or loads the best back, as fastai's after_fit always does.
+    learn = synth_learner(path=tmp_path)
+    saves = spy_saves(learn)
+    loads: list[str] = []
+    load = learn.load
+
+    def spy_load(name: Any, **kwargs: Any) -> Any:
+        loads.append(str(name))
+        return load(name, **kwargs)
+
+    learn.load = spy_load  # type: ignore[method-assign]
+    cancel = cancel_at(learn, "before_train", CancelTrainException, epoch=0)
+    learn.fit(2, cbs=[Script([1.0, 2.0]), cancel, cancel_at(learn, "before_train", CancelTrainException, epoch=1),
+                      SaveModelCallback(at_end=at_end)])
+    assert [len(row) for row in learn.recorder.values] == [1, 1]  # no training ran: valid_loss alone
+    assert [(e, n) for e, n, _ in saves] == ([(0, "model"), (1, "model")] if at_end else [(0, "model")])
+    assert loads == ([] if at_end else ["model"])
+
+
 def test_epochs_with_a_cancelled_validation_are_not_judged() -> None:
     learn = synth_learner()
     es = EarlyStoppingCallback(patience=1)

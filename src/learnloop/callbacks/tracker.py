@@ -63,8 +63,8 @@ class TrackerCallback(Callback):
         self.min_delta = min_delta * -1 if self.lower_is_better else min_delta
         self.best: float | None = None
         self.idx = 0
-        self._fit_started = False  # a training phase ran in this fit (validate() has none)
-        self._trained_epoch: int | None = None  # the fit epoch whose training phase ran last (validate() has none)
+        self._fit_started = False  # a training phase began in this fit (validate() has none)
+        self._trained_epoch: int | None = None  # the fit epoch whose training phase began last (validate() has none)
         self._row_names: list[str] = []  # the values the Recorder has put in that epoch's row, in its order
         self._train_names: list[str] = []  # the values a training phase records, then those of a validation phase
         self._valid_names: list[str] = []
@@ -103,7 +103,9 @@ class TrackerCallback(Callback):
         self._restored = False  # state loaded from here on (resuming) comes after this fit's reset
 
     def after_train(self) -> None:
-        # Also when a callback before this one cancelled the phase at before_train (this before_train did not run).
+        # Also when a callback before this one cancelled the phase at before_train (this before_train did not run):
+        # the epoch still counts as trained, as fastai's SaveModelCallback(every_epoch=...) saves it.
+        self._fit_started = True
         self._trained_epoch = self.learn.epoch
         self._row_names = [] if self.learn.recorder.cancel_train else list(self._train_names)
         # State loaded inside a training phase (resuming a mid-epoch checkpoint) comes after the reset it would skip.
@@ -136,8 +138,10 @@ class TrackerCallback(Callback):
 
     @property
     def _epoch_trained(self) -> bool:
-        """Whether the current epoch is one of the fit's that ran its training phase (not validate()'s, nor
-        one skipped by start_epoch or cancelled before training)."""
+        """Whether the current epoch is one of the fit's whose training phase began: this tracker's before_train
+        ran, or the phase ended with after_train, which also fires when a callback cancelled it at once
+        (CancelTrainException at before_train). Not validate()'s or get_preds()'s epoch, nor one skipped by
+        fit(start_epoch=...) or cancelled (CancelEpochException) before its training phase began."""
         return self._trained_epoch is not None and self._trained_epoch == self.learn.epoch
 
     def current_value(self) -> float | None:
@@ -243,7 +247,9 @@ class SaveModelCallback(TrackerCallback):
 
     `every_epoch=True` saves every epoch as `f'{fname}_{epoch}'` instead (a whole number `n`, 2 or 2.0: every n
     epochs; False or 0: off, as in fastai); `at_end=True` saves once, at the end of training. In both cases
-    nothing is reloaded.
+    nothing is reloaded. `every_epoch` saves each epoch of the fit whose training phase began, also when that
+    phase was cancelled (CancelTrainException, even at before_train, as fastai's saves it); not the epochs skipped
+    by ``fit(start_epoch=...)`` or cancelled (CancelEpochException) before training began, which fastai's saves.
 
     What is saved in an epoch is the weights that were validated: when a callback validates other
     weights than the training ones (EMACallback's average, which reports `swapped` while it is in
