@@ -426,3 +426,29 @@ def test_validate_inside_a_fit_leaves_the_fits_autocast_scaler_and_scales() -> N
     assert [r["autocast_at_start"] for r in train_rows(probe)] == [True] * 8  # epoch 1's batches too
     assert spy.during[-1][0] == [2.0**8] * 3 + [2.0**9] * 3 + [2.0**10] * 2  # the same list, growing on
     assert learn.scaler is None and learn.mixed_precision.scales is None
+
+
+def test_a_validate_in_a_fit_that_never_ended_leaks_into_no_later_fit() -> None:
+    # Another callback's before_fit raises inside a validate() called in a fit: that validate's after_fit never
+    # fires, nor, the exception leaving the fit, the fit's. The next fit starts from scratch and ends cleared.
+    learn = mlp_learner(cbs=MixedPrecision(init_scale=2.0**8))
+
+    class FailsInsideAFit(Callback):
+        order = 20  # after MixedPrecision's before_fit
+
+        def before_fit(self) -> None:
+            if self.learn._in_fit:
+                raise RuntimeError("not now")
+
+    class ValidateOnce(Callback):
+        def after_train(self) -> None:
+            self.learn.validate(cbs=FailsInsideAFit())
+
+    with pytest.raises(RuntimeError, match="not now"):
+        learn.fit(1, cbs=ValidateOnce())
+    learn.fit(1)
+    mp = learn.mixed_precision
+    assert learn.scaler is None and mp.scales is None and mp.autocast is None and learn.pct_skipped == 0.0
+    assert not autocast_on()
+    learn.validate()
+    assert learn.scaler is None and mp.scales is None and mp.autocast is None

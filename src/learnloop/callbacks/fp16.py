@@ -156,7 +156,9 @@ class MixedPrecision(Callback):
 
     An exception other than a cancel one, raised by the model or the loss, leaves ``fit`` without any
     event, so autocast may still be entered afterwards; the next ``before_fit`` of this callback (or
-    ``exit_autocast()``) leaves it.
+    ``exit_autocast()``) leaves it. A ``validate()`` called inside a fit whose ``before_fit`` or ``before_epoch``
+    raised gets no ``after_fit`` either: the fit's own ``after_fit`` is then taken for that validate's, and
+    leaves ``learn.scaler``, ``scales`` and ``autocast`` set; the next fit starts afresh all the same.
 
     >>> learn.fit(1, cbs=MixedPrecision("bf16"))   # or learn.to_bf16(); learn.to_fp16() for float16
     """
@@ -235,6 +237,9 @@ class MixedPrecision(Callback):
         if self.learn._in_fit:  # validate() or get_preds() inside a fit: the fit's autocast and scaler carry on
             self._state.nested += 1
             return
+        # Outside any fit, no validate() of a fit is still open: one whose before_fit or before_epoch raised never got
+        # its after_fit, and must not make this fit's after_fit pass for its own.
+        self._state.nested = 0
         device_type = self._device_type()
         if self.amp_mode is AMPMode.BF16 and device_type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("MixedPrecision: this GPU does not support bfloat16; use amp_mode='fp16'.")
