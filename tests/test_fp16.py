@@ -272,7 +272,7 @@ def test_scaler_state_travels_in_state_dict() -> None:
     buffer.seek(0)
     loaded = torch.load(buffer, weights_only=True)
     fresh = MixedPrecision()
-    fresh.load_state_dict(loaded)  # before the scaler exists: applied at the first before_fit
+    fresh.load_state_dict(loaded)  # before the scaler exists: applied by the next fit that trains
     assert fresh.state_dict()["scaler"]["scale"] == 2.0**6
     other = synth_learner(cbs=fresh)
     other.fit(1)
@@ -452,3 +452,86 @@ def test_a_validate_in_a_fit_that_never_ended_leaks_into_no_later_fit() -> None:
     assert not autocast_on()
     learn.validate()
     assert learn.scaler is None and mp.scales is None and mp.autocast is None
+
+
+def _validate(learn: Learner) -> None:
+    learn.validate()
+
+
+def _get_preds(learn: Learner) -> None:
+    learn.get_preds()
+
+
+def _summary(learn: Learner) -> None:
+    learn.summary()
+
+
+def _empty_fit(learn: Learner) -> None:
+    learn.fit(0)
+
+
+def _lr_find(learn: Learner) -> None:
+    learn.lr_find(num_it=5, show_plot=False)  # trains, then puts the callbacks' states back
+
+
+@pytest.mark.parametrize("between", [_validate, _get_preds, _summary, _empty_fit, _lr_find],
+                         ids=["validate", "get_preds", "summary", "fit(0)", "lr_find"])
+def test_a_loaded_scaler_state_waits_for_a_fit_that_trains(between: Any) -> None:
+    learn = synth_learner(n_train=64, bs=16, cbs=MixedPrecision(init_scale=2.0**8))
+    learn.fit(1, cbs=InfGradAt(1, 2, 3))
+    mp = learn.mixed_precision
+    state = mp.state_dict()
+    assert state["scaler"]["scale"] == 2.0**5
+    learn.fit(1)  # a fresh scaler, at init_scale
+    mp.load_state_dict(state)  # say from a checkpoint: the next fit that trains resumes from it
+    between(learn)  # fires before_fit (and after_fit) but trains nothing
+    assert mp.state_dict()["scaler"]["scale"] == 2.0**5  # still waiting
+    assert learn.scaler is None
+    spy = ScaleSpy()
+    learn.fit(1, cbs=spy)
+    assert spy.scales[0] == 2.0**5 and mp.scaler.get_scale() == 2.0**5
+    learn.fit(1)  # used up: the next fit starts afresh
+    assert mp.scaler.get_scale() == 2.0**8
+
+
+@pytest.mark.parametrize("between", [_validate, _get_preds, _summary], ids=["validate", "get_preds", "summary"])
+def test_validate_after_a_fit_leaves_its_scaler_and_state_dict(between: Any) -> None:
+    learn = synth_learner(n_train=64, bs=16, cbs=MixedPrecision(init_scale=2.0**8))
+    learn.fit(1, cbs=InfGradAt(1, 2, 3))
+    mp = learn.mixed_precision
+    scaler = mp.scaler
+    between(learn)
+    assert mp.scaler is scaler and scaler.get_scale() == 2.0**5  # the last fit's, for a checkpoint written now
+    assert mp.state_dict()["scaler"]["scale"] == 2.0**5
+
+
+def test_learn_scaler_during_validate_outside_a_fit_is_a_fresh_grad_scaler_as_fastais() -> None:
+    learn = synth_learner(n_train=64, bs=16, cbs=MixedPrecision(init_scale=2.0**8))
+    learn.fit(1, cbs=InfGradAt(1, 2, 3))
+    seen: list[Any] = []
+    learn.validate(cbs=Callback(before_validate=lambda: seen.append(learn.scaler.get_scale())))
+    assert seen == [2.0**8] and learn.scaler is None
+
+
+def test_a_scaler_state_loaded_in_a_fit_before_it_trains_is_the_fits() -> None:
+    # fit(resume=...) loads a checkpoint taken at an epoch's end right after before_fit, before any before_train.
+    learn = synth_learner(n_train=64, bs=16, cbs=MixedPrecision(init_scale=2.0**8))
+    learn.fit(1, cbs=InfGradAt(1, 2, 3))
+    mp = learn.mixed_precision
+    state = mp.state_dict()
+    learn.fit(1)
+    spy = ScaleSpy()
+    seen: list[Any] = []
+
+    class LoadAtFirstEpoch(Callback):
+        order = 20
+
+        def before_epoch(self) -> None:
+            if self.learn.epoch == 0:
+                mp.load_state_dict({**state, "n_accumulated": 0})
+                seen.append((mp.scaler is self.learn.scaler, mp.state_dict()["scaler"]["scale"]))
+
+    learn.fit(2, cbs=[spy, LoadAtFirstEpoch()])
+    assert seen == [(True, 2.0**5)] and spy.scales[0] == 2.0**5
+    learn.fit(1)
+    assert mp.scaler.get_scale() == 2.0**8  # the next fit starts afresh

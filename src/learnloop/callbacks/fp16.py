@@ -145,7 +145,10 @@ class MixedPrecision(Callback):
 
     bf16 has float32's range, so it needs no loss scaling. Each fit starts a new GradScaler
     (``learn.scaler`` during fit) at ``init_scale``, as fastai does, unless a ``state_dict()`` was
-    loaded since the last fit: then it resumes from that. Without loss scaling (bf16, ``enabled=False``)
+    loaded since the last fit that trained: then it resumes from that. ``validate()``, ``get_preds()`` and
+    ``learn.summary()`` fire ``before_fit`` too, but train nothing: they leave such a state for the next fit
+    that trains (it is used at that fit's first ``before_train``), and ``scaler`` and ``state_dict()`` to the
+    last fit that trained. Without loss scaling (bf16, ``enabled=False``)
     ``learn.scaler`` is a disabled GradScaler, as in fastai: its ``get_scale()`` is 1.0 and ``scale(loss)``
     the loss. ``GradScaler.step`` reads whether the gradients are finite, so an fp16 step waits on the
     device (as in torch's recipe).
@@ -189,8 +192,9 @@ class MixedPrecision(Callback):
         self.skipped = False
         self.autocast: torch.autocast | None = None  # this fit's autocast context (fastai's attribute)
         self.scales: list[float] | None = None  # the loss scale of each step of this fit (fastai's attribute)
-        self._scaler: torch.amp.GradScaler | None = None
-        self._scaler_state: dict[str, Any] | None = None  # loaded, for the next fit's scaler
+        self._scaler: torch.amp.GradScaler | None = None  # the scaler of the last fit that trained (or this one)
+        self._fit_scaler: torch.amp.GradScaler | None = None  # made at before_fit; the fit's once it trains
+        self._scaler_state: dict[str, Any] | None = None  # loaded, for the next fit that trains
         self._target = _ScalerTarget(self)
         self._state = _BatchState()
 
@@ -201,7 +205,15 @@ class MixedPrecision(Callback):
 
     @property
     def scaler(self) -> torch.amp.GradScaler | None:
-        """The GradScaler of the current or last fit (fp16 only; ``learn.scaler`` is a disabled one without scaling)."""
+        """The GradScaler of the running fit, else of the last fit that trained (fp16 only; ``learn.scaler`` is a
+        disabled one without scaling)."""
+        return self._current_scaler()
+
+    def _current_scaler(self) -> torch.amp.GradScaler | None:
+        # In a fit (`_in_fit`, which validate() outside one is not), the scaler its before_fit made, trained or not.
+        learn = self.learn
+        if self._fit_scaler is not None and learn is not None and learn._in_fit:
+            return self._fit_scaler
         return self._scaler
 
     @property
@@ -249,16 +261,21 @@ class MixedPrecision(Callback):
         scaler = torch.amp.GradScaler(device_type, **self.kwargs)
         state = self._state
         state.follow(0)
-        if self.use_scaler:
-            self._scaler = scaler
-            if self._scaler_state is not None:  # loaded from a checkpoint since the last fit: resume from it
-                scaler.load_state_dict(self._scaler_state)
-                state.follow(int(self._scaler_state.get("_growth_tracker", 0)))
-                self._scaler_state = None
+        self._fit_scaler = scaler if self.use_scaler else None
+        if self._fit_scaler is not None and self._scaler_state is not None:  # loaded since the last fit that trained
+            # Kept until before_train: this may be validate()'s before_fit, which must leave it to the next fit.
+            scaler.load_state_dict(self._scaler_state)
+            state.follow(int(self._scaler_state.get("_growth_tracker", 0)))
         self.learn.scaler = scaler
         self.scales = []
         state.unscaled, state.n_accumulated = False, 0
         reset_skipped_steps(self.learn)
+
+    def before_train(self) -> None:
+        # The fit trains: its scaler is the one from now on, and a loaded state it started from is used up.
+        fit_scaler = self._fit_scaler
+        if fit_scaler is not None and self._scaler is not fit_scaler:
+            self._scaler, self._scaler_state = fit_scaler, None
 
     def before_batch(self) -> None:
         self.learn.opt_step_skipped = False
@@ -337,32 +354,34 @@ class MixedPrecision(Callback):
             state.nested -= 1
             return
         self.autocast, self.scales = None, None  # as fastai's: only a fit has them
-        self.learn.scaler = None
+        self.learn.scaler, self._fit_scaler = None, None
         # The counts stay readable on the learner; the schedule offset must not leak into another fit.
         self.learn.opt_step_skipped = False
         self.learn.pct_skipped = 0.0
 
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """The GradScaler's state (loss scale and growth tracker), or a loaded one not used yet, and how many
-        batches' scaled gradients await the next step (a checkpoint in the middle of gradient accumulation)."""
-        if self._scaler_state is not None:
+        """The GradScaler's state (loss scale and growth tracker) of the running fit or the last that trained, or a
+        loaded one not used yet, and how many batches' scaled gradients await the next step (a checkpoint in the
+        middle of gradient accumulation)."""
+        if self._scaler_state is not None:  # a running fit that has not trained yet holds the same in its scaler
             return {"scaler": dict(self._scaler_state), "n_accumulated": self._state.n_accumulated}
-        scaler = self._scaler.state_dict() if self._scaler is not None else None
-        return {"scaler": scaler, "n_accumulated": self._state.n_accumulated}
+        scaler = self._current_scaler()
+        saved = scaler.state_dict() if scaler is not None else None
+        return {"scaler": saved, "n_accumulated": self._state.n_accumulated}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         scaler_state = state.get("scaler")
         if scaler_state is None:
             return
-        scaler = self._scaler
-        in_fit = self.learn is not None and getattr(self.learn, "scaler", None) is scaler
-        if scaler is not None and in_fit:
-            # In a fit resuming from a checkpoint: this fit's scaler carries on; the next fit starts afresh.
-            scaler.load_state_dict(scaler_state)
+        fit_scaler = self._fit_scaler
+        if fit_scaler is not None and self.learn is not None and self.learn._in_fit:
+            # In a fit resuming from a checkpoint: this fit's scaler carries on from it; the next fit starts afresh.
+            fit_scaler.load_state_dict(scaler_state)
+            self._scaler, self._scaler_state = fit_scaler, None
             self._state.follow(int(scaler_state.get("_growth_tracker", 0)))
             self._state.n_accumulated = int(state.get("n_accumulated", 0))
             return
-        self._scaler_state = dict(scaler_state)  # for the next fit's scaler
+        self._scaler_state = dict(scaler_state)  # for the next fit that trains
         if self._scaler is not None:
             self._scaler.load_state_dict(scaler_state)
