@@ -134,6 +134,56 @@ def test_run_set_false_mid_fit_still_gets_reset() -> None:
     assert log.events[-1] == "after_train" and log.run is True
 
 
+def test_run_is_reset_right_after_each_callbacks_own_turn_at_after_fit() -> None:
+    # As fastai, which calls every callback in turn: a later callback's after_fit sees an earlier one back on, so
+    # a final validate() there runs it; a callback after it in order is still off until its own turn.
+    learn = synth_learner()
+    seen: list[Any] = []
+
+    class Off(Callback):
+        def __init__(self, order: int) -> None:
+            self.order = order
+
+        def before_train(self) -> None:
+            self.run = False
+
+        def before_validate(self) -> None:
+            seen.append(("validated", self.order))
+
+    early, late = Off(order=1), Off(order=20)
+
+    class Final(Callback):
+        order = 10
+
+        def after_fit(self) -> None:
+            if not seen:  # the validate() below ends with an after_fit too
+                seen.append((early.run, late.run))
+                learn.validate()
+
+    learn.fit(1, cbs=[early, Final(), late])
+    assert seen == [(True, False), ("validated", 1)] and late.run is True
+
+
+def test_run_train_and_run_valid_read_learn_training_as_each_callback_is_called() -> None:
+    # A hook that validates in the middle of a training batch leaves learn.training False (as in fastai): the
+    # callbacks after it at that same event are filtered by the new value, as fastai's.
+    learn = synth_learner()
+    calls: list[str] = []
+
+    class Validates(Callback):
+        def after_batch(self) -> None:
+            if learn.training and learn.iter == 0 and not calls:
+                learn.validate()
+                calls.append("validated")
+
+    train_only = Callback(after_batch=lambda: calls.append("train_only") if calls == ["validated"] else None)
+    train_only.run_valid, train_only.order = False, 5
+    valid_only = Callback(after_batch=lambda: calls.append("valid_only") if calls == ["validated"] else None)
+    valid_only.run_train, valid_only.order = False, 6
+    learn.fit(1, cbs=[Validates(), train_only, valid_only])
+    assert calls[:2] == ["validated", "valid_only"]
+
+
 INNER = {e.value for e in INNER_LOOP}
 
 

@@ -484,3 +484,16 @@ def test_no_warning_from_lr_find_or_get_preds(recwarn: pytest.WarningsRecorder) 
     assert any(math.isnan(float(x)) for x in learn.recorder.losses)
     learn.get_preds(with_loss=True, cbs=PoisonPred(epoch=0))  # a nan loss nobody asked to be warned of
     assert _non_finite(recwarn.list) == []
+
+
+def test_a_recorder_removed_by_an_earlier_callback_at_before_epoch_still_gets_that_event() -> None:
+    # As in fastai: the event's list was made before the removal, so the Recorder is called without a learner.
+    learn = synth_learner()
+
+    class DropRecorder(Callback):
+        def before_epoch(self) -> None:
+            if learn.epoch == 1:
+                learn.remove_cb(learn.recorder)
+
+    learn.fit(2, cbs=DropRecorder())
+    assert not any(isinstance(cb, Recorder) for cb in learn.cbs)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
+from .attrs import OwnAttrs
 from .callback import Callback, blame, check_hook_names, event_hooks
 from .events import CANCEL_EXCEPTIONS, INNER_LOOP, Event, resolve_event
 from .sorting import sort_callbacks
@@ -46,6 +47,7 @@ class CallbackHost:
     """
 
     training: bool
+    _attrs: OwnAttrs  # the host's own attributes at a plain object's cost (the Learner sets it)
 
     def __init__(self) -> None:
         self._cbs: list[Callback] = []
@@ -55,6 +57,9 @@ class CallbackHost:
         # having nothing to do for now (`Callback._idle_events`), so that the loop does not call them for nothing.
         self._hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
         self._plan: dict[Event, list[Callback]] = {e: [] for e in Event}
+        # Every callback in order, with its after_fit hook or None: each one's `run` is set back to True right after
+        # its own turn at after_fit, as fastai calls every callback in turn (a later callback's after_fit sees it).
+        self._after_fit_turns: list[tuple[Callback, Callable[[], Any] | None]] = []
 
     @property
     def cbs(self) -> list[Callback]:
@@ -165,7 +170,8 @@ class CallbackHost:
         """Rebuild the per-event lists of bound methods: done when callbacks change, never per event."""
         hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
         plan: dict[Event, list[Callback]] = {e: [] for e in Event}
-        for cb in sort_callbacks(self._cbs):
+        ordered = sort_callbacks(self._cbs)
+        for cb in ordered:
             if type(cb).__call__ is not Callback.__call__:
                 # A callback that overrides `__call__` (to log every event, say) is called with every event's name,
                 # as fastai calls every callback: its override decides what to run.
@@ -184,6 +190,8 @@ class CallbackHost:
         # whose hooks are running when a callback is added or removed finishes with the list it started.
         self._hooks.update(hooks)
         self._plan.update(plan)
+        after_fit = dict((id(cb), hook) for cb, hook in hooks[_AFTER_FIT])
+        self._after_fit_turns = [(cb, after_fit.get(id(cb))) for cb in ordered]
         self._built_for = list(self._cbs)
 
     def sorted_cbs(self) -> list[Callback]:
@@ -203,25 +211,39 @@ class CallbackHost:
 
     def _fire(self, event: Event) -> None:
         self._sync_cbs()
-        hooks = self._hooks[event]
-        if hooks:
-            self._run_hooks(event, hooks)
         if event is _AFTER_FIT:
-            for cb in self.cbs:
-                cb.run = True
+            self._run_after_fit()
+        elif hooks := self._hooks[event]:
+            self._run_hooks(event, hooks)
 
     def _run_hooks(self, event: Event, hooks: list[tuple[Callback, Callable[[], Any]]]) -> None:
         inner = event in INNER_LOOP
-        training = self.training
+        state = self._attrs  # `training` is read for each callback, as fastai's: a hook may change it (validate())
         for cb, hook in hooks:
-            if cb.run and (not inner or (cb.run_train if training else cb.run_valid)):
-                try:
+            if cb.run and (not inner or (cb.run_train if state.training else cb.run_valid)):
+                try:  # written out, not a call to _run_hook: this runs for every hook of every batch
                     hook()
                 except CANCEL_EXCEPTIONS:
                     raise
                 except Exception as e:
                     blame(e, cb, event.value)
                     raise
+
+    def _run_hook(self, event: Event, cb: Callback, hook: Callable[[], Any]) -> None:
+        try:
+            hook()
+        except CANCEL_EXCEPTIONS:
+            raise
+        except Exception as e:
+            blame(e, cb, event.value)
+            raise
+
+    def _run_after_fit(self) -> None:
+        """Each callback in turn: its after_fit (when it has one and runs), then its `run` set back to True."""
+        for cb, hook in self._after_fit_turns:
+            if hook is not None and cb.run:
+                self._run_hook(_AFTER_FIT, cb, hook)
+            cb.run = True
 
     def show_training_loop(self) -> None:
         """Print the training loop as fastai 2.8 does, line for line: its phases, and at each of its events the

@@ -117,7 +117,8 @@ class Recorder(Callback):
     def before_epoch(self) -> None:
         self.cancel_train = self.cancel_valid = False
         self.start_epoch = time.time()
-        self.log = [self.learn.epoch]
+        # Removed by a callback earlier at this event, it is still called (as in fastai), without a learner: epoch 0.
+        self.log = [self.learn.epoch if self.learn is not None else 0]
 
     def before_train(self) -> None:
         for m in self._train_mets[1:]:
