@@ -588,6 +588,17 @@ def test_an_optim_wrapper_instance_as_opt_func_is_used_as_it_is() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
 
 
+def test_predict_whose_batch_a_callback_cancels_says_there_is_no_prediction() -> None:
+    learn = synth_learner()
+    learn.add_cb(Callback(before_batch=_cancel_batch))
+    with pytest.raises(ValueError, match="cancelled before the model ran"):
+        learn.predict(torch.zeros(1))
+
+
+def _cancel_batch() -> None:
+    raise CancelBatchException
+
+
 def test_predict_one_item() -> None:
     learn = synth_learner()
     x = torch.tensor([0.5, -1.0])

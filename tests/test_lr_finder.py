@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from conftest import synth_learner
-from learnloop import Callback, EarlyStoppingCallback, EMACallback, Learner
+from learnloop import Callback, CancelFitException, EarlyStoppingCallback, EMACallback, Learner
 from learnloop.callbacks.lr_finder import (
     LRFinder,
     SuggestionMethod,
@@ -356,7 +356,23 @@ def test_too_few_points_after_divergence_warns_and_gives_nan() -> None:
     messages = [str(w.message) for w in record]
     assert len(messages) == 2 and all(re.search(r"stopped after \d+ of 100 iterations", m) for m in messages)
     assert "valley needs 1, so it suggests nan" in messages[0] and "slide needs 16" in messages[1]
+    assert "(the loss diverged)" in messages[0] and "smaller end_lr" in messages[0]
     assert res is not None and math.isnan(res.valley) and math.isnan(res.slide)  # type: ignore[attr-defined]
+
+
+def test_a_sweep_a_callback_cut_short_says_so_not_that_the_loss_diverged() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+
+    class StopEarly(Callback):
+        def after_batch(self) -> None:
+            if learn.training and learn.train_iter >= 3:
+                raise CancelFitException
+
+    learn.add_cb(StopEarly())
+    with pytest.warns(UserWarning, match=r"\(a callback stopped the fit, or batches had no target\)") as record:
+        res = lr_find(learn, num_it=10, show_plot=False)
+    assert "diverged" not in str(record[0].message) and "end_lr" not in str(record[0].message)
+    assert res is not None and math.isnan(res.valley)  # type: ignore[attr-defined]
 
 
 def lrs_for(n: int) -> torch.Tensor:

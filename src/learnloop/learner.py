@@ -670,6 +670,12 @@ class Learner(CallbackHost):
             inp, preds, _, decoded = self.get_preds(dl=[batch], with_decoded=True, with_input=True)
         finally:
             self._n_inp = None
+        if preds is None:  # a ValueError, as fastai's (whose unpacking of get_preds' result fails)
+            raise ValueError(
+                "predict: the item's batch was cancelled before the model ran (a callback raised CancelBatchException "
+                "at before_batch, or cancelled the validation phase), so there is no prediction: check the callbacks "
+                "that run in validation (run_valid), or remove them for predict."
+            )
         dec = decoded[0]
         result = (dec.item() if dec.numel() == 1 else dec), dec, preds[0]
         if with_input:

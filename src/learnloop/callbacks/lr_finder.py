@@ -80,13 +80,14 @@ class LRFinder(ParamScheduler):
         self.start_lr, self.end_lr, self.num_it = start_lr, end_lr, max(num_it, MIN_NUM_IT)
         self.stop_div, self.linear, self.restore = stop_div, linear, restore
         self.best_loss = math.inf
+        self.diverged = False  # whether the last sweep stopped at a diverging loss (stop_div)
         self._snapshot: LearnerSnapshot | None = None
 
     def before_fit(self) -> None:
         super().before_fit()
         if not isinstance(getattr(self.learn, "recorder", None), Recorder):
             raise ValueError("LRFinder reads the smoothed loss the Recorder computes: add a Recorder callback.")
-        self.best_loss = math.inf
+        self.best_loss, self.diverged = math.inf, False
         self._snapshot = LearnerSnapshot(self.learn, callbacks=False) if self.restore else None
 
     def before_batch(self) -> None:
@@ -100,6 +101,7 @@ class LRFinder(ParamScheduler):
             if loss < self.best_loss:
                 self.best_loss = loss
             if self.stop_div and (loss > 4 * self.best_loss or not math.isfinite(loss)):
+                self.diverged = True
                 raise CancelFitException
         if self.learn.train_iter >= self.num_it:
             raise CancelFitException
@@ -346,7 +348,7 @@ def lr_find(
             learn.fit(n_epoch, cbs=finder)
     finally:
         snapshot.restore()
-    return _suggest(learn, funcs, num_it, sweep, show_plot)
+    return _suggest(learn, funcs, num_it, sweep, show_plot, finder.diverged)
 
 
 def _usable_points(num_it: int, sweep: int) -> int:
@@ -372,7 +374,7 @@ def _as_funcs(suggest_funcs: Any) -> list[Callable[..., Any]]:
 
 
 def _suggest(
-    learn: Learner, funcs: list[Callable[..., Any]], num_it: int, sweep: int, show_plot: bool
+    learn: Learner, funcs: list[Callable[..., Any]], num_it: int, sweep: int, show_plot: bool, diverged: bool
 ) -> tuple[float, ...] | None:
     recorder = learn.recorder
     if not funcs:
@@ -396,9 +398,10 @@ def _suggest(
     for func, name in zip(funcs, names, strict=True):
         if len(lrs) < min_points(func):
             warn_caller(
-                f"lr_find: the sweep stopped after {len(recorder.lrs)} of {num_it} iterations (the loss diverged), "
-                f"leaving {len(lrs)} usable points; {name} needs {min_points(func)}, so it suggests nan. "
-                "Try a smaller end_lr, or stop_div=False."
+                f"lr_find: the sweep stopped after {len(recorder.lrs)} of {num_it} iterations ("
+                + ("the loss diverged" if diverged else "a callback stopped the fit, or batches had no target")
+                + f"), leaving {len(lrs)} usable points; {name} needs {min_points(func)}, so it suggests nan."
+                + (" Try a smaller end_lr, or stop_div=False." if diverged else "")
             )
             values.append(math.nan)
             continue
