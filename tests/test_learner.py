@@ -75,6 +75,12 @@ def test_construction_state() -> None:
     learn = synth_learner()
     assert [type(cb) for cb in learn.cbs] == [TrainEvalCallback, Recorder, ProgressCallback]
     assert learn.opt is None and learn.training is False
+    # As in fastai: the loop's state comes with the loop (n_epoch with TrainEvalCallback's after_create).
+    loop_state = ("epoch", "iter", "n_iter", "train_iter", "pct_train", "dl", "xb", "yb", "pred", "loss", "loss_grad")
+    assert learn.n_epoch == 1 and not any(name in vars(learn) for name in loop_state)
+    with pytest.raises(AttributeError, match="no attribute 'xb'"):
+        _ = learn.xb
+    learn.fit(1)  # its end leaves what fastai's _end_cleanup leaves
     assert learn.xb == (None,) and learn.yb == (None,) and learn.pred is None and learn.loss is None
     assert learn.metrics == [] and learn.lr == 1e-2
     bare = synth_learner(default_cbs=False)
@@ -115,9 +121,10 @@ class StateSpy(Callback):
     def _grab(self, event: str) -> None:
         learn = self.learn
         self.seen.append({
-            "event": event, "n_epoch": learn.n_epoch, "epoch": learn.epoch, "iter": learn.iter,
-            "n_iter": learn.n_iter, "training": learn.training, "model_training": learn.model.training,
-            "dl": learn.dl, "pct_train": learn.pct_train, "train_iter": learn.train_iter,
+            "event": event, "n_epoch": learn.n_epoch, "epoch": learn.epoch, "iter": getattr(learn, "iter", None),
+            "n_iter": getattr(learn, "n_iter", None), "training": learn.training,
+            "model_training": learn.model.training, "dl": getattr(learn, "dl", None), "pct_train": learn.pct_train,
+            "train_iter": learn.train_iter,
             "grad": torch.is_grad_enabled(),
         })
 
@@ -950,7 +957,7 @@ def test_one_batch_and_all_batches_drive_the_loop_by_hand() -> None:
     xb, yb = next(iter(learn.dls.train))
     before = learn.model.weight.detach().clone()
     learn.one_batch(3, (xb, yb))
-    assert learn.iter == 3 and learn.n_iter == 0  # n_iter left as it is, as fastai leaves it
+    assert learn.iter == 3 and not hasattr(learn, "n_iter")  # n_iter left as it is (unset), as fastai leaves it
     assert learn.xb[0] is xb and learn.yb[0] is yb
     assert torch.allclose(learn.loss, learn.loss_func(learn.pred, yb))
     assert not torch.equal(learn.model.weight, before)  # backward and step ran

@@ -99,7 +99,9 @@ class CallbackHost:
             )
         check_hook_names(cb)
         own = self.__dict__
-        if hasattr(type(self), cb.name) or (cb.name in own and not isinstance(own[cb.name], Callback)):
+        # The class's attributes, those it declares (the loop's state, set only once the loop runs) and the instance's.
+        declared = any(cb.name in vars(k).get("__annotations__", {}) for k in type(self).__mro__)
+        if hasattr(type(self), cb.name) or declared or (cb.name in own and not isinstance(own[cb.name], Callback)):
             raise ValueError(
                 f"{type(cb).__name__} would be exposed as learn.{cb.name}, which is already the learner's own "
                 f"attribute; rename the class or give the callback another name (set `_name`)."

@@ -116,6 +116,21 @@ class Learner(CallbackHost):
 
     # Set by the Recorder: the last epoch's [train_loss, valid_loss, *metrics].
     final_record: list[Any]
+    # The loop's state. As in fastai, none exists on a new Learner: `n_epoch` comes with TrainEvalCallback's
+    # after_create, `epoch`, `loss`, `train_iter` and `pct_train` with its before_fit, `dl` and `n_iter` with each
+    # phase, `iter`, `xb` and `yb` with each batch, `pred`, `loss_grad` and `loss` as the batch computes them.
+    n_epoch: int
+    epoch: int
+    n_iter: int
+    iter: int
+    train_iter: int
+    pct_train: float
+    dl: Any
+    xb: tuple[Any, ...]
+    yb: tuple[Any, ...]
+    pred: Any
+    loss_grad: Any
+    loss: Any
 
     def __init__(
         self,
@@ -164,14 +179,6 @@ class Learner(CallbackHost):
         self.training = False
         self.logger: Callable[[Any], None] = print
         self.create_mbar = True
-        self.n_epoch, self.epoch, self.n_iter, self.iter = 1, 0, 0, 0
-        self.pct_train, self.train_iter = 0.0, 0
-        self.dl: Any = None
-        self.xb: tuple[Any, ...] = (None,)
-        self.yb: tuple[Any, ...] = (None,)
-        self.pred: Any = None
-        self.loss_grad: Any = None
-        self.loss: Any = None
         self._n_inp: int | None = None
         # Exact resume (resume.py): the checkpoint a fit is resuming from, the recorder of each training epoch's
         # data order (set while a CheckpointCallback is on or a fit resumes), and which fit of fine_tune runs.

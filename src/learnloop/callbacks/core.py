@@ -178,7 +178,9 @@ class GatherPredsCallback(Callback):
             if folder is not None:
                 folder.mkdir(parents=True, exist_ok=True)
         extras = self.with_input or self.with_loss or self.save_preds is not None or self.save_targs is not None
-        self._gathered = _Gathered(self.learn.pred, self.learn.loss, extras)
+        # The state of the batch before (none exists before a learner's first batch, as in fastai).
+        learn = self.learn._attrs
+        self._gathered = _Gathered(getattr(learn, "pred", None), getattr(learn, "loss", None), extras)
 
     def before_batch(self) -> None:
         if self.with_input:
@@ -190,7 +192,7 @@ class GatherPredsCallback(Callback):
         g = self._gathered
         assert g is not None
         learn = self.learn._attrs  # the learner's attributes, read at a plain object's cost (attrs.OwnAttrs)
-        pred = learn.pred
+        pred = getattr(learn, "pred", None)  # none yet: the learner's first batch was cancelled before the model ran
         if pred is g.last_pred or pred is None:
             return  # cancelled before the model ran: nothing of this batch to keep
         g.last_pred = pred
