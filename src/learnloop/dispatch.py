@@ -223,7 +223,7 @@ class CallbackHost:
         state = self._attrs  # `training` is read for each callback, as fastai's: a hook may change it (validate())
         for cb, hook in hooks:
             if cb.run and (not inner or (cb.run_train if state.training else cb.run_valid)):
-                try:  # written out, not a call to _run_hook: this runs for every hook of every batch
+                try:
                     hook()
                 except CANCEL_EXCEPTIONS:
                     raise
@@ -231,20 +231,11 @@ class CallbackHost:
                     blame(e, cb, event.value)
                     raise
 
-    def _run_hook(self, event: Event, cb: Callback, hook: Callable[[], Any]) -> None:
-        try:
-            hook()
-        except CANCEL_EXCEPTIONS:
-            raise
-        except Exception as e:
-            blame(e, cb, event.value)
-            raise
-
     def _run_after_fit(self) -> None:
         """Each callback in turn: its after_fit (when it has one and runs), then its `run` set back to True."""
         for cb, hook in self._after_fit_turns:
-            if hook is not None and cb.run:
-                self._run_hook(_AFTER_FIT, cb, hook)
+            if hook is not None:
+                self._run_hooks(_AFTER_FIT, [(cb, hook)])
             cb.run = True
 
     def show_training_loop(self) -> None:
