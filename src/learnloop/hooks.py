@@ -235,7 +235,6 @@ class HookCallback(Callback):
         self.every, self.remove_end, self.is_forward = every, remove_end, is_forward
         self.detach, self.cpu, self.include_paramless = detach, cpu, include_paramless
         self._hooked = False  # whether the hooks are on the modules now
-        self._nested = 0  # validate()/get_preds() runs inside the current fit, whose hooks they leave alone
         if hook is not None:
             self.hook = hook  # type: ignore[method-assign, assignment]
 
@@ -245,10 +244,8 @@ class HookCallback(Callback):
 
     def before_fit(self) -> None:
         """Pick the modules (once) and, unless only every `every`-th batch is hooked, register the hooks."""
-        if self.learn._in_fit:  # validate() or get_preds() inside a fit: the fit's hooks stay as they are
-            self._nested += 1
+        if self.learn._nested_run:  # validate() or get_preds() inside a fit: the fit's hooks stay as they are
             return
-        self._nested = 0  # a nested run that ended in an error never reached its after_fit
         if self.modules is None:
             modules = [m for m in flatten_model(self.learn.model) if self.include_paramless or has_params(m)]
             object.__setattr__(self, "modules", modules)  # the callback's own: `learn.modules` is the model's method
@@ -268,8 +265,7 @@ class HookCallback(Callback):
     def after_fit(self) -> None:
         """Remove the hooks, when `remove_end` (a fit ended by an error other than a cancel runs no `after_fit`, as
         in fastai: its hooks stay until the next fit replaces them, or `cb.hooks.remove()`)."""
-        if self._nested:
-            self._nested -= 1
+        if self.learn._nested_run:
             return
         if self.remove_end:
             self._remove()
@@ -318,9 +314,8 @@ class ActivationStats(HookCallback):
 
     def before_fit(self) -> None:
         """Start a new record (not for a validate() inside the fit), and hook the modules."""
-        nested = self.learn._in_fit
         super().before_fit()
-        if not nested:
+        if not self.learn._nested_run:
             self.stats = []
 
     def hook(self, m: nn.Module | None, i: Any, o: Any) -> Any:

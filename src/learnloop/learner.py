@@ -186,6 +186,9 @@ class Learner(CallbackHost):
         self._data_order: DataOrder | None = None
         self._fit_stage: str | None = None
         self._in_fit = False  # from a fit's before_fit to its after_fit (a validate() inside it is no new fit)
+        # During a validate() or get_preds() run from inside a fit: its before_fit...after_fit are not the fit's, and
+        # callbacks that hold state for the fit (MixedPrecision, HookCallback) leave it alone.
+        self._nested_run = False
         self._attrs = OwnAttrs(self)  # for per-batch code; `_all_batches` makes a new one every phase
         self._copy_loss = False  # whether `loss` must be a copy of `loss_grad` (see _LOSS_EVENTS)
         self._unwinding = False  # after_epoch/after_fit fired by `with learn:` while an exception leaves (__exit__)
@@ -531,8 +534,12 @@ class Learner(CallbackHost):
             if inner:
                 yield
                 return
-            with self:
-                yield
+            outer, self._nested_run = self._nested_run, self._in_fit
+            try:
+                with self:
+                    yield
+            finally:
+                self._nested_run = outer
 
     def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any] | None:
         """Evaluate on the validation set (or `dl`): `[valid_loss, *metrics]`, the Recorder's `final_record`

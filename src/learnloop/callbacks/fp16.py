@@ -112,11 +112,10 @@ class _BatchState:
     forgotten, and the next step reads it from the scaler again.
     """
 
-    __slots__ = ("autocast_active", "good_steps", "n_accumulated", "nested", "overflow", "scale", "unscaled")
+    __slots__ = ("autocast_active", "good_steps", "n_accumulated", "overflow", "scale", "unscaled")
 
     def __init__(self) -> None:
         self.autocast_active = False  # this callback entered its autocast context
-        self.nested = 0  # validate() / get_preds() calls running inside a fit
         self.unscaled = False  # this step's gradients went through scaler.unscale_
         self.n_accumulated = 0  # training batches whose scaled gradients await the next step attempt
         self.scale: float | None = None  # the scaler's loss scale; None: read it at the next step
@@ -159,9 +158,8 @@ class MixedPrecision(Callback):
 
     An exception other than a cancel one, raised by the model or the loss, leaves ``fit`` without any
     event, so autocast may still be entered afterwards; the next ``before_fit`` of this callback (or
-    ``exit_autocast()``) leaves it. A ``validate()`` called inside a fit whose ``before_fit`` or ``before_epoch``
-    raised gets no ``after_fit`` either: the fit's own ``after_fit`` is then taken for that validate's, and
-    leaves ``learn.scaler``, ``scales`` and ``autocast`` set; the next fit starts afresh all the same.
+    ``exit_autocast()``) leaves it. A ``validate()`` or ``get_preds()`` called inside a fit (``learn._nested_run``)
+    leaves the fit's autocast, scaler and ``scales`` alone, however it ends.
 
     >>> learn.fit(1, cbs=MixedPrecision("bf16"))   # or learn.to_bf16(); learn.to_fp16() for float16
     """
@@ -246,12 +244,8 @@ class MixedPrecision(Callback):
 
     def before_fit(self) -> None:
         self.exit_autocast()
-        if self.learn._in_fit:  # validate() or get_preds() inside a fit: the fit's autocast and scaler carry on
-            self._state.nested += 1
+        if self.learn._nested_run:  # validate() or get_preds() inside a fit: the fit's autocast and scaler carry on
             return
-        # Outside any fit, no validate() of a fit is still open: one whose before_fit or before_epoch raised never got
-        # its after_fit, and must not make this fit's after_fit pass for its own.
-        self._state.nested = 0
         device_type = self._device_type()
         if self.amp_mode is AMPMode.BF16 and device_type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("MixedPrecision: this GPU does not support bfloat16; use amp_mode='fp16'.")
@@ -349,9 +343,7 @@ class MixedPrecision(Callback):
 
     def after_fit(self) -> None:
         self.exit_autocast()
-        state = self._state
-        if state.nested:  # the end of a validate() inside a fit, which goes on
-            state.nested -= 1
+        if self.learn._nested_run:  # the end of a validate() inside a fit, which goes on
             return
         self.autocast, self.scales = None, None  # as fastai's: only a fit has them
         self.learn.scaler, self._fit_scaler = None, None
