@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import learnloop.learner
+import learnloop.inference
 from conftest import synth_learner
 from learnloop import (
     Callback,
@@ -287,7 +287,7 @@ def test_the_inputs_are_taken_as_they_stand_at_gather_preds_before_batch() -> No
 def test_what_a_distributed_job_cannot_combine_is_refused(monkeypatch: pytest.MonkeyPatch, kwargs: Any) -> None:
     learn = small_learner()
     learn.add_cb(DistributedTrainer())
-    monkeypatch.setattr(learnloop.learner, "is_distributed", lambda: True)
+    monkeypatch.setattr(learnloop.inference, "is_distributed", lambda: True)
     with pytest.raises(NotImplementedError, match="distributed job"):
         learn.get_preds(**kwargs)
     preds, _ = learn.get_preds()  # the defaults are fine (a single process here: the trainer stands by)

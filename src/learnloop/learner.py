@@ -1,48 +1,44 @@
-"""The Learner: the training loop, its callbacks and the state they share."""
+"""The Learner: a model, its data, loss and optimizer, trained by the loop with callbacks.
+
+The class is built in three layers, each a module short enough to read in one go: the loop and the state it keeps
+(`Loop`, loop.py, on the callbacks and events of `CallbackHost`, dispatch.py), the runs of the validation phase
+(`Inference`: validate, get_preds, predict; inference.py), and here what sets a Learner up and drives it: the
+constructor, `fit` and the fit policies, saving and loading, freezing, mixed precision and distributed training.
+"""
 
 from __future__ import annotations
 
 import functools
 import numbers
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 from torch import nn
 
-from .attrs import OwnAttrs
-from .callback import Callback, before_batch_cb, noop
+from .callback import Callback, before_batch_cb
 from .callbacks import lr_finder as _lr_finder
 from .callbacks import schedule as _schedule
-from .callbacks.checkpointing import CheckpointCallback, resolve_resume
-from .callbacks.core import GatherPredsCallback, SkipToEpoch, TrainEvalCallback
+from .callbacks.checkpointing import resolve_resume
+from .callbacks.core import SkipToEpoch, TrainEvalCallback
 from .callbacks.distributed import DistributedTrainer, auto_distributed
 from .callbacks.distributed import distrib_ctx as _distrib_ctx
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .checkpoint import check_pickle_protocol, is_buffer, load_model, save_model
-from .data import DataLoaders, to_detach, to_device, unshuffled
-from .dispatch import CallbackHost, as_list
-from .distributed import barrier, is_distributed, is_rank_zero, unwrap_model
+from .data import DataLoaders
+from .dispatch import as_list
+from .distributed import barrier, is_rank_zero, unwrap_model
 from .errors import InputError
-from .events import (
-    BACKWARD,
-    BATCH,
-    EPOCH,
-    FIT,
-    STEP,
-    TRAIN,
-    VALIDATE,
-    Event,
-    Phase,
-)
+from .events import Event
 from .fsdp import is_fsdp, load_sharded, save_sharded
+from .inference import Inference, replacing_yield
 from .metrics import Metric, mk_metric
 from .optimizer import Adam, OptimWrapper
-from .resume import DataOrder, ResumeState
+from .params import NORM_TYPES, norm_bias_params, trainable_params
+from .resume import ResumeState
 from .summary import PrettyString
 from .summary import summary as _summary
 
@@ -51,63 +47,10 @@ __all__ = [
     "before_batch_cb",
 ]
 
-NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-    nn.LayerNorm,
-)
-
-
-def trainable_params(m: nn.Module) -> list[nn.Parameter]:
-    """The parameters of the model `m` that require a gradient (the default splitter: one group)."""
-    return [p for p in m.parameters() if p.requires_grad]
-
-
-def norm_bias_params(m: nn.Module, with_bias: bool = True) -> list[nn.Parameter]:
-    """Parameters of the normalisation layers in the model `m`, and biases of other layers when `with_bias`."""
-    if isinstance(m, NORM_TYPES):
-        return list(m.parameters())
-    params = [p for child in m.children() for p in norm_bias_params(child, with_bias)]
-    bias = getattr(m, "bias", None)
-    if with_bias and isinstance(bias, nn.Parameter):
-        params.append(bias)
-    return params
-
-
-
-_AFTER_PRED, _AFTER_LOSS, _AFTER_BATCH = Event.after_pred, Event.after_loss, Event.after_batch
-
 DEFAULT_CALLBACKS: tuple[type[Callback], ...] = (TrainEvalCallback, Recorder, ProgressCallback)
 
-# `learn.loss` is a copy of `loss_grad` taken before after_loss: a hook that changes `loss_grad` in place
-# (`learn.loss_grad += penalty`, as fastai's RNNRegularizer does) changes the gradients, not the logged loss.
-# Hooks run between the loss and the Recorder's read of it at these events. When the only hooks there are
-# learnloop's own callback methods (which never change `loss` or `loss_grad` in place: keep it so), nothing
-# can change either, and the copy is an alias that shares the storage, at a third of the cost.
-_LOSS_EVENTS = (
-    Event.after_loss,
-    Event.before_backward,
-    Event.after_cancel_backward,
-    Event.after_backward,
-    Event.before_step,
-    Event.after_cancel_step,
-    Event.after_step,
-    Event.after_cancel_batch,
-    Event.after_batch,
-)
 
-
-def _library_hook(cb: Callback, hook: Callable[[], Any]) -> bool:
-    """Whether `hook` is a method of `cb` written in learnloop (not a user's override or function)."""
-    func = getattr(hook, "__func__", None)
-    return getattr(hook, "__self__", None) is cb and getattr(func, "__module__", "").startswith("learnloop.")
-
-
-class Learner(CallbackHost):
+class Learner(Inference):
     """Trains `model` on `dls` with `loss_func` and an optimizer from `opt_func`, firing callback events.
 
     >>> learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
@@ -116,21 +59,6 @@ class Learner(CallbackHost):
 
     # Set by the Recorder: the last epoch's [train_loss, valid_loss, *metrics].
     final_record: list[Any]
-    # The loop's state. As in fastai, none exists on a new Learner: `n_epoch` comes with TrainEvalCallback's
-    # after_create, `epoch`, `loss`, `train_iter` and `pct_train` with its before_fit, `dl` and `n_iter` with each
-    # phase, `iter`, `xb` and `yb` with each batch, `pred`, `loss_grad` and `loss` as the batch computes them.
-    n_epoch: int
-    epoch: int
-    n_iter: int
-    iter: int
-    train_iter: int
-    pct_train: float
-    dl: Any
-    xb: tuple[Any, ...]
-    yb: tuple[Any, ...]
-    pred: Any
-    loss_grad: Any
-    loss: Any
 
     def __init__(
         self,
@@ -162,7 +90,8 @@ class Learner(CallbackHost):
                 "it could not be inferred from the data."
             )
         _check_lr(lr)
-        self.dls: Any = dls
+        super().__init__()  # the loop (loop.py) and its callbacks (dispatch.py), none added yet
+        self.dls = dls
         self.model = model
         self.loss_func = loss_func
         self.opt_func = opt_func
@@ -175,24 +104,10 @@ class Learner(CallbackHost):
         self.train_bn = train_bn
         self.moms = moms
         self.metrics = metrics
-        self.opt: Any = None
-        self.training = False
+        self.opt = None
         self.logger: Callable[[Any], None] = print
         self.create_mbar = True
-        self._n_inp: int | None = None
-        # Exact resume (resume.py): the checkpoint a fit is resuming from, the recorder of each training epoch's
-        # data order (set while a CheckpointCallback is on or a fit resumes), and which fit of fine_tune runs.
-        self._resume: ResumeState | None = None
-        self._data_order: DataOrder | None = None
-        self._fit_stage: str | None = None
-        self._in_fit = False  # from a fit's before_fit to its after_fit (a validate() inside it is no new fit)
-        # During a validate() or get_preds() run from inside a fit: its before_fit...after_fit are not the fit's, and
-        # callbacks that hold state for the fit (MixedPrecision, HookCallback) leave it alone.
-        self._nested_run = False
-        self._attrs = OwnAttrs(self)  # for per-batch code; `_all_batches` makes a new one every phase
-        self._copy_loss = False  # whether `loss` must be a copy of `loss_grad` (see _LOSS_EVENTS)
-        self._unwinding = False  # after_epoch/after_fit fired by `with learn:` while an exception leaves (__exit__)
-        CallbackHost.__init__(self)
+        self._fit_stage: str | None = None  # which fit of fine_tune runs (for exact resume, resume.py)
         if default_cbs:
             self.add_cbs(DEFAULT_CALLBACKS)
         self.add_cbs(cbs)
@@ -200,7 +115,7 @@ class Learner(CallbackHost):
             self.add_cb(DistributedTrainer())
         self(Event.after_create)
 
-    # ----------------------------------------------------------------- callbacks
+    # ----------------------------------------------------------- what is recorded
     @property
     def metrics(self) -> list[Metric]:
         """The metrics computed on the validation set (functions are wrapped in `AvgMetric`)."""
@@ -210,180 +125,6 @@ class Learner(CallbackHost):
     def metrics(self, value: Any) -> None:
         items = [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
         self._metrics = [mk_metric(m) for m in items]
-
-    def _build_hooks(self) -> None:
-        super()._build_hooks()
-        self._copy_loss = not all(_library_hook(cb, hook) for e in _LOSS_EVENTS for cb, hook in self._hooks[e])
-
-    # ------------------------------------------------------------------ the loop
-    def _phase(self, phase: Phase, body: Callable[[], Any]) -> None:
-        try:
-            self._fire(phase.before)
-            body()
-        except phase.cancel:
-            self._fire(phase.after_cancel)
-        self._fire(phase.after)
-
-    def _split(self, b: Any, n_inp: int | None = None) -> None:
-        """Set `xb` (the first `n_inp` elements of the batch) and `yb` (the rest), as tuples. `n_inp` defaults to the
-        learner's, or its DataLoaders' (`learn._split(b)`, as fastai's notebooks call it); without one, all
-        but the last element are inputs."""
-        if n_inp is None:
-            n_inp = self._batch_n_inp()
-        if not isinstance(b, (tuple, list)):
-            self.xb, self.yb = (b,), ()
-            return
-        if n_inp is None:
-            n_inp = 1 if len(b) == 1 else len(b) - 1
-        if not b or n_inp > len(b) or n_inp < 1:
-            raise ValueError(
-                f"Cannot split a batch of {len(b)} elements into {n_inp} input(s) and targets: "
-                "batches should be (input, ..., target) tuples; set DataLoaders(n_inp=...) to say how many "
-                "elements are inputs."
-            )
-        self.xb, self.yb = tuple(b[:n_inp]), tuple(b[n_inp:])
-
-    def _batch_n_inp(self) -> int | None:
-        return self._n_inp if self._n_inp is not None else getattr(self.dls, "n_inp", None)
-
-    def all_batches(self) -> None:
-        """Run every batch of `learn.dl` (its batch phase, with backward and step when training), as the loop
-        does within a training or validation phase (fastai's method, for driving the loop by hand)."""
-        self._all_batches()
-
-    def one_batch(self, i: int, b: Any) -> None:
-        """Run batch `b` as the loop's `i`-th: split it into `xb`/`yb`, then its batch phase, with backward and
-        step when training (fastai's method, for driving the loop by hand; `n_iter` is left as it is)."""
-        self._all_batches([(i, b)])
-
-    def _all_batches(self, batches: Iterable[tuple[int, Any]] | None = None) -> None:
-        """Every batch of `self.dl` (or the numbered `batches`): split into `xb`/`yb`, then the batch phase, with
-        the backward and step phases inside it when training.
-
-        The loop's hot path: the three inner phases are written out here rather than run through `_phase`, and an
-        event without hooks costs one dict lookup. Same events and cancel rules as everywhere (`events.Event`).
-        `self._hooks` is one dict for the learner's life, updated in place when callbacks change, so holding it
-        in a local sees every change at once. The loop's state is read and written through `s`, the learner's
-        own attributes without its `__getattr__` (`attrs.OwnAttrs`): the same values, at a plain object's cost.
-        """
-        s = self._attrs = OwnAttrs(self)
-        if batches is None:
-            s.n_iter = len(s.dl) if hasattr(s.dl, "__len__") else 0
-            batches = self._batches()
-        device = self._device
-        n_inp = self._batch_n_inp()
-        one_input = n_inp is None or n_inp == 1
-        hooks, run = self._hooks, self._run_hooks
-        for i, b in batches:
-            if i == 0 and device is not None and device.type == "cpu" and _all_on_cpu(b):
-                device = None  # a CPU loader's batches are already in place: skip the per-batch walk
-            s.iter = i
-            if device is not None:
-                b = to_device(b, device)
-            if one_input and type(b) is tuple and len(b) == 2:  # (input, target), the usual batch
-                s.xb, s.yb = (b[0],), (b[1],)
-            else:
-                self._split(b, n_inp)
-            try:
-                if h := hooks[BATCH.before]:
-                    run(BATCH.before, h)
-                s.pred = s.model(*s.xb)
-                if h := hooks[_AFTER_PRED]:
-                    run(_AFTER_PRED, h)
-                if s.yb:
-                    try:
-                        loss_grad = s.loss_grad = s.loss_func(s.pred, *s.yb)
-                    except (RuntimeError, ValueError, IndexError) as e:
-                        self._explain_loss_error(e)
-                        raise
-                    # When no hook can change it in place (_LOSS_EVENTS): `.data`, detach()'s alias at half the cost.
-                    s.loss = loss_grad.detach().clone() if s._copy_loss else loss_grad.data
-                if h := hooks[_AFTER_LOSS]:
-                    run(_AFTER_LOSS, h)
-                if s.training and s.yb:
-                    try:
-                        if h := hooks[BACKWARD.before]:
-                            run(BACKWARD.before, h)
-                        s.loss_grad.backward()
-                    except BACKWARD.cancel:
-                        self._fire(BACKWARD.after_cancel)
-                    if h := hooks[BACKWARD.after]:
-                        run(BACKWARD.after, h)
-                    try:
-                        if h := hooks[STEP.before]:
-                            run(STEP.before, h)
-                        s.opt.step()
-                    except STEP.cancel:
-                        self._fire(STEP.after_cancel)
-                    if h := hooks[STEP.after]:
-                        run(STEP.after, h)
-                    s.opt.zero_grad()
-            except BATCH.cancel:
-                self._fire(BATCH.after_cancel)
-            if h := hooks[_AFTER_BATCH]:
-                run(_AFTER_BATCH, h)
-
-    def _batches(self) -> Iterable[tuple[int, Any]]:
-        # While checkpointing or resuming, a training epoch's batches come through DataOrder, which records the
-        # random state the epoch's order is drawn from and, resuming mid-epoch, re-creates that order and skips
-        # the batches already done (resume.py). Once per epoch: nothing per batch.
-        if self._data_order is not None and self.training:
-            return self._data_order.batches(self)
-        return enumerate(self.dl)
-
-    def _explain_loss_error(self, e: BaseException) -> None:
-        targets = ", ".join(_shape(y) for y in self.yb)
-        e.add_note(
-            f"learnloop: the loss function rejected the model's output of shape {_shape(self.pred)} "
-            f"with target(s) of shape {targets}; check that the model's last layer and the targets "
-            "match what the loss function expects."
-        )
-
-    def _do_epoch_train(self) -> None:
-        self.dl = self.dls.train
-        self._phase(TRAIN, self._all_batches)
-
-    def _do_epoch_validate(self, ds_idx: int = 1, dl: Any = None) -> None:
-        self.dl = self.dls[ds_idx] if dl is None else dl
-        with torch.no_grad():
-            self._phase(VALIDATE, self._all_batches)
-
-    def _do_epoch(self) -> None:
-        self._do_epoch_train()
-        self._do_epoch_validate()
-
-    def _do_fit(self) -> None:
-        first = 0
-        if self._resume is not None:  # fit(resume=...): now that before_fit has run, put the saved state back
-            first = self._resume.restore(self)
-        for epoch in range(first, self.n_epoch):
-            self.epoch = epoch
-            self._phase(EPOCH, self._do_epoch)
-
-    def _run_fit(self) -> None:
-        """The fit phase. Ctrl-C (KeyboardInterrupt) is no cancel exception, but unlike other exceptions it still
-        gets after_fit's cleanup (weights, loss function and progress bars put back) before it goes on, and
-        a CheckpointCallback writes a last checkpoint first."""
-        outer = self._in_fit
-        try:
-            try:
-                self._fire(FIT.before)
-                self._in_fit = True  # from here to after_fit, a validate() a callback calls is part of this fit
-                self._do_fit()
-            except FIT.cancel:
-                self._fire(FIT.after_cancel)
-            except KeyboardInterrupt:
-                for cb in self._grab(CheckpointCallback):  # a last checkpoint, unless written at a deferred Ctrl-C
-                    cb.save_on_interrupt()
-                self._fire(FIT.after)
-                raise
-            self._fire(FIT.after)
-        finally:
-            self._in_fit = outer
-
-    def _end_cleanup(self) -> None:
-        # As fastai's: `loss_grad` stays, the last batch's loss (with its graph if backward never ran on it).
-        self.dl, self.xb, self.yb, self.pred, self.loss = None, (None,), (None,), None, None
 
     @property
     def smooth_loss(self) -> torch.Tensor:
@@ -407,11 +148,6 @@ class Learner(CallbackHost):
         if isinstance(recorder, Recorder):
             return recorder
         return next((cb for cb in self.cbs if isinstance(cb, Recorder)), None)  # a subclass, under another name
-
-    @property
-    def _device(self) -> torch.device | None:
-        """Where batches go: the DataLoaders' device (None: leave batches where they are)."""
-        return getattr(self.dls, "device", None)
 
     # --------------------------------------------------------------- public API
     def create_opt(self) -> None:
@@ -510,191 +246,11 @@ class Learner(CallbackHost):
                    ". Give DataLoaders a training set with at least one batch.")
             )
 
-    def no_logging(self) -> AbstractContextManager[None]:
-        """Silence the per-epoch table for the duration of the block."""
-        return replacing_yield(self, "logger", noop)
-
-    def no_mbar(self) -> AbstractContextManager[None]:
-        """Don't create the epoch progress bar in this block."""
-        return replacing_yield(self, "create_mbar", False)
-
     @contextmanager
     def no_bar(self) -> Iterator[Learner]:
         """Run the block without the progress callback (`with learn.no_bar() as learn:`, as in fastai)."""
         with self.removed_cbs(ProgressCallback):
             yield self
-
-    @contextmanager
-    def validation_context(self, cbs: Any = None, inner: bool = False) -> Iterator[None]:
-        """The events around `validate()`'s and `get_preds()`'s validation phase: before_fit and before_epoch, then
-        after_epoch and after_fit, those even when an exception leaves the phase (as fastai's). `inner=True` (a call
-        from inside a running fit that should leave the fit's callbacks alone) fires none of them. The last batch's
-        state (`xb`, `pred`, `loss`...) is left in place, as fastai leaves it."""
-        with self.no_logging(), self.no_mbar(), self.added_cbs(cbs):
-            if inner:
-                yield
-                return
-            outer, self._nested_run = self._nested_run, self._in_fit
-            try:
-                with self:
-                    yield
-            finally:
-                self._nested_run = outer
-
-    def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any] | None:
-        """Evaluate on the validation set (or `dl`): `[valid_loss, *metrics]`, the Recorder's `final_record`
-        (None when no Recorder ever recorded one)."""
-        dl = self.dls[ds_idx] if dl is None else dl
-        with self.validation_context(cbs):
-            self._do_epoch_validate(ds_idx, dl)
-        return getattr(self, "final_record", None)
-
-    def get_preds(
-        self,
-        ds_idx: int = 1,
-        dl: Any = None,
-        with_input: bool = False,
-        with_decoded: bool = False,
-        with_loss: bool = False,
-        act: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        inner: bool = False,
-        reorder: bool = True,
-        cbs: Any = None,
-        *,
-        save_preds: str | os.PathLike[str] | None = None,
-        save_targs: str | os.PathLike[str] | None = None,
-        with_preds: bool = True,
-        with_targs: bool = True,
-        concat_dim: int = 0,
-        pickle_protocol: int = 2,
-    ) -> tuple[Any, ...]:
-        """Predictions and targets over a dataset: `(inputs?, preds, targets, decoded?, losses?)`.
-
-        `ds_idx` picks `dls[ds_idx]` (0 training, 1 validation), read in dataset order: unshuffled, its last
-        partial batch kept. `dl`, any iterable of batches, is read instead, as it comes. Predictions go through
-        `act`, else the loss function's `activation` if it has one; `with_decoded` adds the loss function's
-        `decodes` of them (the predictions themselves without one), `with_loss` a loss per item, `with_input`
-        the inputs. The signature is fastai's, keyword-only arguments included:
-
-        - `with_preds=False` / `with_targs=False`: keep no predictions / targets; that place in the tuple is
-          None (as are the decoded predictions when there are no predictions).
-        - `concat_dim`: the dimension the batches' predictions, targets and inputs are concatenated along
-          (say 1 for a model whose outputs are sequence-first); per-item losses always along 0.
-        - `save_preds` / `save_targs`: a directory (made if missing) to write each batch's raw prediction (before
-          `act`) / first target to, on the CPU, with `torch.save(..., pickle_protocol=pickle_protocol)`, in a file
-          named after the batch's index (`0`, `1`, ...). They are still returned unless `with_preds=False` /
-          `with_targs=False` says not to keep them.
-        - `reorder` changes nothing in learnloop, and is accepted for fastai's code. Fastai puts the predictions
-          back in dataset order when the loader knows the order it drew (its own DataLoader); learnloop reads
-          `dls[ds_idx]` in dataset order in the first place, and reads a `dl` given as it comes, as fastai does
-          a torch DataLoader: with a shuffled one, the results are in that loader's shuffled order either way.
-
-        Only batches the model ran on count: a batch cancelled before its prediction (CancelBatchException in
-        `before_batch`) is left out; one cancelled after it keeps its prediction (NaN losses if its loss was
-        not computed). When the validation phase is cancelled before any batch, or no batch is left, the
-        predictions, targets and the rest are None. Any other keyword raises TypeError, as in fastai.
-
-        `inner=True` runs only the validation phase, without the fit and epoch events around it, for a callback
-        that needs predictions in the middle of a fit (after a validation phase: the model is left in eval mode).
-        Callbacks that keep the fit's records still see that phase: take them out around the call, as
-        `FetchPredsCallback` does with those marked `remove_on_fetch` (the Recorder, the trackers).
-
-        >>> probs, targets = learn.get_preds()                       # the validation set
-        >>> _, targets = learn.get_preds(ds_idx=0, with_preds=False)  # the training set's targets only
-        """
-        if (concat_dim != 0 or save_preds is not None or save_targs is not None) and is_distributed() and any(
-            isinstance(cb, DistributedTrainer) for cb in self.cbs
-        ):
-            raise NotImplementedError(
-                "get_preds(concat_dim=..., save_preds=..., save_targs=...) is not supported in a distributed job: "
-                "the ranks' predictions are combined along dimension 0 and each rank would write files of the "
-                "same names. Leave them at their defaults and concatenate or save the result on rank 0."
-            )
-        dl = unshuffled(self.dls[ds_idx]) if dl is None else dl
-        gather = GatherPredsCallback(
-            with_input=with_input, with_loss=with_loss, save_preds=save_preds, save_targs=save_targs,
-            with_preds=with_preds, with_targs=with_targs, concat_dim=concat_dim, pickle_protocol=pickle_protocol,
-        )
-        with self._unreduced_loss(with_loss), self.validation_context([*as_list(cbs), gather], inner=inner):
-            self._do_epoch_validate(ds_idx, dl)
-        preds = gather.preds
-        if preds is not None:
-            activation = act if act is not None else getattr(self.loss_func, "activation", None)
-            if activation is not None:
-                preds = activation(preds)
-        result: list[Any] = [gather.inputs] if with_input else []
-        result += [preds, gather.targets]
-        if with_decoded:
-            decodes = getattr(self.loss_func, "decodes", None)
-            result.append(decodes(preds) if decodes is not None and preds is not None else preds)
-        if with_loss:
-            result.append(gather.losses)
-        return tuple(result)
-
-    def to_detach(self, b: Any, cpu: bool = True, gather: bool = True) -> Any:
-        """`b` detached (see `learnloop.data.to_detach`), or as the current loader's own `to_detach` makes it."""
-        dl_to_detach = getattr(self.dl, "to_detach", None)
-        return dl_to_detach(b, cpu, gather) if callable(dl_to_detach) else to_detach(b, cpu, gather)
-
-    def loss_not_reduced(self) -> AbstractContextManager[None]:
-        """In the block, the loss function returns one loss per item (`reduction='none'`)."""
-        return self._unreduced_loss(True)
-
-    @contextmanager
-    def _unreduced_loss(self, active: bool) -> Iterator[None]:
-        if not active:
-            yield
-            return
-        old = self.loss_func
-        if hasattr(old, "reduction"):
-            reduction = old.reduction
-            old.reduction = "none"
-            try:
-                yield
-            finally:
-                old.reduction = reduction
-        else:
-            self.loss_func = functools.partial(old, reduction="none")
-            try:
-                yield
-            finally:
-                self.loss_func = old
-
-    def predict(self, item: Any, rm_type_tfms: int | None = None, with_input: bool = False) -> tuple[Any, ...]:
-        """Predict one item (an input tensor, or a tuple of inputs): `(decoded, decoded tensor, pred)`, with the
-        input first when `with_input` (fastai's order).
-
-        `rm_type_tfms` holds fastai's place in the signature: learnloop has no item transforms, so only None or 0
-        (remove none) are accepted.
-        """
-        if isinstance(rm_type_tfms, bool):
-            raise TypeError(
-                f"predict(item, {rm_type_tfms!r}): the second argument is rm_type_tfms, as in fastai; with_input is "
-                f"the third: pass with_input={rm_type_tfms!r} by keyword."
-            )
-        if rm_type_tfms not in (None, 0):
-            raise ValueError(
-                f"predict(rm_type_tfms={rm_type_tfms!r}): learnloop applies no item transforms, so there are none "
-                "to remove; pass the model's input as it is, and leave rm_type_tfms out."
-            )
-        inputs = tuple(item) if isinstance(item, (tuple, list)) else (item,)
-        batch = tuple(torch.as_tensor(x).unsqueeze(0) for x in inputs)
-        self._n_inp = len(batch)
-        try:
-            inp, preds, _, decoded = self.get_preds(dl=[batch], with_decoded=True, with_input=True)
-        finally:
-            self._n_inp = None
-        if preds is None:  # a ValueError, as fastai's (whose unpacking of get_preds' result fails)
-            raise ValueError(
-                "predict: the item's batch was cancelled before the model ran (a callback raised CancelBatchException "
-                "at before_batch, or cancelled the validation phase), so there is no prediction: check the callbacks "
-                "that run in validation (run_valid), or remove them for predict."
-            )
-        dec = decoded[0]
-        result = (dec.item() if dec.numel() == 1 else dec), dec, preds[0]
-        if with_input:
-            return (inp[0] if isinstance(inp, torch.Tensor) else tuple(x[0] for x in inp), *result)
-        return result
 
     def _model_file(self, file: str | Path | IO[bytes]) -> Any:
         return file if is_buffer(file) else self.path / self.model_dir / f"{file}.pth"
@@ -779,31 +335,6 @@ class Learner(CallbackHost):
     def unfreeze(self) -> None:
         """Make every parameter group trainable."""
         self.freeze_to(0)
-
-    @property
-    def x(self) -> Any:
-        """The batch's input: `xb[0]` when there is one, else the tuple `xb`."""
-        return self.xb[0] if len(self.xb) == 1 else self.xb
-
-    @property
-    def y(self) -> Any:
-        """The batch's target: `yb[0]` when there is one, else the tuple `yb`."""
-        return self.yb[0] if len(self.yb) == 1 else self.yb
-
-    def __enter__(self) -> Learner:
-        """`with learn:` fires before_fit and before_epoch, and after_epoch and after_fit at the end of the block
-        (however it ends): what `validate()` does around its validation phase."""
-        self([Event.before_fit, Event.before_epoch])
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        # Whether an exception is on its way out: a callback can skip what needs every process (the
-        # DistributedTrainer's collectives, which a rank that raised alone would wait on until the timeout).
-        self._unwinding = exc_type is not None
-        try:
-            self([Event.after_epoch, Event.after_fit])
-        finally:
-            self._unwinding = False
 
     def __getattr__(self, name: str) -> Any:
         model = self.__dict__.get("model")
@@ -938,31 +469,6 @@ class Learner(CallbackHost):
         """
         with _distrib_ctx(self, split_batch=split_batch, sync_bn=sync_bn, timeout=timeout, **kwargs):
             yield self
-
-
-@contextmanager
-def replacing_yield(obj: Any, attr: str, value: Any) -> Iterator[None]:
-    """Set `obj.<attr>` to `value` for the duration of the block, then put the old value back (fastai's name)."""
-    old = getattr(obj, attr)
-    setattr(obj, attr, value)
-    try:
-        yield
-    finally:
-        setattr(obj, attr, old)
-
-
-def _all_on_cpu(b: Any) -> bool:
-    if isinstance(b, torch.Tensor):
-        return b.is_cpu
-    if isinstance(b, (tuple, list)):
-        return all(_all_on_cpu(o) for o in b)
-    if isinstance(b, dict):
-        return all(_all_on_cpu(o) for o in b.values())
-    return True
-
-
-def _shape(x: Any) -> str:
-    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
 
 
 def _check_lr(lr: Any) -> None:

@@ -59,7 +59,9 @@ from .warn import warn_caller
 
 if TYPE_CHECKING:
     from .callback import Callback
+    from .dispatch import CallbackHost
     from .learner import Learner
+    from .loop import Loop
 
 __all__ = ["Position", "DataOrder", "ResumeState", "save_training_checkpoint", "training_state", "read_position"]
 
@@ -86,7 +88,7 @@ class Position:
 
 
 # ------------------------------------------------------------------------------------------ saving
-def keyed_callbacks(learn: Learner) -> list[tuple[str, Callback]]:
+def keyed_callbacks(learn: CallbackHost) -> list[tuple[str, Callback]]:
     """The learner's callbacks with the keys their states have in a checkpoint: the name, then ``name#2``..."""
     seen: dict[str, int] = {}
     keyed = []
@@ -167,7 +169,7 @@ class DataOrder:
         self.epoch_rng: dict[str, Any] | None = None
         self.resume: ResumeState | None = None
 
-    def batches(self, learn: Learner) -> Iterable[tuple[int, Any]]:
+    def batches(self, learn: Loop) -> Iterable[tuple[int, Any]]:
         """``(index, batch)`` pairs of the current training epoch."""
         resume, self.resume = self.resume, None
         generators = loader_generators(learn.dls)
@@ -290,7 +292,7 @@ class ResumeState:
         """Before ``before_fit``: the weights, so that callbacks reading them there (EMA) see the saved ones."""
         unwrap_model(learn.model).load_state_dict(self.ckpt["model"])
 
-    def restore(self, learn: Learner) -> int:
+    def restore(self, learn: Loop) -> int:
         """Right after ``before_fit``: the optimizer, and at an epoch boundary everything else; returns the
         first epoch to run. A mid-epoch checkpoint is handed to the loop's DataOrder, which restores the rest
         at the start of the epoch's first batch."""
@@ -304,7 +306,7 @@ class ResumeState:
             self.restore_state(learn)
         return self.position.epoch
 
-    def restore_state(self, learn: Learner) -> None:
+    def restore_state(self, learn: Loop) -> None:
         """Callbacks, the learner's counters, the gradients and the random generators, as at the save."""
         ckpt = self.ckpt
         current = dict(keyed_callbacks(learn))
