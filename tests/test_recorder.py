@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import debiased_ema, synth_classif_learner, synth_learner
 from learnloop import (
     Callback,
+    CancelEpochException,
     DataLoaders,
     Learner,
     NonFiniteLossWarning,
@@ -118,6 +119,40 @@ def test_logger_gets_one_row_per_epoch() -> None:
     assert [r[0] for r in rows] == [0, 1, 2]
     assert all(r[1:3] == v for r, v in zip(rows, learn.recorder.values, strict=True))
     assert all(re.fullmatch(r"\d\d:\d\d", r[3]) for r in rows)
+
+
+class CancelEpochs(Callback):
+    """Cancels the given epochs at before_epoch, before the Recorder's turn (order 50)."""
+
+    def __init__(self, *epochs: int) -> None:
+        self.epochs = set(epochs)
+
+    def before_epoch(self) -> None:
+        if self.learn.epoch in self.epochs:
+            raise CancelEpochException()
+
+
+@pytest.mark.parametrize("add_time", [True, False])
+def test_an_epoch_cancelled_before_the_recorders_first_before_epoch_fails_with_nothing_recorded(add_time: bool) -> None:
+    # As fastai's: the Recorder has no row before its first before_epoch, so its after_epoch fails.
+    learn = synth_learner(cbs=CancelEpochs(0))
+    learn.recorder.add_time = add_time
+    with learn.no_logging(), pytest.raises(AttributeError, match="'log'") as info:
+        learn.fit(2)
+    assert any("Recorder" in note and "after_epoch" in note for note in getattr(info.value, "__notes__", []))
+    assert learn.recorder.values == []
+
+
+def test_a_later_epoch_cancelled_before_the_recorder_repeats_the_row_before_it() -> None:
+    # fastai's row is the last epoch's (with its time), and the time is appended to it again.
+    learn = synth_learner(cbs=CancelEpochs(1))
+    rows: list[list[Any]] = []
+    learn.logger = lambda row: rows.append(list(row))  # the repeated row is the same list, changed in place
+    with learn.no_bar():
+        learn.fit(3)
+    first, repeated, last = learn.recorder.values
+    assert repeated[:2] == first and len(repeated) == 3 and last != first
+    assert rows[1][0] == 0 and rows[1][:4] == rows[0] and len(rows[1]) == 5
 
 
 def test_format_time() -> None:

@@ -75,6 +75,10 @@ class Recorder(Callback):
 
     order = 50
     remove_on_fetch = True  # FetchPredsCallback takes it out while it fetches (a fit's records)
+    # The epoch's row, `[epoch, *values]`, from its before_epoch on (as in fastai, none before: an epoch cancelled
+    # before the Recorder's first before_epoch fails at after_epoch, with nothing recorded).
+    log: list[Any]
+    start_epoch: float
 
     def __init__(
         self, add_time: bool = True, train_metrics: bool = False, valid_metrics: bool = True, beta: float = 0.98
@@ -88,7 +92,6 @@ class Recorder(Callback):
         self.values: list[list[Any]] = []
         self.hps: dict[str, list[Any]] = {}
         self.metric_names: list[str] = []
-        self.log: list[Any] = []
         self.cancel_train = self.cancel_valid = False
         self._previous_smooth: torch.Tensor | None = None  # the last fit's final smoothed loss
         self._warned_non_finite = False  # this fit has warned of a NaN/inf epoch loss
