@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import pickle
+import re
 import warnings
 from types import SimpleNamespace
 from typing import Any
@@ -830,3 +832,39 @@ def test_a_users_own_accum_metric_is_the_learners_as_in_fastai() -> None:
 
 def _rmse_like(inp: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
     return ((inp - targ) ** 2).mean().sqrt()
+
+
+# `pickle.dumps(rmse, protocol=2)` as written when the metrics were one module, learnloop/metrics.py: every class and
+# function it names is a `learnloop.metrics.X`, private ones included (the `_rmse` it wraps).
+ONE_MODULE_RMSE_PICKLE = (
+    b"\x80\x02clearnloop.metrics\nAccumMetric\nq\x00)\x81q\x01}q\x02(X\x04\x00\x00\x00funcq\x03clearnloop."
+    b"metrics\n_rmse\nq\x04X\n\x00\x00\x00dim_argmaxq\x05NX\n\x00\x00\x00activationq\x06clearnloop.metrics"
+    b"\nActivationType\nq\x07X\x02\x00\x00\x00noq\x08\x85q\tRq\nX\x06\x00\x00\x00threshq\x0bNX\x05\x00\x00"
+    b"\x00to_npq\x0c\x89X\x0b\x00\x00\x00invert_argsq\r\x89X\x07\x00\x00\x00flattenq\x0e\x88X\x06\x00\x00"
+    b"\x00kwargsq\x0f}q\x10X\x05\x00\x00\x00_nameq\x11X\x05\x00\x00\x00_rmseq\x12X\x05\x00\x00\x00predsq"
+    b"\x13]q\x14X\x05\x00\x00\x00targsq\x15]q\x16ub."
+)
+
+
+def test_metrics_pickled_by_the_one_module_layout_still_load() -> None:
+    old = pickle.loads(ONE_MODULE_RMSE_PICKLE)
+    assert type(old) is AccumMetric and old.func is rmse.func and old.activation is ActivationType.No
+    pred, targ = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([1.0, 3.0, 2.0])
+    assert torch.equal(old(pred, targ), torch.sqrt(F.mse_loss(pred, targ)))
+    # The others as that layout named them: their protocol-2 pickles with each `learnloop.metrics.<module>`
+    # global spelt `learnloop.metrics`.
+    smooth = AvgSmoothLoss(beta=0.9)
+    for loss in (4.0, 1.0):
+        smooth.accumulate(batch(None, loss=torch.tensor(loss)))
+    metrics = [mk_metric(m) for m in (exp_rmspe, r2_score, explained_variance, R2Score(sample_weight=[1.0, 2.0, 1.0]))]
+    for m in metrics:
+        m.accum_values(pred, targ)
+    for m in [*metrics, smooth, AvgMetric(accuracy), AvgLoss(), ValueMetric(functools.partial(float, 2.5))]:
+        one_module = re.sub(rb"clearnloop\.metrics\.\w+\n", b"clearnloop.metrics\n", pickle.dumps(m, protocol=2))
+        assert b"learnloop.metrics." not in one_module
+        loaded = pickle.loads(one_module)
+        assert type(loaded) is type(m) and loaded.name == m.name
+        if m.value is None:
+            assert loaded.value is None
+        else:
+            assert torch.equal(torch.as_tensor(loaded.value), torch.as_tensor(m.value))
