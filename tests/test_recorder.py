@@ -110,6 +110,23 @@ def test_train_metrics() -> None:
     assert valid_acc == pytest.approx(learn.validate()[1])
 
 
+def test_a_train_metric_that_fails_leaves_no_loss_recorded_for_its_batch() -> None:
+    # fastai appends the batch's smoothed loss after the training metrics: one that raises leaves none for it.
+    calls = []
+
+    def fails_on_the_second_batch(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("metric failed")
+        return accuracy(pred, targ)
+
+    learn = synth_classif_learner(metrics=fails_on_the_second_batch)
+    learn.recorder.train_metrics = True
+    with learn.no_logging(), pytest.raises(RuntimeError, match="metric failed"):
+        learn.fit(1)
+    assert len(learn.recorder.losses) == 1 and len(learn.recorder.lrs) == 1
+
+
 def test_logger_gets_one_row_per_epoch() -> None:
     learn = synth_learner()
     rows: list[list[Any]] = []

@@ -140,10 +140,11 @@ class Recorder(Callback):
             for m in self._valid_mets:
                 m.accumulate(learn)
         elif not self.cancel_train:
-            self.smooth_loss.accumulate(learn)
             if self.train_metrics:
                 for m in learn.metrics:
                     m.accumulate(learn)
+            # After the metrics, as fastai appends to `losses` after them: a metric that fails leaves no loss recorded.
+            self.smooth_loss.accumulate(learn)
             self.lrs.append(state.opt.hypers[-1]["lr"])
 
     @property
