@@ -58,10 +58,12 @@ def test_each_column_is_as_wide_as_its_name_plus_two_as_fastprogress_lays_it_out
     assert [header.index(n) for n in header.split()] == starts
 
 
-def test_a_cell_wider_than_its_column_is_followed_by_two_spaces() -> None:
-    assert format_row([0, 123456789.0, "00:01"], column_widths(["epoch", "train_loss", "time"])) == (
-        "0         123456789.000000  00:01"
-    )
+def test_a_cell_wider_than_its_column_pushes_the_next_one_right_by_at_least_one_space() -> None:
+    widths = column_widths(["epoch", "train_loss", "negv", "time"])
+    # fastprogress's layout: a 9-character value under an 8-character name, then one space.
+    assert format_row([0, 1.5, -0.1234567, "00:01"], widths) == "0         1.500000    -0.123457 00:01"
+    # fastprogress would run these together ("...000000-0.123457"): one space keeps them apart.
+    assert format_row([0, 123456789.0, -0.1234567, "00:01"], widths) == "0         123456789.000000 -0.123457 00:01"
     assert format_row([1, 2.0], 6) == "1     2.000000"  # one width for every column
     assert format_row(["a", "b", "c"], [3]) == "a  b         c"  # past the last column: a 10-wide cell
 

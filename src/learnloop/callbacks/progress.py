@@ -23,13 +23,15 @@ def column_widths(names: Sequence[Any]) -> list[int]:
 
 def format_row(values: Sequence[Any], widths: int | Sequence[int]) -> str:
     """One table row: floats with 6 decimals, each cell left-justified to its column's width (`widths`, or one
-    width for all), and at least two spaces after a cell too wide for it (large regression losses), so that
-    cells never run together. A cell past the last column gets the width of a short name's column."""
+    width for all). A cell too wide for its column pushes the next one right, as in fastprogress (a negative
+    metric one character wider than its name is followed by one space), but by at least one space: where
+    fastprogress runs a much wider cell (a large regression loss) into the next, learnloop keeps them apart.
+    A cell past the last column gets the width of a short name's column."""
     cells = [f"{v:.6f}" if isinstance(v, float) else str(v) for v in values]
     if isinstance(widths, int):
         widths = [widths] * len(cells)
     sized = [*widths, *[10] * (len(cells) - len(widths))]
-    return "".join(c.ljust(w) if len(c) < w - 1 else c + "  " for c, w in zip(cells, sized, strict=False)).rstrip()
+    return "".join(c + " " * max(1, w - len(c)) for c, w in zip(cells, sized, strict=False)).rstrip()
 
 
 class ProgressCallback(Callback):
