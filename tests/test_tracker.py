@@ -410,6 +410,17 @@ def test_save_at_end_saves_once_and_does_not_reload(tmp_path: Path) -> None:
     assert any(not torch.equal(final[k], v) for k, v in saves[1][2].items())
 
 
+def test_save_at_end_saves_after_a_fit_of_no_epochs_but_not_after_validate_or_get_preds(tmp_path: Path) -> None:
+    # As fastai's after_fit: a fit of no epochs (fine_tune(freeze_epochs=0) runs one) still ends with a save.
+    learn = synth_learner(path=tmp_path, cbs=SaveModelCallback(at_end=True))
+    saves = spy_saves(learn)
+    learn.validate()
+    learn.get_preds()
+    assert saves == []
+    learn.fit(0)
+    assert [n for _, n, _ in saves] == ["model"]
+
+
 def test_every_epoch_and_at_end_together_are_refused() -> None:
     with pytest.raises(ValueError, match="every_epoch and at_end cannot both be set"):
         SaveModelCallback(every_epoch=True, at_end=True)

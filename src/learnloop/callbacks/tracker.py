@@ -318,8 +318,10 @@ class SaveModelCallback(TrackerCallback):
 
     def after_fit(self) -> None:
         self._validated = None
-        if not self._fit_started:
-            return  # validate(), or a fit that never trained
+        learn = self.learn
+        # A fit, trained or not (fit(0), every epoch skipped or cancelled): not validate() or get_preds(), nested or not.
+        if not (self._fit_started or (learn._in_fit and not learn._nested_run)):
+            return
         if self.at_end:
             self._save(self.fname)
         elif not self.every_epoch and self._holds_best:
