@@ -233,6 +233,26 @@ def test_an_epoch_cancelled_during_validation_is_judged_on_train_loss_only() -> 
     assert flags[1] == (True, 0) and on_train.best == 0.5  # valid_loss has no value in epoch 1: not counted
 
 
+@pytest.mark.parametrize("order, row", [(55, [2, 2, 2]), (5, [2, 1, 2])])
+def test_an_epoch_cancelled_at_after_validate_is_judged_on_what_the_recorder_recorded(
+    order: int, row: list[int]
+) -> None:
+    # After the Recorder (order 55), the row is complete and the epoch is judged on both losses, as in fastai;
+    # before it (order 5), the Recorder's after_validate is skipped: the row holds train_loss alone.
+    learn = synth_learner()
+    on_train, on_valid = TrackerCallback(monitor="train_loss"), TrackerCallback()
+    flags: list[tuple[bool, bool]] = []
+    cancel = cancel_at(learn, "after_validate", CancelEpochException)
+    cancel.order = order
+    learn.fit(3, cbs=[Script([1.0, 0.5, 0.7], idx=0), cancel, on_train, on_valid,
+                      late(after_epoch=lambda: flags.append((on_train.new_best, on_valid.new_best)))])
+    assert [len(r) for r in learn.recorder.values] == row
+    assert flags[1][0] and on_train.best == 0.5  # train_loss: judged either way
+    valid_losses = [r[1] for r in learn.recorder.values if len(r) == 2]
+    assert on_valid.best == min(valid_losses)  # valid_loss: judged where the row holds it
+    assert flags[1][1] == (order == 55 and learn.recorder.values[1][1] < learn.recorder.values[0][1])
+
+
 @pytest.mark.parametrize("cancel, monitor, at", [
     (CancelTrainException, "valid_accuracy", 1), (CancelValidException, "train_accuracy", 1),
     (CancelTrainException, "train_accuracy", None), (CancelValidException, "valid_loss", None),

@@ -65,7 +65,6 @@ class TrackerCallback(Callback):
         self.idx = 0
         self._fit_started = False  # a training phase began in this fit (validate() has none)
         self._trained_epoch: int | None = None  # the fit epoch whose training phase began last (validate() has none)
-        self._row_names: list[str] = []  # the values the Recorder has put in that epoch's row, in its order
         self._train_names: list[str] = []  # the values a training phase records, then those of a validation phase
         self._valid_names: list[str] = []
         self._restored = False
@@ -80,7 +79,7 @@ class TrackerCallback(Callback):
         # fastai's rule: trackers sit out lr_find and get_preds (their state is still reset here, as fastai's).
         self.run = not is_side_run(learn)
         self._fit_started = False
-        self._trained_epoch, self._row_names = None, []
+        self._trained_epoch = None
         if not self._restored:  # state loaded before the fit (load_state_dict) is kept by it
             self.start_fit()
         names = monitored_names(learn)
@@ -92,14 +91,9 @@ class TrackerCallback(Callback):
         self.idx = names.index(self.monitor)
         self._train_names, self._valid_names = _split_names(learn, names)
 
-    # Which values this epoch's row holds, phase by phase: the Recorder (order 50) leaves out those of a cancelled
-    # phase, and an epoch cancelled early leaves no row of its own (fastai's Recorder appends the last one again).
-    def before_epoch(self) -> None:
-        self._row_names = []
-
     def before_train(self) -> None:
         self._fit_started = True
-        self._trained_epoch, self._row_names = self.learn.epoch, []
+        self._trained_epoch = self.learn.epoch
         self._restored = False  # state loaded from here on (resuming) comes after this fit's reset
 
     def after_train(self) -> None:
@@ -107,13 +101,8 @@ class TrackerCallback(Callback):
         # the epoch still counts as trained, as fastai's SaveModelCallback(every_epoch=...) saves it.
         self._fit_started = True
         self._trained_epoch = self.learn.epoch
-        self._row_names = [] if self.learn.recorder.cancel_train else list(self._train_names)
         # State loaded inside a training phase (resuming a mid-epoch checkpoint) comes after the reset it would skip.
         self._restored = False
-
-    def after_validate(self) -> None:
-        if self._epoch_trained and not self.learn.recorder.cancel_valid:
-            self._row_names += self._valid_names
 
     def start_fit(self) -> None:
         """Reset the state at the start of a fit (``before_fit``): the best value when ``reset_on_fit`` (or when
@@ -147,14 +136,26 @@ class TrackerCallback(Callback):
     def current_value(self) -> float | None:
         """The monitored value of the epoch that just ended, or None when this epoch has none to judge (its
         phase that records it was cancelled)."""
-        if not self._epoch_trained or self.monitor not in self._row_names:
+        if not self._epoch_trained:
             return None
         values = self.learn.recorder.values
         row = values[-1] if values else []
-        if len(row) != len(self._row_names):
-            return None  # a callback between the Recorder and this one cancelled the phase: the row is not known
-        value = row[self._row_names.index(self.monitor)]
+        names = self._row_names(row)
+        if names is None or self.monitor not in names:
+            return None
+        value = row[names.index(self.monitor)]
         return None if value is None else float(value)
+
+    def _row_names(self, row: list[Any]) -> list[str] | None:
+        """The names of the values in the epoch's `row`, as the Recorder (order 50) recorded them: a phase's values
+        unless that phase was cancelled, or unless its Recorder hook was skipped by a CancelEpochException a
+        callback before the Recorder raised at after_train or after_validate (the row then ends early). A
+        callback after the Recorder that cancels the epoch leaves the row complete, and it is judged, as in
+        fastai. None when the row matches no layout (a callback changed it)."""
+        recorder = self.learn.recorder
+        train = [] if recorder.cancel_train else self._train_names
+        valid = [] if recorder.cancel_valid else self._valid_names
+        return next((names for names in (train + valid, train) if len(names) == len(row)), None)
 
     def say(self, message: str) -> None:
         """Print a message ("Better model found...") to stdout from rank 0, as fastai prints it, under
@@ -285,7 +286,6 @@ class SaveModelCallback(TrackerCallback):
         super().start_fit()
 
     def before_epoch(self) -> None:
-        super().before_epoch()
         self._validated = None
 
     def before_validate(self) -> None:
@@ -319,7 +319,7 @@ class SaveModelCallback(TrackerCallback):
     def after_fit(self) -> None:
         self._validated = None
         learn = self.learn
-        # A fit, trained or not (fit(0), every epoch skipped or cancelled): not validate() or get_preds(), nested or not.
+        # A fit, trained or not (fit(0), every epoch skipped or cancelled); not validate() or get_preds().
         if not (self._fit_started or (learn._in_fit and not learn._nested_run)):
             return
         if self.at_end:
