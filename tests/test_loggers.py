@@ -52,6 +52,36 @@ def test_each_row_is_on_disk_when_its_epoch_ends(tmp_path: Path) -> None:
     assert seen == [2, 3, 4]
 
 
+@pytest.mark.parametrize("order", [55, 60])
+def test_the_last_row_is_written_when_a_callback_before_the_logger_ends_the_fit(tmp_path: Path, order: int) -> None:
+    # After the Recorder (50), before the logger (60, or 60 and added first): the Recorder has logged the epoch.
+    learn = synth_learner(path=tmp_path)
+
+    def stop() -> None:
+        if learn.epoch == 1:
+            raise CancelFitException
+
+    early = Callback(after_epoch=stop)
+    early.order = order
+    learn.fit(3, cbs=[early, CSVLogger()])
+    rows = read_rows(tmp_path / "history.csv")
+    assert [r[0] for r in rows[1:]] == ["0", "1"] and len(learn.recorder.values) == 2
+    assert [float(r[1]) for r in rows[1:]] == [v[0] for v in learn.recorder.values]
+
+
+def test_a_fit_stopped_before_the_recorder_logs_its_epoch_gets_no_row_for_it(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+
+    def stop() -> None:
+        if learn.epoch == 1:
+            raise CancelFitException
+
+    early = Callback(after_epoch=stop)
+    early.order = 5
+    learn.fit(3, cbs=[early, CSVLogger()])
+    assert [r[0] for r in read_rows(tmp_path / "history.csv")[1:]] == ["0"] and len(learn.recorder.values) == 1
+
+
 def test_append_writes_a_header_for_every_fit_and_read_log_reads_them_all(tmp_path: Path) -> None:
     learn = synth_learner(path=tmp_path)
     learn.fit(2, cbs=CSVLogger())

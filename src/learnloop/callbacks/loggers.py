@@ -42,14 +42,15 @@ def epoch_row(recorder: Recorder) -> list[Any]:
 class CSVLogger(Callback):
     """Writes the epoch table (`recorder.metric_names`, then one row per epoch) to `learn.path/fname`.
 
-    As fastai's: the header is written at `before_fit` (a fit stopped before its first epoch ends
-    leaves a file with the header only), with `append=True` at the end of the existing file, so
-    every fit appends its own header; otherwise each fit starts the file afresh. Each row is flushed
-    to disk as its epoch ends, so the file is complete up to the last finished epoch even if training
-    dies. An epoch whose training or validation was cancelled gets its row, with the missing values'
-    cells empty (every value stays under its name; fastai shifts them left). `read_log()` reads every
-    fit's rows back under their own header. A fit resumed from a checkpoint (`fit(resume=...)`)
-    carries the file on from the lines the checkpoint had seen, dropping any line written after it.
+    As fastai's: the header is written at `before_fit` (a fit stopped before its first epoch ends leaves a file with
+    the header only), with `append=True` at the end of the existing file, so every fit appends its own header;
+    otherwise each fit starts the file afresh. Each row is flushed to disk as its epoch ends, so the file is
+    complete up to the last finished epoch even if training dies; a fit stopped at after_epoch by a callback that
+    runs after the Recorder but before this one (of order 50 to 60) gets its last row at after_fit, as in fastai. An
+    epoch whose training or validation was cancelled gets its row, with the missing values' cells empty (every value
+    stays under its name; fastai shifts them left). `read_log()` reads every fit's rows back under their own header.
+    A fit resumed from a checkpoint (`fit(resume=...)`) carries the file on from the lines the checkpoint had seen,
+    dropping any line written after it.
 
     Only `fit` writes: `validate()` and `get_preds()` leave the file alone (fastai's `validate()`
     empties it), and so do `lr_find()` and the epochs skipped by `fit(start_epoch=...)`.
@@ -60,6 +61,8 @@ class CSVLogger(Callback):
     def __init__(self, fname: str | Path = "history.csv", append: bool = False) -> None:
         self.fname, self.append = Path(fname), append
         self._epoch_trained = False
+        self._rows_before = 0  # the Recorder's rows (`values`) at this epoch's start: it has logged the epoch when more
+        self._row_written = False  # this epoch's row is in the file
         # In validate() or get_preds() (no training phase), or a fit under no_mbar() until its first training phase.
         self._deferred = False
         self._header_due = False  # the header is written with the first row (a resumed fit without state)
@@ -95,7 +98,8 @@ class CSVLogger(Callback):
 
     def before_epoch(self) -> None:
         if not self._deferred:  # a validate() inside the fit leaves the fit's epoch alone
-            self._epoch_trained = False
+            self._epoch_trained = self._row_written = False
+            self._rows_before = len(self.learn.recorder.values)
 
     def before_train(self) -> None:
         if not is_rank_zero():  # again here: a validate() inside the fit sets `run` back to True at its after_fit
@@ -110,15 +114,22 @@ class CSVLogger(Callback):
         self._epoch_trained = True  # also when a callback before this one cancelled the training at before_train
 
     def after_epoch(self) -> None:
-        if self._deferred or not self._epoch_trained:
-            return
-        recorder = self.learn.recorder
-        if self._header_due:
-            self._write_header()
-        self._write([[str(v) for v in epoch_row(recorder)]], "a")
+        self._write_row()
 
     def after_fit(self) -> None:
+        # The fit's last epoch, when a callback between the Recorder and this one stopped the fit at after_epoch
+        # (CancelFitException): the Recorder logged its row, and fastai's CSVLogger writes it as it is logged.
+        if len(self.learn.recorder.values) > self._rows_before:
+            self._write_row()
         self._deferred = False  # validate() or get_preds(): no training phase came
+
+    def _write_row(self) -> None:
+        if self._deferred or not self._epoch_trained or self._row_written:
+            return
+        if self._header_due:
+            self._write_header()
+        self._write([[str(v) for v in epoch_row(self.learn.recorder)]], "a")
+        self._row_written = True
 
     def _write_header(self) -> None:
         """Start this fit's table: the header, at the end of the file with `append`, else in a new file."""
