@@ -176,6 +176,15 @@ def test_larc_layer_lr_and_step() -> None:
     close(p, [2.9, 3.8])
 
 
+@pytest.mark.parametrize("implementation", ["per_param", "foreach"])
+def test_larc_clipped_with_a_nan_gradient_steps_at_lr_so_only_the_nan_entries_turn_nan(implementation: str) -> None:
+    # fastai's min(lr, local_lr) is lr when local_lr is NaN: the entries with a finite gradient stay finite.
+    p = nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+    p.grad = torch.tensor([float("nan"), 0.0, 1.0])
+    Larc([p], lr=0.1, implementation=implementation).step()
+    assert torch.isnan(p[0]) and p[1:].tolist() == pytest.approx([2.0, 2.9])
+
+
 def test_lamb_step_scales_by_the_trust_ratio() -> None:
     p = param([3.0, 4.0], [0.0, 0.0])
     grad_avg, sqr_avg = torch.tensor([0.1, 0.2]), torch.tensor([0.01, 0.04])

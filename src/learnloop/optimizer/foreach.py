@@ -203,7 +203,7 @@ def _larc_layer_lr(b: Bucket, h: Hypers, opts: Mapping[str, Any]) -> None:
     g_norm = torch.stack(torch._foreach_norm(b.grads))
     local_lr = lr * h["trust_coeff"] * p_norm / (g_norm + p_norm * h["wd"] + h["eps"])
     if opts.get("clip", True):
-        local_lr = local_lr.clamp(max=lr)
+        local_lr = S._clip_lr(local_lr, lr)
     for s, x in zip(b.states, local_lr.unbind(), strict=True):
         s["local_lr"] = x
 

@@ -242,12 +242,20 @@ def qhadam_step(
 def larc_layer_lr(
     p: Tensor, lr: float, trust_coeff: float, wd: float, eps: float, clip: bool = True, **kwargs: Any
 ) -> StepperResult:
-    """LARC's layer-wise lr ``lr*trust*|p| / (|g| + wd*|p| + eps)``, clipped at ``lr`` (a 0-dim tensor)."""
+    """LARC's layer-wise lr ``lr*trust*|p| / (|g| + wd*|p| + eps)``, clipped at ``lr`` (a 0-dim tensor).
+
+    Clipping keeps ``lr`` unless the layer's lr is below it, so a NaN one (a NaN gradient) is ``lr``, as fastai's
+    ``min(lr, local_lr)`` gives: only the NaN entries of the parameter turn NaN, not all of it."""
     assert p.grad is not None
     p_norm = torch.linalg.vector_norm(p.data)
     g_norm = torch.linalg.vector_norm(p.grad.data)
     local_lr = lr * trust_coeff * p_norm / (g_norm + p_norm * wd + eps)
-    return {"local_lr": local_lr.clamp(max=lr) if clip else local_lr}
+    return {"local_lr": _clip_lr(local_lr, lr) if clip else local_lr}
+
+
+def _clip_lr(local_lr: Tensor, lr: float) -> Tensor:
+    """``local_lr`` where it is below ``lr``, else ``lr`` (NaN included, as Python's ``min(lr, local_lr)``)."""
+    return torch.where(local_lr < lr, local_lr, lr)
 
 
 def larc_step(p: Tensor, local_lr: Tensor | float, grad_avg: Tensor | None = None, **kwargs: Any) -> None:
