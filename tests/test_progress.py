@@ -12,7 +12,7 @@ import torch
 
 import learnloop.callbacks.progress as progress_module
 from conftest import synth_classif_learner, synth_learner
-from learnloop import Callback, Learner, Recorder, TrainEvalCallback, accuracy
+from learnloop import Callback, CancelEpochException, Learner, Recorder, TrainEvalCallback, accuracy
 from learnloop.callbacks.progress import column_widths, format_row
 from learnloop.errors import ArgumentError
 from learnloop.events import Event
@@ -44,6 +44,19 @@ def test_not_a_terminal_gives_a_header_and_one_plain_line_per_epoch() -> None:
     assert header_cols == [lines[1].index(c) for c in lines[1].split()[1:3]]
 
 
+def test_a_repeated_row_with_a_second_time_is_cut_to_the_header_as_fastprogress_does() -> None:
+    # An epoch cancelled before the Recorder's before_epoch: the Recorder logs the last row again, one time longer.
+    learn, out = _printing_learner()
+
+    def skip() -> None:
+        if learn.epoch == 1:
+            raise CancelEpochException
+
+    learn.fit(2, cbs=Callback(before_epoch=skip))
+    header, first, repeated = out.getvalue().splitlines()
+    assert repeated == first and len(header.split()) == len(repeated.split()) == 4
+
+
 def test_each_column_is_as_wide_as_its_name_plus_two_as_fastprogress_lays_it_out() -> None:
     def a_very_long_metric_name(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
         return accuracy(pred, targ)
@@ -65,7 +78,7 @@ def test_a_cell_wider_than_its_column_pushes_the_next_one_right_by_at_least_one_
     # fastprogress would run these together ("...000000-0.123457"): one space keeps them apart.
     assert format_row([0, 123456789.0, -0.1234567, "00:01"], widths) == "0         123456789.000000 -0.123457 00:01"
     assert format_row([1, 2.0], 6) == "1     2.000000"  # one width for every column
-    assert format_row(["a", "b", "c"], [3]) == "a  b         c"  # past the last column: a 10-wide cell
+    assert format_row(["a", "b", "c"], [3, 3]) == "a  b"  # past the last column: left out, as fastprogress does
 
 
 def test_stdout_captured_by_pytest_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,11 +26,10 @@ def format_row(values: Sequence[Any], widths: int | Sequence[int]) -> str:
     width for all). A cell too wide for its column pushes the next one right, as in fastprogress (a negative
     metric one character wider than its name is followed by one space), but by at least one space: where
     fastprogress runs a much wider cell (a large regression loss) into the next, learnloop keeps them apart.
-    A cell past the last column gets the width of a short name's column."""
+    With one width per column, cells past the last column are left out, as fastprogress cuts a row to its header
+    (the Recorder's row of an epoch cancelled before its before_epoch repeats the last one, with a second time)."""
     cells = [f"{v:.6f}" if isinstance(v, float) else str(v) for v in values]
-    if isinstance(widths, int):
-        widths = [widths] * len(cells)
-    sized = [*widths, *[10] * (len(cells) - len(widths))]
+    sized = [widths] * len(cells) if isinstance(widths, int) else widths
     return "".join(c + " " * max(1, w - len(c)) for c, w in zip(cells, sized, strict=False)).rstrip()
 
 
