@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import debiased_ema, synth_classif_learner, synth_learner
-from learnloop import Callback, CancelFitException, CancelTrainException, CancelValidException
+from learnloop import Callback, CancelFitException, CancelTrainException, CancelValidException, Recorder
 from learnloop.callbacks import loggers
 from learnloop.callbacks.loggers import CSVLogger, TensorBoardCallback
 from learnloop.metrics import accuracy
@@ -67,6 +67,24 @@ def test_the_last_row_is_written_when_a_callback_before_the_logger_ends_the_fit(
     rows = read_rows(tmp_path / "history.csv")
     assert [r[0] for r in rows[1:]] == ["0", "1"] and len(learn.recorder.values) == 2
     assert [float(r[1]) for r in rows[1:]] == [v[0] for v in learn.recorder.values]
+
+
+def test_a_validate_inside_the_fit_then_a_stop_writes_no_row_for_the_unfinished_epoch(tmp_path: Path) -> None:
+    # validate() gives the Recorder new lists, one row long: that row is validate's, not the fit's epoch's.
+    learn = synth_learner(path=tmp_path)
+
+    def validate_then_stop() -> None:
+        learn.validate()
+        raise CancelFitException
+
+    learn.fit(2, cbs=[CSVLogger(), Callback(after_train=validate_then_stop)])
+    assert read_rows(tmp_path / "history.csv") == [["epoch", "train_loss", "valid_loss", "time"]]
+
+
+def test_without_a_recorder_validate_leaves_the_logger_idle(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path, cbs=CSVLogger())
+    learn.remove_cb(Recorder)
+    assert learn.validate() is None and not (tmp_path / "history.csv").exists()
 
 
 def test_a_fit_stopped_before_the_recorder_logs_its_epoch_gets_no_row_for_it(tmp_path: Path) -> None:

@@ -410,6 +410,26 @@ def test_the_csv_log_carries_on_from_the_checkpoint(tmp_path: Path) -> None:
         assert [line.rsplit(",", 1)[0] for line in lines] == [line.rsplit(",", 1)[0] for line in expected]  # no time
 
 
+def test_a_fit_resumed_mid_epoch_and_stopped_before_the_epoch_ends_adds_no_row(tmp_path: Path) -> None:
+    # The Recorder's history comes back from the checkpoint after the epoch began: no row of this epoch was logged.
+    from learnloop import CSVLogger
+
+    run = tmp_path / "run"
+    learn = make_learner(path=run)
+    learn.add_cb(CSVLogger())
+    one_cycle(learn, cbs=CheckpointCallback(every_n_iters=1, keep_last=None))
+    mid_epoch_1 = checkpoint_files(run / "models" / "checkpoints")[8]
+    lines = (run / "history.csv").read_text().splitlines()[:2]  # the header and epoch 0, as the checkpoint saw them
+
+    def stop() -> None:
+        raise CancelFitException
+
+    resumed = make_learner(path=run)
+    resumed.add_cb(CSVLogger())
+    one_cycle(resumed, cbs=Callback(after_batch=stop), resume=mid_epoch_1)
+    assert (run / "history.csv").read_text().splitlines() == lines
+
+
 def test_a_frozen_parameter_with_a_zeroed_gradient_resumes_stepped_as_in_the_uninterrupted_run(tmp_path: Path) -> None:
     """zero_grad zeroes in place (fastai's), so a parameter frozen after training keeps a zero gradient and is still
     stepped (Adam's weight decay moves it): a checkpoint brings that zero gradient back, not None."""

@@ -441,6 +441,18 @@ def test_save_at_end_saves_after_a_fit_of_no_epochs_but_not_after_validate_or_ge
     assert [n for _, n, _ in saves] == ["model"]
 
 
+def test_a_fit_of_no_epochs_loads_back_the_best_model_an_earlier_fit_saved(tmp_path: Path) -> None:
+    # As fastai's after_fit, which loads the best model at the end of every fit (reset_on_fit=False keeps it).
+    learn = synth_learner(path=tmp_path, cbs=SaveModelCallback(reset_on_fit=False))
+    learn.fit(2)
+    best = weights(learn)
+    with torch.no_grad():
+        for p in learn.model.parameters():
+            p.fill_(7.0)
+    learn.fit(0)
+    assert all(torch.equal(best[k], v) for k, v in weights(learn).items())
+
+
 def test_every_epoch_and_at_end_together_are_refused() -> None:
     with pytest.raises(ValueError, match="every_epoch and at_end cannot both be set"):
         SaveModelCallback(every_epoch=True, at_end=True)

@@ -61,7 +61,10 @@ class CSVLogger(Callback):
     def __init__(self, fname: str | Path = "history.csv", append: bool = False) -> None:
         self.fname, self.append = Path(fname), append
         self._epoch_trained = False
-        self._rows_before = 0  # the Recorder's rows (`values`) at this epoch's start: it has logged the epoch when more
+        # The Recorder's rows (`values`, the list and its length) at this epoch's start: it has logged the epoch when
+        # the same list has more (a validate() inside the fit, or a resumed fit, gives the Recorder new lists).
+        self._values: list[Any] | None = None
+        self._rows_before = 0
         self._row_written = False  # this epoch's row is in the file
         # In validate() or get_preds() (no training phase), or a fit under no_mbar() until its first training phase.
         self._deferred = False
@@ -99,7 +102,9 @@ class CSVLogger(Callback):
     def before_epoch(self) -> None:
         if not self._deferred:  # a validate() inside the fit leaves the fit's epoch alone
             self._epoch_trained = self._row_written = False
-            self._rows_before = len(self.learn.recorder.values)
+            recorder = getattr(self.learn, "recorder", None)
+            self._values = recorder.values if recorder is not None else None
+            self._rows_before = len(self._values) if self._values is not None else 0
 
     def before_train(self) -> None:
         if not is_rank_zero():  # again here: a validate() inside the fit sets `run` back to True at its after_fit
@@ -119,7 +124,8 @@ class CSVLogger(Callback):
     def after_fit(self) -> None:
         # The fit's last epoch, when a callback between the Recorder and this one stopped the fit at after_epoch
         # (CancelFitException): the Recorder logged its row, and fastai's CSVLogger writes it as it is logged.
-        if len(self.learn.recorder.values) > self._rows_before:
+        values = getattr(getattr(self.learn, "recorder", None), "values", None)
+        if values is self._values and values is not None and len(values) > self._rows_before:
             self._write_row()
         self._deferred = False  # validate() or get_preds(): no training phase came
 
