@@ -144,8 +144,8 @@ class Recorder(Callback):
                 for m in learn.metrics:
                     m.accumulate(learn)
             # After the metrics, as fastai appends to `losses` after them: a metric that fails leaves no loss recorded.
-            # (fastai updates its smoothed average before the metrics; learnloop's one step does both after them, so
-            # a metric reading `recorder.smooth_loss` sees the last batch's; `learn.smooth_loss` is that in fastai too.)
+            # (fastai updates its smoothed average before the metrics; learnloop's one step does both after them, so a
+            # metric reading `recorder.smooth_loss` sees the previous batch's, as `learn.smooth_loss` is in fastai too.)
             self.smooth_loss.accumulate(learn)
             self.lrs.append(state.opt.hypers[-1]["lr"])
 
