@@ -61,11 +61,11 @@ class CSVLogger(Callback):
     def __init__(self, fname: str | Path = "history.csv", append: bool = False) -> None:
         self.fname, self.append = Path(fname), append
         self._epoch_trained = False
-        # The Recorder's rows (`values`, the list and its length) at this epoch's start: it has logged the epoch when
-        # the same list has more (a validate() inside the fit, or a resumed fit, gives the Recorder new lists).
+        # The Recorder's rows (`values`, the list and its length) at this epoch's start, until its row is written: it
+        # has logged the epoch when the same list has more (a validate() inside the fit, or a resumed fit, gives the
+        # Recorder new lists).
         self._values: list[Any] | None = None
         self._rows_before = 0
-        self._row_written = False  # this epoch's row is in the file
         # In validate() or get_preds() (no training phase), or a fit under no_mbar() until its first training phase.
         self._deferred = False
         self._header_due = False  # the header is written with the first row (a resumed fit without state)
@@ -101,7 +101,7 @@ class CSVLogger(Callback):
 
     def before_epoch(self) -> None:
         if not self._deferred:  # a validate() inside the fit leaves the fit's epoch alone
-            self._epoch_trained = self._row_written = False
+            self._epoch_trained = False
             recorder = getattr(self.learn, "recorder", None)
             self._values = recorder.values if recorder is not None else None
             self._rows_before = len(self._values) if self._values is not None else 0
@@ -130,12 +130,12 @@ class CSVLogger(Callback):
         self._deferred = False  # validate() or get_preds(): no training phase came
 
     def _write_row(self) -> None:
-        if self._deferred or not self._epoch_trained or self._row_written:
+        if self._deferred or not self._epoch_trained:
             return
         if self._header_due:
             self._write_header()
         self._write([[str(v) for v in epoch_row(self.learn.recorder)]], "a")
-        self._row_written = True
+        self._values = None  # written: nothing left for after_fit
 
     def _write_header(self) -> None:
         """Start this fit's table: the header, at the end of the file with `append`, else in a new file."""
