@@ -100,3 +100,51 @@ def test_profiler_cycles_and_default_path(tmp_path: Path) -> None:
 def test_profiler_bad_schedule(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="ProfilerCallback: .* is a number of steps"):
         ProfilerCallback(**kwargs)
+
+
+def test_channels_last_runs_at_fastais_order_before_mixup() -> None:
+    from learnloop.callbacks import MixUp
+
+    assert ChannelsLast.order == -1  # fastai's: before the callbacks that change the model or the batch
+    learn = conv_learner()
+    conv = next(m for m in learn.model.modules() if isinstance(m, nn.Conv2d))
+    seen: list[bool] = []
+    cl = torch.channels_last
+    conv.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=cl)))
+    learn.add_cbs([MixUp(), ChannelsLast()])
+    assert [type(cb).__name__ for cb in learn.ordered_cbs("before_batch")] == ["ChannelsLast", "MixUp"]
+    learn.fit(1)
+    assert seen and all(seen)  # MixUp's blend of channels_last inputs stays channels_last
+
+
+def test_to_channelslast_adds_channels_last_and_mixed_precision() -> None:
+    from learnloop.callbacks import MixedPrecision
+
+    learn = conv_learner()
+    assert learn.to_channelslast(amp_mode="bf16", init_scale=8.0) is learn
+    (cl,) = [cb for cb in learn.cbs if isinstance(cb, ChannelsLast)]
+    (mp,) = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
+    assert mp.amp_mode == "bf16" and mp.kwargs["init_scale"] == 8.0
+    learn.to_channelslast()  # already there: nothing added
+    assert sum(isinstance(cb, (ChannelsLast, MixedPrecision)) for cb in learn.cbs) == 2
+    learn.fit(1)
+    conv = next(m for m in learn.model.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+    assert learn.to_contiguous() is learn
+    assert not any(isinstance(cb, ChannelsLast) for cb in learn.cbs)
+    assert any(isinstance(cb, MixedPrecision) for cb in learn.cbs)  # kept without to_fp32
+    assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
+    learn.to_channelslast().to_contiguous(to_fp32=True)
+    assert not any(isinstance(cb, (ChannelsLast, MixedPrecision)) for cb in learn.cbs)
+
+
+def test_to_channelslast_without_amp_or_with_mixed_precision_already() -> None:
+    from learnloop.callbacks import MixedPrecision
+
+    learn = conv_learner().to_channelslast(use_amp=False)
+    assert [type(cb) for cb in learn.cbs if isinstance(cb, (ChannelsLast, MixedPrecision))] == [ChannelsLast]
+    learn = conv_learner().to_bf16().to_channelslast()  # its MixedPrecision stays the only one, in bf16
+    mps = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
+    assert len(mps) == 1 and mps[0].amp_mode == "bf16"
+    assert any(isinstance(cb, ChannelsLast) for cb in learn.cbs)

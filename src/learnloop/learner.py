@@ -373,6 +373,27 @@ class Learner(Inference):
 
         return self.remove_cb(MixedPrecision)
 
+    def to_channelslast(self, use_amp: bool = True, amp_mode: str = "fp16", **kwargs: Any) -> Learner:
+        """Train in channels_last memory format (`ChannelsLast`), with mixed precision in `amp_mode` too unless
+        `use_amp` is False (`kwargs` go to `MixedPrecision`). As fastai's: a learner that already has either
+        callback gets no new MixedPrecision, and one that has a ChannelsLast gets no second one."""
+        from .callbacks.fp16 import MixedPrecision
+        from .callbacks.perf import ChannelsLast
+
+        has = {cls: any(isinstance(cb, cls) for cb in self.cbs) for cls in (ChannelsLast, MixedPrecision)}
+        if use_amp and not any(has.values()):
+            return self.add_cbs([ChannelsLast(), MixedPrecision(amp_mode, **kwargs)])
+        return self if has[ChannelsLast] else self.add_cb(ChannelsLast())
+
+    def to_contiguous(self, to_fp32: bool = False) -> Learner:
+        """Back to the default (contiguous) memory format: the model converted, ChannelsLast removed, and
+        MixedPrecision too with `to_fp32`."""
+        from .callbacks.fp16 import MixedPrecision
+        from .callbacks.perf import ChannelsLast
+
+        self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch's stub lacks it
+        return self.remove_cbs([ChannelsLast, MixedPrecision] if to_fp32 else ChannelsLast)
+
     # ---- fit policies and the LR finder
     def fit_one_cycle(
         self,

@@ -24,10 +24,11 @@ class ChannelsLast(Callback):
     """Train in channels_last memory format: the model at ``before_fit``, 4-d float inputs at ``before_batch``.
 
     Convolutions in channels_last run faster on recent GPUs (and on CPU with oneDNN), most with
-    mixed precision. It runs after the callbacks at the default order that build the batch (MixUp, CutMix).
+    mixed precision (``learn.to_channelslast()`` adds both). Its order is fastai's, -1: before the callbacks that
+    change the model or the batch; MixUp's and CutMix's blends of channels_last inputs stay channels_last.
     """
 
-    order = 5
+    order = -1
 
     def before_fit(self) -> None:
         self.learn.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
