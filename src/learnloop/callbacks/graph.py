@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..callback import Callback, is_side_run
@@ -54,7 +55,8 @@ class ShowGraphCallback(Callback):
     order = 65
     run_valid = False
 
-    def __init__(self) -> None:
+    def __init__(self, **hooks: Callable[..., Any]) -> None:
+        super().__init__(**hooks)  # event methods given as keywords, as any Callback's
         _figure_class()  # fail here, where the callback is made, rather than at the fit's start
         self.fig: Figure | None = None
         self.nb_batches: list[int] = []  # the training batches done at each epoch's end (x of the valid losses)

@@ -13,7 +13,7 @@ With MixedPrecision they run in this order (by ``order``)::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -278,8 +278,8 @@ class BnFreeze(Callback):
     >>> learn = Learner(dls, model, splitter=splitter, train_bn=False, cbs=BnFreeze()); learn.freeze()
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **hooks: Callable[..., Any]) -> None:
+        super().__init__(**hooks)  # event methods given as keywords, as any Callback's
         # core.py imports this module, so the class is looked up when a BnFreeze is made, not at import.
         from .core import TrainEvalCallback
 
