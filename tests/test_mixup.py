@@ -463,3 +463,12 @@ def test_cutmix_lam_has_fastais_shape() -> None:
     learn.fit(1, cbs=cb)
     assert isinstance(cb.lam, torch.Tensor) and cb.lam.shape == (1,) and 0 <= float(cb.lam) <= 1
     assert len(cb.yb1) == 1 and cb.yb1[0].shape == (8,)
+
+
+def test_the_loss_side_lives_in_mixed_loss_and_is_still_importable_from_mixup() -> None:
+    from learnloop.callbacks import mixed_loss, mixup
+
+    assert MixedLoss is mixed_loss.MixedLoss and MixedLoss.__module__ == "learnloop.callbacks.mixed_loss"
+    for name in ("MixedLoss", "reduce_loss", "unreduced", "LossFunc", "_reduction_of", "_reduction_param",
+                 "_cannot_unreduce"):
+        assert getattr(mixup, name) is getattr(mixed_loss, name), name
