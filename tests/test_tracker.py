@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import os
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import learnloop.callbacks.save_model as save_model_module
 import learnloop.callbacks.tracker as tracker_module
 from conftest import synth_classif_learner, synth_learner
 from learnloop import Callback, CancelEpochException, CancelTrainException, CancelValidException, Learner
@@ -662,3 +664,11 @@ def test_messages_are_printed_by_rank_0_only(
     learn = synth_learner(path=tmp_path)
     learn.fit(4, cbs=[Script([1.0, 0.5, 0.6, 0.7]), SaveModelCallback(), EarlyStoppingCallback(patience=2)])
     assert len(learn.recorder.values) == 4 and capsys.readouterr().out == ""
+
+
+def test_save_model_callback_is_still_reachable_from_the_tracker_module() -> None:
+    # It moved to save_model.py; the old path (imports, and pickles of learners that name it) gives the same class.
+    assert SaveModelCallback is tracker_module.SaveModelCallback is save_model_module.SaveModelCallback
+    assert "SaveModelCallback" in tracker_module.__all__
+    old_path = pickle.dumps(SaveModelCallback, protocol=0).replace(b"callbacks.save_model", b"callbacks.tracker")
+    assert b"callbacks.tracker" in old_path and pickle.loads(old_path) is save_model_module.SaveModelCallback

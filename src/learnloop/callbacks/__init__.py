@@ -15,8 +15,9 @@ from .preds import MCDropoutCallback
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .rnn import ModelResetter, RNNCallback, RNNRegularizer, rnn_cbs
+from .save_model import SaveModelCallback
 from .schedule import ParamScheduler
-from .tracker import EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback, TrackerCallback
+from .tracker import EarlyStoppingCallback, ReduceLROnPlateau, TrackerCallback
 from .training import (
     BnFreeze,
     GradientAccumulation,

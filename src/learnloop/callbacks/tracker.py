@@ -16,24 +16,24 @@ still has its value (fastai judges it too), 'valid_loss' has none and the epoch 
 Their state (best value, waiting counters) travels in checkpoints through
 `state_dict`/`load_state_dict`; state loaded that way before a fit is kept by it instead of being
 reset, so a resumed run carries on where it stopped.
+SaveModelCallback is in save_model.py (and still importable from here).
 
 >>> learn.fit(20, cbs=[EarlyStoppingCallback(patience=3), SaveModelCallback(monitor='accuracy')])
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ..callback import Callback, is_side_run
 from ..distributed import is_rank_zero
-from ..errors import ArgumentError, InputError, to_number
 from ..events import CancelFitException
+
+if TYPE_CHECKING:  # at run time, from __getattr__ at the end of this module
+    from .save_model import SaveModelCallback
 
 __all__ = ["TrackerCallback", "EarlyStoppingCallback", "SaveModelCallback", "ReduceLROnPlateau"]
 
@@ -243,132 +243,6 @@ class EarlyStoppingCallback(_PatienceTracker):
             raise CancelFitException
 
 
-class SaveModelCallback(TrackerCallback):
-    """Saves the model (`learn.save(fname)`) in each epoch that improves `monitor`, and loads the best at the end.
-
-    `every_epoch=True` saves every epoch as `f'{fname}_{epoch}'` instead (a whole number `n`, 2 or 2.0: every n
-    epochs; False or 0: off, as in fastai); `at_end=True` saves once, at the end of training. In both cases
-    nothing is reloaded. `every_epoch` saves each epoch of the fit whose training phase began, also when that
-    phase was cancelled (CancelTrainException, even at before_train, as fastai's saves it); not the epochs skipped
-    by ``fit(start_epoch=...)`` or cancelled (CancelEpochException) before training began, which fastai's saves.
-
-    What is saved in an epoch is the weights that were validated: when a callback validates other
-    weights than the training ones (EMACallback's average, which reports `swapped` while it is in
-    the model), those are saved, since the monitored value is theirs; so the model loaded at the
-    end is the one that scored best.
-    """
-
-    order = TrackerCallback.order + 1
-
-    def __init__(
-        self,
-        monitor: str = "valid_loss",
-        comp: Comparison | None = None,
-        min_delta: float = 0.0,
-        fname: str = "model",
-        every_epoch: bool | int | float = False,
-        at_end: bool = False,
-        with_opt: bool = False,
-        reset_on_fit: bool = True,
-    ) -> None:
-        super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
-        every_epoch = _check_every_epoch(every_epoch)  # first: a wrong type is reported as such
-        if every_epoch and at_end:
-            raise InputError("SaveModelCallback: every_epoch and at_end cannot both be set; choose one.")
-        self.fname, self.every_epoch, self.at_end, self.with_opt = fname, every_epoch, at_end, with_opt
-        self.last_saved_path: Any = None
-        self._holds_best = False  # the file `fname` holds the model that scored `best`
-        self._validated: list[torch.Tensor] | None = None  # weights swapped in for validation, if any
-
-    def start_fit(self) -> None:
-        if self.reset_on_fit or self.best is None:
-            self._holds_best = False
-        super().start_fit()
-
-    def before_epoch(self) -> None:
-        self._validated = None
-
-    def before_validate(self) -> None:
-        # Runs after the swapping callbacks (order 60+ > their 0), so the model holds what is validated.
-        if any(getattr(cb, "swapped", False) is True for cb in self.learn.cbs):
-            self._validated = _snapshot(self.learn.model)
-
-    def _save(self, name: str) -> None:
-        validated, model = self._validated, self.learn.model
-        if validated is None:
-            self.last_saved_path = self.learn.save(name, with_opt=self.with_opt)
-            return
-        training = _snapshot(model)
-        _copy_into(model, validated)
-        try:
-            self.last_saved_path = self.learn.save(name, with_opt=self.with_opt)
-        finally:
-            _copy_into(model, training)
-
-    def after_epoch(self) -> None:
-        if self.every_epoch:
-            if self._epoch_trained and self.learn.epoch % self.every_epoch == 0:
-                self._save(f"{self.fname}_{self.learn.epoch}")
-            return
-        super().after_epoch()
-        if self.new_best:
-            self.say(f"Better model found at epoch {self.learn.epoch} with {self.monitor} value: {self.best}.")
-            self._save(self.fname)
-            self._holds_best = True
-
-    def after_fit(self) -> None:
-        self._validated = None
-        learn = self.learn
-        # A fit, trained or not (fit(0), every epoch skipped or cancelled); not validate() or get_preds().
-        if not (self._fit_started or (learn._in_fit and not learn._nested_run)):
-            return
-        if self.at_end:
-            self._save(self.fname)
-        elif not self.every_epoch and self._holds_best:
-            self.learn.load(self.fname, with_opt=self.with_opt)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "holds_best": self._holds_best}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._holds_best = bool(state.get("holds_best", False))
-
-
-def _check_every_epoch(every_epoch: Any) -> bool | int:
-    """`every_epoch` as a bool, or a whole number of epochs >= 0 read as `to_number` reads numbers."""
-    # fastai tests every_epoch for truth (0 is off) and saves when `epoch % every_epoch == 0`, so 2.0 works as 2;
-    # a negative n passes that test too (every epoch for -1), by accident rather than design: refused here.
-    if isinstance(every_epoch, (bool, np.bool_)):
-        return bool(every_epoch)
-    not_whole = InputError(
-        f"SaveModelCallback: every_epoch must be True/False or a whole number of epochs >= 1 (0 turns it off), "
-        f"got {every_epoch!r}."
-    )
-    try:
-        n = to_number(every_epoch, "every_epoch", "SaveModelCallback")
-    except ArgumentError:
-        raise ArgumentError(
-            f"SaveModelCallback: every_epoch must be True/False or a whole number of epochs, got "
-            f"{type(every_epoch).__name__} {every_epoch!r}."
-        ) from None
-    except InputError:  # NaN
-        raise not_whole from None
-    if not (math.isfinite(n) and float(n).is_integer() and n >= 0):
-        raise not_whole
-    return int(n)
-
-
-def _snapshot(model: nn.Module) -> list[torch.Tensor]:
-    return [t.detach().clone() for t in model.state_dict().values()]
-
-
-def _copy_into(model: nn.Module, tensors: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for t, src in zip(model.state_dict().values(), tensors, strict=True):
-            t.copy_(src)
-
-
 class ReduceLROnPlateau(_PatienceTracker):
     """Divides every parameter group's lr by `factor` (not below `min_lr`) after `patience` epochs without
     improvement.
@@ -403,3 +277,13 @@ class ReduceLROnPlateau(_PatienceTracker):
             self.wait = 0
             if opt.hypers[-1]["lr"] < old_lr:
                 self.say(f"Epoch {self.learn.epoch}: reducing lr to {opt.hypers[-1]['lr']}")
+
+
+def __getattr__(name: str) -> Any:
+    # SaveModelCallback lived here: this path keeps importing it (and pickles of learners naming it by this path
+    # keep loading). Imported on first use, since save_model.py imports TrackerCallback from this module.
+    if name == "SaveModelCallback":
+        from .save_model import SaveModelCallback
+
+        return SaveModelCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
