@@ -414,6 +414,16 @@ def test_min_points() -> None:
     assert min_points(slide) == 16 and min_points(functools.partial(slide, lr_diff=4)) == 5
 
 
+def test_suggestions_moved_to_lr_suggest_are_still_importable_from_lr_finder() -> None:
+    import learnloop
+    from learnloop.callbacks import lr_finder, lr_suggest
+
+    for name in lr_suggest.__all__:
+        assert name in lr_finder.__all__ and getattr(lr_finder, name) is getattr(lr_suggest, name), name
+    assert lr_finder._suggestion_names is lr_suggest._suggestion_names
+    assert learnloop.valley is lr_suggest.valley and learnloop.SuggestionMethod is lr_suggest.SuggestionMethod
+
+
 # ------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     "kwargs,match",
