@@ -1,4 +1,5 @@
-"""learnloop.hooks: Hook/Hooks, the model-size helpers, HookCallback, ActivationStats and the model summary."""
+"""learnloop.hooks: Hook/Hooks, the model-size helpers, HookCallback, ActivationStats (learnloop.callbacks.hook) and
+the model summary."""
 
 from __future__ import annotations
 
@@ -159,6 +160,22 @@ def test_num_features_model_tries_larger_images() -> None:
 
 
 # --------------------------------------------------------------------------------------------- HookCallback
+def test_callbacks_importable_from_hooks() -> None:
+    import pickle
+
+    import learnloop
+    import learnloop.callbacks.hook as new_mod
+    import learnloop.hooks as old_mod
+
+    # HookCallback and ActivationStats live in learnloop.callbacks.hook; learnloop.hooks re-exports them, so the
+    # old import path and pickles that name them there still give the same classes.
+    for name in ("HookCallback", "ActivationStats"):
+        assert getattr(old_mod, name) is getattr(new_mod, name) is getattr(learnloop, name)
+        assert name in old_mod.__all__
+        assert pickle.loads(f"clearnloop.hooks\n{name}\n.".encode()) is getattr(new_mod, name)
+    assert HookCallback is new_mod.HookCallback and ActivationStats is new_mod.ActivationStats
+
+
 class OutputMeans(HookCallback):
     def hook(self, m: nn.Module, i: object, o: torch.Tensor) -> float:
         return o.mean().item()
