@@ -2,6 +2,7 @@
 
 from .callback import Callback
 from .callbacks import (
+    ActivationStats,
     AMPMode,
     BnFreeze,
     CastToTensor,
@@ -17,6 +18,7 @@ from .callbacks import (
     GatherPredsCallback,
     GradientAccumulation,
     GradientClip,
+    HookCallback,
     LRFinder,
     MCDropoutCallback,
     MixedPrecision,
@@ -43,7 +45,7 @@ from .callbacks import (
     rnn_cbs,
     set_bn_eval,
 )
-from .callbacks.lr_finder import SuggestionMethod, minimum, slide, steep, valley
+from .callbacks.lr_suggest import SuggestionMethod, minimum, slide, steep, valley
 from .checkpoint import CheckpointError
 from .data import DataLoaders, default_device, to_detach
 from .events import (
@@ -58,7 +60,6 @@ from .events import (
     event,
 )
 from .export import load_learner
-from .hooks import ActivationStats, HookCallback
 from .learner import Learner, before_batch_cb, load_model, norm_bias_params, save_model, trainable_params
 from .losses import (
     BaseLoss,

@@ -10,14 +10,16 @@ summary is in :mod:`learnloop.summary`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .callbacks.hook import ActivationStats, HookCallback
 from .data import to_detach
+
+if TYPE_CHECKING:  # at run time, from __getattr__ at the end of this module
+    from .callbacks.hook import ActivationStats, HookCallback
 
 __all__ = [
     "ActivationStats", "Hook", "HookCallback", "Hooks", "dummy_eval", "flatten_model", "has_params", "hook_output",
@@ -196,3 +198,13 @@ def num_features_model(m: nn.Module) -> int:
 def has_params(m: nn.Module) -> bool:
     """Whether `m` has at least one parameter."""
     return next(m.parameters(), None) is not None
+
+
+def __getattr__(name: str) -> Any:
+    # HookCallback and ActivationStats lived here: this path keeps importing them (and pickles of learners naming
+    # them by this path keep loading). Imported on first use, since callbacks/hook.py imports from this module.
+    if name in ("ActivationStats", "HookCallback"):
+        from .callbacks import hook
+
+        return getattr(hook, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

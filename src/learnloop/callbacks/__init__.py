@@ -7,6 +7,7 @@ from .distributed import DistributedTrainer
 from .ema import EMACallback
 from .fp16 import AMPMode, MixedPrecision
 from .graph import ShowGraphCallback
+from .hook import ActivationStats, HookCallback
 from .loggers import CSVLogger, TensorBoardCallback
 from .lr_finder import LRFinder
 from .mixup import CutMix, MixHandler, MixUp
@@ -30,6 +31,7 @@ from .training import (
 
 __all__ = [
     "AMPMode",
+    "ActivationStats",
     "BnFreeze",
     "CSVLogger",
     "CastToTensor",
@@ -44,6 +46,7 @@ __all__ = [
     "GatherPredsCallback",
     "GradientAccumulation",
     "GradientClip",
+    "HookCallback",
     "LRFinder",
     "MCDropoutCallback",
     "MixHandler",

@@ -17,12 +17,11 @@ from torch import nn
 
 from ..callback import Callback
 from ..errors import ArgumentError
+from ..hooks import HookFunc, Hooks, flatten_model, has_params
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-    from ..hooks import HookFunc
 
 __all__ = ["ActivationStats", "HookCallback"]
 
@@ -66,8 +65,6 @@ class HookCallback(Callback):
 
     def before_fit(self) -> None:
         """Pick the modules (once) and, unless only every `every`-th batch is hooked, register the hooks."""
-        from ..hooks import flatten_model, has_params  # here: learnloop.hooks imports this module to re-export it
-
         if self.learn._nested_run:  # validate() or get_preds() inside a fit: the fit's hooks stay as they are
             return
         if self.modules is None:
@@ -95,8 +92,6 @@ class HookCallback(Callback):
             self._remove()
 
     def _register(self) -> None:
-        from ..hooks import Hooks
-
         self._remove()  # hooks kept from a fit with remove_end=False would otherwise fire twice
         self.hooks = Hooks(self.modules or [], self.hook, self.is_forward, self.detach, self.cpu)
         self._hooked = True
