@@ -617,6 +617,7 @@ def test_export_and_load_learner_take_fastais_arguments(tmp_path: Path) -> None:
     learn.export("m.pkl", PickleModule, 4)
     assert "protocol 4" in calls
     # fastai's load_learner(fname, cpu, pickle_module): the module unpickles the stored model
+
     class RecordingUnpickler(pickle.Unpickler):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             calls.append("unpickled")

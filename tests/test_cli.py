@@ -381,6 +381,7 @@ def test_train_under_torchrun_writes_one_run_from_rank_zero(tmp_path: Path) -> N
     assert done.stdout.count("train_loss") == 1 and done.stdout.count("run directory: run") == 1
     assert done.stdout.count("wrote config.json") == 1
 
+
 # ------------------------------------------------------------------------------------ resume
 class CtrlCInEpoch2(Callback):
     """A Ctrl-C in the middle of epoch 2, as if the user pressed it then (no state: nothing of it is saved)."""

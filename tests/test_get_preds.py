@@ -318,6 +318,7 @@ def test_all_tensors_lists_inputs_preds_targets_losses_as_fastai(
     preds = tensors[1 if kwargs.get("with_input") else 0]
     assert preds is None or torch.equal(preds, PREDS)
 
+
 def test_without_preds_the_callback_keeps_none_where_fastai_keeps_an_empty_list() -> None:
     # A deliberate difference: get_preds reads `preds`, and returns None in its place (its documented result).
     learn = small_learner()

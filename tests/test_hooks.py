@@ -171,7 +171,7 @@ def test_callbacks_importable_from_hooks() -> None:
     # old import path and pickles that name them there still give the same classes.
     for name in ("HookCallback", "ActivationStats"):
         assert getattr(old_mod, name) is getattr(new_mod, name) is getattr(learnloop, name)
-        assert name in old_mod.__all__
+        assert name in old_mod.__all__ and name in dir(old_mod)
         assert pickle.loads(f"clearnloop.hooks\n{name}\n.".encode()) is getattr(new_mod, name)
     assert HookCallback is new_mod.HookCallback and ActivationStats is new_mod.ActivationStats
 

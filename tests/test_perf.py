@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from conftest import synth_learner
-from learnloop import DataLoaders, Learner
+from learnloop import Callback, DataLoaders, Learner
 from learnloop.callback import noop
 from learnloop.callbacks.perf import ChannelsLast, CompileModel, ProfilerCallback
 
@@ -28,17 +28,25 @@ def conv_learner(**kwargs: Any) -> Learner:
     return learn
 
 
-def test_channels_last_converts_model_and_4d_inputs() -> None:
+def test_channels_last_converts_the_model_and_leaves_the_batches_alone() -> None:
     learn = conv_learner()
-    seen: list[tuple[bool, bool]] = []
+    seen: list[tuple[bool, bool, bool]] = []  # (input channels_last, output channels_last, training)
     conv = next(m for m in learn.model.modules() if isinstance(m, nn.Conv2d))
-    conv.register_forward_pre_hook(
-        lambda m, args: seen.append((args[0].is_contiguous(memory_format=torch.channels_last), learn.training))
+    cl = torch.channels_last
+    conv.register_forward_hook(
+        lambda m, args, out: seen.append(
+            (args[0].is_contiguous(memory_format=cl), out.is_contiguous(memory_format=cl), learn.training)
+        )
     )
     learn.fit(1, cbs=ChannelsLast())
-    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert seen and all(cl for cl, _ in seen)
-    assert {training for _, training in seen} == {True, False}  # validation batches too
+    assert conv.weight.is_contiguous(memory_format=cl)
+    assert seen and all(not x_cl and out_cl for x_cl, out_cl, _ in seen)  # the conv computes in channels_last
+    assert {training for *_, training in seen} == {True, False}  # validation batches too
+    # As in fastai, the batches are the data's: get_preds gives the inputs back as they came, and a callback of
+    # the default order can still view them flat.
+    flat = Callback(before_batch=lambda cb: cb.learn.xb[0].view(len(cb.learn.xb[0]), -1))
+    inputs = learn.get_preds(with_input=True, cbs=[ChannelsLast(), flat])[0]
+    assert inputs.is_contiguous() and torch.equal(inputs, learn.dls.valid.dataset.tensors[0])
 
 
 def test_compile_model_calls_module_compile_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,19 +110,13 @@ def test_profiler_bad_schedule(kwargs: dict[str, Any]) -> None:
         ProfilerCallback(**kwargs)
 
 
-def test_channels_last_runs_at_fastais_order_before_mixup() -> None:
-    from learnloop.callbacks import MixUp
+def test_channels_last_runs_at_fastais_order() -> None:
+    from learnloop.callbacks import DistributedTrainer
 
-    assert ChannelsLast.order == -1  # fastai's: before the callbacks that change the model or the batch
-    learn = conv_learner()
-    conv = next(m for m in learn.model.modules() if isinstance(m, nn.Conv2d))
-    seen: list[bool] = []
-    cl = torch.channels_last
-    conv.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=cl)))
-    learn.add_cbs([MixUp(), ChannelsLast()])
-    assert [type(cb).__name__ for cb in learn.ordered_cbs("before_batch")] == ["ChannelsLast", "MixUp"]
-    learn.fit(1)
-    assert seen and all(seen)  # MixUp's blend of channels_last inputs stays channels_last
+    assert ChannelsLast.order == -1  # fastai's: after TrainEvalCallback, before DistributedTrainer wraps the model
+    learn = conv_learner(cbs=[DistributedTrainer(), ChannelsLast()])
+    names = [type(cb).__name__ for cb in learn.ordered_cbs("before_fit")]
+    assert names.index("TrainEvalCallback") < names.index("ChannelsLast") < names.index("DistributedTrainer")
 
 
 def test_to_channelslast_adds_channels_last_and_mixed_precision() -> None:

@@ -162,12 +162,13 @@ def test_show_graph_spans_the_whole_fit_from_the_first_epoch() -> None:
     assert limits == [(0, 12)] * 3
 
 
-
 def test_show_graph_takes_event_methods_as_keywords_like_any_callback() -> None:
     seen: list[int] = []
     cb = ShowGraphCallback(after_fit=lambda cb: seen.append(len(cb.valid_losses)))
     synth_learner(n_train=64, bs=16).fit(2, cbs=cb)
     assert seen == [2]
+
+
 def test_show_graph_sits_out_get_preds_lr_find_and_validate_and_draws_the_next_fit() -> None:
     learn = synth_learner(n_train=64, bs=16)
     cb = ShowGraphCallback()

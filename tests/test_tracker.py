@@ -669,6 +669,6 @@ def test_messages_are_printed_by_rank_0_only(
 def test_save_model_callback_is_still_reachable_from_the_tracker_module() -> None:
     # It moved to save_model.py; the old path (imports, and pickles of learners that name it) gives the same class.
     assert SaveModelCallback is tracker_module.SaveModelCallback is save_model_module.SaveModelCallback
-    assert "SaveModelCallback" in tracker_module.__all__
+    assert "SaveModelCallback" in tracker_module.__all__ and "SaveModelCallback" in dir(tracker_module)
     old_path = pickle.dumps(SaveModelCallback, protocol=0).replace(b"callbacks.save_model", b"callbacks.tracker")
     assert b"callbacks.tracker" in old_path and pickle.loads(old_path) is save_model_module.SaveModelCallback

@@ -705,7 +705,6 @@ def test_bn_freeze_runs_after_train_eval_whatever_its_order() -> None:
     assert torch.equal(mean, learn.model[1].running_mean)
 
 
-
 def test_bn_freeze_takes_event_methods_as_keywords_like_any_callback() -> None:
     seen: list[str] = []
     learn = bn_learner(False, [BnFreeze(after_fit=lambda cb: seen.append(type(cb).__name__))])
@@ -713,6 +712,8 @@ def test_bn_freeze_takes_event_methods_as_keywords_like_any_callback() -> None:
     assert seen == ["BnFreeze"]
     with pytest.raises(TypeError, match="before_bacth"):
         BnFreeze(before_bacth=lambda cb: None)
+
+
 def test_set_bn_eval() -> None:
     assert bn_types == (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
     model = nn.Sequential(nn.Sequential(nn.BatchNorm2d(3)), nn.BatchNorm1d(2), nn.BatchNorm3d(2),

@@ -203,8 +203,15 @@ def has_params(m: nn.Module) -> bool:
 def __getattr__(name: str) -> Any:
     # HookCallback and ActivationStats lived here: this path keeps importing them (and pickles of learners naming
     # them by this path keep loading). Imported on first use, since callbacks/hook.py imports from this module.
-    if name in ("ActivationStats", "HookCallback"):
+    if name in _MOVED:
         from .callbacks import hook
 
         return getattr(hook, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_MOVED = ("ActivationStats", "HookCallback")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MOVED])

@@ -25,6 +25,8 @@ from .callbacks.checkpointing import resolve_resume
 from .callbacks.core import SkipToEpoch, TrainEvalCallback
 from .callbacks.distributed import DistributedTrainer, auto_distributed
 from .callbacks.distributed import distrib_ctx as _distrib_ctx
+from .callbacks.fp16 import AMPMode, MixedPrecision
+from .callbacks.perf import ChannelsLast
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
 from .checkpoint import check_pickle_protocol, is_buffer, load_model, save_model
@@ -357,8 +359,6 @@ class Learner(Inference):
 
     def to_fp16(self, **kwargs: Any) -> Learner:
         """Train in mixed precision with float16 and a GradScaler (`kwargs` go to `MixedPrecision`)."""
-        from .callbacks.fp16 import MixedPrecision
-
         cb = MixedPrecision(**kwargs)  # built first, so bad arguments leave the learner as it was
         self.remove_cb(MixedPrecision)
         return self.add_cb(cb)
@@ -369,17 +369,12 @@ class Learner(Inference):
 
     def to_fp32(self) -> Learner:
         """Train in full precision again: remove MixedPrecision."""
-        from .callbacks.fp16 import MixedPrecision
-
         return self.remove_cb(MixedPrecision)
 
-    def to_channelslast(self, use_amp: bool = True, amp_mode: str = "fp16", **kwargs: Any) -> Learner:
+    def to_channelslast(self, use_amp: bool = True, amp_mode: str | AMPMode = AMPMode.FP16, **kwargs: Any) -> Learner:
         """Train in channels_last memory format (`ChannelsLast`), with mixed precision in `amp_mode` too unless
         `use_amp` is False (`kwargs` go to `MixedPrecision`). As fastai's: a learner that already has either
         callback gets no new MixedPrecision, and one that has a ChannelsLast gets no second one."""
-        from .callbacks.fp16 import MixedPrecision
-        from .callbacks.perf import ChannelsLast
-
         has = {cls: any(isinstance(cb, cls) for cb in self.cbs) for cls in (ChannelsLast, MixedPrecision)}
         if use_amp and not any(has.values()):
             return self.add_cbs([ChannelsLast(), MixedPrecision(amp_mode, **kwargs)])
@@ -388,9 +383,6 @@ class Learner(Inference):
     def to_contiguous(self, to_fp32: bool = False) -> Learner:
         """Back to the default (contiguous) memory format: the model converted, ChannelsLast removed, and
         MixedPrecision too with `to_fp32`."""
-        from .callbacks.fp16 import MixedPrecision
-        from .callbacks.perf import ChannelsLast
-
         self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch's stub lacks it
         return self.remove_cbs([ChannelsLast, MixedPrecision] if to_fp32 else ChannelsLast)
 

@@ -12,29 +12,20 @@ from ..callback import Callback
 __all__ = ["ChannelsLast", "CompileModel", "ProfilerCallback"]
 
 
-def _channels_last(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and x.is_floating_point() else x
-    if isinstance(x, (tuple, list)):
-        return type(x)(_channels_last(o) for o in x)
-    return x
-
-
 class ChannelsLast(Callback):
-    """Train in channels_last memory format: the model at ``before_fit``, 4-d float inputs at ``before_batch``.
+    """Train in channels_last memory format: the model is converted at ``before_fit`` (fastai's).
 
-    Convolutions in channels_last run faster on recent GPUs (and on CPU with oneDNN), most with
-    mixed precision (``learn.to_channelslast()`` adds both). Its order is fastai's, -1: before the callbacks that
-    change the model or the batch; MixUp's and CutMix's blends of channels_last inputs stay channels_last.
+    Convolutions in channels_last run faster on recent GPUs (and on CPU with oneDNN), most with mixed precision
+    (``learn.to_channelslast()`` adds both). The batches are left as they are, so callbacks and ``get_preds``
+    see the inputs the data gave: a convolution whose weights are channels_last computes in that format, and
+    returns its output so, whatever the layout of its input. Its order is fastai's, -1: after the callbacks that
+    set the model up (TrainEvalCallback moves it to the device) and before those that wrap it (DistributedTrainer).
     """
 
     order = -1
 
     def before_fit(self) -> None:
         self.learn.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
-
-    def before_batch(self) -> None:
-        self.learn.xb = _channels_last(self.learn.xb)
 
 
 class CompileModel(Callback):

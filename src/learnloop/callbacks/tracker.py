@@ -287,3 +287,7 @@ def __getattr__(name: str) -> Any:
 
         return SaveModelCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "SaveModelCallback"])
