@@ -53,20 +53,54 @@ def test_each_row_is_on_disk_when_its_epoch_ends(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("order", [55, 60])
-def test_the_last_row_is_written_when_a_callback_before_the_logger_ends_the_fit(tmp_path: Path, order: int) -> None:
-    # After the Recorder (50), before the logger (60, or 60 and added first): the Recorder has logged the epoch.
+@pytest.mark.parametrize("error", [CancelFitException, RuntimeError])
+def test_the_last_row_is_written_when_a_callback_before_the_logger_ends_the_fit(
+    tmp_path: Path, order: int, error: type[Exception]
+) -> None:
+    # After the Recorder (50), before the logger (60, or 60 and added first): the Recorder has logged the epoch, and
+    # its row is written then, as in fastai, whether the fit is stopped or fails.
     learn = synth_learner(path=tmp_path)
 
     def stop() -> None:
         if learn.epoch == 1:
-            raise CancelFitException
+            raise error("stop")
 
     early = Callback(after_epoch=stop)
     early.order = order
-    learn.fit(3, cbs=[early, CSVLogger()])
+    csv_logger = CSVLogger()
+    if error is CancelFitException:
+        learn.fit(3, cbs=[early, csv_logger])
+        assert learn.recorder.row_writers == []
+    else:
+        with pytest.raises(RuntimeError, match="stop"):
+            learn.fit(3, cbs=[early, csv_logger])
     rows = read_rows(tmp_path / "history.csv")
     assert [r[0] for r in rows[1:]] == ["0", "1"] and len(learn.recorder.values) == 2
     assert [float(r[1]) for r in rows[1:]] == [v[0] for v in learn.recorder.values]
+    learn.fit(2, cbs=csv_logger)  # after a failed fit, the next one writes each row once
+    assert [r[0] for r in read_rows(tmp_path / "history.csv")] == ["epoch", "0", "1"]
+    assert learn.recorder.row_writers == []
+
+
+def test_a_recorder_that_logs_its_own_way_still_gets_its_rows_written(tmp_path: Path) -> None:
+    class PlainRecorder(Recorder):
+        _name = "recorder"
+
+        def after_epoch(self) -> None:  # no row writers called
+            self.values.append(self.log[1:])
+
+    learn = synth_learner(path=tmp_path)
+    learn.remove_cb(learn.recorder)
+    learn.add_cb(PlainRecorder(add_time=False))
+    learn.fit(2, cbs=CSVLogger())
+    assert [r[0] for r in read_rows(tmp_path / "history.csv")] == ["epoch", "0", "1"]
+
+
+def test_two_loggers_write_their_files_and_a_second_recorder_adds_no_row(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    learn.fit(2, cbs=[CSVLogger("a.csv"), CSVLogger("b.csv"), Recorder()])
+    for name in ("a.csv", "b.csv"):
+        assert [r[0] for r in read_rows(tmp_path / name)] == ["epoch", "0", "1"]
 
 
 def test_a_validate_inside_the_fit_then_a_stop_writes_no_row_for_the_unfinished_epoch(tmp_path: Path) -> None:

@@ -44,13 +44,13 @@ class CSVLogger(Callback):
 
     As fastai's: the header is written at `before_fit` (a fit stopped before its first epoch ends leaves a file with
     the header only), with `append=True` at the end of the existing file, so every fit appends its own header;
-    otherwise each fit starts the file afresh. Each row is flushed to disk as its epoch ends, so the file is
-    complete up to the last finished epoch even if training dies; a fit stopped at after_epoch by a callback that
-    runs after the Recorder but before this one (of order 50 to 60) gets its last row at after_fit, as in fastai. An
-    epoch whose training or validation was cancelled gets its row, with the missing values' cells empty (every value
-    stays under its name; fastai shifts them left). `read_log()` reads every fit's rows back under their own header.
-    A fit resumed from a checkpoint (`fit(resume=...)`) carries the file on from the lines the checkpoint had seen,
-    dropping any line written after it.
+    otherwise each fit starts the file afresh. Each row is written and flushed to disk as the Recorder logs it
+    (`recorder.row_writers`), so the file is complete up to the last finished epoch even if training dies, or a
+    callback that runs after the Recorder but before this one (of order 50 to 60) stops the fit or fails at
+    after_epoch, as in fastai. An epoch whose training or validation was cancelled gets its row, with the missing
+    values' cells empty (every value stays under its name; fastai shifts them left). `read_log()` reads every
+    fit's rows back under their own header. A fit resumed from a checkpoint (`fit(resume=...)`) carries the file
+    on from the lines the checkpoint had seen, dropping any line written after it.
 
     Only `fit` writes: `validate()` and `get_preds()` leave the file alone (fastai's `validate()`
     empties it), and so do `lr_find()` and the epochs skipped by `fit(start_epoch=...)`.
@@ -70,6 +70,7 @@ class CSVLogger(Callback):
         self._deferred = False
         self._header_due = False  # the header is written with the first row (a resumed fit without state)
         self._lines: int | None = None  # lines in the file after this fit's last write
+        self._logged = False  # this epoch's row was written as the Recorder logged it
         self._resume_lines: int | None = None  # loaded from a checkpoint before the fit
 
     @property
@@ -92,6 +93,11 @@ class CSVLogger(Callback):
 
     def _start(self) -> None:
         self._header_due, self._lines = False, None
+        recorder = self.learn.recorder
+        if not hasattr(recorder, "row_writers"):  # a Recorder pickled before there were any
+            recorder.row_writers = []
+        if self._write_logged_row not in recorder.row_writers:  # else left there by a fit that failed
+            recorder.row_writers.append(self._write_logged_row)
         if self._resume_lines is not None:
             self._keep_lines(self._resume_lines)
         elif getattr(self.learn, "_resume", None) is not None:
@@ -105,6 +111,7 @@ class CSVLogger(Callback):
             recorder = getattr(self.learn, "recorder", None)
             self._values = recorder.values if recorder is not None else None
             self._rows_before = len(self._values) if self._values is not None else 0
+            self._logged = False
 
     def before_train(self) -> None:
         if not is_rank_zero():  # again here: a validate() inside the fit sets `run` back to True at its after_fit
@@ -118,15 +125,26 @@ class CSVLogger(Callback):
     def after_train(self) -> None:
         self._epoch_trained = True  # also when a callback before this one cancelled the training at before_train
 
+    def _write_logged_row(self) -> None:
+        """The Recorder is logging a row (`recorder.row_writers`): write it when it is this fit's epoch's."""
+        values = getattr(getattr(self.learn, "recorder", None), "values", None)
+        # Not a validate()'s row (the Recorder's lists are new ones then), nor any row after a failed fit.
+        if not self._logged and values is self._values and values is not None and len(values) > self._rows_before:
+            self._logged = True
+            self._write_row()
+
     def after_epoch(self) -> None:
-        self._write_row()
+        if self._deferred:  # a validate() inside the fit: the fit's epoch is left alone
+            return
+        if not self._logged:  # the Recorder did not call its row writers (a subclass's own after_epoch)
+            self._write_row()
+        self._logged = False
 
     def after_fit(self) -> None:
-        # The fit's last epoch, when a callback between the Recorder and this one stopped the fit at after_epoch
-        # (CancelFitException): the Recorder logged its row, and fastai's CSVLogger writes it as it is logged.
-        values = getattr(getattr(self.learn, "recorder", None), "values", None)
-        if values is self._values and values is not None and len(values) > self._rows_before:
-            self._write_row()
+        if not self._deferred:
+            writers = getattr(getattr(self.learn, "recorder", None), "row_writers", [])
+            if self._write_logged_row in writers:
+                writers.remove(self._write_logged_row)
         self._deferred = False  # validate() or get_preds(): no training phase came
 
     def _write_row(self) -> None:
@@ -135,7 +153,6 @@ class CSVLogger(Callback):
         if self._header_due:
             self._write_header()
         self._write([[str(v) for v in epoch_row(self.learn.recorder)]], "a")
-        self._values = None  # written: nothing left for after_fit
 
     def _write_header(self) -> None:
         """Start this fit's table: the header, at the end of the file with `append`, else in a new file."""

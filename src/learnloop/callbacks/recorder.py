@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,9 @@ class Recorder(Callback):
         self.cancel_train = self.cancel_valid = False
         self._previous_smooth: torch.Tensor | None = None  # the last fit's final smoothed loss
         self._warned_non_finite = False  # this fit has warned of a NaN/inf epoch loss
+        # Called as each epoch's row is logged, before `learn.logger`: a CSVLogger writes the row there, so that
+        # no callback between the two (stopping or failing the fit) loses it (fastai's wraps `learn.logger`).
+        self.row_writers: list[Callable[[], None]] = []
 
     def before_fit(self) -> None:
         if self._handed_out:
@@ -233,6 +236,8 @@ class Recorder(Callback):
         self.values.append(learn.final_record)
         if self.add_time:
             self.log.append(format_time(time.time() - self.start_epoch))
+        for write in getattr(self, "row_writers", ()):  # none on a Recorder pickled before there were any
+            write()
         learn.logger(self.log)
         self.iters.append(self.smooth_loss.count)
 
