@@ -21,6 +21,7 @@ from learnloop import (
     CancelEpochException,
     CancelFitException,
     CastToTensor,
+    CollectDataCallback,
     DataLoaders,
     EarlyStoppingCallback,
     FetchPredsCallback,
@@ -881,6 +882,21 @@ def test_cast_to_tensor_makes_tensor_subclasses_plain_before_the_model() -> None
     with learn.no_bar():
         learn.fit(1)
     assert seen and set(seen) == {torch.Tensor} and learn.cast_to_tensor.order == 9
+
+
+def test_collect_data_keeps_every_batch_detached_and_starts_afresh_each_fit() -> None:
+    learn = synth_learner(n_train=32, n_valid=16, bs=16)
+    cb = CollectDataCallback()
+    learn.fit(1, cbs=cb)
+    assert len(cb.data) == 3  # two training batches, one validation batch
+    dl_batches = [*learn.dls.train, *learn.dls.valid]
+    for (xb, yb, pred, loss), (x, y) in zip(cb.data, dl_batches, strict=True):
+        assert torch.equal(xb[0], x) and torch.equal(yb[0], y)
+        assert pred.shape == (16, 1) and not pred.requires_grad and loss.ndim == 0
+    xb, yb, pred, loss = cb.data[-1]  # validation: the trained model's prediction and loss
+    assert torch.allclose(pred, learn.model(xb[0])) and torch.allclose(loss, F.mse_loss(pred, yb[0]))
+    learn.fit(1, cbs=cb)
+    assert len(cb.data) == 3
 
 
 def test_fastai_helpers_x_y_ordered_cbs_loss_not_reduced_and_with_learn() -> None:

@@ -2,7 +2,14 @@
 
 from ..warn import NonFiniteLossWarning
 from .checkpointing import CheckpointCallback
-from .core import CastToTensor, FetchPredsCallback, GatherPredsCallback, SkipToEpoch, TrainEvalCallback
+from .core import (
+    CastToTensor,
+    CollectDataCallback,
+    FetchPredsCallback,
+    GatherPredsCallback,
+    SkipToEpoch,
+    TrainEvalCallback,
+)
 from .distributed import DistributedTrainer
 from .ema import EMACallback
 from .fp16 import AMPMode, MixedPrecision
@@ -37,6 +44,7 @@ __all__ = [
     "CastToTensor",
     "ChannelsLast",
     "CheckpointCallback",
+    "CollectDataCallback",
     "CompileModel",
     "CutMix",
     "DistributedTrainer",

@@ -16,7 +16,14 @@ from ..dispatch import as_list
 from ..events import CancelEpochException
 from .training import batch_size
 
-__all__ = ["TrainEvalCallback", "SkipToEpoch", "GatherPredsCallback", "CastToTensor", "FetchPredsCallback"]
+__all__ = [
+    "TrainEvalCallback",
+    "SkipToEpoch",
+    "GatherPredsCallback",
+    "CastToTensor",
+    "CollectDataCallback",
+    "FetchPredsCallback",
+]
 
 
 def _to_device(module: torch.nn.Module, device: torch.device | str) -> None:
@@ -261,6 +268,19 @@ class CastToTensor(Callback):
     def before_batch(self) -> None:
         learn = self.learn
         learn.xb, learn.yb = _plain_tensors(learn.xb), _plain_tensors(learn.yb)
+
+
+class CollectDataCallback(Callback):
+    """Keeps every batch of each fit, training and validation, as `(xb, yb, pred, loss)` detached on the CPU in
+    `self.data` (fastai's callback of that name, for looking at what the loop computed: in tests, say). The list
+    starts afresh at each before_fit; a batch cancelled before the model ran keeps the previous batch's pred."""
+
+    def before_fit(self) -> None:
+        self.data: list[tuple[Any, ...]] = []
+
+    def after_batch(self) -> None:
+        learn = self.learn
+        self.data.append(learn.to_detach((learn.xb, learn.yb, learn.pred, learn.loss)))
 
 
 class FetchPredsCallback(Callback):
