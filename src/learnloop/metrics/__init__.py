@@ -11,7 +11,9 @@ accelerator; only reading ``value`` does. They live in plain attributes (``total
 
 The package's modules: :mod:`.core` (the :class:`Metric` base class, the weighted means and the helpers),
 :mod:`.smooth` (:class:`AvgSmoothLoss`), :mod:`.accum` (:class:`AccumMetric`, :class:`TorchMetric`),
-:mod:`.functions` (the ready-made metrics) and :mod:`.make` (:func:`mk_metric`).
+:mod:`.functions` (the ready-made metrics), :mod:`.loss_metrics` (:class:`Perplexity`, :class:`LossMetric`),
+:mod:`.segmentation` (:class:`Dice`, :class:`DiceMulti`, ...), :mod:`.bleu` (:class:`CorpusBLEUMetric`) and
+:mod:`.make` (:func:`mk_metric`).
 
 Example::
 
@@ -19,6 +21,7 @@ Example::
 """
 
 from .accum import AccumMetric, ActivationType, TorchMetric, TorchMetricLike
+from .bleu import CorpusBLEUMetric
 from .core import AvgLoss, AvgMetric, Metric, MetricLearner, ValueMetric, find_bs, flatten_check
 from .functions import (
     ExplainedVariance,
@@ -42,7 +45,9 @@ from .functions import _exp_rmspe as _exp_rmspe
 from .functions import _explained_variance as _explained_variance
 from .functions import _r2_score as _r2_score
 from .functions import _rmse as _rmse
+from .loss_metrics import LossMetric, LossMetrics, Perplexity, perplexity
 from .make import mk_metric
+from .segmentation import Dice, DiceMulti, JaccardCoeff, JaccardCoeffMulti, foreground_acc
 from .smooth import AvgSmoothLoss
 
 __all__ = [
@@ -51,9 +56,17 @@ __all__ = [
     "AvgLoss",
     "AvgMetric",
     "AvgSmoothLoss",
+    "CorpusBLEUMetric",
+    "Dice",
+    "DiceMulti",
     "ExplainedVariance",
+    "JaccardCoeff",
+    "JaccardCoeffMulti",
+    "LossMetric",
+    "LossMetrics",
     "Metric",
     "MetricLearner",
+    "Perplexity",
     "R2Score",
     "TorchMetric",
     "TorchMetricLike",
@@ -65,10 +78,12 @@ __all__ = [
     "explained_variance",
     "find_bs",
     "flatten_check",
+    "foreground_acc",
     "mae",
     "mk_metric",
     "mse",
     "msle",
+    "perplexity",
     "r2_score",
     "rmse",
     "top_k_accuracy",
