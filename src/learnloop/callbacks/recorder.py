@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..callback import Callback, is_side_run
@@ -26,9 +27,12 @@ def format_time(seconds: float) -> str:
 
 
 def _value(metric: Metric) -> Any:
-    """A one-element tensor as a number; any other value (a per-class tensor, say) as it is, like fastai."""
+    """A one-element tensor or numpy value (scikit-learn's and scipy's numpy scalars) as a Python number; any other
+    value (a per-class tensor, say) as it is, like fastai."""
     v = metric.value
-    return v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+    if isinstance(v, torch.Tensor) and v.numel() == 1 or isinstance(v, (np.ndarray, np.generic)) and v.size == 1:
+        return v.item()
+    return v
 
 
 def _stacked(losses: list[torch.Tensor]) -> Any:
