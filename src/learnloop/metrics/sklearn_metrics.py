@@ -94,6 +94,12 @@ def _label_scores(func: Callable[..., Any], sigmoid: bool, **kwargs: Any) -> Acc
     return skm_to_fastai(func, is_class=sigmoid, activation=_activation(sigmoid), flatten=False, **kwargs)
 
 
+def _thresholded(func: Callable[..., Any], thresh: float, sigmoid: bool, **kwargs: Any) -> AccumMetric:
+    """A multi-label metric of the predictions' sigmoid (or the predictions, with `sigmoid=False`) ``>= thresh``,
+    the (items, labels) shape kept."""
+    return skm_to_fastai(func, thresh=thresh, activation=_activation(sigmoid), flatten=False, **kwargs)
+
+
 def skm_to_fastai(
     func: Callable[..., Any],
     is_class: bool = True,
@@ -325,14 +331,7 @@ def BrierScoreMulti(
 ) -> AccumMetric:
     """Brier score of the thresholded multi-label predictions (scikit-learn's, on the (items, labels) arrays)."""
     func = _sklearn_metric("brier_score_loss", "BrierScoreMulti")
-    return skm_to_fastai(
-        func,
-        thresh=thresh,
-        activation=_activation(sigmoid),
-        flatten=False,
-        sample_weight=sample_weight,
-        pos_label=pos_label,
-    )
+    return _thresholded(func, thresh, sigmoid, sample_weight=sample_weight, pos_label=pos_label)
 
 
 def F1ScoreMulti(
@@ -345,15 +344,8 @@ def F1ScoreMulti(
 ) -> AccumMetric:
     """F1 score of the thresholded multi-label predictions, averaged over the labels (`average`)."""
     func = _sklearn_metric("f1_score", "F1ScoreMulti")
-    return skm_to_fastai(
-        func,
-        thresh=thresh,
-        activation=_activation(sigmoid),
-        flatten=False,
-        labels=labels,
-        pos_label=pos_label,
-        average=average,
-        sample_weight=sample_weight,
+    return _thresholded(
+        func, thresh, sigmoid, labels=labels, pos_label=pos_label, average=average, sample_weight=sample_weight
     )
 
 
@@ -368,17 +360,10 @@ def FBetaMulti(
 ) -> AccumMetric:
     """F-beta score of the thresholded multi-label predictions, averaged over the labels (`average`)."""
     func = _sklearn_metric("fbeta_score", "FBetaMulti")
-    return skm_to_fastai(
-        func,
-        thresh=thresh,
-        activation=_activation(sigmoid),
-        flatten=False,
-        beta=beta,
-        labels=labels,
-        pos_label=pos_label,
-        average=average,
+    return _thresholded(
+        func, thresh, sigmoid, beta=beta, labels=labels, pos_label=pos_label, average=average,
         sample_weight=sample_weight,
-    )
+    )  # fmt: skip
 
 
 def HammingLossMulti(
@@ -387,9 +372,7 @@ def HammingLossMulti(
     """Fraction of the (item, label) pairs the thresholded predictions get wrong. `labels` is accepted and unused,
     as in fastai (scikit-learn's ``hamming_loss`` takes none)."""
     func = _sklearn_metric("hamming_loss", "HammingLossMulti")
-    return skm_to_fastai(
-        func, thresh=thresh, activation=_activation(sigmoid), flatten=False, sample_weight=sample_weight
-    )
+    return _thresholded(func, thresh, sigmoid, sample_weight=sample_weight)
 
 
 def JaccardMulti(
@@ -402,15 +385,8 @@ def JaccardMulti(
 ) -> AccumMetric:
     """Jaccard index of the thresholded multi-label predictions, averaged over the labels (`average`)."""
     func = _sklearn_metric("jaccard_score", "JaccardMulti")
-    return skm_to_fastai(
-        func,
-        thresh=thresh,
-        activation=_activation(sigmoid),
-        flatten=False,
-        labels=labels,
-        pos_label=pos_label,
-        average=average,
-        sample_weight=sample_weight,
+    return _thresholded(
+        func, thresh, sigmoid, labels=labels, pos_label=pos_label, average=average, sample_weight=sample_weight
     )
 
 
@@ -418,9 +394,7 @@ def MatthewsCorrCoefMulti(thresh: float = 0.5, sigmoid: bool = True, sample_weig
     """Matthews correlation coefficient of the thresholded multi-label predictions (scikit-learn's, on the
     (items, labels) arrays)."""
     func = _sklearn_metric("matthews_corrcoef", "MatthewsCorrCoefMulti")
-    return skm_to_fastai(
-        func, thresh=thresh, activation=_activation(sigmoid), flatten=False, sample_weight=sample_weight
-    )
+    return _thresholded(func, thresh, sigmoid, sample_weight=sample_weight)
 
 
 def PrecisionMulti(
@@ -433,15 +407,8 @@ def PrecisionMulti(
 ) -> AccumMetric:
     """Precision of the thresholded multi-label predictions, averaged over the labels (`average`)."""
     func = _sklearn_metric("precision_score", "PrecisionMulti")
-    return skm_to_fastai(
-        func,
-        thresh=thresh,
-        activation=_activation(sigmoid),
-        flatten=False,
-        labels=labels,
-        pos_label=pos_label,
-        average=average,
-        sample_weight=sample_weight,
+    return _thresholded(
+        func, thresh, sigmoid, labels=labels, pos_label=pos_label, average=average, sample_weight=sample_weight
     )
 
 
@@ -455,15 +422,8 @@ def RecallMulti(
 ) -> AccumMetric:
     """Recall of the thresholded multi-label predictions, averaged over the labels (`average`)."""
     func = _sklearn_metric("recall_score", "RecallMulti")
-    return skm_to_fastai(
-        func,
-        thresh=thresh,
-        activation=_activation(sigmoid),
-        flatten=False,
-        labels=labels,
-        pos_label=pos_label,
-        average=average,
-        sample_weight=sample_weight,
+    return _thresholded(
+        func, thresh, sigmoid, labels=labels, pos_label=pos_label, average=average, sample_weight=sample_weight
     )
 
 
@@ -514,4 +474,3 @@ def SpearmanCorrCoef(
     _import("scipy.stats", "SpearmanCorrCoef")
     func = functools.partial(spearmanr, axis=axis, nan_policy=nan_policy)
     return AccumMetric(func, invert_arg=False, dim_argmax=dim_argmax, **kwargs)
-
