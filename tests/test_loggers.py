@@ -82,6 +82,34 @@ def test_the_last_row_is_written_when_a_callback_before_the_logger_ends_the_fit(
     assert learn.recorder.row_writers == []
 
 
+def test_a_failed_fits_detached_logger_is_dropped_from_the_row_writers(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+
+    def fail() -> None:
+        raise RuntimeError("fail")
+
+    with pytest.raises(RuntimeError, match="fail"):
+        learn.fit(1, cbs=[Callback(after_validate=fail), CSVLogger("a.csv")])
+    assert len(learn.recorder.row_writers) == 1  # no after_fit: the removed logger's writer stays
+    second = CSVLogger("b.csv")
+    learn.fit(1, cbs=second)
+    assert learn.recorder.row_writers == []
+    del learn.recorder.row_writers  # a Recorder pickled before there were any
+    learn.fit(1, cbs=second)
+    assert [r[0] for r in read_rows(tmp_path / "b.csv")] == ["epoch", "0"]
+
+
+def test_a_row_writers_error_names_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(self: CSVLogger) -> None:
+        raise OSError(28, "No space left on device")
+
+    learn = synth_learner(path=tmp_path)
+    monkeypatch.setattr(CSVLogger, "_write_row", disk_full)
+    with pytest.raises(OSError) as info:
+        learn.fit(1, cbs=CSVLogger("c.csv"))
+    assert any("CSVLogger._write_logged_row" in note for note in info.value.__notes__)
+
+
 def test_a_recorder_that_logs_its_own_way_still_gets_its_rows_written(tmp_path: Path) -> None:
     class PlainRecorder(Recorder):
         _name = "recorder"

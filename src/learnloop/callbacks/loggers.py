@@ -94,8 +94,12 @@ class CSVLogger(Callback):
     def _start(self) -> None:
         self._header_due, self._lines = False, None
         recorder = self.learn.recorder
-        if not hasattr(recorder, "row_writers"):  # a Recorder pickled before there were any
-            recorder.row_writers = []
+        # A fit that fails gets no after_fit: its CSVLoggers' writers stay. Drop those of loggers no longer on this
+        # learner (a `fit(cbs=CSVLogger())` that failed), so the Recorder does not keep them, and pickle them, forever.
+        recorder.row_writers = [
+            w for w in getattr(recorder, "row_writers", [])  # none on a Recorder pickled before there were any
+            if not isinstance(owner := getattr(w, "__self__", None), CSVLogger) or owner.learn is self.learn
+        ]
         if self._write_logged_row not in recorder.row_writers:  # else left there by a fit that failed
             recorder.row_writers.append(self._write_logged_row)
         if self._resume_lines is not None:

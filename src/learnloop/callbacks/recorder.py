@@ -241,7 +241,12 @@ class Recorder(Callback):
         if self.add_time:
             self.log.append(format_time(time.time() - self.start_epoch))
         for write in getattr(self, "row_writers", ()):  # none on a Recorder pickled before there were any
-            write()
+            try:
+                write()
+            except Exception as e:  # the error is the writer's (a CSVLogger's full disk), not the Recorder's
+                name = getattr(write, "__qualname__", repr(write))
+                e.add_note(f"(raised by the row writer {name}, called by the Recorder)")
+                raise
         learn.logger(self.log)
         self.iters.append(self.smooth_loss.count)
 
