@@ -123,6 +123,15 @@ def test_a_recorder_that_logs_its_own_way_still_gets_its_rows_written(tmp_path: 
     learn.fit(2, cbs=CSVLogger())
     assert [r[0] for r in read_rows(tmp_path / "history.csv")] == ["epoch", "0", "1"]
 
+    def stop() -> None:  # after the Recorder logged epoch 1, before the logger's after_epoch
+        if learn.epoch == 1:
+            raise CancelFitException
+
+    early = Callback(after_epoch=stop)
+    early.order = 55
+    learn.fit(3, cbs=[early, CSVLogger()])
+    assert [r[0] for r in read_rows(tmp_path / "history.csv")] == ["epoch", "0", "1"]
+
 
 def test_two_loggers_write_their_files_and_a_second_recorder_adds_no_row(tmp_path: Path) -> None:
     learn = synth_learner(path=tmp_path)

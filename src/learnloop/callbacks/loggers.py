@@ -142,10 +142,13 @@ class CSVLogger(Callback):
             return
         if not self._logged:  # the Recorder did not call its row writers (a subclass's own after_epoch)
             self._write_row()
-        self._logged = False
+        self._logged, self._values = False, None  # written: nothing left for after_fit
 
     def after_fit(self) -> None:
         if not self._deferred:
+            # A Recorder that does not call its row writers, and a callback of order 50 to 60 that stopped the fit at
+            # after_epoch: the Recorder logged the epoch, this logger's after_epoch never came.
+            self._write_logged_row()
             writers = getattr(getattr(self.learn, "recorder", None), "row_writers", [])
             if self._write_logged_row in writers:
                 writers.remove(self._write_logged_row)
