@@ -30,7 +30,7 @@ def _value(metric: Metric) -> Any:
     """A one-element tensor or numpy value (scikit-learn's and scipy's numpy scalars) as a Python number; any other
     value (a per-class tensor, say) as it is, like fastai."""
     v = metric.value
-    if isinstance(v, torch.Tensor) and v.numel() == 1 or isinstance(v, (np.ndarray, np.generic)) and v.size == 1:
+    if (isinstance(v, torch.Tensor) and v.numel() == 1) or (isinstance(v, (np.ndarray, np.generic)) and v.size == 1):
         return v.item()
     return v
 

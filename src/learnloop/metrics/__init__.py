@@ -13,8 +13,8 @@ The package's modules: :mod:`.core` (the :class:`Metric` base class, the weighte
 :mod:`.smooth` (:class:`AvgSmoothLoss`), :mod:`.accum` (:class:`AccumMetric`, :class:`TorchMetric`),
 :mod:`.functions` (the ready-made metrics), :mod:`.loss_metrics` (:class:`Perplexity`, :class:`LossMetric`),
 :mod:`.segmentation` (:class:`Dice`, :class:`DiceMulti`, ...), :mod:`.bleu` (:class:`CorpusBLEUMetric`),
-:mod:`.sklearn_metrics` (fastai's scikit-learn and scipy metrics, which need ``pip install 'learnloop[metrics]'``)
-and :mod:`.make` (:func:`mk_metric`).
+:mod:`.sklearn_metrics` and :mod:`.sklearn_multi` (fastai's scikit-learn and scipy metrics, which need
+``pip install 'learnloop[metrics]'``) and :mod:`.make` (:func:`mk_metric`).
 
 Example::
 
@@ -51,32 +51,34 @@ from .make import mk_metric
 from .segmentation import Dice, DiceMulti, JaccardCoeff, JaccardCoeffMulti, foreground_acc
 from .sklearn_metrics import (
     APScoreBinary,
-    APScoreMulti,
     BalancedAccuracy,
     BrierScore,
-    BrierScoreMulti,
     CohenKappa,
     F1Score,
-    F1ScoreMulti,
     FBeta,
-    FBetaMulti,
     HammingLoss,
-    HammingLossMulti,
     Jaccard,
-    JaccardMulti,
     MatthewsCorrCoef,
-    MatthewsCorrCoefMulti,
     PearsonCorrCoef,
     Precision,
-    PrecisionMulti,
     Recall,
-    RecallMulti,
     RocAuc,
     RocAucBinary,
-    RocAucMulti,
     SpearmanCorrCoef,
     optim_metric,
     skm_to_fastai,
+)
+from .sklearn_multi import (
+    APScoreMulti,
+    BrierScoreMulti,
+    F1ScoreMulti,
+    FBetaMulti,
+    HammingLossMulti,
+    JaccardMulti,
+    MatthewsCorrCoefMulti,
+    PrecisionMulti,
+    RecallMulti,
+    RocAucMulti,
 )
 from .smooth import AvgSmoothLoss
 

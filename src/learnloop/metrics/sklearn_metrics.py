@@ -1,7 +1,7 @@
 """fastai's metrics built on scikit-learn and scipy: the converter :func:`skm_to_fastai`, :func:`optim_metric`,
-the single-label classification metrics (:func:`F1Score`, :func:`RocAuc`, ...), their multi-label forms
-(:func:`F1ScoreMulti`, ...) and the regression correlations :func:`PearsonCorrCoef` and
-:func:`SpearmanCorrCoef`.
+the single-label classification metrics (:func:`F1Score`, :func:`RocAuc`, ...) and the regression correlations
+:func:`PearsonCorrCoef` and :func:`SpearmanCorrCoef`; their multi-label forms (:func:`F1ScoreMulti`, ...) are in
+:mod:`.sklearn_multi`.
 
 Each factory returns a new :class:`~learnloop.metrics.AccumMetric` named after the function it wraps
 (``f1_score``, ``roc_auc_score``, ``pearsonr``), whose value is what scikit-learn or scipy returns for the whole
@@ -35,29 +35,19 @@ from .core import _func_name
 
 __all__ = [
     "APScoreBinary",
-    "APScoreMulti",
     "BalancedAccuracy",
     "BrierScore",
-    "BrierScoreMulti",
     "CohenKappa",
     "F1Score",
-    "F1ScoreMulti",
     "FBeta",
-    "FBetaMulti",
     "HammingLoss",
-    "HammingLossMulti",
     "Jaccard",
-    "JaccardMulti",
     "MatthewsCorrCoef",
-    "MatthewsCorrCoefMulti",
     "PearsonCorrCoef",
     "Precision",
-    "PrecisionMulti",
     "Recall",
-    "RecallMulti",
     "RocAuc",
     "RocAucBinary",
-    "RocAucMulti",
     "SpearmanCorrCoef",
     "optim_metric",
     "skm_to_fastai",
@@ -82,22 +72,6 @@ def _sklearn_metric(func_name: str, needed_by: str) -> Callable[..., Any]:
     """The function ``sklearn.metrics.<func_name>``, looked up when the metric is made (as fastai does)."""
     func: Callable[..., Any] = getattr(_import("sklearn.metrics", needed_by), func_name)
     return func
-
-
-def _activation(sigmoid: bool) -> ActivationType:
-    return ActivationType.Sigmoid if sigmoid else ActivationType.No
-
-
-def _label_scores(func: Callable[..., Any], sigmoid: bool, **kwargs: Any) -> AccumMetric:
-    """A multi-label metric of each label's score: the sigmoid of the predictions, or, with `sigmoid=False`, the
-    predictions as they are (fastai's argmax over the labels then is what scikit-learn rejects: no argmax here)."""
-    return skm_to_fastai(func, is_class=sigmoid, activation=_activation(sigmoid), flatten=False, **kwargs)
-
-
-def _thresholded(func: Callable[..., Any], thresh: float, sigmoid: bool, **kwargs: Any) -> AccumMetric:
-    """A multi-label metric of the predictions' sigmoid (or the predictions, with `sigmoid=False`) ``>= thresh``,
-    the (items, labels) shape kept."""
-    return skm_to_fastai(func, thresh=thresh, activation=_activation(sigmoid), flatten=False, **kwargs)
 
 
 def skm_to_fastai(
@@ -312,128 +286,6 @@ def MatthewsCorrCoef(sample_weight: Any = None, **kwargs: Any) -> AccumMetric:
     :func:`skm_to_fastai`: ``axis``, ``thresh``...)."""
     func = _sklearn_metric("matthews_corrcoef", "MatthewsCorrCoef")
     return skm_to_fastai(func, sample_weight=sample_weight, **kwargs)
-
-
-# Multi-label classification: a sigmoid (unless `sigmoid=False`), `>= thresh`, the (items, labels) shape kept.
-
-
-def APScoreMulti(
-    sigmoid: bool = True, average: str | None = "macro", pos_label: Any = 1, sample_weight: Any = None
-) -> AccumMetric:
-    """Average precision of each label's probability (the predictions' sigmoid, or the predictions themselves with
-    `sigmoid=False`), averaged over the labels (`average`), for multi-label classification."""
-    func = _sklearn_metric("average_precision_score", "APScoreMulti")
-    return _label_scores(func, sigmoid, average=average, pos_label=pos_label, sample_weight=sample_weight)
-
-
-def BrierScoreMulti(
-    thresh: float = 0.5, sigmoid: bool = True, sample_weight: Any = None, pos_label: Any = None
-) -> AccumMetric:
-    """Brier score of the thresholded multi-label predictions (scikit-learn's, on the (items, labels) arrays)."""
-    func = _sklearn_metric("brier_score_loss", "BrierScoreMulti")
-    return _thresholded(func, thresh, sigmoid, sample_weight=sample_weight, pos_label=pos_label)
-
-
-def F1ScoreMulti(
-    thresh: float = 0.5,
-    sigmoid: bool = True,
-    labels: Any = None,
-    pos_label: Any = 1,
-    average: str | None = "macro",
-    sample_weight: Any = None,
-) -> AccumMetric:
-    """F1 score of the thresholded multi-label predictions, averaged over the labels (`average`)."""
-    func = _sklearn_metric("f1_score", "F1ScoreMulti")
-    return _thresholded(
-        func, thresh, sigmoid, labels=labels, pos_label=pos_label, average=average, sample_weight=sample_weight
-    )
-
-
-def FBetaMulti(
-    beta: float,
-    thresh: float = 0.5,
-    sigmoid: bool = True,
-    labels: Any = None,
-    pos_label: Any = 1,
-    average: str | None = "macro",
-    sample_weight: Any = None,
-) -> AccumMetric:
-    """F-beta score of the thresholded multi-label predictions, averaged over the labels (`average`)."""
-    func = _sklearn_metric("fbeta_score", "FBetaMulti")
-    return _thresholded(
-        func, thresh, sigmoid, beta=beta, labels=labels, pos_label=pos_label, average=average,
-        sample_weight=sample_weight,
-    )  # fmt: skip
-
-
-def HammingLossMulti(
-    thresh: float = 0.5, sigmoid: bool = True, labels: Any = None, sample_weight: Any = None
-) -> AccumMetric:
-    """Fraction of the (item, label) pairs the thresholded predictions get wrong. `labels` is accepted and unused,
-    as in fastai (scikit-learn's ``hamming_loss`` takes none)."""
-    func = _sklearn_metric("hamming_loss", "HammingLossMulti")
-    return _thresholded(func, thresh, sigmoid, sample_weight=sample_weight)
-
-
-def JaccardMulti(
-    thresh: float = 0.5,
-    sigmoid: bool = True,
-    labels: Any = None,
-    pos_label: Any = 1,
-    average: str | None = "macro",
-    sample_weight: Any = None,
-) -> AccumMetric:
-    """Jaccard index of the thresholded multi-label predictions, averaged over the labels (`average`)."""
-    func = _sklearn_metric("jaccard_score", "JaccardMulti")
-    return _thresholded(
-        func, thresh, sigmoid, labels=labels, pos_label=pos_label, average=average, sample_weight=sample_weight
-    )
-
-
-def MatthewsCorrCoefMulti(thresh: float = 0.5, sigmoid: bool = True, sample_weight: Any = None) -> AccumMetric:
-    """Matthews correlation coefficient of the thresholded multi-label predictions (scikit-learn's, on the
-    (items, labels) arrays)."""
-    func = _sklearn_metric("matthews_corrcoef", "MatthewsCorrCoefMulti")
-    return _thresholded(func, thresh, sigmoid, sample_weight=sample_weight)
-
-
-def PrecisionMulti(
-    thresh: float = 0.5,
-    sigmoid: bool = True,
-    labels: Any = None,
-    pos_label: Any = 1,
-    average: str | None = "macro",
-    sample_weight: Any = None,
-) -> AccumMetric:
-    """Precision of the thresholded multi-label predictions, averaged over the labels (`average`)."""
-    func = _sklearn_metric("precision_score", "PrecisionMulti")
-    return _thresholded(
-        func, thresh, sigmoid, labels=labels, pos_label=pos_label, average=average, sample_weight=sample_weight
-    )
-
-
-def RecallMulti(
-    thresh: float = 0.5,
-    sigmoid: bool = True,
-    labels: Any = None,
-    pos_label: Any = 1,
-    average: str | None = "macro",
-    sample_weight: Any = None,
-) -> AccumMetric:
-    """Recall of the thresholded multi-label predictions, averaged over the labels (`average`)."""
-    func = _sklearn_metric("recall_score", "RecallMulti")
-    return _thresholded(
-        func, thresh, sigmoid, labels=labels, pos_label=pos_label, average=average, sample_weight=sample_weight
-    )
-
-
-def RocAucMulti(
-    sigmoid: bool = True, average: str | None = "macro", sample_weight: Any = None, max_fpr: float | None = None
-) -> AccumMetric:
-    """Area under the ROC curve of each label's probability (the predictions' sigmoid, or the predictions themselves
-    with `sigmoid=False`), averaged over the labels (`average`), for multi-label classification."""
-    func = _sklearn_metric("roc_auc_score", "RocAucMulti")
-    return _label_scores(func, sigmoid, average=average, sample_weight=sample_weight, max_fpr=max_fpr)
 
 
 # Regression: scipy's correlation coefficients of the (flattened) predictions and targets.
