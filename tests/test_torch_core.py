@@ -459,3 +459,19 @@ def test_maybe_gather_joins_every_process_copy(
     monkeypatch.setattr(tc, "world_size", lambda: 3)
     monkeypatch.setattr(dist, "all_gather", fake_all_gather)
     assert maybe_gather(x, axis=axis).tolist() == expected
+
+
+def test_to_detach_gathers_every_process_copy_a_number_as_their_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    import learnloop.data as data
+
+    def fake_all_gather(parts: list[torch.Tensor], part: torch.Tensor) -> None:
+        for r, p in enumerate(parts):  # process r holds x + 10*r
+            p.copy_(part + 10 * r)
+
+    monkeypatch.setattr(data, "is_distributed", lambda: True)
+    monkeypatch.setattr(data, "world_size", lambda: 3)
+    monkeypatch.setattr(dist, "all_gather", fake_all_gather)
+    vector, number = data.to_detach((torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor(1.0)))
+    assert vector.tolist() == [1.0, 2.0, 11.0, 12.0, 21.0, 22.0] and not vector.requires_grad
+    assert number.ndim == 0 and number.item() == 11.0  # as fastai's: the mean over the processes
+    assert data.to_detach(torch.tensor(1.0), gather=False).item() == 1.0

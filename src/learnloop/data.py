@@ -45,15 +45,15 @@ def to_detach(b: Any, cpu: bool = True, gather: bool = True) -> Any:
     """Every tensor in the (nested) batch `b` detached, and moved to the CPU when `cpu` (fastai's function).
 
     With `gather`, in a distributed job, each tensor becomes the concatenation along dimension 0 of every
-    process's (a number becomes a vector of one per process): what fastai's does, for metrics over all ranks.
+    process's, and a 0-dim one (a loss) the mean of every process's: what fastai's does, for metrics over all ranks.
     """
     if isinstance(b, torch.Tensor):
         x = b.detach()
         if gather and is_distributed():
-            x = x[None] if x.dim() == 0 else x.contiguous()
-            parts = [torch.empty_like(x) for _ in range(world_size())]
-            torch.distributed.all_gather(parts, x)
-            x = torch.cat(parts)
+            part = x[None] if x.dim() == 0 else x.contiguous()
+            parts = [torch.empty_like(part) for _ in range(world_size())]
+            torch.distributed.all_gather(parts, part)
+            x = torch.cat(parts) if x.dim() > 0 else torch.cat(parts).mean()
         return x.cpu() if cpu else x
     if isinstance(b, (tuple, list)):
         return type(b)(to_detach(o, cpu, gather) for o in b)
