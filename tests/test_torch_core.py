@@ -455,15 +455,13 @@ def test_maybe_gather_joins_every_process_copy(
         for r, p in enumerate(parts):  # process r holds x + 10*r
             p.copy_(part + 10 * r)
 
-    monkeypatch.setattr(tc, "is_distributed", lambda: True)
-    monkeypatch.setattr(tc, "world_size", lambda: 3)
+    monkeypatch.setattr(data, "is_distributed", lambda: True)
+    monkeypatch.setattr(data, "world_size", lambda: 3)
     monkeypatch.setattr(dist, "all_gather", fake_all_gather)
     assert maybe_gather(x, axis=axis).tolist() == expected
 
 
 def test_to_detach_gathers_every_process_copy_a_number_as_their_mean(monkeypatch: pytest.MonkeyPatch) -> None:
-    import learnloop.data as data
-
     def fake_all_gather(parts: list[torch.Tensor], part: torch.Tensor) -> None:
         for r, p in enumerate(parts):  # process r holds x + 10*r
             p.copy_(part + 10 * r)

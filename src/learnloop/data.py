@@ -41,6 +41,18 @@ def default_device(use: bool | int | None = -1) -> torch.device:
     return torch.device("cuda" if use is not False and torch.cuda.is_available() else "cpu")
 
 
+def maybe_gather(x: torch.Tensor, axis: int = 0) -> torch.Tensor:
+    """In a distributed job, every process's `x` joined along `axis` (a 0-dim `x`: their mean); else `x`
+    (fastai's function)."""
+    if not is_distributed():
+        return x
+    part = x.contiguous() if x.ndim > 0 else x[None]
+    parts = [torch.zeros_like(part) for _ in range(world_size())]
+    torch.distributed.all_gather(parts, part)
+    res = torch.cat(parts, dim=axis)
+    return res if x.ndim > 0 else res.mean()
+
+
 def to_detach(b: Any, cpu: bool = True, gather: bool = True) -> Any:
     """Every tensor in the (nested) batch `b` detached, and moved to the CPU when `cpu` (fastai's function).
 
@@ -48,12 +60,7 @@ def to_detach(b: Any, cpu: bool = True, gather: bool = True) -> Any:
     process's, and a 0-dim one (a loss) the mean of every process's: what fastai's does, for metrics over all ranks.
     """
     if isinstance(b, torch.Tensor):
-        x = b.detach()
-        if gather and is_distributed():
-            part = x[None] if x.dim() == 0 else x.contiguous()
-            parts = [torch.empty_like(part) for _ in range(world_size())]
-            torch.distributed.all_gather(parts, part)
-            x = torch.cat(parts) if x.dim() > 0 else torch.cat(parts).mean()
+        x = maybe_gather(b.detach()) if gather else b.detach()
         return x.cpu() if cpu else x
     if isinstance(b, (tuple, list)):
         return type(b)(to_detach(o, cpu, gather) for o in b)

@@ -22,9 +22,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .data import default_device, to_detach
+from .data import default_device, maybe_gather, to_detach
 from .data import to_device as _to_device
-from .distributed import barrier, is_distributed, rank, world_size
+from .distributed import barrier, rank, world_size
 from .errors import ArgumentError
 from .metrics.core import find_bs, flatten_check
 from .nested import apply, batch_to_samples, concat, find_device, item_find, to_concat, to_float, to_half, to_np
@@ -252,13 +252,3 @@ def distrib_barrier() -> None:
     """Wait until every process of a distributed job gets here (nothing to do in a single process)."""
     barrier()
 
-
-def maybe_gather(x: Tensor, axis: int = 0) -> Tensor:
-    """In a distributed job, every process's `x` joined along `axis` (a 0-dim `x`: their mean); else `x`."""
-    if not is_distributed():
-        return x
-    part = x.contiguous() if x.ndim > 0 else x[None]
-    parts = [torch.zeros_like(part) for _ in range(world_size())]
-    dist.all_gather(parts, part)
-    res = torch.cat(parts, dim=axis)
-    return res if x.ndim > 0 else res.mean()
