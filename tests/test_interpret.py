@@ -302,3 +302,40 @@ def test_missing_extras_are_named(interp: ClassificationInterpretation, monkeypa
     monkeypatch.setitem(sys.modules, "sklearn.metrics", None)
     with pytest.raises(ImportError, match=r"print_classification_report needs scikit-learn.*learnloop\[metrics\]"):
         interp.print_classification_report()
+
+
+def test_a_regression_model_or_a_loss_without_decodes_is_refused() -> None:
+    x = torch.randn(6, 3)
+    y = x.sum(1, keepdim=True)
+    learn = Learner(DataLoaders.from_tensors(x, y, x, y, bs=4, device="cpu"), nn.Linear(3, 1), nn.MSELoss())
+    with pytest.raises(InputError, match="needs class indices, but the predicted classes hold fractional values"):
+        ClassificationInterpretation.from_learner(learn)
+    labels = (y > 0).float()
+    learn = Learner(DataLoaders.from_tensors(x, labels, x, labels, bs=4), nn.Linear(3, 1), nn.BCEWithLogitsLoss())
+    with pytest.raises(InputError, match=r"such as torch's nn.BCEWithLogitsLoss"):
+        ClassificationInterpretation.from_learner(learn)
+
+
+def test_batches_of_several_targets_are_refused() -> None:
+    x, y = images()
+
+    def loss(pred: torch.Tensor, a: torch.Tensor, b: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return nn.functional.cross_entropy(pred, a, reduction=reduction)
+
+    dl = DataLoader(TensorDataset(x, y, y), batch_size=4)
+    learn = Learner(DataLoaders(dl, dl, device="cpu", n_inp=1), picker(4), loss_func=loss)
+    with pytest.raises(InputError, match="one target per item with the predicted class; these batches have 2"):
+        ClassificationInterpretation.from_learner(learn)
+    assert len(Interpretation.from_learner(learn).losses) == len(PAIRS)
+
+
+def test_items_by_a_numpy_index(interp: ClassificationInterpretation) -> None:
+    assert interp[np.int64(4)][2].tolist() == [1] and interp[np.array([4, 0])][2].tolist() == [1, 0]
+
+
+def test_an_empty_validation_set_is_named() -> None:
+    x, y = images()
+    train_only = DataLoaders(DataLoader(TensorDataset(x, y), batch_size=4), device="cpu")
+    learn = Learner(train_only, picker(4), CrossEntropyLossFlat())
+    with pytest.raises(InputError, match=r"found no losses: the loader learn.dls\[1\] gave no batches"):
+        Interpretation.from_learner(learn)

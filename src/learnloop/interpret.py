@@ -61,7 +61,7 @@ class Interpretation:
         (unshuffled, the last partial batch kept)."""
         loader = _in_order(learn, ds_idx, dl)
         _, _, losses = learn.get_preds(dl=loader, with_loss=True, with_preds=False, with_targs=False, act=act)
-        return cls(learn, loader, _required(losses, "losses", loader), act)
+        return cls(learn, loader, _required(losses, "losses", _loader_name(ds_idx, dl)), act)
 
     def __getitem__(self, idxs: int | Sequence[int] | Tensor) -> tuple[Any, Tensor, Any, Tensor, Tensor]:
         """`(inputs, preds, targets, decoded, losses)` of the items at `idxs` (indices into the dataset), the model
@@ -111,9 +111,10 @@ class ClassificationInterpretation(Interpretation):
     ) -> None:
         super().__init__(learn, dl, losses, act)
         preds, targs, decoded = learn.get_preds(dl=dl, with_decoded=True, act=act) if outputs is None else outputs
-        preds = _required(preds, "predictions", dl)
-        self.targs: Tensor = _required(targs, "targets", dl)
+        preds = _required(preds, "predictions", type(dl).__name__)
+        self.targs: Tensor = _one_target(_required(targs, "targets", type(dl).__name__))
         self.decoded: Tensor = _predicted_classes(decoded, self.targs)
+        _check_classes(self.decoded, self.targs)
         self.vocab: list[Any] = _vocab(vocab, learn, dl, preds)
 
     @classmethod
@@ -130,7 +131,7 @@ class ClassificationInterpretation(Interpretation):
         the class names `vocab` when given."""
         loader = _in_order(learn, ds_idx, dl)
         preds, targs, decoded, losses = learn.get_preds(dl=loader, with_decoded=True, with_loss=True, act=act)
-        losses = _required(losses, "losses", loader)
+        losses = _required(losses, "losses", _loader_name(ds_idx, dl))
         return cls(learn, loader, losses, act, vocab=vocab, outputs=(preds, targs, decoded))
 
     def confusion_matrix(self) -> np.ndarray:
@@ -257,20 +258,46 @@ def _in_order(learn: Learner, ds_idx: int, dl: Iterable[Any] | None) -> Iterable
     return unshuffled(learn.dls[ds_idx] if dl is None else dl)
 
 
-def _required(value: Any, what: str, dl: Any) -> Any:
+def _loader_name(ds_idx: int, dl: Any) -> str:
+    return f"learn.dls[{ds_idx}]" if dl is None else type(dl).__name__
+
+
+def _required(value: Any, what: str, loader: str) -> Any:
     if value is None:
         raise InputError(
-            f"The interpretation found no {what}: the loader {type(dl).__name__} gave no batches (or none with "
-            "targets), or a callback cancelled its validation phase. Pass a loader of (inputs, targets) batches."
+            f"The interpretation found no {what}: the loader {loader} gave no batches (or none with targets), or a "
+            "callback cancelled its validation phase. Pass a loader of (inputs, targets) batches."
         )
     return value
+
+
+def _one_target(targs: Any) -> Tensor:
+    if not isinstance(targs, Tensor):  # a tuple or list: batches of several targets
+        raise InputError(
+            f"ClassificationInterpretation compares one target per item with the predicted class; these batches have "
+            f"{len(targs)} targets. Interpret a loader of (inputs, target) batches, or use Interpretation for the "
+            "losses alone."
+        )
+    return targs
+
+
+def _check_classes(decoded: Tensor, targs: Tensor) -> None:
+    """Refuse fractional values: the confusion matrix would silently count none of them."""
+    for name, t in (("predicted classes", decoded), ("targets", targs)):
+        if t.is_floating_point() and not bool((t == t.round()).all()):
+            raise InputError(
+                f"ClassificationInterpretation needs class indices, but the {name} hold fractional values (a "
+                "regression model, or a loss function without `decodes`, such as torch's nn.BCEWithLogitsLoss): use "
+                "a classification loss with decodes (CrossEntropyLossFlat, BCEWithLogitsLossFlat), or Interpretation "
+                "for the losses alone."
+            )
 
 
 def _index_list(idxs: int | Sequence[int] | Tensor) -> list[int]:
     if isinstance(idxs, Tensor):
         return [int(i) for i in idxs.reshape(-1).tolist()]
-    if isinstance(idxs, int):
-        return [idxs]
+    if isinstance(idxs, (int, np.integer)):  # numpy's integers too
+        return [int(idxs)]
     return [int(i) for i in idxs]
 
 
