@@ -213,6 +213,7 @@ def test_logit_is_the_clamped_inverse_sigmoid() -> None:
         (torch.tensor(2), [0, 0, 1, 0]),
         (torch.tensor([], dtype=torch.long), [0, 0, 0, 0]),
         ([], [0, 0, 0, 0]),
+        (None, [0, 0, 0, 0]),  # as fastai's
         (np.array([0, 3]), [1, 0, 0, 1]),
         (range(2), [1, 1, 0, 0]),
         ([1, 1], [0, 1, 0, 0]),

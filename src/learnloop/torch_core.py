@@ -163,6 +163,8 @@ def one_hot(x: Any, c: int) -> Tensor:
         if x.numel() > 0:
             res[x] = 1
         return res
+    if x is None:  # no class, as fastai's (L(None) is empty); res[[None]] would set every position
+        return res
     items = list(x) if isinstance(x, (list, tuple, set, range, np.ndarray)) else [x]
     if items:
         res[items] = 1
