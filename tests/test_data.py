@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from learnloop import DataLoaders, Learner, default_device
 from learnloop.callback import noop
@@ -124,6 +126,35 @@ def test_unshuffled() -> None:
     assert torch.equal(torch.cat([xb for xb, _ in fixed]), _ds().tensors[0])
     batches = [1, 2, 3]
     assert unshuffled(batches) is batches
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ds: DataLoader(ds, batch_sampler=BatchSampler(RandomSampler(ds), 4, drop_last=True)),
+        lambda ds: DataLoader(ds, batch_size=None, shuffle=True),  # automatic batching off: items are batches
+        lambda ds: DataLoader(ds, batch_size=4, shuffle=True, num_workers=1, worker_init_fn=_noop, timeout=30),
+    ],
+)
+def test_unshuffled_reads_a_shuffling_batch_sampler_in_order(make: Any) -> None:
+    ds = _ds(10)
+    dl = make(ds)
+    fixed = unshuffled(dl)
+    assert fixed is not dl and isinstance(fixed, DataLoader)
+    xs = torch.cat([xb.reshape(-1, 2) for xb, _ in fixed])
+    assert torch.equal(xs, ds.tensors[0])
+    assert fixed.worker_init_fn is dl.worker_init_fn and fixed.timeout == dl.timeout
+    if dl.batch_size is not None or isinstance(dl.batch_sampler, BatchSampler):
+        assert fixed.batch_size == 4 and not fixed.drop_last
+
+
+def test_unshuffled_leaves_a_custom_batch_sampler_alone() -> None:
+    by_length = DataLoader(_ds(6), batch_sampler=[[5, 4], [3, 2, 1, 0]])  # its own order and sizes
+    assert unshuffled(by_length) is by_length
+
+
+def _noop(worker_id: int) -> None:
+    pass
 
 
 def test_training_data_without_a_length_is_refused_clearly() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 matplotlib.use("Agg")  # tests only: the library leaves the backend to matplotlib
 
@@ -140,6 +140,25 @@ def test_items_need_a_dataloader_over_a_map_style_dataset() -> None:
         got.top_losses(items=True)
     with pytest.raises(InputError, match="found no losses: the loader list gave no batches"):
         Interpretation.from_learner(make_learner(), dl=[])
+
+
+def test_items_need_the_dataset_order_a_custom_batch_sampler_does_not_give() -> None:
+    x, y = images()
+    by_length = DataLoader(TensorDataset(x, y), batch_sampler=[[8, 7, 6], [5, 4, 3, 2, 1, 0]])
+    got = Interpretation.from_learner(make_learner(), dl=by_length)
+    assert got.losses.tolist() == pytest.approx([expected_loss(i) for i in reversed(range(len(PAIRS)))], rel=1e-5)
+    with pytest.raises(TypeError, match=r"top_losses\(items=True\) .*custom batch sampler \(list\)"):
+        got.top_losses(items=True)
+
+
+def test_a_shuffling_batch_sampler_is_read_in_dataset_order() -> None:
+    x, y = images()
+    ds = TensorDataset(x, y)
+    shuffled = DataLoader(ds, batch_sampler=BatchSampler(RandomSampler(ds), 4, drop_last=True))
+    got = Interpretation.from_learner(make_learner(), dl=shuffled)
+    assert got.losses.tolist() == pytest.approx([expected_loss(i) for i in range(len(PAIRS))], rel=1e-5)
+    _, idx, items = got.top_losses(1, items=True)
+    assert torch.equal(items[0][0], x[idx[0]])
 
 
 def test_confusion_matrix_and_most_confused(interp: ClassificationInterpretation) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, TensorDataset
 
 from .distributed import is_distributed, world_size
 
@@ -83,20 +83,38 @@ def to_device(b: Any, device: torch.device, non_blocking: bool = True) -> Any:
 
 
 def unshuffled(dl: Iterable[Any]) -> Iterable[Any]:
-    """The same batches in dataset order, without dropping the last one (for predictions)."""
-    if isinstance(dl, DataLoader) and not isinstance(dl.dataset, torch.utils.data.IterableDataset):
-        if isinstance(dl.sampler, torch.utils.data.SequentialSampler) and not dl.drop_last:
-            return dl
-        return DataLoader(
-            dl.dataset,
-            batch_size=dl.batch_size,
-            shuffle=False,
-            drop_last=False,
-            num_workers=dl.num_workers,
-            collate_fn=dl.collate_fn,
-            pin_memory=dl.pin_memory,
-        )
-    return dl
+    """The same batches in dataset order, without dropping the last one (for predictions).
+
+    A torch DataLoader over a map-style dataset whose order is drawn (a shuffling sampler, or a `BatchSampler`
+    over one) or that drops its last batch is made again, reading the dataset in order in batches of the same
+    size, with the same workers and collate function. Anything else is read as it comes: a custom batch sampler
+    (its batches may be of any size and order, by length say), an IterableDataset, any other iterable.
+    """
+    if not isinstance(dl, DataLoader) or isinstance(dl.dataset, torch.utils.data.IterableDataset):
+        return dl
+    batches = dl.batch_sampler
+    if batches is None:  # automatic batching off (batch_size=None): the dataset's items are the batches
+        sampler, batch_size, drop_last = dl.sampler, None, False
+    elif isinstance(batches, BatchSampler):
+        sampler, batch_size, drop_last = batches.sampler, batches.batch_size, batches.drop_last
+    else:
+        return dl
+    if isinstance(sampler, SequentialSampler) and not drop_last:
+        return dl
+    workers: dict[str, Any] = {"persistent_workers": dl.persistent_workers, "prefetch_factor": dl.prefetch_factor}
+    return DataLoader(
+        dl.dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=dl.num_workers,
+        collate_fn=dl.collate_fn,
+        pin_memory=dl.pin_memory,
+        timeout=dl.timeout,
+        worker_init_fn=dl.worker_init_fn,
+        multiprocessing_context=dl.multiprocessing_context,
+        **(workers if dl.num_workers > 0 else {}),  # torch refuses these without workers
+    )
 
 
 class DataLoaders:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Subset
 
 from .data import unshuffled
 from .errors import InputError
@@ -305,6 +305,13 @@ def _dataset(dl: Any, what: str, batched: bool = False) -> Any:
     """`dl`'s map-style dataset (and, when `batched`, `dl` a torch DataLoader that makes batches of it)."""
     dataset = getattr(dl, "dataset", None)
     indexable = dataset is not None and not isinstance(dataset, IterableDataset) and hasattr(dataset, "__getitem__")
+    if isinstance(dl, DataLoader) and dl.batch_sampler is not None and not isinstance(dl.batch_sampler, BatchSampler):
+        raise TypeError(
+            f"{what} fetches items by their index, but the interpretation's loader has a custom batch sampler "
+            f"({type(dl.batch_sampler).__name__}), whose order learnloop cannot put back, so the losses are not in "
+            "dataset order. Make the interpretation from a loader that reads the dataset in order "
+            "(from_learner(learn, dl=DataLoader(dataset, bs)))."
+        )
     if not indexable or (batched and not (isinstance(dl, DataLoader) and dl.batch_size is not None)):
         raise TypeError(
             f"{what} fetches items by their index, so it needs the interpretation's loader to be a torch DataLoader "
