@@ -292,6 +292,16 @@ def test_plot_top_losses_of_rgb_images_rescales_each() -> None:
     np.testing.assert_allclose(ax.images[0].get_array(), ((img - img.min()) / (img.max() - img.min())).numpy())
 
 
+def test_plot_top_losses_names_the_classes_of_one_sigmoid_output() -> None:
+    x = torch.tensor([2.0, -1.0, 0.5, -3.0]).reshape(4, 1, 1, 1)  # one-pixel images, their own logits
+    y = torch.tensor([[1.0], [1.0], [0.0], [0.0]])
+    dls = DataLoaders.from_tensors(x, y, x, y, bs=2, device="cpu")
+    learn = Learner(dls, nn.Flatten(), loss_func=BCEWithLogitsLossFlat())
+    got = ClassificationInterpretation.from_learner(learn, vocab=["no", "yes"])
+    titles = {ax.get_title().split(" / ")[0] for ax in got.plot_top_losses(4).axes}
+    assert titles == {"yes/yes", "no/yes", "yes/no", "no/no"}  # predicted/actual: x > 0 against y
+
+
 def test_plot_top_losses_needs_images() -> None:
     x = torch.randn(6, 3)
     y = torch.tensor([0, 1, 2, 0, 1, 2])

@@ -245,7 +245,12 @@ class ClassificationInterpretation(Interpretation):
         return fig
 
     def _name(self, cls: Any) -> Any:
-        """The vocab's name of the class index `cls` (the index itself when outside the vocab)."""
+        """The vocab's name of the class index `cls` (the index itself when outside the vocab); a one-element row
+        (one sigmoid output's `[True]`, its target `[0.0]`) is its element, a whole number an index."""
+        if isinstance(cls, list) and len(cls) == 1:
+            cls = cls[0]
+        if isinstance(cls, (bool, float)) and float(cls).is_integer():
+            cls = int(cls)
         return self.vocab[cls] if isinstance(cls, int) and 0 <= cls < len(self.vocab) else cls
 
 
