@@ -441,6 +441,19 @@ def test_num_distrib_reads_a_process_group_started_without_a_launcher(
         dist.destroy_process_group()
 
 
+@pytest.fixture
+def three_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distributed job of three processes as learnloop.data sees it, process r holding `x + 10 * r`."""
+
+    def fake_all_gather(parts: list[torch.Tensor], part: torch.Tensor) -> None:
+        for r, p in enumerate(parts):
+            p.copy_(part + 10 * r)
+
+    monkeypatch.setattr(data, "is_distributed", lambda: True)
+    monkeypatch.setattr(data, "world_size", lambda: 3)
+    monkeypatch.setattr(dist, "all_gather", fake_all_gather)
+
+
 @pytest.mark.parametrize(
     ("x", "axis", "expected"),
     [
@@ -449,27 +462,13 @@ def test_num_distrib_reads_a_process_group_started_without_a_launcher(
         (torch.tensor(1.0), 0, 11.0),  # a number: the mean over the processes
     ],
 )
-def test_maybe_gather_joins_every_process_copy(
-    monkeypatch: pytest.MonkeyPatch, x: torch.Tensor, axis: int, expected: Any
-) -> None:
-    def fake_all_gather(parts: list[torch.Tensor], part: torch.Tensor) -> None:
-        for r, p in enumerate(parts):  # process r holds x + 10*r
-            p.copy_(part + 10 * r)
-
-    monkeypatch.setattr(data, "is_distributed", lambda: True)
-    monkeypatch.setattr(data, "world_size", lambda: 3)
-    monkeypatch.setattr(dist, "all_gather", fake_all_gather)
+@pytest.mark.usefixtures("three_processes")
+def test_maybe_gather_joins_every_process_copy(x: torch.Tensor, axis: int, expected: Any) -> None:
     assert maybe_gather(x, axis=axis).tolist() == expected
 
 
-def test_to_detach_gathers_every_process_copy_a_number_as_their_mean(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_all_gather(parts: list[torch.Tensor], part: torch.Tensor) -> None:
-        for r, p in enumerate(parts):  # process r holds x + 10*r
-            p.copy_(part + 10 * r)
-
-    monkeypatch.setattr(data, "is_distributed", lambda: True)
-    monkeypatch.setattr(data, "world_size", lambda: 3)
-    monkeypatch.setattr(dist, "all_gather", fake_all_gather)
+@pytest.mark.usefixtures("three_processes")
+def test_to_detach_gathers_every_process_copy_a_number_as_their_mean() -> None:
     vector, number = data.to_detach((torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor(1.0)))
     assert vector.tolist() == [1.0, 2.0, 11.0, 12.0, 21.0, 22.0] and not vector.requires_grad
     assert number.ndim == 0 and number.item() == 11.0  # as fastai's: the mean over the processes
