@@ -156,6 +156,39 @@ def test_single_process_runs_are_untouched(tmp_path: Path) -> None:
     assert explicit.recorder.values == learn.recorder.values
 
 
+def test_rank0_first_outside_a_launch_is_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert D.rank0_first(lambda a, b=0: a + b, 2, b=3) == 5
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.parametrize("rank_zero", [True, False])
+def test_rank0_first_runs_rank_zero_before_the_others(monkeypatch: pytest.MonkeyPatch, rank_zero: bool) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(D, "launched_distributed", lambda: True)
+    monkeypatch.setattr(D, "setup", lambda: calls.append("setup") or True)
+    monkeypatch.setattr(D, "teardown", lambda: calls.append("teardown"))
+    monkeypatch.setattr(D, "is_rank_zero", lambda: rank_zero)
+    monkeypatch.setattr(D, "barrier", lambda: calls.append("barrier"))
+    assert D.rank0_first(lambda: calls.append("call") or "done") == "done"
+    middle = ["call", "barrier"] if rank_zero else ["barrier", "call"]  # the others wait for rank 0's call
+    assert calls == ["setup", *middle, "teardown"]
+
+
+def test_setup_distrib_sets_the_device_and_teardown_distrib_leaves_any_group(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    devices: list[int] = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    assert D.setup_distrib() is None and devices == []
+    assert D.setup_distrib("1") == 1 and devices == [1] and not torch.distributed.is_initialized()
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    D.teardown_distrib()  # a group set up elsewhere, which D.teardown() leaves alone
+    assert not torch.distributed.is_initialized()
+    D.teardown_distrib()  # none: nothing to do
+
+
 def test_rank_comes_from_the_launcher_before_the_process_group_is_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

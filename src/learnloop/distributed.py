@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,9 +47,12 @@ __all__ = [
     "local_rank",
     "rank",
     "rank_device",
+    "rank0_first",
     "rank_zero_first",
     "setup",
+    "setup_distrib",
     "teardown",
+    "teardown_distrib",
     "unwrap_model",
     "world_size",
 ]
@@ -331,3 +334,41 @@ def rank_zero_first() -> Iterator[None]:
     yield
     if is_rank_zero():
         barrier()
+
+
+# fastai's names (fastai.distributed), for scripts ported from it.
+
+
+def setup_distrib(gpu: int | str | None = None) -> int | None:
+    """fastai's: with `gpu`, make it this process's CUDA device and, under a launcher, join the process group
+    (:func:`setup`); with None, do nothing. Returns `gpu` as an int (or None)."""
+    if gpu is None:
+        return None
+    gpu = int(gpu)
+    torch.cuda.set_device(gpu)
+    if launched_distributed():
+        setup()
+    return gpu
+
+
+def teardown_distrib() -> None:
+    """fastai's: leave the process group, whoever set it up (:func:`teardown` leaves only learnloop's own)."""
+    teardown()
+    if _available():
+        dist.destroy_process_group()
+
+
+def rank0_first(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """fastai's: ``func(*args, **kwargs)`` on rank 0 first, then on the other ranks (downloading data once, say);
+    returns what it returned on this rank. Under a launcher without a process group yet, one is set up for the
+    call and left after it, as fastai's does; in a single process it is just the call.
+
+    >>> path = rank0_first(download_dataset, "digits")
+    """
+    created = setup() if launched_distributed() else False
+    try:
+        with rank_zero_first():
+            return func(*args, **kwargs)
+    finally:
+        if created:
+            teardown()
