@@ -20,11 +20,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
 from .data import default_device, maybe_gather, to_detach
 from .data import to_device as _to_device
-from .distributed import barrier, rank, world_size
+from .distributed import barrier, rank, unwrap_model, world_size
 from .errors import ArgumentError
 from .metrics.core import find_bs, flatten_check
 from .nested import apply, batch_to_samples, concat, find_device, item_find, to_concat, to_float, to_half, to_np
@@ -224,7 +223,7 @@ class Module(nn.Module):
 
 def get_model(model: nn.Module) -> nn.Module:
     """The model inside a `DistributedDataParallel` or `nn.DataParallel` wrapper, else `model` itself."""
-    return model.module if isinstance(model, (DistributedDataParallel, nn.DataParallel)) else model
+    return model.module if isinstance(model, nn.DataParallel) else unwrap_model(model)
 
 
 def one_param(m: nn.Module) -> nn.Parameter | None:
