@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from learnloop import DataLoaders, Learner, default_device
 from learnloop.callback import noop
-from learnloop.data import to_device, unshuffled
+from learnloop.data import to_detach, to_device, unshuffled
 
 
 def _ds(n: int = 20) -> TensorDataset:
@@ -115,6 +116,15 @@ def test_to_device_moves_nested_batches() -> None:
     assert isinstance(moved, tuple) and isinstance(moved[1], list)
     assert moved[0].device == meta and moved[1][0].device == meta and moved[1][1]["k"].device == meta
     assert moved[2:] == ("label", 3)
+
+
+def test_to_device_and_to_detach_keep_a_namedtuple_batch() -> None:
+    Batch = namedtuple("Batch", "x y")
+    b = Batch(torch.ones(2, requires_grad=True) * 2, torch.zeros(2))
+    moved = to_device(b, torch.device("meta"))
+    assert type(moved) is Batch and moved.x.device.type == "meta" and moved.y.device.type == "meta"
+    detached = to_detach(b)
+    assert type(detached) is Batch and not detached.x.requires_grad and detached.x.tolist() == [2.0, 2.0]
 
 
 def test_unshuffled() -> None:

@@ -20,6 +20,7 @@ from torch import nn
 import learnloop.torch_core as tc
 from learnloop import data, metrics, params
 from learnloop.errors import ArgumentError
+from learnloop.nested import map_tensors
 from learnloop.torch_core import (
     Module,
     apply,
@@ -253,6 +254,20 @@ def test_apply_walks_lists_tuples_sets_and_dicts() -> None:
     assert isinstance(res[1], tuple) and isinstance(res[3], Pair) and type(res[4]) is dict
     assert apply(lambda x: "none" if x is None else x, [None, 2]) == ["none", 2]  # None is a leaf
     assert apply(lambda x: x + 1, True) == 2  # fastai's gives True: it casts the result back to bool
+
+
+def test_map_tensors_maps_tensors_through_tuples_lists_and_dicts() -> None:
+    class Items(list[Any]):
+        pass
+
+    t = torch.ones(2)
+    b = [t, (Pair(t, "y"), {"k": Items([t, 3])}), {4}, None, "s"]
+    res = map_tensors(lambda x: x * 2, b)
+    assert res[0].tolist() == [2.0, 2.0] and type(res[1]) is tuple and type(res[1][0]) is Pair
+    assert res[1][0].x.tolist() == [2.0, 2.0] and res[1][0].y == "y"
+    assert type(res[1][1]["k"]) is Items and res[1][1]["k"][0].tolist() == [2.0, 2.0] and res[1][1]["k"][1] == 3
+    assert res[2:] == [{4}, None, "s"]  # not tensors (sets are not walked): kept as they are
+    assert t.tolist() == [1.0, 1.0]  # a new structure: the input is unchanged
 
 
 def test_to_half_and_to_float_change_only_floating_tensors() -> None:

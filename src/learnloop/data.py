@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, TensorDataset
 
 from .distributed import is_distributed, world_size
+from .nested import map_tensors
 
 __all__ = ["DataLoaders", "default_device", "to_detach", "to_device", "unshuffled"]
 
@@ -59,27 +60,19 @@ def to_detach(b: Any, cpu: bool = True, gather: bool = True) -> Any:
     With `gather`, in a distributed job, each tensor becomes the concatenation along dimension 0 of every
     process's, and a 0-dim one (a loss) the mean of every process's: what fastai's does, for metrics over all ranks.
     """
-    if isinstance(b, torch.Tensor):
-        x = maybe_gather(b.detach()) if gather else b.detach()
+
+    def detached(t: torch.Tensor) -> torch.Tensor:
+        x = maybe_gather(t.detach()) if gather else t.detach()
         return x.cpu() if cpu else x
-    if isinstance(b, (tuple, list)):
-        return type(b)(to_detach(o, cpu, gather) for o in b)
-    if isinstance(b, dict):
-        return {k: to_detach(v, cpu, gather) for k, v in b.items()}
-    return b
+
+    return map_tensors(detached, b)
 
 
 def to_device(b: Any, device: torch.device, non_blocking: bool = True) -> Any:
     """Move every tensor in the (nested) batch `b` to `device`."""
-    if isinstance(b, torch.Tensor):
-        if device.type == "cpu" and b.is_cpu:  # the common case, kept cheap: it runs for every batch
-            return b
-        return b.to(device, non_blocking=non_blocking)
-    if isinstance(b, (tuple, list)):
-        return type(b)(to_device(o, device, non_blocking) for o in b)
-    if isinstance(b, dict):
-        return {k: to_device(v, device, non_blocking) for k, v in b.items()}
-    return b
+    on_cpu = device.type == "cpu"
+    # A tensor already on the CPU is kept as it is (the common case, cheap).
+    return map_tensors(lambda t: t if on_cpu and t.is_cpu else t.to(device, non_blocking=non_blocking), b)
 
 
 def unshuffled(dl: Iterable[Any]) -> Iterable[Any]:

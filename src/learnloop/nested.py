@@ -1,4 +1,5 @@
-"""Walking nested batches: a function on every leaf of tuples, lists, sets and dicts (`apply`), conversions
+"""Walking nested batches: a function on every tensor of tuples, lists and dicts (`map_tensors`, what learnloop's
+own walks use) or on every leaf of tuples, lists, sets and dicts (`apply`), conversions
 (`to_half`, `to_float`, `to_np`), joining batches (`to_concat`, `concat`) and finding a batch's first leaf.
 
 fastai's ``torch_core`` names (re-exported from :mod:`learnloop.torch_core`), on plain tensors: a result does not
@@ -17,8 +18,26 @@ from torch import Tensor
 from .errors import ArgumentError
 
 __all__ = [
-    "apply", "batch_to_samples", "concat", "find_device", "item_find", "to_concat", "to_float", "to_half", "to_np",
+    "apply", "batch_to_samples", "concat", "find_device", "item_find", "map_tensors", "to_concat", "to_float",
+    "to_half", "to_np",
 ]
+
+
+def map_tensors(func: Callable[[Tensor], Any], b: Any) -> Any:
+    """`b` with `func(t)` in place of every tensor `t` in it, through nested tuples, lists and dicts, which keep
+    their type (a namedtuple too); anything else is kept as it is.
+
+    >>> map_tensors(lambda t: t * 2, {"x": (torch.ones(1), "name")})
+    {'x': (tensor([2.]), 'name')}
+    """
+    if isinstance(b, Tensor):
+        return func(b)
+    if isinstance(b, (tuple, list)):
+        items = [map_tensors(func, o) for o in b]
+        return type(b)(*items) if hasattr(b, "_fields") else type(b)(items)  # a namedtuple takes fields
+    if isinstance(b, dict):
+        return {k: map_tensors(func, v) for k, v in b.items()}
+    return b
 
 
 def apply(func: Callable[..., Any], x: Any, *args: Any, **kwargs: Any) -> Any:

@@ -26,6 +26,7 @@ from torch.utils.data import (
 from torch.utils.data.distributed import DistributedSampler
 
 from .distributed import DistributedError
+from .nested import map_tensors
 
 __all__ = ["EvenBatches", "ShardSampler", "interleave", "is_sharded", "shard_loader"]
 
@@ -192,16 +193,7 @@ class EvenBatches:
         if self.real_batches < self.n_batches:
             if first is None:  # this rank's share is empty: shape an empty batch on the first item
                 first = self.dl.collate_fn([self.dl.dataset[0]])  # type: ignore[misc]
-            empty = _empty(first)
+            empty = map_tensors(lambda t: t[:0], first)  # each tensor with no rows
             for _ in range(self.n_batches - self.real_batches):
                 yield empty
 
-
-def _empty(b: Any) -> Any:
-    if isinstance(b, torch.Tensor):
-        return b[:0]
-    if isinstance(b, (tuple, list)):
-        return type(b)(_empty(o) for o in b)
-    if isinstance(b, dict):
-        return {k: _empty(v) for k, v in b.items()}
-    return b

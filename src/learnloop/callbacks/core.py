@@ -14,6 +14,7 @@ from ..callback import Callback
 from ..data import to_device
 from ..dispatch import as_list
 from ..events import CancelEpochException
+from ..nested import map_tensors
 from .training import batch_size
 
 __all__ = [
@@ -90,11 +91,7 @@ class SkipToEpoch(Callback):
 
 
 def _detach(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, (tuple, list)):
-        return type(x)(_detach(o) for o in x)
-    return x
+    return map_tensors(torch.Tensor.detach, x)
 
 
 def _concat(items: list[Any], dim: int = 0) -> Any:
@@ -249,13 +246,7 @@ class GatherPredsCallback(Callback):
 
 
 def _plain_tensors(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x if type(x) is torch.Tensor else x.as_subclass(torch.Tensor)
-    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple takes its fields as arguments
-        return type(x)(*(_plain_tensors(o) for o in x))
-    if isinstance(x, (tuple, list)):
-        return type(x)(_plain_tensors(o) for o in x)
-    return x
+    return map_tensors(lambda t: t if type(t) is torch.Tensor else t.as_subclass(torch.Tensor), x)
 
 
 class CastToTensor(Callback):

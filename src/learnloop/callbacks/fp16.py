@@ -28,6 +28,7 @@ import torch
 from ..callback import Callback
 from ..errors import InputError, to_number, to_whole
 from ..events import CancelStepException
+from ..nested import map_tensors
 from .steps import record_skipped_step, reset_skipped_steps
 
 __all__ = ["AMPMode", "MixedPrecision", "to_float32"]
@@ -45,13 +46,7 @@ _DTYPES = {AMPMode.FP16: torch.float16, AMPMode.BF16: torch.bfloat16}
 
 def to_float32(x: Any) -> Any:
     """`x` with every float16/bfloat16 tensor in it (nested in tuples, lists, dicts) cast to float32."""
-    if isinstance(x, torch.Tensor):
-        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    if isinstance(x, (tuple, list)):
-        return type(x)(to_float32(o) for o in x)
-    if isinstance(x, dict):
-        return {k: to_float32(v) for k, v in x.items()}
-    return x
+    return map_tensors(lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t, x)
 
 
 class _ScalerTarget:
