@@ -16,18 +16,7 @@ single process it does nothing. During ``fit`` it:
 - skips the gradient all-reduce on GradientAccumulation's micro-batches (``no_sync``);
 - makes a cancel raised on one rank (early stopping, TerminateOnNaN) everyone's.
 
-Agreeing on cancels. A rank that raises ``CancelTrain/Valid/Epoch/FitException`` tells the others at
-once (in its ``after_cancel_*``); the others ask before any collective they would otherwise wait in:
-before each training backward (and before each forward when DDP broadcasts buffers or may still rebuild
-its gradient buckets, which a new wrapper does once, early in each fit; or under FSDP),
-at the start of each epoch, and at the end of each phase (``after_train``, ``after_validate``,
-``after_epoch``, ``after_fit``). A rank that learns of a cancel raises it in turn (or, at the end of a
-phase, fires ``after_cancel_*`` for it), so every rank leaves the same phase at the same batch. Each
-question is a one-integer all-reduce on a Gloo group on the CPU: about 0.1-0.3 ms, no wait on the
-GPU. Batch, backward and step cancels are not exchanged: they must be decided alike on every rank,
-as GradientAccumulation and MixedPrecision do. A training-phase cancel raised on one rank only in
-``before_backward``, or in ``before_batch`` while the forward is preceded by a question, by a callback of
-order above this one's comes after the question: the ranks then end with a timeout error.
+How the ranks agree on a cancel one of them raised, and where they ask: :mod:`learnloop.cancel_agreement`.
 
 >>> learn = Learner(dls, model, loss_func, metrics=accuracy)   # under torchrun: distributed already
 >>> with learn.distrib_ctx(split_batch=True):                  # or explicitly
@@ -49,13 +38,7 @@ from torch.utils.data import RandomSampler
 
 from .. import distributed as D
 from ..callback import Callback, noop
-from ..events import (
-    CancelEpochException,
-    CancelFitException,
-    CancelTrainException,
-    CancelValidException,
-    Event,
-)
+from ..cancel_agreement import CancelAgreement, Phase
 from ..fsdp import ShardModules, is_fsdp, reshard_optimizer, shard_model
 from ..reductions import average_losses, gather_preds, reduce_metrics
 from ..sharding import EvenBatches, ShardSampler, is_sharded, shard_loader
@@ -68,21 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["DistributedTrainer", "distrib_ctx", "auto_distributed"]
 
 AUTO_ENV = "LEARNLOOP_AUTO_DISTRIBUTED"
-
-# Cancel codes, exchanged as the max over ranks: a bigger phase's cancel wins.
-_NONE, _VALID, _TRAIN, _EPOCH, _FIT = range(5)
-_EXCEPTIONS: dict[int, type[Exception]] = {
-    _VALID: CancelValidException,
-    _TRAIN: CancelTrainException,
-    _EPOCH: CancelEpochException,
-    _FIT: CancelFitException,
-}
-_AFTER_CANCEL = {
-    _VALID: Event.after_cancel_validate,
-    _TRAIN: Event.after_cancel_train,
-    _EPOCH: Event.after_cancel_epoch,
-    _FIT: Event.after_cancel_fit,
-}
 
 
 def auto_distributed() -> bool:
@@ -135,8 +103,7 @@ class DistributedTrainer(Callback):
         self._wrapped = False  # the model is ready for distributed training (DDP wrapper made, or sharded)
         self._active = False
         self._depth = 0  # fits in progress: validate() inside a fit nests one
-        self._agreed: set[int] = set()  # phases whose cancel has been agreed on in this phase instance
-        self._following = _NONE  # a cancel this rank raises because another rank raised it
+        self._cancels = CancelAgreement()
         self._shards: list[tuple[Any, Any]] = []  # (original loader, this rank's copy), for this fit
         self._eval_sharded = False  # the loader being evaluated holds only this rank's share
         self._saved: dict[str, Any] = {}
@@ -164,7 +131,8 @@ class DistributedTrainer(Callback):
         self._active = D.is_distributed()
         if not self._active:
             return
-        self._agreed, self._following, self._loss_mark = set(), _NONE, 0
+        self._loss_mark = 0
+        self._cancels.reset()
         self._fix_device()
         if self.fsdp:
             self._shard_model()
@@ -181,7 +149,7 @@ class DistributedTrainer(Callback):
             return
         # validate()/get_preds() fire after_fit while an exception leaves them: no collective then (this rank may be
         # the only one that raised; the others would never answer).
-        if not getattr(self.learn, "_unwinding", False) and self._end_point(_FIT) and self._wrapped:
+        if not getattr(self.learn, "_unwinding", False) and self._end_of(Phase.FIT) and self._wrapped:
             self._loss_mark = average_losses(self.learn, self._loss_mark)  # of an epoch a cancel cut short
         self.restore()
 
@@ -235,14 +203,14 @@ class DistributedTrainer(Callback):
     # ------------------------------------------------------------------ training
     def before_epoch(self) -> None:
         if self._active:
-            self._point()  # a cancel raised at the end of the last epoch (a tracker) stops every rank here
+            self._cancels.ask()  # a cancel raised at the end of the last epoch (a tracker) stops every rank here
 
     def before_train(self) -> None:
         if not self._active:
             return
         learn = self.learn
         if not self._wrapped:
-            self._point()  # every rank must be here before the collectives of wrapping
+            self._cancels.ask()  # every rank must be here before the collectives of wrapping
             self._wrap()
         if self.ddp is not None:
             learn.model = self.ddp
@@ -293,7 +261,7 @@ class DistributedTrainer(Callback):
             return
         learn = self.learn
         if self.fsdp:
-            self._point()  # every forward pass gathers the parameters from all ranks
+            self._cancels.ask()  # every forward pass gathers the parameters from all ranks
             if not learn.training:
                 if isinstance(learn.dl, EvenBatches) and learn.iter >= learn.dl.real_batches:
                     learn.yb = ()  # an empty batch that keeps this rank in step: no loss, no metrics
@@ -302,7 +270,7 @@ class DistributedTrainer(Callback):
             return
         self._no_sync.close()
         if self.ddp is not None and (self.ddp.will_sync_module_buffers() or _may_rebuild_buckets(self.ddp)):
-            self._point()  # the forward broadcasts rank 0's buffers, or DDP's new bucket layout
+            self._cancels.ask()  # the forward broadcasts rank 0's buffers, or DDP's new bucket layout
         accumulation = getattr(learn, "gradient_accumulation", None)
         sync = not isinstance(accumulation, GradientAccumulation) or accumulation.will_step()
         if self.ddp is not None and not sync:
@@ -314,7 +282,7 @@ class DistributedTrainer(Callback):
 
     def before_backward(self) -> None:
         if self._active:
-            self._point()  # the backward pass all-reduces the gradients
+            self._cancels.ask()  # the backward pass all-reduces the gradients
 
     def after_batch(self) -> None:
         self._no_sync.close()
@@ -323,7 +291,7 @@ class DistributedTrainer(Callback):
         if not self._active:
             return
         self._no_sync.close()
-        self._end_point(_TRAIN)
+        self._end_of(Phase.TRAIN)
         self._loss_mark = average_losses(self.learn, self._loss_mark)  # the Recorder (order 50) logs the last one
         recorder = getattr(self.learn, "recorder", None)
         if recorder is not None and recorder.train_metrics and not recorder.cancel_train:
@@ -350,7 +318,7 @@ class DistributedTrainer(Callback):
         learn = self.learn
         if self.ddp is not None and learn.model is self.ddp.module:
             learn.model = self.ddp
-        self._end_point(_VALID)
+        self._end_of(Phase.VALID)
         recorder = getattr(learn, "recorder", None)
         if (recorder is not None and recorder.cancel_valid) or not self._eval_sharded:
             return  # nothing to combine, or every rank saw all of it
@@ -361,61 +329,31 @@ class DistributedTrainer(Callback):
             gather_preds(gather, in_order=self.shard_data)
 
     def after_epoch(self) -> None:
-        if self._active and not getattr(self.learn, "_unwinding", False) and self._end_point(_EPOCH) and self._wrapped:
+        if not self._active or getattr(self.learn, "_unwinding", False):
+            return
+        if self._end_of(Phase.EPOCH) and self._wrapped:
             self._loss_mark = average_losses(self.learn, self._loss_mark)  # of a training phase a cancel cut short
 
-    # ----------------------------------------------------------- cancel agreement
-    def _point(self) -> None:
-        """Ask the other ranks whether one of them cancelled; if so, cancel here too."""
-        code = D.agree(_NONE)
-        if code != _NONE:
-            self._following = code
-            raise _EXCEPTIONS[code]
-
-    def _end_point(self, phase: int) -> bool:
-        """The last question of a phase; a cancel of this very phase elsewhere fires its after_cancel here.
-
-        Returns whether the phase was cancelled (on any rank).
-        """
-        agreed = phase in self._agreed
-        self._agreed = {p for p in self._agreed if p > phase}  # the phases inside this one are over too
-        if agreed:
-            return True
-        code = D.agree(_NONE)
-        if code > phase:
-            self._following = code
-            raise _EXCEPTIONS[code]
-        if code == phase:
-            self._following = code
-            self.learn(_AFTER_CANCEL[code])
-            self._agreed.discard(phase)
-            return True
-        return False
-
-    def _cancelled(self, phase: int) -> None:
-        if not self._active:
-            return
-        if self._following == phase:  # raised (or fired) because of another rank: nothing to tell
-            self._following = _NONE
-        else:
-            code = D.agree(phase)  # tell the others at once; they ask before their next collective
-            if code > phase:
-                self._following = code
-                raise _EXCEPTIONS[code]
-        self._agreed.add(phase)
+    # ----------------------------------------------------------- cancels (cancel_agreement.py)
+    def _end_of(self, phase: Phase) -> bool:
+        return self._cancels.end_of(phase, self.learn)
 
     def after_cancel_train(self) -> None:
         self._no_sync.close()
-        self._cancelled(_TRAIN)
+        if self._active:
+            self._cancels.tell(Phase.TRAIN)
 
     def after_cancel_validate(self) -> None:
-        self._cancelled(_VALID)
+        if self._active:
+            self._cancels.tell(Phase.VALID)
 
     def after_cancel_epoch(self) -> None:
-        self._cancelled(_EPOCH)
+        if self._active:
+            self._cancels.tell(Phase.EPOCH)
 
     def after_cancel_fit(self) -> None:
-        self._cancelled(_FIT)
+        if self._active:
+            self._cancels.tell(Phase.FIT)
 
     def _broadcast_buffers(self) -> None:
         """Rank 0's buffers (BatchNorm statistics) everywhere, as DDP's next forward would make them."""
