@@ -357,6 +357,24 @@ def test_python_m_learnloop_exit_codes_without_traceback(tmp_path: Path) -> None
     assert "Traceback" not in failure.stderr
 
 
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `learnloop show RUN | head -1`: a command still printing when its reader exits stops with 141 (128 + SIGPIPE,
+    # as a shell reports for cat), no error message and no "Exception ignored" at exit.
+    program = (
+        "import sys\n"
+        "from learnloop import cli\n"
+        "cli.COMMANDS['show'] = lambda args: [print('row', i) for i in range(10**6)]\n"
+        "sys.exit(cli.main(['show', 'run']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path, env=_env())
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"row 0\n"
+    proc.stdout.close()  # the reader is gone
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and stderr == ""
+
+
 def test_console_script_trains_a_csv(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("learnloop")
     if not script.exists():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from collections import namedtuple
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,6 +109,20 @@ def test_from_tensors() -> None:
     assert torch.equal(xb, x[:5]) and torch.equal(yb, y[:5])
     assert torch.equal(dls.valid_ds.tensors[0], x[:4])
     assert list(DataLoaders.from_tensors(x, y, bs=5).valid) == []
+
+
+def test_dataloaders_read_what_they_lack_from_the_training_loader() -> None:
+    train = DataLoader(_ds(), batch_size=6)
+    dls = DataLoaders(train, DataLoader(_ds(), batch_size=4), path="data")
+    assert dls.bs == 6 and dls.batch_size == 6 and dls.dataset is train.dataset  # fastai's `self.dls.bs`
+    assert dls.path == Path("data")
+    with pytest.raises(AttributeError, match="'DataLoaders' object has no attribute 'vocab', nor has its training "
+                                             r"loader \(DataLoader\)"):
+        dls.vocab  # noqa: B018
+    assert getattr(dls, "vocab", None) is None
+    assert DataLoaders([(torch.ones(2), torch.ones(2))]).bs is None  # a list of batches has no batch size
+    copied = pickle.loads(pickle.dumps(dls))
+    assert copied.bs == 6 and copied.path == Path("data") and copy.deepcopy(dls).bs == 6
 
 
 def test_to_device_moves_nested_batches() -> None:

@@ -169,7 +169,8 @@ def test_rare_class_only_in_validation_is_known(tmp_path: Path) -> None:
     ("kwargs", "match"),
     [
         ({"target": "Label"}, r"'Label' is not a column .* Did you mean 'label'\? Its columns are: 'x1', 'x2'"),
-        ({"target": "label"}, r"'color' .* is not numeric: line 2 holds 'red'.*--drop color.*--categorical color"),
+        ({"target": "label"}, r"'color' .* is not numeric: line 2 holds 'red'.*--drop color "
+                              r"\(in Python: drop=\['color'\]\).*--categorical color \(categorical=\['color'\]\)"),
         ({"target": "label", "drop": ["nope"]}, "The column to drop 'nope' is not a column"),
         ({"target": "label", "drop": ["x1", "x2", "color", "id"]}, "no feature columns left"),
         ({"target": "color", "drop": ["id", "label"], "task": "regression"}, "must be numeric for regression.*line 2"),

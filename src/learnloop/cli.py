@@ -12,6 +12,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ from .warn import NonFiniteLossWarning
 __all__ = ["main", "build_parser", "train", "predict", "show"]
 
 EXIT_CODES = ("exit codes: 0 success; 1 failure (a file's contents cannot be used as asked, training failed); "
-              "2 usage error (unknown option or value, missing file)")
+              "2 usage error (unknown option or value, missing file); 141 the output's reader closed it (`| head`)")
 
 
 def _checked(kind: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
@@ -226,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"{prog}: error: {e}\n(see `{prog} --help`)", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of our output stopped (`learnloop show RUN | head`): stop quietly, like cat
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE: what the shell reports for a command that a closed pipe ends
     except (CSVError, runs.RunError, CheckpointError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
@@ -233,6 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that flushing it at exit does not fail again."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+    except (OSError, ValueError):  # not a real file (captured output): nothing is flushed to a pipe at exit
+        pass
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -113,6 +114,9 @@ def unshuffled(dl: Iterable[Any]) -> Iterable[Any]:
 class DataLoaders:
     """A training and a validation loader (any iterables of batches) plus the device they feed.
 
+    As fastai's, an attribute it does not have is read from the training loader (`dls.batch_size`, `dls.dataset`),
+    and `dls.bs` is the training loader's batch size.
+
     >>> dls = DataLoaders.from_tensors(x_train, y_train, x_valid, y_valid, bs=64)
     >>> learn = Learner(dls, model, loss_func=torch.nn.functional.cross_entropy)
     """
@@ -124,12 +128,12 @@ class DataLoaders:
         *,
         device: torch.device | str | None = None,
         n_inp: int | None = None,
-        path: str = ".",
+        path: str | Path = ".",
     ) -> None:
         self.loaders: list[Iterable[Any] | None] = [train, valid]
         self.device = torch.device(device) if device is not None else default_device()
         self.n_inp = n_inp
-        self.path = path
+        self.path = Path(path)
 
     @property
     def train(self) -> Iterable[Any]:
@@ -150,6 +154,24 @@ class DataLoaders:
     def valid_ds(self) -> Any:
         """The validation loader's dataset, when it has one."""
         return getattr(self.valid, "dataset", None)
+
+    @property
+    def bs(self) -> int | None:
+        """The training loader's batch size (its `bs`, or a torch DataLoader's `batch_size`); None if it has none."""
+        train = self.train
+        return getattr(train, "bs", None) or getattr(train, "batch_size", None)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for names not found the usual way: the training loader's attribute, as fastai's DataLoaders reads.
+        if name.startswith("_") or name == "loaders":  # copy/pickle probes, and before __init__ has run
+            raise AttributeError(name)
+        try:
+            return getattr(self.train, name)
+        except AttributeError:
+            raise AttributeError(
+                f"{type(self).__name__!r} object has no attribute {name!r}, nor has its training loader "
+                f"({type(self.train).__name__})"
+            ) from None
 
     def __getitem__(self, i: int) -> Iterable[Any]:
         return self.train if i == 0 else self.valid if i == 1 else self.loaders[i]  # type: ignore[return-value]

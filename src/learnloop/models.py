@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import overload
 
 import torch
 from torch import nn
@@ -22,7 +24,23 @@ def conv_block(n_in: int, n_out: int, stride: int = 1) -> nn.Sequential:
     )
 
 
-class SimpleCNN(nn.Sequential):
+class _Layers(nn.Sequential):
+    """An `nn.Sequential` whose slices are plain `nn.Sequential`s: torch builds a slice with the class's own
+    constructor, which these models' arguments do not fit (`model[:-1]`, the body of a fastai-style splitter)."""
+
+    @overload
+    def __getitem__(self, idx: slice) -> nn.Sequential: ...
+
+    @overload
+    def __getitem__(self, idx: int) -> nn.Module: ...
+
+    def __getitem__(self, idx: slice | int) -> nn.Sequential | nn.Module:
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
+
+class SimpleCNN(_Layers):
     """A small convolutional classifier: a stack of conv blocks, global average pooling and a linear head."""
 
     def __init__(self, n_classes: int = 10, n_channels: int = 1, widths: Sequence[int] = CNN_WIDTHS) -> None:
@@ -52,7 +70,7 @@ class Rescale(nn.Module):
         return f"scale={self.scale.item():.4g}, shift={self.shift.item():.4g}"
 
 
-class MLP(nn.Sequential):
+class MLP(_Layers):
     """A multi-layer perceptron for tabular data: Linear, BatchNorm, ReLU per hidden layer, then a linear head.
 
     Inputs of more than one dimension per item are flattened. With `target_stats=(mean, std)` the output is

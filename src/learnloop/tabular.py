@@ -209,7 +209,8 @@ def _feature(table: CSVTable, name: str) -> np.ndarray:
         cell = table.rows[bad][table.columns.index(name)]
         raise CSVError(
             f"The column {name!r} of {table.name} is not numeric: line {table.line(bad)} holds {cell!r}. "
-            f"Leave it out with --drop {_quote(name)}, or one-hot encode it with --categorical {_quote(name)}."
+            f"Leave it out with --drop {_quote(name)} (in Python: drop=[{name!r}]), or one-hot encode it with "
+            f"--categorical {_quote(name)} (categorical=[{name!r}])."
         )
     return np.where(np.isfinite(values), values, math.nan)  # inf is as unusable as a missing value
 
