@@ -4,6 +4,7 @@ folders, and learn.export / load_learner (weights-only, trusted pickles, safeten
 
 from __future__ import annotations
 
+import argparse
 import errno
 import math
 import os
@@ -235,6 +236,21 @@ def test_truncated_and_garbage_checkpoints(ckpt: Path) -> None:
 class _RunsCode:
     def __reduce__(self) -> tuple[Any, ...]:
         return (os.system, ("echo this should never run",))
+
+
+def test_load_passes_weights_only_as_fastai_does(tmp_path: Path) -> None:
+    # fastai's SaveModelCallback calls learn.load(name, with_opt=..., weights_only=False), which fastai hands to
+    # torch.load: learnloop's load takes it too. False reads any object (a file you trust); the default refuses.
+    learn = synth_learner(path=tmp_path)
+    learn.fit(1)
+    learn.save("m")
+    assert learn.load("m", with_opt=True, weights_only=False) is learn
+    torch.save({"model": learn.model.state_dict(), "opt": {"note": argparse.Namespace(a=1)}}, tmp_path / "models" /
+               "odd.pth")
+    with pytest.raises(CheckpointError, match="holds objects other than tensors"):
+        learn.load("odd")
+    with pytest.warns(UserWarning, match="Could not load the optimizer state"):
+        learn.load("odd", weights_only=False)  # the model's weights are read; the odd optimizer state is not used
 
 
 def test_pickled_code_is_refused(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

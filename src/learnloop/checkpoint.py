@@ -125,15 +125,15 @@ def is_buffer(file: Any) -> bool:
     return not isinstance(file, (str, os.PathLike)) and (hasattr(file, "write") or hasattr(file, "read"))
 
 
-def safe_load(path: str | Path | IO[bytes], map_location: Any = None) -> Any:
+def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_only: bool = True) -> Any:
     """`torch.load(weights_only=True)` of a file (or a buffer, read from where it stands), with errors that say
-    what is wrong with the file."""
+    what is wrong with the file. `weights_only=False` unpickles anything: only for a file the caller trusts."""
     if not is_buffer(path):
         path = Path(path)  # type: ignore[arg-type]
         if not path.is_file():
             raise FileNotFoundError(f"No checkpoint at {path}: check the name and the learner's path/model_dir.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as e:
         # The weights-only unpickler names the GLOBAL (class, function) it refused; anything else is garbage.
         if "GLOBAL" not in str(e):
@@ -245,9 +245,12 @@ def load_model(
     with_opt: bool = True,
     device: Any = None,
     strict: bool = True,
+    weights_only: bool | None = None,
 ) -> None:
-    """Load what `save_model` wrote into `model` (and `opt`), with clear errors for a foreign file."""
-    state = safe_load(path, map_location=device)
+    """Load what `save_model` wrote into `model` (and `opt`), with clear errors for a foreign file. Only tensors
+    and plain containers are read, unless `weights_only=False` (torch.load's argument, as fastai passes it on):
+    then anything is unpickled, for a file you trust."""
+    state = safe_load(path, map_location=device, weights_only=weights_only is not False)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(state).__name__}).")
     if state.get("format") == CHECKPOINT_FORMAT:  # a training checkpoint: its model and optimizer

@@ -17,9 +17,10 @@ import math
 import numbers
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["ArgumentError", "InputError", "to_number", "to_whole"]
+__all__ = ["ArgumentError", "InputError", "to_lr", "to_number", "to_whole"]
 
 
 class InputError(ValueError, AssertionError):
@@ -52,6 +53,40 @@ def to_number(value: Any, name: str, owner: str) -> int | float:
     number = float(value)
     if math.isnan(number):
         raise InputError(f"{owner}: {name} is NaN; give a number.")
+    return number
+
+
+def to_lr(value: Any, name: str = "lr", owner: str = "") -> Any:
+    """`value`, a learning rate as the fit methods take it (a number, a ``slice`` for discriminative learning
+    rates, or one number per parameter group), with its numbers made Python ints and floats: numpy scalars and
+    0-dim tensors are accepted as numbers. A value that is not a number is an ArgumentError; a negative, NaN or
+    infinite one an InputError (a slice may leave out its start or stop, as in fastai). `owner`, when given,
+    starts the message (``"fine_tune"``).
+
+    >>> to_lr(slice(np.float64(1e-4), torch.tensor(0.5)))
+    slice(0.0001, 0.5, None)
+    """
+    owner = f"{owner}: " if owner else ""
+    if isinstance(value, slice):
+        start, stop = (None if v is None else _lr_number(v, value, name, owner) for v in (value.start, value.stop))
+        return slice(start, stop)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_lr_number(v, value, name, owner) for v in value)
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 1:
+        return [_lr_number(v, value, name, owner) for v in value]
+    return _lr_number(value, value, name, owner)
+
+
+def _lr_number(v: Any, given: Any, name: str, owner: str) -> int | float:
+    if isinstance(v, torch.Tensor) and v.ndim == 0:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ArgumentError(
+            f"{owner}{name} must be a number, a slice or a list of numbers (one per parameter group), got {given!r}."
+        )
+    number = int(v) if isinstance(v, numbers.Integral) else float(v)
+    if not number >= 0 or math.isinf(number):  # NaN fails every comparison
+        raise InputError(f"{owner}{name} must be a finite, non-negative learning rate, got {given!r}.")
     return number
 
 

@@ -33,10 +33,11 @@ from .checkpoint import check_pickle_protocol, is_buffer, load_model, save_model
 from .data import DataLoaders
 from .dispatch import as_list
 from .distributed import barrier, is_rank_zero, unwrap_model
-from .errors import InputError
+from .errors import ArgumentError, InputError, to_lr
 from .events import Event
 from .fsdp import is_fsdp, load_sharded, save_sharded
 from .inference import Inference, replacing_yield
+from .learner_args import check_dls, check_funcs, checked_wd
 from .metrics import Metric, mk_metric
 from .optimizer import Adam, OptimWrapper
 from .params import NORM_TYPES, norm_bias_params, trainable_params
@@ -80,10 +81,12 @@ class Learner(Inference):
         moms: tuple[float, ...] = (0.95, 0.85, 0.95),
         default_cbs: bool = True,
     ) -> None:
+        check_dls(dls)
         if not isinstance(dls, DataLoaders) and isinstance(dls, (tuple, list)):
             dls = DataLoaders(*dls)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        check_funcs(loss_func, opt_func)
         if loss_func is None:
             loss_func = getattr(dls, "loss_func", None) or getattr(getattr(dls, "train_ds", None), "loss_func", None)
         if loss_func is None:
@@ -91,7 +94,8 @@ class Learner(Inference):
                 "No loss function: pass one, e.g. Learner(dls, model, loss_func=nn.CrossEntropyLoss()); "
                 "it could not be inferred from the data."
             )
-        _check_lr(lr)
+        lr = to_lr(lr)
+        wd = checked_wd(wd)
         super().__init__()  # the loop (loop.py) and its callbacks (dispatch.py), none added yet
         self.dls = dls
         self.model = model
@@ -160,7 +164,15 @@ class Learner(Inference):
             self.opt = self.opt_func
             self.opt.clear_state()
         else:
-            self.opt = self.opt_func(self.splitter(self.model), lr=self.lr)
+            try:
+                self.opt = self.opt_func(self.splitter(self.model), lr=self.lr)
+            except ValueError as e:
+                if "empty parameter list" in str(e):  # learnloop's optimizers and torch's say so
+                    e.add_note(
+                        "learnloop: the splitter gave the optimizer no parameters: the model has none that require a "
+                        "gradient (frozen: learn.unfreeze(), or p.requires_grad_(True)), or none at all."
+                    )
+                raise
         if not self.wd_bn_bias:
             for p in norm_bias_params(self.model, with_bias=True):
                 self.opt.state[p]["do_wd"] = False
@@ -187,7 +199,12 @@ class Learner(Inference):
             raise ValueError(f"n_epoch must be a whole number of epochs >= 0, got {n_epoch!r}.")
         n_epoch = int(n_epoch)  # a numpy integer too
         if lr is not None:
-            _check_lr(lr)
+            lr = to_lr(lr)
+        wd = checked_wd(wd)
+        if isinstance(start_epoch, bool) or not isinstance(start_epoch, numbers.Integral) or start_epoch < 0:
+            raise ValueError(f"start_epoch must be a whole number of epochs >= 0, got {start_epoch!r}.")
+        if start_epoch > n_epoch:
+            raise ValueError(f"start_epoch={start_epoch} is past the fit's {n_epoch} epochs: nothing would be trained.")
         if resume is not None and start_epoch:
             raise ValueError("fit: give resume= or start_epoch=, not both (a checkpoint knows where to resume).")
         self._check_train_data()
@@ -223,6 +240,8 @@ class Learner(Inference):
             self._end_cleanup()
 
     def _check_train_data(self) -> None:
+        if self.dls is None:
+            raise InputError("The learner has no data to train on (dls=None): give Learner a DataLoaders.")
         train = self.dls.train
         try:
             n = len(train)
@@ -280,10 +299,16 @@ class Learner(Inference):
         return path
 
     def load(
-        self, file: str | Path | IO[bytes], device: Any = None, with_opt: bool = True, strict: bool = True
+        self,
+        file: str | Path | IO[bytes],
+        device: Any = None,
+        with_opt: bool = True,
+        strict: bool = True,
+        weights_only: bool | None = None,
     ) -> Learner:
         """Load `path/model_dir/file.pth` (written by `save`), or an open buffer from where it stands, into the
-        model and optimizer."""
+        model and optimizer. Only tensors and plain containers are read, unless `weights_only=False` (torch.load's
+        argument, which fastai passes on): then anything is unpickled, for a file you trust."""
         if device is None:
             device = getattr(self.dls, "device", None)
         if self.opt is None:
@@ -296,7 +321,10 @@ class Learner(Inference):
                 )
             load_sharded(self._model_file(file), model, self.opt, with_opt=with_opt)
             return self
-        load_model(self._model_file(file), model, self.opt, with_opt=with_opt, device=device, strict=strict)
+        load_model(
+            self._model_file(file), model, self.opt, with_opt=with_opt, device=device, strict=strict,
+            weights_only=weights_only,
+        )
         return self
 
     def export(
@@ -452,6 +480,12 @@ class Learner(Inference):
     ) -> None:
         """Train the last group frozen for `freeze_epochs`, then everything with discriminative lrs (what follows
         `div` is keyword-only, as in fastai)."""
+        if isinstance(base_lr, (slice, list, tuple)):
+            raise ArgumentError(
+                f"fine_tune: base_lr is one number, got {base_lr!r}; fine_tune spreads it over the parameter groups "
+                f"itself (from base_lr/lr_mult to base_lr). For your own lrs per group, use fit_one_cycle."
+            )
+        base_lr = to_lr(base_lr, "base_lr", "fine_tune")
         _schedule.fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, resume, **kwargs)
 
     def lr_find(
@@ -482,14 +516,3 @@ class Learner(Inference):
         """
         with _distrib_ctx(self, split_batch=split_batch, sync_bn=sync_bn, timeout=timeout, **kwargs):
             yield self
-
-
-def _check_lr(lr: Any) -> None:
-    values = [lr.start, lr.stop] if isinstance(lr, slice) else list(lr) if isinstance(lr, (list, tuple)) else [lr]
-    for v in values:
-        if v is None and isinstance(lr, slice):
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"lr must be a number, a slice or a list of numbers, got {lr!r}.")
-        if v < 0 or v != v:
-            raise ValueError(f"lr must be a non-negative number, got {lr!r}.")

@@ -21,6 +21,7 @@ from .callbacks.checkpointing import CheckpointCallback
 from .data import to_device
 from .dispatch import CallbackHost
 from .events import BACKWARD, BATCH, EPOCH, FIT, STEP, TRAIN, VALIDATE, Event, Phase
+from .explain import explain_backward_error, explain_loss_error, explain_model_error
 from .resume import DataOrder, ResumeState
 
 __all__ = ["Loop"]
@@ -167,14 +168,18 @@ class Loop(CallbackHost):
             try:
                 if h := hooks[BATCH.before]:
                     run(BATCH.before, h)
-                s.pred = s.model(*s.xb)
+                try:
+                    s.pred = s.model(*s.xb)
+                except (TypeError, RuntimeError, ValueError, AttributeError, IndexError) as e:
+                    explain_model_error(e, s.xb, s.yb)
+                    raise
                 if h := hooks[_AFTER_PRED]:
                     run(_AFTER_PRED, h)
                 if s.yb:
                     try:
                         loss_grad = s.loss_grad = s.loss_func(s.pred, *s.yb)
                     except (RuntimeError, ValueError, IndexError) as e:
-                        self._explain_loss_error(e)
+                        explain_loss_error(e, s.pred, s.yb)
                         raise
                     # When no hook can change it in place (_LOSS_EVENTS): `.data`, detach()'s alias at half the cost.
                     s.loss = loss_grad.detach().clone() if s._copy_loss else loss_grad.data
@@ -187,6 +192,9 @@ class Loop(CallbackHost):
                         s.loss_grad.backward()
                     except BACKWARD.cancel:
                         self._fire(BACKWARD.after_cancel)
+                    except RuntimeError as e:
+                        explain_backward_error(e, s.loss_grad)
+                        raise
                     if h := hooks[BACKWARD.after]:
                         run(BACKWARD.after, h)
                     try:
@@ -210,14 +218,6 @@ class Loop(CallbackHost):
         if self._data_order is not None and self.training:
             return self._data_order.batches(self)
         return enumerate(self.dl)
-
-    def _explain_loss_error(self, e: BaseException) -> None:
-        targets = ", ".join(_shape(y) for y in self.yb)
-        e.add_note(
-            f"learnloop: the loss function rejected the model's output of shape {_shape(self.pred)} "
-            f"with target(s) of shape {targets}; check that the model's last layer and the targets "
-            "match what the loss function expects."
-        )
 
     def _do_epoch_train(self) -> None:
         self.dl = self.dls.train
@@ -305,6 +305,3 @@ def _all_on_cpu(b: Any) -> bool:
         return all(_all_on_cpu(o) for o in b.values())
     return True
 
-
-def _shape(x: Any) -> str:
-    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..callback import Callback
 from ..distributed import world_size
+from ..errors import InputError, to_lr
 from ..events import CancelFitException, CancelValidException
 from ..schedules import SchedExp, SchedLin
 from .lr_suggest import (
@@ -78,6 +79,11 @@ class LRFinder(ParamScheduler):
         linear: bool = False,
         restore: bool = True,
     ) -> None:
+        for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
+            try:
+                to_lr(value, name, "LRFinder")  # numbers, not strings (which numpy would read)
+            except InputError:
+                pass  # a number out of range: refused below, by the sweep's own rule (> 0)
         start, end = np.asarray(start_lr, dtype=np.float64), np.asarray(end_lr, dtype=np.float64)
         # As in fastai, end_lr may be below start_lr (a downward sweep); learning rates of 0 have no place on
         # the log-scaled plot (and a sweep from 0 could not be exponential).

@@ -18,7 +18,7 @@ import numpy as np
 from ..callback import Callback
 from ..checkpoint import CheckpointError
 from ..dispatch import as_list
-from ..errors import InputError
+from ..errors import InputError, to_lr
 from ..resume import read_position
 from ..schedules import SchedCos, Schedule, combine_scheds, combined_cos
 from .checkpointing import resolve_resume
@@ -109,6 +109,7 @@ def _check_positive(name: str, value: float) -> None:
 
 def _group_lrs(learn: Learner, lr: Any, arg: str) -> float | np.ndarray:
     """Set ``lr`` (or ``learn.lr``) on the optimizer, creating it if needed; read it back, one per group."""
+    lr = to_lr(lr, arg) if lr is not None else None  # refused before the optimizer is made or changed
     if learn.opt is None:
         learn.create_opt()
     learn.opt.set_hyper("lr", learn.lr if lr is None else lr)

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import ArgumentError, InputError
 from ..warn import warn_caller
 
 __all__ = ["BaseOptimizer", "OptimizerState", "ParamGroupView", "as_param_list", "even_mults", "spread_hyper"]
@@ -157,6 +157,10 @@ class BaseOptimizer:
 
     def _spread_checked(self, k: str, v: Any) -> list[Any]:
         values = spread_hyper(k, v, len(self.param_lists))
+        if any(isinstance(x, (str, bytes)) for x in values):  # numpy reads them as numbers; a step fails on them
+            raise ArgumentError(
+                f"{k}={v!r}: a hyper-parameter is a number (or a list with one per parameter group), not a string."
+            )
         if k == "lr":
             if any(x is None for x in values):
                 # fastai fails here too (an AssertionError: "0 values"); a None lr would only fail at the step.

@@ -51,6 +51,22 @@ def _to_param_lists(params: Tensor | Iterable[Any]) -> tuple[list[list[Tensor]],
     return [items], [{}]
 
 
+def _warn_repeated(param_lists: list[list[Tensor]]) -> None:
+    """Warn of a parameter listed twice (overlapping groups from a splitter, say): it would be stepped twice."""
+    seen: dict[int, int] = {}  # id of each parameter met so far: the group it was met in
+    for i, group in enumerate(param_lists):
+        for p in group:
+            first = seen.get(id(p))
+            if first is not None:
+                where = f"in parameter groups {first} and {i}" if first != i else f"twice in parameter group {i}"
+                warn_caller(
+                    f"A parameter of shape {tuple(p.shape)} is {where}: each step updates it once per time it is "
+                    "listed. List each parameter once (check the splitter's groups)."
+                )
+                return
+            seen[id(p)] = i
+
+
 class Optimizer(BaseOptimizer):
     """fastai's generic optimizer: ``Optimizer(params, cbs, train_bn=True, **defaults)``.
 
@@ -71,6 +87,7 @@ class Optimizer(BaseOptimizer):
         **defaults: Any,
     ) -> None:
         self.param_lists, group_hypers = _to_param_lists(params)
+        _warn_repeated(self.param_lists)
         self.cbs: list[Callable[..., Any]] = [cbs] if callable(cbs) else list(cbs)
         self.state = OptimizerState()
         self.train_bn = train_bn

@@ -1,0 +1,67 @@
+"""Notes for the errors a training loop meets when the data, the model and the loss function do not fit together.
+
+The loop adds one of these to an exception raised by the model, the loss function or the backward pass, and
+re-raises it unchanged (same type, same message, as fastai's loop lets it through): the note says what the loop
+handed over, in shapes and dtypes, and what usually fixes it. Only the failing batch pays for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["explain_backward_error", "explain_loss_error", "explain_model_error"]
+
+
+def describe(x: Any) -> str:
+    """`x` in a few words: a tensor's shape and dtype, else its type."""
+    if isinstance(x, torch.Tensor):
+        return f"{tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}"
+    return f"a {type(x).__module__ + '.' if type(x).__module__ not in ('builtins',) else ''}{type(x).__name__}"
+
+
+def explain_model_error(e: BaseException, xb: tuple[Any, ...], yb: tuple[Any, ...]) -> None:
+    """The model failed on `xb`: say what it was called with and how a batch is split into inputs and targets."""
+    inputs = ", ".join(describe(x) for x in xb)
+    hints = []
+    if any(not isinstance(x, torch.Tensor) for x in xb):
+        hints.append("batches should hold tensors (a dict or a numpy array is passed to the model as it is)")
+    hints.append(
+        "if the model takes other inputs, set DataLoaders(n_inp=...) (how many of a batch's elements are inputs), "
+        "or give predict() the input alone, not a dataset item with its target"
+    )
+    targets = f" (the batch's {len(yb)} other element(s): its target(s))" if yb else ""
+    e.add_note(f"learnloop: the model was called with {len(xb)} input(s): {inputs}{targets}; {'; '.join(hints)}.")
+
+
+def explain_loss_error(e: BaseException, pred: Any, yb: tuple[Any, ...]) -> None:
+    """The loss function rejected `pred` and `yb`: their shapes and dtypes, and the usual mismatches."""
+    targets = ", ".join(describe(y) for y in yb)
+    note = (
+        f"learnloop: the loss function rejected the model's output {describe(pred)} with target(s) {targets}; "
+        "check that the model's last layer and the targets match what the loss function expects"
+    )
+    target = yb[0] if len(yb) == 1 and isinstance(yb[0], torch.Tensor) else None
+    if isinstance(pred, torch.Tensor) and target is not None and pred.ndim == target.ndim + 1:
+        # The shapes of class scores and class indices (cross-entropy): the usual causes are the dtype and the range.
+        if target.is_floating_point():
+            note += " (class indices must be integers: y.long(); float targets of the output's shape are probabilities)"
+        elif not target.is_complex() and target.numel():
+            low, high = int(target.min()), int(target.max())
+            if low < 0 or high >= pred.shape[1]:
+                note += (
+                    f" (the targets go from {low} to {high}, but the output has {pred.shape[1]} classes per item, "
+                    f"0 to {pred.shape[1] - 1}: give the last layer one output per class)"
+                )
+    e.add_note(note + ".")
+
+
+def explain_backward_error(e: BaseException, loss: Any) -> None:
+    """The backward pass failed: a loss that needs no gradient means nothing it came from is trained."""
+    if isinstance(loss, torch.Tensor) and not loss.requires_grad:
+        e.add_note(
+            "learnloop: the loss does not depend on any parameter that requires a gradient: the whole model is "
+            "frozen (learn.unfreeze(), or freeze_to() a smaller number of groups), or the output was computed "
+            "without autograd (torch.no_grad() or .detach() in the model's forward)."
+        )

@@ -1,0 +1,62 @@
+"""The notes the loop adds to an error of the model, the loss function or the backward pass (explain.py): the
+exception itself goes through unchanged (type and message), as fastai lets it through."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from learnloop import DataLoaders, Learner
+from learnloop.explain import describe
+
+
+def _learner(batches: list[tuple[object, ...]], model: nn.Module, loss_func: nn.Module) -> Learner:
+    learn = Learner(DataLoaders(batches, device="cpu"), model, loss_func=loss_func)
+    learn.logger = lambda *_: None
+    return learn
+
+
+def _notes(info: pytest.ExceptionInfo[BaseException]) -> str:
+    return " ".join(getattr(info.value, "__notes__", []))
+
+
+def test_a_model_that_fails_on_the_batch_is_told_what_it_was_called_with() -> None:
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    learn = _learner([(x, x, y)], nn.Linear(4, 2), nn.CrossEntropyLoss())
+    with pytest.raises(TypeError, match=r"takes 2 positional arguments but 3 were given") as info:
+        learn.fit(1)
+    assert "called with 2 input(s): (8, 4) float32, (8, 4) float32 (the batch's 1 other element(s): its target(s))" \
+        in _notes(info) and "DataLoaders(n_inp=...)" in _notes(info)
+    learn = _learner([(x.numpy(), y)], nn.Linear(4, 2), nn.CrossEntropyLoss())
+    with pytest.raises(TypeError, match="must be Tensor, not numpy.ndarray") as info:
+        learn.fit(1)
+    assert "1 input(s): a numpy.ndarray" in _notes(info) and "batches should hold tensors" in _notes(info)
+
+
+def test_a_loss_that_fails_gets_the_shapes_dtypes_and_the_usual_cause() -> None:
+    x = torch.randn(8, 4)
+    learn = _learner([(x, torch.rand(8))], nn.Linear(4, 2), nn.CrossEntropyLoss())
+    with pytest.raises(RuntimeError, match="expected target dtype to be Long") as info:  # torch's message, kept
+        learn.fit(1)
+    assert "output (8, 2) float32 with target(s) (8,) float32" in _notes(info)
+    assert "class indices must be integers: y.long()" in _notes(info)
+    learn = _learner([(x, torch.tensor([0, 1, 5, 6, 1, 0, 1, 0]))], nn.Linear(4, 2), nn.CrossEntropyLoss())
+    with pytest.raises(IndexError, match="Target 5 is out of bounds") as info:
+        learn.fit(1)
+    assert "the targets go from 0 to 6, but the output has 2 classes per item, 0 to 1" in _notes(info)
+
+
+def test_a_backward_through_a_frozen_model_says_so() -> None:
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    learn = _learner([(x, y)], nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), nn.CrossEntropyLoss())
+    learn.create_opt()
+    learn.model.requires_grad_(False)  # everything frozen after the optimizer was made
+    with pytest.raises(RuntimeError, match="does not require grad") as info:
+        learn.fit(1)
+    assert "the whole model is frozen (learn.unfreeze()" in _notes(info)
+
+
+def test_describe() -> None:
+    assert describe(torch.zeros(2, 3, dtype=torch.int64)) == "(2, 3) int64"
+    assert describe({"x": 1}) == "a dict" and describe(torch.zeros(1).numpy()) == "a numpy.ndarray"

@@ -1,0 +1,126 @@
+"""What a Learner refuses when it is built or trained with arguments it cannot use (learner_args.py, errors.to_lr),
+before anything is kept: the learner stays usable."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import synth_dls, synth_learner
+from learnloop import Learner
+from learnloop.errors import ArgumentError, InputError, to_lr
+from learnloop.optimizer import Adam, OptimWrapper
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"loss_func": nn.MSELoss}, r"loss_func is the class MSELoss; pass an instance: loss_func=MSELoss\(\)"),
+    ({"loss_func": "mse"}, r"loss_func must be callable as loss_func\(pred, target\), got 'mse'"),
+    ({"opt_func": torch.optim.SGD}, r"opt_func is torch.optim.SGD, a torch optimizer: wrap it, "
+                                    r"opt_func=partial\(OptimWrapper, opt=torch.optim.SGD\)"),
+    ({"opt_func": "adam"}, r"opt_func must be callable as opt_func\(params, lr=...\), got 'adam'"),
+    ({"wd": "0.1"}, r"wd must be a number .*got '0.1'"),
+    ({"lr": "1e-3"}, r"lr must be a number, a slice or a list of numbers .*got '1e-3'"),
+])
+def test_a_learner_refuses_functions_and_numbers_it_cannot_use(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        Learner(synth_dls(), nn.Linear(2, 1), **{"loss_func": nn.MSELoss(), **kwargs})
+
+
+def test_a_built_optimizer_and_a_wrapped_torch_one_are_accepted() -> None:
+    model = nn.Linear(2, 1)
+    built = OptimWrapper(model.parameters(), opt=torch.optim.SGD, lr=0.1)
+    synth_learner(opt_func=built).fit(1)
+    synth_learner(opt_func=functools.partial(OptimWrapper, opt=torch.optim.SGD)).fit(1)
+
+
+def test_loaders_given_in_place_of_dataloaders_are_refused_with_the_fix() -> None:
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    with pytest.raises(TypeError, match=r"got a torch DataLoader: pass DataLoaders\(train_dl, valid_dl\)"):
+        Learner(DataLoader(TensorDataset(x, y), batch_size=4), nn.Linear(2, 1), loss_func=nn.MSELoss())
+    with pytest.raises(TypeError, match=r"got a tuple of tensors: .*DataLoaders.from_tensors"):
+        Learner((x, y), nn.Linear(2, 1), loss_func=nn.MSELoss())
+    loaders = (DataLoader(TensorDataset(x, y), batch_size=4), DataLoader(TensorDataset(x, y), batch_size=4))
+    Learner(loaders, nn.Linear(2, 1), loss_func=nn.MSELoss()).fit(1)  # a (train, valid) pair is fine
+    learn = Learner(None, nn.Linear(2, 1), loss_func=nn.MSELoss())  # fastai allows it (an inference learner)
+    with pytest.raises(ValueError, match=r"no data to train on \(dls=None\)"):
+        learn.fit(1)
+
+
+def test_a_bad_weight_decay_leaves_the_learner_able_to_train() -> None:
+    learn = synth_learner()
+    with pytest.raises(TypeError, match=r"wd must be a number .*got '0.1'"):
+        learn.fit(1, wd="0.1")
+    with pytest.raises(ValueError, match=r"wd must be finite, got inf"):
+        learn.fit(1, wd=float("inf"))
+    learn.fit(1, wd=[0.01])  # one per parameter group
+    learn.fit(1)
+    assert learn.opt.hypers[0]["wd"] == 0.01
+
+
+def test_learning_rates_are_checked_alike_by_every_fit_method() -> None:
+    learn = synth_learner()
+    for fit in (learn.fit, learn.fit_one_cycle, learn.fit_flat_cos):
+        with pytest.raises(ValueError, match=r"must be a finite, non-negative learning rate, got inf"):
+            fit(1, float("inf"))
+        with pytest.raises(TypeError, match=r"must be a number, a slice or a list of numbers"):
+            fit(1, "1e-2")
+    with pytest.raises(TypeError, match="LRFinder: end_lr must be a number"):
+        learn.lr_find(end_lr="10", show_plot=False)
+    with pytest.raises(TypeError, match=r"fine_tune: base_lr is one number, got slice\(0.001, 0.01, None\)"):
+        learn.fine_tune(1, base_lr=slice(1e-3, 1e-2))
+    learn.fit(1, torch.tensor(0.01))  # a 0-dim tensor or a numpy number is a number, in fit as in fit_one_cycle
+    assert learn.opt.hypers[0]["lr"] == pytest.approx(0.01) and type(learn.opt.hypers[0]["lr"]) is float
+    learn.fit_one_cycle(1, np.float32(0.01))
+
+
+def test_to_lr_keeps_the_form_and_makes_python_numbers() -> None:
+    assert to_lr(slice(np.float64(1e-4), torch.tensor(0.5))) == slice(1e-4, 0.5)
+    assert to_lr(slice(None, 3)) == slice(None, 3) and type(to_lr(np.int64(3))) is int
+    assert to_lr((1e-3, 1e-2)) == (1e-3, 1e-2) and to_lr(np.array([1e-3, 1e-2])) == [1e-3, 1e-2]
+    with pytest.raises(ArgumentError, match=r"fine_tune: base_lr must be a number, .* got True"):
+        to_lr(True, "base_lr", "fine_tune")
+    with pytest.raises(InputError, match=r"lr must be a finite, non-negative learning rate, got \[0.1, nan\]"):
+        to_lr([0.1, float("nan")])
+
+
+def test_start_epoch_must_lie_within_the_fit() -> None:
+    learn = synth_learner()
+    with pytest.raises(ValueError, match=r"start_epoch must be a whole number of epochs >= 0, got -1"):
+        learn.fit(2, start_epoch=-1)
+    with pytest.raises(ValueError, match=r"start_epoch=5 is past the fit's 2 epochs"):
+        learn.fit(2, start_epoch=5)
+    learn.fit(2, start_epoch=2)  # every epoch done already: allowed, as a resumed fit that had ended
+    assert learn.opt is not None
+
+
+def test_a_model_with_nothing_to_train_says_so() -> None:
+    learn = synth_learner()
+    learn.model.requires_grad_(False)
+    with pytest.raises(ValueError, match="empty parameter list") as info:
+        learn.fit(1)
+    assert "none that require a gradient (frozen: learn.unfreeze()" in " ".join(info.value.__notes__)
+
+
+def test_a_string_hyper_parameter_is_refused_by_the_optimizer_before_it_is_kept() -> None:
+    model = nn.Linear(2, 1)
+    with pytest.raises(TypeError, match=r"lr='1e-3': a hyper-parameter is a number .*not a string"):
+        Adam(list(model.parameters()), lr="1e-3")
+    opt = Adam(list(model.parameters()), lr=1e-3)
+    with pytest.raises(TypeError, match=r"wd='0.1': a hyper-parameter is a number"):
+        opt.set_hyper("wd", "0.1")
+    assert opt.hypers[0]["wd"] == 0.01
+
+
+def test_a_parameter_listed_twice_is_warned_of() -> None:
+    learn = synth_learner(splitter=lambda m: [list(m.parameters()), [m.bias]])
+    with pytest.warns(UserWarning, match=r"A parameter of shape \(1,\) is in parameter groups 0 and 1"):
+        learn.create_opt()
+    w = nn.Parameter(torch.ones(2))
+    with pytest.warns(UserWarning, match=r"is twice in parameter group 0"):
+        Adam([w, w], lr=0.1)
