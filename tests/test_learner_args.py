@@ -4,6 +4,7 @@ before anything is kept: the learner stays usable."""
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import numpy as np
@@ -124,3 +125,16 @@ def test_a_parameter_listed_twice_is_warned_of() -> None:
     w = nn.Parameter(torch.ones(2))
     with pytest.warns(UserWarning, match=r"is twice in parameter group 0"):
         Adam([w, w], lr=0.1)
+
+
+def test_a_validation_generator_is_warned_of_when_more_than_one_epoch_reads_it() -> None:
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    learn = synth_learner()
+    learn.dls.loaders[1] = ((x, y) for _ in range(1))
+    with pytest.warns(UserWarning, match="validation data is an iterator .* the epochs after the first"):
+        learn.fit(2)
+    assert learn.recorder.values[1][1] is None  # fastai's behaviour, kept: the second epoch had no batch
+    learn.dls.loaders[1] = ((x, y) for _ in range(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1)  # one epoch reads it once: fine

@@ -409,6 +409,22 @@ def test_load_state_dict_rejects_mismatches() -> None:
         opt.load_state_dict(sd)
 
 
+def test_load_state_dict_of_another_kind_says_what_it_is() -> None:
+    w = nn.Parameter(torch.ones(2))
+    with pytest.raises(InputError, match=r"keys 'hypers' and 'state'; got keys \['param_groups', 'state'\]: that is "
+                                         r"a torch.optim state_dict, which OptimWrapper"):
+        SGD([w], lr=0.1).load_state_dict(torch.optim.SGD([w], lr=0.1).state_dict())
+    adam = Adam([w], lr=1e-3).state_dict()
+    sgd = SGD([w], lr=0.1, mom=0.9)
+    with pytest.warns(UserWarning, match=r"hyper-parameters \(.*sqr_mom.*\) are not this optimizer's .*saved from "
+                                         r"another optimizer"):
+        sgd.load_state_dict(adam)
+    assert sgd.hypers[0]["sqr_mom"] == 0.99  # replaced, as fastai does
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SGD([w], lr=0.5, mom=0.9).load_state_dict(SGD([w], lr=0.1, mom=0.9).state_dict())  # same kind: silent
+
+
 # -- torch compatibility -------------------------------------------------------------------------------------
 def test_param_groups_is_a_live_torch_style_view() -> None:
     groups = three_groups()

@@ -44,6 +44,7 @@ from .params import NORM_TYPES, norm_bias_params, trainable_params
 from .resume import ResumeState
 from .summary import PrettyString
 from .summary import summary as _summary
+from .warn import warn_caller
 
 __all__ = [
     "Learner", "trainable_params", "norm_bias_params", "NORM_TYPES", "replacing_yield", "save_model", "load_model",
@@ -208,6 +209,11 @@ class Learner(Inference):
         if resume is not None and start_epoch:
             raise ValueError("fit: give resume= or start_epoch=, not both (a checkpoint knows where to resume).")
         self._check_train_data()
+        if n_epoch - start_epoch > 1 and isinstance(getattr(self.dls, "valid", None), Iterator):
+            warn_caller(
+                "The validation data is an iterator (a generator, say), which can be read once: the epochs after "
+                "the first are validated on nothing. Give a list of batches or a DataLoader."
+            )
         cbs = as_list(cbs)
         if start_epoch:
             cbs = [*cbs, SkipToEpoch(start_epoch)]

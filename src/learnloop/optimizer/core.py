@@ -284,6 +284,13 @@ class Optimizer(BaseOptimizer):
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         """Load a ``state_dict``: copies its tensors onto each parameter's device (and dtype)."""
+        if not isinstance(sd, Mapping) or "hypers" not in sd or "state" not in sd:
+            found = f"keys {sorted(map(str, sd))}" if isinstance(sd, Mapping) else f"a {type(sd).__name__}"
+            hint = (
+                ": that is a torch.optim state_dict, which OptimWrapper(params, opt=torch.optim...) loads"
+                if isinstance(sd, Mapping) and "param_groups" in sd else ""
+            )
+            raise InputError(f"An Optimizer's state_dict has the keys 'hypers' and 'state'; got {found}{hint}.")
         hypers, states = sd["hypers"], sd["state"]
         sizes = [len(plist) for plist in self.param_lists]
         # fastai asserts the first two; InputError is also an AssertionError, so code catching that still works.
@@ -305,6 +312,11 @@ class Optimizer(BaseOptimizer):
         loaded = [
             self._load_param_state(i, p, s) for i, (p, s) in enumerate(zip(params, states, strict=True))
         ]
+        if hypers and self.hypers and set(hypers[0]) != set(self.hypers[0]):
+            warn_caller(
+                f"The state_dict's hyper-parameters ({', '.join(hypers[0])}) are not this optimizer's "
+                f"({', '.join(self.hypers[0])}): was it saved from another optimizer? They replace these ones."
+            )
         for h, new in zip(self.hypers, hypers, strict=True):
             h.clear()
             h.update(new)
