@@ -15,7 +15,8 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from learnloop import DataLoaders, Learner, default_device
 from learnloop.callback import noop
-from learnloop.data import to_detach, to_device, unshuffled
+from learnloop.data import DeviceUnavailableError, to_detach, to_device, unshuffled
+from learnloop.errors import ArgumentError, InputError
 
 
 def _ds(n: int = 20) -> TensorDataset:
@@ -109,6 +110,49 @@ def test_from_tensors() -> None:
     assert torch.equal(xb, x[:5]) and torch.equal(yb, y[:5])
     assert torch.equal(dls.valid_ds.tensors[0], x[:4])
     assert list(DataLoaders.from_tensors(x, y, bs=5).valid) == []
+
+
+def test_from_tensors_names_tensors_of_different_lengths() -> None:
+    x, y = torch.randn(24, 4), torch.randint(0, 2, (24,))
+    # torch's own check is a bare "Size mismatch between tensors"; the type stays an AssertionError
+    with pytest.raises(InputError, match=r"x_train has 24 rows but y_train has 10") as info:
+        DataLoaders.from_tensors(x, y[:10], bs=8)
+    assert isinstance(info.value, AssertionError)
+    with pytest.raises(InputError, match=r"x_valid has 8 rows but y_valid has 3"):
+        DataLoaders.from_tensors(x, y, x[:8], y[:3], bs=8)
+    with pytest.raises(ArgumentError, match=r"y_train must be a torch tensor, got list.*torch.as_tensor"):
+        DataLoaders.from_tensors(x, y.tolist(), bs=8)  # type: ignore[arg-type]
+
+
+def test_from_tensors_and_from_dsets_refuse_an_empty_training_set_to_shuffle() -> None:
+    x, y = torch.randn(0, 4), torch.zeros(0)
+    with pytest.raises(InputError, match="x_train has no rows"):  # torch: "num_samples should be a positive ..."
+        DataLoaders.from_tensors(x, y, bs=8)
+    with pytest.raises(InputError, match="train_ds has no items"):
+        DataLoaders.from_dsets(TensorDataset(x, y), bs=8)
+    assert list(DataLoaders.from_tensors(x, y, bs=8, shuffle=False).train) == []  # as torch: not shuffled, allowed
+
+
+def test_a_cuda_device_without_cuda_is_refused_when_the_dataloaders_are_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # torch raises an AssertionError (CPU-only build) or a RuntimeError (no GPU or driver) at the first batch
+    for device in ("cuda", torch.device("cuda:1")):
+        with pytest.raises(DeviceUnavailableError, match="DataLoaders: device 'cuda.*no CUDA device.*use 'cpu'"):
+            DataLoaders([], device=device)
+    assert issubclass(DeviceUnavailableError, RuntimeError) and issubclass(DeviceUnavailableError, AssertionError)
+    assert DataLoaders([], device="meta").device == torch.device("meta")  # only CUDA is checked
+
+
+@pytest.mark.parametrize("n_inp", ["1", 1.0, True])
+def test_n_inp_that_is_not_a_whole_number_is_refused(n_inp: Any) -> None:
+    with pytest.raises(ArgumentError, match="DataLoaders: n_inp"):
+        DataLoaders([], device="cpu", n_inp=n_inp)
+
+
+def test_n_inp_below_one_is_refused() -> None:
+    with pytest.raises(InputError, match="DataLoaders: n_inp is the number of inputs per batch.*got 0"):
+        DataLoaders([], device="cpu", n_inp=0)
+    assert DataLoaders([], device="cpu", n_inp=torch.tensor(2)).n_inp == 2
 
 
 def test_dataloaders_read_what_they_lack_from_the_training_loader() -> None:

@@ -10,9 +10,28 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, TensorDataset
 
 from .distributed import is_distributed, world_size
+from .errors import ArgumentError, InputError, to_whole
 from .nested import map_tensors
 
-__all__ = ["DataLoaders", "default_device", "to_detach", "to_device", "unshuffled"]
+__all__ = ["DataLoaders", "DeviceUnavailableError", "default_device", "to_detach", "to_device", "unshuffled"]
+
+
+class DeviceUnavailableError(RuntimeError, AssertionError):
+    """A DataLoaders given a CUDA device on a machine without one: a RuntimeError and an AssertionError, the types
+    torch raises when a tensor is first sent there (a RuntimeError from a CUDA build without a GPU or driver, an
+    AssertionError from a CPU-only build)."""
+
+
+def _checked_device(device: torch.device | str, where: str) -> torch.device:
+    """`device` as a torch.device, refusing a CUDA device when CUDA is not available (torch would fail only when the
+    first batch is sent there, deep inside the fit)."""
+    checked = torch.device(device)
+    if checked.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"{where}: device {str(checked)!r}, but this machine has no CUDA device (torch.cuda.is_available() is "
+            "False); use 'cpu', or default_device(), which is CUDA only when it is available."
+        )
+    return checked
 
 
 # What `default_device(use)` last set: None picks CUDA when it is available, True too, False the CPU.
@@ -131,7 +150,10 @@ class DataLoaders:
         path: str | Path = ".",
     ) -> None:
         self.loaders: list[Iterable[Any] | None] = [train, valid]
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = _checked_device(device, "DataLoaders") if device is not None else default_device()
+        # Checked here: a bad n_inp would otherwise fail only when the first batch is split, inside the fit.
+        if n_inp is not None:
+            n_inp = to_whole(n_inp, "n_inp", "DataLoaders", "the number of inputs per batch")
         self.n_inp = n_inp
         self.path = Path(path)
 
@@ -209,6 +231,11 @@ class DataLoaders:
         """Torch DataLoaders over two datasets; the training one shuffles and drops its last partial batch."""
         if bs < 1:
             raise ValueError(f"bs must be a positive number of items per batch, got {bs}.")
+        if shuffle and hasattr(train_ds, "__len__") and len(train_ds) == 0:  # torch: "num_samples should be ..."
+            raise InputError(
+                "from_dsets: train_ds has no items, so there is nothing to shuffle or train on; check how the "
+                "training set was made (or pass shuffle=False for an empty training loader)."
+            )
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         train = DataLoader(
             train_ds,
@@ -234,7 +261,16 @@ class DataLoaders:
         bs: int = 64,
         **kwargs: Any,
     ) -> DataLoaders:
-        """DataLoaders over in-memory tensors (inputs and targets, training and validation)."""
+        """DataLoaders over in-memory tensors (inputs and targets, training and validation): each `x` and its `y`
+        have as many rows (the length of dimension 0)."""
+        _check_rows(x_train, y_train, "x_train", "y_train")
+        if kwargs.get("shuffle", True) and x_train.ndim > 0 and len(x_train) == 0:  # torch: "num_samples should be ..."
+            raise InputError(
+                "from_tensors: x_train has no rows, so there is nothing to shuffle or train on; check how the "
+                "training tensors were made (an empty selection or split, say)."
+            )
+        if x_valid is not None and y_valid is not None:
+            _check_rows(x_valid, y_valid, "x_valid", "y_valid")
         valid = None
         if x_valid is not None and y_valid is not None:
             valid = TensorDataset(x_valid, y_valid)
@@ -242,6 +278,22 @@ class DataLoaders:
 
     def __repr__(self) -> str:
         return f"DataLoaders(train={_describe(self.train)}, valid={_describe(self.valid)}, device={self.device})"
+
+
+def _check_rows(x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> None:
+    # TensorDataset's own checks are a bare "Size mismatch between tensors" that names neither tensor, and an
+    # AttributeError for anything else than a tensor.
+    for t, name in ((x, x_name), (y, y_name)):
+        if not isinstance(t, torch.Tensor):
+            raise ArgumentError(
+                f"from_tensors: {name} must be a torch tensor, got {type(t).__name__}; convert it with "
+                "torch.as_tensor(...), or wrap your data in a Dataset and use DataLoaders.from_dsets."
+            )
+    if x.ndim > 0 and y.ndim > 0 and len(x) != len(y):
+        raise InputError(
+            f"from_tensors: {x_name} has {len(x)} rows but {y_name} has {len(y)}; give every input row its target "
+            f"(dimension 0 of {x_name} {tuple(x.shape)} and {y_name} {tuple(y.shape)} must be the same length)."
+        )
 
 
 def _describe(dl: Any) -> str:
