@@ -143,6 +143,26 @@ def test_a_cuda_device_without_cuda_is_refused_when_the_dataloaders_are_made(mon
     assert DataLoaders([], device="meta").device == torch.device("meta")  # only CUDA is checked
 
 
+def test_to_cpu_and_cuda_set_the_device_and_return_the_dataloaders(monkeypatch: pytest.MonkeyPatch) -> None:
+    import learnloop.data as data_module
+
+    dls = DataLoaders(DataLoader(_ds(), batch_size=4), device="cpu")
+    assert dls.to("meta") is dls and dls.device == torch.device("meta")  # fastai's: returns the DataLoaders
+    assert dls.one_batch()[0].device.type == "meta"
+    assert dls.cpu() is dls and dls.device == torch.device("cpu") and dls.one_batch()[0].is_cpu
+    monkeypatch.setattr(data_module, "_use_cuda", None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dls.cuda() is dls and dls.device == torch.device("cuda")
+    default_device(False)  # fastai's cuda() is to(default_device()): the CPU when CUDA is switched off
+    assert dls.cuda().device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    default_device(None)
+    assert dls.cuda().device == torch.device("cpu")  # no CUDA: the CPU, as fastai's
+    with pytest.raises(DeviceUnavailableError, match="DataLoaders.to: device 'cuda:0', but this machine has no CUDA"):
+        dls.to("cuda:0")
+    assert dls.device == torch.device("cpu")  # the refused call changed nothing
+
+
 @pytest.mark.parametrize("n_inp", ["1", 1.0, True])
 def test_n_inp_that_is_not_a_whole_number_is_refused(n_inp: Any) -> None:
     with pytest.raises(ArgumentError, match="DataLoaders: n_inp"):

@@ -212,6 +212,24 @@ class DataLoaders:
     def __len__(self) -> int:
         return len(self.loaders)
 
+    def to(self, device: torch.device | str) -> DataLoaders:
+        """Feed `device` from now on (batches are moved there as they are read) and return the DataLoaders, as
+        fastai's. A CUDA device on a machine without one is refused.
+
+        >>> dls = dls.to("cpu")
+        """
+        self.device = _checked_device(device, "DataLoaders.to")
+        return self
+
+    def cpu(self) -> DataLoaders:
+        """Feed the CPU from now on; returns the DataLoaders (fastai's `dls.cpu()`)."""
+        return self.to(torch.device("cpu"))
+
+    def cuda(self) -> DataLoaders:
+        """Feed `default_device()` from now on, CUDA when it is available (else the CPU, as fastai's `dls.cuda()`);
+        returns the DataLoaders."""
+        return self.to(default_device())
+
     @classmethod
     def from_dsets(
         cls,
