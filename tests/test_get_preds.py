@@ -326,3 +326,24 @@ def test_without_preds_the_callback_keeps_none_where_fastai_keeps_an_empty_list(
     learn.validate(cbs=cb)
     assert cb.preds is None and cb.targets is None
     assert learn.get_preds(with_preds=False, with_targs=False) == (None, None)
+
+
+@pytest.mark.parametrize("method", ["get_preds", "validate"])
+def test_a_ds_idx_past_the_loaders_is_an_index_error_that_says_how_many(method: str) -> None:
+    learn = small_learner()
+    # fastai's is a bare "list index out of range"; the type stays an IndexError
+    with pytest.raises(IndexError, match=rf"{method}\(ds_idx=2\): dls has 2 loaders.*pass {method}\(dl=\.\.\.\)"):
+        getattr(learn, method)(ds_idx=2)
+    assert getattr(learn, method)(ds_idx=-1) is not None  # negative indices count from the end, as a list's
+
+
+@pytest.mark.parametrize("method", ["get_preds", "validate"])
+def test_a_dataset_as_dl_is_refused(method: str) -> None:
+    learn = small_learner()
+    # iterated, a Dataset gives single items, which would each run through the model as a batch
+    with pytest.raises(TypeError, match=rf"{method}\(dl=\.\.\.\): dl is a Dataset \(TensorDataset\), not a loader "
+                                        r"of batches: pass .*DataLoader\(ds, batch_size=\.\.\.\)"):
+        getattr(learn, method)(dl=TensorDataset(X, Y))
+    batches = [(X[:4], Y[:4]), (X[4:], Y[4:])]  # a plain list of batches is a loader of batches
+    preds, targs = learn.get_preds(dl=batches)
+    assert torch.equal(targs, Y) and preds.shape == (10, 3)

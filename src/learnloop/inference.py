@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset, IterableDataset
 
 from .callback import noop
 from .callbacks.core import GatherPredsCallback
@@ -22,6 +23,7 @@ from .callbacks.distributed import DistributedTrainer
 from .data import to_detach, unshuffled
 from .dispatch import as_list
 from .distributed import is_distributed
+from .errors import ArgumentError
 from .loop import Loop
 
 __all__ = ["Inference", "replacing_yield"]
@@ -58,6 +60,7 @@ class Inference(Loop):
     def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any] | None:
         """Evaluate on the validation set (or `dl`): `[valid_loss, *metrics]`, the Recorder's `final_record`
         (None when no Recorder ever recorded one)."""
+        _check_data_arguments(self.dls, "validate", ds_idx, dl)
         dl = self.dls[ds_idx] if dl is None else dl
         with self.validation_context(cbs):
             self._do_epoch_validate(ds_idx, dl)
@@ -116,6 +119,7 @@ class Inference(Loop):
         >>> probs, targets = learn.get_preds()                       # the validation set
         >>> _, targets = learn.get_preds(ds_idx=0, with_preds=False)  # the training set's targets only
         """
+        _check_data_arguments(self.dls, "get_preds", ds_idx, dl)
         if (concat_dim != 0 or save_preds is not None or save_targs is not None) and is_distributed() and any(
             isinstance(cb, DistributedTrainer) for cb in self.cbs
         ):
@@ -209,6 +213,25 @@ class Inference(Loop):
         if with_input:
             return (inp[0] if isinstance(inp, torch.Tensor) else tuple(x[0] for x in inp), *result)
         return result
+
+
+def _check_data_arguments(dls: Any, method: str, ds_idx: int, dl: Any) -> None:
+    """Refuse what validate / get_preds would otherwise fail on obscurely, or run on silently but wrongly."""
+    if dl is None:
+        n = len(dls) if hasattr(dls, "__len__") else None
+        if n is not None and isinstance(ds_idx, int) and not -n <= ds_idx < n:  # the type fastai's raises
+            raise IndexError(
+                f"{method}(ds_idx={ds_idx}): dls has {n} loaders (0 the training one, 1 the validation one); to "
+                f"{'evaluate' if method == 'validate' else 'predict'} on other data, pass {method}(dl=...), a "
+                "DataLoader over it."
+            )
+    elif isinstance(dl, Dataset) and not isinstance(dl, IterableDataset):
+        # Iterating a map-style dataset gives single items, which would run through the model as if each were a
+        # batch: fastai's fails in the Recorder, learnloop's would quietly return per-item nonsense.
+        raise ArgumentError(
+            f"{method}(dl=...): dl is a Dataset ({type(dl).__name__}), not a loader of batches: pass "
+            f"{method}(dl=DataLoader(ds, batch_size=...)) (torch.utils.data.DataLoader)."
+        )
 
 
 @contextmanager
