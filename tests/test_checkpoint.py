@@ -681,6 +681,30 @@ def test_load_learner_errors(tmp_path: Path) -> None:
         load_learner(tmp_path / "nothing.pkl", model=learn.model)
 
 
+def test_load_learner_of_a_directory_or_a_missing_file_says_what_to_pass(tmp_path: Path) -> None:
+    learn = make_learner(path=tmp_path)
+    (tmp_path / "run").mkdir()
+    # a directory: fastai's IsADirectoryError, and a FileNotFoundError as learnloop's was
+    with pytest.raises(IsADirectoryError, match=r"run is a directory.*holds no \.pkl, \.pth or \.safetensors") as e:
+        load_learner(tmp_path / "run", model=learn.model)
+    assert isinstance(e.value, FileNotFoundError)
+    learn.export("run/best.pkl")
+    learn.export("run/last.pkl")
+    with pytest.raises(FileNotFoundError, match=r"run is a directory.*give one of its files: best\.pkl, last\.pkl\."):
+        load_learner(tmp_path / "run", model=learn.model)
+    learn.export()
+    with pytest.raises(IsADirectoryError, match=r"the file learn.export wrote there: load_learner\('.*export.pkl'"):
+        load_learner(tmp_path, model=learn.model)
+    # a missing file: no advice about the learner's path/model_dir (load_learner has no learner)
+    with pytest.raises(FileNotFoundError, match=r"no file at .*exprot.pkl\. Did you mean .*export.pkl\?$"):
+        load_learner(tmp_path / "exprot.pkl", model=learn.model)
+    with pytest.raises(FileNotFoundError, match=r"no file at .*nothing\.pkl\. Check the name") as missing:
+        load_learner(tmp_path / "nothing.pkl", model=learn.model)
+    assert not isinstance(missing.value, IsADirectoryError) and "model_dir" not in str(missing.value)
+    with pytest.raises(FileNotFoundError, match=r"the directory .*nowhere does not exist"):
+        load_learner(tmp_path / "nowhere" / "export.pkl", model=learn.model)
+
+
 def test_safetensors_export(tmp_path: Path) -> None:
     pytest.importorskip("safetensors")
     learn = trained(tmp_path)

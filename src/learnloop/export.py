@@ -57,7 +57,7 @@ from .warn import warn_caller
 if TYPE_CHECKING:
     from .learner import Learner
 
-__all__ = ["export_learner", "load_learner", "InferenceOnlyLoss"]
+__all__ = ["ExportIsADirectoryError", "export_learner", "load_learner", "InferenceOnlyLoss"]
 
 
 def export_learner(
@@ -176,6 +176,7 @@ def load_learner(
             "pass the model by keyword: load_learner(fname, model=...)."
         )
     path = Path(fname)
+    _check_export_file(path)
     device = torch.device("cpu") if cpu else default_device()
     if path.suffix == ".safetensors":
         weights, info = load_safetensors(path, device)
@@ -257,6 +258,41 @@ def save_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], meta
         f.write(data)
 
     return atomic_write(path, write)
+
+
+class ExportIsADirectoryError(IsADirectoryError, FileNotFoundError):
+    """``load_learner`` given a directory: fastai's IsADirectoryError, and the FileNotFoundError learnloop raised
+    before it said so."""
+
+
+_EXPORT_SUFFIXES = (".pkl", ".pth", ".pt", ".safetensors")
+
+
+def _check_export_file(path: Path) -> None:
+    """Say what to pass when `path` is a directory (a run's, say) or does not exist."""
+    if path.is_dir():
+        if (path / "export.pkl").is_file():
+            hint = f"give the file learn.export wrote there: load_learner({str(path / 'export.pkl')!r}, ...)."
+        else:
+            found = sorted(p.name for p in path.iterdir() if p.suffix in _EXPORT_SUFFIXES and p.is_file())
+            hint = (
+                f"give one of its files: {', '.join(found[:10])}{', ...' if len(found) > 10 else ''}."
+                if found
+                else "it holds no .pkl, .pth or .safetensors file; learn.export(fname) writes one into learn.path."
+            )
+        raise ExportIsADirectoryError(
+            f"load_learner: {path} is a directory, not a file written by learn.export; {hint}"
+        )
+    if not path.exists():
+        import difflib
+
+        parent = path.parent
+        if not parent.is_dir():
+            raise FileNotFoundError(f"load_learner: no file at {path}: the directory {parent} does not exist.")
+        siblings = [p.name for p in parent.iterdir() if p.suffix in _EXPORT_SUFFIXES]
+        close = difflib.get_close_matches(path.name, siblings, n=1, cutoff=0.6)
+        hint = f"Did you mean {parent / close[0]}?" if close else "Check the name (learn.export writes in learn.path)."
+        raise FileNotFoundError(f"load_learner: no file at {path}. {hint}")
 
 
 def load_safetensors(path: str | Path, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
