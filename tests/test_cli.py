@@ -316,6 +316,25 @@ def test_predict_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 2 and "INPUT" in err and "no such file" in err
 
 
+def test_predict_writes_a_row_for_every_row_even_one_whose_cells_are_all_empty(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "train", "--data", flowers(tmp_path / "f.csv", n=30), "--target", "species", "--epochs",
+                       "1", "--out", tmp_path / "run")
+    assert code == 0, err
+    new = tmp_path / "new.csv"  # the middle row has every cell missing; the blank line before the last is no row
+    new.write_text("sepal length,sepal width,petal length,petal width\n5.1,3.5,1.4,0.2\n,,,\n\n6.6,3.0,5.5,2.0\n")
+    code, out, err = run(capsys, "predict", tmp_path / "run", new)
+    assert code == 0 and err == ""
+    rows = list(csv.DictReader(out.splitlines()))
+    assert [r["sepal length"] for r in rows] == ["5.1", "", "6.6"]  # 3 rows in, 3 out, in order
+    assert rows[1]["species_pred"] in {"setosa", "versicolor", "virginica"} and float(rows[1]["species_prob"]) > 0
+    # filled as any missing cell (the training mean): the same prediction as a row of the means' "NA"s
+    na = write_csv(tmp_path / "na.csv", ["sepal length", "sepal width", "petal length", "petal width"], [["NA"] * 4])
+    code, out, _ = run(capsys, "predict", tmp_path / "run", na)
+    assert code == 0 and next(csv.DictReader(out.splitlines()))["species_prob"] == rows[1]["species_prob"]
+
+
 def test_predict_with_a_model_file_that_does_not_fit_the_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -37,6 +37,20 @@ def test_quotes_bom_blank_lines_and_latin1(tmp_path: Path) -> None:
     assert read_csv(path).rows == [["Zoë", "1"]]
 
 
+def test_a_row_of_empty_cells_is_a_row_of_missing_values_and_a_blank_line_no_row(tmp_path: Path) -> None:
+    table = read_csv(write(tmp_path / "t.csv", ",,\na,b,y\n1,2,0\n,,\n   \n\n3,4,1\n,,\n"))
+    assert table.columns == ["a", "b", "y"]  # empty rows above the header are skipped, as blank lines are
+    assert table.rows == [["1", "2", "0"], ["", "", ""], ["3", "4", "1"], ["", "", ""]]
+    assert table.lines == [3, 4, 7, 8]
+    with pytest.raises(CSVError, match="line 3: 2 cells, but the header has 3"):  # a row, with a delimiter missing
+        read_csv(write(tmp_path / "short.csv", "a,b,y\n1,2,0\n,\n"))
+    with pytest.raises(CSVError, match="has no header row, only empty cells"):
+        read_csv(write(tmp_path / "none.csv", ",,\n,,\n"))
+    rows = "".join(f"{i},{i},{i % 2}\n" for i in range(10))
+    data = load_csv(write(tmp_path / "train.csv", f"a,b,y\n{rows},,\n,,\n"), "y")  # a spreadsheet's empty rows
+    assert len(data.train) + len(data.valid) == 10 and "left out 2 rows whose target 'y' is missing" in data.notes
+
+
 def test_unnamed_columns_get_names(tmp_path: Path) -> None:
     table = read_csv(write(tmp_path / "t.csv", ",a,y\n0,1,2\n"))  # pandas' index column has no name
     assert table.columns == ["column_1", "a", "y"]

@@ -97,7 +97,14 @@ def read_csv(path: str | Path) -> CSVTable:
         raise CSVError(f"{name} is empty: a CSV file needs a header row with the column names, then one row per item.")
     delimiter = _sniff_delimiter(text)
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
-    records = [([cell.strip() for cell in row], reader.line_num) for row in reader if any(c.strip() for c in row)]
+    # A blank line (no cell, or a single blank one) is no row; a row of empty cells (`,,`) is a row whose every
+    # value is missing: dropping it would make `learnloop predict` write fewer rows than it was given.
+    records = [([cell.strip() for cell in row], reader.line_num) for row in reader if len(row) > 1 or _filled(row)]
+    while records and not any(records[0][0]):  # empty rows above the header (a spreadsheet's margin) are no header
+        records.pop(0)
+    if not records:
+        raise CSVError(f"{name} has no header row, only empty cells: a CSV file needs a header row with the column "
+                       "names, then one row per item.")
     if delimiter != ",":
         records = [([_decimal_point(cell) for cell in row], line) for row, line in records]
     header, rows, lines = records[0][0], [r for r, _ in records[1:]], [n for _, n in records[1:]]
@@ -116,6 +123,10 @@ def read_csv(path: str | Path) -> CSVTable:
                 "Check for a missing or extra delimiter, or an unquoted delimiter inside a value."
             )
     return CSVTable(columns, rows, name, lines)
+
+
+def _filled(row: list[str]) -> bool:
+    return any(cell.strip() for cell in row)
 
 
 _DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+(?:[eE][+-]?\d+)?")
