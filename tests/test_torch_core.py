@@ -488,3 +488,11 @@ def test_to_detach_gathers_every_process_copy_a_number_as_their_mean() -> None:
     assert vector.tolist() == [1.0, 2.0, 11.0, 12.0, 21.0, 22.0] and not vector.requires_grad
     assert number.ndim == 0 and number.item() == 11.0  # as fastai's: the mean over the processes
     assert data.to_detach(torch.tensor(1.0), gather=False).item() == 1.0
+
+
+def test_flatten_model_is_reexported_from_hooks_as_in_fastais_torch_core() -> None:
+    from learnloop import hooks
+
+    assert tc.flatten_model is hooks.flatten_model and "flatten_model" in tc.__all__
+    model = nn.Sequential(nn.Linear(2, 3), nn.Sequential(nn.ReLU(), nn.Linear(3, 1)))
+    assert tc.flatten_model(model) == [model[0], model[1][0], model[1][1]]

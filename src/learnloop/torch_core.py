@@ -25,16 +25,17 @@ from .data import default_device, maybe_gather, to_detach
 from .data import to_device as _to_device
 from .distributed import barrier, rank, unwrap_model, world_size
 from .errors import ArgumentError
+from .hooks import flatten_model
 from .metrics.core import find_bs, flatten_check
 from .nested import apply, batch_to_samples, concat, find_device, item_find, to_concat, to_float, to_half, to_np
 from .params import NORM_TYPES, norm_bias_params, trainable_params
 
 __all__ = [
     "Module", "apply", "batch_to_samples", "concat", "default_device", "distrib_barrier", "find_bs", "find_device",
-    "flatten_check", "get_first", "get_model", "get_random_states", "item_find", "logit", "maybe_gather",
-    "no_random", "norm_bias_params", "norm_types", "np_func", "num_distrib", "one_hot", "one_hot_decode",
-    "one_param", "params", "rank_distrib", "set_random_states", "set_seed", "tensor", "to_concat", "to_cpu",
-    "to_detach", "to_device", "to_float", "to_half", "to_np", "trainable_params", "unsqueeze", "unsqueeze_",
+    "flatten_check", "flatten_model", "get_first", "get_model", "get_random_states", "item_find", "logit",
+    "maybe_gather", "no_random", "norm_bias_params", "norm_types", "np_func", "num_distrib", "one_hot",
+    "one_hot_decode", "one_param", "params", "rank_distrib", "set_random_states", "set_seed", "tensor", "to_concat",
+    "to_cpu", "to_detach", "to_device", "to_float", "to_half", "to_np", "trainable_params", "unsqueeze", "unsqueeze_",
 ]
 
 norm_types = NORM_TYPES
