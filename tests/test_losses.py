@@ -411,3 +411,34 @@ def test_get_preds_and_mixup_with_the_new_losses(loss_func: nn.Module) -> None:
     assert torch.equal(decoded, preds.argmax(1))
     assert losses.shape == (8,) and losses.isfinite().all()
     assert loss_func.reduction == ("mean" if isinstance(loss_func, FocalLossFlat) else "sum")
+
+
+def test_none_reduce_is_fastais_context_manager() -> None:
+    from learnloop import callbacks, losses
+    from learnloop.callbacks.mixed_loss import NoneReduce
+
+    assert losses.NoneReduce is callbacks.NoneReduce is NoneReduce  # fastai.layers.NoneReduce
+    x, y = torch.randn(5), torch.randn(5)
+    module = nn.MSELoss()
+    with NoneReduce(module) as lf:  # a reduction attribute: set to 'none' in the block, the loss itself returned
+        assert lf is module and lf(x, y).shape == (5,)
+    assert module.reduction == "mean"
+    with NoneReduce(F.mse_loss) as lf:  # a function: called with reduction='none'
+        assert lf(x, y).shape == (5,)
+
+    def forwards(pred: torch.Tensor, targ: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return F.mse_loss(pred, targ, **kwargs)
+
+    with NoneReduce(forwards) as lf:  # taken through **kwargs, as fastai's (learnloop's `unreduced` refuses it)
+        assert lf(x, y).shape == (5,)
+    flat = CrossEntropyLossFlat()
+    with NoneReduce(flat) as lf:
+        assert lf(torch.randn(4, 3), torch.tensor([0, 1, 2, 0])).shape == (4,)
+    assert flat.reduction == "mean"
+    with pytest.raises(RuntimeError, match="in the block"), NoneReduce(module):
+        raise RuntimeError("in the block")
+    assert module.reduction == "mean"  # put back when the block raises too
+    module.reduction = None  # type: ignore[assignment]
+    with NoneReduce(module):
+        assert module.reduction == "none"
+    assert module.reduction is None  # fastai's leaves a None reduction at 'none'

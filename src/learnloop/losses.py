@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .callbacks.mixed_loss import NoneReduce
 from .errors import InputError
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "LabelSmoothingCrossEntropy",
     "LabelSmoothingCrossEntropyFlat",
     "DiceLoss",
+    "NoneReduce",
 ]
 
 _SMALL_INTS = (torch.int8, torch.int16, torch.int32, torch.uint8)

@@ -17,6 +17,7 @@ from .graph import ShowGraphCallback
 from .hook import ActivationStats, HookCallback
 from .loggers import CSVLogger, TensorBoardCallback
 from .lr_finder import LRFinder
+from .mixed_loss import NoneReduce
 from .mixup import CutMix, MixHandler, MixUp
 from .perf import ChannelsLast, CompileModel, ProfilerCallback
 from .preds import MCDropoutCallback
@@ -62,6 +63,7 @@ __all__ = [
     "MixedPrecision",
     "ModelResetter",
     "NonFiniteLossWarning",
+    "NoneReduce",
     "ParamScheduler",
     "ProfilerCallback",
     "ProgressCallback",

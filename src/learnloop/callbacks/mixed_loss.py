@@ -22,7 +22,7 @@ import torch
 if TYPE_CHECKING:
     from .mixup import MixHandler
 
-__all__ = ["MixedLoss", "reduce_loss", "unreduced"]
+__all__ = ["MixedLoss", "NoneReduce", "reduce_loss", "unreduced"]
 
 LossFunc = Callable[..., torch.Tensor]
 
@@ -71,6 +71,37 @@ def unreduced(loss_func: LossFunc) -> Iterator[LossFunc]:
         yield functools.partial(loss_func, reduction="none")
     else:
         raise ValueError(_cannot_unreduce(loss_func))
+
+
+_UNSET: Any = object()  # NoneReduce's old reduction before the block is entered (None is a reduction to put back)
+
+
+class NoneReduce:
+    """fastai's context manager (`fastai.layers.NoneReduce`): in the block, `loss_func` returns one loss per item.
+
+    A loss with a `reduction` attribute has it set to 'none' for the block and is returned itself; any other is
+    returned as `functools.partial(loss_func, reduction='none')`, which fails when called if the function takes
+    no `reduction` (as fastai's). Unlike fastai's, the old reduction is put back even when it was None.
+
+    >>> with NoneReduce(learn.loss_func) as lf:
+    ...     per_item = lf(pred, target)
+    """
+
+    def __init__(self, loss_func: LossFunc) -> None:
+        self.loss_func = loss_func
+        self.old_red: Any = _UNSET
+
+    def __enter__(self) -> LossFunc:
+        if hasattr(self.loss_func, "reduction"):
+            self.old_red = self.loss_func.reduction
+            self.loss_func.reduction = "none"
+            return self.loss_func
+        return functools.partial(self.loss_func, reduction="none")
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.old_red is not _UNSET:
+            self.loss_func.reduction = self.old_red  # type: ignore[attr-defined]
+            self.old_red = _UNSET
 
 
 def _cannot_unreduce(loss_func: Any) -> str:
