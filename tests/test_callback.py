@@ -20,6 +20,7 @@ from learnloop import (
     TrainEvalCallback,
 )
 from learnloop.callback import snake_name
+from learnloop.errors import ArgumentError
 from learnloop.events import INNER_LOOP
 
 
@@ -91,6 +92,39 @@ def test_run_before_list_and_class_attributes() -> None:
                           cbs=[First("first", log), Early("early", log, order=100), Third("third", log)])
     learn("before_fit")
     assert log == ["early", "first", "third"]
+
+
+class AfterRecorderByName(Tagged):
+    run_after = "Recorder"
+
+
+def test_run_after_or_before_given_a_name_or_an_instance_is_refused() -> None:
+    # A class attribute: refused when the callback is added, naming it and saying what to pass.
+    learn = synth_learner()
+    before = list(learn.cbs)
+    match = r"AfterRecorderByName.run_after is 'Recorder'.*a name.*`run_after = Recorder`"
+    with pytest.raises(ArgumentError, match=match):
+        learn.add_cb(AfterRecorderByName("x", []))
+    assert learn.cbs == before and "after_recorder_by_name" not in learn.__dict__
+    with pytest.raises(TypeError, match="run_after = Recorder"):
+        synth_learner(cbs=AfterRecorderByName("x", []))
+    # Set on an instance, alone or in a list, as a callback instance, or on a callback already added.
+    cb = Tagged("x", [])
+    with pytest.raises(ArgumentError, match=r"Tagged.run_before is \['Recorder'\].*`run_before = Recorder`"):
+        cb.run_before = ["Recorder"]
+    with pytest.raises(ArgumentError, match=r"an instance \(Recorder\(\)\).*`run_after = Recorder`"):
+        cb.run_after = Recorder()
+    learn.add_cb(cb)
+    with pytest.raises(ArgumentError, match="Tagged.run_after is 'Recorder'"):
+        cb.run_after = "Recorder"
+    assert cb.run_after is None
+    # Put in learn.cbs directly: refused at the next event.
+    learn.remove_cb(cb)
+    learn.cbs.append(AfterRecorderByName("x", []))
+    with pytest.raises(ArgumentError, match="run_after = Recorder"):
+        learn.fit(1)
+    # Classes and lists of classes are still fine.
+    cb.run_after, cb.run_before = [Recorder, TrainEvalCallback], ProgressCallback
 
 
 def test_cycle_is_a_clear_error_and_leaves_the_learner_unchanged() -> None:
@@ -475,6 +509,36 @@ def test_keyword_hooks(learn: Learner) -> None:
     assert tags == ["fit"]
     with pytest.raises(TypeError, match="after_bacth.*not an event.*after_batch"):
         Callback(after_bacth=lambda: None)
+
+
+def test_a_keyword_hook_that_is_not_a_function_is_refused() -> None:
+    # fastai: "first argument must be callable" (a TypeError); learnloop's names the event.
+    with pytest.raises(ArgumentError, match=r"Callback\(after_batch=5\).*'after_batch' must be a function.*got int 5"):
+        Callback(after_batch=5)
+
+
+@pytest.mark.parametrize("bad", ["recorder", "progres", 42])
+def test_remove_cb_given_a_name_or_another_object(bad: Any) -> None:
+    learn = synth_learner(default_cbs=True)
+    before = list(learn.cbs)
+    with pytest.raises(AttributeError, match="remove_cb takes a Callback instance or class") as info:
+        learn.remove_cb(bad)  # fastai: AttributeError "'str' object has no attribute 'learn'"
+    assert isinstance(info.value, TypeError)
+    with pytest.raises(AttributeError, match="remove_cb takes a Callback"):
+        learn.remove_cbs([Recorder, bad])  # checked before anything is removed
+    assert learn.cbs == before
+    with pytest.raises(TypeError, match="remove_cb takes a Callback"), learn.removed_cbs([Recorder, bad]):
+        pass
+    assert learn.cbs == before
+
+
+def test_remove_cb_given_a_callback_name_says_what_to_pass() -> None:
+    learn = synth_learner()
+    with pytest.raises(AttributeError, match=r"the string 'recorder': learn.remove_cb\(learn.recorder\) or "
+                       r"learn.remove_cb\(Recorder\)"):
+        learn.remove_cb("recorder")
+    with pytest.raises(AttributeError, match=r"no callback of that name; it has \[.*'recorder'.*\]"):
+        learn.remove_cb("progres")
 
 
 class NotACallback:

@@ -153,6 +153,13 @@ def test_monitoring_a_metric_reads_its_column() -> None:
     assert tracker.idx == 2 and tracker.best == 0.9
 
 
+@pytest.mark.parametrize("cls", [TrackerCallback, EarlyStoppingCallback, SaveModelCallback, ReduceLROnPlateau])
+def test_a_comparison_that_is_not_a_function_is_refused_when_made(cls: type[TrackerCallback]) -> None:
+    # fastai stores it and fails at the first epoch with "'str' object is not callable"; a TypeError here too.
+    with pytest.raises(ArgumentError, match=rf"{cls.__name__}: comp must be a function.*np.less.*got 'less'"):
+        cls(comp="less")
+
+
 @pytest.mark.parametrize("monitor", ["valid_los", "time", "epoch", "accuracy"])
 def test_an_unrecorded_monitor_is_a_clear_error_before_any_batch(monitor: str) -> None:
     learn = synth_learner()

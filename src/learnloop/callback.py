@@ -66,6 +66,12 @@ class Callback:
         for name, hook in hooks.items():
             if name not in Event.__members__:
                 raise ArgumentError(f"Callback() got {name!r}, which is not an event.{did_you_mean(name)}")
+            if not callable(hook):  # fastai: a TypeError from MethodType, which does not say which event
+                raise ArgumentError(
+                    f"Callback({name}={hook!r}): the hook for event {name!r} must be a function, e.g. "
+                    f"`Callback({name}=lambda: ...)` or `Callback({name}=lambda self: ...)`; got {type(hook).__name__} "
+                    f"{hook!r}."
+                )
             object.__setattr__(self, name, types.MethodType(hook, self) if _takes_an_argument(hook) else hook)
 
     @property
@@ -80,6 +86,8 @@ class Callback:
         return getattr(learn, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if name in _RUN_ORDER:
+            check_run_order(self, name, value)
         learn = self.__dict__.get("learn")
         # What `learn.<name>` would find, as fastai's `hasattr(self.learn, name)`: the learner's attributes and the
         # model's it reads through.
@@ -146,6 +154,33 @@ def blame(e: BaseException, cb: Callback, event_name: str) -> None:
     note = f"(raised in callback {type(cb).__name__} at event {event_name})"
     if note not in getattr(e, "__notes__", ()):  # once, when an event fired again by a callback raised it
         e.add_note(note)
+
+
+_RUN_ORDER = ("run_before", "run_after")
+
+
+def check_run_order(cb: Callback, name: str | None = None, value: Any = None) -> None:
+    """Refuse a `run_before` / `run_after` of `cb` (or `value`, about to be set as `name`) that is not a callback
+    class or a list of them: a callback's name (`"Recorder"`) or instance would only fail when the callbacks are
+    sorted, with a message about `isinstance`."""
+    for attr in _RUN_ORDER if name is None else (name,):
+        spec = getattr(cb, attr) if name is None else value
+        if spec is None or isinstance(spec, type):
+            continue
+        items = [spec] if isinstance(spec, (str, Callback)) or not isinstance(spec, Iterable) else list(spec)
+        for item in items:
+            if isinstance(item, type):
+                continue
+            if isinstance(item, str):
+                what, cls = f"a name ({item!r})", item if item.isidentifier() else "SomeCallback"
+            elif isinstance(item, Callback):
+                what, cls = f"an instance ({type(item).__name__}())", type(item).__name__
+            else:
+                what, cls = f"a {type(item).__name__}", "SomeCallback"
+            raise ArgumentError(
+                f"{type(cb).__name__}.{attr} is {spec!r}, but {attr} takes callback classes (one, or a list of "
+                f"them), not {what}: pass the class, `{attr} = {cls}` (imported)."
+            )
 
 
 def _own_attr(cb: Callback, name: str) -> bool:

@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from typing import Any, Self
 
 from .attrs import OwnAttrs
-from .callback import Callback, blame, check_hook_names, event_hooks
+from .callback import Callback, blame, check_hook_names, check_run_order, event_hooks
 from .events import CANCEL_EXCEPTIONS, INNER_LOOP, Event, resolve_event
 from .sorting import sort_callbacks
 
-__all__ = ["CallbackHost", "as_list"]
+__all__ = ["CallbackHost", "NotACallbackError", "as_list"]
 
 _AFTER_FIT = Event.after_fit
 # Indentation of each event in show_cbs, by the phase it belongs to.
@@ -37,6 +37,11 @@ def as_list(cbs: Any) -> list[Any]:
     if isinstance(cbs, (Callback, type, str)) or not isinstance(cbs, Iterable):
         return [cbs]
     return list(cbs)
+
+
+class NotACallbackError(AttributeError, TypeError):
+    """`remove_cb` given something other than a callback or a callback class: an AttributeError, as fastai's
+    (``'str' object has no attribute 'learn'``), and a TypeError, what it is."""
 
 
 class CallbackHost:
@@ -84,6 +89,7 @@ class CallbackHost:
                         f"learn.cbs holds {cb!r}, which is not a Callback: put only instances of learnloop.Callback "
                         "in it (or use add_cb, which also takes a class)."
                     )
+                check_run_order(cb)
                 if cb.learn is None:  # put in the list directly: it needs its learner too
                     object.__setattr__(cb, "learn", self)
             self._build_hooks()
@@ -98,6 +104,7 @@ class CallbackHost:
                 "(its event methods are named before_fit, after_batch, ...)."
             )
         check_hook_names(cb)
+        check_run_order(cb)  # a class attribute `run_after = "Recorder"` is seen here, before the callback is added
         own = self.__dict__
         # The class's attributes, those it declares (the loop's state, set only once the loop runs) and the instance's.
         declared = any(cb.name in vars(k).get("__annotations__", {}) for k in type(self).__mro__)
@@ -128,6 +135,8 @@ class CallbackHost:
             for found in [c for c in self.cbs if isinstance(c, cb)]:
                 self.remove_cb(found)
             return self
+        if not isinstance(cb, Callback):
+            raise self._not_a_callback(cb)
         object.__setattr__(cb, "learn", None)
         if self.__dict__.get(cb.name) is cb:
             delattr(self, cb.name)
@@ -138,9 +147,30 @@ class CallbackHost:
 
     def remove_cbs(self, cbs: Callback | type[Callback] | Iterable[Callback | type[Callback]] | None) -> Self:
         """Remove each callback (or callback class) of `cbs`."""
-        for cb in as_list(cbs):
+        cbs = as_list(cbs)
+        for cb in cbs:  # all checked before any is removed
+            if not isinstance(cb, (Callback, type)):
+                raise self._not_a_callback(cb)
+        for cb in cbs:
             self.remove_cb(cb)
         return self
+
+    def _not_a_callback(self, cb: Any) -> NotACallbackError:
+        """The error of `remove_cb(cb)` given something that is neither a callback nor a class."""
+        what = "remove_cb takes a Callback instance or class"
+        if not isinstance(cb, str):
+            return NotACallbackError(f"{what}, got {type(cb).__name__} {cb!r}.")
+        found = self.__dict__.get(cb)
+        if isinstance(found, Callback):
+            return NotACallbackError(
+                f"{what}, got the string {cb!r}: learn.remove_cb(learn.{cb}) or "
+                f"learn.remove_cb({type(found).__name__})."
+            )
+        names = sorted(c.name for c in self.cbs)
+        return NotACallbackError(
+            f"{what}, got the string {cb!r} (and the learner has no callback of that name; it has {names}): "
+            "pass the callback, learn.remove_cb(learn.<name>), or its class."
+        )
 
     @contextmanager
     def added_cbs(self, cbs: Any) -> Iterator[Self]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..callback import Callback, is_side_run
 from ..distributed import is_rank_zero
+from ..errors import ArgumentError
 from ..events import CancelFitException
 
 if TYPE_CHECKING:  # at run time, from __getattr__ at the end of this module
@@ -55,6 +56,11 @@ class TrackerCallback(Callback):
     ) -> None:
         if comp is None:
             comp = np.less if "loss" in monitor or "error" in monitor else np.greater
+        elif not callable(comp):  # fastai fails at the first epoch's comparison ("'str' object is not callable")
+            raise ArgumentError(
+                f"{type(self).__name__}: comp must be a function comparing two values, such as np.less (lower is "
+                f"better) or np.greater (higher is better); got {comp!r}."
+            )
         self.monitor, self.comp, self.reset_on_fit = monitor, comp, reset_on_fit
         # Which way is better, asked of `comp` itself, so operator.lt or a lambda work as well as np.less.
         self.lower_is_better = bool(comp(0.0, 1.0))
