@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from conftest import synth_dls, synth_learner
 from learnloop import Callback, Learner
 from learnloop.callback import noop
 from learnloop.callbacks.schedule import ParamScheduler, fit_one_cycle, sgdr_epochs
-from learnloop.errors import InputError
+from learnloop.errors import ArgumentError, InputError
 from learnloop.optimizer import SGD, Optimizer, OptimWrapper, sgd_step
 from learnloop.schedules import (
     SchedCos,
@@ -274,12 +275,52 @@ def test_param_scheduler_is_silent_during_validation() -> None:
 
 def test_param_scheduler_sets_a_new_hyper_as_fastai_and_a_torch_optimizer_refuses_it() -> None:
     learn = synth_learner()  # a stepper of the user's might read 'noise' from **kwargs: fastai adds it, as here
-    learn.fit(1, cbs=ParamScheduler({"noise": SchedLin(0.5, 0.0)}))
+    with pytest.warns(UserWarning, match=r"schedules 'noise', which no stepper of this optimizer reads \(its "
+                      r"hyper-parameters are \['eps', 'lr', 'mom', 'sqr_mom', 'wd'\]\)"):
+        learn.fit(1, cbs=ParamScheduler({"noise": SchedLin(0.5, 0.0)}))
     assert learn.recorder.hps["noise"] == [0.5, 0.25] and learn.opt.hypers[0]["noise"] == 0.25
     torch_opt = synth_learner(opt_func=functools.partial(OptimWrapper, opt=torch.optim.SGD))
     with pytest.raises(KeyError, match=r"unknown hyper-parameter 'noise'; valid names: \[.*'lr'"):
         torch_opt.fit(1, cbs=ParamScheduler({"noise": SchedNo(0.5, 0.5)}))  # before any batch
     assert torch_opt.recorder.lrs == []
+
+
+def noisy_sgd_step(p: torch.Tensor, lr: float, **kwargs: Any) -> None:
+    """A stepper of the user's reading a hyper-parameter of its own through **kwargs."""
+    assert p.grad is not None
+    p.data.add_(p.grad.data, alpha=-lr * (1 + kwargs.get("noise", 0.0)))
+
+
+def test_param_scheduler_warns_only_when_no_stepper_can_read_the_name() -> None:
+    # Built-in steppers read only the arguments they name: a name none of them reads is most likely a mistake.
+    # Warned of once: the first fit sets it, so the next one finds it among the optimizer's hyper-parameters.
+    learn = synth_learner()
+    with pytest.warns(UserWarning, match="'learning_rate', which no stepper of this optimizer reads") as record:
+        learn.fit(1, cbs=ParamScheduler({"learning_rate": SchedCos(1e-2, 1e-4)}))
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1, cbs=ParamScheduler({"learning_rate": SchedCos(1e-2, 1e-4)}))
+    # A name close to one they read: the optimizer's own warning of a likely typo, alone.
+    with pytest.warns(UserWarning, match=r"'sqr_mon'.*did you mean 'sqr_mom'\?") as record:
+        synth_learner().fit(1, cbs=ParamScheduler({"sqr_mon": SchedNo(0.9, 0.9)}))
+    assert not any("ParamScheduler schedules" in str(w.message) for w in record)
+    # A stepper of the user's may read any name from its **kwargs: no warning (fastai's behaviour, silently).
+    custom = synth_learner(opt_func=lambda params, lr: Optimizer(params, [noisy_sgd_step], lr=lr))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        custom.fit(1, cbs=ParamScheduler({"noise": SchedLin(0.5, 0.0)}))
+    assert custom.opt.hypers[0]["noise"] == 0.25
+
+
+@pytest.mark.parametrize("scheds", [SchedCos(1e-2, 1e-4), [("lr", SchedCos(1e-2, 1e-4))], 0.1])
+def test_param_scheduler_takes_a_dict(scheds: Any) -> None:
+    # fastai fails at before_fit: "'SchedCos' object has no attribute 'keys'".
+    with pytest.raises(ArgumentError, match=r"ParamScheduler takes a dict \{hyper-parameter name: schedule\}, e.g. "
+                       r"\{'lr': SchedCos\(1e-3, 1e-5\)\}; got "):
+        ParamScheduler(scheds)
+    with pytest.raises(TypeError, match=r"Name the hyper-parameter it schedules: ParamScheduler\(\{'lr': schedule"):
+        ParamScheduler(SchedCos(1e-2, 1e-4))  # type: ignore[arg-type]
 
 
 def test_param_scheduler_rejects_non_callable() -> None:

@@ -7,6 +7,7 @@ The policies are functions taking the learner first; ``Learner.fit_one_cycle`` &
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,9 +19,13 @@ import numpy as np
 from ..callback import Callback
 from ..checkpoint import CheckpointError
 from ..dispatch import as_list
-from ..errors import InputError, to_lr
+from ..errors import ArgumentError, InputError, to_lr
+from ..optimizer.core import Optimizer
+from ..optimizer.foreach import resolve_builtin
+from ..optimizer.lookahead import Lookahead
 from ..resume import read_position
 from ..schedules import SchedCos, Schedule, combine_scheds, combined_cos
+from ..warn import warn_caller
 from .checkpointing import resolve_resume
 from .steps import schedule_pct
 
@@ -46,6 +51,14 @@ class ParamScheduler(Callback):
     run_valid = False
 
     def __init__(self, scheds: Mapping[str, Schedule]) -> None:
+        if not isinstance(scheds, Mapping):  # fastai fails at before_fit: "'SchedCos' object has no attribute ..."
+            wrap = ""
+            if callable(scheds):
+                wrap = " Name the hyper-parameter it schedules: ParamScheduler({'lr': schedule})."
+            raise ArgumentError(
+                "ParamScheduler takes a dict {hyper-parameter name: schedule}, e.g. {'lr': SchedCos(1e-3, 1e-5)}; "
+                f"got {scheds!r}.{wrap}"
+            )
         for name, sched in scheds.items():
             if not callable(sched):
                 raise TypeError(
@@ -59,7 +72,23 @@ class ParamScheduler(Callback):
         opt = self.learn.opt
         names = _hyper_names(opt)
         for name in self.scheds:
-            if name not in names:  # as in fastai, learnloop's Optimizer takes it; a torch optimizer refuses it now
+            if name in names:
+                continue
+            known = opt.known_hypers()
+            # A name close to one the steppers read is warned of by the optimizer itself (a likely typo); a name far
+            # from all of them, which no stepper can read, is set all the same, as fastai sets it (a callback of
+            # yours may read it from opt.hypers), but the schedule does nothing for the step.
+            if (
+                _reads_only_its_arguments(opt)
+                and name not in known
+                and not difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            ):
+                warn_caller(
+                    f"ParamScheduler schedules {name!r}, which no stepper of this optimizer reads (its "
+                    f"hyper-parameters are {sorted(names)}): the schedule changes nothing in the optimizer step. "
+                    "It is set in opt.hypers all the same, as fastai sets it, for a callback of yours that reads it."
+                )
+            else:  # learnloop's Optimizer takes any name (warning of a likely typo); a torch optimizer refuses it now
                 opt.check_hyper_name(name)
         self.hps = {name: [] for name in self.scheds}
 
@@ -92,6 +121,14 @@ class ParamScheduler(Callback):
 def _hyper_names(opt: Any) -> set[str]:
     """The hyper-parameters the optimizer's groups actually hold."""
     return {name for hypers in opt.hypers for name in hypers}
+
+
+def _reads_only_its_arguments(opt: Any) -> bool:
+    """Whether what `opt` reads of its hyper-parameters is known: it is learnloop's own Optimizer (or a Lookahead
+    over one) and every stepper is a built-in one, which reads only the arguments it names. A stepper of your own
+    may read any name through its ``**kwargs``, and a subclass's ``step`` anything."""
+    inner = opt.opt if isinstance(opt, Lookahead) else opt
+    return type(inner) is Optimizer and all(resolve_builtin(cb) is not None for cb in inner.cbs)
 
 
 # ------------------------------------------------------------------------------------ fit policies
