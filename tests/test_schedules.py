@@ -323,6 +323,33 @@ def test_param_scheduler_takes_a_dict(scheds: Any) -> None:
         ParamScheduler(SchedCos(1e-2, 1e-4))  # type: ignore[arg-type]
 
 
+class FastaiStyleSweep(ParamScheduler):
+    """Written as fastai's LRFinder is: no super().__init__, its own progress given to `_update_val`."""
+
+    def __init__(self, num_it: int) -> None:
+        self.scheds = {"lr": SchedLin(1e-3, 1e-1)}
+        self.num_it = num_it
+
+    def before_batch(self) -> None:
+        self._update_val(self.train_iter / self.num_it)
+
+
+def test_a_subclass_ported_from_fastai_calls_update_val() -> None:
+    learn = synth_learner(n_train=64, bs=16)
+    sweep = FastaiStyleSweep(num_it=8)
+    learn.fit(2, cbs=sweep)
+    assert sweep.hps["lr"] == approx([SchedLin(1e-3, 1e-1)(i / 8) for i in range(8)])
+
+    class Doubled(ParamScheduler):  # an override of fastai's name is what before_batch runs
+        def _update_val(self, pct: float) -> None:
+            super()._update_val(pct)
+            self.learn.opt.set_hyper("lr", 2 * self.learn.opt.hypers[0]["lr"])
+
+    doubled = Doubled({"lr": SchedNo(1e-2, 1e-2)})
+    learn.fit(1, cbs=doubled)
+    assert doubled.hps["lr"] == approx([2e-2] * 4)
+
+
 def test_param_scheduler_rejects_non_callable() -> None:
     with pytest.raises(TypeError, match="'lr'.*not a function"):
         ParamScheduler({"lr": 0.1})  # type: ignore[dict-item]

@@ -93,12 +93,18 @@ class ParamScheduler(Callback):
         self.hps = {name: [] for name in self.scheds}
 
     def before_batch(self) -> None:
-        self._set_hypers(schedule_pct(self.learn))
+        self._update_val(schedule_pct(self.learn))
 
-    def _set_hypers(self, pct: float) -> None:
+    def _update_val(self, pct: float) -> None:
+        """Set each hyper-parameter to its schedule's value at `pct`. fastai's name: a subclass ported from fastai
+        (its LRFinder) calls it with a progress of its own, or overrides it."""
         opt = self.learn.opt
         for name, sched in self.scheds.items():
             opt.set_hyper(name, sched(pct))
+
+    def _set_hypers(self, pct: float) -> None:
+        """`_update_val` under learnloop's former name (its LRFinder calls it), which honours an override."""
+        self._update_val(pct)
 
     def after_batch(self) -> None:
         last = self.learn.opt.hypers[-1]
