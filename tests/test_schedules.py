@@ -526,6 +526,21 @@ def test_bad_policy_arguments(policy: Policy, match: str) -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
 
 
+@pytest.mark.parametrize("moms", [0.9, "abc", None])
+def test_moms_that_is_not_a_sequence_is_a_type_error(moms: Any) -> None:
+    # fastai: "argument after * must be an iterable, not float".
+    learn = synth_learner()
+    before = [p.detach().clone() for p in learn.model.parameters()]
+    match = r"fit_one_cycle: moms must be a sequence of 3 momentums \(start, middle, end\), e.g. \(0.95, 0.85, 0.95\)"
+    if moms is None:  # the learner's own, used when fit_one_cycle gets none
+        learn.moms, match = 0.9, match.replace("moms", "learn.moms", 1)  # type: ignore[assignment]
+    with pytest.raises(ArgumentError, match=match):
+        learn.fit_one_cycle(1, moms=moms)
+    with pytest.raises(TypeError, match=match):
+        learn.fine_tune(1, moms=moms)
+    assert all(torch.equal(a, b) for a, b in zip(before, learn.model.parameters(), strict=True))
+
+
 BAD_FRACTIONS: list[tuple[str, Policy, str]] = [
     ("one_cycle pct>1", lambda l: l.fit_one_cycle(1, pct_start=1.5), "pct_start.*in \\[0, 1\\]; got 1.5"),
     ("flat pct<0", lambda l: l.fit_flat_cos(1, pct_start=-0.5), "pct_start.*in \\[0, 1\\]; got -0.5"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -190,7 +190,7 @@ def fit_one_cycle(
     lrs = _group_lrs(learn, lr_max, "lr_max")
     scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs / div, lrs, lrs / div_final)}
     if moms is not None or "mom" in _hyper_names(learn.opt):
-        mom_start, mom_mid, mom_end = _three_moms(learn.moms if moms is None else moms)
+        mom_start, mom_mid, mom_end = _three_moms(*((learn.moms, "learn.moms") if moms is None else (moms, "moms")))
         scheds["mom"] = combined_cos(pct_start, mom_start, mom_mid, mom_end)
     learn.fit(
         n_epoch,
@@ -202,7 +202,12 @@ def fit_one_cycle(
     )
 
 
-def _three_moms(moms: Sequence[float]) -> tuple[float, float, float]:
+def _three_moms(moms: Sequence[float], name: str) -> tuple[float, float, float]:
+    if isinstance(moms, str) or not isinstance(moms, Iterable):  # fastai: "... must be an iterable, not float"
+        raise ArgumentError(
+            f"fit_one_cycle: {name} must be a sequence of 3 momentums (start, middle, end), e.g. (0.95, 0.85, 0.95); "
+            f"got {moms!r}."
+        )
     values = tuple(moms)
     if len(values) != 3:
         raise ValueError(f"moms is (start, middle, end) of the momentum cycle, got {moms!r}.")
