@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fractions
+import io
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,61 @@ def test_an_interrupted_save_keeps_the_previous_file(tmp_path: Path, monkeypatch
         learn.save("m")
     assert file.read_bytes() == good
     assert [p.name for p in file.parent.iterdir()] == ["m.pth"]
+
+
+class Coll:
+    """Stands for fastcore's L, in which a port of fastai's Lookahead keeps its slow weights."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+
+def test_a_state_the_loader_would_refuse_is_not_saved(tmp_path: Path) -> None:
+    learn = _trained(tmp_path)
+    file = learn.save("m")
+    good = file.read_bytes()
+    first = next(iter(learn.opt.state))
+    learn.opt.state[first]["slow_p"] = Coll([torch.zeros(2)])
+    where = r"a test_checkpoint_basic.Coll at \['opt'\]\['state'\]\[\d+\]\['slow_p'\]"
+    with pytest.raises(CheckpointError, match=rf"Cannot save .*m.pth: the state holds {where}, which torch's "
+                       r"weights-only loader refuses.*the file that was there is unchanged.*with_opt=False"):
+        learn.save("m")
+    assert file.read_bytes() == good
+    with pytest.raises(CheckpointError, match="nothing was written"):
+        learn.save("other")
+    assert [p.name for p in file.parent.iterdir()] == ["m.pth"]  # no temporary file left either
+    learn.save("m", with_opt=False)
+    learn.load("m", with_opt=False)
+    # What torch's weights-only loader is told to allow is allowed, when saving as when loading.
+    with torch.serialization.safe_globals([Coll]):
+        learn.save("m")
+        learn.load("m")
+    assert isinstance(learn.opt.state[first]["slow_p"], Coll)
+
+
+def test_a_buffer_save_of_a_state_the_loader_would_refuse_is_an_error(tmp_path: Path) -> None:
+    learn = _trained(tmp_path)
+    buffer = io.BytesIO(b"head")
+    buffer.seek(4)
+    learn.save(buffer)  # a loadable one, read back from where it stands
+    buffer.seek(4)
+    learn.load(buffer)
+    first = next(iter(learn.opt.state))
+    learn.opt.state[first]["slow_p"] = [torch.zeros(2), Coll([])]
+    with pytest.raises(CheckpointError, match=r"Coll at \['opt'\]\['state'\]\[\d+\]\['slow_p'\]\[1\].*buffer"):
+        learn.save(io.BytesIO())
+
+
+def test_atomic_save_refuses_any_file_the_loader_would_refuse(tmp_path: Path) -> None:
+    # Every file learnloop writes with it (training checkpoints, exports) is read back with the weights-only loader.
+    file = tmp_path / "x.pth"
+    with pytest.raises(CheckpointError, match=r"holds a fractions.Fraction at \['a'\]\[1\]"):
+        checkpoint_module.atomic_save({"a": [1, fractions.Fraction(1, 3)]}, file)
+    with pytest.raises(CheckpointError, match=r"holds builtins.int at \['b'\]"):  # a class as a value
+        checkpoint_module.atomic_save({"b": int}, file)
+    assert not file.exists() and list(tmp_path.iterdir()) == []
+    checkpoint_module.atomic_save({"a": [1, 2.0, "x", None, (torch.ones(1),), {"b": True}]}, file)
+    assert checkpoint_module.safe_load(file)["a"][1] == 2.0
 
 
 def test_missing_file(tmp_path: Path) -> None:

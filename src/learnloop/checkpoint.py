@@ -16,7 +16,7 @@ import pickle
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ __all__ = [
     "atomic_save",
     "atomic_write",
     "check_format",
+    "check_loadable",
     "check_state_dict",
     "is_checkpoint_writer",
     "learnloop_version",
@@ -81,11 +82,14 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+def atomic_write(
+    path: str | Path, write: Callable[[IO[bytes]], object], check: Callable[[Path], object] | None = None
+) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
 
     ``path`` is never half-written: if anything fails or the process dies before the rename, the file
-    that was at ``path`` (if any) is untouched. Missing folders are created.
+    that was at ``path`` (if any) is untouched. Missing folders are created. ``check(tmp)``, when given, is called
+    on the complete temporary file before the rename: an exception it raises leaves ``path`` untouched too.
     """
     path = Path(path)
     try:
@@ -100,6 +104,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -115,9 +121,69 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """`torch.save` to a temporary file beside `path`, fsync, then rename: `path` is never half-written."""
+    """`torch.save` to a temporary file beside `path`, fsync, then rename: `path` is never half-written.
+
+    A file that `safe_load` would refuse (`obj` holds objects other than tensors, numbers, strings and plain
+    containers) is not written: a CheckpointError says where in `obj` the object is, and `path` is left as it was.
+    """
     plain = to_plain(obj)
-    return atomic_write(path, lambda f: torch.save(plain, f))
+    return atomic_write(path, lambda f: torch.save(plain, f), check=lambda tmp: check_loadable(tmp, plain, path))
+
+
+def check_loadable(file: str | Path | IO[bytes], state: Any, dest: Any) -> None:
+    """Raise a CheckpointError if `file`, just written from `state` by `torch.save` for `dest`, holds objects that
+    torch's weights-only loader, the one `safe_load` reads with, would refuse.
+
+    Asks torch which of the file's pickled classes and functions its weights-only loader does not allow (the
+    loader's own list, including what `torch.serialization.add_safe_globals` added): this reads only the file's
+    small pickle, not its tensors. Only when one is found is `state` walked, to say where it is.
+    """
+    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    if not unsafe:
+        return
+    found = _find_global(state, set(unsafe))
+    if found is None:
+        what = f"objects of {sorted(unsafe)}"
+        where, in_opt = "", False
+    else:
+        what, where = found[1], found[0]
+        in_opt = where.startswith("['opt']")
+        where = f" at {where}"
+    if is_buffer(dest):
+        kept = "the buffer already holds what was written: discard it"
+    else:
+        kept = "the file that was there is unchanged" if Path(dest).exists() else "nothing was written"
+    opt_fix = ""
+    if in_opt:
+        opt_fix = (
+            " It is in the optimizer's state: an optimizer (a port of fastai's Lookahead, say) should keep it as "
+            "tensors (a fastcore L as list(...)); or leave the optimizer out: learn.save(..., with_opt=False)."
+        )
+    raise CheckpointError(
+        f"Cannot save {dest}: the state holds {what}{where}, which torch's weights-only loader refuses, so the "
+        f"file could not be loaded back (learn.load, load_model, load_learner and resuming read with it); {kept}. "
+        f"Keep the state as tensors, numbers, strings, None, and lists, tuples and dicts of them.{opt_fix}"
+    )
+
+
+def _find_global(obj: Any, names: set[str], where: str = "") -> tuple[str, str] | None:
+    """Where in `obj` (``['opt']['state'][0]['slow_p']``) the first object of a class (or a class or function)
+    named in `names` is, and what it is; None when there is none."""
+    for thing in (type(obj), obj):
+        name = f"{getattr(thing, '__module__', '')}.{getattr(thing, '__qualname__', '')}"
+        if name in names:
+            return where or "the top level", f"a {name}" if thing is type(obj) else name
+    if isinstance(obj, Mapping):
+        items: Any = obj.items()
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = _find_global(value, names, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def is_buffer(file: Any) -> bool:
@@ -233,9 +299,25 @@ def save_model(
     if with_opt and opt is not None:
         state = {"model": state, "opt": opt.state_dict()}
     if is_buffer(path):  # written as it is: a buffer is no file that a crash could leave half-written
-        torch.save(to_plain(state), path)  # type: ignore[arg-type]
-        return path
-    return atomic_save(state, path)  # type: ignore[arg-type]
+        return _save_to_buffer(state, cast(IO[bytes], path))
+    return atomic_save(state, cast(str | Path, path))
+
+
+def _save_to_buffer(state: Any, buffer: IO[bytes]) -> IO[bytes]:
+    """`torch.save` into an open buffer from where it stands; then, if it can be read back, the check of
+    `check_loadable` (after the writing: a buffer has no previous content to keep, and no temporary file)."""
+    plain = to_plain(state)
+    checkable = getattr(buffer, "seekable", bool)() and getattr(buffer, "readable", bool)()
+    start = buffer.tell() if checkable else 0
+    torch.save(plain, buffer)
+    if checkable:
+        end = buffer.tell()
+        buffer.seek(start)
+        try:
+            check_loadable(buffer, plain, buffer)
+        finally:
+            buffer.seek(end)
+    return buffer
 
 
 def load_model(
