@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fractions
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import learnloop.checkpoint as checkpoint_module
 from conftest import synth_learner
 from learnloop import Learner
 from learnloop.checkpoint import CheckpointError
+from learnloop.warn import NonFiniteLossWarning
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -145,6 +147,37 @@ def test_atomic_save_refuses_any_file_the_loader_would_refuse(tmp_path: Path) ->
     assert not file.exists() and list(tmp_path.iterdir()) == []
     checkpoint_module.atomic_save({"a": [1, 2.0, "x", None, (torch.ones(1),), {"b": True}]}, file)
     assert checkpoint_module.safe_load(file)["a"][1] == 2.0
+
+
+def test_saving_non_finite_weights_is_warned_of_and_done(tmp_path: Path) -> None:
+    learn = _trained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finite weights: nothing to say
+        file = learn.save("m")
+    with torch.no_grad():
+        learn.model.weight[0, 0] = float("nan")
+    match = (r"Saving weights that hold NaN or infinite values \(the model's parameter 'weight': training has "
+             r"diverged\) to .*m\.pth, replacing the file that was there \(save under another name")
+    with pytest.warns(NonFiniteLossWarning, match=match):
+        learn.save("m")  # saved all the same, as fastai saves (SaveModelCallback(at_end=True) relies on it)
+    assert torch.isnan(torch.load(file, weights_only=True)["model"]["weight"][0, 0])
+    with pytest.warns(NonFiniteLossWarning, match=r"to .*new\.pth \(save under"):
+        learn.save("new")
+    with pytest.warns(NonFiniteLossWarning, match="into the buffer"):
+        learn.save(io.BytesIO())
+    with torch.no_grad():
+        learn.model.weight.fill_(1.0)
+        learn.model.bias.fill_(float("inf"))
+    with pytest.warns(NonFiniteLossWarning, match="parameter 'bias'"):
+        learn.save("m")
+
+
+def test_a_buffer_of_infinities_is_no_divergence(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)
+    learn.model.register_buffer("mask", torch.tensor([0.0, -float("inf")]))  # an attention mask, say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.save("m")
 
 
 def test_missing_file(tmp_path: Path) -> None:

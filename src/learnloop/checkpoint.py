@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .distributed import is_rank_zero
-from .warn import warn_caller
+from .warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 
 __all__ = [
     "CheckpointError",
@@ -295,12 +295,35 @@ def save_model(
     """Save the model's state (and the optimizer's, when `with_opt`) to `path`, atomically, or into an open
     buffer; returns where it went. `pickle_protocol` is fastai's argument: only 2, what `load_model` reads cleanly."""
     check_pickle_protocol(pickle_protocol, "load_model")
+    _warn_non_finite(model, path)
     state = model.state_dict()
     if with_opt and opt is not None:
         state = {"model": state, "opt": opt.state_dict()}
     if is_buffer(path):  # written as it is: a buffer is no file that a crash could leave half-written
         return _save_to_buffer(state, cast(IO[bytes], path))
     return atomic_save(state, cast(str | Path, path))
+
+
+def _warn_non_finite(model: nn.Module, path: Any) -> None:
+    """Warn when the weights about to be saved hold NaN or infinite values (as CheckpointCallback judges them): they
+    are saved all the same, as fastai saves them (`SaveModelCallback(at_end=True)` saves whatever the fit ended
+    with), but the file they replace may have been the good one."""
+    from .callbacks.checkpointing import all_finite, first_non_finite  # the callbacks import this module
+
+    if all_finite(model):
+        return
+    if is_buffer(path):
+        where = "into the buffer"
+    else:
+        replaced = ", replacing the file that was there" if Path(path).exists() else ""
+        where = f"to {path}{replaced} (save under another name to keep a good file)"
+    warn_caller(
+        NonFiniteLossWarning(
+            f"Saving weights that hold NaN or infinite values (the model's {first_non_finite(model)}: training has "
+            f"diverged) {where}.",
+            NON_FINITE_ADVICE,
+        )
+    )
 
 
 def _save_to_buffer(state: Any, buffer: IO[bytes]) -> IO[bytes]:
