@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import synth_dls, synth_learner
-from learnloop import Learner
+from learnloop import Callback, Learner
 from learnloop.errors import ArgumentError, InputError, to_lr
 from learnloop.optimizer import Adam, OptimWrapper
 
@@ -138,3 +138,28 @@ def test_a_validation_generator_is_warned_of_when_more_than_one_epoch_reads_it()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.fit(1)  # one epoch reads it once: fine
+
+
+def test_a_callback_added_twice_or_to_two_learners_is_warned_of() -> None:
+    class Count(Callback):
+        def __init__(self) -> None:
+            self.n = 0
+
+        def after_batch(self) -> None:
+            self.n += 1
+
+    count, learn = Count(), synth_learner()
+    learn.add_cb(count)
+    with pytest.warns(UserWarning, match=r"is already in learn.cbs: added again, it runs twice at each event"):
+        learn.add_cb(count)
+    learn.fit(1)
+    assert count.n == 2 * 3  # three batches (two training, one validation), twice each: as fastai
+    first, shared = synth_learner(), Count()
+    first.add_cb(shared)
+    with pytest.warns(UserWarning, match=r"is also in another Learner's callbacks: it now reads this learner"):
+        synth_learner().add_cb(shared)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cb = Count()
+        first.fit(1, cbs=cb)  # added for one fit and removed after it: free to go elsewhere
+        synth_learner().add_cb(cb)

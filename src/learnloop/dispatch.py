@@ -11,6 +11,7 @@ from .attrs import OwnAttrs
 from .callback import Callback, blame, check_hook_names, check_run_order, event_hooks
 from .events import CANCEL_EXCEPTIONS, INNER_LOOP, Event, resolve_event
 from .sorting import sort_callbacks
+from .warn import warn_caller
 
 __all__ = ["CallbackHost", "NotACallbackError", "as_list"]
 
@@ -112,6 +113,14 @@ class CallbackHost:
             raise ValueError(
                 f"{type(cb).__name__} would be exposed as learn.{cb.name}, which is already the learner's own "
                 f"attribute; rename the class or give the callback another name (set `_name`)."
+            )
+        if any(c is cb for c in self.cbs):
+            warn_caller(f"{cb!r} is already in learn.cbs: added again, it runs twice at each event (as in fastai).")
+        other = cb.__dict__.get("learn")
+        if other is not None and other is not self and any(c is cb for c in getattr(other, "cbs", ())):
+            warn_caller(
+                f"{cb!r} is also in another Learner's callbacks: it now reads this learner, in that one's fits too. "
+                "Give each learner its own instance."
             )
         self.cbs.append(cb)
         try:
