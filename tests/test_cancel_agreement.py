@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from learnloop import distributed as D
-from learnloop.cancel_agreement import CancelAgreement, Phase
+from learnloop.cancel_agreement import CancelAgreement, CancelLevel
 from learnloop.events import CancelEpochException, CancelFitException, CancelTrainException, Event
 
 
@@ -34,47 +34,47 @@ def ranks(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ranks]:
 def test_ask_raises_the_cancel_another_rank_raised_and_tell_then_says_nothing(ranks: Ranks) -> None:
     agreement = CancelAgreement()
     agreement.ask()  # nobody cancelled
-    ranks.others = [Phase.TRAIN]
+    ranks.others = [CancelLevel.TRAIN]
     with pytest.raises(CancelTrainException):
         agreement.ask()
-    agreement.tell(Phase.TRAIN)  # this rank's after_cancel_train, fired by the raise above: nothing to tell
+    agreement.tell(CancelLevel.TRAIN)  # this rank's after_cancel_train, fired by the raise above: nothing to tell
     assert ranks.told == [0, 0]
-    assert agreement.end_of(Phase.TRAIN, fire=lambda e: pytest.fail(f"fired {e}"))  # agreed: no question asked
+    assert agreement.end_of(CancelLevel.TRAIN, fire=lambda e: pytest.fail(f"fired {e}"))  # agreed: no question asked
     assert ranks.told == [0, 0]
 
 
 def test_tell_tells_the_others_and_the_phase_ends_cancelled_without_another_question(ranks: Ranks) -> None:
     agreement = CancelAgreement()
-    agreement.tell(Phase.EPOCH)
-    assert ranks.told == [Phase.EPOCH]
-    assert agreement.end_of(Phase.EPOCH, fire=lambda e: pytest.fail(f"fired {e}"))
-    assert not agreement.end_of(Phase.FIT, fire=lambda e: pytest.fail(f"fired {e}"))  # the next phase asks anew
-    assert ranks.told == [Phase.EPOCH, 0]
+    agreement.tell(CancelLevel.EPOCH)
+    assert ranks.told == [CancelLevel.EPOCH]
+    assert agreement.end_of(CancelLevel.EPOCH, fire=lambda e: pytest.fail(f"fired {e}"))
+    assert not agreement.end_of(CancelLevel.FIT, fire=lambda e: pytest.fail(f"fired {e}"))  # the next phase asks anew
+    assert ranks.told == [CancelLevel.EPOCH, 0]
 
 
 def test_end_of_a_phase_another_rank_cancelled_fires_its_after_cancel(ranks: Ranks) -> None:
     agreement, fired = CancelAgreement(), []
-    assert not agreement.end_of(Phase.VALID, fire=fired.append)
-    ranks.others = [Phase.EPOCH]
-    assert agreement.end_of(Phase.EPOCH, fire=fired.append)
+    assert not agreement.end_of(CancelLevel.VALID, fire=fired.append)
+    ranks.others = [CancelLevel.EPOCH]
+    assert agreement.end_of(CancelLevel.EPOCH, fire=fired.append)
     assert fired == [Event.after_cancel_epoch]
-    agreement.tell(Phase.EPOCH)  # the after_cancel_epoch just fired reaches the trainer: nothing to tell
+    agreement.tell(CancelLevel.EPOCH)  # the after_cancel_epoch just fired reaches the trainer: nothing to tell
     assert ranks.told == [0, 0]
 
 
 def test_a_bigger_cancel_elsewhere_is_raised_at_the_end_of_a_phase_or_when_telling(ranks: Ranks) -> None:
     agreement = CancelAgreement()
-    ranks.others = [Phase.FIT]
+    ranks.others = [CancelLevel.FIT]
     with pytest.raises(CancelFitException):
-        agreement.end_of(Phase.TRAIN, fire=lambda e: pytest.fail(f"fired {e}"))
-    ranks.others = [Phase.EPOCH]
+        agreement.end_of(CancelLevel.TRAIN, fire=lambda e: pytest.fail(f"fired {e}"))
+    ranks.others = [CancelLevel.EPOCH]
     with pytest.raises(CancelEpochException):
-        CancelAgreement().tell(Phase.VALID)
+        CancelAgreement().tell(CancelLevel.VALID)
 
 
 def test_reset_forgets_the_cancels_of_the_last_fit(ranks: Ranks) -> None:
     agreement = CancelAgreement()
-    agreement.tell(Phase.FIT)
+    agreement.tell(CancelLevel.FIT)
     agreement.reset()
-    assert not agreement.end_of(Phase.FIT, fire=lambda e: pytest.fail(f"fired {e}"))  # asked again
-    assert ranks.told == [Phase.FIT, 0]
+    assert not agreement.end_of(CancelLevel.FIT, fire=lambda e: pytest.fail(f"fired {e}"))  # asked again
+    assert ranks.told == [CancelLevel.FIT, 0]

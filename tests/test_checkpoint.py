@@ -251,6 +251,18 @@ def test_load_passes_weights_only_as_fastai_does(tmp_path: Path) -> None:
         learn.load("odd")
     with pytest.warns(UserWarning, match="Could not load the optimizer state"):
         learn.load("odd", weights_only=False)  # the model's weights are read; the odd optimizer state is not used
+    # A file naming a module that is not installed (fastai's files name fastcore): said so, not "corrupt".
+    (tmp_path / "gone_module.py").write_text("class Thing:\n    pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import gone_module  # type: ignore[import-not-found]
+
+        torch.save({"model": learn.model.state_dict(), "opt": gone_module.Thing()}, tmp_path / "models" / "gone.pth")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("gone_module", None)
+    with pytest.raises(CheckpointError, match=r"needs code that is not installed.*No module named 'gone_module'"):
+        learn.load("gone", weights_only=False)
 
 
 def test_pickled_code_is_refused(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

@@ -394,6 +394,21 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path: Path) 
     assert proc.wait(timeout=120) == 141 and stderr == ""
 
 
+def test_a_broken_pipe_that_is_not_the_output_is_a_failure(tmp_path: Path) -> None:
+    program = (
+        "import sys\n"
+        "from learnloop import cli\n"
+        "def show(args):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')  # a pipe of its own, say; stdout is fine\n"
+        "cli.COMMANDS['show'] = show\n"
+        "sys.exit(cli.main(['show', 'run']))\n"
+    )
+    with (tmp_path / "out.txt").open("w") as out:
+        done = subprocess.run([sys.executable, "-c", program], stdout=out, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path, env=_env(), timeout=120)
+    assert done.returncode == 1 and "learnloop show: error: [Errno 32] Broken pipe" in done.stderr
+
+
 def test_console_script_trains_a_csv(tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("learnloop")
     if not script.exists():

@@ -126,7 +126,7 @@ def test_from_tensors_names_tensors_of_different_lengths() -> None:
 
 def test_from_tensors_and_from_dsets_refuse_an_empty_training_set_to_shuffle() -> None:
     x, y = torch.randn(0, 4), torch.zeros(0)
-    with pytest.raises(InputError, match="x_train has no rows"):  # torch: "num_samples should be a positive ..."
+    with pytest.raises(InputError, match="train_ds has no items"):  # torch: "num_samples should be a positive ..."
         DataLoaders.from_tensors(x, y, bs=8)
     with pytest.raises(InputError, match="train_ds has no items"):
         DataLoaders.from_dsets(TensorDataset(x, y), bs=8)

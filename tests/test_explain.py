@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from learnloop import DataLoaders, Learner
-from learnloop.explain import describe
+from learnloop.explain import describe, explain_loss_error, explain_model_error
 
 
 def _learner(batches: list[tuple[object, ...]], model: nn.Module, loss_func: nn.Module) -> Learner:
@@ -45,6 +45,24 @@ def test_a_loss_that_fails_gets_the_shapes_dtypes_and_the_usual_cause() -> None:
     with pytest.raises(IndexError, match="Target 5 is out of bounds") as info:
         learn.fit(1)
     assert "the targets go from 0 to 6, but the output has 2 classes per item, 0 to 1" in _notes(info)
+
+
+def test_one_output_per_item_and_targets_without_that_dimension_get_the_shape_hint() -> None:
+    x = torch.randn(8, 4)
+    learn = _learner([(x, torch.rand(8))], nn.Linear(4, 1), nn.BCEWithLogitsLoss())
+    with pytest.raises(ValueError, match="must be the same as input size") as info:
+        learn.fit(1)
+    assert "one output per item: give the targets its shape, y.unsqueeze(1)" in _notes(info)
+    assert "y.long()" not in _notes(info)
+
+
+def test_a_note_that_cannot_be_worked_out_leaves_the_error_as_it_is() -> None:
+    error = RuntimeError("the loss failed")
+    explain_loss_error(error, torch.randn(3, 2), (torch.tensor([0, 1, 2]).to_sparse(),))  # min() fails on sparse
+    assert str(error) == "the loss failed"
+    oom = torch.OutOfMemoryError("out of memory")
+    explain_model_error(oom, (torch.zeros(2),), ())
+    assert not getattr(oom, "__notes__", [])  # how the batch was split is beside the point
 
 
 def test_a_backward_through_a_frozen_model_says_so() -> None:

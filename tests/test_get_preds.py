@@ -338,12 +338,13 @@ def test_a_ds_idx_past_the_loaders_is_an_index_error_that_says_how_many(method: 
 
 
 @pytest.mark.parametrize("method", ["get_preds", "validate"])
-def test_a_dataset_as_dl_is_refused(method: str) -> None:
+def test_a_dataset_as_dl_is_warned_of(method: str) -> None:
     learn = small_learner()
-    # iterated, a Dataset gives single items, which would each run through the model as a batch
-    with pytest.raises(TypeError, match=rf"{method}\(dl=\.\.\.\): dl is a Dataset \(TensorDataset\), not a loader "
-                                        r"of batches: pass .*DataLoader\(ds, batch_size=\.\.\.\)"):
-        getattr(learn, method)(dl=TensorDataset(X, Y))
+    # iterated, a Dataset gives single items, each run through the model as a batch, as in fastai
+    items = TensorDataset(X, Y[:, None])
+    with pytest.warns(UserWarning, match=rf"{method}\(dl=\.\.\.\): dl is a Dataset \(TensorDataset\), not a loader "
+                                         r"of batches: each of its items goes through the model as a batch"):
+        getattr(learn, method)(dl=items)
     batches = [(X[:4], Y[:4]), (X[4:], Y[4:])]  # a plain list of batches is a loader of batches
     preds, targs = learn.get_preds(dl=batches)
     assert torch.equal(targs, Y) and preds.shape == (10, 3)

@@ -301,6 +301,12 @@ def test_param_scheduler_warns_only_when_no_stepper_can_read_the_name() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         learn.fit(1, cbs=ParamScheduler({"learning_rate": SchedCos(1e-2, 1e-4)}))
+    # A standard name, but not one this optimizer's steppers read (SGD has no eps), and one they read (Adam's).
+    with pytest.warns(UserWarning, match="'eps', which no stepper of this optimizer reads"):
+        synth_learner(opt_func=SGD).fit(1, cbs=ParamScheduler({"eps": SchedNo(1e-6, 1e-6)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        synth_learner().fit(1, cbs=ParamScheduler({"eps": SchedNo(1e-6, 1e-6)}))
     # A name close to one they read: the optimizer's own warning of a likely typo, alone.
     with pytest.warns(UserWarning, match=r"'sqr_mon'.*did you mean 'sqr_mom'\?") as record:
         synth_learner().fit(1, cbs=ParamScheduler({"sqr_mon": SchedNo(0.9, 0.9)}))

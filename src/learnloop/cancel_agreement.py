@@ -20,12 +20,12 @@ from enum import IntEnum
 from typing import Any
 
 from . import distributed as D
-from .events import CancelEpochException, CancelFitException, CancelTrainException, CancelValidException, Event
+from .events import EPOCH, FIT, TRAIN, VALIDATE, Event, Phase
 
-__all__ = ["CancelAgreement", "Phase"]
+__all__ = ["CancelAgreement", "CancelLevel"]
 
 
-class Phase(IntEnum):
+class CancelLevel(IntEnum):
     """What a rank cancelled, exchanged as the largest over the ranks: the cancel of a bigger phase wins."""
 
     NONE = 0
@@ -35,17 +35,9 @@ class Phase(IntEnum):
     FIT = 4
 
 
-_EXCEPTIONS: dict[Phase, type[Exception]] = {
-    Phase.VALID: CancelValidException,
-    Phase.TRAIN: CancelTrainException,
-    Phase.EPOCH: CancelEpochException,
-    Phase.FIT: CancelFitException,
-}
-_AFTER_CANCEL = {
-    Phase.VALID: Event.after_cancel_validate,
-    Phase.TRAIN: Event.after_cancel_train,
-    Phase.EPOCH: Event.after_cancel_epoch,
-    Phase.FIT: Event.after_cancel_fit,
+# Each level's phase (events.py): the exception that cancels it and its after_cancel event.
+_PHASES: dict[CancelLevel, Phase] = {
+    CancelLevel.VALID: VALIDATE, CancelLevel.TRAIN: TRAIN, CancelLevel.EPOCH: EPOCH, CancelLevel.FIT: FIT
 }
 
 
@@ -57,17 +49,17 @@ class CancelAgreement:
 
     def reset(self) -> None:
         """Forget the last fit's cancels (at the start of a fit)."""
-        self._agreed: set[Phase] = set()  # phases whose cancel has been agreed on in this phase instance
-        self._following = Phase.NONE  # a cancel this rank raises because another rank raised it
+        self._agreed: set[CancelLevel] = set()  # phases whose cancel has been agreed on in this phase instance
+        self._following = CancelLevel.NONE  # a cancel this rank raises because another rank raised it
 
     def ask(self) -> None:
         """Ask the other ranks whether one of them cancelled; if so, raise that cancel here too."""
-        code = Phase(D.agree(Phase.NONE))
-        if code != Phase.NONE:
+        code = CancelLevel(D.agree(CancelLevel.NONE))
+        if code != CancelLevel.NONE:
             self._following = code
-            raise _EXCEPTIONS[code]
+            raise _PHASES[code].cancel
 
-    def end_of(self, phase: Phase, fire: Callable[[Event], Any]) -> bool:
+    def end_of(self, phase: CancelLevel, fire: Callable[[Event], Any]) -> bool:
         """The last question of `phase`: a cancel of a bigger phase elsewhere is raised here, one of this very
         phase fires its ``after_cancel_*`` event through `fire` (the learner). Returns whether the phase was
         cancelled, on any rank."""
@@ -75,25 +67,25 @@ class CancelAgreement:
         self._agreed = {p for p in self._agreed if p > phase}  # the phases inside this one are over too
         if agreed:
             return True
-        code = Phase(D.agree(Phase.NONE))
+        code = CancelLevel(D.agree(CancelLevel.NONE))
         if code > phase:
             self._following = code
-            raise _EXCEPTIONS[code]
+            raise _PHASES[code].cancel
         if code == phase:
             self._following = code
-            fire(_AFTER_CANCEL[code])
+            fire(_PHASES[code].after_cancel)
             self._agreed.discard(phase)
             return True
         return False
 
-    def tell(self, phase: Phase) -> None:
+    def tell(self, phase: CancelLevel) -> None:
         """This rank cancelled `phase` (its ``after_cancel_*`` is running): tell the others, unless it did so
         because another rank had; a bigger cancel from another rank meanwhile is raised here."""
         if self._following == phase:  # raised (or fired) because of another rank: nothing to tell
-            self._following = Phase.NONE
+            self._following = CancelLevel.NONE
         else:
-            code = Phase(D.agree(phase))  # tell the others at once; they ask before their next collective
+            code = CancelLevel(D.agree(phase))  # tell the others at once; they ask before their next collective
             if code > phase:
                 self._following = code
-                raise _EXCEPTIONS[code]
+                raise _PHASES[code].cancel
         self._agreed.add(phase)

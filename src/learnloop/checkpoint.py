@@ -138,7 +138,8 @@ def check_loadable(file: str | Path | IO[bytes], state: Any, dest: Any) -> None:
     loader's own list, including what `torch.serialization.add_safe_globals` added): this reads only the file's
     small pickle, not its tensors. Only when one is found is `state` walked, to say where it is.
     """
-    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(file)
+    ask = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    unsafe = ask(file) if ask is not None else None
     if not unsafe:
         return
     found = _find_global(state, set(unsafe))
@@ -161,7 +162,8 @@ def check_loadable(file: str | Path | IO[bytes], state: Any, dest: Any) -> None:
         )
     raise CheckpointError(
         f"Cannot save {dest}: the state holds {what}{where}, which torch's weights-only loader refuses, so the "
-        f"file could not be loaded back (learn.load, load_model, load_learner and resuming read with it); {kept}. "
+        f"file could not be loaded back as it is (learn.load, load_model, load_learner and resuming read with it; "
+        f"learn.load(..., weights_only=False) would, for a file you trust); {kept}. "
         f"Keep the state as tensors, numbers, strings, None, and lists, tuples and dicts of them.{opt_fix}"
     )
 
@@ -209,12 +211,18 @@ def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_on
             ) from e
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, so it is refused: loading it could "
-            f"run arbitrary code. Only load files you trust, with torch.load(weights_only=False). "
-            f"({_unpickler_reason(e)})"
+            f"run arbitrary code. Only load files you trust, with learn.load(name, weights_only=False) (or "
+            f"torch.load(..., weights_only=False)). ({_unpickler_reason(e)})"
         ) from e
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as e:  # noqa: BLE001 - garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
+        if not weights_only and isinstance(e, (ModuleNotFoundError, AttributeError)):  # a class it names is missing
+            raise CheckpointError(
+                f"{path} needs code that is not installed to be unpickled ({type(e).__name__}: {e}): install it (a "
+                "file fastai saved with its optimizer state needs fastcore), or save it again without those objects "
+                "(with_opt=False)."
+            ) from e
         raise CheckpointError(f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}).") from e
 
 

@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import json
 import os
+import select
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -227,9 +228,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"{prog}: error: {e}\n(see `{prog} --help`)", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # the reader of our output stopped (`learnloop show RUN | head`): stop quietly, like cat
-        _silence_stdout()
-        return 141  # 128 + SIGPIPE: what the shell reports for a command that a closed pipe ends
+    except BrokenPipeError as e:
+        if _stdout_closed():  # its reader stopped (`learnloop show RUN | head`): stop quietly, as cat does
+            _silence_stdout()
+            return 141  # 128 + SIGPIPE: what the shell reports for a command that a closed pipe ends
+        print(f"{prog}: error: {e}", file=sys.stderr)  # another pipe: a failure like any other
+        return 1
     except (CSVError, runs.RunError, CheckpointError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
@@ -237,6 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (the write end then polls as an error)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows), or no real file: assume it was stdout
+        return True
 
 
 def _silence_stdout() -> None:

@@ -185,10 +185,11 @@ class DataLoaders:
 
     def __getattr__(self, name: str) -> Any:
         # Only for names not found the usual way: the training loader's attribute, as fastai's DataLoaders reads.
-        if name.startswith("_") or name == "loaders":  # copy/pickle probes, and before __init__ has run
+        loaders = self.__dict__.get("loaders")
+        if name.startswith("_") or not loaders:  # copy/pickle probes, and before __init__ has run
             raise AttributeError(name)
         try:
-            return getattr(self.train, name)
+            return getattr(loaders[0], name)
         except AttributeError:
             raise AttributeError(
                 f"{type(self).__name__!r} object has no attribute {name!r}, nor has its training loader "
@@ -281,12 +282,7 @@ class DataLoaders:
     ) -> DataLoaders:
         """DataLoaders over in-memory tensors (inputs and targets, training and validation): each `x` and its `y`
         have as many rows (the length of dimension 0)."""
-        _check_rows(x_train, y_train, "x_train", "y_train")
-        if kwargs.get("shuffle", True) and x_train.ndim > 0 and len(x_train) == 0:  # torch: "num_samples should be ..."
-            raise InputError(
-                "from_tensors: x_train has no rows, so there is nothing to shuffle or train on; check how the "
-                "training tensors were made (an empty selection or split, say)."
-            )
+        _check_rows(x_train, y_train, "x_train", "y_train")  # an empty training set: from_dsets says so
         if x_valid is not None and y_valid is not None:
             _check_rows(x_valid, y_valid, "x_valid", "y_valid")
         valid = None

@@ -117,9 +117,10 @@ class CallbackHost:
         if any(c is cb for c in self.cbs):
             warn_caller(f"{cb!r} is already in learn.cbs: added again, it runs twice at each event (as in fastai).")
         other = cb.__dict__.get("learn")
-        if other is not None and other is not self and any(c is cb for c in getattr(other, "cbs", ())):
+        # One list of callbacks for learner after learner (k-fold, say) is fine; not while the other one trains.
+        if other is not None and other is not self and other.__dict__.get("_in_fit"):
             warn_caller(
-                f"{cb!r} is also in another Learner's callbacks: it now reads this learner, in that one's fits too. "
+                f"{cb!r} belongs to a Learner that is fitting: it now reads this learner, in that one's fit too. "
                 "Give each learner its own instance."
             )
         self.cbs.append(cb)

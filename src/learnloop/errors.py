@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ArgumentError", "InputError", "to_lr", "to_number", "to_whole"]
+__all__ = ["ArgumentError", "InputError", "WrongKindError", "to_lr", "to_number", "to_wd", "to_whole"]
 
 
 class InputError(ValueError, AssertionError):
@@ -29,6 +29,11 @@ class InputError(ValueError, AssertionError):
 
 class ArgumentError(TypeError, AssertionError):
     """An argument learnloop does not take (fastai: a failed ``assert``); a TypeError and an AssertionError."""
+
+
+class WrongKindError(ArgumentError, AttributeError):
+    """An argument of the wrong kind (a torch DataLoader for DataLoaders, say) that fastai finds out only when it
+    reads an attribute the object lacks: also the AttributeError fastai raises then."""
 
 
 def to_number(value: Any, name: str, owner: str) -> int | float:
@@ -60,33 +65,50 @@ def to_lr(value: Any, name: str = "lr", owner: str = "") -> Any:
     """`value`, a learning rate as the fit methods take it (a number, a ``slice`` for discriminative learning
     rates, or one number per parameter group), with its numbers made Python ints and floats: numpy scalars and
     0-dim tensors are accepted as numbers. A value that is not a number is an ArgumentError; a negative, NaN or
-    infinite one an InputError (a slice may leave out its start or stop, as in fastai). `owner`, when given,
+    infinite one an InputError, and so is a slice without its stop (fastai's assert). `owner`, when given,
     starts the message (``"fine_tune"``).
 
     >>> to_lr(slice(np.float64(1e-4), torch.tensor(0.5)))
     slice(0.0001, 0.5, None)
     """
-    owner = f"{owner}: " if owner else ""
     if isinstance(value, slice):
-        start, stop = (None if v is None else _lr_number(v, value, name, owner) for v in (value.start, value.stop))
-        return slice(start, stop)
+        if value.stop is None:
+            raise InputError(f"{_prefix(owner)}{name}={value!r}: a slice of learning rates needs its stop (the last "
+                             "group's), as in slice(1e-5, 1e-3) or slice(1e-3).")
+        start = None if value.start is None else _hyper(value.start, value, name, owner, lr=True)
+        return slice(start, _hyper(value.stop, value, name, owner, lr=True))
+    return _per_group(value, name, owner, lr=True)
+
+
+def to_wd(value: Any, name: str = "wd", owner: str = "") -> Any:
+    """`value`, a weight decay (a number, or one per parameter group), with its numbers made Python numbers, as
+    `to_lr` does; NaN and infinite values are refused (negative ones are not: fastai takes them)."""
+    return _per_group(value, name, owner, lr=False)
+
+
+def _per_group(value: Any, name: str, owner: str, lr: bool) -> Any:
     if isinstance(value, (list, tuple)):
-        return type(value)(_lr_number(v, value, name, owner) for v in value)
+        return type(value)(_hyper(v, value, name, owner, lr) for v in value)
     if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 1:
-        return [_lr_number(v, value, name, owner) for v in value]
-    return _lr_number(value, value, name, owner)
+        return [_hyper(v, value, name, owner, lr) for v in value]
+    return _hyper(value, value, name, owner, lr)
 
 
-def _lr_number(v: Any, given: Any, name: str, owner: str) -> int | float:
+def _prefix(owner: str) -> str:
+    return f"{owner}: " if owner else ""
+
+
+def _hyper(v: Any, given: Any, name: str, owner: str, lr: bool) -> int | float:
+    """One number of `given`, a learning rate (`lr`: slices too, no negative numbers) or a weight decay."""
     if isinstance(v, torch.Tensor) and v.ndim == 0:
         v = v.item()
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise ArgumentError(
-            f"{owner}{name} must be a number, a slice or a list of numbers (one per parameter group), got {given!r}."
-        )
+        forms = "a number, a slice or a list of numbers" if lr else "a number or a list of numbers"
+        raise ArgumentError(f"{_prefix(owner)}{name} must be {forms} (one per parameter group), got {given!r}.")
     number = int(v) if isinstance(v, numbers.Integral) else float(v)
-    if not number >= 0 or math.isinf(number):  # NaN fails every comparison
-        raise InputError(f"{owner}{name} must be a finite, non-negative learning rate, got {given!r}.")
+    if math.isnan(number) or math.isinf(number) or (number < 0 and lr):
+        kind = "a finite, non-negative learning rate" if lr else "a finite number"
+        raise InputError(f"{_prefix(owner)}{name} must be {kind}, got {given!r}.")
     return number
 
 

@@ -7,11 +7,27 @@ handed over, in shapes and dtypes, and what usually fixes it. Only the failing b
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 __all__ = ["explain_backward_error", "explain_loss_error", "explain_model_error"]
+
+
+def _never_fails(explain: Callable[..., None]) -> Callable[..., None]:
+    """`explain`, made unable to raise: a note that cannot be worked out (a sparse target, a device in a failed
+    state) must never replace the error it was meant to explain."""
+
+    @functools.wraps(explain)
+    def safe(*args: Any) -> None:
+        try:
+            explain(*args)
+        except Exception:  # noqa: BLE001, S110 - the original error goes on, without a note
+            pass
+
+    return safe
 
 
 def describe(x: Any) -> str:
@@ -21,8 +37,11 @@ def describe(x: Any) -> str:
     return f"a {type(x).__module__ + '.' if type(x).__module__ not in ('builtins',) else ''}{type(x).__name__}"
 
 
+@_never_fails
 def explain_model_error(e: BaseException, xb: tuple[Any, ...], yb: tuple[Any, ...]) -> None:
     """The model failed on `xb`: say what it was called with and how a batch is split into inputs and targets."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return  # the batch is too big for the device: how it was split is beside the point
     inputs = ", ".join(describe(x) for x in xb)
     hints = []
     if any(not isinstance(x, torch.Tensor) for x in xb):
@@ -35,6 +54,7 @@ def explain_model_error(e: BaseException, xb: tuple[Any, ...], yb: tuple[Any, ..
     e.add_note(f"learnloop: the model was called with {len(xb)} input(s): {inputs}{targets}; {'; '.join(hints)}.")
 
 
+@_never_fails
 def explain_loss_error(e: BaseException, pred: Any, yb: tuple[Any, ...]) -> None:
     """The loss function rejected `pred` and `yb`: their shapes and dtypes, and the usual mismatches."""
     targets = ", ".join(describe(y) for y in yb)
@@ -44,8 +64,11 @@ def explain_loss_error(e: BaseException, pred: Any, yb: tuple[Any, ...]) -> None
     )
     target = yb[0] if len(yb) == 1 and isinstance(yb[0], torch.Tensor) else None
     if isinstance(pred, torch.Tensor) and target is not None and pred.ndim == target.ndim + 1:
-        # The shapes of class scores and class indices (cross-entropy): the usual causes are the dtype and the range.
-        if target.is_floating_point():
+        if pred.shape[-1] == 1 and pred.ndim == 2:  # one output per item (binary, regression): a shape mismatch
+            note += " (one output per item: give the targets its shape, y.unsqueeze(1), or squeeze the output)"
+        # Otherwise the shapes of class scores and class indices (cross-entropy): the usual causes are the dtype and
+        # the range.
+        elif target.is_floating_point():
             note += " (class indices must be integers: y.long(); float targets of the output's shape are probabilities)"
         elif not target.is_complex() and target.numel():
             low, high = int(target.min()), int(target.max())
@@ -57,6 +80,7 @@ def explain_loss_error(e: BaseException, pred: Any, yb: tuple[Any, ...]) -> None
     e.add_note(note + ".")
 
 
+@_never_fails
 def explain_backward_error(e: BaseException, loss: Any) -> None:
     """The backward pass failed: a loss that needs no gradient means nothing it came from is trained."""
     if isinstance(loss, torch.Tensor) and not loss.requires_grad:

@@ -23,8 +23,8 @@ from .callbacks.distributed import DistributedTrainer
 from .data import to_detach, unshuffled
 from .dispatch import as_list
 from .distributed import is_distributed
-from .errors import ArgumentError
 from .loop import Loop
+from .warn import warn_caller
 
 __all__ = ["Inference", "replacing_yield"]
 
@@ -226,11 +226,11 @@ def _check_data_arguments(dls: Any, method: str, ds_idx: int, dl: Any) -> None:
                 "DataLoader over it."
             )
     elif isinstance(dl, Dataset) and not isinstance(dl, IterableDataset):
-        # Iterating a map-style dataset gives single items, which would run through the model as if each were a
-        # batch: fastai's fails in the Recorder, learnloop's would quietly return per-item nonsense.
-        raise ArgumentError(
-            f"{method}(dl=...): dl is a Dataset ({type(dl).__name__}), not a loader of batches: pass "
-            f"{method}(dl=DataLoader(ds, batch_size=...)) (torch.utils.data.DataLoader)."
+        # Iterating a map-style dataset gives single items, each run through the model as if it were a batch, as
+        # in fastai (which fails on it, or not, depending on the items' shapes): rarely what was meant.
+        warn_caller(
+            f"{method}(dl=...): dl is a Dataset ({type(dl).__name__}), not a loader of batches: each of its items "
+            f"goes through the model as a batch. Pass {method}(dl=DataLoader(ds, batch_size=...)) for batches."
         )
 
 

@@ -33,11 +33,11 @@ from .checkpoint import check_pickle_protocol, is_buffer, load_model, save_model
 from .data import DataLoaders
 from .dispatch import as_list
 from .distributed import barrier, is_rank_zero, unwrap_model
-from .errors import ArgumentError, InputError, to_lr
+from .errors import ArgumentError, InputError, WrongKindError, to_lr, to_wd
 from .events import Event
 from .fsdp import is_fsdp, load_sharded, save_sharded
 from .inference import Inference, replacing_yield
-from .learner_args import check_dls, check_funcs, checked_wd
+from .learner_args import check_dls, check_funcs
 from .metrics import Metric, mk_metric
 from .optimizer import Adam, OptimWrapper
 from .params import NORM_TYPES, norm_bias_params, trainable_params
@@ -96,7 +96,7 @@ class Learner(Inference):
                 "it could not be inferred from the data."
             )
         lr = to_lr(lr)
-        wd = checked_wd(wd)
+        wd = to_wd(wd) if wd is not None else None
         super().__init__()  # the loop (loop.py) and its callbacks (dispatch.py), none added yet
         self.dls = dls
         self.model = model
@@ -201,11 +201,10 @@ class Learner(Inference):
         n_epoch = int(n_epoch)  # a numpy integer too
         if lr is not None:
             lr = to_lr(lr)
-        wd = checked_wd(wd)
-        if isinstance(start_epoch, bool) or not isinstance(start_epoch, numbers.Integral) or start_epoch < 0:
-            raise ValueError(f"start_epoch must be a whole number of epochs >= 0, got {start_epoch!r}.")
-        if start_epoch > n_epoch:
-            raise ValueError(f"start_epoch={start_epoch} is past the fit's {n_epoch} epochs: nothing would be trained.")
+        wd = to_wd(wd) if wd is not None else None
+        if not 0 <= start_epoch <= n_epoch:  # fastai trains every epoch, or none, without a word
+            every = "every epoch is trained" if start_epoch < 0 else "no epoch is trained"
+            warn_caller(f"fit: start_epoch={start_epoch!r} is outside the fit's {n_epoch} epochs: {every}.")
         if resume is not None and start_epoch:
             raise ValueError("fit: give resume= or start_epoch=, not both (a checkpoint knows where to resume).")
         self._check_train_data()
@@ -247,7 +246,7 @@ class Learner(Inference):
 
     def _check_train_data(self) -> None:
         if self.dls is None:
-            raise InputError("The learner has no data to train on (dls=None): give Learner a DataLoaders.")
+            raise WrongKindError("The learner has no data to train on (dls=None): give Learner a DataLoaders.")
         train = self.dls.train
         try:
             n = len(train)

@@ -3,21 +3,20 @@ once, with what is wrong and how to fix it, instead of deep in the first fit (or
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-from .errors import ArgumentError, InputError, to_number
+from .errors import ArgumentError, WrongKindError
 from .optimizer import OptimWrapper
 
-__all__ = ["check_dls", "check_funcs", "checked_wd"]
+__all__ = ["check_dls", "check_funcs"]
 
 
 def check_dls(dls: Any) -> None:
     """Refuse what is plainly not a DataLoaders: a single torch DataLoader, or tensors in place of loaders."""
     if isinstance(dls, torch.utils.data.DataLoader):
-        raise ArgumentError(
+        raise WrongKindError(
             "dls must be a DataLoaders (a training and a validation loader), got a torch DataLoader: "
             "pass DataLoaders(train_dl, valid_dl), or DataLoaders(train_dl) without validation."
         )
@@ -37,21 +36,10 @@ def check_funcs(loss_func: Any, opt_func: Any) -> None:
     if loss_func is not None and not callable(loss_func):
         raise ArgumentError(f"loss_func must be callable as loss_func(pred, target), got {loss_func!r}.")
     if isinstance(opt_func, type) and issubclass(opt_func, torch.optim.Optimizer):
-        raise ArgumentError(
+        raise WrongKindError(
             f"opt_func is torch.optim.{opt_func.__name__}, a torch optimizer: wrap it, "
             f"opt_func=partial(OptimWrapper, opt=torch.optim.{opt_func.__name__}), or use learnloop's own "
             "(Adam, SGD, RMSProp...)."
         )
     if not callable(opt_func) and not isinstance(opt_func, OptimWrapper):  # an optimizer already built is used as it is
         raise ArgumentError(f"opt_func must be callable as opt_func(params, lr=...), got {opt_func!r}.")
-
-
-def checked_wd(wd: Any) -> Any:
-    """`wd` (None, a number, or one number per parameter group) with its numbers as Python numbers; a string, NaN
-    or an infinite weight decay is refused before the optimizer keeps it."""
-    if wd is None:
-        return None
-    values = [to_number(v, "wd", "weight decay") for v in (wd if isinstance(wd, (list, tuple)) else [wd])]
-    if any(math.isinf(v) for v in values):
-        raise InputError(f"weight decay: wd must be finite, got {wd!r}.")
-    return type(wd)(values) if isinstance(wd, (list, tuple)) else values[0]

@@ -38,7 +38,7 @@ from torch.utils.data import RandomSampler
 
 from .. import distributed as D
 from ..callback import Callback, noop
-from ..cancel_agreement import CancelAgreement, Phase
+from ..cancel_agreement import CancelAgreement, CancelLevel
 from ..fsdp import ShardModules, is_fsdp, reshard_optimizer, shard_model
 from ..reductions import average_losses, gather_preds, reduce_metrics
 from ..sharding import EvenBatches, ShardSampler, is_sharded, shard_loader
@@ -149,7 +149,7 @@ class DistributedTrainer(Callback):
             return
         # validate()/get_preds() fire after_fit while an exception leaves them: no collective then (this rank may be
         # the only one that raised; the others would never answer).
-        if not getattr(self.learn, "_unwinding", False) and self._end_of(Phase.FIT) and self._wrapped:
+        if not getattr(self.learn, "_unwinding", False) and self._end_of(CancelLevel.FIT) and self._wrapped:
             self._loss_mark = average_losses(self.learn, self._loss_mark)  # of an epoch a cancel cut short
         self.restore()
 
@@ -291,7 +291,7 @@ class DistributedTrainer(Callback):
         if not self._active:
             return
         self._no_sync.close()
-        self._end_of(Phase.TRAIN)
+        self._end_of(CancelLevel.TRAIN)
         self._loss_mark = average_losses(self.learn, self._loss_mark)  # the Recorder (order 50) logs the last one
         recorder = getattr(self.learn, "recorder", None)
         if recorder is not None and recorder.train_metrics and not recorder.cancel_train:
@@ -318,7 +318,7 @@ class DistributedTrainer(Callback):
         learn = self.learn
         if self.ddp is not None and learn.model is self.ddp.module:
             learn.model = self.ddp
-        self._end_of(Phase.VALID)
+        self._end_of(CancelLevel.VALID)
         recorder = getattr(learn, "recorder", None)
         if (recorder is not None and recorder.cancel_valid) or not self._eval_sharded:
             return  # nothing to combine, or every rank saw all of it
@@ -331,29 +331,29 @@ class DistributedTrainer(Callback):
     def after_epoch(self) -> None:
         if not self._active or getattr(self.learn, "_unwinding", False):
             return
-        if self._end_of(Phase.EPOCH) and self._wrapped:
+        if self._end_of(CancelLevel.EPOCH) and self._wrapped:
             self._loss_mark = average_losses(self.learn, self._loss_mark)  # of a training phase a cancel cut short
 
     # ----------------------------------------------------------- cancels (cancel_agreement.py)
-    def _end_of(self, phase: Phase) -> bool:
+    def _end_of(self, phase: CancelLevel) -> bool:
         return self._cancels.end_of(phase, self.learn)
 
     def after_cancel_train(self) -> None:
         self._no_sync.close()
         if self._active:
-            self._cancels.tell(Phase.TRAIN)
+            self._cancels.tell(CancelLevel.TRAIN)
 
     def after_cancel_validate(self) -> None:
         if self._active:
-            self._cancels.tell(Phase.VALID)
+            self._cancels.tell(CancelLevel.VALID)
 
     def after_cancel_epoch(self) -> None:
         if self._active:
-            self._cancels.tell(Phase.EPOCH)
+            self._cancels.tell(CancelLevel.EPOCH)
 
     def after_cancel_fit(self) -> None:
         if self._active:
-            self._cancels.tell(Phase.FIT)
+            self._cancels.tell(CancelLevel.FIT)
 
     def _broadcast_buffers(self) -> None:
         """Rank 0's buffers (BatchNorm statistics) everywhere, as DDP's next forward would make them."""

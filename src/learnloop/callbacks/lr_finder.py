@@ -18,7 +18,7 @@ import numpy as np
 
 from ..callback import Callback
 from ..distributed import world_size
-from ..errors import InputError, to_lr
+from ..errors import to_number
 from ..events import CancelFitException, CancelValidException
 from ..schedules import SchedExp, SchedLin
 from .lr_suggest import (
@@ -80,10 +80,8 @@ class LRFinder(ParamScheduler):
         restore: bool = True,
     ) -> None:
         for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-            try:
-                to_lr(value, name, "LRFinder")  # numbers, not strings (which numpy would read)
-            except InputError:
-                pass  # a number out of range: refused below, by the sweep's own rule (> 0)
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                to_number(v, name, "LRFinder")  # numbers, not strings (which numpy would read); their range below
         start, end = np.asarray(start_lr, dtype=np.float64), np.asarray(end_lr, dtype=np.float64)
         # As in fastai, end_lr may be below start_lr (a downward sweep); learning rates of 0 have no place on
         # the log-scaled plot (and a sweep from 0 could not be exponential).
@@ -107,7 +105,7 @@ class LRFinder(ParamScheduler):
         self._snapshot = LearnerSnapshot(self.learn, callbacks=False) if self.restore else None
 
     def before_batch(self) -> None:
-        self._set_hypers(self.learn.train_iter / self.num_it)
+        self._update_val(self.learn.train_iter / self.num_it)
 
     def after_batch(self) -> None:
         super().after_batch()

@@ -19,7 +19,7 @@ import numpy as np
 from ..callback import Callback
 from ..checkpoint import CheckpointError
 from ..dispatch import as_list
-from ..errors import ArgumentError, InputError, to_lr
+from ..errors import ArgumentError, InputError, WrongKindError, to_lr
 from ..optimizer.core import Optimizer
 from ..optimizer.foreach import resolve_builtin
 from ..optimizer.lookahead import Lookahead
@@ -55,7 +55,7 @@ class ParamScheduler(Callback):
             wrap = ""
             if callable(scheds):
                 wrap = " Name the hyper-parameter it schedules: ParamScheduler({'lr': schedule})."
-            raise ArgumentError(
+            raise WrongKindError(
                 "ParamScheduler takes a dict {hyper-parameter name: schedule}, e.g. {'lr': SchedCos(1e-3, 1e-5)}; "
                 f"got {scheds!r}.{wrap}"
             )
@@ -74,15 +74,12 @@ class ParamScheduler(Callback):
         for name in self.scheds:
             if name in names:
                 continue
-            known = opt.known_hypers()
-            # A name close to one the steppers read is warned of by the optimizer itself (a likely typo); a name far
-            # from all of them, which no stepper can read, is set all the same, as fastai sets it (a callback of
-            # yours may read it from opt.hypers), but the schedule does nothing for the step.
-            if (
-                _reads_only_its_arguments(opt)
-                and name not in known
-                and not difflib.get_close_matches(name, known, n=1, cutoff=0.8)
-            ):
+            read, known = _names_read(opt), opt.known_hypers()
+            # An unknown name close to a known one is warned of by the optimizer itself (a likely typo); one that
+            # no stepper reads is set all the same, as fastai sets it (a callback of yours may read it from
+            # opt.hypers), but the schedule does nothing for the step.
+            typo = name not in known and difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            if read is not None and name not in read and not typo:
                 warn_caller(
                     f"ParamScheduler schedules {name!r}, which no stepper of this optimizer reads (its "
                     f"hyper-parameters are {sorted(names)}): the schedule changes nothing in the optimizer step. "
@@ -101,10 +98,6 @@ class ParamScheduler(Callback):
         opt = self.learn.opt
         for name, sched in self.scheds.items():
             opt.set_hyper(name, sched(pct))
-
-    def _set_hypers(self, pct: float) -> None:
-        """`_update_val` under learnloop's former name (its LRFinder calls it), which honours an override."""
-        self._update_val(pct)
 
     def after_batch(self) -> None:
         last = self.learn.opt.hypers[-1]
@@ -129,12 +122,14 @@ def _hyper_names(opt: Any) -> set[str]:
     return {name for hypers in opt.hypers for name in hypers}
 
 
-def _reads_only_its_arguments(opt: Any) -> bool:
-    """Whether what `opt` reads of its hyper-parameters is known: it is learnloop's own Optimizer (or a Lookahead
+def _names_read(opt: Any) -> set[str] | None:
+    """The hyper-parameters `opt`'s step reads, when that is known: it is learnloop's own Optimizer (or a Lookahead
     over one) and every stepper is a built-in one, which reads only the arguments it names. A stepper of your own
-    may read any name through its ``**kwargs``, and a subclass's ``step`` anything."""
+    may read any name through its ``**kwargs``, and a subclass's ``step`` anything: None."""
     inner = opt.opt if isinstance(opt, Lookahead) else opt
-    return type(inner) is Optimizer and all(resolve_builtin(cb) is not None for cb in inner.cbs)
+    if type(inner) is Optimizer and all(resolve_builtin(cb) is not None for cb in inner.cbs):
+        return inner.stepper_arguments()
+    return None
 
 
 # ------------------------------------------------------------------------------------ fit policies

@@ -119,7 +119,11 @@ class Optimizer(BaseOptimizer):
 
     def known_hypers(self) -> set[str]:
         """The names steppers read: current hypers, standard names, and every stepper argument."""
-        return super().known_hypers() | self._compiled.argument_names()
+        return super().known_hypers() | self.stepper_arguments()
+
+    def stepper_arguments(self) -> set[str]:
+        """The names the steppers take as arguments (a stepper of your own may read others through **kwargs)."""
+        return self._compiled.argument_names()
 
     def check_hyper_name(self, k: str) -> None:
         """Any name is accepted, as fastai's optimizer accepts it (a stepper may read it through ``**kwargs``);
