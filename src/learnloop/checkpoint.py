@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .distributed import is_rank_zero
+from .finite import all_finite, first_non_finite
 from .warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 
 __all__ = [
@@ -316,7 +317,6 @@ def _warn_non_finite(model: nn.Module, path: Any) -> None:
     """Warn when the weights about to be saved hold NaN or infinite values (as CheckpointCallback judges them): they
     are saved all the same, as fastai saves them (`SaveModelCallback(at_end=True)` saves whatever the fit ended
     with), but the file they replace may have been the good one."""
-    from .callbacks.checkpointing import all_finite, first_non_finite  # the callbacks import this module
 
     if all_finite(model):
         return

@@ -9,6 +9,7 @@ from typing import Any, Self
 
 from .attrs import OwnAttrs
 from .callback import Callback, blame, check_hook_names, check_run_order, event_hooks
+from .errors import WrongKindError
 from .events import CANCEL_EXCEPTIONS, INNER_LOOP, Event, resolve_event
 from .sorting import sort_callbacks
 from .warn import warn_caller
@@ -40,7 +41,7 @@ def as_list(cbs: Any) -> list[Any]:
     return list(cbs)
 
 
-class NotACallbackError(AttributeError, TypeError):
+class NotACallbackError(WrongKindError):
     """`remove_cb` given something other than a callback or a callback class: an AttributeError, as fastai's
     (``'str' object has no attribute 'learn'``), and a TypeError, what it is."""
 

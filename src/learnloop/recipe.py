@@ -26,9 +26,9 @@ from torch.utils.data import TensorDataset
 from . import __version__, optimizer, runs
 from . import distributed as D
 from .callbacks import CheckpointCallback, CSVLogger, MixUp, ParamScheduler, SaveModelCallback
-from .callbacks.checkpointing import all_finite, first_non_finite
 from .data import DataLoaders, default_device
 from .datasets import digits
+from .finite import all_finite, first_non_finite
 from .learner import Learner
 from .losses import CrossEntropyLossFlat, MSELossFlat
 from .metrics import AccumMetric, R2Score, accuracy, rmse

@@ -20,11 +20,9 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
 from ..callback import Callback, is_side_run
 from ..checkpoint import CheckpointError, is_checkpoint_writer
+from ..finite import all_finite, first_non_finite
 from ..resume import DataOrder, Position, save_training_checkpoint
 from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 
@@ -268,28 +266,6 @@ class CheckpointCallback(Callback):
 
     def __repr__(self) -> str:
         return f"CheckpointCallback(every_n_iters={self.every_n_iters}, every_epoch={self.every_epoch})"
-
-
-def _finite_checks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Per floating-point tensor of ``model``, its description and a 0-dim bool tensor: whether it is usable.
-    A parameter must be finite; a buffer must hold no NaN (it may hold infinities on purpose: an attention mask
-    of -inf)."""
-    checks = [(f"parameter {n!r}", torch.isfinite(p.detach()).all())
-              for n, p in model.named_parameters() if p.is_floating_point()]
-    checks += [(f"buffer {n!r}", ~torch.isnan(b).any()) for n, b in model.named_buffers() if b.is_floating_point()]
-    return checks
-
-
-def all_finite(model: nn.Module) -> bool:
-    """Whether every parameter of ``model`` is finite and no buffer holds NaN (see `_finite_checks`), with one
-    wait for the device in all."""
-    checks = [ok for _, ok in _finite_checks(model)]
-    return bool(torch.stack([c.to(checks[0].device) for c in checks]).all()) if checks else True
-
-
-def first_non_finite(model: nn.Module) -> str:
-    """The description of the first tensor `all_finite` rejects (for the message; a wait for each tensor)."""
-    return next((name for name, ok in _finite_checks(model) if not ok), "a tensor")
 
 
 def _inexact_hint(folder: Path, fname: str) -> str:
