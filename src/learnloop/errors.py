@@ -81,9 +81,10 @@ def to_lr(value: Any, name: str = "lr", owner: str = "") -> Any:
 
 
 def to_wd(value: Any, name: str = "wd", owner: str = "") -> Any:
-    """`value`, a weight decay (a number, or one per parameter group), with its numbers made Python numbers, as
-    `to_lr` does; NaN and infinite values are refused (negative ones are not: fastai takes them)."""
-    return _per_group(value, name, owner, lr=False)
+    """`value`, a weight decay (None for the optimizer's own, a number, or one per parameter group), with its
+    numbers made Python numbers, as `to_lr` does; NaN and infinite values are refused (negative ones are not:
+    fastai takes them)."""
+    return None if value is None else _per_group(value, name, owner, lr=False)
 
 
 def _per_group(value: Any, name: str, owner: str, lr: bool) -> Any:

@@ -96,7 +96,7 @@ class Learner(Inference):
                 "it could not be inferred from the data."
             )
         lr = to_lr(lr)
-        wd = to_wd(wd) if wd is not None else None
+        wd = to_wd(wd)
         super().__init__()  # the loop (loop.py) and its callbacks (dispatch.py), none added yet
         self.dls = dls
         self.model = model
@@ -201,7 +201,7 @@ class Learner(Inference):
         n_epoch = int(n_epoch)  # a numpy integer too
         if lr is not None:
             lr = to_lr(lr)
-        wd = to_wd(wd) if wd is not None else None
+        wd = to_wd(wd)
         if not 0 <= start_epoch <= n_epoch:  # fastai trains every epoch, or none, without a word
             every = "every epoch is trained" if start_epoch < 0 else "no epoch is trained"
             warn_caller(f"fit: start_epoch={start_epoch!r} is outside the fit's {n_epoch} epochs: {every}.")

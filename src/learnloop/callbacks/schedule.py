@@ -147,13 +147,12 @@ def _check_positive(name: str, value: float) -> None:
 
 def _group_lrs(learn: Learner, lr: Any, arg: str) -> float | np.ndarray:
     """Set ``lr`` (or ``learn.lr``) on the optimizer, creating it if needed; read it back, one per group."""
-    lr = to_lr(lr, arg) if lr is not None else None  # refused before the optimizer is made or changed
+    if lr is not None:
+        lr = to_lr(lr, arg)  # refused before the optimizer is made or changed
     if learn.opt is None:
-        learn.create_opt()
-    learn.opt.set_hyper("lr", learn.lr if lr is None else lr)
+        learn.create_opt()  # which may set learn.lr (an opt_func partial's lr)
+    learn.opt.set_hyper("lr", to_lr(learn.lr) if lr is None else lr)  # learn.lr may have been set since it was checked
     lrs = np.array([h["lr"] for h in learn.opt.hypers], dtype=np.float64)
-    if not np.all(np.isfinite(lrs)) or np.any(lrs < 0):
-        raise ValueError(f"{arg} must give finite learning rates >= 0, got {lr!r} -> {lrs.tolist()}.")
     # One group: a plain float, whose schedule costs a fraction of an array's before every batch.
     return float(lrs[0]) if len(lrs) == 1 else lrs
 
