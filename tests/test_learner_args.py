@@ -116,6 +116,17 @@ def test_a_model_with_nothing_to_train_says_so() -> None:
     assert "none that require a gradient (frozen: learn.unfreeze()" in " ".join(info.value.__notes__)
 
 
+def test_a_splitter_returning_modules_and_a_get_preds_act_not_callable_say_what_to_give() -> None:
+    learn = synth_learner(splitter=lambda m: [m])
+    with pytest.raises(ArgumentError, match="got the module Linear where it needs a parameter tensor"):
+        learn.fit(1)
+    calls = []
+    learn = synth_learner(cbs=Callback(before_batch=lambda: calls.append(1)))
+    with pytest.raises(ArgumentError, match=r"act must be a function .*got 'softmax'"):
+        learn.get_preds(act="softmax")
+    assert not calls  # refused before any batch runs
+
+
 def test_a_string_hyper_parameter_is_refused_by_the_optimizer_before_it_is_kept() -> None:
     model = nn.Linear(2, 1)
     with pytest.raises(TypeError, match=r"lr='1e-3': a hyper-parameter is a number .*not a string"):

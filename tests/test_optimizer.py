@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from learnloop.errors import InputError
+from learnloop.errors import ArgumentError, InputError
 from learnloop.optimizer import (
     SGD,
     Adam,
@@ -71,6 +71,17 @@ def test_params_forms_and_defaults() -> None:
     assert [h["lr"] for h in torch_style.hypers] == [0.5, 0.1]
     adam = Adam([p], lr=1e-3)
     assert adam.hypers[0] == {"wd": 0.01, "mom": 0.9, "sqr_mom": 0.99, "lr": 1e-3, "eps": 1e-5}
+
+
+def test_groups_may_be_generators_and_anything_but_tensors_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    opt = SGD([model[0].parameters(), model[1].parameters()], lr=0.1)
+    assert opt.param_lists == [list(model[0].parameters()), list(model[1].parameters())]
+    # Modules where parameters belong (a splitter's slip) have no gradient: fastai leaves them untrained silently.
+    for params in ([model[0], model[1]], model[0], [{"params": [model[0]]}], [[1.0]]):
+        with pytest.raises(ArgumentError, match=r"The optimizer got (the module Linear|1\.0) where it needs a "
+                                                 r"parameter tensor.*\[params\(m\[0\]\), params\(m\[1\]\)\]"):
+            SGD(params, lr=0.1)
 
 
 def test_a_single_tensor_is_one_parameter_and_a_single_stepper_a_chain_of_one() -> None:

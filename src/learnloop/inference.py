@@ -23,6 +23,7 @@ from .callbacks.distributed import DistributedTrainer
 from .data import to_detach, unshuffled
 from .dispatch import as_list
 from .distributed import is_distributed
+from .errors import ArgumentError
 from .loop import Loop
 from .warn import warn_caller
 
@@ -120,6 +121,11 @@ class Inference(Loop):
         >>> _, targets = learn.get_preds(ds_idx=0, with_preds=False)  # the training set's targets only
         """
         _check_data_arguments(self.dls, "get_preds", ds_idx, dl)
+        if act is not None and not callable(act):  # else found only once every batch has run
+            raise ArgumentError(
+                f"get_preds: act must be a function applied to the predictions, got {act!r}: say torch.sigmoid, "
+                "or functools.partial(torch.softmax, dim=-1)."
+            )
         if (concat_dim != 0 or save_preds is not None or save_targs is not None) and is_distributed() and any(
             isinstance(cb, DistributedTrainer) for cb in self.cbs
         ):

@@ -33,11 +33,11 @@ from .checkpoint import check_pickle_protocol, is_buffer, load_model, save_model
 from .data import DataLoaders
 from .dispatch import as_list
 from .distributed import barrier, is_rank_zero, unwrap_model
-from .errors import ArgumentError, InputError, WrongKindError, to_lr, to_wd
+from .errors import ArgumentError, InputError, to_lr, to_wd
 from .events import Event
 from .fsdp import is_fsdp, load_sharded, save_sharded
 from .inference import Inference, replacing_yield
-from .learner_args import check_dls, check_funcs
+from .learner_args import check_dls, check_funcs, check_train_data
 from .metrics import Metric, mk_metric
 from .optimizer import Adam, OptimWrapper
 from .params import NORM_TYPES, norm_bias_params, trainable_params
@@ -207,7 +207,7 @@ class Learner(Inference):
             warn_caller(f"fit: start_epoch={start_epoch!r} is outside the fit's {n_epoch} epochs: {every}.")
         if resume is not None and start_epoch:
             raise ValueError("fit: give resume= or start_epoch=, not both (a checkpoint knows where to resume).")
-        self._check_train_data()
+        check_train_data(self.dls)
         if n_epoch - start_epoch > 1 and isinstance(getattr(self.dls, "valid", None), Iterator):
             warn_caller(
                 "The validation data is an iterator (a generator, say), which can be read once: the epochs after "
@@ -243,34 +243,6 @@ class Learner(Inference):
             finally:
                 self._resume, self._data_order = None, None
             self._end_cleanup()
-
-    def _check_train_data(self) -> None:
-        if self.dls is None:
-            raise WrongKindError("The learner has no data to train on (dls=None): give Learner a DataLoaders.")
-        train = self.dls.train
-        try:
-            n = len(train)
-        except TypeError:
-            raise TypeError(
-                f"The training data ({type(train).__name__}) has no length; learnloop needs the number of "
-                "batches per epoch to schedule training: give it a __len__."
-            ) from None
-        if n == 0:
-            dataset: Any = getattr(train, "dataset", None)
-            facts = [f"a dataset of {len(dataset)} items"] if hasattr(dataset, "__len__") else []
-            # A torch DataLoader given a batch_sampler has batch_size None: the sampler's settings are the ones used.
-            sampler = getattr(train, "batch_sampler", None) if getattr(train, "batch_size", 0) is None else None
-            source = sampler if sampler is not None else train
-            keys = [key for key in ("batch_size", "drop_last") if hasattr(source, key)]
-            settings = [f"{key}={getattr(source, key)!r}" for key in keys]
-            if settings and sampler is not None:
-                settings = [f"a batch_sampler with {', '.join(settings)}"]
-            facts += settings
-            raise ValueError(
-                "The training DataLoader is empty: it yields no batches"
-                + (f" ({', '.join(facts)}). Use a smaller batch size, drop_last=False, or more data." if facts else
-                   ". Give DataLoaders a training set with at least one batch.")
-            )
 
     @contextmanager
     def no_bar(self) -> Iterator[Learner]:

@@ -10,7 +10,7 @@ import torch
 from .errors import ArgumentError, WrongKindError
 from .optimizer import OptimWrapper
 
-__all__ = ["check_dls", "check_funcs"]
+__all__ = ["check_dls", "check_funcs", "check_train_data"]
 
 
 def check_dls(dls: Any) -> None:
@@ -43,3 +43,33 @@ def check_funcs(loss_func: Any, opt_func: Any) -> None:
         )
     if not callable(opt_func) and not isinstance(opt_func, OptimWrapper):  # an optimizer already built is used as it is
         raise ArgumentError(f"opt_func must be callable as opt_func(params, lr=...), got {opt_func!r}.")
+
+
+def check_train_data(dls: Any) -> None:
+    """Refuse training data the loop cannot train on: none, one without a length, or one with no batch."""
+    if dls is None:
+        raise WrongKindError("The learner has no data to train on (dls=None): give Learner a DataLoaders.")
+    train = dls.train
+    try:
+        n = len(train)
+    except TypeError:
+        raise TypeError(
+            f"The training data ({type(train).__name__}) has no length; learnloop needs the number of "
+            "batches per epoch to schedule training: give it a __len__."
+        ) from None
+    if n == 0:
+        dataset: Any = getattr(train, "dataset", None)
+        facts = [f"a dataset of {len(dataset)} items"] if hasattr(dataset, "__len__") else []
+        # A torch DataLoader given a batch_sampler has batch_size None: the sampler's settings are the ones used.
+        sampler = getattr(train, "batch_sampler", None) if getattr(train, "batch_size", 0) is None else None
+        source = sampler if sampler is not None else train
+        keys = [key for key in ("batch_size", "drop_last") if hasattr(source, key)]
+        settings = [f"{key}={getattr(source, key)!r}" for key in keys]
+        if settings and sampler is not None:
+            settings = [f"a batch_sampler with {', '.join(settings)}"]
+        facts += settings
+        raise ValueError(
+            "The training DataLoader is empty: it yields no batches"
+            + (f" ({', '.join(facts)}). Use a smaller batch size, drop_last=False, or more data." if facts else
+               ". Give DataLoaders a training set with at least one batch.")
+        )

@@ -16,13 +16,13 @@ from __future__ import annotations
 import difflib
 import itertools
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..errors import InputError
+from ..errors import ArgumentError, InputError
 from ..warn import warn_caller
 from .base import BaseOptimizer, OptimizerState, ParamGroupView, as_param_list
 from .chain import compile_chain, missing_message, stepper_name
@@ -38,17 +38,34 @@ _REQUIRES_GRAD = operator.attrgetter("requires_grad")
 
 
 def _to_param_lists(params: Tensor | Iterable[Any]) -> tuple[list[list[Tensor]], list[dict[str, Any]]]:
-    """Parameter lists from a tensor or tensors (one group), lists of tensors, or torch-style group dicts."""
-    items = as_param_list(params)
+    """Parameter lists from a tensor or tensors (one group), lists or generators of tensors, or torch-style group
+    dicts."""
+    items: list[Any] = [params] if isinstance(params, nn.Module) else as_param_list(params)
     if not items:
         raise ValueError("the optimizer got an empty parameter list")
     if isinstance(items[0], dict):
-        return [as_param_list(g["params"]) for g in items], [
-            {k: v for k, v in g.items() if k != "params"} for g in items
-        ]
-    if isinstance(items[0], (list, tuple)):
-        return [list(g) for g in items], [{} for _ in items]
-    return [items], [{}]
+        groups = [as_param_list(g["params"]) for g in items]
+        hypers = [{k: v for k, v in g.items() if k != "params"} for g in items]
+    else:
+        # Groups are lists, or generators such as m.parameters(); anything else is one group.
+        groups = [list(g) for g in items] if isinstance(items[0], (list, tuple, Iterator)) else [items]
+        hypers = [{} for _ in groups]
+    _check_tensors(groups)
+    return groups, hypers
+
+
+def _check_tensors(groups: list[list[Any]]) -> None:
+    """Refuse what is not a tensor where parameters belong, a module above all (a splitter returning `[m[0], m[1]]`
+    for `[params(m[0]), params(m[1])]`): it has no gradient, so it would be left untrained without a word."""
+    for group in groups:
+        for p in group:
+            if not isinstance(p, Tensor):
+                what = f"the module {type(p).__name__}" if isinstance(p, nn.Module) else repr(p)[:80]
+                raise ArgumentError(
+                    f"The optimizer got {what} where it needs a parameter tensor: give it tensors, such as "
+                    "list(model.parameters()) for one group or [params(m[0]), params(m[1])] for two "
+                    "(learnloop.torch_core.params; a splitter returns these)."
+                )
 
 
 def _warn_repeated(param_lists: list[list[Tensor]]) -> None:
