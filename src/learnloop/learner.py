@@ -3,7 +3,8 @@
 The class is built in three layers, each a module short enough to read in one go: the loop and the state it keeps
 (`Loop`, loop.py, on the callbacks and events of `CallbackHost`, dispatch.py), the runs of the validation phase
 (`Inference`: validate, get_preds, predict; inference.py), and here what sets a Learner up and drives it: the
-constructor, `fit` and the fit policies, saving and loading, freezing, mixed precision and distributed training.
+constructor, `fit`, saving and loading, freezing, mixed precision and distributed training. The fit policies
+(`fit_one_cycle`...) and `lr_find` are functions of callbacks/schedule.py and callbacks/lr_finder.py, made methods.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .checkpoint import check_pickle_protocol, is_buffer, load_model, save_model
 from .data import DataLoaders
 from .dispatch import as_list
 from .distributed import barrier, is_rank_zero, unwrap_model
-from .errors import ArgumentError, InputError, to_lr, to_wd
+from .errors import InputError, to_lr, to_wd
 from .events import Event
 from .fsdp import is_fsdp, load_sharded, save_sharded
 from .inference import Inference, replacing_yield
@@ -391,92 +392,13 @@ class Learner(Inference):
         self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch's stub lacks it
         return self.remove_cbs([ChannelsLast, MixedPrecision] if to_fp32 else ChannelsLast)
 
-    # ---- fit policies and the LR finder
-    def fit_one_cycle(
-        self,
-        n_epoch: int,
-        lr_max: float | slice | Sequence[float] | None = None,
-        div: float = 25.0,
-        div_final: float = 1e5,
-        pct_start: float = 0.25,
-        wd: float | None = None,
-        moms: Sequence[float] | None = None,
-        cbs: Any = None,
-        reset_opt: bool = False,
-        start_epoch: int = 0,
-        resume: str | Path | None = None,
-    ) -> None:
-        """Train with the 1cycle policy (lr warm-up then cosine annealing, momentum the other way)."""
-        _schedule.fit_one_cycle(
-            self, n_epoch, lr_max, div, div_final, pct_start, wd, moms, cbs, reset_opt, start_epoch, resume
-        )
-
-    def fit_flat_cos(
-        self,
-        n_epoch: int,
-        lr: float | slice | Sequence[float] | None = None,
-        div_final: float = 1e5,
-        pct_start: float = 0.75,
-        wd: float | None = None,
-        cbs: Any = None,
-        reset_opt: bool = False,
-        start_epoch: int = 0,
-        resume: str | Path | None = None,
-    ) -> None:
-        """Train at a flat `lr` for `pct_start` of training, then anneal it with a cosine."""
-        _schedule.fit_flat_cos(self, n_epoch, lr, div_final, pct_start, wd, cbs, reset_opt, start_epoch, resume)
-
-    def fit_sgdr(
-        self,
-        n_cycles: int,
-        cycle_len: int,
-        lr_max: float | slice | Sequence[float] | None = None,
-        cycle_mult: int = 2,
-        cbs: Any = None,
-        reset_opt: bool = False,
-        wd: float | None = None,
-        start_epoch: int = 0,
-        resume: str | Path | None = None,
-    ) -> None:
-        """Train with SGDR: `n_cycles` cosine annealings of `cycle_len * cycle_mult**i` epochs."""
-        _schedule.fit_sgdr(
-            self, n_cycles, cycle_len, lr_max, cycle_mult, cbs, reset_opt, wd, start_epoch, resume
-        )
-
-    def fine_tune(
-        self,
-        epochs: int,
-        base_lr: float = 2e-3,
-        freeze_epochs: int = 1,
-        lr_mult: float = 100,
-        pct_start: float = 0.3,
-        div: float = 5.0,
-        *,
-        resume: str | Path | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Train the last group frozen for `freeze_epochs`, then everything with discriminative lrs (what follows
-        `div` is keyword-only, as in fastai)."""
-        if isinstance(base_lr, (slice, list, tuple)):
-            raise ArgumentError(
-                f"fine_tune: base_lr is one number, got {base_lr!r}; fine_tune spreads it over the parameter groups "
-                f"itself (from base_lr/lr_mult to base_lr). For your own lrs per group, use fit_one_cycle."
-            )
-        base_lr = to_lr(base_lr, "base_lr", "fine_tune")
-        _schedule.fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, resume, **kwargs)
-
-    def lr_find(
-        self,
-        start_lr: float = 1e-7,
-        end_lr: float = 10,
-        num_it: int = 100,
-        stop_div: bool = True,
-        show_plot: bool = True,
-        suggest_funcs: Callable[..., Any] | Iterable[Callable[..., Any]] | None = (_lr_finder.valley,),
-    ) -> tuple[float, ...] | None:
-        """Sweep the lr upwards for `num_it` batches, put the model and the optimizer back as they were, return
-        `SuggestedLRs(...)` (see `callbacks.lr_finder.lr_find` for what else is restored)."""
-        return _lr_finder.lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot, suggest_funcs)
+    # ---- fit policies and the LR finder: functions of callbacks/schedule.py and callbacks/lr_finder.py, whose first
+    # parameter is the learner (named `self`, as these are its methods: `learn.fit_one_cycle(...)`)
+    fit_one_cycle = _schedule.fit_one_cycle
+    fit_flat_cos = _schedule.fit_flat_cos
+    fit_sgdr = _schedule.fit_sgdr
+    fine_tune = _schedule.fine_tune
+    lr_find = _lr_finder.lr_find
 
     # ---- distributed training (callbacks/distributed.py)
     @contextmanager

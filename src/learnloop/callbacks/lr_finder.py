@@ -199,7 +199,7 @@ def _copy_dict(attrs: dict[str, Any], memo: dict[int, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ lr_find
 def lr_find(
-    learn: Learner,
+    self: Learner,
     start_lr: float = 1e-7,
     end_lr: float = 10,
     num_it: int = 100,
@@ -231,7 +231,7 @@ def lr_find(
     funcs = _as_funcs(suggest_funcs)
     finder = LRFinder(start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div, restore=False)
     try:
-        n_batches = len(learn.dls.train)  # type: ignore[arg-type]
+        n_batches = len(self.dls.train)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError("lr_find needs the number of training batches: the training data has no length.") from None
     # Each process of a distributed run reads about 1/world_size of the batches (more with split_batch): enough
@@ -248,13 +248,13 @@ def lr_find(
             f"{max(usable, 0)} points for the suggestions once the first num_it//10 and the last 5 are dropped, "
             f"but {_suggestion_names(funcs)} need {need}; use num_it >= {max(_min_num_it(need), MIN_NUM_IT)}."
         )
-    snapshot = LearnerSnapshot(learn)
+    snapshot = LearnerSnapshot(self)
     try:
-        with learn.no_logging():
-            learn.fit(n_epoch, cbs=finder)
+        with self.no_logging():
+            self.fit(n_epoch, cbs=finder)
     finally:
         snapshot.restore()
-    return _suggest(learn, funcs, num_it, sweep, show_plot, finder.diverged)
+    return _suggest(self, funcs, num_it, sweep, show_plot, finder.diverged)
 
 
 def _usable_points(num_it: int, sweep: int) -> int:

@@ -158,7 +158,7 @@ def _group_lrs(learn: Learner, lr: Any, arg: str) -> float | np.ndarray:
 
 
 def fit_one_cycle(
-    learn: Learner,
+    self: Learner,
     n_epoch: int,
     lr_max: float | slice | Sequence[float] | None = None,
     div: float = 25.0,
@@ -181,12 +181,12 @@ def fit_one_cycle(
     _check_fraction("pct_start", pct_start)
     _check_positive("div", div)
     _check_positive("div_final", div_final)
-    lrs = _group_lrs(learn, lr_max, "lr_max")
+    lrs = _group_lrs(self, lr_max, "lr_max")
     scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs / div, lrs, lrs / div_final)}
-    if moms is not None or "mom" in _hyper_names(learn.opt):
-        mom_start, mom_mid, mom_end = _three_moms(*((learn.moms, "learn.moms") if moms is None else (moms, "moms")))
+    if moms is not None or "mom" in _hyper_names(self.opt):
+        mom_start, mom_mid, mom_end = _three_moms(*((self.moms, "learn.moms") if moms is None else (moms, "moms")))
         scheds["mom"] = combined_cos(pct_start, mom_start, mom_mid, mom_end)
-    learn.fit(
+    self.fit(
         n_epoch,
         cbs=[ParamScheduler(scheds), *as_list(cbs)],
         reset_opt=reset_opt,
@@ -209,7 +209,7 @@ def _three_moms(moms: Sequence[float], name: str) -> tuple[float, float, float]:
 
 
 def fit_flat_cos(
-    learn: Learner,
+    self: Learner,
     n_epoch: int,
     lr: float | slice | Sequence[float] | None = None,
     div_final: float = 1e5,
@@ -223,9 +223,9 @@ def fit_flat_cos(
     """Train at a flat ``lr`` for ``pct_start`` of training, then anneal it to ``lr/div_final`` (cosine)."""
     _check_fraction("pct_start", pct_start)
     _check_positive("div_final", div_final)
-    lrs = _group_lrs(learn, lr, "lr")
+    lrs = _group_lrs(self, lr, "lr")
     scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs, lrs, lrs / div_final)}
-    learn.fit(
+    self.fit(
         n_epoch,
         cbs=[ParamScheduler(scheds), *as_list(cbs)],
         reset_opt=reset_opt,
@@ -243,7 +243,7 @@ def sgdr_epochs(n_cycles: int, cycle_len: int, cycle_mult: int = 2) -> int:
 
 
 def fit_sgdr(
-    learn: Learner,
+    self: Learner,
     n_cycles: int,
     cycle_len: int,
     lr_max: float | slice | Sequence[float] | None = None,
@@ -260,11 +260,11 @@ def fit_sgdr(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             # fastai's combine_scheds asserts on the fractions these make: an InputError is an AssertionError too
             raise InputError(f"fit_sgdr: {name} must be a whole number >= {low}, got {value!r}.")
-    lrs = _group_lrs(learn, lr_max, "lr_max")
+    lrs = _group_lrs(self, lr_max, "lr_max")
     n_epoch = sgdr_epochs(n_cycles, cycle_len, cycle_mult)
     pcts = [cycle_len * cycle_mult**i / n_epoch for i in range(n_cycles)]
     scheds: dict[str, Schedule] = {"lr": combine_scheds(pcts, [SchedCos(lrs, 0.0) for _ in range(n_cycles)])}
-    learn.fit(
+    self.fit(
         n_epoch,
         cbs=[ParamScheduler(scheds), *as_list(cbs)],
         reset_opt=reset_opt,
@@ -275,42 +275,49 @@ def fit_sgdr(
 
 
 def fine_tune(
-    learn: Learner,
+    self: Learner,
     epochs: int,
     base_lr: float = 2e-3,
     freeze_epochs: int = 1,
     lr_mult: float = 100,
     pct_start: float = 0.3,
     div: float = 5.0,
+    *,
     resume: str | Path | None = None,
     **kwargs: Any,
 ) -> None:
     """Transfer learning: ``freeze_epochs`` of one-cycle on the last parameter group only, then ``epochs``
     of one-cycle on the whole model with learning rates from ``base_lr/2/lr_mult`` to ``base_lr/2``.
 
-    ``kwargs`` go to both ``fit_one_cycle`` calls (``wd``, ``moms``, ``cbs``, ``div_final``, ...).
-    ``resume`` continues from a checkpoint taken during either fit (the frozen one is skipped when the
-    checkpoint is from the second).
+    ``kwargs`` go to both ``fit_one_cycle`` calls (``wd``, ``moms``, ``cbs``, ``div_final``, ...); what follows
+    ``div`` is keyword-only, as in fastai. ``resume`` continues from a checkpoint taken during either fit (the
+    frozen one is skipped when the checkpoint is from the second).
     """
+    if isinstance(base_lr, (slice, list, tuple)):
+        raise ArgumentError(
+            f"fine_tune: base_lr is one number, got {base_lr!r}; fine_tune spreads it over the parameter groups "
+            f"itself (from base_lr/lr_mult to base_lr). For your own lrs per group, use fit_one_cycle."
+        )
+    base_lr = to_lr(base_lr, "base_lr", "fine_tune")
     _check_positive("lr_mult", lr_mult)
     _check_fraction("pct_start", pct_start)
     _check_positive("div", div)
-    file = resolve_resume(learn, resume, as_list(kwargs.get("cbs"))) if resume is not None else None
+    file = resolve_resume(self, resume, as_list(kwargs.get("cbs"))) if resume is not None else None
     stage = read_position(file).stage if file is not None else None
     if file is not None and stage not in (FROZEN, UNFROZEN):
         raise CheckpointError(
             f"{file} was not taken during fine_tune (it is from a plain fit): resume it with the fit method that "
             "wrote it."
         )
-    learn.freeze()
+    self.freeze()
     if stage != UNFROZEN:
-        with _fit_stage(learn, FROZEN):
-            fit_one_cycle(learn, freeze_epochs, slice(base_lr), pct_start=0.99, resume=file, **kwargs)
+        with _fit_stage(self, FROZEN):
+            fit_one_cycle(self, freeze_epochs, slice(base_lr), pct_start=0.99, resume=file, **kwargs)
     base_lr /= 2
-    learn.unfreeze()
-    with _fit_stage(learn, UNFROZEN):
+    self.unfreeze()
+    with _fit_stage(self, UNFROZEN):
         fit_one_cycle(
-            learn,
+            self,
             epochs,
             slice(base_lr / lr_mult, base_lr),
             pct_start=pct_start,
