@@ -32,3 +32,14 @@ def test_overhead_benchmark_prints_every_contender_with_its_ratios() -> None:
         assert re.search(r"\| [\d.]+ \| [\d.]+x \| [\d.]+x \|$", rows[name]), rows[name]
     assert rows["raw PyTorch loop (torch.optim.SGD, foreach)"].endswith("| 1.000x | 1.000x |")
     assert "fastai 2.8 Learner" in rows and "Lightning Trainer" in rows  # timed, or marked as not installed
+
+
+def test_opcode_benchmark_names_the_learners_own_functions() -> None:
+    out = _run("overhead_opcodes.py", "--batches", "4", "--top", "40")
+    totals = re.search(r"raw loop (\d+), Learner (\d+): \+(\d+) \(([\d.]+)x\)", out)
+    assert totals is not None, out
+    raw, learner, extra = (int(totals.group(i)) for i in (1, 2, 3))
+    assert learner > raw > 0 and abs(learner - raw - extra) <= 1
+    rows = dict(re.findall(r"^\| (\S+) \| ([+-][\d.]+) \|$", out, flags=re.M))
+    assert float(rows["learnloop/loop.py:_all_batches"]) > 0  # the loop's own body, counted per batch
+    assert "benchmarks/overhead.py:epoch" in rows  # the raw loop's body, which the Learner does not run
