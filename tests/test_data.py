@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    SubsetRandomSampler,
+    TensorDataset,
+)
+from torch.utils.data.distributed import DistributedSampler
 
 from learnloop import DataLoaders, Learner, default_device
 from learnloop.callback import noop
@@ -242,6 +250,31 @@ def test_unshuffled_reads_a_shuffling_batch_sampler_in_order(make: Any) -> None:
 def test_unshuffled_leaves_a_custom_batch_sampler_alone() -> None:
     by_length = DataLoader(_ds(6), batch_sampler=[[5, 4], [3, 2, 1, 0]])  # its own order and sizes
     assert unshuffled(by_length) is by_length
+
+
+def test_unshuffled_reads_only_the_items_a_subset_sampler_picks() -> None:
+    # The torch way of splitting one dataset: a SubsetRandomSampler per loader. Reading "the dataset in order" there
+    # gave get_preds() every item, the training ones included.
+    ds = _ds(10)
+    valid = DataLoader(ds, batch_size=3, sampler=SubsetRandomSampler([7, 2, 9, 4]))
+    fixed = unshuffled(valid)
+    assert torch.equal(torch.cat([xb for xb, _ in fixed]), ds.tensors[0][[7, 2, 9, 4]])
+    assert [len(xb) for xb, _ in fixed] == [3, 1] and fixed.dataset[0][0].equal(ds.tensors[0][7])
+    learn = Learner(DataLoaders(valid, valid, device="cpu"), nn.Linear(2, 1), loss_func=nn.MSELoss())
+    preds, targs = learn.get_preds()
+    assert len(preds) == 4 and torch.equal(targs, ds.tensors[1][[7, 2, 9, 4]])
+
+
+def test_unshuffled_keeps_the_items_of_a_sampler_of_its_own() -> None:
+    ds = _ds(10)
+    as_indices = DataLoader(ds, batch_size=2, sampler=[5, 1, 3])  # any iterable of indices is a sampler
+    assert unshuffled(as_indices) is as_indices
+    dropping = DataLoader(ds, batch_size=2, sampler=[5, 1, 3], drop_last=True)
+    fixed = unshuffled(dropping)
+    assert torch.equal(torch.cat([xb for xb, _ in fixed]), ds.tensors[0][[5, 1, 3]])
+    # A distributed sampler's share is still read as the whole dataset in order (a DistributedTrainer shards it).
+    shared = DataLoader(ds, batch_size=4, sampler=DistributedSampler(ds, num_replicas=2, rank=1))
+    assert torch.equal(torch.cat([xb for xb, _ in unshuffled(shared)]), ds.tensors[0])
 
 
 def _noop(worker_id: int) -> None:

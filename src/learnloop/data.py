@@ -7,11 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+    SubsetRandomSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
+from torch.utils.data.distributed import DistributedSampler
 
 from .distributed import is_distributed, world_size
 from .errors import ArgumentError, InputError, to_whole
 from .nested import map_tensors
+from .sharding import ShardSampler
 
 __all__ = ["DataLoaders", "DeviceUnavailableError", "default_device", "to_detach", "to_device", "unshuffled"]
 
@@ -95,13 +107,21 @@ def to_device(b: Any, device: torch.device, non_blocking: bool = True) -> Any:
     return map_tensors(lambda t: t if on_cpu and t.is_cpu else t.to(device, non_blocking=non_blocking), b)
 
 
+# Samplers that draw from the whole dataset (a distributed one: each rank its share of it, which a
+# DistributedTrainer gives each rank again from the dataset in order).
+_WHOLE_DATASET = (RandomSampler, WeightedRandomSampler, SequentialSampler, DistributedSampler, ShardSampler)
+
+
 def unshuffled(dl: Iterable[Any]) -> Iterable[Any]:
     """The same batches in dataset order, without dropping the last one (for predictions).
 
     A torch DataLoader over a map-style dataset whose order is drawn (a shuffling sampler, or a `BatchSampler`
     over one) or that drops its last batch is made again, reading the dataset in order in batches of the same
-    size, with the same workers and collate function. Anything else is read as it comes: a custom batch sampler
-    (its batches may be of any size and order, by length say), an IterableDataset, any other iterable.
+    size, with the same workers and collate function. A `SubsetRandomSampler` reads only its items, in the order
+    of its indices (the new loader's dataset is their `Subset`); a sampler of another kind (your own, or indices
+    given as the sampler) picks the items, in its own order, and only its last partial batch comes back.
+    Anything else is read as it comes: a custom batch sampler (its batches may be of any size and order, by
+    length say), an IterableDataset, any other iterable.
     """
     if not isinstance(dl, DataLoader) or isinstance(dl.dataset, torch.utils.data.IterableDataset):
         return dl
@@ -112,12 +132,18 @@ def unshuffled(dl: Iterable[Any]) -> Iterable[Any]:
         sampler, batch_size, drop_last = batches.sampler, batches.batch_size, batches.drop_last
     else:
         return dl
-    if isinstance(sampler, SequentialSampler) and not drop_last:
+    dataset, keep = dl.dataset, None  # the items read, and the sampler kept (None: all of `dataset`, in order)
+    if isinstance(sampler, SubsetRandomSampler):  # the usual train/valid split of one dataset: its items only
+        dataset = Subset(dl.dataset, [int(i) for i in sampler.indices])
+    elif not isinstance(sampler, _WHOLE_DATASET):
+        keep = sampler  # a sampler of your own (or indices given as one) picks the items: in its order
+    if (keep is not None or isinstance(sampler, SequentialSampler)) and not drop_last:
         return dl
     workers: dict[str, Any] = {"persistent_workers": dl.persistent_workers, "prefetch_factor": dl.prefetch_factor}
     return DataLoader(
-        dl.dataset,
+        dataset,
         batch_size=batch_size,
+        sampler=keep,
         shuffle=False,
         drop_last=False,
         num_workers=dl.num_workers,
