@@ -348,3 +348,30 @@ def test_a_dataset_as_dl_is_warned_of(method: str) -> None:
     batches = [(X[:4], Y[:4]), (X[4:], Y[4:])]  # a plain list of batches is a loader of batches
     preds, targs = learn.get_preds(dl=batches)
     assert torch.equal(targs, Y) and preds.shape == (10, 3)
+
+
+def test_dict_outputs_are_joined_key_by_key_as_fastai() -> None:
+    # A HuggingFace-style model returns a dict: fastai's to_concat joins each key (get_preds(reorder=False) there);
+    # learnloop returned the list of the batches' dicts.
+    class DictModel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(1, 3)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": self.lin(x), "hidden": x * 2}
+
+    learn = small_learner(loss_func=lambda out, y: F.cross_entropy(out["logits"], y))
+    learn.model = DictModel()
+    preds, targs = learn.get_preds()
+    assert isinstance(preds, dict) and preds["logits"].shape == (10, 3) and torch.equal(preds["hidden"], X * 2)
+    assert torch.equal(targs, Y)
+
+
+def test_predictions_of_different_lengths_come_back_item_by_item_as_fastai() -> None:
+    # Sequences padded per batch: fastai's to_concat gives one list of the items; learnloop raised torch's error.
+    batches = [(torch.ones(2, 5, 1), torch.zeros(2, 5, 3)), (torch.ones(1, 7, 1), torch.zeros(1, 7, 3))]
+    learn = small_learner(loss_func=nn.MSELoss())
+    preds, targs = learn.get_preds(dl=batches)
+    assert isinstance(preds, list) and [tuple(p.shape) for p in preds] == [(5, 3), (5, 3), (7, 3)]
+    assert [tuple(t.shape) for t in targs] == [(5, 3), (5, 3), (7, 3)]

@@ -14,7 +14,7 @@ from ..callback import Callback
 from ..data import to_device
 from ..dispatch import as_list
 from ..events import CancelEpochException
-from ..nested import map_tensors
+from ..nested import map_tensors, to_concat
 from .training import batch_size
 
 __all__ = [
@@ -95,15 +95,19 @@ def _detach(x: Any) -> Any:
 
 
 def _concat(items: list[Any], dim: int = 0) -> Any:
-    """Concatenate a list of batches (tensors, or tuples of tensors) along `dim`; a 1-tuple gives its element."""
+    """Concatenate a list of batches (tensors, or tuples or dicts of them) along `dim`, as fastai's `to_concat`:
+    a dict of outputs (a HuggingFace model's) key by key, tensors whose other dimensions differ (sequences padded
+    per batch) as one list of their items; a 1-tuple gives its element."""
     if not items:
         return None
     first = items[0]
     if isinstance(first, torch.Tensor):
-        return torch.cat([t if t.ndim else t[None] for t in items], dim=dim)
+        return to_concat([t if t.ndim else t[None] for t in items], dim=dim)
     if isinstance(first, (tuple, list)):
         parts = [_concat([b[i] for b in items], dim) for i in range(len(first))]
         return parts[0] if len(parts) == 1 else tuple(parts)
+    if isinstance(first, dict):
+        return {k: _concat([b[k] for b in items], dim) for k in first}
     return items
 
 
