@@ -870,3 +870,20 @@ def test_an_error_passing_through_the_same_callback_and_event_again_is_named_onc
     assert [n for n in info.value.__notes__ if "Reentrant at event before_fit" in n] == [
         "(raised in callback Reentrant at event before_fit)"
     ]
+
+
+def test_an_event_method_patched_into_a_class_already_used_is_called() -> None:
+    # fastcore's @patch (or a notebook cell run again) adds a method to a class that already served: fastai calls it.
+    class Count(Callback):
+        def before_fit(self) -> None:
+            self.n = 0
+
+    synth_learner(cbs=Count()).fit(1)  # the class's methods are listed once here
+
+    def after_batch(self: Count) -> None:
+        self.n += 1
+
+    Count.after_batch = after_batch  # type: ignore[attr-defined]
+    learn = synth_learner(cbs=Count())
+    learn.fit(1)
+    assert learn.count.n == 3  # 2 training batches and 1 validation batch

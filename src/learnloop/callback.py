@@ -242,15 +242,22 @@ def _runs_now(cb: Callback, training: bool) -> bool:
 _BASE_ATTRS = frozenset(dir(Callback))
 
 
-_CLASS_METHODS: dict[type, tuple[str, ...]] = {}
+# Per class: the names of the attributes of each class of its MRO when its methods were listed, and those methods.
+_CLASS_METHODS: dict[type, tuple[tuple[tuple[str, ...], ...], tuple[str, ...]]] = {}
 
 
 def _class_methods(cls: type) -> tuple[str, ...]:
-    """Names of the callables a callback class defines beyond the base class (cached: classes don't change)."""
-    if cls not in _CLASS_METHODS:
-        names = [a for a in dir(cls) if callable(getattr(cls, a, None)) and not isinstance(getattr(cls, a), type)]
-        _CLASS_METHODS[cls] = tuple(a for a in names if not a.startswith("_") and a not in _BASE_ATTRS)
-    return _CLASS_METHODS[cls]
+    """Names of the callables a callback class defines beyond the base class. Cached, and listed again when an
+    attribute was added to or removed from the class or a base since: a method patched in after the class was
+    first used (fastcore's ``@patch``, a notebook cell run again) is an event method like the others."""
+    layout = tuple(tuple(vars(k)) for k in cls.__mro__)
+    cached = _CLASS_METHODS.get(cls)
+    if cached is not None and cached[0] == layout:
+        return cached[1]
+    names = [a for a in dir(cls) if callable(getattr(cls, a, None)) and not isinstance(getattr(cls, a), type)]
+    methods = tuple(a for a in names if not a.startswith("_") and a not in _BASE_ATTRS)
+    _CLASS_METHODS[cls] = (layout, methods)
+    return methods
 
 
 def _methods(cb: Callback) -> list[str]:
