@@ -306,3 +306,12 @@ def test_default_device_use_sets_the_default_for_what_follows(monkeypatch: pytes
     with pytest.raises(TypeError, match=r"default_device\(use='cpu'\): use is True .*pass it device="):
         default_device("cpu")  # type: ignore[arg-type]
     assert default_device() == torch.device("cpu") and data_module._use_cuda is True  # the bad call changed nothing
+
+
+def test_a_negative_index_counts_from_the_end_as_the_positive_one_reads() -> None:
+    ds = _ds(8)
+    no_valid = DataLoaders(DataLoader(ds, batch_size=4), device="cpu")
+    assert no_valid[-1] == [] and no_valid[-2] is no_valid.train  # dls[-1] was the None the valid slot holds
+    learn = Learner(no_valid, nn.Linear(2, 1), loss_func=nn.MSELoss())
+    learn.logger = noop
+    assert learn.validate(ds_idx=-1) == learn.validate(ds_idx=1) == [None]

@@ -223,6 +223,8 @@ class DataLoaders:
             ) from None
 
     def __getitem__(self, i: int) -> Iterable[Any]:
+        if isinstance(i, int) and -len(self.loaders) <= i < 0:  # dls[-1] is dls[1], the empty list without one
+            i += len(self.loaders)
         return self.train if i == 0 else self.valid if i == 1 else self.loaders[i]  # type: ignore[return-value]
 
     def one_batch(self, ds_idx: int = 0) -> Any:
