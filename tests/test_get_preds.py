@@ -375,3 +375,25 @@ def test_predictions_of_different_lengths_come_back_item_by_item_as_fastai() -> 
     preds, targs = learn.get_preds(dl=batches)
     assert isinstance(preds, list) and [tuple(p.shape) for p in preds] == [(5, 3), (5, 3), (7, 3)]
     assert [tuple(t.shape) for t in targs] == [(5, 3), (5, 3), (7, 3)]
+
+
+def test_a_model_returning_the_same_object_twice_has_each_batch_gathered() -> None:
+    # A model returning its input, over a list holding one batch three times: each prediction is the last one's
+    # object, which the gatherer took for a batch cancelled before the model ran (fastai gathers all three).
+    class Passthrough(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    x = torch.arange(4.0).reshape(2, 2)
+    learn = small_learner(loss_func=nn.MSELoss())
+    learn.model = Passthrough()
+    preds, targs, losses = learn.get_preds(dl=[(x, x)] * 3, with_loss=True)
+    assert torch.equal(preds, torch.cat([x] * 3)) and torch.equal(targs, preds)
+    assert torch.equal(losses, torch.zeros(6))
+    # Cancelled before the model ran, the repeated object is still left out.
+    preds, _ = learn.get_preds(dl=[(x, x)] * 3, cbs=_CancelBatch("before_batch", -5, 1))
+    assert len(preds) == 4

@@ -128,7 +128,7 @@ class _Gathered:
     """What one validation phase has gathered so far (a plain object: the writes of every batch skip
     `Callback.__setattr__`'s checks)."""
 
-    __slots__ = ("preds", "targets", "inputs", "losses", "last_pred", "last_loss", "xb", "extras")
+    __slots__ = ("preds", "targets", "inputs", "losses", "last_pred", "last_loss", "xb", "extras", "pred_made")
 
     def __init__(self, pred: Any, loss: Any, extras: bool) -> None:
         self.preds: list[Any] = []
@@ -140,6 +140,7 @@ class _Gathered:
         self.last_pred, self.last_loss = pred, loss
         self.xb: Any = None
         self.extras = extras  # inputs, losses or files to gather too
+        self.pred_made = False  # after_pred reached this callback in the current batch
 
 
 class GatherPredsCallback(Callback):
@@ -196,12 +197,20 @@ class GatherPredsCallback(Callback):
             assert g is not None
             g.xb = self.learn.xb
 
+    def after_pred(self) -> None:
+        g = self._gathered
+        assert g is not None
+        g.pred_made = True
+
     def after_batch(self) -> None:
         g = self._gathered
         assert g is not None
         learn = self.learn._attrs  # the learner's attributes, read at a plain object's cost (attrs.OwnAttrs)
         pred = getattr(learn, "pred", None)  # none yet: the learner's first batch was cancelled before the model ran
-        if pred is g.last_pred or pred is None:
+        # The model ran if after_pred got here, or (a callback before this one cancelled the batch at after_pred)
+        # if `pred` is a new object: a model may return the same object twice (its input, a buffer of its own).
+        made, g.pred_made = g.pred_made, False
+        if pred is None or (not made and pred is g.last_pred):
             return  # cancelled before the model ran: nothing of this batch to keep
         g.last_pred = pred
         pred, yb = _detach(pred), learn.yb
