@@ -14,6 +14,7 @@ from learnloop import Callback, CancelStepException, CancelValidException, Learn
 from learnloop.callback import noop
 from learnloop.callbacks.ema import EMACallback
 from learnloop.callbacks.training import GradientAccumulation
+from learnloop.data import DataLoaders
 from learnloop.optimizer import SGD
 
 
@@ -254,3 +255,37 @@ def test_no_validation_swap_when_asked() -> None:
     learn.fit(1, cbs=[ema, track])
     assert same(track.in_validation[0], track.after_steps[-1])
     assert ema.n_updates == 4
+
+
+def test_validate_inside_the_fit_keeps_the_training_weights() -> None:
+    # A validate() a callback runs inside the fit ends with an after_fit of its own: with replace_weights, that one
+    # must not put the average in the model, or the next epoch trains from it.
+    class ValidateAfterFirstEpoch(Callback):
+        order = 50
+
+        def after_epoch(self) -> None:
+            if self.learn.epoch == 0 and not self.learn._nested_run:
+                self.before = weights(self.learn.model)
+                self.learn.validate()
+                self.after = weights(self.learn.model)
+
+    learn = make_learner()
+    ema, check = EMACallback(decay=0.5, replace_weights=True), ValidateAfterFirstEpoch()
+    learn.fit(2, cbs=[ema, check])
+    assert same(check.before, check.after)
+    assert same(weights(learn.model), ema.averaged)  # the end of the fit itself still replaces them
+
+
+def test_average_follows_the_model_to_another_dtype() -> None:
+    learn = make_learner()
+    ema = EMACallback(decay=0.5)
+    learn.add_cb(ema)
+    learn.fit(1)
+    kept = [t.clone() for t in ema.averaged]
+    learn.model.double()
+    x, y = (t.double() for t in learn.dls.train.dataset.tensors)
+    xv, yv = (t.double() for t in learn.dls.valid.dataset.tensors)
+    learn.dls = DataLoaders.from_tensors(x, y, xv, yv, bs=16, shuffle=False, device="cpu")
+    learn.fit(1)  # failed: the float32 average could not be blended with the float64 weights
+    assert all(t.dtype == torch.float64 for t in ema.averaged)
+    assert ema.n_updates == 8 and not same([t.double() for t in kept], ema.averaged)

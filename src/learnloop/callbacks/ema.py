@@ -22,14 +22,15 @@ class EMACallback(Callback):
     model at ``before_validate`` and the training weights back at ``after_validate`` (which also fires
     when validation is cancelled; ``after_fit`` and the next ``before_fit``/``before_train`` restore
     them too). So while this callback is on the learner, ``validate()`` and ``get_preds()`` use the
-    average; after fit the model holds the training weights, unless ``replace_weights=True``.
+    average; after fit the model holds the training weights, unless ``replace_weights=True`` (at the end of the fit:
+    a ``validate()`` run inside the fit gives the fit its training weights back).
     An exception other than a cancel one, raised during validation, leaves ``fit`` with the averaged
     weights in the model: ``restore_training_weights()`` puts the training ones back.
 
     With ``ema_buffers`` floating-point buffers (BatchNorm running statistics) are averaged too and
     swapped with the weights; integer buffers (BatchNorm's batch counter) are left alone. The average
-    starts from the weights at the first ``before_fit`` and carries over between fits (``reset()``
-    starts again); it travels in ``state_dict()``.
+    starts from the weights at the first ``before_fit`` and carries over between fits, following the model to
+    another device or dtype (``reset()`` starts again); it travels in ``state_dict()``.
 
     >>> learn.fit(5, cbs=EMACallback(decay=0.999))
     """
@@ -91,9 +92,12 @@ class EMACallback(Callback):
         if self._ema is not None:
             try:
                 _check_shapes(self._ema, tracked, "the average")
-                return
             except ValueError as e:
                 warn_caller(f"{e} Starting the average again from the current weights.")
+            else:
+                # The model may have moved to another device or dtype since the last fit: the average follows it.
+                self._ema = [e.to(device=t.device, dtype=t.dtype) for e, t in zip(self._ema, tracked, strict=True)]
+                return
         with torch.no_grad():
             self._ema = [t.detach().clone() for t in tracked]
         self.n_updates = 0
@@ -136,6 +140,8 @@ class EMACallback(Callback):
 
     def after_fit(self) -> None:
         self.restore_training_weights()
+        if self.learn._nested_run:  # the end of a validate() inside a fit, which goes on with its training weights
+            return
         self._backup = None
         if self.replace_weights and self._ema is not None:
             with torch.no_grad():
