@@ -135,6 +135,28 @@ def test_accumulation_cancels_at_before_step_and_unscales_loss_grad(order: int, 
     assert log.rows == cancelled * 3 + stepped
 
 
+def test_accumulation_carries_over_a_validate_run_inside_the_fit() -> None:
+    # The validate() fires a before_fit of its own: the count of the accumulation in progress must survive it, as its
+    # gradients do, or the next step sums more batches than n_acc samples.
+    class ValidateAfterEachEpoch(Callback):
+        order = 50
+
+        def __init__(self) -> None:
+            self.steps: list[tuple[int, int]] = []
+
+        def after_step(self) -> None:
+            self.steps.append((self.learn.epoch, self.learn.iter))
+
+        def after_epoch(self) -> None:
+            if not self.learn._nested_run:
+                self.learn.validate()
+
+    learn = make_learner(n_train=24, bs=8)  # 3 batches an epoch, a step every 4
+    check = ValidateAfterEachEpoch()
+    learn.fit(3, cbs=[GradientAccumulation(n_acc=32), check])
+    assert check.steps == [(1, 0), (2, 1)]
+
+
 def test_accumulation_beyond_the_data_never_steps() -> None:
     learn = make_learner(n_train=32, bs=8)
     before = weights(learn)

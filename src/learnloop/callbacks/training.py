@@ -75,8 +75,8 @@ class GradientAccumulation(Callback):
     (CancelBatchException) before ``opt.step()`` and ``opt.zero_grad()``, so the gradients add up. The
     callbacks before it in ``order`` see ``before_step`` on every training batch; those after it only on
     the batches that step. The logged ``learn.loss`` is never scaled. A partial accumulation carries
-    over to the next epoch; at the end of a fit it is left as it is, as in fastai (``count`` and the
-    gradients), and the next fit starts counting from zero.
+    over to the next epoch (a ``validate()`` run inside the fit leaves it alone); at the end of a fit it is
+    left as it is, as in fastai (``count`` and the gradients), and the next fit starts counting from zero.
 
     The schedule (ParamScheduler) follows ``pct_train`` as in fastai: hyper-parameters are set every
     batch but only the values at the stepping batches are used, and those sample the whole schedule,
@@ -116,7 +116,8 @@ class GradientAccumulation(Callback):
         return self.n_steps if self.n_steps is not None else self.n_acc / batch_size(self.learn.yb)
 
     def before_fit(self) -> None:
-        self.count = 0
+        if not self.learn._nested_run:  # a validate() inside the fit: the accumulation in progress carries on
+            self.count = 0
 
     def will_step(self) -> bool:
         """Whether the current batch completes an accumulation, so a step follows its backward pass.
