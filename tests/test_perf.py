@@ -104,6 +104,26 @@ def test_profiler_cycles_and_default_path(tmp_path: Path) -> None:
     assert len(prof.traces) == 2
 
 
+@pytest.mark.filterwarnings("ignore:Warning. Profiler clears events:UserWarning")
+def test_profiler_goes_on_through_a_validate_run_inside_the_fit(tmp_path: Path) -> None:
+    # The validate() fires a before_fit and an after_fit of its own: neither may stop the fit's profiler and let the
+    # next training batch start another one from the beginning of the schedule.
+    class ValidateAfterEachEpoch(Callback):
+        order = 50
+
+        def after_epoch(self) -> None:
+            if not self.learn._nested_run:
+                self.learn.validate()
+
+    profilers: list[Any] = []
+    learn = synth_learner(n_train=24, bs=8)  # 3 training batches an epoch
+    prof = ProfilerCallback(wait=1, warmup=1, active=2, repeat=2, path=tmp_path / "trace.json")  # 8 steps
+    watch = Callback(after_batch=lambda: profilers.append(prof.prof) if learn.training else None)
+    learn.fit(3, cbs=[prof, ValidateAfterEachEpoch(), watch])
+    assert len({id(p) for p in profilers}) == 1 and prof._n_steps == 8
+    assert prof.traces == [tmp_path / "trace.json", tmp_path / "trace_1.json"]
+
+
 @pytest.mark.parametrize("kwargs", [{"active": 0}, {"wait": -1}, {"repeat": 1.5}])
 def test_profiler_bad_schedule(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="ProfilerCallback: .* is a number of steps"):

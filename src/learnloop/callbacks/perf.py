@@ -63,7 +63,7 @@ class ProfilerCallback(Callback):
     files are listed in ``traces``. A step ends at each training ``after_batch``, so validation between
     epochs counts towards the step it interrupts. The profiler starts at the first training batch and
     stops once its schedule is done, at ``after_fit``, or, after an exception left the previous fit,
-    at the next ``before_fit``.
+    at the next ``before_fit`` (not at those of a ``validate()`` run inside the fit).
     ``prof`` is the last ``torch.profiler.profile`` (``prof.key_averages().table()``).
 
     >>> learn.fit(1, cbs=ProfilerCallback(wait=1, warmup=1, active=3, path="trace.json"))
@@ -131,6 +131,8 @@ class ProfilerCallback(Callback):
         return activities
 
     def before_fit(self) -> None:
+        if self.learn._nested_run:  # a validate() inside the fit: the fit's profiler goes on
+            return
         self._stop()
         self._started = False
 
@@ -172,4 +174,5 @@ class ProfilerCallback(Callback):
         self._stop()
 
     def after_fit(self) -> None:
-        self._stop()
+        if not self.learn._nested_run:
+            self._stop()
