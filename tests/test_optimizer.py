@@ -451,6 +451,19 @@ def test_param_groups_is_a_live_torch_style_view() -> None:
     assert opt.param_lists[-1] == [extra] and opt.hypers[-1]["mom"] == 0.5 and opt.hypers[-1]["lr"] == 0.1
 
 
+@pytest.mark.parametrize("lr", [slice(1e-3, 1e-1), slice(1e-1), [1e-3, 1e-1], (1e-3, 1e-1)])
+def test_add_param_group_after_a_default_given_per_group(lr: Any) -> None:
+    # The group added gets the last group's value, a number: not the slice or list itself, which failed the next step.
+    a, b, c = (torch.ones(2, requires_grad=True) for _ in range(3))
+    opt = Adam([[a], [b]], lr=lr)
+    opt.add_param_group({"params": [c]})
+    assert opt.hypers[2]["lr"] == pytest.approx(1e-1) and opt.hypers[2]["mom"] == 0.9
+    for p in (a, b, c):
+        p.grad = torch.ones(2)
+    opt.step()
+    assert not torch.equal(c.detach(), torch.ones(2))
+
+
 def test_closure_is_called() -> None:
     p = torch.ones(1, requires_grad=True)
     opt = SGD([p], lr=0.1)

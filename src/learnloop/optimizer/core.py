@@ -118,6 +118,8 @@ class Optimizer(BaseOptimizer):
         self.hypers: list[dict[str, Any]] = [{} for _ in self.param_lists]
         for k, v in merged.items():
             self._set_hyper_values(k, self._spread_checked(k, v))
+        # What a group added later gets: a default given per group (a slice, a list) gives it the last group's value.
+        self._new_group_defaults = dict(self.hypers[-1])
         for h, extra in zip(self.hypers, group_hypers, strict=True):
             h.update(extra)
         self._compile()
@@ -376,13 +378,15 @@ class Optimizer(BaseOptimizer):
             self.hypers[i].update({k: v for k, v in g.items() if k != "params"})
 
     def add_param_group(self, group: Mapping[str, Any]) -> None:
-        """Append a torch-style group; hypers it does not give come from the construction defaults."""
+        """Append a torch-style group; hypers it does not give come from the construction defaults (a default given
+        per group, such as ``lr=slice(1e-4, 1e-2)`` or a list, gives it the last group's value)."""
         new = as_param_list(group["params"])
         seen = {id(p) for plist in self.param_lists for p in plist}
         if any(id(p) in seen for p in new):
             raise ValueError("some parameters appear in more than one group")
         self.param_lists.append(new)
-        self.hypers.append({**self.defaults, **{k: v for k, v in group.items() if k != "params"}})
+        defaults = getattr(self, "_new_group_defaults", self.defaults)  # an optimizer pickled before it had them
+        self.hypers.append({**defaults, **{k: v for k, v in group.items() if k != "params"}})
 
     def __repr__(self) -> str:
         names = ", ".join(stepper_name(cb) for cb in self.cbs)
