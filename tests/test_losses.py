@@ -80,6 +80,20 @@ def test_regression_losses_flatten_and_floatify() -> None:
     )
 
 
+@pytest.mark.parametrize("loss_cls", [BCELossFlat, BCEWithLogitsLossFlat, MSELossFlat, L1LossFlat])
+def test_floatify_follows_float64_outputs(loss_cls: Any) -> None:
+    # Targets cast to float32 met float64 outputs: nn.BCELoss refused them (fastai's computes the loss), and
+    # nn.BCEWithLogitsLoss rounded its loss to float32.
+    probs = torch.rand(8, 2, dtype=torch.float64, requires_grad=True)
+    targ = torch.randint(0, 2, (8, 2))
+    loss = loss_cls()(probs, targ)
+    loss.backward()
+    expected = loss_cls()(probs.detach().float(), targ)
+    assert loss.dtype == torch.float64 and probs.grad is not None
+    torch.testing.assert_close(loss.float(), expected)
+    assert loss_cls()(probs.float(), targ.double()).dtype == torch.float32  # float32 outputs: float32 targets
+
+
 def test_bce_pos_weight_keeps_the_label_axis() -> None:
     out, targ = torch.randn(4, 3), torch.randint(0, 2, (4, 3))
     pos_weight = torch.tensor([1.0, 2.0, 3.0])

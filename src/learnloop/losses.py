@@ -63,9 +63,9 @@ class BaseLoss(nn.Module):
     `axis` is the class (or channel) axis of the model's output; it is moved last, then the
     output is flattened to `(n, classes)` when `is_2d`, else to `(n,)`, and the target to `(n,)`;
     a falsy `flatten` (False, None) leaves both shapes as they are. `floatify` casts the target to float
-    (for regression and BCE losses). The wrapped loss is `func`, an `nn.Module` or any callable object
-    (a plain class); its attributes read through the flattened loss too, as fastai's
-    (`LabelSmoothingCrossEntropyFlat().eps`, `CrossEntropyLossFlat(ignore_index=0).ignore_index`, `.scale` of a
+    (for regression and BCE losses): float32, or float64 when the output is float64. The wrapped loss is `func`,
+    an `nn.Module` or any callable object (a plain class); its attributes read through the flattened loss too, as
+    fastai's (`LabelSmoothingCrossEntropyFlat().eps`, `CrossEntropyLossFlat(ignore_index=0).ignore_index`, `.scale` of a
     plain class of yours), and are read when asked, so a change to `func`'s shows.
     """
 
@@ -112,7 +112,8 @@ class BaseLoss(nn.Module):
     def forward(self, inp: torch.Tensor, targ: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         inp, targ = self._axis_last(inp), self._axis_last(targ)
         if self.floatify and targ.dtype != torch.float16:
-            targ = targ.float()
+            # float32, as fastai's; float64 for float64 predictions, which nn.BCELoss refuses to meet with float32.
+            targ = targ.to(torch.float64 if inp.dtype == torch.float64 else torch.float32)
         if targ.dtype in _SMALL_INTS:
             targ = targ.long()
         if self.flatten:
