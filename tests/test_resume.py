@@ -208,6 +208,13 @@ def test_fine_tune_resumes_in_either_of_its_fits(tmp_path: Path) -> None:
         tune(make_learner(), resume=tmp_path / "plain")
 
 
+def test_a_fit_resumed_from_its_last_checkpoint_ends_at_its_last_epoch(full_run: tuple[Learner, list[Path]]) -> None:
+    seen: list[int] = []
+    learn = make_learner()
+    one_cycle(learn, resume=full_run[1][-1], cbs=Callback(after_fit=lambda: seen.append(learn.epoch)))
+    assert seen == [full_run[0].epoch] == [N_EPOCH - 1]  # no epoch ran, but it is where the saved fit ended
+
+
 def test_mixed_precision_resumes_with_its_loss_scale(tmp_path: Path) -> None:
     def make() -> Learner:
         learn = make_learner()

@@ -303,6 +303,8 @@ class ResumeState:
             order.resume = self
             learn._data_order = order
         else:
+            # The epoch that ended at the save: what the fit ends with when no epoch is left to run.
+            learn.epoch = self.position.epoch - 1
             self.restore_state(learn)
         return self.position.epoch
 
