@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -206,6 +207,31 @@ def test_fine_tune_resumes_in_either_of_its_fits(tmp_path: Path) -> None:
     one_cycle(plain, cbs=CheckpointCallback(path=tmp_path / "plain"))
     with pytest.raises(CheckpointError, match="not taken during fine_tune"):
         tune(make_learner(), resume=tmp_path / "plain")
+
+
+def test_fine_tune_resumed_at_the_end_of_its_frozen_fit_resets_the_trackers_in_the_unfrozen_one(tmp_path: Path) -> None:
+    """The frozen fit resumed from its last checkpoint has no epoch left: the tracker state it loads is its own, and
+    the unfrozen fit resets it (reset_on_fit) as in the uninterrupted run."""
+
+    def make() -> Learner:
+        learn = make_learner()
+        learn.splitter = lambda m: [list(m[0].parameters()), list(m[3].parameters())]
+        # Higher is better on a falling loss: a best kept from the frozen fit would stop the unfrozen one at once.
+        learn.add_cb(EarlyStoppingCallback(comp=np.greater, patience=1))
+        return learn
+
+    def tune(learn: Learner, **kw: Any) -> None:
+        learn.fine_tune(3, 1e-2, freeze_epochs=1, **kw)
+
+    full = make()
+    tune(full, cbs=CheckpointCallback(keep_last=None, path=tmp_path))
+    end_of_frozen = checkpoint_files(tmp_path)[0]
+    assert _position(end_of_frozen) == Position(1, 0, 1, 6, 6, stage="fine_tune:frozen")
+    resumed = make()
+    tune(resumed, resume=end_of_frozen)
+    assert len(resumed.recorder.values) == len(full.recorder.values) == 2  # stopped by its own epochs, not the frozen's
+    assert_same_run(full, resumed)
+    assert resumed.early_stopping.best == full.early_stopping.best
 
 
 def test_a_fit_resumed_from_its_last_checkpoint_ends_at_its_last_epoch(full_run: tuple[Learner, list[Path]]) -> None:

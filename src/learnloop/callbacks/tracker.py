@@ -175,9 +175,11 @@ class TrackerCallback(Callback):
         return {"best": self.best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict`; the next fit keeps this state instead of resetting it."""
+        """Restore `state_dict`; loaded outside a fit, the next fit keeps this state instead of resetting it. Loaded
+        in a fit (one resuming from a checkpoint), it is that fit's: the next fit resets it as usual (even when the
+        resumed fit had no epoch left to run, as fine_tune's frozen fit resumed from its last checkpoint)."""
         self.best = state["best"]
-        self._restored = True
+        self._restored = not getattr(self.learn, "_in_fit", False)
 
 
 def monitored_names(learn: Any) -> list[str]:
