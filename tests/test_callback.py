@@ -887,3 +887,48 @@ def test_an_event_method_patched_into_a_class_already_used_is_called() -> None:
     learn = synth_learner(cbs=Count())
     learn.fit(1)
     assert learn.count.n == 3  # 2 training batches and 1 validation batch
+
+
+# ------------------------------------------------------------------ a validate() inside a fit
+class ValidateAtEpochEnd(Callback):
+    """Calls `validate` (or `get_preds`) at each after_epoch of the fit, at the default order 0: before the
+    callbacks of higher order see the fit's after_epoch."""
+
+    def __init__(self, how: str = "validate") -> None:
+        self.how = how
+
+    def after_epoch(self) -> None:
+        if not self.learn._nested_run:
+            getattr(self.learn, self.how)()
+
+
+@pytest.mark.parametrize("how", ["validate", "get_preds"])
+def test_a_validate_inside_a_fit_leaves_the_fits_counters(how: str) -> None:
+    # Its before_fit is not the fit's: TrainEvalCallback leaves epoch, train_iter and pct_train as the fit has them
+    # (fastai's restarts them, so the callbacks after it at after_epoch saw epoch 0 and train_iter 0).
+    def counters(*cbs: Callback) -> list[tuple[str, int, int, float]]:
+        learn = synth_learner(n_train=48, bs=16)
+        seen: list[tuple[str, int, int, float]] = []
+
+        def note(event: str) -> None:
+            if not learn._nested_run:
+                seen.append((event, learn.epoch, learn.train_iter, learn.pct_train))
+
+        spy = Callback(before_train=lambda: note("before_train"), after_epoch=lambda: note("after_epoch"))
+        spy.order = 99
+        learn.fit(3, cbs=[*cbs, spy])
+        return seen
+
+    plain = counters()
+    assert counters(ValidateAtEpochEnd(how)) == plain
+    assert [s[1:3] for s in plain if s[0] == "after_epoch"] == [(0, 3), (1, 6), (2, 9)]
+
+
+def test_a_validate_inside_a_fit_that_skips_epochs_is_not_cancelled() -> None:
+    # SkipToEpoch (fit(start_epoch=...)) cancelled the validate()'s own epoch too: a raw CancelEpochException
+    # out of the callback that called it, which ended the fit.
+    learn = synth_learner()
+    records: list[Any] = []
+    learn.fit(3, start_epoch=1, cbs=Callback(after_epoch=lambda: records.append(learn.validate())
+                                              if not learn._nested_run else None))
+    assert len(records) == 3 and all(r is not None and len(r) == 1 for r in records)
