@@ -415,3 +415,16 @@ def test_a_missing_tensorboard_is_a_clear_import_error(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ImportError, match=r"pip install 'learnloop\[tensorboard\]'"):
         TensorBoardCallback()
+
+
+def test_tensorboard_writes_the_epochs_values_around_a_validate_inside_the_fit(tmp_path: Path) -> None:
+    # The validate()'s before_fit closed the fit's writer and its before_epoch forgot the fit's epoch had trained:
+    # no epoch values were written, and each epoch began a new event file.
+    pytest.importorskip("tensorboard")
+    learn = synth_classif_learner(metrics=accuracy, n_train=48, bs=16)
+    validate = Callback(after_epoch=lambda self: None if self.learn._nested_run else self.learn.validate())
+    learn.fit(2, cbs=[TensorBoardCallback(tmp_path), validate])
+    logged = scalars(tmp_path)
+    assert [s for s, _ in logged["valid_loss"]] == [3, 6] and [s for s, _ in logged["accuracy"]] == [3, 6]
+    assert [s for s, _ in logged["train_loss"]] == [1, 2, 3, 4, 5, 6]
+    assert len(list(tmp_path.iterdir())) == 1

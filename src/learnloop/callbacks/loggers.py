@@ -281,13 +281,16 @@ class TensorBoardCallback(Callback):
         self._epoch_trained = False
 
     def before_fit(self) -> None:
-        self._close()  # a fit that raised left its writer open
         self.run = not is_side_run(self.learn) and is_rank_zero()
+        if self.learn._nested_run:  # a validate() inside the fit: the fit's writer and epoch carry on
+            return
+        self._close()  # a fit that raised left its writer open
         self._traced = False
 
     def before_epoch(self) -> None:
-        self._epoch_trained = False
-        self._preds = None
+        if not self.learn._nested_run:
+            self._epoch_trained = False
+            self._preds = None
 
     def before_train(self) -> None:
         if not is_rank_zero():  # again here: a validate() inside the fit sets `run` back to True at its after_fit
@@ -346,7 +349,7 @@ class TensorBoardCallback(Callback):
         self._losses = []
 
     def after_epoch(self) -> None:
-        if not self._epoch_trained or self.writer is None:
+        if not self._epoch_trained or self.writer is None or self.learn._nested_run:
             return
         self._write_losses()
         recorder = self.learn.recorder
@@ -360,7 +363,8 @@ class TensorBoardCallback(Callback):
         self.writer.flush()
 
     def after_fit(self) -> None:
-        self._close()
+        if not self.learn._nested_run:
+            self._close()
 
     def _close(self) -> None:
         if self.writer is not None:
