@@ -250,3 +250,14 @@ def test_show_graph_without_matplotlib_names_the_extra(monkeypatch: pytest.Monke
         monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(ImportError, match=r"ShowGraphCallback needs matplotlib: pip install 'learnloop\[plot\]'"):
         ShowGraphCallback()
+
+
+def test_show_graph_keeps_the_epochs_point_around_a_validate_inside_the_fit() -> None:
+    # The validate()'s before_epoch forgot the fit's epoch had trained: no validation point was drawn.
+    learn = synth_learner(n_train=64, bs=16)
+    cb = ShowGraphCallback()
+    validate = Callback(after_epoch=lambda self: None if self.learn._nested_run else self.learn.validate())
+    learn.fit(2, cbs=[cb, validate])
+    plain = ShowGraphCallback()
+    synth_learner(n_train=64, bs=16).fit(2, cbs=plain)
+    assert graph_data(cb)[1] == graph_data(plain)[1] and graph_data(cb)[1][0] == [4.0, 8.0]
