@@ -136,8 +136,8 @@ class TrackerCallback(Callback):
     def _epoch_trained(self) -> bool:
         """Whether the current epoch is one of the fit's whose training phase began: this tracker's before_train
         ran, or the phase ended with after_train, which also fires when a callback cancelled it at once
-        (CancelTrainException at before_train). Not validate()'s or get_preds()'s epoch (inside a fit too), nor one skipped by
-        fit(start_epoch=...) or cancelled (CancelEpochException) before its training phase began."""
+        (CancelTrainException at before_train). Not validate()'s or get_preds()'s epoch (inside a fit too), nor
+        one skipped by fit(start_epoch=...) or cancelled (CancelEpochException) before its training phase began."""
         learn = self.learn
         return self._trained_epoch is not None and self._trained_epoch == learn.epoch and not learn._nested_run
 
