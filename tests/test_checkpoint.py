@@ -206,6 +206,24 @@ def test_no_checkpoint_in_validate_get_preds_or_lr_find(tmp_path: Path) -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_validate_inside_the_fit_leaves_its_epoch_checkpoints_and_ctrl_c_handling(tmp_path: Path) -> None:
+    handlers: list[Any] = []
+
+    def validate_then_look() -> None:
+        if learn._nested_run:  # the validate()'s own after_epoch
+            return
+        learn.validate()  # before CheckpointCallback's after_epoch (order 0 < 1000), and its after_fit
+        handlers.append(signal.getsignal(signal.SIGINT))
+
+    checkpoints = CheckpointCallback(every_epoch=True)
+    learn = synth_learner(path=tmp_path, cbs=[checkpoints, Callback(after_epoch=validate_then_look)])
+    learn.fit(2)
+    names = [f.name for f in checkpoint_files(tmp_path / "models" / "checkpoints")]
+    assert names == ["checkpoint_000001_epoch0_end.pth", "checkpoint_000002_epoch1_end.pth"]
+    assert handlers == [checkpoints._on_ctrl_c] * 2  # Ctrl-C still deferred by the fit after each validate()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and put back at the fit's end
+
+
 def test_learn_load_reads_a_training_checkpoint(ckpt: Path) -> None:
     saved = torch.load(ckpt, weights_only=True)
     other = make_learner()
