@@ -12,7 +12,7 @@ import torch
 
 from conftest import debiased_ema, synth_classif_learner, synth_learner
 from learnloop import Callback, CancelFitException, CancelTrainException, CancelValidException, Recorder
-from learnloop.callbacks import loggers
+from learnloop.callbacks import BnFreeze, loggers
 from learnloop.callbacks.loggers import CSVLogger, TensorBoardCallback
 from learnloop.metrics import accuracy
 
@@ -366,6 +366,33 @@ def test_tracing_does_not_change_training(tmp_path: Path) -> None:
     traced = synth_classif_learner()
     traced.fit(1, cbs=TensorBoardCallback(tmp_path, trace_model=True))
     assert torch.equal(plain.model.state_dict()["weight"], traced.model.state_dict()["weight"])
+
+
+def test_tracing_puts_each_module_back_in_its_own_mode(tmp_path: Path) -> None:
+    # BnFreeze keeps a frozen BatchNorm in eval mode from before_train: the trace at the first batch must leave
+    # it so, or its running statistics train through the first epoch.
+    pytest.importorskip("tensorboard")
+    learn = synth_classif_learner(n_in=4)
+    learn.model = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 3))
+    learn.model[0].requires_grad_(False)  # frozen, as learn.freeze() leaves it with train_bn=False
+    stats = learn.model[0].running_mean.clone()
+    learn.fit(1, cbs=[BnFreeze(), TensorBoardCallback(tmp_path, trace_model=True)])
+    assert tags(tmp_path)["graph"]
+    assert torch.equal(learn.model[0].running_mean, stats)
+
+
+@pytest.mark.parametrize("evaluate", ["validate", "get_preds"])
+def test_a_validate_inside_the_fit_leaves_the_writer_and_the_epoch_to_the_fit(tmp_path: Path, evaluate: str) -> None:
+    # Called before TensorBoard's after_epoch (at after_validate, by a callback of order 0), validate() and
+    # get_preds() run before_fit and after_fit: they must not close the fit's writer (its epoch values lost, a
+    # new event file for each epoch).
+    pytest.importorskip("tensorboard")
+    learn = synth_learner(n_train=64, bs=16)
+    nested = Callback(after_validate=lambda: None if learn._nested_run else getattr(learn, evaluate)())
+    learn.fit(2, cbs=[TensorBoardCallback(tmp_path), nested])
+    assert len(list(tmp_path.iterdir())) == 1
+    logged = scalars(tmp_path)
+    assert len(logged["train_loss"]) == 8 and len(logged["train_loss_epoch"]) == 2
 
 
 def test_tensorboard_writes_nothing_in_validate_and_on_other_ranks(tmp_path: Path,

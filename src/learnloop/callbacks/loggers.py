@@ -281,16 +281,16 @@ class TensorBoardCallback(Callback):
         self._epoch_trained = False
 
     def before_fit(self) -> None:
-        self.run = not is_side_run(self.learn) and is_rank_zero()
-        if self.learn._nested_run:  # a validate() inside the fit: the fit's writer and epoch carry on
+        if self.learn._nested_run:  # validate() or get_preds() inside the fit: its writer and epoch carry on
+            self.run = False  # it sits out that run, until the run's end sets `run` back
             return
         self._close()  # a fit that raised left its writer open
+        self.run = not is_side_run(self.learn) and is_rank_zero()
         self._traced = False
 
     def before_epoch(self) -> None:
-        if not self.learn._nested_run:
-            self._epoch_trained = False
-            self._preds = None
+        self._epoch_trained = False
+        self._preds = None
 
     def before_train(self) -> None:
         if not is_rank_zero():  # again here: a validate() inside the fit sets `run` back to True at its after_fit
@@ -305,7 +305,9 @@ class TensorBoardCallback(Callback):
             self._traced = True
             model = self.learn.model
             # Traced in eval mode, without gradients and on a forked RNG: tracing runs the model, and
-            # must not update normalisation statistics or shift the random stream of training.
+            # must not update normalisation statistics or shift the random stream of training. Each module's
+            # mode is put back after, as it was (BatchNorm layers BnFreeze keeps in eval mode stay so).
+            modes = [(m, m.training) for m in model.modules()]
             model.eval()
             try:
                 with torch.no_grad(), torch.random.fork_rng(), warnings.catch_warnings():
@@ -313,7 +315,8 @@ class TensorBoardCallback(Callback):
                     warnings.simplefilter("ignore", DeprecationWarning)
                     self.writer.add_graph(model, list(self.learn.xb))
             finally:
-                model.train()
+                for m, mode in modes:
+                    m.training = mode
 
     def after_batch(self) -> None:
         learn = self.learn
@@ -349,7 +352,7 @@ class TensorBoardCallback(Callback):
         self._losses = []
 
     def after_epoch(self) -> None:
-        if not self._epoch_trained or self.writer is None or self.learn._nested_run:
+        if not self._epoch_trained or self.writer is None:
             return
         self._write_losses()
         recorder = self.learn.recorder
@@ -363,8 +366,7 @@ class TensorBoardCallback(Callback):
         self.writer.flush()
 
     def after_fit(self) -> None:
-        if not self.learn._nested_run:
-            self._close()
+        self._close()
 
     def _close(self) -> None:
         if self.writer is not None:
