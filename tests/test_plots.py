@@ -183,6 +183,14 @@ def test_show_graph_sits_out_get_preds_lr_find_and_validate_and_draws_the_next_f
     assert cb.fig is not fig and graph_data(cb)[1][0] == [4.0, 8.0]
 
 
+def test_show_graph_draws_every_epoch_of_a_fit_that_calls_validate_inside() -> None:
+    # The validate() fires before_epoch too: it must not make the fit's epoch look untrained (nothing drawn).
+    learn = synth_learner(n_train=64, bs=16)
+    cb = ShowGraphCallback()
+    learn.fit(3, cbs=[cb, Callback(after_validate=lambda: None if learn._nested_run else learn.validate())])
+    assert len(cb.nb_batches) == len(cb.valid_losses) == 3 and cb.run
+
+
 @pytest.mark.parametrize("exc", [CancelTrainException, CancelValidException])
 def test_show_graph_reads_the_valid_loss_of_an_epoch_with_a_phase_cancelled(exc: type[Exception]) -> None:
     def cancel() -> None:

@@ -67,8 +67,10 @@ class ShowGraphCallback(Callback):
         self._trained = False  # this epoch's training phase ran (not an epoch skipped on resuming)
 
     def before_fit(self) -> None:
-        self.run = not is_side_run(self.learn)  # after_fit turns it back on
-        if not self.run or not self.learn.create_mbar:  # validate(), perhaps in a fit: keep the fit's figure
+        # lr_find, get_preds and a validate() inside a fit sit out (after_fit turns `run` back on): the fit's epoch
+        # and figure carry on.
+        self.run = not is_side_run(self.learn) and not self.learn._nested_run
+        if not self.run or not self.learn.create_mbar:  # validate() outside a fit: keep the last fit's figure
             return
         self.nb_batches, self.valid_losses, self._handle = [], [], None
         self.fig = _figure_class()(figsize=(6, 4))
