@@ -127,14 +127,15 @@ class CheckpointCallback(Callback):
     # ------------------------------------------------------------------ events
     def before_fit(self) -> None:
         learn = self.learn
-        self.run = not is_side_run(learn)
-        if learn._nested_run:  # a validate() inside the fit: the fit's epoch, its Ctrl-C and its warnings go on
+        # lr_find, get_preds and a validate() inside a fit sit out (after_fit turns `run` back on): the fit's epoch,
+        # its Ctrl-C handling and its warnings carry on.
+        self.run = not is_side_run(learn) and not learn._nested_run
+        if not self.run:
             return
         self._fit_started = self._interrupted = self._interrupt_saved = self._warned_diverged = False
 
     def before_epoch(self) -> None:
-        if not self.learn._nested_run:
-            self._epoch_trained = False
+        self._epoch_trained = False
 
     def before_train(self) -> None:
         self._epoch_trained = True
@@ -152,16 +153,14 @@ class CheckpointCallback(Callback):
             self._stop()
 
     def after_epoch(self) -> None:
-        if not self._epoch_trained or self.learn._nested_run:
-            return  # validate() (inside a fit too: the fit's epoch is saved at its own after_epoch), or a skipped epoch
+        if not self._epoch_trained:
+            return  # validate(), or an epoch skipped by start_epoch
         if self.every_epoch or self._interrupted:
             self.save(self._position(epoch=self.learn.epoch + 1, batch=0))
         if self._interrupted:
             self._stop()
 
     def after_fit(self) -> None:
-        if self.learn._nested_run:  # the end of a validate() inside the fit, which goes on catching Ctrl-C
-            return
         self._restore_ctrl_c()
         if self._interrupted:  # Ctrl-C after the last epoch ended: the fit is complete, but the user wants out
             self._interrupted = False

@@ -82,17 +82,14 @@ class ShowGraphCallback(Callback):
         ax.legend(loc="upper right")
 
     def before_epoch(self) -> None:
-        if not self.learn._nested_run:  # a validate() inside the fit: the fit's epoch still gets its point
-            self._trained = False
+        self._trained = False
 
     def after_train(self) -> None:
         self._trained = True
 
     def after_epoch(self) -> None:
         rec = getattr(self.learn, "recorder", None)
-        if not self._trained or self.learn._nested_run or rec is None or self._train_line is None or (
-            self._valid_line is None
-        ):
+        if not self._trained or rec is None or self._train_line is None or self._valid_line is None:
             return
         assert self.fig is not None  # made with the lines
         self.nb_batches.append(self.learn.train_iter)
