@@ -151,6 +151,19 @@ def test_items_need_the_dataset_order_a_custom_batch_sampler_does_not_give() -> 
         got.top_losses(items=True)
 
 
+def test_a_loader_with_a_sampler_of_its_own_pairs_each_loss_with_its_item() -> None:
+    # The sampler picks the items in its order: losses[i] is the loss of interp.dl.dataset[i], the Subset of
+    # those items in that order (before, losses came in the sampler's order, items in the dataset's).
+    x, y = images()
+    order = [8, 0, 7, 1, 6, 2]
+    got = Interpretation.from_learner(make_learner(), dl=DataLoader(TensorDataset(x, y), batch_size=4, sampler=order))
+    assert got.losses.tolist() == pytest.approx([expected_loss(i) for i in order], rel=1e-5)
+    losses, idx, items = got.top_losses(2, items=True)
+    assert [torch.equal(item[0], x[order[i]]) for item, i in zip(items, idx.tolist(), strict=True)] == [True, True]
+    inputs, *_, item_losses = got[idx]
+    assert torch.equal(inputs, x[[order[i] for i in idx.tolist()]]) and torch.equal(item_losses, losses)
+
+
 def test_a_shuffling_batch_sampler_is_read_in_dataset_order() -> None:
     x, y = images()
     ds = TensorDataset(x, y)

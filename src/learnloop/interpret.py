@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Subset
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler, Subset
 
 from .data import unshuffled
 from .errors import InputError
@@ -58,7 +58,8 @@ class Interpretation:
         cls, learn: Learner, ds_idx: int = 1, dl: Iterable[Any] | None = None, act: Activation | None = None
     ) -> Self:
         """The interpretation of `learn`'s model over `learn.dls[ds_idx]`, or over `dl`, both read in dataset order
-        (unshuffled, the last partial batch kept)."""
+        (unshuffled, the last partial batch kept). A loader whose own sampler picks the items (indices given as
+        the sampler) is read over the Subset of those items, in the sampler's order: `interp.dl.dataset`."""
         loader = _in_order(learn, ds_idx, dl)
         _, _, losses = learn.get_preds(dl=loader, with_loss=True, with_preds=False, with_targs=False, act=act)
         return cls(learn, loader, _required(losses, "losses", _loader_name(ds_idx, dl)), act)
@@ -260,7 +261,19 @@ class SegmentationInterpretation(Interpretation):
 
 def _in_order(learn: Learner, ds_idx: int, dl: Iterable[Any] | None) -> Iterable[Any]:
     # Dataset order, so that losses[i] is the loss of dataset[i] (fastai's own DataLoaders are put back in order).
-    return unshuffled(learn.dls[ds_idx] if dl is None else dl)
+    loader = unshuffled(learn.dls[ds_idx] if dl is None else dl)
+    if not (isinstance(loader, DataLoader) and isinstance(loader.batch_sampler, BatchSampler)):
+        return loader
+    sampler = loader.batch_sampler.sampler
+    if isinstance(sampler, SequentialSampler) or isinstance(loader.dataset, IterableDataset):
+        return loader
+    # A sampler of the loader's own (indices given as the sampler, say), which `unshuffled` leaves to pick the items
+    # in its order: the loader is made again over the Subset of those items, in that order, so that losses[i] is
+    # still the loss of the interpretation's dl.dataset[i] (as `unshuffled` does with a SubsetRandomSampler).
+    return DataLoader(
+        Subset(loader.dataset, [int(i) for i in sampler]), batch_size=loader.batch_size, shuffle=False,
+        num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+    )
 
 
 def _loader_name(ds_idx: int, dl: Any) -> str:
