@@ -110,6 +110,15 @@ def table_file(tmp_path: Path) -> Path:
     return write(tmp_path / "t.csv", "\n".join(rows) + "\n")
 
 
+def test_the_target_and_dropped_columns_are_no_categorical_features(tmp_path: Path) -> None:
+    # Listed as categorical, the target was one-hot encoded as an input too (the model read the answer, and
+    # `learnloop predict` then asked new rows for it); a dropped column was one-hot encoded all the same.
+    with pytest.raises(CSVError, match=r"target column 'label' is also listed as categorical.*Leave the target out"):
+        load_csv(table_file(tmp_path), "label", drop=["id"], categorical=["color", "label"])
+    with pytest.raises(CSVError, match=r"'color' are both dropped and categorical"):
+        load_csv(table_file(tmp_path), "label", drop=["id", "color"], categorical=["color"])
+
+
 def test_load_csv_classification(tmp_path: Path) -> None:
     data = load_csv(table_file(tmp_path), "label", valid_pct=0.25, drop=["id"], categorical=["color"])
     prep = data.prep

@@ -175,6 +175,17 @@ class TabularPreprocessor:
         table.check_columns([target], "The target column")
         table.check_columns(drop, "The column to drop")
         table.check_columns(categorical, "The categorical column")
+        if target in categorical:  # it would be one-hot encoded as an input too: the model would read the answer
+            raise CSVError(
+                f"The target column {target!r} is also listed as categorical: --categorical (categorical=) names "
+                "feature columns to one-hot encode as inputs. Leave the target out of it: a non-numeric target is "
+                "a class label already (--task classification makes a numeric one so)."
+            )
+        if both := [c for c in categorical if c in drop]:
+            raise CSVError(
+                f"The column(s) {column_list(both)} are both dropped and categorical: --drop (drop=) leaves a "
+                "column out, --categorical (categorical=) one-hot encodes it as an input. Name each in one of them."
+            )
         features = [c for c in table.columns if c != target and c not in drop]
         if not features:
             raise CSVError(f"{table.name} has no feature columns left besides the target {target!r}.")
