@@ -381,6 +381,16 @@ def test_tracing_puts_each_module_back_in_its_own_mode(tmp_path: Path) -> None:
     assert torch.equal(learn.model[0].running_mean, stats)
 
 
+def test_tracing_under_mixed_precision_traces_the_models_own_graph(tmp_path: Path) -> None:
+    # torch.jit.trace inside bf16 autocast failed on the weights autocast casts, ending the fit with a raw
+    # RuntimeError at the first batch.
+    pytest.importorskip("tensorboard")
+    learn = synth_classif_learner()
+    learn.to_bf16()
+    learn.fit(1, cbs=TensorBoardCallback(tmp_path, trace_model=True))
+    assert tags(tmp_path)["graph"] and len(learn.recorder.values) == 1
+
+
 @pytest.mark.parametrize("evaluate", ["validate", "get_preds"])
 def test_a_validate_inside_the_fit_leaves_the_writer_and_the_epoch_to_the_fit(tmp_path: Path, evaluate: str) -> None:
     # Called before TensorBoard's after_epoch (at after_validate, by a callback of order 0), validate() and

@@ -308,9 +308,13 @@ class TensorBoardCallback(Callback):
             # must not update normalisation statistics or shift the random stream of training. Each module's
             # mode is put back after, as it was (BatchNorm layers BnFreeze keeps in eval mode stay so).
             modes = [(m, m.training) for m in model.modules()]
+            # Outside mixed precision's autocast, which torch.jit.trace cannot trace through (it fails on the
+            # weights autocast casts): the graph is the model's own.
+            param = next(model.parameters(), None)
+            no_autocast = torch.autocast(param.device.type if param is not None else "cpu", enabled=False)
             model.eval()
             try:
-                with torch.no_grad(), torch.random.fork_rng(), warnings.catch_warnings():
+                with torch.no_grad(), torch.random.fork_rng(), no_autocast, warnings.catch_warnings():
                     # SummaryWriter.add_graph traces with torch.jit.trace, deprecated in recent torch.
                     warnings.simplefilter("ignore", DeprecationWarning)
                     self.writer.add_graph(model, list(self.learn.xb))
