@@ -275,6 +275,8 @@ def files(tmp_path: Path) -> Path:
         ("train --bs -4", 2, "argument --bs: must be a whole number >= 1"),
         ("train --lr 0", 2, "argument --lr: must be a number > 0"),
         ("train --valid-pct 1", 2, "argument --valid-pct: must be a fraction strictly between 0 and 1"),
+        ("train --valid-pct 0.0002", 2, r"splits the 1797 digits into 1797 training and 0 validation images.*0\.001"),
+        ("train --valid-pct 0.9999", 2, r"into 0 training and 1797 validation images, and each needs at least one"),
         ("train --opt adamw", 2, r"invalid choice: 'adamw' \(choose from 'adam', 'sgd', 'rmsprop', 'radam'"),
         ("train --policy cosine", 2, r"invalid choice: 'cosine' \(choose from 'one_cycle', 'flat_cos', 'sgdr', 'fit'"),
         ("train --arch resnet", 2, r"invalid choice: 'resnet' \(choose from 'auto', 'cnn', 'mlp'\)"),

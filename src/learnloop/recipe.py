@@ -27,7 +27,7 @@ from . import __version__, optimizer, runs
 from . import distributed as D
 from .callbacks import CheckpointCallback, CSVLogger, MixUp, ParamScheduler, SaveModelCallback
 from .data import DataLoaders, default_device
-from .datasets import digits
+from .datasets import DIGITS_SIZE, digits
 from .finite import all_finite, first_non_finite
 from .learner import Learner
 from .losses import CrossEntropyLossFlat, MSELossFlat
@@ -217,8 +217,15 @@ def load_data(config: TrainConfig) -> TabularData:
             raise ConfigError("--task regression: the digits are a classification task.")
         image = config.arch != "mlp"
         shape = (-1, 1, 8, 8) if image else (-1, 64)
-        train_ds, valid_ds = (TensorDataset(ds.tensors[0].reshape(shape), ds.tensors[1])
-                              for ds in digits(valid_pct=config.valid_pct, seed=config.seed))
+        try:
+            splits = digits(valid_pct=config.valid_pct, seed=config.seed)
+        except ValueError:  # a fraction that rounds to no image on one side (a CSV file's split keeps one row)
+            n_valid = round(DIGITS_SIZE * config.valid_pct)
+            raise ConfigError(
+                f"--valid-pct {config.valid_pct} splits the {DIGITS_SIZE} digits into {DIGITS_SIZE - n_valid} training "
+                f"and {n_valid} validation images, and each needs at least one: use a --valid-pct from 0.001 to 0.999."
+            ) from None
+        train_ds, valid_ds = (TensorDataset(ds.tensors[0].reshape(shape), ds.tensors[1]) for ds in splits)
         # The schema of the UCI files (64 pixels valued 0..16), so `learnloop predict` reads digits from a CSV file.
         prep = TabularPreprocessor("digit", "classification", [f"pixel{i}" for i in range(64)], [0.0] * 64,
                                    [16.0] * 64, classes=[str(i) for i in range(10)],
