@@ -112,14 +112,15 @@ class OnRank(Callback):
 
     order = -20
 
-    def __init__(self, rank: int, event: str, epoch: int, it: int, action: Any, training: bool = True) -> None:
+    def __init__(self, rank: int, event: str, epoch: int, it: int | None, action: Any, training: bool = True) -> None:
         self.rank, self.event, self.epoch, self.it, self.action = rank, event, epoch, it, action
         self.training_only = training
         setattr(self, event, self._maybe)
 
     def _maybe(self) -> None:
         learn = self.learn
-        if int(os.environ.get("RANK", 0)) == self.rank and learn.epoch == self.epoch and learn.iter == self.it:
+        it = self.it is None or learn.iter == self.it  # None: any (before_train, where iter is the last phase's)
+        if int(os.environ.get("RANK", 0)) == self.rank and learn.epoch == self.epoch and it:
             if learn.training == self.training_only:
                 self.action(learn)
 
@@ -224,12 +225,24 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         learn.fit(2)
         result["accumulate"] = summary(learn) | {"allreduce_calls": len(calls), "batches": 2 * len(learn.dls.train)}
 
-        # shuffled training data: ranks read disjoint items, the same order on every rank, new each epoch
+        # shuffled training data: ranks read disjoint items, the same order on every rank, new each epoch (rank 0
+        # also reads a batch of its own at the end of each epoch, which asks the other rank nothing)
         record = Record()
-        learn = make_learner(per_rank_bs, work, cbs=record, shuffle=True, index_feature=True, metrics=())
+        peek = OnRank(0, "after_epoch", 0, None, lambda learn: next(iter(learn.dls.train)), training=False)
+        learn = make_learner(per_rank_bs, work, cbs=[record, peek], shuffle=True, index_feature=True, metrics=())
         split_batch(learn)
         learn.fit(2)
+        learn.fit(1)  # a second fit draws new orders, as in one process (not the first fit's again)
         result["shuffle"] = {"items": record.items, "sampler_epochs": record.sampler_epochs}
+
+        # rank 1 alone cancels the training phase of epoch 1 before reading a batch, while rank 0 is about to
+        # draw the epoch's order (a broadcast): both skip it
+        cancel = OnRank(1, "before_train", 1, None, _raise(CancelTrainException))
+        cancel.order = 10  # after the DistributedTrainer's before_train
+        learn = make_learner(per_rank_bs, work, cbs=cancel, shuffle=True, metrics=())
+        split_batch(learn)
+        learn.fit(2)
+        result["cancel_before_reading"] = summary(learn)
 
         # FSDP: the model sharded over the two ranks, checkpoints through torch.distributed.checkpoint
         fsdp_work = out / "fsdp"

@@ -271,7 +271,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 12  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 14  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -334,10 +334,43 @@ def test_gradient_accumulation_skips_the_all_reduce_of_micro_batches(
 
 def test_shuffled_training_data_is_split_and_reshuffled_each_epoch(ddp_run: dict[str, Any]) -> None:
     r0, r1 = (r["shuffle"] for r in ddp_run["ranks"])
-    assert r0["sampler_epochs"] == r1["sampler_epochs"] == [0, 1]
-    for epoch in range(2):
+    assert r0["sampler_epochs"] == r1["sampler_epochs"] == [0, 1, 0]  # fit(2), then fit(1)
+    for epoch in range(3):
         assert sorted(r0["items"][epoch] + r1["items"][epoch]) == list(range(worker.N_TRAIN))
     assert r0["items"][0] != r0["items"][1]
+    assert r0["items"][2] != r0["items"][0]  # the second fit's first epoch is no replay of the first fit's
+    for rank in ddp_run["ranks"]:  # a training phase one rank cancelled before reading: skipped on both
+        assert rank["cancel_before_reading"]["train_iter"] == 8  # epoch 0's 8 batches only
+    assert ddp_run["ranks"][0]["cancel_before_reading"] == ddp_run["ranks"][1]["cancel_before_reading"]
+
+
+def _shuffled(seed: int) -> DataLoader[Any]:
+    return DataLoader(_ds(10), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_shuffled_share_draws_its_order_from_the_loader_generator_each_time_it_is_read() -> None:
+    # Each rank draws from its own copy of the loader's generator and keeps rank 0's draw (`agree`): the order is
+    # drawn as a shuffling loader in one process draws it, so a second read (a second fit) differs, and a
+    # generator put back (an exact resume) repeats it.
+    agreed: list[int] = []
+
+    def agree(seed: int) -> int:
+        agreed.append(seed)
+        return agreed[(len(agreed) - 1) // 2 * 2]  # rank 0's draw (the ranks draw in turn below)
+
+    loaders = [_shuffled(0), _shuffled(0)]
+    shards = [shard_loader(dl, r, 2, train=True, agree_seed=agree) for r, dl in enumerate(loaders)]
+
+    def read() -> list[list[int]]:
+        return [[int(i) for x, _ in s for i in x.reshape(-1)] for s in shards]
+
+    state = loaders[0].generator.get_state()
+    first, second = read(), read()
+    assert sorted(first[0] + first[1]) == sorted(second[0] + second[1]) == list(range(10))
+    assert first != second
+    for dl in loaders:
+        dl.generator.set_state(state)
+    assert read() == first
 
 
 def test_an_exception_on_one_rank_ends_every_rank_with_that_error(tmp_path: Path) -> None:

@@ -1,17 +1,18 @@
 """Giving each rank its share of a DataLoader, and putting the shares of predictions back in order.
 
-Training loaders get a :class:`torch.utils.data.distributed.DistributedSampler`: every rank gets
-the same number of batches (DDP needs every rank in every gradient all-reduce), so the last items are
-repeated when the dataset does not split evenly, and shuffling is seeded the same on every rank and
-changes with ``set_epoch``. Evaluation loaders get a :class:`ShardSampler` instead: rank ``r`` of ``W``
-reads items ``r, r+W, r+2W, ...`` with no padding, so no item is counted twice in a metric, and
-:func:`interleave` rebuilds dataset order from the shares.
+Training loaders get a :class:`torch.utils.data.distributed.DistributedSampler`: every rank gets the same number of
+batches (DDP needs every rank in every gradient all-reduce), so the last items are repeated when the dataset does
+not split evenly, and shuffling is seeded the same on every rank and changes with ``set_epoch`` (or, with
+:class:`DrawnSeedSampler`, is drawn anew each time the loader is read, as a shuffling loader in one process draws
+its order). Evaluation loaders get a :class:`ShardSampler` instead: rank ``r`` of ``W`` reads items ``r, r+W, r+2W,
+...`` with no padding, so no item is counted twice in a metric, and :func:`interleave` rebuilds dataset order from
+the shares.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 from .distributed import DistributedError
 from .nested import map_tensors
 
-__all__ = ["EvenBatches", "ShardSampler", "interleave", "is_sharded", "shard_loader"]
+__all__ = ["DrawnSeedSampler", "EvenBatches", "ShardSampler", "interleave", "is_sharded", "shard_loader"]
 
 
 class ShardSampler(Sampler[int]):
@@ -46,6 +47,26 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.world_size))
 
 
+class DrawnSeedSampler(DistributedSampler):  # type: ignore[type-arg]
+    """A shuffling DistributedSampler that draws its seed each time it is iterated (every epoch), from
+    `generator` (torch's global generator when None), where and as a shuffling sampler in one process draws its
+    order: two fits read the data in different orders, and a fit resumed from a checkpoint, which puts the random
+    state back, in the saved run's order. Every rank draws, and `agree(seed)` returns the seed all ranks use
+    (rank 0's: a collective, see DistributedTrainer).
+    """
+
+    def __init__(
+        self, dataset: Any, num_replicas: int, rank: int, generator: torch.Generator | None,
+        agree: Callable[[int], int],
+    ) -> None:
+        super().__init__(dataset, num_replicas, rank, shuffle=True)
+        self.generator, self.agree = generator, agree
+
+    def __iter__(self) -> Iterator[Any]:
+        self.seed = self.agree(int(torch.randint(0, 2**31 - 1, (), generator=self.generator).item()))
+        return super().__iter__()
+
+
 def is_sharded(dl: Any) -> bool:
     """Whether `dl` is a DataLoader that already reads only this rank's share."""
     return isinstance(dl, DataLoader) and isinstance(dl.sampler, (DistributedSampler, ShardSampler))
@@ -58,12 +79,20 @@ def _describe_sampler(dl: DataLoader[Any]) -> str:
 
 
 def shard_loader(
-    dl: Any, rank: int, world_size: int, *, train: bool, seed: int = 0, split_batch: bool = False
+    dl: Any,
+    rank: int,
+    world_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    split_batch: bool = False,
+    agree_seed: Callable[[int], int] | None = None,
 ) -> DataLoader[Any]:
     """A copy of the DataLoader `dl` that reads rank `rank`'s share of its dataset.
 
     `train`: a DistributedSampler (same number of batches on every rank; shuffled with `seed` when
-    `dl` shuffles), else a :class:`ShardSampler`. `split_batch`: `dl.batch_size` is the global batch,
+    `dl` shuffles, or with `agree_seed` given, with a seed drawn each epoch: :class:`DrawnSeedSampler`),
+    else a :class:`ShardSampler`. `split_batch`: `dl.batch_size` is the global batch,
     divided between the ranks, instead of each rank's.
     """
     role = "training" if train else "evaluation"
@@ -109,8 +138,11 @@ def shard_loader(
         if isinstance(sampler, DistributedSampler):
             new_sampler = sampler
         else:
-            shuffle = isinstance(sampler, RandomSampler)
-            new_sampler = DistributedSampler(dl.dataset, world_size, rank, shuffle=shuffle, seed=seed)
+            if isinstance(sampler, RandomSampler) and agree_seed is not None:
+                new_sampler = DrawnSeedSampler(dl.dataset, world_size, rank, sampler.generator, agree_seed)
+            else:
+                shuffle = isinstance(sampler, RandomSampler)
+                new_sampler = DistributedSampler(dl.dataset, world_size, rank, shuffle=shuffle, seed=seed)
     else:
         new_sampler = ShardSampler(len(dl.dataset), rank, world_size)  # type: ignore[arg-type]
     return _rebuild(dl, new_sampler, batch_size)

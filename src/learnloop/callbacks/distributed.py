@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import RandomSampler
 
 from .. import distributed as D
 from ..callback import Callback, noop
@@ -110,6 +109,8 @@ class DistributedTrainer(Callback):
         self._no_sync = ExitStack()
         self._loss_mark = 0  # recorder.losses before this index have been averaged over ranks
         self._grad_sync: bool | None = None  # FSDP's gradient reduction switch, as last set
+        self._seed_due = False  # the loop's next read of the training share agrees on the epoch's shuffling seed
+        self._seed = 0  # the seed agreed on for this epoch
         self._warned: set[str] = set()
 
     # --------------------------------------------------------------- lifecycle
@@ -220,6 +221,7 @@ class DistributedTrainer(Callback):
             sampler.set_epoch(learn.epoch)  # type: ignore[union-attr]
         recorder = getattr(learn, "recorder", None)
         self._loss_mark = len(recorder.losses) if recorder is not None else 0
+        self._seed_due = True
 
     def _wrap(self) -> None:
         learn = self.learn
@@ -235,15 +237,12 @@ class DistributedTrainer(Callback):
             return
         dls = learn.dls
         train = dls.train
-        seed = 0
-        if isinstance(getattr(train, "sampler", None), RandomSampler):
-            seed = D.broadcast_object(_shuffle_seed(train))  # every rank must shuffle alike
         loaders = getattr(dls, "loaders", None)
-        copy = self._shard(train, train=True, seed=seed)
+        copy = self._shard(train, train=True)
         if loaders is not None:  # swapped in for the fit, so len(dls.train) is this rank's number of batches
             loaders[:] = [copy if i == 0 else self._shard(dl, train=False) for i, dl in enumerate(loaders)]
 
-    def _shard(self, dl: Any, train: bool, seed: int = 0) -> Any:
+    def _shard(self, dl: Any, train: bool) -> Any:
         """This rank's copy of `dl` (made once per fit), or `dl` itself when it needs none."""
         if dl is None or not self.shard_data or is_sharded(dl) or isinstance(dl, EvenBatches):
             return dl
@@ -252,9 +251,20 @@ class DistributedTrainer(Callback):
                 return copy
         if not train and not isinstance(dl, torch.utils.data.DataLoader):
             return dl  # batches given by hand (predict): every rank evaluates them all
-        copy = shard_loader(dl, D.rank(), D.world_size(), train=train, seed=seed, split_batch=self.split_batch)
+        copy = shard_loader(dl, D.rank(), D.world_size(), train=train, split_batch=self.split_batch,
+                            agree_seed=self._agree_seed)
         self._shards.append((dl, copy))
         return copy
+
+    def _agree_seed(self, seed: int) -> int:
+        """Rank 0's `seed` for this epoch's shuffling (DrawnSeedSampler), when the loop first reads the training
+        share; a read of one rank's own later in the epoch (a callback's) gets the epoch's seed again, asking none."""
+        if not self._seed_due:
+            return self._seed
+        self._seed_due = False
+        self._cancels.ask()  # a rank that cancelled its training phase before reading any batch reads no seed
+        self._seed = int(D.broadcast_object(seed))
+        return self._seed
 
     def before_batch(self) -> None:
         if not self._active:
@@ -371,13 +381,6 @@ def _may_rebuild_buckets(ddp: DistributedDataParallel) -> bool:
     if getattr(ddp, "_use_python_reducer", False) or getattr(ddp, "_delay_all_reduce_all_params", False):
         return False
     return bool(getattr(ddp, "static_graph", False)) or not getattr(ddp, "find_unused_parameters", False)
-
-
-def _shuffle_seed(dl: Any) -> int:
-    generator = getattr(dl, "generator", None)
-    if isinstance(generator, torch.Generator):
-        return int(generator.initial_seed())
-    return int(torch.randint(0, 2**31 - 1, ()).item())  # from the global RNG, as an unseeded loader would
 
 
 @contextmanager
