@@ -28,6 +28,7 @@ from learnloop import Callback, CSVLogger, GradientAccumulation, Learner, SaveMo
 from learnloop import distributed as D
 from learnloop.callback import noop
 from learnloop.callbacks.distributed import DistributedTrainer
+from learnloop.data import unshuffled
 from learnloop.distributed import DistributedError, check_launch_env, is_rank_zero, launched_distributed
 from learnloop.sharding import ShardSampler, interleave, shard_loader
 
@@ -371,6 +372,19 @@ def test_a_shuffled_share_draws_its_order_from_the_loader_generator_each_time_it
     for dl in loaders:
         dl.generator.set_state(state)
     assert read() == first
+
+
+def test_a_loader_remade_from_a_share_inside_a_fit_is_not_split_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # get_preds() inside a fit reads unshuffled(dls[i]), a new loader over this rank's copy (a batch of 3 of the
+    # global 6): split_batch must not divide it again (3 over 2 processes was a DistributedError).
+    monkeypatch.setattr(dist_callbacks.D, "rank", lambda: 0)
+    monkeypatch.setattr(dist_callbacks.D, "world_size", lambda: 2)
+    trainer = DistributedTrainer(split_batch=True)
+    copy = trainer._shard(DataLoader(_ds(10), batch_size=6), train=False)
+    assert copy.batch_size == 3
+    remade = trainer._shard(unshuffled(copy), train=False)
+    assert isinstance(remade.sampler, ShardSampler) and remade.batch_size == 3
+    assert [int(i) for x, _ in remade for i in x.reshape(-1)] == [0, 2, 4, 6, 8]
 
 
 def test_an_exception_on_one_rank_ends_every_rank_with_that_error(tmp_path: Path) -> None:

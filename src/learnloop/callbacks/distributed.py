@@ -251,7 +251,12 @@ class DistributedTrainer(Callback):
                 return copy
         if not train and not isinstance(dl, torch.utils.data.DataLoader):
             return dl  # batches given by hand (predict): every rank evaluates them all
-        copy = shard_loader(dl, D.rank(), D.world_size(), train=train, split_batch=self.split_batch,
+        # A loader made again from one of this fit's copies (get_preds inside a fit reads unshuffled(dls[i])) has
+        # this rank's batch size already: split_batch must not divide it a second time.
+        remade = isinstance(dl, torch.utils.data.DataLoader) and any(
+            dl.dataset is c.dataset and dl.batch_size == c.batch_size for _, c in self._shards
+        )
+        copy = shard_loader(dl, D.rank(), D.world_size(), train=train, split_batch=self.split_batch and not remade,
                             agree_seed=self._agree_seed)
         self._shards.append((dl, copy))
         return copy
