@@ -46,10 +46,6 @@ class TrainEvalCallback(Callback):
 
     def before_fit(self) -> None:
         learn = self.learn
-        if learn._nested_run:
-            # A validate() or get_preds() inside a fit: the fit's counters go on (fastai's restarts them, so the
-            # callbacks after it at that event, and the schedules of the epoch to come, see epoch 0 and step 0).
-            return
         learn.epoch, learn.loss = 0, torch.tensor(0.0)
         learn.train_iter, learn.pct_train = 0, 0.0
         device = getattr(learn.dls, "device", None)
@@ -90,9 +86,7 @@ class SkipToEpoch(Callback):
         self.skip_to = epoch
 
     def before_epoch(self) -> None:
-        # Not the epoch of a validate() or get_preds() a callback runs inside the fit: cancelling it would reach
-        # the callback as a raw CancelEpochException.
-        if self.learn.epoch < self.skip_to and not self.learn._nested_run:
+        if self.learn.epoch < self.skip_to:
             raise CancelEpochException
 
 
