@@ -549,24 +549,3 @@ def test_a_recorder_removed_by_an_earlier_callback_at_before_epoch_still_gets_th
 
     learn.fit(2, cbs=DropRecorder())
     assert not any(isinstance(cb, Recorder) for cb in learn.cbs)
-
-
-@pytest.mark.parametrize("how", ["validate", "get_preds"])
-def test_a_validate_inside_a_fit_before_the_recorders_after_epoch_leaves_the_epochs_row(how: str) -> None:
-    # A callback of order 0 calling validate() at after_epoch: the validate()'s before_epoch replaced the row of the
-    # fit's epoch, which the Recorder then logged (the validate()'s values under the fit's names, and its time twice).
-    def logged(*cbs: Callback) -> list[list[Any]]:
-        learn = synth_classif_learner(metrics=accuracy)
-        rows: list[list[Any]] = []
-        learn.logger = rows.append
-        with learn.no_bar():  # the Recorder logs through `learn.logger`
-            learn.fit(2, cbs=list(cbs))
-        return rows
-
-    plain = logged()
-    nested = logged(Callback(after_epoch=lambda self: None if self.learn._nested_run else getattr(self.learn, how)()))
-    assert [len(r) for r in nested] == [len(r) for r in plain] == [5, 5]
-    assert nested[0][:4] == plain[0][:4]  # epoch, train_loss, valid_loss, accuracy
-    # The next epoch's training loss is smoothed from its first batch again (the validate()'s before_fit restarts
-    # the average, as fastai's); the rest of its row is the fit's.
-    assert [nested[1][0], *nested[1][2:4]] == [plain[1][0], *plain[1][2:4]]

@@ -35,10 +35,6 @@ def _value(metric: Metric) -> Any:
     return v
 
 
-# What the Recorder holds of the epoch in progress: the row and its duration's start, and which phases were cancelled.
-_ROW_STATE = ("log", "start_epoch", "cancel_train", "cancel_valid")
-
-
 def _stacked(losses: list[torch.Tensor]) -> Any:
     """The per-batch losses as one tensor: thousands of separate scalars are slow to save."""
     try:
@@ -106,15 +102,8 @@ class Recorder(Callback):
         # Called as each epoch's row is logged, before `learn.logger`: a CSVLogger writes the row there, so that
         # no callback between the two (stopping or failing the fit) loses it (fastai's wraps `learn.logger`).
         self.row_writers: list[Callable[[], None]] = []
-        # The row of the fit's epoch in progress, put aside while a validate() or get_preds() inside the fit records
-        # its own (one per run in progress: such a run may nest another).
-        self._outer_rows: list[dict[str, Any]] = []
 
     def before_fit(self) -> None:
-        if self.learn._nested_run:
-            self._set_aside_the_row()
-        else:
-            self._outer_rows = []
         if self._handed_out:
             # A validate() inside a fit starts new lists too: the one being replaced gets its pending losses, for
             # whoever holds it (TensorBoardCallback's points not written yet). Only then: each costs a microsecond.
@@ -134,13 +123,6 @@ class Recorder(Callback):
         if self.smooth_loss.count:
             self._previous_smooth = self.smooth_loss.value
         self.smooth_loss.reset()
-
-    def _set_aside_the_row(self) -> None:
-        # Without this, the nested run's before_epoch replaced the fit's row: the fit's after_epoch, when it came after
-        # the nested run, logged the nested run's values under the fit's names (and its trackers judged those).
-        state = vars(self)
-        rows = state.setdefault("_outer_rows", [])  # none on a Recorder pickled before there were any
-        rows.append({k: state[k] for k in _ROW_STATE if k in state})
 
     def before_epoch(self) -> None:
         self.cancel_train = self.cancel_valid = False
@@ -267,9 +249,6 @@ class Recorder(Callback):
                 raise
         learn.logger(self.log)
         self.iters.append(self.smooth_loss.count)
-        rows = vars(self).get("_outer_rows")
-        if rows and learn._nested_run:  # the end of a validate() inside the fit (its last event here): the fit's row
-            vars(self).update(rows.pop())
 
     @property
     def _train_mets(self) -> list[Metric]:
