@@ -16,7 +16,7 @@ import torch
 import learnloop.callbacks.save_model as save_model_module
 import learnloop.callbacks.tracker as tracker_module
 from conftest import synth_classif_learner, synth_learner
-from learnloop import Callback, CancelEpochException, CancelTrainException, CancelValidException, EMACallback, Learner
+from learnloop import Callback, CancelEpochException, CancelTrainException, CancelValidException, Learner
 from learnloop.callbacks.tracker import (
     EarlyStoppingCallback,
     ReduceLROnPlateau,
@@ -679,34 +679,3 @@ def test_save_model_callback_is_still_reachable_from_the_tracker_module() -> Non
     assert "SaveModelCallback" in tracker_module.__all__ and "SaveModelCallback" in dir(tracker_module)
     old_path = pickle.dumps(SaveModelCallback, protocol=0).replace(b"callbacks.save_model", b"callbacks.tracker")
     assert b"callbacks.tracker" in old_path and pickle.loads(old_path) is save_model_module.SaveModelCallback
-
-
-class ValidateAtEpochEnd(Callback):
-    """Calls learn.validate() at each after_epoch of the fit, at the default order 0 (before the trackers)."""
-
-    def after_epoch(self) -> None:
-        if not self.learn._nested_run:
-            self.learn.validate()
-
-
-def test_a_validate_inside_a_fit_leaves_the_epoch_to_judge(tmp_path: Path) -> None:
-    # The validate()'s before_fit forgot that the fit's epoch had trained: every_epoch saved nothing, and the
-    # trackers judged no epoch (none saved a best).
-    learn = synth_learner(path=tmp_path)
-    learn.fit(3, cbs=[SaveModelCallback(fname="m", every_epoch=True), ValidateAtEpochEnd()])
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["m_0.pth", "m_1.pth", "m_2.pth"]
-    # As in fastai, the validate() starts the tracker over (docs/callbacks.md), and the fit's epoch is judged after it.
-    learn = synth_learner(path=tmp_path)
-    learn.fit(2, cbs=[SaveModelCallback(fname="best"), ValidateAtEpochEnd()])
-    assert (tmp_path / "models" / "best.pth").exists()
-
-
-def test_a_validate_inside_a_fit_leaves_the_average_that_was_validated_to_save(tmp_path: Path) -> None:
-    # With EMACallback the epoch's save is of the averaged weights it validated; the validate()'s after_fit dropped
-    # them, and the epoch saved the training weights.
-    learn = synth_learner(path=tmp_path)
-    ema = EMACallback(decay=0.5)
-    learn.fit(1, cbs=[ema, SaveModelCallback(fname="m", every_epoch=True), ValidateAtEpochEnd()])
-    saved = torch.load(tmp_path / "models" / "m_0.pth", weights_only=True)
-    assert torch.equal(saved["weight"], ema.averaged[0])
-    assert not torch.equal(saved["weight"], learn.model.weight)

@@ -64,12 +64,11 @@ class SaveModelCallback(TrackerCallback):
         super().start_fit()
 
     def before_epoch(self) -> None:
-        if not self.learn._nested_run:  # a validate() inside the fit keeps what the fit's epoch validated
-            self._validated = None
+        self._validated = None
 
     def before_validate(self) -> None:
         # Runs after the swapping callbacks (order 60+ > their 0), so the model holds what is validated.
-        if not self.learn._nested_run and any(getattr(cb, "swapped", False) is True for cb in self.learn.cbs):
+        if any(getattr(cb, "swapped", False) is True for cb in self.learn.cbs):
             self._validated = _snapshot(self.learn.model)
 
     def _save(self, name: str) -> None:
@@ -96,12 +95,10 @@ class SaveModelCallback(TrackerCallback):
             self._holds_best = True
 
     def after_fit(self) -> None:
-        learn = self.learn
-        if learn._nested_run:  # the end of a validate() inside the fit: its epoch's save is still to come
-            return
         self._validated = None
+        learn = self.learn
         # A fit, trained or not (fit(0), every epoch skipped or cancelled); not validate() or get_preds().
-        if not (self._fit_started or learn._in_fit):
+        if not (self._fit_started or (learn._in_fit and not learn._nested_run)):
             return
         if self.at_end:
             self._save(self.fname)

@@ -84,9 +84,8 @@ class TrackerCallback(Callback):
         learn = self.learn
         # fastai's rule: trackers sit out lr_find and get_preds (their state is still reset here, as fastai's).
         self.run = not is_side_run(learn)
-        if not learn._nested_run:  # a validate() inside the fit: the fit's epoch in progress is still judged
-            self._fit_started = False
-            self._trained_epoch = None
+        self._fit_started = False
+        self._trained_epoch = None
         if not self._restored:  # state loaded before the fit (load_state_dict) is kept by it
             self.start_fit()
         names = monitored_names(learn)
@@ -136,10 +135,9 @@ class TrackerCallback(Callback):
     def _epoch_trained(self) -> bool:
         """Whether the current epoch is one of the fit's whose training phase began: this tracker's before_train
         ran, or the phase ended with after_train, which also fires when a callback cancelled it at once
-        (CancelTrainException at before_train). Not validate()'s or get_preds()'s epoch (inside a fit too), nor
-        one skipped by fit(start_epoch=...) or cancelled (CancelEpochException) before its training phase began."""
-        learn = self.learn
-        return self._trained_epoch is not None and self._trained_epoch == learn.epoch and not learn._nested_run
+        (CancelTrainException at before_train). Not validate()'s or get_preds()'s epoch, nor one skipped by
+        fit(start_epoch=...) or cancelled (CancelEpochException) before its training phase began."""
+        return self._trained_epoch is not None and self._trained_epoch == self.learn.epoch
 
     def current_value(self) -> float | None:
         """The monitored value of the epoch that just ended, or None when this epoch has none to judge (its
