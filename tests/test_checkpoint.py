@@ -219,7 +219,7 @@ def test_a_validate_inside_the_fit_leaves_its_epoch_checkpoints_and_ctrl_c_handl
     learn = synth_learner(path=tmp_path, cbs=[checkpoints, Callback(after_epoch=validate_then_look)])
     learn.fit(2)
     names = [f.name for f in checkpoint_files(tmp_path / "models" / "checkpoints")]
-    assert names == ["checkpoint_000001_epoch0_end.pth", "checkpoint_000002_epoch1_end.pth"]
+    assert names == ["checkpoint_000001_epoch0_end.pth", "checkpoint_000002_epoch1_end.pth"]  # learn.epoch was 0
     assert handlers == [checkpoints._on_ctrl_c] * 2  # Ctrl-C still deferred by the fit after each validate()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and put back at the fit's end
 

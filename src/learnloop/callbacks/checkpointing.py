@@ -99,6 +99,7 @@ class CheckpointCallback(Callback):
         self.last_saved: Path | None = None
         self._fit_started = False
         self._epoch_trained = False
+        self._epoch = 0  # the fit's epoch in progress
         self._interrupted = False  # Ctrl-C seen, not acted on yet
         self._interrupt_saved = False  # the last checkpoint of an interrupted fit is written
         self._warned_diverged = False  # this fit has warned that it writes no checkpoint of non-finite weights
@@ -136,6 +137,8 @@ class CheckpointCallback(Callback):
 
     def before_epoch(self) -> None:
         self._epoch_trained = False
+        # The fit's epoch, kept: a validate() a callback runs inside the fit sets learn.epoch to 0, as fastai's.
+        self._epoch = self.learn.epoch
 
     def before_train(self) -> None:
         self._epoch_trained = True
@@ -148,7 +151,7 @@ class CheckpointCallback(Callback):
     def after_batch(self) -> None:
         learn = self.learn
         if self._interrupted or (self.every_n_iters is not None and learn.train_iter % self.every_n_iters == 0):
-            self.save(self._position(epoch=learn.epoch, batch=learn.iter + 1))
+            self.save(self._position(epoch=self._epoch, batch=learn.iter + 1))
         if self._interrupted:
             self._stop()
 
@@ -156,7 +159,7 @@ class CheckpointCallback(Callback):
         if not self._epoch_trained:
             return  # validate(), or an epoch skipped by start_epoch
         if self.every_epoch or self._interrupted:
-            self.save(self._position(epoch=self.learn.epoch + 1, batch=0))
+            self.save(self._position(epoch=self._epoch + 1, batch=0))
         if self._interrupted:
             self._stop()
 
