@@ -84,6 +84,14 @@ def test_groups_may_be_generators_and_anything_but_tensors_is_refused() -> None:
             SGD(params, lr=0.1)
 
 
+def test_a_parameter_list_is_parameters_not_a_module() -> None:
+    # nn.ParameterList is a Module, but torch.optim and fastai read it as its parameters: one group, or one per list.
+    first, second = (nn.ParameterList([nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))]) for _ in range(2))
+    assert SGD(first, lr=0.1).param_lists == [list(first)]
+    assert SGD([first, second], lr=0.1).param_lists == [list(first), list(second)]
+    assert SGD([{"params": first}], lr=0.1).param_lists == [list(first)]
+
+
 def test_a_single_tensor_is_one_parameter_and_a_single_stepper_a_chain_of_one() -> None:
     """fastai wraps them: ``SGD(p, lr)`` steps p itself, not the rows of p; ``Optimizer(p, sgd_step)`` works."""
     p = torch.ones(3, requires_grad=True)

@@ -40,15 +40,18 @@ _REQUIRES_GRAD = operator.attrgetter("requires_grad")
 def _to_param_lists(params: Tensor | Iterable[Any]) -> tuple[list[list[Tensor]], list[dict[str, Any]]]:
     """Parameter lists from a tensor or tensors (one group), lists or generators of tensors, or torch-style group
     dicts."""
-    items: list[Any] = [params] if isinstance(params, nn.Module) else as_param_list(params)
+    # A module is refused below, but an nn.ParameterList is a list of parameters, as torch.optim and fastai read it.
+    whole_module = isinstance(params, nn.Module) and not isinstance(params, nn.ParameterList)
+    items: list[Any] = [params] if whole_module else as_param_list(params)
     if not items:
         raise ValueError("the optimizer got an empty parameter list")
     if isinstance(items[0], dict):
         groups = [as_param_list(g["params"]) for g in items]
         hypers = [{k: v for k, v in g.items() if k != "params"} for g in items]
     else:
-        # Groups are lists, or generators such as m.parameters(); anything else is one group.
-        groups = [list(g) for g in items] if isinstance(items[0], (list, tuple, Iterator)) else [items]
+        # Groups are lists (an nn.ParameterList too), or generators such as m.parameters(); else one group.
+        is_group = isinstance(items[0], (list, tuple, Iterator, nn.ParameterList))
+        groups = [list(g) for g in items] if is_group else [items]
         hypers = [{} for _ in groups]
     _check_tensors(groups)
     return groups, hypers
