@@ -887,3 +887,27 @@ def test_an_event_method_patched_into_a_class_already_used_is_called() -> None:
     learn = synth_learner(cbs=Count())
     learn.fit(1)
     assert learn.count.n == 3  # 2 training batches and 1 validation batch
+
+
+def test_calling_a_callback_with_an_event_finds_its_method_without_listing_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # cb(event) runs at every event, per batch too, for a callback that overrides __call__: it looks up the one method
+    # (the event's name, then its old begin_* name, on the class or the instance), not the list of all of them.
+    import learnloop.callback as callback_module
+
+    class Old(Callback):
+        def begin_batch(self) -> str:
+            return "old"
+
+        def after_batch(self) -> str:
+            return "class"
+
+    cb = Old(after_pred=lambda: "instance")
+    monkeypatch.setattr(callback_module, "_class_methods", None)  # listing the class's methods would fail
+    with pytest.warns(DeprecationWarning, match="begin_batch"):
+        assert cb("begin_batch") == "old"
+    assert (cb("before_batch"), cb("after_pred"), cb("after_batch"), cb("after_loss")) == ("old", "instance", "class",
+                                                                                          None)
+    Old.after_loss = lambda self: "patched"  # type: ignore[attr-defined]
+    assert cb("after_loss") == "patched"

@@ -123,7 +123,7 @@ class Callback:
         if event is None and event_name in ALIASES:
             event = resolve_event(event_name)  # with its DeprecationWarning
         if event is not None:
-            hook = event_hooks(self).get(event)
+            hook = _event_method(self, event)
         elif _own_attr(self, event_name):  # a name that is no event: the callback's method of that name
             hook = getattr(self, event_name)
         else:  # nothing to run, as in fastai; but a name close to an event's is most likely a typo
@@ -265,6 +265,23 @@ def _methods(cb: Callback) -> list[str]:
     names = list(_class_methods(type(cb)))
     names += [a for a, v in vars(cb).items() if callable(v) and not a.startswith("_") and a not in names]
     return names
+
+
+# Per event, the names its method may have: the event's own, then its old `begin_*` name.
+_EVENT_NAMES: dict[Event, tuple[str, ...]] = {
+    e: (e.value, *(name for name, event in ALIASES.items() if event is e)) for e in Event
+}
+
+
+def _event_method(cb: Callback, event: Event) -> Callable[[], Any] | None:
+    """The callback's method for `event`, as `event_hooks` finds it, without listing all of them: `cb(event)` runs
+    at every event, per batch too, for a callback that overrides `__call__`."""
+    for name in _EVENT_NAMES[event]:
+        if name not in _BASE_ATTRS and _own_attr(cb, name):
+            method = getattr(cb, name)
+            if callable(method) and not isinstance(method, type):
+                return method  # type: ignore[no-any-return]
+    return None
 
 
 def event_hooks(cb: Callback) -> dict[Event, Callable[[], Any]]:
