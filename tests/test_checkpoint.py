@@ -224,6 +224,29 @@ def test_a_validate_inside_the_fit_leaves_its_epoch_checkpoints_and_ctrl_c_handl
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and put back at the fit's end
 
 
+def test_the_checkpoint_of_an_interrupt_is_named_after_the_fits_epoch_too(tmp_path: Path) -> None:
+    # A callback after CheckpointCallback runs validate() at before_epoch, which sets learn.epoch to 0 (as fastai's):
+    # the checkpoint written when Ctrl-C leaves epoch 1's second batch is still epoch 1's, as the periodic ones are.
+    checkpoints = CheckpointCallback(every_epoch=False)
+
+    class Nested(Callback):
+        order = checkpoints.order + 1
+
+        def before_epoch(self) -> None:
+            if not self.learn._nested_run:  # not the validate()'s own before_epoch
+                self.validated = self.learn.epoch == 1
+                if self.validated:
+                    self.learn.validate()
+
+        def before_batch(self) -> None:
+            if self.validated and self.learn.training and self.learn.iter == 1:
+                checkpoints.save_on_interrupt()  # what the learner calls when Ctrl-C leaves a training batch
+
+    synth_learner(path=tmp_path, cbs=[checkpoints, Nested()]).fit(2)
+    names = [f.name for f in checkpoint_files(tmp_path / "models" / "checkpoints")]
+    assert names == ["checkpoint_000001_epoch1_batch1_inexact.pth"]
+
+
 def test_learn_load_reads_a_training_checkpoint(ckpt: Path) -> None:
     saved = torch.load(ckpt, weights_only=True)
     other = make_learner()

@@ -184,7 +184,7 @@ class CheckpointCallback(Callback):
             return  # between phases the last periodic checkpoint is the state to resume from
         self._interrupt_saved = True
         try:
-            self.save(self._position(epoch=learn.epoch, batch=_batches_done(learn), exact=False))
+            self.save(self._position(epoch=self._epoch, batch=_batches_done(learn), exact=False))
         except Exception as e:  # noqa: BLE001 - the interrupt and after_fit's cleanup come first
             warn_caller(f"CheckpointCallback: the last checkpoint could not be written ({e}).")
 
