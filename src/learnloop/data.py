@@ -112,16 +112,17 @@ def to_device(b: Any, device: torch.device, non_blocking: bool = True) -> Any:
 _WHOLE_DATASET = (RandomSampler, WeightedRandomSampler, SequentialSampler, DistributedSampler, ShardSampler)
 
 
-def unshuffled(dl: Iterable[Any]) -> Iterable[Any]:
+def unshuffled(dl: Iterable[Any], by_index: bool = False) -> Iterable[Any]:
     """The same batches in dataset order, without dropping the last one (for predictions).
 
     A torch DataLoader over a map-style dataset whose order is drawn (a shuffling sampler, or a `BatchSampler`
     over one) or that drops its last batch is made again, reading the dataset in order in batches of the same
     size, with the same workers and collate function. A `SubsetRandomSampler` reads only its items, in the order
     of its indices (the new loader's dataset is their `Subset`); a sampler of another kind (your own, or indices
-    given as the sampler) picks the items, in its own order, and only its last partial batch comes back.
-    Anything else is read as it comes: a custom batch sampler (its batches may be of any size and order, by
-    length say), an IterableDataset, any other iterable.
+    given as the sampler) picks the items, in its own order, and only its last partial batch comes back; with
+    `by_index`, those items are read once into a `Subset` instead, so that the result's `dataset[i]` is the i-th
+    item read (what an Interpretation indexes). Anything else is read as it comes: a custom batch sampler (its
+    batches may be of any size and order, by length say), an IterableDataset, any other iterable.
     """
     if not isinstance(dl, DataLoader) or isinstance(dl.dataset, torch.utils.data.IterableDataset):
         return dl
@@ -135,8 +136,11 @@ def unshuffled(dl: Iterable[Any]) -> Iterable[Any]:
     dataset, keep = dl.dataset, None  # the items read, and the sampler kept (None: all of `dataset`, in order)
     if isinstance(sampler, SubsetRandomSampler):  # the usual train/valid split of one dataset: its items only
         dataset = Subset(dl.dataset, [int(i) for i in sampler.indices])
-    elif not isinstance(sampler, _WHOLE_DATASET):
-        keep = sampler  # a sampler of your own (or indices given as one) picks the items: in its order
+    elif not isinstance(sampler, _WHOLE_DATASET):  # a sampler of your own (or indices given as one) picks the items
+        if by_index:
+            dataset = Subset(dl.dataset, [int(i) for i in sampler])
+        else:
+            keep = sampler  # in its order
     if (keep is not None or isinstance(sampler, SequentialSampler)) and not drop_last:
         return dl
     workers: dict[str, Any] = {"persistent_workers": dl.persistent_workers, "prefetch_factor": dl.prefetch_factor}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler, Subset
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Subset
 
 from .data import unshuffled
 from .errors import InputError
@@ -260,20 +260,9 @@ class SegmentationInterpretation(Interpretation):
 
 
 def _in_order(learn: Learner, ds_idx: int, dl: Iterable[Any] | None) -> Iterable[Any]:
-    # Dataset order, so that losses[i] is the loss of dataset[i] (fastai's own DataLoaders are put back in order).
-    loader = unshuffled(learn.dls[ds_idx] if dl is None else dl)
-    if not (isinstance(loader, DataLoader) and isinstance(loader.batch_sampler, BatchSampler)):
-        return loader
-    sampler = loader.batch_sampler.sampler
-    if isinstance(sampler, SequentialSampler) or isinstance(loader.dataset, IterableDataset):
-        return loader
-    # A sampler of the loader's own (indices given as the sampler, say), which `unshuffled` leaves to pick the items
-    # in its order: the loader is made again over the Subset of those items, in that order, so that losses[i] is
-    # still the loss of the interpretation's dl.dataset[i] (as `unshuffled` does with a SubsetRandomSampler).
-    return DataLoader(
-        Subset(loader.dataset, [int(i) for i in sampler]), batch_size=loader.batch_size, shuffle=False,
-        num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-    )
+    # Dataset order, so that losses[i] is the loss of dataset[i] (fastai's own DataLoaders are put back in order);
+    # a sampler of the loader's own is read into the Subset of its items, in its order.
+    return unshuffled(learn.dls[ds_idx] if dl is None else dl, by_index=True)
 
 
 def _loader_name(ds_idx: int, dl: Any) -> str:
