@@ -4,7 +4,9 @@ to the uninterrupted run, recorder included; what is checked before a resume; wh
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,14 @@ from learnloop import (
     Learner,
     MixedPrecision,
     MixUp,
+    OptimWrapper,
     ReduceLROnPlateau,
     SaveModelCallback,
     accuracy,
 )
 from learnloop.callbacks.checkpointing import checkpoint_files, latest_checkpoint
 from learnloop.resume import Position
+from learnloop.rng import get_rng_state, set_rng_state
 
 N_EPOCH = 3  # 96 items in batches of 16: 6 batches per epoch, a step every 2 (n_acc=32)
 
@@ -390,6 +394,65 @@ def test_a_checkpoint_of_another_model_lists_the_differences(full_run: tuple[Lea
     assert "missing keys (in the model, not in the checkpoint): 4.weight, 4.bias" in message
     assert "size mismatch for 0.weight: checkpoint [16, 4], model [8, 4]" in message
     assert log.events == []  # nothing fired, nothing changed
+
+
+def _unchanged_by_a_failed_resume(learn: Learner, resume: Path, match: str) -> None:
+    """Resuming `learn` from `resume` fails with `match` before any event fires, and changes neither its weights nor
+    the global random generators."""
+    log = EventLog()
+    learn.add_cb(log)
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    with pytest.raises(CheckpointError, match=match):
+        one_cycle(learn, resume=resume)
+    assert log.events == []
+    assert all(torch.equal(p, w) for p, w in zip(learn.model.parameters(), weights, strict=True))
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
+
+
+@pytest.mark.parametrize("saved, resumed", [("seeded", "shuffle"), ("shuffle", "seeded")])
+def test_data_loader_generators_must_match_before_anything_changes(tmp_path: Path, saved: str, resumed: str) -> None:
+    # Found only when the generators were set back, after before_fit and the weights, and the global ones with them.
+    one_cycle(make_learner(path=tmp_path, dls=saved), cbs=CheckpointCallback(every_epoch=True))
+    file = latest_checkpoint(tmp_path / "models" / "checkpoints")
+    assert file is not None
+    counts = (1, 0) if saved == "seeded" else (0, 1)
+    _unchanged_by_a_failed_resume(
+        make_learner(path=tmp_path, dls=resumed), file,
+        rf"random states of {counts[0]} data loader generator\(s\) but this learner's data loaders have {counts[1]}",
+    )
+
+
+def test_set_rng_state_refuses_other_generators_before_changing_any() -> None:
+    state = get_rng_state([torch.Generator().manual_seed(0)])
+    torch.manual_seed(5)
+    random.seed(5)
+    torch_state, python_state = torch.get_rng_state(), random.getstate()
+    with pytest.raises(ValueError, match=r"holds 1 data loader generator\(s\) but the data loaders now have 0"):
+        set_rng_state(state, [])
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
+
+
+def test_the_optimizer_must_be_of_the_same_kind_and_groups_before_anything_changes(tmp_path: Path) -> None:
+    # A learnloop Optimizer's state into an OptimWrapper failed at restore (a KeyError), after before_fit and the
+    # weights; so did an OptimWrapper's into an OptimWrapper of other parameter groups.
+    wrapped = partial(OptimWrapper, opt=torch.optim.Adam)
+    one_cycle(make_learner(path=tmp_path / "a"), cbs=CheckpointCallback())
+    one_cycle(make_learner(path=tmp_path / "b", opt_func=wrapped), cbs=CheckpointCallback())
+    native, torch_opt = (latest_checkpoint(tmp_path / run / "models" / "checkpoints") for run in "ab")
+    assert native is not None and torch_opt is not None
+    _unchanged_by_a_failed_resume(
+        make_learner(opt_func=wrapped), native,
+        "holds the state of a learnloop Optimizer, but this learner's optimizer is a torch.optim optimizer",
+    )
+    _unchanged_by_a_failed_resume(
+        make_learner(), torch_opt, "holds the state of a torch.optim optimizer .* is a learnloop Optimizer"
+    )
+    split = make_learner(opt_func=wrapped, splitter=lambda m: [list(m[0].parameters()), list(m[3].parameters())])
+    _unchanged_by_a_failed_resume(split, torch_opt, r"groups of \[4\] parameters, but .* has \[2, 2\]")
+    resumed = make_learner(opt_func=wrapped)  # the same kind and groups: resumes
+    one_cycle(resumed, resume=torch_opt)
+    assert resumed.train_iter == N_EPOCH * 6
 
 
 def test_an_uncertain_final_checkpoint_is_marked_and_latest_skips_it(tmp_path: Path) -> None:

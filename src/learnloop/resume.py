@@ -215,7 +215,8 @@ class ResumeState:
 
     Reading it checks everything that can be checked before training starts, so a wrong file fails before
     any event fires and before anything on the learner changes: the format and version, the model's keys
-    and shapes, the optimizer's groups, the callbacks, the batches per epoch.
+    and shapes, the optimizer's kind and groups, the data loaders' generators, the callbacks, the
+    batches per epoch.
     """
 
     def __init__(self, learn: Learner, path: str | Path, n_epoch: int) -> None:
@@ -225,6 +226,7 @@ class ResumeState:
         self.position = Position(**ckpt["position"])
         check_state_dict(unwrap_model(learn.model), ckpt["model"], path)
         self._check_devices()
+        self._check_generators(learn)
         self._check_data(learn)
         self._check_opt(learn)
         self._check_callbacks(learn)
@@ -240,6 +242,15 @@ class ResumeState:
             raise CheckpointError(
                 f"{self.path} holds the random states of {saved} GPU(s) but {torch.cuda.device_count()} are visible: "
                 "make the same number visible (CUDA_VISIBLE_DEVICES) to resume the run exactly."
+            )
+
+    def _check_generators(self, learn: Learner) -> None:
+        saved, now = len(self.ckpt["rng"].get("generators") or []), len(loader_generators(learn.dls))
+        if saved != now:
+            raise CheckpointError(
+                f"{self.path} holds the random states of {saved} data loader generator(s) but this learner's data "
+                f"loaders have {now}: build the DataLoaders as in the run that was saved (the same seed= argument, "
+                "or generator= of the torch DataLoaders) to resume it exactly."
             )
 
     def _check_data(self, learn: Learner) -> None:
@@ -259,11 +270,22 @@ class ResumeState:
 
     def _check_opt(self, learn: Learner) -> None:
         saved = self.ckpt["opt"]
-        sizes = saved.get("group_sizes") if isinstance(saved, dict) else None
-        if learn.opt is None or sizes is None:
+        if learn.opt is None or not isinstance(saved, dict):
             return
+        # learnloop's Optimizer saves 'hypers' and 'group_sizes'; an OptimWrapper torch's 'param_groups'.
+        saved_torch, now_torch = "param_groups" in saved, "param_groups" in learn.opt.state_dict()
+        if saved_torch != now_torch:
+            kinds = ("a torch.optim optimizer (OptimWrapper)", "a learnloop Optimizer")
+            raise CheckpointError(
+                f"{self.path} holds the state of {kinds[not saved_torch]}, but this learner's optimizer is "
+                f"{kinds[not now_torch]} ({type(learn.opt).__name__}): use the same opt_func as the saved run."
+            )
+        if saved_torch:
+            sizes: Any = [len(g.get("params", ())) for g in saved["param_groups"]]
+        else:
+            sizes = saved.get("group_sizes")
         current = [len(g) for g in learn.opt.param_lists]
-        if list(sizes) != current:
+        if sizes is not None and list(sizes) != current:
             raise CheckpointError(
                 f"{self.path} holds an optimizer with parameter groups of {list(sizes)} parameters, but this "
                 f"learner's optimizer has {current}: use the same splitter (and model) as the saved run."

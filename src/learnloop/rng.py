@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["get_rng_state", "set_rng_state", "loader_generators"]
+__all__ = ["get_rng_state", "set_rng_state", "check_rng_state", "loader_generators"]
 
 
 def loader_generators(loaders: Any) -> list[torch.Generator]:
@@ -69,7 +69,11 @@ def get_rng_state(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], generators: Sequence[torch.Generator] = ()) -> None:
-    """Put back what :func:`get_rng_state` returned; ``generators`` must be the same loaders' generators."""
+    """Put back what :func:`get_rng_state` returned; ``generators`` must be the same loaders' generators.
+
+    What cannot be restored (another number of generators or GPUs) is refused before any generator changes.
+    """
+    check_rng_state(state, generators)
     py = state["python"]
     random.setstate((int(py["version"]), tuple(int(x) for x in py["state"].tolist()), py["gauss_next"]))
     npy = state["numpy"]
@@ -78,17 +82,23 @@ def set_rng_state(state: dict[str, Any], generators: Sequence[torch.Generator] =
     torch.set_rng_state(state["torch"].cpu())
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available():
-        if len(cuda) != torch.cuda.device_count():
-            raise ValueError(
-                f"The random state was saved with {len(cuda)} GPU(s) but this machine has "
-                f"{torch.cuda.device_count()}: it cannot be restored exactly."
-            )
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    for g, s in zip(generators, state.get("generators") or [], strict=True):
+        g.set_state(s.cpu())
+
+
+def check_rng_state(state: dict[str, Any], generators: Sequence[torch.Generator] = ()) -> None:
+    """Raise a ValueError when :func:`set_rng_state` could not put ``state`` back into ``generators`` and this
+    machine's GPUs: it holds another number of data loader generators, or of GPUs."""
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) != torch.cuda.device_count():
+        raise ValueError(
+            f"The random state was saved with {len(cuda)} GPU(s) but this machine has "
+            f"{torch.cuda.device_count()}: it cannot be restored exactly."
+        )
     saved = state.get("generators") or []
     if len(saved) != len(generators):
         raise ValueError(
             f"The random state holds {len(saved)} data loader generator(s) but the data loaders now have "
             f"{len(generators)}: build the DataLoaders as in the run that was saved (same seed= argument)."
         )
-    for g, s in zip(generators, saved, strict=True):
-        g.set_state(s.cpu())
