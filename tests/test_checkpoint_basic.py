@@ -216,3 +216,26 @@ def test_a_checkpoint_of_a_different_model_names_the_mismatch(tmp_path: Path) ->
     with pytest.raises(CheckpointError, match=r"(?s)different model.*size mismatch for weight.*\[1, 2\].*\[3, 2\]"):
         wider.load("m")
     assert torch.equal(wider.model.weight, before)
+
+
+def _saved_on_a_gpu(file: Path, state: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torch.save` of `state` to `file` as a GPU would write it: each storage's location is 'cuda:0'."""
+    with monkeypatch.context() as m:
+        m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+        torch.save(state, file)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_load_model_reads_onto_the_cpu_by_default_as_fastai(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # fastai's load_model reads with device=None onto the CPU, so weights a GPU saved load on a machine without one;
+    # learnloop's left them on the GPU (map_location=None), and called the file "corrupt or truncated".
+    model = nn.Linear(2, 1)
+    _saved_on_a_gpu(tmp_path / "gpu.pth", model.state_dict(), monkeypatch)
+    other = nn.Linear(2, 1)
+    checkpoint_module.load_model(tmp_path / "gpu.pth", other)
+    assert torch.equal(other.weight, model.weight)
+    # device=n is GPU n, as in fastai (torch's map_location takes no number); neither is a corrupt file.
+    for device, shown in ((0, "device\\(type='cuda', index=0\\)"), ("cuda", "'cuda'")):
+        with pytest.raises(CheckpointError, match=rf"cannot be read onto a device this machine does not have "
+                           rf"\(map_location={shown}.*pass device='cpu'"):
+            checkpoint_module.load_model(tmp_path / "gpu.pth", other, device=device)

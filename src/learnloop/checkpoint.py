@@ -217,6 +217,14 @@ def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_on
         ) from e
     except (MemoryError, KeyboardInterrupt):
         raise
+    except RuntimeError as e:
+        if "device" not in str(e).lower() and "data location" not in str(e):  # torch's words for where tensors go
+            raise CheckpointError(f"{path} is corrupt or truncated and cannot be read (RuntimeError: {e}).") from e
+        raise CheckpointError(
+            f"{path} cannot be read onto a device this machine does not have (map_location={map_location!r}; "
+            f"with None its tensors go back to the device they were saved from): pass device='cpu' or a device "
+            f"this machine has. ({e})"
+        ) from e
     except Exception as e:  # noqa: BLE001 - garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
         if not weights_only and isinstance(e, (ModuleNotFoundError, AttributeError)):  # a class it names is missing
             raise CheckpointError(
@@ -362,7 +370,12 @@ def load_model(
 ) -> None:
     """Load what `save_model` wrote into `model` (and `opt`), with clear errors for a foreign file. Only tensors
     and plain containers are read, unless `weights_only=False` (torch.load's argument, as fastai passes it on):
-    then anything is unpickled, for a file you trust."""
+    then anything is unpickled, for a file you trust. The tensors are read onto `device`: None is the CPU and a
+    number that GPU, as in fastai (the model's own tensors stay where they are: they are copied into)."""
+    if device is None:
+        device = "cpu"
+    elif isinstance(device, int) and not isinstance(device, bool):
+        device = torch.device("cuda", device)
     state = safe_load(path, map_location=device, weights_only=weights_only is not False)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(state).__name__}).")
