@@ -239,3 +239,22 @@ def test_load_model_reads_onto_the_cpu_by_default_as_fastai(tmp_path: Path, monk
         with pytest.raises(CheckpointError, match=rf"cannot be read onto a device this machine does not have "
                            rf"\(map_location={shown}.*pass device='cpu'"):
             checkpoint_module.load_model(tmp_path / "gpu.pth", other, device=device)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_load_that_fails_changes_no_weight(tmp_path: Path, strict: bool) -> None:
+    # torch copies the tensors that fit before it raises for the others: the first layer, shared by both models,
+    # was loaded from the file while the error said the file was of another model.
+    def learner(*layers: nn.Module) -> Learner:
+        return Learner(synth_learner().dls, nn.Sequential(*layers), loss_func=nn.MSELoss(), path=tmp_path)
+
+    torch.manual_seed(0)
+    learner(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)).save("m")
+    torch.manual_seed(1)
+    other = learner(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2), nn.Linear(2, 1))
+    other.model.register_buffer("count", torch.tensor(7))
+    before = {k: v.clone() for k, v in other.model.state_dict().items()}
+    match = r"(?s)different model \(nothing was loaded\).*size mismatch for 2.weight"
+    with pytest.raises(CheckpointError, match=match):
+        other.load("m", strict=strict)
+    assert all(torch.equal(v, before[k]) for k, v in other.model.state_dict().items())

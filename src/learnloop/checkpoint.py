@@ -321,6 +321,26 @@ def save_model(
     return atomic_save(state, cast(str | Path, path))
 
 
+def _load_weights(model: nn.Module, state: Any, path: Any, strict: bool) -> None:
+    """`model.load_state_dict(state, strict=strict)`, all or nothing: torch copies the tensors that fit before it
+    raises for the others, so when `state` does not match the model key for key and shape for shape, the model's
+    tensors are copied first (onto the CPU) and put back if torch refuses it."""
+    current = model.state_dict()
+    matches = isinstance(state, Mapping) and state.keys() == current.keys() and all(
+        not isinstance(v, torch.Tensor) or v.shape == current[k].shape for k, v in state.items()
+    )
+    tensors = {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
+    kept = None if matches else {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        if kept is not None:
+            with torch.no_grad():
+                for k, v in tensors.items():
+                    v.copy_(kept[k])
+        raise CheckpointError(f"{path} was saved from a different model (nothing was loaded): {e}") from e
+
+
 def _warn_non_finite(model: nn.Module, path: Any) -> None:
     """Warn when the weights about to be saved hold NaN or infinite values (as CheckpointCallback judges them): they
     are saved all the same, as fastai saves them (`SaveModelCallback(at_end=True)` saves whatever the fit ended
@@ -384,10 +404,7 @@ def load_model(
         state = {"model": state["model"], "opt": state["opt"]} if state.get("opt") is not None else state["model"]
     has_opt = set(state) == {"model", "opt"}
     model_state = state["model"] if has_opt else state
-    try:
-        model.load_state_dict(model_state, strict=strict)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path} was saved from a different model: {e}") from e
+    _load_weights(model, model_state, path, strict)
     if with_opt and opt is not None:
         if not has_opt:
             warn_caller(f"{path} holds no optimizer state; only the model was loaded.")
