@@ -185,6 +185,15 @@ def test_missing_file(tmp_path: Path) -> None:
         synth_learner(path=tmp_path).load("nothing")
 
 
+def test_a_directory_in_place_of_the_file(tmp_path: Path) -> None:
+    # fastai's learn.load raises torch's IsADirectoryError; learnloop's said "No checkpoint at ...: check the name".
+    (tmp_path / "models" / "m.pth").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match=r"m\.pth is a directory, not a file written by torch.save"):
+        synth_learner(path=tmp_path).load("m")
+    with pytest.raises(FileNotFoundError, match="is a directory"):  # what learnloop raised before
+        checkpoint_module.load_model(tmp_path / "models" / "m.pth", nn.Linear(2, 1))
+
+
 def test_truncated_file(tmp_path: Path) -> None:
     learn = _trained(tmp_path)
     file = learn.save("m")

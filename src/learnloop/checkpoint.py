@@ -28,6 +28,7 @@ from .warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 
 __all__ = [
     "CheckpointError",
+    "CheckpointIsADirectoryError",
     "atomic_save",
     "atomic_write",
     "check_format",
@@ -50,6 +51,11 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used: missing, corrupt, foreign or unsafe."""
+
+
+class CheckpointIsADirectoryError(IsADirectoryError, FileNotFoundError):
+    """A directory where a file to load was expected: the IsADirectoryError fastai's `learn.load` (torch.load) raises,
+    and the FileNotFoundError learnloop raised before it said so."""
 
 
 def is_checkpoint_writer() -> bool:
@@ -199,6 +205,11 @@ def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_on
     what is wrong with the file. `weights_only=False` unpickles anything: only for a file the caller trusts."""
     if not is_buffer(path):
         path = Path(path)  # type: ignore[arg-type]
+        if path.is_dir():
+            raise CheckpointIsADirectoryError(
+                f"{path} is a directory, not a file written by torch.save: give the name of a file (learn.load(name) "
+                "reads path/model_dir/name.pth)."
+            )
         if not path.is_file():
             raise FileNotFoundError(f"No checkpoint at {path}: check the name and the learner's path/model_dir.")
     try:
