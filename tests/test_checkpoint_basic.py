@@ -194,6 +194,15 @@ def test_a_directory_in_place_of_the_file(tmp_path: Path) -> None:
         checkpoint_module.load_model(tmp_path / "models" / "m.pth", nn.Linear(2, 1))
 
 
+def test_an_export_file_is_named_for_what_it_is(tmp_path: Path) -> None:
+    # It was "saved from a different model", its format fields listed as unexpected keys.
+    learn = _trained(tmp_path)
+    learn.export(learn.path / learn.model_dir / "exported.pth")
+    with pytest.raises(CheckpointError, match=r"exported\.pth was written by learn\.export, not learn\.save: load it "
+                       r"with load_learner"):
+        learn.load("exported")
+
+
 def test_truncated_file(tmp_path: Path) -> None:
     learn = _trained(tmp_path)
     file = learn.save("m")

@@ -413,6 +413,11 @@ def load_model(
     if state.get("format") == CHECKPOINT_FORMAT:  # a training checkpoint: its model and optimizer
         check_format(state, path, CHECKPOINT_FORMAT)
         state = {"model": state["model"], "opt": state["opt"]} if state.get("opt") is not None else state["model"]
+    elif state.get("format") == EXPORT_FORMAT:
+        raise CheckpointError(
+            f"{path} was written by learn.export, not learn.save: load it with load_learner(path, model=...) (see "
+            "learnloop.export), or save the weights with learn.save(name) to load them with learn.load(name)."
+        )
     has_opt = set(state) == {"model", "opt"}
     model_state = state["model"] if has_opt else state
     _load_weights(model, model_state, path, strict)
