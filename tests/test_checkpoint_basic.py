@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import fractions
 import io
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -94,6 +96,9 @@ def test_an_interrupted_save_keeps_the_previous_file(tmp_path: Path, monkeypatch
     assert [p.name for p in file.parent.iterdir()] == ["m.pth"]
 
 
+Best = collections.namedtuple("Best", "value epoch")
+
+
 class Coll:
     """Stands for fastcore's L, in which a port of fastai's Lookahead keeps its slow weights."""
 
@@ -145,6 +150,9 @@ def test_atomic_save_refuses_any_file_the_loader_would_refuse(tmp_path: Path) ->
     with pytest.raises(CheckpointError, match=r"holds builtins.int at \['b'\]"):  # a class as a value
         checkpoint_module.atomic_save({"b": int}, file)
     assert not file.exists() and list(tmp_path.iterdir()) == []
+    # A namedtuple (in a callback's state, say) was a TypeError from to_plain rebuilding it from a generator.
+    with pytest.raises(CheckpointError, match=r"holds a test_checkpoint_basic.Best at \['best'\]"):
+        checkpoint_module.atomic_save({"best": Best(0.5, np.float64(3))}, file)
     checkpoint_module.atomic_save({"a": [1, 2.0, "x", None, (torch.ones(1),), {"b": True}]}, file)
     assert checkpoint_module.safe_load(file)["a"][1] == 2.0
 

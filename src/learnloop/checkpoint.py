@@ -81,7 +81,9 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_plain(v) for v in obj)
+        items = [to_plain(v) for v in obj]
+        # A namedtuple takes its fields as arguments (then the weights-only check refuses its class, naming it).
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
