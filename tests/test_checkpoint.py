@@ -371,7 +371,7 @@ def test_a_read_only_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(checkpoint_module.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(checkpoint_module, "_create_temporary", refuse)
     with pytest.raises(PermissionError, match=r"Cannot save .*m\.pth: the folder .*models cannot be created"):
         learn.save("m")
     with pytest.raises(PermissionError, match="cannot be created or written"):

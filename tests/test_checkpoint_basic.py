@@ -5,6 +5,8 @@ from __future__ import annotations
 import collections
 import fractions
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,40 @@ def test_an_interrupted_save_keeps_the_previous_file(tmp_path: Path, monkeypatch
 
 
 Best = collections.namedtuple("Best", "value epoch")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_saved_file_gets_the_permissions_open_would_give_it(tmp_path: Path) -> None:
+    # The temporary file renamed onto the name came from mkstemp, whose mode is 0600: a model saved on a shared
+    # machine could be read by no one else, and a file that was there lost its mode.
+    learn = synth_learner(path=tmp_path)
+    umask = os.umask(0o022)
+    try:
+        file = learn.save("m")
+        assert stat.S_IMODE(file.stat().st_mode) == 0o644  # as torch.save (fastai's learn.save) creates it
+        os.umask(0o002)
+        assert stat.S_IMODE(learn.save("other").stat().st_mode) == 0o664
+        file.chmod(0o640)
+        learn.save("m")
+        assert stat.S_IMODE(file.stat().st_mode) == 0o640  # as torch.save over the file keeps it
+    finally:
+        os.umask(umask)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links")
+def test_a_symlink_is_saved_through(tmp_path: Path) -> None:
+    # torch.save writes through a link (models/best.pth -> a store elsewhere); the rename replaced the link with a
+    # file, and the store kept the old weights.
+    learn = _trained(tmp_path)
+    store = tmp_path / "store" / "best.pth"
+    store.parent.mkdir()
+    torch.save({"old": torch.zeros(1)}, store)
+    (tmp_path / "models").mkdir()
+    link = tmp_path / "models" / "best.pth"
+    link.symlink_to(store)
+    assert learn.save("best", with_opt=False) == link
+    assert link.is_symlink() and set(torch.load(store, weights_only=True)) == {"weight", "bias"}
+    assert sorted(p.name for p in store.parent.iterdir()) == ["best.pth"]  # no temporary file left
 
 
 class Coll:

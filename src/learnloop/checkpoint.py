@@ -10,10 +10,12 @@ pickled code and says what is wrong with a corrupt file. Files that learnloop de
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import os
 import pickle
-import tempfile
+import secrets
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, cast
@@ -97,16 +99,19 @@ def atomic_write(
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
 
     ``path`` is never half-written: if anything fails or the process dies before the rename, the file
-    that was at ``path`` (if any) is untouched. Missing folders are created. ``check(tmp)``, when given, is called
+    that was at ``path`` (if any) is untouched. Missing folders are created; the file gets the permissions and the
+    place (a symlink's target) that ``open(path, 'wb')`` would give it. ``check(tmp)``, when given, is called
     on the complete temporary file before the rename: an exception it raises leaves ``path`` untouched too.
     """
     path = Path(path)
+    # What open(path, 'wb') (torch.save, fastai) would write to: a symlink's target, not the link.
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temporary(target)
     except OSError as e:
         raise type(e)(
-            e.errno, f"Cannot save {path}: the folder {path.parent} cannot be created or written to ({e.strerror})"
+            e.errno, f"Cannot save {path}: the folder {target.parent} cannot be created or written to ({e.strerror})"
         ) from e
     try:
         with os.fdopen(fd, "wb") as f:
@@ -115,18 +120,42 @@ def atomic_write(
             os.fsync(f.fileno())
         if check is not None:
             check(Path(tmp))
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             e.add_note(f"learnloop: saving {path} failed; the file that was there (if any) is unchanged.")
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
     return path
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """Create ``.<name>.<random>.tmp`` beside `path` with the permissions open(path, 'wb') would give the file: those
+    of the file that is there, else the umask's (mkstemp's are 0600: no one else could read a saved model)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        if mode is not None:
+            try:
+                os.chmod(tmp, mode)
+            except BaseException:
+                os.close(fd)
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return fd, tmp
+    raise FileExistsError(errno.EEXIST, f"No free temporary file name beside {path}")
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
