@@ -97,6 +97,38 @@ def test_files_are_numbered_and_pruned_and_folders_created(tmp_path: Path) -> No
     ]
 
 
+def test_an_inexact_checkpoint_takes_no_place_among_the_kept_ones(tmp_path: Path) -> None:
+    # keep_last counted the _inexact file of an interrupt: the resumed run's first checkpoint pushed out an exact one
+    # and kept the inexact one, so only one exact checkpoint of keep_last=2 was left.
+    class Interrupt(Callback):
+        def before_batch(self) -> None:
+            if self.learn.training and self.learn.epoch == 2 and self.learn.iter == 1:
+                raise KeyboardInterrupt  # raised by code: cannot be deferred, so the last checkpoint is inexact
+
+    class Look(Callback):
+        order = CheckpointCallback.order + 1
+
+        def __init__(self) -> None:
+            self.seen: list[list[str]] = []
+
+        def after_batch(self) -> None:
+            if self.learn.training:
+                self.seen.append([f.name for f in checkpoint_files(folder)])
+
+    folder = tmp_path / "models" / "checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        synth_learner(path=tmp_path, n_train=64).fit(4, cbs=[CheckpointCallback(keep_last=2), Interrupt()])
+    first = ["checkpoint_000001_epoch0_end.pth", "checkpoint_000002_epoch1_end.pth"]
+    inexact = "checkpoint_000003_epoch2_batch1_inexact.pth"
+    assert [f.name for f in checkpoint_files(folder)] == [*first, inexact]
+    look = Look()
+    cbs = [CheckpointCallback(keep_last=2, every_n_iters=1), look]
+    synth_learner(path=tmp_path, n_train=64).fit(4, cbs=cbs, resume="latest")
+    assert look.seen[0] == [first[1], inexact, "checkpoint_000004_epoch2_batch1.pth"]
+    # once older than every exact checkpoint kept, it goes
+    assert look.seen[1] == ["checkpoint_000004_epoch2_batch1.pth", "checkpoint_000005_epoch2_batch2.pth"]
+
+
 class PoisonWeights(Callback):
     """Fills the model's weights with NaN at the start of epoch `epoch`: a fit that has diverged."""
 

@@ -61,7 +61,8 @@ class CheckpointCallback(Callback):
 
     A checkpoint holds everything a fit needs to resume exactly (``fit(..., resume=path_or_'latest')``):
     model, gradients, optimizer, callback states, loop counters, random states and the epoch's data
-    order. Only the newest ``keep_last`` files are kept (None: all). ``path`` is the folder, relative to
+    order. Only the newest ``keep_last`` exact checkpoints are kept (None: all), and the inexact ones (below) newer
+    than the oldest of them. ``path`` is the folder, relative to
     ``learn.path`` (default ``learn.path / learn.model_dir / 'checkpoints'``). Saves are atomic.
 
     Ctrl-C during a fit (in the main thread) does not stop it at once: the current training batch (or
@@ -217,7 +218,7 @@ class CheckpointCallback(Callback):
             return None
         self.last_saved = path
         if self.keep_last is not None and position.exact:  # an inexact checkpoint never pushes out an exact one
-            for old in checkpoint_files(self.folder(), self.fname)[: -self.keep_last]:
+            for old in _beyond(checkpoint_files(self.folder(), self.fname), self.keep_last):
                 old.unlink(missing_ok=True)
         return path
 
@@ -273,6 +274,16 @@ class CheckpointCallback(Callback):
 
     def __repr__(self) -> str:
         return f"CheckpointCallback(every_n_iters={self.every_n_iters}, every_epoch={self.every_epoch})"
+
+
+def _beyond(files: list[Path], keep_last: int) -> list[Path]:
+    """Of `files` (oldest first), those beyond the newest `keep_last` exact checkpoints: the older exact ones, and the
+    inexact ones older than every exact one kept (an inexact one takes no place among those kept)."""
+    exact = [f for f in files if not f.name.endswith("_inexact.pth")]
+    if len(exact) <= keep_last:
+        return []
+    oldest_kept = files.index(exact[-keep_last])
+    return files[:oldest_kept]
 
 
 def _inexact_hint(folder: Path, fname: str) -> str:
