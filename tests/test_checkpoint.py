@@ -71,6 +71,9 @@ def ckpt(tmp_path: Path) -> Path:
         ({"every_n_iters": 2.5}, "every_n_iters must be a whole number"),
         ({"keep_last": 0}, "keep_last must be a whole number >= 1 or None"),
         ({"fname": "a/b"}, "file name prefix without folders"),
+        # every epoch, whatever the number (SaveModelCallback's every_epoch=2 is every 2 epochs), or the string says
+        ({"every_epoch": 2}, r"every_epoch is True or False .* got 2; .* every_n_iters=n \* len\(dls.train\)"),
+        ({"every_epoch": "no"}, "every_epoch is True or False"),
     ],
 )
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from ..callback import Callback, is_side_run
 from ..checkpoint import CheckpointError, is_checkpoint_writer
 from ..finite import all_finite, first_non_finite
@@ -92,9 +94,14 @@ class CheckpointCallback(Callback):
         for name, value in (("every_n_iters", every_n_iters), ("keep_last", keep_last)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"CheckpointCallback: {name} must be a whole number >= 1 or None, got {value!r}.")
+        if not isinstance(every_epoch, (bool, np.bool_)):  # not SaveModelCallback's every_epoch=n (every n epochs)
+            raise ValueError(
+                f"CheckpointCallback: every_epoch is True or False (a checkpoint at the end of every epoch, or none), "
+                f"got {every_epoch!r}; for checkpoints less often, count batches: every_n_iters=n * len(dls.train)."
+            )
         if not fname or "/" in fname or os.sep in fname:
             raise ValueError(f"CheckpointCallback: fname is a file name prefix without folders, got {fname!r}.")
-        self.every_n_iters, self.every_epoch, self.keep_last = every_n_iters, every_epoch, keep_last
+        self.every_n_iters, self.every_epoch, self.keep_last = every_n_iters, bool(every_epoch), keep_last
         self.path = None if path is None else Path(path)
         self.fname = fname
         self.last_saved: Path | None = None
