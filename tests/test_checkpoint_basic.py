@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import fractions
+import functools
 import io
 import os
 import stat
@@ -18,7 +19,7 @@ from torch import nn
 
 import learnloop.checkpoint as checkpoint_module
 from conftest import synth_learner
-from learnloop import Learner
+from learnloop import Learner, OptimWrapper
 from learnloop.checkpoint import CheckpointError
 from learnloop.warn import NonFiniteLossWarning
 
@@ -73,6 +74,18 @@ def test_load_with_opt_false_leaves_the_optimizer_alone(tmp_path: Path) -> None:
     other.load("model", with_opt=False)
     assert _same(other.opt.state_dict(), before)
     assert _same(other.model.state_dict(), learn.model.state_dict())
+
+
+@pytest.mark.parametrize("opt_state", [None, [1, 2]])
+def test_an_optimizer_state_that_does_not_fit_is_warned_of_whatever_the_error(tmp_path: Path, opt_state: Any) -> None:
+    # fastai warns "Could not load the optimizer state" whatever the optimizer raises; these were raw TypeErrors.
+    learn = synth_learner(path=tmp_path, opt_func=functools.partial(OptimWrapper, opt=torch.optim.SGD))
+    learn.fit(1)
+    torch.save({"model": learn.model.state_dict(), "opt": opt_state}, learn.save("m"))
+    before = learn.opt.state_dict()
+    with pytest.warns(UserWarning, match=r"Could not load the optimizer state from .*m\.pth \(TypeError: .*left as"):
+        learn.load("m")
+    assert _same(learn.opt.state_dict(), before)
 
 
 def test_save_creates_missing_folders_and_leaves_no_temporary_file(tmp_path: Path) -> None:

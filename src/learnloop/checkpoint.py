@@ -458,5 +458,7 @@ def load_model(
             return
         try:
             opt.load_state_dict(state["opt"])
-        except (KeyError, ValueError, RuntimeError, IndexError) as e:
-            warn_caller(f"Could not load the optimizer state from {path} ({e}); it was left as it was.")
+        except Exception as e:  # noqa: BLE001 - as fastai's: a state this optimizer cannot take is warned of
+            warn_caller(
+                f"Could not load the optimizer state from {path} ({type(e).__name__}: {e}); it was left as it was."
+            )
