@@ -365,6 +365,38 @@ def test_integer_inputs_cannot_be_blended() -> None:
         learn.fit(1, cbs=MixUp())
 
 
+def test_cutmix_pastes_into_uint8_images_and_leaves_other_inputs_alone() -> None:
+    # CutMix copies pixels, it does not blend them: fastai's works on uint8 images, and so must learnloop's.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (8, 3, 6, 5), dtype=torch.uint8, generator=g)
+    ids, y = torch.randint(0, 4, (8,), generator=g), torch.randint(0, 3, (8,), generator=g)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.lin = nn.Embedding(4, 3), nn.Linear(90, 3)
+
+        def forward(self, img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return self.lin(img.float().flatten(1) / 255) + self.emb(idx)
+
+    batches = [(x, ids, y)]
+    learn = Learner(DataLoaders(batches, batches, device="cpu", n_inp=2), Model(), loss_func=nn.CrossEntropyLoss())
+    learn.logger = noop
+    spy = Spy(order=1)
+    learn.fit(1, cbs=[fixed(CutMix(), [0.5]), spy])
+    mixed_img, mixed_ids = spy.seen[0]["mixed_xb"]
+    assert mixed_img.dtype == torch.uint8 and not torch.equal(mixed_img, x)
+    assert torch.equal(mixed_ids, ids)  # only the image is cut
+
+
+def test_cutmix_needs_a_tensor_as_first_input() -> None:
+    batches = [([torch.randn(4, 3)], torch.randint(0, 3, (4,)))]
+    learn = Learner(DataLoaders(batches, batches, device="cpu"), nn.Linear(3, 3), loss_func=nn.CrossEntropyLoss())
+    learn.logger = noop
+    with pytest.raises(ValueError, match=r"CutMix expects image batches .* as the first input, got a list"):
+        learn.fit(1, cbs=CutMix())
+
+
 def test_alpha_must_be_positive() -> None:
     with pytest.raises(ValueError, match="alpha must be > 0"):
         MixUp(alpha=0)

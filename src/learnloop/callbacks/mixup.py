@@ -230,11 +230,13 @@ def _targets_are_float(learn: Learner) -> bool | None:
     return None
 
 
-def _check_batch(learn: Learner, name: str) -> torch.Tensor:
+def _check_batch(learn: Learner, name: str, blends_inputs: bool = True) -> Any:
+    """The batch's first input, once the batch is known to have targets and, when `name` blends the inputs, to have
+    only float tensors as inputs."""
     if not learn.yb:
         raise ValueError(f"{name} needs targets to mix, but the batch has none (learn.yb is empty).")
     x = learn.xb[0]
-    for i, xi in enumerate(learn.xb):
+    for i, xi in enumerate(learn.xb if blends_inputs else ()):
         if not (isinstance(xi, torch.Tensor) and xi.is_floating_point()):
             raise TypeError(
                 f"{name} blends the inputs, so they must be float tensors; input {i} is "
@@ -269,7 +271,8 @@ class CutMix(MixHandler):
 
     The box covers a share `1 - lam` of the image, `lam` drawn once per batch from
     Beta(alpha, alpha); `lam` is then corrected to the share actually kept after clipping the box
-    to the image. Inputs are images `(bs, channels, height, width)`.
+    to the image. The first input is an image batch `(bs, channels, height, width)`, of any dtype (the box is
+    pasted, not blended: uint8 images work, as in fastai); the other inputs are left as they are.
     """
 
     def __init__(self, alpha: float = 1.0) -> None:
@@ -277,9 +280,12 @@ class CutMix(MixHandler):
 
     def before_batch(self) -> None:
         learn = self.learn
-        x = _check_batch(learn, "CutMix")
-        if x.ndim != 4:
-            raise ValueError(f"CutMix expects image batches (bs, channels, height, width), got shape {tuple(x.shape)}.")
+        x = _check_batch(learn, "CutMix", blends_inputs=False)
+        if not (isinstance(x, torch.Tensor) and x.ndim == 4):
+            got = f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+            raise ValueError(
+                f"CutMix expects image batches (bs, channels, height, width) as the first input, got {got}."
+            )
         bs, _, height, width = x.shape
         lam = float(self.distrib.sample())
         shuffle = self._shuffle(bs, x.device)
