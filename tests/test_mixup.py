@@ -201,6 +201,33 @@ def test_an_exception_leaves_an_inert_wrapper_that_the_next_fit_removes() -> Non
     assert learn.loss_func is loss_func
 
 
+@pytest.mark.parametrize("loss_func", [nn.CrossEntropyLoss(), F.cross_entropy], ids=["module", "function"])
+def test_get_preds_with_loss_inside_a_fit_sees_plain_losses_and_leaves_the_fit_mixed(loss_func: Any) -> None:
+    # Called while the MixedLoss is in place (before MixUp's after_train), a nested get_preds gets the plain per-item
+    # losses; the fit's next epoch is mixed again, and the loss function is the original after it.
+    learn = synth_classif_learner(n_train=16, bs=8, loss_func=loss_func)
+    x_valid, y_valid = learn.dls.valid.dataset.tensors
+    seen: list[Any] = []
+
+    class Peek(Callback):
+        order = -1
+
+        def after_loss(self) -> None:
+            if self.learn.training:
+                seen.append(self.learn.loss_func)
+
+        def after_train(self) -> None:
+            if self.learn.epoch == 0:
+                losses = self.learn.get_preds(with_loss=True)[2]
+                with torch.no_grad():
+                    expected = F.cross_entropy(self.learn.model(x_valid), y_valid, reduction="none")
+                torch.testing.assert_close(losses, expected)
+
+    learn.fit(2, cbs=[MixUp(), Peek()])
+    assert len(seen) == 4 and all(type(lf) is MixedLoss and lf.original is loss_func for lf in seen)
+    assert learn.loss_func is loss_func
+
+
 def test_mixup_with_label_smoothing() -> None:
     loss_func = LabelSmoothingCrossEntropy(eps=0.1)
     learn = synth_classif_learner(n_train=16, bs=8, loss_func=loss_func)

@@ -9,7 +9,8 @@ the inputs; when it is True (the loss takes class indices, fastai's `y_int`, or 
 floats and cannot be blended) the loss is mixed instead: `learn.loss_func` is replaced for the
 training phase by a `MixedLoss` (mixed_loss.py) calling `lf`, i.e. `lam * loss(pred, y) + (1 - lam) * loss(pred, y1)`
 per item, then reduced as the original loss does. Validation sees the original loss function and
-unmixed batches.
+unmixed batches; a `validate()` or `get_preds()` called inside a fit leaves the fit's `MixedLoss` in place, which
+is the plain loss there.
 
 A `MixHandler` subclass written for fastai works as it is: its `before_batch` sets `self.lam` and
 `self.yb1`, blends `learn.xb`, and blends `learn.yb` unless `self.stack_y`.
@@ -133,6 +134,8 @@ class MixHandler(Callback):
     # ------------------------------------------------------------ outer events
     def before_fit(self) -> None:
         learn = self.learn
+        if learn._nested_run:  # validate() or get_preds() inside a fit: the fit's MixedLoss (plain there) carries on
+            return
         # A fit that raised (anything but a cancel exception skips after_fit) may have left a MixedLoss
         # behind, from this handler or another one: unwrap it rather than wrapping it again.
         while isinstance(learn.loss_func, MixedLoss):
@@ -162,14 +165,17 @@ class MixHandler(Callback):
         self._uninstall()  # before after_train, as fastai's: a later callback's after_cancel_train sees the loss
 
     def after_epoch(self) -> None:
-        self._uninstall()  # CancelEpochException raised while training skips after_train
+        if not self.learn._nested_run:
+            self._uninstall()  # CancelEpochException raised while training skips after_train
 
     def after_cancel_fit(self) -> None:
-        self._uninstall()
+        if not self.learn._nested_run:
+            self._uninstall()
 
     def after_fit(self) -> None:
-        self._uninstall()
-        self._mixed = False
+        if not self.learn._nested_run:  # the end of a validate() inside a fit, which goes on training mixed
+            self._uninstall()
+            self._mixed = False
 
     # ------------------------------------------------------------ batch events
     def after_pred(self) -> None:
