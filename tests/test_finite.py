@@ -22,3 +22,18 @@ def test_parameters_must_be_finite_and_buffers_free_of_nan() -> None:
         model[0].weight[0, 0] = math.inf
     assert not all_finite(model) and first_non_finite(model) == "parameter '0.weight'"
     assert all_finite(nn.ReLU())  # nothing to check
+
+
+def test_complex_parameters_and_buffers_are_checked_too() -> None:
+    # Spectral layers (FNO...) train complex weights: a NaN in one is divergence as in a real one.
+    model = nn.Module()
+    model.w = nn.Parameter(torch.randn(3, 2, dtype=torch.cfloat))
+    model.register_buffer("phase", torch.ones(2, dtype=torch.cdouble))
+    assert all_finite(model)
+    model.phase[1] = complex(0.0, math.nan)
+    assert not all_finite(model) and first_non_finite(model) == "buffer 'phase'"
+    model.phase[1] = complex(math.inf, 0.0)  # infinities in a buffer are allowed, as in a real one
+    assert all_finite(model)
+    with torch.no_grad():
+        model.w[0, 0] = complex(math.inf, 0.0)
+    assert not all_finite(model) and first_non_finite(model) == "parameter 'w'"

@@ -9,13 +9,18 @@ from torch import nn
 __all__ = ["all_finite", "first_non_finite"]
 
 
+def _inexact(t: torch.Tensor) -> bool:
+    """Whether `t` can hold NaN or infinities: floating point, or complex (spectral layers' weights)."""
+    return t.is_floating_point() or t.is_complex()
+
+
 def _finite_checks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Per floating-point tensor of ``model``, its description and a 0-dim bool tensor: whether it is usable.
-    A parameter must be finite; a buffer must hold no NaN (it may hold infinities on purpose: an attention mask
-    of -inf)."""
+    """Per floating-point or complex tensor of ``model``, its description and a 0-dim bool tensor: whether it is
+    usable. A parameter must be finite; a buffer must hold no NaN (it may hold infinities on purpose: an attention
+    mask of -inf)."""
     checks = [(f"parameter {n!r}", torch.isfinite(p.detach()).all())
-              for n, p in model.named_parameters() if p.is_floating_point()]
-    checks += [(f"buffer {n!r}", ~torch.isnan(b).any()) for n, b in model.named_buffers() if b.is_floating_point()]
+              for n, p in model.named_parameters() if _inexact(p)]
+    checks += [(f"buffer {n!r}", ~torch.isnan(b).any()) for n, b in model.named_buffers() if _inexact(b)]
     return checks
 
 
