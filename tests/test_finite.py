@@ -37,3 +37,13 @@ def test_complex_parameters_and_buffers_are_checked_too() -> None:
     with torch.no_grad():
         model.w[0, 0] = complex(math.inf, 0.0)
     assert not all_finite(model) and first_non_finite(model) == "parameter 'w'"
+
+
+def test_a_lazy_modules_uninitialized_weights_hold_nothing_to_check() -> None:
+    # No values yet, so none to reject: the check (learn.save's, before the first batch) must not fail on them with
+    # torch's "Attempted to use an uninitialized parameter".
+    model = nn.Sequential(nn.LazyLinear(3), nn.LazyBatchNorm1d(), nn.Linear(3, 1))
+    assert all_finite(model)
+    with torch.no_grad():
+        model[2].weight[0, 0] = math.nan
+    assert not all_finite(model) and first_non_finite(model) == "parameter '2.weight'"

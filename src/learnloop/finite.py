@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 __all__ = ["all_finite", "first_non_finite"]
 
 
 def _inexact(t: torch.Tensor) -> bool:
-    """Whether `t` can hold NaN or infinities: floating point, or complex (spectral layers' weights)."""
-    return t.is_floating_point() or t.is_complex()
+    """Whether `t` holds values that can be NaN or infinite: floating point, or complex (spectral layers' weights),
+    and not a lazy module's parameter or buffer waiting for its first batch (it holds no values yet)."""
+    return (t.is_floating_point() or t.is_complex()) and not is_lazy(t)
 
 
 def _finite_checks(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
