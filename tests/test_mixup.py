@@ -228,6 +228,37 @@ def test_get_preds_with_loss_inside_a_fit_sees_plain_losses_and_leaves_the_fit_m
     assert learn.loss_func is loss_func
 
 
+def test_mixup_mixes_the_loss_of_a_model_with_auxiliary_outputs() -> None:
+    # The model returns a tuple and the loss takes it (auxiliary heads): the mixed loss must not need `pred.device`.
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.main, self.aux = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.main(x), self.aux(x)
+
+    def two_heads(pred: tuple[torch.Tensor, torch.Tensor], targ: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return F.cross_entropy(pred[0], targ, reduction=reduction) + F.cross_entropy(pred[1], targ, reduction=reduction)
+
+    class Check(Callback):
+        order = 1
+
+        def after_loss(self) -> None:
+            if self.learn.training:
+                pred, mix = tuple(p.detach() for p in self.learn.pred), self.learn.mix_up
+                per_item = torch.lerp(two_heads(pred, mix.yb1[0], "none"), two_heads(pred, self.learn.yb[0], "none"),
+                                      mix.lam)
+                seen.append((self.learn.loss, per_item.mean()))
+
+    learn = synth_classif_learner(n_train=16, bs=8, loss_func=two_heads)
+    learn.model, seen = TwoHeads(), []
+    learn.fit(1, cbs=[MixUp(), Check()])
+    assert len(seen) == 2
+    for loss, expected in seen:
+        torch.testing.assert_close(loss, expected)
+
+
 def test_mixup_with_label_smoothing() -> None:
     loss_func = LabelSmoothingCrossEntropy(eps=0.1)
     learn = synth_classif_learner(n_train=16, bs=8, loss_func=loss_func)

@@ -37,13 +37,14 @@ __all__ = ["MixHandler", "MixUp", "CutMix", "MixedLoss", "reduce_loss"]
 
 def _lerp_per_item(start: torch.Tensor, end: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """`start + lam * (end - start)`, `lam` holding one weight per item (the first axis) or a scalar."""
+    lam = lam.to(device=start.device, dtype=start.dtype)
     if lam.numel() == 1 or start.ndim == 0:  # one weight for the batch (CutMix's, of shape (1,) as fastai's)
-        return torch.lerp(start, end, lam.reshape(()).to(start.dtype))
+        return torch.lerp(start, end, lam.reshape(()))
     bs = lam.shape[0]
     if start.shape[0] == bs:
-        return torch.lerp(start, end, _unsqueeze_to(lam, start).to(start.dtype))
+        return torch.lerp(start, end, _unsqueeze_to(lam, start))
     # A flattened loss (sequences: bs * seq_len values) : weigh each item's block of values.
-    flat = torch.lerp(start.reshape(bs, -1), end.reshape(bs, -1), lam[:, None].to(start.dtype))
+    flat = torch.lerp(start.reshape(bs, -1), end.reshape(bs, -1), lam[:, None])
     return flat.reshape(start.shape)
 
 
@@ -126,9 +127,8 @@ class MixHandler(Callback):
             return self.old_lf(pred, *yb, **kwargs)
         reduction = kwargs.pop("reduction", None) or _reduction_of(self.old_lf) or "mean"
         lam = self.lam if isinstance(self.lam, torch.Tensor) else torch.tensor(float(self.lam))
-        with unreduced(self.old_lf) as per_item:
-            mixed = _lerp_per_item(per_item(pred, *self.yb1, **kwargs), per_item(pred, *yb, **kwargs),
-                                   lam.to(pred.device))
+        with unreduced(self.old_lf) as per_item:  # `pred` may be a tuple (a model with auxiliary outputs)
+            mixed = _lerp_per_item(per_item(pred, *self.yb1, **kwargs), per_item(pred, *yb, **kwargs), lam)
         return reduce_loss(mixed, reduction)
 
     # ------------------------------------------------------------ outer events
