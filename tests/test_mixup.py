@@ -259,6 +259,26 @@ def test_mixup_mixes_the_loss_of_a_model_with_auxiliary_outputs() -> None:
         torch.testing.assert_close(loss, expected)
 
 
+def test_mixup_with_a_loss_that_ignores_its_reduction_blends_its_two_values() -> None:
+    # The loss has a `reduction` but always returns the batch mean: as in fastai, each item's weight blends the two
+    # batch losses, and the mean of those is the loss.
+    class MeanCE(nn.Module):
+        y_int = True
+        reduction = "mean"
+
+        def forward(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(pred, targ)
+
+    learn = synth_classif_learner(n_train=16, bs=8, loss_func=MeanCE())
+    spy = Spy(order=1)
+    lams = [0.9, 0.2, 0.5, 0.7, 0.6, 0.1, 0.8, 0.55]
+    learn.fit(1, cbs=[fixed(MixUp(), lams), spy])
+    first = spy.seen[0]
+    lam, y, pred = torch.tensor([max(v, 1 - v) for v in lams]), first["yb"][0], first["pred"]
+    expected = torch.lerp(F.cross_entropy(pred, y.flip(0)), F.cross_entropy(pred, y), lam).mean()
+    torch.testing.assert_close(first["loss"], expected)
+
+
 def test_mixup_with_label_smoothing() -> None:
     loss_func = LabelSmoothingCrossEntropy(eps=0.1)
     learn = synth_classif_learner(n_train=16, bs=8, loss_func=loss_func)

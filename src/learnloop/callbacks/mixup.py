@@ -38,8 +38,10 @@ __all__ = ["MixHandler", "MixUp", "CutMix", "MixedLoss", "reduce_loss"]
 def _lerp_per_item(start: torch.Tensor, end: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """`start + lam * (end - start)`, `lam` holding one weight per item (the first axis) or a scalar."""
     lam = lam.to(device=start.device, dtype=start.dtype)
-    if lam.numel() == 1 or start.ndim == 0:  # one weight for the batch (CutMix's, of shape (1,) as fastai's)
+    if lam.numel() == 1:  # one weight for the batch (CutMix's, of shape (1,) as fastai's)
         return torch.lerp(start, end, lam.reshape(()))
+    if start.ndim == 0:  # a loss that reduces whatever its `reduction` says: one value per weight, as fastai's lerp
+        return torch.lerp(start, end, lam)
     bs = lam.shape[0]
     if start.shape[0] == bs:
         return torch.lerp(start, end, _unsqueeze_to(lam, start))
