@@ -476,6 +476,17 @@ def test_fit_sgdr_cycle_boundary_as_fastai() -> None:
     ]
 
 
+def test_fit_sgdr_takes_numpy_integers_as_fastai() -> None:
+    # fastai's arithmetic takes them (n_cycles from np.arange, say); they were refused as not whole numbers.
+    learn, reference = synth_learner(n_train=32, bs=16), synth_learner(n_train=32, bs=16)
+    learn.fit_sgdr(np.int64(2), np.int32(1), lr_max=1e-2, cycle_mult=np.int64(2))  # type: ignore[arg-type]
+    reference.fit_sgdr(2, 1, lr_max=1e-2, cycle_mult=2)
+    assert learn.n_epoch == 3 and type(learn.n_epoch) is int
+    assert learn.recorder.hps == reference.recorder.hps
+    with pytest.raises(InputError, match=r"n_cycles must be a whole number >= 1, got np.int64\(0\)"):
+        learn.fit_sgdr(np.int64(0), 1)  # type: ignore[arg-type]
+
+
 def test_fine_tune_freezes_then_unfreezes() -> None:
     learn = two_group_learner()
     log = HyperLog()

@@ -257,9 +257,11 @@ def fit_sgdr(
     """Train with warm restarts (SGDR): ``n_cycles`` cosine annealings from ``lr_max`` to 0, the first one
     ``cycle_len`` epochs long, each next one ``cycle_mult`` times longer."""
     for name, value, low in (("n_cycles", n_cycles, 1), ("cycle_len", cycle_len, 1), ("cycle_mult", cycle_mult, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        # numpy integers too, as fastai's arithmetic takes them
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             # fastai's combine_scheds asserts on the fractions these make: an InputError is an AssertionError too
             raise InputError(f"fit_sgdr: {name} must be a whole number >= {low}, got {value!r}.")
+    n_cycles, cycle_len, cycle_mult = int(n_cycles), int(cycle_len), int(cycle_mult)
     lrs = _group_lrs(self, lr_max, "lr_max")
     n_epoch = sgdr_epochs(n_cycles, cycle_len, cycle_mult)
     pcts = [cycle_len * cycle_mult**i / n_epoch for i in range(n_cycles)]
