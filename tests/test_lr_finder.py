@@ -349,6 +349,13 @@ def test_single_function_and_partials_and_suggestion_method() -> None:
     assert lr_find(learn, show_plot=False, suggest_funcs=None) is None
 
 
+@pytest.mark.parametrize("funcs", [(), []])
+def test_no_suggestion_functions_give_an_empty_result_as_fastai(funcs: Any) -> None:
+    # fastai returns SuggestedLRs() (an empty named tuple) for suggest_funcs=(); only None gives None.
+    res = lr_find(synth_learner(n_train=64, bs=16), num_it=20, show_plot=False, suggest_funcs=funcs)
+    assert res is not None and type(res).__name__ == "SuggestedLRs" and tuple(res) == ()
+
+
 def test_too_few_points_after_divergence_warns_and_gives_nan() -> None:
     learn = synth_learner(n_train=64, bs=16)
     with pytest.warns(UserWarning) as record:

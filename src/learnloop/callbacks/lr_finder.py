@@ -209,7 +209,7 @@ def lr_find(
 ) -> tuple[float, ...] | None:
     """Train ``num_it`` batches with the lr growing from ``start_lr`` to ``end_lr``, put the model and the
     optimizer back as they were, and return ``SuggestedLRs(valley=..., ...)``: one field per function of
-    ``suggest_funcs``.
+    ``suggest_funcs`` (none for ``()``; ``suggest_funcs=None`` returns None, as in fastai).
 
     The model's weights, buffers, gradients and modes and the optimizer (state and hypers, or its absence) are
     restored exactly, even when the run raises; so is the state of the callbacks whose state travels in
@@ -240,7 +240,7 @@ def lr_find(
     per_epoch = max(n_batches // world_size(), 1)
     n_epoch = num_it // per_epoch + 1  # the last one cut short by the finder
     sweep = min(max(num_it, MIN_NUM_IT), n_epoch * per_epoch)  # the batches the sweep will run, unless it diverges
-    need = max((min_points(f) for f in funcs), default=0)
+    need = max((min_points(f) for f in funcs or ()), default=0)
     usable = _usable_points(num_it, sweep)
     if funcs and usable < need:
         raise ValueError(

@@ -147,9 +147,11 @@ def _suggestion_names(funcs: Sequence[Callable[..., Any]]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ reading them off a sweep
-def _as_funcs(suggest_funcs: Any) -> list[Callable[..., Any]]:
+def _as_funcs(suggest_funcs: Any) -> list[Callable[..., Any]] | None:
+    """The suggestion functions as a list, or None for none at all (no result); an empty list asks for an empty
+    result (fastai returns ``SuggestedLRs()`` for ``suggest_funcs=()``)."""
     if suggest_funcs is None:
-        return []
+        return None
     funcs = [suggest_funcs] if callable(suggest_funcs) else list(suggest_funcs)
     for f in funcs:
         if not callable(f):
@@ -158,10 +160,10 @@ def _as_funcs(suggest_funcs: Any) -> list[Callable[..., Any]]:
 
 
 def _suggest(
-    learn: Learner, funcs: list[Callable[..., Any]], num_it: int, sweep: int, show_plot: bool, diverged: bool
+    learn: Learner, funcs: list[Callable[..., Any]] | None, num_it: int, sweep: int, show_plot: bool, diverged: bool
 ) -> tuple[float, ...] | None:
     recorder = learn.recorder
-    if not funcs:
+    if funcs is None:
         if show_plot:
             _plot(recorder)
         return None
