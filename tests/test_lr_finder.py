@@ -8,6 +8,7 @@ import math
 import re
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -354,6 +355,17 @@ def test_no_suggestion_functions_give_an_empty_result_as_fastai(funcs: Any) -> N
     # fastai returns SuggestedLRs() (an empty named tuple) for suggest_funcs=(); only None gives None.
     res = lr_find(synth_learner(n_train=64, bs=16), num_it=20, show_plot=False, suggest_funcs=funcs)
     assert res is not None and type(res).__name__ == "SuggestedLRs" and tuple(res) == ()
+
+
+def test_num_it_may_be_a_numpy_integer() -> None:
+    # It was refused with "num_it is a number of batches >= 1, got np.int64(20)" (fastai's sweep fails on it).
+    learn, reference = synth_learner(n_train=64, bs=16), synth_learner(n_train=64, bs=16)
+    res = lr_find(learn, num_it=np.int64(20), show_plot=False)  # type: ignore[arg-type]
+    assert res == lr_find(reference, num_it=20, show_plot=False)
+    assert learn.recorder.lrs == reference.recorder.lrs and len(learn.recorder.lrs) == 20
+    assert LRFinder(num_it=np.int32(3)).num_it == 6
+    with pytest.raises(ValueError, match=r"num_it is a number of batches >= 1, got np.int64\(0\)"):
+        LRFinder(num_it=np.int64(0))
 
 
 def test_too_few_points_after_divergence_warns_and_gives_nan() -> None:

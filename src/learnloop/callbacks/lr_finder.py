@@ -87,8 +87,9 @@ class LRFinder(ParamScheduler):
         # the log-scaled plot (and a sweep from 0 could not be exponential).
         if not (np.all(np.isfinite(start)) and np.all(np.isfinite(end)) and np.all(start > 0) and np.all(end > 0)):
             raise ValueError(f"LRFinder: start_lr and end_lr must be finite and > 0, got {start_lr!r}, {end_lr!r}.")
-        if isinstance(num_it, bool) or not isinstance(num_it, int) or num_it < 1:
+        if isinstance(num_it, bool) or not isinstance(num_it, (int, np.integer)) or num_it < 1:  # numpy ints too
             raise ValueError(f"LRFinder: num_it is a number of batches >= 1, got {num_it!r}.")
+        num_it = int(num_it)
         sched = SchedLin(start_lr, end_lr) if linear else SchedExp(start_lr, end_lr)
         super().__init__({"lr": sched})
         self.start_lr, self.end_lr, self.num_it = start_lr, end_lr, max(num_it, MIN_NUM_IT)
@@ -230,6 +231,7 @@ def lr_find(
     """
     funcs = _as_funcs(suggest_funcs)
     finder = LRFinder(start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div, restore=False)
+    num_it = int(num_it)  # checked by the finder: a numpy integer is taken too
     try:
         n_batches = len(self.dls.train)  # type: ignore[arg-type]
     except TypeError:
