@@ -218,6 +218,24 @@ def test_no_optimizer_before_means_none_after() -> None:
     assert_same_model(learn, before)
 
 
+def test_a_model_with_uninitialized_lazy_parameters_is_refused_before_the_sweep() -> None:
+    # The sweep gave them their first values, then putting the model back failed (torch cannot load uninitialized
+    # parameters): the learner was left with the sweep's diverged weights and its optimizer at the last lr tried.
+    learn = synth_learner(n_train=64, bs=16)
+    torch.manual_seed(0)
+    learn.model = nn.Sequential(nn.LazyLinear(3), nn.Linear(3, 1))
+    with pytest.raises(RuntimeError, match=r"the model's 0.weight, 0.bias are not initialized yet .*learn.model\(xb\)"):
+        lr_find(learn, num_it=20, show_plot=False)
+    assert learn.opt is None and learn.recorder.lrs == []  # nothing ran
+    with pytest.raises(RuntimeError, match="not initialized yet"):
+        learn.fit(1, cbs=LRFinder(num_it=20))  # the standalone finder, at before_fit
+    assert learn.recorder.lrs == []
+    learn.model(learn.dls.one_batch()[0])  # initialized: lr_find works, and puts the weights back
+    before = model_state(learn)
+    lr_find(learn, num_it=20, show_plot=False)
+    assert_same_model(learn, before)
+
+
 def test_restores_batchnorm_buffers_modes_and_grads() -> None:
     torch.manual_seed(0)
     first, norm, last = nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Linear(8, 1)

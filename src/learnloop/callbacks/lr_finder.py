@@ -10,11 +10,14 @@ the Recorder) live in lr_suggest.py; the suggestion functions are re-exported he
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from torch import nn
+from torch.nn.parameter import is_lazy
 
 from ..callback import Callback
 from ..distributed import world_size
@@ -153,6 +156,7 @@ class LearnerSnapshot:
     def __init__(self, learn: Learner, callbacks: bool = True) -> None:
         self.learn = learn
         model = learn.model
+        _check_no_lazy(model)
         self.model_state = copy.deepcopy(model.state_dict())
         self.modes = [m.training for m in model.modules()]
         self.grads = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
@@ -185,6 +189,19 @@ class LearnerSnapshot:
         for cb, state in self.cb_states:
             cb.__dict__.clear()
             cb.__dict__.update(state)
+
+
+def _check_no_lazy(model: nn.Module) -> None:
+    """Refuse a model with parameters or buffers not initialized yet: the sweep would give them their first
+    values, and there would be none from before it to put back (torch refuses to load uninitialized ones)."""
+    lazy = [name for name, t in itertools.chain(model.named_parameters(), model.named_buffers()) if is_lazy(t)]
+    if lazy:
+        shown = ", ".join(lazy[:3]) + (f" and {len(lazy) - 3} more" if len(lazy) > 3 else "")
+        raise RuntimeError(
+            f"lr_find / LRFinder: the model's {shown} are not initialized yet (a lazy module, such as nn.LazyLinear, "
+            "gets its shapes from its first batch), so there are no weights from before the sweep to put back "
+            "after it. Run one batch through the model first (learn.model(xb)), then call lr_find."
+        )
 
 
 def _copy_dict(attrs: dict[str, Any], memo: dict[int, Any]) -> dict[str, Any]:
