@@ -449,6 +449,25 @@ def test_minimum_and_steep() -> None:
 def test_min_points() -> None:
     assert min_points(valley) == 1 and min_points(minimum) == 1 and min_points(steep) == 2
     assert min_points(slide) == 16 and min_points(functools.partial(slide, lr_diff=4)) == 5
+    assert min_points(functools.partial(slide, lr_diff=0)) == 2  # np.gradient needs 2
+
+
+@pytest.mark.parametrize(
+    ("func", "n", "match"),
+    [
+        (valley, 0, r"valley needs at least 1 \(lr, loss\) point, got 0"),  # was "max() arg is an empty sequence"
+        (minimum, 0, r"minimum needs at least 1 \(lr, loss\) point, got 0"),
+        (steep, 1, r"steep needs at least 2 \(lr, loss\) points \(a slope between two\), got 1"),
+        (slide, 10, r"slide needs at least 16 \(lr, loss\) points \(one more than lr_diff=15, .*got 10"),
+        (functools.partial(slide, lr_diff=0), 1, r"slide needs at least 2 .*got 1"),
+    ],
+)
+def test_too_few_points_is_a_clear_error_of_fastais_type(func: Any, n: int, match: str) -> None:
+    # Called directly (lr_find checks before its sweep): fastai's read past the end, an IndexError (numpy's
+    # ValueError for slide's gradient); the error is both, with a message saying what is missing.
+    with pytest.raises(IndexError, match=match) as info:
+        func(lrs_for(n), torch.linspace(1.0, 0.5, n), 100)
+    assert isinstance(info.value, ValueError)
 
 
 def test_suggestions_moved_to_lr_suggest_are_still_importable_from_lr_finder() -> None:

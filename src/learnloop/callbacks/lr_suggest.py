@@ -45,6 +45,19 @@ class SuggestionFunction(Protocol):
     def __call__(self, lrs: Tensor, losses: Tensor, num_it: int) -> tuple[float, tuple[float, float]]: ...
 
 
+class TooFewPointsError(ValueError, IndexError):
+    """A suggestion function given fewer (lr, loss) points than it needs: a ValueError, and the IndexError
+    fastai's functions raise there (reading past the end of the points)."""
+
+
+def _check_points(name: str, losses: Tensor, need: int, why: str = "") -> None:
+    if len(losses) < need:
+        raise TooFewPointsError(
+            f"{name} needs at least {need} (lr, loss) point{'s' if need > 1 else ''}{why}, got {len(losses)}; "
+            "lr_find checks this before its sweep (a larger num_it gives more)."
+        )
+
+
 def _point(lrs: Tensor, losses: Tensor, lr: float) -> tuple[float, float]:
     """``(lr, loss at the recorded lr nearest to lr)``."""
     i = int(torch.argmin((lrs - lr).abs()))
@@ -53,6 +66,7 @@ def _point(lrs: Tensor, losses: Tensor, lr: float) -> tuple[float, float]:
 
 def valley(lrs: Tensor, losses: Tensor, num_it: int) -> tuple[float, tuple[float, float]]:
     """The lr two thirds of the way down the longest valley (longest strictly decreasing run of losses)."""
+    _check_points("valley", losses, 1)
     vals = [float(x) for x in losses]
     lengths = [1] * len(vals)  # longest decreasing subsequence ending at each point
     for i, v in enumerate(vals):
@@ -72,11 +86,10 @@ def slide(
 ) -> tuple[float, tuple[float, float]]:
     """The interval slide rule: slide a window of ``lr_diff`` points down from the end of the curve until the
     loss gradients at its two ends differ by at most ``thresh``; suggest the lr at its left end."""
+    _check_points("slide", losses, _slide_points(lr_diff), f" (one more than lr_diff={lr_diff}, and 2 for a gradient)")
     loss_np = losses.detach().cpu().numpy()
     grads = np.gradient(loss_np)
     right, left = len(loss_np) - 1, len(loss_np) - 1 - lr_diff
-    if left < 0:
-        raise ValueError(f"slide needs more than lr_diff={lr_diff} points, got {len(loss_np)}.")
     found = float(lrs[left])
     while left >= 0 and abs(grads[right] - grads[left]) > thresh:
         found = float(lrs[left])
@@ -86,14 +99,20 @@ def slide(
     return suggestion, (suggestion, float(np.interp(np.log10(suggestion), log_lrs, loss_np)))
 
 
+def _slide_points(lr_diff: int) -> int:
+    return max(lr_diff + 1, 2)  # its window, and np.gradient needs 2
+
+
 def minimum(lrs: Tensor, losses: Tensor, num_it: int) -> tuple[float, tuple[float, float]]:
     """A tenth of the lr at the lowest loss (marks that lowest point)."""
+    _check_points("minimum", losses, 1)
     lr_min = float(lrs[int(torch.argmin(losses))])
     return lr_min / 10, _point(lrs, losses, lr_min)
 
 
 def steep(lrs: Tensor, losses: Tensor, num_it: int) -> tuple[float, tuple[float, float]]:
     """The lr where the loss falls fastest against log(lr)."""
+    _check_points("steep", losses, 2, " (a slope between two)")
     slopes = (losses[1:] - losses[:-1]) / (lrs[1:].log() - lrs[:-1].log())
     lr_steep = float(lrs[int(torch.argmin(slopes))])
     return lr_steep, _point(lrs, losses, lr_steep)
@@ -123,13 +142,13 @@ def _keywords(func: Callable[..., Any]) -> dict[str, Any]:
 
 
 def min_points(func: Callable[..., Any]) -> int:
-    """How many (lr, loss) points a suggestion function needs: 2 for ``steep``, ``lr_diff + 1`` for ``slide``,
-    1 for the others (user functions included)."""
+    """How many (lr, loss) points a suggestion function needs: 2 for ``steep``, ``lr_diff + 1`` (2 at least) for
+    ``slide``, 1 for the others (user functions included)."""
     base = _base(func)
     if base is steep:
         return 2
     if base is slide:
-        return int(_keywords(func).get("lr_diff", 15)) + 1
+        return _slide_points(int(_keywords(func).get("lr_diff", 15)))
     return 1
 
 
