@@ -197,6 +197,26 @@ def test_dataloaders_read_what_they_lack_from_the_training_loader() -> None:
     assert copied.bs == 6 and copied.path == Path("data") and copy.deepcopy(dls).bs == 6
 
 
+def test_train_and_valid_can_be_replaced_as_in_fastai() -> None:
+    dls = DataLoaders(DataLoader(_ds(), batch_size=4), device="cpu")
+    train, valid = DataLoader(_ds(), batch_size=2), DataLoader(_ds(8), batch_size=3)
+    dls.train, dls.valid = train, valid  # fastai's DataLoaders take both
+    assert dls.train is dls[0] is train and dls.valid is dls[1] is valid and dls.bs == 2
+    dls.valid = None
+    assert dls.valid == [] and dls.valid_ds is None
+
+
+class _Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        return iter([(torch.ones(2), torch.ones(1))])
+
+
+def test_repr_of_a_loader_whose_length_is_unknown() -> None:
+    # A torch DataLoader has __len__ even over an IterableDataset without one; len() then raises TypeError.
+    dls = DataLoaders(DataLoader(_Stream(), batch_size=4), [(torch.ones(2), torch.ones(2))], device="cpu")
+    assert repr(dls) == "DataLoaders(train=DataLoader(? batches), valid=list(1 batches), device=cpu)"
+
+
 def test_to_device_moves_nested_batches() -> None:
     # Moving to the meta device is cheap and shows the move on a CPU-only machine.
     meta = torch.device("meta")

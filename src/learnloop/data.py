@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -192,10 +192,19 @@ class DataLoaders:
         """The training loader."""
         return self.loaders[0]  # type: ignore[return-value]
 
+    @train.setter
+    def train(self, dl: Iterable[Any]) -> None:
+        # fastai's `dls.train = dl` replaces the training loader (what dls[0] reads too).
+        self.loaders[0] = dl
+
     @property
     def valid(self) -> Iterable[Any]:
         """The validation loader (an empty list when there is none)."""
         return self.loaders[1] if self.loaders[1] is not None else []
+
+    @valid.setter
+    def valid(self, dl: Iterable[Any] | None) -> None:
+        self.loaders[1] = dl
 
     @property
     def train_ds(self) -> Any:
@@ -343,5 +352,8 @@ def _check_rows(x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> N
 
 
 def _describe(dl: Any) -> str:
-    n = len(dl) if isinstance(dl, Sequence) or hasattr(dl, "__len__") else "?"
+    try:  # a torch DataLoader has __len__ even over an IterableDataset without one, where len() raises TypeError
+        n: int | str = len(dl)
+    except TypeError:
+        n = "?"
     return f"{type(dl).__name__}({n} batches)"
