@@ -109,6 +109,21 @@ def test_from_dsets_valid_bs() -> None:
 def test_from_dsets_rejects_a_bad_batch_size() -> None:
     with pytest.raises(ValueError, match="bs must be a positive"):
         DataLoaders.from_dsets(_ds(), bs=0)
+    with pytest.raises(ValueError, match=r"valid_bs must be a positive .* got 0"):  # was bs, silently
+        DataLoaders.from_dsets(_ds(), _ds(), bs=4, valid_bs=0)
+
+
+def test_from_dsets_gives_the_training_order_to_the_training_loader_only() -> None:
+    valid = _ds(20)
+    dls = DataLoaders.from_dsets(_ds(10), valid, bs=4, shuffle=False, sampler=SubsetRandomSampler(range(5)))
+    assert sum(len(xb) for xb, _ in dls.train) == 5  # the sampler's items
+    assert isinstance(dls.valid.sampler, SequentialSampler)  # every validation item, not the sampler's five
+    assert torch.equal(torch.cat([xb for xb, _ in dls.valid]), valid.tensors[0])
+    generator = torch.Generator().manual_seed(3)
+    dls = DataLoaders.from_dsets(_ds(10), valid, bs=4, generator=generator)  # was a TypeError: generator twice
+    assert dls.train.generator is generator and dls.valid.generator is None
+    with pytest.raises(ArgumentError, match=r"seed=1 and a generator both set the training order"):
+        DataLoaders.from_dsets(_ds(10), bs=4, seed=1, generator=generator)
 
 
 def test_from_tensors() -> None:

@@ -288,15 +288,30 @@ class DataLoaders:
         n_inp: int | None = None,
         **kwargs: Any,
     ) -> DataLoaders:
-        """Torch DataLoaders over two datasets; the training one shuffles and drops its last partial batch."""
+        """Torch DataLoaders over two datasets; the training one shuffles and drops its last partial batch.
+
+        Other keywords go to both torch DataLoaders (`collate_fn`, `pin_memory`...), except `sampler`,
+        `batch_sampler` and `generator`, which draw the training order: the training loader's only.
+        """
         if bs < 1:
             raise ValueError(f"bs must be a positive number of items per batch, got {bs}.")
+        if valid_bs is not None and valid_bs < 1:
+            raise ValueError(f"valid_bs must be a positive number of items per batch (or None for bs), got {valid_bs}.")
         if shuffle and hasattr(train_ds, "__len__") and len(train_ds) == 0:  # torch: "num_samples should be ..."
             raise InputError(
                 "from_dsets: train_ds has no items, so there is nothing to shuffle or train on; check how the "
                 "training set was made (or pass shuffle=False for an empty training loader)."
             )
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        # The training order's own arguments: given to both loaders, the validation one would read the items a
+        # training sampler names (its indices, in the validation set), and torch would get `generator` twice.
+        train_only = {key: kwargs.pop(key) for key in ("sampler", "batch_sampler") if key in kwargs}
+        generator = kwargs.pop("generator", None)
+        if seed is not None:
+            if generator is not None:
+                raise ArgumentError(
+                    f"from_dsets: seed={seed!r} and a generator both set the training order; pass one of them."
+                )
+            generator = torch.Generator().manual_seed(seed)
         train = DataLoader(
             train_ds,
             batch_size=bs,
@@ -304,11 +319,13 @@ class DataLoaders:
             drop_last=shuffle if drop_last is None else drop_last,
             num_workers=num_workers,
             generator=generator,
+            **train_only,
             **kwargs,
         )
         valid = None
         if valid_ds is not None:
-            valid = DataLoader(valid_ds, batch_size=valid_bs or bs, num_workers=num_workers, **kwargs)
+            batch_size = valid_bs if valid_bs is not None else bs
+            valid = DataLoader(valid_ds, batch_size=batch_size, num_workers=num_workers, **kwargs)
         return cls(train, valid, device=device, n_inp=n_inp)
 
     @classmethod
