@@ -145,6 +145,11 @@ def test_from_tensors_names_tensors_of_different_lengths() -> None:
         DataLoaders.from_tensors(x, y, x[:8], y[:3], bs=8)
     with pytest.raises(ArgumentError, match=r"y_train must be a torch tensor, got list.*torch.as_tensor"):
         DataLoaders.from_tensors(x, y.tolist(), bs=8)  # type: ignore[arg-type]
+    # half a validation set was dropped without a word
+    with pytest.raises(ArgumentError, match=r"x_valid is given but y_valid is None; pass both"):
+        DataLoaders.from_tensors(x, y, x[:8], bs=8)
+    with pytest.raises(ArgumentError, match=r"y_valid is given but x_valid is None"):
+        DataLoaders.from_tensors(x, y, y_valid=y[:8], bs=8)
 
 
 def test_from_tensors_and_from_dsets_refuse_an_empty_training_set_to_shuffle() -> None:

@@ -341,10 +341,14 @@ class DataLoaders:
         """DataLoaders over in-memory tensors (inputs and targets, training and validation): each `x` and its `y`
         have as many rows (the length of dimension 0)."""
         _check_rows(x_train, y_train, "x_train", "y_train")  # an empty training set: from_dsets says so
-        if x_valid is not None and y_valid is not None:
-            _check_rows(x_valid, y_valid, "x_valid", "y_valid")
+        if (x_valid is None) != (y_valid is None):  # else the validation set would be dropped without a word
+            given, missing = ("x_valid", "y_valid") if y_valid is None else ("y_valid", "x_valid")
+            raise ArgumentError(
+                f"from_tensors: {given} is given but {missing} is None; pass both for a validation set, or neither."
+            )
         valid = None
         if x_valid is not None and y_valid is not None:
+            _check_rows(x_valid, y_valid, "x_valid", "y_valid")
             valid = TensorDataset(x_valid, y_valid)
         return cls.from_dsets(TensorDataset(x_train, y_train), valid, bs, **kwargs)
 
