@@ -218,6 +218,9 @@ def test_logit_is_the_clamped_inverse_sigmoid() -> None:
         (np.array([0, 3]), [1, 0, 0, 1]),
         (range(2), [1, 1, 0, 0]),
         ([1, 1], [0, 1, 0, 0]),
+        ((i for i in (0, 2)), [1, 0, 1, 0]),  # any iterable, as fastai's (was a RuntimeError)
+        ({1: "a", 3: "b"}.keys(), [0, 1, 0, 1]),
+        (np.array(2), [0, 0, 1, 0]),
     ],
 )
 def test_one_hot(x: Any, expected: list[int]) -> None:

@@ -12,7 +12,7 @@ import functools
 import numbers
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Self
 
@@ -165,7 +165,10 @@ def one_hot(x: Any, c: int) -> Tensor:
         return res
     if x is None:  # no class, as fastai's (L(None) is empty); res[[None]] would set every position
         return res
-    items = list(x) if isinstance(x, (list, tuple, set, range, np.ndarray)) else [x]
+    if isinstance(x, np.ndarray) and x.ndim == 0:
+        x = x.item()
+    # As fastai's L(x): the items of any iterable (a generator, dict keys...); a string or a number is one item.
+    items: list[Any] = [x] if isinstance(x, (str, bytes)) or not isinstance(x, Iterable) else list(x)
     if items:
         res[items] = 1
     return res
