@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 from importlib.resources import files
 
@@ -188,3 +189,6 @@ def test_bad_classes_and_noise() -> None:
         synthetic_classification(n_classes=1)
     with pytest.raises(ValueError, match=r"noise must be non-negative .* got -0.5"):
         synthetic_regression(noise=-0.5)
+    for noise in (math.nan, math.inf):  # were every target NaN or infinite
+        with pytest.raises(ValueError, match=rf"noise must be non-negative and finite .* got {noise}"):
+            synthetic_regression(noise=noise)

@@ -7,6 +7,7 @@ Handwritten Digits" (E. Alpaydin, C. Kaynak, 1998), licensed CC BY 4.0, as redis
 from __future__ import annotations
 
 import io
+import math
 from importlib.resources import files
 
 import numpy as np
@@ -93,8 +94,8 @@ def synthetic_regression(
     Targets are a random linear map of the features plus Gaussian noise with standard deviation ``noise``.
     """
     _check_synthetic(n, n_features)
-    if noise < 0:
-        raise ValueError(f"noise must be non-negative (it is a standard deviation), got {noise!r}")
+    if not 0 <= noise < math.inf:  # NaN too, which `noise < 0` let through: every target NaN
+        raise ValueError(f"noise must be non-negative and finite (it is a standard deviation), got {noise!r}")
     n_valid = _n_valid(n, valid_pct)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, n_features, generator=gen)
