@@ -48,9 +48,24 @@ def sort_callbacks(cbs: Sequence[Callback]) -> list[Callback]:
             if n_before[j] == 0:
                 heapq.heappush(ready, (cbs[j].order, j))
     if len(result) < n:
-        stuck = ", ".join(type(cbs[i]).__name__ for i in range(n) if n_before[i] > 0)
+        # Callbacks left waiting are those on a cycle and those behind one; name only the first kind.
+        stuck = ", ".join(type(cbs[i]).__name__ for i in range(n) if n_before[i] > 0 and _on_cycle(after, i))
         raise ValueError(
             f"Cannot order the callbacks: their run_before / run_after constraints form a cycle among {stuck}. "
             "Remove one of the constraints."
         )
     return result
+
+
+def _on_cycle(after: list[set[int]], start: int) -> bool:
+    """Whether `start` can be reached again from itself along the `after` edges."""
+    seen: set[int] = set()
+    todo = list(after[start])
+    while todo:
+        i = todo.pop()
+        if i == start:
+            return True
+        if i not in seen:
+            seen.add(i)
+            todo.extend(after[i])
+    return False

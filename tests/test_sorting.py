@@ -1,0 +1,32 @@
+"""sort_callbacks: the order callbacks run in, and the error for constraints that cannot be met."""
+
+from __future__ import annotations
+
+import pytest
+
+from learnloop.callback import Callback
+from learnloop.sorting import sort_callbacks
+
+
+class _A(Callback):
+    pass
+
+
+class _B(Callback):
+    run_after = _A
+
+
+class _Behind(Callback):
+    run_after = _B  # waits for the cycle, without being part of it
+
+
+def test_a_cycle_names_the_callbacks_on_it_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_A, "run_after", _B)  # _A after _B after _A
+    with pytest.raises(ValueError, match=r"form a cycle among _A, _B\. Remove one"):  # was "_A, _B, _Behind"
+        sort_callbacks([_Behind(), _A(), _B()])
+
+
+def test_constraints_override_order_and_ties_keep_insertion() -> None:
+    a, b, behind = _A(), _B(), _Behind()
+    a.order, b.order, behind.order = 5, -5, -10
+    assert sort_callbacks([behind, b, a]) == [a, b, behind]
