@@ -175,7 +175,8 @@ def _rebuild(dl: DataLoader[Any], sampler: Sampler[int], batch_size: int) -> Dat
 
 
 def interleave(shares: Sequence[Any]) -> Any:
-    """Dataset order from each rank's share (rank ``r`` held items ``r, r+W, ...``): tensors or tuples of them.
+    """Dataset order from each rank's share (rank ``r`` held items ``r, r+W, ...``): tensors, or tuples, lists and
+    dicts of them (nested), which keep their type (a namedtuple too).
 
     A rank with nothing to share passes None.
     """
@@ -183,9 +184,11 @@ def interleave(shares: Sequence[Any]) -> Any:
     if not present:
         return None
     first = present[0]
+    if isinstance(first, dict):  # was read as an iterable of its keys
+        return {k: interleave([None if s is None else s[k] for s in shares]) for k in first}
     if isinstance(first, (tuple, list)):
         parts = [interleave([None if s is None else s[i] for s in shares]) for i in range(len(first))]
-        return type(first)(parts)
+        return type(first)(*parts) if hasattr(first, "_fields") else type(first)(parts)  # a namedtuple takes fields
     if not isinstance(first, torch.Tensor):
         return [x for s in present for x in s]
     world = len(shares)
