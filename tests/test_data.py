@@ -191,6 +191,20 @@ def test_to_cpu_and_cuda_set_the_device_and_return_the_dataloaders(monkeypatch: 
     assert dls.device == torch.device("cpu")  # the refused call changed nothing
 
 
+def test_assigning_the_device_takes_a_string_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    dls = DataLoaders(DataLoader(_ds(), batch_size=4), device="cpu")
+    dls.device = "meta"  # fastai's `dls.device = ...`; the string was kept, and the fit failed on `device.type`
+    assert dls.device == torch.device("meta") and dls.one_batch()[0].device.type == "meta"
+    learn = Learner(dls, nn.Linear(2, 1), loss_func=nn.MSELoss())
+    dls.device = "cpu"
+    learn.logger = noop
+    learn.fit(1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceUnavailableError, match="DataLoaders.device: device 'cuda', but this machine has no"):
+        dls.device = "cuda"
+    assert dls.device == torch.device("cpu") and pickle.loads(pickle.dumps(dls)).device == torch.device("cpu")
+
+
 @pytest.mark.parametrize("n_inp", ["1", 1.0, True])
 def test_n_inp_that_is_not_a_whole_number_is_refused(n_inp: Any) -> None:
     with pytest.raises(ArgumentError, match="DataLoaders: n_inp"):

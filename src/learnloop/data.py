@@ -188,6 +188,17 @@ class DataLoaders:
         self.path = Path(path)
 
     @property
+    def device(self) -> torch.device:
+        """The device batches are moved to as they are read. Assigning it (`dls.device = "cpu"`, as in fastai) takes
+        a string too, and refuses a CUDA device on a machine without one, as `to()` does."""
+        return self.__dict__["device"]  # type: ignore[no-any-return]
+
+    @device.setter
+    def device(self, device: torch.device | str) -> None:
+        # Kept in __dict__ under its own name, as before it was a property (a DataLoaders pickled then loads).
+        self.__dict__["device"] = _checked_device(device, "DataLoaders.device")
+
+    @property
     def train(self) -> Iterable[Any]:
         """The training loader."""
         return self.loaders[0]  # type: ignore[return-value]
@@ -260,7 +271,7 @@ class DataLoaders:
 
         >>> dls = dls.to("cpu")
         """
-        self.device = _checked_device(device, "DataLoaders.to")
+        self.__dict__["device"] = _checked_device(device, "DataLoaders.to")
         return self
 
     def cpu(self) -> DataLoaders:
