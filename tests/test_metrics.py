@@ -297,6 +297,41 @@ def test_avg_smooth_loss_does_not_depend_on_when_it_is_folded() -> None:
     assert all_at_once.val == every_batch.val == chunked.val == direct.val
 
 
+def test_avg_smooth_loss_val_is_the_average_after_the_last_batch_and_setting_it_keeps_the_batches_before() -> None:
+    losses = [torch.tensor(4.0), torch.tensor(1.0), torch.tensor(2.5), torch.tensor(3.0)]
+    m = AvgSmoothLoss(0.9)
+    for learn in _loss_batches(losses[:3]):
+        m.accumulate(learn)
+    val = torch.tensor(0.0)  # fastai's val, updated at every batch
+    for loss in losses[:3]:
+        val = torch.lerp(loss, val, 0.9)
+    assert m.val.item() == val.item()  # the pending losses count: fastai's `val` is after every batch
+    for learn in _loss_batches(losses[:3]):
+        m.accumulate(learn)
+    m.val = torch.tensor(0.5)  # the three batches before come first, then the new value
+    m.accumulate(_loss_batches(losses[3:])[0])
+    assert m.count == 7
+    assert m.value.item() == (torch.lerp(losses[3], torch.tensor(0.5), 0.9) / (1 - 0.9**7)).item()
+
+
+def test_avg_smooth_loss_beta_changed_mid_epoch_applies_from_the_next_batch_as_in_fastai() -> None:
+    losses = [torch.tensor(x) for x in (4.0, 1.0, 2.5, 3.0, 0.5)]
+    m, expected, val = AvgSmoothLoss(0.98), [], torch.tensor(0.0)
+    for n, (loss, learn) in enumerate(zip(losses, _loss_batches(losses), strict=True), start=1):
+        if n == 4:  # a callback changes beta after three batches, which are still pending
+            m.beta = 0.5
+        m.accumulate(learn)
+        val = torch.lerp(loss, val, m.beta)  # fastai: each batch with the beta of its time
+        expected.append((val / (1 - m.beta**n)).item())
+    assert m.take_folded().tolist() == expected
+    assert m.value.item() == expected[-1]
+    old = AvgSmoothLoss(0.7)  # pickled when `beta` was a plain attribute
+    state = {**old.__dict__, "beta": old.__dict__.pop("_beta")}
+    old.__dict__.clear()
+    old.__setstate__(state)
+    assert old.beta == 0.7 and pickle.loads(pickle.dumps(old)).beta == 0.7
+
+
 def test_avg_smooth_loss_keeps_a_bounded_number_of_pending_losses() -> None:
     # A long epoch with nothing reading the losses: every `max_pending` batches they are folded on their own,
     # into the same values (bit for bit) as folding them all at once.
@@ -358,8 +393,10 @@ def test_avg_smooth_loss_set_value_carries_on_from_the_new_value() -> None:
     value = m.value
     assert value is not None and float(value) == pytest.approx(10.0, rel=1e-7)
     assert torch.equal(m.val, torch.tensor(10.0) * (1 - beta**2))  # a float32 tensor, as fastai's
+    before = m.val
     m.accumulate(_loss_batches([torch.tensor(2.0)])[0])
-    val = torch.lerp(torch.tensor(2.0), m.val, beta)  # carried on from 10.0
+    val = torch.lerp(torch.tensor(2.0), before, beta)  # carried on from 10.0
+    assert torch.equal(m.val, val)
     assert m.take_folded().tolist() == [(val / (1 - beta**3)).item()]
     assert m.take_folded().tolist() == [] and m.count == 3
 

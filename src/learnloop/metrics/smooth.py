@@ -35,9 +35,25 @@ class AvgSmoothLoss(Metric):
     max_pending: ClassVar[int] = 1024  # pending losses are folded as soon as there are this many
 
     def __init__(self, beta: float = 0.98) -> None:
-        self.beta = beta
+        self._beta = beta
         self._debiaser = Debiaser(beta)
         self.reset()
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        if "beta" in state:  # pickled before `beta` became a property
+            state["_beta"] = state.pop("beta")
+        self.__dict__.update(state)
+
+    @property
+    def beta(self) -> float:
+        """The smoothing factor. A new one applies from the next batch on: the losses accumulated before are folded
+        with the old one first, as fastai's per-batch update did."""
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        self.fold()
+        self._beta = value
 
     def reset(self) -> None:
         self.count: int = 0  # batches accumulated, folded or not
@@ -99,11 +115,14 @@ class AvgSmoothLoss(Metric):
 
     @property
     def val(self) -> Tensor:
-        """The biased average after the batches folded so far (fastai's ``val``, a float32 tensor); settable."""
+        """The biased average after the last batch (fastai's ``val``, a float32 tensor); settable: the batches that
+        come after carry on from the new value. Pending losses are folded first (one wait on the device)."""
+        self.fold()
         return torch.tensor(self._val, dtype=torch.float32)
 
     @val.setter
     def val(self, value: Tensor | float) -> None:
+        self.fold()  # the batches accumulated so far came before the new value
         self._val = to_float32(float(value))
 
     @property
