@@ -819,6 +819,24 @@ def test_metric_base_name_and_value() -> None:
         _ = MyScoreMetric().value
 
 
+@pytest.mark.parametrize(
+    ("cls_name", "name"),
+    [  # fastai 2.8's names (fastcore's camel2snake)
+        ("My_ScoreMetric", "my_score"),
+        ("_PrivateMetric", "_private"),
+        ("Top_KAcc", "top_k_acc"),
+        ("Acc__TwoMetric", "acc__two"),
+        ("MSELossMetric", "mse_loss"),
+        ("IoU50Score", "io_u50_score"),
+        ("ABCdef", "ab_cdef"),
+        ("F1ScoreMulti", "f1_score_multi"),
+    ],
+)
+def test_metric_names_from_class_names_are_fastais(cls_name: str, name: str) -> None:
+    cls = type(cls_name, (Metric,), {})
+    assert cls().name == name
+
+
 def _same(preds: Tensor, targs: Tensor) -> Tensor:
     return (preds == targs).float().mean()
 

@@ -31,7 +31,10 @@ class MetricLearner(Protocol):
 
 
 def _snake_case(name: str) -> str:
-    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    """`F1ScoreMulti` -> `f1_score_multi`, as fastai 2.8 names metrics: a word starts at a capital that follows a
+    lowercase letter or digit, or a capital followed by a lowercase letter that follows another capital (`MSELoss`
+    -> `mse_loss`); an underscore already there is kept alone (`My_Metric` -> `my_metric`, not `my__metric`)."""
+    name = re.sub(r"([A-Z])([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
 
 
