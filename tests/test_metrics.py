@@ -698,8 +698,13 @@ def test_accum_metric_activations_and_thresh() -> None:
     assert torch.equal(seen["preds"], logits.sigmoid().flatten())
     run(AccumMetric(capture, activation="softmax", dim_argmax=0), [batch(logits, torch.zeros(4))])
     assert torch.equal(seen["preds"], logits.softmax(0).flatten())
-    with pytest.raises(ValueError, match="'tanh' is not a valid ActivationType"):
+    with pytest.raises(ValueError, match=r"activation='tanh' is not an activation; use one of 'no', 'sigmoid'"):
         AccumMetric(capture, activation="tanh")
+    # None is no activation, as in fastai's AccumMetric (and skm_to_fastai): the argmax over dim_argmax
+    metric = AccumMetric(capture, activation=None, dim_argmax=-1)
+    assert metric.activation == ActivationType.No
+    run(metric, [batch(logits, torch.zeros(2))])
+    assert torch.equal(seen["preds"], torch.tensor([1, 0]))
 
 
 @pytest.mark.parametrize("ndim", [2, 4, 5])

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import InputError
 from ..warn import warn_caller
 from .core import Metric, MetricLearner, _func_name, _snake_case, flatten_check
 
@@ -32,6 +33,20 @@ class ActivationType(StrEnum):
     Sigmoid = "sigmoid"
     Softmax = "softmax"
     BinarySoftmax = "binarysoftmax"
+
+
+def _activation_type(activation: ActivationType | str | None) -> ActivationType:
+    """`activation` as an :class:`ActivationType`; None is no activation, as in fastai."""
+    if activation is None:
+        return ActivationType.No
+    try:
+        return ActivationType(activation)
+    except ValueError:
+        names = ", ".join(repr(a.value) for a in ActivationType)
+        raise InputError(
+            f"AccumMetric: activation={activation!r} is not an activation; use one of {names} (the values of "
+            "ActivationType), or None for none."
+        ) from None
 
 
 def _softmax_dim(pred: Tensor) -> int:
@@ -66,7 +81,7 @@ class AccumMetric(Metric):
         self,
         func: Callable[..., Any],
         dim_argmax: int | None = None,
-        activation: ActivationType | str = ActivationType.No,
+        activation: ActivationType | str | None = ActivationType.No,
         thresh: float | None = None,
         to_np: bool = False,
         invert_arg: bool = False,
@@ -76,7 +91,7 @@ class AccumMetric(Metric):
     ) -> None:
         self.func = func
         self.dim_argmax = dim_argmax
-        self.activation = ActivationType(activation)
+        self.activation = _activation_type(activation)
         self.thresh = thresh
         self.to_np = to_np
         self.invert_args = invert_arg
