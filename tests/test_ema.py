@@ -289,3 +289,22 @@ def test_average_follows_the_model_to_another_dtype() -> None:
     learn.fit(1)  # failed: the float32 average could not be blended with the float64 weights
     assert all(t.dtype == torch.float64 for t in ema.averaged)
     assert ema.n_updates == 8 and not same([t.double() for t in kept], ema.averaged)
+
+
+@pytest.mark.parametrize("run", ["validate", "get_preds", "predict", "summary"])
+def test_replace_weights_leaves_the_weights_alone_outside_a_fit(run: str) -> None:
+    # The average replaces the weights at the end of a fit only: after it, a validate() (or get_preds(), predict(),
+    # summary(), which run a validation phase too) of other weights, loaded say, put the average back in the model.
+    learn = make_learner()
+    ema = EMACallback(decay=0.5, replace_weights=True)
+    learn.fit(1, cbs=ema)
+    learn.add_cb(ema)
+    with torch.no_grad():
+        learn.model.weight.fill_(3.0)
+    loaded = weights(learn.model)
+    if run == "predict":
+        learn.predict(torch.zeros(2))
+    else:
+        getattr(learn, run)()
+    assert same(weights(learn.model), loaded)
+    assert not same(ema.averaged, loaded)

@@ -143,7 +143,9 @@ class EMACallback(Callback):
         if self.learn._nested_run:  # the end of a validate() inside a fit, which goes on with its training weights
             return
         self._backup = None
-        if self.replace_weights and self._ema is not None:
+        # Only at the end of a fit: a validate(), get_preds(), predict() or summary() (`_in_fit` False) must leave the
+        # model's weights as they are, which may be others than the average by now (learn.load, say).
+        if self.replace_weights and self._ema is not None and self.learn._in_fit:
             with torch.no_grad():
                 torch._foreach_copy_(self._model_tensors, self._ema)
 
