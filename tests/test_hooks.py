@@ -123,6 +123,15 @@ def test_hooks_on_a_list_and_on_a_container() -> None:
         Hooks(nn.Linear(2, 2), lambda m, i, o: o)  # type: ignore[arg-type]
 
 
+def test_hooks_that_fail_on_a_later_element_leave_no_hook_on_the_earlier_ones() -> None:
+    model = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2))
+    calls: list[str] = []
+    with pytest.raises(TypeError, match="Hook needs a torch.nn.Module to hook, got str"):
+        Hooks([model[0], model[1], "head"], lambda m, i, o: calls.append(type(m).__name__))  # type: ignore[list-item]
+    model(torch.randn(4, 3))
+    assert calls == [] and n_hooks(model) == 0  # they were left on, calling hook_func at every forward pass
+
+
 # ------------------------------------------------------------------------------------------ size helpers
 def test_has_params_and_total_params() -> None:
     lin = nn.Linear(3, 2)

@@ -98,7 +98,13 @@ class Hooks:
             raise TypeError(
                 f"Hooks needs an iterable of modules, got {type(ms).__name__}: pass [module], or use Hook for one."
             )
-        self.hooks = [Hook(m, hook_func, is_forward, detach, cpu) for m in ms]
+        self.hooks: list[Hook] = []
+        try:
+            for m in ms:
+                self.hooks.append(Hook(m, hook_func, is_forward, detach, cpu))
+        except BaseException:  # a module that cannot be hooked: take off the hooks already put on the others
+            self.remove()
+            raise
 
     def __getitem__(self, i: int) -> Hook:
         return self.hooks[i]
