@@ -229,6 +229,21 @@ def test_a_validate_inside_the_fit_leaves_the_hooks_and_the_stats_of_the_fit_alo
     assert n_hooks(learn.model) == 0  # and the fit's after_fit took the hooks off
 
 
+def test_the_default_modules_are_those_of_the_model_of_each_fit() -> None:
+    # Picked once, they stayed the first model's: a model replaced between fits, or the callback given to another
+    # learner, was never hooked (every statistic None) while the old model's layers were.
+    stats = ActivationStats()
+    first = make_learner(cbs=stats)
+    first.fit(1, lr=0.0)
+    second = make_learner(cbs=stats)
+    second.fit(1, lr=0.0)
+    assert stats.modules == [second.model[0], second.model[2], second.model[3]]
+    assert len(stats.layer_stats(0)[0]) == 4  # a mean per training batch: ValueError, nothing recorded
+    second.model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    second.fit(1, lr=0.0)
+    assert stats.modules == list(second.model) and all(e is not None for batch in stats.stats for e in batch)
+
+
 def test_a_fit_ended_by_an_error_leaves_its_hooks_until_the_next_fit_replaces_them() -> None:
     learn = make_learner()
     cb = OutputMeans()

@@ -28,8 +28,9 @@ __all__ = ["ActivationStats", "HookCallback"]
 
 class HookCallback(Callback):
     """Hooks `hook(module, input, output)` on `modules` (default: every leaf module with parameters, every one
-    with `include_paramless`) for the fit, or only for every `every`-th training batch; a subclass defines
-    `hook`, or it is given as `hook=`. The hooks are `self.hooks`, removed after the fit when `remove_end`.
+    with `include_paramless`, of the model of each fit) for the fit, or only for every `every`-th training batch; a
+    subclass defines `hook`, or it is given as `hook=`. The hooks are `self.hooks`, removed after the fit when
+    `remove_end`.
 
     >>> class Means(HookCallback):
     ...     def hook(self, m, i, o): return o.mean().item()
@@ -56,6 +57,7 @@ class HookCallback(Callback):
         self.every, self.remove_end, self.is_forward = every, remove_end, is_forward
         self.detach, self.cpu, self.include_paramless = detach, cpu, include_paramless
         self._hooked = False  # whether the hooks are on the modules now
+        self._picked: list[nn.Module] | None = None  # the default modules, as picked from the model of the last fit
         if hook is not None:
             self.hook = hook  # type: ignore[method-assign, assignment]
 
@@ -64,12 +66,15 @@ class HookCallback(Callback):
         return None
 
     def before_fit(self) -> None:
-        """Pick the modules (once) and, unless only every `every`-th batch is hooked, register the hooks."""
+        """Pick the modules (the default ones from the model of this fit) and, unless only every `every`-th batch
+        is hooked, register the hooks."""
         if self.learn._nested_run:  # validate() or get_preds() inside a fit: the fit's hooks stay as they are
             return
-        if self.modules is None:
-            modules = [m for m in flatten_model(self.learn.model) if self.include_paramless or has_params(m)]
-            object.__setattr__(self, "modules", modules)  # the callback's own: `learn.modules` is the model's method
+        if self.modules is None or self.modules is self.__dict__.get("_picked"):
+            # Picked again at each fit: the learner's model may have been replaced, or the callback given to another
+            # learner, since the last one; hooks on the old model's layers would never fire.
+            self._picked = [m for m in flatten_model(self.learn.model) if self.include_paramless or has_params(m)]
+            object.__setattr__(self, "modules", self._picked)  # the callback's own: `learn.modules` is the model's
         if self.every is None:
             self._register()
 
