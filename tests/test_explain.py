@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from learnloop import DataLoaders, Learner
+from learnloop import CrossEntropyLossFlat, DataLoaders, Learner
 from learnloop.explain import describe, explain_loss_error, explain_model_error
 
 
@@ -45,6 +45,26 @@ def test_a_loss_that_fails_gets_the_shapes_dtypes_and_the_usual_cause() -> None:
     with pytest.raises(IndexError, match="Target 5 is out of bounds") as info:
         learn.fit(1)
     assert "the targets go from 0 to 6, but the output has 2 classes per item, 0 to 1" in _notes(info)
+
+
+def test_the_class_range_hint_reads_the_classes_of_a_sequence_output_on_their_axis() -> None:
+    # (batch, time, classes) scores under CrossEntropyLossFlat (axis=-1): the classes are the last dimension, not
+    # dimension 1 (the time steps: the note said 3 classes, or said nothing when there were more steps than classes).
+    x = torch.randint(0, 10, (8, 3))
+    y = torch.tensor([[0, 1, 4]] * 8)
+    learn = _learner([(x, y)], nn.Embedding(10, 4), CrossEntropyLossFlat())
+    with pytest.raises(IndexError, match="Target 4 is out of bounds") as info:
+        learn.fit(1)
+    assert "the targets go from 0 to 4, but the output has 4 classes per item, 0 to 3" in _notes(info)
+    learn = _learner([(x, y)], nn.Sequential(nn.Embedding(10, 4), Transpose()), nn.CrossEntropyLoss())
+    with pytest.raises(IndexError, match="Target 4 is out of bounds") as info:  # (batch, classes, time): torch's
+        learn.fit(1)
+    assert "the targets go from 0 to 4, but the output has 4 classes per item, 0 to 3" in _notes(info)
+
+
+class Transpose(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2)
 
 
 def test_one_output_per_item_and_targets_without_that_dimension_get_the_shape_hint() -> None:

@@ -72,12 +72,20 @@ def explain_loss_error(e: BaseException, pred: Any, yb: tuple[Any, ...]) -> None
             note += " (class indices must be integers: y.long(); float targets of the output's shape are probabilities)"
         elif not target.is_complex() and target.numel():
             low, high = int(target.min()), int(target.max())
-            if low < 0 or high >= pred.shape[1]:
+            n_classes = pred.shape[_class_axis(pred.shape, target.shape)]
+            if low < 0 or high >= n_classes:
                 note += (
-                    f" (the targets go from {low} to {high}, but the output has {pred.shape[1]} classes per item, "
-                    f"0 to {pred.shape[1] - 1}: give the last layer one output per class)"
+                    f" (the targets go from {low} to {high}, but the output has {n_classes} classes per item, "
+                    f"0 to {n_classes - 1}: give the last layer one output per class)"
                 )
     e.add_note(note + ".")
+
+
+def _class_axis(pred_shape: torch.Size, target_shape: torch.Size) -> int:
+    """The output's class axis: the one without which its shape is the target's. Dimension 1 (torch's) when it
+    is one of them or none is; a sequence's `(batch, time, classes)` under a flattened loss (`axis=-1`) gives 2."""
+    fits = [a for a in range(1, len(pred_shape)) if pred_shape[:a] + pred_shape[a + 1 :] == target_shape]
+    return fits[0] if fits and 1 not in fits else 1
 
 
 @_never_fails
