@@ -379,6 +379,30 @@ class OwnParameter(nn.Module):
         return self.lin(x) * self.scale
 
 
+class TiedWeights(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.dec = nn.Embedding(10, 4), nn.Linear(4, 10)
+        self.dec.weight = self.enc.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dec(self.enc(x))
+
+
+def test_module_summary_counts_a_shared_parameter_once_in_the_totals() -> None:
+    # fastai's counts the tied matrix in each module holding it: 40 + 50 = 90 parameters for a model of 50.
+    learn = make_learner(TiedWeights())
+    text = module_summary(learn, torch.randint(0, 10, (2, 3)))
+    assert "\nEmbedding                                 40         True      " in text
+    assert "\nLinear                                    50         True      " in text  # each layer shows its own
+    assert "Total params: 50\nTotal trainable params: 50\n" in text
+    lin = nn.Linear(4, 4)
+    learn = make_learner(nn.Sequential(nn.Sequential(lin, nn.ReLU()), nn.Sequential(lin), nn.Linear(4, 2)))
+    learn.model[2].requires_grad_(False)
+    text = module_summary(learn, torch.randn(2, 4))
+    assert "Total params: 30\nTotal trainable params: 20\nTotal non-trainable params: 10\n" in text
+
+
 def test_module_summary_of_tuple_outputs_and_uncounted_parameters() -> None:
     learn = make_learner(Recurrent())
     assert module_summary(learn, torch.randn(2, 7, 4)).split("\n") == [  # fastai's text

@@ -132,15 +132,20 @@ def _print_shapes(shapes: Any, bs: int) -> str:
 
 def module_summary(learn: Learner, *xb: Any) -> PrettyString:
     """The layer table of `learn.model` on `xb` (fastai's text): output shapes, parameters and whether they train,
-    with the totals. Parameters a module holds beside its children are not counted (as in fastai)."""
-    infos = [info for info in layer_info(learn, *xb) if info is not None]
+    with the totals. Parameters a module holds beside its children are not counted (as in fastai); a parameter
+    several modules share (tied weights) is counted once in the totals (fastai's counts it in each)."""
+    # flatten_model lists the modules in the order layer_info hooked them (those it makes for lone parameters,
+    # never called, have None): the totals count each parameter once, however many modules hold it (tied weights).
+    infos = zip(flatten_model(learn.model), layer_info(learn, *xb), strict=True)
+    rows = [(module, info) for module, info in infos if info is not None]
+    counted: set[int] = set()
     n, bs = 76, find_bs(xb)
     res = f"{type(learn.model).__name__} (Input shape: {_print_shapes(_shapes(tuple(xb)), bs)})\n"
     res += "=" * n + "\n"
     res += f"{'Layer (type)':<20} {'Output Shape':<20} {'Param #':<10} {'Trainable':<10}\n"
     res += "=" * n
     total, trainable, prev_shape, first = 0, 0, None, True
-    for typ, n_params, trains, shape, kept in infos:
+    for module, (typ, n_params, trains, shape, kept) in rows:
         if shape is None:
             continue
         if first:
@@ -150,8 +155,10 @@ def module_summary(learn: Learner, *xb: Any) -> PrettyString:
         first = False
         res += f"\n{typ:<20} {'':<20} {n_params:<10} {trains!s:<10}"
         if n_params != "":
-            total += n_params
-            trainable += n_params if trains else 0
+            new = sum(p.numel() for p in module.parameters() if id(p) not in counted)
+            counted.update(id(p) for p in module.parameters())
+            total += new
+            trainable += new if trains else 0
         prev_shape = shape
     res += "\n" + "_" * n + "\n"
     res += f"\nTotal params: {total:,}\n"
