@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from learnloop import SGD, Adam, Callback, DataLoaders, EarlyStoppingCallback, Learner  # noqa: E402
 from learnloop.callback import noop  # noqa: E402
-from learnloop.errors import ArgumentError  # noqa: E402
+from learnloop.errors import ArgumentError, InputError  # noqa: E402
 from learnloop.hooks import (  # noqa: E402
     ActivationStats,
     Hook,
@@ -216,6 +217,10 @@ def test_hook_callback_every_n_batches_and_a_hook_given_as_argument() -> None:
     assert n_hooks(learn.model) == 0
     with pytest.raises(ArgumentError, match="unexpected argument.*'after_batch'"):
         HookCallback(after_batch=print)
+    for every in (0, -1, 1.5, True):  # fastai's: a ZeroDivisionError in the first batch, or every batch hooked
+        with pytest.raises(InputError, match=rf"every must be None .* or a whole number >= 1 .*got {every!r}"):
+            ActivationStats(every=every)  # type: ignore[arg-type]
+    assert HookCallback(every=np.int64(2)).every == 2
 
 
 def test_a_validate_inside_the_fit_leaves_the_hooks_and_the_stats_of_the_fit_alone() -> None:

@@ -10,13 +10,14 @@ themselves, and the model helpers they use, are in :mod:`learnloop.hooks`, which
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..callback import Callback
-from ..errors import ArgumentError
+from ..errors import ArgumentError, InputError
 from ..hooks import HookFunc, Hooks, flatten_model, has_params
 
 if TYPE_CHECKING:
@@ -52,6 +53,11 @@ class HookCallback(Callback):
             raise ArgumentError(
                 f"{type(self).__name__} got unexpected argument(s) {', '.join(map(repr, kwargs))}: it takes modules, "
                 "every, remove_end, is_forward, detach, cpu, include_paramless and hook."
+            )
+        if every is not None and (isinstance(every, bool) or not isinstance(every, Integral) or every < 1):
+            raise InputError(  # fastai's fails in the first training batch (every=0) or hooks every batch (every=-1)
+                f"{type(self).__name__}: every must be None (hook every batch) or a whole number >= 1 (hook every "
+                f"n-th training batch), got {every!r}."
             )
         self.modules = None if modules is None else list(modules)
         self.every, self.remove_end, self.is_forward = every, remove_end, is_forward
