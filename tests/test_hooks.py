@@ -162,6 +162,15 @@ def test_dummy_eval_and_model_sizes() -> None:
         dummy_eval(nn.Sequential(nn.Linear(2, 2)))
 
 
+@pytest.mark.parametrize("first", [nn.Conv2d(4, 8, 3, groups=2), nn.ConvTranspose2d(4, 8, 3)])
+def test_the_dummy_image_has_the_input_channels_of_a_grouped_or_transposed_first_convolution(first: nn.Module) -> None:
+    # fastai's reads the first 4-d weight's dimension 1: 2 channels for the grouped one (4 / groups), 8 for the
+    # transposed one (its output channels): the model failed on the dummy image.
+    model = nn.Sequential(first, nn.ReLU(), nn.Conv2d(8, 5, 1))
+    assert [s[1] for s in model_sizes(model, (8, 8))] == [8, 8, 5]
+    assert num_features_model(model) == 5
+
+
 def test_num_features_model_tries_larger_images() -> None:
     model = nn.Sequential(nn.Conv2d(2, 5, 40))  # needs at least 40 pixels: 32 fails, 64 fits
     assert num_features_model(model) == 5

@@ -165,7 +165,9 @@ def _in_channels(m: nn.Module) -> int:
     for layer in flatten_model(m):
         weight = getattr(layer, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.ndim == 4:
-            return weight.shape[1]
+            # A convolution knows its input channels: its weight's dimension 1 (fastai's reading) is that divided by
+            # its groups, and a transposed one's is its output channels divided by them.
+            return layer.in_channels if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)) else weight.shape[1]
     raise ValueError(
         f"{type(m).__name__} has no layer with a 4-d weight (a Conv2d) to read its input channels from: "
         "dummy_eval, model_sizes and num_features_model are for image models."
