@@ -17,7 +17,15 @@ matplotlib.use("Agg")  # tests only: the library leaves the backend to matplotli
 import matplotlib.pyplot as plt  # noqa: E402
 
 from conftest import synth_learner  # noqa: E402
-from learnloop import Callback, CancelTrainException, CancelValidException, Learner, mae  # noqa: E402
+from learnloop import (  # noqa: E402
+    Callback,
+    CancelTrainException,
+    CancelValidException,
+    Learner,
+    Recorder,
+    ShortEpochCallback,
+    mae,
+)
 from learnloop.callbacks import ShowGraphCallback  # noqa: E402
 from learnloop.callbacks.lr_finder import minimum, steep, valley  # noqa: E402
 
@@ -80,6 +88,41 @@ def test_plot_metrics(trained: Learner, tmp_path: Path) -> None:
     assert all(ax.get_xlabel() == "epoch" for ax in visible)
     with pytest.raises(ValueError, match="1x1 axes cannot hold the 2 panels"):
         trained.recorder.plot_metrics(nrows=1, ncols=1)
+
+
+def test_plot_metrics_keeps_metrics_of_the_same_name_apart() -> None:
+    def named_mae() -> Any:  # a second metric named 'mae', of constant value
+        def mae(pred: Any, targ: Any) -> Any:
+            return pred.new_tensor(0.5)
+
+        return mae
+
+    learn = synth_learner(n_train=64, bs=16, metrics=[mae, named_mae()])
+    learn.fit(2)
+    assert learn.recorder.metric_names[3:5] == ["mae", "mae"]
+    fig = learn.recorder.plot_metrics()
+    lines = fig.axes[1].get_lines()
+    # Each its own column: the first is not lost under the second's name.
+    assert [list(line.get_ydata()) for line in lines] == [[row[2] for row in learn.recorder.values], [0.5, 0.5]]
+
+
+@pytest.mark.parametrize("train_metrics", [False, True])
+def test_plots_put_the_values_of_an_epoch_whose_training_was_cancelled_under_their_names(train_metrics: bool) -> None:
+    # ShortEpochCallback(short_valid=False) cuts the training phase: the Recorder's row holds the validation
+    # values only (as fastai's), which fastai's plot_loss reads at the training layout's positions.
+    learn = synth_learner(n_train=64, bs=16, metrics=[mae])
+    learn.remove_cb(learn.recorder)
+    learn.add_cb(Recorder(train_metrics=train_metrics))
+    learn.fit(2, cbs=ShortEpochCallback(pct=0.5, short_valid=False))
+    values = learn.recorder.values
+    assert all(len(row) == 2 for row in values)  # [valid_loss, mae]
+    valid = learn.recorder.plot_loss(skip_start=0).get_lines()[1]
+    assert list(valid.get_ydata()) == [row[0] for row in values]
+    fig = learn.recorder.plot_metrics()
+    plotted = {line.get_label(): list(line.get_ydata()) for ax in fig.axes for line in ax.get_lines()}
+    assert plotted["valid_loss"] == [row[0] for row in values]
+    assert plotted["valid_mae" if train_metrics else "mae"] == [row[1] for row in values]
+    assert all(math.isnan(v) for v in plotted["train_loss"])
 
 
 def test_plot_lr_find(tmp_path: Path) -> None:

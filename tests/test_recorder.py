@@ -14,6 +14,8 @@ from conftest import debiased_ema, synth_classif_learner, synth_learner
 from learnloop import (
     Callback,
     CancelEpochException,
+    CancelTrainException,
+    CancelValidException,
     DataLoaders,
     Learner,
     NonFiniteLossWarning,
@@ -262,6 +264,31 @@ def test_state_dict_round_trip() -> None:
     assert other.recorder.values == learn.recorder.values and other.recorder.lrs == learn.recorder.lrs
     assert other.recorder.iters == learn.recorder.iters
     assert all(torch.equal(a, b) for a, b in zip(other.recorder.losses, learn.recorder.losses, strict=True))
+
+
+@pytest.mark.parametrize("train_metrics", [False, True])
+def test_row_values_put_each_value_under_its_name_when_a_phase_was_cancelled(train_metrics: bool) -> None:
+    def cancel() -> None:
+        if learn.epoch == 1:
+            raise CancelTrainException
+        if learn.epoch == 2:
+            raise CancelValidException
+
+    learn = synth_classif_learner(metrics=[accuracy])
+    learn.remove_cb(learn.recorder)
+    learn.add_cb(Recorder(train_metrics=train_metrics))
+    learn.fit(3, cbs=Callback(before_train=lambda: learn.epoch == 1 and cancel(),
+                              before_validate=lambda: learn.epoch == 2 and cancel()))
+    rec, n = learn.recorder, 2 if train_metrics else 1
+    full, no_train, no_valid = rec.values
+    assert rec.row_values(0) == full
+    assert rec.row_values(1) == [None] * n + no_train and rec.row_values(2) == no_valid + [None] * 2
+    other = synth_classif_learner(metrics=[accuracy])
+    other.remove_cb(other.recorder)
+    other.add_cb(Recorder(train_metrics=train_metrics))
+    other.recorder.metric_names = rec.metric_names
+    other.recorder.load_state_dict(rec.state_dict())  # the layouts travel with the values (resuming)
+    assert [other.recorder.row_values(i) for i in range(3)] == [rec.row_values(i) for i in range(3)]
 
 
 def test_recorder_skips_batches_without_targets() -> None:

@@ -88,10 +88,11 @@ def plot_loss(
         for it in recorder.iters:
             ax.axvline(it, color="grey", linestyle=":")
     if with_valid and "valid_loss" in recorder.metric_names:
-        col = recorder.metric_names.index("valid_loss") - 1  # values have no 'epoch' column
+        col = recorder.metric_names.index("valid_loss") - 1  # row_values have no 'epoch' column
+        # Each row laid out under its names: a row whose training phase was cancelled starts with the valid loss.
         pairs = [
-            (it, _float(row[col]) if col < len(row) else math.nan)
-            for it, row in zip(recorder.iters, recorder.values, strict=False)
+            (it, _float(recorder.row_values(i)[col]))
+            for i, it in enumerate(recorder.iters[: len(recorder.values)])
             if it >= skip_start
         ]
         pairs = [(it, v) for it, v in pairs if not math.isnan(v)]
@@ -171,13 +172,14 @@ def plot_metrics(
 ) -> Figure:
     """Every recorded value per epoch: the losses together on the first axes, then one axes per metric."""
     _require(recorder.values, "epoch values", "fit the learner")
-    names = [n for n in recorder.metric_names[1:] if n != "time"]
-    rows = recorder.values
-    columns = {n: [_float(row[i]) if i < len(row) else math.nan for row in rows] for i, n in enumerate(names)}
+    rows = [recorder.row_values(i) for i in range(len(recorder.values))]  # each value under its name
+    names = recorder.metric_names[1 : 1 + len(rows[0])]  # without 'epoch' and 'time', as the rows
+    # By position, not by name: two metrics may have the same name.
+    columns = [[_float(row[i]) for row in rows] for i in range(len(names))]
     # train_x and valid_x share a panel; the losses' panel comes first, as in fastai.
-    panels: dict[str, list[str]] = {}
-    for name in sorted(names, key=lambda m: _metric_of(m) != "loss"):
-        panels.setdefault(_metric_of(name), []).append(name)
+    panels: dict[str, list[int]] = {}
+    for i in sorted(range(len(names)), key=lambda i: _metric_of(names[i]) != "loss"):
+        panels.setdefault(_metric_of(names[i]), []).append(i)
     n = len(panels)
     if nrows is None and ncols is None:
         ncols = min(n, 3)
@@ -193,7 +195,7 @@ def plot_metrics(
     epochs = list(range(len(recorder.values)))
     for (metric, cols), ax in zip(panels.items(), flat, strict=False):
         for col in cols:
-            ax.plot(epochs, columns[col], marker="o", label=col)
+            ax.plot(epochs, columns[col], marker="o", label=names[col])
         ax.set_title("losses" if metric == "loss" else metric)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)

@@ -94,6 +94,9 @@ class Recorder(Callback):
         self._losses: list[torch.Tensor] = []
         self._handed_out = False  # `losses` has returned this fit's list: someone may hold it
         self.values: list[list[Any]] = []
+        # Per row of `values`: whether its training and its validation values were recorded (a phase cancelled
+        # leaves them out, shifting those after them left, as in fastai); `row_values` puts them back in place.
+        self._layouts: list[tuple[bool, bool]] = []
         self.hps: dict[str, list[Any]] = {}
         self.metric_names: list[str] = []
         self.cancel_train = self.cancel_valid = False
@@ -109,6 +112,7 @@ class Recorder(Callback):
             # whoever holds it (TensorBoardCallback's points not written yet). Only then: each costs a microsecond.
             self._compute_pending()
         self.lrs, self.iters, self._losses, self.values = [], [], [], []
+        self._layouts = []
         self._handed_out = False
         if not self.learn._in_fit:  # a fit's own start, not validate() called inside it
             self._warned_non_finite = False
@@ -238,6 +242,7 @@ class Recorder(Callback):
         learn = self.learn
         learn.final_record = self.log[1:].copy()
         self.values.append(learn.final_record)
+        self._layouts.append((not self.cancel_train, not self.cancel_valid))
         if self.add_time:
             self.log.append(format_time(time.time() - self.start_epoch))
         for write in getattr(self, "row_writers", ()):  # none on a Recorder pickled before there were any
@@ -249,6 +254,33 @@ class Recorder(Callback):
                 raise
         learn.logger(self.log)
         self.iters.append(self.smooth_loss.count)
+
+    def row_values(self, i: int) -> list[Any]:
+        """`values[i]` laid out under `metric_names` (without 'epoch' and 'time'), None where that epoch recorded no
+        value: a cancelled phase leaves its values out of the row (as in fastai), which shifts those after them.
+
+        >>> learn.fit(1, cbs=ShortEpochCallback(short_valid=False)); learn.recorder.row_values(0)
+        [None, 0.52, 0.81]
+        """
+        names = self.metric_names[1:]
+        if self.add_time and names[-1:] == ["time"]:
+            names = names[:-1]
+        row = self.values[i]
+        layouts = getattr(self, "_layouts", [])  # none on a Recorder pickled before there were any
+        trained, validated = layouts[i] if len(layouts) == len(self.values) else (True, True)
+        if self.train_metrics:
+            n_train = len(names) // 2 if self.valid_metrics else len(names)
+        else:
+            n_train = min(1, len(names))  # the loss: metrics are validation values (or, without those, none)
+        n_valid = len(names) - n_train if self.valid_metrics else 0
+        where = [*(range(n_train) if trained else ()), *(range(n_train, n_train + n_valid) if validated else ())]
+        if len(row) > len(where):  # a row a callback changed: taken as it is
+            where = list(range(len(names)))
+        out: list[Any] = [None] * len(names)
+        # A row shorter than its layout lost its end (the epoch cancelled before the Recorder's after_validate).
+        for at, value in zip(where, row, strict=False):
+            out[at] = value
+        return out
 
     @property
     def _train_mets(self) -> list[Metric]:
@@ -271,6 +303,7 @@ class Recorder(Callback):
             "iters": list(self.iters),
             "losses": losses,
             "values": [list(v) for v in self.values],
+            "layouts": [list(layout) for layout in getattr(self, "_layouts", [])],
             "hps": {k: list(v) for k, v in self.hps.items()},
             "smooth_loss": {"count": self.smooth_loss.count, "val": float(self.smooth_loss.val)},
             "train_metrics": [metric_state(m) for m in learn.metrics] if self.train_metrics and learn else [],
@@ -281,6 +314,7 @@ class Recorder(Callback):
         self.lrs, self.iters = list(state["lrs"]), list(state["iters"])
         self._losses = list(losses.unbind()) if isinstance(losses, torch.Tensor) else list(losses)
         self.values = [list(v) for v in state["values"]]
+        self._layouts = [(bool(t), bool(v)) for t, v in state.get("layouts", [])]
         self.hps = {k: list(v) for k, v in state.get("hps", {}).items()}
         learn = self.learn
         param = next(learn.model.parameters(), None) if learn is not None else None
