@@ -16,7 +16,7 @@ import torch
 import learnloop.callbacks.save_model as save_model_module
 import learnloop.callbacks.tracker as tracker_module
 from conftest import synth_classif_learner, synth_learner
-from learnloop import Callback, CancelEpochException, CancelTrainException, CancelValidException, Learner
+from learnloop import Callback, CancelEpochException, CancelTrainException, CancelValidException, Learner, Recorder
 from learnloop.callbacks.tracker import (
     EarlyStoppingCallback,
     ReduceLROnPlateau,
@@ -169,6 +169,22 @@ def test_an_unrecorded_monitor_is_a_clear_error_before_any_batch(monitor: str) -
                                          r"\['train_loss', 'valid_loss'\]"):
         learn.fit(1, cbs=[EarlyStoppingCallback(monitor=monitor), Callback(before_batch=lambda: batches.append(1))])
     assert batches == [] and all(torch.equal(w[k], v) for k, v in weights(learn).items())
+
+
+@pytest.mark.parametrize("cls", [EarlyStoppingCallback, ReduceLROnPlateau])
+def test_a_metric_the_recorder_never_records_is_a_clear_error(cls: type[TrackerCallback]) -> None:
+    # Under Recorder(valid_metrics=False) 'accuracy' is in metric_names but in no row: the tracker would never act.
+    learn = synth_classif_learner(metrics=[accuracy])
+    learn.remove_cb(learn.recorder)
+    learn.add_cb(Recorder(valid_metrics=False))
+    with pytest.raises(ValueError, match=rf"{cls.__name__} monitors 'accuracy', which the Recorder never records.*"
+                                         r"valid_metrics=False.*\['train_loss'\]"):
+        learn.fit(1, cbs=cls(monitor="accuracy"))
+    learn.remove_cb(learn.recorder)
+    learn.add_cb(Recorder(valid_metrics=False, train_metrics=True))  # the training phase records it
+    es = EarlyStoppingCallback(monitor="accuracy")
+    learn.fit(1, cbs=es)
+    assert es.best == learn.recorder.values[0][1]
 
 
 def test_the_state_is_reset_at_before_fit() -> None:
@@ -567,6 +583,16 @@ def test_reduce_lr_on_plateau_acts_on_every_group() -> None:
     learn = synth_learner(lr=1e-2, splitter=lambda m: [[m.weight], [m.bias]])
     learn.fit(2, lr=[1e-2, 1e-1], cbs=[Script([1.0, 1.0]), ReduceLROnPlateau(patience=1)])
     torch.testing.assert_close([h["lr"] for h in learn.opt.hypers], [1e-3, 1e-2])
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"min_lr": [1e-3, 1e-2]}, r"min_lr must be a number .*got \[0.001, 0.01\]"),
+    ({"factor": "2"}, r"factor must be a number .*got '2'"),
+])
+def test_reduce_lr_on_plateau_refuses_a_factor_or_min_lr_that_is_not_a_number(kwargs: Any, match: str) -> None:
+    # fastai takes them, and fails with a TypeError at the first plateau, epochs into the fit.
+    with pytest.raises(TypeError, match=rf"ReduceLROnPlateau: {match}"):
+        ReduceLROnPlateau(**kwargs)
 
 
 def test_the_lowered_lr_is_what_the_optimizer_uses() -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..callback import Callback, is_side_run
 from ..distributed import is_rank_zero
-from ..errors import ArgumentError
+from ..errors import ArgumentError, to_number
 from ..events import CancelFitException
 
 if TYPE_CHECKING:  # at run time, from __getattr__ at the end of this module
@@ -96,6 +96,15 @@ class TrackerCallback(Callback):
             )
         self.idx = names.index(self.monitor)
         self._train_names, self._valid_names = _split_names(learn, names)
+        if self.monitor not in self._train_names + self._valid_names:
+            # A metric's name in the table under Recorder(valid_metrics=False): no epoch ever records a value for it,
+            # so this tracker would never act (fastai's fails with an IndexError at the first epoch's end).
+            raise ValueError(
+                f"{type(self).__name__} monitors {self.monitor!r}, which the Recorder never records: with "
+                f"Recorder(valid_metrics=False) the metrics are computed in no phase. Monitor one of "
+                f"{self._train_names + self._valid_names}, or use Recorder(train_metrics=True) or "
+                "Recorder(valid_metrics=True)."
+            )
 
     def before_train(self) -> None:
         self._fit_started = True
@@ -272,6 +281,10 @@ class ReduceLROnPlateau(_PatienceTracker):
         reset_on_fit: bool = True,
     ) -> None:
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, patience=patience, reset_on_fit=reset_on_fit)
+        # Checked here, not when the first plateau comes (fastai compares a list `min_lr` with the lr there: a
+        # TypeError epochs into the fit). One floor for every group, as fastai's (torch's takes one per group).
+        factor = to_number(factor, "factor", "ReduceLROnPlateau")
+        min_lr = to_number(min_lr, "min_lr", "ReduceLROnPlateau")
         if factor <= 0:
             raise ValueError(f"factor must be > 0 (the lr is divided by it), got {factor}.")
         self.factor, self.min_lr = factor, min_lr
