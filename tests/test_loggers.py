@@ -186,6 +186,32 @@ def test_append_writes_a_header_for_every_fit_and_read_log_reads_them_all(tmp_pa
     assert len(read_rows(tmp_path / "history.csv")) == 2
 
 
+def test_read_log_after_the_fit_reads_the_file_that_fit_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    learn = synth_learner(path=tmp_path / "run")
+    logger = CSVLogger()
+    learn.fit(2, cbs=logger)  # the logger leaves the learner with the fit
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "history.csv").write_text("epoch,other\n7,stale\n")  # another run's file where the fit is
+    assert [r["epoch"] for r in logger.read_log()] == ["0", "1"] and "valid_loss" in logger.read_log()[0]
+
+
+def test_read_log_keeps_the_columns_of_two_metrics_of_the_same_name(tmp_path: Path) -> None:
+    def named_accuracy() -> Any:
+        def accuracy(pred: Any, targ: Any) -> Any:
+            return pred.new_tensor(0.5)
+
+        return accuracy
+
+    learn = synth_classif_learner(path=tmp_path, metrics=[accuracy, named_accuracy()])
+    logger = CSVLogger()
+    learn.add_cb(logger)
+    learn.fit(1)
+    (row,) = logger.read_log()
+    # pandas' read_csv (fastai's read_log) names the second 'accuracy.1'
+    assert list(row)[3:5] == ["accuracy", "accuracy.1"]
+    assert float(row["accuracy"]) == learn.recorder.values[0][2] and row["accuracy.1"] == "0.5"
+
+
 def test_the_header_is_written_at_before_fit(tmp_path: Path) -> None:
     learn = synth_learner(path=tmp_path)
     seen: list[str] = []

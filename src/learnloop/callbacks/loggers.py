@@ -72,12 +72,17 @@ class CSVLogger(Callback):
         self._lines: int | None = None  # lines in the file after this fit's last write
         self._logged = False  # this epoch's row was written as the Recorder logged it
         self._resume_lines: int | None = None  # loaded from a checkpoint before the fit
+        self._written: Path | None = None  # the file the last fit wrote, read by read_log() once off the learner
 
     @property
     def _file(self) -> Path:
         """The file written: `learn.path / fname` (`fname` when it is absolute). `self.path` is the learner's, as in
-        fastai, where the file is `cb.path / cb.fname`."""
-        return self.learn.path / self.fname if self.learn is not None else self.fname
+        fastai, where the file is `cb.path / cb.fname`. Off the learner (after `fit(cbs=CSVLogger())`), the file the
+        last fit wrote."""
+        if self.learn is not None:
+            return self.learn.path / self.fname
+        written = getattr(self, "_written", None)  # none on a logger pickled before there was one
+        return written if written is not None else self.fname
 
     def before_fit(self) -> None:
         learn = self.learn
@@ -186,6 +191,7 @@ class CSVLogger(Callback):
             f.flush()
             os.fsync(f.fileno())
         self._lines = (self._lines or 0) + len(lines)
+        self._written = path
 
     def state_dict(self) -> dict[str, Any]:
         """How many lines the file holds, so a resumed fit carries it on from there."""
@@ -217,18 +223,33 @@ class CSVLogger(Callback):
 
     def read_log(self) -> list[dict[str, str]]:
         """The rows written so far, as dicts from column name to cell: each row under the header of its fit (the
-        file's first line, and every later line that starts with 'epoch')."""
+        file's first line, and every later line that starts with 'epoch'). A name that repeats one before it (two
+        metrics of the same name) gets a suffix, as pandas' `read_csv` (fastai's) gives it: 'accuracy.1'."""
         with self._file.open(newline="") as f:
             lines = list(csv.reader(f))
         if not lines:
             return []
-        header, rows = lines[0], []
+        header, rows = _unique(lines[0]), []
         for line in lines[1:]:
             if line[:1] == ["epoch"]:
-                header = line
+                header = _unique(line)
             elif line:
                 rows.append(dict(zip(header, line, strict=False)))
         return rows
+
+
+def _unique(names: list[str]) -> list[str]:
+    """`names`, each that repeats an earlier one suffixed `.1`, `.2`... (pandas' rule), so none is lost in a dict."""
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        unique, n = name, 0
+        while unique in seen:
+            n += 1
+            unique = f"{name}.{n}"
+        seen.add(unique)
+        out.append(unique)
+    return out
 
 
 def _csv_bytes(rows: list[list[str]]) -> bytes:
