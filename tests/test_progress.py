@@ -154,6 +154,23 @@ def test_no_bars_when_forced_off(spy_bars: list[Spy]) -> None:
     assert spy_bars == []
 
 
+def test_validate_and_get_preds_draw_their_bar_as_asked_now_not_as_the_last_fit_did(spy_bars: list[Spy]) -> None:
+    learn, _ = _printing_learner()
+    learn.progress.bars = True
+    learn.get_preds()  # no fit before: fastai shows a bar over the batches too
+    assert [(bar.desc, bar.n, bar.closed) for bar in spy_bars] == [("valid", 2, True)]
+    learn.fit(1)
+    learn.progress.bars = False
+    spy_bars.clear()
+    learn.validate()
+    learn.get_preds()
+    assert spy_bars == []  # the fit's bars do not carry over once they are turned off
+    with learn.no_mbar():  # a fit without the epoch bar still has its batch bars, as fastai's
+        learn.progress.bars = True
+        learn.fit(1)
+    assert [bar.desc for bar in spy_bars] == ["train", "valid"]
+
+
 def _called_at_after_batch(learn: Learner) -> list[str]:
     return [type(cb).__name__ for cb, _ in learn._hooks[Event.after_batch]]
 

@@ -70,21 +70,28 @@ class ProgressCallback(Callback):
     def before_fit(self) -> None:
         learn = self.learn
         if not learn.create_mbar:  # validate()/get_preds(), perhaps inside a fit: leave the fit's bars alone
-            if not learn._in_fit and learn.logger is not noop:
-                # A fit under `no_mbar()`: fastai writes the table to the bar it did not make, so nowhere.
-                self._muted_logger, learn.logger = learn.logger, noop
+            if not learn._in_fit:
+                # Outside a fit, its batch bars are drawn as `bars` and the output say now, not as the last fit's were
+                # (none before the first fit).
+                self._choose_bars()
+                if learn.logger is not noop:
+                    # A fit under `no_mbar()`: fastai writes the table to the bar it did not make, so nowhere.
+                    self._muted_logger, learn.logger = learn.logger, noop
             return
         self._cleanup()  # a fit that ended in an exception left its bars and logger behind
-        show_bars = self._use_bars()
-        if show_bars != self._show_bars:
-            self._show_bars = show_bars
-            learn._build_hooks()  # after_batch is called only while there are bars (_idle_events)
+        self._choose_bars()
         self._widths = column_widths(learn.recorder.metric_names)
         if learn.create_mbar and learn.logger is not noop:
             self._old_logger, learn.logger = learn.logger, self._write_row
             self._write_row(learn.recorder.metric_names)
         if self._show_bars:
             self.epoch_bar = tqdm(total=learn.n_epoch, desc="epoch", file=self._out, leave=False, dynamic_ncols=True)
+
+    def _choose_bars(self) -> None:
+        show_bars = self._use_bars()
+        if show_bars != self._show_bars:
+            self._show_bars = show_bars
+            self.learn._build_hooks()  # after_batch is called only while there are bars (_idle_events)
 
     def _idle_events(self) -> Collection[Event]:
         # Without bars, after_batch has nothing to do: the loop need not call it for every batch (unless a subclass,
