@@ -294,6 +294,8 @@ def test_assigning_own_attributes_does_not_warn(learn: Learner) -> None:
     ("TrainEvalCallback", "train_eval"), ("Recorder", "recorder"), ("ProgressCallback", "progress"),
     ("Callback", "callback"), ("LRFinder", "lr_finder"), ("MixedPrecision", "mixed_precision"),
     ("GatherPredsCallback", "gather_preds"), ("SaveModelCallback", "save_model"),
+    # an underscore already in the name stays alone, as fastai 2.8 names them
+    ("My_SaverCallback", "my_saver"), ("_PrivateCallback", "_private"), ("A_Bc_DeF", "a_bc_de_f"),
 ])
 def test_snake_case_names(cls_name: str, name: str) -> None:
     assert snake_name(cls_name) == name

@@ -34,7 +34,7 @@ def is_side_run(learn: Any) -> bool:
 def snake_name(cls_name: str, strip: str = "Callback") -> str:
     """`TrainEvalCallback` -> `train_eval`: drop a trailing `strip`, then camel case to snake case."""
     name = re.sub(f"{strip}$", "", cls_name) or strip
-    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    name = re.sub(r"([A-Z])([A-Z][a-z]+)", r"\1_\2", name)  # fastai 2.8's: `My_Saver` -> `my_saver`
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
 
 
