@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import random
-from collections import OrderedDict, namedtuple
+from collections import OrderedDict, UserDict, namedtuple
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,16 @@ def test_map_tensors_maps_tensors_through_tuples_lists_and_dicts() -> None:
     assert type(res[1][1]["k"]) is Items and res[1][1]["k"][0].tolist() == [2.0, 2.0] and res[1][1]["k"][1] == 3
     assert res[2:] == [{4}, None, "s"]  # not tensors (sets are not walked): kept as they are
     assert t.tolist() == [1.0, 1.0]  # a new structure: the input is unchanged
+
+
+def test_a_mapping_that_is_not_a_dict_is_walked_as_a_dict() -> None:
+    # HuggingFace's BatchEncoding is a UserDict: moved and detached as fastai's walks do, coming back a dict
+    w = torch.ones(2, requires_grad=True)
+    batch = UserDict(input_ids=torch.arange(3), mask=w * 2)
+    moved = data.to_device(batch, torch.device("meta"))
+    assert type(moved) is dict and moved["input_ids"].device.type == "meta" and moved["mask"].device.type == "meta"
+    detached = tc.to_detach(UserDict(out=w * 2))
+    assert type(detached) is dict and not detached["out"].requires_grad
 
 
 def test_to_half_and_to_float_change_only_floating_tensors() -> None:

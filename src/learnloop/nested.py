@@ -25,7 +25,7 @@ __all__ = [
 
 def map_tensors(func: Callable[[Tensor], Any], b: Any) -> Any:
     """`b` with `func(t)` in place of every tensor `t` in it, through nested tuples, lists and dicts: tuples and
-    lists keep their type (a namedtuple too), a dict of any kind comes back a plain dict (as fastai's walks give
+    lists keep their type (a namedtuple too), a dict or other mutable mapping comes back a plain dict (as fastai's walks give
     it); anything else is kept as it is.
 
     >>> map_tensors(lambda t: t * 2, {"x": (torch.ones(1), "name")})
@@ -36,7 +36,7 @@ def map_tensors(func: Callable[[Tensor], Any], b: Any) -> Any:
     if isinstance(b, (tuple, list)):
         items = [map_tensors(func, o) for o in b]
         return type(b)(*items) if hasattr(b, "_fields") else type(b)(items)  # a namedtuple takes fields
-    if isinstance(b, dict):
+    if isinstance(b, (dict, MutableMapping)):  # a UserDict too (HuggingFace's BatchEncoding), as fastai's walks
         return {k: map_tensors(func, v) for k, v in b.items()}
     return b
 
