@@ -251,6 +251,19 @@ def test_repr_of_a_loader_whose_length_is_unknown() -> None:
     assert repr(dls) == "DataLoaders(train=DataLoader(? batches), valid=list(1 batches), device=cpu)"
 
 
+def test_a_validation_loader_whose_length_is_unknown_is_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    # fastai fails on it with torch's TypeError ("object of type '_Stream' has no len()")
+    train = DataLoader(TensorDataset(torch.ones(4, 2), torch.ones(4, 1)), batch_size=2)
+    learn = Learner(DataLoaders(train, DataLoader(_Stream(), batch_size=4), device="cpu"), nn.Linear(2, 1),
+                    loss_func=nn.MSELoss())
+    learn.fit(1)
+    [[_, valid_loss]] = learn.recorder.values
+    with learn.no_bar():
+        assert learn.validate() == [pytest.approx(valid_loss)]
+    learn.progress.bars = True  # a bar without a total
+    assert learn.validate() == [pytest.approx(valid_loss)]
+
+
 def test_to_device_moves_nested_batches() -> None:
     # Moving to the meta device is cheap and shows the move on a CPU-only machine.
     meta = torch.device("meta")

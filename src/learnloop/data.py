@@ -383,9 +383,15 @@ def _check_rows(x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> N
         )
 
 
-def _describe(dl: Any) -> str:
-    try:  # a torch DataLoader has __len__ even over an IterableDataset without one, where len() raises TypeError
-        n: int | str = len(dl)
+def length(dl: Any) -> int | None:
+    """The number of batches `dl` gives, None when it cannot tell: a generator has no `__len__`, and a torch
+    DataLoader over an IterableDataset without one has `__len__` but raises TypeError from it."""
+    try:
+        return len(dl)
     except TypeError:
-        n = "?"
-    return f"{type(dl).__name__}({n} batches)"
+        return None
+
+
+def _describe(dl: Any) -> str:
+    n = length(dl)
+    return f"{type(dl).__name__}({'?' if n is None else n} batches)"

@@ -18,7 +18,7 @@ from torch import nn
 from .attrs import OwnAttrs
 from .callback import Callback
 from .callbacks.checkpointing import CheckpointCallback
-from .data import to_device
+from .data import length, to_device
 from .dispatch import CallbackHost
 from .events import BACKWARD, BATCH, EPOCH, FIT, STEP, TRAIN, VALIDATE, Event, Phase
 from .explain import explain_backward_error, explain_loss_error, explain_model_error
@@ -149,7 +149,7 @@ class Loop(CallbackHost):
         """
         s = self._attrs = OwnAttrs(self)
         if batches is None:
-            s.n_iter = len(s.dl) if hasattr(s.dl, "__len__") else 0
+            s.n_iter = length(s.dl) or 0
             batches = self._batches()
         device = self._device
         n_inp = self._batch_n_inp()

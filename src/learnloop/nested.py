@@ -25,8 +25,8 @@ __all__ = [
 
 def map_tensors(func: Callable[[Tensor], Any], b: Any) -> Any:
     """`b` with `func(t)` in place of every tensor `t` in it, through nested tuples, lists and dicts: tuples and
-    lists keep their type (a namedtuple too), a dict or other mutable mapping comes back a plain dict (as fastai's walks give
-    it); anything else is kept as it is.
+    lists keep their type (a namedtuple too), a dict or any other mutable mapping comes back a plain dict (as
+    fastai's walks give it); anything else is kept as it is.
 
     >>> map_tensors(lambda t: t * 2, {"x": (torch.ones(1), "name")})
     {'x': (tensor([2.]), 'name')}

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from tqdm.auto import tqdm
 
 from ..callback import Callback, noop
+from ..data import length
 from ..events import Event
 
 __all__ = ["ProgressCallback", "column_widths", "format_row"]
@@ -115,7 +116,7 @@ class ProgressCallback(Callback):
 
     def _open_batch_bar(self, desc: str) -> None:
         if self._show_bars:
-            total = len(self.learn.dl) if hasattr(self.learn.dl, "__len__") else None
+            total = length(self.learn.dl)
             self.batch_bar = tqdm(total=total, desc=desc, file=self._out, leave=False, dynamic_ncols=True)
             self._last_refresh = time.monotonic()
 
