@@ -33,6 +33,7 @@ from learnloop import (
     ReduceLROnPlateau,
     SaveModelCallback,
     accuracy,
+    error_rate,
 )
 from learnloop.callbacks.checkpointing import checkpoint_files, latest_checkpoint
 from learnloop.resume import Position
@@ -380,6 +381,26 @@ def test_callbacks_must_match(full_run: tuple[Learner, list[Path]]) -> None:
     impostor.add_cb(odd)
     with pytest.raises(CheckpointError, match="state of a EMACallback under 'ema'.*NotTheRecorder"):
         one_cycle(impostor, resume=files[3])
+
+
+def test_a_recorder_with_other_columns_is_refused_before_anything_changes(
+    full_run: tuple[Learner, list[Path]],
+) -> None:
+    # Its rows would mix with the saved ones (2 values next to 3, under the new names).
+    learn = make_learner()
+    learn.metrics = [accuracy, error_rate]
+    before = [p.clone() for p in learn.model.parameters()]
+    log = EventLog()
+    learn.add_cb(log)
+    with pytest.raises(CheckpointError, match=r"into this learner's 'recorder': its table has the columns \['epoch', "
+                       r"'train_loss', 'valid_loss', 'accuracy', 'time'\], this learner's has .*'error_rate'.*same "
+                       r"metrics"):
+        one_cycle(learn, resume=full_run[1][3])
+    assert log.events == [] and all(torch.equal(p, b) for p, b in zip(learn.model.parameters(), before, strict=True))
+    learn = make_learner()
+    learn.recorder.add_time = False
+    with pytest.raises(CheckpointError, match="Recorder options"):
+        one_cycle(learn, resume=full_run[1][3])
 
 
 def test_a_checkpoint_of_another_model_lists_the_differences(full_run: tuple[Learner, list[Path]]) -> None:

@@ -303,6 +303,11 @@ class ResumeState:
                     f"{self.path} holds the state of a {saved['class']} under {key!r}, but this learner's {key!r} "
                     f"is a {type(cb).__qualname__}: give the resumed fit the same callbacks as the saved run."
                 )
+            else:
+                check = getattr(cb, "check_state_dict", None)  # a callback that can tell a state it cannot take
+                problem = check(saved["state"]) if callable(check) else None
+                if problem:
+                    raise CheckpointError(f"{self.path} cannot be resumed into this learner's {key!r}: {problem}")
         if missing:
             warn_caller(
                 f"{self.path} holds the state of callbacks this learner does not have, which is dropped: "

@@ -116,6 +116,13 @@ class Recorder(Callback):
         self._handed_out = False
         if not self.learn._in_fit:  # a fit's own start, not validate() called inside it
             self._warned_non_finite = False
+        self.metric_names = self._column_names()
+        if self.smooth_loss.count:
+            self._previous_smooth = self.smooth_loss.value
+        self.smooth_loss.reset()
+
+    def _column_names(self) -> list[str]:
+        """The names of the columns of this learner's table: 'epoch', the losses and metrics, 'time'."""
         names = [m.name for m in self.learn.metrics]
         if self.train_metrics and self.valid_metrics:
             names = [f"train_{n}" for n in ["loss", *names]] + [f"valid_{n}" for n in ["loss", *names]]
@@ -123,10 +130,7 @@ class Recorder(Callback):
             names = ["train_loss", "valid_loss", *names]
         else:
             names = ["train_loss", *names]
-        self.metric_names = ["epoch", *names, *(["time"] if self.add_time else [])]
-        if self.smooth_loss.count:
-            self._previous_smooth = self.smooth_loss.value
-        self.smooth_loss.reset()
+        return ["epoch", *names, *(["time"] if self.add_time else [])]
 
     def before_epoch(self) -> None:
         self.cancel_train = self.cancel_valid = False
@@ -303,11 +307,26 @@ class Recorder(Callback):
             "iters": list(self.iters),
             "losses": losses,
             "values": [list(v) for v in self.values],
+            "metric_names": list(self.metric_names),
             "layouts": [list(layout) for layout in getattr(self, "_layouts", [])],
             "hps": {k: list(v) for k, v in self.hps.items()},
             "smooth_loss": {"count": self.smooth_loss.count, "val": float(self.smooth_loss.val)},
             "train_metrics": [metric_state(m) for m in learn.metrics] if self.train_metrics and learn else [],
         }
+
+    def check_state_dict(self, state: dict[str, Any]) -> str | None:
+        """Why `state` cannot be resumed into this learner's Recorder (None when it can): rows recorded under other
+        columns (other metrics, or other `train_metrics`/`valid_metrics`/`add_time`) would mix with this fit's."""
+        saved = state.get("metric_names")  # none in a checkpoint written before they were saved
+        if not saved or self.learn is None:
+            return None
+        now = self._column_names()
+        if list(saved) == now:
+            return None
+        return (
+            f"its table has the columns {list(saved)}, this learner's has {now}: give the resumed fit the same "
+            "metrics (and Recorder options) as the saved run, so its rows can carry on."
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         losses = state["losses"]
