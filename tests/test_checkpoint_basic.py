@@ -155,6 +155,17 @@ class Coll:
         self.items = items
 
 
+def test_a_lazy_module_not_initialized_yet_is_not_saved_and_the_error_says_what_to_do(tmp_path: Path) -> None:
+    learn = synth_learner(path=tmp_path)  # fastai writes the file, which its own load then refuses
+    learn.model = nn.Sequential(nn.LazyLinear(1))
+    with pytest.raises(CheckpointError, match=r"UninitializedParameter at \['0.weight'\].*nothing was written.*lazy "
+                       r"module's .* not initialized yet: run one batch through the model first"):
+        learn.save("init")
+    learn.model(torch.zeros(2, 1))
+    learn.save("init")
+    learn.load("init")
+
+
 def test_a_state_the_loader_would_refuse_is_not_saved(tmp_path: Path) -> None:
     learn = _trained(tmp_path)
     file = learn.save("m")

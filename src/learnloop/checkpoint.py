@@ -198,6 +198,11 @@ def check_loadable(file: str | Path | IO[bytes], state: Any, dest: Any) -> None:
             " It is in the optimizer's state: an optimizer (a port of fastai's Lookahead, say) should keep it as "
             "tensors (a fastcore L as list(...)); or leave the optimizer out: learn.save(..., with_opt=False)."
         )
+    elif "UninitializedParameter" in what or "UninitializedBuffer" in what:
+        opt_fix = (
+            " It is a lazy module's (nn.LazyLinear, ...) not initialized yet: run one batch through the model "
+            "first (learn.summary() runs one)."
+        )
     raise CheckpointError(
         f"Cannot save {dest}: the state holds {what}{where}, which torch's weights-only loader refuses, so the "
         f"file could not be loaded back as it is (learn.load, load_model, load_learner and resuming read with it; "
