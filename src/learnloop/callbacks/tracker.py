@@ -225,40 +225,27 @@ class _PatienceTracker(TrackerCallback):
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
         self.patience = patience
         self.wait = 0
-        # The epoch of this fit's last improvement: -1 before one, None when unknown (state saved without it).
-        self._best_epoch: int | None = -1
 
     def start_fit(self) -> None:
         super().start_fit()
         self.wait = 0
-        self._best_epoch = -1
-
-    def _since(self) -> str:
-        """Since when `monitor` has not improved, for the messages: the epoch of the last improvement (fastai's
-        `epoch - wait`, which is wrong when an epoch in between had no value, or none improved: epoch -1)."""
-        best = getattr(self, "_best_epoch", None)  # none on a tracker pickled before there was one
-        if best is None:
-            best = self.learn.epoch - self.wait
-        return f"epoch {best}" if best >= 0 else "the start of the fit"
 
     def _out_of_patience(self) -> bool:
         """Count this epoch (after `TrackerCallback.after_epoch`); True when patience has run out."""
         if self.current_value() is None:
             return False
         if self.new_best:
-            self.wait, self._best_epoch = 0, self.learn.epoch
+            self.wait = 0
             return False
         self.wait += 1
         return self.wait >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait": self.wait, "best_epoch": getattr(self, "_best_epoch", None)}
+        return {"best": self.best, "wait": self.wait}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.wait = int(state["wait"])
-        best_epoch = state.get("best_epoch")
-        self._best_epoch = None if best_epoch is None else int(best_epoch)
 
 
 class EarlyStoppingCallback(_PatienceTracker):
@@ -269,7 +256,7 @@ class EarlyStoppingCallback(_PatienceTracker):
     def after_epoch(self) -> None:
         super().after_epoch()
         if self._out_of_patience():
-            self.say(f"No improvement since {self._since()}: early stopping")
+            self.say(f"No improvement since epoch {self.learn.epoch - self.wait}: early stopping")
             raise CancelFitException
 
 
