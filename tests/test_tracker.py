@@ -22,6 +22,7 @@ from learnloop.callbacks.tracker import (
     ReduceLROnPlateau,
     SaveModelCallback,
     TrackerCallback,
+    UnrecordedMonitorError,
 )
 from learnloop.errors import ArgumentError, InputError
 from learnloop.metrics import accuracy
@@ -177,9 +178,14 @@ def test_a_metric_the_recorder_never_records_is_a_clear_error(cls: type[TrackerC
     learn = synth_classif_learner(metrics=[accuracy])
     learn.remove_cb(learn.recorder)
     learn.add_cb(Recorder(valid_metrics=False))
-    with pytest.raises(ValueError, match=rf"{cls.__name__} monitors 'accuracy', which the Recorder never records.*"
-                                         r"valid_metrics=False.*\['train_loss'\]"):
-        learn.fit(1, cbs=cls(monitor="accuracy"))
+    # Refused where fastai's fails reading it (an IndexError), at the first epoch's end: a fit that stops before
+    # (a NaN loss, TerminateOnNaN) ends as fastai's.
+    batches: list[int] = []
+    with pytest.raises(UnrecordedMonitorError, match=rf"{cls.__name__} monitors 'accuracy', which the Recorder never "
+                                                     r"records.*valid_metrics=False.*\['train_loss'\]"):
+        learn.fit(2, cbs=[cls(monitor="accuracy"), Callback(after_batch=lambda: batches.append(1))])
+    assert len(batches) == len(learn.dls.train) + len(learn.dls.valid)  # the first epoch ran
+    assert issubclass(UnrecordedMonitorError, IndexError) and issubclass(UnrecordedMonitorError, ValueError)
     learn.remove_cb(learn.recorder)
     learn.add_cb(Recorder(valid_metrics=False, train_metrics=True))  # the training phase records it
     es = EarlyStoppingCallback(monitor="accuracy")

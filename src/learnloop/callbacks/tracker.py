@@ -41,6 +41,11 @@ __all__ = ["TrackerCallback", "EarlyStoppingCallback", "SaveModelCallback", "Red
 Comparison = Callable[[Any, Any], Any]
 
 
+class UnrecordedMonitorError(ValueError, IndexError):
+    """A tracker's `monitor` is a column of the table no row holds a value for: a ValueError, and the IndexError
+    fastai's tracker raises reading it."""
+
+
 class TrackerCallback(Callback):
     """Keeps the best value of `monitor` seen so far; `new_best` says whether the last epoch improved on it."""
 
@@ -96,15 +101,6 @@ class TrackerCallback(Callback):
             )
         self.idx = names.index(self.monitor)
         self._train_names, self._valid_names = _split_names(learn, names)
-        if self.monitor not in self._train_names + self._valid_names:
-            # A metric's name in the table under Recorder(valid_metrics=False): no epoch ever records a value for it,
-            # so this tracker would never act (fastai's fails with an IndexError at the first epoch's end).
-            raise ValueError(
-                f"{type(self).__name__} monitors {self.monitor!r}, which the Recorder never records: with "
-                f"Recorder(valid_metrics=False) the metrics are computed in no phase. Monitor one of "
-                f"{self._train_names + self._valid_names}, or use Recorder(train_metrics=True) or "
-                "Recorder(valid_metrics=True)."
-            )
 
     def before_train(self) -> None:
         self._fit_started = True
@@ -127,6 +123,15 @@ class TrackerCallback(Callback):
 
     def after_epoch(self) -> None:
         """Compare this epoch's value with the best so far; sets `new_best`."""
+        if self.monitor not in self._train_names and self.monitor not in self._valid_names:
+            # A name in the table under Recorder(valid_metrics=False): no row ever holds a value for it. Refused where
+            # fastai's fails reading it (an IndexError at the first epoch's end), not silently never acting.
+            raise UnrecordedMonitorError(
+                f"{type(self).__name__} monitors {self.monitor!r}, which the Recorder never records: with "
+                f"Recorder(valid_metrics=False) the metrics are computed in no phase. Monitor one of "
+                f"{self._train_names + self._valid_names}, or use Recorder(train_metrics=True) or "
+                "Recorder(valid_metrics=True)."
+            )
         value = self.current_value()
         if value is None or self.best is None:
             self.new_best = False
