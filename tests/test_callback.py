@@ -289,6 +289,18 @@ def test_assigning_own_attributes_does_not_warn(learn: Learner) -> None:
     assert cb.count == 3
 
 
+def test_assigning_a_private_attribute_the_learner_has_does_not_warn(learn: Learner) -> None:
+    class Hooks(Callback):
+        def before_fit(self) -> None:
+            self._hooks: list[int] = []  # the learner has a `_hooks` too, but `self._x` is never read from it
+
+    cb = Hooks()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1, cbs=cb)
+    assert cb._hooks == [] and learn._hooks is not cb._hooks
+
+
 # ------------------------------------------------------------------ names
 @pytest.mark.parametrize("cls_name,name", [
     ("TrainEvalCallback", "train_eval"), ("Recorder", "recorder"), ("ProgressCallback", "progress"),

@@ -90,8 +90,8 @@ class Callback:
             check_run_order(self, name, value)
         learn = self.__dict__.get("learn")
         # What `learn.<name>` would find, as fastai's `hasattr(self.learn, name)`: the learner's attributes and the
-        # model's it reads through.
-        if learn is not None and name != "learn" and (
+        # model's it reads through. A private name shadows nothing: `self._x` is never read from the learner.
+        if learn is not None and name != "learn" and not name.startswith("_") and (
             name in learn.__dict__ or _class_has(type(learn), name) or _model_has(learn.__dict__.get("model"), name)
         ):
             warn_caller(
