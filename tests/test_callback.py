@@ -386,6 +386,28 @@ def test_added_cbs_for_a_block_only(learn: Learner) -> None:
     assert not hasattr(learn, "counter")
 
 
+def test_removing_a_callback_gives_its_name_back_to_the_one_it_shadowed() -> None:
+    own = Counter()
+    learn = synth_learner(cbs=own)
+    learn.fit(1, cbs=Counter())  # the fit's Counter is learn.counter during the fit
+    assert learn.counter is own and own.learn is learn
+    with learn.added_cbs(Counter()), pytest.raises(RuntimeError):
+        raise RuntimeError
+    assert learn.counter is own
+    learn.remove_cb(own)
+    assert "counter" not in learn.__dict__
+
+
+def test_a_callback_added_twice_and_removed_once_stays_on_the_learner() -> None:
+    cb = Counter()
+    learn = synth_learner(cbs=cb)
+    with pytest.warns(UserWarning, match="already in learn.cbs"):
+        learn.fit(1, cbs=cb)  # runs twice in that fit, as in fastai
+    assert [c for c in learn.cbs if c is cb] == [cb] and cb.learn is learn and learn.counter is cb
+    learn.fit(1)  # fastai: its learner set to None, the next fit fails in the callback
+    assert cb.n_fit == 3
+
+
 def test_fit_cbs_are_removed_after_fit_even_when_fit_raises(learn: Learner) -> None:
     cb = Counter()
     learn.fit(1, cbs=cb)

@@ -148,11 +148,21 @@ class CallbackHost:
             return self
         if not isinstance(cb, Callback):
             raise self._not_a_callback(cb)
-        object.__setattr__(cb, "learn", None)
-        if self.__dict__.get(cb.name) is cb:
-            delattr(self, cb.name)
         if cb in self.cbs:
             self.cbs.remove(cb)
+        name = cb.name
+        if any(c is cb for c in self.cbs):  # it was in the list twice (added again): still on the learner once
+            object.__setattr__(cb, "learn", self)
+        else:
+            object.__setattr__(cb, "learn", None)
+        if self.__dict__.get(name) is cb:
+            # `learn.<name>` goes back to the callback of that name still on the learner (the last added), as when
+            # a fit's or a block's callback shadowed the learner's own one (`fit(cbs=SaveModelCallback())`).
+            same = [c for c in self.cbs if isinstance(c, Callback) and c.name == name]
+            if same:
+                setattr(self, name, same[-1])
+            else:
+                delattr(self, name)
         self._build_hooks()
         return self
 
