@@ -1,4 +1,4 @@
-"""MCDropoutCallback: Monte-Carlo dropout samples from get_preds, the model left in eval mode."""
+"""MCDropoutCallback: Monte-Carlo dropout samples from get_preds, the model left in eval mode; FetchPredsCallback."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import synth_dls
-from learnloop import Learner
+from conftest import synth_dls, synth_learner
+from learnloop import Callback, FetchPredsCallback, Learner
 from learnloop.callback import noop
 from learnloop.callbacks import MCDropoutCallback
 from learnloop.callbacks.preds import _dropout_modules
@@ -93,3 +93,21 @@ def test_the_dropout_layers_are_back_in_eval_mode_after_validation(in_fit: bool)
         learn.validate(cbs=cb)
     assert learn.model[3].training is False  # back in eval mode at after_validate
     assert (cb.order, cb.run_train, cb.run_valid) == (0, True, True)  # fastai's
+
+
+class Watcher(Callback):
+    def __init__(self) -> None:
+        self.validations = 0
+
+    def after_validate(self) -> None:
+        self.validations += 1
+
+
+@pytest.mark.parametrize("as_class", [True, False])
+def test_fetch_preds_callback_takes_its_cbs_out_given_as_classes_too(as_class: bool) -> None:
+    watcher = Watcher()
+    learn = synth_learner(cbs=watcher)
+    learn.fit(2, cbs=FetchPredsCallback(cbs=Watcher if as_class else watcher))
+    # The fit's two validation phases only, not the fetches'; the same instance back on the learner.
+    assert watcher.validations == 2
+    assert learn.watcher is watcher and [cb for cb in learn.cbs if isinstance(cb, Watcher)] == [watcher]

@@ -292,7 +292,8 @@ class FetchPredsCallback(Callback):
 
     It calls `get_preds(inner=True)` (the validation phase alone, no fit or epoch events) with the callbacks that keep
     the fit's records taken out for the while (those with `remove_on_fetch`: the Recorder, the trackers), and the
-    callbacks given as `cbs` too. `reorder` is passed on to `get_preds`, where it changes nothing (see there).
+    callbacks given as `cbs` too (instances, or classes: all their instances). `reorder` is passed on to
+    `get_preds`, where it changes nothing (see there).
     """
 
     remove_on_fetch = True
@@ -313,7 +314,12 @@ class FetchPredsCallback(Callback):
 
     def after_validate(self) -> None:
         learn = self.learn
-        out = [cb for cb in learn.cbs if getattr(cb, "remove_on_fetch", False) or cb in self.cbs]
+        # `cbs` may hold classes, as removed_cbs takes them: every instance of one is taken out (and put back).
+        classes = tuple(c for c in self.cbs if isinstance(c, type))
+        out = [
+            cb for cb in learn.cbs
+            if getattr(cb, "remove_on_fetch", False) or isinstance(cb, classes) or any(cb is c for c in self.cbs)
+        ]
         with learn.removed_cbs(out):
             self.preds = learn.get_preds(
                 ds_idx=self.ds_idx,
