@@ -851,6 +851,43 @@ def test_a_callback_overriding_call_gets_every_event_through_it() -> None:
     assert cb in learn.ordered_cbs("after_batch") and cb not in learn.ordered_cbs("before_fit")
 
 
+@pytest.mark.parametrize("flag", ["run", "run_train", "run_valid"])
+def test_a_callback_overriding_call_is_called_whatever_its_run_flags_say(flag: str) -> None:
+    # fastai calls every callback at every event; Callback.__call__ (which the override calls) applies the flags.
+    class Verbose(Callback):
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+            self.ran: list[str] = []
+
+        def __call__(self, event_name: str) -> None:
+            self.seen.append(event_name)
+            super().__call__(event_name)
+
+        def after_batch(self) -> None:
+            self.ran.append("after_batch")
+
+        def after_fit(self) -> None:
+            self.ran.append("after_fit")
+
+    learn, cb, plain = synth_learner(n_train=16, n_valid=8, bs=8), Verbose(), EventLog()
+    setattr(cb, flag, False)
+    learn.fit(1, cbs=[cb, plain])
+    assert cb.seen == [e for e in plain.events if e != "after_create"]
+    expected = {"run": [], "run_train": ["after_batch", "after_fit"], "run_valid": ["after_batch"] * 2 + ["after_fit"]}
+    assert cb.ran == expected[flag] and cb.run
+
+
+def test_an_error_in_an_override_of_call_names_the_callback() -> None:
+    class Loud(Callback):
+        def __call__(self, event_name: str) -> None:
+            if event_name == "before_epoch":
+                raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom") as info:
+        synth_learner().fit(1, cbs=Loud())
+    assert info.value.__notes__ == ["(raised in callback Loud at event before_epoch)"]
+
+
 def test_replacing_or_editing_learn_cbs_changes_what_runs() -> None:
     # fastai reads learn.cbs at every event and its own notebooks edit it directly: so does learnloop.
     learn = synth_learner(n_train=16, n_valid=8, bs=8)

@@ -46,6 +46,20 @@ class NotACallbackError(WrongKindError):
     (``'str' object has no attribute 'learn'``), and a TypeError, what it is."""
 
 
+class _EveryEvent(Callback):
+    """Stands for a callback that overrides `__call__` in the hook lists. fastai calls such a callback at every
+    event whatever its `run`, `run_train` and `run_valid` say (its override decides what runs; Callback.__call__,
+    if it calls it, applies them to the methods), so the loop's checks of them always pass for it."""
+
+    cb: Callback
+
+    def __init__(self, cb: Callback) -> None:
+        object.__setattr__(self, "cb", cb)
+
+    def __repr__(self) -> str:
+        return repr(self.cb)
+
+
 class CallbackHost:
     """Holds callbacks and fires events on them.
 
@@ -64,9 +78,10 @@ class CallbackHost:
         # having nothing to do for now (`Callback._idle_events`), so that the loop does not call them for nothing.
         self._hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
         self._plan: dict[Event, list[Callback]] = {e: [] for e in Event}
-        # Every callback in order, with its after_fit hook or None: each one's `run` is set back to True right after
-        # its own turn at after_fit, as fastai calls every callback in turn (a later callback's after_fit sees it).
-        self._after_fit_turns: list[tuple[Callback, Callable[[], Any] | None]] = []
+        # Every callback in order, as listed in `_hooks` and with its after_fit hook or None: each one's `run` is set
+        # back to True right after its own turn at after_fit, as fastai calls every callback in turn (a later
+        # callback's after_fit sees it).
+        self._after_fit_turns: list[tuple[Callback, Callback, Callable[[], Any] | None]] = []
 
     @property
     def cbs(self) -> list[Callback]:
@@ -228,9 +243,9 @@ class CallbackHost:
             if type(cb).__call__ is not Callback.__call__:
                 # A callback that overrides `__call__` (to log every event, say) is called with every event's name,
                 # as fastai calls every callback: its override decides what to run.
-                has = event_hooks(cb)
+                has, every = event_hooks(cb), _EveryEvent(cb)
                 for event in Event:
-                    hooks[event].append((cb, functools.partial(cb, event.value)))
+                    hooks[event].append((every, functools.partial(cb, event.value)))
                     if event in has:  # listed, as fastai lists a callback, only where it has a method
                         plan[event].append(cb)
                 continue
@@ -243,8 +258,8 @@ class CallbackHost:
         # whose hooks are running when a callback is added or removed finishes with the list it started.
         self._hooks.update(hooks)
         self._plan.update(plan)
-        after_fit = dict((id(cb), hook) for cb, hook in hooks[_AFTER_FIT])
-        self._after_fit_turns = [(cb, after_fit.get(id(cb))) for cb in ordered]
+        after_fit = {id(cb.cb if type(cb) is _EveryEvent else cb): (cb, hook) for cb, hook in hooks[_AFTER_FIT]}
+        self._after_fit_turns = [(cb, *after_fit.get(id(cb), (cb, None))) for cb in ordered]
         self._built_for = list(self._cbs)
 
     def sorted_cbs(self) -> list[Callback]:
@@ -279,14 +294,14 @@ class CallbackHost:
                 except CANCEL_EXCEPTIONS:
                     raise
                 except Exception as e:
-                    blame(e, cb, event.value)
+                    blame(e, cb.cb if type(cb) is _EveryEvent else cb, event.value)
                     raise
 
     def _run_after_fit(self) -> None:
         """Each callback in turn: its after_fit (when it has one and runs), then its `run` set back to True."""
-        for cb, hook in self._after_fit_turns:
+        for cb, listed, hook in self._after_fit_turns:
             if hook is not None:
-                self._run_hooks(_AFTER_FIT, [(cb, hook)])
+                self._run_hooks(_AFTER_FIT, [(listed, hook)])
             cb.run = True
 
     def show_training_loop(self) -> None:
