@@ -218,6 +218,16 @@ def test_run_train_and_run_valid_read_learn_training_as_each_callback_is_called(
     assert calls[:2] == ["validated", "valid_only"]
 
 
+@pytest.mark.parametrize("run_train,run_valid,runs", [(False, True, True), (True, False, True), (False, False, False)])
+def test_a_callback_called_by_hand_without_a_learner_runs_its_batch_methods_if_either_flag_allows(
+    run_train: bool, run_valid: bool, runs: bool,
+) -> None:
+    # No learner: nothing says which phase it is, and fastai runs them if run_train or run_valid says so.
+    cb = Callback(after_batch=lambda: "ran")
+    cb.run_train, cb.run_valid = run_train, run_valid
+    assert cb("after_batch") == ("ran" if runs else None)
+
+
 INNER = {e.value for e in INNER_LOOP}
 
 

@@ -130,9 +130,8 @@ class Callback:
             hook = None
             if hint := did_you_mean(event_name):
                 warn_caller(f"{type(self).__name__}({event_name!r}): no such event or method, nothing ran.{hint}")
-        training = getattr(self, "training", True) if self.learn is not None else True
         result = None
-        if hook is not None and self.run and (event not in INNER_LOOP or _runs_now(self, training)):
+        if hook is not None and self.run and (event not in INNER_LOOP or _runs_now(self)):
             try:
                 result = hook()
             except CANCEL_EXCEPTIONS:
@@ -235,8 +234,12 @@ def _class_has(cls: type, name: str) -> bool:
     return False
 
 
-def _runs_now(cb: Callback, training: bool) -> bool:
-    return cb.run_train if training else cb.run_valid
+def _runs_now(cb: Callback) -> bool:
+    """Whether `cb`'s per-batch methods run now: by `run_train` while training, `run_valid` while validating; either
+    one lets them run without a learner (nothing says which phase it is), as in fastai."""
+    if cb.learn is None:
+        return cb.run_train or cb.run_valid
+    return cb.run_train if getattr(cb, "training", True) else cb.run_valid
 
 
 _BASE_ATTRS = frozenset(dir(Callback))
