@@ -898,6 +898,20 @@ def test_an_error_in_an_override_of_call_names_the_callback() -> None:
     assert info.value.__notes__ == ["(raised in callback Loud at event before_epoch)"]
 
 
+def test_deleting_an_instance_hook_or_order_of_an_added_callback_takes_effect() -> None:
+    learn, calls = synth_learner(), []
+    cb = Callback(after_batch=lambda: calls.append("hook"))
+    learn.add_cb(cb)
+    del cb.after_batch  # fastai looks the method up at each event: it is no longer called
+    learn.fit(1)
+    assert calls == []
+    tagged = Tagged("tagged", calls, order=-100)  # an instance's order, before TrainEvalCallback's -10
+    learn.add_cb(tagged)
+    assert learn.ordered_cbs("before_fit")[0] is tagged
+    del tagged.order  # the class's order (0) again
+    assert learn.ordered_cbs("before_fit")[0] is learn.train_eval
+
+
 def test_replacing_or_editing_learn_cbs_changes_what_runs() -> None:
     # fastai reads learn.cbs at every event and its own notebooks edit it directly: so does learnloop.
     learn = synth_learner(n_train=16, n_valid=8, bs=8)

@@ -102,6 +102,12 @@ class Callback:
         if learn is not None and name in _SORT_OR_HOOK:  # an event method or the order changed: new hook lists
             learn._build_hooks()
 
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        learn = self.__dict__.get("learn")
+        if learn is not None and name in _SORT_OR_HOOK:  # an instance's hook or order gone: the class's, or none
+            learn._build_hooks()
+
     def _idle_events(self) -> Collection[Event]:
         """Events whose method has nothing to do for now, which the loop may skip (none by default). A callback
         that overrides this calls `self.learn._build_hooks()` when its answer changes: it is asked only when the
