@@ -385,6 +385,18 @@ def test_removed_cbs_puts_them_back_at_the_end(learn: Learner) -> None:
     assert learn.cbs[-1] is recorder and learn.recorder is recorder and recorder.learn is learn
 
 
+def test_removed_cbs_puts_back_only_what_it_removed_once_each(learn: Learner) -> None:
+    other = synth_learner()
+    stranger = other.add_cb(Counter()).counter  # on another learner, not on this one
+    recorder = learn.recorder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "already in learn.cbs": the recorder comes back once
+        with learn.removed_cbs([Recorder, recorder, stranger]):
+            assert recorder not in learn.cbs
+    assert [cb for cb in learn.cbs if isinstance(cb, (Recorder, Counter))] == [recorder]
+    assert stranger.learn is other and other.counter is stranger  # left alone
+
+
 def test_added_cbs_for_a_block_only(learn: Learner) -> None:
     cb = Counter()
     with learn.added_cbs(cb):

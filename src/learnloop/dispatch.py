@@ -223,8 +223,17 @@ class CallbackHost:
 
     @contextmanager
     def removed_cbs(self, cbs: Any) -> Iterator[Self]:
-        """Remove `cbs` for the duration of the block; they come back at the end of the list."""
-        removed = [c for cb in as_list(cbs) for c in (self._grab(cb) if isinstance(cb, type) else [cb])]
+        """Remove `cbs` for the duration of the block; they come back at the end of the list. Only the callbacks the
+        learner has come back, each once (one given that it does not have is left alone)."""
+        given = as_list(cbs)
+        for cb in given:  # all checked before any is removed
+            if not isinstance(cb, (Callback, type)):
+                raise self._not_a_callback(cb)
+        removed: list[Callback] = []
+        for cb in given:
+            for found in self._grab(cb) if isinstance(cb, type) else [cb]:
+                if any(c is found for c in self.cbs) and not any(c is found for c in removed):
+                    removed.append(found)
         self.remove_cbs(removed)
         try:
             yield self
