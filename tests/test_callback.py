@@ -385,6 +385,15 @@ def test_removed_cbs_puts_them_back_at_the_end(learn: Learner) -> None:
     assert learn.cbs[-1] is recorder and learn.recorder is recorder and recorder.learn is learn
 
 
+def test_remove_cb_leaves_another_learners_callback_alone(learn: Learner) -> None:
+    other = synth_learner()
+    theirs = other.add_cb(Counter()).counter
+    learn.remove_cb(theirs)  # fastai sets its learn to None: the other learner's next fit fails in it
+    assert theirs.learn is other
+    other.fit(1)
+    assert theirs.n_fit == 1
+
+
 def test_removed_cbs_puts_back_only_what_it_removed_once_each(learn: Learner) -> None:
     other = synth_learner()
     stranger = other.add_cb(Counter()).counter  # on another learner, not on this one

@@ -163,12 +163,13 @@ class CallbackHost:
             return self
         if not isinstance(cb, Callback):
             raise self._not_a_callback(cb)
-        if cb in self.cbs:
+        was_here = cb in self.cbs
+        if was_here:
             self.cbs.remove(cb)
         name = cb.name
         if any(c is cb for c in self.cbs):  # it was in the list twice (added again): still on the learner once
             object.__setattr__(cb, "learn", self)
-        else:
+        elif was_here or cb.__dict__.get("learn") is self:  # not another learner's callback, which it keeps
             object.__setattr__(cb, "learn", None)
         if self.__dict__.get(name) is cb:
             # `learn.<name>` goes back to the callback of that name still on the learner (the last added), as when
