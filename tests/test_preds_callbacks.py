@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conftest import synth_dls, synth_learner
-from learnloop import Callback, FetchPredsCallback, Learner
+from learnloop import Callback, FetchPredsCallback, GatherPredsCallback, Learner
 from learnloop.callback import noop
 from learnloop.callbacks import MCDropoutCallback
 from learnloop.callbacks.preds import _dropout_modules
@@ -111,3 +111,9 @@ def test_fetch_preds_callback_takes_its_cbs_out_given_as_classes_too(as_class: b
     # The fit's two validation phases only, not the fetches'; the same instance back on the learner.
     assert watcher.validations == 2
     assert learn.watcher is watcher and [cb for cb in learn.cbs if isinstance(cb, Watcher)] == [watcher]
+
+
+def test_gather_preds_with_loss_in_a_fit_says_the_loss_is_reduced() -> None:
+    learn = synth_learner()  # MSELoss(reduction="mean"): one number per batch
+    with pytest.raises(RuntimeError, match=r"needs a loss per item.*shape \(\) for a batch of 16 items"):
+        learn.fit(1, cbs=GatherPredsCallback(with_loss=True))

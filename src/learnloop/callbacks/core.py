@@ -230,6 +230,12 @@ class GatherPredsCallback(Callback):
                 g.losses.append(bs)
             else:
                 g.last_loss = loss
+                if bs and loss.numel() % bs:  # fastai: a bare "shape '[16, -1]' is invalid for input of size 1"
+                    raise RuntimeError(
+                        f"GatherPredsCallback(with_loss=True) needs a loss per item, but the loss function gave a "
+                        f"loss of shape {tuple(loss.shape)} for a batch of {bs} items (a reduced loss, in a fit): "
+                        "learn.get_preds(with_loss=True) makes it unreduced for its run (inner=True from a callback)."
+                    )
                 g.losses.append(loss if loss.numel() == bs else loss.reshape(bs, -1).mean(1))
         if self.save_preds is not None:
             torch.save(_on_cpu(pred), self.save_preds / str(learn.iter), pickle_protocol=self.pickle_protocol)
