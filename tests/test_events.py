@@ -254,6 +254,14 @@ def test_begin_aliases_work_with_a_deprecation_warning(learn) -> None:  # noqa: 
         learn("begin_fit")
 
 
+def test_begin_aliases_as_callback_keywords_work_with_a_deprecation_warning(learn) -> None:  # noqa: ANN001
+    calls: list[str] = []
+    with pytest.warns(DeprecationWarning, match=r"Callback\(begin_batch=\.\.\.\).*'before_batch'"):
+        cb = Callback(begin_batch=lambda: calls.append("batch"))
+    learn.fit(1, cbs=cb)
+    assert calls == ["batch"] * 3
+
+
 def test_misspelt_event_method_is_reported_when_added(learn) -> None:  # noqa: ANN001
     class Typo(Callback):
         def before_bacth(self) -> None: ...

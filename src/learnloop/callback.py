@@ -64,7 +64,11 @@ class Callback:
         method of the callback, called with it (`f(cb)`); a function without a required positional argument
         (`lambda: ...`, `lambda e=event: ...`) is called as it is."""
         for name, hook in hooks.items():
-            if name not in Event.__members__:
+            if name in ALIASES:  # an old `begin_*` name, accepted as on a method, for its event
+                warn_caller(f"Callback({name}=...) uses the old event name {name!r}; use {ALIASES[name].value!r}.",
+                            DeprecationWarning)
+                name = ALIASES[name].value
+            elif name not in Event.__members__:
                 raise ArgumentError(f"Callback() got {name!r}, which is not an event.{did_you_mean(name)}")
             if not callable(hook):  # fastai: a TypeError from MethodType, which does not say which event
                 raise ArgumentError(
