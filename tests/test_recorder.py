@@ -291,6 +291,17 @@ def test_row_values_put_each_value_under_its_name_when_a_phase_was_cancelled(tra
     assert [other.recorder.row_values(i) for i in range(3)] == [rec.row_values(i) for i in range(3)]
 
 
+def test_row_values_of_a_validate_leave_the_training_columns_empty() -> None:
+    # validate() runs no training phase: its row is [valid_loss, accuracy], which row_values (and so plot_metrics)
+    # laid out under train_loss and valid_loss.
+    learn = synth_classif_learner(metrics=[accuracy])
+    learn.fit(1)
+    valid_loss, acc = learn.validate()
+    assert learn.recorder.row_values(0) == [None, valid_loss, acc]
+    learn.get_preds(with_loss=True)
+    assert learn.recorder.row_values(0)[0] is None
+
+
 def test_recorder_skips_batches_without_targets() -> None:
     x = torch.randn(4, 2)
     learn = Learner(DataLoaders([(x,)], [(x,)], device="cpu"), torch.nn.Linear(2, 1), loss_func=F.mse_loss)

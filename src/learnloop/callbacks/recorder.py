@@ -94,9 +94,10 @@ class Recorder(Callback):
         self._losses: list[torch.Tensor] = []
         self._handed_out = False  # `losses` has returned this fit's list: someone may hold it
         self.values: list[list[Any]] = []
-        # Per row of `values`: whether its training and its validation values were recorded (a phase cancelled
-        # leaves them out, shifting those after them left, as in fastai); `row_values` puts them back in place.
+        # Per row of `values`: whether its training and its validation values were recorded (a phase cancelled, or
+        # not run, leaves them out, shifting those after them left, as in fastai); `row_values` puts them back.
         self._layouts: list[tuple[bool, bool]] = []
+        self._trained = False  # this epoch's row holds training values (validate() and get_preds() have none)
         self.hps: dict[str, list[Any]] = {}
         self.metric_names: list[str] = []
         self.cancel_train = self.cancel_valid = False
@@ -133,7 +134,7 @@ class Recorder(Callback):
         return ["epoch", *names, *(["time"] if self.add_time else [])]
 
     def before_epoch(self) -> None:
-        self.cancel_train = self.cancel_valid = False
+        self.cancel_train = self.cancel_valid = self._trained = False
         self.start_epoch = time.time()
         # Removed by a callback earlier at this event, it is still called (as in fastai), without a learner: epoch 0.
         self.log = [self.learn.epoch if self.learn is not None else 0]
@@ -208,6 +209,7 @@ class Recorder(Callback):
     def after_train(self) -> None:
         mets = self._train_mets
         self.log += [_value(m) for m in mets]
+        self._trained = bool(mets)
         if mets and self.smooth_loss.count:  # nan without a batch (fastai's 0 / 0): nothing diverged
             self._check_finite("training", self.log[-len(mets)])
 
@@ -246,7 +248,7 @@ class Recorder(Callback):
         learn = self.learn
         learn.final_record = self.log[1:].copy()
         self.values.append(learn.final_record)
-        self._layouts.append((not self.cancel_train, not self.cancel_valid))
+        self._layouts.append((self._trained, not self.cancel_valid))
         if self.add_time:
             self.log.append(format_time(time.time() - self.start_epoch))
         for write in getattr(self, "row_writers", ()):  # none on a Recorder pickled before there were any
@@ -261,7 +263,8 @@ class Recorder(Callback):
 
     def row_values(self, i: int) -> list[Any]:
         """`values[i]` laid out under `metric_names` (without 'epoch' and 'time'), None where that epoch recorded no
-        value: a cancelled phase leaves its values out of the row (as in fastai), which shifts those after them.
+        value: a cancelled phase leaves its values out of the row (as in fastai), which shifts those after them, and
+        so does the training phase `validate()` and `get_preds()` do not run.
 
         >>> learn.fit(1, cbs=ShortEpochCallback(short_valid=False)); learn.recorder.row_values(0)
         [None, 0.52, 0.81]
