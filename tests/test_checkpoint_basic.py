@@ -344,3 +344,16 @@ def test_a_load_that_fails_changes_no_weight(tmp_path: Path, strict: bool) -> No
     with pytest.raises(CheckpointError, match=match):
         other.load("m", strict=strict)
     assert all(torch.equal(v, before[k]) for k, v in other.model.state_dict().items())
+
+
+def test_a_load_that_fails_on_a_value_that_is_not_a_tensor_changes_no_weight(tmp_path: Path) -> None:
+    # Same keys and shapes, but one value is no tensor: torch loaded the others before refusing it, while the error
+    # said nothing was loaded.
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    state: dict[str, Any] = {k: torch.full_like(v, 9.0) for k, v in model.state_dict().items()}
+    state["1.bias"] = 5
+    torch.save(state, tmp_path / "m.pth")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"different model \(nothing was loaded\)"):
+        checkpoint_module.load_model(tmp_path / "m.pth", model)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -374,7 +374,8 @@ def _load_weights(model: nn.Module, state: Any, path: Any, strict: bool) -> None
     tensors are copied first (onto the CPU) and put back if torch refuses it."""
     current = model.state_dict()
     matches = isinstance(state, Mapping) and state.keys() == current.keys() and all(
-        not isinstance(v, torch.Tensor) or v.shape == current[k].shape for k, v in state.items()
+        not isinstance(c, torch.Tensor) or (isinstance(state[k], torch.Tensor) and state[k].shape == c.shape)
+        for k, c in current.items()
     )
     tensors = {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
     kept = None if matches else {k: v.detach().to("cpu", copy=True) for k, v in tensors.items()}
