@@ -205,6 +205,21 @@ def test_assigning_the_device_takes_a_string_and_is_checked(monkeypatch: pytest.
     assert dls.device == torch.device("cpu") and pickle.loads(pickle.dumps(dls)).device == torch.device("cpu")
 
 
+def test_a_subclass_that_sets_no_device_reads_it_from_the_training_loader() -> None:
+    # As before `device` became a property: the loop's getattr(dls, "device", None) got a KeyError from it.
+    class Own(DataLoaders):
+        def __init__(self, train: Any) -> None:
+            self.loaders, self.n_inp = [train, None], None
+
+    dls = Own(DataLoader(_ds(), batch_size=4))
+    assert getattr(dls, "device", None) is None
+    learn = Learner(dls, nn.Linear(2, 1), loss_func=nn.MSELoss())
+    learn.logger = noop
+    learn.fit(1)
+    dls.train.device = "cpu"  # type: ignore[attr-defined]
+    assert dls.device == "cpu"
+
+
 @pytest.mark.parametrize("n_inp", ["1", 1.0, True])
 def test_n_inp_that_is_not_a_whole_number_is_refused(n_inp: Any) -> None:
     with pytest.raises(ArgumentError, match="DataLoaders: n_inp"):

@@ -191,7 +191,10 @@ class DataLoaders:
     def device(self) -> torch.device:
         """The device batches are moved to as they are read. Assigning it (`dls.device = "cpu"`, as in fastai) takes
         a string too, and refuses a CUDA device on a machine without one, as `to()` does."""
-        return self.__dict__["device"]  # type: ignore[no-any-return]
+        try:
+            return self.__dict__["device"]  # type: ignore[no-any-return]
+        except KeyError:  # a subclass whose __init__ set none: read from the training loader, as other attributes
+            return self.__getattr__("device")
 
     @device.setter
     def device(self, device: torch.device | str) -> None:
