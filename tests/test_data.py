@@ -126,6 +126,13 @@ def test_from_dsets_gives_the_training_order_to_the_training_loader_only() -> No
         DataLoaders.from_dsets(_ds(10), bs=4, seed=1, generator=generator)
 
 
+def test_from_dsets_takes_a_batch_sampler_for_the_training_batches() -> None:
+    # torch refuses batch_size, shuffle and drop_last beside it: from_dsets always gave them, a ValueError
+    batches = BatchSampler(SequentialSampler(range(10)), 3, drop_last=False)
+    dls = DataLoaders.from_dsets(_ds(10), _ds(10), bs=4, batch_sampler=batches)
+    assert [len(xb) for xb, _ in dls.train] == [3, 3, 3, 1] and [len(xb) for xb, _ in dls.valid] == [4, 4, 2]
+
+
 def test_from_tensors() -> None:
     x, y = torch.randn(10, 3), torch.randn(10)
     dls = DataLoaders.from_tensors(x, y, x[:4], y[:4], bs=5, shuffle=False)

@@ -305,7 +305,9 @@ class DataLoaders:
         """Torch DataLoaders over two datasets; the training one shuffles and drops its last partial batch.
 
         Other keywords go to both torch DataLoaders (`collate_fn`, `pin_memory`...), except `sampler`,
-        `batch_sampler` and `generator`, which draw the training order: the training loader's only.
+        `batch_sampler` and `generator`, which draw the training order: the training loader's only. A
+        `batch_sampler` makes the training batches itself: `bs` is then the validation loader's only, and `shuffle`
+        and `drop_last` go unused (torch takes none of them with it).
         """
         if bs < 1:
             raise ValueError(f"bs must be a positive number of items per batch, got {bs}.")
@@ -326,11 +328,13 @@ class DataLoaders:
                     f"from_dsets: seed={seed!r} and a generator both set the training order; pass one of them."
                 )
             generator = torch.Generator().manual_seed(seed)
+        batching: dict[str, Any] = {"batch_size": bs, "shuffle": shuffle}
+        batching["drop_last"] = shuffle if drop_last is None else drop_last
+        if "batch_sampler" in train_only:  # torch refuses each of these beside it
+            batching = {}
         train = DataLoader(
             train_ds,
-            batch_size=bs,
-            shuffle=shuffle,
-            drop_last=shuffle if drop_last is None else drop_last,
+            **batching,
             num_workers=num_workers,
             generator=generator,
             **train_only,
