@@ -345,3 +345,21 @@ def test_user_stepper_mixed_with_builtins_gives_reference_numbers() -> None:
     clipped = partial(Optimizer, cbs=adam_cbs, lr=1e-2, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01)
     assert relative_error(train(clipped, "auto"), train(clipped, "per_param")) == 0
     assert Optimizer([torch.zeros(1)], adam_cbs, lr=1e-2, eps=1e-5, wd=0.01)._compiled.vectorised is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["SGD-mom", "RMSProp-mom", "Adam", "RAdam", "QHAdam", "Larc", "Lamb"])
+def test_half_precision_foreach_path_is_the_per_param_reference_bit_for_bit(name: str, dtype: torch.dtype) -> None:
+    # torch's in-place foreach multiply on the CPU rounds a Python number to the tensors' dtype first (a momentum
+    # of 0.9 acted as 0.8984375 in bfloat16); Tensor.mul_, which fastai's steppers use, multiplies in float32.
+    def run(implementation: str) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        params = [torch.randn(shape, generator=gen).to(dtype).requires_grad_() for shape in [(), (40,), (8, 8)]]
+        opt = OPTIMIZERS[name]([params[:1], params[1:]], implementation=implementation)
+        for _ in range(6):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=gen).to(dtype)
+            opt.step()
+        return [p.detach() for p in params]
+
+    assert all(torch.equal(a, b) for a, b in zip(run("foreach"), run("per_param"), strict=True))

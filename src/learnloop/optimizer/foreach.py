@@ -9,6 +9,7 @@ per-parameter state stays in the same dicts, under the same keys.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from . import steppers as S
 
-__all__ = ["Bucket", "BuiltinSpec", "BUILTINS", "cpu_chunks", "resolve_builtin", "state_tensors"]
+__all__ = ["Bucket", "BuiltinSpec", "BUILTINS", "cpu_chunks", "resolve_builtin", "scale_", "state_tensors"]
 
 Hypers = Mapping[str, Any]
 
@@ -82,9 +83,27 @@ def state_tensors(b: Bucket, key: str) -> list[Tensor]:
     return out
 
 
+#: Dtypes whose in-place foreach multiply by a Python number rounds the number to the dtype first on the CPU (torch
+#: 2.13: ``_foreach_mul_(bf16 tensors, 0.9)`` multiplies by 0.8984375), where ``Tensor.mul_`` multiplies in float32.
+_ROUNDS_SCALAR = frozenset({torch.bfloat16, torch.float16})
+
+
+def scale_(tensors: list[Tensor], factor: float) -> None:
+    """``t *= factor`` for every tensor, rounded as the per-parameter steppers' ``Tensor.mul_`` rounds it.
+
+    In half precision on the CPU, torch's in-place foreach multiply would use ``factor`` rounded to the tensors'
+    dtype: a momentum of 0.99 would act as 0.98828125. The tensors of a bucket share their dtype and device.
+    """
+    if tensors and tensors[0].dtype in _ROUNDS_SCALAR and tensors[0].device.type == "cpu":
+        for t in tensors:
+            t.mul_(factor)
+    else:
+        torch._foreach_mul_(tensors, factor)
+
+
 def _weight_decay(b: Bucket, h: Hypers, opts: Mapping[str, Any]) -> None:
     if b.do_wd and h["wd"] != 0:
-        torch._foreach_mul_(b.params, 1 - h["lr"] * h["wd"])
+        scale_(b.params, 1 - h["lr"] * h["wd"])
 
 
 def _l2_reg(b: Bucket, h: Hypers, opts: Mapping[str, Any]) -> None:
@@ -95,14 +114,14 @@ def _l2_reg(b: Bucket, h: Hypers, opts: Mapping[str, Any]) -> None:
 def _average_grad(b: Bucket, h: Hypers, opts: Mapping[str, Any]) -> None:
     mom = h["mom"]
     avgs = state_tensors(b, "grad_avg")
-    torch._foreach_mul_(avgs, mom)
+    scale_(avgs, mom)
     torch._foreach_add_(avgs, b.grads, alpha=1 - mom if opts.get("dampening", False) else 1.0)
 
 
 def _average_sqr_grad(b: Bucket, h: Hypers, opts: Mapping[str, Any]) -> None:
     sqr_mom = h["sqr_mom"]
     avgs = state_tensors(b, "sqr_avg")
-    torch._foreach_mul_(avgs, sqr_mom)
+    scale_(avgs, sqr_mom)
     torch._foreach_addcmul_(avgs, b.grads, b.grads, value=1 - sqr_mom if opts.get("dampening", True) else 1.0)
 
 
@@ -219,9 +238,10 @@ def _lamb_step(b: Bucket, h: Hypers, opts: Mapping[str, Any]) -> None:
     debias1 = S.debias(h["mom"], 1 - h["mom"], b.step)
     update = torch._foreach_div([s["grad_avg"] for s in b.states], debias1)
     torch._foreach_div_(update, _debiased_denom(b, h))
-    p_norm, u_norm = torch.stack(torch._foreach_norm(b.params)), torch.stack(torch._foreach_norm(update))
-    roots = torch.tensor([p.numel() ** 0.5 for p in b.params], dtype=p_norm.dtype, device=p_norm.device)
-    r1, r2 = p_norm / roots, u_norm / roots
+    # Divided by Python numbers, as lamb_step divides: a tensor of the roots would round them to a half dtype.
+    roots = [math.sqrt(p.numel()) for p in b.params]
+    r1 = torch.stack(torch._foreach_div(torch._foreach_norm(b.params), roots))
+    r2 = torch.stack(torch._foreach_div(torch._foreach_norm(update), roots))
     q = torch.where((r1 == 0) | (r2 == 0), torch.ones_like(r1), (r1 / r2).clamp(max=10)) * h["lr"]
     torch._foreach_sub_(b.params, torch._foreach_mul(update, list(q.unbind())))
 
