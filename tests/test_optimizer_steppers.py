@@ -363,3 +363,12 @@ def test_half_precision_foreach_path_is_the_per_param_reference_bit_for_bit(name
         return [p.detach() for p in params]
 
     assert all(torch.equal(a, b) for a, b in zip(run("foreach"), run("per_param"), strict=True))
+
+
+def test_a_partial_binding_nothing_keeps_the_steppers_defaults_in_the_fast_paths() -> None:
+    # partial(average_grad) does not dampen: it is not Adam's chain, whose first moment the fused AdamW kernel dampens.
+    cbs = [weight_decay, partial(average_grad), average_sqr_grad, step_stat, adam_step]
+    undamped = partial(Optimizer, cbs=cbs, lr=1e-2, mom=0.9, sqr_mom=0.99, eps=1e-5, wd=0.01)
+    assert undamped([torch.zeros(1)])._compiled.fused is None
+    assert Adam([torch.zeros(1)], lr=1e-2)._compiled.fused is not None
+    assert relative_error(train(undamped, "auto", steps=5), train(undamped, "per_param", steps=5)) == 0

@@ -12,6 +12,7 @@ runs the foreach chain instead.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -115,20 +116,26 @@ def _fused_sgd_momentum(b: Bucket, h: Mapping[str, Any]) -> bool:
     return True
 
 
-def _is(cb: Callable[..., Any], fn: Callable[..., Any], **allowed: Any) -> bool:
-    """``cb`` is ``fn`` or a keyword partial of it whose keywords equal ``allowed`` (missing = default)."""
+def _is(cb: Callable[..., Any], fn: Callable[..., Any], **required: Any) -> bool:
+    """``cb`` is ``fn``, or a keyword partial of it, that runs with the options ``required`` (an option it does not
+    bind takes ``fn``'s default: ``partial(average_grad)`` does not dampen)."""
+    bound: Mapping[str, Any] = {}
     if isinstance(cb, functools.partial):
         if cb.args or cb.func is not fn:
             return False
-        return all(k in allowed and allowed[k] == v for k, v in cb.keywords.items())
-    return cb is fn
+        bound = cb.keywords
+    elif cb is not fn:
+        return False
+    if not set(bound) <= set(required):
+        return False
+    params = inspect.signature(fn).parameters
+    return all(bound.get(k, params[k].default) == v for k, v in required.items())
 
 
 def find_fused_plan(cbs: Sequence[Callable[..., Any]]) -> FusedPlan | None:
     """The fused plan running this exact chain of built-in steppers, if there is one."""
     if len(cbs) == 5 and (
         _is(cbs[0], S.weight_decay)
-        and isinstance(cbs[1], functools.partial)
         and _is(cbs[1], S.average_grad, dampening=True)
         and _is(cbs[2], S.average_sqr_grad, dampening=True)
         and _is(cbs[3], S.step_stat)
