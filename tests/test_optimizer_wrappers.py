@@ -233,6 +233,18 @@ def test_lookahead_pulls_slow_weights_every_k_steps() -> None:
     assert opt.count == 0 and opt.slow_weights is None
 
 
+def test_lookahead_takes_a_group_added_after_its_first_step() -> None:
+    p, q = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(3))
+    opt = Lookahead(SGD([p], lr=1.0), k=2, alpha=0.5)
+    p.grad = torch.ones(2)
+    opt.step()
+    opt.add_param_group({"params": [q]})  # its slow weights are its weights when it joins: 0
+    q.grad = torch.ones(3)
+    opt.step()  # p: fast -2, slow 0 -> -1; q: fast -1, slow 0 -> -0.5
+    assert torch.equal(p.detach(), torch.full((2,), -1.0)) and torch.equal(q.detach(), torch.full((3,), -0.5))
+    assert opt.slow_weights is not None and [len(g) for g in opt.slow_weights] == [1, 1]
+
+
 def test_lookahead_exposes_the_wrapped_api() -> None:
     groups = three_groups()
     opt = ranger(groups, lr=1e-2)
@@ -301,6 +313,10 @@ def test_lookahead_load_state_dict_rejects_other_groups() -> None:
         bigger.load_state_dict(sd)
     with pytest.raises(AssertionError):  # fastai's type, from its inner optimizer's check
         bigger.load_state_dict({k: v for k, v in sd.items() if k != "slow_weights"})
+    other_shapes = ranger([[nn.Parameter(torch.zeros(2))] for _ in range(3)], lr=0.1)
+    with pytest.raises(InputError, match=r"slow weight of parameter 0 of group 0 has shape \(3,\) but the "
+                       r"parameter has shape \(2,\)"):
+        other_shapes.load_state_dict(sd)
 
 
 def test_param_group_helpers_of_fastai() -> None:

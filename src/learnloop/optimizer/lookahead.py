@@ -107,6 +107,8 @@ class Lookahead(BaseOptimizer):
         """One step of the wrapped optimizer, then a lookahead update every ``k`` steps."""
         if self.slow_weights is None:
             self._copy_weights()
+        elif len(self.slow_weights) < len(self.param_lists):  # a group added since (add_param_group): its weights now
+            self.slow_weights += [[p.detach().clone() for p in pg] for pg in self.param_lists[len(self.slow_weights) :]]
         loss = self.opt.step(closure)
         self.count += 1
         if self.count % self.k != 0:
@@ -143,6 +145,13 @@ class Lookahead(BaseOptimizer):
                     f"optimizer has groups of {[len(g) for g in self.param_lists]}; was the state_dict saved "
                     "from another model?"
                 )
+            for i, (gs, gp) in enumerate(zip(slow, self.param_lists, strict=True)):
+                for j, (s, p) in enumerate(zip(gs, gp, strict=True)):
+                    if s.shape != p.shape:
+                        raise InputError(
+                            f"the saved slow weight of parameter {j} of group {i} has shape {tuple(s.shape)} but the "
+                            f"parameter has shape {tuple(p.shape)}; was the state_dict saved from another model?"
+                        )
             slow = [
                 [s.to(device=p.device, dtype=p.dtype, copy=True) for s, p in zip(gs, gp, strict=True)]
                 for gs, gp in zip(slow, self.param_lists, strict=True)
