@@ -222,6 +222,25 @@ def test_missing_hyper_is_reported_at_the_first_step() -> None:
         opt.step()
 
 
+@pytest.mark.parametrize("implementation", ["auto", "foreach", "per_param"])
+def test_a_hyper_removed_after_the_first_step_is_the_steppers_type_error(implementation: str) -> None:
+    p = torch.zeros(2, requires_grad=True)
+    p.grad = torch.ones(2)
+    opt = Adam([p], lr=0.1, implementation=implementation)  # type: ignore[arg-type]
+    opt.step()
+    del opt.hypers[0]["sqr_mom"]  # fastai's per-parameter call raises a TypeError; the fast paths a bare KeyError
+    with pytest.raises(TypeError, match=r"average_sqr_grad needs \['sqr_mom'\]"):
+        opt.step()
+    opt.set_hyper("sqr_mom", 0.99)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "not this optimizer's hyper-parameters"
+        opt.load_state_dict(SGD([torch.zeros(2)], lr=0.1).state_dict())
+    before = p.detach().clone()
+    with pytest.raises(TypeError, match=r"average_sqr_grad needs \['sqr_mom'\].*defined: \['lr', 'mom', 'wd'\]"):
+        opt.step()
+    assert torch.equal(p.detach(), before)  # checked before any stepper ran
+
+
 # -- freezing ---------------------------------------------------------------------------------------------
 def test_freeze_unfreeze_and_force_train() -> None:
     groups = three_groups()

@@ -134,10 +134,15 @@ class Optimizer(BaseOptimizer):
         self._chain_checked = False
 
     def _check_chain(self) -> None:
-        hit = self._compiled.missing(set.intersection(*(set(h) for h in self.hypers)) | set(self.keep_on_clear))
-        if hit is not None:
-            raise TypeError(missing_message(hit[0], hit[1], self.hypers[0]))
+        error = self._chain_error()
+        if error is not None:
+            raise error
         self._chain_checked = True
+
+    def _chain_error(self) -> TypeError | None:
+        """fastai's TypeError, naming the stepper and the name, when a stepper needs a name nothing provides."""
+        hit = self._compiled.missing(set.intersection(*(set(h) for h in self.hypers)) | set(self.keep_on_clear))
+        return None if hit is None else TypeError(missing_message(hit[0], hit[1], self.hypers[0]))
 
     def known_hypers(self) -> set[str]:
         """The names steppers read: current hypers, standard names, and every stepper argument."""
@@ -184,11 +189,19 @@ class Optimizer(BaseOptimizer):
         if not self._chain_checked:
             self._check_chain()
         fast = self._compiled.vectorised is not None and self._implementation != "per_param"
-        for plist, hyper in zip(self.param_lists, self.hypers, strict=True):
-            if fast and RESERVED_NAMES.isdisjoint(hyper):
-                self._step_vectorised(plist, hyper)
-            else:
-                self._step_per_param(plist, hyper)
+        try:
+            for plist, hyper in zip(self.param_lists, self.hypers, strict=True):
+                if fast and RESERVED_NAMES.isdisjoint(hyper):
+                    self._step_vectorised(plist, hyper)
+                else:
+                    self._step_per_param(plist, hyper)
+        except KeyError as e:
+            # The vectorised forms read the hypers by name: one removed since the chain was checked (a hypers dict
+            # replaced, say) is the TypeError naming the stepper that the per-parameter call (fastai's) raises.
+            error = self._chain_error()
+            if error is None:
+                raise
+            raise error from e
         return loss
 
     def _step_per_param(self, plist: list[Tensor], hyper: dict[str, Any]) -> None:
@@ -346,6 +359,7 @@ class Optimizer(BaseOptimizer):
         for h, new in zip(self.hypers, hypers, strict=True):
             h.clear()
             h.update(new)
+        self._chain_checked = False  # the loaded hypers may lack a name the steppers need: checked at the next step
         for p, new in zip(params, loaded, strict=True):
             s = self.state[p]
             s.clear()
