@@ -18,6 +18,7 @@ from learnloop.optimizer import (
     SGD,
     Adam,
     Lamb,
+    Larc,
     Optimizer,
     RMSProp,
     average_grad,
@@ -548,20 +549,44 @@ def test_builtins_match_torch_optim(ours: Callable[..., Any], theirs: Callable[.
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["sparse", "complex"])
 @pytest.mark.parametrize("implementation", ["per_param", "auto"])
-def test_sparse_and_complex_gradients_are_rejected(kind: str, implementation: str) -> None:
-    emb = nn.Embedding(4, 2, sparse=True)
-    p = emb.weight if kind == "sparse" else nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+def test_complex_gradients_are_rejected(implementation: str) -> None:
+    p = nn.Parameter(torch.zeros(2, dtype=torch.complex64))
     opt = Adam([[torch.zeros(1, requires_grad=True)], [p]], lr=0.1)
     opt.implementation = implementation  # type: ignore[assignment]
-    if kind == "sparse":
-        emb(torch.tensor([1])).sum().backward()
-        match = r"parameter 0 of group 1 \(shape \(4, 2\)\) has a sparse gradient.*SparseAdam"
-    else:
-        p.grad = torch.ones(2, dtype=torch.complex64)
-        match = r"parameter 0 of group 1 .* is complex; .*view_as_real"
-    with pytest.raises(RuntimeError, match=match):
+    p.grad = torch.ones(2, dtype=torch.complex64)
+    with pytest.raises(RuntimeError, match=r"parameter 0 of group 1 .* is complex; .*view_as_real"):
+        opt.step()
+
+
+@pytest.mark.parametrize("implementation", ["per_param", "foreach", "auto"])
+@pytest.mark.parametrize("make", [partial(SGD, mom=0.9, wd=0.1), partial(SGD, mom=0.0), partial(Larc, mom=0.9)])
+def test_sparse_gradients_step_as_in_fastai(make: Callable[..., Optimizer], implementation: str) -> None:
+    # fastai's SGD (decoupled weight decay) and Larc steppers take nn.Embedding(sparse=True)'s gradients.
+    def train(sparse: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        emb, lin = nn.Embedding(6, 3, sparse=sparse), nn.Linear(3, 1)
+        opt = make([list(lin.parameters()), [emb.weight]], lr=0.1, implementation=implementation)
+        for _ in range(3):
+            lin(emb(torch.tensor([1, 2, 2]))).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return [emb.weight.detach(), lin.weight.detach()]
+
+    sparse, dense = train(sparse=True), train(sparse=False)
+    torch.testing.assert_close(sparse, dense, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(sparse[0][1], dense[0][0])  # rows 1 and 2 trained
+
+
+@pytest.mark.parametrize("implementation", ["per_param", "auto"])
+def test_a_stepper_failing_on_a_sparse_gradient_says_where_and_what_to_do(implementation: str) -> None:
+    emb = nn.Embedding(4, 2, sparse=True)
+    opt = Adam([[torch.zeros(1, requires_grad=True)], [emb.weight]], lr=0.1)
+    opt.implementation = implementation  # type: ignore[assignment]
+    emb(torch.tensor([1])).sum().backward()
+    # fastai's type (torch's NotImplementedError, a RuntimeError), with a note saying what to do
+    match = r"parameter 0 of group 1 \(shape \(4, 2\)\) has a sparse gradient.*average_sqr_grad.*SparseAdam"
+    with pytest.raises(NotImplementedError, match=match):
         opt.step()
 
 

@@ -210,8 +210,8 @@ class Optimizer(BaseOptimizer):
             g = p.grad
             if g is None:
                 continue
-            if g.layout != torch.strided or g.is_complex():
-                self._reject(p, g)
+            if g.is_complex():
+                self._reject_complex(p)
             s = state[p]
             for cb in self.cbs:
                 try:
@@ -220,6 +220,15 @@ class Optimizer(BaseOptimizer):
                     missing = self._compiled.missing_at_call(cb, {**s, **hyper})
                     if missing:
                         raise TypeError(missing_message(cb, missing, hyper)) from e
+                    raise
+                except RuntimeError as e:  # NotImplementedError too: torch's type, as fastai raises it
+                    if g.layout != torch.strided:
+                        e.add_note(
+                            f"{self._where(p)} (shape {tuple(p.shape)}) has a sparse gradient ({g.layout}), which "
+                            f"the stepper {stepper_name(cb)} cannot take (SGD with decoupled weight decay and Larc "
+                            "step sparse gradients, as in fastai): use nn.Embedding(sparse=False), or "
+                            "OptimWrapper(params, opt=torch.optim.SparseAdam) for sparse embeddings"
+                        )
                     raise
                 if isinstance(res, dict):
                     s.update(res)
@@ -231,12 +240,16 @@ class Optimizer(BaseOptimizer):
         # Without weight decay, do_wd changes nothing: one bucket instead of two halves the kernel launches.
         split_wd = hyper.get("wd", 0) != 0
         buckets: dict[tuple[Any, ...], Bucket] = {}
+        sparse: list[Tensor] = []
         for p in plist:
             g = p.grad
             if g is None:
                 continue
-            if g.layout != torch.strided or g.is_complex():
-                self._reject(p, g)
+            if g.layout != torch.strided:  # the per-parameter steppers take it as fastai's do (SGD's, Larc's)
+                sparse.append(p)
+                continue
+            if g.is_complex():
+                self._reject_complex(p)
             s = state[p]
             do_wd, step = bool(s.get("do_wd", True)) or not split_wd, s.get("step", 0)
             key = (p.device, p.dtype, do_wd, step)
@@ -255,9 +268,12 @@ class Optimizer(BaseOptimizer):
                 for b in cpu_chunks(bucket) if bucket.params[0].device.type == "cpu" else (bucket,):
                     for spec, opts in chain:
                         spec.foreach(b, hyper, opts)
+        if sparse:
+            self._step_per_param(sparse, hyper)
 
-    def _reject(self, p: Tensor, g: Tensor) -> None:
-        where = next(
+    def _where(self, p: Tensor) -> str:
+        """Where ``p`` is, for a message: ``parameter i of group j``."""
+        return next(
             (
                 f"parameter {i} of group {j}"
                 for j, pl in enumerate(self.param_lists)
@@ -266,14 +282,10 @@ class Optimizer(BaseOptimizer):
             ),
             "a parameter",
         )
-        if g.layout != torch.strided:
-            raise RuntimeError(
-                f"{where} (shape {tuple(p.shape)}) has a sparse gradient ({g.layout}); learnloop's "
-                "optimizers need dense gradients: use nn.Embedding(sparse=False), or "
-                "OptimWrapper(params, opt=torch.optim.SparseAdam) for sparse embeddings"
-            )
+
+    def _reject_complex(self, p: Tensor) -> None:
         raise RuntimeError(
-            f"{where} (shape {tuple(p.shape)}, dtype {p.dtype}) is complex; learnloop's steppers work "
+            f"{self._where(p)} (shape {tuple(p.shape)}, dtype {p.dtype}) is complex; learnloop's steppers work "
             "on real tensors: optimise torch.view_as_real(p) instead, or use OptimWrapper with a torch.optim "
             "optimizer"
         )

@@ -247,8 +247,9 @@ def larc_layer_lr(
     Clipping keeps ``lr`` unless the layer's lr is below it, so a NaN one (a NaN gradient) is ``lr``, as fastai's
     ``min(lr, local_lr)`` gives: only the NaN entries of the parameter turn NaN, not all of it."""
     assert p.grad is not None
+    g = p.grad.data
     p_norm = torch.linalg.vector_norm(p.data)
-    g_norm = torch.linalg.vector_norm(p.grad.data)
+    g_norm = torch.linalg.vector_norm(g) if g.layout == torch.strided else torch.norm(g)  # a sparse one, as fastai's
     local_lr = lr * trust_coeff * p_norm / (g_norm + p_norm * wd + eps)
     return {"local_lr": _clip_lr(local_lr, lr) if clip else local_lr}
 
