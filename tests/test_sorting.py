@@ -30,3 +30,16 @@ def test_constraints_override_order_and_ties_keep_insertion() -> None:
     a, b, behind = _A(), _B(), _Behind()
     a.order, b.order, behind.order = 5, -5, -10
     assert sort_callbacks([behind, b, a]) == [a, b, behind]
+
+
+class _Late(_A):
+    run_after = _A  # after every _A: its own instances are _As too
+
+
+def test_two_callbacks_of_one_class_are_not_constrained_by_a_class_they_both_belong_to() -> None:
+    # Each _Late must run after every _A, which the other _Late is: not a cycle; they keep order, then insertion.
+    first, second, plain = _Late(), _Late(), _A()
+    plain.order = 1
+    assert sort_callbacks([first, second, plain]) == [plain, first, second]
+    second.order = -1
+    assert sort_callbacks([first, second, plain]) == [plain, second, first]

@@ -21,7 +21,8 @@ def _classes(spec: type | Iterable[type] | None) -> tuple[type, ...]:
 
 
 def sort_callbacks(cbs: Sequence[Callback]) -> list[Callback]:
-    """Callbacks sorted by (`order`, insertion), moved where `run_before` / `run_after` demand it.
+    """Callbacks sorted by (`order`, insertion), moved where `run_before` / `run_after` demand it (between
+    callbacks of different classes).
 
     Raises ValueError, naming the callbacks involved, when the constraints form a cycle.
     """
@@ -29,7 +30,9 @@ def sort_callbacks(cbs: Sequence[Callback]) -> list[Callback]:
     after: list[set[int]] = [set() for _ in range(n)]  # after[i]: callbacks that must run after i
     for i, cb in enumerate(cbs):
         for j, other in enumerate(cbs):
-            if i == j:
+            if i == j or type(cb) is type(other):
+                # Two of one class: a constraint naming a class both belong to (a SaveModelCallback subclass that runs
+                # after TrackerCallback) cannot put either first; they keep `order`, then insertion.
                 continue
             if isinstance(other, _classes(cb.run_before)) or isinstance(cb, _classes(other.run_after)):
                 after[i].add(j)
