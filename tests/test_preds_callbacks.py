@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from conftest import synth_dls, synth_learner
 from learnloop import Callback, FetchPredsCallback, GatherPredsCallback, Learner
-from learnloop.callback import noop
-from learnloop.callbacks import MCDropoutCallback
+from learnloop.callback import is_side_run, noop
+from learnloop.callbacks import MCDropoutCallback, SaveModelCallback
 from learnloop.callbacks.preds import _dropout_modules
 
 
@@ -117,3 +119,17 @@ def test_gather_preds_with_loss_in_a_fit_says_the_loss_is_reduced() -> None:
     learn = synth_learner()  # MSELoss(reduction="mean"): one number per batch
     with pytest.raises(RuntimeError, match=r"needs a loss per item.*shape \(\) for a batch of 16 items"):
         learn.fit(1, cbs=GatherPredsCallback(with_loss=True))
+
+
+def test_a_gather_preds_callback_added_to_a_fit_leaves_the_trackers_on(tmp_path: Path) -> None:
+    # Only get_preds' own gatherer makes a side run that trackers, loggers and checkpoints sit out; with
+    # learn.gather_preds read as one, SaveModelCallback saved nothing in this fit.
+    learn = synth_learner(path=tmp_path)
+    gather = GatherPredsCallback()
+    learn.fit(1, cbs=[gather, SaveModelCallback(fname="best")])
+    assert (tmp_path / "models" / "best.pth").exists()
+    assert gather.preds is not None and len(gather.preds) == len(learn.dls.valid_ds)
+    assert not gather.side_run
+    seen: list[bool] = []
+    learn.get_preds(cbs=Callback(before_fit=lambda: seen.append(is_side_run(learn))))
+    assert seen == [True]

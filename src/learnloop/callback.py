@@ -27,8 +27,12 @@ def noop(*args: Any, **kwargs: Any) -> None:
 
 def is_side_run(learn: Any) -> bool:
     """Whether `learn` is running lr_find's sweep or get_preds' gathering: runs that are no part of the training
-    record, which fastai's trackers and loggers (and learnloop's checkpoints and NaN warning) sit out."""
-    return hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds")
+    record, which fastai's trackers and loggers (and learnloop's checkpoints and NaN warning) sit out. A
+    GatherPredsCallback you add to a fit is not get_preds' (its `side_run` is False): the fit is recorded."""
+    if hasattr(learn, "lr_finder"):
+        return True
+    gather = getattr(learn, "gather_preds", None)
+    return gather is not None and getattr(gather, "side_run", True)  # a ported fastai gatherer counts, as in fastai
 
 
 def snake_name(cls_name: str, strip: str = "Callback") -> str:

@@ -139,6 +139,7 @@ class Inference(Loop):
             with_input=with_input, with_loss=with_loss, save_preds=save_preds, save_targs=save_targs,
             with_preds=with_preds, with_targs=with_targs, concat_dim=concat_dim, pickle_protocol=pickle_protocol,
         )
+        gather.side_run = True
         with self._unreduced_loss(with_loss), self.validation_context([*as_list(cbs), gather], inner=inner):
             self._do_epoch_validate(ds_idx, dl)
         preds = gather.preds

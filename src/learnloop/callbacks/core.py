@@ -181,6 +181,7 @@ class GatherPredsCallback(Callback):
         self.inputs: Any = None
         self.losses: Any = None
         self._gathered: _Gathered | None = None  # from before_validate to after_validate
+        self.side_run = False  # get_preds' own gatherer: its run is no part of the training record (is_side_run)
 
     def before_validate(self) -> None:
         for folder in (self.save_preds, self.save_targs):
