@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from learnloop.csvtable import CSVError, parse_numbers, read_csv
+from learnloop.csvtable import CSVError, CSVTable, parse_numbers, read_csv
 from learnloop.models import MLP
 from learnloop.tabular import MAX_INFERRED_CLASSES, TabularPreprocessor, infer_task, load_csv
 
@@ -220,3 +220,15 @@ def test_decimal_commas_in_semicolon_files(tmp_path: Path) -> None:
 def test_empty_columns_are_left_out(tmp_path: Path) -> None:
     data = load_csv(write(tmp_path / "t.csv", "a,empty,y\n" + "".join(f"{i},,{i % 2}\n" for i in range(10))), "y")
     assert data.prep.numeric == ["a"] and any("'empty', which hold no values" in n for n in data.notes)
+
+
+def test_a_constant_column_is_all_zeros_whatever_its_value() -> None:
+    # The mean of 1000 cells of 1000000.1 is off by a rounding error, which made a std of 2e-10: the column was
+    # "normalised" to all ones, and a new row of 1000000.2 became an input of 4e8.
+    rows = [["1000000.1", f"{i % 7}", str(i % 2)] for i in range(1000)]
+    table = CSVTable(["big", "x", "y"], rows)
+    prep = TabularPreprocessor.fit(table, "y", task="classification")
+    assert prep.means[0] == 1000000.1 and prep.stds[0] == 1.0
+    assert prep.transform(table)[:, 0].abs().max() == 0
+    new = prep.transform(CSVTable(["big", "x"], [["1000000.2", "3"]]))
+    assert abs(float(new[0, 0])) < 1

@@ -194,8 +194,13 @@ class TabularPreprocessor:
         observed = ~np.isnan(x)
         counts = observed.sum(axis=0)
         means = np.where(counts > 0, np.nansum(x, axis=0) / np.maximum(counts, 1), 0.0)
+        # A constant column becomes all zeros, not nan: its value is its mean, exactly (a sum's rounding would
+        # leave a std of ~1e-10 for large values, which would blow a new row's small difference up to ~1e7).
+        low = np.min(np.where(observed, x, np.inf), axis=0, initial=np.inf)
+        constant = ~(np.max(np.where(observed, x, -np.inf), axis=0, initial=-np.inf) > low)
+        means = np.where(constant & (counts > 0), low, means)
         stds = np.sqrt(np.nansum((x - means) ** 2, axis=0) / np.maximum(counts, 1))
-        stds = np.where(stds > 1e-12, stds, 1.0)  # a constant column becomes all zeros, not nan
+        stds = np.where(~constant & (stds > 1e-12), stds, 1.0)
         levels = {c: sorted({cell for cell in table.column(c) if cell.lower() not in MISSING_VALUES})
                   for c in categorical}
         cells = table.column(target)
