@@ -232,3 +232,11 @@ def test_a_constant_column_is_all_zeros_whatever_its_value() -> None:
     assert prep.transform(table)[:, 0].abs().max() == 0
     new = prep.transform(CSVTable(["big", "x"], [["1000000.2", "3"]]))
     assert abs(float(new[0, 0])) < 1
+
+
+def test_an_infinite_regression_target_is_refused(tmp_path: Path) -> None:
+    # It made the target's mean inf and its std nan: every prediction nan, and the run "diverged".
+    rows = "x,y\n" + "".join(f"{i},{i * 1.5 + 0.25}\n" for i in range(20)) + "20,1e999\n21,2\n"
+    with pytest.raises(CSVError, match=r"'y' of .*t.csv must hold finite numbers for regression, but line 22 holds "
+                                       r"'1e999'"):
+        load_csv(write(tmp_path / "t.csv", rows), "y")

@@ -131,6 +131,12 @@ class TabularPreprocessor:
                 )
             if np.isnan(values).any():
                 raise CSVError(f"The target column {self.target!r} of {table.name} has missing values.")
+            if np.isinf(values).any():  # the loss, the target's statistics and every prediction would be inf or nan
+                row = int(np.flatnonzero(np.isinf(values))[0])
+                raise CSVError(
+                    f"The target column {self.target!r} of {table.name} must hold finite numbers for regression, but "
+                    f"line {table.line(row)} holds {cells[row]!r}. Correct that row or leave it out."
+                )
             return torch.from_numpy(values.astype(np.float32))
         index = {name: i for i, name in enumerate(self.classes)}
         labels = _labels(cells)
