@@ -160,6 +160,11 @@ def test_transform_new_rows_by_column_name(tmp_path: Path) -> None:
     assert x[1, :2].tolist() == [0, 0]  # missing numbers are the training mean
     with pytest.raises(CSVError, match="lacks the column.*'x1'"):
         prep.transform(read_csv(write(tmp_path / "bad.csv", "x2,color\n1,red\n")))
+    # The training options (--drop, --categorical) are no advice for new rows: the model needs the column as it was.
+    with pytest.raises(CSVError, match=r"'x2' of .*text.csv must be numeric, as it was in the training rows, but line "
+                                       r"3 holds 'lots'. Correct that cell, or empty it") as error:
+        prep.transform(read_csv(write(tmp_path / "text.csv", "x1,x2,color\n1,2,red\n1,lots,red\n")))
+    assert "--drop" not in str(error.value)
 
 
 def test_regression_target_stats(tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ class TabularPreprocessor:
             )
         blocks: list[np.ndarray] = []
         if self.numeric:
-            x = np.stack([_feature(table, c) for c in self.numeric], axis=1)
+            x = np.stack([_feature(table, c, fitted=True) for c in self.numeric], axis=1)
             x = (x - np.asarray(self.means)) / np.asarray(self.stds)
             blocks.append(np.nan_to_num(x, nan=0.0))
         for name, levels in self.categorical.items():
@@ -225,10 +225,18 @@ class TabularPreprocessor:
         return prep
 
 
-def _feature(table: CSVTable, name: str) -> np.ndarray:
+def _feature(table: CSVTable, name: str, fitted: bool = False) -> np.ndarray:
+    """The column's numbers (nan where missing or infinite); a CSVError at a cell that is not a number, whose advice
+    is for training options, or, once `fitted`, for the cell (new rows need every column the model was trained on)."""
     values, bad = table.numbers(name)
     if bad is not None:
         cell = table.rows[bad][table.columns.index(name)]
+        if fitted:
+            raise CSVError(
+                f"The column {name!r} of {table.name} must be numeric, as it was in the training rows, but line "
+                f"{table.line(bad)} holds {cell!r}. Correct that cell, or empty it (a missing value is filled with "
+                "the training mean)."
+            )
         raise CSVError(
             f"The column {name!r} of {table.name} is not numeric: line {table.line(bad)} holds {cell!r}. "
             f"Leave it out with --drop {_quote(name)} (in Python: drop=[{name!r}]), or one-hot encode it with "
