@@ -245,3 +245,16 @@ def test_an_infinite_regression_target_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CSVError, match=r"'y' of .*t.csv must hold finite numbers for regression, but line 22 holds "
                                        r"'1e999'"):
         load_csv(write(tmp_path / "t.csv", rows), "y")
+
+
+def test_class_names_do_not_depend_on_the_other_rows(tmp_path: Path) -> None:
+    # Numbers were made canonical only when every cell of the column was one: the file's classes were '1.0', '2.0',
+    # 'other', but a split without an 'other' row named its cells '1', '2', and load_csv failed whatever the seed.
+    rows = "x,y\n" + "".join(f"{i},{'other' if i == 7 else f'{i % 2 + 1}.0'}\n" for i in range(30))
+    for seed in range(3):
+        assert load_csv(write(tmp_path / "t.csv", rows), "y", seed=seed).prep.classes == ["1", "2", "other"]
+    # Booleans are class names as written (they were 0 and 1, which `learnloop predict` then wrote)
+    table = CSVTable(["x", "churn"], [[str(i), "True" if i % 3 else "False"] for i in range(12)])
+    prep = TabularPreprocessor.fit(table, "churn")
+    assert prep.classes == ["False", "True"]
+    assert prep.decode(torch.tensor([[0.0, 5.0]]))[0] == ["True"]

@@ -250,11 +250,17 @@ def _quote(name: str) -> str:
 
 
 def _labels(cells: Sequence[str]) -> list[str]:
-    """Class names of target cells: numbers in a canonical form ('1.0' and '1' are the same class '1')."""
-    values, bad = parse_numbers(cells)
-    if bad is not None:
-        return list(cells)
-    return [_class_name(v) for v in values]
+    """Class names of target cells: a number in a canonical form ('1.0', '01' and '1' are the same class '1'), any
+    other cell as it is ('True' stays 'True'). Cell by cell, so that any subset of the rows (a training or validation
+    split, new rows) names a cell as all the rows do, whatever else the column holds."""
+    names: dict[str, str] = {}
+    for cell in cells:
+        if cell not in names:
+            try:
+                names[cell] = _class_name(float(cell))
+            except ValueError:
+                names[cell] = cell
+    return [names[cell] for cell in cells]
 
 
 def _sorted_classes(labels: Iterable[str]) -> list[str]:
