@@ -258,3 +258,9 @@ def test_class_names_do_not_depend_on_the_other_rows(tmp_path: Path) -> None:
     prep = TabularPreprocessor.fit(table, "churn")
     assert prep.classes == ["False", "True"]
     assert prep.decode(torch.tensor([[0.0, 5.0]]))[0] == ["True"]
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_fit_on_no_rows_says_so(task: str) -> None:
+    with pytest.raises(CSVError, match="has no rows to learn the preprocessing from"):
+        TabularPreprocessor.fit(CSVTable(["x", "y"], []), "y", task=task)  # type: ignore[arg-type]

@@ -179,6 +179,8 @@ class TabularPreprocessor:
         is a feature, numeric unless listed in `categorical`. `classes` (default: the target's values) are
         the class names of a classification."""
         table.check_columns([target], "The target column")
+        if not table.rows:  # no statistics to learn (a classification said "a single value ()", a regression nan)
+            raise CSVError(f"{table.name} has no rows to learn the preprocessing from: fit needs the training rows.")
         table.check_columns(drop, "The column to drop")
         table.check_columns(categorical, "The categorical column")
         if target in categorical:  # it would be one-hot encoded as an input too: the model would read the answer
