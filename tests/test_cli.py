@@ -282,6 +282,12 @@ def files(tmp_path: Path) -> Path:
         ("train --arch resnet", 2, r"invalid choice: 'resnet' \(choose from 'auto', 'cnn', 'mlp'\)"),
         ("train --fp16 --bf16", 2, "not allowed with argument"),
         ("train --device quantum", 2, "is not a device"),
+        ("train --seed -1", 2, "--seed -1: a seed is a whole number from 0 to 4294967295"),  # was numpy's traceback
+        ("train --seed 4294967296", 2, "--seed 4294967296: a seed is a whole number from 0 to 4294967295"),
+        # a batch of one item failed in the first batch norm, with a traceback and advice about n_inp
+        ("train --data flowers.csv --target species --bs 1", 2, "--bs 1: the MLP's batch norm layers need at least 2"),
+        ("train --hidden 8 8 8 8 --bs 1", 2, r"--bs 1: the CNN's batch norm .* Use a --bs of 2 or more\."),
+        ("train --arch mlp --valid-pct 0.9995", 2, r"1 training item \(--valid-pct 0.9995\).* a smaller --valid-pct"),
         ("train --target y", 2, "--target is for CSV files"),
         ("train --bogus", 2, "unrecognized arguments: --bogus"),
         ("fly", 2, "invalid choice: 'fly'"),
@@ -301,6 +307,13 @@ def test_user_errors(
     assert __import__("re").search(message, err), err
     assert "Traceback" not in err + out
     assert not (files / "runs").exists()  # nothing written for a run that cannot start
+
+
+@pytest.mark.parametrize(("field", "value"), [("epochs", 0), ("bs", 0), ("seed", -3)])
+def test_train_config_refuses_what_the_parser_would(field: str, value: int) -> None:
+    # epochs=0 and bs=0 were taken as "not given" (chosen from the data) and trained all the same
+    with pytest.raises(recipe.ConfigError, match=f"--{field} {value}: "):
+        recipe.train(TrainConfig(**{field: value}), log=lambda _: None)
 
 
 def test_predict_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

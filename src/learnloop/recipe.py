@@ -85,9 +85,16 @@ class TrainConfig:
         bs = min(self.bs or (min(64, max(8, n_train // 10)) if tabular else 64), n_train)
         epochs = self.epochs or (
             min(max(-(-CSV_STEPS * bs // n_train), CSV_EPOCHS[0]), CSV_EPOCHS[1]) if tabular else DIGITS_EPOCHS)
-        return dataclasses.replace(
-            self, arch=arch, hidden=self.hidden or list(CNN_WIDTHS if arch == "cnn" else MLP_HIDDEN), bs=bs,
-            epochs=epochs, task=data.prep.task, device=str(_device(self.device)))
+        hidden = self.hidden or list(CNN_WIDTHS if arch == "cnn" else MLP_HIDDEN)
+        if bs == 1 and _one_value_per_channel(arch, data.prep.input_shape, hidden):
+            why = "--bs 1" if self.bs == 1 else f"{n_train} training item (--valid-pct {self.valid_pct})"
+            raise ConfigError(
+                f"{why}: the {arch.upper()}'s batch norm layers need at least 2 items in a training batch (with one, "
+                "each channel holds one value: nothing to normalise). "
+                + ("Use a --bs of 2 or more." if self.bs == 1 else "Use a smaller --valid-pct, so that 2 items train.")
+            )
+        return dataclasses.replace(self, arch=arch, hidden=hidden, bs=bs, epochs=epochs, task=data.prep.task,
+                                   device=str(_device(self.device)))
 
     def command(self) -> str:
         """The command line that repeats this (resolved) run."""
@@ -105,6 +112,17 @@ class TrainConfig:
         return shlex.join([*words, "--seed", str(self.seed), "--device", str(self.device)])
 
 
+def _one_value_per_channel(arch: str, input_shape: list[int] | None, hidden: list[int]) -> bool:
+    """Whether the last batch norm of the model `runs.build_model` makes sees one value per channel in a batch of one
+    item: always in an MLP (BatchNorm1d), in a SimpleCNN once its stride-2 blocks have shrunk the image to 1x1."""
+    if arch != "cnn" or not input_shape:
+        return bool(hidden)
+    height, width = input_shape[1:]
+    for _ in hidden[1:]:
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return height * width == 1
+
+
 def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool = False) -> tuple[Learner, Path]:
     """Train as `learnloop train` does; returns the learner (with the best model loaded) and the run directory.
 
@@ -116,8 +134,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
     """
     if not D.is_rank_zero():
         log = _silent
-    if config.policy not in POLICIES or config.opt not in OPTIMIZERS:
-        raise ConfigError(f"policy must be one of {POLICIES} and opt one of {tuple(OPTIMIZERS)}.")
+    _check(config)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
@@ -159,6 +176,17 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
     _finish(learn, out, log, lower_lr="a lower --lr" + (" instead of --lr-find" if config.lr_find else ""))
     D.barrier()  # the other ranks return (and exit) only once rank 0 has written every file
     return learn, out
+
+
+def _check(config: TrainConfig) -> None:
+    """ConfigError for settings that the command line's parser refuses, or that no parser sees (Python, resume)."""
+    if config.policy not in POLICIES or config.opt not in OPTIMIZERS:
+        raise ConfigError(f"policy must be one of {POLICIES} and opt one of {tuple(OPTIMIZERS)}.")
+    if not 0 <= config.seed < 2**32:  # numpy's generators take no other seeds (a ValueError from inside numpy)
+        raise ConfigError(f"--seed {config.seed}: a seed is a whole number from 0 to {2**32 - 1}.")
+    for name in ("epochs", "bs"):  # 0 would be read as "not given", and chosen from the data
+        if (value := getattr(config, name)) is not None and value < 1:
+            raise ConfigError(f"--{name} {value}: must be a whole number >= 1 (None: chosen from the data).")
 
 
 def _silent(message: str) -> None:
