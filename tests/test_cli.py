@@ -368,6 +368,36 @@ def test_predict_with_a_model_file_that_does_not_fit_the_run(
     assert code == 1 and "has no model.pth" in err and "--resume" in err
 
 
+def test_run_files_that_learnloop_did_not_write_are_errors_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each was a TypeError, KeyError or ValueError traceback (from_dict, config["arch"], max() of no settings).
+    code, _, err = run(capsys, "train", "--data", flowers(tmp_path / "f.csv", n=30), "--target", "species", "--epochs",
+                       "2", "--out", tmp_path / "run")
+    assert code == 0, err
+    new = tmp_path / "f.csv"
+    saved = {name: (tmp_path / "run" / name).read_text() for name in ("config.json", "preprocessing.json")}
+    cases = [
+        ("preprocessing.json", "{}", ["predict"], r"preprocessing.json is not the preprocessing that `learnloop train` "
+                                                 r"writes \(.*missing 5 required"),
+        ("preprocessing.json", "[1]", ["predict"], "preprocessing.json is not the preprocessing .* must be a mapping"),
+        ("config.json", "[]", ["predict", "show"], "config.json holds a JSON list, not the object of settings"),
+        ("config.json", '{"command": "x"}', ["predict"], "config.json lacks arch, hidden, which say what model"),
+        ("config.json", '{"command": "x"}', ["train --resume"], r"does not say what data the run trained on"),
+    ]
+    for name, text, commands, message in cases:
+        (tmp_path / "run" / name).write_text(text)
+        for command in commands:
+            argv = [*command.split(), tmp_path / "run", *([new] if command == "predict" else [])]
+            code, out, err = run(capsys, *argv)
+            assert code == 1 and __import__("re").search(message, err), (name, command, err)
+        (tmp_path / "run" / name).write_text(saved[name])
+    (tmp_path / "run" / "preprocessing.json").unlink()
+    (tmp_path / "run" / "config.json").write_text('{"command": "x"}')  # a run with no settings to list
+    code, out, err = run(capsys, "show", tmp_path / "run")
+    assert code == 0 and "command: x" in out and "epoch" in out, err
+
+
 def test_help_explains_defaults_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "train", "--help")
     assert code == 0

@@ -140,6 +140,9 @@ def _resume(args: argparse.Namespace) -> Learner:
     if given:
         raise ConfigError(f"--resume carries on with the settings in {run.path / runs.CONFIG}; leave out "
                           f"{', '.join(given)} (only --device may change).")
+    if "data" not in run.config:  # TrainConfig's default would train on the digits instead
+        raise runs.RunError(f"{run.path / runs.CONFIG} does not say what data the run trained on (no 'data'): it is "
+                            "not a config.json that `learnloop train` wrote.")
     config = TrainConfig(**{k: v for k, v in run.config.items() if k in fields})
     config = dataclasses.replace(config, out=str(run.path), device=args.device or config.device)
     learn, _ = recipe.train(config, resume=True)
@@ -181,7 +184,7 @@ def show(args: argparse.Namespace) -> None:
     run = runs.open_run(args.run)
     config = dict(run.config)
     print(f"run {run.path}\n  command: {config.pop('command', '?')}")
-    width = max(map(len, config)) + 2
+    width = max(map(len, config), default=0) + 2
     for key, value in config.items():
         print(f"  {key.ljust(width)}{value if isinstance(value, str) else json.dumps(value)}")
     print(f"  {'files'.ljust(width)}{' '.join(sorted(p.name for p in run.path.iterdir()))}")

@@ -216,7 +216,7 @@ def _new_run_dir(config: TrainConfig) -> Path:
 def _resumable(config: TrainConfig, data: TabularData) -> Path:
     """The run directory of a run to resume, checked: same data, a checkpoint to resume from, epochs left."""
     out = Path(str(config.out))
-    saved = TabularPreprocessor.from_dict(runs.read_json(out / runs.PREPROCESSING))
+    saved = runs.read_prep(out / runs.PREPROCESSING)
     if saved != data.prep:
         raise runs.RunError(f"{config.data} is not the data the run in {out} was trained on (it changed since); "
                             "resuming needs the same data.")

@@ -40,6 +40,7 @@ __all__ = [
     "new_run_dir",
     "open_run",
     "read_json",
+    "read_prep",
     "save_lr_find_plot",
     "save_plots",
     "write_json",
@@ -141,7 +142,7 @@ class Run:
     @property
     def prep(self) -> TabularPreprocessor:
         """The preprocessing learnt in training."""
-        return TabularPreprocessor.from_dict(read_json(self.path / PREPROCESSING))
+        return read_prep(self.path / PREPROCESSING)
 
     def diverged(self) -> bool:
         """Whether epochs were recorded and the valid_loss of every one is NaN or infinite."""
@@ -174,6 +175,9 @@ class Run:
                 f"{self.path} has no {self.model_file.name}: its training did not finish an epoch. Carry it on with "
                 f"`learnloop train --resume {self.path}`, or pass one of its checkpoints/*.pth as the model."
             )
+        if missing := [key for key in ("arch", "hidden") if key not in self.config]:
+            raise RunError(f"{self.path / CONFIG} lacks {', '.join(missing)}, which say what model to build: it is "
+                           "not a config.json that `learnloop train` wrote.")
         model = build_model(self.config["arch"], self.prep, self.config["hidden"])
         state = safe_load(self.model_file, map_location="cpu")
         if isinstance(state, dict) and isinstance(state.get("model"), dict):  # with optimizer, or a checkpoint
@@ -204,7 +208,11 @@ def open_run(path: Path) -> Run:
             f"{path} is not a run directory (no {CONFIG} in {run_dir}): give the directory `learnloop train` "
             "wrote (it prints it), or a model file inside it."
         )
-    return Run(run_dir, read_json(run_dir / CONFIG), model_file)
+    config = read_json(run_dir / CONFIG)
+    if not isinstance(config, dict):
+        raise RunError(f"{run_dir / CONFIG} holds a JSON {type(config).__name__}, not the object of settings that "
+                       "`learnloop train` writes.")
+    return Run(run_dir, config, model_file)
 
 
 def read_json(path: Path) -> Any:
@@ -215,6 +223,15 @@ def read_json(path: Path) -> Any:
         raise RunError(f"{path} is missing: the run directory is incomplete.") from None
     except json.JSONDecodeError as e:
         raise RunError(f"{path} is not valid JSON ({e}).") from None
+
+
+def read_prep(path: Path) -> TabularPreprocessor:
+    """The preprocessing.json of a run directory, with an error that says so when it is not one."""
+    state = read_json(path)
+    try:
+        return TabularPreprocessor.from_dict(state)
+    except TypeError as e:  # not a dict, or other keys than the preprocessor's fields
+        raise RunError(f"{path} is not the preprocessing that `learnloop train` writes ({e}).") from None
 
 
 def format_table(rows: list[list[str]]) -> str:
