@@ -398,6 +398,18 @@ def test_run_files_that_learnloop_did_not_write_are_errors_without_traceback(
     assert code == 0 and "command: x" in out and "epoch" in out, err
 
 
+def test_the_checkpoints_folder_of_a_run_stands_for_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # It was taken as the run with checkpoints/model.pth as its model: "has no model.pth: its training did not finish
+    # an epoch", of a run that finished.
+    code, _, err = run(capsys, "train", "--data", flowers(tmp_path / "f.csv", n=30), "--target", "species", "--epochs",
+                       "1", "--out", tmp_path / "run")
+    assert code == 0, err
+    code, out, err = run(capsys, "predict", tmp_path / "run" / "checkpoints", tmp_path / "f.csv")
+    assert code == 0, err
+    assert out == run(capsys, "predict", tmp_path / "run", tmp_path / "f.csv")[1]
+    assert runs.open_run(tmp_path / "run" / "checkpoints").model_file == tmp_path / "run" / "model.pth"
+
+
 def test_help_explains_defaults_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "train", "--help")
     assert code == 0

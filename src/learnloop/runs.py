@@ -197,8 +197,9 @@ def _number(cell: str) -> float | None:
 def open_run(path: Path) -> Run:
     """The run in directory `path`, or the run a model file `path` belongs to (then that file is its model)."""
     run_dir, model_file = (path, path / BEST_MODEL) if path.is_dir() else (path.parent, path)
-    if run_dir.name == CHECKPOINTS and (run_dir.parent / CONFIG).is_file():  # a checkpoint of the run
+    if run_dir.name == CHECKPOINTS and (run_dir.parent / CONFIG).is_file():  # a checkpoint of the run, or their folder
         run_dir = run_dir.parent
+        model_file = run_dir / BEST_MODEL if path.is_dir() else path
     if not (run_dir / CONFIG).is_file():
         configs = sorted(path.glob(f"*/{CONFIG}"), key=lambda p: p.stat().st_mtime) if path.is_dir() else []
         inside = [p.parent for p in configs]
