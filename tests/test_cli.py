@@ -540,3 +540,25 @@ def test_parser_defaults_are_train_config_defaults() -> None:
     for field in dataclasses.fields(TrainConfig):
         if field.name not in ("precision", "out"):
             assert getattr(args, field.name) == getattr(defaults, field.name), field.name
+
+
+def test_resume_from_another_directory_reads_the_file_the_run_trained_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # config.json's `data` is relative to where the run trained, and --resume takes no --data: from anywhere else the
+    # run could not be carried on ("--data f.csv: no such file", an option the user had not given).
+    (tmp_path / "data").mkdir()
+    flowers(tmp_path / "data" / "f.csv", n=30)
+    monkeypatch.chdir(tmp_path / "data")
+    with monkeypatch.context() as patch:
+        patch.setattr(recipe, "Learner", learner_with_ctrl_c)
+        code, _, err = run(capsys, "train", "--data", "f.csv", "--target", "species", "--epochs", "3", "--out", "cut")
+    assert code == 130, err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "f.csv").rename(tmp_path / "g.csv")  # neither where it was nor from here as written: gone
+    code, _, err = run(capsys, "train", "--resume", tmp_path / "data" / "cut")
+    assert code == 2 and "trained on f.csv, which is not a file from" in err and "--data" not in err, err
+    (tmp_path / "g.csv").rename(tmp_path / "data" / "f.csv")
+    code, out, err = run(capsys, "train", "--resume", tmp_path / "data" / "cut")
+    assert code == 0 and "resuming from" in out, err
+    assert len(read_rows(tmp_path / "data" / "cut" / "metrics.csv")) == 3

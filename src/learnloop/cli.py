@@ -144,9 +144,25 @@ def _resume(args: argparse.Namespace) -> Learner:
         raise runs.RunError(f"{run.path / runs.CONFIG} does not say what data the run trained on (no 'data'): it is "
                             "not a config.json that `learnloop train` wrote.")
     config = TrainConfig(**{k: v for k, v in run.config.items() if k in fields})
-    config = dataclasses.replace(config, out=str(run.path), device=args.device or config.device)
+    config = dataclasses.replace(config, data=_resume_data(run, config.data), out=str(run.path),
+                                 device=args.device or config.device)
     learn, _ = recipe.train(config, resume=True)
     return learn
+
+
+def _resume_data(run: runs.Run, data: str) -> str:
+    """The data file of a run to resume: the one it trained on (config.json's absolute `data_path`) when it is still
+    there, else `data` as given then (relative to where it was trained: the run and its file moved together)."""
+    if data == "digits":
+        return data
+    recorded = run.config.get("data_path")
+    if isinstance(recorded, str) and Path(recorded).is_file():
+        return recorded
+    if Path(data).is_file():
+        return data
+    where = f" nor at {recorded}" if isinstance(recorded, str) and recorded != data else ""
+    raise ConfigError(f"the run in {run.path} trained on {data}, which is not a file from {Path.cwd()}{where}: put it "
+                      "back, or carry the run on from the directory it was trained in.")
 
 
 # ------------------------------------------------------------------------------------- predict, show
