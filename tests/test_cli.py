@@ -291,6 +291,8 @@ def files(tmp_path: Path) -> Path:
         ("train --target y", 2, "--target is for CSV files"),
         ("train --bogus", 2, "unrecognized arguments: --bogus"),
         ("fly", 2, "invalid choice: 'fly'"),
+        ("train --out flowers.csv", 1, r"--out flowers.csv: flowers.csv is a file, and a run needs a directory there"),
+        ("train --out flowers.csv/run", 1, r"--out flowers.csv/run: flowers.csv is a file, and a run needs a"),
         ("predict nope flowers.csv", 2, "nope: no such run directory or model file"),
         ("predict . flowers.csv", 1, "is not a run directory"),
         ("show nope", 2, "nope: no such run directory"),

@@ -59,7 +59,12 @@ def new_run_dir(out: Path | None, root: Path = Path("runs")) -> Path:
     if out is not None:
         if (out / CONFIG).exists():
             raise RunError(f"{out} already holds a run: choose another --out, or delete it first.")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):  # mkdir's "[Errno 17] File exists: 'out'" said no more
+            file = next(p for p in (out, *out.parents) if p.exists() and not p.is_dir())
+            raise RunError(f"--out {out}: {file} is a file, and a run needs a directory there: choose another --out "
+                           "(made if it does not exist).") from None
         return out
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     for n in range(1, 1000):
