@@ -264,3 +264,10 @@ def test_class_names_do_not_depend_on_the_other_rows(tmp_path: Path) -> None:
 def test_fit_on_no_rows_says_so(task: str) -> None:
     with pytest.raises(CSVError, match="has no rows to learn the preprocessing from"):
         TabularPreprocessor.fit(CSVTable(["x", "y"], []), "y", task=task)  # type: ignore[arg-type]
+
+
+def test_decode_regression_outputs_of_any_shape_even_no_rows() -> None:
+    prep = TabularPreprocessor("y", "regression", ["x"], [0.0], [1.0])
+    assert prep.decode(torch.tensor([[1.5], [2.0]])) == ([1.5, 2.0], None)
+    assert prep.decode(torch.tensor([1.5, 2.0])) == ([1.5, 2.0], None)
+    assert prep.decode(torch.empty(0, 1)) == ([], None) and prep.decode(torch.empty(0)) == ([], None)  # was an error

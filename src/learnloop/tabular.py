@@ -151,7 +151,8 @@ class TabularPreprocessor:
     def decode(self, outputs: torch.Tensor) -> tuple[list[str | float], list[float] | None]:
         """The model's raw outputs as predictions: class names and their probabilities, or values."""
         if self.task == "regression":
-            return [float(v) for v in outputs.reshape(len(outputs), -1)[:, 0]], None
+            values = outputs if outputs.ndim == 1 else outputs.flatten(1)[:, 0]  # reshape(n, -1) fails on no rows
+            return [float(v) for v in values], None
         probs = torch.softmax(outputs.float(), dim=-1)
         best, index = probs.max(dim=-1)
         return [self.classes[int(i)] for i in index], [float(p) for p in best]
