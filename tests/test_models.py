@@ -37,3 +37,18 @@ def test_mlp_scales_its_output_to_the_targets_units() -> None:
     assert isinstance(scaled[-1], Rescale)
     torch.testing.assert_close(scaled(x), plain(x) * 10.0 + 100.0)
     assert set(scaled.state_dict()) - set(plain.state_dict()) == {"5.scale", "5.shift"}
+
+
+def test_rescale_keeps_the_targets_units_under_mixed_precision() -> None:
+    # Under autocast the head's output is float16 / bfloat16, which Rescale's 0-dim buffers did not promote: prices
+    # of 250000 overflowed float16 (inf: `learnloop train --fp16` on them was all nan), bfloat16 rounded them to 1024s.
+    torch.manual_seed(0)
+    model = MLP(4, 1, hidden=(8,), target_stats=(250_000.0, 80_000.0)).eval()
+    x = torch.randn(5, 4)
+    exact = model(x)
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast("cpu", dtype=dtype):
+            out = model(x)
+        assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        assert (out - exact).abs().max() < 0.01 * 80_000  # the head's own rounding, not the price's
+    assert Rescale(2.0, 1.0)(torch.ones(2, dtype=torch.float64)).dtype == torch.float64  # wider inputs stay wide

@@ -53,7 +53,8 @@ class SimpleCNN(_Layers):
 
 
 class Rescale(nn.Module):
-    """`x * scale + shift`, with fixed `scale` and `shift` kept as buffers (so they travel in the state dict)."""
+    """`x * scale + shift`, with fixed `scale` and `shift` kept as buffers (so they travel in the state dict), computed
+    in the buffers' precision when `x` is narrower (float16 under autocast)."""
 
     scale: torch.Tensor
     shift: torch.Tensor
@@ -64,7 +65,9 @@ class Rescale(nn.Module):
         self.register_buffer("shift", torch.tensor(float(shift)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.shift
+        # Under autocast `x` is float16 / bfloat16, which 0-dim buffers do not promote: a target's units (a price of
+        # 250000) would overflow float16 or round to bfloat16's steps of 1024. Rescale in the buffers' precision.
+        return x.to(torch.promote_types(x.dtype, self.scale.dtype)) * self.scale + self.shift
 
     def extra_repr(self) -> str:
         return f"scale={self.scale.item():.4g}, shift={self.shift.item():.4g}"
