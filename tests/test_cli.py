@@ -282,6 +282,9 @@ def files(tmp_path: Path) -> Path:
         ("train --arch resnet", 2, r"invalid choice: 'resnet' \(choose from 'auto', 'cnn', 'mlp'\)"),
         ("train --fp16 --bf16", 2, "not allowed with argument"),
         ("train --device quantum", 2, "is not a device"),
+        # a device torch names but cannot use was a traceback from the first callback, after making the run directory
+        ("train --device meta", 2, "--device meta: a meta tensor holds no values, so nothing can train on it"),
+        ("train --device xla", 2, r"--device xla: this torch cannot use it \(.*\); use --device cpu"),
         ("train --seed -1", 2, "--seed -1: a seed is a whole number from 0 to 4294967295"),  # was numpy's traceback
         ("train --seed 4294967296", 2, "--seed 4294967296: a seed is a whole number from 0 to 4294967295"),
         # a batch of one item failed in the first batch norm, with a traceback and advice about n_inp

@@ -291,6 +291,18 @@ def _device(name: str | None) -> torch.device:
     available: dict[str, Callable[[], bool]] = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
     if device.type in available and not available[device.type]():
         raise ConfigError(f"--device {name}: this machine has no {device.type.upper()} device; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered "
+                          "from 0; use --device cuda (the first one) or another index.")
+    if device.type == "meta":
+        raise ConfigError(f"--device {name}: a meta tensor holds no values, so nothing can train on it; use --device "
+                          "cpu or a GPU.")
+    if device.type not in ("cpu", *available):  # xpu, hpu, xla...: a traceback in before_fit if torch cannot use it
+        try:
+            torch.empty(0, device=device)
+        except Exception as e:  # RuntimeError, AssertionError ("not compiled with"), ImportError (no torch.hpu)...
+            reason = str(e).split(". ")[0]  # the first sentence: XLA's goes on to list every backend
+            raise ConfigError(f"--device {name}: this torch cannot use it ({reason}); use --device cpu.") from None
     return device
 
 
