@@ -387,6 +387,33 @@ def test_a_loader_remade_from_a_share_inside_a_fit_is_not_split_again(monkeypatc
     assert [int(i) for x, _ in remade for i in x.reshape(-1)] == [0, 2, 4, 6, 8]
 
 
+def test_gathered_predictions_of_every_structure_are_merged_in_dataset_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rank 0 held items 0, 2, 4 and rank 1 items 1, 3. A dict of predictions, a namedtuple of targets, and inputs
+    # whose widths differ between batches (rank 1's came as a list of items, rank 0's were all one width: a tensor)
+    # were a TypeError or a shape error.
+    from collections import namedtuple
+    from types import SimpleNamespace
+
+    from learnloop import reductions
+
+    Targ = namedtuple("Targ", "y w")
+
+    def share(items: list[int], ragged: bool) -> SimpleNamespace:
+        y = torch.tensor(items, dtype=torch.float32)
+        inputs = [torch.full((i % 3 + 1,), float(i)) for i in items] if ragged else y[:, None].repeat(1, 2)
+        return SimpleNamespace(preds={"out": y[:, None]}, targets=Targ(y, -y), inputs=inputs, losses=None)
+
+    for in_order, order in ((True, [0, 1, 2, 3, 4]), (False, [0, 2, 4, 1, 3])):
+        gather, other = share([0, 2, 4], ragged=False), share([1, 3], ragged=True)
+        shared = (reductions._to_cpu(other.preds), other.targets, other.inputs, None)
+        monkeypatch.setattr(reductions.D, "all_gather_objects", lambda obj, other=shared: [obj, other])
+        reductions.gather_preds(gather, in_order=in_order)
+        assert gather.preds["out"].reshape(-1).tolist() == order
+        assert type(gather.targets) is Targ and gather.targets.w.tolist() == [-i for i in order]
+        assert [x.tolist() for x in gather.inputs] == [[float(i)] * (2 if i % 2 == 0 else i % 3 + 1) for i in order]
+        assert gather.losses is None
+
+
 def test_an_exception_on_one_rank_ends_every_rank_with_that_error(tmp_path: Path) -> None:
     start = time.monotonic()
     proc = torchrun("error", tmp_path)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from . import distributed as D
+from .nested import map_tensors
 from .sharding import interleave
 from .warn import warn_caller
 
@@ -66,18 +67,15 @@ def gather_preds(gather: Any, in_order: bool) -> None:
     """Give a GatherPredsCallback every rank's predictions, targets, inputs and losses.
 
     `in_order`: each rank held items ``rank, rank + W, ...`` (a ShardSampler), so dataset order
-    is rebuilt; otherwise the shares are put one after the other, in rank order.
+    is rebuilt; otherwise the shares are put one after the other, in rank order. Each field is merged as
+    GatherPredsCallback joined its batches: tuples (a namedtuple too) and dicts field by field, tensors along
+    dimension 0, and a list (the items of predictions whose sizes differ between batches) item by item.
     """
     fields = ("preds", "targets", "inputs", "losses")
     shares = D.all_gather_objects(tuple(_to_cpu(getattr(gather, f)) for f in fields))
     device = _device_of(gather.preds)
     for i, field in enumerate(fields):
-        parts = [s[i] for s in shares]
-        if in_order:
-            merged = interleave(parts)
-        else:
-            present = [p for p in parts if p is not None]
-            merged = _cat(present) if present else None
+        merged = _merge([s[i] for s in shares], in_order)
         setattr(gather, field, _to_device(merged, device))
 
 
@@ -119,33 +117,40 @@ def average_losses(learn: Any, mark: int) -> int:
 
 
 def _to_cpu(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_cpu(o) for o in x)
-    return x
+    return map_tensors(lambda t: t.detach().cpu(), x)
 
 
 def _to_device(x: Any, device: torch.device | None) -> Any:
-    if device is None:
-        return x
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_device(o, device) for o in x)
-    return x
+    return x if device is None else map_tensors(lambda t: t.to(device), x)
 
 
 def _device_of(x: Any) -> torch.device | None:
-    if isinstance(x, torch.Tensor):
-        return x.device
-    if isinstance(x, (tuple, list)) and x:
-        return _device_of(x[0])
-    return None
+    found: list[torch.Tensor] = []
+    map_tensors(found.append, x)
+    return found[0].device if found else None
 
 
-def _cat(parts: list[Any]) -> Any:
-    first = parts[0]
-    if isinstance(first, (tuple, list)):
-        return type(first)(_cat([p[i] for p in parts]) for i in range(len(first)))
-    return torch.cat(parts)
+def _merge(parts: list[Any], in_order: bool) -> Any:
+    """One field of every rank's gathered predictions (None: the rank had none) as one (see gather_preds)."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, dict):
+        return {k: _merge([None if p is None else p[k] for p in parts], in_order) for k in first}
+    if isinstance(first, tuple):
+        fields = [_merge([None if p is None else p[i] for p in parts], in_order) for i in range(len(first))]
+        return type(first)(*fields) if hasattr(first, "_fields") else type(first)(fields)
+    tensors = all(isinstance(p, torch.Tensor) for p in present)
+    if tensors and len({tuple(p.shape[1:]) for p in present}) == 1:
+        return interleave(parts) if in_order else torch.cat(present)
+    # Items of different sizes (one rank's batches may all have had the same size, so it joined them into a
+    # tensor where another kept a list): a list of items, as GatherPredsCallback gives them in one process.
+    items = [None if p is None else list(p.unbind(0)) if isinstance(p, torch.Tensor) else list(p) for p in parts]
+    if not in_order:
+        return [x for p in items if p is not None for x in p]
+    out: list[Any] = [None] * sum(len(p) for p in items if p is not None)
+    for r, p in enumerate(items):
+        if p:
+            out[r :: len(items)] = p
+    return out
