@@ -78,6 +78,20 @@ def test_evaluation_loader_is_sharded_without_padding_and_interleaves_back() -> 
     assert len(ShardSampler(2, 2, 3)) == 0
 
 
+@pytest.mark.parametrize(("bs", "split", "kept"), [(2, False, 10), (4, True, 8)])
+def test_an_evaluation_loader_that_drops_its_last_batch_is_sharded_over_the_items_one_process_reads(
+    bs: int, split: bool, kept: int
+) -> None:
+    # 11 items in batches of 2: one process evaluates items 0..9. Each rank dropping its own last partial batch
+    # evaluated 0..8 and 10 (rank 1 dropped 9), and the shares of 6 and 4 items did not interleave (a shape error).
+    dl = DataLoader(_ds(11), batch_size=bs, drop_last=True)
+    shards = [shard_loader(dl, r, 2, train=False, split_batch=split) for r in range(2)]
+    assert not any(s.drop_last for s in shards) and {s.batch_size for s in shards} == {2}
+    parts = [torch.cat([b[1] for b in s]) for s in shards]
+    assert interleave(parts).tolist() == list(range(kept))
+    assert shard_loader(dl, 0, 2, train=True).drop_last  # training shares still drop it
+
+
 def test_split_batch_divides_the_batch_size_or_says_why_not() -> None:
     dl = DataLoader(_ds(12), batch_size=6, shuffle=True)
     assert shard_loader(dl, 0, 2, train=True, split_batch=True).batch_size == 3

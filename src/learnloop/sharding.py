@@ -92,8 +92,10 @@ def shard_loader(
 
     `train`: a DistributedSampler (same number of batches on every rank; shuffled with `seed` when
     `dl` shuffles, or with `agree_seed` given, with a seed drawn each epoch: :class:`DrawnSeedSampler`),
-    else a :class:`ShardSampler`. `split_batch`: `dl.batch_size` is the global batch,
-    divided between the ranks, instead of each rank's.
+    else a :class:`ShardSampler`, over the items one process evaluates (with ``drop_last``, those of the full
+    batches of `dl`), none of which a rank drops: each rank's share of a last partial batch would differ, and
+    the shares would no longer interleave. `split_batch`: `dl.batch_size` is the global batch, divided between
+    the ranks, instead of each rank's.
     """
     role = "training" if train else "evaluation"
     if not isinstance(dl, DataLoader):
@@ -144,8 +146,11 @@ def shard_loader(
                 shuffle = isinstance(sampler, RandomSampler)
                 new_sampler = DistributedSampler(dl.dataset, world_size, rank, shuffle=shuffle, seed=seed)
     else:
-        new_sampler = ShardSampler(len(dl.dataset), rank, world_size)  # type: ignore[arg-type]
-    return _rebuild(dl, new_sampler, batch_size)
+        n = len(dl.dataset)  # type: ignore[arg-type]
+        if dl.drop_last:  # the items of the full batches, those one process evaluates; each rank reads all its own
+            n -= n % int(dl.batch_size)  # type: ignore[arg-type]
+        new_sampler = ShardSampler(n, rank, world_size)
+    return _rebuild(dl, new_sampler, batch_size, drop_last=train and dl.drop_last)
 
 
 def _random_with_replacement(sampler: Sampler[Any]) -> bool:
@@ -154,12 +159,12 @@ def _random_with_replacement(sampler: Sampler[Any]) -> bool:
     )
 
 
-def _rebuild(dl: DataLoader[Any], sampler: Sampler[int], batch_size: int) -> DataLoader[Any]:
+def _rebuild(dl: DataLoader[Any], sampler: Sampler[int], batch_size: int, drop_last: bool) -> DataLoader[Any]:
     kwargs: dict[str, Any] = {
         "num_workers": dl.num_workers,
         "collate_fn": dl.collate_fn,
         "pin_memory": dl.pin_memory,
-        "drop_last": dl.drop_last,
+        "drop_last": drop_last,
         "timeout": dl.timeout,
         "worker_init_fn": dl.worker_init_fn,
         "multiprocessing_context": dl.multiprocessing_context,
