@@ -401,6 +401,20 @@ def test_a_loader_remade_from_a_share_inside_a_fit_is_not_split_again(monkeypatc
     assert [int(i) for x, _ in remade for i in x.reshape(-1)] == [0, 2, 4, 6, 8]
 
 
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_an_evaluation_loader_over_a_distributed_sampler_is_sharded_without_repeats(
+    shuffle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A DistributedSampler pads rank 1's share of 11 items with item 0 (counted twice in the metrics, returned twice
+    # by get_preds) and shuffles by default, though gather_preds interleaves the shares as items r, r + W, ...
+    monkeypatch.setattr(dist_callbacks.D, "rank", lambda: 1)
+    monkeypatch.setattr(dist_callbacks.D, "world_size", lambda: 2)
+    dl = DataLoader(_ds(11), batch_size=2, sampler=DistributedSampler(_ds(11), 2, 1, shuffle=shuffle))
+    copy = DistributedTrainer()._shard(dl, train=False)
+    assert isinstance(copy.sampler, ShardSampler) and [int(i) for _, y in copy for i in y] == [1, 3, 5, 7, 9]
+    assert DistributedTrainer()._shard(dl, train=True) is dl  # a training share is used as it is
+
+
 def test_gathered_predictions_of_every_structure_are_merged_in_dataset_order(monkeypatch: pytest.MonkeyPatch) -> None:
     # Rank 0 held items 0, 2, 4 and rank 1 items 1, 3. A dict of predictions, a namedtuple of targets, and inputs
     # whose widths differ between batches (rank 1's came as a list of items, rank 0's were all one width: a tensor)

@@ -244,7 +244,12 @@ class DistributedTrainer(Callback):
 
     def _shard(self, dl: Any, train: bool) -> Any:
         """This rank's copy of `dl` (made once per fit), or `dl` itself when it needs none."""
-        if dl is None or not self.shard_data or is_sharded(dl) or isinstance(dl, EvenBatches):
+        if dl is None or not self.shard_data or isinstance(dl, EvenBatches):
+            return dl
+        # An evaluation loader over a DistributedSampler gets a ShardSampler in its place: the one pads the
+        # shares with repeated items (counted twice in the metrics) and may shuffle them, and gather_preds puts
+        # the shares back in dataset order as the other lays them out.
+        if is_sharded(dl) and (train or isinstance(dl.sampler, ShardSampler)):
             return dl
         for original, copy in self._shards:
             if dl is original or dl is copy:
