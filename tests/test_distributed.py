@@ -442,6 +442,24 @@ def test_gathered_predictions_of_every_structure_are_merged_in_dataset_order(mon
         assert gather.losses is None
 
 
+def test_averages_of_several_values_are_summed_with_a_rank_that_saw_no_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A validation set smaller than the number of ranks: rank 1's AvgMetric kept its total 0.0. With a function of
+    # two values, the ranks all-reduced buffers of different sizes (gloo aborted the process).
+    from learnloop import reductions
+    from learnloop.metrics import AvgMetric
+
+    seen, empty = AvgMetric(lambda p, y: p), AvgMetric(lambda p, y: p)
+    seen.total, seen.count = torch.tensor([2.0, 4.0]), 2
+    shares = [[(torch.tensor([2.0, 4.0]), 2), (0.5, 1)], [(0.0, 0), (1.0, 1)]]  # the second metric: Python floats
+    monkeypatch.setattr(reductions.D, "all_gather_objects", lambda obj: shares)
+    floats = AvgMetric(lambda p, y: 0.0)
+    floats.total, floats.count = 0.5, 1
+    reductions.reduce_metrics([seen, floats])
+    assert seen.value.tolist() == [1.0, 2.0] and floats.value == 0.75 and isinstance(floats.total, float)
+    reductions.reduce_metrics([empty, AvgMetric(lambda p, y: 0.0)])  # on rank 1, which saw none
+    assert isinstance(empty.total, torch.Tensor) and empty.value.tolist() == [1.0, 2.0] and empty.count == 2
+
+
 def test_an_exception_on_one_rank_ends_every_rank_with_that_error(tmp_path: Path) -> None:
     start = time.monotonic()
     proc = torchrun("error", tmp_path)

@@ -22,22 +22,29 @@ __all__ = ["average_losses", "gather_preds", "reduce_metrics"]
 def reduce_metrics(metrics: Sequence[Any], warned: set[str] | None = None) -> None:
     """Make each metric's ``value`` the one over every rank's share, in place.
 
-    Averages (``total``/``count``, as AvgMetric and AvgLoss keep them) are summed in one all-reduce;
+    Averages (``total``/``count``, as AvgMetric and AvgLoss keep them) are summed over the ranks;
     whole-set metrics (``preds``/``targs`` lists, as AccumMetric keeps them) get every rank's items.
     A torchmetrics metric (TorchMetric) syncs itself in ``compute()``. Any other metric keeps its
     own rank's value, with a warning (once per name when `warned` is given).
     """
     means = [m for m in metrics if isinstance(getattr(m, "total", None), (torch.Tensor, float)) and hasattr(m, "count")]
     if means:
-        pieces = [torch.cat([torch.as_tensor(m.total).detach().double().cpu().reshape(-1),
-                             torch.tensor([float(m.count)])]) for m in means]
-        summed = D.all_reduce_sum(torch.cat(pieces)).split([p.numel() for p in pieces])
-        for m, s in zip(means, summed, strict=True):
-            if isinstance(m.total, torch.Tensor):
-                m.total = s[:-1].reshape(m.total.shape).to(device=m.total.device, dtype=m.total.dtype)
-            else:  # a total of Python numbers (AvgMetric of a function returning floats) stays a Python float
-                m.total = float(s[0])
-            m.count = int(round(float(s[-1])))
+        # Gathered rather than all-reduced: a rank that saw no batch holds the total 0.0, whatever the shape of
+        # the others' (a function of several values); summed in float64, in rank order, alike on every rank.
+        local = [(m.total.detach().cpu() if isinstance(m.total, torch.Tensor) else float(m.total), int(m.count))
+                 for m in means]
+        shares = D.all_gather_objects(local)
+        for i, m in enumerate(means):
+            totals = [s[i][0] for s in shares]
+            m.count = sum(s[i][1] for s in shares)
+            tensors = [t for t in totals if isinstance(t, torch.Tensor)]
+            if not tensors:  # a total of Python numbers (AvgMetric of a function returning floats) stays a float
+                m.total = sum(totals, 0.0)
+                continue
+            zero = torch.zeros((), dtype=torch.float64)
+            total = sum((t.double() if isinstance(t, torch.Tensor) else t for t in totals), zero)
+            like = m.total if isinstance(m.total, torch.Tensor) else tensors[0]
+            m.total = total.to(device=like.device, dtype=like.dtype)
     for m in metrics:
         if any(m is x for x in means):
             continue
