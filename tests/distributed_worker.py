@@ -261,6 +261,14 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         with learn.distrib_ctx(fsdp=True, split_batch=True):
             learn.fit(1)
             fsdp["adam"] = params(learn)
+        # a model you sharded yourself, under the DistributedTrainer the learner added by itself: trained as with
+        # fsdp=True (it was wrapped in DDP, which failed on its sharded parameters)
+        from learnloop.fsdp import shard_model
+
+        learn = split_batch(make_learner(per_rank_bs, fsdp_work))
+        shard_model(learn.model)
+        learn.fit(1)
+        fsdp["presharded"] = summary(learn)
         result["fsdp"] = fsdp
         return result
     if scenario == "error":

@@ -286,7 +286,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 14  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 15  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -497,6 +497,15 @@ def test_fsdp_shards_the_model_and_trains_like_one_process(ddp_run: dict[str, An
         assert _close([v for row in fsdp["fit"]["values"] for v in row], values)
         assert _close(fsdp["preds"], preds.reshape(-1).tolist())  # uneven shards: 3 and 2 batches, kept in step
         assert _close(fsdp["validate"], ref.validate())
+
+
+def test_a_model_sharded_beforehand_is_trained_as_with_fsdp(ddp_run: dict[str, Any], tmp_path: Path) -> None:
+    ref = _reference(tmp_path, 1, None)
+    for rank in ddp_run["ranks"]:
+        presharded = rank["fsdp"]["presharded"]
+        assert presharded["model_type"].startswith("FSDP")
+        assert _close(presharded["params"], worker.params(ref))
+        assert _close([v for row in presharded["values"] for v in row], [v for row in ref.recorder.values for v in row])
 
 
 def test_fsdp_checkpoints_round_trip_through_distributed_checkpoint(ddp_run: dict[str, Any]) -> None:

@@ -109,6 +109,7 @@ class DistributedTrainer(Callback):
         self._no_sync = ExitStack()
         self._loss_mark = 0  # recorder.losses before this index have been averaged over ranks
         self._grad_sync: bool | None = None  # FSDP's gradient reduction switch, as last set
+        self._sharded = False  # the model is sharded with fully_shard (fsdp=True, or by you before the fit)
         self._seed_due = False  # the loop's next read of the training share agrees on the epoch's shuffling seed
         self._seed = 0  # the seed agreed on for this epoch
         self._warned: set[str] = set()
@@ -137,6 +138,7 @@ class DistributedTrainer(Callback):
         self._fix_device()
         if self.fsdp:
             self._shard_model()
+        self._sharded = is_fsdp(learn.model)  # one you sharded yourself is trained as with fsdp=True, not wrapped
         if not D.is_rank_zero():
             self._saved["logger"] = learn.logger
             learn.logger = noop
@@ -225,7 +227,7 @@ class DistributedTrainer(Callback):
 
     def _wrap(self) -> None:
         learn = self.learn
-        if not self.fsdp:
+        if not self._sharded:
             model = learn.model
             if self.sync_bn:
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -280,7 +282,7 @@ class DistributedTrainer(Callback):
         if not self._active:
             return
         learn = self.learn
-        if self.fsdp:
+        if self._sharded:
             self._cancels.ask()  # every forward pass gathers the parameters from all ranks
             if not learn.training:
                 if isinstance(learn.dl, EvenBatches) and learn.iter >= learn.dl.real_batches:
@@ -295,7 +297,7 @@ class DistributedTrainer(Callback):
         sync = not isinstance(accumulation, GradientAccumulation) or accumulation.will_step()
         if self.ddp is not None and not sync:
             self._no_sync.enter_context(self.ddp.no_sync())
-        elif self.fsdp and sync != self._grad_sync:
+        elif self._sharded and sync != self._grad_sync:
             model: Any = learn.model
             model.set_requires_gradient_sync(sync)  # FSDP's no_sync: gradients stay unreduced until the step
             self._grad_sync = sync
@@ -328,7 +330,7 @@ class DistributedTrainer(Callback):
             learn.model = self.ddp.module  # a forward pass needs no DDP, and DDP's could wait on other ranks
         dl = self._shard(learn.dl, train=False)
         self._eval_sharded = is_sharded(dl) or isinstance(dl, EvenBatches) or not self.shard_data
-        if self.fsdp and isinstance(dl, torch.utils.data.DataLoader) and isinstance(dl.sampler, ShardSampler):
+        if self._sharded and isinstance(dl, torch.utils.data.DataLoader) and isinstance(dl.sampler, ShardSampler):
             dl = EvenBatches(dl)
         learn.dl = dl
 
