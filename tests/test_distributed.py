@@ -576,6 +576,43 @@ def test_an_exception_leaving_validate_asks_no_collective_on_its_way_out(monkeyp
     assert asked[-1] == "raised"  # (without the care: two more questions, at after_epoch and after_fit)
 
 
+def test_validate_after_a_fit_that_raised_puts_the_fit_state_back(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A fit that raised fires no after_fit: the trainer took the next validate() for one inside that fit, and left
+    # learn.model the DDP wrapper and the DataLoaders this rank's copies after it (a world of 1 standing in for 2).
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(dist_callbacks.D, "is_distributed", lambda: True)
+        learn = worker.make_learner(8, tmp_path, cbs=DistributedTrainer())
+        learn.logger = noop
+        model, loaders = learn.model, list(learn.dls.loaders)
+
+        def boom() -> None:
+            if learn.training and learn.iter == 1:
+                raise ValueError("boom")
+
+        with pytest.raises(ValueError, match="boom"):
+            learn.fit(1, cbs=Callback(after_batch=boom))
+        assert learn.model is not model  # the fit's state, left behind
+        learn.validate()
+        assert learn.model is model and learn.dls.loaders == loaders
+        nested: list[Any] = []
+
+        def validate_inside() -> None:
+            if not nested:
+                nested.append(None)
+                nested.append(learn.validate())
+                nested.append(learn.model)
+
+        learn.fit(1, cbs=Callback(after_train=validate_inside))
+        assert nested[2] is not model  # inside the fit, a validate() keeps the fit's state
+        assert learn.model is model and learn.dls.loaders == loaders
+    finally:
+        D.teardown()
+        torch.distributed.destroy_process_group()
+
+
 @pytest.mark.parametrize(("n", "frozen"), [(1, [False, True, True]), (-5, [True, True, True])])
 def test_resharding_carries_the_frozen_groups_over(n: int, frozen: list[bool]) -> None:
     from learnloop.fsdp import reshard_optimizer

@@ -102,6 +102,7 @@ class DistributedTrainer(Callback):
         self._wrapped = False  # the model is ready for distributed training (DDP wrapper made, or sharded)
         self._active = False
         self._depth = 0  # fits in progress: validate() inside a fit nests one
+        self._epoch_begun = False  # an epoch of the fit in progress began (so the loop's `_in_fit` is up)
         self._cancels = CancelAgreement()
         self._shards: list[tuple[Any, Any]] = []  # (original loader, this rank's copy), for this fit
         self._eval_sharded = False  # the loader being evaluated holds only this rank's share
@@ -123,11 +124,14 @@ class DistributedTrainer(Callback):
 
     def before_fit(self) -> None:
         learn = self.learn
-        if self._depth and learn.create_mbar:  # a fit that raised left its state behind
+        # A fit that raised left its state behind: restore it for a new fit, or for a validate() or get_preds()
+        # called after it (not inside a fit, whose epochs had begun: the loop is no longer in a fit).
+        if self._depth and (learn.create_mbar or (self._epoch_begun and not getattr(learn, "_in_fit", False))):
             self.restore()
         self._depth += 1
         if self._depth > 1:
             return
+        self._epoch_begun = False
         if D.launched_distributed():
             D.setup(timeout=self.timeout)
         self._active = D.is_distributed()
@@ -180,7 +184,7 @@ class DistributedTrainer(Callback):
             learn.logger = self._saved.pop("logger")
         if "device" in self._saved:
             dls.device = self._saved.pop("device")
-        self._depth = 0
+        self._depth, self._epoch_begun = 0, False
 
     def _fix_device(self) -> None:
         dls, device = self.learn.dls, D.rank_device()
@@ -205,6 +209,7 @@ class DistributedTrainer(Callback):
 
     # ------------------------------------------------------------------ training
     def before_epoch(self) -> None:
+        self._epoch_begun = True
         if self._active:
             self._cancels.ask()  # a cancel raised at the end of the last epoch (a tracker) stops every rank here
 
