@@ -460,6 +460,39 @@ def test_averages_of_several_values_are_summed_with_a_rank_that_saw_no_batch(mon
     assert isinstance(empty.total, torch.Tensor) and empty.value.tolist() == [1.0, 2.0] and empty.count == 2
 
 
+def test_averages_of_your_own_metrics_are_summed_as_one_process_sums_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A weighted average's count is a sum of weights: each rank's was cut to a whole number (1.5 + 1.5 made 2, not 3).
+    # A metric whose reset() set the total to the int 0 was no average on a rank that saw no batch, so that rank
+    # gathered fewer metrics than the others (and kept its own value, with a warning).
+    import warnings
+
+    from learnloop import reductions
+    from learnloop.metrics import Metric
+
+    class Weighted(Metric):
+        def reset(self) -> None:
+            self.total, self.count = 0, 0
+
+        @property
+        def value(self) -> Any:
+            return self.total / self.count if self.count else None
+
+    weighted, counted, empty = Weighted(), Weighted(), Weighted()
+    weighted.total, weighted.count = 1.5, 1.5  # weights 0.5 and 1.0
+    counted.total, counted.count = torch.tensor(3.0), torch.tensor(2)
+    empty.reset()  # this rank (1) saw no batch
+    rank0 = [(3.0, 1.5), (torch.tensor(6.0), 4), (torch.tensor(4.0), 2)]
+    sent: list[Any] = []
+    monkeypatch.setattr(reductions.D, "all_gather_objects", lambda obj: sent.append(obj) or [rank0, obj])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reductions.reduce_metrics([weighted, counted, empty])
+    assert len(sent[0]) == 3
+    assert weighted.count == 3.0 and weighted.value == 1.5  # (3.0 + 1.5) / (1.5 + 1.5), as one process
+    assert isinstance(counted.count, torch.Tensor) and int(counted.count) == 6 and float(counted.value) == 1.5
+    assert type(empty.count) is int and empty.count == 2 and float(empty.value) == 2.0
+
+
 def test_an_exception_on_one_rank_ends_every_rank_with_that_error(tmp_path: Path) -> None:
     start = time.monotonic()
     proc = torchrun("error", tmp_path)

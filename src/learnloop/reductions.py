@@ -6,6 +6,7 @@ all ranks call it at the same point of the loop, and it returns at once in a sin
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,19 +28,24 @@ def reduce_metrics(metrics: Sequence[Any], warned: set[str] | None = None) -> No
     A torchmetrics metric (TorchMetric) syncs itself in ``compute()``. Any other metric keeps its
     own rank's value, with a warning (once per name when `warned` is given).
     """
-    means = [m for m in metrics if isinstance(getattr(m, "total", None), (torch.Tensor, float)) and hasattr(m, "count")]
+    # An average by its attributes, not their values' types: a rank that saw no batch may still hold the total its
+    # reset() set (0, an int, where the others hold tensors), and every rank must gather the same metrics.
+    means = [m for m in metrics if _is_number(getattr(m, "total", None)) and hasattr(m, "count")]
     if means:
         # Gathered rather than all-reduced: a rank that saw no batch holds the total 0.0, whatever the shape of
         # the others' (a function of several values); summed in float64, in rank order, alike on every rank.
-        local = [(m.total.detach().cpu() if isinstance(m.total, torch.Tensor) else float(m.total), int(m.count))
+        local = [(m.total.detach().cpu() if isinstance(m.total, torch.Tensor) else m.total, _plain(m.count))
                  for m in means]
         shares = D.all_gather_objects(local)
         for i, m in enumerate(means):
             totals = [s[i][0] for s in shares]
-            m.count = sum(s[i][1] for s in shares)
+            # As the counts were (a weighted average's may be fractions): an int count of items stays an int.
+            count = sum(s[i][1] for s in shares)
+            m.count = torch.tensor(count, dtype=m.count.dtype, device=m.count.device) \
+                if isinstance(m.count, torch.Tensor) else count
             tensors = [t for t in totals if isinstance(t, torch.Tensor)]
-            if not tensors:  # a total of Python numbers (AvgMetric of a function returning floats) stays a float
-                m.total = sum(totals, 0.0)
+            if not tensors:  # a total of Python numbers (AvgMetric of a function returning floats) stays one
+                m.total = sum(totals)
                 continue
             zero = torch.zeros((), dtype=torch.float64)
             total = sum((t.double() if isinstance(t, torch.Tensor) else t for t in totals), zero)
@@ -58,6 +64,18 @@ def reduce_metrics(metrics: Sequence[Any], warned: set[str] | None = None) -> No
                 "its own share of the data. Give it `total`/`count` (an average) or `preds`/`targs` lists "
                 "(a whole-set metric)."
             )
+
+
+def _is_number(x: Any) -> bool:
+    """A tensor, or a Python or numpy number (not a bool): what an average's total may be."""
+    return isinstance(x, (torch.Tensor, numbers.Real)) and not isinstance(x, bool)
+
+
+def _plain(count: Any) -> int | float:
+    """An average's count as a Python number: an int when it is whole by type, else a float (weights summed)."""
+    if isinstance(count, torch.Tensor):
+        count = count.item()
+    return int(count) if isinstance(count, numbers.Integral) else float(count)
 
 
 def _gather_list(items: list[torch.Tensor]) -> list[torch.Tensor]:
