@@ -254,6 +254,7 @@ def files(tmp_path: Path) -> Path:
     houses(tmp_path / "houses.csv", n=30)
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "header.csv").write_text("a,b,y\n")
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")  # a link to nothing
     return tmp_path
 
 
@@ -296,6 +297,7 @@ def files(tmp_path: Path) -> Path:
         ("fly", 2, "invalid choice: 'fly'"),
         ("train --out flowers.csv", 1, r"--out flowers.csv: flowers.csv is a file, and a run needs a directory there"),
         ("train --out flowers.csv/run", 1, r"--out flowers.csv/run: flowers.csv is a file, and a run needs a"),
+        ("train --out gone", 1, r"--out gone: gone is a link to nothing, and a run needs a directory"),  # StopIteration
         ("predict nope flowers.csv", 2, "nope: no such run directory or model file"),
         ("predict . flowers.csv", 1, "is not a run directory"),
         ("show nope", 2, "nope: no such run directory"),

@@ -62,8 +62,10 @@ def new_run_dir(out: Path | None, root: Path = Path("runs")) -> Path:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):  # mkdir's "[Errno 17] File exists: 'out'" said no more
-            file = next(p for p in (out, *out.parents) if p.exists() and not p.is_dir())
-            raise RunError(f"--out {out}: {file} is a file, and a run needs a directory there: choose another --out "
+            # A link to nothing (which exists() denies) stands in the way as a file does.
+            file = next((p for p in (out, *out.parents) if p.is_symlink() or p.exists() and not p.is_dir()), out)
+            what = "a file" if file.exists() else "a link to nothing"
+            raise RunError(f"--out {out}: {file} is {what}, and a run needs a directory there: choose another --out "
                            "(made if it does not exist).") from None
         return out
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
