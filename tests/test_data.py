@@ -133,6 +133,13 @@ def test_from_dsets_takes_a_batch_sampler_for_the_training_batches() -> None:
     assert [len(xb) for xb, _ in dls.train] == [3, 3, 3, 1] and [len(xb) for xb, _ in dls.valid] == [4, 4, 2]
 
 
+def test_from_dsets_takes_a_sampler_with_the_default_shuffle() -> None:
+    # torch refuses shuffle=True beside a sampler: the default shuffle made sampler= a ValueError unless shuffle=False
+    dls = DataLoaders.from_dsets(_ds(10), _ds(10), bs=4, sampler=SubsetRandomSampler(range(5)))
+    assert [len(xb) for xb, _ in dls.train] == [4]  # the sampler's 5 items; the last partial batch dropped, as shuffled
+    assert DataLoaders.from_dsets(_ds(10), bs=4, sampler=range(10), drop_last=False).train.sampler == range(10)
+
+
 def test_from_tensors() -> None:
     x, y = torch.randn(10, 3), torch.randn(10)
     dls = DataLoaders.from_tensors(x, y, x[:4], y[:4], bs=5, shuffle=False)

@@ -305,9 +305,10 @@ class DataLoaders:
         """Torch DataLoaders over two datasets; the training one shuffles and drops its last partial batch.
 
         Other keywords go to both torch DataLoaders (`collate_fn`, `pin_memory`...), except `sampler`,
-        `batch_sampler` and `generator`, which draw the training order: the training loader's only. A
-        `batch_sampler` makes the training batches itself: `bs` is then the validation loader's only, and `shuffle`
-        and `drop_last` go unused (torch takes none of them with it).
+        `batch_sampler` and `generator`, which draw the training order: the training loader's only. A `sampler`
+        draws it in place of `shuffle` (which then only sets the default of `drop_last`). A `batch_sampler` makes the
+        training batches itself: `bs` is then the validation loader's only, and `shuffle` and `drop_last` go unused
+        (torch takes none of them with it).
         """
         if bs < 1:
             raise ValueError(f"bs must be a positive number of items per batch, got {bs}.")
@@ -332,6 +333,8 @@ class DataLoaders:
         batching["drop_last"] = shuffle if drop_last is None else drop_last
         if "batch_sampler" in train_only:  # torch refuses each of these beside it
             batching = {}
+        elif "sampler" in train_only:  # the sampler draws the order: torch refuses shuffle=True beside it
+            del batching["shuffle"]
         train = DataLoader(
             train_ds,
             **batching,
