@@ -271,3 +271,13 @@ def test_decode_regression_outputs_of_any_shape_even_no_rows() -> None:
     assert prep.decode(torch.tensor([[1.5], [2.0]])) == ([1.5, 2.0], None)
     assert prep.decode(torch.tensor([1.5, 2.0])) == ([1.5, 2.0], None)
     assert prep.decode(torch.empty(0, 1)) == ([], None) and prep.decode(torch.empty(0)) == ([], None)  # was an error
+
+
+def test_a_true_false_target_is_not_noted_as_whole_numbers(tmp_path: Path) -> None:
+    # Its classes are True and False since they keep their names: the note said the target held whole numbers, and
+    # advised --task regression to predict it as a number.
+    rows = "x,churn\n" + "".join(f"{i},{'True' if i % 3 else 'False'}\n" for i in range(30))
+    data = load_csv(write(tmp_path / "t.csv", rows), "churn")
+    assert data.prep.classes == ["False", "True"] and not any("whole numbers" in note for note in data.notes)
+    numbers = load_csv(write(tmp_path / "n.csv", rows.replace("True", "1").replace("False", "0")), "churn")
+    assert any("whole numbers" in note for note in numbers.notes)

@@ -266,6 +266,14 @@ def _labels(cells: Sequence[str]) -> list[str]:
     return [names[cell] for cell in cells]
 
 
+def _is_number(name: str) -> bool:
+    try:
+        float(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _sorted_classes(labels: Iterable[str]) -> list[str]:
     unique = set(labels)
     try:
@@ -321,7 +329,8 @@ def load_csv(
     order = np.random.default_rng(seed).permutation(n)
     train, valid = table.select(sorted(order[n_valid:].tolist())), table.select(sorted(order[:n_valid].tolist()))
     prep = TabularPreprocessor.fit(train, target, whole.task, drop, categorical, whole.classes)
-    if task == "auto" and whole.task == "classification" and parse_numbers(table.column(target))[1] is None:
+    # Numbers as written (True / False, which infer_task reads as 1 / 0, keep their names: no numbers to regress).
+    if task == "auto" and whole.task == "classification" and all(_is_number(c) for c in whole.classes):
         notes.append(f"the target holds whole numbers with at most {MAX_INFERRED_CLASSES} distinct values, so it "
                      "is taken as a class label (--task regression to predict it as a number)")
     elif whole.task == "classification" and len(whole.classes) > max(MAX_INFERRED_CLASSES, n // 4):
