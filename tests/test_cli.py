@@ -336,6 +336,8 @@ def test_predict_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert code == 1 and "'petal length'" in err and "line 3 holds 'big'" in err
     code, _, err = run(capsys, "predict", tmp_path / "run", tmp_path / "nope.csv")
     assert code == 2 and "INPUT" in err and "no such file" in err
+    code, _, err = run(capsys, "predict", tmp_path / "run", tmp_path / "f.csv", "--out", tmp_path)  # was "[Errno 21]"
+    assert code == 2 and f"--out {tmp_path}: is a directory; --out takes the CSV file to write, such as " in err
 
 
 def test_predict_writes_a_row_for_every_row_even_one_whose_cells_are_all_empty(

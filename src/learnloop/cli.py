@@ -170,6 +170,9 @@ def predict(args: argparse.Namespace) -> None:
     """Write the rows of `args.input` with the model's predictions."""
     if not args.model.exists():
         raise ConfigError(f"{args.model}: no such run directory or model file.")
+    if args.out is not None and args.out.is_dir():  # found only once the predictions were made: "[Errno 21]"
+        raise ConfigError(f"--out {args.out}: is a directory; --out takes the CSV file to write, such as "
+                          f"{args.out / 'predictions.csv'}.")
     run = runs.open_run(args.model)
     table = read_csv(recipe.existing_file(args.input, "INPUT", "a CSV file with the columns the model was trained on"))
     prep = run.prep
