@@ -238,10 +238,16 @@ def _lamb_step(b: Bucket, h: Hypers, opts: Mapping[str, Any]) -> None:
     debias1 = S.debias(h["mom"], 1 - h["mom"], b.step)
     update = torch._foreach_div([s["grad_avg"] for s in b.states], debias1)
     torch._foreach_div_(update, _debiased_denom(b, h))
-    # Divided by Python numbers, as lamb_step divides: a tensor of the roots would round them to a half dtype.
-    roots = [math.sqrt(p.numel()) for p in b.params]
-    r1 = torch.stack(torch._foreach_div(torch._foreach_norm(b.params), roots))
-    r2 = torch.stack(torch._foreach_div(torch._foreach_norm(update), roots))
+    p_norm, u_norm = torch.stack(torch._foreach_norm(b.params)), torch.stack(torch._foreach_norm(update))
+    # Roots in float32 at least, rounded once after the division as lamb_step's division by a Python number rounds
+    # (roots in a half dtype would be rounded first); one division per list, not one per tensor (CPU foreach).
+    roots = torch.tensor(
+        [math.sqrt(p.numel()) for p in b.params], dtype=torch.promote_types(p_norm.dtype, torch.float32),
+        device=p_norm.device,
+    )
+    r1, r2 = p_norm / roots, u_norm / roots
+    if r1.dtype != p_norm.dtype:
+        r1, r2 = r1.to(p_norm.dtype), r2.to(p_norm.dtype)
     q = torch.where((r1 == 0) | (r2 == 0), torch.ones_like(r1), (r1 / r2).clamp(max=10)) * h["lr"]
     torch._foreach_sub_(b.params, torch._foreach_mul(update, list(q.unbind())))
 
