@@ -43,3 +43,12 @@ def test_two_callbacks_of_one_class_are_not_constrained_by_a_class_they_both_bel
     assert sort_callbacks([first, second, plain]) == [plain, first, second]
     second.order = -1
     assert sort_callbacks([first, second, plain]) == [plain, second, first]
+
+
+def test_an_instance_constraint_between_two_callbacks_of_one_class_still_orders_them() -> None:
+    # Only a constraint both callbacks satisfy towards each other is dropped; one set on one instance holds.
+    first, second = _A(), _A()
+    second.run_before = _A
+    assert sort_callbacks([first, second]) == [second, first]
+    first.run_after = _A  # the same constraint seen from the other side: still one way
+    assert sort_callbacks([first, second]) == [second, first]

@@ -21,8 +21,8 @@ def _classes(spec: type | Iterable[type] | None) -> tuple[type, ...]:
 
 
 def sort_callbacks(cbs: Sequence[Callback]) -> list[Callback]:
-    """Callbacks sorted by (`order`, insertion), moved where `run_before` / `run_after` demand it (between
-    callbacks of different classes).
+    """Callbacks sorted by (`order`, insertion), moved where `run_before` / `run_after` demand it (two callbacks
+    of one class that each must run before the other are not constrained).
 
     Raises ValueError, naming the callbacks involved, when the constraints form a cycle.
     """
@@ -30,12 +30,16 @@ def sort_callbacks(cbs: Sequence[Callback]) -> list[Callback]:
     after: list[set[int]] = [set() for _ in range(n)]  # after[i]: callbacks that must run after i
     for i, cb in enumerate(cbs):
         for j, other in enumerate(cbs):
-            if i == j or type(cb) is type(other):
-                # Two of one class: a constraint naming a class both belong to (a SaveModelCallback subclass that runs
-                # after TrackerCallback) cannot put either first; they keep `order`, then insertion.
-                continue
-            if isinstance(other, _classes(cb.run_before)) or isinstance(cb, _classes(other.run_after)):
+            if i != j and (isinstance(other, _classes(cb.run_before)) or isinstance(cb, _classes(other.run_after))):
                 after[i].add(j)
+    for i, cb in enumerate(cbs):
+        for j in list(after[i]):
+            if i in after[j] and type(cb) is type(cbs[j]):
+                # Two of one class, by a constraint naming a class both belong to (a SaveModelCallback subclass that
+                # runs after TrackerCallback): it cannot put either first, so they keep `order`, then insertion. A
+                # constraint one way only (an instance's `run_before`) still orders them.
+                after[i].discard(j)
+                after[j].discard(i)
     n_before = [0] * n
     for targets in after:
         for j in targets:
