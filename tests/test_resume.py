@@ -246,6 +246,39 @@ def test_a_fit_resumed_from_its_last_checkpoint_ends_at_its_last_epoch(full_run:
     assert seen == [full_run[0].epoch] == [N_EPOCH - 1]  # no epoch ran, but it is where the saved fit ended
 
 
+class ValidateMidEpoch(Callback):
+    """Calls learn.validate() after the third training batch of each epoch, which sets learn.epoch to 0 (fastai's
+    before_fit resets) and ends the epoch's training (as fastai's), and notes learn.epoch after every batch and at
+    the end of the fit."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def after_batch(self) -> None:
+        if self.training and self.learn.iter == 2:
+            self.learn.validate()
+        self.seen.append(self.learn.epoch)
+
+    def after_fit(self) -> None:
+        self.seen.append(self.learn.epoch)
+
+
+def test_a_validate_inside_the_fit_leaves_learn_epoch_as_it_set_it_after_a_resume(tmp_path: Path) -> None:
+    full = make_learner()
+    full.add_cb(ValidateMidEpoch())
+    one_cycle(full, cbs=CheckpointCallback(every_n_iters=1, keep_last=None, path=tmp_path))
+    seen = full.validate_mid_epoch.seen
+    assert seen[-1] == 0 != N_EPOCH - 1  # the last epoch's validate set it to 0, as fastai's does
+    files = checkpoint_files(tmp_path)
+    for name in ("epoch2_end", "epoch2_batch2"):  # the end of the fit; the last epoch, after its validate
+        resumed = make_learner()
+        resumed.add_cb(ValidateMidEpoch())
+        one_cycle(resumed, resume=next(f for f in files if name in f.name))
+        tail = resumed.validate_mid_epoch.seen
+        assert tail == seen[len(seen) - len(tail):], name
+        assert all(torch.equal(x, y) for x, y in zip(full.model.parameters(), resumed.model.parameters(), strict=True))
+
+
 def test_mixed_precision_resumes_with_its_loss_scale(tmp_path: Path) -> None:
     def make() -> Learner:
         learn = make_learner()

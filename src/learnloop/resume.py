@@ -12,7 +12,7 @@ saved at                            position                  the resumed fit co
 ==================================  ========================  ==========================================
 
 It holds the model, its gradients (non-empty in the middle of a gradient accumulation), the optimizer
-(state and hypers), every callback's ``state_dict()``, the learner's counters (``train_iter``,
+(state and hypers), every callback's ``state_dict()``, the learner's counters (``epoch``, ``train_iter``,
 ``pct_train``: the schedule's position), the states of every random generator (:mod:`learnloop.rng`)
 at the save, and for a mid-epoch checkpoint the generators' states at the start of that epoch's
 training, from which the epoch's batch order was drawn.
@@ -65,8 +65,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Position", "DataOrder", "ResumeState", "save_training_checkpoint", "training_state", "read_position"]
 
-# Learner attributes that travel in a checkpoint: the loop's counters and the skipped-step record.
-_LOOP_ATTRS = ("train_iter", "pct_train", "final_record", "skipped_steps", "pct_skipped")
+# Learner attributes that travel in a checkpoint: the loop's counters and the skipped-step record. `epoch` is
+# the fit's epoch unless a validate() run inside the fit set it to 0 (as fastai's does), which must hold after
+# a resume too.
+_LOOP_ATTRS = ("epoch", "train_iter", "pct_train", "final_record", "skipped_steps", "pct_skipped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,7 +332,8 @@ class ResumeState:
             order.resume = self
             learn._data_order = order
         else:
-            # The epoch that ended at the save: what the fit ends with when no epoch is left to run.
+            # The epoch that ended at the save (what the fit ends with when no epoch is left to run); the
+            # checkpoint's own learn.epoch, restored next, replaces it (files written before it was saved lack it).
             learn.epoch = self.position.epoch - 1
             self.restore_state(learn)
         return self.position.epoch
