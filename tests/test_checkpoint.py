@@ -30,8 +30,10 @@ from learnloop import (
     CheckpointCallback,
     CheckpointError,
     EMACallback,
+    GradientAccumulation,
     Learner,
     NonFiniteLossWarning,
+    accuracy,
     load_learner,
 )
 from learnloop.callbacks.checkpointing import checkpoint_files, latest_checkpoint
@@ -664,6 +666,17 @@ def test_export_and_load_safely_into_a_model(tmp_path: Path) -> None:
     inference = load_learner(learn.export(), model=make_learner().model)
     with pytest.raises(RuntimeError, match="loaded by load_learner for inference, without a loss function"):
         inference.loss_func(probs, torch.tensor(0))
+
+
+def test_a_loaded_learner_has_no_metrics_nor_added_callbacks_until_given_them(tmp_path: Path) -> None:
+    learn = trained(tmp_path)  # with accuracy as its metric, and GradientAccumulation added
+    full = learn.validate()
+    assert len(full) == 2
+    inference = load_learner(learn.export(), model=make_learner().model)
+    assert inference.metrics == [] and not any(isinstance(cb, GradientAccumulation) for cb in inference.cbs)
+    assert inference.validate(dl=learn.dls.valid) == full[:1]  # the loss alone, as the porting guide says
+    inference.metrics = [accuracy]
+    assert inference.validate(dl=learn.dls.valid) == full
 
 
 def test_export_under_ddp_writes_the_module_on_rank_zero_only(
