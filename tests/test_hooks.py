@@ -310,6 +310,18 @@ def test_activation_stats_every_and_tuple_outputs() -> None:
     assert len(learn.activation_stats.stats) == 3  # training iterations 0, 3 and 6 of 8
 
 
+def test_activation_stats_with_detach_false_keeps_no_graph() -> None:
+    # The statistics are tensors (fastai's are floats): computed on the hooked output as it is, with detach=False
+    # each would hold its batch's autograd graph, and so its activations, as long as the record.
+    learn = make_learner(opt_func=SGD, cbs=ActivationStats(with_hist=True, detach=False))
+    learn.fit(1, lr=0.0)
+    entries = [entry for batch in learn.activation_stats.stats for entry in batch]
+    assert entries and all(v.grad_fn is None and not v.requires_grad for e in entries for v in e.values())
+    ref = make_learner(opt_func=SGD, cbs=ActivationStats(with_hist=True))
+    ref.fit(1, lr=0.0)
+    assert learn.activation_stats.layer_stats(0) == ref.activation_stats.layer_stats(0)
+
+
 def test_activation_stats_errors_and_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     cb = ActivationStats()
     with pytest.raises(ValueError, match="no statistics yet: fit the learner with it first"):

@@ -154,7 +154,9 @@ class ActivationStats(HookCallback):
         """The statistics of the output `o` (a list of them for a tuple of outputs, as an RNN's)."""
         if isinstance(o, tuple):
             return self.hook_multi_output(o)
-        o = o.float()
+        # Detached even with detach=False: the statistics are kept as tensors, which would otherwise hold each
+        # recorded batch's autograd graph, and its activations, for as long as the record.
+        o = o.detach().float()
         # The share in float64 (MPS has none) is fastai's count / numel exactly.
         share_dtype = torch.float32 if o.device.type == "mps" else torch.float64
         res = {"mean": o.mean(), "std": o.std(), "near_zero": (o <= 0.05).sum().to(share_dtype) / o.numel()}
