@@ -16,7 +16,16 @@ matplotlib.use("Agg")  # tests only: the library leaves the backend to matplotli
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from learnloop import SGD, Adam, Callback, DataLoaders, EarlyStoppingCallback, Learner  # noqa: E402
+from learnloop import (  # noqa: E402
+    SGD,
+    Adam,
+    Callback,
+    CollectDataCallback,
+    DataLoaders,
+    EarlyStoppingCallback,
+    GatherPredsCallback,
+    Learner,
+)
 from learnloop.callback import noop  # noqa: E402
 from learnloop.errors import ArgumentError, InputError  # noqa: E402
 from learnloop.hooks import (  # noqa: E402
@@ -456,10 +465,13 @@ def test_module_summary_of_tuple_outputs_and_uncounted_parameters() -> None:
 
 
 def test_summary_leaves_mode_weights_random_state_records_and_callbacks_alone() -> None:
-    learn = make_learner(shuffle=True, cbs=[EarlyStoppingCallback(patience=5), ActivationStats()])
+    collect, gather = CollectDataCallback(), GatherPredsCallback()
+    learn = make_learner(shuffle=True, cbs=[EarlyStoppingCallback(patience=5), ActivationStats(), collect, gather])
     learn.fit(1)
     values, best = [list(v) for v in learn.recorder.values], learn.early_stopping.best
     stats = learn.activation_stats.stats
+    data, preds = collect.data, gather.preds
+    assert len(data) == 6 and preds.shape == (8, 2)
     order = list(learn.cbs)
     model = learn.model.train()
     model[2].eval()
@@ -471,6 +483,7 @@ def test_summary_leaves_mode_weights_random_state_records_and_callbacks_alone() 
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert learn.recorder.values == values and learn.early_stopping.best == best
     assert learn.activation_stats.stats is stats
+    assert collect.data is data and gather.preds is preds  # the summary's pass would have started them over
     assert learn.cbs == order and n_hooks(model) == 0
 
     seeded = make_learner(shuffle=True, seed=5)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .callbacks.core import CollectDataCallback, GatherPredsCallback
 from .callbacks.progress import ProgressCallback
 from .hooks import Hooks, flatten_model
 from .metrics import find_bs
@@ -75,13 +76,20 @@ def _same_random_state(learn: Learner) -> Iterator[None]:
         set_rng_state(state, loader_generators(learn.dls))
 
 
+# Besides the callbacks marked `remove_on_fetch`, which FetchPredsCallback takes out too (fastai's keep these two in
+# a fetch: their records then include its batches).
+_OUT_OF_SUMMARY = (ProgressCallback, CollectDataCallback, GatherPredsCallback)
+
+
 @contextmanager
 def _left_as_it_was(learn: Learner) -> Iterator[None]:
     """Put back, however the block ends, the random state, each module's train/eval mode, and the callbacks
-    with their order; in it, those that keep the fit's records (`remove_on_fetch`) and the progress bar are out."""
+    with their order; in it, those that keep the fit's records (`remove_on_fetch`, and the batches of a
+    CollectDataCallback or a GatherPredsCallback of the learner's, which the pass would start over) and the
+    progress bar are out."""
     modes = [(m, m.training) for m in learn.model.modules()]
     cbs = list(learn.cbs)
-    out = [cb for cb in cbs if getattr(cb, "remove_on_fetch", False) or isinstance(cb, ProgressCallback)]
+    out = [cb for cb in cbs if getattr(cb, "remove_on_fetch", False) or isinstance(cb, _OUT_OF_SUMMARY)]
     try:
         with _same_random_state(learn), learn.removed_cbs(out):
             yield
@@ -179,7 +187,8 @@ def _first_batch(learn: Learner) -> Any:
 def summary(learn: Learner) -> PrettyString:
     """`learn.summary()`: the layer table of the model on a training batch, the optimizer, the loss function, the
     frozen state and the callbacks, as fastai's text. The model's train/eval mode, its weights, the random
-    state and the fit's records (Recorder, trackers, ActivationStats) are left as they were."""
+    state and the fit's records (Recorder, trackers, ActivationStats, CollectDataCallback's batches, the
+    predictions of a GatherPredsCallback of the learner's) are left as they were."""
     with _same_random_state(learn):  # a shuffled loader's first batch draws from the random generators
         b = _first_batch(learn)
     if isinstance(b, (tuple, list)):
