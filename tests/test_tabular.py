@@ -227,6 +227,22 @@ def test_empty_columns_are_left_out(tmp_path: Path) -> None:
     assert data.prep.numeric == ["a"] and any("'empty', which hold no values" in n for n in data.notes)
 
 
+def test_a_column_with_values_only_in_validation_rows_is_left_out(tmp_path: Path) -> None:
+    # Its training cells were all filled with 0 and its statistics were (0, 1): validation rows fed its raw values to
+    # weights that never learnt from it. Which rows validate depends on the split: try the value in every row.
+    left_out = 0
+    for row in range(10):
+        text = "a,late,y\n" + "".join(f"{i},{'1000' if i == row else ''},{i % 2}\n" for i in range(10))
+        data = load_csv(write(tmp_path / "t.csv", text), "y")
+        if "late" in data.prep.numeric:
+            assert data.prep.means[1] == 1000 and not any("training rows" in n for n in data.notes)
+        else:
+            left_out += 1
+            assert data.prep.numeric == ["a"] and data.valid.tensors[0].shape[1] == 1
+            assert any("'late', which hold no values in the training rows" in n for n in data.notes)
+    assert left_out == 2  # the two validation rows of ten
+
+
 def test_a_constant_column_is_all_zeros_whatever_its_value() -> None:
     # The mean of 1000 cells of 1000000.1 is off by a rounding error, which made a std of 2e-10: the column was
     # "normalised" to all ones, and a new row of 1000000.2 became an input of 4e8.

@@ -328,6 +328,12 @@ def load_csv(
     whole = TabularPreprocessor.fit(table, target, task=task, drop=drop, categorical=categorical)
     order = np.random.default_rng(seed).permutation(n)
     train, valid = table.select(sorted(order[n_valid:].tolist())), table.select(sorted(order[:n_valid].tolist()))
+    # A column with values only in validation rows has no training statistics (it would pass unscaled) and taught
+    # the model nothing (all training cells filled): leave it out too.
+    unseen = [c for c in whole.numeric if np.isnan(_feature(train, c)).all()]
+    if unseen:
+        notes.append(f"left out the column(s) {column_list(unseen)}, which hold no values in the training rows")
+        drop = [*drop, *unseen]
     prep = TabularPreprocessor.fit(train, target, whole.task, drop, categorical, whole.classes)
     # Numbers as written (True / False, which infer_task reads as 1 / 0, keep their names: no numbers to regress).
     if task == "auto" and whole.task == "classification" and all(_is_number(c) for c in whole.classes):
