@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -23,6 +24,7 @@ from learnloop import (  # noqa: E402
     CollectDataCallback,
     DataLoaders,
     EarlyStoppingCallback,
+    FetchPredsCallback,
     GatherPredsCallback,
     Learner,
 )
@@ -278,6 +280,56 @@ def test_a_fit_ended_by_an_error_leaves_its_hooks_until_the_next_fit_replaces_th
         learn.fit(1, lr=0.0, cbs=[cb, Callback(after_batch=fail)])
     assert n_hooks(learn.model) == 3  # no after_fit ran, as in fastai
     learn.fit(1, lr=0.0, cbs=cb)
+    assert n_hooks(learn.model) == 0
+
+
+class Counting(HookCallback):
+    def __init__(self, calls: list[nn.Module], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.calls = calls
+
+    def hook(self, m: nn.Module, i: object, o: torch.Tensor) -> None:
+        self.calls.append(m)
+
+
+def test_the_hooks_of_a_fit_callback_whose_fit_raised_go_once_it_is_off_the_learner() -> None:
+    # fit(cbs=...) takes its callbacks off however the fit ends, but an error runs no after_fit: the hooks stayed on the
+    # model for good (as in fastai), calling the callback at every forward pass of every later fit, validate()...
+    learn = make_learner()
+
+    def fail() -> None:
+        raise RuntimeError("boom")
+
+    calls: list[nn.Module] = []
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, lr=0.0, cbs=[Counting(calls), Callback(after_batch=fail)])
+    assert len(calls) == 3  # one batch, three modules
+    learn.fit(1, lr=0.0)
+    assert len(calls) == 3 and n_hooks(learn.model) == 0  # not called again (it was 3 + 3 * 6), and unhooked
+    kept = Counting(calls)
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, lr=0.0, cbs=[kept, Callback(after_batch=fail)])
+    learn.validate()
+    assert len(calls) == 6 and n_hooks(learn.model) == 0  # outside a fit: unhooked at once
+    del kept  # the model holds no callback alive: one nobody holds is unhooked when it goes
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, lr=0.0, cbs=[ActivationStats(), Callback(after_batch=fail)])
+    assert n_hooks(learn.model) == 0
+    # Kept on purpose (remove_end=False), the hooks stay and go on calling the callback, as fastai's.
+    kept = Counting(calls, remove_end=False)
+    learn.fit(1, lr=0.0, cbs=kept)
+    n = len(calls)
+    learn.validate()
+    assert len(calls) == n + 6 and n_hooks(learn.model) == 3
+    kept.hooks.remove()
+
+
+def test_activation_stats_taken_out_for_a_fetch_keeps_its_hooks_for_the_rest_of_the_fit() -> None:
+    learn = make_learner()
+    stats = ActivationStats()
+    learn.fit(2, lr=0.0, cbs=[stats, FetchPredsCallback()])
+    assert len(stats.stats) == 8  # 4 training batches an epoch: the fetch after the first epoch unhooked nothing
+    assert all(len(batch) == 3 and all(e is not None for e in batch) for batch in stats.stats)
     assert n_hooks(learn.model) == 0
 
 

@@ -9,6 +9,7 @@ themselves, and the model helpers they use, are in :mod:`learnloop.hooks`, which
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
@@ -96,7 +97,8 @@ class HookCallback(Callback):
 
     def after_fit(self) -> None:
         """Remove the hooks, when `remove_end` (a fit ended by an error other than a cancel runs no `after_fit`, as
-        in fastai: its hooks stay until the next fit replaces them, or `cb.hooks.remove()`)."""
+        in fastai: its hooks stay until the next fit replaces them, or `cb.hooks.remove()`; those of a callback that
+        has left the learner since, as one of `fit(cbs=...)` does, come off at the next forward pass)."""
         if self.learn._nested_run:
             return
         if self.remove_end:
@@ -104,7 +106,7 @@ class HookCallback(Callback):
 
     def _register(self) -> None:
         self._remove()  # hooks kept from a fit with remove_end=False would otherwise fire twice
-        self.hooks = Hooks(self.modules or [], self.hook, self.is_forward, self.detach, self.cpu)
+        self.hooks = Hooks(self.modules or [], _hook_of(self), self.is_forward, self.detach, self.cpu)
         self._hooked = True
 
     def _remove(self) -> None:
@@ -115,6 +117,29 @@ class HookCallback(Callback):
 
     def __del__(self) -> None:
         self._remove()
+
+
+def _hook_of(cb: HookCallback) -> HookFunc:
+    """`cb.hook`, as the modules call it. A fit that raises runs no after_fit, so its hooks stay on the model; once
+    the callback is off the learner (one of `fit(cbs=...)` is taken off however the fit ends) they would fire at every
+    forward pass for good. So, unless kept on purpose (`remove_end=False`), a callback off the learner is not called,
+    and its hooks come off at the next forward pass outside its fit (a pass of the fit's validation, as a
+    FetchPredsCallback's, which takes it out for the while, leaves them). Both are held weakly: the model does not
+    keep a callback nobody else holds alive (its `__del__` unhooks)."""
+    ref, owner = weakref.ref(cb), weakref.ref(cb.learn)
+
+    def hook(m: nn.Module, i: Any, o: Any) -> Any:
+        cb = ref()
+        if cb is None:
+            return None
+        if cb.remove_end and cb.__dict__.get("learn") is None:
+            learn = owner()
+            if learn is None or not learn._in_fit or learn.training:  # its fit is over: another pass, or fit
+                cb._remove()
+            return None
+        return cb.hook(m, i, o)
+
+    return hook
 
 
 class ActivationStats(HookCallback):
