@@ -4,7 +4,9 @@ the model summary."""
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -27,6 +29,7 @@ from learnloop import (  # noqa: E402
     FetchPredsCallback,
     GatherPredsCallback,
     Learner,
+    load_learner,
 )
 from learnloop.callback import noop  # noqa: E402
 from learnloop.errors import ArgumentError, InputError  # noqa: E402
@@ -322,6 +325,23 @@ def test_the_hooks_of_a_fit_callback_whose_fit_raised_go_once_it_is_off_the_lear
     learn.validate()
     assert len(calls) == n + 6 and n_hooks(learn.model) == 3
     kept.hooks.remove()
+
+
+def test_a_model_with_kept_hooks_exports_whole_without_its_callback(tmp_path: Path) -> None:
+    # The hooks hold the callback weakly; pickled, they are no-ops: the export neither fell back to weights only
+    # (a closure cannot be pickled) nor carried the callback and its learner along.
+    learn = make_learner()
+    stats = ActivationStats(remove_end=False)
+    learn.fit(1, lr=0.0, cbs=stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.export(tmp_path / "e.pkl")
+    loaded = load_learner(tmp_path / "e.pkl", trusted=True)
+    assert n_hooks(loaded.model) == 3 and not any(isinstance(cb, ActivationStats) for cb in loaded.cbs)
+    preds, _ = loaded.get_preds(dl=learn.dls.valid)
+    assert torch.allclose(preds, learn.get_preds()[0])
+    assert b"ActivationStats" not in (tmp_path / "e.pkl").read_bytes()
+    assert n_hooks(learn.model) == 3 and len(stats.stats) == 4
 
 
 def test_activation_stats_taken_out_for_a_fetch_keeps_its_hooks_for_the_rest_of_the_fit() -> None:

@@ -10,7 +10,7 @@ themselves, and the model helpers they use, are in :mod:`learnloop.hooks`, which
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +106,7 @@ class HookCallback(Callback):
 
     def _register(self) -> None:
         self._remove()  # hooks kept from a fit with remove_end=False would otherwise fire twice
-        self.hooks = Hooks(self.modules or [], _hook_of(self), self.is_forward, self.detach, self.cpu)
+        self.hooks = Hooks(self.modules or [], _HookOf(self), self.is_forward, self.detach, self.cpu)
         self._hooked = True
 
     def _remove(self) -> None:
@@ -119,27 +119,39 @@ class HookCallback(Callback):
         self._remove()
 
 
-def _hook_of(cb: HookCallback) -> HookFunc:
+class _HookOf:
     """`cb.hook`, as the modules call it. A fit that raises runs no after_fit, so its hooks stay on the model; once
     the callback is off the learner (one of `fit(cbs=...)` is taken off however the fit ends) they would fire at every
     forward pass for good. So, unless kept on purpose (`remove_end=False`), a callback off the learner is not called,
     and its hooks come off at the next forward pass outside its fit (a pass of the fit's validation, as a
     FetchPredsCallback's, which takes it out for the while, leaves them). Both are held weakly: the model does not
-    keep a callback nobody else holds alive (its `__del__` unhooks)."""
-    ref, owner = weakref.ref(cb), weakref.ref(cb.learn)
+    keep a callback nobody else holds alive (its `__del__` unhooks). A model pickled with the hooks on (an export)
+    carries them as no-ops, not the callback and its learner."""
 
-    def hook(m: nn.Module, i: Any, o: Any) -> Any:
-        cb = ref()
+    def __init__(self, cb: HookCallback) -> None:
+        self.cb: Callable[[], HookCallback | None] = weakref.ref(cb)
+        self.learn: Callable[[], Any] = weakref.ref(cb.learn)
+
+    def __call__(self, m: nn.Module, i: Any, o: Any) -> Any:
+        cb = self.cb()
         if cb is None:
             return None
         if cb.remove_end and cb.__dict__.get("learn") is None:
-            learn = owner()
+            learn = self.learn()
             if learn is None or not learn._in_fit or learn.training:  # its fit is over: another pass, or fit
                 cb._remove()
             return None
         return cb.hook(m, i, o)
 
-    return hook
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.cb = self.learn = _gone
+
+
+def _gone() -> None:
+    return None
 
 
 class ActivationStats(HookCallback):
