@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import synth_classif_learner, synth_learner
-from learnloop import Learner, load_learner
+from learnloop import Callback, Learner, MixUp, load_learner
+from learnloop.callbacks.mixed_loss import MixedLoss
 from learnloop.checkpoint import atomic_save
 from learnloop.export import InferenceOnlyLoss
 from learnloop.loss_record import rebuilt_loss
@@ -260,3 +261,26 @@ def test_safetensors_exports_record_the_loss_too(tmp_path: Path) -> None:
     file = learn.export("custom.safetensors")
     with pytest.warns(UserWarning, match="CustomCrossEntropy, cannot be rebuilt"):
         load_learner(file, model=_copy_model(learn))
+
+
+@pytest.mark.parametrize("pickle_model", [True, False])
+def test_the_loss_mixup_left_in_place_is_exported_as_the_loss_it_wraps(tmp_path: Path, pickle_model: bool) -> None:
+    # A fit(cbs=MixUp()) that raises runs no after_fit: learn.loss_func stays MixUp's MixedLoss (a plain loss outside
+    # its fit). The export described that wrapper, not the loss: a weights-only load got a stand-in, and predictions
+    # lost the softmax of CrossEntropyLossFlat; a pickled export carried the handler along.
+    learn = _classifier(CrossEntropyLossFlat())
+
+    def fail() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, cbs=[MixUp(), Callback(after_step=fail)])
+    assert isinstance(learn.loss_func, MixedLoss)
+    learn.path = tmp_path
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.export("e.pkl", pickle_model=pickle_model)
+        loaded = load_learner(tmp_path / "e.pkl", **({"trusted": True} if pickle_model else {"model": learn.model}))
+    assert type(loaded.loss_func) is CrossEntropyLossFlat
+    preds, _ = loaded.get_preds(dl=learn.dls.valid)
+    assert torch.allclose(preds.sum(1), torch.ones(len(preds)))

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .callback import noop
+from .callbacks.mixed_loss import MixedLoss
 from .checkpoint import (
     EXPORT_FORMAT,
     FORMAT_VERSION,
@@ -83,15 +84,18 @@ def export_learner(
 
 def _write_export(learn: Learner, path: Path, pickle_model: bool, pickle_module: Any, pickle_protocol: int) -> None:
     model = unwrap_model(learn.model)  # the module itself: its keys without DDP's "module." prefix
+    loss_func = learn.loss_func
+    while isinstance(loss_func, MixedLoss):  # MixUp's, in a fit or left by one that raised: the loss it wraps
+        loss_func = loss_func.original
     if path.suffix == ".safetensors":
         metadata = {
             "model_class": class_name(model),
             "n_inp": str(getattr(learn.dls, "n_inp", None) or ""),
-            "loss": json.dumps(loss_record(learn.loss_func)),  # metadata are strings: the record as JSON
+            "loss": json.dumps(loss_record(loss_func)),  # metadata are strings: the record as JSON
         }
         save_safetensors(path, model.state_dict(), metadata)
         return
-    pickled = _pickled(model, learn.loss_func, pickle_module, pickle_protocol) if pickle_model else None
+    pickled = _pickled(model, loss_func, pickle_module, pickle_protocol) if pickle_model else None
     atomic_save(
         {
             "format": EXPORT_FORMAT,
@@ -101,7 +105,7 @@ def _write_export(learn: Learner, path: Path, pickle_model: bool, pickle_module:
             "model_class": class_name(model),
             "n_inp": getattr(learn.dls, "n_inp", None),
             "model": model.state_dict(),
-            "loss": loss_record(learn.loss_func),
+            "loss": loss_record(loss_func),
             "pickled": pickled,
         },
         path,
