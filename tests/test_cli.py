@@ -422,7 +422,7 @@ def test_the_checkpoints_folder_of_a_run_stands_for_the_run(tmp_path: Path, caps
 def test_help_explains_defaults_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "train", "--help")
     assert code == 0
-    for text in ("digits", "--target", "at most 20 distinct values", "--lr-find", "exit codes"):
+    for text in ("digits", "--target", "at most 20 distinct values", "--lr-find", "exit codes", "130 stopped by"):
         assert text in " ".join(out.split()), text
 
 

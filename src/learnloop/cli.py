@@ -34,7 +34,8 @@ from .warn import NonFiniteLossWarning
 __all__ = ["main", "build_parser", "train", "predict", "show"]
 
 EXIT_CODES = ("exit codes: 0 success; 1 failure (a file's contents cannot be used as asked, training failed); "
-              "2 usage error (unknown option or value, missing file); 141 the output's reader closed it (`| head`)")
+              "2 usage error (unknown option or value, missing file); 130 stopped by Ctrl-C (train writes its "
+              "checkpoint first); 141 the output's reader closed it (`| head`)")
 
 
 def _checked(kind: Callable[[str], Any], ok: Callable[[Any], bool], what: str) -> Callable[[str], Any]:
