@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import synth_dls, synth_learner
 from learnloop import Callback, Learner
-from learnloop.errors import ArgumentError, InputError, to_lr
+from learnloop.errors import ArgumentError, InputError, ValueTypeError, WrongKindError, to_epochs, to_lr
 from learnloop.optimizer import Adam, OptimWrapper
 
 
@@ -88,8 +88,89 @@ def test_to_lr_keeps_the_form_and_makes_python_numbers() -> None:
         to_lr(True, "base_lr", "fine_tune")
     with pytest.raises(InputError, match=r"lr must be a finite, non-negative learning rate, got \[0.1, nan\]"):
         to_lr([0.1, float("nan")])
-    with pytest.raises(InputError, match=r"a slice of learning rates needs its stop"):  # fastai asserts
+    with pytest.raises(InputError, match=r"a slice of learning rates needs its stop"):
         to_lr(slice(1e-3, None))
+    with pytest.raises(TypeError, match=r"a slice of learning rates needs its stop"):  # fastai's fit: a TypeError
+        synth_learner().fit(1, slice(None))
+
+
+def _state(learn: Learner) -> tuple[Any, ...]:
+    """What a refused call must leave as it was: the weights, which train, and the optimizer's hyper-parameters."""
+    opt = None if learn.opt is None else repr(learn.opt.hypers)
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    return opt, [p.requires_grad for p in learn.model.parameters()], weights
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return a[:2] == b[:2] and all(torch.equal(x, y) for x, y in zip(a[2], b[2], strict=True))
+
+
+@pytest.mark.parametrize(("n_epoch", "kind"), [(1.5, TypeError), ("2", TypeError), (-1, ValueError)])
+def test_a_number_of_epochs_that_is_not_one_is_refused_by_every_fit_method(n_epoch: Any, kind: type) -> None:
+    # fastai's fit fails on 1.5 or "2" with a TypeError and trains nothing for -1; learnloop refuses all three with
+    # a ValueTypeError (a ValueError and a TypeError), before the optimizer or the model is touched.
+    learn = synth_learner()
+    learn.fit(1)
+    before = _state(learn)
+    for fit in (learn.fit, learn.fit_one_cycle, learn.fit_flat_cos):
+        with pytest.raises(kind, match=rf"n_epoch must be a whole number of epochs >= 0, got {n_epoch!r}") as info:
+            fit(n_epoch, 0.5)
+        assert isinstance(info.value, ValueTypeError) and _same(_state(learn), before)
+    learn.fit(np.int64(1))  # a numpy integer is a whole number
+    assert to_epochs(torch.tensor(2)) == 2
+
+
+@pytest.mark.parametrize("arg", ["epochs", "freeze_epochs"])
+def test_fine_tune_checks_both_lengths_before_its_frozen_fit(arg: str) -> None:
+    # fine_tune(-1) trained its frozen epoch (and froze the model) before the second fit refused -1.
+    learn = synth_learner(splitter=lambda m: [[m.weight], [m.bias]])
+    learn.fit(1)
+    before = _state(learn)
+    with pytest.raises(ValueError, match=rf"fine_tune: {arg} must be a whole number of epochs >= 0, got -1"):
+        learn.fine_tune(**{"epochs": 1, arg: -1})
+    assert _same(_state(learn), before)
+
+
+def test_momentums_of_the_wrong_length_are_refused_before_the_optimizer_changes() -> None:
+    learn = synth_learner()
+    learn.fit(1, lr=0.5)
+    before = _state(learn)
+    with pytest.raises(TypeError, match=r"fit_one_cycle: moms is \(start, middle, end\) of the momentum cycle, got "
+                                        r"\(0.9,\)"):  # fastai: a TypeError (combined_cos() missing arguments)
+        learn.fit_one_cycle(1, moms=(0.9,))
+    with pytest.raises(ValueError, match=r"learn.moms is \(start, middle, end\)"):
+        Learner(synth_dls(), learn.model, loss_func=nn.MSELoss(), moms=(0.9, 0.8)).fine_tune(1)
+    assert _same(_state(learn), before)
+
+
+def test_a_start_epoch_that_is_not_a_number_is_refused_with_a_sentence() -> None:
+    learn = synth_learner()
+    with pytest.raises(ArgumentError, match=r"fit: start_epoch must be a number .*got '1'"):  # fastai: a TypeError
+        learn.fit(2, start_epoch="1")
+
+
+def test_a_model_that_is_not_a_module_and_tensors_as_dls_are_also_attribute_errors() -> None:
+    # fastai fails reading an attribute of them: code catching its AttributeError still works.
+    with pytest.raises(WrongKindError, match=r"model must be a torch.nn.Module, got str"):
+        Learner(synth_dls(), "resnet18", loss_func=nn.MSELoss())  # type: ignore[arg-type]
+    with pytest.raises(AttributeError, match=r"got a tuple of tensors"):
+        Learner((torch.randn(4, 2), torch.randn(4, 1)), nn.Linear(2, 1), loss_func=nn.MSELoss())
+
+
+def test_a_splitter_that_cannot_be_called_is_refused_when_the_learner_is_made() -> None:
+    with pytest.raises(ArgumentError, match=r"splitter must be a function model -> parameter groups .*got 5"):
+        synth_learner(splitter=5)
+
+
+@pytest.mark.parametrize("n", ["1", 1.5, None])
+def test_freeze_to_refuses_what_is_not_a_group_index_and_creates_no_optimizer(n: Any) -> None:
+    learn = synth_learner(splitter=lambda m: [[m.weight], [m.bias]])
+    with pytest.raises(TypeError, match=rf"freeze_to\(n={n!r}\): n is the index of the first parameter group to "
+                                        "train, an int"):  # fastai: a TypeError from its comparison, or slicing
+        learn.freeze_to(n)
+    assert learn.opt is None
+    learn.freeze_to(np.int64(1))
+    assert [p.requires_grad for p in learn.model.parameters()] == [False, True]
 
 
 def test_a_start_epoch_outside_the_fit_is_warned_of_and_run_as_fastai_runs_it() -> None:

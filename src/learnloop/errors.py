@@ -20,7 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ArgumentError", "InputError", "WrongKindError", "to_lr", "to_number", "to_wd", "to_whole"]
+__all__ = [
+    "ArgumentError", "InputError", "ValueTypeError", "WrongKindError", "to_epochs", "to_lr", "to_number", "to_wd",
+    "to_whole",
+]
 
 
 class InputError(ValueError, AssertionError):
@@ -34,6 +37,11 @@ class ArgumentError(TypeError, AssertionError):
 class WrongKindError(ArgumentError, AttributeError):
     """An argument of the wrong kind (a torch DataLoader for DataLoaders, say) that fastai finds out only when it
     reads an attribute the object lacks: also the AttributeError fastai raises then."""
+
+
+class ValueTypeError(InputError, ArgumentError):
+    """A value learnloop cannot use where fastai fails with a TypeError (a fractional `n_epoch`, a batch without
+    targets): a ValueError, a TypeError and an AssertionError, so either type catches it."""
 
 
 def to_number(value: Any, name: str, owner: str) -> int | float:
@@ -65,16 +73,16 @@ def to_lr(value: Any, name: str = "lr", owner: str = "") -> Any:
     """`value`, a learning rate as the fit methods take it (a number, a ``slice`` for discriminative learning
     rates, or one number per parameter group), with its numbers made Python ints and floats: numpy scalars and
     0-dim tensors are accepted as numbers. A value that is not a number is an ArgumentError; a negative, NaN or
-    infinite one an InputError, and so is a slice without its stop (fastai's assert). `owner`, when given,
-    starts the message (``"fine_tune"``).
+    infinite one an InputError, and a slice without its stop a ValueTypeError (both: fastai's is a TypeError).
+    `owner`, when given, starts the message (``"fine_tune"``).
 
     >>> to_lr(slice(np.float64(1e-4), torch.tensor(0.5)))
     slice(0.0001, 0.5, None)
     """
     if isinstance(value, slice):
-        if value.stop is None:
-            raise InputError(f"{_prefix(owner)}{name}={value!r}: a slice of learning rates needs its stop (the last "
-                             "group's), as in slice(1e-5, 1e-3) or slice(1e-3).")
+        if value.stop is None:  # fastai: a TypeError (None in its arithmetic); the message is an InputError's
+            raise ValueTypeError(f"{_prefix(owner)}{name}={value!r}: a slice of learning rates needs its stop (the "
+                                 "last group's), as in slice(1e-5, 1e-3) or slice(1e-3).")
         start = None if value.start is None else _hyper(value.start, value, name, owner, lr=True)
         return slice(start, _hyper(value.stop, value, name, owner, lr=True))
     return _per_group(value, name, owner, lr=True)
@@ -111,6 +119,22 @@ def _hyper(v: Any, given: Any, name: str, owner: str, lr: bool) -> int | float:
         kind = "a finite, non-negative learning rate" if lr else "a finite number"
         raise InputError(f"{_prefix(owner)}{name} must be {kind}, got {given!r}.")
     return number
+
+
+def to_epochs(value: Any, name: str = "n_epoch", owner: str = "fit") -> int:
+    """`value`, a number of epochs, as a Python int >= 0 (numpy integers and 0-dim integer tensors too).
+
+    Anything else is a `ValueTypeError`: fastai's fit fails on a float or a string with a TypeError (the check is
+    also the ValueError learnloop raised before), and trains nothing, without a word, for a negative number.
+
+    >>> to_epochs(np.int64(3))
+    3
+    """
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueTypeError(f"{owner}: {name} must be a whole number of epochs >= 0, got {value!r}.")
+    return int(value)
 
 
 def to_whole(value: Any, name: str, owner: str, what: str) -> int:

@@ -10,7 +10,6 @@ constructor, `fit`, saving and loading, freezing, mixed precision and distribute
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +33,7 @@ from .checkpoint import check_pickle_protocol, is_buffer, load_model, save_model
 from .data import DataLoaders
 from .dispatch import as_list
 from .distributed import barrier, is_rank_zero, unwrap_model
-from .errors import InputError, to_lr, to_wd
+from .errors import ArgumentError, InputError, WrongKindError, to_epochs, to_lr, to_number, to_wd
 from .events import Event
 from .fsdp import is_fsdp, load_sharded, save_sharded
 from .inference import Inference, replacing_yield
@@ -86,9 +85,9 @@ class Learner(Inference):
         check_dls(dls)
         if not isinstance(dls, DataLoaders) and isinstance(dls, (tuple, list)):
             dls = DataLoaders(*dls)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-        check_funcs(loss_func, opt_func)
+        if not isinstance(model, nn.Module):  # fastai fails reading an attribute of it: an AttributeError too
+            raise WrongKindError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        check_funcs(loss_func, opt_func, splitter)
         if loss_func is None:
             loss_func = getattr(dls, "loss_func", None) or getattr(getattr(dls, "train_ds", None), "loss_func", None)
         if loss_func is None:
@@ -197,12 +196,11 @@ class Learner(Inference):
         `resume` continues a run from a checkpoint of `CheckpointCallback` (a file, its folder, or 'latest'),
         ending exactly as the uninterrupted run would have; call it as the interrupted fit was called.
         """
-        if isinstance(n_epoch, bool) or not isinstance(n_epoch, numbers.Integral) or n_epoch < 0:
-            raise ValueError(f"n_epoch must be a whole number of epochs >= 0, got {n_epoch!r}.")
-        n_epoch = int(n_epoch)  # a numpy integer too
+        n_epoch = to_epochs(n_epoch)  # a numpy integer too
         if lr is not None:
             lr = to_lr(lr)
         wd = to_wd(wd)
+        to_number(start_epoch, "start_epoch", "fit")  # a string: fastai fails at the first epoch (a TypeError)
         if not 0 <= start_epoch <= n_epoch:  # fastai trains every epoch, or none, without a word
             every = "every epoch is trained" if start_epoch < 0 else "no epoch is trained"
             warn_caller(f"fit: start_epoch={start_epoch!r} is outside the fit's {n_epoch} epochs: {every}.")
@@ -331,6 +329,9 @@ class Learner(Inference):
 
     def freeze_to(self, n: int) -> None:
         """Freeze the parameter groups before group `n` (normalisation layers keep training if `train_bn`)."""
+        if isinstance(n, bool) or not hasattr(type(n), "__index__"):  # fastai: a TypeError from its comparison
+            raise ArgumentError(f"freeze_to(n={n!r}): n is the index of the first parameter group to train, an int "
+                                "(negative counts from the last group: freeze_to(-1) trains the last one only).")
         if self.opt is None:
             self.create_opt()
         self.opt.freeze_to(n)

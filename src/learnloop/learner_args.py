@@ -20,15 +20,15 @@ def check_dls(dls: Any) -> None:
             "dls must be a DataLoaders (a training and a validation loader), got a torch DataLoader: "
             "pass DataLoaders(train_dl, valid_dl), or DataLoaders(train_dl) without validation."
         )
-    if isinstance(dls, (tuple, list)) and any(isinstance(x, torch.Tensor) for x in dls):
-        raise ArgumentError(
+    if isinstance(dls, (tuple, list)) and any(isinstance(x, torch.Tensor) for x in dls):  # fastai: an AttributeError
+        raise WrongKindError(
             f"dls must be a DataLoaders or a (train, valid) pair of loaders, got a {type(dls).__name__} of tensors: "
             "for in-memory tensors use DataLoaders.from_tensors(x_train, y_train, x_valid, y_valid, bs=64)."
         )
 
 
-def check_funcs(loss_func: Any, opt_func: Any) -> None:
-    """Refuse a loss function or an optimizer factory that cannot be called as the Learner calls them."""
+def check_funcs(loss_func: Any, opt_func: Any, splitter: Any = None) -> None:
+    """Refuse a loss function, an optimizer factory or a splitter that cannot be called as the Learner calls them."""
     if isinstance(loss_func, type):
         raise ArgumentError(
             f"loss_func is the class {loss_func.__name__}; pass an instance: loss_func={loss_func.__name__}()."
@@ -43,6 +43,10 @@ def check_funcs(loss_func: Any, opt_func: Any) -> None:
         )
     if not callable(opt_func) and not isinstance(opt_func, OptimWrapper):  # an optimizer already built is used as it is
         raise ArgumentError(f"opt_func must be callable as opt_func(params, lr=...), got {opt_func!r}.")
+    if splitter is not None and not callable(splitter):  # fastai: "'int' object is not callable" at the first fit
+        raise ArgumentError(
+            f"splitter must be a function model -> parameter groups (such as trainable_params), got {splitter!r}."
+        )
 
 
 def check_train_data(dls: Any) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from ..callback import Callback
 from ..checkpoint import CheckpointError
 from ..dispatch import as_list
-from ..errors import ArgumentError, InputError, WrongKindError, to_lr
+from ..errors import ArgumentError, InputError, ValueTypeError, WrongKindError, to_epochs, to_lr
 from ..optimizer.core import Optimizer
 from ..optimizer.foreach import resolve_builtin
 from ..optimizer.lookahead import Lookahead
@@ -178,14 +178,15 @@ def fit_one_cycle(
     momentum hyper-parameter (torch's Adagrad, say) gets only the lr schedule unless ``moms`` is given.
     ``resume`` continues from a checkpoint (``Learner.fit``), with the same arguments as the saved run.
     """
+    n_epoch = to_epochs(n_epoch, owner="fit_one_cycle")  # each argument checked before the optimizer is changed
     _check_fraction("pct_start", pct_start)
     _check_positive("div", div)
     _check_positive("div_final", div_final)
+    three_moms = _three_moms(*((self.moms, "learn.moms") if moms is None else (moms, "moms")))
     lrs = _group_lrs(self, lr_max, "lr_max")
     scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs / div, lrs, lrs / div_final)}
     if moms is not None or "mom" in _hyper_names(self.opt):
-        mom_start, mom_mid, mom_end = _three_moms(*((self.moms, "learn.moms") if moms is None else (moms, "moms")))
-        scheds["mom"] = combined_cos(pct_start, mom_start, mom_mid, mom_end)
+        scheds["mom"] = combined_cos(pct_start, *three_moms)
     self.fit(
         n_epoch,
         cbs=[ParamScheduler(scheds), *as_list(cbs)],
@@ -203,8 +204,8 @@ def _three_moms(moms: Sequence[float], name: str) -> tuple[float, float, float]:
             f"got {moms!r}."
         )
     values = tuple(moms)
-    if len(values) != 3:
-        raise ValueError(f"moms is (start, middle, end) of the momentum cycle, got {moms!r}.")
+    if len(values) != 3:  # fastai: a TypeError (combined_cos missing an argument, or given too many)
+        raise ValueTypeError(f"fit_one_cycle: {name} is (start, middle, end) of the momentum cycle, got {moms!r}.")
     return values[0], values[1], values[2]
 
 
@@ -221,6 +222,7 @@ def fit_flat_cos(
     resume: str | Path | None = None,
 ) -> None:
     """Train at a flat ``lr`` for ``pct_start`` of training, then anneal it to ``lr/div_final`` (cosine)."""
+    n_epoch = to_epochs(n_epoch, owner="fit_flat_cos")
     _check_fraction("pct_start", pct_start)
     _check_positive("div_final", div_final)
     lrs = _group_lrs(self, lr, "lr")
@@ -301,6 +303,10 @@ def fine_tune(
             f"itself (from base_lr/lr_mult to base_lr). For your own lrs per group, use fit_one_cycle."
         )
     base_lr = to_lr(base_lr, "base_lr", "fine_tune")
+    # Both fits' lengths checked before the first one trains: a wrong `epochs` must not leave a trained, frozen model.
+    epochs = to_epochs(epochs, "epochs", "fine_tune")
+    freeze_epochs = to_epochs(freeze_epochs, "freeze_epochs", "fine_tune")
+    _three_moms(*((kwargs["moms"], "moms") if kwargs.get("moms") is not None else (self.moms, "learn.moms")))
     _check_positive("lr_mult", lr_mult)
     _check_fraction("pct_start", pct_start)
     _check_positive("div", div)
