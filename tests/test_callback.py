@@ -622,6 +622,11 @@ def test_non_callbacks_are_refused(bad: Any) -> None:
     with pytest.raises(TypeError, match="is not a Callback"):
         synth_learner(cbs=bad)
     assert len(learn.cbs) == 3
+    if not isinstance(bad, type):  # fastai reads bad.learn (or .order): an AttributeError, learnloop's is one too
+        with pytest.raises(AttributeError, match="is not a Callback"):
+            learn.add_cb(bad)
+        with pytest.raises(AttributeError, match="is not a Callback"):
+            learn.fit(1, cbs=[bad])
 
 
 def test_state_dict_defaults() -> None:

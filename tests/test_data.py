@@ -411,3 +411,15 @@ def test_a_negative_index_counts_from_the_end_as_the_positive_one_reads() -> Non
     learn = Learner(no_valid, nn.Linear(2, 1), loss_func=nn.MSELoss())
     learn.logger = noop
     assert learn.validate(ds_idx=-1) == learn.validate(ds_idx=1) == [None]
+
+
+@pytest.mark.parametrize("bs", ["8", 2.5, None])
+def test_a_batch_size_that_is_not_a_whole_number_says_so(bs: Any) -> None:
+    # fastai's loader fails on bs="8" with a ValueError, torch's on 2.5 with a TypeError: the error is both.
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+    for kwargs in ({"bs": bs}, {"valid_bs": bs}):
+        if kwargs.get("valid_bs", 0) is None:
+            continue  # valid_bs=None is bs
+        with pytest.raises(ValueError, match=r"bs must be a positive number of items per batch.*got") as info:
+            DataLoaders.from_tensors(x, y, x, y, **kwargs)
+        assert isinstance(info.value, TypeError)

@@ -517,3 +517,11 @@ def test_finder_needs_a_recorder() -> None:
     learn.add_cb(TrainEvalCallback())
     with pytest.raises(ValueError, match="add a Recorder"):
         lr_find(learn, show_plot=False)
+
+
+@pytest.mark.parametrize("funcs", [("valley",), "valley", 5])
+def test_suggest_funcs_that_are_not_functions_are_also_attribute_errors(funcs: Any) -> None:
+    # fastai reads each one's __name__: an AttributeError, before or after the sweep; learnloop's is one too.
+    learn = synth_learner()
+    with pytest.raises(AttributeError, match=r"lr_find: suggest_funcs must be functions like valley or steep"):
+        learn.lr_find(suggest_funcs=funcs, show_plot=False)

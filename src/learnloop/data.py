@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch.utils.data import (
 from torch.utils.data.distributed import DistributedSampler
 
 from .distributed import is_distributed, world_size
-from .errors import ArgumentError, InputError, to_whole
+from .errors import ArgumentError, InputError, ValueTypeError, to_whole
 from .nested import map_tensors
 from .sharding import ShardSampler
 
@@ -310,10 +311,9 @@ class DataLoaders:
         training batches itself: `bs` is then the validation loader's only, and `shuffle` and `drop_last` go unused
         (torch takes none of them with it).
         """
-        if bs < 1:
-            raise ValueError(f"bs must be a positive number of items per batch, got {bs}.")
-        if valid_bs is not None and valid_bs < 1:
-            raise ValueError(f"valid_bs must be a positive number of items per batch (or None for bs), got {valid_bs}.")
+        _check_bs(bs, "bs", "")
+        if valid_bs is not None:
+            _check_bs(valid_bs, "valid_bs", " (or None for bs)")
         if shuffle and hasattr(train_ds, "__len__") and len(train_ds) == 0:  # torch: "num_samples should be ..."
             raise InputError(
                 "from_dsets: train_ds has no items, so there is nothing to shuffle or train on; check how the "
@@ -375,6 +375,14 @@ class DataLoaders:
 
     def __repr__(self) -> str:
         return f"DataLoaders(train={_describe(self.train)}, valid={_describe(self.valid)}, device={self.device})"
+
+
+def _check_bs(bs: Any, name: str, alternative: str) -> None:
+    # Not a whole number (bs='8'): fastai's loader fails with a ValueError, torch's with a TypeError: both.
+    if isinstance(bs, bool) or not isinstance(bs, numbers.Integral):
+        raise ValueTypeError(f"{name} must be a positive number of items per batch{alternative}, got {bs!r}.")
+    if bs < 1:
+        raise ValueError(f"{name} must be a positive number of items per batch{alternative}, got {bs}.")
 
 
 def _check_rows(x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> None:

@@ -42,8 +42,8 @@ def as_list(cbs: Any) -> list[Any]:
 
 
 class NotACallbackError(WrongKindError):
-    """`remove_cb` given something other than a callback or a callback class: an AttributeError, as fastai's
-    (``'str' object has no attribute 'learn'``), and a TypeError, what it is."""
+    """`add_cb` or `remove_cb` given something other than a callback or a callback class: an AttributeError, as
+    fastai's (``'str' object has no attribute 'learn'``), and a TypeError, what it is."""
 
 
 class _EveryEvent(Callback):
@@ -115,8 +115,8 @@ class CallbackHost:
         """Add a callback (a class is instantiated) and expose it as `learn.<cb.name>`."""
         if isinstance(cb, type) and issubclass(cb, Callback):
             cb = cb()
-        if not isinstance(cb, Callback):
-            raise TypeError(
+        if not isinstance(cb, Callback):  # fastai: an AttributeError reading cb.learn (a TypeError making a class)
+            raise NotACallbackError(
                 f"{cb!r} is not a Callback: pass an instance or subclass of learnloop.Callback "
                 "(its event methods are named before_fit, after_batch, ...)."
             )

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import is_rank_zero
+from ..errors import WrongKindError
 from ..warn import warn_caller
 
 if TYPE_CHECKING:
@@ -171,10 +172,11 @@ def _as_funcs(suggest_funcs: Any) -> list[Callable[..., Any]] | None:
     result (fastai returns ``SuggestedLRs()`` for ``suggest_funcs=()``)."""
     if suggest_funcs is None:
         return None
-    funcs = [suggest_funcs] if callable(suggest_funcs) else list(suggest_funcs)
+    iterable = not callable(suggest_funcs) and not isinstance(suggest_funcs, str) and hasattr(suggest_funcs, "__iter__")
+    funcs = list(suggest_funcs) if iterable else [suggest_funcs]
     for f in funcs:
-        if not callable(f):
-            raise TypeError(f"lr_find: suggest_funcs must be functions like valley or steep, got {f!r}.")
+        if not callable(f):  # fastai reads f.__name__: an AttributeError
+            raise WrongKindError(f"lr_find: suggest_funcs must be functions like valley or steep, got {f!r}.")
     return funcs
 
 
