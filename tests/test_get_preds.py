@@ -397,3 +397,24 @@ def test_a_model_returning_the_same_object_twice_has_each_batch_gathered() -> No
     # Cancelled before the model ran, the repeated object is still left out.
     preds, _ = learn.get_preds(dl=[(x, x)] * 3, cbs=_CancelBatch("before_batch", -5, 1))
     assert len(preds) == 4
+
+
+@pytest.mark.parametrize("dl", [5, "abc", b"ab", object()])
+def test_a_dl_that_is_not_a_loader_of_batches_is_refused_before_any_event(dl: Any) -> None:
+    # fastai: "'int' object is not iterable", or a string's characters run through the model (a TypeError there).
+    learn = synth_learner()
+    log: list[str] = []
+    learn.add_cb(Callback(before_fit=lambda: log.append("before_fit")))
+    for method in (learn.get_preds, learn.validate):
+        with pytest.raises(TypeError, match=r"\(dl=.*\): dl must be a loader of batches, such as a torch DataLoader"):
+            method(dl=dl)
+    assert log == []
+    learn.get_preds(dl=[(torch.randn(4, 2), torch.randn(4, 1))])  # a list of batches is a loader
+
+
+def test_a_ds_idx_that_is_not_an_index_says_what_it_is() -> None:
+    learn = synth_learner()
+    with pytest.raises(TypeError, match=r"get_preds\(ds_idx='valid'\): ds_idx is the index of a loader in dls"):
+        learn.get_preds(ds_idx="valid")
+    with pytest.raises(TypeError, match=r"validate\(ds_idx=1.0\): ds_idx is the index of a loader"):
+        learn.validate(ds_idx=1.0)  # type: ignore[arg-type]

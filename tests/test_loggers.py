@@ -492,3 +492,9 @@ def test_tensorboard_writes_the_epochs_values_around_a_validate_inside_the_fit(t
     assert [s for s, _ in logged["valid_loss"]] == [0, 0]
     assert [s for s, _ in logged["train_loss"]] == [1, 2, 3, 1, 2, 3]
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_csv_logger_file_name_that_is_not_a_path_is_refused_when_made() -> None:
+    # fastai: pathlib's "expected str, bytes or os.PathLike object, not int" at before_fit.
+    with pytest.raises(TypeError, match=r"CSVLogger: fname is the file to write, a str or a Path, got 5"):
+        CSVLogger(fname=5)  # type: ignore[arg-type]

@@ -582,3 +582,10 @@ def test_the_loss_side_lives_in_mixed_loss_and_is_still_importable_from_mixup() 
     for name in ("MixedLoss", "reduce_loss", "unreduced", "LossFunc", "_reduction_of", "_reduction_param",
                  "_cannot_unreduce"):
         assert getattr(mixup, name) is getattr(mixed_loss, name), name
+
+
+@pytest.mark.parametrize("cls", [MixUp, CutMix])
+def test_an_alpha_that_is_not_a_number_is_refused_with_a_sentence(cls: type[MixHandler]) -> None:
+    # fastai: "'<=' not supported between instances of 'str' and 'int'", a TypeError when made.
+    with pytest.raises(TypeError, match=rf"{cls.__name__}: alpha must be a number .*got 'x'"):
+        cls("x")  # type: ignore[arg-type]

@@ -587,3 +587,17 @@ def test_policies_work_with_learnloop_sgd() -> None:
     learn = synth_learner(opt_func=SGD)
     learn.fit_one_cycle(1, lr_max=0.05)
     assert set(learn.recorder.hps) == {"lr", "mom"}
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: SchedCos("a", 1), r"SchedCos: start must be a number \(or one per parameter group\), got 'a'"),
+    (lambda: SchedLin(1, ["0.1", 0.2]), r"SchedLin: end must be a number .*got \['0.1', 0.2\]"),
+    (lambda: SchedExp(1, None), r"SchedExp: end must be a number .*got None"),
+    (lambda: SchedPoly(1, 0, power="x"), r"SchedPoly: power must be a number .*got 'x'"),
+    (lambda: combine_scheds("ab", [SchedCos(1, 0), SchedCos(0, 1)]), r"combine_scheds: pcts must be numbers .*'ab'"),
+])
+def test_schedule_values_that_are_not_numbers_are_type_errors_with_a_sentence(make: Callable[[], Any],
+                                                                               match: str) -> None:
+    # fastai's fail with a TypeError when called (numpy's "could not convert string to float" here before).
+    with pytest.raises(ArgumentError, match=match):
+        make()

@@ -711,3 +711,17 @@ def test_save_model_callback_is_still_reachable_from_the_tracker_module() -> Non
     assert "SaveModelCallback" in tracker_module.__all__ and "SaveModelCallback" in dir(tracker_module)
     old_path = pickle.dumps(SaveModelCallback, protocol=0).replace(b"callbacks.save_model", b"callbacks.tracker")
     assert b"callbacks.tracker" in old_path and pickle.loads(old_path) is save_model_module.SaveModelCallback
+
+
+@pytest.mark.parametrize("cls", [EarlyStoppingCallback, ReduceLROnPlateau, SaveModelCallback])
+def test_a_min_delta_that_is_not_a_number_is_refused_when_made(cls: type[TrackerCallback]) -> None:
+    # fastai's fails at the end of the first epoch (a TypeError), after training it: nothing trains here.
+    with pytest.raises(ArgumentError, match=rf"{cls.__name__}: min_delta must be a number .*got 'x'"):
+        cls(min_delta="x")  # type: ignore[arg-type]
+    assert cls(min_delta=np.float32(0.5)).min_delta == -0.5
+
+
+@pytest.mark.parametrize("cls", [EarlyStoppingCallback, ReduceLROnPlateau])
+def test_a_patience_that_is_not_a_number_is_refused_when_made(cls: type[TrackerCallback]) -> None:
+    with pytest.raises(ArgumentError, match=rf"{cls.__name__}: patience must be a number .*got '2'"):
+        cls(patience="2")  # type: ignore[call-arg]

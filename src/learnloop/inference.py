@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -232,6 +232,13 @@ def _check_data_arguments(dls: Any, method: str, ds_idx: int, dl: Any) -> None:
                 f"{'evaluate' if method == 'validate' else 'predict'} on other data, pass {method}(dl=...), a "
                 "DataLoader over it."
             )
+        if n is not None and not hasattr(type(ds_idx), "__index__"):  # fastai: "list indices must be integers"
+            raise ArgumentError(f"{method}(ds_idx={ds_idx!r}): ds_idx is the index of a loader in dls, 0 the training "
+                                "one, 1 the validation one.")
+    elif isinstance(dl, (str, bytes)) or not (isinstance(dl, Iterable) or hasattr(dl, "__getitem__")):
+        # fastai: a TypeError (not iterable), or a string's characters run through the model
+        raise ArgumentError(f"{method}(dl={dl!r}): dl must be a loader of batches, such as a torch DataLoader "
+                            "(DataLoader(ds, batch_size=...)), or a list of batches.")
     elif isinstance(dl, Dataset) and not isinstance(dl, IterableDataset):
         # Iterating a map-style dataset gives single items, each run through the model as if it were a batch, as
         # in fastai (which fails on it, or not, depending on the items' shapes): rarely what was meant.

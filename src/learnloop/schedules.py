@@ -19,7 +19,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ArgumentError, InputError, to_number
 from .smoothing import to_float32
 
 __all__ = [
@@ -44,11 +44,18 @@ __all__ = [
 Schedule: TypeAlias = Callable[[float], Any]
 
 
-def _as_value(x: Any) -> float | np.ndarray:
-    """A float, or a float64 array for sequences and arrays (torch tensors included)."""
-    if isinstance(x, (list, tuple)) or (hasattr(x, "__array__") and np.ndim(x) > 0):
-        return np.asarray(x, dtype=np.float64)
-    return float(x)
+def _as_value(x: Any, what: str = "a schedule's value") -> float | np.ndarray:
+    """A float, or a float64 array for sequences and arrays (torch tensors included). A string, or anything else
+    that is not numbers, is an ArgumentError (fastai's arithmetic fails on it with a TypeError when called)."""
+    texts = (str, bytes)
+    try:
+        if isinstance(x, texts) or (isinstance(x, (list, tuple)) and any(isinstance(v, texts) for v in x)):
+            raise TypeError
+        if isinstance(x, (list, tuple)) or (hasattr(x, "__array__") and np.ndim(x) > 0):
+            return np.asarray(x, dtype=np.float64)
+        return float(x)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{what} must be a number (or one per parameter group), got {x!r}.") from None
 
 
 def _out(x: Any) -> float | np.ndarray:
@@ -115,7 +122,8 @@ class Annealer:
     """Base class: a schedule from ``start`` to ``end``; subclasses define ``at(pct)``."""
 
     def __init__(self, start: Any, end: Any) -> None:
-        self.start, self.end = _as_value(start), _as_value(end)
+        name = type(self).__name__
+        self.start, self.end = _as_value(start, f"{name}: start"), _as_value(end, f"{name}: end")
 
     def at(self, pct: float) -> Any:
         """The value at progress ``pct`` (before conversion to float / array)."""
@@ -177,7 +185,7 @@ class SchedPoly(Annealer):
 
     def __init__(self, start: Any, end: Any, power: float) -> None:
         super().__init__(start, end)
-        self.power = power
+        self.power = to_number(power, "power", "SchedPoly")  # fastai's: a TypeError when called
 
     def at(self, pct: float) -> Any:
         return self.start + (self.end - self.start) * pct**self.power
@@ -191,6 +199,8 @@ class CombinedSchedule:
     (a float32 value, as fastai's; see ``combine_scheds``)."""
 
     def __init__(self, pcts: Sequence[float], scheds: Sequence[Schedule]) -> None:
+        if isinstance(pcts, (str, bytes)) or any(isinstance(p, (str, bytes)) for p in pcts):
+            raise ArgumentError(f"combine_scheds: pcts must be numbers (fractions of training), got {pcts!r}.")
         fractions = [float(p) for p in pcts]
         if len(fractions) != len(scheds) or not scheds:
             raise InputError(

@@ -20,6 +20,7 @@ import torch
 from ..callback import Callback, is_side_run
 from ..checkpoint import atomic_write
 from ..distributed import is_rank_zero
+from ..errors import ArgumentError
 from .recorder import Recorder
 
 __all__ = ["CSVLogger", "TensorBoardCallback", "is_rank_zero"]
@@ -59,6 +60,8 @@ class CSVLogger(Callback):
     order = 60
 
     def __init__(self, fname: str | Path = "history.csv", append: bool = False) -> None:
+        if not isinstance(fname, (str, os.PathLike)):  # fastai: pathlib's TypeError at before_fit
+            raise ArgumentError(f"CSVLogger: fname is the file to write, a str or a Path, got {fname!r}.")
         self.fname, self.append = Path(fname), append
         self._epoch_trained = False
         # The Recorder's rows (`values`, the list and its length) at this epoch's start, until its row is written: it

@@ -26,6 +26,7 @@ import torch
 from torch.distributions.beta import Beta
 
 from ..callback import Callback
+from ..errors import to_number
 from .mixed_loss import LossFunc as LossFunc
 from .mixed_loss import MixedLoss, _cannot_unreduce, _reduction_of, _reduction_param, reduce_loss, unreduced
 
@@ -70,6 +71,7 @@ class MixHandler(Callback):
     old_lf: Any  # the learner's loss function, set at before_train
 
     def __init__(self, alpha: float = 0.5) -> None:
+        alpha = to_number(alpha, "alpha", type(self).__name__)  # a string: fastai's TypeError, with a sentence
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0 (the Beta(alpha, alpha) distribution), got {alpha}.")
         self.alpha = alpha

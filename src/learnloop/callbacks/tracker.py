@@ -66,6 +66,8 @@ class TrackerCallback(Callback):
                 f"{type(self).__name__}: comp must be a function comparing two values, such as np.less (lower is "
                 f"better) or np.greater (higher is better); got {comp!r}."
             )
+        # fastai's fails at the end of the first epoch (a string's `* -1` is even accepted): checked here
+        min_delta = to_number(min_delta, "min_delta", type(self).__name__)
         self.monitor, self.comp, self.reset_on_fit = monitor, comp, reset_on_fit
         # Which way is better, asked of `comp` itself, so operator.lt or a lambda work as well as np.less.
         self.lower_is_better = bool(comp(0.0, 1.0))
@@ -228,7 +230,7 @@ class _PatienceTracker(TrackerCallback):
         reset_on_fit: bool = True,
     ) -> None:
         super().__init__(monitor=monitor, comp=comp, min_delta=min_delta, reset_on_fit=reset_on_fit)
-        self.patience = patience
+        self.patience = to_number(patience, "patience", type(self).__name__)  # fastai's: a TypeError epochs later
         self.wait = 0
 
     def start_fit(self) -> None:
