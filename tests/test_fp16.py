@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from conftest import synth_dls, synth_learner
-from learnloop import Callback, CancelBatchException, CancelFitException, Learner
+from learnloop import Callback, CancelBackwardException, CancelBatchException, CancelFitException, Learner
 from learnloop.callback import noop
 from learnloop.callbacks.ema import EMACallback
 from learnloop.callbacks.fp16 import MixedPrecision, to_float32
@@ -364,6 +364,42 @@ def test_scales_with_accumulation_one_per_step() -> None:
     spy = ScaleSpy()
     learn.fit(1, cbs=[spy, GradientAccumulation(n_acc=32)])
     assert spy.during[-1][0] == spy.scales == [2.0**8, 2.0**8, 2.0**9, 2.0**9]
+
+
+class CancelBackwardAt(Callback):
+    """Cancels the backward of the given training iterations, before or after MixedPrecision scales the loss."""
+
+    def __init__(self, order: int, *iters: int) -> None:
+        self.order, self.iters = order, set(iters)
+
+    def before_backward(self) -> None:
+        if self.learn.training and self.learn.train_iter in self.iters:
+            raise CancelBackwardException
+
+
+@pytest.mark.parametrize("opt_func", [SGD, partial(OptimWrapper, opt=torch.optim.SGD)], ids=["SGD", "OptimWrapper"])
+@pytest.mark.parametrize("order", [0, 20], ids=["cancelled-unscaled", "cancelled-scaled"])
+@pytest.mark.parametrize("iters", [(0,), (2,), (0, 1, 2, 3)], ids=["first", "third", "all"])
+@pytest.mark.parametrize("clip", [False, True], ids=["", "clip"])
+def test_a_step_after_cancelled_backwards_runs_as_in_fp32(
+    opt_func: Any, order: int, iters: tuple[int, ...], clip: bool
+) -> None:
+    # The step finds no gradient scaled since the last one, or none at all (the first batch; OptimWrapper drops
+    # them after each step): GradScaler had nothing to unscale or check, and failed the fit with an AssertionError.
+    mp = MixedPrecision(init_scale=2.0**8, growth_interval=1)
+    learn = synth_learner(n_train=64, bs=16, opt_func=opt_func, cbs=mp)
+    probe, spy = Probe(), ScaleSpy()
+    extra = [GradientClip(max_norm=1e6)] if clip else []  # it unscales the gradients too: once per step
+    learn.fit(1, cbs=[probe, spy, CancelBackwardAt(order, *iters), *extra])
+    rows = train_rows(probe)
+    assert [same(r["weights_before"], r["weights_after"]) for r in rows] == [i in iters for i in range(4)]
+    assert learn.skipped_steps == 0
+    # Every step ran and is listed. The scaler grows after each step whose gradients it checked: a cancelled
+    # backward's step has some only when the loss was scaled and the optimizer keeps zeroed gradients (SGD).
+    checked = [
+        i not in iters or (order == 20 and opt_func is SGD and any(j not in iters for j in range(i))) for i in range(4)
+    ]
+    assert spy.during[-1][0] == spy.scales == [2.0 ** (8 + sum(checked[:i])) for i in range(4)]
 
 
 @pytest.mark.parametrize("kwargs", [{"amp_mode": "bf16"}, {"enabled": False}], ids=["bf16", "disabled"])

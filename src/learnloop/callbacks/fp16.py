@@ -9,7 +9,8 @@ Per batch (``MixedPrecision`` has order 10)::
     before_step      fp16: scaler.unscale_ the gradients (once), scaler.step(<recording stand-in>);
                      an inf/nan gradient -> the stand-in's step() never runs -> CancelStepException,
                      so opt.step() never runs: optimizer state and step counters stay put;
-                     otherwise the step's loss scale is appended to ``scales`` (1.0 without loss scaling)
+                     otherwise the step's loss scale is appended to ``scales`` (1.0 without loss scaling);
+                     when no gradient was scaled since the last step (each backward cancelled), the step runs as is
     after_step       fp16: scaler.update(), only after a step attempt (never on accumulation micro-batches)
 
 A skipped step is reported through :mod:`learnloop.callbacks.steps` so schedules do not advance on it.
@@ -287,11 +288,17 @@ class MixedPrecision(Callback):
             self.learn.loss_grad = self._scaler.scale(self.learn.loss_grad)
 
     def unscale_grads(self) -> None:
-        """Divide this step's gradients by the loss scale, once per step (GradientClip calls it before clipping)."""
+        """Divide this step's gradients by the loss scale, once per step (GradientClip calls it before clipping).
+
+        Nothing to do when no backward since the last step was scaled (each one was cancelled): the gradients
+        are then as the last step left them, never multiplied by the scale."""
         state = self._state
-        if self.use_scaler and self._scaler is not None and not state.unscaled:
+        if self.use_scaler and self._scaler is not None and not state.unscaled and state.n_accumulated:
             self._scaler.unscale_(cast(torch.optim.Optimizer, self._target))
             state.unscaled = True
+
+    def _has_grads(self) -> bool:
+        return any(p.grad is not None for group in self._target.param_groups for p in group["params"])
 
     def before_step(self) -> None:
         scales, scaler = self.scales, self._scaler
@@ -299,11 +306,23 @@ class MixedPrecision(Callback):
             if scales is not None:
                 scales.append(1.0)
             return
-        self.unscale_grads()
         target, state = self._target, self._state
-        target.stepped = False
-        # Unscaled already, so this only checks the gradients for inf/nan and calls step() when there is none.
-        scaler.step(cast(torch.optim.Optimizer, target))
+        self.unscale_grads()
+        if state.unscaled:
+            target.stepped = False
+            try:
+                # Unscaled already, so this only checks the gradients for inf/nan and calls step() when there is none.
+                scaler.step(cast(torch.optim.Optimizer, target))
+            except AssertionError:
+                # GradScaler found no gradient to check: the backward that was scaled was cancelled, and the
+                # optimizer drops its gradients (set_to_none). Nothing overflowed: the step runs, as in float32 (a
+                # no-op without gradients); the scaler forgets this step's unscale_ and keeps its scale and tracker.
+                if self._has_grads():
+                    raise
+                scaler.update(new_scale=scaler.get_scale())
+                state.unscaled, state.n_accumulated, target.stepped = False, 0, True  # nothing left to unscale
+        else:  # no scaled backward since the last step: nothing to unscale or check, the step runs as in float32
+            target.stepped = True
         self.skipped = state.overflow = not target.stepped
         if self.skipped:
             record_skipped_step(self.learn, state.n_accumulated)
