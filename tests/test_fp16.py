@@ -212,6 +212,27 @@ def test_exception_out_of_fit_then_next_fit_leaves_autocast() -> None:
     assert not autocast_on()
 
 
+@pytest.mark.parametrize("switch", ["to_fp32", "to_bf16", "to_fp16", "to_contiguous"])
+def test_switching_precision_after_an_exception_leaves_its_autocast(switch: str) -> None:
+    # The callback that entered autocast is removed: no before_fit of it would ever leave it, and every later
+    # forward on this thread (an fp32 fit's, a plain model(x)) ran in float16; under to_bf16's autocast it failed.
+    learn = mlp_learner(cbs=MixedPrecision("fp16"))
+    old = learn.mixed_precision
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            learn.fit(1, cbs=RaiseAt(RuntimeError("boom")))
+        assert autocast_on()  # no event fires on this path
+        getattr(learn, switch)(**({"to_fp32": True} if switch == "to_contiguous" else {}))
+        assert not autocast_on()
+        probe = Probe()
+        learn.fit(1, cbs=probe)
+        assert [r["autocast_at_start"] for r in probe.rows] == [switch in ("to_bf16", "to_fp16")] * len(probe.rows)
+        assert not autocast_on()
+    finally:
+        old.exit_autocast()
+    assert not autocast_on()
+
+
 # ---------------------------------------------------------------------------- learner methods
 def test_to_fp16_to_bf16_to_fp32() -> None:
     learn = synth_learner()

@@ -25,7 +25,7 @@ from .callbacks.checkpointing import resolve_resume
 from .callbacks.core import SkipToEpoch, TrainEvalCallback
 from .callbacks.distributed import DistributedTrainer, auto_distributed
 from .callbacks.distributed import distrib_ctx as _distrib_ctx
-from .callbacks.fp16 import AMPMode, MixedPrecision
+from .callbacks.fp16 import AMPMode, MixedPrecision, exit_autocasts
 from .callbacks.perf import ChannelsLast
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
@@ -367,15 +367,15 @@ class Learner(Inference):
     def to_fp16(self, **kwargs: Any) -> Learner:
         """Train in mixed precision with float16 and a GradScaler (`kwargs` go to `MixedPrecision`)."""
         cb = MixedPrecision(**kwargs)  # built first, so bad arguments leave the learner as it was
-        self.remove_cb(MixedPrecision)
-        return self.add_cb(cb)
+        return self.to_fp32().add_cb(cb)
 
     def to_bf16(self) -> Learner:
         """Train in mixed precision with bfloat16 (no loss scaling needed)."""
         return self.to_fp16(amp_mode="bf16")
 
     def to_fp32(self) -> Learner:
-        """Train in full precision again: remove MixedPrecision."""
+        """Train in full precision again: remove MixedPrecision (leaving the autocast a fit that raised left it in)."""
+        exit_autocasts(self.cbs)
         return self.remove_cb(MixedPrecision)
 
     def to_channelslast(self, use_amp: bool = True, amp_mode: str | AMPMode = AMPMode.FP16, **kwargs: Any) -> Learner:
@@ -391,7 +391,8 @@ class Learner(Inference):
         """Back to the default (contiguous) memory format: the model converted, ChannelsLast removed, and
         MixedPrecision too with `to_fp32`."""
         self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch's stub lacks it
-        return self.remove_cbs([ChannelsLast, MixedPrecision] if to_fp32 else ChannelsLast)
+        self.remove_cb(ChannelsLast)
+        return self.to_fp32() if to_fp32 else self
 
     # ---- fit policies and the LR finder: functions of callbacks/schedule.py and callbacks/lr_finder.py, whose first
     # parameter is the learner (named `self`, as these are its methods: `learn.fit_one_cycle(...)`)

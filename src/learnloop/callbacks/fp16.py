@@ -19,7 +19,7 @@ A skipped step is reported through :mod:`learnloop.callbacks.steps` so schedules
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, cast
@@ -32,7 +32,7 @@ from ..events import CancelStepException
 from ..nested import map_tensors
 from .steps import record_skipped_step, reset_skipped_steps
 
-__all__ = ["AMPMode", "MixedPrecision", "to_float32"]
+__all__ = ["AMPMode", "MixedPrecision", "exit_autocasts", "to_float32"]
 
 
 class AMPMode(StrEnum):
@@ -48,6 +48,14 @@ _DTYPES = {AMPMode.FP16: torch.float16, AMPMode.BF16: torch.bfloat16}
 def to_float32(x: Any) -> Any:
     """`x` with every float16/bfloat16 tensor in it (nested in tuples, lists, dicts) cast to float32."""
     return map_tensors(lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t, x)
+
+
+def exit_autocasts(cbs: Iterable[Callback]) -> None:
+    """Leave the autocast that any MixedPrecision of `cbs` is still in (its fit ended by an exception), last entered
+    first. For callbacks about to be removed: no later ``before_fit`` of theirs would leave it."""
+    for cb in reversed(list(cbs)):
+        if isinstance(cb, MixedPrecision):
+            cb.exit_autocast()
 
 
 class _ScalerTarget:
@@ -154,7 +162,8 @@ class MixedPrecision(Callback):
 
     An exception other than a cancel one, raised by the model or the loss, leaves ``fit`` without any
     event, so autocast may still be entered afterwards; the next ``before_fit`` of this callback (or
-    ``exit_autocast()``) leaves it. A ``validate()`` or ``get_preds()`` called inside a fit (``learn._nested_run``)
+    ``exit_autocast()``) leaves it, and so do ``learn.to_fp32()`` and ``to_fp16()`` / ``to_bf16()``, which
+    remove it. A ``validate()`` or ``get_preds()`` called inside a fit (``learn._nested_run``)
     leaves the fit's autocast, scaler and ``scales`` alone, however it ends.
 
     >>> learn.fit(1, cbs=MixedPrecision("bf16"))   # or learn.to_bf16(); learn.to_fp16() for float16
