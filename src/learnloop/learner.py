@@ -234,8 +234,10 @@ class Learner(Inference):
             try:
                 self._run_fit()
             except BaseException as e:
-                # Only Ctrl-C gets after_fit; on this path a callback that swapped the logger cannot put it back.
+                # Only Ctrl-C gets after_fit; on this path a callback that swapped the logger cannot put it back,
+                # and a MixedPrecision cannot leave the autocast of the batch that raised (fastai's stays in it).
                 self.logger = logger
+                exit_autocasts(self.cbs)
                 if isinstance(e, KeyboardInterrupt):
                     self._end_cleanup()
                 raise

@@ -161,9 +161,10 @@ class MixedPrecision(Callback):
     ``kwargs`` holds the GradScaler's keyword arguments.
 
     An exception other than a cancel one, raised by the model or the loss, leaves ``fit`` without any
-    event, so autocast may still be entered afterwards; the next ``before_fit`` of this callback (or
-    ``exit_autocast()``) leaves it, and so do ``learn.to_fp32()`` and ``to_fp16()`` / ``to_bf16()``, which
-    remove it. A ``validate()`` or ``get_preds()`` called inside a fit (``learn._nested_run``)
+    event; ``fit`` then leaves the autocast itself (fastai's stays in it). One entered by events fired by hand
+    (``learn('before_batch')``) is left by ``exit_autocast()``, the next ``before_fit`` of this callback, and
+    ``learn.to_fp32()`` and ``to_fp16()`` / ``to_bf16()``, which remove it. A ``validate()`` or ``get_preds()``
+    called inside a fit (``learn._nested_run``)
     leaves the fit's autocast, scaler and ``scales`` alone, however it ends.
 
     >>> learn.fit(1, cbs=MixedPrecision("bf16"))   # or learn.to_bf16(); learn.to_fp16() for float16
