@@ -608,3 +608,25 @@ def test_editing_cbs_after_construction_is_seen() -> None:
     p.grad = torch.ones(1)
     opt.step()
     assert p.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:A parameter of shape")
+@pytest.mark.parametrize("implementation", ["foreach", "auto"])
+@pytest.mark.parametrize("make", [partial(Adam, wd=0.1), partial(SGD, mom=0.9, wd=0.1), partial(RMSProp, mom=0.9)])
+def test_a_parameter_listed_twice_in_a_group_is_stepped_twice_as_by_the_reference(
+    make: Callable[..., Optimizer], implementation: str
+) -> None:
+    # As fastai's loop (and the warning) says: once per time it is listed, its state too. A foreach op given the
+    # same tensor twice updated it once, from a doubled update.
+    def train(implementation: str) -> tuple[list[float], dict[str, Any]]:
+        a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+        opt = make([[b], [a, b, a]], lr=0.1, implementation=implementation)
+        for _ in range(3):
+            a.grad, b.grad = torch.full((3,), 0.5), torch.full((2,), -0.25)
+            opt.step()
+        return a.tolist() + b.tolist(), copy.deepcopy(opt.state[a])
+
+    ours, reference = train(implementation), train("per_param")
+    assert ours[0] == pytest.approx(reference[0], rel=1e-6)
+    assert ours[1].keys() == reference[1].keys() and ours[1].get("step") == reference[1].get("step")
+    torch.testing.assert_close(ours[1], reference[1], rtol=1e-6, atol=1e-7)

@@ -87,6 +87,17 @@ def _warn_repeated(param_lists: list[list[Tensor]]) -> None:
             seen[id(p)] = i
 
 
+def _split_repeats(plist: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """``plist``'s first occurrence of each parameter, and the occurrences after the first."""
+    seen: set[int] = set()
+    firsts: list[Tensor] = []
+    repeats: list[Tensor] = []
+    for p in plist:
+        (repeats if id(p) in seen else firsts).append(p)
+        seen.add(id(p))
+    return firsts, repeats
+
+
 class Optimizer(BaseOptimizer):
     """fastai's generic optimizer: ``Optimizer(params, cbs, train_bn=True, **defaults)``.
 
@@ -241,6 +252,12 @@ class Optimizer(BaseOptimizer):
         split_wd = hyper.get("wd", 0) != 0
         buckets: dict[tuple[Any, ...], Bucket] = {}
         sparse: list[Tensor] = []
+        repeats: list[Tensor] = []
+        if len(set(map(id, plist))) != len(plist):
+            # A parameter listed twice (warned of when the optimizer is made) is stepped once per time it is listed,
+            # as fastai's loop does: a foreach op or fused kernel given the same tensor twice in one list would
+            # update it once from a doubled update, and its state once.
+            plist, repeats = _split_repeats(plist)
         for p in plist:
             g = p.grad
             if g is None:
@@ -270,6 +287,8 @@ class Optimizer(BaseOptimizer):
                         spec.foreach(b, hyper, opts)
         if sparse:
             self._step_per_param(sparse, hyper)
+        if repeats:
+            self._step_per_param(repeats, hyper)
 
     def _where(self, p: Tensor) -> str:
         """Where ``p`` is, for a message: ``parameter i of group j``."""
