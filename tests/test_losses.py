@@ -94,6 +94,32 @@ def test_floatify_follows_float64_outputs(loss_cls: Any) -> None:
     assert loss_cls()(probs.float(), targ.double()).dtype == torch.float32  # float32 outputs: float32 targets
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda w: CrossEntropyLossFlat(weight=w),
+        lambda w: FocalLossFlat(weight=w),
+        lambda w: LabelSmoothingCrossEntropyFlat(weight=w),
+        lambda w: CrossEntropyLossFlat(weight=w, axis=1),
+    ],
+)
+def test_float64_outputs_meet_a_float32_class_weight(make: Any) -> None:
+    # torch refused the float32 `weight` with the float64 outputs the flattened losses keep (fastai's float32 copy of
+    # the output computes the loss): the weight is used in float64 for the call, and stays float32 in the loss.
+    weight = torch.tensor([0.5, 1.0, 2.0])
+    loss_func = make(weight)
+    out = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    targ = torch.tensor([0, 1, 2, 2, 1, 0])
+    loss = loss_func(out, targ)
+    loss.backward()
+    assert loss.dtype == torch.float64 and out.grad is not None and out.grad.dtype == torch.float64
+    expected = make(weight.double())(out.detach(), targ)
+    assert torch.equal(loss.detach(), expected)
+    torch.testing.assert_close(loss.float(), make(weight)(out.detach().float(), targ))
+    assert loss_func.func.weight.dtype == torch.float32
+    assert loss_func(out.float(), targ).dtype == torch.float32
+
+
 def test_bce_pos_weight_keeps_the_label_axis() -> None:
     out, targ = torch.randn(4, 3), torch.randint(0, 2, (4, 3))
     pos_weight = torch.tensor([1.0, 2.0, 3.0])

@@ -119,7 +119,22 @@ class BaseLoss(nn.Module):
         if self.flatten:
             inp = inp.reshape(-1, inp.shape[-1]) if self.is_2d else inp.reshape(-1)
             targ = targ.reshape(-1)
+        if inp.dtype == torch.float64 and isinstance(self.func, nn.Module):
+            return self._call_in_float64(inp, targ, **kwargs)
         return self.func(inp, targ, **kwargs)
+
+    def _call_in_float64(self, inp: torch.Tensor, targ: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """`func` on float64 outputs, its floating-point buffers (a class `weight`, usually float32) in float64 for
+        this call: torch refuses a float32 `weight` with float64 outputs, where fastai's float32 copy of the
+        output meets it."""
+        cast = {
+            name: buf.to(torch.float64)
+            for name, buf in self.func.named_buffers()
+            if buf.is_floating_point() and buf.dtype != torch.float64
+        }
+        if not cast:
+            return self.func(inp, targ, **kwargs)
+        return torch.func.functional_call(self.func, cast, (inp, targ), kwargs)
 
     def activation(self, out: torch.Tensor) -> torch.Tensor:
         """The identity: regression losses predict the raw output."""
