@@ -366,6 +366,24 @@ def test_roc_auc_multi_class_must_be_ovr_or_ovo() -> None:
         RocAuc(multi_class="ovo ")
 
 
+def test_bfloat16_predictions_are_activated_in_float32_for_numpy() -> None:
+    # numpy has no bfloat16, so the predictions go over as float32; their softmax was taken in bfloat16 first, and
+    # its probabilities did not sum to 1 closely enough for scikit-learn: RocAuc raised a ValueError.
+    logits, targ = torch.randn(24, 3), torch.randint(0, 3, (24,))
+    rounded = logits.bfloat16()
+    for make in (RocAuc, lambda: RocAuc(multi_class="ovo"), RocAucMulti, APScoreMulti):
+        t = (torch.rand(24, 3) > 0.5).long() if make in (RocAucMulti, APScoreMulti) else targ
+        assert run(make(), rounded, t) == run(make(), rounded.float(), t)
+    # Metrics of tensors (to_np=False) get the bfloat16 activation, as in fastai, and so do thresholded ones (fastai's
+    # work there: the booleans go to numpy), which may differ from float32's at the threshold.
+    m = AccumMetric(lambda p, t: p.dtype, activation=ActivationType.Softmax, dim_argmax=-1, flatten=False)
+    assert run(m, rounded, targ) == torch.bfloat16
+    near = torch.full((1, 1), 0.00390625, dtype=torch.bfloat16)  # sigmoid 0.5009765625 in float32, 0.5 in bfloat16
+    assert not torch.sigmoid(near.float()) >= 0.5015 and torch.sigmoid(near) >= 0.5015  # (thresh rounded to 0.5)
+    hits = AccumMetric(lambda p, t: p.sum().item(), activation="sigmoid", thresh=0.5015, to_np=True, flatten=False)
+    assert run(hits, near, torch.ones(1, 1), n_batches=1) == 1
+
+
 # Inside a Learner: the Recorder's columns and values, Python numbers as fastai's Recorder makes them.
 
 

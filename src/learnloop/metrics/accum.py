@@ -105,6 +105,11 @@ class AccumMetric(Metric):
         self.targs: list[Tensor] = []
 
     def _prepare(self, pred: Tensor) -> Tensor:
+        if self.to_np and not self.thresh and pred.dtype == torch.bfloat16:
+            # numpy has no bfloat16, so such predictions reach `func` as float32: convert them before the activation,
+            # whose bfloat16 probabilities do not sum to 1 closely enough for scikit-learn (RocAuc refuses them).
+            # Thresholded ones go over as booleans, fastai's (its bfloat16 activation compared with `thresh`).
+            pred = pred.float()
         if self.activation in (ActivationType.Softmax, ActivationType.BinarySoftmax):
             pred = F.softmax(pred, dim=_softmax_dim(pred) if self.dim_argmax is None else self.dim_argmax)
             if self.activation == ActivationType.BinarySoftmax:
