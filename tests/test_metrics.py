@@ -651,6 +651,9 @@ def test_r2_score_takes_bfloat16_and_checks_the_weights() -> None:
     assert R2Score()(pred.bfloat16(), targ.bfloat16()) == R2Score()(pred, targ)  # numpy has no bfloat16
     with pytest.raises(ValueError, match="sample_weight has 2 weights for 3 predictions"):
         R2Score(sample_weight=[1.0, 2.0])(pred, targ)
+    # NaN in the predictions (a diverged model) gives nan, as rmse does; scikit-learn's raise a ValueError there.
+    nan_pred = torch.tensor([1.0, math.nan, 3.5])
+    assert math.isnan(R2Score()(nan_pred, targ)) and math.isnan(ExplainedVariance()(nan_pred, targ))
 
 
 def test_r2_score_constant_targets_follows_scikit_learn() -> None:

@@ -134,7 +134,8 @@ def R2Score(sample_weight: Any = None) -> AccumMetric:
     scikit-learn's ``r2_score`` on the flattened predictions, as fastai's, without needing scikit-learn.
 
     The same numbers as scikit-learn's, bit for bit, except that half-precision inputs are computed in float32
-    and that no input (or a single item) gives nan where scikit-learn raises. ``sample_weight`` holds one weight
+    and that NaN in the inputs, or no input, gives nan where scikit-learn raises a ValueError (a single item gives
+    nan, without scikit-learn's UndefinedMetricWarning). ``sample_weight`` holds one weight
     per item in dataset order, so it is for a single process: in a distributed run the ranks' items are joined
     rank by rank, not in dataset order."""
     return AccumMetric(_r2_score, to_np=True, invert_arg=True, sample_weight=sample_weight, name="r2_score")
@@ -142,7 +143,8 @@ def R2Score(sample_weight: Any = None) -> AccumMetric:
 
 def ExplainedVariance(sample_weight: Any = None) -> AccumMetric:
     """A new whole-set 1 - Var(targ - pred) / Var(targ), a Python float (named ``explained_variance_score``):
-    scikit-learn's ``explained_variance_score``, as fastai's."""
+    scikit-learn's ``explained_variance_score``, as fastai's, but NaN in the inputs gives nan where scikit-learn
+    raises a ValueError."""
     return AccumMetric(
         _explained_variance, to_np=True, invert_arg=True, sample_weight=sample_weight, name="explained_variance_score"
     )
