@@ -575,6 +575,16 @@ def test_bad_fractions_are_assertion_errors_as_in_fastai(policy: Policy, match: 
     assert isinstance(info.value, InputError)
 
 
+@pytest.mark.parametrize("args", [("2", 1), (1.5, 1), (2, "1"), (2, 1, 1.5)])
+def test_fit_sgdr_lengths_that_are_not_whole_numbers_are_also_type_errors(args: tuple[Any, ...]) -> None:
+    # fastai's arithmetic fails on a string or a fractional n_cycles with a TypeError (its combine_scheds asserts on
+    # a fractional cycle_len or cycle_mult): the error is both, and a ValueError.
+    name = ("n_cycles", "cycle_len", "cycle_mult")[next(i for i, a in enumerate(args) if a not in (1, 2))]
+    with pytest.raises(TypeError, match=rf"fit_sgdr: {name} must be a whole number >= 1") as info:
+        synth_learner().fit_sgdr(*args[:2], cycle_mult=args[2] if len(args) > 2 else 2)
+    assert isinstance(info.value, (InputError, AssertionError))
+
+
 def test_pct_start_end_points_are_allowed() -> None:
     # fastai accepts them: pct_start=0 is a pure cosine annealing.
     learn = synth_learner(n_train=32, bs=16)

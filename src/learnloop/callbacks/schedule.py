@@ -259,9 +259,12 @@ def fit_sgdr(
     """Train with warm restarts (SGDR): ``n_cycles`` cosine annealings from ``lr_max`` to 0, the first one
     ``cycle_len`` epochs long, each next one ``cycle_mult`` times longer."""
     for name, value, low in (("n_cycles", n_cycles, 1), ("cycle_len", cycle_len, 1), ("cycle_mult", cycle_mult, 1)):
-        # numpy integers too, as fastai's arithmetic takes them
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            # fastai's combine_scheds asserts on the fractions these make: an InputError is an AssertionError too
+        # numpy integers too, as fastai's arithmetic takes them. fastai's combine_scheds asserts on the fractions a
+        # fractional or zero cycle_len or cycle_mult makes, and its arithmetic fails on a string or a fractional
+        # n_cycles with a TypeError: an InputError is an AssertionError, a ValueTypeError one and a TypeError too.
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueTypeError(f"fit_sgdr: {name} must be a whole number >= {low}, got {value!r}.")
+        if value < low:
             raise InputError(f"fit_sgdr: {name} must be a whole number >= {low}, got {value!r}.")
     n_cycles, cycle_len, cycle_mult = int(n_cycles), int(cycle_len), int(cycle_mult)
     lrs = _group_lrs(self, lr_max, "lr_max")
