@@ -266,3 +266,27 @@ def test_a_callback_added_twice_or_to_two_learners_is_warned_of() -> None:
 
     with pytest.warns(UserWarning, match=r"belongs to a Learner that is fitting: it now reads this learner"):
         synth_learner().fit(1, cbs=AddsItselfElsewhere())
+
+
+@pytest.mark.parametrize("call", [
+    lambda learn: learn.fit_one_cycle(1, 0.01, wd="x"),
+    lambda learn: learn.fit_one_cycle(1, slice(1e-3, 1e-2), start_epoch="x"),
+    lambda learn: learn.fit_flat_cos(1, 0.01, cbs=[5]),
+    lambda learn: learn.fit_sgdr(1, 1, 0.01, resume="no-such-checkpoint"),
+    lambda learn: learn.fine_tune(1, wd="x"),
+    lambda learn: learn.fine_tune(1, cbs=[5]),
+    lambda learn: learn.fine_tune(1, div_final=-1.0),
+    lambda learn: learn.fine_tune(1, start_epoch="x"),
+    lambda learn: learn.fine_tune(1, lr_max=0.1),
+], ids=["one_cycle-wd", "one_cycle-start_epoch", "flat_cos-cbs", "sgdr-resume", "fine_tune-wd", "fine_tune-cbs",
+        "fine_tune-div_final", "fine_tune-start_epoch", "fine_tune-unknown"])
+def test_a_fit_policy_that_fit_refuses_leaves_the_optimizer_and_the_model_as_they_were(call: Any) -> None:
+    # The policies set their lr on the optimizer to read it back per group, before fit checked its own arguments:
+    # a refused call left the optimizer at that lr (which a plain fit() then trained at), and fine_tune the model
+    # frozen.
+    learn = synth_learner(splitter=lambda m: [[m.weight], [m.bias]])
+    learn.fit(1, lr=0.5)
+    before = _state(learn)
+    with pytest.raises((TypeError, ValueError, FileNotFoundError)):
+        call(learn)
+    assert _same(_state(learn), before)

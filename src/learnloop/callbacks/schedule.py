@@ -18,8 +18,8 @@ import numpy as np
 
 from ..callback import Callback
 from ..checkpoint import CheckpointError
-from ..dispatch import as_list
-from ..errors import ArgumentError, InputError, ValueTypeError, WrongKindError, to_epochs, to_lr
+from ..dispatch import NotACallbackError, as_list
+from ..errors import ArgumentError, InputError, ValueTypeError, WrongKindError, to_epochs, to_lr, to_number, to_wd
 from ..optimizer.core import Optimizer
 from ..optimizer.foreach import resolve_builtin
 from ..optimizer.lookahead import Lookahead
@@ -146,13 +146,19 @@ def _check_positive(name: str, value: float) -> None:
 
 
 def _group_lrs(learn: Learner, lr: Any, arg: str) -> float | np.ndarray:
-    """Set ``lr`` (or ``learn.lr``) on the optimizer, creating it if needed; read it back, one per group."""
+    """``lr`` (or ``learn.lr``) as the optimizer spreads it over its groups (creating it if needed), one per group.
+
+    The optimizer's lr is put back: `fit` sets the lr itself once it has checked its own arguments, so a fit that
+    refuses them (a wrong `wd`, `cbs` or `resume`) leaves the optimizer as it was."""
     if lr is not None:
         lr = to_lr(lr, arg)  # refused before the optimizer is made or changed
     if learn.opt is None:
         learn.create_opt()  # which may set learn.lr (an opt_func partial's lr)
-    learn.opt.set_hyper("lr", to_lr(learn.lr) if lr is None else lr)  # learn.lr may have been set since it was checked
-    lrs = np.array([h["lr"] for h in learn.opt.hypers], dtype=np.float64)
+    opt = learn.opt
+    old = [h["lr"] for h in opt.hypers]
+    opt.set_hyper("lr", to_lr(learn.lr) if lr is None else lr)  # learn.lr may have been set since it was checked
+    lrs = np.array([h["lr"] for h in opt.hypers], dtype=np.float64)
+    opt.set_hyper("lr", old)
     # One group: a plain float, whose schedule costs a fraction of an array's before every batch.
     return float(lrs[0]) if len(lrs) == 1 else lrs
 
@@ -310,6 +316,7 @@ def fine_tune(
     epochs = to_epochs(epochs, "epochs", "fine_tune")
     freeze_epochs = to_epochs(freeze_epochs, "freeze_epochs", "fine_tune")
     _three_moms(*((kwargs["moms"], "moms") if kwargs.get("moms") is not None else (self.moms, "learn.moms")))
+    _check_fit_kwargs(kwargs)  # and what fit_one_cycle and fit would refuse only once the model is frozen
     _check_positive("lr_mult", lr_mult)
     _check_fraction("pct_start", pct_start)
     _check_positive("div", div)
@@ -336,6 +343,30 @@ def fine_tune(
             resume=file if stage == UNFROZEN else None,
             **kwargs,
         )
+
+
+_FINE_TUNE_KWARGS = ("div_final", "wd", "moms", "cbs", "reset_opt", "start_epoch")
+
+
+def _check_fit_kwargs(kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before fine_tune freezes the model, what its fits would refuse: an argument fit_one_cycle does not
+    take, a `wd`, `div_final` or `start_epoch` that is not one, a `cbs` item that is not a callback."""
+    unknown = [k for k in kwargs if k not in _FINE_TUNE_KWARGS]
+    if unknown:  # fastai: fit_one_cycle's TypeError, once the model is frozen
+        raise ArgumentError(
+            f"fine_tune got unexpected argument(s) {', '.join(map(repr, unknown))}: it passes on to fit_one_cycle "
+            f"only {', '.join(_FINE_TUNE_KWARGS)}."
+        )
+    to_wd(kwargs.get("wd"), "wd", "fine_tune")
+    to_number(kwargs.get("start_epoch", 0), "start_epoch", "fine_tune")
+    if "div_final" in kwargs:
+        _check_positive("div_final", kwargs["div_final"])
+    for cb in as_list(kwargs.get("cbs")):
+        if not (isinstance(cb, Callback) or (isinstance(cb, type) and issubclass(cb, Callback))):
+            raise NotACallbackError(
+                f"fine_tune: {cb!r} is not a Callback: pass an instance or subclass of learnloop.Callback (its event "
+                "methods are named before_fit, after_batch, ...)."
+            )
 
 
 # The two fits of fine_tune, as recorded in their checkpoints.
