@@ -630,3 +630,26 @@ def test_a_parameter_listed_twice_in_a_group_is_stepped_twice_as_by_the_referenc
     assert ours[0] == pytest.approx(reference[0], rel=1e-6)
     assert ours[1].keys() == reference[1].keys() and ours[1].get("step") == reference[1].get("step")
     torch.testing.assert_close(ours[1], reference[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore:A parameter of shape")
+@pytest.mark.parametrize("edit", ["append", "replace", "param_groups"])
+def test_a_parameter_listed_twice_after_some_steps_is_stepped_twice_too(edit: str) -> None:
+    # Whether a group lists a parameter twice is looked for once per list, not at every step: a group appended to or
+    # replaced since is looked at again, and its repeated parameter stepped once per listing, as by the reference.
+    def train(implementation: str) -> list[float]:
+        a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(2))
+        opt = Adam([[a, b]], lr=0.1, implementation=implementation)
+        for i in range(4):
+            if i == 2:
+                if edit == "append":
+                    opt.param_lists[0].append(a)
+                elif edit == "replace":
+                    opt.param_lists[0] = [a, b, a]
+                else:
+                    opt.param_groups = [{**opt.param_groups[0], "params": [a, b, a]}]
+            a.grad, b.grad = torch.full((3,), 0.5), torch.full((2,), -0.25)
+            opt.step()
+        return a.tolist() + b.tolist() + [opt.state[a]["step"]]
+
+    assert train("foreach") == pytest.approx(train("per_param"), rel=1e-6)

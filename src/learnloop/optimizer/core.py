@@ -253,7 +253,7 @@ class Optimizer(BaseOptimizer):
         buckets: dict[tuple[Any, ...], Bucket] = {}
         sparse: list[Tensor] = []
         repeats: list[Tensor] = []
-        if len(set(map(id, plist))) != len(plist):
+        if self._has_repeats(plist):
             # A parameter listed twice (warned of when the optimizer is made) is stepped once per time it is listed,
             # as fastai's loop does: a foreach op or fused kernel given the same tensor twice in one list would
             # update it once from a doubled update, and its state once.
@@ -289,6 +289,21 @@ class Optimizer(BaseOptimizer):
             self._step_per_param(sparse, hyper)
         if repeats:
             self._step_per_param(repeats, hyper)
+
+    def _has_repeats(self, plist: list[Tensor]) -> bool:
+        """Whether a parameter is listed twice in `plist`. Looked for once per list and length, not at every step
+        (a set of the ids of a group's parameters costs about 3% of a small model's step): a group replaced or
+        appended to since is looked at again."""
+        unique = self.__dict__.setdefault("_unique_lists", {})  # id -> (the list, its length) of lists without repeats
+        seen = unique.get(id(plist))
+        if seen is not None and seen[0] is plist and seen[1] == len(plist):
+            return False
+        if len(set(map(id, plist))) != len(plist):
+            return True
+        if len(unique) >= 4 * len(self.param_lists) + 4:  # lists replaced since: forget them
+            unique.clear()
+        unique[id(plist)] = (plist, len(plist))
+        return False
 
     def _where(self, p: Tensor) -> str:
         """Where ``p`` is, for a message: ``parameter i of group j``."""
