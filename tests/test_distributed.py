@@ -442,6 +442,25 @@ def test_gathered_predictions_of_every_structure_are_merged_in_dataset_order(mon
         assert gather.losses is None
 
 
+def test_a_rank_that_gathered_no_loss_adds_nothing_to_the_merged_losses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rank without a batch keeps an empty list of losses, as fastai's GatherPredsCallback: it is no share
+    # (merged with another rank's tensor it made a list of items), and stays [] when no rank gathered any.
+    from types import SimpleNamespace
+
+    from learnloop import reductions
+
+    def share(losses: list[float]) -> SimpleNamespace:
+        return SimpleNamespace(preds=None, targets=None, inputs=None, losses=torch.tensor(losses) if losses else [])
+
+    for mine, theirs, expected in (([], [1.0, 2.0], [1.0, 2.0]), ([3.0], [], [3.0]), ([], [], [])):
+        gather, other = share(mine), share(theirs)
+        shared = (None, None, None, None if isinstance(other.losses, list) else other.losses)
+        monkeypatch.setattr(reductions.D, "all_gather_objects", lambda obj, other=shared: [obj, other])
+        reductions.gather_preds(gather, in_order=False)
+        losses = gather.losses
+        assert (losses == [] if expected == [] else isinstance(losses, torch.Tensor) and losses.tolist() == expected)
+
+
 def test_averages_of_several_values_are_summed_with_a_rank_that_saw_no_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     # A validation set smaller than the number of ranks: rank 1's AvgMetric kept its total 0.0. With a function of
     # two values, the ranks all-reduced buffers of different sizes (gloo aborted the process).

@@ -254,11 +254,22 @@ class _CancelValid(Callback):
 @pytest.mark.parametrize("order", [-5, 5])
 def test_a_validation_phase_cancelled_at_its_start_gives_nones(order: int) -> None:
     learn = small_learner(SoftmaxCE())
+    # Cancelled after GatherPredsCallback (order 0) set up, no batch gathered: fastai's empty list of losses.
+    losses = None if order < 0 else []
     assert learn.get_preds(cbs=_CancelValid(order), with_input=True, with_decoded=True, with_loss=True) == (
-        None, None, None, None, None
+        None, None, None, None, losses
     )
     preds, _ = learn.get_preds()  # and the next call gathers as usual
     assert torch.allclose(preds, F.softmax(PREDS, dim=-1))
+
+
+def test_an_empty_loader_gives_nones_and_an_empty_list_of_losses_as_fastai() -> None:
+    learn = small_learner()
+    empty = DataLoader(TensorDataset(X[:0], Y[:0]), batch_size=4)
+    assert learn.get_preds(dl=empty, with_input=True, with_loss=True) == (None, None, None, [])
+    gather = GatherPredsCallback(with_loss=True)
+    learn.validate(dl=empty, cbs=gather)
+    assert gather.all_tensors() == [None, None, []]
 
 
 def test_gather_preds_callback_in_a_fit_gathers_the_validation_phases_only() -> None:

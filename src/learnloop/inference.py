@@ -110,7 +110,8 @@ class Inference(Loop):
         Only batches the model ran on count: a batch cancelled before its prediction (CancelBatchException in
         `before_batch`) is left out; one cancelled after it keeps its prediction (NaN losses if its loss was
         not computed). When the validation phase is cancelled before any batch, or no batch is left, the
-        predictions, targets and the rest are None. Any other keyword raises TypeError, as in fastai.
+        predictions, targets and inputs are None, and the losses (`with_loss`) an empty list, as fastai's (None
+        when the phase was cancelled before the gathering began). Any other keyword raises TypeError, as in fastai.
 
         `inner=True` runs only the validation phase, without the fit and epoch events around it, for a callback
         that needs predictions in the middle of a fit (after a validation phase: the model is left in eval mode).

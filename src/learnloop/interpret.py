@@ -270,7 +270,7 @@ def _loader_name(ds_idx: int, dl: Any) -> str:
 
 
 def _required(value: Any, what: str, loader: str) -> Any:
-    if value is None:
+    if value is None or (isinstance(value, list) and not value):  # no batch gathered: get_preds' losses are []
         raise InputError(
             f"The interpretation found no {what}: the loader {loader} gave no batches (or none with targets), or a "
             "callback cancelled its validation phase. Pass a loader of (inputs, targets) batches."

@@ -97,11 +97,17 @@ def gather_preds(gather: Any, in_order: bool) -> None:
     dimension 0, and a list (the items of predictions whose sizes differ between batches) item by item.
     """
     fields = ("preds", "targets", "inputs", "losses")
-    shares = D.all_gather_objects(tuple(_to_cpu(getattr(gather, f)) for f in fields))
+    # An empty list of losses (a rank that gathered none) is no share: it stays [] only if every rank's is.
+    local = [getattr(gather, f) for f in fields]
+    shares = D.all_gather_objects(tuple(None if _empty_list(x) else _to_cpu(x) for x in local))
     device = _device_of(gather.preds)
     for i, field in enumerate(fields):
         merged = _merge([s[i] for s in shares], in_order)
-        setattr(gather, field, _to_device(merged, device))
+        setattr(gather, field, local[i] if merged is None and _empty_list(local[i]) else _to_device(merged, device))
+
+
+def _empty_list(x: Any) -> bool:
+    return isinstance(x, list) and not x
 
 
 def average_losses(learn: Any, mark: int) -> int:

@@ -252,7 +252,8 @@ class GatherPredsCallback(Callback):
         self.preds = _concat(g.preds, dim) if self.with_preds else None
         self.targets = _concat(g.targets, dim) if self.with_targs else None
         self.inputs = _concat(g.inputs, dim) if self.with_input else None
-        self.losses = _concat(_fill_missing_losses(g.losses)) if self.with_loss else None
+        # fastai's: no batch with targets gathered (an empty loader, say) leaves an empty list of losses
+        self.losses = (_concat(_fill_missing_losses(g.losses)) if g.losses else []) if self.with_loss else None
 
     def all_tensors(self) -> list[Any]:
         """What was gathered, as a list: `[inputs (with_input only), preds, targets, losses (with_loss only)]`
