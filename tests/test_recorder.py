@@ -14,6 +14,7 @@ from conftest import debiased_ema, synth_classif_learner, synth_learner
 from learnloop import (
     Callback,
     CancelEpochException,
+    CancelFitException,
     CancelTrainException,
     CancelValidException,
     DataLoaders,
@@ -126,6 +127,22 @@ def test_a_train_metric_that_fails_leaves_no_loss_recorded_for_its_batch() -> No
     learn.recorder.train_metrics = True
     with learn.no_logging(), pytest.raises(RuntimeError, match="metric failed"):
         learn.fit(1)
+    assert len(learn.recorder.losses) == 1 and len(learn.recorder.lrs) == 1
+
+
+def test_after_batch_fired_by_hand_after_a_fit_cancelled_in_training_records_nothing() -> None:
+    # The fit's cleanup sets learn.loss to None and leaves learn.training True: the Recorder kept that None, and
+    # reading recorder.losses (or the next fit) then failed with a TypeError. fastai's raises at the event.
+    class CancelFit(Callback):
+        def after_loss(self) -> None:
+            if self.learn.iter == 1:
+                raise CancelFitException
+
+    learn = synth_learner(cbs=CancelFit())
+    learn.fit(1)
+    assert learn.training and learn.loss is None
+    with pytest.raises(AttributeError, match="learn.loss is None"):
+        learn("after_batch")
     assert len(learn.recorder.losses) == 1 and len(learn.recorder.lrs) == 1
 
 

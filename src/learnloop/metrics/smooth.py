@@ -66,7 +66,13 @@ class AvgSmoothLoss(Metric):
         self.fold_at: int = self.max_pending  # the `count` at which the pending losses are folded on their own
 
     def accumulate(self, learn: MetricLearner) -> None:
-        self.pending.append(learn.loss)
+        loss = learn.loss
+        if not isinstance(loss, Tensor):  # fastai's fails at `learn.loss.mean()`: keep no loss that is not one
+            raise AttributeError(
+                f"The smoothed loss needs the batch's loss, but learn.loss is {loss!r}: after_batch fired outside a "
+                "training batch (after a fit ended, which sets it to None)?"
+            )
+        self.pending.append(loss)
         self.count += 1
         if self.count >= self.fold_at:  # not len(pending): past 256, len() makes a new int object every batch
             self.fold()
