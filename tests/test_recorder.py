@@ -146,6 +146,22 @@ def test_after_batch_fired_by_hand_after_a_fit_cancelled_in_training_records_not
     assert len(learn.recorder.losses) == 1 and len(learn.recorder.lrs) == 1
 
 
+def test_before_epoch_fired_by_hand_on_a_learner_that_never_fit_starts_its_row_at_epoch_0() -> None:
+    # fastai's Recorder reads getattr(self, 'epoch', 0): the callbacks after it get the event too. learnloop's read
+    # learn.epoch, which does not exist before a fit: an AttributeError that the callbacks after it never saw.
+    seen = []
+
+    class After(Callback):
+        order = 60
+
+        def before_epoch(self) -> None:
+            seen.append("before_epoch")
+
+    learn = synth_learner(cbs=After())
+    learn("before_epoch")
+    assert learn.recorder.log == [0] and seen == ["before_epoch"]
+
+
 def test_logger_gets_one_row_per_epoch() -> None:
     learn = synth_learner()
     rows: list[list[Any]] = []

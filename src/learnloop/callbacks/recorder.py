@@ -136,8 +136,9 @@ class Recorder(Callback):
     def before_epoch(self) -> None:
         self.cancel_train = self.cancel_valid = self._trained = False
         self.start_epoch = time.time()
-        # Removed by a callback earlier at this event, it is still called (as in fastai), without a learner: epoch 0.
-        self.log = [self.learn.epoch if self.learn is not None else 0]
+        # Removed by a callback earlier at this event, it is still called (as in fastai), without a learner: epoch 0;
+        # so is a learner that has not fit yet (`learn('before_epoch')` by hand), as fastai's getattr(self, 'epoch', 0).
+        self.log = [getattr(self.learn, "epoch", 0) if self.learn is not None else 0]
 
     def before_train(self) -> None:
         for m in self._train_mets[1:]:
