@@ -1,0 +1,567 @@
+"""Fuzz learnloop's exact resume: a checkpointed run, stopped anywhere and resumed, must end bit for bit as the run
+that was never stopped.
+
+Usage::
+
+    python tools/fuzz/resume.py --seeds 0:500 [--procs N] [--out results.jsonl]
+
+Each seed draws one configuration from ``random.Random(seed)`` (see ``draw``): a small model (Linear, Conv1d,
+BatchNorm, Dropout), synthetic data (a shuffled training loader with or without its own generator, a sampler,
+drop_last or a partial last batch), an optimizer (SGD, Adam, RMSProp, Lamb, Lookahead, ranger, OptimWrapper over
+torch.optim), a fit policy (fit, fit_one_cycle, fit_flat_cos, fit_sgdr, fine_tune), callbacks (MixUp,
+GradientAccumulation, GradientClip, EMACallback, EarlyStopping/SaveModel/ReduceLROnPlateau, CSVLogger, metrics) and
+checkpoints every epoch and/or every n batches. Then:
+
+1. the reference: the whole run, checkpointed, without a stop (and once without checkpoints: it must be the same);
+   at each checkpoint the files the callbacks wrote (CSV log, saved models) are copied aside, as a crash would have
+   left them;
+2. in this process, a resume from every checkpoint, each in a folder holding those files;
+3. in a fresh process (a subprocess), a resume from one checkpoint, which a real SIGINT (Ctrl-C) stops further on, at
+   an event (before_batch ... after_batch) of a training or validation batch; this process then resumes, with
+   ``resume='latest'``, from what it left.
+
+Each resumed run must end equal (``torch.equal``) to the reference: weights, buffers and gradients, optimizer state
+and hypers, the Recorder's values/losses/lrs/iters/hps, every callback's ``state_dict()`` (trackers, EMA, gradient
+accumulation, CSVLogger), the loop counters, the CSV file (without its time column), and every random generator's
+state after the fit. One JSON line per seed (``seed``, ``status``: ok/diff/error, ``resumes``, ``first_diff``,
+``config``) goes to ``--out`` (and stdout); a summary ends the run. ``--child`` is the subprocess's entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset, WeightedRandomSampler
+
+import learnloop as ll
+from learnloop.callback import noop
+from learnloop.callbacks.checkpointing import checkpoint_files
+
+Config = dict[str, Any]
+CHECKPOINTS = Path("models") / "checkpoints"
+
+
+# ---------------------------------------------------------------------------------------------------- configuration
+def draw(seed: int) -> Config:
+    """The configuration of `seed`: plain JSON values, so that a subprocess rebuilds the same run from the seed."""
+    r = random.Random(seed)
+    task = r.choice(["classif", "regress"])
+    bs = r.randint(4, 12)
+    policy = r.choice(["fit", "fit_one_cycle", "fit_flat_cos", "fit_sgdr", "fine_tune"])
+    tracker = r.choice([None, None, "early_stopping", "save_model", "reduce_lr"])
+    every_epoch = r.random() < 0.6
+    batchnorm = r.random() < 0.4
+    n_train = r.randint(2 * bs + 1, 5 * bs)  # 2 batches or more: a checkpoint every 1 or 2 batches
+    drop_last = r.random() < 0.3
+    if batchnorm and not drop_last and n_train % bs == 1:
+        n_train += 1  # BatchNorm cannot train on a batch of one
+    return {
+        "seed": seed,
+        "task": task,
+        "model": r.choice(["mlp", "conv"]),
+        "n_in": r.randint(3, 6),
+        "hidden": r.randint(3, 8),
+        "batchnorm": batchnorm,
+        "dropout": r.choice([0.0, 0.0, 0.2, 0.5]),
+        "n_train": n_train,
+        "n_valid": r.randint(3, 20),
+        "bs": bs,
+        "loader": r.choice(["global", "generator", "from_dsets_seed", "random_sampler", "weighted_sampler", "ordered"]),
+        "drop_last": drop_last,
+        "opt": r.choice(["sgd", "sgd_mom", "adam", "rmsprop", "lamb", "lookahead", "ranger", "torch_sgd",
+                         "torch_adamw", "torch_rmsprop"]),
+        "implementation": r.choice(["auto", "foreach", "per_param"]),
+        "wd": r.choice([None, 0.0, 0.01, 0.1]),
+        "wd_bn_bias": r.random() < 0.3,
+        "two_groups": policy == "fine_tune" or r.random() < 0.3,
+        "policy": policy,
+        "n_epoch": r.randint(1, 3),
+        "lr": r.choice([1e-3, 1e-2, 3e-2]),
+        "mixup": task == "classif" and r.random() < 0.3,
+        "grad_acc": r.choice([None, None, 2, 3]),
+        "grad_clip": r.choice([None, None, 0.5]),
+        "ema": r.random() < 0.3,
+        "tracker": tracker,
+        "csv": r.random() < 0.4,
+        "metrics": r.random() < 0.6,
+        "train_metrics": r.random() < 0.2,
+        "cbs_in_fit": r.random() < 0.5,  # callbacks given to fit(cbs=) rather than to the Learner
+        "every_n_iters": r.choice([None, 1, 2, 3, 5]) if every_epoch else r.choice([1, 2]),
+        "every_epoch": every_epoch,
+        "ctrl_c_phase": r.choice(["train", "train", "valid"]),
+        "ctrl_c_at": r.random(),  # where among the batches left after the subprocess's checkpoint
+        "child_from": r.random(),  # which checkpoint the subprocess resumes from
+        "ctrl_c_event": r.choice(["before_batch", "after_pred", "after_loss", "after_backward", "after_step",
+                                  "after_batch"]),
+    }
+
+
+def make_dls(c: Config) -> ll.DataLoaders:
+    g = torch.Generator().manual_seed(c["seed"])
+    shape = (c["n_in"],) if c["model"] == "mlp" else (2, 6)
+    x_train, x_valid = torch.randn(c["n_train"], *shape, generator=g), torch.randn(c["n_valid"], *shape, generator=g)
+    w = torch.randn(math.prod(shape), 3, generator=g)
+    if c["task"] == "classif":
+        y_train, y_valid = (x_train.flatten(1) @ w).argmax(1), (x_valid.flatten(1) @ w).argmax(1)
+    else:
+        y_train, y_valid = x_train.flatten(1) @ w[:, :1], x_valid.flatten(1) @ w[:, :1]
+    train_ds, valid_ds = TensorDataset(x_train, y_train), TensorDataset(x_valid, y_valid)
+    loader, bs, drop_last = c["loader"], c["bs"], c["drop_last"]
+    if loader == "from_dsets_seed":
+        return ll.DataLoaders.from_dsets(train_ds, valid_ds, bs, drop_last=drop_last, seed=c["seed"], device="cpu")
+    own = torch.Generator().manual_seed(c["seed"] + 1)
+    kwargs: dict[str, Any] = {"batch_size": bs, "drop_last": drop_last}
+    if loader == "global":
+        kwargs["shuffle"] = True
+    elif loader == "generator":
+        kwargs.update(shuffle=True, generator=own)
+    elif loader == "random_sampler":
+        kwargs["sampler"] = RandomSampler(train_ds, generator=own if c["seed"] % 2 else None)
+    elif loader == "weighted_sampler":
+        weights = (torch.rand(c["n_train"], generator=g) + 0.1).tolist()
+        kwargs["sampler"] = WeightedRandomSampler(weights, c["n_train"], generator=own if c["seed"] % 2 else None)
+    train = DataLoader(train_ds, **kwargs)
+    return ll.DataLoaders(train, DataLoader(valid_ds, batch_size=bs + 1), device="cpu")
+
+
+def make_model(c: Config) -> nn.Sequential:
+    h = c["hidden"]
+    layers: list[nn.Module]
+    if c["model"] == "mlp":
+        layers = [nn.Linear(c["n_in"], h)] + ([nn.BatchNorm1d(h)] if c["batchnorm"] else [])
+    else:
+        layers = [nn.Conv1d(2, h, 3, padding=1)] + ([nn.BatchNorm1d(h)] if c["batchnorm"] else []) + [nn.Flatten()]
+    layers.append(nn.ReLU())
+    if c["dropout"]:
+        layers.append(nn.Dropout(c["dropout"]))
+    n_feat = h if c["model"] == "mlp" else 6 * h
+    return nn.Sequential(nn.Sequential(*layers), nn.Linear(n_feat, 3 if c["task"] == "classif" else 1))
+
+
+def two_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Two parameter groups: the body and the head (fine_tune freezes the body)."""
+    body, head = model.children()
+    return [list(body.parameters()), list(head.parameters())]
+
+
+def make_opt_func(c: Config) -> Callable[..., Any]:
+    impl = {"implementation": c["implementation"]}
+    name = c["opt"]
+    if name.startswith("torch_"):
+        torch_opts: dict[str, Callable[..., torch.optim.Optimizer]] = {
+            "torch_sgd": partial(torch.optim.SGD, momentum=0.9),
+            "torch_adamw": torch.optim.AdamW,
+            "torch_rmsprop": torch.optim.RMSprop,
+        }
+        return partial(ll.OptimWrapper, opt=torch_opts[name])
+    if name == "lookahead":
+        return lambda params, lr: ll.Lookahead(ll.Adam(params, lr=lr, **impl), k=3)
+    if name == "ranger":
+        return partial(ll.ranger, k=3, **impl)
+    factories: dict[str, Callable[..., ll.Optimizer]] = {
+        "sgd": ll.SGD,
+        "sgd_mom": partial(ll.SGD, mom=0.9),
+        "adam": ll.Adam,
+        "rmsprop": ll.RMSProp,
+        "lamb": ll.Lamb,
+    }
+    return partial(factories[name], **impl)
+
+
+class Tally(ll.Callback):
+    """Counts the batches this process runs (training, validation); in a subprocess, stops at an event of one of them
+    and waits for the parent's SIGINT (it reads stdin until the parent, having sent the signal, writes a line)."""
+
+    order = 500
+
+    def __init__(self, pause: tuple[str, int, str] | None = None, paused_flag: Path | None = None) -> None:
+        self.counts = {"train": 0, "valid": 0}
+        self.pause, self.paused_flag = pause, paused_flag
+
+    def _at(self, event: str) -> None:
+        phase = "train" if self.learn.training else "valid"
+        if self.pause == (phase, self.counts[phase] + 1, event) and self.paused_flag is not None:
+            self.paused_flag.write_text("paused")
+            sys.stdin.readline()
+
+    def before_batch(self) -> None:
+        self._at("before_batch")
+
+    def after_pred(self) -> None:
+        self._at("after_pred")
+
+    def after_loss(self) -> None:
+        self._at("after_loss")
+
+    def after_backward(self) -> None:
+        self._at("after_backward")
+
+    def after_step(self) -> None:
+        self._at("after_step")
+
+    def after_batch(self) -> None:
+        self._at("after_batch")
+        self.counts["train" if self.learn.training else "valid"] += 1
+
+
+class SideFiles(ll.Callback):
+    """After each checkpoint is written, copies the run folder's other files (what the callbacks wrote) aside, with
+    the batches run so far: a resume from that checkpoint starts from them, as after a crash there."""
+
+    order = 1001  # after CheckpointCallback
+
+    def __init__(self, run: Path, aside: Path, tally: Tally) -> None:
+        self.run_folder, self.aside, self.tally = run, aside, tally
+        self.seen: Path | None = None
+        self.counts: dict[str, dict[str, int]] = {}
+
+    def after_batch(self) -> None:
+        self._copy()
+
+    def after_epoch(self) -> None:
+        self._copy()
+
+    def _copy(self) -> None:
+        saved = self.learn.checkpoint.last_saved
+        if saved is None or saved == self.seen:
+            return
+        self.seen = saved
+        shutil.copytree(self.run_folder, self.aside / saved.name, ignore=lambda d, names: ["checkpoints"])
+        self.counts[saved.name] = dict(self.tally.counts)
+
+
+def build(
+    c: Config, folder: Path, extra: list[ll.Callback], checkpoints: bool = True
+) -> tuple[ll.Learner, list[ll.Callback]]:
+    """The learner of `c` in `folder`, every random generator seeded first; returns it and the fit's callbacks."""
+    torch.manual_seed(c["seed"])
+    np.random.seed(c["seed"])
+    random.seed(c["seed"])
+    cbs: list[ll.Callback] = []
+    if c["mixup"]:
+        cbs.append(ll.MixUp(0.4))
+    if c["grad_acc"]:
+        cbs.append(ll.GradientAccumulation(n_acc=c["bs"] * c["grad_acc"]))
+    if c["grad_clip"]:
+        cbs.append(ll.GradientClip(c["grad_clip"]))
+    if c["ema"]:
+        cbs.append(ll.EMACallback(decay=0.8))
+    if c["tracker"] == "early_stopping":
+        cbs.append(ll.EarlyStoppingCallback(patience=1))
+    elif c["tracker"] == "save_model":
+        cbs.append(ll.SaveModelCallback(fname="best", with_opt=c["seed"] % 2 == 0))
+    elif c["tracker"] == "reduce_lr":
+        cbs.append(ll.ReduceLROnPlateau(patience=1, factor=2.0))
+    if c["csv"]:
+        cbs.append(ll.CSVLogger())
+    if checkpoints:
+        cbs.append(ll.CheckpointCallback(every_n_iters=c["every_n_iters"], every_epoch=c["every_epoch"],
+                                         keep_last=None))
+    cbs += extra
+    metrics = None
+    if c["metrics"]:
+        metrics = [ll.accuracy, ll.error_rate] if c["task"] == "classif" else [ll.rmse, ll.mae]
+    learn = ll.Learner(
+        make_dls(c),
+        make_model(c),
+        loss_func=nn.CrossEntropyLoss() if c["task"] == "classif" else nn.MSELoss(),
+        opt_func=make_opt_func(c),
+        lr=c["lr"],
+        splitter=two_groups if c["two_groups"] else ll.trainable_params,
+        cbs=None if c["cbs_in_fit"] else cbs,
+        metrics=metrics,
+        path=folder,
+        wd=c["wd"],
+        wd_bn_bias=c["wd_bn_bias"],
+    )
+    learn.logger = noop
+    learn.remove_cb(ll.ProgressCallback)
+    learn.recorder.train_metrics = c["train_metrics"]
+    return learn, cbs
+
+
+def fit(c: Config, learn: ll.Learner, cbs: list[ll.Callback], resume: str | Path | None = None) -> None:
+    """Run the configuration's fit policy."""
+    fit_cbs = cbs if c["cbs_in_fit"] else None
+    n, lr, policy = c["n_epoch"], c["lr"], c["policy"]
+    lr_arg: float | slice = slice(lr / 10, lr) if c["two_groups"] else lr
+    if policy == "fit":
+        learn.fit(n, lr_arg, cbs=fit_cbs, resume=resume)
+    elif policy == "fit_one_cycle":
+        learn.fit_one_cycle(n, lr_arg, cbs=fit_cbs, resume=resume)
+    elif policy == "fit_flat_cos":
+        learn.fit_flat_cos(n, lr_arg, cbs=fit_cbs, resume=resume)
+    elif policy == "fit_sgdr":
+        learn.fit_sgdr(min(n, 2), 1, lr_arg, cbs=fit_cbs, resume=resume)
+    else:
+        learn.fine_tune(n, lr, freeze_epochs=1, cbs=fit_cbs, resume=resume)
+
+
+# ---------------------------------------------------------------------------------------------------- comparison
+def snapshot(learn: ll.Learner, cbs: list[ll.Callback]) -> dict[str, Any]:
+    """Everything a resumed run must end with, as plain values and tensors."""
+    rec = learn.recorder
+    out: dict[str, Any] = {
+        "model": {k: v.clone() for k, v in learn.model.state_dict().items()},
+        "grads": [None if p.grad is None else p.grad.clone() for p in learn.model.parameters()],
+        "opt": learn.opt.state_dict(),
+        "recorder": {"values": rec.values, "losses": list(rec.losses), "lrs": rec.lrs, "iters": rec.iters,
+                     "hps": rec.hps},
+        "callbacks": {f"{i}.{type(cb).__name__}": cb.state_dict() for i, cb in enumerate(cbs)},
+        "loop": {"epoch": learn.epoch, "train_iter": learn.train_iter, "pct_train": learn.pct_train,
+                 "n_epoch": learn.n_epoch},
+        "rng": {"torch": torch.get_rng_state(), "numpy": list(np.random.get_state(legacy=True)),
+                "python": random.getstate()},
+        "files": {},
+    }
+    for i, dl in enumerate(learn.dls.loaders):
+        for where, owner in (("loader", dl), ("sampler", getattr(dl, "sampler", None))):
+            if isinstance(g := getattr(owner, "generator", None), torch.Generator):
+                out["rng"][f"{i}.{where}"] = g.get_state()
+    csv = learn.path / "history.csv"
+    if csv.exists():  # the time column differs from run to run
+        out["files"]["history.csv"] = [line.rsplit(",", 1)[0] for line in csv.read_text().splitlines()]
+    return out
+
+
+def compare(expected: dict[str, Any], got: dict[str, Any], label: str) -> str | None:
+    """None when `got` is `expected` bit for bit, else `label` and where they first differ."""
+    d = first_diff(expected, got)
+    return None if d is None else f"{label}: {d}"
+
+
+def first_diff(a: Any, b: Any, where: str = "") -> str | None:
+    """Where `a` and `b` first differ (bit for bit; NaN equals NaN), or None."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return f"{where}: {type(a).__name__} vs {type(b).__name__}"
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return f"{where}: {a.dtype}{list(a.shape)} vs {b.dtype}{list(b.shape)}"
+        if torch.equal(a, b):
+            return None
+        if not a.is_floating_point():
+            return f"{where}: tensors differ"
+        if not torch.equal(a.isnan(), b.isnan()):
+            return f"{where}: NaN in other places"
+        a, b = a.masked_fill(a.isnan(), 0.0), b.masked_fill(b.isnan(), 0.0)
+        return None if torch.equal(a, b) else f"{where}: tensors differ by up to {(a - b).abs().max().item():.3g}"
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return None if np.array_equal(a, b) else f"{where}: arrays differ"
+    if isinstance(a, dict) and isinstance(b, dict):
+        if list(a) != list(b):
+            return f"{where}: keys {list(a)} vs {list(b)}"
+        diffs = (first_diff(a[k], b[k], f"{where}.{k}") for k in a)
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return f"{where}: length {len(a)} vs {len(b)}"
+        diffs = (first_diff(x, y, f"{where}[{i}]") for i, (x, y) in enumerate(zip(a, b, strict=True)))
+    elif isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return None
+    else:
+        return None if type(a) is type(b) and a == b else f"{where}: {a!r} vs {b!r}"
+    return next((d for d in diffs if d is not None), None)
+
+
+# ---------------------------------------------------------------------------------------------------- the subprocess
+def child(spec: dict[str, Any]) -> None:
+    """A fresh process: resume `spec['resume']` in `spec['folder']`, stopped by SIGINT at `spec['pause']`."""
+    torch.set_num_threads(1)
+    # Python's own Ctrl-C handler, as in a terminal: a shell starts background jobs with SIGINT ignored, and
+    # CheckpointCallback (rightly) leaves an ignored SIGINT alone.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    c, folder = draw(spec["seed"]), Path(spec["folder"])
+    tally = Tally(tuple(spec["pause"]), folder / "paused")
+    learn, cbs = build(c, folder, [tally])
+    try:
+        fit(c, learn, cbs, resume=spec["resume"])
+    except KeyboardInterrupt:
+        (folder / "outcome").write_text("interrupted")
+        return
+    torch.save(snapshot(learn, cbs), folder / "snapshot.pt")
+    (folder / "outcome").write_text("finished")
+
+
+def run_child(spec: dict[str, Any], timeout: float = 300.0) -> str:
+    """Run `child` in a subprocess, send it SIGINT when it pauses; its outcome ('interrupted', 'finished' when it
+    never reached the pause, 'SIGINT lost')."""
+    folder = Path(spec["folder"])
+    with open(folder / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)], stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        assert proc.stdin is not None
+        start = time.monotonic()
+        while proc.poll() is None and not (folder / "paused").exists():
+            if time.monotonic() - start > timeout:
+                proc.kill()
+                raise TimeoutError("the subprocess neither paused nor ended")
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+        proc.stdin.close()
+        proc.wait(timeout)
+    outcome = folder / "outcome"
+    if proc.returncode != 0 or not outcome.exists():
+        tail = (folder / "stderr.txt").read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"subprocess failed (exit {proc.returncode}): {' | '.join(tail)}")
+    if (folder / "paused").exists() and outcome.read_text() != "interrupted":
+        return "SIGINT lost"  # sent while the fit ran, yet it ran to its end
+    return outcome.read_text()
+
+
+# ---------------------------------------------------------------------------------------------------- one seed
+def fuzz_seed(seed: int) -> dict[str, Any]:
+    """Run every check of `seed`; its result line."""
+    torch.set_num_threads(1)
+    c = draw(seed)
+    result: dict[str, Any] = {"seed": seed, "status": "ok", "resumes": 0, "first_diff": None}
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f"fuzz_resume_{seed}_") as tmp:
+        root = Path(tmp)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # SaveModelCallback's messages
+                diff = check(c, root, result)
+        except Exception as e:  # noqa: BLE001 - a crash is a finding, reported as such
+            result["status"] = "error"
+            result["first_diff"] = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+            result["traceback"] = traceback.format_exc()[-2000:]
+        else:
+            if diff is not None:
+                result["status"], result["first_diff"] = "diff", diff
+    result["seconds"] = round(time.monotonic() - start, 2)
+    result["config"] = c
+    return result
+
+
+def check(c: Config, root: Path, result: dict[str, Any]) -> str | None:
+    """Run the reference and every resume of `c` under `root`; the first difference found, or None."""
+    plain, plain_cbs = build(c, root / "plain", [Tally()], checkpoints=False)
+    fit(c, plain, plain_cbs)
+    expected_plain = snapshot(plain, plain_cbs)
+
+    tally = Tally()
+    ref, ref_cbs = build(c, root / "ref", [tally])
+    sides = SideFiles(root / "ref", root / "aside", tally)
+    ref_cbs.append(sides)
+    if not c["cbs_in_fit"]:
+        ref.add_cb(sides)
+    fit(c, ref, ref_cbs)
+    expected = snapshot(ref, ref_cbs[:-1])
+    if d := compare(expected_plain, {**expected, "callbacks": expected_plain["callbacks"]}, "checkpointing"):
+        return d  # checkpoints must not change the run (the CheckpointCallback's own state left out)
+    files = checkpoint_files(root / "ref" / CHECKPOINTS)
+    if not files:
+        return None
+    total = dict(tally.counts)
+
+    for i, file in enumerate(files):  # in this process, from every checkpoint, with the files as they were then
+        folder = root / f"resume{i}"
+        shutil.copytree(root / "aside" / file.name, folder)
+        learn, cbs = build(c, folder, [Tally()])
+        fit(c, learn, cbs, resume=file)
+        result["resumes"] += 1
+        if (d := compare(expected, snapshot(learn, cbs), f"resume from {file.name}")) is not None:
+            return d
+
+    # A fresh process resumes from one checkpoint and is stopped by SIGINT further on; this one resumes from that.
+    file = files[min(int(c["child_from"] * len(files)), len(files) - 1)]
+    left = {k: total[k] - sides.counts[file.name][k] for k in total}
+    phase = c["ctrl_c_phase"] if left[c["ctrl_c_phase"]] else {"train": "valid", "valid": "train"}[c["ctrl_c_phase"]]
+    event = c["ctrl_c_event"]
+    if phase == "valid" and event in ("after_backward", "after_step"):  # validation has neither
+        event = "after_batch"
+    spec = {"seed": c["seed"], "folder": str(root / "child"), "resume": str(file),
+            "pause": [phase, 1 + int(c["ctrl_c_at"] * max(left[phase], 1)), event]}
+    shutil.copytree(root / "aside" / file.name, root / "child")
+    outcome = run_child(spec)
+    result["resumes"] += 1
+    result["child"] = f"from {file.name}, SIGINT at {spec['pause']}: {outcome}"
+    if outcome == "SIGINT lost":
+        return f"fresh process from {file.name}: SIGINT at {spec['pause']} did not stop the fit"
+    if outcome == "finished":
+        got = torch.load(root / "child" / "snapshot.pt", weights_only=False)
+        return compare(expected, got, f"fresh process from {file.name}")
+    after = checkpoint_files(root / "child" / CHECKPOINTS)
+    if after and after[-1].name.endswith("_inexact.pth"):
+        return f"SIGINT at {spec['pause']}: its checkpoint {after[-1].name} is inexact"
+    learn, cbs = build(c, root / "child", [Tally()])
+    fit(c, learn, cbs, resume="latest")
+    result["resumes"] += 1
+    last = after[-1].name if after else "nothing"
+    result["child"] += f", left {last}"
+    return compare(expected, snapshot(learn, cbs), f"SIGINT at {spec['pause']} after {file.name}, then {last}")
+
+
+# ---------------------------------------------------------------------------------------------------- main
+def parse_seeds(text: str) -> range:
+    lo, _, hi = text.partition(":")
+    return range(int(lo), int(hi)) if hi else range(int(lo), int(lo) + 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0:20", help="a range lo:hi (hi excluded), or one seed")
+    parser.add_argument("--procs", type=int, default=1, help="worker processes")
+    parser.add_argument("--out", type=Path, default=None, help="a JSON-lines file for the results")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        child(json.loads(args.child))
+        return 0
+    seeds = parse_seeds(args.seeds)
+    counts = {"ok": 0, "diff": 0, "error": 0}
+    resumes = 0
+    out = open(args.out, "w") if args.out else None  # noqa: SIM115 - written line by line as seeds finish
+    with Pool(args.procs) if args.procs > 1 else _Inline() as pool:
+        for result in pool.imap_unordered(fuzz_seed, seeds):
+            counts[result["status"]] += 1
+            resumes += result["resumes"]
+            line = json.dumps(result)
+            print(json.dumps({k: result[k] for k in ("seed", "status", "resumes", "first_diff", "seconds")}),
+                  flush=True)
+            if out is not None:
+                out.write(line + "\n")
+                out.flush()
+    if out is not None:
+        out.close()
+    print(f"summary: {len(seeds)} seeds, {counts['ok']} bit-identical, {counts['diff']} differ, "
+          f"{counts['error']} errors; {resumes} resumes", flush=True)
+    return 0 if counts["ok"] == len(seeds) else 1
+
+
+class _Inline:
+    """`Pool`'s imap_unordered in this process (``--procs 1``)."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def imap_unordered(self, func: Callable[[int], dict[str, Any]], items: range) -> Any:
+        return map(func, items)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
