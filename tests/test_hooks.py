@@ -42,6 +42,7 @@ from learnloop.hooks import (  # noqa: E402
     has_params,
     hook_output,
     hook_outputs,
+    in_channels,
     model_sizes,
     num_features_model,
 )
@@ -183,6 +184,15 @@ def test_the_dummy_image_has_the_input_channels_of_a_grouped_or_transposed_first
     model = nn.Sequential(first, nn.ReLU(), nn.Conv2d(8, 5, 1))
     assert [s[1] for s in model_sizes(model, (8, 8))] == [8, 8, 5]
     assert num_features_model(model) == 5
+    assert in_channels(model) == 4
+
+
+def test_in_channels_reads_the_first_convolution() -> None:
+    # fastai's `layers.in_channels`, which fastai's own dummy_eval/model_sizes call: ported code finds it here.
+    assert in_channels(cnn()) == 3
+    assert in_channels(nn.Sequential(nn.Linear(5, 3), nn.Sequential(nn.Conv2d(7, 2, 1)))) == 7  # nested, after a 2-d
+    with pytest.raises(ValueError, match="has no layer with a 4-d weight"):
+        in_channels(nn.Sequential(nn.Linear(2, 2)))
 
 
 def test_num_features_model_tries_larger_images() -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # at run time, from __getattr__ at the end of this module
 
 __all__ = [
     "ActivationStats", "Hook", "HookCallback", "Hooks", "dummy_eval", "flatten_model", "has_params", "hook_output",
-    "hook_outputs", "model_sizes", "num_features_model",
+    "hook_outputs", "in_channels", "model_sizes", "num_features_model",
 ]
 
 HookFunc = Callable[[nn.Module, Any, Any], Any]
@@ -161,7 +161,13 @@ def flatten_model(m: nn.Module) -> list[nn.Module]:
     return [leaf for c in [*children, *own] for leaf in flatten_model(c)]
 
 
-def _in_channels(m: nn.Module) -> int:
+def in_channels(m: nn.Module) -> int:
+    """The input channels of `m`'s first layer with a 4-d weight (its first convolution), as fastai's
+    `layers.in_channels`: what `dummy_eval` builds its image with.
+
+    >>> in_channels(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
+    3
+    """
     for layer in flatten_model(m):
         weight = getattr(layer, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.ndim == 4:
@@ -177,7 +183,7 @@ def _in_channels(m: nn.Module) -> int:
 def dummy_eval(m: nn.Module, size: tuple[int, ...] = (64, 64)) -> Any:
     """`m`'s output on one random image of `size` (channels read from its first convolution), computed without
     gradients; as fastai's, it puts `m` in eval mode and draws the image from torch's global generator."""
-    ch_in = _in_channels(m)
+    ch_in = in_channels(m)
     x = next(m.parameters()).new_empty(1, ch_in, *size).uniform_(-1.0, 1.0)
     with torch.no_grad():
         return m.eval()(x)
@@ -192,7 +198,7 @@ def model_sizes(m: nn.Module, size: tuple[int, ...] = (64, 64)) -> list[torch.Si
 
 def num_features_model(m: nn.Module) -> int:
     """The number of channels `m` outputs, trying ever larger dummy images (32 to 2048 pixels) until one fits."""
-    _in_channels(m)
+    in_channels(m)
     sz = 32
     while True:
         try:
