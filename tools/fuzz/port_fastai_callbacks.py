@@ -42,12 +42,12 @@ to ``xb``/``pred``/``loss_grad``, the backward/step/batch cancels, a callback th
 ``HookCallback`` subclass), made on each library's own base classes.
 
 What the port cannot do is counted apart, as ``limit:<what>``: fastai's ``summary`` reads ``dls.train.one_batch()``
-(learnloop's ``dls.train`` is your torch DataLoader; learnloop's ``dls.one_batch()`` is the one there is), and
-``model_sizes``/``dummy_eval``/``num_features_model`` call ``fastai.layers.in_channels`` (learnloop.hooks has those
-three itself). ``OptimWrapper`` derives from fastai's private ``_BaseOptimizer`` and is not ported (learnloop has its
-own). ``documented:cancelled_phase``: learnloop's ``get_preds()`` cut short by a ``ShortEpochCallback`` gives what was
-gathered, where fastai's raises an IndexError (docs/porting-from-fastai.md). When both sides raise the same error
-(fastai's own bugs, which the port keeps: its trackers in ``validate()``, ``TerminateOnNaNCallback`` on per-item
+(learnloop's ``dls.train`` is your torch DataLoader; learnloop's ``dls.one_batch()`` is the one there is).
+(``model_sizes``/``dummy_eval``/``num_features_model`` call ``in_channels``, which ``learnloop.hooks`` has since this
+tool found it missing.) ``OptimWrapper`` derives from fastai's private ``_BaseOptimizer`` and is not ported (learnloop
+has its own). ``documented:cancelled_phase``: learnloop's ``get_preds()`` cut short by a ``ShortEpochCallback`` gives
+what was gathered, where fastai's raises an IndexError (docs/porting-from-fastai.md). When both sides raise the same
+error (fastai's own bugs, which the port keeps: its trackers in ``validate()``, ``TerminateOnNaNCallback`` on per-item
 losses) the case is ``same``, and the summary says ``both raised``.
 
 ``--seeds N`` runs each case on seeds 0..N-1 (the seed draws the data and weights); ``--only SUBSTRING`` keeps the
@@ -682,8 +682,7 @@ CASES: list[Case] = [
     Case("hook.Hook, hook_outputs", "callback/hook.py", run=_hooks),
     Case("hook.HookCallback(hook=f, every=2)", "callback/hook.py", run=_fit_n(2),
          cbs=lambda s: [s.HookCallback(hook=lambda m, i, o: o.mean(), every=2, modules=None)]),
-    Case("hook.model_sizes, dummy_eval, num_features_model", "callback/hook.py", run=_sizes, task="image",
-         limit="fastai.layers.in_channels"),
+    Case("hook.model_sizes, dummy_eval, num_features_model", "callback/hook.py", run=_sizes, task="image"),
     Case("hook.summary", "callback/hook.py", run=lambda s, learn, cbs: learn.summary(),
          limit="dls.train.one_batch"),
     # callback/mixup.py
