@@ -357,3 +357,20 @@ def test_a_load_that_fails_on_a_value_that_is_not_a_tensor_changes_no_weight(tmp
     with pytest.raises(CheckpointError, match=r"different model \(nothing was loaded\)"):
         checkpoint_module.load_model(tmp_path / "m.pth", model)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_saved_state_dict_is_torchs_with_its_metadata(tmp_path: Path) -> None:
+    # The model's state is written as torch.save(model.state_dict()) and fastai write it: an OrderedDict whose
+    # `_metadata` gives each module's version (BatchNorm's 2), not a plain dict without it.
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    learn = synth_learner(path=tmp_path)
+    learn.model = model
+    learn.create_opt()
+    for with_opt in (False, True):
+        state = torch.load(learn.save("m", with_opt=with_opt), weights_only=True)
+        state = state["model"] if with_opt else state
+        assert isinstance(state, collections.OrderedDict)
+        assert state._metadata == model.state_dict()._metadata and state._metadata["1"]["version"] == 2
+        assert learn.load("m", with_opt=with_opt) is learn
+    buffer = learn.save(io.BytesIO(), with_opt=False)
+    assert torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)._metadata == model.state_dict()._metadata

@@ -16,6 +16,7 @@ import os
 import pickle
 import secrets
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, cast
@@ -79,7 +80,16 @@ def learnloop_version() -> str:
 
 
 def to_plain(obj: Any) -> Any:
-    """`obj` with numpy scalars and arrays turned into Python numbers and lists, for the weights-only loader."""
+    """`obj` with numpy scalars and arrays turned into Python numbers and lists, for the weights-only loader.
+
+    A state dict (`model.state_dict()`, an OrderedDict) stays one, with its `_metadata` (each module's version),
+    as `torch.save(model.state_dict())` and fastai write it."""
+    if isinstance(obj, OrderedDict):
+        plain: OrderedDict[Any, Any] = OrderedDict((k, to_plain(v)) for k, v in obj.items())
+        metadata = getattr(obj, "_metadata", None)
+        if metadata is not None:
+            plain._metadata = metadata  # type: ignore[attr-defined]
+        return plain
     if isinstance(obj, dict):
         return {k: to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
