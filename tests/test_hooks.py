@@ -415,8 +415,8 @@ def test_activation_stats_with_detach_false_keeps_no_graph() -> None:
 
 def test_activation_stats_errors_and_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     cb = ActivationStats()
-    with pytest.raises(ValueError, match="no statistics yet: fit the learner with it first"):
-        cb.layer_stats(0)
+    with pytest.raises(ValueError, match="no statistics: fit the learner with it first"):
+        cb.hist(0)
     learn = make_learner(cbs=cb)
     learn.fit(1, lr=0.0)
     with pytest.raises(ValueError, match="'hist' only with with_hist=True"):
@@ -608,3 +608,16 @@ def test_summary_of_a_model_with_several_inputs() -> None:
     text = summary(learn)  # all but the last element are inputs
     assert text.startswith("TwoInputs (Input shape: 3 x 4)\n")
     assert "Total params: 24\n" in text
+
+
+def test_activation_stats_of_no_batch_are_empty_lists_as_fastai() -> None:
+    # validate() starts a new record (before_fit), which holds no training batch: fastai's layer_stats then gives
+    # three empty lists, not an error.
+    learn = make_learner(opt_func=SGD, cbs=ActivationStats())
+    assert learn.activation_stats.layer_stats(0) == [[], [], []]
+    learn.fit(1, lr=0.0)
+    assert len(learn.activation_stats.layer_stats(0)[0]) == len(learn.activation_stats.stats) > 0
+    learn.validate()
+    assert learn.activation_stats.stats == [] and learn.activation_stats.layer_stats(0) == [[], [], []]
+    with pytest.raises(ValueError, match="no statistics: fit the learner with it first"):
+        learn.activation_stats.hist(0)

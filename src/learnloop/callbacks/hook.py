@@ -213,7 +213,10 @@ class ActivationStats(HookCallback):
 
     def _column(self, idx: int, key: str) -> torch.Tensor:
         if not self.stats:
-            raise ValueError("ActivationStats has no statistics yet: fit the learner with it first.")
+            raise ValueError(
+                "ActivationStats has no statistics: fit the learner with it first (a validate() or get_preds() "
+                "starts a new, empty record, as in fastai)."
+            )
         entries = [batch[idx] for batch in self.stats]
         if not all(isinstance(e, Mapping) for e in entries):
             raise ValueError(
@@ -225,7 +228,10 @@ class ActivationStats(HookCallback):
         return torch.stack([e[key] for e in entries])
 
     def layer_stats(self, idx: int) -> list[list[float]]:
-        """The means, standard deviations and near-zero shares of module `idx`'s output, one per recorded batch."""
+        """The means, standard deviations and near-zero shares of module `idx`'s output, one per recorded batch
+        (three empty lists when no batch was recorded, after a `validate()` say, as fastai's)."""
+        if not self.stats:
+            return [[], [], []]
         return [self._column(idx, key).tolist() for key in ("mean", "std", "near_zero")]
 
     def hist(self, idx: int) -> torch.Tensor:
