@@ -168,8 +168,10 @@ def load_learner(
     with ``model=``, rebuilt from the description the export holds of learnloop's losses and torch.nn's
     (``CrossEntropyLossFlat(axis=1)``, ``nn.MSELoss()``...), so ``predict`` and ``get_preds`` apply its
     activation and decodes. Any other loss cannot be rebuilt without running code: the learner gets a stand-in
-    that refuses to compute losses (``predict`` and ``get_preds`` work without one), and, when the exported loss
-    had an activation or decodes, a warning says they are not applied: pass ``loss_func=`` to get them.
+    that refuses to compute losses (``predict``, and ``get_preds`` of inputs without targets, work without one;
+    ``get_preds`` or ``validate`` of a loader with targets raises, where fastai's loaded learner computes its
+    loss), and, when the exported loss had an activation or decodes, a warning says they are not applied: pass
+    ``loss_func=`` to get them.
     The positional arguments are fastai's (``fname, cpu, pickle_module``).
     """
     from .learner import Learner
