@@ -55,13 +55,13 @@ as deliberate is counted apart, under a ``documented: ...`` kind:
 - ``documented: to_concat gives the slices along concat_dim``: ``concat_dim=1`` over batches that do not join;
 - ``documented: fastai's opt state needs weights_only=False``: learnloop's ``load`` of a file fastai saved with its
   optimizer refuses fastcore's ``L`` (a ``CheckpointError``);
-- ``documented (checkpoints.md): a refused load loads nothing``: fastai's (torch's) copies the tensors that fit;
+- ``documented: a refused load loads nothing``: fastai's (torch's) copies the tensors that fit;
 - ``documented: load_learner(model=) has no loss of the user's own``: the fuzzer's own losses (two targets, tuple
   outputs) are not rebuilt, so the loaded learner's ``get_preds`` of a labelled loader fails;
 - ``documented: ClassificationInterpretation without decodes``: torch's ``nn.CrossEntropyLoss`` gives the argmax
   (fastai: an AssertionError); ``documented: top_losses(k) above the number of items``: an ``InputError``;
 - ``documented: a failed fit's hooks come off``: after a fit that raised (BatchNorm on a batch of one);
-- ``kept (porting guide to say): export changes nothing on the learner``: fastai's ``export`` clears the last
+- ``documented: export changes nothing on the learner``: fastai's ``export`` clears the last
   batch's state (``xb``, ``pred``...) and makes a new optimizer (one also when the learner had none).
 
 These differences leave the rest comparable: the comparison goes on past them, and the scenario counts under one
@@ -861,10 +861,10 @@ def compare(sc: dict[str, Any], fa: dict[str, Any], ll: dict[str, Any]) -> list[
     return diffs
 
 
-FAILED_LOAD = "documented (checkpoints.md): a refused load loads nothing"
+FAILED_LOAD = "documented: a refused load loads nothing"
 DECODED_NONE = "documented: get_preds(with_preds=False) keeps None for the decoded"
 SUMMARY_MODE = "documented: summary() puts the model's mode back"
-EXPORT_KEEPS = "kept (porting guide to say): export changes nothing on the learner"
+EXPORT_KEEPS = "documented: export changes nothing on the learner"
 
 
 def classify(sc: dict[str, Any], fa: dict[str, Any], ll: dict[str, Any], field: str, desc: str) -> str:
