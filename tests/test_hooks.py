@@ -394,6 +394,10 @@ def test_activation_stats_every_and_tuple_outputs() -> None:
     stored = cb.hooks.stored[0]
     assert isinstance(stored, list) and len(stored) == 3  # the output, h and c
     assert [s["mean"].item() for s in stored] == [t.mean().item() for t in (out, h, c)]
+    cb.stats.append(cb.hooks.stored)
+    for error in (ValueError, TypeError):  # fastai's layer_stats of a tuple output fails with a TypeError
+        with pytest.raises(error, match="did not record one set of statistics per batch"):
+            cb.layer_stats(0)
     cb.hooks.remove()
 
     learn = make_learner(cbs=ActivationStats(every=3))

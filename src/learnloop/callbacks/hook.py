@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..callback import Callback
-from ..errors import ArgumentError, InputError
+from ..errors import ArgumentError, InputError, ValueTypeError
 from ..hooks import HookFunc, Hooks, flatten_model, has_params
 
 if TYPE_CHECKING:
@@ -218,8 +218,8 @@ class ActivationStats(HookCallback):
                 "starts a new, empty record, as in fastai)."
             )
         entries = [batch[idx] for batch in self.stats]
-        if not all(isinstance(e, Mapping) for e in entries):
-            raise ValueError(
+        if not all(isinstance(e, Mapping) for e in entries):  # fastai's fails with a TypeError: either catches it
+            raise ValueTypeError(
                 f"Module {idx} did not record one set of statistics per batch (it was not called, or it returned a "
                 "tuple of outputs): read stats[batch][idx] directly."
             )
