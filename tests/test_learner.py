@@ -20,6 +20,7 @@ from learnloop import (
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
+    CancelValidException,
     CastToTensor,
     CollectDataCallback,
     DataLoaders,
@@ -1042,3 +1043,26 @@ def test_fastais_learner_helpers(tmp_path: Path) -> None:
     with learn.validation_context(cbs=log):  # fastai's public name: what validate() runs its phase in
         assert learn.logger is noop and learn.create_mbar is False and log.events == ["before_fit", "before_epoch"]
     assert learn.logger is print and log.events[-2:] == ["after_epoch", "after_fit"] and log.learn is None
+
+
+def test_predict_draws_from_torch_generator_as_the_dataloader_of_fastai_predict() -> None:
+    # fastai's predict reads a DataLoader, whose iterator draws a base seed: the fits after it shuffle and drop out
+    # from the generator that draw left, so learnloop's must draw it too (and only when the batch is read).
+    learn = synth_learner()
+    torch.manual_seed(0)
+    learn.predict(torch.zeros(2))
+    after_predict = torch.rand(3)
+    torch.manual_seed(0)
+    list(DataLoader([0]))
+    assert torch.equal(after_predict, torch.rand(3))
+    learn.add_cb(Callback(before_validate=_cancel_valid))
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="cancelled before the model ran"):
+        learn.predict(torch.zeros(2))
+    after_cancelled = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after_cancelled, torch.rand(3))
+
+
+def _cancel_valid() -> None:
+    raise CancelValidException

@@ -192,6 +192,7 @@ class Inference(Loop):
 
         `rm_type_tfms` holds fastai's place in the signature: learnloop has no item transforms, so only None or 0
         (remove none) are accepted.
+        Reading the item's batch draws one number from torch's global generator, as fastai's DataLoader does.
         """
         if isinstance(rm_type_tfms, bool):
             raise TypeError(
@@ -207,7 +208,7 @@ class Inference(Loop):
         batch = tuple(torch.as_tensor(x).unsqueeze(0) for x in inputs)
         self._n_inp = len(batch)
         try:
-            inp, preds, _, decoded = self.get_preds(dl=[batch], with_decoded=True, with_input=True)
+            inp, preds, _, decoded = self.get_preds(dl=_OneBatch(batch), with_decoded=True, with_input=True)
         finally:
             self._n_inp = None
         if preds is None:  # a ValueError, as fastai's (whose unpacking of get_preds' result fails)
@@ -221,6 +222,22 @@ class Inference(Loop):
         if with_input:
             return (inp[0] if isinstance(inp, torch.Tensor) else tuple(x[0] for x in inp), *result)
         return result
+
+
+class _OneBatch:
+    """`predict`'s loader: its one batch. Reading it draws a DataLoader's base seed from torch's global generator, as
+    the DataLoader fastai's `predict` reads does, so that the fits after a `predict` shuffle and drop out as fastai's.
+    """
+
+    def __init__(self, batch: tuple[torch.Tensor, ...]) -> None:
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        torch.empty((), dtype=torch.int64).random_()  # what starting a DataLoader's iterator draws
+        yield self.batch
 
 
 def _check_data_arguments(dls: Any, method: str, ds_idx: int, dl: Any) -> None:
