@@ -279,6 +279,29 @@ def test_a_validate_inside_the_fit_leaves_learn_epoch_as_it_set_it_after_a_resum
         assert all(torch.equal(x, y) for x, y in zip(full.model.parameters(), resumed.model.parameters(), strict=True))
 
 
+class ValidateAtEpochStart(Callback):
+    """Calls learn.validate() at before_epoch, before the CheckpointCallback's before_epoch: it sets learn.epoch to 0
+    for the rest of the epoch (fastai's before_fit resets)."""
+
+    def before_epoch(self) -> None:
+        if not self.learn._nested_run:
+            self.learn.validate()
+
+
+def test_a_validate_at_the_start_of_each_epoch_leaves_the_checkpoints_their_epoch(tmp_path: Path) -> None:
+    full = make_learner()
+    full.add_cb(ValidateAtEpochStart())
+    one_cycle(full, cbs=CheckpointCallback(every_n_iters=2, every_epoch=False, keep_last=None, path=tmp_path))
+    files = checkpoint_files(tmp_path)
+    # Named after the fit's epoch, not the 0 the validate() left in learn.epoch.
+    assert [_position(f).epoch for f in files] == [0, 0, 0, 1, 1, 1, 2, 2, 2], [f.name for f in files]
+    for file in (files[3], files[7]):  # mid-epoch, in epochs 1 and 2
+        resumed = make_learner()
+        resumed.add_cb(ValidateAtEpochStart())
+        one_cycle(resumed, resume=file)
+        assert_same_run(full, resumed)
+
+
 def test_mixed_precision_resumes_with_its_loss_scale(tmp_path: Path) -> None:
     def make() -> Learner:
         learn = make_learner()

@@ -86,6 +86,8 @@ class Loop(CallbackHost):
         self._resume: ResumeState | None = None
         self._data_order: DataOrder | None = None
         self._in_fit = False  # from a fit's before_fit to its after_fit (a validate() inside it is no new fit)
+        # The fit's epoch in progress: `epoch` unless a validate() inside the fit has set that to 0 (as fastai's does).
+        self._fit_epoch = 0
         # During a validate() or get_preds() run from inside a fit: its before_fit...after_fit are not the fit's, and
         # callbacks that hold state for the fit (MixedPrecision, HookCallback) leave it alone.
         self._nested_run = False
@@ -237,7 +239,7 @@ class Loop(CallbackHost):
         if self._resume is not None:  # fit(resume=...): now that before_fit has run, put the saved state back
             first = self._resume.restore(self)
         for epoch in range(first, self.n_epoch):
-            self.epoch = epoch
+            self.epoch = self._fit_epoch = epoch
             self._phase(EPOCH, self._do_epoch)
 
     def _run_fit(self) -> None:

@@ -175,7 +175,8 @@ class DataOrder:
         """``(index, batch)`` pairs of the current training epoch."""
         resume, self.resume = self.resume, None
         generators = loader_generators(learn.dls)
-        if resume is None or resume.position.epoch != learn.epoch:
+        # The fit's epoch: `learn.epoch` is 0 after a validate() run inside the fit (at before_epoch, say).
+        if resume is None or resume.position.epoch != learn._fit_epoch:
             self.epoch_rng = get_rng_state(generators)
             return enumerate(learn.dl)
         skip = resume.position.batch

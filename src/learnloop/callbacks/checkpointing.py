@@ -145,8 +145,9 @@ class CheckpointCallback(Callback):
 
     def before_epoch(self) -> None:
         self._epoch_trained = False
-        # The fit's epoch, kept: a validate() a callback runs inside the fit sets learn.epoch to 0, as fastai's.
-        self._epoch = self.learn.epoch
+        # The fit's epoch, from the loop: a validate() a callback runs inside the fit sets learn.epoch to 0, as
+        # fastai's, and one run at before_epoch by a callback before this one already has.
+        self._epoch = self.learn._fit_epoch
 
     def before_train(self) -> None:
         self._epoch_trained = True
