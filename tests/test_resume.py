@@ -51,6 +51,10 @@ def make_learner(path: Path | None = None, dls: str = "shuffle", **kwargs: Any) 
         learn.dls = DataLoaders(list(learn.dls.train), list(learn.dls.valid), device="cpu")
     elif dls == "workers":  # worker processes: batches are loaded and dropped when skipped
         learn.dls = DataLoaders.from_dsets(learn.dls.train_ds, learn.dls.valid_ds, bs=16, num_workers=2, device="cpu")
+    elif dls == "persistent":  # workers started once, by the first pass of each loader (drawing a seed for them)
+        learn.dls = DataLoaders.from_dsets(
+            learn.dls.train_ds, learn.dls.valid_ds, bs=16, num_workers=1, persistent_workers=True, device="cpu"
+        )
     torch.manual_seed(1)
     learn.model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
     learn.add_cbs([MixUp(0.4), EMACallback(decay=0.9), GradientAccumulation(n_acc=32)])
@@ -137,6 +141,18 @@ def test_every_kind_of_data_loader_resumes_exactly(tmp_path: Path, dls: str) -> 
     for file in files[2:3] if dls == "workers" else files[::2]:
         resumed = make_learner(dls=dls)
         one_cycle(resumed, resume=file)
+        assert_same_run(full, resumed)
+
+
+def test_persistent_workers_resume_exactly_after_the_epoch_that_started_them(tmp_path: Path) -> None:
+    # Their first pass draws a base seed for the workers that the next passes do not: a resumed process starts them
+    # before the resumed epoch, without drawing, as the saved run had them running then.
+    full = make_learner(dls="persistent")
+    one_cycle(full, cbs=CheckpointCallback(every_n_iters=4, keep_last=None, path=tmp_path))
+    files = checkpoint_files(tmp_path)
+    for name in ("epoch0_end", "epoch1_batch2"):
+        resumed = make_learner(dls="persistent")
+        one_cycle(resumed, resume=next(f for f in files if name in f.name))
         assert_same_run(full, resumed)
 
 

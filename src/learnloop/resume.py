@@ -15,7 +15,8 @@ It holds the model, its gradients (non-empty in the middle of a gradient accumul
 (state and hypers), every callback's ``state_dict()``, the learner's counters (``epoch``, ``train_iter``,
 ``pct_train``: the schedule's position), the states of every random generator (:mod:`learnloop.rng`)
 at the save, and for a mid-epoch checkpoint the generators' states at the start of that epoch's
-training, from which the epoch's batch order was drawn.
+training, from which the epoch's batch order was drawn; and which loaders' persistent workers were running
+(a resumed fit starts those before its first epoch, without drawing the seed their first pass draws).
 
 A resumed fit (``fit(..., resume=path)``) runs the same events as any fit, minus the epochs and
 batches already done:
@@ -125,7 +126,38 @@ def training_state(learn: Learner, position: Position, epoch_rng: dict[str, Any]
         "loop": {name: learn.__dict__[name] for name in _LOOP_ATTRS if name in learn.__dict__},
         "rng": get_rng_state(loader_generators(learn.dls)),
         "epoch_rng": epoch_rng if position.mid_epoch else None,
+        "workers_running": _workers_running(learn, position),
     }
+
+
+def workers_running(dl: Any) -> bool:
+    """Whether ``dl`` is a torch DataLoader whose persistent worker processes are running: its next pass reuses
+    them, and draws no new base seed for them from the random generators (a first pass does)."""
+    return (
+        isinstance(dl, DataLoader)
+        and dl.persistent_workers
+        and dl.num_workers > 0
+        and getattr(dl, "_iterator", None) is not None
+    )
+
+
+def _workers_running(learn: Learner, position: Position) -> list[bool]:
+    """For each of the learner's loaders, whether its persistent workers run at the save; for the training loader
+    in the middle of an epoch, whether they ran when the epoch's order was drawn (DataOrder)."""
+    loaders = list(getattr(learn.dls, "loaders", None) or [])
+    running = [workers_running(dl) for dl in loaders]
+    order = learn._data_order
+    if position.mid_epoch and order is not None:
+        running = [order.workers_ran if dl is learn.dls.train else r for dl, r in zip(loaders, running, strict=True)]
+    return running
+
+
+def start_workers(dl: DataLoader[Any], generators: list[torch.Generator]) -> None:
+    """Start the persistent workers of ``dl`` without changing any random generator: its first pass draws their
+    base seed (and the indices it prefetches), which the saved run drew in a pass before the checkpoint."""
+    state = get_rng_state(generators)
+    iter(dl)
+    set_rng_state(state, generators)
 
 
 def save_training_checkpoint(
@@ -170,11 +202,13 @@ class DataOrder:
     def __init__(self) -> None:
         self.epoch_rng: dict[str, Any] | None = None
         self.resume: ResumeState | None = None
+        self.workers_ran = False  # the training loader's persistent workers ran before this epoch's order was drawn
 
     def batches(self, learn: Loop) -> Iterable[tuple[int, Any]]:
         """``(index, batch)`` pairs of the current training epoch."""
         resume, self.resume = self.resume, None
         generators = loader_generators(learn.dls)
+        self.workers_ran = workers_running(learn.dl)
         # The fit's epoch: `learn.epoch` is 0 after a validate() run inside the fit (at before_epoch, say).
         if resume is None or resume.position.epoch != learn._fit_epoch:
             self.epoch_rng = get_rng_state(generators)
@@ -328,6 +362,13 @@ class ResumeState:
         at the start of the epoch's first batch."""
         if self.ckpt["opt"] is not None and learn.opt is not None:
             learn.opt.load_state_dict(self.ckpt["opt"])
+        # Persistent workers that ran in the saved run run here too before the resumed epoch: otherwise their first
+        # pass would draw a base seed the saved run did not draw there, and shift the random numbers after it.
+        generators = loader_generators(learn.dls)
+        loaders = list(getattr(learn.dls, "loaders", None) or [])
+        for dl, ran in zip(loaders, self.ckpt.get("workers_running") or [], strict=False):
+            if ran and not workers_running(dl):
+                start_workers(dl, generators)
         if self.position.mid_epoch:
             order = learn._data_order or DataOrder()
             order.resume = self
