@@ -52,9 +52,9 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
@@ -778,8 +778,10 @@ def main(argv: list[str] | None = None) -> int:
     counts = {"ok": 0, "documented": 0, "diff": 0, "error": 0}
     resumes = 0
     out = open(args.out, "w") if args.out else None  # noqa: SIM115 - written line by line as seeds finish
-    with Pool(args.procs) if args.procs > 1 else _Inline() as pool:
-        for result in pool.imap_unordered(fuzz_seed, seeds):
+    # A process pool of concurrent.futures, not multiprocessing's: its workers are not daemons, so the DataLoaders
+    # a configuration draws with worker processes can start them.
+    with ProcessPoolExecutor(args.procs) if args.procs > 1 else _Inline() as pool:
+        for result in _unordered(pool, seeds):
             counts[result["status"]] += 1
             resumes += result["resumes"]
             line = json.dumps(result)
@@ -796,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _Inline:
-    """`Pool`'s imap_unordered in this process (``--procs 1``)."""
+    """The seeds run in this process (``--procs 1``)."""
 
     def __enter__(self) -> _Inline:
         return self
@@ -804,8 +806,14 @@ class _Inline:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def imap_unordered(self, func: Callable[[int], dict[str, Any]], items: range) -> Any:
-        return map(func, items)
+
+def _unordered(pool: ProcessPoolExecutor | _Inline, seeds: range) -> Iterator[dict[str, Any]]:
+    """Each seed's result, as seeds finish."""
+    if isinstance(pool, _Inline):
+        yield from map(fuzz_seed, seeds)
+        return
+    for future in as_completed([pool.submit(fuzz_seed, seed) for seed in seeds]):
+        yield future.result()
 
 
 if __name__ == "__main__":
