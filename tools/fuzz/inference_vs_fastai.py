@@ -70,18 +70,15 @@ only when nothing else differs. A run still going after 30 s is stopped (``fasta
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
-import multiprocessing
 import random
 import re
 import signal
 import sys
 import tempfile
 import warnings
-from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -89,7 +86,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from loop_vs_fastai import _error, _short, _Timeout, _timeout, close, norm
+from loop_vs_fastai import _error, _short, _Timeout, _timeout, close, norm, run_cli
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -973,33 +970,7 @@ def show(seed: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("start", type=int)
-    ap.add_argument("stop", type=int)
-    ap.add_argument("--procs", type=int, default=1)
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--show", type=int, default=None)
-    args = ap.parse_args()
-    _init()
-    if args.show is not None:
-        show(args.show)
-        return
-    seeds = range(args.start, args.stop)
-    out = open(args.out, "w") if args.out else None  # noqa: SIM115
-    counts: Counter[tuple[str, str]] = Counter()
-    with multiprocessing.get_context("fork").Pool(args.procs) if args.procs > 1 else contextlib.nullcontext() as pool:
-        results = pool.imap(check, seeds, chunksize=4) if pool is not None else map(check, seeds)
-        for res in results:
-            counts[res["status"], res["kind"]] += 1
-            if out:
-                out.write(json.dumps(res) + "\n")
-                out.flush()
-    if out:
-        out.close()
-    print(f"{'status':8} {'count':>6}  kind")
-    for (status, kind), n in sorted(counts.items(), key=lambda kv: (kv[0][0], -kv[1])):
-        print(f"{status:8} {n:6d}  {kind}")
-    print(f"{'total':8} {sum(counts.values()):6d}")
+    run_cli(__doc__ or "", _init, show, check)
 
 
 if __name__ == "__main__":

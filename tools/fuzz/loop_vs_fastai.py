@@ -903,15 +903,19 @@ def show(seed: int) -> None:
     print("=>", check(seed))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_cli(
+    doc: str, init: Callable[[], None], show: Callable[[int], None], check: Callable[[int], dict[str, Any]]
+) -> None:
+    """The command line of a fastai fuzzer: ``START STOP [--procs N] [--out FILE] [--show SEED]``, the seeds run by
+    `check` (in forked worker processes with ``--procs``), one JSON line per seed, and the summary table."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("start", type=int)
     ap.add_argument("stop", type=int)
     ap.add_argument("--procs", type=int, default=1)
     ap.add_argument("--out", default=None)
     ap.add_argument("--show", type=int, default=None)
     args = ap.parse_args()
-    _init()
+    init()
     if args.show is not None:
         show(args.show)
         return
@@ -931,6 +935,10 @@ def main() -> None:
     for (status, kind), n in sorted(counts.items(), key=lambda kv: (kv[0][0], -kv[1])):
         print(f"{status:8} {n:6d}  {kind}")
     print(f"{'total':8} {sum(counts.values()):6d}")
+
+
+def main() -> None:
+    run_cli(__doc__ or "", _init, show, check)
 
 
 if __name__ == "__main__":
