@@ -141,10 +141,15 @@ def workers_running(dl: Any) -> bool:
     )
 
 
+def _loaders(learn: Loop) -> list[Any]:
+    """The learner's loaders, in the order a checkpoint's `workers_running` lists them."""
+    return list(getattr(learn.dls, "loaders", None) or [])
+
+
 def _workers_running(learn: Learner, position: Position) -> list[bool]:
     """For each of the learner's loaders, whether its persistent workers run at the save; for the training loader
     in the middle of an epoch, whether they ran when the epoch's order was drawn (DataOrder)."""
-    loaders = list(getattr(learn.dls, "loaders", None) or [])
+    loaders = _loaders(learn)
     running = [workers_running(dl) for dl in loaders]
     order = learn._data_order
     if position.mid_epoch and order is not None:
@@ -365,8 +370,7 @@ class ResumeState:
         # Persistent workers that ran in the saved run run here too before the resumed epoch: otherwise their first
         # pass would draw a base seed the saved run did not draw there, and shift the random numbers after it.
         generators = loader_generators(learn.dls)
-        loaders = list(getattr(learn.dls, "loaders", None) or [])
-        for dl, ran in zip(loaders, self.ckpt.get("workers_running") or [], strict=False):
+        for dl, ran in zip(_loaders(learn), self.ckpt.get("workers_running") or [], strict=False):
             if ran and not workers_running(dl):
                 start_workers(dl, generators)
         if self.position.mid_epoch:

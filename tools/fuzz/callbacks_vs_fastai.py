@@ -97,6 +97,9 @@ RTOL, ATOL = 1e-5, 1e-7
 
 
 # ------------------------------------------------------------------ the two libraries under common names
+_OPTIMIZERS = ("SGD", "RMSProp", "Adam", "RAdam", "QHAdam", "Larc", "Lamb", "Lookahead", "ranger", "OptimWrapper")
+
+
 def _fastai() -> SimpleNamespace:
     import fastai.callback.all as fcb
     import fastai.losses as floss
@@ -111,7 +114,7 @@ def _fastai() -> SimpleNamespace:
 
     ns = SimpleNamespace(name="fastai", Learner=Learner, make_dls=make_dls, losses=floss,
                          progress_cb=fcb.ProgressCallback)
-    for n in ("SGD", "RMSProp", "Adam", "RAdam", "QHAdam", "Larc", "Lamb", "Lookahead", "ranger", "OptimWrapper"):
+    for n in _OPTIMIZERS:
         setattr(ns, n, getattr(fo, n))
     _callbacks(ns, fcb)
     _metrics(ns, fm)
@@ -133,7 +136,7 @@ def _learnloop() -> SimpleNamespace:
 
     ns = SimpleNamespace(name="learnloop", Learner=ll.Learner, make_dls=make_dls, losses=lloss,
                          progress_cb=ll.ProgressCallback)
-    for n in ("SGD", "RMSProp", "Adam", "RAdam", "QHAdam", "Larc", "Lamb", "Lookahead", "ranger", "OptimWrapper"):
+    for n in _OPTIMIZERS:
         setattr(ns, n, getattr(lo, n))
     _callbacks(ns, lcb)
     _metrics(ns, lm)
