@@ -250,6 +250,16 @@ def test_multi_label_metrics_take_probabilities_with_sigmoid_false() -> None:
 
 
 @needs_sklearn
+def test_ranking_multi_label_metrics_without_sigmoid_take_the_argmax_against_class_indices() -> None:
+    # fastai's own check: scores (items, 5) against one class index per item are scored by their argmax, here the
+    # last column for every item, so the ROC AUC of a constant score is 0.5 (scoring them as given was a ValueError)
+    scores = torch.tensor(np.array([np.arange(0, 0.2, 0.04)] * 20))
+    targ = torch.tensor([0, 0, 1, 1]).repeat(5)
+    assert run(RocAucMulti(sigmoid=False), scores, targ, n_batches=4) == 0.5
+    assert run(APScoreMulti(sigmoid=False), scores, targ, n_batches=4) == 0.5
+
+
+@needs_sklearn
 def test_brier_score_multi_and_matthews_multi_are_scikit_learns_on_the_thresholded_arrays() -> None:
     import sklearn.metrics as skm
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .accum import AccumMetric, ActivationType
+from .core import MetricLearner
 from .sklearn_metrics import _sklearn_metric, skm_to_fastai
 
 __all__ = [
@@ -34,10 +35,24 @@ def _activation(sigmoid: bool) -> ActivationType:
     return ActivationType.Sigmoid if sigmoid else ActivationType.No
 
 
+class _LabelScores(AccumMetric):
+    """Scores kept as given, except that predictions with one dimension more than their targets (a class index per
+    item) become their argmax over the last dimension, as fastai's `sigmoid=False` metrics take it."""
+
+    def accumulate(self, learn: MetricLearner) -> None:
+        pred, targ = learn.pred, learn.yb[0]
+        if self.activation == ActivationType.No and pred.dim() == targ.dim() + 1:
+            pred = pred.argmax(dim=-1)
+        self.accum_values(self._prepare(pred), targ)
+
+
 def _label_scores(func: Callable[..., Any], sigmoid: bool, **kwargs: Any) -> AccumMetric:
     """A multi-label metric of each label's score: the sigmoid of the predictions, or, with `sigmoid=False`, the
-    predictions as they are (fastai's argmax over the labels then is what scikit-learn rejects: no argmax here)."""
-    return skm_to_fastai(func, is_class=sigmoid, activation=_activation(sigmoid), flatten=False, **kwargs)
+    predictions as they are (fastai's argmax over the labels then is what scikit-learn rejects for multi-label
+    targets: no argmax there; for targets of one class index per item, the argmax, fastai's)."""
+    if sigmoid:
+        return skm_to_fastai(func, activation=ActivationType.Sigmoid, flatten=False, **kwargs)  # dim_argmax=-1
+    return _LabelScores(func, activation=ActivationType.No, to_np=True, invert_arg=True, flatten=False, **kwargs)
 
 
 def _thresholded(func: Callable[..., Any], thresh: float, sigmoid: bool, **kwargs: Any) -> AccumMetric:
@@ -53,7 +68,8 @@ def APScoreMulti(
     sigmoid: bool = True, average: str | None = "macro", pos_label: Any = 1, sample_weight: Any = None
 ) -> AccumMetric:
     """Average precision of each label's probability (the predictions' sigmoid, or the predictions themselves with
-    `sigmoid=False`), averaged over the labels (`average`), for multi-label classification."""
+    `sigmoid=False`), averaged over the labels (`average`), for multi-label classification. Against one class index
+    per item, `sigmoid=False` scores the predictions' argmax over the last dimension, as fastai's does."""
     func = _sklearn_metric("average_precision_score", "APScoreMulti")
     return _label_scores(func, sigmoid, average=average, pos_label=pos_label, sample_weight=sample_weight)
 
@@ -163,6 +179,7 @@ def RocAucMulti(
     sigmoid: bool = True, average: str | None = "macro", sample_weight: Any = None, max_fpr: float | None = None
 ) -> AccumMetric:
     """Area under the ROC curve of each label's probability (the predictions' sigmoid, or the predictions themselves
-    with `sigmoid=False`), averaged over the labels (`average`), for multi-label classification."""
+    with `sigmoid=False`), averaged over the labels (`average`), for multi-label classification. Against one class
+    index per item, `sigmoid=False` scores the predictions' argmax over the last dimension, as fastai's does."""
     func = _sklearn_metric("roc_auc_score", "RocAucMulti")
     return _label_scores(func, sigmoid, average=average, sample_weight=sample_weight, max_fpr=max_fpr)
