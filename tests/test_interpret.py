@@ -129,6 +129,14 @@ def test_getitem_runs_the_model_again_on_the_items(interp: ClassificationInterpr
     assert interp[4][2].tolist() == [1]
 
 
+def test_getitem_takes_a_slice_of_the_items(interp: ClassificationInterpretation) -> None:
+    x, y = images()
+    inps, preds, targs, decoded, losses = interp[:]  # fastai's notebook reads every item this way
+    assert torch.equal(inps, x) and torch.equal(targs, y) and preds.shape == (9, 3)
+    assert losses.tolist() == pytest.approx([expected_loss(i) for i in range(9)], rel=1e-5)
+    assert interp[2:7:2][2].tolist() == y[2:7:2].tolist() and interp[-2:][4].tolist() == losses[-2:].tolist()
+
+
 def test_items_need_a_dataloader_over_a_map_style_dataset() -> None:
     x, y = images()
     batches = [(x[:4], y[:4]), (x[4:], y[4:])]  # any iterable of batches: losses work, items do not

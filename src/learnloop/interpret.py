@@ -64,10 +64,11 @@ class Interpretation:
         _, _, losses = learn.get_preds(dl=loader, with_loss=True, with_preds=False, with_targs=False, act=act)
         return cls(learn, loader, _required(losses, "losses", _loader_name(ds_idx, dl)), act)
 
-    def __getitem__(self, idxs: int | Sequence[int] | Tensor) -> tuple[Any, Tensor, Any, Tensor, Tensor]:
-        """`(inputs, preds, targets, decoded, losses)` of the items at `idxs` (indices into the dataset), the model
-        run again on them; needs a torch DataLoader over a map-style dataset."""
-        index, dl = _index_list(idxs), self.dl
+    def __getitem__(self, idxs: int | slice | Sequence[int] | Tensor) -> tuple[Any, Tensor, Any, Tensor, Tensor]:
+        """`(inputs, preds, targets, decoded, losses)` of the items at `idxs` (indices into the dataset, or a slice
+        of it: `interp[:]` is every item), the model run again on them; needs a torch DataLoader over a map-style
+        dataset."""
+        index, dl = _index_list(idxs, len(self.losses)), self.dl
         dataset = _dataset(dl, "interp[idxs]", batched=True)  # dl is a torch DataLoader from here on
         subset = DataLoader(
             Subset(dataset, index), batch_size=dl.batch_size, shuffle=False,
@@ -300,7 +301,9 @@ def _check_classes(decoded: Tensor, targs: Tensor) -> None:
             )
 
 
-def _index_list(idxs: int | Sequence[int] | Tensor) -> list[int]:
+def _index_list(idxs: int | slice | Sequence[int] | Tensor, n: int) -> list[int]:
+    if isinstance(idxs, slice):  # of the `n` items, as fastai's `interp[:]`
+        return list(range(n))[idxs]
     if isinstance(idxs, Tensor):
         return [int(i) for i in idxs.reshape(-1).tolist()]
     if isinstance(idxs, (int, np.integer)):  # numpy's integers too
