@@ -210,6 +210,12 @@ def test_wrapper_takes_a_single_tensor_as_one_parameter() -> None:
     assert torch.equal(p.detach(), torch.full((3,), 0.9))
 
 
+def test_wrapper_converts_lists_among_group_dicts_and_keeps_the_dicts() -> None:
+    a, b = three_groups()[:2]
+    opt = OptimWrapper([a, {"params": b, "lr": 0.1}], opt=torch.optim.SGD, lr=0.01)
+    assert opt.param_lists == [a, b] and [h["lr"] for h in opt.hypers] == [0.01, 0.1]
+
+
 def test_wrapper_around_a_built_optimizer() -> None:
     params = three_groups()[0]
     opt = OptimWrapper(opt=torch.optim.SGD(params, lr=0.1, momentum=0.9))
