@@ -235,8 +235,9 @@ def lr_find(
     average is not fed the sweep). As in fastai, the rest keeps what the sweep left: the loop counters
     (``epoch``, ``train_iter``, ``pct_train``, ``training``...), your other callbacks (what they saw during the
     sweep), and the Recorder, whose ``lrs`` / ``losses`` are the sweep's until the next fit (``recorder.hps``
-    stays the previous fit's). The random number generators are not restored either: a later fit sees
-    different shuffles and dropout masks than without lr_find.
+    stays the previous fit's, unless a ``ParamScheduler`` among the learner's callbacks ran in the sweep: its
+    ``after_fit`` sets them, as in fastai, while its own ``hps`` are put back). The random number generators
+    are not restored either: a later fit sees different shuffles and dropout masks than without lr_find.
 
     The fit runs ``num_it // batches_per_epoch + 1`` epochs, as fastai's: with a ``num_it`` below 6 (which the
     finder counts as 6), it ends before the 6th batch when those epochs hold fewer than 6 batches (``num_it=2``
