@@ -1045,6 +1045,32 @@ def test_fastais_learner_helpers(tmp_path: Path) -> None:
     assert learn.logger is print and log.events[-2:] == ["after_epoch", "after_fit"] and log.learn is None
 
 
+def test_replacing_yield_also_works_the_way_fastai_returns_it_from_a_contextmanager() -> None:
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+
+    from learnloop.learner import replacing_yield
+
+    class Holder:
+        def __init__(self) -> None:
+            self.a = 42
+
+        @contextmanager
+        def a_changed(self, v: int) -> Iterator[None]:
+            return replacing_yield(self, "a", v)  # fastai's idiom: its replacing_yield is a generator
+
+    h = Holder()
+    with h.a_changed(32):
+        assert h.a == 32
+    assert h.a == 42
+    with pytest.raises(KeyError), h.a_changed(7):
+        raise KeyError("x")
+    assert h.a == 42
+    with pytest.raises(KeyError), replacing_yield(h, "a", 7):
+        raise KeyError("x")
+    assert h.a == 42
+
+
 def test_predict_draws_from_torch_generator_as_the_dataloader_of_fastai_predict() -> None:
     # fastai's predict reads a DataLoader, whose iterator draws a base seed: the fits after it shuffle and drop out
     # from the generator that draw left, so learnloop's must draw it too (and only when the batch is read).

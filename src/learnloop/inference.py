@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -266,12 +266,44 @@ def _check_data_arguments(dls: Any, method: str, ds_idx: int, dl: Any) -> None:
         )
 
 
-@contextmanager
-def replacing_yield(obj: Any, attr: str, value: Any) -> Iterator[None]:
-    """Set `obj.<attr>` to `value` for the duration of the block, then put the old value back (fastai's name)."""
+def _replacing(obj: Any, attr: str, value: Any) -> Generator[None, None, None]:
     old = getattr(obj, attr)
     setattr(obj, attr, value)
     try:
         yield
     finally:
         setattr(obj, attr, old)
+
+
+class _Replacing(AbstractContextManager[None], Iterator[None]):
+    """`replacing_yield`'s result: a context manager, and also the generator fastai's function returns, so that
+    fastai's idiom ``@contextmanager def f(self): return replacing_yield(self, 'a', v)`` works too."""
+
+    def __init__(self, obj: Any, attr: str, value: Any) -> None:
+        self._gen = _replacing(obj, attr, value)
+
+    def __next__(self) -> None:
+        return next(self._gen)
+
+    def send(self, value: None) -> None:
+        return self._gen.send(value)
+
+    def throw(self, *args: Any) -> None:
+        return self._gen.throw(*args)
+
+    def close(self) -> None:
+        self._gen.close()
+
+    def __enter__(self) -> None:
+        next(self._gen)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._gen.close()  # runs the `finally` that puts the old value back; an exception goes on unchanged
+
+
+def replacing_yield(obj: Any, attr: str, value: Any) -> _Replacing:
+    """Set `obj.<attr>` to `value` for the duration of the block, then put the old value back (fastai's name).
+
+    Use it as a context manager (``with replacing_yield(learn, 'lr', 0.5): ...``), or return it from a
+    ``@contextmanager`` function as in fastai, whose `replacing_yield` is a generator."""
+    return _Replacing(obj, attr, value)
