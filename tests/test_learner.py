@@ -1071,6 +1071,12 @@ def test_replacing_yield_also_works_the_way_fastai_returns_it_from_a_contextmana
     assert h.a == 42
 
 
+def test_learner_to_detach_before_any_fit() -> None:
+    learn = synth_learner()
+    t = torch.ones(2, requires_grad=True) * 3
+    assert not learn.to_detach(t).requires_grad  # no `learn.dl` yet: the module's to_detach, as in fastai
+
+
 def test_predict_draws_from_torch_generator_as_the_dataloader_of_fastai_predict() -> None:
     # fastai's predict reads a DataLoader, whose iterator draws a base seed: the fits after it shuffle and drop out
     # from the generator that draw left, so learnloop's must draw it too (and only when the batch is read).

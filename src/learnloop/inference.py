@@ -159,7 +159,7 @@ class Inference(Loop):
 
     def to_detach(self, b: Any, cpu: bool = True, gather: bool = True) -> Any:
         """`b` detached (see `learnloop.data.to_detach`), or as the current loader's own `to_detach` makes it."""
-        dl_to_detach = getattr(self.dl, "to_detach", None)
+        dl_to_detach = getattr(getattr(self, "dl", None), "to_detach", None)  # no `dl` before the first fit
         return dl_to_detach(b, cpu, gather) if callable(dl_to_detach) else to_detach(b, cpu, gather)
 
     def loss_not_reduced(self) -> AbstractContextManager[None]:
