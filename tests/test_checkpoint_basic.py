@@ -62,7 +62,8 @@ def test_round_trip_without_optimizer(tmp_path: Path) -> None:
     other = synth_learner(path=tmp_path, seed=1)
     other.load("weights", with_opt=False)
     assert _same(other.model.state_dict(), learn.model.state_dict())
-    with pytest.warns(UserWarning, match="no optimizer state"):
+    # fastai 2.8's words, which a port may match on; learnloop's message goes on to name the file
+    with pytest.warns(UserWarning, match=r"^Saved file doesn't contain an optimizer state: .*weights\.pth"):
         synth_learner(path=tmp_path, seed=2).load("weights")
 
 

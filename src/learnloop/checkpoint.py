@@ -470,7 +470,7 @@ def load_model(
     _load_weights(model, model_state, path, strict)
     if with_opt and opt is not None:
         if not has_opt:
-            warn_caller(f"{path} holds no optimizer state; only the model was loaded.")
+            warn_caller(f"Saved file doesn't contain an optimizer state: {path} holds the model alone, now loaded.")
             return
         try:
             opt.load_state_dict(state["opt"])
