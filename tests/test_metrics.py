@@ -807,6 +807,17 @@ def test_mk_metric_callable_and_metric() -> None:
     assert isinstance(mk_metric(AvgLoss), AvgLoss)
 
 
+def test_mk_metric_instantiates_any_class_as_fastai_does() -> None:
+    class MaxError:  # a callable class: fastai's mk_metric instantiates it and averages what its instances return
+        def __call__(self, pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+            return (pred - targ).abs().max()
+
+    m = mk_metric(MaxError)
+    assert isinstance(m, AvgMetric) and isinstance(m.func, MaxError) and m.name == "max_error"
+    l1 = mk_metric(torch.nn.L1Loss)
+    assert isinstance(l1, AvgMetric) and isinstance(l1.func, torch.nn.L1Loss)
+
+
 @pytest.mark.parametrize("bad", [3, "accuracy", None, int])
 def test_mk_metric_rejects_other_objects(bad: Any) -> None:
     with pytest.raises(TypeError, match="expected a learnloop Metric, an object with update/compute/reset"):

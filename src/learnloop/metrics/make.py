@@ -12,14 +12,15 @@ from .functions import _SHARED_METRICS
 
 
 def mk_metric(m: Any) -> Metric:
-    """Turn ``m`` (Metric, torchmetrics-style object, or function) into a :class:`Metric`.
+    """Turn ``m`` (Metric, torchmetrics-style object, or function; a class is instantiated first, as in fastai) into
+    a :class:`Metric`.
 
     The shared metric objects of :mod:`learnloop.metrics` (``rmse``, ``exp_rmspe``, ``r2_score``,
     ``explained_variance``) are copied (with no batch stored), unlike fastai's: they are also called as functions
     (``rmse(pred, targ)``), which replaces the batches they store, so a learner keeps its own. Other metrics, your
     own ``AccumMetric`` objects included, are used as they are (``learn.metrics[0] is m``, as in fastai).
     """
-    if isinstance(m, type) and (issubclass(m, Metric) or isinstance(m, TorchMetricLike)):
+    if isinstance(m, type):  # a class is instantiated, as in fastai: a Metric, or a callable class (a functor)
         m = m()
     elif any(m is shared for shared in _SHARED_METRICS):
         m = copy.copy(m)
