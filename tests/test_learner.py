@@ -910,6 +910,8 @@ def test_fastai_helpers_x_y_ordered_cbs_loss_not_reduced_and_with_learn() -> Non
     assert all(x.shape == (16, 2) and y.shape == (16, 1) for x, y in seen)
     learn.xb, learn.yb = (1, 2), (3,)
     assert learn.x == (1, 2) and learn.y == 3
+    learn.yb = ()  # a batch without targets: fastai's detuplify gives None
+    assert learn.y is None
     # The callbacks with an after_batch method (not the one defining only after_pred), in order.
     assert [type(cb) for cb in learn.ordered_cbs("after_batch")] == [TrainEvalCallback, Recorder, ProgressCallback,
                                                                       EventLog]

@@ -274,13 +274,14 @@ class Loop(CallbackHost):
 
     @property
     def x(self) -> Any:
-        """The batch's input: `xb[0]` when there is one, else the tuple `xb`."""
-        return self.xb[0] if len(self.xb) == 1 else self.xb
+        """The batch's input: `xb[0]` when there is one, None when there is none, else the tuple `xb`."""
+        return _detuplify(self.xb)
 
     @property
     def y(self) -> Any:
-        """The batch's target: `yb[0]` when there is one, else the tuple `yb`."""
-        return self.yb[0] if len(self.yb) == 1 else self.yb
+        """The batch's target: `yb[0]` when there is one, None when there is none (a batch without targets, as
+        fastai's), else the tuple `yb`."""
+        return _detuplify(self.yb)
 
     def __enter__(self) -> Self:
         """`with learn:` fires before_fit and before_epoch, and after_epoch and after_fit at the end of the block
@@ -307,3 +308,6 @@ def _all_on_cpu(b: Any) -> bool:
         return all(_all_on_cpu(o) for o in b.values())
     return True
 
+
+def _detuplify(b: tuple[Any, ...]) -> Any:
+    return b[0] if len(b) == 1 else None if len(b) == 0 else b
