@@ -167,7 +167,9 @@ def test_fit_sets_counters_and_flags_seen_by_callbacks() -> None:
     assert [s["pct_train"] for s in train_batches] == pytest.approx([i / 6 for i in range(6)])
     assert [s["train_iter"] for s in train_batches] == list(range(6))
     after_train = [s for s in seen if s["event"] == "after_batch" and s["training"]]
-    assert after_train[-1]["pct_train"] == 1.0 and after_train[-1]["train_iter"] == 6
+    # fastai's sum to the end of the fit (six sixths add up to 0.9999999999999999), exactly 1.0 once it is over
+    assert after_train[-1]["pct_train"] == sum([1 / 6] * 6) < 1.0 and after_train[-1]["train_iter"] == 6
+    assert learn.pct_train == 1.0
     starts = [s for s in seen if s["event"] == "before_train"]
     assert [s["pct_train"] for s in starts] == [0.0, 0.5] and all(s["training"] for s in starts)
     assert [s["epoch"] for s in seen if s["event"] == "before_epoch"] == [0, 1]
@@ -198,6 +200,28 @@ def test_pct_train_is_fastais_sum_bit_for_bit_and_ends_at_exactly_one() -> None:
     assert [s["pct_train"] for s in spy.seen if s["event"] == "before_batch" and s["training"]] == expected
     assert learn.recorder.hps["lr"] == [SchedLin(1e-2, 1e-4)(p) for p in expected]
     assert learn.pct_train == 1.0  # SPEC: after a fit (one that ran its last batch), exactly 1.0
+
+
+def test_pct_train_steps_as_fastais_own_train_eval_test_checks_then_is_one_after_the_fit() -> None:
+    # fastai's 13a_learner notebook (TestTrainEvalCallback): after each training batch, the previous value plus
+    # 1/(n_iter*n_epoch), exactly; with 10 batches the sum ends at 0.9999999999999999, also at after_fit.
+    class Steps(Callback):
+        run_after, run_valid = TrainEvalCallback, False
+
+        def before_train(self) -> None:
+            self.old = self.learn.pct_train
+
+        def after_batch(self) -> None:
+            assert self.learn.pct_train == self.old + 1 / (self.learn.n_iter * self.learn.n_epoch)
+            self.old = self.learn.pct_train
+
+        def after_fit(self) -> None:
+            self.at_after_fit = self.learn.pct_train
+
+    learn, steps = synth_learner(n_train=160, bs=16), Steps()
+    learn.fit(1, cbs=steps)
+    assert steps.at_after_fit == sum([0.1] * 10) < 1.0
+    assert learn.pct_train == 1.0  # SPEC: after the fit
 
 
 def test_state_after_fit(learn: Learner) -> None:

@@ -244,6 +244,8 @@ class Learner(Inference):
             finally:
                 self._resume, self._data_order = None, None
             self._end_cleanup()
+            if any(cb.ran_last_batch for cb in self._grab(TrainEvalCallback) if isinstance(cb, TrainEvalCallback)):
+                self.pct_train = 1.0  # SPEC; fastai's sum can end a rounding away (0.9999999999999999 for 10 batches)
 
     @contextmanager
     def no_bar(self) -> Iterator[Learner]:

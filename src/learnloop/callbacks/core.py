@@ -44,10 +44,13 @@ class TrainEvalCallback(Callback):
     def after_create(self) -> None:
         self.learn.n_epoch = 1
 
+    ran_last_batch = False  # whether the fit's last training batch ran: then the fit ends with pct_train at 1.0
+
     def before_fit(self) -> None:
         learn = self.learn
         learn.epoch, learn.loss = 0, torch.tensor(0.0)
         learn.train_iter, learn.pct_train = 0, 0.0
+        self.ran_last_batch = False
         device = getattr(learn.dls, "device", None)
         if device is not None:
             _to_device(learn.model, device)
@@ -67,14 +70,22 @@ class TrainEvalCallback(Callback):
         learn = self.learn._attrs  # the learner's attributes, read at a plain object's cost (attrs.OwnAttrs)
         learn.train_iter += 1
         n_iter, n_epoch = learn.n_iter, learn.n_epoch
+        # fastai's increments, summed as it sums them, to the fit's end: a schedule gets fastai's hyper-parameters
+        # bit for bit, and callbacks see fastai's numbers. The Learner sets exactly 1.0 once the fit is over.
+        learn.pct_train += 1.0 / (n_iter * n_epoch)
         if learn.iter + 1 == n_iter and learn.epoch + 1 == n_epoch:
-            learn.pct_train = 1.0  # the fit's last batch: exactly 1.0, where the sum may end a rounding away
-        else:  # fastai's increments, summed as it sums them: a schedule gets fastai's hyper-parameters bit for bit
-            learn.pct_train += 1.0 / (n_iter * n_epoch)
+            self.ran_last_batch = True
 
     def before_validate(self) -> None:
         self.learn.model.eval()
         self.learn.training = False
+
+    def state_dict(self) -> dict[str, Any]:
+        # Only once the last batch ran (a checkpoint written after it): a fit resumed there still ends at 1.0.
+        return {"ran_last_batch": True} if self.ran_last_batch else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ran_last_batch = bool(state.get("ran_last_batch", False))
 
 
 class SkipToEpoch(Callback):
