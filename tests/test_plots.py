@@ -68,6 +68,27 @@ def test_plot_loss_options(trained: Learner) -> None:
     assert trained.recorder.plot_loss(ax=given) is given
 
 
+def test_plot_loss_draws_fastais_lines_and_legend(trained: Learner) -> None:
+    # fastai's: a plain valid line, gaps for epochs whose validation was cancelled, a legend only with the valid
+    # line, and that line even when skip_start leaves it no point.
+    train, valid = trained.recorder.plot_loss().get_lines()
+    assert (train.get_marker(), valid.get_marker()) == ("None", "None")
+    assert trained.recorder.plot_loss(with_valid=False).get_legend() is None
+    ax = trained.recorder.plot_loss(skip_start=100)
+    assert [len(line.get_xdata()) for line in ax.get_lines()] == [0, 0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "valid"]
+
+    def cancel(cb: Callback) -> None:
+        if cb.epoch == 0:
+            raise CancelValidException
+
+    learn = synth_learner(n_train=64, bs=16)
+    learn.fit(2, cbs=Callback(before_validate=cancel))
+    valid = learn.recorder.plot_loss(skip_start=0).get_lines()[1]
+    assert list(valid.get_xdata()) == [4, 8]
+    assert math.isnan(valid.get_ydata()[0]) and valid.get_ydata()[1] == learn.recorder.values[1][1]
+
+
 def test_plot_sched(trained: Learner, tmp_path: Path) -> None:
     fig = trained.recorder.plot_sched(fname=tmp_path / "sched")  # suffix added
     assert_png(tmp_path / "sched.png")

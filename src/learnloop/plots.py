@@ -68,10 +68,10 @@ def plot_loss(
     ax: Axes | None = None,
     fname: str | Path | None = None,
 ) -> Axes:
-    """Smoothed training loss per batch (skipping the first ``skip_start``), and the validation loss at the
-    batch where each epoch ended; log-log axes with ``log``, epoch ends marked with ``show_epochs``. Draws on
-    ``ax`` when given, else on a new figure (fastai draws on the current axes, ``plt.gca()``); returns the
-    Axes (fastai's return value)."""
+    """Smoothed training loss per batch (skipping the first ``skip_start``), and with ``with_valid`` the
+    validation loss at the batch where each epoch ended and a legend, the lines fastai draws; log-log axes with
+    ``log``, epoch ends marked with ``show_epochs``. Draws on ``ax`` when given, else on a new figure (fastai
+    draws on the current axes, ``plt.gca()``); returns the Axes (fastai's return value)."""
     _require(recorder.losses, "training losses", "fit the learner")
     plt = _pyplot()
     if ax is None:
@@ -87,21 +87,21 @@ def plot_loss(
     if show_epochs:
         for it in recorder.iters:
             ax.axvline(it, color="grey", linestyle=":")
+    ax.set_xlabel("steps")
+    ax.set_ylabel("loss")
+    ax.set_title("learning curve")
     if with_valid and "valid_loss" in recorder.metric_names:
         col = recorder.metric_names.index("valid_loss") - 1  # row_values have no 'epoch' column
         # Each row laid out under its names: a row whose training phase was cancelled starts with the valid loss.
+        # A value not recorded (a cancelled validation) is nan, a gap in the line; the line is drawn, and the
+        # legend made, even with no point past skip_start, as fastai's.
         pairs = [
             (it, _float(recorder.row_values(i)[col]))
             for i, it in enumerate(recorder.iters[: len(recorder.values)])
             if it >= skip_start
         ]
-        pairs = [(it, v) for it, v in pairs if not math.isnan(v)]
-        if pairs:
-            ax.plot([it for it, _ in pairs], [v for _, v in pairs], marker="o", label="valid")
-    ax.set_xlabel("steps")
-    ax.set_ylabel("loss")
-    ax.set_title("learning curve")
-    ax.legend(loc="best")
+        ax.plot([it for it, _ in pairs], [v for _, v in pairs], label="valid")
+        ax.legend(loc="best")
     _save(fig, fname)
     return ax
 
