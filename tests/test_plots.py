@@ -158,10 +158,14 @@ def test_plot_lr_find(tmp_path: Path) -> None:
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("Learning Rate", "Loss")
     assert len(ax.get_lines()[0].get_xdata()) == len(learn.recorder.lrs) - 5
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert [t.split(":")[0] for t in legend] == ["minimum", "steep", "valley"]
+    assert legend == ["minimum", "steep", "valley"]  # the names, as fastai's legend
     # fastai's positional order (skip_end, return_fig, suggestions, nms); return_fig=False returns nothing
     assert learn.recorder.plot_lr_find(0, False, points, list(res._fields)) is None  # type: ignore[attr-defined]
     assert len(plt.gcf().axes[0].get_lines()[0].get_xdata()) == len(learn.recorder.lrs)
+    # fastai's slice lrs[:-skip_end]: past the points it leaves none, a negative one keeps the first points
+    for skip_end, n in [(len(learn.recorder.lrs) + 2, 0), (-3, 3)]:
+        curve = learn.recorder.plot_lr_find(skip_end).axes[0].get_lines()[0]
+        assert len(curve.get_xdata()) == len(curve.get_ydata()) == n
 
 
 def test_lr_find_shows_its_plot() -> None:

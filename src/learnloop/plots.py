@@ -143,11 +143,12 @@ def plot_lr_find(
     fname: str | Path | None = None,
 ) -> Figure | None:
     """Loss against learning rate (log scale) of an ``lr_find`` run, without the last ``skip_end`` points;
-    ``suggestions`` are ``(lr, loss)`` points marked and labelled with ``nms``. Returns the Figure, or None
+    ``suggestions`` are ``(lr, loss)`` points marked and labelled with ``nms`` (the legend's texts, as fastai's).
+    ``skip_end`` slices as fastai's (``lrs[:-skip_end]``, all of them for 0). Returns the Figure, or None
     with ``return_fig=False`` (the arguments in fastai's order)."""
     _require(recorder.lrs, "learning rates", "run learn.lr_find()")
     plt = _pyplot()
-    end = len(recorder.lrs) - skip_end if skip_end > 0 else len(recorder.lrs)
+    end = -skip_end if skip_end else None  # fastai's slice: a skip_end past the points leaves none
     fig, ax = plt.subplots()
     ax.plot([_float(x) for x in recorder.lrs[:end]], [_float(x) for x in recorder.losses[:end]])
     ax.set_xscale("log")
@@ -157,7 +158,7 @@ def plot_lr_find(
         labels = list(nms) if nms is not None else [f"suggestion {i}" for i in range(len(suggestions))]
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"][1:]
         for i, ((lr, loss), label) in enumerate(zip(suggestions, labels, strict=False)):
-            ax.plot(lr, loss, "o", color=colors[i % len(colors)], label=f"{label}: {lr:.2e}")
+            ax.plot(lr, loss, "o", color=colors[i % len(colors)], label=label)
         ax.legend(loc="best")
     _save(fig, fname)
     return fig if return_fig else None

@@ -134,7 +134,7 @@ def save_lr_find_plot(learn: Any, run_dir: Path, lr: float) -> bool:
     lrs = [float(x) for x in recorder.lrs]
     nearest = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i]) - math.log(lr)))
     point = (lr, float(recorder.losses[nearest]))
-    plt.close(recorder.plot_lr_find(suggestions=[point], nms=["valley"], fname=run_dir / "lr_find.png"))
+    plt.close(recorder.plot_lr_find(suggestions=[point], nms=[f"valley: {lr:.2e}"], fname=run_dir / "lr_find.png"))
     return True
 
 
