@@ -93,7 +93,12 @@ def test_plot_sched(trained: Learner, tmp_path: Path) -> None:
     fig = trained.recorder.plot_sched(fname=tmp_path / "sched")  # suffix added
     assert_png(tmp_path / "sched.png")
     assert [ax.get_ylabel() for ax in fig.axes] == ["lr", "mom"]
-    assert all(ax.get_xlabel() == "steps" for ax in fig.axes)
+    assert all(ax.get_xlabel() == "" for ax in fig.axes)  # fastai's: the y labels only, no tight layout
+    plain = plt.subplots(1, 2)[0]
+    assert [ax.get_position().bounds for ax in fig.axes] == [ax.get_position().bounds for ax in plain.axes]
+    three = trained.recorder.plot_sched(keys=["lr", "mom", "lr"])
+    assert [ax.get_subplotspec().get_geometry() for ax in three.axes] == [(2, 2, i, i) for i in range(4)]
+    assert three.axes[3].axison and not three.axes[3].get_lines()  # the panel left over is drawn empty
     assert list(fig.axes[0].get_lines()[0].get_ydata()) == pytest.approx(trained.recorder.hps["lr"])
     assert [ax.get_ylabel() for ax in trained.recorder.plot_sched(keys="mom").axes] == ["mom"]
     with pytest.raises(KeyError, match="'beta'.*recorded ones are \\['lr', 'mom'\\]"):

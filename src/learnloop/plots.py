@@ -112,7 +112,8 @@ def plot_sched(
     figsize: tuple[float, float] | None = None,
     fname: str | Path | None = None,
 ) -> Figure:
-    """Each scheduled hyper-parameter (``recorder.hps``, or only ``keys``) against the training batch."""
+    """Each scheduled hyper-parameter (``recorder.hps``, or only ``keys``) against the training batch, on two
+    columns of axes, each labelled with its name (fastai's figure)."""
     names = list(recorder.hps) if keys is None else [keys] if isinstance(keys, str) else list(keys)
     _require(names, "scheduled hyper-parameters", "fit with a schedule (fit_one_cycle, ...)")
     unknown = [k for k in names if k not in recorder.hps]
@@ -122,14 +123,9 @@ def plot_sched(
     cols = min(2, len(names))
     rows = (len(names) + 1) // 2
     fig, axs = plt.subplots(rows, cols, figsize=figsize or (6 * cols, 4 * rows), squeeze=False)
-    flat = list(axs.flat)
-    for name, ax in zip(names, flat, strict=False):
+    for name, ax in zip(names, axs.flat, strict=False):  # fastai's grid: an odd panel out is left empty
         ax.plot([_float(v) for v in recorder.hps[name]])
-        ax.set_xlabel("steps")
         ax.set_ylabel(name)
-    for ax in flat[len(names) :]:
-        ax.set_axis_off()
-    fig.tight_layout()
     _save(fig, fname)
     return fig
 
