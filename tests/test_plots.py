@@ -222,6 +222,9 @@ def test_show_graph_plots_the_recorders_losses_and_the_valid_loss_at_each_epoch_
     assert cb.fig is not None and cb.fig.axes[0].get_xlim() == (0, 8)
     assert cb.fig.axes[0].get_ylim() == (0, max(train_y + valid_y))
     assert (cb.order, cb.run_train, cb.run_valid) == (65, True, False)  # fastai's
+    ax = cb.fig.axes[0]  # fastprogress's graph: two plain lines, a legend at the upper right, no axis labels
+    assert [(line.get_label(), line.get_marker()) for line in ax.lines] == [("train", "None"), ("valid", "None")]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_legend()._loc) == ("", "", 1)
     assert plt.get_fignums() == []  # made without pyplot: no window can open, nothing waits to be shown
 
 

@@ -75,10 +75,8 @@ class ShowGraphCallback(Callback):
         self.nb_batches, self.valid_losses, self._handle = [], [], None
         self.fig = _figure_class()(figsize=(6, 4))
         ax = self.fig.add_subplot()
-        (self._train_line,) = ax.plot([], [], label="train")
-        (self._valid_line,) = ax.plot([], [], marker="o", label="valid")
-        ax.set_xlabel("batches")
-        ax.set_ylabel("loss")
+        (self._train_line,) = ax.plot([], [], label="train")  # fastai's lines: plain, no axis labels
+        (self._valid_line,) = ax.plot([], [], label="valid")
         ax.legend(loc="upper right")
 
     def before_epoch(self) -> None:
