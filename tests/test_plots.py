@@ -77,6 +77,14 @@ def test_plot_loss_draws_fastais_lines_and_legend(trained: Learner) -> None:
     ax = trained.recorder.plot_loss(skip_start=100)
     assert [len(line.get_xdata()) for line in ax.get_lines()] == [0, 0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train", "valid"]
+    # log scales are set before the lines are drawn, as fastai's ax.loglog sets them: the same limits
+    ax = trained.recorder.plot_loss(skip_start=100, log=True, show_epochs=True)
+    _, expected = plt.subplots()
+    expected.loglog([], [])
+    for it in trained.recorder.iters:
+        expected.axvline(it)
+    expected.plot([], [])
+    assert (ax.get_xlim(), ax.get_ylim()) == (expected.get_xlim(), expected.get_ylim())
 
     def cancel(cb: Callback) -> None:
         if cb.epoch == 0:

@@ -80,10 +80,10 @@ def plot_loss(
         fig = ax.figure
     steps = list(range(skip_start, len(recorder.losses)))
     losses = [_float(x) for x in recorder.losses[skip_start:]]
-    ax.plot(steps, losses, label="train")
-    if log:
+    if log:  # before the line, as fastai's ax.loglog: the limits are then autoscaled on log axes
         ax.set_xscale("log")
         ax.set_yscale("log")
+    ax.plot(steps, losses, label="train")
     if show_epochs:
         for it in recorder.iters:
             ax.axvline(it, color="grey", linestyle=":")
