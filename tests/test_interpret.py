@@ -274,6 +274,17 @@ def test_plot_confusion_matrix(interp: ClassificationInterpretation, tmp_path: P
     assert {ij for ij, t in cells.items() if t.get_color() == "white"} == {(0, 1), (2, 1)}
 
 
+def test_plot_confusion_matrix_lays_out_before_its_axis_labels(interp: ClassificationInterpretation) -> None:
+    # fastai's tight_layout runs before the axis labels are set: the axes are where a layout without them puts them
+    fig = interp.plot_confusion_matrix()
+    (ax,) = fig.axes
+    drawn = ax.get_position().bounds
+    ax.set_xlabel("")
+    ax.set_ylabel("")
+    fig.tight_layout()
+    assert ax.get_position().bounds == pytest.approx(drawn)
+
+
 def test_plot_confusion_matrix_normalized(interp: ClassificationInterpretation) -> None:
     fig = interp.plot_confusion_matrix(normalize=True, title="rates", cmap="Reds", norm_dec=1)
     (ax,) = fig.axes

@@ -179,10 +179,10 @@ class ClassificationInterpretation(Interpretation):
                 color = "white" if value > threshold else "black"  # light text on the dark cells
                 ax.text(j, i, text, horizontalalignment="center", verticalalignment="center", color=color)
         ax.set_ylim(len(self.vocab) - 0.5, -0.5)
+        fig.tight_layout()  # before the axis labels, as fastai's: the same layout
         ax.set_ylabel("Actual")
         ax.set_xlabel("Predicted")
         ax.grid(False)
-        fig.tight_layout()
         _save(fig, fname)
         return fig
 
