@@ -48,23 +48,23 @@ that docs/porting-from-fastai.md lists as deliberate is counted apart, under a `
   refused before it runs, so the Recorder keeps the previous fit's record that the plots after it draw (fastai's
   sweeps, then fails).
 
-Five ``kept: ...`` kinds are differences learnloop keeps that the porting guide does not list (yet):
+Five more documented kinds, the porting guide's bullet on the plots:
 
-- ``kept: plotting an empty record is a ValueError``: ``plot_loss`` without losses or ``plot_lr_find`` without
-  learning rates (after ``validate()`` or ``get_preds()``, which start the Recorder's record again in both
+- ``documented: plotting an empty record is a ValueError``: ``plot_loss`` without losses or ``plot_lr_find``
+  without learning rates (after ``validate()`` or ``get_preds()``, which start the Recorder's record again in both
   libraries) says there is nothing to plot; fastai's draws empty axes, or fails reading a row;
-- ``kept: a refused plot leaves no figure``: ``plot_sched`` of a key not scheduled raises fastai's KeyError before
-  it makes a figure (fastai's leaves the empty one open);
-- ``kept: ShowGraphCallback's figure is made at before_fit``: ``cb.fig`` (learnloop's own attribute) exists, empty,
-  when a fit ends before its first epoch does; fastai's graph is made at the first epoch's end;
-- ``kept: ShowGraphCallback bounds a diverged fit's graph by its finite losses``: fastai's y bound is then the NaN
-  or infinite loss, which leaves matplotlib's default limits;
-- ``kept: a nan row leaves the other cells' text colors as they are``: in a normalized confusion matrix with a
-  class absent from the targets, the cells above half the largest value are written in white; fastai's threshold
-  is then nan and every cell's text is black.
+- ``documented: a refused plot leaves no figure``: ``plot_sched`` of a key not scheduled raises fastai's KeyError
+  before it makes a figure (fastai's leaves the empty one open);
+- ``documented: ShowGraphCallback's figure is made at before_fit``: ``cb.fig`` (learnloop's own attribute)
+  exists, empty, when a fit ends before its first epoch does; fastai's graph is made at the first epoch's end;
+- ``documented: ShowGraphCallback bounds a diverged fit's graph by its finite losses``: fastai's y bound is then
+  the NaN or infinite loss, which leaves matplotlib's default limits;
+- ``documented: a nan row leaves the other cells' text colors as they are``: in a normalized confusion matrix with
+  a class absent from the targets, the cells above half the largest value are written in white; fastai's
+  threshold is then nan and every cell's text is black.
 
-These leave the rest comparable: the comparison goes on past them, and the scenario counts under one (a kept one
-first, the return values last) only when nothing else differs. A run still going after 30 s is stopped
+These leave the rest comparable: the comparison goes on past them, and the scenario counts under one (the return
+values last) only when nothing else differs. A run still going after 30 s is stopped
 (``fastai hangs`` is skipped, ``learnloop hangs`` a diff)."""
 
 from __future__ import annotations
@@ -466,11 +466,11 @@ def compare(fa: dict[str, Any], ll: dict[str, Any]) -> Iterator[tuple[int, str, 
 DOC_RETURNS = "documented: the plots return what they draw"
 DOC_VALID_COL = "documented: plot_loss and ShowGraphCallback read the valid_loss column"
 DOC_NAN_SWEEP = "documented: the lr finder stops at a NaN loss"
-KEPT_EMPTY = "kept: plotting an empty record is a ValueError"
-KEPT_NO_FIGURE = "kept: a refused plot leaves no figure"
-KEPT_EMPTY_GRAPH = "kept: ShowGraphCallback's figure is made at before_fit"
-KEPT_NAN_COLORS = "kept: a nan row leaves the other cells' text colors as they are"
-KEPT_DIVERGED_GRAPH = "kept: ShowGraphCallback bounds a diverged fit's graph by its finite losses"
+DOC_EMPTY = "documented: plotting an empty record is a ValueError"
+DOC_NO_FIGURE = "documented: a refused plot leaves no figure"
+DOC_EMPTY_GRAPH = "documented: ShowGraphCallback's figure is made at before_fit"
+DOC_NAN_COLORS = "documented: a nan row leaves the other cells' text colors as they are"
+DOC_DIVERGED_GRAPH = "documented: ShowGraphCallback bounds a diverged fit's graph by its finite losses"
 DOC_SWEEP_REFUSED = "documented: lr_find checks suggest_funcs before the sweep"
 RETURNING = ("plot_sched", "plot_lr_find", "confusion", "color_dim", "layer_stats")
 
@@ -494,10 +494,10 @@ def classify(sc: dict[str, Any], fa: dict[str, Any], ll: dict[str, Any], call: i
     if cancelled and (op == "plot_loss" or field.startswith("graph")) and (".lines" in field or "lim" in field):
         return DOC_VALID_COL  # another value plotted, so other limits too
     if field == "figures" and fa["calls"][call]["error"] is not None:
-        return KEPT_NO_FIGURE
+        return DOC_NO_FIGURE
     if field == "graph" and fa["calls"][call]["graph"] is None and not any(
             line["x"] for ax in ll["calls"][call]["graph"]["axes"] for line in ax["lines"]):
-        return KEPT_EMPTY_GRAPH
+        return DOC_EMPTY_GRAPH
     refused = [i for i in range(call) if ops[i]["op"] == "lr_find" and fa["calls"][i]["error"] is not None
                and not fa["calls"][i]["error"]["injected"]]
     if refused and op in ("plot_lr_find", "plot_loss", "plot_sched"):
@@ -505,13 +505,13 @@ def classify(sc: dict[str, Any], fa: dict[str, Any], ll: dict[str, Any], call: i
     if field.startswith("graph") and ".ylim" in field and any(
             not math.isfinite(y) for ax in fa["calls"][call]["graph"]["axes"] for line in ax["lines"]
             for y in line["y"]):
-        return KEPT_DIVERGED_GRAPH
+        return DOC_DIVERGED_GRAPH
     if op == "confusion" and ".texts" in field and ops[call]["kw"]["normalize"] and any(
             t[1] == "nan" for ax in fa["calls"][call]["figures"][0]["axes"] for t in ax["texts"]):
-        return KEPT_NAN_COLORS
+        return DOC_NAN_COLORS
     ll_err = ll["calls"][call]["error"] if call >= 0 else None
     if field == "error" and fa["calls"][call]["error"] is None and ll_err and "Nothing to plot" in ll_err["text"]:
-        return KEPT_EMPTY
+        return DOC_EMPTY
     if op == "plot_lr_find" or (op == "lr_find" and field.startswith("figures")):
         last_sweep = max((i for i in range(call + 1) if ops[i]["op"] == "lr_find"), default=None)
         if last_sweep is not None and fa["calls"][last_sweep]["lr_find_nan"]:
@@ -543,7 +543,7 @@ def check(seed: int) -> dict[str, Any]:
     skipped: dict[str, Any] | None = None
     for call, field, desc in compare(fa, ll):
         kind = classify(sc, fa, ll, call, field)
-        if kind.startswith(("documented", "kept")):
+        if kind.startswith("documented"):
             found.append(kind)
             continue
         fa_err = fa["build_error"] if call < 0 else fa["calls"][call]["error"]
@@ -556,8 +556,8 @@ def check(seed: int) -> dict[str, Any]:
         return {"seed": seed, "status": "diff", "kind": kind, "first_diff": desc[:400]}
     if skipped:
         return skipped
-    if found:  # the kind a seed counts under: a kept one first, then a documented one, the return values last
-        kind = min(found, key=lambda k: (k == DOC_RETURNS, k.startswith("documented")))
+    if found:  # the kind a seed counts under: the return values last
+        kind = min(found, key=lambda k: k == DOC_RETURNS)
         return {"seed": seed, "status": "diff", "kind": kind, "first_diff": ""}
     return {"seed": seed, "status": "same", "kind": "", "first_diff": ""}
 
