@@ -225,6 +225,12 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         learn.fit(2)
         result["accumulate"] = summary(learn) | {"allreduce_calls": len(calls), "batches": 2 * len(learn.dls.train)}
 
+        # accumulation by samples: n_acc counts those of the global batch (each rank holds half of it), so both ranks
+        # step where one process steps
+        learn = split_batch(make_learner(per_rank_bs, work, cbs=GradientAccumulation(n_acc=3 * GLOBAL_BS)))
+        learn.fit(2)
+        result["accumulate_samples"] = summary(learn)
+
         # shuffled training data: ranks read disjoint items, the same order on every rank, new each epoch (rank 0
         # also reads a batch of its own at the end of each epoch, which asks the other rank nothing)
         record = Record()

@@ -286,7 +286,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 15  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 16  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -345,6 +345,14 @@ def test_gradient_accumulation_skips_the_all_reduce_of_micro_batches(
         acc = rank["accumulate"]
         assert acc["allreduce_calls"] == acc["batches"] // 2  # one bucket per step, none for micro-batches
         assert _close(acc["params"], worker.params(ref))
+
+
+def test_gradient_accumulation_by_samples_counts_the_global_batch(ddp_run: dict[str, Any], tmp_path: Path) -> None:
+    # Each rank counted its own half of the batch: it stepped every 6 batches instead of 3, its loss scaled by 6.
+    ref = _reference(tmp_path, 2, GradientAccumulation(n_acc=3 * worker.GLOBAL_BS))
+    for rank in ddp_run["ranks"]:
+        assert _close(rank["accumulate_samples"]["params"], worker.params(ref))
+        assert _close(rank["accumulate_samples"]["losses"], [float(t) for t in ref.recorder.losses])
 
 
 def test_shuffled_training_data_is_split_and_reshuffled_each_epoch(ddp_run: dict[str, Any]) -> None:

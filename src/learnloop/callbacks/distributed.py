@@ -109,11 +109,19 @@ class DistributedTrainer(Callback):
         self._saved: dict[str, Any] = {}
         self._no_sync = ExitStack()
         self._loss_mark = 0  # recorder.losses before this index have been averaged over ranks
+        self._batch_split = 1  # ranks sharing each training batch: the world size once split_batch split the loader
         self._grad_sync: bool | None = None  # FSDP's gradient reduction switch, as last set
         self._sharded = False  # the model is sharded with fully_shard (fsdp=True, or by you before the fit)
         self._seed_due = False  # the loop's next read of the training share agrees on the epoch's shuffling seed
         self._seed = 0  # the seed agreed on for this epoch
         self._warned: set[str] = set()
+
+    @property
+    def batch_split(self) -> int:
+        """How many ranks share each training batch: the world size while a fit reads a training loader this trainer
+        split (``split_batch=True``), else 1. GradientAccumulation multiplies a batch's size by it, so that ``n_acc``
+        counts the samples of the global batch, as in one process."""
+        return self._batch_split
 
     # --------------------------------------------------------------- lifecycle
     def after_create(self) -> None:
@@ -179,7 +187,7 @@ class DistributedTrainer(Callback):
                 for original, copy in self._shards:
                     if dl is copy:
                         loaders[i] = original
-        self._shards = []
+        self._shards, self._batch_split = [], 1
         if "logger" in self._saved:
             learn.logger = self._saved.pop("logger")
         if "device" in self._saved:
@@ -270,6 +278,8 @@ class DistributedTrainer(Callback):
         )
         copy = shard_loader(dl, D.rank(), D.world_size(), train=train, split_batch=self.split_batch and not remade,
                             agree_seed=self._agree_seed)
+        if train and self.split_batch and not remade:
+            self._batch_split = D.world_size()
         self._shards.append((dl, copy))
         return copy
 

@@ -82,6 +82,9 @@ class GradientAccumulation(Callback):
     batch but only the values at the stepping batches are used, and those sample the whole schedule,
     so a one-cycle spans the fit whatever ``n_acc``. Accumulation micro-batches are not skipped steps.
 
+    In a distributed fit with ``DistributedTrainer(split_batch=True)``, ``n_acc`` counts the samples of the global
+    batch (every rank's share), so the ranks step where one process would.
+
     >>> learn.fit(1, cbs=GradientAccumulation(n_acc=64))   # batches of 16: one step every 4 batches
     """
 
@@ -109,11 +112,17 @@ class GradientAccumulation(Callback):
 
     def _amount(self) -> int:
         """What the current batch adds to ``count``: one batch, or its number of samples."""
-        return 1 if self.n_steps is not None else batch_size(self.learn.yb)
+        return 1 if self.n_steps is not None else self._samples()
 
     def _divisor(self) -> float:
         """What the current batch's ``loss_grad`` is divided by: ``n_steps``, or ``n_acc / bs``."""
-        return self.n_steps if self.n_steps is not None else self.n_acc / batch_size(self.learn.yb)
+        return self.n_steps if self.n_steps is not None else self.n_acc / self._samples()
+
+    def _samples(self) -> int:
+        """The current batch's number of samples: of the global batch when ``DistributedTrainer(split_batch=True)``
+        gave each rank a part of it (each rank then steps where one process would), else of this rank's batch."""
+        trainer = getattr(self.learn, "distributed_trainer", None)
+        return batch_size(self.learn.yb) * getattr(trainer, "batch_split", 1)
 
     def before_fit(self) -> None:
         if not self.learn._nested_run:  # a validate() inside the fit: the accumulation in progress carries on
