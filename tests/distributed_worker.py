@@ -22,6 +22,7 @@ from learnloop import (
     Callback,
     CancelTrainException,
     CancelValidException,
+    CheckpointCallback,
     CSVLogger,
     DataLoaders,
     DistributedTrainer,
@@ -35,6 +36,7 @@ from learnloop import (
     mae,
     rmse,
 )
+from learnloop.callbacks.checkpointing import checkpoint_files
 from learnloop.optimizer import SGD, Adam
 
 torch.set_num_threads(1)
@@ -230,6 +232,16 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         learn = split_batch(make_learner(per_rank_bs, work, cbs=GradientAccumulation(n_acc=3 * GLOBAL_BS)))
         learn.fit(2)
         result["accumulate_samples"] = summary(learn)
+
+        # checkpoints inside the epochs, and a fit resumed from one in epoch 1: it ends as the fit it was saved from,
+        # its smoothed losses the job's (rank 0 saved its own, and both ranks carried on from them)
+        ckpt_work = work / "ckpt"
+        learn = split_batch(make_learner(per_rank_bs, ckpt_work, cbs=CheckpointCallback(every_n_iters=3)))
+        learn.fit(2)
+        saved = [f for f in checkpoint_files(ckpt_work / "models" / "checkpoints") if "epoch1_batch" in f.name][0]
+        resumed = split_batch(make_learner(per_rank_bs, ckpt_work, cbs=CheckpointCallback(every_n_iters=3)))
+        resumed.fit(2, resume=saved)
+        result["checkpointed"], result["resumed"] = summary(learn), summary(resumed) | {"from": saved.name}
 
         # shuffled training data: ranks read disjoint items, the same order on every rank, new each epoch (rank 0
         # also reads a batch of its own at the end of each epoch, which asks the other rank nothing)

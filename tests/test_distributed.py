@@ -286,7 +286,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 16  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 18  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -353,6 +353,20 @@ def test_gradient_accumulation_by_samples_counts_the_global_batch(ddp_run: dict[
     for rank in ddp_run["ranks"]:
         assert _close(rank["accumulate_samples"]["params"], worker.params(ref))
         assert _close(rank["accumulate_samples"]["losses"], [float(t) for t in ref.recorder.losses])
+
+
+def test_a_fit_resumed_from_a_checkpoint_inside_an_epoch_ends_as_the_fit_it_was_saved_from(
+    ddp_run: dict[str, Any], tmp_path: Path
+) -> None:
+    # Rank 0 saved its own smoothed losses (the ranks' are averaged at the end of the phase), and the resumed ranks
+    # carried on from them: the resumed epoch's train_loss and losses were rank 0's, not the job's.
+    ref = _reference(tmp_path, 2, None)
+    for rank in ddp_run["ranks"]:
+        done, resumed = rank["checkpointed"], rank["resumed"]
+        assert "_epoch1_batch" in resumed["from"]  # inside the second epoch
+        assert resumed["values"] == done["values"] and resumed["losses"] == done["losses"]
+        assert resumed["params"] == done["params"]
+        assert _close(done["losses"], [float(t) for t in ref.recorder.losses])
 
 
 def test_shuffled_training_data_is_split_and_reshuffled_each_epoch(ddp_run: dict[str, Any]) -> None:

@@ -159,7 +159,12 @@ class CheckpointCallback(Callback):
 
     def after_batch(self) -> None:
         learn = self.learn
-        if self._interrupted or (self.every_n_iters is not None and learn.train_iter % self.every_n_iters == 0):
+        periodic = self.every_n_iters is not None and learn.train_iter % self.every_n_iters == 0
+        if periodic:  # every rank of a distributed fit is here at the same batch
+            agree = getattr(getattr(learn, "distributed_trainer", None), "agree_on_losses", None)
+            if callable(agree):
+                agree()  # the job's smoothed losses, not rank 0's own, in what rank 0 writes
+        if self._interrupted or periodic:
             self.save(self._position(epoch=self._epoch, batch=learn.iter + 1))
         if self._interrupted:
             self._stop()

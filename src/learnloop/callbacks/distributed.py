@@ -293,6 +293,15 @@ class DistributedTrainer(Callback):
         self._seed = int(D.broadcast_object(seed))
         return self._seed
 
+    def agree_on_losses(self) -> None:
+        """Average over the ranks the smoothed training losses recorded since the last average, after raising a
+        cancel another rank raised (as before any collective). CheckpointCallback calls it on every rank before a
+        checkpoint inside a training phase, so that the checkpoint rank 0 writes holds the job's losses and running
+        average, which every rank resumes from, and not rank 0's own."""
+        if self._active and self._wrapped and self.learn.training:
+            self._cancels.ask()
+            self._loss_mark = average_losses(self.learn, self._loss_mark)
+
     def before_batch(self) -> None:
         if not self._active:
             return
