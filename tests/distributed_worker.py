@@ -38,6 +38,7 @@ from learnloop import (
 )
 from learnloop.callbacks.checkpointing import checkpoint_files
 from learnloop.optimizer import SGD, Adam
+from learnloop.resume import read_position
 
 torch.set_num_threads(1)
 
@@ -242,6 +243,19 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         resumed = split_batch(make_learner(per_rank_bs, ckpt_work, cbs=CheckpointCallback(every_n_iters=3)))
         resumed.fit(2, resume=saved)
         result["checkpointed"], result["resumed"] = summary(learn), summary(resumed) | {"from": saved.name}
+
+        # ... and with gradient accumulation: the end of epoch 0 (8 batches) falls in the middle of an accumulation of
+        # 3, each rank's gradients its own until the step's all-reduce (rank 0 saved its own, which both resumed from)
+        acc_work = work / "ckpt_acc"
+        cbs = [CheckpointCallback(), GradientAccumulation(n_steps=3)]
+        learn = split_batch(make_learner(per_rank_bs, acc_work, cbs=cbs))
+        learn.fit(2)
+        saved = checkpoint_files(acc_work / "models" / "checkpoints")[0]
+        result["accumulating_from"] = [saved.name, read_position(saved).train_iter]
+        cbs = [CheckpointCallback(), GradientAccumulation(n_steps=3)]
+        resumed = split_batch(make_learner(per_rank_bs, acc_work, cbs=cbs))
+        resumed.fit(2, resume=saved)
+        result["accumulating"], result["resumed_accumulating"] = summary(learn), summary(resumed)
 
         # shuffled training data: ranks read disjoint items, the same order on every rank, new each epoch (rank 0
         # also reads a batch of its own at the end of each epoch, which asks the other rank nothing)

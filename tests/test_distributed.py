@@ -286,7 +286,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 18  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 20  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -367,6 +367,18 @@ def test_a_fit_resumed_from_a_checkpoint_inside_an_epoch_ends_as_the_fit_it_was_
         assert resumed["values"] == done["values"] and resumed["losses"] == done["losses"]
         assert resumed["params"] == done["params"]
         assert _close(done["losses"], [float(t) for t in ref.recorder.losses])
+
+
+def test_a_fit_resumed_in_the_middle_of_a_gradient_accumulation_ends_as_the_fit_it_was_saved_from(
+    ddp_run: dict[str, Any],
+) -> None:
+    # Each rank's gradients are its own until the step's all-reduce: rank 0 saved its own, both ranks resumed from
+    # them, and the step averaged rank 0's twice.
+    for rank in ddp_run["ranks"]:
+        done, resumed = rank["accumulating"], rank["resumed_accumulating"]
+        assert rank["accumulating_from"][1] % 3  # saved with 1 or 2 of the 3 micro-batches accumulated
+        assert resumed["params"] == done["params"]
+        assert resumed["values"] == done["values"] and resumed["losses"] == done["losses"]
 
 
 def test_shuffled_training_data_is_split_and_reshuffled_each_epoch(ddp_run: dict[str, Any]) -> None:

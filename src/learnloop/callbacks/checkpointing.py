@@ -36,6 +36,14 @@ __all__ = ["CheckpointCallback", "checkpoint_files", "latest_checkpoint", "resol
 DEFAULT_FOLDER = "checkpoints"  # under learn.path / learn.model_dir
 
 
+def _agree_before_saving(learn: Learner) -> None:
+    """In a distributed fit, the job's state (smoothed losses, the gradients of an accumulation in progress) rather
+    than rank 0's own in the checkpoint rank 0 writes: a collective, so every rank calls it at the same point."""
+    agree = getattr(getattr(learn, "distributed_trainer", None), "agree_before_checkpoint", None)
+    if callable(agree):
+        agree()
+
+
 def _pattern(fname: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(fname)}_(\d+)_epoch\d+_(?:batch\d+|end)(_inexact)?\.pth$")
 
@@ -161,9 +169,7 @@ class CheckpointCallback(Callback):
         learn = self.learn
         periodic = self.every_n_iters is not None and learn.train_iter % self.every_n_iters == 0
         if periodic:  # every rank of a distributed fit is here at the same batch
-            agree = getattr(getattr(learn, "distributed_trainer", None), "agree_on_losses", None)
-            if callable(agree):
-                agree()  # the job's smoothed losses, not rank 0's own, in what rank 0 writes
+            _agree_before_saving(learn)
         if self._interrupted or periodic:
             self.save(self._position(epoch=self._epoch, batch=learn.iter + 1))
         if self._interrupted:
@@ -172,6 +178,8 @@ class CheckpointCallback(Callback):
     def after_epoch(self) -> None:
         if not self._epoch_trained:
             return  # validate(), or an epoch skipped by start_epoch
+        if self.every_epoch:  # every rank of a distributed fit is here
+            _agree_before_saving(self.learn)
         if self.every_epoch or self._interrupted:
             self.save(self._position(epoch=self._epoch + 1, batch=0))
         if self._interrupted:

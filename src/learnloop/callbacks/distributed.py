@@ -293,14 +293,24 @@ class DistributedTrainer(Callback):
         self._seed = int(D.broadcast_object(seed))
         return self._seed
 
-    def agree_on_losses(self) -> None:
-        """Average over the ranks the smoothed training losses recorded since the last average, after raising a
-        cancel another rank raised (as before any collective). CheckpointCallback calls it on every rank before a
-        checkpoint inside a training phase, so that the checkpoint rank 0 writes holds the job's losses and running
-        average, which every rank resumes from, and not rank 0's own."""
-        if self._active and self._wrapped and self.learn.training:
-            self._cancels.ask()
+    def agree_before_checkpoint(self) -> None:
+        """Make what rank 0 is about to save the job's: CheckpointCallback calls it on every rank before a checkpoint
+        at a batch or at the end of an epoch. A cancel another rank raised is raised here (as before any collective);
+        the smoothed training losses recorded since the last average are averaged over the ranks, and so are the
+        gradients of an accumulation in progress (each rank's own until the step's all-reduce, which then gives what
+        it would have given). Every rank resumes from rank 0's checkpoint, so it must not hold rank 0's own values."""
+        if not (self._active and self._wrapped):
+            return
+        self._cancels.ask()
+        if self.learn.training:
             self._loss_mark = average_losses(self.learn, self._loss_mark)
+        accumulation = getattr(self.learn, "gradient_accumulation", None)
+        if self.ddp is not None and isinstance(accumulation, GradientAccumulation) and accumulation.count:
+            grads = [p.grad for p in self.ddp.module.parameters() if p.grad is not None]
+            if grads:
+                total = D.all_reduce_sum(torch.cat([g.detach().reshape(-1).double() for g in grads]))
+                for g, mean in zip(grads, (total / D.world_size()).split([g.numel() for g in grads]), strict=True):
+                    g.copy_(mean.view_as(g))
 
     def before_batch(self) -> None:
         if not self._active:
