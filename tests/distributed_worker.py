@@ -257,6 +257,17 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         resumed.fit(2, resume=saved)
         result["accumulating"], result["resumed_accumulating"] = summary(learn), summary(resumed)
 
+        # ... and with each rank reading its half of the items (no split_batch, the default): the checkpoint counts
+        # the rank's 4 batches an epoch, the resume's check the 8 of the loader as built (it was refused)
+        shard_work = work / "ckpt_shard"
+        learn = make_learner(per_rank_bs, shard_work, cbs=CheckpointCallback(every_n_iters=3))
+        learn.fit(2)
+        saved = [f for f in checkpoint_files(shard_work / "models" / "checkpoints") if "epoch1_batch" in f.name][0]
+        resumed = make_learner(per_rank_bs, shard_work, cbs=CheckpointCallback(every_n_iters=3))
+        resumed.fit(2, resume=saved)
+        result["shard_checkpointed"] = summary(learn) | {"batches": len(learn.dls.train)}
+        result["shard_resumed"] = summary(resumed) | {"from": saved.name}
+
         # shuffled training data: ranks read disjoint items, the same order on every rank, new each epoch (rank 0
         # also reads a batch of its own at the end of each epoch, which asks the other rank nothing)
         record = Record()

@@ -286,7 +286,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 20  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 22  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -377,6 +377,18 @@ def test_a_fit_resumed_in_the_middle_of_a_gradient_accumulation_ends_as_the_fit_
     for rank in ddp_run["ranks"]:
         done, resumed = rank["accumulating"], rank["resumed_accumulating"]
         assert rank["accumulating_from"][1] % 3  # saved with 1 or 2 of the 3 micro-batches accumulated
+        assert resumed["params"] == done["params"]
+        assert resumed["values"] == done["values"] and resumed["losses"] == done["losses"]
+
+
+def test_a_fit_whose_ranks_read_their_share_of_the_items_resumes_from_inside_an_epoch(
+    ddp_run: dict[str, Any],
+) -> None:
+    # The checkpoint recorded a rank's batches per epoch (4) and the resume compared them with the loader as built
+    # (8): a CheckpointError for every mid-epoch checkpoint of the default DistributedTrainer(split_batch=False).
+    for rank in ddp_run["ranks"]:
+        done, resumed = rank["shard_checkpointed"], rank["shard_resumed"]
+        assert done["batches"] == 8 and "_epoch1_batch2" in resumed["from"]
         assert resumed["params"] == done["params"]
         assert resumed["values"] == done["values"] and resumed["losses"] == done["losses"]
 

@@ -83,6 +83,9 @@ class Position:
     train_iter: int
     stage: str | None = None  # which fit of a multi-fit policy (fine_tune) wrote it
     exact: bool = True  # False: written after an interrupt that stopped a batch midway (CheckpointCallback)
+    # The training loader's length as built, which a resume checks before the fit: in a distributed fit `n_iter` is
+    # the rank's share's. None in checkpoints from before it was recorded: `n_iter`.
+    data_len: int | None = None
 
     @property
     def mid_epoch(self) -> bool:
@@ -297,10 +300,11 @@ class ResumeState:
 
     def _check_data(self, learn: Learner) -> None:
         n_iter, pos = len(learn.dls.train), self.position
-        if n_iter == pos.n_iter:
+        saved = pos.n_iter if pos.data_len is None else pos.data_len
+        if n_iter == saved:
             return
         message = (
-            f"{self.path} was taken with {pos.n_iter} training batches per epoch, but the training data now "
+            f"{self.path} was taken with {saved} training batches per epoch, but the training data now "
             f"has {n_iter}"
         )
         if pos.mid_epoch:

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..callback import Callback, is_side_run
 from ..checkpoint import CheckpointError, is_checkpoint_writer
+from ..data import length
 from ..finite import all_finite, first_non_finite
 from ..resume import DataOrder, Position, save_training_checkpoint
 from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
@@ -42,6 +43,14 @@ def _agree_before_saving(learn: Learner) -> None:
     agree = getattr(getattr(learn, "distributed_trainer", None), "agree_before_checkpoint", None)
     if callable(agree):
         agree()
+
+
+def _built_train_length(learn: Learner) -> int | None:
+    """The batches of the training loader as it was built, before a DistributedTrainer gave this rank its share:
+    what a resume compares with the loader it is given, before its fit shards anything."""
+    dl = learn.dls.train
+    original = getattr(getattr(learn, "distributed_trainer", None), "original_loader", None)
+    return length(original(dl) if callable(original) else dl)
 
 
 def _pattern(fname: str) -> re.Pattern[str]:
@@ -221,6 +230,7 @@ class CheckpointCallback(Callback):
             train_iter=learn.train_iter,
             stage=getattr(learn, "_fit_stage", None),
             exact=exact,
+            data_len=_built_train_length(learn),
         )
 
     def save(self, position: Position) -> Path | None:

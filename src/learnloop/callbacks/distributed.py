@@ -293,6 +293,13 @@ class DistributedTrainer(Callback):
         self._seed = int(D.broadcast_object(seed))
         return self._seed
 
+    def original_loader(self, dl: Any) -> Any:
+        """The loader this rank's copy `dl` was made from in this fit (the one you built), else `dl` itself."""
+        for original, copy in self._shards:
+            if dl is copy:
+                return original
+        return dl
+
     def agree_before_checkpoint(self) -> None:
         """Make what rank 0 is about to save the job's: CheckpointCallback calls it on every rank before a checkpoint
         at a batch or at the end of an epoch. A cancel another rank raised is raised here (as before any collective);
