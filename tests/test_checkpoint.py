@@ -569,7 +569,7 @@ def test_sigint_finishes_the_batch_writes_a_checkpoint_and_stops(tmp_path: Path,
     last = latest_checkpoint(tmp_path / "run" / "models" / "checkpoints")
     assert last is not None
     position = _position(last)
-    assert position == Position(epoch=0, batch=4, n_epoch=3, n_iter=6, train_iter=4)  # exact, where Ctrl-C came
+    assert position == Position(epoch=0, batch=4, n_epoch=3, n_iter=6, train_iter=4, data_len=6)  # exact, where Ctrl-C came
     resumed = make_learner(path=tmp_path / "run")
     one_cycle(resumed, resume="latest")
     assert_same_run(full, resumed)  # a different process, bit for bit
@@ -595,7 +595,7 @@ def test_ctrl_c_in_process_is_deferred_to_the_end_of_the_batch(tmp_path: Path, f
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     files = checkpoint_files(tmp_path / "models" / "checkpoints")
     assert [f.name for f in files] == ["checkpoint_000001_epoch1_batch2.pth"]
-    assert _position(files[0]) == Position(epoch=1, batch=2, n_epoch=3, n_iter=6, train_iter=8)
+    assert _position(files[0]) == Position(epoch=1, batch=2, n_epoch=3, n_iter=6, train_iter=8, data_len=6)
     assert learn.dl is None and type(learn.loss_func).__name__ == "CrossEntropyLoss"  # after_fit's cleanup ran
     resumed = make_learner(path=tmp_path)
     one_cycle(resumed, resume="latest")

@@ -183,7 +183,7 @@ def test_a_resumed_fit_fires_only_what_is_left(full_run: tuple[Learner, list[Pat
     log = EventLog()
     resumed = make_learner()
     one_cycle(resumed, resume=files[9], cbs=log)  # epoch 1 after 3 batches
-    assert _position(files[9]) == Position(epoch=1, batch=3, n_epoch=3, n_iter=6, train_iter=9)
+    assert _position(files[9]) == Position(epoch=1, batch=3, n_epoch=3, n_iter=6, train_iter=9, data_len=6)
     events = log.events
     assert events[:4] == ["before_fit", "before_epoch", "before_train", "before_batch"]
     assert events.count("before_epoch") == 2 and events.count("after_train") == 2
@@ -247,7 +247,7 @@ def test_fine_tune_resumed_at_the_end_of_its_frozen_fit_resets_the_trackers_in_t
     full = make()
     tune(full, cbs=CheckpointCallback(keep_last=None, path=tmp_path))
     end_of_frozen = checkpoint_files(tmp_path)[0]
-    assert _position(end_of_frozen) == Position(1, 0, 1, 6, 6, stage="fine_tune:frozen")
+    assert _position(end_of_frozen) == Position(1, 0, 1, 6, 6, stage="fine_tune:frozen", data_len=6)
     resumed = make()
     tune(resumed, resume=end_of_frozen)
     assert len(resumed.recorder.values) == len(full.recorder.values) == 2  # stopped by its own epochs, not the frozen's
@@ -565,7 +565,7 @@ def test_an_uncertain_final_checkpoint_is_marked_and_latest_skips_it(tmp_path: P
     names = [f.name for f in checkpoint_files(folder)]
     assert names == ["checkpoint_000003_epoch0_end.pth", "checkpoint_000004_epoch1_batch2_inexact.pth"]
     inexact = folder / names[1]
-    assert _position(inexact) == Position(1, 2, 3, 6, 8, exact=False)
+    assert _position(inexact) == Position(1, 2, 3, 6, 8, exact=False, data_len=6)
     assert latest_checkpoint(folder) == folder / names[0]  # 'latest' is the newest exact checkpoint
     resumed = make_learner(path=tmp_path)
     one_cycle(resumed, resume="latest")
