@@ -268,6 +268,19 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         result["shard_checkpointed"] = summary(learn) | {"batches": len(learn.dls.train)}
         result["shard_resumed"] = summary(resumed) | {"from": saved.name}
 
+        # a rank's share of the training data with no full batch (12 items, 6 a rank, batches of 8 with drop_last;
+        # one process reads one): every rank says so, where the fit trained nothing and said nothing
+        x = torch.arange(48.0).reshape(12, 4)
+        ds = torch.utils.data.TensorDataset(x, x[:, :1])
+        loader = torch.utils.data.DataLoader(ds, batch_size=8, drop_last=True)
+        learn = Learner(DataLoaders(loader, torch.utils.data.DataLoader(ds, batch_size=8), device="cpu"),
+                        nn.Linear(4, 1), loss_func=nn.MSELoss(), path=work / "empty_share")
+        try:
+            learn.fit(1)
+            result["empty_share"] = None
+        except Exception as e:  # noqa: BLE001 - the test reads what it was
+            result["empty_share"] = f"{type(e).__name__}: {e}"
+
         # shuffled training data: ranks read disjoint items, the same order on every rank, new each epoch (rank 0
         # also reads a batch of its own at the end of each epoch, which asks the other rank nothing)
         record = Record()

@@ -286,7 +286,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 22  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 23  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -391,6 +391,16 @@ def test_a_fit_whose_ranks_read_their_share_of_the_items_resumes_from_inside_an_
         assert done["batches"] == 8 and "_epoch1_batch2" in resumed["from"]
         assert resumed["params"] == done["params"]
         assert resumed["values"] == done["values"] and resumed["losses"] == done["losses"]
+
+
+def test_a_ranks_share_of_the_training_data_without_a_batch_is_a_clear_error(ddp_run: dict[str, Any]) -> None:
+    for rank in ddp_run["ranks"]:
+        assert rank["empty_share"] == (
+            "DistributedError: This rank's share of the training data yields no batch: 12 items over 2 ranks are 6 per "
+            "rank, fewer than batch_size=8 with drop_last=True, where one process would read 1 batch(es). Use a "
+            "smaller batch size, drop_last=False or more data, or DistributedTrainer(split_batch=True) to divide "
+            "each batch between the ranks."
+        )
 
 
 def test_shuffled_training_data_is_split_and_reshuffled_each_epoch(ddp_run: dict[str, Any]) -> None:

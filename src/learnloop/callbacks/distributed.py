@@ -254,6 +254,7 @@ class DistributedTrainer(Callback):
         train = dls.train
         loaders = getattr(dls, "loaders", None)
         copy = self._shard(train, train=True)
+        _check_share_has_batches(train, copy, self.split_batch)
         if loaders is not None:  # swapped in for the fit, so len(dls.train) is this rank's number of batches
             loaders[:] = [copy if i == 0 else self._shard(dl, train=False) for i, dl in enumerate(loaders)]
 
@@ -459,3 +460,18 @@ def distrib_ctx(learn: Learner, timeout: timedelta | float | None = None, **kwar
         learn.add_cbs(others)
         if created:
             D.teardown()
+
+
+def _check_share_has_batches(train: Any, share: Any, split_batch: bool) -> None:
+    """Refuse a rank's share of the training data that yields no batch (the loader as built has some): the fit would
+    train nothing and say nothing. Every rank's share has the same number of batches, so every rank raises here."""
+    if share is train or not isinstance(share, torch.utils.data.DataLoader) or len(share) or not len(train):
+        return
+    items, per_rank = len(share.dataset), len(share.sampler)  # type: ignore[arg-type]
+    raise D.DistributedError(
+        f"This rank's share of the training data yields no batch: {items} items over {D.world_size()} ranks are "
+        f"{per_rank} per rank, fewer than batch_size={share.batch_size} with drop_last={share.drop_last}, where one "
+        f"process would read {len(train)} batch(es). Use a smaller batch size, drop_last=False or more data"
+        + ("." if split_batch else ", or DistributedTrainer(split_batch=True) to divide each batch between the ranks.")
+    )
+
