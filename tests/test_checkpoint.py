@@ -569,7 +569,8 @@ def test_sigint_finishes_the_batch_writes_a_checkpoint_and_stops(tmp_path: Path,
     last = latest_checkpoint(tmp_path / "run" / "models" / "checkpoints")
     assert last is not None
     position = _position(last)
-    assert position == Position(epoch=0, batch=4, n_epoch=3, n_iter=6, train_iter=4, data_len=6)  # exact, where Ctrl-C came
+    expected = Position(epoch=0, batch=4, n_epoch=3, n_iter=6, train_iter=4, data_len=6)
+    assert position == expected  # exact, where Ctrl-C came
     resumed = make_learner(path=tmp_path / "run")
     one_cycle(resumed, resume="latest")
     assert_same_run(full, resumed)  # a different process, bit for bit
