@@ -41,8 +41,9 @@ Recorder's values, losses, lrs and iters, the trackers' state, the training batc
 Documented differences (docs/distributed.md): BatchNorm statistics are per rank (rank 0's are kept), a metric that
 keeps neither ``total``/``count`` nor ``preds``/``targs`` is reported per rank, an evaluation loader is split in
 dataset order (a shuffled one that drops its last batch evaluates the items of its first full batches, one process
-a random subset). ``--set`` replaces fields of every
-configuration, to narrow a difference down.
+a random subset), and a rank's share of the training data without a batch is a DistributedError (the reference,
+which reads the ranks' batches one after the other, is then as empty: its ValueError). ``--set`` replaces fields of
+every configuration, to narrow a difference down.
 
 One JSON line per seed (``seed``, ``status``: same/documented/diff/error, ``first_diff``, ``documented``,
 ``max_weight_diff``, ``seconds``, ``config``) goes to ``--out`` (and stdout); a summary ends the run. One seed at a
@@ -717,6 +718,11 @@ def compare(c: Config, ref: dict[str, Any], ranks: list[dict[str, Any]], ref_fil
     diff = _compare(ref, ranks, ref_files, dist_files)
     if diff is None:
         return None, None
+    errors = [str(r.get("error") or "") for r in (ref, *ranks)]
+    if errors[0].startswith("ValueError: The training DataLoader is empty") and all(
+        e.startswith("DistributedError: This rank's share of the training data yields no batch") for e in errors[1:]
+    ):  # the reference reads the ranks' batches one after the other, so its loader is as empty as a share
+        return diff, "a rank's share of the training data without a batch is refused on every rank"
     if "per_rank" in c["metrics"]:  # reported per rank: each rank's own value (rank 0's in the files)
         for result, files in ((ref, ref_files), *((r, {}) for r in ranks), ({}, dist_files)):
             mask_per_rank(result, files)
