@@ -118,13 +118,16 @@ class GradientAccumulation(Callback):
         """What the current batch's ``loss_grad`` is divided by: ``n_steps``, or ``n_acc / bs``."""
         return self.n_steps if self.n_steps is not None else self.n_acc / self._samples()
 
+    _trainer: Any = None  # the fit's DistributedTrainer (None without one), looked up once a fit in before_fit
+
     def _samples(self) -> int:
         """The current batch's number of samples: of the global batch when ``DistributedTrainer(split_batch=True)``
         gave each rank a part of it (each rank then steps where one process would), else of this rank's batch."""
-        trainer = getattr(self.learn, "distributed_trainer", None)
-        return batch_size(self.learn.yb) * getattr(trainer, "batch_split", 1)
+        return batch_size(self.learn.yb) * (1 if self._trainer is None else self._trainer.batch_split)
 
     def before_fit(self) -> None:
+        # Not per batch: a name the learner lacks costs a few microseconds to look up (two exceptions).
+        self._trainer = getattr(self.learn, "distributed_trainer", None)
         if not self.learn._nested_run:  # a validate() inside the fit: the accumulation in progress carries on
             self.count = 0
 
