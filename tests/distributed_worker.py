@@ -175,6 +175,13 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         result["validate"] = learn.validate()
         preds, targs = learn.get_preds()
         result["preds"], result["targs"] = preds.reshape(-1).tolist(), targs.reshape(-1).tolist()
+        # get_preds (epoch 0 in its events) cancelled by rank 1 alone at its batch 1, then by rank 0 alone at its
+        # batch 2 (of 3; rank 1 has 2): every rank keeps the batches before the cancel, the items one process
+        # cancelled there gathers
+        for cancel_rank, it in ((1, 1), (0, 2)):
+            cancel = OnRank(cancel_rank, "before_batch", 0, it, _raise(CancelValidException), training=False)
+            gathered = learn.get_preds(cbs=cancel, with_input=True, with_loss=True)
+            result[f"cancelled_preds_{it}"] = [t.reshape(-1).tolist() for t in gathered]
         learn.save("final")
         result["loaded"] = params(learn.load("final"))
 
@@ -235,12 +242,15 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         result["accumulate_samples"] = summary(learn)
 
         # checkpoints inside the epochs, and a fit resumed from one in epoch 1: it ends as the fit it was saved from,
-        # its smoothed losses the job's (rank 0 saved its own, and both ranks carried on from them)
+        # its smoothed losses and training metrics the job's (rank 0 saved its own, and both ranks carried on from
+        # them)
         ckpt_work = work / "ckpt"
         learn = split_batch(make_learner(per_rank_bs, ckpt_work, cbs=CheckpointCallback(every_n_iters=3)))
+        learn.recorder.train_metrics = True
         learn.fit(2)
         saved = [f for f in checkpoint_files(ckpt_work / "models" / "checkpoints") if "epoch1_batch" in f.name][0]
         resumed = split_batch(make_learner(per_rank_bs, ckpt_work, cbs=CheckpointCallback(every_n_iters=3)))
+        resumed.recorder.train_metrics = True
         resumed.fit(2, resume=saved)
         result["checkpointed"], result["resumed"] = summary(learn), summary(resumed) | {"from": saved.name}
 

@@ -24,7 +24,7 @@ from torch.utils.data.distributed import DistributedSampler
 import distributed_worker as worker
 import learnloop.callbacks.distributed as dist_callbacks
 from conftest import synth_learner
-from learnloop import Callback, CSVLogger, GradientAccumulation, Learner, SaveModelCallback
+from learnloop import Callback, CancelValidException, CSVLogger, GradientAccumulation, Learner, SaveModelCallback
 from learnloop import distributed as D
 from learnloop.callback import noop
 from learnloop.callbacks.distributed import DistributedTrainer
@@ -275,6 +275,20 @@ def test_get_preds_and_validate_gather_every_rank_in_dataset_order(ddp_run: dict
         assert _close(rank["validate"], ref.validate())
 
 
+def test_get_preds_cancelled_on_one_rank_gathers_the_batches_before_the_cancel(
+    ddp_run: dict[str, Any], tmp_path: Path
+) -> None:
+    ref = _reference(tmp_path, 3, [CSVLogger(), SaveModelCallback()])
+    for it, n_items in ((1, 8), (2, 16)):  # one process cancelled at global batch 1 (of 8 items), or 2
+        cancel = worker.OnRank(0, "before_batch", 0, it, worker._raise(CancelValidException), training=False)
+        expected = [t.reshape(-1).tolist() for t in ref.get_preds(cbs=cancel, with_input=True, with_loss=True)]
+        assert len(expected[1]) == n_items
+        for rank in ddp_run["ranks"]:
+            got = rank[f"cancelled_preds_{it}"]
+            assert got[0] == expected[0] and got[2] == expected[2]  # inputs and targets, exactly, in order
+            assert _close(got[1], expected[1]) and _close(got[3], expected[3])
+
+
 def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[str, Any]) -> None:
     r0, r1 = ddp_run["ranks"]
     # rank 1 writes nothing but its own shards of FSDP checkpoints (torch.distributed.checkpoint)
@@ -359,14 +373,20 @@ def test_a_fit_resumed_from_a_checkpoint_inside_an_epoch_ends_as_the_fit_it_was_
     ddp_run: dict[str, Any], tmp_path: Path
 ) -> None:
     # Rank 0 saved its own smoothed losses (the ranks' are averaged at the end of the phase), and the resumed ranks
-    # carried on from them: the resumed epoch's train_loss and losses were rank 0's, not the job's.
-    ref = _reference(tmp_path, 2, None)
+    # carried on from them: the resumed epoch's train_loss and losses were rank 0's, not the job's. Likewise the
+    # running totals of the training metrics (mae, an average; rmse, of the whole set): rank 0's partial ones,
+    # which every rank then added to its own.
+    ref = worker.make_learner(worker.GLOBAL_BS, tmp_path)
+    ref.logger, ref.recorder.train_metrics = noop, True
+    ref.fit(2)
     for rank in ddp_run["ranks"]:
         done, resumed = rank["checkpointed"], rank["resumed"]
         assert "_epoch1_batch" in resumed["from"]  # inside the second epoch
         assert resumed["values"] == done["values"] and resumed["losses"] == done["losses"]
         assert resumed["params"] == done["params"]
         assert _close(done["losses"], [float(t) for t in ref.recorder.losses])
+        assert len(done["values"][1]) == 6  # train_loss, train_mae, train_rmse, valid_loss, valid_mae, valid_rmse
+        assert _close([v for row in done["values"] for v in row], [v for row in ref.recorder.values for v in row])
 
 
 def test_a_fit_resumed_in_the_middle_of_a_gradient_accumulation_ends_as_the_fit_it_was_saved_from(

@@ -272,6 +272,29 @@ def test_an_empty_loader_gives_nones_and_an_empty_list_of_losses_as_fastai() -> 
     assert gather.all_tensors() == [None, None, []]
 
 
+def test_keep_first_keeps_what_the_first_batches_gathered_as_a_cancel_there_would() -> None:
+    # DistributedTrainer's tool for a phase one rank cancelled: the batches are kept only when asked.
+    learn = small_learner()
+    gather = GatherPredsCallback(with_input=True)  # (validate's loss is reduced: no per-item losses to gather)
+    learn.validate(cbs=gather)
+    assert gather.batches_seen == 0  # keep_batches off: nothing held after the phase
+    gather.keep_batches = True
+    learn.validate(cbs=[gather, _CancelBatch("before_batch", -5)])  # batch 1 (items 4..7) never reached the model
+    assert gather.batches_seen == 3
+    gather.keep_first(2)
+    kept = torch.tensor([0, 1, 2, 3])
+    assert torch.equal(gather.inputs, X[kept]) and torch.equal(gather.preds, PREDS[kept])
+    assert torch.equal(gather.targets, Y[kept])
+    gather.keep_first(0)  # the batches are let go once cut: a second cut changes nothing
+    assert torch.equal(gather.preds, PREDS[kept]) and gather.batches_seen == 0
+    learn.validate(cbs=gather)
+    gather.keep_first(0)  # none of the batches: as a phase cancelled at its first batch
+    assert gather.all_tensors() == [None, None, None]
+    learn.validate(cbs=gather)
+    gather.forget_batches()
+    assert gather.batches_seen == 0 and torch.equal(gather.preds, PREDS)
+
+
 def test_gather_preds_callback_in_a_fit_gathers_the_validation_phases_only() -> None:
     learn = small_learner()
     gather = GatherPredsCallback(with_input=True)

@@ -79,10 +79,12 @@ class CancelAgreement:
             return True
         return False
 
-    def tell(self, phase: CancelLevel) -> None:
+    def tell(self, phase: CancelLevel) -> bool:
         """This rank cancelled `phase` (its ``after_cancel_*`` is running): tell the others, unless it did so
-        because another rank had; a bigger cancel from another rank meanwhile is raised here."""
-        if self._following == phase:  # raised (or fired) because of another rank: nothing to tell
+        because another rank had; a bigger cancel from another rank meanwhile is raised here. Returns whether the
+        cancel was this rank's own."""
+        own = self._following != phase
+        if not own:  # raised (or fired) because of another rank: nothing to tell
             self._following = CancelLevel.NONE
         else:
             code = CancelLevel(D.agree(phase))  # tell the others at once; they ask before their next collective
@@ -90,3 +92,4 @@ class CancelAgreement:
                 self._following = code
                 raise _PHASES[code].cancel
         self._agreed.add(phase)
+        return own

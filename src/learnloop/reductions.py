@@ -17,7 +17,7 @@ from .nested import map_tensors
 from .sharding import interleave
 from .warn import warn_caller
 
-__all__ = ["average_losses", "gather_preds", "reduce_metrics"]
+__all__ = ["average_losses", "combinable", "gather_preds", "hand_metrics_to_rank_zero", "reduce_metrics"]
 
 
 def reduce_metrics(metrics: Sequence[Any], warned: set[str] | None = None) -> None:
@@ -28,9 +28,7 @@ def reduce_metrics(metrics: Sequence[Any], warned: set[str] | None = None) -> No
     A torchmetrics metric (TorchMetric) syncs itself in ``compute()``. Any other metric keeps its
     own rank's value, with a warning (once per name when `warned` is given).
     """
-    # An average by its attributes, not their values' types: a rank that saw no batch may still hold the total its
-    # reset() set (0, an int, where the others hold tensors), and every rank must gather the same metrics.
-    means = [m for m in metrics if _is_number(getattr(m, "total", None)) and hasattr(m, "count")]
+    means = [m for m in metrics if _is_mean(m)]
     if means:
         # Gathered rather than all-reduced: a rank that saw no batch holds the total 0.0, whatever the shape of
         # the others' (a function of several values); summed in float64, in rank order, alike on every rank.
@@ -54,7 +52,7 @@ def reduce_metrics(metrics: Sequence[Any], warned: set[str] | None = None) -> No
     for m in metrics:
         if any(m is x for x in means):
             continue
-        if isinstance(getattr(m, "preds", None), list) and isinstance(getattr(m, "targs", None), list):
+        if _keeps_items(m):
             m.preds, m.targs = _gather_list(m.preds), _gather_list(m.targs)
         elif type(m).__name__ != "TorchMetric" and (warned is None or m.name not in warned):
             if warned is not None:
@@ -64,6 +62,34 @@ def reduce_metrics(metrics: Sequence[Any], warned: set[str] | None = None) -> No
                 "its own share of the data. Give it `total`/`count` (an average) or `preds`/`targs` lists "
                 "(a whole-set metric)."
             )
+
+
+def hand_metrics_to_rank_zero(metrics: Sequence[Any]) -> None:
+    """Leave rank 0 holding every rank's running totals of `metrics` so far and the other ranks none, for a checkpoint
+    in the middle of a phase: rank 0 writes it and every rank resumes from it (the others then start from nothing,
+    see Recorder.load_state_dict), while the run that goes on still counts each item once when the phase's end
+    sums the ranks' totals. Metrics that cannot be combined keep each rank's own."""
+    shared = [m for m in metrics if combinable(m)]
+    reduce_metrics(shared)
+    if D.rank() != 0:
+        for m in shared:
+            m.reset()
+
+
+def combinable(metric: Any) -> bool:
+    """Whether :func:`reduce_metrics` can combine `metric` over the ranks: an average (``total``/``count``) or a
+    whole-set metric (``preds``/``targs`` lists)."""
+    return _is_mean(metric) or _keeps_items(metric)
+
+
+def _is_mean(m: Any) -> bool:
+    # An average by its attributes, not their values' types: a rank that saw no batch may still hold the total its
+    # reset() set (0, an int, where the others hold tensors), and every rank must gather the same metrics.
+    return _is_number(getattr(m, "total", None)) and hasattr(m, "count")
+
+
+def _keeps_items(m: Any) -> bool:
+    return isinstance(getattr(m, "preds", None), list) and isinstance(getattr(m, "targs", None), list)
 
 
 def _is_number(x: Any) -> bool:

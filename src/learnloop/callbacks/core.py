@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import os
 from pathlib import Path
@@ -139,7 +140,9 @@ class _Gathered:
     """What one validation phase has gathered so far (a plain object: the writes of every batch skip
     `Callback.__setattr__`'s checks)."""
 
-    __slots__ = ("preds", "targets", "inputs", "losses", "last_pred", "last_loss", "xb", "extras", "pred_made")
+    __slots__ = (
+        "preds", "targets", "inputs", "losses", "last_pred", "last_loss", "xb", "extras", "pred_made", "iters", "seen"
+    )
 
     def __init__(self, pred: Any, loss: Any, extras: bool) -> None:
         self.preds: list[Any] = []
@@ -152,6 +155,8 @@ class _Gathered:
         self.xb: Any = None
         self.extras = extras  # inputs, losses or files to gather too
         self.pred_made = False  # after_pred reached this callback in the current batch
+        self.iters: list[int] = []  # the index in the phase of each batch gathered
+        self.seen = 0  # the batches whose after_batch reached this callback
 
 
 class GatherPredsCallback(Callback):
@@ -192,6 +197,9 @@ class GatherPredsCallback(Callback):
         self.inputs: Any = None
         self.losses: Any = None
         self._gathered: _Gathered | None = None  # from before_validate to after_validate
+        # keep_batches: after_validate keeps the phase's batches, for keep_first (DistributedTrainer sets it)
+        self.keep_batches = False
+        self._last_phase: _Gathered | None = None
         self.side_run = False  # get_preds' own gatherer: its run is no part of the training record (is_side_run)
 
     def before_validate(self) -> None:
@@ -222,9 +230,11 @@ class GatherPredsCallback(Callback):
         # The model ran if after_pred got here, or (a callback before this one cancelled the batch at after_pred)
         # if `pred` is a new object: a model may return the same object twice (its input, a buffer of its own).
         made, g.pred_made = g.pred_made, False
+        index, g.seen = g.seen, g.seen + 1
         if pred is None or (not made and pred is g.last_pred):
             return  # cancelled before the model ran: nothing of this batch to keep
         g.last_pred = pred
+        g.iters.append(index)
         pred, yb = _detach(pred), learn.yb
         if self.with_preds:
             g.preds.append(pred)
@@ -256,6 +266,10 @@ class GatherPredsCallback(Callback):
 
     def after_validate(self) -> None:
         g, self._gathered = self._gathered, None
+        self._last_phase = g if self.keep_batches else None
+        self._join(g)
+
+    def _join(self, g: _Gathered | None) -> None:
         if g is None:  # the phase was cancelled before this callback's before_validate
             self.preds = self.targets = self.inputs = self.losses = None
             return
@@ -265,6 +279,29 @@ class GatherPredsCallback(Callback):
         self.inputs = _concat(g.inputs, dim) if self.with_input else None
         # fastai's: no batch with targets gathered (an empty loader, say) leaves an empty list of losses
         self.losses = (_concat(_fill_missing_losses(g.losses)) if g.losses else []) if self.with_loss else None
+
+    @property
+    def batches_seen(self) -> int:
+        """How many batches of the last phase reached this callback's after_batch (kept with `keep_batches`)."""
+        g = self._last_phase
+        return 0 if g is None else g.seen
+
+    def keep_first(self, n_batches: int) -> None:
+        """Keep what the last phase gathered from its first `n_batches` batches only, as if the phase had been
+        cancelled there: a distributed phase that a rank cancelled, whose other ranks ran on (DistributedTrainer).
+        Needs `keep_batches`, set before the phase ended; forgets the phase's batches."""
+        g, self._last_phase = self._last_phase, None
+        if g is None:
+            return
+        kept = bisect.bisect_left(g.iters, n_batches)  # the gathered batches that come before batch `n_batches`
+        g.iters, g.seen = g.iters[:kept], min(g.seen, n_batches)
+        # Targets and losses are gathered for batches with targets only: all of them or none, in practice.
+        g.preds, g.targets, g.inputs, g.losses = g.preds[:kept], g.targets[:kept], g.inputs[:kept], g.losses[:kept]
+        self._join(g)
+
+    def forget_batches(self) -> None:
+        """Let go of the last phase's batches that `keep_batches` kept."""
+        self._last_phase = None
 
     def all_tensors(self) -> list[Any]:
         """What was gathered, as a list: `[inputs (with_input only), preds, targets, losses (with_loss only)]`

@@ -39,7 +39,7 @@ from .. import distributed as D
 from ..callback import Callback, noop
 from ..cancel_agreement import CancelAgreement, CancelLevel
 from ..fsdp import ShardModules, is_fsdp, reshard_optimizer, shard_model
-from ..reductions import average_losses, gather_preds, reduce_metrics
+from ..reductions import average_losses, gather_preds, hand_metrics_to_rank_zero, reduce_metrics
 from ..sharding import EvenBatches, ShardSampler, is_sharded, shard_loader
 from .progress import ProgressCallback
 from .training import GradientAccumulation
@@ -106,6 +106,7 @@ class DistributedTrainer(Callback):
         self._cancels = CancelAgreement()
         self._shards: list[tuple[Any, Any]] = []  # (original loader, this rank's copy), for this fit
         self._eval_sharded = False  # the loader being evaluated holds only this rank's share
+        self._valid_cancelled_here = False  # this rank raised the cancel of the validation phase in progress
         self._saved: dict[str, Any] = {}
         self._no_sync = ExitStack()
         self._loss_mark = 0  # recorder.losses before this index have been averaged over ranks
@@ -306,12 +307,17 @@ class DistributedTrainer(Callback):
         at a batch or at the end of an epoch. A cancel another rank raised is raised here (as before any collective);
         the smoothed training losses recorded since the last average are averaged over the ranks, and so are the
         gradients of an accumulation in progress (each rank's own until the step's all-reduce, which then gives what
-        it would have given). Every rank resumes from rank 0's checkpoint, so it must not hold rank 0's own values."""
+        it would have given); rank 0 takes over the running totals of the training metrics (the other ranks carry on
+        from none, and so do they on a resume). Every rank resumes from rank 0's checkpoint, so it must not hold
+        rank 0's own values."""
         if not (self._active and self._wrapped):
             return
         self._cancels.ask()
         if self.learn.training:
             self._loss_mark = average_losses(self.learn, self._loss_mark)
+            recorder = getattr(self.learn, "recorder", None)
+            if recorder is not None and recorder.train_metrics and not recorder.cancel_train:
+                hand_metrics_to_rank_zero(self.learn.metrics)
         accumulation = getattr(self.learn, "gradient_accumulation", None)
         if self.ddp is not None and isinstance(accumulation, GradientAccumulation) and accumulation.count:
             grads = [p.grad for p in self.ddp.module.parameters() if p.grad is not None]
@@ -375,6 +381,10 @@ class DistributedTrainer(Callback):
         if self._sharded and isinstance(dl, torch.utils.data.DataLoader) and isinstance(dl.sampler, ShardSampler):
             dl = EvenBatches(dl)
         learn.dl = dl
+        self._valid_cancelled_here = False
+        gather = getattr(learn, "gather_preds", None)
+        if gather is not None and self._eval_sharded:
+            gather.keep_batches = True  # a phase a rank cancels keeps the batches every rank got through
 
     def after_validate(self) -> None:
         if not self._active:
@@ -383,14 +393,28 @@ class DistributedTrainer(Callback):
         if self.ddp is not None and learn.model is self.ddp.module:
             learn.model = self.ddp
         self._end_of(CancelLevel.VALID)
+        if not self._eval_sharded:
+            return  # every rank saw all of it
         recorder = getattr(learn, "recorder", None)
-        if (recorder is not None and recorder.cancel_valid) or not self._eval_sharded:
-            return  # nothing to combine, or every rank saw all of it
-        if recorder is not None and recorder.valid_metrics:
-            reduce_metrics([recorder.loss, *learn.metrics], self._warned)
+        cancelled = recorder is not None and recorder.cancel_valid
         gather = getattr(learn, "gather_preds", None)
         if gather is not None:
+            if cancelled:
+                self._cut_cancelled(gather)
+            gather.keep_batches = False
+            gather.forget_batches()
             gather_preds(gather, in_order=self.shard_data)
+        if not cancelled and recorder is not None and recorder.valid_metrics:
+            reduce_metrics([recorder.loss, *learn.metrics], self._warned)
+
+    def _cut_cancelled(self, gather: Any) -> None:
+        """Cut the predictions of a validation phase a rank cancelled (a callback's CancelValidException) to the
+        batches before the one where it did (the first such rank's), on every rank: the other ranks, which learnt
+        of the cancel at the phase's end only, ran on through their shares. Each rank's share then holds the same
+        batches, as one process cancelled at that batch gathers, and they interleave."""
+        own = gather.batches_seen if self._valid_cancelled_here else None
+        reached = [n for n in D.all_gather_objects(own) if n is not None]
+        gather.keep_first(min(reached, default=gather.batches_seen))
 
     def after_epoch(self) -> None:
         if not self._active or getattr(self.learn, "_unwinding", False):
@@ -409,7 +433,7 @@ class DistributedTrainer(Callback):
 
     def after_cancel_validate(self) -> None:
         if self._active:
-            self._cancels.tell(CancelLevel.VALID)
+            self._valid_cancelled_here = self._cancels.tell(CancelLevel.VALID)
 
     def after_cancel_epoch(self) -> None:
         if self._active:

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from ..callback import Callback, is_side_run
-from ..distributed import is_rank_zero
+from ..distributed import is_rank_zero, rank
 from ..metrics import AvgLoss, AvgSmoothLoss, Metric
+from ..reductions import combinable
 from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 
 __all__ = ["Recorder", "format_time"]
@@ -354,8 +355,14 @@ class Recorder(Callback):
                 val = 0.0 if avg is None else float(avg) * (1 - self.smooth_loss.beta**count)
             self.smooth_loss.count, self.smooth_loss.val = count, torch.tensor(val, dtype=torch.float32)
         if learn is not None and state.get("train_metrics"):
+            # Every rank of a distributed fit resumes from rank 0's file, whose training metrics hold the job's totals
+            # (DistributedTrainer.agree_before_checkpoint): the other ranks' start from none.
+            others = rank() != 0
             for m, saved in zip(learn.metrics, state["train_metrics"], strict=False):
-                load_metric_state(m, saved, device)
+                if others and combinable(m):
+                    m.reset()
+                else:
+                    load_metric_state(m, saved, device)
 
     # ---- plots (learnloop.plots; matplotlib is imported on first use)
     def plot_loss(
