@@ -392,11 +392,10 @@ class DistributedTrainer(Callback):
         learn = self.learn
         if self.ddp is not None and learn.model is self.ddp.module:
             learn.model = self.ddp
-        self._end_of(CancelLevel.VALID)
+        cancelled = self._end_of(CancelLevel.VALID)  # on any rank
         if not self._eval_sharded:
             return  # every rank saw all of it
         recorder = getattr(learn, "recorder", None)
-        cancelled = recorder is not None and recorder.cancel_valid
         gather = getattr(learn, "gather_preds", None)
         if gather is not None:
             if cancelled:
