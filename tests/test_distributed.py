@@ -171,6 +171,27 @@ def test_single_process_runs_are_untouched(tmp_path: Path) -> None:
     assert explicit.recorder.values == learn.recorder.values
 
 
+def test_distrib_ctx_takes_fastais_in_notebook(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # fastai 2.8's `distrib_ctx(sync_bn=True, in_notebook=False, **kwargs)`: in_notebook reached DDP, a TypeError
+    # at the fit's start (a world of 1 standing in for a launch)
+    learn = worker.make_learner(8, tmp_path)
+    learn.logger = noop
+    with learn.distrib_ctx(in_notebook=True):  # in a single process too, as fastai's
+        pass
+    assert capsys.readouterr().out == "Training Learner...\n"
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(dist_callbacks.D, "is_distributed", lambda: True)
+        with learn.distrib_ctx(in_notebook=True):
+            learn.fit(1)
+        assert capsys.readouterr().out == "Training Learner...\n"
+        assert len(learn.recorder.values) == 1 and not hasattr(learn, "distributed_trainer")
+    finally:
+        D.teardown_distrib()
+
+
 def test_rank0_first_outside_a_launch_is_the_call(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert D.rank0_first(lambda a, b=0: a + b, 2, b=3) == 5

@@ -409,15 +409,20 @@ class Learner(Inference):
     # ---- distributed training (callbacks/distributed.py)
     @contextmanager
     def distrib_ctx(
-        self, split_batch: bool = False, sync_bn: bool = False, timeout: Any = None, **kwargs: Any
+        self, split_batch: bool = False, sync_bn: bool = False, timeout: Any = None, in_notebook: bool = False,
+        **kwargs: Any,
     ) -> Iterator[Learner]:
         """Train with DistributedDataParallel in the block when launched by torchrun (a no-op otherwise).
 
         `split_batch=True` divides the batch size between the processes; `timeout` (seconds or a timedelta)
-        bounds every collective. Other keywords go to `DistributedTrainer` (and on to DDP).
+        bounds every collective. `in_notebook=True` (fastai's, for processes started from a notebook) prints
+        "Training Learner..." on rank 0; the process group is set up as without it. Other keywords go to
+        `DistributedTrainer` (and on to DDP).
 
         >>> with learn.distrib_ctx():
         ...     learn.fit_one_cycle(3)
         """
         with _distrib_ctx(self, split_batch=split_batch, sync_bn=sync_bn, timeout=timeout, **kwargs):
+            if in_notebook and is_rank_zero():
+                print("Training Learner...")
             yield self
