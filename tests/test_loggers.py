@@ -385,6 +385,54 @@ def test_tensorboard_preds_histogram_and_graph(tmp_path: Path) -> None:
     assert "valid_preds" in found["histograms"] and found["graph"]
 
 
+def _image_learner(**kwargs: Any) -> Any:
+    from torch import nn
+
+    from learnloop import DataLoaders, Learner
+    from learnloop.callback import noop
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, 8, 8, generator=g)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    dls = DataLoaders.from_tensors(x[:24], y[:24], x[24:], y[24:], bs=6, shuffle=False, device="cpu")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()),
+                          nn.Sequential(nn.Flatten(), nn.Linear(144, 5), nn.ReLU()), nn.Linear(5, 2))
+    learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), lr=1e-2, **kwargs)
+    learn.logger = noop
+    return learn, x[24:], y[24:]
+
+
+def test_tensorboard_projector_writes_a_layers_validation_outputs_each_epoch(tmp_path: Path) -> None:
+    # fastai's TensorBoardCallback(projector=True, layer=...): a missing keyword; fastai's files, byte for byte
+    # (sprite of the inputs rescaled to [0, 1] each), on image inputs
+    pytest.importorskip("tensorboard")
+    learn, x_valid, y_valid = _image_learner()
+    learn.fit(2, cbs=TensorBoardCallback(tmp_path, projector=True))  # fastai's default layer: model[1][1]
+    config = (tmp_path / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "default:00004"' in config and 'tensor_name: "default:00008"' in config
+    assert "single_image_dim: 8" in config and (tmp_path / "00008" / "default" / "sprite.png").exists()
+    rows = (tmp_path / "00008" / "default" / "tensors.tsv").read_text().splitlines()
+    model = learn.model
+    with torch.no_grad():
+        expected = model[1][1](model[1][0](model[0](x_valid)))
+    written = torch.tensor([[float(v) for v in row.split("\t")] for row in rows])
+    torch.testing.assert_close(written, expected)
+    assert all(not m._forward_hooks for m in model.modules())  # the hook is on for the validation phases only
+    learn.dls.vocab = ["neg", "pos"]
+    learn.fit(1, cbs=TensorBoardCallback(tmp_path / "named", projector=True, layer=model[1]))
+    names = (tmp_path / "named" / "00004" / "default" / "metadata.tsv").read_text().split()
+    assert names == [["neg", "pos"][int(i)] for i in y_valid]
+
+
+def test_tensorboard_projector_without_fastais_default_layer_says_to_pass_one(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    learn = synth_classif_learner()
+    with pytest.raises(TypeError, match=r"model\[1\]\[1\].*pass layer="):
+        learn.fit(1, cbs=TensorBoardCallback(tmp_path, projector=True))
+    assert learn.train_iter == 0  # refused before the first batch
+
+
 def test_tracing_does_not_change_training(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     plain = synth_classif_learner()

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..callback import Callback, is_side_run
 from ..checkpoint import atomic_write
-from ..distributed import is_rank_zero
+from ..distributed import is_rank_zero, unwrap_model
 from ..errors import ArgumentError
+from ..hooks import Hook, hook_output
 from .recorder import Recorder
 
 __all__ = ["CSVLogger", "TensorBoardCallback", "is_rank_zero"]
@@ -280,7 +282,11 @@ class TensorBoardCallback(Callback):
       'train_loss_epoch', not to mix with the per-batch curve);
     - `log_preds=True`: a histogram of the predictions (after the loss's activation) on the first
       validation batch of each epoch; `trace_model=True`: the model's graph, traced on the first
-      training batch.
+      training batch;
+    - `projector=True`: each epoch, the outputs of `layer` on the validation set, for TensorBoard's
+      projector (`add_embedding`), with the inputs as thumbnails when they are images (`(n, 1 or 3, H, W)`,
+      each rescaled to [0, 1]) and the targets' class names when you set `learn.dls.vocab`. `layer` defaults
+      to fastai's `model[1][1]` (a `vision_learner` model's pooling layer).
 
     Steps are `learn.train_iter`. The Recorder's smoothed losses are read `flush_every` batches at a
     time, so logging costs no host-device synchronisation per batch. The points not written yet are
@@ -292,10 +298,13 @@ class TensorBoardCallback(Callback):
 
     def __init__(
         self, log_dir: str | Path | None = None, trace_model: bool = False, log_preds: bool = False,
-        flush_every: int = 50,
+        flush_every: int = 50, projector: bool = False, layer: nn.Module | None = None,
     ) -> None:
         self._writer_class = _summary_writer_class()  # fail when created, not in the middle of a fit
         self.log_dir, self.trace_model, self.log_preds = log_dir, trace_model, log_preds
+        self.projector, self.layer = projector, layer
+        self._hook: Hook | None = None  # on the projected layer while a validation phase of the fit runs
+        self._embedding: list[tuple[torch.Tensor, torch.Tensor | None, Any]] = []  # (features, images, targets)
         self.flush_every = max(1, flush_every)
         self.writer: Any = None
         self._losses: list[tuple[int, int]] = []  # (step, index in `_history`) not written yet
@@ -311,6 +320,67 @@ class TensorBoardCallback(Callback):
         self._close()  # a fit that raised left its writer open
         self.run = not is_side_run(self.learn) and is_rank_zero()
         self._traced = False
+        if self.run and self.projector:
+            self._projected_layer()  # a model without fastai's default layer fails here, not after an epoch
+
+    def _projected_layer(self) -> nn.Module:
+        if self.layer is not None:
+            return self.layer
+        try:
+            layer = unwrap_model(self.learn.model)[1][1]  # type: ignore[index]  # fastai's: a vision_learner pooling layer
+        except (TypeError, IndexError, KeyError, AttributeError, NotImplementedError):
+            layer = None
+        if not isinstance(layer, nn.Module):
+            raise ArgumentError(
+                "TensorBoardCallback(projector=True) projects the outputs of `layer`, by default fastai's model[1][1] "
+                f"(a vision_learner model's pooling layer), which this {type(self.learn.model).__name__} does not "
+                "have: pass layer=<the module whose outputs to project>."
+            )
+        return layer
+
+    def before_validate(self) -> None:
+        if self.projector and self.writer is not None:
+            self._embedding = []
+            self._hook = hook_output(self._projected_layer(), cpu=True)
+
+    def after_pred(self) -> None:
+        hook, learn = self._hook, self.learn
+        if hook is None or learn.training or not isinstance(hook.stored, torch.Tensor):
+            return
+        feats = hook.stored.reshape(len(hook.stored), -1).float()
+        x = learn.xb[0] if learn.xb else None
+        images = None
+        if isinstance(x, torch.Tensor) and x.ndim == 4 and x.shape[1] in (1, 3) and len(x) == len(feats):
+            flat = x.detach().float().cpu().reshape(len(x), -1)
+            flat = flat - flat.min(1, keepdim=True)[0]
+            images = (flat / flat.max(1, keepdim=True)[0].clamp_min(1e-12)).reshape(x.shape)
+        y = learn.yb[0] if learn.yb else None
+        self._embedding.append((feats, images, y.detach().cpu() if isinstance(y, torch.Tensor) else None))
+
+    def after_validate(self) -> None:
+        if self._hook is None:
+            return
+        self._hook.remove()
+        self._hook = None
+        parts, self._embedding = self._embedding, []
+        if not parts or self.writer is None:
+            return
+        images = [p[1] for p in parts]
+        label_img = torch.cat(images) if all(i is not None for i in images) else None  # type: ignore[arg-type]
+        self.writer.add_embedding(
+            torch.cat([p[0] for p in parts]), metadata=self._class_names([p[2] for p in parts]), label_img=label_img,
+            global_step=self.learn.train_iter,
+        )
+
+    def _class_names(self, targets: list[Any]) -> list[Any] | None:
+        """The targets' names in `learn.dls.vocab` (the last of a list of lists) when set and they are class indices."""
+        vocab = getattr(self.learn.dls, "vocab", None)
+        if not vocab or any(not isinstance(t, torch.Tensor) or t.ndim != 1 or t.is_floating_point() for t in targets):
+            return None
+        if isinstance(vocab[0], (list, tuple)):
+            vocab = vocab[-1]
+        idxs = torch.cat(targets).tolist()
+        return [str(vocab[i]) if 0 <= i < len(vocab) else str(i) for i in idxs]
 
     def before_epoch(self) -> None:
         self._epoch_trained = False
@@ -397,6 +467,9 @@ class TensorBoardCallback(Callback):
         self._close()
 
     def _close(self) -> None:
+        if self._hook is not None:  # a fit that raised in its validation phase
+            self._hook.remove()
+            self._hook = None
         if self.writer is not None:
             self._write_losses()
             self.writer.close()
