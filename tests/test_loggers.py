@@ -13,7 +13,7 @@ import torch
 from conftest import debiased_ema, synth_classif_learner, synth_learner
 from learnloop import Callback, CancelFitException, CancelTrainException, CancelValidException, Recorder
 from learnloop.callbacks import BnFreeze, loggers
-from learnloop.callbacks.loggers import CSVLogger, TensorBoardCallback
+from learnloop.callbacks.loggers import CSVLogger, TensorBoardCallback, TensorBoardProjectorCallback
 from learnloop.metrics import accuracy
 
 
@@ -423,6 +423,18 @@ def test_tensorboard_projector_writes_a_layers_validation_outputs_each_epoch(tmp
     learn.fit(1, cbs=TensorBoardCallback(tmp_path / "named", projector=True, layer=model[1]))
     names = (tmp_path / "named" / "00004" / "default" / "metadata.tsv").read_text().split()
     assert names == [["neg", "pos"][int(i)] for i in y_valid]
+
+
+def test_tensorboard_projector_callback_writes_in_get_preds_only(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    learn, x_valid, _ = _image_learner()
+    cb = TensorBoardProjectorCallback(tmp_path, layer=learn.model[1][1])
+    learn.fit(1, cbs=cb)
+    assert not list(tmp_path.iterdir())  # a fit writes nothing (fastai's too)
+    preds, _ = learn.get_preds(cbs=cb)
+    rows = (tmp_path / "00000" / "default" / "tensors.tsv").read_text().splitlines()
+    assert len(rows) == len(x_valid) == len(preds) and (tmp_path / "00000" / "default" / "sprite.png").exists()
+    assert all(not m._forward_hooks for m in learn.model.modules())
 
 
 def test_tensorboard_projector_without_fastais_default_layer_says_to_pass_one(tmp_path: Path) -> None:

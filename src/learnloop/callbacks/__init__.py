@@ -15,7 +15,7 @@ from .ema import EMACallback
 from .fp16 import AMPMode, MixedPrecision
 from .graph import ShowGraphCallback
 from .hook import ActivationStats, HookCallback
-from .loggers import CSVLogger, TensorBoardCallback
+from .loggers import CSVLogger, TensorBoardCallback, TensorBoardProjectorCallback
 from .lr_finder import LRFinder
 from .mixed_loss import NoneReduce
 from .mixup import CutMix, MixHandler, MixUp
@@ -76,6 +76,7 @@ __all__ = [
     "ShowGraphCallback",
     "SkipToEpoch",
     "TensorBoardCallback",
+    "TensorBoardProjectorCallback",
     "TerminateOnNaNCallback",
     "TrackerCallback",
     "TrainEvalCallback",

@@ -25,7 +25,7 @@ from ..errors import ArgumentError
 from ..hooks import Hook, hook_output
 from .recorder import Recorder
 
-__all__ = ["CSVLogger", "TensorBoardCallback", "is_rank_zero"]
+__all__ = ["CSVLogger", "TensorBoardCallback", "TensorBoardProjectorCallback", "is_rank_zero"]
 
 
 def epoch_row(recorder: Recorder) -> list[Any]:
@@ -475,3 +475,23 @@ class TensorBoardCallback(Callback):
             self.writer.close()
             self.writer = None
         self._losses, self._history = [], []
+
+
+class TensorBoardProjectorCallback(TensorBoardCallback):
+    """fastai's: in `get_preds`, the outputs of `layer` on the loader for TensorBoard's projector, written as
+    `TensorBoardCallback(projector=True)` writes them (at step 0); it sits out `fit`, `validate()` and `lr_find()`.
+
+    >>> learn.get_preds(dl=test_dl, cbs=TensorBoardProjectorCallback("runs/emb", layer=learn.model[1]))
+    """
+
+    def __init__(self, log_dir: str | Path | None = None, layer: nn.Module | None = None) -> None:
+        super().__init__(log_dir, projector=True, layer=layer)
+
+    def before_fit(self) -> None:
+        self._close()
+        gather = getattr(self.learn, "gather_preds", None)
+        self.run = gather is not None and getattr(gather, "side_run", True) and not hasattr(self.learn, "lr_finder")
+        self.run = self.run and is_rank_zero()
+        if self.run:
+            self._projected_layer()
+            self.writer = self._writer_class(log_dir=None if self.log_dir is None else str(self.log_dir))
