@@ -98,3 +98,30 @@ def test_a_backward_through_a_frozen_model_says_so() -> None:
 def test_describe() -> None:
     assert describe(torch.zeros(2, 3, dtype=torch.int64)) == "(2, 3) int64"
     assert describe({"x": 1}) == "a dict" and describe(torch.zeros(1).numpy()) == "a numpy.ndarray"
+
+
+def test_a_loss_that_is_not_a_tensor_or_not_one_number_is_explained() -> None:
+    # fastai lets these through bare ("'float' object has no attribute 'clone'", "grad can be implicitly created only
+    # for scalar outputs"); the type and message stay torch's/Python's, the note says what the loss function returned.
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    learn = _learner([(x, y)], nn.Linear(4, 2), lambda pred, targ: 1.0)
+    with pytest.raises(AttributeError) as info:
+        learn.fit(1)
+    assert "the loss function returned a float, not a tensor" in _notes(info)
+    learn = _learner([(x, y)], nn.Linear(4, 2), nn.CrossEntropyLoss(reduction="none"))
+    with pytest.raises(RuntimeError, match="only for scalar outputs") as info:
+        learn.fit(1)
+    assert "the loss has shape (8,), but backward needs a single number" in _notes(info)
+
+
+def test_a_missing_loss_function_or_targets_that_are_not_tensors_are_explained() -> None:
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    learn = _learner([(x, y)], nn.Linear(4, 2), nn.CrossEntropyLoss())
+    learn.loss_func = None
+    with pytest.raises(TypeError, match="not callable") as info:
+        learn.validate(dl=[(x, y)])
+    assert "learn.loss_func is None" in _notes(info)
+    learn = _learner([(x, None)], nn.Linear(4, 2), CrossEntropyLossFlat())
+    with pytest.raises(AttributeError, match="'NoneType' object has no attribute") as info:  # fastai's error, kept
+        learn.fit(1)
+    assert "with target(s) a NoneType" in _notes(info) and "targets should be tensors" in _notes(info)

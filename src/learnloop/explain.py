@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["explain_backward_error", "explain_loss_error", "explain_model_error"]
+__all__ = ["explain_backward_error", "explain_loss_error", "explain_loss_result", "explain_model_error"]
 
 
 def _never_fails(explain: Callable[..., None]) -> Callable[..., None]:
@@ -55,13 +55,20 @@ def explain_model_error(e: BaseException, xb: tuple[Any, ...], yb: tuple[Any, ..
 
 
 @_never_fails
-def explain_loss_error(e: BaseException, pred: Any, yb: tuple[Any, ...]) -> None:
-    """The loss function rejected `pred` and `yb`: their shapes and dtypes, and the usual mismatches."""
+def explain_loss_error(e: BaseException, pred: Any, yb: tuple[Any, ...], no_loss_func: bool = False) -> None:
+    """The loss function rejected `pred` and `yb`: their shapes and dtypes, and the usual mismatches (or there is
+    no loss function: `no_loss_func`)."""
+    if no_loss_func:  # set to None after the Learner was made (learn.loss_func = None)
+        e.add_note("learnloop: learn.loss_func is None, so there is no loss to compute for a batch with targets: "
+                   "set one, learn.loss_func = nn.CrossEntropyLoss() say.")
+        return
     targets = ", ".join(describe(y) for y in yb)
     note = (
         f"learnloop: the loss function rejected the model's output {describe(pred)} with target(s) {targets}; "
         "check that the model's last layer and the targets match what the loss function expects"
     )
+    if any(not isinstance(y, torch.Tensor) for y in yb):
+        note += " (targets should be tensors: a Dataset's items as (x, y) tensor pairs, with no None)"
     target = yb[0] if len(yb) == 1 and isinstance(yb[0], torch.Tensor) else None
     if isinstance(pred, torch.Tensor) and target is not None and pred.ndim == target.ndim + 1:
         if pred.shape[-1] == 1 and pred.ndim == 2:  # one output per item (binary, regression): a shape mismatch
@@ -89,8 +96,24 @@ def _class_axis(pred_shape: torch.Size, target_shape: torch.Size) -> int:
 
 
 @_never_fails
+def explain_loss_result(e: BaseException, loss: Any) -> None:
+    """The loss function returned something that is not a tensor, which the loop cannot log or differentiate."""
+    e.add_note(
+        f"learnloop: the loss function returned {describe(loss)}, not a tensor: it must return the loss as a tensor "
+        "computed from the model's output (a 0-dim one, as torch's loss functions return), so that backward can "
+        "reach the weights."
+    )
+
+
+@_never_fails
 def explain_backward_error(e: BaseException, loss: Any) -> None:
-    """The backward pass failed: a loss that needs no gradient means nothing it came from is trained."""
+    """The backward pass failed: a loss that needs no gradient means nothing it came from is trained, and one of
+    several values has no implicit gradient."""
+    if isinstance(loss, torch.Tensor) and loss.requires_grad and loss.numel() != 1:
+        e.add_note(
+            f"learnloop: the loss has shape {tuple(loss.shape)}, but backward needs a single number: make the loss "
+            "function reduce it (reduction='mean', or .mean() at its end)."
+        )
     if isinstance(loss, torch.Tensor) and not loss.requires_grad:
         e.add_note(
             "learnloop: the loss does not depend on any parameter that requires a gradient: the whole model is "

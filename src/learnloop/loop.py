@@ -21,7 +21,7 @@ from .callbacks.checkpointing import CheckpointCallback
 from .data import length, to_device
 from .dispatch import CallbackHost
 from .events import BACKWARD, BATCH, EPOCH, FIT, STEP, TRAIN, VALIDATE, Event, Phase
-from .explain import explain_backward_error, explain_loss_error, explain_model_error
+from .explain import explain_backward_error, explain_loss_error, explain_loss_result, explain_model_error
 from .resume import DataOrder, ResumeState
 
 __all__ = ["Loop"]
@@ -180,11 +180,15 @@ class Loop(CallbackHost):
                 if s.yb:
                     try:
                         loss_grad = s.loss_grad = s.loss_func(s.pred, *s.yb)
-                    except (RuntimeError, ValueError, IndexError) as e:
-                        explain_loss_error(e, s.pred, s.yb)
+                    except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as e:
+                        explain_loss_error(e, s.pred, s.yb, s.loss_func is None)
                         raise
                     # When no hook can change it in place (_LOSS_EVENTS): `.data`, detach()'s alias at half the cost.
-                    s.loss = loss_grad.detach().clone() if s._copy_loss else loss_grad.data
+                    try:
+                        s.loss = loss_grad.detach().clone() if s._copy_loss else loss_grad.data
+                    except AttributeError as e:  # not a tensor: a float, None
+                        explain_loss_result(e, loss_grad)
+                        raise
                 if h := hooks[_AFTER_LOSS]:
                     run(_AFTER_LOSS, h)
                 if s.training and s.yb:
