@@ -208,6 +208,15 @@ def test_a_splitter_returning_modules_and_a_get_preds_act_not_callable_say_what_
     assert not calls  # refused before any batch runs
 
 
+def test_get_preds_with_loss_without_a_loss_function_says_so_before_any_batch() -> None:
+    calls = []
+    learn = synth_learner(cbs=Callback(before_batch=lambda: calls.append(1)))
+    learn.loss_func = None
+    with pytest.raises(TypeError, match=r"with_loss=True\) computes each item's loss with learn.loss_func, which is"):
+        learn.get_preds(with_loss=True)  # fastai: a TypeError, "the first argument must be callable"
+    assert not calls
+
+
 def test_a_string_hyper_parameter_is_refused_by_the_optimizer_before_it_is_kept() -> None:
     model = nn.Linear(2, 1)
     with pytest.raises(TypeError, match=r"lr='1e-3': a hyper-parameter is a number .*not a string"):

@@ -127,6 +127,11 @@ class Inference(Loop):
                 f"get_preds: act must be a function applied to the predictions, got {act!r}: say torch.sigmoid, "
                 "or functools.partial(torch.softmax, dim=-1)."
             )
+        if with_loss and self.loss_func is None:  # fastai: "the first argument must be callable", from functools
+            raise ArgumentError(
+                "get_preds(with_loss=True) computes each item's loss with learn.loss_func, which is None: set one "
+                "(learn.loss_func = nn.CrossEntropyLoss(), say) or leave with_loss out."
+            )
         if (concat_dim != 0 or save_preds is not None or save_targs is not None) and is_distributed() and any(
             isinstance(cb, DistributedTrainer) for cb in self.cbs
         ):
