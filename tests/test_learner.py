@@ -628,6 +628,15 @@ def test_predict_whose_batch_a_callback_cancels_says_there_is_no_prediction() ->
         learn.predict(torch.zeros(1))
 
 
+def test_predict_of_an_item_that_is_no_tensor_says_what_to_give() -> None:
+    learn = synth_learner()
+    # fastai: a ValueError for None (its unpacking fails), a TypeError for a string (the model's); torch.as_tensor's
+    # "Could not infer dtype of NoneType" (a RuntimeError) and "new(): invalid data type 'str'" said nothing of predict
+    for item, kind in ((None, ValueError), ("abc", TypeError), ({"x": 1.0}, TypeError)):
+        with pytest.raises(kind, match=r"predict: the item is the model's input, a tensor .*; got a (None|str|dict)"):
+            learn.predict(item)
+
+
 def _cancel_batch() -> None:
     raise CancelBatchException
 

@@ -23,7 +23,8 @@ from .callbacks.distributed import DistributedTrainer
 from .data import to_detach, unshuffled
 from .dispatch import as_list
 from .distributed import is_distributed
-from .errors import ArgumentError
+from .errors import ArgumentError, ValueTypeError
+from .explain import describe
 from .loop import Loop
 from .warn import warn_caller
 
@@ -210,7 +211,13 @@ class Inference(Loop):
                 "to remove; pass the model's input as it is, and leave rm_type_tfms out."
             )
         inputs = tuple(item) if isinstance(item, (tuple, list)) else (item,)
-        batch = tuple(torch.as_tensor(x).unsqueeze(0) for x in inputs)
+        try:
+            batch = tuple(torch.as_tensor(x).unsqueeze(0) for x in inputs)
+        except (TypeError, RuntimeError, ValueError) as e:  # None, a string, a dict: nothing the model can take
+            raise ValueTypeError(
+                f"predict: the item is the model's input, a tensor (or what torch.as_tensor converts: a number, a "
+                f"numpy array, a list of numbers) or a tuple of them, one per input; got {describe(item)} ({e})."
+            ) from e
         self._n_inp = len(batch)
         try:
             inp, preds, _, decoded = self.get_preds(dl=_OneBatch(batch), with_decoded=True, with_input=True)
