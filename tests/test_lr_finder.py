@@ -500,6 +500,16 @@ def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     assert learn.recorder.lrs == []  # nothing ran
 
 
+@pytest.mark.parametrize("num_it", [2.5, "100", None])
+def test_a_num_it_that_is_not_a_whole_number_is_fastais_type_error_too(num_it: Any) -> None:
+    # fastai's sweep fails with a TypeError ("'float' object cannot be interpreted as an integer"); learnloop's
+    # ValueError was not one
+    learn = synth_learner()
+    with pytest.raises(TypeError, match="num_it is a whole number of batches >= 1"):
+        lr_find(learn, num_it=num_it, show_plot=False)
+    assert learn.recorder.lrs == []
+
+
 @pytest.mark.parametrize(("n_train", "num_it"), [(16, 2), (64, 3)])
 def test_a_sweep_cut_short_by_tiny_epochs_is_refused_before_it_runs(n_train: int, num_it: int) -> None:
     # 1 batch an epoch and num_it=2: 3 batches; 4 an epoch and num_it=3: 4. Once the last 5 are dropped, valley
