@@ -208,6 +208,25 @@ def test_a_splitter_returning_modules_and_a_get_preds_act_not_callable_say_what_
     assert not calls  # refused before any batch runs
 
 
+def test_a_splitter_or_an_opt_func_that_returns_nothing_usable_says_so() -> None:
+    # fastai: an IndexError for a splitter returning None, an AttributeError ("'NoneType' object has no attribute
+    # 'state'") for an opt_func returning None; learnloop's were bare TypeErrors and that AttributeError
+    learn = synth_learner(splitter=lambda m: None)
+    with pytest.raises(TypeError, match=r"The splitter <lambda> returned None, not parameter groups.*lack a return"):
+        learn.fit(1)
+    assert learn.opt is None
+    learn = synth_learner(opt_func=lambda params, lr: None)
+    with pytest.raises(AttributeError, match=r"opt_func <lambda> returned None, not an optimizer"):
+        learn.fit(1)
+    assert learn.opt is None
+    learn = synth_learner(opt_func=lambda params, lr: torch.optim.SGD(params, lr=lr))
+    with pytest.raises(WrongKindError, match=r"returned the torch optimizer SGD.*OptimWrapper\(params, opt="):
+        learn.fit(1)
+    sgd = functools.partial(OptimWrapper, opt=torch.optim.SGD)
+    learn = synth_learner(splitter=lambda m: m.parameters(), opt_func=sgd)
+    learn.fit(1)  # a generator of parameters, and an OptimWrapper, are fine
+
+
 def test_get_preds_with_loss_without_a_loss_function_says_so_before_any_batch() -> None:
     calls = []
     learn = synth_learner(cbs=Callback(before_batch=lambda: calls.append(1)))

@@ -37,7 +37,7 @@ from .errors import ArgumentError, InputError, WrongKindError, to_epochs, to_lr,
 from .events import Event
 from .fsdp import is_fsdp, load_sharded, save_sharded
 from .inference import Inference, replacing_yield
-from .learner_args import check_dls, check_funcs, check_train_data
+from .learner_args import check_dls, check_funcs, check_groups, check_opt, check_train_data
 from .metrics import Metric, mk_metric
 from .optimizer import Adam, OptimWrapper
 from .params import NORM_TYPES, norm_bias_params, trainable_params
@@ -166,7 +166,7 @@ class Learner(Inference):
             self.opt.clear_state()
         else:
             try:
-                self.opt = self.opt_func(self.splitter(self.model), lr=self.lr)
+                opt = self.opt_func(check_groups(self.splitter(self.model), self.splitter), lr=self.lr)
             except ValueError as e:
                 if "empty parameter list" in str(e):  # learnloop's optimizers and torch's say so
                     e.add_note(
@@ -174,6 +174,7 @@ class Learner(Inference):
                         "gradient (frozen: learn.unfreeze(), or p.requires_grad_(True)), or none at all."
                     )
                 raise
+            self.opt = check_opt(opt, self.opt_func)
         if not self.wd_bn_bias:
             for p in norm_bias_params(self.model, with_bias=True):
                 self.opt.state[p]["do_wd"] = False

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 
 from .errors import ArgumentError, WrongKindError
+from .explain import describe
 from .optimizer import OptimWrapper
 
-__all__ = ["check_dls", "check_funcs", "check_train_data"]
+__all__ = ["check_dls", "check_funcs", "check_groups", "check_opt", "check_train_data"]
 
 
 def check_dls(dls: Any) -> None:
@@ -47,6 +48,38 @@ def check_funcs(loss_func: Any, opt_func: Any, splitter: Any = None) -> None:
         raise ArgumentError(
             f"splitter must be a function model -> parameter groups (such as trainable_params), got {splitter!r}."
         )
+
+
+def check_groups(groups: Any, splitter: Any) -> Any:
+    """`groups`, what `splitter` returned for the model, when an optimizer can take it: an iterable of parameters or
+    of parameter groups (the optimizer checks what is inside). fastai's fails with an IndexError on None."""
+    if groups is None or isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__"):
+        name = getattr(splitter, "__name__", type(splitter).__name__)
+        raise ArgumentError(
+            f"The splitter {name} returned {groups!r}, not parameter groups: it must return the model's parameters "
+            "(list(model.parameters())) or a list of groups ([params(m[0]), params(m[1])]); does it lack a return?"
+        )
+    return groups
+
+
+def check_opt(opt: Any, opt_func: Any) -> Any:
+    """`opt`, what `opt_func` returned, when the Learner can drive it (it sets hyper-parameters through `set_hypers`);
+    anything else is refused at once, where fastai fails reading an attribute of it (an AttributeError, which the
+    `WrongKindError` is too)."""
+    if isinstance(opt, torch.optim.Optimizer):
+        raise WrongKindError(
+            f"opt_func returned the torch optimizer {type(opt).__name__}, which has no learnloop hyper-parameters: "
+            f"return OptimWrapper(params, opt=torch.optim.{type(opt).__name__}, ...) instead, or use learnloop's own "
+            "(Adam, SGD, RMSProp...)."
+        )
+    if not hasattr(opt, "set_hypers") or not hasattr(opt, "state"):
+        name = getattr(opt_func, "__name__", repr(opt_func))
+        got = "None" if opt is None else describe(opt)
+        raise WrongKindError(
+            f"opt_func {name} returned {got}, not an optimizer: it is called as opt_func(params, lr=lr) and "
+            "must return one (learnloop's Optimizer, Adam, SGD..., or an OptimWrapper); does it lack a return?"
+        )
+    return opt
 
 
 def check_train_data(dls: Any) -> None:
