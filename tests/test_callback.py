@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import numpy as np
 import pytest
 
 import learnloop.dispatch as dispatch_module
@@ -125,6 +126,28 @@ def test_run_after_or_before_given_a_name_or_an_instance_is_refused() -> None:
         learn.fit(1)
     # Classes and lists of classes are still fine.
     cb.run_after, cb.run_before = [Recorder, TrainEvalCallback], ProgressCallback
+
+
+class StringOrder(Callback):
+    order = "5"
+
+
+def test_an_order_that_is_not_a_number_is_refused_when_the_callback_is_added() -> None:
+    # fastai's sort fails with "'<' not supported between instances of 'str' and 'int'" (a TypeError), as
+    # learnloop's did when it built its hook lists; now the callback and the fix are named, with fastai's type.
+    learn = synth_learner()
+    before = list(learn.cbs)
+    with pytest.raises(TypeError, match=r"StringOrder.order is '5', but order is the number callbacks run in order"):
+        learn.add_cb(StringOrder())
+    assert learn.cbs == before
+    cb = Callback()
+    learn.add_cb(cb)
+    for bad in (None, "1", float("nan")):
+        with pytest.raises(ArgumentError, match=r"Callback.order is .*set a number"):
+            cb.order = bad
+    assert cb.order == 0
+    cb.order, cb.order = 2.5, np.int64(3)  # any real number
+    learn.fit(1)
 
 
 def test_cycle_is_a_clear_error_and_leaves_the_learner_unchanged() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import re
 import types
 from collections.abc import Callable, Collection, Iterable
@@ -94,7 +95,7 @@ class Callback:
         return getattr(learn, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _RUN_ORDER:
+        if name in _SORT_KEYS:
             check_run_order(self, name, value)
         learn = self.__dict__.get("learn")
         # What `learn.<name>` would find, as fastai's `hasattr(self.learn, name)`: the learner's attributes and the
@@ -171,12 +172,22 @@ def blame(e: BaseException, cb: Callback, event_name: str) -> None:
 
 
 _RUN_ORDER = ("run_before", "run_after")
+_SORT_KEYS = frozenset((*_RUN_ORDER, "order"))
 
 
 def check_run_order(cb: Callback, name: str | None = None, value: Any = None) -> None:
-    """Refuse a `run_before` / `run_after` of `cb` (or `value`, about to be set as `name`) that is not a callback
-    class or a list of them: a callback's name (`"Recorder"`) or instance would only fail when the callbacks are
-    sorted, with a message about `isinstance`."""
+    """Refuse an `order` of `cb` that is not a number, and a `run_before` / `run_after` that is not a callback class
+    or a list of them (or `value`, about to be set as `name`): a string order, a callback's name (`"Recorder"`) or
+    instance would only fail when the callbacks are sorted, with a message about `<` or `isinstance`."""
+    if name in (None, "order"):
+        order = cb.order if name is None else value
+        if not isinstance(order, numbers.Real) or order != order:  # fastai: a TypeError from sorting; NaN never sorts
+            raise ArgumentError(
+                f"{type(cb).__name__}.order is {order!r}, but order is the number callbacks run in order of "
+                "(TrainEvalCallback's is -10, Recorder's 50): set a number, `order = 5` say."
+            )
+        if name == "order":
+            return
     for attr in _RUN_ORDER if name is None else (name,):
         spec = getattr(cb, attr) if name is None else value
         if spec is None or isinstance(spec, type):
