@@ -225,6 +225,13 @@ def test_unknown_event_name_is_named_in_the_error(learn) -> None:  # noqa: ANN00
         learn("befor_fit")
 
 
+def test_an_event_that_is_not_a_string_is_a_type_error_naming_it(learn) -> None:  # noqa: ANN001
+    # fastai's getattr: "attribute name must be string, not 'int'"; learnloop's said "'int' object is not iterable"
+    for bad in (5, [5], None):
+        with pytest.raises(TypeError, match=r"An event is named by a string, such as 'before_fit'.*got (5|None)"):
+            learn(bad)
+
+
 def test_calling_events_by_name_and_list() -> None:
     learn = synth_learner(default_cbs=False)
     log = EventLog()

@@ -283,7 +283,8 @@ class CallbackHost:
 
     def __call__(self, event_name: str | Iterable[str]) -> None:
         """Fire one event (or each of a list) on every callback."""
-        names = [event_name] if isinstance(event_name, str) else list(event_name)
+        one = isinstance(event_name, str) or not isinstance(event_name, Iterable)  # not a list: resolve_event says
+        names = [event_name] if one else list(event_name)
         for name in names:
             self._fire(resolve_event(name))
 

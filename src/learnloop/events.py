@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from enum import StrEnum
 
+from .errors import ArgumentError
 from .warn import warn_caller
 
 
@@ -154,8 +155,11 @@ BACKWARD = Phase("backward", CancelBackwardException)
 STEP = Phase("step", CancelStepException)
 
 
-def resolve_event(name: str) -> Event:
-    """The Event called `name` (aliases included); an unknown name raises a ValueError naming it."""
+def resolve_event(name: object) -> Event:
+    """The Event called `name` (aliases included); an unknown name raises a ValueError naming it, and one that is not
+    a string an ArgumentError (a TypeError, as fastai's `getattr` raises)."""
+    if not isinstance(name, str):
+        raise ArgumentError(f"An event is named by a string, such as 'before_fit' (or a list of them), got {name!r}.")
     try:
         return Event(name)
     except ValueError:
