@@ -155,6 +155,9 @@ def test_a_model_that_is_not_a_module_and_tensors_as_dls_are_also_attribute_erro
         Learner(synth_dls(), "resnet18", loss_func=nn.MSELoss())  # type: ignore[arg-type]
     with pytest.raises(AttributeError, match=r"got a tuple of tensors"):
         Learner((torch.randn(4, 2), torch.randn(4, 1)), nn.Linear(2, 1), loss_func=nn.MSELoss())
+    for dls in ("data/", 5):  # fastai: "'str' object has no attribute 'train'" at the first fit
+        with pytest.raises(AttributeError, match=r"dls must be a DataLoaders .*got a (str|int): pass DataLoaders\("):
+            Learner(dls, nn.Linear(2, 1), loss_func=nn.MSELoss())  # type: ignore[arg-type]
 
 
 def test_a_splitter_that_cannot_be_called_is_refused_when_the_learner_is_made() -> None:

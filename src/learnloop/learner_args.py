@@ -26,6 +26,11 @@ def check_dls(dls: Any) -> None:
             f"dls must be a DataLoaders or a (train, valid) pair of loaders, got a {type(dls).__name__} of tensors: "
             "for in-memory tensors use DataLoaders.from_tensors(x_train, y_train, x_valid, y_valid, bs=64)."
         )
+    if dls is not None and not isinstance(dls, (tuple, list)) and not hasattr(dls, "train"):  # a path, a number...
+        raise WrongKindError(  # fastai: an AttributeError reading `dls.train` at the first fit
+            f"dls must be a DataLoaders (a training and a validation loader), got {describe(dls)}: pass "
+            "DataLoaders(train_dl, valid_dl) of torch DataLoaders, or DataLoaders.from_tensors(...) for tensors."
+        )
 
 
 def check_funcs(loss_func: Any, opt_func: Any, splitter: Any = None) -> None:
