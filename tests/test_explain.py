@@ -125,3 +125,23 @@ def test_a_missing_loss_function_or_targets_that_are_not_tensors_are_explained()
     with pytest.raises(AttributeError, match="'NoneType' object has no attribute") as info:  # fastai's error, kept
         learn.fit(1)
     assert "with target(s) a NoneType" in _notes(info) and "targets should be tensors" in _notes(info)
+
+
+def test_a_metric_that_fails_or_returns_no_number_is_named_with_what_it_got() -> None:
+    # fastai's message: "Exception occured in `Recorder` when calling event `after_batch`" and the bare error; the
+    # Recorder was all learnloop's note named too. The type and message stay fastai's (Python's or torch's).
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+
+    def wrong_arity(pred: torch.Tensor) -> torch.Tensor:
+        return pred.mean()
+
+    learn = _learner([(x, y)], nn.Linear(4, 2), nn.CrossEntropyLoss())
+    learn.metrics = wrong_arity
+    with pytest.raises(TypeError, match="takes 1 positional argument") as info:
+        learn.validate(dl=[(x, y)])
+    assert "in the metric wrong_arity, called as wrong_arity(pred, *yb) with the model's output (8, 2) float32 and " \
+           "target(s) (8,) int64" in _notes(info)
+    learn.metrics = lambda pred, targ: "high"
+    with pytest.raises(TypeError) as info:
+        learn.validate(dl=[(x, y)])
+    assert "it returned a str; a metric returns a number or a tensor" in _notes(info)

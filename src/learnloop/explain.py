@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["explain_backward_error", "explain_loss_error", "explain_loss_result", "explain_model_error"]
+__all__ = [
+    "explain_backward_error", "explain_loss_error", "explain_loss_result", "explain_metric_error",
+    "explain_model_error",
+]
 
 
 def _never_fails(explain: Callable[..., None]) -> Callable[..., None]:
@@ -103,6 +106,20 @@ def explain_loss_result(e: BaseException, loss: Any) -> None:
         "computed from the model's output (a 0-dim one, as torch's loss functions return), so that backward can "
         "reach the weights."
     )
+
+
+@_never_fails
+def explain_metric_error(
+    e: BaseException, name: str, pred: Any, yb: tuple[Any, ...], returned: bool = False, value: Any = None
+) -> None:
+    """A metric function failed on the batch, or `returned` a `value` that cannot be averaged."""
+    call = f"learnloop: in the metric {name}, called as {name}(pred, *yb) with the model's output {describe(pred)} "
+    call += f"and target(s) {', '.join(describe(y) for y in yb) or 'none'}"
+    if returned and not isinstance(value, (torch.Tensor, int, float)):
+        e.add_note(f"{call}: it returned {describe(value)}; a metric returns a number or a tensor, averaged over "
+                   "the batches weighted by their size.")
+    else:
+        e.add_note(f"{call}: a metric takes the output and the targets, as the loss function does.")
 
 
 @_never_fails

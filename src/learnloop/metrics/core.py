@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
+from ..explain import explain_metric_error
 
 
 class MetricLearner(Protocol):
@@ -118,6 +119,9 @@ class _WeightedMean(Metric):
         return self.total / self.count if self.count else None
 
 
+_METRIC_ERRORS = (TypeError, ValueError, RuntimeError, IndexError, AttributeError)
+
+
 class AvgMetric(_WeightedMean):
     """Average of ``func(pred, *yb)`` over a phase, weighted by batch size."""
 
@@ -126,7 +130,16 @@ class AvgMetric(_WeightedMean):
         self.reset()
 
     def accumulate(self, learn: MetricLearner) -> None:
-        self._add(self.func(learn.pred, *learn.yb), find_bs(learn.yb))
+        try:  # the try blocks cost nothing per batch; the notes are made only when a batch fails
+            value = self.func(learn.pred, *learn.yb)
+        except _METRIC_ERRORS as e:
+            explain_metric_error(e, self.name, learn.pred, learn.yb)
+            raise
+        try:
+            self._add(value, find_bs(learn.yb))
+        except _METRIC_ERRORS as e:  # what it returned cannot be summed: a string, None...
+            explain_metric_error(e, self.name, learn.pred, learn.yb, True, value)
+            raise
 
     @property
     def name(self) -> str:
