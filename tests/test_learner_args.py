@@ -160,6 +160,13 @@ def test_a_model_that_is_not_a_module_and_tensors_as_dls_are_also_attribute_erro
             Learner(dls, nn.Linear(2, 1), loss_func=nn.MSELoss())  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("model_dir", [None, 5])
+def test_a_model_dir_that_is_not_a_path_is_refused_when_the_learner_is_made(model_dir: Any) -> None:
+    # fastai keeps it and fails at the first save with "unsupported operand type(s) for /: 'PosixPath' and 'int'"
+    with pytest.raises(TypeError, match=rf"model_dir is the folder.*a str or a Path, got {model_dir!r}"):
+        synth_learner(model_dir=model_dir)
+
+
 def test_a_splitter_that_cannot_be_called_is_refused_when_the_learner_is_made() -> None:
     with pytest.raises(ArgumentError, match=r"splitter must be a function model -> parameter groups .*got 5"):
         synth_learner(splitter=5)

@@ -10,6 +10,7 @@ constructor, `fit`, saving and loading, freezing, mixed precision and distribute
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,6 +98,11 @@ class Learner(Inference):
             )
         lr = to_lr(lr)
         wd = to_wd(wd)
+        if not isinstance(model_dir, (str, os.PathLike)):  # fastai: a TypeError from `path / model_dir` at save
+            raise ArgumentError(
+                f"model_dir is the folder, under path, where save() and load() keep models: a str or a Path, got "
+                f"{model_dir!r} (the default is 'models')."
+            )
         super().__init__()  # the loop (loop.py) and its callbacks (dispatch.py), none added yet
         self.dls = dls
         self.model = model
