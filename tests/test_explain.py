@@ -125,6 +125,10 @@ def test_a_missing_loss_function_or_targets_that_are_not_tensors_are_explained()
     with pytest.raises(AttributeError, match="'NoneType' object has no attribute") as info:  # fastai's error, kept
         learn.fit(1)
     assert "with target(s) a NoneType" in _notes(info) and "targets should be tensors" in _notes(info)
+    learn = _learner([(x.unsqueeze(1), y)], nn.LSTM(4, 2, batch_first=True), CrossEntropyLossFlat())
+    with pytest.raises(AttributeError, match="'tuple' object has no attribute") as info:
+        learn.fit(1)
+    assert "the model's output a tuple" in _notes(info) and "LSTM's (output, state)" in _notes(info)
 
 
 def test_a_metric_that_fails_or_returns_no_number_is_named_with_what_it_got() -> None:

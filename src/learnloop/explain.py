@@ -70,6 +70,9 @@ def explain_loss_error(e: BaseException, pred: Any, yb: tuple[Any, ...], no_loss
         f"learnloop: the loss function rejected the model's output {describe(pred)} with target(s) {targets}; "
         "check that the model's last layer and the targets match what the loss function expects"
     )
+    if not isinstance(pred, torch.Tensor):
+        note += (" (the model's output is not a tensor: a model that returns a tuple, as an LSTM's (output, state), "
+                 "needs its forward to return the output alone, or a loss function that takes the tuple)")
     if any(not isinstance(y, torch.Tensor) for y in yb):
         note += " (targets should be tensors: a Dataset's items as (x, y) tensor pairs, with no None)"
     target = yb[0] if len(yb) == 1 and isinstance(yb[0], torch.Tensor) else None
