@@ -12,7 +12,7 @@ import torch
 
 import learnloop.callbacks.progress as progress_module
 from conftest import synth_classif_learner, synth_learner
-from learnloop import Callback, CancelEpochException, Learner, Recorder, TrainEvalCallback, accuracy
+from learnloop import Callback, CancelEpochException, Learner, ProgressCallback, Recorder, TrainEvalCallback, accuracy
 from learnloop.callbacks.progress import column_widths, format_row
 from learnloop.errors import ArgumentError
 from learnloop.events import Event
@@ -289,3 +289,16 @@ def test_a_fit_under_no_mbar_prints_no_table() -> None:
     assert out.getvalue() == stdout.getvalue() == "" and learn.logger is print  # not even the raw records
     learn.fit(1)  # the logger is back: the next fit prints its table
     assert out.getvalue().splitlines()[0].split() == ["epoch", "train_loss", "valid_loss", "time"]
+
+
+def test_a_fit_without_a_recorder_says_the_progress_callback_needs_one() -> None:
+    # fastai's ProgressCallback asserts the Recorder (and its callback error handling turns the message-less
+    # AssertionError into an IndexError); learnloop's failed with "'Learner' object has no attribute 'recorder'".
+    learn = synth_learner()
+    learn.remove_cb(learn.recorder)
+    with pytest.raises(AttributeError, match=r"ProgressCallback prints the Recorder's values.*add_cb\(Recorder\(\)\)"):
+        learn.fit(1)
+    with pytest.raises(AssertionError, match="no Recorder"):
+        learn.fit(1)
+    learn.remove_cb(ProgressCallback)
+    learn.fit(1)  # without the progress callback it trains

@@ -13,7 +13,12 @@ from ..callback import Callback, noop
 from ..data import length
 from ..events import Event
 
-__all__ = ["ProgressCallback", "column_widths", "format_row"]
+__all__ = ["MissingRecorderError", "ProgressCallback", "column_widths", "format_row"]
+
+
+class MissingRecorderError(AttributeError, AssertionError):
+    """A callback that shows the Recorder's values runs on a learner without one: the AttributeError reading
+    `learn.recorder` raises, and the AssertionError of fastai's `assert hasattr(self.learn, 'recorder')`."""
 
 
 def column_widths(names: Sequence[Any]) -> list[int]:
@@ -80,11 +85,17 @@ class ProgressCallback(Callback):
                     self._muted_logger, learn.logger = learn.logger, noop
             return
         self._cleanup()  # a fit that ended in an exception left its bars and logger behind
+        recorder = getattr(learn, "recorder", None)
+        if recorder is None:  # fastai asserts it, then rewrites the empty AssertionError into an IndexError
+            raise MissingRecorderError(
+                "ProgressCallback prints the Recorder's values, but the learner has no Recorder: add one "
+                "(learn.add_cb(Recorder())) or remove the progress callback (learn.remove_cb(ProgressCallback))."
+            )
         self._choose_bars()
-        self._widths = column_widths(learn.recorder.metric_names)
+        self._widths = column_widths(recorder.metric_names)
         if learn.create_mbar and learn.logger is not noop:
             self._old_logger, learn.logger = learn.logger, self._write_row
-            self._write_row(learn.recorder.metric_names)
+            self._write_row(recorder.metric_names)
         if self._show_bars:
             self.epoch_bar = tqdm(total=learn.n_epoch, desc="epoch", file=self._out, leave=False, dynamic_ncols=True)
 
