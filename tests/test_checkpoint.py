@@ -669,6 +669,13 @@ def test_export_and_load_safely_into_a_model(tmp_path: Path) -> None:
         inference.loss_func(probs, torch.tensor(0))
 
 
+def test_load_learner_given_a_model_class_that_needs_arguments_says_how_it_is_called(tmp_path: Path) -> None:
+    file = trained(tmp_path).export()
+    with pytest.raises(TypeError, match="missing 2 required positional arguments") as info:  # Python's error, kept
+        load_learner(file, model=nn.Linear)
+    assert "load_learner(model=Linear) calls it with no arguments to build the model" in " ".join(info.value.__notes__)
+
+
 def test_a_loaded_learner_has_no_metrics_nor_added_callbacks_until_given_them(tmp_path: Path) -> None:
     learn = trained(tmp_path)  # with accuracy as its metric, and GradientAccumulation added
     full = learn.validate()

@@ -192,7 +192,15 @@ def load_learner(
         check_format(info, path, EXPORT_FORMAT, " Weights saved by learn.save are loaded with learn.load.")
         weights, pickled = info["model"], info.get("pickled")
     if model is not None:
-        model = model if isinstance(model, nn.Module) else model()
+        if not isinstance(model, nn.Module):
+            build = model
+            try:
+                model = build()
+            except TypeError as e:  # a class that needs arguments (model=nn.Linear): say how load_learner calls it
+                name = getattr(build, "__name__", repr(build))
+                e.add_note(f"learnloop: load_learner(model={name}) calls it with no arguments to build the model; "
+                           f"pass the model built as in training instead: model={name}(...).")
+                raise
         if not isinstance(model, nn.Module):
             raise TypeError(f"load_learner: model must be an nn.Module or build one, got {type(model).__name__}.")
         check_state_dict(model, weights, path)
