@@ -111,6 +111,14 @@ def test_a_single_tensor_is_one_parameter_and_a_single_stepper_a_chain_of_one() 
     assert opt.param_lists == [[matrix], [p]]
 
 
+@pytest.mark.parametrize("cbs", [[sgd_step, 5], 5, "sgd_step", [None]])
+def test_a_stepper_that_cannot_be_called_is_refused_when_the_optimizer_is_made(cbs: Any) -> None:
+    # fastai's is made, then fails at the first step with "'int' object is not callable" (a TypeError)
+    p = torch.ones(3, requires_grad=True)
+    with pytest.raises(TypeError, match=r"Optimizer: cbs are the stepper functions, .* got (5|'s'|None)"):
+        Optimizer([p], cbs, lr=0.1)
+
+
 def test_stepper_defaults_fastai_attribute_and_typed_decorator() -> None:
     def my_step(p: torch.Tensor, lr: float, scale: float, **kwargs: Any) -> None:
         p.data.add_(p.grad, alpha=-lr * scale)

@@ -119,7 +119,13 @@ class Optimizer(BaseOptimizer):
     ) -> None:
         self.param_lists, group_hypers = _to_param_lists(params)
         _warn_repeated(self.param_lists)
-        self.cbs: list[Callable[..., Any]] = [cbs] if callable(cbs) else list(cbs)
+        self.cbs: list[Callable[..., Any]] = [cbs] if callable(cbs) or not isinstance(cbs, Iterable) else list(cbs)
+        for cb in self.cbs:  # fastai's fails at the first step: "'int' object is not callable"
+            if not callable(cb):
+                raise ArgumentError(
+                    f"Optimizer: cbs are the stepper functions, each called as f(p, **hyper_parameters_and_state) "
+                    f"(sgd_step, weight_decay, ...), one or a list of them; got {cb!r}."
+                )
         self.state = OptimizerState()
         self.train_bn = train_bn
         self.frozen_idx = 0
