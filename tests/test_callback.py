@@ -150,6 +150,24 @@ def test_an_order_that_is_not_a_number_is_refused_when_the_callback_is_added() -
     learn.fit(1)
 
 
+class NeedsArgument(Callback):
+    def __init__(self, patience: int) -> None:
+        super().__init__()
+        self.patience = patience
+
+
+@pytest.mark.parametrize("where", ["add_cb", "fit", "Learner"])
+def test_a_callback_class_that_needs_arguments_says_it_was_made_without_them(where: str) -> None:
+    # Python's TypeError, as in fastai, with a note: the class was called with no arguments because a class was given
+    learn = synth_learner()
+    call = {"add_cb": lambda: learn.add_cb(NeedsArgument), "fit": lambda: learn.fit(1, cbs=NeedsArgument),
+            "Learner": lambda: synth_learner(cbs=[NeedsArgument])}[where]
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'patience'") as info:
+        call()
+    assert "the callback class NeedsArgument was given in place of an instance, so it is made with no arguments" \
+        in " ".join(info.value.__notes__)
+
+
 def test_cycle_is_a_clear_error_and_leaves_the_learner_unchanged() -> None:
     log: list[str] = []
     a, b = First("a", log), Second("b", log)

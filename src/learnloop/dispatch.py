@@ -32,6 +32,16 @@ _FASTAI_LOOP = (
 )
 
 
+def instantiate(cls: type[Callback]) -> Callback:
+    """`cls()`, a callback class given where an instance goes; one whose `__init__` needs arguments gets a note."""
+    try:
+        return cls()
+    except TypeError as e:
+        e.add_note(f"learnloop: the callback class {cls.__name__} was given in place of an instance, so it is made "
+                   f"with no arguments, {cls.__name__}(); pass an instance to give it arguments: {cls.__name__}(...).")
+        raise
+
+
 def as_list(cbs: Any) -> list[Any]:
     """`cbs` (None, one callback or class, or an iterable of them) as a list."""
     if cbs is None:
@@ -114,7 +124,7 @@ class CallbackHost:
     def add_cb(self, cb: Callback | type[Callback]) -> Self:
         """Add a callback (a class is instantiated) and expose it as `learn.<cb.name>`."""
         if isinstance(cb, type) and issubclass(cb, Callback):
-            cb = cb()
+            cb = instantiate(cb)
         if not isinstance(cb, Callback):  # fastai: an AttributeError reading cb.learn (a TypeError making a class)
             raise NotACallbackError(
                 f"{cb!r} is not a Callback: pass an instance or subclass of learnloop.Callback "
@@ -215,7 +225,7 @@ class CallbackHost:
         added: list[Callback] = []
         try:
             for cb in as_list(cbs):
-                cb = cb() if isinstance(cb, type) and issubclass(cb, Callback) else cb
+                cb = instantiate(cb) if isinstance(cb, type) and issubclass(cb, Callback) else cb
                 self.add_cb(cb)  # may refuse cb: the ones added before it are removed again below
                 added.append(cb)
             yield self
