@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
 
 from conftest import debiased_ema, synth_classif_learner, synth_learner
 from learnloop import (
@@ -339,7 +342,8 @@ def test_recorder_skips_batches_without_targets() -> None:
     x = torch.randn(4, 2)
     learn = Learner(DataLoaders([(x,)], [(x,)], device="cpu"), torch.nn.Linear(2, 1), loss_func=F.mse_loss)
     learn.logger = noop
-    learn.fit(1)
+    with pytest.warns(UserWarning, match="have no targets"):
+        learn.fit(1)
     # As fastai: the smoothed loss of no batch is nan (0 / 0), the average validation loss of none is None.
     assert learn.recorder.losses == [] and len(learn.recorder.values) == 1
     train_loss, valid_loss = learn.recorder.values[0]
@@ -353,7 +357,8 @@ def test_a_fit_without_training_batches_keeps_the_last_smooth_loss() -> None:
     last = float(learn.smooth_loss)
     x = torch.randn(4, 2)
     learn.dls = DataLoaders([(x,)], [(x,)], device="cpu")  # targetless: no batch is recorded
-    learn.fit(1)
+    with pytest.warns(UserWarning, match="have no targets"):
+        learn.fit(1)
     assert math.isnan(learn.recorder.values[0][0]) and float(learn.smooth_loss) == last
     learn.validate()
     assert float(learn.smooth_loss) == last
@@ -559,7 +564,8 @@ def test_no_warning_for_the_nan_of_an_epoch_without_training_batches(recwarn: py
     learn = synth_learner()
     x = torch.randn(4, 2)
     learn.dls = DataLoaders([(x,)], [(x,)], device="cpu")  # targetless: no batch is recorded
-    learn.fit(1)
+    with pytest.warns(UserWarning, match="have no targets"):
+        learn.fit(1)
     assert math.isnan(learn.recorder.values[0][0])
     assert _non_finite(recwarn.list) == []
 
@@ -620,3 +626,20 @@ def test_a_recorder_removed_by_an_earlier_callback_at_before_epoch_still_gets_th
 
     learn.fit(2, cbs=DropRecorder())
     assert not any(isinstance(cb, Recorder) for cb in learn.cbs)
+
+
+def test_a_fit_whose_training_batches_have_no_targets_warns_that_nothing_was_trained() -> None:
+    # A loader over a bare tensor yields no targets: no loss, no step, a train_loss of nan and, as in fastai (which
+    # records no loss for such batches either), no word of it until now. Once a fit; a loader with targets is quiet.
+    dls = DataLoaders(DataLoader(torch.randn(16, 2), batch_size=4), DataLoader(torch.randn(8, 2), batch_size=4))
+    learn = Learner(dls, nn.Linear(2, 1), loss_func=nn.MSELoss())
+    learn.logger = lambda *_: None
+    weight = learn.model.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"batches of epoch 0 have no targets .* nothing was trained") as w:
+        learn.fit(2)
+    assert len([x for x in w if "no targets" in str(x.message)]) == 1
+    assert torch.equal(weight, learn.model.weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        synth_learner().fit(1)
+        learn.validate()  # validation and predictions without targets are fine

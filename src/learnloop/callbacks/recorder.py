@@ -104,6 +104,7 @@ class Recorder(Callback):
         self.cancel_train = self.cancel_valid = False
         self._previous_smooth: torch.Tensor | None = None  # the last fit's final smoothed loss
         self._warned_non_finite = False  # this fit has warned of a NaN/inf epoch loss
+        self._warned_no_targets = False  # this fit has warned of training batches without targets
         # Called as each epoch's row is logged, before `learn.logger`: a CSVLogger writes the row there, so that
         # no callback between the two (stopping or failing the fit) loses it (fastai's wraps `learn.logger`).
         self.row_writers: list[Callable[[], None]] = []
@@ -117,7 +118,7 @@ class Recorder(Callback):
         self._layouts = []
         self._handed_out = False
         if not self.learn._in_fit:  # a fit's own start, not validate() called inside it
-            self._warned_non_finite = False
+            self._warned_non_finite = self._warned_no_targets = False
         self.metric_names = self._column_names()
         if self.smooth_loss.count:
             self._previous_smooth = self.smooth_loss.value
@@ -214,6 +215,15 @@ class Recorder(Callback):
         self._trained = bool(mets)
         if mets and self.smooth_loss.count:  # nan without a batch (fastai's 0 / 0): nothing diverged
             self._check_finite("training", self.log[-len(mets)])
+        elif mets and not self.cancel_train and vars(self.learn).get("train_iter") and not self._warned_no_targets:
+            # Batches ran, and none had targets (a bare tensor or a 1-tuple per batch): no loss, no step, in silence
+            # in fastai too, which records no loss for them either.
+            self._warned_no_targets = True
+            warn_caller(
+                f"The training batches of epoch {self.learn.epoch} have no targets (each is a single tensor or a "
+                "1-tuple), so no loss was computed and nothing was trained: batches should be (input, target) "
+                "tuples, as a TensorDataset(x, y) gives; set DataLoaders(n_inp=...) if a batch holds several inputs."
+            )
 
     def after_validate(self) -> None:
         mets = self._valid_mets
