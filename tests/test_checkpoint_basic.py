@@ -112,6 +112,19 @@ def test_an_interrupted_save_keeps_the_previous_file(tmp_path: Path, monkeypatch
     assert [p.name for p in file.parent.iterdir()] == ["m.pth"]
 
 
+def test_a_save_that_cannot_pickle_the_state_keeps_the_previous_file_and_says_so(tmp_path: Path) -> None:
+    # fastai's torch.save has truncated the file when pickle fails on a lambda in the optimizer's state
+    learn = _trained(tmp_path)
+    file = learn.save("m")
+    good = file.read_bytes()
+    learn.opt.state[learn.model.weight]["scale"] = lambda: 1.0
+    with pytest.raises(AttributeError, match="Can't pickle local object") as info:  # pickle's error, as fastai's
+        learn.save("m")
+    assert "saving " in " ".join(info.value.__notes__) and "the file that was there (if any) is unchanged" \
+        in " ".join(info.value.__notes__)
+    assert file.read_bytes() == good and [p.name for p in file.parent.iterdir()] == ["m.pth"]
+
+
 Best = collections.namedtuple("Best", "value epoch")
 
 

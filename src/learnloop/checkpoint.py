@@ -133,7 +133,7 @@ def atomic_write(
         os.replace(tmp, target)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
+        if isinstance(e, Exception):  # a full disk, or state pickle cannot write (a lambda): nothing saved is lost
             e.add_note(f"learnloop: saving {path} failed; the file that was there (if any) is unchanged.")
         raise
     dir_fd = os.open(target.parent, os.O_RDONLY)
