@@ -258,6 +258,11 @@ def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_on
             )
         if not path.is_file():
             raise FileNotFoundError(f"No checkpoint at {path}: check the name and the learner's path/model_dir.")
+    elif _read_to_its_end(path):  # fastai: the unpickler's EOFError, without a word of the buffer's position
+        raise CheckpointError(
+            f"{path!r} has been read to its end (as learn.save(buffer) leaves it), so there is nothing left to load: "
+            "seek back to its start first, buffer.seek(0)."
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as e:
@@ -290,6 +295,19 @@ def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_on
                 "(with_opt=False)."
             ) from e
         raise CheckpointError(f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}).") from e
+
+
+def _read_to_its_end(buffer: Any) -> bool:
+    """Whether `buffer`, a seekable non-empty buffer, stands at its end."""
+    try:
+        if not buffer.seekable():
+            return False
+        position = buffer.tell()
+        end = buffer.seek(0, os.SEEK_END)
+        buffer.seek(position)
+    except (AttributeError, OSError, ValueError):
+        return False
+    return bool(end) and position == end
 
 
 def _unpickler_reason(e: Exception) -> str:
