@@ -776,6 +776,8 @@ def test_batch_that_cannot_be_split() -> None:
     learn.logger = lambda _: None
     with pytest.raises(ValueError, match=r"Cannot split a batch of 2 elements into 3 input.*n_inp"):
         learn.fit(1)
+    with pytest.raises(TypeError, match="Cannot split"):  # fastai's type: its model gets too many arguments
+        learn.fit(1)
 
 
 def test_loss_that_rejects_the_shapes_names_them() -> None:

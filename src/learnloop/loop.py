@@ -20,6 +20,7 @@ from .callback import Callback
 from .callbacks.checkpointing import CheckpointCallback
 from .data import length, to_device
 from .dispatch import CallbackHost
+from .errors import ValueTypeError
 from .events import BACKWARD, BATCH, EPOCH, FIT, STEP, TRAIN, VALIDATE, Event, Phase
 from .explain import explain_backward_error, explain_loss_error, explain_loss_result, explain_model_error
 from .resume import DataOrder, ResumeState
@@ -118,8 +119,8 @@ class Loop(CallbackHost):
             return
         if n_inp is None:
             n_inp = 1 if len(b) == 1 else len(b) - 1
-        if not b or n_inp > len(b) or n_inp < 1:
-            raise ValueError(
+        if not b or n_inp > len(b) or n_inp < 1:  # fastai: the model's TypeError on too many or too few inputs
+            raise ValueTypeError(
                 f"Cannot split a batch of {len(b)} elements into {n_inp} input(s) and targets: "
                 "batches should be (input, ..., target) tuples; set DataLoaders(n_inp=...) to say how many "
                 "elements are inputs."
