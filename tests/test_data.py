@@ -383,6 +383,9 @@ def test_training_data_without_a_length_is_refused_clearly() -> None:
     learn = Learner(DataLoaders(gen, device="cpu"), nn.Linear(2, 1), loss_func=nn.MSELoss())
     with pytest.raises(TypeError, match="training data.*has no length.*__len__"):
         learn.fit(1)
+    learn = Learner(DataLoaders(None, device="cpu"), nn.Linear(2, 1), loss_func=nn.MSELoss())
+    with pytest.raises(TypeError, match=r"The DataLoaders has no training loader \(None\): give it one"):
+        learn.fit(1)  # fastai: "object of type 'NoneType' has no len()"
 
 
 def test_default_device_use_sets_the_default_for_what_follows(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -92,6 +92,9 @@ def check_train_data(dls: Any) -> None:
     if dls is None:
         raise WrongKindError("The learner has no data to train on (dls=None): give Learner a DataLoaders.")
     train = dls.train
+    if train is None:  # fastai: "object of type 'NoneType' has no len()", in ProgressCallback
+        raise ArgumentError("The DataLoaders has no training loader (None): give it one, DataLoaders(train_dl, "
+                            "valid_dl), to fit.")
     try:
         n = len(train)
     except TypeError:
