@@ -237,6 +237,18 @@ def test_a_splitter_or_an_opt_func_that_returns_nothing_usable_says_so() -> None
     learn.fit(1)  # a generator of parameters, and an OptimWrapper, are fine
 
 
+def test_a_tensor_given_as_dl_is_refused_before_any_batch() -> None:
+    # Its rows went through the model one by one as batches (fastai's splits each row into inputs: a TypeError)
+    calls = []
+    learn = synth_learner(cbs=Callback(before_batch=lambda: calls.append(1)))
+    for method in (learn.get_preds, learn.validate):
+        with pytest.raises(TypeError, match=r"dl=<a tensor of shape \(4, 2\)>\): dl must be a loader of batches"):
+            method(dl=torch.randn(4, 2))
+    assert not calls
+    preds, _ = learn.get_preds(dl=[(torch.randn(4, 2),)])  # the inputs as one batch
+    assert preds.shape == (4, 1)
+
+
 def test_get_preds_with_loss_without_a_loss_function_says_so_before_any_batch() -> None:
     calls = []
     learn = synth_learner(cbs=Callback(before_batch=lambda: calls.append(1)))

@@ -265,6 +265,10 @@ def _check_data_arguments(dls: Any, method: str, ds_idx: int, dl: Any) -> None:
         if n is not None and not hasattr(type(ds_idx), "__index__"):  # fastai: "list indices must be integers"
             raise ArgumentError(f"{method}(ds_idx={ds_idx!r}): ds_idx is the index of a loader in dls, 0 the training "
                                 "one, 1 the validation one.")
+    elif isinstance(dl, torch.Tensor):  # its rows would each go through the model as a batch (fastai: a TypeError)
+        raise ArgumentError(f"{method}(dl=<a tensor of shape {tuple(dl.shape)}>): dl must be a loader of batches, not "
+                            f"a tensor; for inputs x pass [(x,)] (one batch) or DataLoader(TensorDataset(x), "
+                            "batch_size=...).")
     elif isinstance(dl, (str, bytes)) or not (isinstance(dl, Iterable) or hasattr(dl, "__getitem__")):
         # fastai: a TypeError (not iterable), or a string's characters run through the model
         raise ArgumentError(f"{method}(dl={dl!r}): dl must be a loader of batches, such as a torch DataLoader "
