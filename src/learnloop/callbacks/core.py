@@ -172,6 +172,10 @@ class GatherPredsCallback(Callback):
     Only the batches the model ran on are gathered: one cancelled before its prediction (a CancelBatchException in
     before_batch) adds nothing; one cancelled after it keeps its prediction, with NaN losses if its loss was not
     computed. If a callback that runs before this one cancels the phase in before_validate, all four are None.
+
+    For DistributedTrainer: with `keep_batches` set, the phase's batches are kept after it ends, so that
+    `keep_first(n)` can cut what was gathered to its first `n` batches (a phase one rank cancelled while the others
+    ran on); `forget_batches()` lets them go.
     """
 
     run_train = False  # it gathers validation phases only
