@@ -677,6 +677,12 @@ def test_number_checks_are_public_in_errors() -> None:
     assert errors.to_whole(torch.tensor(2), "n_steps", "X", "a number of batches") == 2
     with pytest.raises(ArgumentError, match="X: n must be a number"):
         errors.to_number(np.bool_(True), "n", "X")
+    # A string is fastai's ValueError (GradientClip(max_norm='x'): torch's float('x') at the first step), None its
+    # TypeError: the error is both.
+    for bad in ("x", None):
+        with pytest.raises(ValueError, match="max_norm must be a number") as caught:
+            GradientClip(max_norm=bad)
+        assert isinstance(caught.value, TypeError)
     with pytest.raises(InputError, match="X: n is a count, a whole number >= 1; got 0"):
         errors.to_whole(0, "n", "X", "a count")
 

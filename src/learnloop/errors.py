@@ -49,7 +49,8 @@ def to_number(value: Any, name: str, owner: str) -> int | float:
 
     Accepts what fastai's arithmetic accepts: ints and floats, numpy scalars (``numbers.Integral`` /
     ``numbers.Real``) and 0-dim torch tensors; an int stays an int. Booleans (Python's and numpy's), NaN and
-    anything else are refused: an ArgumentError for a non-number, an InputError for NaN. `owner` and `name`
+    anything else are refused: a ValueTypeError for a non-number (fastai's arithmetic fails on a string with a
+    ValueError, `float('x')`, or a TypeError), an InputError for NaN. `owner` and `name`
     (``"GradientClip"``, ``"max_norm"``) say in the message which argument is wrong.
 
     >>> to_number(np.int64(3), "n_acc", "GradientAccumulation"), to_number(torch.tensor(0.5), "pct", "Short")
@@ -58,7 +59,7 @@ def to_number(value: Any, name: str, owner: str) -> int | float:
     if isinstance(value, torch.Tensor) and value.ndim == 0:
         value = value.item()  # read once, when the callback is made
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ArgumentError(
+        raise ValueTypeError(
             f"{owner}: {name} must be a number (an int or a float, a numpy scalar or a 0-dim tensor), got {value!r}."
         )
     if isinstance(value, numbers.Integral):
