@@ -221,8 +221,9 @@ class Recorder(Callback):
             self._warned_no_targets = True
             warn_caller(
                 f"The training batches of epoch {self.learn.epoch} have no targets (each is a single tensor or a "
-                "1-tuple), so no loss was computed and nothing was trained: batches should be (input, target) "
-                "tuples, as a TensorDataset(x, y) gives; set DataLoaders(n_inp=...) if a batch holds several inputs."
+                "1-tuple), so the loop computed no loss and took no optimizer step, and there is no training loss: "
+                "batches should be (input, target) tuples, as a TensorDataset(x, y) gives; set DataLoaders(n_inp=...) "
+                "if a batch holds several inputs."
             )
 
     def after_validate(self) -> None:
