@@ -479,6 +479,16 @@ def test_validate_returns_valid_loss_and_metrics() -> None:
     assert isinstance(valid_loss, float) and isinstance(acc, float)
 
 
+def test_metrics_may_be_any_iterable_of_metrics() -> None:
+    # As fastai's `L(metrics)`: a generator, a set (or fastcore's L) of metrics, not only a list or a tuple.
+    cases = [((m for m in (accuracy, rmse)), ["accuracy", "_rmse"]), ({accuracy}, ["accuracy"]), (range(0), [])]
+    for given, names in cases:
+        assert [m.name for m in synth_classif_learner(metrics=given).metrics] == names
+    learn = synth_classif_learner()
+    learn.metrics = (m for m in [accuracy])
+    assert len(learn.validate()) == 2
+
+
 def test_validate_on_another_dl() -> None:
     learn = synth_learner()
     x, y = torch.randn(8, 2), torch.randn(8, 1)

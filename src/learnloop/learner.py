@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +40,7 @@ from .fsdp import is_fsdp, load_sharded, save_sharded
 from .inference import Inference, replacing_yield
 from .learner_args import check_dls, check_funcs, check_groups, check_opt, check_train_data
 from .metrics import Metric, mk_metric
+from .metrics.accum import TorchMetricLike
 from .optimizer import Adam, OptimWrapper
 from .params import NORM_TYPES, norm_bias_params, trainable_params
 from .resume import ResumeState
@@ -136,7 +137,10 @@ class Learner(Inference):
 
     @metrics.setter
     def metrics(self, value: Any) -> None:
-        items = [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
+        # Any iterable of metrics, as fastai's `L(metrics)` takes (a generator, fastcore's `L`); a metric itself may be
+        # iterable (a torchmetrics MetricCollection yields its keys): it is one metric.
+        one = value is None or callable(value) or isinstance(value, (str, Mapping, Metric, TorchMetricLike))
+        items = [] if value is None else [value] if one or not isinstance(value, Iterable) else list(value)
         self._metrics = [mk_metric(m) for m in items]
 
     @property
