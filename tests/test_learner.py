@@ -534,6 +534,24 @@ def test_get_preds_with_loss_on_a_plain_function() -> None:
     assert learn.loss_func is F.cross_entropy
 
 
+def test_get_preds_with_loss_refuses_a_loss_that_takes_no_reduction() -> None:
+    # fastai's fails at the first batch ("unexpected keyword argument 'reduction'"), which learnloop's note blamed on
+    # the model's output and the targets; it is said before any batch runs, and the loss function is left as it was.
+    def loss(pred: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(pred, targ)
+
+    learn = synth_classif_learner(loss_func=loss)
+    log = EventLog()
+    with pytest.raises(TypeError, match="reduction='none'.*a keyword it does not take"):
+        learn.get_preds(with_loss=True, cbs=log)
+    assert log.events == [] and learn.loss_func is loss and log not in learn.cbs
+    with pytest.raises(TypeError, match="has no `reduction` attribute"), learn.loss_not_reduced():
+        pass
+    # A function that takes **kwargs is called with reduction="none".
+    learn.loss_func = lambda pred, targ, **kwargs: F.cross_entropy(pred, targ, **kwargs)
+    assert learn.get_preds(with_loss=True)[2].shape == (24,)
+
+
 def test_get_preds_regression_losses_are_per_item(learn: Learner) -> None:
     preds, targs, losses = learn.get_preds(with_loss=True)
     assert preds.shape == (16, 1) and losses.numel() == 16  # one loss per item (shaped like the output, as fastai)

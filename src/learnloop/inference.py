@@ -9,6 +9,7 @@ before_epoch, one validation phase of the loop (loop.py) over the data asked for
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -169,7 +170,8 @@ class Inference(Loop):
         return dl_to_detach(b, cpu, gather) if callable(dl_to_detach) else to_detach(b, cpu, gather)
 
     def loss_not_reduced(self) -> AbstractContextManager[None]:
-        """In the block, the loss function returns one loss per item (`reduction='none'`)."""
+        """In the block, the loss function returns one loss per item: its `reduction` attribute is 'none', or it is
+        called with `reduction='none'` (a loss function that has neither is an ArgumentError, a TypeError)."""
         return self._unreduced_loss(True)
 
     @contextmanager
@@ -186,6 +188,14 @@ class Inference(Loop):
             finally:
                 old.reduction = reduction
         else:
+            if not _takes_reduction(old):  # fastai: "got an unexpected keyword argument 'reduction'" at the first batch
+                name = getattr(old, "__qualname__", type(old).__name__)
+                raise ArgumentError(
+                    f"The loss function {name} has no `reduction` attribute, so it is called with reduction='none' for "
+                    "one loss per item (get_preds(with_loss=True), loss_not_reduced()), a keyword it does not take: "
+                    "give it a `reduction` parameter (`def loss(pred, targ, reduction='mean')`) or use a loss that has "
+                    "one (nn.CrossEntropyLoss(), F.cross_entropy, CrossEntropyLossFlat())."
+                )
             self.loss_func = functools.partial(old, reduction="none")
             try:
                 yield
@@ -234,6 +244,16 @@ class Inference(Loop):
         if with_input:
             return (inp[0] if isinstance(inp, torch.Tensor) else tuple(x[0] for x in inp), *result)
         return result
+
+
+def _takes_reduction(loss_func: Any) -> bool:
+    """Whether `loss_func` can be called with `reduction='none'` (True when its signature cannot be read)."""
+    func = loss_func.forward if isinstance(loss_func, torch.nn.Module) else loss_func
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD or (p.name == "reduction" and p.kind is not p.POSITIONAL_ONLY) for p in params)
 
 
 class _OneBatch:
