@@ -143,6 +143,19 @@ def test_momentums_of_the_wrong_length_are_refused_before_the_optimizer_changes(
     assert _same(_state(learn), before)
 
 
+def test_fit_refusing_its_lr_or_wd_leaves_the_optimizer_as_it_was() -> None:
+    # fit set wd, then the lr: one lr per group for an optimizer of one group was refused after wd had changed
+    # (as in fastai's fit). Each is refused now with the hyper-parameters as they were.
+    learn = synth_learner()
+    learn.fit(1, lr=0.5)
+    before = _state(learn)
+    with pytest.raises(ValueError, match=r"set_hyper\('lr'\): got 2 values but the optimizer has 1 parameter groups"):
+        learn.fit(1, lr=[0.1, 0.2], wd=0.5)
+    with pytest.raises(ValueError, match=r"got 2 values but the optimizer has 1 parameter groups"):
+        learn.fit(1, lr=0.1, wd=[0.1, 0.2])
+    assert _same(_state(learn), before)
+
+
 def test_a_start_epoch_that_is_not_a_number_is_refused_with_a_sentence() -> None:
     learn = synth_learner()
     with pytest.raises(ArgumentError, match=r"fit: start_epoch must be a number .*got '1'"):  # fastai: a TypeError

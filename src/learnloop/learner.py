@@ -234,9 +234,16 @@ class Learner(Inference):
             resuming = ResumeState(self, file, n_epoch) if file is not None else None
             if wd is None:
                 wd = self.wd
-            if wd is not None:
-                self.opt.set_hypers(wd=wd)
+            # The lr first: one the optimizer refuses (a list of the wrong length) must not leave `wd` changed. Each
+            # set_hypers refuses before it changes anything; a wd refused after it puts the lr back.
+            old_lrs = [h["lr"] for h in self.opt.hypers]
             self.opt.set_hypers(lr=self.lr if lr is None else lr)
+            if wd is not None:
+                try:
+                    self.opt.set_hypers(wd=wd)
+                except BaseException:
+                    self.opt.set_hypers(lr=old_lrs)
+                    raise
             self.n_epoch = n_epoch
             if resuming is not None:
                 resuming.load_model(self)
