@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -693,6 +694,25 @@ def test_predict_one_item() -> None:
         classif.predict(x, 1)
     with pytest.raises(TypeError, match="with_input is the third: pass with_input=True by keyword"):
         classif.predict(x, True)
+
+
+def test_a_fit_without_train_eval_callback_trains_nothing_and_says_so() -> None:
+    # As in fastai, nothing sets learn.training without it: no backward, no step. fastai's says nothing (or fails in
+    # its Recorder); learnloop warns when the fit starts.
+    learn = synth_learner(default_cbs=False, cbs=Recorder)
+    before = learn.model.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"no TrainEvalCallback .* no batch of this fit computes gradients"):
+        learn.fit(1)
+    assert torch.equal(learn.model.weight, before) and learn.recorder.values[0][0] != learn.recorder.values[0][0]
+    learn.add_cb(TrainEvalCallback())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1)
+        learn.fit(1, start_epoch=1)  # trains no epoch
+    assert not torch.equal(learn.model.weight, before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        synth_learner(default_cbs=False).fit(1, cbs=TrainEvalCallback)  # given to the fit
 
 
 # ------------------------------------------------------------------ devices
