@@ -665,6 +665,13 @@ def test_predict_of_an_item_that_is_no_tensor_says_what_to_give() -> None:
     for item, kind in ((None, ValueError), ("abc", TypeError), ({"x": 1.0}, TypeError)):
         with pytest.raises(kind, match=r"predict: the item is the model's input, a tensor .*; got a (None|str|dict)"):
             learn.predict(item)
+    # The message said a list of numbers is an input; as fastai collates an item, it is one input per number.
+    with pytest.raises(TypeError, match=r"or a tuple or list of them, one per input \(a list of numbers is one input "
+                                        r"per number: torch.tensor\(\[...\]\) is one input\)"):
+        learn.predict(None)
+    with pytest.raises(TypeError, match=r"the model was called with 2 input\(s\): \(1,\) float32, \(1,\) float32"):
+        learn.predict([0.5, -1.0])
+    assert learn.predict(torch.tensor([0.5, -1.0]))[2].shape == (1,)
 
 
 def _cancel_batch() -> None:

@@ -203,8 +203,8 @@ class Inference(Loop):
                 self.loss_func = old
 
     def predict(self, item: Any, rm_type_tfms: int | None = None, with_input: bool = False) -> tuple[Any, ...]:
-        """Predict one item (an input tensor, or a tuple of inputs): `(decoded, decoded tensor, pred)`, with the
-        input first when `with_input` (fastai's order).
+        """Predict one item (an input tensor, or a tuple or list of inputs, as fastai collates them: `[0.1, 0.2]` is
+        two inputs): `(decoded, decoded tensor, pred)`, with the input first when `with_input` (fastai's order).
 
         `rm_type_tfms` holds fastai's place in the signature: learnloop has no item transforms, so only None or 0
         (remove none) are accepted.
@@ -226,7 +226,8 @@ class Inference(Loop):
         except (TypeError, RuntimeError, ValueError) as e:  # None, a string, a dict: nothing the model can take
             raise ValueTypeError(
                 f"predict: the item is the model's input, a tensor (or what torch.as_tensor converts: a number, a "
-                f"numpy array, a list of numbers) or a tuple of them, one per input; got {describe(item)} ({e})."
+                f"numpy array), or a tuple or list of them, one per input (a list of numbers is one input per number: "
+                f"torch.tensor([...]) is one input); got {describe(item)} ({e})."
             ) from e
         self._n_inp = len(batch)
         try:
