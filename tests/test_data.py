@@ -416,6 +416,24 @@ def test_a_negative_index_counts_from_the_end_as_the_positive_one_reads() -> Non
     assert learn.validate(ds_idx=-1) == learn.validate(ds_idx=1) == [None]
 
 
+def test_more_loaders_follow_the_validation_one_as_in_fastai() -> None:
+    # fastai's DataLoaders(*loaders): DataLoaders(train, valid, test) was a TypeError (two loaders at most).
+    train, valid, test = (DataLoader(_ds(n), batch_size=4) for n in (8, 8, 6))
+    dls = DataLoaders(train, valid, test, device="cpu")
+    assert len(dls) == 3 and dls[2] is test and dls[-1] is test and dls.valid is valid
+    assert repr(dls) == (
+        "DataLoaders(train=DataLoader(2 batches), valid=DataLoader(2 batches), DataLoader(2 batches), device=cpu)"
+    )
+    learn = Learner(dls, nn.Linear(2, 1), loss_func=nn.MSELoss())
+    learn.logger = noop
+    x, y = test.dataset.tensors
+    preds, targs = learn.get_preds(ds_idx=2)
+    assert torch.equal(targs, y) and preds.shape == (6, 1)
+    [loss] = learn.validate(ds_idx=2)
+    assert loss == pytest.approx(nn.functional.mse_loss(preds, y).item(), rel=1e-5)
+    assert len(Learner([train, valid, test], nn.Linear(2, 1), loss_func=nn.MSELoss()).dls) == 3
+
+
 @pytest.mark.parametrize("bs", ["8", 2.5, None])
 def test_a_batch_size_that_is_not_a_whole_number_says_so(bs: Any) -> None:
     # fastai's loader fails on bs="8" with a ValueError, torch's on 2.5 with a TypeError: the error is both.

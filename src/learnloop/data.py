@@ -162,7 +162,8 @@ def unshuffled(dl: Iterable[Any], by_index: bool = False) -> Iterable[Any]:
 
 
 class DataLoaders:
-    """A training and a validation loader (any iterables of batches) plus the device they feed.
+    """A training and a validation loader (any iterables of batches) plus the device they feed; more loaders may
+    follow, as in fastai (`DataLoaders(train, valid, test)`: `dls[2]`, for `get_preds(ds_idx=2)`).
 
     As fastai's, an attribute it does not have is read from the training loader (`dls.batch_size`, `dls.dataset`),
     and `dls.bs` is the training loader's batch size.
@@ -175,12 +176,12 @@ class DataLoaders:
         self,
         train: Iterable[Any],
         valid: Iterable[Any] | None = None,
-        *,
+        *more: Iterable[Any],
         device: torch.device | str | None = None,
         n_inp: int | None = None,
         path: str | Path = ".",
     ) -> None:
-        self.loaders: list[Iterable[Any] | None] = [train, valid]
+        self.loaders: list[Iterable[Any] | None] = [train, valid, *more]
         self.device = _checked_device(device, "DataLoaders") if device is not None else default_device()
         # Checked here: a bad n_inp would otherwise fail only when the first batch is split, inside the fit.
         if n_inp is not None:
@@ -374,7 +375,8 @@ class DataLoaders:
         return cls.from_dsets(TensorDataset(x_train, y_train), valid, bs, **kwargs)
 
     def __repr__(self) -> str:
-        return f"DataLoaders(train={_describe(self.train)}, valid={_describe(self.valid)}, device={self.device})"
+        more = "".join(f", {_describe(dl)}" for dl in self.loaders[2:])
+        return f"DataLoaders(train={_describe(self.train)}, valid={_describe(self.valid)}{more}, device={self.device})"
 
 
 def _check_bs(bs: Any, name: str, alternative: str) -> None:
