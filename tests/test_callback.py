@@ -1057,6 +1057,33 @@ def test_an_event_method_patched_into_a_class_already_used_is_called() -> None:
     assert learn.count.n == 3  # 2 training batches and 1 validation batch
 
 
+def test_a_method_patched_into_the_class_of_a_callback_already_added_runs_from_the_next_fit() -> None:
+    # The hook lists were built when the callback was added: a method patched into its class afterwards (fastcore's
+    # @patch in a notebook, between two fits) was never called, and a replaced one still ran its old code.
+    seen: list[str] = []
+
+    class Note(Callback):
+        def before_fit(self) -> None:
+            seen.append("before_fit")
+
+    learn = synth_learner(cbs=Note())
+    learn.fit(1)
+
+    def before_fit(self: Note) -> None:
+        seen.append("before_fit, patched")
+
+    def after_epoch(self: Note) -> None:
+        seen.append("after_epoch, patched")
+
+    Note.before_fit, Note.after_epoch = before_fit, after_epoch  # type: ignore[attr-defined, method-assign]
+    learn.fit(1)
+    assert seen == ["before_fit", "before_fit, patched", "after_epoch, patched"]
+    assert learn.note in learn.ordered_cbs("after_epoch")
+    del Note.after_epoch  # type: ignore[attr-defined]
+    learn.validate()
+    assert seen[3:] == ["before_fit, patched"]
+
+
 def test_calling_a_callback_with_an_event_finds_its_method_without_listing_them_all(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -16,7 +16,7 @@ from .warn import warn_caller
 
 __all__ = ["CallbackHost", "NotACallbackError", "as_list"]
 
-_AFTER_FIT = Event.after_fit
+_AFTER_FIT, _BEFORE_FIT = Event.after_fit, Event.before_fit
 # Indentation of each event in show_cbs, by the phase it belongs to.
 _DEPTH = {"create": 0, "fit": 0, "epoch": 1, "train": 2, "validate": 2}
 _DEPTH.update({e.value.split("_")[-1]: 3 for e in INNER_LOOP})
@@ -40,6 +40,15 @@ def instantiate(cls: type[Callback]) -> Callback:
         e.add_note(f"learnloop: the callback class {cls.__name__} was given in place of an instance, so it is made "
                    f"with no arguments, {cls.__name__}(); pass an instance to give it arguments: {cls.__name__}(...).")
         raise
+
+
+def _class_layout(cbs: list[Callback]) -> tuple[Any, ...]:
+    """The attributes of each callback's classes (below Callback), by name and object identity: what a method
+    patched into a class after its callbacks were added changes."""
+    return tuple(
+        tuple((name, id(value)) for name, value in vars(k).items())
+        for cb in cbs for k in type(cb).__mro__ if k is not Callback and k is not object
+    )
 
 
 def as_list(cbs: Any) -> list[Any]:
@@ -83,6 +92,7 @@ class CallbackHost:
     def __init__(self) -> None:
         self._cbs: list[Callback] = []
         self._built_for: list[Callback] = []  # the callbacks the hook lists were last built from, in order
+        self._built_classes: tuple[Any, ...] = ()  # their classes' attributes then (_class_layout)
         # What fires: per event, the hooks to call, in order. `_plan` lists every callback with a method for the event
         # (what `ordered_cbs` and `show_training_loop` show); `_hooks` leaves out the methods a callback marks as
         # having nothing to do for now (`Callback._idle_events`), so that the loop does not call them for nothing.
@@ -105,9 +115,11 @@ class CallbackHost:
         self._cbs = list(value)
         self._sync_cbs()
 
-    def _sync_cbs(self) -> None:
+    def _sync_cbs(self, classes: bool = False) -> None:
         """Rebuild the hook lists if `cbs` changed since they were built (the list replaced or edited in place):
-        checked at every event that is not a per-batch one, an identity check per callback."""
+        checked at every event that is not a per-batch one, an identity check per callback. With `classes` (at each
+        before_fit, and for the listings), also if a callback's class gained, lost or replaced an attribute since (a
+        method patched in, fastcore's ``@patch``, a notebook cell run again), as fastai finds each method per event."""
         cbs, built = self._cbs, self._built_for
         if len(cbs) != len(built) or any(a is not b for a, b in zip(cbs, built, strict=True)):
             for cb in cbs:
@@ -119,6 +131,8 @@ class CallbackHost:
                 check_run_order(cb)
                 if cb.learn is None:  # put in the list directly: it needs its learner too
                     object.__setattr__(cb, "learn", self)
+            self._build_hooks()
+        elif classes and _class_layout(cbs) != getattr(self, "_built_classes", None):  # (a learner pickled before)
             self._build_hooks()
 
     def add_cb(self, cb: Callback | type[Callback]) -> Self:
@@ -281,6 +295,7 @@ class CallbackHost:
         after_fit = {id(cb.cb if type(cb) is _EveryEvent else cb): (cb, hook) for cb, hook in hooks[_AFTER_FIT]}
         self._after_fit_turns = [(cb, *after_fit.get(id(cb), (cb, None))) for cb in ordered]
         self._built_for = list(self._cbs)
+        self._built_classes = _class_layout(self._cbs)
 
     def sorted_cbs(self) -> list[Callback]:
         """The callbacks in the order they run (by `order`, then `run_before`/`run_after`, then insertion)."""
@@ -288,7 +303,7 @@ class CallbackHost:
 
     def ordered_cbs(self, event: str) -> list[Callback]:
         """The callbacks with a method for `event`, in the order they run (fastai's name)."""
-        self._sync_cbs()
+        self._sync_cbs(classes=True)
         return list(self._plan[resolve_event(event)])
 
     def __call__(self, event_name: str | Iterable[str]) -> None:
@@ -299,7 +314,7 @@ class CallbackHost:
             self._fire(resolve_event(name))
 
     def _fire(self, event: Event) -> None:
-        self._sync_cbs()
+        self._sync_cbs(classes=event is _BEFORE_FIT)
         if event is _AFTER_FIT:
             self._run_after_fit()
         elif hooks := self._hooks[event]:
@@ -328,7 +343,7 @@ class CallbackHost:
     def show_training_loop(self) -> None:
         """Print the training loop as fastai 2.8 does, line for line: its phases, and at each of its events the
         callbacks that run there, in order (`show_cbs` lists every event, those fastai leaves out included)."""
-        self._sync_cbs()
+        self._sync_cbs(classes=True)
         indent = 0
         for step in _FASTAI_LOOP:
             if step.startswith("Start"):
@@ -345,7 +360,7 @@ class CallbackHost:
         """Print the execution plan: every event, in loop order, with the callbacks that run at it, in order
         (``-`` for none). Validation batches run the same callbacks as training ones, less those with
         ``run_valid=False``; training ones less those with ``run_train=False``."""
-        self._sync_cbs()
+        self._sync_cbs(classes=True)
         for event in Event:
             names = ", ".join(type(cb).__name__ for cb in self._plan[event]) or "-"
             print(f"{'  ' * _DEPTH[event.value.split('_')[-1]]}{event.value:<22} {names}")
