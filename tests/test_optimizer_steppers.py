@@ -390,3 +390,34 @@ def test_lamb_foreach_trust_ratio_divides_whole_lists_not_each_tensor(monkeypatc
     monkeypatch.undo()
     assert scalar_lists == []
     assert relative_error(out, train(OPTIMIZERS["Lamb"], "per_param", steps=3)) < 1e-6
+
+
+def _extra_params(layout: str) -> list[torch.Tensor]:
+    if layout == "strided slice":  # a parameter that is not dense: every other column of a tensor
+        return [torch.randn(4, 6)[:, ::2].detach().requires_grad_()]
+    if layout == "transposed grad":  # a gradient assigned by hand, with other strides than its parameter
+        return [torch.randn(3, 4, requires_grad=True)]
+    return []
+
+
+@pytest.mark.parametrize("layout", ["strided slice", "transposed grad", "channels_last midway"])
+@pytest.mark.parametrize("name", ["Adam", "SGD-mom"])
+def test_the_fused_kernels_are_skipped_for_tensors_laid_out_otherwise(name: str, layout: str) -> None:
+    """torch's CPU fused kernels walk each tensor as a flat run of its elements: a parameter that is not dense, or
+    whose gradient or state has other strides, was stepped on the wrong elements. Such buckets take the foreach path."""
+    results = []
+    for impl in ("per_param", "auto"):
+        torch.manual_seed(0)
+        conv = nn.Conv2d(2, 3, 3)
+        extra = _extra_params(layout)
+        opt = OPTIMIZERS[name]([*extra, *conv.parameters()], implementation=impl)
+        for i in range(4):
+            if i == 2 and layout == "channels_last midway":
+                conv.to(memory_format=torch.channels_last)  # the weight's strides change, its state's do not
+            conv(torch.randn(2, 2, 6, 6)).pow(2).mean().backward()
+            for p in extra:
+                p.grad = torch.randn(4, 3).t() if layout == "transposed grad" else torch.randn(p.shape)
+            opt.step()
+            opt.zero_grad()
+        results.append([p.detach().clone() for p in [*extra, *conv.parameters()]])
+    assert relative_error(results[1], results[0]) <= 1e-6

@@ -5,18 +5,20 @@ step_stat, adam_step]`` is exactly torch's AdamW with ``betas=(mom, sqr_mom)``: 
 first, then ``p -= lr/(1-mom**t) * m / (sqrt(v/(1-sqr_mom**t)) + eps)``. The momentum SGD chain
 ``[weight_decay, average_grad, momentum_step]`` is torch's SGD with ``dampening=0`` once the decoupled
 decay is applied (fastai's buffer starts at zero, so its first value ``0*mom + g`` equals torch's ``g``).
-Each plan returns False when it cannot run (device or dtype without a fused kernel); the caller then
-runs the foreach chain instead.
+Each plan returns False when it cannot run (device or dtype without a fused kernel, or tensors the kernel would
+read in the wrong order: see ``_flat_alike``); the caller then runs the foreach chain instead.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from . import steppers as S
@@ -50,6 +52,28 @@ def _can_fuse(b: Bucket, kernel: str) -> bool:
     )
 
 
+def _dense(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill a block of memory without gaps or overlaps, in any order of its dimensions."""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape, strict=True) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _flat_alike(*lists: list[Tensor]) -> bool:
+    """Whether the fused kernels read these tensors right. They walk each tensor as one flat run of its elements, so a
+    parameter, its gradient and its state must all be dense and laid out alike; else the update lands on the wrong
+    elements (a strided slice as a parameter, a gradient assigned transposed, a model moved to channels_last after
+    its state was made). Such a bucket takes the foreach forms, which follow the strides."""
+    if all(map(Tensor.is_contiguous, itertools.chain.from_iterable(lists))):  # the usual case: one C call a tensor
+        return True
+    return all(
+        _dense(ts[0]) and all(t.stride() == ts[0].stride() for t in ts[1:]) for ts in zip(*lists, strict=True)
+    )
+
+
 def _mark_unsupported(b: Bucket, kernel: str) -> None:
     _unsupported.add((b.params[0].device.type, b.params[0].dtype, kernel))
 
@@ -58,6 +82,8 @@ def _fused_adamw(b: Bucket, h: Mapping[str, Any]) -> bool:
     if not _can_fuse(b, "adamw"):
         return False
     exp_avgs, exp_avg_sqs = state_tensors(b, "grad_avg"), state_tensors(b, "sqr_avg")
+    if not _flat_alike(b.params, b.grads, exp_avgs, exp_avg_sqs):
+        return False
     step = b.step + 1
     # torch.full launches a fill on the device: no host-to-device copy, no synchronisation.
     step_t = torch.full((), float(step), dtype=torch.float32, device=b.params[0].device)
@@ -92,6 +118,8 @@ def _fused_sgd_momentum(b: Bucket, h: Mapping[str, Any]) -> bool:
     if mom == 0 or not _can_fuse(b, "sgd"):
         return False
     bufs = state_tensors(b, "grad_avg")
+    if not _flat_alike(b.params, b.grads, bufs):
+        return False
     if b.do_wd and h["wd"] != 0:
         torch._foreach_mul_(b.params, 1 - h["lr"] * h["wd"])
     try:
