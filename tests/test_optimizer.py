@@ -85,6 +85,17 @@ def test_groups_may_be_generators_and_anything_but_tensors_is_refused() -> None:
             SGD(params, lr=0.1)
 
 
+def test_a_bare_tensor_among_groups_is_a_group_of_one_parameter() -> None:
+    """fastai reads ``[[w1, w2], w3]`` (a splitter returning a head's weight as it is) as two groups, the second
+    holding w3; it was split into w3's rows, views without gradients, so w3 never trained."""
+    w1, w2, w3 = (nn.Parameter(torch.ones(2, 2)) for _ in range(3))
+    opt = SGD([[w1, w2], w3], lr=0.1)
+    assert opt.param_lists == [[w1, w2], [w3]]
+    w3.grad = torch.ones(2, 2)
+    opt.step()
+    assert torch.equal(w3.detach(), torch.full((2, 2), 0.9))
+
+
 def test_a_parameter_list_is_parameters_not_a_module() -> None:
     # nn.ParameterList is a Module, but torch.optim and fastai read it as its parameters: one group, or one per list.
     first, second = (nn.ParameterList([nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(3))]) for _ in range(2))

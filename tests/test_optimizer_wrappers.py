@@ -210,6 +210,12 @@ def test_wrapper_takes_a_single_tensor_as_one_parameter() -> None:
     assert torch.equal(p.detach(), torch.full((3,), 0.9))
 
 
+def test_wrapper_takes_a_bare_tensor_among_groups_as_a_group_of_one_parameter() -> None:
+    w1, w2 = nn.Parameter(torch.ones(2, 2)), nn.Parameter(torch.ones(2, 2))
+    opt = OptimWrapper([[w1], w2], opt=torch.optim.SGD, lr=0.1)  # fastai's: two groups; learnloop's failed in torch
+    assert opt.param_lists == [[w1], [w2]]
+
+
 def test_wrapper_converts_lists_among_group_dicts_and_keeps_the_dicts() -> None:
     a, b = three_groups()[:2]
     opt = OptimWrapper([a, {"params": b, "lr": 0.1}], opt=torch.optim.SGD, lr=0.01)

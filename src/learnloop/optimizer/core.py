@@ -51,7 +51,7 @@ def _to_param_lists(params: Tensor | Iterable[Any]) -> tuple[list[list[Tensor]],
     else:
         # Groups are lists (an nn.ParameterList too), or generators such as m.parameters(); else one group.
         is_group = isinstance(items[0], (list, tuple, Iterator, nn.ParameterList))
-        groups = [list(g) for g in items] if is_group else [items]
+        groups = [as_param_list(g) for g in items] if is_group else [items]  # a bare tensor among them: one parameter
         hypers = [{} for _ in groups]
     _check_tensors(groups)
     return groups, hypers

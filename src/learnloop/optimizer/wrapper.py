@@ -157,7 +157,7 @@ class OptimWrapper(BaseOptimizer):
             items = as_param_list(params)
             if convert_groups and items and isinstance(items[0], (list, tuple)):
                 # A torch-style group dict among the lists keeps its own hypers, as in fastai.
-                items = [g if isinstance(g, Mapping) else {"params": list(g)} for g in items]
+                items = [g if isinstance(g, Mapping) else {"params": as_param_list(g)} for g in items]
             self.opt = opt(items, **kwargs)
         else:
             raise TypeError(f"opt must be a torch.optim.Optimizer class or instance, got {opt!r}")
