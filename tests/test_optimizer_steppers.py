@@ -421,3 +421,15 @@ def test_the_fused_kernels_are_skipped_for_tensors_laid_out_otherwise(name: str,
             opt.zero_grad()
         results.append([p.detach().clone() for p in [*extra, *conv.parameters()]])
     assert relative_error(results[1], results[0]) <= 1e-6
+
+
+@pytest.mark.parametrize("hyper", ["mom", "sqr_mom"])
+@pytest.mark.parametrize("implementation", ["per_param", "foreach", "auto"])
+def test_adam_with_a_momentum_of_1_is_fastais_zero_division_in_every_path(hyper: str, implementation: str) -> None:
+    """Nothing debiases an average with a momentum of 1: fastai's adam_step divides by zero. The fused kernel did
+    not fail but turned every weight into NaN."""
+    p = param([1.0, 2.0], [0.5, 0.5])
+    opt = Adam([p], lr=0.1, implementation=implementation, **{hyper: 1.0})
+    with pytest.raises(ZeroDivisionError):
+        opt.step()
+    assert not p.isnan().any()

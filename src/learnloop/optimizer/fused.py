@@ -79,7 +79,8 @@ def _mark_unsupported(b: Bucket, kernel: str) -> None:
 
 
 def _fused_adamw(b: Bucket, h: Mapping[str, Any]) -> bool:
-    if not _can_fuse(b, "adamw"):
+    # A mom or sqr_mom of 1 has no debiasing: adam_step's ZeroDivisionError (fastai's), where the kernel gives NaNs.
+    if not _can_fuse(b, "adamw") or h["mom"] == 1 or h["sqr_mom"] == 1:
         return False
     exp_avgs, exp_avg_sqs = state_tensors(b, "grad_avg"), state_tensors(b, "sqr_avg")
     if not _flat_alike(b.params, b.grads, exp_avgs, exp_avg_sqs):
