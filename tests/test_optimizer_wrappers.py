@@ -6,6 +6,7 @@ import copy
 import warnings
 from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from learnloop.optimizer import (
     PYTORCH_HP_MAP,
     SGD,
     Lookahead,
+    Optimizer,
     OptimWrapper,
     RAdam,
     detuplify_pg,
@@ -276,6 +278,20 @@ def test_lookahead_exposes_the_wrapped_api() -> None:
     assert opt.opt.hypers[0]["lrr"] == 0.1
     with pytest.raises(ValueError, match="k >= 1"):
         Lookahead(RAdam(groups, lr=0.1), k=0)
+
+
+def test_lookahead_checks_a_hyper_name_as_the_optimizer_it_wraps() -> None:
+    """A ParamScheduler checks its names at before_fit with the optimizer's check_hyper_name: Lookahead's was the
+    base class's, which refused a name only a stepper's **kwargs reads (fastai's Lookahead, an Optimizer, takes it)."""
+
+    def scaled_sgd(p: torch.Tensor, lr: float, **kwargs: Any) -> None:
+        p.data.add_(p.grad, alpha=-lr * kwargs.get("scale", 1.0))
+
+    opt = Lookahead(Optimizer(three_groups(), [scaled_sgd], lr=0.1))
+    opt.check_hyper_name("scale")  # no KeyError, as the wrapped Optimizer's
+    wrapped = Lookahead(OptimWrapper(three_groups(), opt=torch.optim.SGD, lr=0.1))
+    with pytest.raises(KeyError, match="unknown hyper-parameter 'scale'"):
+        wrapped.check_hyper_name("scale")
 
 
 def test_ranger_takes_fastais_arguments_in_fastais_order() -> None:

@@ -88,6 +88,11 @@ class Lookahead(BaseOptimizer):
         """Set a hyper-parameter on the wrapped optimizer."""
         self.opt.set_hyper(k, v)
 
+    def check_hyper_name(self, k: str) -> None:
+        """The wrapped optimizer's check: learnloop's ``Optimizer`` takes any name (a stepper may read it through
+        ``**kwargs``), ``OptimWrapper`` only the torch optimizer's."""
+        self.opt.check_hyper_name(k)
+
     def freeze_to(self, n: int) -> None:
         """Freeze the wrapped optimizer's groups before ``n``."""
         self.opt.freeze_to(n)
