@@ -254,6 +254,32 @@ def test_restores_batchnorm_buffers_modes_and_grads() -> None:
     assert last.weight.grad is None
 
 
+class ScaledMSE(nn.Module):
+    """A learnable loss: its log-scale is trained with the model, the splitter handing it to the optimizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, out: torch.Tensor, targ: torch.Tensor) -> torch.Tensor:
+        return ((out - targ) ** 2).mean() * self.log_scale.exp() - self.log_scale
+
+
+@pytest.mark.parametrize("fit_first", [True, False])
+def test_restores_the_parameters_the_optimizer_trains_outside_the_model(fit_first: bool) -> None:
+    """fastai (and learnloop before) put back only the model: a learnable loss kept the sweep's values."""
+    loss = ScaledMSE()
+    learn = synth_learner(n_train=64, bs=16, loss_func=loss, splitter=lambda m: [*m.parameters(), loss.log_scale])
+    if fit_first:
+        learn.fit(1)
+        loss.log_scale.grad = torch.full((), 0.5)
+    value, grad = loss.log_scale.detach().clone(), loss.log_scale.grad
+    grad = None if grad is None else grad.clone()  # the sweep zeroes the gradient in place
+    lr_find(learn, num_it=20, show_plot=False)
+    assert torch.equal(loss.log_scale.detach(), value)
+    assert (loss.log_scale.grad is None) if grad is None else torch.equal(loss.log_scale.grad, grad)
+
+
 class Counter(Callback):
     """A user callback with state: it keeps what it saw during lr_find, as in fastai."""
 

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from torch import nn
+import torch
+from torch import Tensor, nn
 from torch.nn.parameter import is_lazy
 
 from ..callback import Callback
@@ -146,7 +147,8 @@ def _checkpointed(cb: Callback) -> bool:
 
 class LearnerSnapshot:
     """A copy, in memory, of what a trial run changes in the model and the optimizer: the model's weights,
-    buffers, gradients and train/eval modes, the optimizer (state and hypers, or its absence); with
+    buffers, gradients and train/eval modes, the optimizer (state and hypers, or its absence), the tensors it may
+    train outside the model (a learnable loss function's parameters, which a splitter hands the optimizer); with
     ``callbacks``, also the state of the callbacks whose state travels in checkpoints (their class defines
     ``state_dict``: trackers, EMACallback, MixedPrecision, GradientAccumulation, ParamScheduler, CSVLogger),
     the Recorder excepted.
@@ -165,6 +167,10 @@ class LearnerSnapshot:
         self.grads = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
         self.opt = learn.opt
         self.opt_state = None if learn.opt is None else copy.deepcopy(learn.opt.state_dict())
+        self.outside = [
+            (t, t.detach().clone(), None if t.grad is None else t.grad.detach().clone())
+            for t in _trained_outside(learn)
+        ]
         self.cb_states: list[tuple[Callback, dict[str, Any]]] = []
         if callbacks:
             memo = self._shared(learn)
@@ -186,12 +192,36 @@ class LearnerSnapshot:
             module.training = mode
         for p, grad in zip(model.parameters(), self.grads, strict=False):
             p.grad = grad
+        with torch.no_grad():
+            for t, data, grad in self.outside:
+                t.copy_(data)
+                t.grad = grad
         learn.opt = self.opt
         if self.opt is not None and self.opt_state is not None:
             self.opt.load_state_dict(self.opt_state)
         for cb, state in self.cb_states:
             cb.__dict__.clear()
             cb.__dict__.update(state)
+
+
+def _trained_outside(learn: Learner) -> list[Tensor]:
+    """The tensors a sweep may change that are not the model's: the loss function's parameters and buffers (a
+    learnable loss), and any other parameter the learner's optimizer (if it has one yet) holds. The model's own are put
+    back with its state dict."""
+    model = learn.model
+    inside = {id(t) for t in itertools.chain(model.parameters(), model.buffers())}
+    loss = learn.loss_func
+    found = itertools.chain(
+        (loss.parameters() if isinstance(loss, nn.Module) else ()),
+        (loss.buffers() if isinstance(loss, nn.Module) else ()),
+        (itertools.chain.from_iterable(learn.opt.param_lists) if learn.opt is not None else ()),
+    )
+    out: list[Tensor] = []
+    for t in found:
+        if id(t) not in inside:
+            inside.add(id(t))
+            out.append(t)
+    return out
 
 
 def _check_no_lazy(model: nn.Module) -> None:
@@ -233,14 +263,15 @@ def lr_find(
     ``suggest_funcs`` (none for ``()``; ``suggest_funcs=None`` returns None, as in fastai).
 
     The model's weights, buffers, gradients and modes and the optimizer (state and hypers, or its absence) are
-    restored exactly, even when the run raises; so is the state of the callbacks whose state travels in
-    checkpoints (trackers, EMACallback, MixedPrecision...: a state loaded for the next fit is still there, an
-    average is not fed the sweep). As in fastai, the rest keeps what the sweep left: the loop counters
-    (``epoch``, ``train_iter``, ``pct_train``, ``training``...), your other callbacks (what they saw during the
-    sweep), and the Recorder, whose ``lrs`` / ``losses`` are the sweep's until the next fit (``recorder.hps``
-    stays the previous fit's, unless a ``ParamScheduler`` among the learner's callbacks ran in the sweep: its
-    ``after_fit`` sets them, as in fastai, while its own ``hps`` are put back). The random number generators
-    are not restored either: a later fit sees different shuffles and dropout masks than without lr_find.
+    restored exactly, even when the run raises, and so are a learnable loss function's parameters and the other
+    parameters an existing optimizer holds outside the model (fastai's puts back the model's only); so is the state
+    of the callbacks whose state travels in checkpoints (trackers, EMACallback, MixedPrecision...: a state loaded
+    for the next fit is still there, an average is not fed the sweep). As in fastai, the rest keeps what the sweep
+    left: the loop counters (``epoch``, ``train_iter``, ``pct_train``, ``training``...), your other callbacks (what
+    they saw during the sweep), and the Recorder, whose ``lrs`` / ``losses`` are the sweep's until the next fit
+    (``recorder.hps`` stays the previous fit's, unless a ``ParamScheduler`` among the learner's callbacks ran in the
+    sweep: its ``after_fit`` sets them, as in fastai, while its own ``hps`` are put back). The random number
+    generators are not restored either: a later fit sees different shuffles and dropout masks than without lr_find.
 
     The fit runs ``num_it // batches_per_epoch + 1`` epochs, as fastai's: with a ``num_it`` below 6 (which the
     finder counts as 6), it ends before the 6th batch when those epochs hold fewer than 6 batches (``num_it=2``
