@@ -104,6 +104,16 @@ def test_a_parameter_list_is_parameters_not_a_module() -> None:
     assert SGD([{"params": first}], lr=0.1).param_lists == [list(first)]
 
 
+def test_train_bn_false_on_the_optimizer_is_warned_of_as_having_no_effect() -> None:
+    """fastai's Optimizer ignores train_bn with a warning; learnloop's ignored it silently."""
+    p = nn.Parameter(torch.ones(2))
+    with pytest.warns(UserWarning, match=r"train_bn=False\) has no effect.*Learner\(train_bn=\.\.\.\)"):
+        Optimizer([p], sgd_step, train_bn=False, lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Optimizer([p], sgd_step, train_bn=True, lr=0.1)
+
+
 def test_a_single_tensor_is_one_parameter_and_a_single_stepper_a_chain_of_one() -> None:
     """fastai wraps them: ``SGD(p, lr)`` steps p itself, not the rows of p; ``Optimizer(p, sgd_step)`` works."""
     p = torch.ones(3, requires_grad=True)

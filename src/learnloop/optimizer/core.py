@@ -101,7 +101,8 @@ def _split_repeats(plist: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
 class Optimizer(BaseOptimizer):
     """fastai's generic optimizer: ``Optimizer(params, cbs, train_bn=True, **defaults)``.
 
-    ``params`` may be a single tensor and ``cbs`` a single stepper, as in fastai.
+    ``params`` may be a single tensor and ``cbs`` a single stepper, as in fastai. ``train_bn`` is there for fastai's
+    signature and does nothing (``Learner(train_bn=...)`` keeps normalisation layers trainable); False is warned of.
 
     >>> opt = Optimizer(model.parameters(), [weight_decay, sgd_step], lr=0.1, wd=0.01)  # doctest: +SKIP
     """
@@ -127,6 +128,11 @@ class Optimizer(BaseOptimizer):
                     f"(sgd_step, weight_decay, ...), one or a list of them; got {cb!r}."
                 )
         self.state = OptimizerState()
+        if not train_bn:  # fastai's Optimizer ignores it too, with a warning
+            warn_caller(
+                "Optimizer(train_bn=False) has no effect: which normalisation layers train in frozen groups is "
+                "Learner(train_bn=...)'s setting (it marks their parameters force_train in opt.state), as in fastai."
+            )
         self.train_bn = train_bn
         self.frozen_idx = 0
         self.implementation = implementation
