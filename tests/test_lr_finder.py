@@ -89,6 +89,23 @@ def test_linear_sweep_and_standalone_finder_restores() -> None:
     assert_same_model(learn, before)
 
 
+class ValidateAtEpochEnd(Callback):
+    """Runs validate() at each training epoch's end (not at the end of its own validate())."""
+
+    def after_epoch(self) -> None:
+        if not self.learn._nested_run:
+            self.learn.validate()
+
+
+def test_standalone_finder_restores_through_a_validate_inside_the_sweep() -> None:
+    """The validate()'s own before_fit/after_fit reached the finder: it took a new snapshot mid-sweep, put that back
+    at the validate()'s end and dropped it, so the fit ended with the sweep's weights."""
+    learn = trained_learner()
+    before = model_state(learn)
+    learn.fit(3, cbs=[LRFinder(num_it=10), ValidateAtEpochEnd()])
+    assert_same_model(learn, before)
+
+
 def test_standalone_finder_keeps_the_loop_attributes() -> None:
     # LRFinder as a fit callback puts back model and optimizer only: the learner keeps its loop attributes
     # (fastai's values for 5 batches an epoch and num_it=8), recorder.hps is left alone, and it trains on.

@@ -110,7 +110,8 @@ class LRFinder(ParamScheduler):
         if not isinstance(getattr(self.learn, "recorder", None), Recorder):
             raise ValueError("LRFinder reads the smoothed loss the Recorder computes: add a Recorder callback.")
         self.best_loss, self.diverged = math.inf, False
-        self._snapshot = LearnerSnapshot(self.learn, callbacks=False) if self.restore else None
+        if not self.learn._nested_run:  # a validate() a callback runs inside the sweep: the sweep's snapshot stays
+            self._snapshot = LearnerSnapshot(self.learn, callbacks=False) if self.restore else None
 
     def before_batch(self) -> None:
         self._update_val(self.learn.train_iter / self.num_it)
@@ -134,7 +135,7 @@ class LRFinder(ParamScheduler):
     def after_fit(self) -> None:
         # Not ParamScheduler.after_fit: the sweep's lrs do not replace recorder.hps (fastai's finder skips it too).
         self.learn.opt.zero_grad()
-        if self._snapshot is not None:
+        if self._snapshot is not None and not self.learn._nested_run:
             self._snapshot.restore()
             self._snapshot = None
 
