@@ -308,3 +308,23 @@ def test_replace_weights_leaves_the_weights_alone_outside_a_fit(run: str) -> Non
         getattr(learn, run)()
     assert same(weights(learn.model), loaded)
     assert not same(ema.averaged, loaded)
+
+
+class SumOfInputs(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("run", ["validate", "get_preds"])
+def test_a_model_without_parameters(run: str) -> None:
+    # There is nothing to average or swap in: torch's _foreach copy refused the empty lists (a RuntimeError).
+    learn = make_learner(SumOfInputs())
+    expected = getattr(learn, run)()
+    ema = EMACallback(decay=0.5)
+    learn.add_cb(ema)
+    got = getattr(learn, run)()
+    assert ema.averaged == [] and not ema.swapped
+    if run == "validate":
+        assert got == expected
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))

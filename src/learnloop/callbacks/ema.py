@@ -121,8 +121,9 @@ class EMACallback(Callback):
 
     def _update(self) -> None:
         assert self._ema is not None
-        with torch.no_grad():
-            torch._foreach_lerp_(self._ema, self._model_tensors, 1.0 - self.decay)
+        if self._ema:  # torch's _foreach ops refuse empty lists (a model without parameters)
+            with torch.no_grad():
+                torch._foreach_lerp_(self._ema, self._model_tensors, 1.0 - self.decay)
         self.n_updates += 1
 
     def before_validate(self) -> None:
@@ -145,13 +146,13 @@ class EMACallback(Callback):
         self._backup = None
         # Only at the end of a fit: a validate(), get_preds(), predict() or summary() (`_in_fit` False) must leave the
         # model's weights as they are, which may be others than the average by now (learn.load, say).
-        if self.replace_weights and self._ema is not None and self.learn._in_fit:
+        if self.replace_weights and self._ema and self.learn._in_fit:
             with torch.no_grad():
                 torch._foreach_copy_(self._model_tensors, self._ema)
 
     # ----------------------------------------------------------------- swapping
     def _swap_in(self) -> None:
-        if self._backup is not None or self._ema is None:
+        if self._backup is not None or not self._ema:  # nothing to swap in a model without parameters or buffers
             return
         tracked = self._model_tensors
         with torch.no_grad():
