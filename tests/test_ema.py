@@ -328,3 +328,24 @@ def test_a_model_without_parameters(run: str) -> None:
         assert got == expected
     else:
         assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize("how", ["new learner", "model replaced"])
+def test_another_model_starts_its_own_average(how: str) -> None:
+    # One callback for several learners (a loop over folds, say): the second model's validation used an average made
+    # mostly of the first model's weights, since the average carried over whenever the shapes matched.
+    ema = EMACallback(decay=0.99)
+    first = make_learner(cbs=ema)
+    first.fit(1)
+    torch.manual_seed(1)
+    model = nn.Linear(2, 1)
+    if how == "new learner":
+        second = make_learner(model, cbs=ema)
+    else:
+        second, first.model = first, model
+    start = weights(model)
+    second.fit(1, cbs=Track())
+    assert ema.n_updates == 4  # the 4 steps of this fit, not 8
+    # Four steps of decay 0.99 from the new model's weights: within 4% of the way they moved.
+    moved = max((w - s).abs().max().item() for w, s in zip(weights(model), start, strict=True))
+    assert max((a - s).abs().max().item() for a, s in zip(ema.averaged, start, strict=True)) <= 0.04 * moved + 1e-7

@@ -30,7 +30,8 @@ class EMACallback(Callback):
     With ``ema_buffers`` floating-point buffers (BatchNorm running statistics) are averaged too and
     swapped with the weights; integer buffers (BatchNorm's batch counter) are left alone. The average
     starts from the weights at the first ``before_fit`` and carries over between fits, following the model to
-    another device or dtype (``reset()`` starts again); it travels in ``state_dict()``.
+    another device or dtype (``reset()`` starts again); given another model (the callback added to a new learner,
+    or ``learn.model`` replaced), it starts again from that model's weights. It travels in ``state_dict()``.
 
     >>> learn.fit(5, cbs=EMACallback(decay=0.999))
     """
@@ -77,7 +78,8 @@ class EMACallback(Callback):
         self._ema, self._pending, self.n_updates = None, None, 0
 
     def _ensure_average(self) -> None:
-        tracked = self._model_tensors = self._tracked()
+        previous, tracked = self._model_tensors, self._tracked()
+        self._model_tensors = tracked
         if self._pending is not None:
             saved = list(self._pending["ema"])
             _check_shapes(saved, tracked, "the loaded state")
@@ -95,9 +97,12 @@ class EMACallback(Callback):
             except ValueError as e:
                 warn_caller(f"{e} Starting the average again from the current weights.")
             else:
-                # The model may have moved to another device or dtype since the last fit: the average follows it.
-                self._ema = [e.to(device=t.device, dtype=t.dtype) for e, t in zip(self._ema, tracked, strict=True)]
-                return
+                # Of the same shapes, it may still be another model's average (the callback given to a new learner, or
+                # learn.model replaced), which means nothing for this one: that one's starts from its own weights.
+                if _same_parameters(previous, self._params()):
+                    # The model may have moved to another device or dtype since the last fit: the average follows it.
+                    self._ema = [e.to(device=t.device, dtype=t.dtype) for e, t in zip(self._ema, tracked, strict=True)]
+                    return
         with torch.no_grad():
             self._ema = [t.detach().clone() for t in tracked]
         self.n_updates = 0
@@ -195,6 +200,12 @@ class EMACallback(Callback):
 
     def __repr__(self) -> str:
         return f"EMACallback(decay={self.decay})"
+
+
+def _same_parameters(previous: list[Tensor], params: list[Tensor]) -> bool:
+    """Whether `params` are the parameters the average was last following (the first of `previous`, the tensors
+    gathered then): the same objects, which a move to another device or dtype (`model.to`, `model.double()`) keeps."""
+    return len(previous) >= len(params) and all(a is b for a, b in zip(previous, params, strict=False))
 
 
 def _check_shapes(saved: list[Tensor], tracked: list[Tensor], what: str) -> None:
