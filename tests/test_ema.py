@@ -349,3 +349,20 @@ def test_another_model_starts_its_own_average(how: str) -> None:
     # Four steps of decay 0.99 from the new model's weights: within 4% of the way they moved.
     moved = max((w - s).abs().max().item() for w, s in zip(weights(model), start, strict=True))
     assert max((a - s).abs().max().item() for a, s in zip(ema.averaged, start, strict=True)) <= 0.04 * moved + 1e-7
+
+
+def test_two_averages_validated_are_refused() -> None:
+    # Each swapped its average in over what the model held: after validation the second put the first one's average
+    # back in place of the training weights, and the training went on from it.
+    learn = make_learner()
+    with pytest.raises(ValueError, match="2 EMACallbacks with validate_ema=True"):
+        learn.fit(1, cbs=[EMACallback(decay=0.5), EMACallback(decay=0.9)])
+    assert not any(isinstance(cb, EMACallback) for cb in learn.cbs)
+    ema = EMACallback(decay=0.5)
+    learn.add_cb(ema)
+    with pytest.warns(UserWarning, match="already in learn.cbs"):
+        learn.fit(1, cbs=ema)  # one EMACallback, twice: not two averages
+    learn.remove_cb(ema)
+    track, slow = Track(), EMACallback(decay=0.9, validate_ema=False)
+    learn.fit(1, cbs=[EMACallback(decay=0.5), slow, track])  # one validated: the training weights come back
+    assert same(track.at_after_validate[-1], weights(learn.model)) and slow.n_updates == 4

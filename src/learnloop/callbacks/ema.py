@@ -27,6 +27,9 @@ class EMACallback(Callback):
     An exception other than a cancel one, raised during validation, leaves ``fit`` with the averaged
     weights in the model: ``restore_training_weights()`` puts the training ones back.
 
+    Only one EMACallback of a learner can validate its average: two with ``validate_ema=True`` are a ValueError at
+    ``before_fit``.
+
     With ``ema_buffers`` floating-point buffers (BatchNorm running statistics) are averaged too and
     swapped with the weights; integer buffers (BatchNorm's batch counter) are left alone. The average
     starts from the weights at the first ``before_fit`` and carries over between fits, following the model to
@@ -110,6 +113,8 @@ class EMACallback(Callback):
     # ------------------------------------------------------------------- events
     def before_fit(self) -> None:
         self.restore_training_weights()
+        if self.validate_ema:
+            _check_one_validated(self.learn.cbs)
         self._ensure_average()
         self._step_cancelled = False
 
@@ -200,6 +205,22 @@ class EMACallback(Callback):
 
     def __repr__(self) -> str:
         return f"EMACallback(decay={self.decay})"
+
+
+def _check_one_validated(cbs: list[Callback]) -> None:
+    """Refuse several EMACallbacks swapping their averages in for validation: each backs up what the model holds when
+    its turn comes, the average of the one before it, and the last puts that back after validation in place of the
+    training weights, so the training would go on from an average."""
+    validated: list[EMACallback] = []
+    for cb in cbs:  # one instance added twice is the learner's to warn of (it runs twice at each event)
+        if isinstance(cb, EMACallback) and cb.validate_ema and not any(cb is v for v in validated):
+            validated.append(cb)
+    if len(validated) > 1:
+        raise ValueError(
+            f"{len(validated)} EMACallbacks with validate_ema=True ({', '.join(map(repr, validated))}) would each swap "
+            "their average into the model for validation, and the training weights would not come back: validate "
+            "with one of them, and make the others with validate_ema=False."
+        )
 
 
 def _same_parameters(previous: list[Tensor], params: list[Tensor]) -> bool:
