@@ -426,6 +426,35 @@ def test_integer_targets_discovered_at_the_first_batch_also_get_the_clear_error(
         learn.fit(1, cbs=MixUp())
 
 
+@pytest.mark.parametrize("known", [True, False], ids=["targets known at before_train", "at the first batch"])
+def test_two_handlers_mixing_the_loss_are_refused(known: bool) -> None:
+    # The second wrapped the first's MixedLoss but computed the plain loss on its own partners: the first handler's
+    # mix of the class indices was silently left out (or, targets known early, an AttributeError on `old_lf`).
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+    if known:
+        dls = DataLoaders.from_tensors(x, y, x, y, bs=8, device="cpu")
+    else:
+        batches = [(x[:8], y[:8]), (x[8:], y[8:])]  # plain lists: nothing to inspect before the first batch
+        dls = DataLoaders(batches, batches, device="cpu")
+    learn = Learner(dls, nn.Linear(4, 3), loss_func=nn.CrossEntropyLoss())
+    learn.logger = noop
+    with pytest.raises(ValueError, match="MixUp and MixUp would both mix the loss"):
+        learn.fit(1, cbs=[MixUp(), MixUp()])
+    learn.fit(1, cbs=MixUp())  # one is fine, and takes off what the refused fit left
+    assert isinstance(learn.loss_func, nn.CrossEntropyLoss)
+
+
+def test_two_handlers_blending_float_targets_both_run() -> None:
+    learn = synth_learner()
+    before, after = Spy(order=-1), Spy(order=1)
+    learn.fit(1, cbs=[before, fixed(MixUp(), [0.75] * 16), fixed(MixUp(), [0.6] * 16), after])
+    yb, mixed = before.seen[0]["yb"][0], after.seen[0]["mixed_yb"][0]
+    once = torch.lerp(yb.flip(0), yb, 0.75)
+    assert not torch.allclose(mixed, once)
+    assert torch.allclose(mixed, torch.lerp(once.flip(0), once, 0.6))
+
+
 def test_float_targets_mix_with_any_loss() -> None:
     learn = synth_learner(loss_func=lambda pred, targ: ((pred - targ) ** 2).mean())
     learn.fit(1, cbs=MixUp())

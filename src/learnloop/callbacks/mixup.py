@@ -12,6 +12,9 @@ per item, then reduced as the original loss does. Validation sees the original l
 unmixed batches; a `validate()` or `get_preds()` called inside a fit leaves the fit's `MixedLoss` in place, which
 is the plain loss there.
 
+Two handlers on one learner blend float targets one after the other; with class indices, whose loss each would mix,
+they are a ValueError.
+
 A `MixHandler` subclass written for fastai works as it is: its `before_batch` sets `self.lam` and
 `self.yb1`, blends `learn.xb`, and blends `learn.yb` unless `self.stack_y`.
 
@@ -154,6 +157,7 @@ class MixHandler(Callback):
 
     def before_train(self) -> None:
         learn = self.learn
+        _check_not_mixed_by_another(self, learn.loss_func)
         if not isinstance(learn.loss_func, MixedLoss):
             self.old_lf = learn.loss_func
         # As fastai's, the loss function is replaced when the loss is to be mixed: here when that is known before
@@ -197,6 +201,7 @@ class MixHandler(Callback):
         learn = self.learn
         if self._installed is not None and learn.loss_func is self._installed:
             return
+        _check_not_mixed_by_another(self, learn.loss_func)
         self._installed = MixedLoss(learn.loss_func, self)
         learn.loss_func = self._installed
 
@@ -219,6 +224,18 @@ class MixHandler(Callback):
             learn.yb = tuple(torch.lerp(p, y, _broadcast(lam, y)) for p, y in zip(self.yb1, yb, strict=True))
         elif not self._can_unreduce:
             raise ValueError(_cannot_unreduce(self.old_lf))
+
+
+def _check_not_mixed_by_another(handler: MixHandler, loss_func: Any) -> None:
+    """Refuse to mix a loss another handler mixes already: the mixed loss computes `old_lf`, the plain loss, on this
+    handler's targets and partners only, so the other handler's mix of the targets would silently be left out."""
+    if isinstance(loss_func, MixedLoss) and loss_func.handler is not handler:
+        other = type(loss_func.handler).__name__
+        raise ValueError(
+            f"{type(handler).__name__} and {other} would both mix the loss (the targets are class indices, which "
+            f"cannot be blended): {type(handler).__name__}'s mixed loss would leave out {other}'s mix of the targets. "
+            "Train with one of them (with float targets, one-hot say, which are blended, both can run)."
+        )
 
 
 def _broadcast(lam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
