@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -59,7 +60,13 @@ class Track(Callback):
         self.at_after_validate.append(weights(self.learn.model))
 
 
-@pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1, True, "0.9", float("nan")])
+@pytest.mark.parametrize("decay", [np.float32(0.9), np.float64(0.5), torch.tensor(0.99)])
+def test_decay_as_a_numpy_or_tensor_number(decay: Any) -> None:
+    # Refused with "decay must be a number in (0, 1)", which it is; the other callbacks take such numbers.
+    assert EMACallback(decay=decay).decay == pytest.approx(float(decay))
+
+
+@pytest.mark.parametrize("decay", [0, 1, 1.5, -0.1, True, np.True_, "0.9", float("nan"), torch.tensor([0.9])])
 def test_decay_outside_open_unit_interval(decay: Any) -> None:
     with pytest.raises(ValueError, match=r"decay must be a number in \(0, 1\)"):
         EMACallback(decay=decay)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,12 +48,15 @@ class EMACallback(Callback):
         validate_ema: bool = True,
         replace_weights: bool = False,
     ) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        # Numbers as the other callbacks take them: numpy scalars and 0-dim tensors too (np.float32(0.999) was refused
+        # as not "a number in (0, 1)").
+        number: Any = decay.item() if isinstance(decay, Tensor) and decay.ndim == 0 else decay
+        if isinstance(number, (bool, np.bool_)) or not isinstance(number, numbers.Real) or not 0 < float(number) < 1:
             raise ValueError(
                 f"EMACallback: decay must be a number in (0, 1) (the weight of the old average at each step, "
                 f"e.g. 0.999), got {decay!r}."
             )
-        self.decay = float(decay)
+        self.decay = float(number)
         self.ema_buffers, self.validate_ema, self.replace_weights = ema_buffers, validate_ema, replace_weights
         self.n_updates = 0
         self._ema: list[Tensor] | None = None  # averaged params, then averaged floating buffers
