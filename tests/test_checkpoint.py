@@ -724,6 +724,34 @@ def test_load_learner_unpickles_only_when_trusted(tmp_path: Path) -> None:
         load_learner(tmp_path / "weights_only.pkl", trusted=True)
 
 
+def test_load_learner_of_a_model_whose_class_is_gone_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fastai's says to declare or import the exported classes before loading; learnloop's gave the unpickler's bare
+    # error ("No module named 'netdef'", "Can't get attribute 'Net'").
+    (tmp_path / "netdef.py").write_text("import torch\nclass Net(torch.nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import netdef  # type: ignore[import-not-found]
+
+    learn = synth_learner(path=tmp_path)
+    learn.model = netdef.Net(2, 1)
+    learn.export("net.pkl")
+    for gone in ("module", "class"):
+        if gone == "module":
+            monkeypatch.delitem(sys.modules, "netdef")
+            (tmp_path / "netdef.py").unlink()
+            expected: type[Exception] = ModuleNotFoundError
+        else:
+            (tmp_path / "netdef.py").write_text("")
+            monkeypatch.setitem(sys.modules, "netdef", type(sys)("netdef"))
+            expected = AttributeError
+        with pytest.raises(expected) as info:
+            load_learner(tmp_path / "net.pkl", trusted=True)
+        note = " ".join(getattr(info.value, "__notes__", []))
+        assert "define or import it" in note and "load_learner(" in note and "model=...)" in note
+    assert isinstance(load_learner(tmp_path / "net.pkl", model=nn.Linear(2, 1)).model, nn.Linear)
+
+
 def test_export_and_load_learner_take_fastais_arguments(tmp_path: Path) -> None:
     learn = trained(tmp_path)
     x = torch.randn(4)

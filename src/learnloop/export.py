@@ -164,8 +164,9 @@ def load_learner(
 
     ``model`` (a module, or a function building one) receives the weights: the safe way. Without it,
     ``trusted=True`` unpickles the model stored in the file (with ``pickle_module``, default pickle), which
-    runs code from it: only for files you trust. ``loss_func`` defaults to the exported one: unpickled, or,
-    with ``model=``, rebuilt from the description the export holds of learnloop's losses and torch.nn's
+    runs code from it: only for files you trust (as in fastai, the classes and functions it names must be importable:
+    the unpickler's error says to define or import them first). ``loss_func`` defaults to the exported one:
+    unpickled, or, with ``model=``, rebuilt from the description the export holds of learnloop's losses and torch.nn's
     (``CrossEntropyLossFlat(axis=1)``, ``nn.MSELoss()``...), so ``predict`` and ``get_preds`` apply its
     activation and decodes. Any other loss cannot be rebuilt without running code: the learner gets a stand-in
     that refuses to compute losses (``predict``, and ``get_preds`` of inputs without targets, work without one;
@@ -213,12 +214,21 @@ def load_learner(
                 f"{path} holds the weights only (no pickled model): pass load_learner({str(fname)!r}, model=...) "
                 f"with a {info.get('model_class', 'model')} built as in training."
             )
-        stored = torch.load(
-            io.BytesIO(pickled),
-            map_location=device,
-            weights_only=False,
-            pickle_module=pickle if pickle_module is None else pickle_module,
-        )
+        try:
+            stored = torch.load(
+                io.BytesIO(pickled),
+                map_location=device,
+                weights_only=False,
+                pickle_module=pickle if pickle_module is None else pickle_module,
+            )
+        except (AttributeError, ImportError) as e:  # fastai's says the same of its AttributeError
+            e.add_note(
+                f"learnloop: the model or loss function stored in {path} needs a class or function that is not "
+                f"available here ({e}): define or import it as in the script that exported it before "
+                f"load_learner(..., trusted=True), or load the weights into a model you build: "
+                f"load_learner({str(fname)!r}, model=...)."
+            )
+            raise
         model = stored["model"]
         loss_func = loss_func if loss_func is not None else stored.get("loss_func")
     else:
