@@ -3,6 +3,7 @@ the model summary."""
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from collections.abc import Iterator
@@ -254,6 +255,12 @@ def test_hook_callback_every_n_batches_and_a_hook_given_as_argument() -> None:
         with pytest.raises(InputError, match=rf"every must be None .* or a whole number >= 1 .*got {every!r}"):
             ActivationStats(every=every)  # type: ignore[arg-type]
     assert HookCallback(every=np.int64(2)).every == 2
+    for whole in (2.0, np.float64(2.0), torch.tensor(2)):  # refused as not "a whole number >= 1"; fastai's takes 2.0
+        cb = ActivationStats(every=whole)  # type: ignore[arg-type]
+        assert cb.every == 2 and type(cb.every) is int
+    for bad in (float("nan"), math.inf, "2", torch.tensor([2])):
+        with pytest.raises(InputError, match="every must be None"):
+            HookCallback(every=bad)  # type: ignore[arg-type]
 
 
 def test_a_validate_inside_the_fit_leaves_the_hooks_and_the_stats_of_the_fit_alone() -> None:

@@ -9,16 +9,16 @@ themselves, and the model helpers they use, are in :mod:`learnloop.hooks`, which
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..callback import Callback
-from ..errors import ArgumentError, InputError, ValueTypeError
+from ..errors import ArgumentError, InputError, ValueTypeError, to_number
 from ..hooks import HookFunc, Hooks, flatten_model, has_params
 
 if TYPE_CHECKING:
@@ -55,13 +55,8 @@ class HookCallback(Callback):
                 f"{type(self).__name__} got unexpected argument(s) {', '.join(map(repr, kwargs))}: it takes modules, "
                 "every, remove_end, is_forward, detach, cpu, include_paramless and hook."
             )
-        if every is not None and (isinstance(every, bool) or not isinstance(every, Integral) or every < 1):
-            raise InputError(  # fastai's fails in the first training batch (every=0) or hooks every batch (every=-1)
-                f"{type(self).__name__}: every must be None (hook every batch) or a whole number >= 1 (hook every "
-                f"n-th training batch), got {every!r}."
-            )
         self.modules = None if modules is None else list(modules)
-        self.every, self.remove_end, self.is_forward = every, remove_end, is_forward
+        self.every, self.remove_end, self.is_forward = _check_every(every, type(self).__name__), remove_end, is_forward
         self.detach, self.cpu, self.include_paramless = detach, cpu, include_paramless
         self._hooked = False  # whether the hooks are on the modules now
         self._picked: list[nn.Module] | None = None  # the default modules, as picked from the model of the last fit
@@ -117,6 +112,23 @@ class HookCallback(Callback):
 
     def __del__(self) -> None:
         self._remove()
+
+
+def _check_every(every: Any, owner: str) -> int | None:
+    """`every` as None or an int >= 1: a whole number, 2 or 2.0 (numpy and 0-dim tensor numbers too), as fastai's
+    `train_iter % every == 0` takes it."""
+    if every is None:
+        return None
+    try:
+        n: float = to_number(every, "every", owner)
+    except (ArgumentError, InputError):  # a bool, a string, NaN: the message below
+        n = math.nan
+    if not (math.isfinite(n) and float(n).is_integer() and n >= 1):
+        raise InputError(  # fastai's fails in the first training batch (every=0) or hooks every batch (every=-1)
+            f"{owner}: every must be None (hook every batch) or a whole number >= 1 (hook every n-th training batch), "
+            f"got {every!r}."
+        )
+    return int(n)
 
 
 class _HookOf:
