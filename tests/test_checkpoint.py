@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -81,6 +82,14 @@ def ckpt(tmp_path: Path) -> Path:
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         CheckpointCallback(**kwargs)
+
+
+def test_numpy_integers_are_whole_numbers() -> None:
+    # Refused with "must be a whole number >= 1 or None, got 500".
+    cb = CheckpointCallback(every_n_iters=np.int64(500), keep_last=np.int32(2))
+    assert (cb.every_n_iters, cb.keep_last) == (500, 2) and type(cb.every_n_iters) is int and type(cb.keep_last) is int
+    with pytest.raises(ValueError, match="keep_last must be a whole number"):
+        CheckpointCallback(keep_last=np.True_)  # type: ignore[arg-type]
 
 
 def test_files_are_numbered_and_pruned_and_folders_created(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import threading
+from numbers import Integral
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -109,8 +110,12 @@ class CheckpointCallback(Callback):
         fname: str = "checkpoint",
     ) -> None:
         for name, value in (("every_n_iters", every_n_iters), ("keep_last", keep_last)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            # numpy integers too (np.int64(500) was refused as not "a whole number")
+            if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral)
+                                      or value < 1):
                 raise ValueError(f"CheckpointCallback: {name} must be a whole number >= 1 or None, got {value!r}.")
+        every_n_iters = None if every_n_iters is None else int(every_n_iters)
+        keep_last = None if keep_last is None else int(keep_last)
         if not isinstance(every_epoch, (bool, np.bool_)):  # not SaveModelCallback's every_epoch=n (every n epochs)
             raise ValueError(
                 f"CheckpointCallback: every_epoch is True or False (a checkpoint at the end of every epoch, or none), "
