@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -128,6 +129,13 @@ def test_profiler_goes_on_through_a_validate_run_inside_the_fit(tmp_path: Path) 
 def test_profiler_bad_schedule(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="ProfilerCallback: .* is a number of steps"):
         ProfilerCallback(**kwargs)
+
+
+def test_profiler_takes_numpy_integers() -> None:
+    # Refused with "wait is a number of steps, a whole number >= 0; got 2".
+    prof = ProfilerCallback(wait=np.int64(2), warmup=np.int32(0), active=np.int64(3), repeat=np.int64(1))
+    assert (prof.wait, prof.warmup, prof.active, prof.repeat) == (2, 0, 3, 1) and type(prof.wait) is int
+    assert prof.n_profiled_steps == 5
 
 
 def test_channels_last_runs_at_fastais_order() -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..callback import Callback
@@ -91,11 +93,13 @@ class ProfilerCallback(Callback):
             ("repeat", repeat, 0),
             ("skip_first", skip_first, 0),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            # numpy integers too (np.int64(3) was refused as not "a whole number")
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral) or value < low:
                 raise ValueError(
                     f"ProfilerCallback: {name} is a number of steps, a whole number >= {low}; got {value!r}."
                 )
-        self.wait, self.warmup, self.active, self.repeat, self.skip_first = wait, warmup, active, repeat, skip_first
+        self.wait, self.warmup, self.active = int(wait), int(warmup), int(active)
+        self.repeat, self.skip_first = int(repeat), int(skip_first)
         self.trace_file = Path(path) if path is not None else None
         self.record_shapes, self.profile_memory, self.with_stack = record_shapes, profile_memory, with_stack
         self.prof: torch.profiler.profile | None = None
