@@ -705,11 +705,12 @@ def test_predict_one_item() -> None:
 
 def test_a_fit_without_train_eval_callback_trains_nothing_and_says_so() -> None:
     # As in fastai, nothing sets learn.training without it: no backward, no step. fastai's says nothing (or fails in
-    # its Recorder); learnloop warns when the fit starts.
+    # its Recorder); learnloop warns at the end of the training phase, unless another callback set learn.training.
     learn = synth_learner(default_cbs=False, cbs=Recorder)
     before = learn.model.weight.detach().clone()
-    with pytest.warns(UserWarning, match=r"no TrainEvalCallback .* no batch of this fit computes gradients"):
-        learn.fit(1)
+    with pytest.warns(UserWarning, match=r"no TrainEvalCallback .* no batch of this training phase computed") as w:
+        learn.fit(2)
+    assert len([x for x in w if "TrainEvalCallback" in str(x.message)]) == 1  # once a fit
     assert torch.equal(learn.model.weight, before) and learn.recorder.values[0][0] != learn.recorder.values[0][0]
     learn.add_cb(TrainEvalCallback())
     with warnings.catch_warnings():
@@ -720,6 +721,21 @@ def test_a_fit_without_train_eval_callback_trains_nothing_and_says_so() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         synth_learner(default_cbs=False).fit(1, cbs=TrainEvalCallback)  # given to the fit
+
+    class OwnTrainEval(Callback):  # a user's replacement: it sets learn.training, so there is nothing to say
+        def before_train(self) -> None:
+            self.learn.training = True
+            self.model.train()
+
+        def before_validate(self) -> None:
+            self.learn.training = False
+
+    learn = synth_learner(default_cbs=False, cbs=[Recorder, OwnTrainEval])
+    before = learn.model.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1)
+    assert not torch.equal(learn.model.weight, before)
 
 
 # ------------------------------------------------------------------ devices

@@ -227,12 +227,9 @@ class Learner(Inference):
         if start_epoch:
             cbs = [*cbs, SkipToEpoch(start_epoch)]
         with self.added_cbs(cbs):
-            if n_epoch > start_epoch and not self._grab(TrainEvalCallback):  # fastai's trains nothing either, silently
-                warn_caller(
-                    "The learner has no TrainEvalCallback (default_cbs=False, or removed), which puts the model in "
-                    "training mode and sets learn.training: without it no batch of this fit computes gradients or "
-                    "steps the optimizer. Add it: learn.add_cb(TrainEvalCallback())."
-                )
+            # Without it nothing sets learn.training unless a callback of the user's does: the loop warns (once) at
+            # the end of a training phase that ran with `training` False. fastai's trains nothing either, silently.
+            self._warn_untrained = not self._grab(TrainEvalCallback)
             if reset_opt or self.opt is None:
                 self.create_opt()
             # Read and checked before anything changes: a wrong file fails here, before any event.

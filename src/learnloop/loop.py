@@ -24,6 +24,7 @@ from .errors import ValueTypeError
 from .events import BACKWARD, BATCH, EPOCH, FIT, STEP, TRAIN, VALIDATE, Event, Phase
 from .explain import explain_backward_error, explain_loss_error, explain_loss_result, explain_model_error
 from .resume import DataOrder, ResumeState
+from .warn import warn_caller
 
 __all__ = ["Loop"]
 
@@ -95,6 +96,7 @@ class Loop(CallbackHost):
         self._attrs = OwnAttrs(self)  # for per-batch code; `_all_batches` makes a new one every phase
         self._copy_loss = False  # whether `loss` must be a copy of `loss_grad` (see _LOSS_EVENTS)
         self._unwinding = False  # after_epoch/after_fit fired by `with learn:` while an exception leaves (__exit__)
+        self._warn_untrained = False  # this fit has no TrainEvalCallback and has not warned of it yet (fit)
 
     def _build_hooks(self) -> None:
         super()._build_hooks()
@@ -229,6 +231,13 @@ class Loop(CallbackHost):
     def _do_epoch_train(self) -> None:
         self.dl = self.dls.train
         self._phase(TRAIN, self._all_batches)
+        if self._warn_untrained and not self.training:
+            self._warn_untrained = False  # once a fit
+            warn_caller(
+                "The learner has no TrainEvalCallback (default_cbs=False, or removed), which puts the model in "
+                "training mode and sets learn.training, and nothing else set it: no batch of this training phase "
+                "computed gradients or stepped the optimizer. Add it: learn.add_cb(TrainEvalCallback())."
+            )
 
     def _do_epoch_validate(self, ds_idx: int = 1, dl: Any = None) -> None:
         self.dl = self.dls[ds_idx] if dl is None else dl
