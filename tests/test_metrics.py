@@ -796,6 +796,20 @@ def test_mk_metric_wraps_torchmetrics_style_objects() -> None:
     assert isinstance(mk_metric(FakeTorchMetric), TorchMetric)  # a class is instantiated
 
 
+def test_torch_metric_without_batches_is_none() -> None:
+    # An empty validation set: None, as every other metric gives, not compute() on no data (torchmetrics' 0 with
+    # a warning; FakeTorchMetric's ZeroDivisionError stopped the fit).
+    fake = FakeTorchMetric()
+    m = TorchMetric(fake)
+    assert run(m, []) is None
+    assert run(m, [batch(LOGITS[:2], torch.tensor([1, 2]))]).item() == pytest.approx(1 / 2)
+    m.reset()
+    assert m.value is None
+    learn = synth_learner(n_valid=0, metrics=[FakeTorchMetric()])
+    learn.fit(1)
+    assert learn.recorder.values[-1][1:] == [None, None]
+
+
 def test_mk_metric_callable_and_metric() -> None:
     m = mk_metric(accuracy)
     assert isinstance(m, AvgMetric) and m.name == "accuracy"

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..distributed import is_distributed
 from ..errors import InputError
 from ..warn import warn_caller
 from .core import Metric, MetricLearner, _func_name, _snake_case, flatten_check
@@ -163,15 +164,22 @@ class AccumMetric(Metric):
 
 
 class TorchMetric(Metric):
-    """Adapter running a torchmetrics-style metric (``update``/``compute``/``reset``) unchanged."""
+    """Adapter running a torchmetrics-style metric (``update``/``compute``/``reset``) unchanged.
+
+    Its value is None when no batch was seen since ``reset`` (an empty validation set), as every other metric's,
+    rather than what ``compute()`` makes of no data (torchmetrics' 0 with a warning, or an error); in a
+    distributed run ``compute()`` is always called, since it syncs with the other ranks.
+    """
 
     def __init__(self, metric: TorchMetricLike, name: str | None = None) -> None:
         self.metric = metric
         self._name = name or _snake_case(type(metric).__name__)
         self._device: torch.device | None = None
+        self._updates = 0
 
     def reset(self) -> None:
         self.metric.reset()
+        self._updates = 0
 
     def accumulate(self, learn: MetricLearner) -> None:
         pred = learn.pred
@@ -180,9 +188,12 @@ class TorchMetric(Metric):
             self.metric = move(pred.device) or self.metric
             self._device = pred.device
         self.metric.update(pred, *learn.yb)
+        self._updates += 1
 
     @property
     def value(self) -> Any:
+        if not getattr(self, "_updates", 1) and not is_distributed():  # (a TorchMetric pickled before it was kept)
+            return None
         return self.metric.compute()
 
     @property
