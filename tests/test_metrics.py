@@ -735,6 +735,17 @@ def test_accum_metric_softmax_without_dim_uses_dim_0_with_a_warning_like_fastai(
     assert torch.equal(stored[0], logits.softmax(0))
 
 
+def test_accum_metric_subclass_passing_learn_to_accum_values() -> None:
+    # fastai's accum_values(preds, targs, learn=None): a subclass's accumulate written for fastai passes the learner.
+    class ArgmaxAcc(AccumMetric):
+        def accumulate(self, learn: Any) -> None:
+            self.accum_values(learn.pred.argmax(1), learn.yb[0], learn)
+
+    m = ArgmaxAcc(lambda p, t: (p == t).float().mean(), name="acc")
+    value = run(m, [batch(LOGITS[:2], torch.tensor([1, 2])), batch(LOGITS[2:], torch.tensor([2]))])
+    assert value.item() == pytest.approx(2 / 3)
+
+
 def test_accum_metric_to_np_invert_arg_flatten_and_kwargs() -> None:
     args: list[Any] = []
 

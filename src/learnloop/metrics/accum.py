@@ -123,8 +123,9 @@ class AccumMetric(Metric):
             pred = pred >= self.thresh
         return pred
 
-    def accum_values(self, preds: Tensor, targs: Tensor) -> None:
-        """Store one batch of (already activated) predictions and targets."""
+    def accum_values(self, preds: Tensor, targs: Tensor, learn: MetricLearner | None = None) -> None:
+        """Store one batch of (already activated) predictions and targets, detached, on their device. ``learn`` is
+        taken for fastai's signature (a subclass's ``accumulate`` may pass it) and not used."""
         preds, targs = preds.detach(), targs.detach()
         if self.flatten:
             preds, targs = flatten_check(preds, targs)
