@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import numbers
+import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..callback import Callback
+from ..errors import ArgumentError, InputError, to_number
 from ..warn import warn_caller
 
 __all__ = ["EMACallback"]
@@ -48,15 +48,17 @@ class EMACallback(Callback):
         validate_ema: bool = True,
         replace_weights: bool = False,
     ) -> None:
-        # Numbers as the other callbacks take them: numpy scalars and 0-dim tensors too (np.float32(0.999) was refused
-        # as not "a number in (0, 1)").
-        number: Any = decay.item() if isinstance(decay, Tensor) and decay.ndim == 0 else decay
-        if isinstance(number, (bool, np.bool_)) or not isinstance(number, numbers.Real) or not 0 < float(number) < 1:
+        # Numbers as the other callbacks take them (to_number): numpy scalars and 0-dim tensors too.
+        try:
+            number = float(to_number(decay, "decay", "EMACallback"))
+        except (ArgumentError, InputError):  # a bool, a string, NaN: the message below
+            number = math.nan
+        if not 0 < number < 1:
             raise ValueError(
                 f"EMACallback: decay must be a number in (0, 1) (the weight of the old average at each step, "
                 f"e.g. 0.999), got {decay!r}."
             )
-        self.decay = float(number)
+        self.decay = number
         self.ema_buffers, self.validate_ema, self.replace_weights = ema_buffers, validate_ema, replace_weights
         self.n_updates = 0
         self._ema: list[Tensor] | None = None  # averaged params, then averaged floating buffers
