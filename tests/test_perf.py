@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,14 @@ def test_to_channelslast_without_amp_or_with_mixed_precision_already() -> None:
     mps = [cb for cb in learn.cbs if isinstance(cb, MixedPrecision)]
     assert len(mps) == 1 and mps[0].amp_mode == "bf16"
     assert any(isinstance(cb, ChannelsLast) for cb in learn.cbs)
+
+
+def test_profiler_pickles_after_a_fit(tmp_path: Path) -> None:
+    # pickle.dumps(learn) failed after a fit: "cannot pickle 'torch._C._autograd._ProfilerResult' object".
+    learn = synth_learner(n_train=16, bs=8)
+    prof = ProfilerCallback(wait=0, warmup=0, active=1, repeat=1, path=tmp_path / "trace.json")
+    learn.add_cb(prof)
+    learn.fit(1)
+    copy = next(cb for cb in pickle.loads(pickle.dumps(learn)).cbs if isinstance(cb, ProfilerCallback))
+    assert copy.prof is None and copy._running is False and copy.traces == [tmp_path / "trace.json"]
+    assert prof.prof is not None  # the original keeps its profiler's results

@@ -177,6 +177,13 @@ class ProfilerCallback(Callback):
     def after_cancel_fit(self) -> None:
         self._stop()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch's profiler (its results once stopped) cannot be pickled: a copy (pickle.dumps(learn), a learner
+        # exported with this callback) keeps the settings and the trace paths, without a profiler.
+        state = self.__dict__.copy()
+        state.update(prof=None, _running=False)
+        return state
+
     def after_fit(self) -> None:
         if not self.learn._nested_run:
             self._stop()
