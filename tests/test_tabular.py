@@ -37,6 +37,16 @@ def test_quotes_bom_blank_lines_and_latin1(tmp_path: Path) -> None:
     assert read_csv(path).rows == [["Zoë", "1"]]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_with_a_byte_order_mark(tmp_path: Path, encoding: str) -> None:
+    # A spreadsheet's "Unicode text" export: UTF-16 with its byte-order mark, tab-separated. Read as Latin-1, its
+    # columns were named 'ÿþa\x00', '\x00b\x00'...
+    path = tmp_path / "t.csv"
+    path.write_bytes("\ufeffname\tx\nZoë\t1\n".encode(encoding))
+    table = read_csv(path)
+    assert table.columns == ["name", "x"] and table.rows == [["Zoë", "1"]]
+
+
 def test_a_row_of_empty_cells_is_a_row_of_missing_values_and_a_blank_line_no_row(tmp_path: Path) -> None:
     table = read_csv(write(tmp_path / "t.csv", ",,\na,b,y\n1,2,0\n,,\n   \n\n3,4,1\n,,\n"))
     assert table.columns == ["a", "b", "y"]  # empty rows above the header are skipped, as blank lines are

@@ -1,11 +1,12 @@
 """CSV files as tables of strings, without pandas: the csv module, a delimiter sniffer, and number parsing.
 
->>> table = read_csv("houses.csv")          # header and rows; `,` `;` tab or `|`, UTF-8 or Latin-1
+>>> table = read_csv("houses.csv")          # header and rows; `,` `;` tab or `|`, UTF-8, UTF-16 or Latin-1
 >>> table.columns, len(table.rows)
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import io
@@ -79,7 +80,8 @@ class CSVTable:
 
 
 def read_csv(path: str | Path) -> CSVTable:
-    """Read a CSV file with a header row; the delimiter (`,` `;` tab `|`) is detected, UTF-8 or Latin-1.
+    """Read a CSV file with a header row; the delimiter (`,` `;` tab `|`) is detected, UTF-8, UTF-16 with its
+    byte-order mark (a spreadsheet's "Unicode text" export) or Latin-1.
 
     In a file not delimited by commas, numbers written with a decimal comma (`3,14`, the European way that
     goes with `;`) are read as `3.14`.
@@ -89,7 +91,8 @@ def read_csv(path: str | Path) -> CSVTable:
         raise FileNotFoundError(f"No such file: {path}" + (" (it is a directory)" if path.is_dir() else ""))
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
+        # Latin-1 would read UTF-16's byte-order mark and zero bytes as characters: columns named 'ÿþa\x00'.
+        text = raw.decode("utf-16" if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else "utf-8-sig")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")  # every byte is a character: never fails, and right for most legacy files
     name = str(path)
