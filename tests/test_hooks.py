@@ -140,6 +140,20 @@ def test_hooks_on_a_list_and_on_a_container() -> None:
         Hooks(nn.Linear(2, 2), lambda m, i, o: o)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("container", [nn.ModuleDict, dict])
+def test_hooks_on_a_mapping_say_to_pass_its_values(container: type) -> None:
+    # Iterating one gives its keys, which were refused as "Hook needs a torch.nn.Module to hook, got str; for several
+    # modules use Hooks(modules, f)": what the call did.
+    heads = container({"a": nn.Linear(2, 2), "b": nn.Linear(2, 1)})
+    with pytest.raises(TypeError, match=rf"a {container.__name__} yields its keys: pass ms.values\(\)"):
+        hook_outputs(heads)
+    with hook_outputs(heads.values()) as hooks:
+        assert len(hooks) == 2
+    with pytest.raises(TypeError, match=rf"ActivationStats hooks the modules that `modules` yields, but a "
+                                        rf"{container.__name__} yields its keys: pass modules.values\(\)"):
+        ActivationStats(modules=heads)
+
+
 def test_hooks_that_fail_on_a_later_element_leave_no_hook_on_the_earlier_ones() -> None:
     model = nn.Sequential(nn.Linear(3, 5), nn.Linear(5, 2))
     calls: list[str] = []

@@ -9,7 +9,7 @@ summary is in :mod:`learnloop.summary`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -98,6 +98,7 @@ class Hooks:
             raise TypeError(
                 f"Hooks needs an iterable of modules, got {type(ms).__name__}: pass [module], or use Hook for one."
             )
+        check_not_mapping(ms, "Hooks", "ms")
         self.hooks: list[Hook] = []
         try:
             for m in ms:
@@ -130,6 +131,16 @@ class Hooks:
 
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
+
+
+def check_not_mapping(ms: Iterable[Any], owner: str, name: str) -> None:
+    """Refuse a dict or an nn.ModuleDict of modules: iterating it gives its keys, which Hook would refuse as "got
+    str", as if the modules were not given in an iterable."""
+    if isinstance(ms, (Mapping, nn.ModuleDict)):
+        raise TypeError(
+            f"{owner} hooks the modules that `{name}` yields, but a {type(ms).__name__} yields its keys: pass "
+            f"{name}.values()."
+        )
 
 
 def hook_outputs(

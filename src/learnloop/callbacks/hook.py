@@ -19,7 +19,7 @@ from torch import nn
 
 from ..callback import Callback
 from ..errors import ArgumentError, InputError, ValueTypeError, to_number
-from ..hooks import HookFunc, Hooks, flatten_model, has_params
+from ..hooks import HookFunc, Hooks, check_not_mapping, flatten_model, has_params
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,6 +55,8 @@ class HookCallback(Callback):
                 f"{type(self).__name__} got unexpected argument(s) {', '.join(map(repr, kwargs))}: it takes modules, "
                 "every, remove_end, is_forward, detach, cpu, include_paramless and hook."
             )
+        if modules is not None:
+            check_not_mapping(modules, type(self).__name__, "modules")
         self.modules = None if modules is None else list(modules)
         self.every, self.remove_end, self.is_forward = _check_every(every, type(self).__name__), remove_end, is_forward
         self.detach, self.cpu, self.include_paramless = detach, cpu, include_paramless
