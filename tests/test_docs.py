@@ -116,3 +116,21 @@ def test_readme_names_the_train_options_there_are() -> None:
     assert len(in_table) >= 20 and in_table <= options, in_table - options
     undocumented = options - {"--help"} - set(re.findall(r"--[\w-]+", readme))
     assert not undocumented, f"README.md does not mention {undocumented}"
+
+
+def test_checkpoints_page_lists_every_key_a_checkpoint_holds(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    from learnloop import CheckpointCallback, CrossEntropyLossFlat, DataLoaders, Learner
+
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    learn = Learner(DataLoaders.from_tensors(x, y, x, y, bs=8), nn.Linear(4, 2), loss_func=CrossEntropyLossFlat(),
+                    path=tmp_path)
+    with learn.no_bar():
+        learn.fit(1, cbs=CheckpointCallback())
+    ckpt = torch.load(next((tmp_path / "models" / "checkpoints").glob("*.pth")), weights_only=True)
+    page = (ROOT / "docs" / "checkpoints.md").read_text()
+    table = page.split("## What a checkpoint holds", 1)[1].split("\n\n", 3)[2]
+    documented = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)?", table, re.M))
+    assert set(ckpt) <= {key for row in documented for key in row if key}, set(ckpt)

@@ -11,10 +11,10 @@ saved at                            position                  the resumed fit co
 ``after_epoch`` (``every_epoch``)   ``(epoch + 1, batch=0)``  ``before_epoch`` of ``epoch + 1``
 ==================================  ========================  ==========================================
 
-It holds the model, its gradients (non-empty in the middle of a gradient accumulation), the optimizer
-(state and hypers), every callback's ``state_dict()``, the learner's counters (``epoch``, ``train_iter``,
-``pct_train``: the schedule's position), the states of every random generator (:mod:`learnloop.rng`)
-at the save, and for a mid-epoch checkpoint the generators' states at the start of that epoch's
+It holds the model, its gradients (those not all zero, as in the middle of a gradient accumulation; the
+zeroed ones by name), the optimizer (state and hypers), every callback's ``state_dict()``, the learner's counters
+(``epoch``, ``train_iter``, ``pct_train``: the schedule's position), the states of every random generator
+(:mod:`learnloop.rng`) at the save, and for a mid-epoch checkpoint the generators' states at the start of that epoch's
 training, from which the epoch's batch order was drawn; and which loaders' persistent workers were running
 (a resumed fit starts those before its first epoch, without drawing the seed their first pass draws).
 
