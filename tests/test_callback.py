@@ -18,6 +18,7 @@ from learnloop import (
     Learner,
     ProgressCallback,
     Recorder,
+    ShortEpochCallback,
     TrainEvalCallback,
 )
 from learnloop.callback import snake_name
@@ -1003,6 +1004,25 @@ def test_replacing_or_editing_learn_cbs_changes_what_runs() -> None:
     learn.cbs.append(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="learn.cbs holds 42, which is not a Callback"):
         learn.fit(1)
+
+
+@pytest.mark.parametrize("block", ["no_bar", "fit_cbs", "add_cb"])
+def test_a_callback_put_in_learn_cbs_gets_its_learner_when_a_callback_is_added_or_removed_first(block: str) -> None:
+    # add_cb/remove_cb rebuilt the hook lists from learn.cbs, the callback appended in place included, without
+    # giving it its learner: `with learn.no_bar():` (or `fit(cbs=...)`) then ran it with `learn` None.
+    learn = synth_learner(n_train=16, n_valid=8, bs=8)
+    seen: list[int] = []
+    extra = Callback(after_epoch=lambda self: seen.append(self.learn.epoch))
+    learn.cbs.append(extra)
+    if block == "no_bar":
+        with learn.no_bar():
+            learn.fit(1)
+    elif block == "fit_cbs":
+        learn.fit(1, cbs=ShortEpochCallback(pct=1))
+    else:
+        learn.add_cb(EventLog())
+        learn.fit(1)
+    assert extra.learn is learn and seen == [0]
 
 
 def test_hooks_and_order_changed_after_adding_take_effect() -> None:

@@ -273,6 +273,9 @@ class CallbackHost:
         hooks: dict[Event, list[tuple[Callback, Callable[[], Any]]]] = {e: [] for e in Event}
         plan: dict[Event, list[Callback]] = {e: [] for e in Event}
         ordered = sort_callbacks(self._cbs)
+        for cb in ordered:  # one put in `learn.cbs` directly since the last build (add_cb/remove_cb came first)
+            if cb.learn is None:
+                object.__setattr__(cb, "learn", self)
         for cb in ordered:
             if type(cb).__call__ is not Callback.__call__:
                 # A callback that overrides `__call__` (to log every event, say) is called with every event's name,
