@@ -3,8 +3,9 @@
 the hooks afterwards; `ActivationStats` is the one that records each layer's activation statistics. The hooks
 themselves, and the model helpers they use, are in :mod:`learnloop.hooks`, which also re-exports these two.
 
->>> learn.fit(1, cbs=ActivationStats(with_hist=True))
->>> learn.activation_stats.layer_stats(0)   # [means, stds, near-zero shares], one per training batch
+>>> stats = ActivationStats(with_hist=True)
+>>> learn.fit(1, cbs=stats)                 # a callback given to fit leaves the learner after it: keep a reference
+>>> stats.layer_stats(0)                    # [means, stds, near-zero shares], one per training batch
 """
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ class BnFreeze(Callback):
     leaves them in train mode). It runs after TrainEvalCallback, which puts the whole model in train mode at
     ``before_train``.
 
-    >>> learn = Learner(dls, model, splitter=splitter, train_bn=False, cbs=BnFreeze()); learn.freeze()
+    >>> learn = Learner(dls, model, loss_func=loss, splitter=splitter, train_bn=False, cbs=BnFreeze()); learn.freeze()
     """
 
     def __init__(self, **hooks: Callable[..., Any]) -> None:
