@@ -134,3 +134,11 @@ def test_checkpoints_page_lists_every_key_a_checkpoint_holds(tmp_path: Path) -> 
     table = page.split("## What a checkpoint holds", 1)[1].split("\n\n", 3)[2]
     documented = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)?", table, re.M))
     assert set(ckpt) <= {key for row in documented for key in row if key}, set(ckpt)
+
+
+def test_every_name_the_package_exports_is_documented() -> None:
+    import learnloop
+
+    text = "".join(doc.read_text() for doc in DOCS)
+    undocumented = [name for name in learnloop.__all__ if not re.search(rf"\b{name}\b", text)]
+    assert not undocumented, f"README.md and docs/*.md do not mention {undocumented}"
