@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -340,6 +341,12 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
     if scenario == "error":
         learn = make_learner(per_rank_bs, work, cbs=OnRank(1, "after_batch", 0, 2, _boom))
         learn.fit(2)
+        return {}
+    if scenario == "ctx_timeout":
+        # the learner set the process group up (LEARNLOOP_DIST_TIMEOUT=30); distrib_ctx's timeout bounds the block
+        learn = make_learner(per_rank_bs, work, cbs=OnRank(1, "before_backward", 0, 1, lambda _: time.sleep(10)))
+        with learn.distrib_ctx(timeout=2):
+            learn.fit(1)
         return {}
     raise SystemExit(f"unknown scenario {scenario}")
 

@@ -617,6 +617,14 @@ def test_an_exception_on_one_rank_ends_every_rank_with_that_error(tmp_path: Path
     assert time.monotonic() - start < 30  # well within the collective timeout: no rank waits it out
 
 
+def test_distrib_ctx_timeout_bounds_the_collectives_of_a_process_group_set_up_before(tmp_path: Path) -> None:
+    # Under torchrun the learner sets the process group up when it is made (with a 30 s timeout here): a rank that
+    # comes 10 s late to the backward pass must still end the job after distrib_ctx's 2 s.
+    proc = torchrun("ctx_timeout", tmp_path)
+    assert proc.returncode != 0
+    assert "Timed out waiting 2000ms" in proc.stderr + proc.stdout  # Gloo's words, from rank 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -49,6 +49,7 @@ __all__ = [
     "rank_device",
     "rank0_first",
     "rank_zero_first",
+    "set_timeout",
     "setup",
     "setup_distrib",
     "teardown",
@@ -197,6 +198,7 @@ def default_timeout() -> timedelta:
 _owned = False  # this module initialised the process group (so tears it down)
 _control: Any = None  # the Gloo group of learnloop's own messages
 _timeout: timedelta = DEFAULT_TIMEOUT
+_timeout_given: timedelta | None = None  # set_timeout's, for a process group that was up already
 _atexit_registered = False
 
 
@@ -235,8 +237,8 @@ def setup(backend: str | None = None, timeout: timedelta | float | None = None) 
 
 def teardown() -> None:
     """Leave the process group, if this module set it up (a process group set up elsewhere is left alone)."""
-    global _owned, _control
-    _control = None
+    global _owned, _control, _timeout_given
+    _control, _timeout_given = None, None
     if _owned and _available():
         dist.destroy_process_group()
     _owned = False
@@ -244,6 +246,21 @@ def teardown() -> None:
 
 def _as_timedelta(timeout: timedelta | float) -> timedelta:
     return timeout if isinstance(timeout, timedelta) else timedelta(seconds=float(timeout))
+
+
+def set_timeout(timeout: timedelta | float | None) -> timedelta | None:
+    """Bound learnloop's collectives by `timeout` from now on, in a process group that is up already (a Learner made
+    under torchrun sets it up): its own messages (the control group, barriers) and, in a group learnloop set up,
+    DDP's and FSDP's too; None puts back the timeout the group was set up with. Returns the timeout set before (None
+    if none), to put it back. ``distrib_ctx(timeout=...)`` calls it for its block."""
+    global _timeout_given
+    previous = _timeout_given
+    _timeout_given = None if timeout is None else _as_timedelta(timeout)
+    if _available():
+        groups = ([dist.group.WORLD] if _owned else []) + ([] if _control is None else [_control])
+        for group in groups:
+            dist.distributed_c10d._set_pg_timeout(_collective_timeout(), group)
+    return previous
 
 
 def control_group() -> Any:
@@ -255,6 +272,8 @@ def control_group() -> Any:
 
 
 def _collective_timeout() -> timedelta:
+    if _timeout_given is not None:
+        return _timeout_given
     # A process group set up elsewhere (the user's own init_process_group) gets learnloop's default.
     return _timeout if _owned else default_timeout()
 

@@ -465,12 +465,14 @@ def distrib_ctx(learn: Learner, timeout: timedelta | float | None = None, **kwar
     """Train `learn` with a DistributedTrainer(**kwargs) in this block; a no-op in a single process.
 
     Sets the process group up if needed (and tears it down at the end if it did), and replaces for
-    the block any DistributedTrainer the learner already has.
+    the block any DistributedTrainer the learner already has. `timeout` bounds the collectives of the
+    block, also in a process group set up before it (:func:`~learnloop.distributed.set_timeout`).
     """
     if not (D.launched_distributed() or D.is_distributed()):
         yield learn
         return
     created = D.setup(timeout=timeout)
+    previous = D.set_timeout(timeout) if timeout is not None and not created else None  # a group up already
     others = [cb for cb in learn.cbs if isinstance(cb, DistributedTrainer)]
     learn.remove_cbs(others)
     trainer = DistributedTrainer(timeout=timeout, **kwargs)
@@ -483,6 +485,8 @@ def distrib_ctx(learn: Learner, timeout: timedelta | float | None = None, **kwar
         learn.add_cbs(others)
         if created:
             D.teardown()
+        elif timeout is not None:
+            D.set_timeout(previous)
 
 
 def _check_share_has_batches(train: Any, share: Any, split_batch: bool) -> None:
