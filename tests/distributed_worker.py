@@ -21,6 +21,7 @@ from torch import nn
 
 from learnloop import (
     Callback,
+    CancelFitException,
     CancelTrainException,
     CancelValidException,
     CheckpointCallback,
@@ -228,6 +229,12 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         learn = split_batch(make_learner(per_rank_bs, work, cbs=cbs))
         learn.fit(2)
         result["first_batch_cancel"] = summary(learn)
+
+        # rank 1 alone cancels the fit between the backward pass and the optimizer step of batch 2: no rank steps
+        cbs = [OnRank(1, "after_backward", 0, 2, _raise(CancelFitException))]
+        learn = split_batch(make_learner(per_rank_bs, work, cbs=cbs))
+        learn.fit(2)
+        result["step_cancel"] = summary(learn)
 
         # gradient accumulation: DDP's all-reduce only on the batches that step
         calls: list[int] = []

@@ -24,7 +24,15 @@ from torch.utils.data.distributed import DistributedSampler
 import distributed_worker as worker
 import learnloop.callbacks.distributed as dist_callbacks
 from conftest import synth_learner
-from learnloop import Callback, CancelValidException, CSVLogger, GradientAccumulation, Learner, SaveModelCallback
+from learnloop import (
+    Callback,
+    CancelFitException,
+    CancelValidException,
+    CSVLogger,
+    GradientAccumulation,
+    Learner,
+    SaveModelCallback,
+)
 from learnloop import distributed as D
 from learnloop.callback import noop
 from learnloop.callbacks.distributed import DistributedTrainer
@@ -321,7 +329,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 23  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 24  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -363,6 +371,16 @@ def test_a_cancel_after_the_first_batch_does_not_hang(ddp_run: dict[str, Any]) -
     assert r0 == r1
     assert [len(row) for row in r0["values"]] == [3, 4]  # epoch 0 without train_loss
     assert r0["train_iter"] == 0 + 8
+
+
+def test_a_cancel_between_the_backward_pass_and_the_step_stops_every_rank_before_its_step(
+    ddp_run: dict[str, Any], tmp_path: Path
+) -> None:
+    r0, r1 = (rank["step_cancel"] for rank in ddp_run["ranks"])
+    assert r0["params"] == r1["params"]  # rank 0 did not step where rank 1 did not: the replicas stay equal
+    ref = _reference(tmp_path, 2, worker.OnRank(0, "after_backward", 0, 2, worker._raise(CancelFitException)))
+    assert _close(r0["params"], worker.params(ref))
+    assert r0["train_iter"] == ref.train_iter == 2
 
 
 def test_lr_find_and_a_scheduled_fit_agree_on_every_rank(ddp_run: dict[str, Any]) -> None:

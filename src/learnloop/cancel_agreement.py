@@ -2,16 +2,18 @@
 
 A rank that raises ``CancelTrain/Valid/Epoch/FitException`` tells the others at once (`CancelAgreement.tell`, from
 its ``after_cancel_*``); the others ask (`ask`) before any collective they would otherwise wait in: before each
-training backward (and before each forward when DDP broadcasts buffers or may still rebuild its gradient buckets,
-which a new wrapper does once, early in each fit; or under FSDP), at the start of each epoch, before a shuffled
-training share draws its epoch's order (rank 0's, broadcast: :class:`~learnloop.sharding.DrawnSeedSampler`), and at
-the end of each phase (`end_of`: ``after_train``, ``after_validate``, ``after_epoch``, ``after_fit``). A rank that
-learns of a cancel raises it in turn (or, at the end of a phase, fires ``after_cancel_*`` for it), so every rank
-leaves the same phase at the same batch. Each question is a one-integer all-reduce on a Gloo group on the CPU:
-about 0.1-0.3 ms, no wait on the GPU. Batch, backward and step cancels are not exchanged: they must be decided
-alike on every rank, as GradientAccumulation and MixedPrecision do. A training-phase cancel raised on one rank only
-in ``before_backward``, or in ``before_batch`` while the forward is preceded by a question, by a callback of order
-above the trainer's comes after the question: the ranks then end with a timeout error.
+training backward and before each optimizer step (a rank that cancelled after its backward pass does not step, so
+none may: the replicas would differ), before each forward when DDP broadcasts buffers or may still rebuild its
+gradient buckets (which a new wrapper does once, early in each fit) or under FSDP, at the start of each epoch,
+before a shuffled training share draws its epoch's order (rank 0's, broadcast:
+:class:`~learnloop.sharding.DrawnSeedSampler`), and at the end of each phase (`end_of`: ``after_train``,
+``after_validate``, ``after_epoch``, ``after_fit``). A rank that learns of a cancel raises it in turn (or, at the
+end of a phase, fires ``after_cancel_*`` for it), so every rank leaves the same phase at the same batch. Each
+question is a one-integer all-reduce on a Gloo group on the CPU: about 0.1-0.3 ms, no wait on the GPU. Batch,
+backward and step cancels are not exchanged: they must be decided alike on every rank, as GradientAccumulation and
+MixedPrecision do. A training-phase cancel raised on one rank only in ``before_backward``, or in ``before_batch``
+while the forward is preceded by a question, by a callback of order above the trainer's comes after the question:
+the ranks then end with a timeout error (in ``before_step``: the other ranks step where this one does not).
 """
 
 from __future__ import annotations

@@ -354,6 +354,10 @@ class DistributedTrainer(Callback):
         if self._active:
             self._cancels.ask()  # the backward pass all-reduces the gradients
 
+    def before_step(self) -> None:
+        if self._active:
+            self._cancels.ask()  # a rank that cancelled after the backward pass does not step: none may
+
     def after_batch(self) -> None:
         self._no_sync.close()
 
