@@ -21,6 +21,7 @@ from torch import nn
 
 from learnloop import (
     Callback,
+    CancelEpochException,
     CancelFitException,
     CancelTrainException,
     CancelValidException,
@@ -130,6 +131,20 @@ class OnRank(Callback):
                 self.action(learn)
 
 
+class LateOnRank(OnRank):
+    """OnRank after the DistributedTrainer's events (order 4)."""
+
+    order = 60
+
+
+class CountValidationBatches(Callback):
+    def __init__(self) -> None:
+        self.n = 0
+
+    def before_batch(self) -> None:
+        self.n += not self.learn.training
+
+
 def _set_nan(learn: Learner) -> None:
     learn.loss = torch.tensor(float("nan"))
 
@@ -235,6 +250,14 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         learn = split_batch(make_learner(per_rank_bs, work, cbs=cbs))
         learn.fit(2)
         result["step_cancel"] = summary(learn)
+
+        # rank 1 alone cancels epoch 0 at the end of its training phase, after the trainer's after_train: no rank
+        # runs a validation batch of epoch 0
+        counter = CountValidationBatches()
+        cbs = [LateOnRank(1, "after_train", 0, None, _raise(CancelEpochException)), counter]
+        learn = split_batch(make_learner(per_rank_bs, work, cbs=cbs))
+        learn.fit(2)
+        result["epoch_cancel_after_train"] = summary(learn) | {"validation_batches": counter.n}
 
         # gradient accumulation: DDP's all-reduce only on the batches that step
         calls: list[int] = []

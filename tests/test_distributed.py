@@ -329,7 +329,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 24  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 25  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -381,6 +381,15 @@ def test_a_cancel_between_the_backward_pass_and_the_step_stops_every_rank_before
     ref = _reference(tmp_path, 2, worker.OnRank(0, "after_backward", 0, 2, worker._raise(CancelFitException)))
     assert _close(r0["params"], worker.params(ref))
     assert r0["train_iter"] == ref.train_iter == 2
+
+
+def test_an_epoch_cancelled_on_one_rank_after_its_training_phase_is_validated_on_no_rank(
+    ddp_run: dict[str, Any]
+) -> None:
+    r0, r1 = (rank["epoch_cancel_after_train"] for rank in ddp_run["ranks"])
+    # epoch 1's only, as in one process: rank 0 has 3 batches of 9 validation items (4 a batch), rank 1 has 2 of 8
+    assert (r0["validation_batches"], r1["validation_batches"]) == (3, 2)
+    assert r0["values"] == r1["values"] and [len(row) for row in r0["values"]] == [1, 4]
 
 
 def test_lr_find_and_a_scheduled_fit_agree_on_every_rank(ddp_run: dict[str, Any]) -> None:

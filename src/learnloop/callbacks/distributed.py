@@ -389,6 +389,7 @@ class DistributedTrainer(Callback):
         gather = getattr(learn, "gather_preds", None)
         if gather is not None and self._eval_sharded:
             gather.keep_batches = True  # a phase a rank cancels keeps the batches every rank got through
+        self._cancels.ask()  # an epoch or fit a rank cancelled after its training phase: no rank validates
 
     def after_validate(self) -> None:
         if not self._active:
