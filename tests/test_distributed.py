@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
@@ -758,6 +759,24 @@ def test_an_exception_leaving_validate_asks_no_collective_on_its_way_out(monkeyp
     with pytest.raises(ValueError, match="boom"):
         learn.validate(cbs=Callback(after_pred=boom))
     assert asked[-1] == "raised"  # (without the care: two more questions, at after_epoch and after_fit)
+
+
+def test_sync_bn_on_the_cpu_is_refused_before_the_model_is_converted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # DDP refuses SyncBatchNorm on the CPU; the conversion, which is permanent, must not have happened by then (the
+    # model would then fail in every later fit, sync_bn or not). A world of 1 stands in for 2.
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(dist_callbacks.D, "is_distributed", lambda: True)
+        learn = worker.make_learner(8, tmp_path, cbs=DistributedTrainer(sync_bn=True))
+        learn.model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+        learn.logger = noop
+        with pytest.raises(DistributedError, match="sync_bn=True .* GPUs only, but the model is on cpu"):
+            learn.fit(1)
+        assert type(learn.model[1]) is nn.BatchNorm1d
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def test_validate_after_a_fit_that_raised_puts_the_fit_state_back(

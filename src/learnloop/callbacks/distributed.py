@@ -243,9 +243,16 @@ class DistributedTrainer(Callback):
         learn = self.learn
         if not self._sharded:
             model = learn.model
-            if self.sync_bn:
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
+            if self.sync_bn:
+                batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+                if batchnorm and device.type != "cuda":  # checked before converting, which is permanent
+                    raise D.DistributedError(
+                        f"sync_bn=True converts BatchNorm layers to SyncBatchNorm, which runs on GPUs only, but the "
+                        f"model is on {device}: use sync_bn=False (each process then keeps its own BatchNorm "
+                        "statistics, rank 0's being broadcast after each training phase)."
+                    )
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             device_ids = [device.index] if device.type == "cuda" else None
             self.ddp = _DDP(model, device_ids=device_ids, **self.ddp_kwargs)
         self._wrapped = True
