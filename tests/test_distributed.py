@@ -827,3 +827,18 @@ def test_resharding_carries_the_frozen_groups_over(n: int, frozen: list[bool]) -
     opt.freeze_to(n)  # -5 of 3 groups: none frozen (fastai's frozen_idx -2), not "all but the last 2"
     reshard_optimizer(opt, new_opt, old)
     assert [p.requires_grad for p in new] == frozen == [p.requires_grad for p in old]
+
+
+def test_export_of_a_model_sharded_with_fsdp_is_refused_with_the_way_to_save_it(tmp_path: Path) -> None:
+    # Rank 0 would write its own shard of every parameter (DTensors), which nothing can load as the model.
+    from learnloop.fsdp import shard_model
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        learn = worker.make_learner(8, tmp_path)
+        shard_model(learn.model)
+        with pytest.raises(NotImplementedError, match="sharded with FSDP.*learn.save"):
+            learn.export()
+        assert not (tmp_path / "export.pkl").exists()
+    finally:
+        torch.distributed.destroy_process_group()

@@ -52,6 +52,7 @@ from .checkpoint import (
 )
 from .data import DataLoaders, default_device
 from .distributed import barrier, is_rank_zero, unwrap_model
+from .fsdp import is_fsdp
 from .loss_record import InferenceOnlyLoss, class_name, loss_record, rebuilt_loss
 from .warn import warn_caller
 
@@ -72,9 +73,18 @@ def export_learner(
 
     ``pickle_module`` (default: pickle) and ``pickle_protocol`` pickle the model and loss function stored for
     ``trusted=True`` loads (the file around them stays readable by torch's weights-only loader). In a
-    distributed job rank 0 writes (the module inside the DDP wrapper) and every rank waits for the file.
+    distributed job rank 0 writes (the module inside the DDP wrapper) and every rank waits for the file. A model
+    sharded with FSDP, of which each rank holds a part, is refused: save it with ``learn.save`` instead.
     """
     _check_pickling(pickle_module, pickle_protocol)  # on every rank, before any rank writes or waits
+    if is_fsdp(unwrap_model(learn.model)):
+        raise NotImplementedError(
+            "learn.export() writes the whole model to one file, but this model is sharded with FSDP: each process "
+            "holds a part of every parameter, and rank 0's part alone cannot be loaded. Save it with "
+            "learn.save(name) (the folder models/name.dcp, one file per process), make it one file with "
+            "`python -m torch.distributed.checkpoint.format_utils dcp_to_torch models/name.dcp name.pth` (its "
+            "'model' entry is the state dict), and load that into the model built in one process."
+        )
     path = learn.path / fname
     if is_rank_zero():
         _write_export(learn, path, pickle_model, pickle_module, pickle_protocol)
