@@ -384,6 +384,27 @@ def test_a_cancel_between_the_backward_pass_and_the_step_stops_every_rank_before
     assert r0["train_iter"] == ref.train_iter == 2
 
 
+def test_the_trainer_asks_before_the_step_only_when_a_callback_may_cancel_after_the_backward() -> None:
+    # The question before each step costs an all-reduce; with the default callbacks nothing runs between the one
+    # before the backward pass and the step, so there is nothing to learn.
+    trainer = DistributedTrainer()
+    learn = synth_learner(cbs=trainer)
+    assert not trainer._runs_between_backward_and_step()
+
+    class AtStep(Callback):
+        def before_step(self) -> None:
+            pass
+
+    late, early = AtStep(), AtStep()
+    late.order, early.order = 60, 1
+    learn.add_cb(late)  # after the trainer: it comes after the question anyway
+    assert not trainer._runs_between_backward_and_step()
+    for cb in (Callback(after_backward=noop), Callback(after_cancel_backward=noop), early):
+        learn.add_cb(cb)
+        assert trainer._runs_between_backward_and_step(), cb
+        learn.remove_cb(cb)
+
+
 def test_an_epoch_cancelled_on_one_rank_after_its_training_phase_is_validated_on_no_rank(
     ddp_run: dict[str, Any]
 ) -> None:

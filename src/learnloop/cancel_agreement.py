@@ -2,12 +2,12 @@
 
 A rank that raises ``CancelTrain/Valid/Epoch/FitException`` tells the others at once (`CancelAgreement.tell`, from
 its ``after_cancel_*``); the others ask (`ask`) before any collective they would otherwise wait in: before each
-training backward and before each optimizer step (a rank that cancelled after its backward pass does not step, so
-none may: the replicas would differ), before each forward when DDP broadcasts buffers or may still rebuild its
-gradient buckets (which a new wrapper does once, early in each fit) or under FSDP, at the start of each epoch and of
-each validation phase (an epoch a rank cancelled at the end of its training phase is validated on no rank), before a
-shuffled training share draws its epoch's order (rank 0's, broadcast:
-:class:`~learnloop.sharding.DrawnSeedSampler`), and at the end of each phase (`end_of`: ``after_train``,
+training backward and before each optimizer step that a callback may cancel after the backward (a rank that
+cancelled after its backward pass does not step, so none may: the replicas would differ), before each forward when
+DDP broadcasts buffers or may still rebuild its gradient buckets (which a new wrapper does once, early in each fit)
+or under FSDP, at the start of each epoch and of each validation phase (an epoch a rank cancelled at the end of its
+training phase is validated on no rank), before a shuffled training share draws its epoch's order (rank 0's,
+broadcast: :class:`~learnloop.sharding.DrawnSeedSampler`), and at the end of each phase (`end_of`: ``after_train``,
 ``after_validate``, ``after_epoch``, ``after_fit``). A rank that learns of a cancel raises it in turn (or, at the
 end of a phase, fires ``after_cancel_*`` for it), so every rank leaves the same phase at the same batch. Each
 question is a one-integer all-reduce on a Gloo group on the CPU: about 0.1-0.3 ms, no wait on the GPU. Batch,

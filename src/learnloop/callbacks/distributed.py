@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .. import distributed as D
 from ..callback import Callback, noop
 from ..cancel_agreement import CancelAgreement, CancelLevel
+from ..events import Event
 from ..fsdp import ShardModules, is_fsdp, reshard_optimizer, shard_model
 from ..reductions import average_losses, gather_preds, hand_metrics_to_rank_zero, reduce_metrics
 from ..sharding import EvenBatches, ShardSampler, is_sharded, shard_loader
@@ -362,8 +363,18 @@ class DistributedTrainer(Callback):
             self._cancels.ask()  # the backward pass all-reduces the gradients
 
     def before_step(self) -> None:
-        if self._active:
+        if self._active and self._runs_between_backward_and_step():
             self._cancels.ask()  # a rank that cancelled after the backward pass does not step: none may
+
+    def _runs_between_backward_and_step(self) -> bool:
+        """Whether a callback runs after the backward's question and before this one, and so may cancel there:
+        one at after_backward (or after_cancel_backward), or at before_step ahead of this trainer. Without one (the
+        default callbacks), no question: it would cost an all-reduce per step to learn nothing."""
+        hooks = self.learn._hooks
+        if hooks[Event.after_backward] or hooks[Event.after_cancel_backward]:
+            return True
+        at_step = hooks[Event.before_step]
+        return not at_step or at_step[0][0] is not self
 
     def after_batch(self) -> None:
         self._no_sync.close()
