@@ -515,6 +515,16 @@ def test_fine_tune_passes_kwargs_to_fit_one_cycle() -> None:
         learn.fine_tune(1, 1e-3, 1, 100, 0.3, 5.0, "latest")  # type: ignore[misc]
 
 
+def test_fine_tune_gives_a_generator_of_callbacks_to_both_fits() -> None:
+    # Its argument checks read `cbs` before the fits: a generator must reach both fits still (fastai's two fits run
+    # them: the first adds them, and they stay on the learner).
+    learn = two_group_learner()
+    log = HyperLog()
+    learn.fine_tune(1, freeze_epochs=1, cbs=(cb for cb in [log]))
+    assert len(log.values["lr"]) == 4 + 4
+    assert log not in learn.cbs
+
+
 # ------------------------------------------------------------------ bad input
 Policy = Callable[[Learner], None]
 BAD: list[tuple[str, Policy, str]] = [

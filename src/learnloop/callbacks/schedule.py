@@ -316,6 +316,8 @@ def fine_tune(
     epochs = to_epochs(epochs, "epochs", "fine_tune")
     freeze_epochs = to_epochs(freeze_epochs, "freeze_epochs", "fine_tune")
     _three_moms(*((kwargs["moms"], "moms") if kwargs.get("moms") is not None else (self.moms, "learn.moms")))
+    if "cbs" in kwargs:  # read once, for the checks and both fits: a generator would be spent by the first reading
+        kwargs["cbs"] = as_list(kwargs["cbs"])
     _check_fit_kwargs(kwargs)  # and what fit_one_cycle and fit would refuse only once the model is frozen
     _check_positive("lr_mult", lr_mult)
     _check_fraction("pct_start", pct_start)
