@@ -273,6 +273,18 @@ def test_param_scheduler_is_silent_during_validation() -> None:
     assert seen == [ps.hps["lr"][-1]]  # validation did not move the lr
 
 
+def test_a_learner_with_a_param_scheduler_validates_before_its_first_fit() -> None:
+    # No optimizer exists yet: validate() and get_preds() run as fastai's do, instead of failing on `opt.hypers`.
+    learn = synth_learner(n_train=32, n_valid=32, bs=16, cbs=ParamScheduler({"lr": SchedLin(1e-2, 1e-3)}))
+    assert learn.opt is None
+    assert len(learn.validate()) == 1
+    preds, _ = learn.get_preds()
+    assert preds.shape[0] == 32
+    assert learn.recorder.hps == {"lr": []}
+    learn.fit(1)
+    assert len(learn.recorder.hps["lr"]) == 2
+
+
 def test_param_scheduler_sets_a_new_hyper_as_fastai_and_a_torch_optimizer_refuses_it() -> None:
     learn = synth_learner()  # a stepper of the user's might read 'noise' from **kwargs: fastai adds it, as here
     with pytest.warns(UserWarning, match=r"schedules 'noise', which no stepper of this optimizer reads \(its "

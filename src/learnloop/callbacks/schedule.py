@@ -69,7 +69,10 @@ class ParamScheduler(Callback):
         self.hps: dict[str, list[Any]] = {name: [] for name in self.scheds}
 
     def before_fit(self) -> None:
+        self.hps = {name: [] for name in self.scheds}
         opt = self.learn.opt
+        if opt is None:  # validate() or get_preds() before the first fit: no optimizer, nothing is stepped
+            return
         names = _hyper_names(opt)
         for name in self.scheds:
             if name in names:
@@ -87,7 +90,6 @@ class ParamScheduler(Callback):
                 )
             else:  # learnloop's Optimizer takes any name (warning of a likely typo); a torch optimizer refuses it now
                 opt.check_hyper_name(name)
-        self.hps = {name: [] for name in self.scheds}
 
     def before_batch(self) -> None:
         self._update_val(schedule_pct(self.learn))
