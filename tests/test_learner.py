@@ -1048,6 +1048,17 @@ def test_fetch_preds_callback_fetches_during_the_fit_without_touching_its_record
     assert learn.recorder in learn.cbs and fetch in learn.cbs
 
 
+def test_get_preds_of_a_learner_with_a_fetch_preds_callback_keeps_its_predictions() -> None:
+    # The fetch runs a phase of its own at get_preds' after_validate: get_preds' gatherer sits it out, and still has
+    # the predictions of its own phase (it had None). fastai's get_preds does not return here.
+    fetch = FetchPredsCallback()
+    learn = synth_learner(cbs=fetch)
+    preds, targets = learn.get_preds()
+    assert preds.shape == targets.shape == (16, 1)
+    assert fetch.preds[0].shape == (16, 1)
+    assert "gather_preds" not in vars(learn) and learn.cbs[-1] is fetch
+
+
 def test_fetch_preds_callback_takes_fastais_reorder_and_passes_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
     learn = synth_learner(cbs=FetchPredsCallback(reorder=False))
     seen: list[Any] = []

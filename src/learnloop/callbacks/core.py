@@ -351,8 +351,9 @@ class FetchPredsCallback(Callback):
     """Fetches predictions in the middle of a fit, after each validation phase, into `self.preds` (fastai's).
 
     It calls `get_preds(inner=True)` (the validation phase alone, no fit or epoch events) with the callbacks that keep
-    the fit's records taken out for the while (those with `remove_on_fetch`: the Recorder, the trackers), and the
-    callbacks given as `cbs` too (instances, or classes: all their instances). `reorder` is passed on to
+    the fit's records taken out for the while (those with `remove_on_fetch`: the Recorder, the trackers), the
+    GatherPredsCallbacks already on the learner (`get_preds`' own, when it runs in one), and the callbacks given as
+    `cbs` too (instances, or classes: all their instances). `reorder` is passed on to
     `get_preds`, where it changes nothing (see there).
     """
 
@@ -374,8 +375,10 @@ class FetchPredsCallback(Callback):
 
     def after_validate(self) -> None:
         learn = self.learn
-        # `cbs` may hold classes, as removed_cbs takes them: every instance of one is taken out (and put back).
-        classes = tuple(c for c in self.cbs if isinstance(c, type))
+        # `cbs` may hold classes, as removed_cbs takes them: every instance of one is taken out (and put back). So are
+        # the gatherers already on the learner (get_preds' own, when this callback runs in it): the fetch's phase
+        # would start them afresh, and what they gathered of the phase that just ended would be lost.
+        classes = (*(c for c in self.cbs if isinstance(c, type)), GatherPredsCallback)
         out = [
             cb for cb in learn.cbs
             if getattr(cb, "remove_on_fetch", False) or isinstance(cb, classes) or any(cb is c for c in self.cbs)
