@@ -323,6 +323,17 @@ def test_train_config_refuses_what_the_parser_would(field: str, value: int) -> N
         recipe.train(TrainConfig(**{field: value}), log=lambda _: None)
 
 
+def test_the_recorded_command_parses_back_when_a_value_starts_with_a_dash() -> None:
+    """A column named like an option ("--out") or a file named "-x.csv": config.json's command still repeats the run
+    (`--target --out` was read by argparse as a --target without its value)."""
+    config = TrainConfig(data="-x.csv", target="--out", drop=["id", "-note"], categorical=["-c"], arch="mlp",
+                         hidden=[8], epochs=1, bs=8, device="cpu")
+    args = build_parser().parse_args(shlex.split(config.command())[1:])
+    assert (args.data, args.target, args.drop, args.categorical) == ("-x.csv", "--out", ["id", "-note"], ["-c"])
+    plain = TrainConfig(data="a.csv", target="y", drop=["id"], hidden=[8], epochs=1, bs=8, device="cpu").command()
+    assert "--data a.csv --target y --task auto --drop id --valid-pct" in plain
+
+
 def test_predict_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "train", "--data", flowers(tmp_path / "f.csv", n=30), "--target", "species", "--epochs",
                        "1", "--out", tmp_path / "run")

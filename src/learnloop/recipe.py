@@ -98,11 +98,10 @@ class TrainConfig:
 
     def command(self) -> str:
         """The command line that repeats this (resolved) run."""
-        words = ["learnloop", "train", "--data", self.data]
+        words = ["learnloop", "train", *_option("--data", [self.data])]
         if self.data != "digits":
-            words += ["--target", str(self.target), "--task", self.task]
-            words += [*(["--drop", *self.drop] if self.drop else []),
-                      *(["--categorical", *self.categorical] if self.categorical else [])]
+            words += [*_option("--target", [str(self.target)]), "--task", self.task]
+            words += [*_option("--drop", self.drop), *_option("--categorical", self.categorical)]
         words += ["--valid-pct", str(self.valid_pct), "--arch", self.arch, "--hidden", *map(str, self.hidden or []),
                   "--epochs", str(self.epochs), "--bs", str(self.bs)]
         words += ["--lr-find"] if self.lr_find else ["--lr", str(self.lr)]
@@ -110,6 +109,14 @@ class TrainConfig:
         words += [f"--{self.precision}"] if self.precision != "fp32" else []
         words += ["--mixup", str(self.mixup)] if self.mixup else []
         return shlex.join([*words, "--seed", str(self.seed), "--device", str(self.device)])
+
+
+def _option(flag: str, values: list[str]) -> list[str]:
+    """`flag` with `values` as command-line words; a value that starts with '-' (a column named "--out", a file
+    named "-x.csv") as `flag=value`, which argparse would otherwise read as an option of its own."""
+    if any(v.startswith("-") for v in values):
+        return [f"{flag}={v}" for v in values]
+    return [flag, *values] if values else []
 
 
 def _one_value_per_channel(arch: str, input_shape: list[int] | None, hidden: list[int]) -> bool:
