@@ -18,6 +18,7 @@ from torch import nn
 import learnloop.resume as resume_module
 from conftest import EventLog, synth_classif_learner
 from learnloop import (
+    SGD,
     Callback,
     CancelFitException,
     CheckpointCallback,
@@ -30,6 +31,7 @@ from learnloop import (
     MixedPrecision,
     MixUp,
     OptimWrapper,
+    ParamScheduler,
     ReduceLROnPlateau,
     SaveModelCallback,
     accuracy,
@@ -38,6 +40,7 @@ from learnloop import (
 from learnloop.callbacks.checkpointing import checkpoint_files, latest_checkpoint
 from learnloop.resume import Position
 from learnloop.rng import get_rng_state, set_rng_state
+from learnloop.schedules import SchedLin
 
 N_EPOCH = 3  # 96 items in batches of 16: 6 batches per epoch, a step every 2 (n_acc=32)
 
@@ -546,6 +549,23 @@ def test_the_optimizer_must_be_of_the_same_kind_and_groups_before_anything_chang
     resumed = make_learner(opt_func=wrapped)  # the same kind and groups: resumes
     one_cycle(resumed, resume=torch_opt)
     assert resumed.train_iter == N_EPOCH * 6
+
+
+def test_another_learnloop_optimizer_is_refused_before_anything_changes(tmp_path: Path) -> None:
+    # SGD's state into an Adam only warned in Adam's load_state_dict, after before_fit and the weights, and the fit
+    # trained on with SGD's hypers (no sqr_mom, no eps).
+    one_cycle(make_learner(path=tmp_path, opt_func=SGD), cbs=CheckpointCallback())
+    sgd = latest_checkpoint(tmp_path / "models" / "checkpoints")
+    assert sgd is not None
+    _unchanged_by_a_failed_resume(make_learner(), sgd, r"hyper-parameters wd, lr, mom, but .* has wd, mom, sqr_mom, "
+                                  r"lr, eps: use the same opt_func")
+    # A hyper-parameter a schedule set (and so added) is in the checkpoint only: it resumes
+    scheduled = [ParamScheduler({"foo": SchedLin(1.0, 2.0)})]
+    run = make_learner(path=tmp_path / "b", opt_func=SGD)
+    one_cycle(run, cbs=[*scheduled, CheckpointCallback(every_n_iters=4, keep_last=None)])
+    resumed = make_learner(path=tmp_path / "b", opt_func=SGD)
+    one_cycle(resumed, cbs=scheduled, resume=checkpoint_files(tmp_path / "b" / "models" / "checkpoints")[0])
+    assert_same_run(run, resumed)
 
 
 def test_an_uncertain_final_checkpoint_is_marked_and_latest_skips_it(tmp_path: Path) -> None:

@@ -260,7 +260,7 @@ class ResumeState:
 
     Reading it checks everything that can be checked before training starts, so a wrong file fails before
     any event fires and before anything on the learner changes: the format and version, the model's keys
-    and shapes, the optimizer's kind and groups, the data loaders' generators, the callbacks, the
+    and shapes, the optimizer's kind, groups and hyper-parameters, the data loaders' generators, the callbacks, the
     batches per epoch.
     """
 
@@ -319,7 +319,8 @@ class ResumeState:
         if learn.opt is None or not isinstance(saved, dict):
             return
         # learnloop's Optimizer saves 'hypers' and 'group_sizes'; an OptimWrapper torch's 'param_groups'.
-        saved_torch, now_torch = "param_groups" in saved, "param_groups" in learn.opt.state_dict()
+        now = learn.opt.state_dict()
+        saved_torch, now_torch = "param_groups" in saved, "param_groups" in now
         if saved_torch != now_torch:
             kinds = ("a torch.optim optimizer (OptimWrapper)", "a learnloop Optimizer")
             raise CheckpointError(
@@ -335,6 +336,17 @@ class ResumeState:
             raise CheckpointError(
                 f"{self.path} holds an optimizer with parameter groups of {list(sizes)} parameters, but this "
                 f"learner's optimizer has {current}: use the same splitter (and model) as the saved run."
+            )
+        # Another learnloop optimizer (SGD's state into Adam) only warned in the optimizer's load_state_dict, after
+        # before_fit and the weights, and trained on without the hypers it lacks. A schedule adds the hypers it sets
+        # (ParamScheduler({'foo': ...})) but none goes away: this optimizer's must all be in the saved one's. (A torch
+        # optimizer's groups gain keys from one torch version to the next: not compared.)
+        saved_hypers, now_hypers = saved.get("hypers"), now.get("hypers")
+        if not saved_torch and saved_hypers and now_hypers and not set(now_hypers[0]) <= set(saved_hypers[0]):
+            raise CheckpointError(
+                f"{self.path} holds an optimizer with the hyper-parameters {', '.join(saved_hypers[0])}, but this "
+                f"learner's {type(learn.opt).__name__} has {', '.join(now_hypers[0])}: use the same opt_func as "
+                "the saved run."
             )
 
     def _check_callbacks(self, learn: Learner) -> None:
