@@ -416,6 +416,10 @@ def test_run_files_that_learnloop_did_not_write_are_errors_without_traceback(
     (tmp_path / "run" / "config.json").write_text('{"command": "x"}')  # a run with no settings to list
     code, out, err = run(capsys, "show", tmp_path / "run")
     assert code == 0 and "command: x" in out and "epoch" in out, err
+    # stopped in its first epoch: metrics.csv holds the header alone, which was printed as an empty table
+    (tmp_path / "run" / "metrics.csv").write_text("epoch,train_loss,valid_loss,accuracy,time\n")
+    code, out, err = run(capsys, "show", tmp_path / "run")
+    assert code == 0 and out.splitlines()[-1] == "(no epoch finished)" and "train_loss" not in out, err
 
 
 def test_the_checkpoints_folder_of_a_run_stands_for_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

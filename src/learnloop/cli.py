@@ -208,8 +208,9 @@ def show(args: argparse.Namespace) -> None:
     for key, value in config.items():
         print(f"  {key.ljust(width)}{value if isinstance(value, str) else json.dumps(value)}")
     print(f"  {'files'.ljust(width)}{' '.join(sorted(p.name for p in run.path.iterdir()))}")
-    rows = run.metrics()
-    print(runs.format_table([rows[0], *([_fmt(c) for c in r] for r in rows[1:])]) if rows else "(no epoch finished)")
+    rows = run.metrics()  # the header alone when the run was stopped in its first epoch (CSVLogger writes it first)
+    table = [rows[0], *([_fmt(c) for c in r] for r in rows[1:])] if rows[1:] else []
+    print(runs.format_table(table) if table else "(no epoch finished)")
 
 
 def _fmt(cell: str) -> str:
