@@ -412,6 +412,23 @@ def test_resume_needs_an_existing_file(tmp_path: Path) -> None:
         make_learner().fit(2, resume=True)  # type: ignore[arg-type]
 
 
+def test_a_position_this_learnloop_cannot_read_is_a_checkpoint_error(
+    full_run: tuple[Learner, list[Path]], tmp_path: Path
+) -> None:
+    # A field a newer learnloop adds to the position (as data_len was, in the same format version) was a TypeError
+    # from Position(), and a traceback from `learnloop train --resume`.
+    ckpt = torch.load(full_run[1][3], weights_only=True)
+    newer, broken = tmp_path / "newer.pth", tmp_path / "broken.pth"
+    torch.save({**ckpt, "learnloop_version": "9.0", "position": {**ckpt["position"], "sampler_epoch": 1}}, newer)
+    torch.save({**ckpt, "position": {"epoch": 1}}, broken)
+    _unchanged_by_a_failed_resume(make_learner(), newer, r"written by learnloop 9\.0, whose checkpoints record where "
+                                  r"they were taken with fields this learnloop .* does not know \(sampler_epoch\): "
+                                  "upgrade learnloop")
+    with pytest.raises(CheckpointError, match="does not know"):
+        resume_module.read_position(newer)
+    _unchanged_by_a_failed_resume(make_learner(), broken, r"holds no valid position \(\{'epoch': 1\}\)")
+
+
 def test_resume_from_a_folder_takes_its_latest(full_run: tuple[Learner, list[Path]]) -> None:
     log = EventLog()
     learn = make_learner()

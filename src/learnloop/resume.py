@@ -179,8 +179,26 @@ def save_training_checkpoint(
 
 def read_position(path: str | Path) -> Position:
     """The position of the checkpoint at ``path`` (the file is checked, its tensors are not read)."""
-    ckpt = _load(path, mmap=True)
-    return Position(**ckpt["position"])
+    return _position(_load(path, mmap=True), path)
+
+
+def _position(ckpt: dict[str, Any], path: str | Path) -> Position:
+    """The checkpoint's position; a CheckpointError for one this learnloop cannot read (a TypeError was raised)."""
+    saved = ckpt.get("position")
+    if isinstance(saved, dict):
+        # Fields are added without a new format version (data_len was), so a newer learnloop's may be unknown here.
+        unknown = sorted(map(str, set(saved) - {f.name for f in dataclasses.fields(Position)}))
+        if unknown:
+            raise CheckpointError(
+                f"{path} was written by learnloop {ckpt.get('learnloop_version', '?')}, whose checkpoints record where "
+                f"they were taken with fields this learnloop ({learnloop_version()}) does not know "
+                f"({', '.join(unknown)}): upgrade learnloop to resume from it."
+            )
+        try:
+            return Position(**saved)
+        except TypeError:  # a required field missing
+            pass
+    raise CheckpointError(f"{path} holds no valid position ({saved!r}): it was not written by a CheckpointCallback.")
 
 
 def _load(path: str | Path, mmap: bool = False) -> dict[str, Any]:
@@ -268,7 +286,7 @@ class ResumeState:
         self.path = Path(path)
         ckpt = _load(path)
         self.ckpt = ckpt
-        self.position = Position(**ckpt["position"])
+        self.position = _position(ckpt, path)
         check_state_dict(unwrap_model(learn.model), ckpt["model"], path)
         self._check_devices()
         self._check_generators(learn)
