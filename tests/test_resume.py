@@ -231,6 +231,9 @@ def test_fine_tune_resumes_in_either_of_its_fits(tmp_path: Path) -> None:
     one_cycle(plain, cbs=CheckpointCallback(path=tmp_path / "plain"))
     with pytest.raises(CheckpointError, match="not taken during fine_tune"):
         tune(make_learner(), resume=tmp_path / "plain")
+    # the other way round, a plain fit took the checkpoint silently and trained on with its own schedule
+    _unchanged_by_a_failed_resume(make_learner(splitter=two_groups), files[-2],
+                                  r"taken during fine_tune \(its unfrozen fit\), not in a plain fit: resume it with")
 
 
 def test_fine_tune_resumed_at_the_end_of_its_frozen_fit_resets_the_trackers_in_the_unfrozen_one(tmp_path: Path) -> None:

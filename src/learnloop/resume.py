@@ -287,6 +287,7 @@ class ResumeState:
         ckpt = _load(path)
         self.ckpt = ckpt
         self.position = _position(ckpt, path)
+        self._check_stage(learn)
         check_state_dict(unwrap_model(learn.model), ckpt["model"], path)
         self._check_devices()
         self._check_generators(learn)
@@ -297,6 +298,16 @@ class ResumeState:
             warn_caller(
                 f"{path} was taken in a fit of {self.position.n_epoch} epochs and this fit has {n_epoch}: training "
                 "carries on, but the schedule (which depends on the number of epochs) differs from the saved run's."
+            )
+
+    def _check_stage(self, learn: Learner) -> None:
+        # fine_tune refuses a plain fit's checkpoint; a plain fit took one of fine_tune's without a word, and trained
+        # on with its own schedule.
+        saved, now = self.position.stage, getattr(learn, "_fit_stage", None)
+        if saved is not None and now is None:
+            raise CheckpointError(
+                f"{self.path} was taken during fine_tune (its {saved.rsplit(':', 1)[-1]} fit), not in a plain fit: "
+                "resume it with fine_tune(..., resume=...), called as the interrupted run called it."
             )
 
     def _check_devices(self) -> None:
