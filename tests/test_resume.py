@@ -456,6 +456,17 @@ def test_a_mid_epoch_checkpoint_needs_the_same_batches_per_epoch(full_run: tuple
 def test_a_different_number_of_epochs_warns(full_run: tuple[Learner, list[Path]]) -> None:
     with pytest.warns(UserWarning, match="fit of 3 epochs and this fit has 4"):
         make_learner().fit_one_cycle(4, 1e-2, resume=full_run[1][6])
+    # A mid-epoch checkpoint past the end of the fit: the loop never reached its epoch, so only the weights and the
+    # optimizer came back, under a warning that said training carried on.
+    file = full_run[1][15]
+    assert _position(file).epoch == 2 and _position(file).mid_epoch
+    learn = make_learner()
+    log = EventLog()
+    learn.add_cb(log)
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(CheckpointError, match="taken in epoch 2 of a fit of 3 epochs, but this fit has 2: it ends"):
+        learn.fit_one_cycle(2, 1e-2, resume=file)
+    assert log.events == [] and all(torch.equal(p, w) for p, w in zip(learn.model.parameters(), weights, strict=True))
 
 
 def test_callbacks_must_match(full_run: tuple[Learner, list[Path]]) -> None:

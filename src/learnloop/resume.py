@@ -294,6 +294,14 @@ class ResumeState:
         self._check_data(learn)
         self._check_opt(learn)
         self._check_callbacks(learn)
+        if self.position.mid_epoch and self.position.epoch >= n_epoch:
+            # The loop never reached the epoch, so nothing but the weights and the optimizer came back (the warning
+            # below said that training carried on).
+            raise CheckpointError(
+                f"{path} was taken in epoch {self.position.epoch} of a fit of {self.position.n_epoch} epochs, but this "
+                f"fit has {n_epoch}: it ends before that epoch, so nothing is left to train. Resume with the fit's "
+                f"{self.position.n_epoch} epochs."
+            )
         if n_epoch != self.position.n_epoch:
             warn_caller(
                 f"{path} was taken in a fit of {self.position.n_epoch} epochs and this fit has {n_epoch}: training "
