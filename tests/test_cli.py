@@ -134,7 +134,8 @@ def test_a_diverged_run_is_warned_of_in_one_line(tmp_path: Path, capsys: pytest.
     data = flowers(tmp_path / "flowers.csv")
     code, out, err = run(capsys, "train", "--data", data, "--target", "species", "--epochs", "2", "--lr", "1e30",
                          "--out", tmp_path / "run")
-    assert code == 0, err
+    assert code == 1 and err.endswith(f"learnloop train: error: {tmp_path / 'run'} has no model.pth: its training "
+                                      "diverged (see above).\n"), err  # `train ... && predict ...` stops here
     assert "nan" in out  # the epoch table
     lines = err.splitlines()
     assert any(line.startswith("learnloop train: warning (NonFiniteLossWarning): The training loss of epoch 0 is nan")

@@ -126,7 +126,14 @@ def train(args: argparse.Namespace) -> Learner:
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"precision", "out"}
     config = TrainConfig(**{n: getattr(args, n) for n in names}, precision=precision,
                          out=str(args.out) if args.out else None)
-    learn, _ = recipe.train(config)
+    return _trained(*recipe.train(config))
+
+
+def _trained(learn: Learner, out: Path) -> Learner:
+    """`learn`, when its run has a model to predict with: a run that diverged (no model.pth, its weights hold NaN) is
+    a failure, exit code 1, so that `learnloop train ... && learnloop predict ...` stops there."""
+    if not (out / runs.BEST_MODEL).exists():
+        raise runs.RunError(f"{out} has no {runs.BEST_MODEL}: its training diverged (see above).")
     return learn
 
 
@@ -147,8 +154,7 @@ def _resume(args: argparse.Namespace) -> Learner:
     config = TrainConfig(**{k: v for k, v in run.config.items() if k in fields})
     config = dataclasses.replace(config, data=_resume_data(run, config.data), out=str(run.path),
                                  device=args.device or config.device)
-    learn, _ = recipe.train(config, resume=True)
-    return learn
+    return _trained(*recipe.train(config, resume=True))
 
 
 def _resume_data(run: runs.Run, data: str) -> str:
