@@ -127,6 +127,9 @@ def test_the_target_and_dropped_columns_are_no_categorical_features(tmp_path: Pa
         load_csv(table_file(tmp_path), "label", drop=["id"], categorical=["color", "label"])
     with pytest.raises(CSVError, match=r"'color' are both dropped and categorical"):
         load_csv(table_file(tmp_path), "label", drop=["id", "color"], categorical=["color"])
+    # Listed in drop, the target was kept as the target without a word, where categorical= refuses it.
+    with pytest.raises(CSVError, match=r"target column 'label' is also listed in --drop .*Leave it out of --drop"):
+        load_csv(table_file(tmp_path), "label", drop=["id", "label"])
 
 
 def test_load_csv_classification(tmp_path: Path) -> None:

@@ -190,6 +190,11 @@ class TabularPreprocessor:
                 "feature columns to one-hot encode as inputs. Leave the target out of it: a non-numeric target is "
                 "a class label already (--task classification makes a numeric one so)."
             )
+        if target in drop:  # the target is never a feature: dropping it did nothing, and the user meant something
+            raise CSVError(
+                f"The target column {target!r} is also listed in --drop (drop=), which leaves feature columns out; "
+                "the target is never a feature. Leave it out of --drop, or name another --target."
+            )
         if both := [c for c in categorical if c in drop]:
             raise CSVError(
                 f"The column(s) {column_list(both)} are both dropped and categorical: --drop (drop=) leaves a "
