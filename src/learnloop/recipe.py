@@ -247,7 +247,9 @@ def load_data(config: TrainConfig) -> TabularData:
     if config.data == "digits":
         for option in ("target", "drop", "categorical"):
             if getattr(config, option):
-                raise ConfigError(f"--{option} is for CSV files; the digits' target is the digit in each image.")
+                why = ("the digits' target is the digit in each image" if option == "target" else
+                       "the digits' features are the 64 pixels of each image")
+                raise ConfigError(f"--{option} is for CSV files (--data FILE.csv); {why}.")
         if config.task == "regression":
             raise ConfigError("--task regression: the digits are a classification task.")
         image = config.arch != "mlp"
