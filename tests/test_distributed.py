@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -782,59 +783,56 @@ def test_an_exception_leaving_validate_asks_no_collective_on_its_way_out(monkeyp
     assert asked[-1] == "raised"  # (without the care: two more questions, at after_epoch and after_fit)
 
 
-def test_sync_bn_on_the_cpu_is_refused_before_the_model_is_converted(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.fixture
+def world_of_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """A process group of one process, which the DistributedTrainer takes for a distributed run (standing in for 2)."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    monkeypatch.setattr(dist_callbacks.D, "is_distributed", lambda: True)
+    try:
+        yield
+    finally:
+        D.teardown()  # learnloop's own control group, if a fit made one; the process group is the test's
+        torch.distributed.destroy_process_group()
+
+
+def test_sync_bn_on_the_cpu_is_refused_before_the_model_is_converted(tmp_path: Path, world_of_one: None) -> None:
     # DDP refuses SyncBatchNorm on the CPU; the conversion, which is permanent, must not have happened by then (the
-    # model would then fail in every later fit, sync_bn or not). A world of 1 stands in for 2.
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        monkeypatch.setattr(dist_callbacks.D, "is_distributed", lambda: True)
-        learn = worker.make_learner(8, tmp_path, cbs=DistributedTrainer(sync_bn=True))
-        learn.model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
-        learn.logger = noop
-        with pytest.raises(DistributedError, match="sync_bn=True .* GPUs only, but the model is on cpu"):
-            learn.fit(1)
-        assert type(learn.model[1]) is nn.BatchNorm1d
-    finally:
-        torch.distributed.destroy_process_group()
+    # model would then fail in every later fit, sync_bn or not).
+    learn = worker.make_learner(8, tmp_path, cbs=DistributedTrainer(sync_bn=True))
+    learn.model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+    learn.logger = noop
+    with pytest.raises(DistributedError, match="sync_bn=True .* GPUs only, but the model is on cpu"):
+        learn.fit(1)
+    assert type(learn.model[1]) is nn.BatchNorm1d
 
 
-def test_validate_after_a_fit_that_raised_puts_the_fit_state_back(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_validate_after_a_fit_that_raised_puts_the_fit_state_back(tmp_path: Path, world_of_one: None) -> None:
     # A fit that raised fires no after_fit: the trainer took the next validate() for one inside that fit, and left
-    # learn.model the DDP wrapper and the DataLoaders this rank's copies after it (a world of 1 standing in for 2).
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        monkeypatch.setattr(dist_callbacks.D, "is_distributed", lambda: True)
-        learn = worker.make_learner(8, tmp_path, cbs=DistributedTrainer())
-        learn.logger = noop
-        model, loaders = learn.model, list(learn.dls.loaders)
+    # learn.model the DDP wrapper and the DataLoaders this rank's copies after it.
+    learn = worker.make_learner(8, tmp_path, cbs=DistributedTrainer())
+    learn.logger = noop
+    model, loaders = learn.model, list(learn.dls.loaders)
 
-        def boom() -> None:
-            if learn.training and learn.iter == 1:
-                raise ValueError("boom")
+    def boom() -> None:
+        if learn.training and learn.iter == 1:
+            raise ValueError("boom")
 
-        with pytest.raises(ValueError, match="boom"):
-            learn.fit(1, cbs=Callback(after_batch=boom))
-        assert learn.model is not model  # the fit's state, left behind
-        learn.validate()
-        assert learn.model is model and learn.dls.loaders == loaders
-        nested: list[Any] = []
+    with pytest.raises(ValueError, match="boom"):
+        learn.fit(1, cbs=Callback(after_batch=boom))
+    assert learn.model is not model  # the fit's state, left behind
+    learn.validate()
+    assert learn.model is model and learn.dls.loaders == loaders
+    nested: list[Any] = []
 
-        def validate_inside() -> None:
-            if not nested:
-                nested.append(None)
-                nested.append(learn.validate())
-                nested.append(learn.model)
+    def validate_inside() -> None:
+        if not nested:
+            nested.append(None)
+            nested.append(learn.validate())
+            nested.append(learn.model)
 
-        learn.fit(1, cbs=Callback(after_train=validate_inside))
-        assert nested[2] is not model  # inside the fit, a validate() keeps the fit's state
-        assert learn.model is model and learn.dls.loaders == loaders
-    finally:
-        D.teardown()
-        torch.distributed.destroy_process_group()
+    learn.fit(1, cbs=Callback(after_train=validate_inside))
+    assert nested[2] is not model  # inside the fit, a validate() keeps the fit's state
+    assert learn.model is model and learn.dls.loaders == loaders
 
 
 @pytest.mark.parametrize(("n", "frozen"), [(1, [False, True, True]), (-5, [True, True, True])])
