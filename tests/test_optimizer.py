@@ -175,6 +175,18 @@ def test_set_hypers_scalar_list_slice(value: Any, expected: list[float]) -> None
     assert [h["mom"] for h in opt.hypers] == pytest.approx(expected)
 
 
+def test_set_hyper_spreads_any_iterable_as_fastai() -> None:
+    # fastai's L reads a generator, a range or a map as one value per group; stored as it was, the object itself
+    # became every group's lr, and the first step failed on it.
+    opt = SGD(three_groups(), lr=1.0)
+    opt.set_hyper("lr", (x / 10 for x in range(1, 4)))
+    assert [h["lr"] for h in opt.hypers] == pytest.approx([0.1, 0.2, 0.3])
+    opt.set_hypers(mom=map(float, ["0.5", "0.6", "0.7"]), wd=range(3))
+    assert [h["mom"] for h in opt.hypers] == [0.5, 0.6, 0.7] and [h["wd"] for h in opt.hypers] == [0, 1, 2]
+    with pytest.raises(ValueError, match="got 2 values but the optimizer has 3 parameter groups"):
+        opt.set_hyper("lr", iter([0.1, 0.2]))
+
+
 def test_slice_with_one_group_gives_the_stop_value() -> None:
     opt = SGD([torch.zeros(1)], lr=1.0)
     opt.set_hypers(lr=slice(1e-4, 1e-2))

@@ -46,7 +46,7 @@ def even_mults(start: float, stop: float, n: int) -> list[float]:
 
 
 def spread_hyper(name: str, value: Any, n_groups: int) -> list[Any]:
-    """One value per group from a scalar, a list/tuple (one per group) or a slice.
+    """One value per group from a scalar, a list/tuple or other iterable (one per group) or a slice.
 
     ``slice(a, b)`` spreads geometrically from ``a`` to ``b``; ``slice(b)`` gives ``b/10`` to every
     group but the last, which gets ``b``.
@@ -61,6 +61,8 @@ def spread_hyper(name: str, value: Any, n_groups: int) -> list[Any]:
         return [value.stop / 10] * (n_groups - 1) + [value.stop]
     if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # numpy arrays, 1-d tensors
         value = value.tolist()
+    elif isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping)) and not hasattr(value, "ndim"):
+        value = list(value)  # a generator, a range, a map: one value per group, as fastai's L reads them
     if isinstance(value, (list, tuple)):
         if len(value) == 1:
             return list(value) * n_groups
