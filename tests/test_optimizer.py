@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -185,6 +186,19 @@ def test_set_hyper_spreads_any_iterable_as_fastai() -> None:
     assert [h["mom"] for h in opt.hypers] == [0.5, 0.6, 0.7] and [h["wd"] for h in opt.hypers] == [0, 1, 2]
     with pytest.raises(ValueError, match="got 2 values but the optimizer has 3 parameter groups"):
         opt.set_hyper("lr", iter([0.1, 0.2]))
+
+
+@pytest.mark.parametrize("implementation", ["auto", "foreach", "per_param"])
+def test_a_zero_dim_numpy_array_is_set_as_its_number(implementation: Any) -> None:
+    # A schedule written with numpy (np.where(pct < 0.5, a, b)) returns a 0-d array: stored as it was, every step
+    # failed in torch ("received an invalid combination of arguments"); fastai's set_hyper refuses it (TypeError).
+    params = three_groups()
+    opt = Adam(params, lr=1.0, implementation=implementation)
+    opt.set_hypers(lr=np.array(0.01), mom=np.where(True, np.float64(0.8), 0.9), eps=np.asarray(1e-6))
+    assert [(type(h["lr"]), h["lr"], h["mom"], h["eps"]) for h in opt.hypers] == [(float, 0.01, 0.8, 1e-6)] * 3
+    for p in (p for group in params for p in group):
+        p.grad = torch.ones_like(p)
+    opt.step()
 
 
 def test_slice_with_one_group_gives_the_stop_value() -> None:

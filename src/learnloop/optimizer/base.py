@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMappin
 from numbers import Real
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from ..errors import ArgumentError, InputError
@@ -59,6 +60,8 @@ def spread_hyper(name: str, value: Any, n_groups: int) -> list[Any]:
         if value.start:
             return even_mults(value.start, value.stop, n_groups)
         return [value.stop / 10] * (n_groups - 1) + [value.stop]
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # np.where(...) in a schedule: torch's ops refuse it
+        return [value.item()] * n_groups
     if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # numpy arrays, 1-d tensors
         value = value.tolist()
     elif isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping)) and not hasattr(value, "ndim"):
