@@ -211,7 +211,8 @@ def test_set_hypers_errors() -> None:
     opt = SGD(three_groups(), lr=1.0)
     with pytest.raises(ValueError, match="got 2 values but the optimizer has 3 parameter groups"):
         opt.set_hypers(lr=[0.1, 0.2])
-    for negative in (-0.1, -1, [0.1, -0.1, 0.1]):  # a float (a schedule's short path), an int, a list
+    # a float (a schedule's short path), an int, a list, a 0-d tensor (set_hyper takes one)
+    for negative in (-0.1, -1, [0.1, -0.1, 0.1], torch.tensor(-0.1), [0.1, torch.tensor(-0.1), 0.1]):
         with pytest.raises(ValueError, match="learning rate must be non-negative"):
             opt.set_hypers(lr=negative)
     with pytest.raises(ValueError, match="non-negative"):

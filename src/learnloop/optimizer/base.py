@@ -173,7 +173,7 @@ class BaseOptimizer:
                     f"set_hyper('lr', {v!r}): the learning rate cannot be None; pass a number, a list with one "
                     "number per parameter group, or a slice"
                 )
-            if any(x < 0 for x in values if isinstance(x, Real)):
+            if any(x < 0 for x in values if isinstance(x, Real) or (isinstance(x, Tensor) and x.ndim == 0)):
                 raise _negative_lr(v)
         return values
 
