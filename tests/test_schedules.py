@@ -400,7 +400,8 @@ def test_one_cycle_without_momentum_hyper() -> None:
 
 
 # ------------------------------------------------------------------ fit policies
-@pytest.mark.parametrize("pct_start,div,div_final", [(0.25, 25.0, 1e5), (0.5, 10.0, 100.0)])
+# An infinite div or div_final starts or ends the lr at 0, as fastai trains it (it was refused as not finite).
+@pytest.mark.parametrize("pct_start,div,div_final", [(0.25, 25.0, 1e5), (0.5, 10.0, 100.0), (0.3, math.inf, math.inf)])
 def test_fit_one_cycle_lr_and_mom_every_batch(pct_start: float, div: float, div_final: float) -> None:
     learn = synth_learner(n_train=64, bs=16)
     log = HyperLog()
@@ -553,6 +554,8 @@ BAD: list[tuple[str, Policy, str]] = [
     ("sgdr mult", lambda l: l.fit_sgdr(2, 1, cycle_mult=0), "cycle_mult"),
     ("fine_tune pct", lambda l: l.fine_tune(1, pct_start=3.0), "pct_start"),
     ("fine_tune div", lambda l: l.fine_tune(1, div=-5.0), "div"),
+    ("div nan", lambda l: l.fit_one_cycle(1, div=float("nan")), "div .*> 0"),
+    ("fine_tune lr_mult inf", lambda l: l.fine_tune(1, lr_mult=math.inf), "lr_mult .*a finite number > 0"),
 ]
 
 

@@ -142,9 +142,11 @@ def _check_fraction(name: str, value: float) -> None:
         raise InputError(f"{name} is the fraction of training spent warming up, in [0, 1]; got {value!r}.")
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"{name} divides the learning rate, so it must be a finite number > 0; got {value!r}.")
+def _check_positive(name: str, value: float, infinite_ok: bool = True) -> None:
+    # An infinite div or div_final divides the lr to 0: a schedule that starts or ends at 0, as fastai's trains it.
+    if not value > 0 or (math.isinf(value) and not infinite_ok):
+        finite = "a finite number" if not infinite_ok else "a number"
+        raise ValueError(f"{name} divides the learning rate, so it must be {finite} > 0; got {value!r}.")
 
 
 def _group_lrs(learn: Learner, lr: Any, arg: str) -> float | np.ndarray:
@@ -321,7 +323,7 @@ def fine_tune(
     if "cbs" in kwargs:  # read once, for the checks and both fits: a generator would be spent by the first reading
         kwargs["cbs"] = as_list(kwargs["cbs"])
     _check_fit_kwargs(kwargs)  # and what fit_one_cycle and fit would refuse only once the model is frozen
-    _check_positive("lr_mult", lr_mult)
+    _check_positive("lr_mult", lr_mult, infinite_ok=False)  # fastai's slice(0, lr) would read as slice(lr): lr/10
     _check_fraction("pct_start", pct_start)
     _check_positive("div", div)
     file = resolve_resume(self, resume, as_list(kwargs.get("cbs"))) if resume is not None else None
