@@ -6,6 +6,7 @@ import copy
 import functools
 import math
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from learnloop.callbacks.lr_finder import (
     steep,
     valley,
 )
-from learnloop.optimizer import OptimWrapper
+from learnloop.optimizer import Optimizer, OptimWrapper, sgd_step
 
 
 def trained_learner(**kwargs: Any) -> Learner:
@@ -216,6 +217,17 @@ def test_restores_weights_and_optimizer_bit_identically() -> None:
     assert learn.opt is opt
     assert_same_opt_state(opt.state_dict(), before_opt)
     assert [dict(h) for h in opt.hypers] == hypers
+
+
+def test_restoring_hypers_the_sweep_added_does_not_warn_of_another_optimizer() -> None:
+    # An optimizer made but never fit (learn.freeze() makes one) whose steppers declare no wd: the sweep's fit sets
+    # learn.wd on it. Putting the optimizer's own hypers back warned "was it saved from another optimizer?".
+    learn = synth_learner(opt_func=functools.partial(Optimizer, cbs=[sgd_step]), wd=0.01)
+    learn.create_opt()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lr_find(learn, num_it=10, show_plot=False)
+    assert [dict(h) for h in learn.opt.hypers] == [{"lr": 1e-2}]
 
 
 def test_restores_a_torch_optimizer() -> None:

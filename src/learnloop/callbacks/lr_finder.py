@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -199,7 +200,10 @@ class LearnerSnapshot:
                 t.grad = grad
         learn.opt = self.opt
         if self.opt is not None and self.opt_state is not None:
-            self.opt.load_state_dict(self.opt_state)
+            with warnings.catch_warnings():
+                # The same optimizer: a hyper-parameter the run added (the wd a fit sets) goes, no sign of a mismatch.
+                warnings.filterwarnings("ignore", "The state_dict's hyper-parameters")
+                self.opt.load_state_dict(self.opt_state)
         for cb, state in self.cb_states:
             cb.__dict__.clear()
             cb.__dict__.update(state)
