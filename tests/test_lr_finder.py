@@ -90,6 +90,17 @@ def test_linear_sweep_and_standalone_finder_restores() -> None:
     assert_same_model(learn, before)
 
 
+@pytest.mark.parametrize("per_group", [list, np.array, torch.tensor])
+def test_one_start_and_end_lr_per_group_as_a_list_or_an_array(per_group: Any) -> None:
+    # A 1-d numpy array (which fastai's LRFinder takes) or tensor was refused as "not a number"; only lists worked.
+    learn = synth_learner(n_train=64, bs=16, splitter=lambda m: [[m.weight], [m.bias]])
+    lrs: list[list[float]] = []
+    seen = Callback(after_batch=lambda: lrs.append([h["lr"] for h in learn.opt.hypers]))
+    learn.fit(1, cbs=[LRFinder(start_lr=per_group([1e-4, 1e-3]), end_lr=per_group([1e-2, 1.0]), num_it=8), seen])
+    expected = [[1e-4 * 100 ** (i / 8), 1e-3 * 1000 ** (i / 8)] for i in range(4)]  # 4 batches: one epoch
+    assert np.allclose(lrs, expected, rtol=1e-6, atol=0)
+
+
 class ValidateAtEpochEnd(Callback):
     """Runs validate() at each training epoch's end (not at the end of its own validate())."""
 

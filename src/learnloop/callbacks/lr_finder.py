@@ -14,7 +14,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -85,7 +85,9 @@ class LRFinder(ParamScheduler):
         restore: bool = True,
     ) -> None:
         for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-            for v in value if isinstance(value, (list, tuple)) else [value]:
+            # One per group: a list, a tuple, or a 1-d numpy array or tensor (which fastai's schedule takes too).
+            per_group = isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) == 1
+            for v in cast("Iterable[Any]", value) if per_group else [value]:
                 to_number(v, name, "LRFinder")  # numbers, not strings (which numpy would read); their range below
         start, end = np.asarray(start_lr, dtype=np.float64), np.asarray(end_lr, dtype=np.float64)
         # As in fastai, end_lr may be below start_lr (a downward sweep); learning rates of 0 have no place on
