@@ -235,6 +235,20 @@ def test_switching_precision_after_an_exception_leaves_its_autocast(switch: str)
     assert not autocast_on()
 
 
+@pytest.mark.parametrize("second", ["fp16", "bf16"])
+def test_two_mixed_precisions_leave_autocast(second: str) -> None:
+    # Both enter their autocast at before_batch and leave it at after_loss, in the same order: the first one left
+    # restored "off", then the second restored the "on" it had found, and every later forward on the thread (a plain
+    # model(x) too) ran in float16.
+    learn = mlp_learner().to_fp16()
+    learn.fit(1, cbs=MixedPrecision(second))
+    assert not autocast_on()
+    learn.add_cb(MixedPrecision(second))
+    learn.fit(1)
+    assert not autocast_on()
+    assert learn.model(torch.ones(1, 2)).dtype == torch.float32
+
+
 # ---------------------------------------------------------------------------- learner methods
 def test_to_fp16_to_bf16_to_fp32() -> None:
     learn = synth_learner()

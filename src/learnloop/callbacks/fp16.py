@@ -19,6 +19,7 @@ A skipped step is reported through :mod:`learnloop.callbacks.steps` so schedules
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from types import MappingProxyType
@@ -56,6 +57,19 @@ def exit_autocasts(cbs: Iterable[Callback]) -> None:
     for cb in reversed(list(cbs)):
         if isinstance(cb, MixedPrecision):
             cb.exit_autocast()
+
+
+# The MixedPrecision callbacks in autocast on this thread (autocast's state is per thread), in the order they entered
+# it. Each context restores, when left, the state found when it was entered, so they must be left last entered first:
+# two MixedPrecision callbacks of one learner enter theirs at before_batch and leave at after_loss in the same order.
+_ENTERED = threading.local()
+
+
+def _entered() -> list[MixedPrecision]:
+    stack: list[MixedPrecision] | None = getattr(_ENTERED, "stack", None)
+    if stack is None:
+        stack = _ENTERED.stack = []
+    return stack
 
 
 class _ScalerTarget:
@@ -242,7 +256,21 @@ class MixedPrecision(Callback):
         return torch.device(device).type if device is not None else "cpu"
 
     def exit_autocast(self) -> None:
-        """Leave autocast if this callback entered it."""
+        """Leave autocast if this callback entered it, and first the autocasts entered after it on this thread (another
+        MixedPrecision's), which would otherwise put the autocast back on when left."""
+        if not self._state.autocast_active:
+            return
+        stack = _entered()
+        if any(cb is self for cb in stack):
+            while stack:
+                last = stack.pop()
+                last._leave_autocast()
+                if last is self:
+                    break
+        else:  # entered on another thread
+            self._leave_autocast()
+
+    def _leave_autocast(self) -> None:
         state = self._state
         if state.autocast_active and self.autocast is not None:
             state.autocast_active = False
@@ -283,6 +311,7 @@ class MixedPrecision(Callback):
         if not state.autocast_active and self.autocast is not None:
             self.autocast.__enter__()
             state.autocast_active = True
+            _entered().append(self)
 
     def after_pred(self) -> None:
         self.learn.pred = to_float32(self.learn.pred)
