@@ -158,6 +158,18 @@ def test_fp16_inf_gradient_skips_the_step(opt_func: Any) -> None:
     assert learn.pct_skipped == 0.0  # reset at after_fit: it must not shift a later fit's schedule
 
 
+def test_a_fit_that_raises_does_not_hold_back_the_next_fits_schedule() -> None:
+    # No after_fit on this path: the share of the fit its skipped steps wasted stayed on the learner, and the next
+    # fit's schedule (here one without MixedPrecision, which was the failed fit's own) started that far behind.
+    learn = synth_learner(n_train=64, bs=16)
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, cbs=[MixedPrecision(init_scale=2.0**8), InfGradAt(0, 1), RaiseAt(RuntimeError("boom"), at_iter=2)])
+    assert learn.skipped_steps == 2 and learn.pct_skipped == 0.0
+    probe = Probe()
+    learn.fit_one_cycle(1, cbs=probe)
+    assert [r["schedule_pct"] for r in train_rows(probe)] == pytest.approx([0.0, 0.25, 0.5, 0.75])
+
+
 def test_fp16_natural_overflow_backs_off_the_scale() -> None:
     """With torch's default scale, the first fp16 backward overflows; the scale halves until it fits."""
     learn = mlp_learner(cbs=MixedPrecision(init_scale=2.0**24))

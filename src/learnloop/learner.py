@@ -30,6 +30,7 @@ from .callbacks.fp16 import AMPMode, MixedPrecision, exit_autocasts
 from .callbacks.perf import ChannelsLast
 from .callbacks.progress import ProgressCallback
 from .callbacks.recorder import Recorder
+from .callbacks.steps import end_skipped_steps
 from .checkpoint import check_pickle_protocol, is_buffer, load_model, save_model
 from .data import DataLoaders
 from .dispatch import as_list
@@ -256,9 +257,11 @@ class Learner(Inference):
                 self._run_fit()
             except BaseException as e:
                 # Only Ctrl-C gets after_fit; on this path a callback that swapped the logger cannot put it back,
-                # and a MixedPrecision cannot leave the autocast of the batch that raised (fastai's stays in it).
+                # and a MixedPrecision cannot leave the autocast of the batch that raised (fastai's stays in it), nor
+                # forget the steps it skipped, which would hold back the next fit's schedule (one without it too).
                 self.logger = logger
                 exit_autocasts(self.cbs)
+                end_skipped_steps(self)
                 if isinstance(e, KeyboardInterrupt):
                     self._end_cleanup()
                 raise

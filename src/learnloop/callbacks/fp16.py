@@ -31,7 +31,7 @@ from ..callback import Callback
 from ..errors import InputError, to_number, to_whole
 from ..events import CancelStepException
 from ..nested import map_tensors
-from .steps import record_skipped_step, reset_skipped_steps
+from .steps import end_skipped_steps, record_skipped_step, reset_skipped_steps
 
 __all__ = ["AMPMode", "MixedPrecision", "exit_autocasts", "to_float32"]
 
@@ -400,9 +400,7 @@ class MixedPrecision(Callback):
             return
         self.autocast, self.scales = None, None  # as fastai's: only a fit has them
         self.learn.scaler, self._fit_scaler = None, None
-        # The counts stay readable on the learner; the schedule offset must not leak into another fit.
-        self.learn.opt_step_skipped = False
-        self.learn.pct_skipped = 0.0
+        end_skipped_steps(self.learn)  # the counts stay readable; the schedule offset must not leak into another fit
 
     # --------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:

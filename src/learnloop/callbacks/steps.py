@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..learner import Learner
 
-__all__ = ["record_skipped_step", "reset_skipped_steps", "schedule_pct"]
+__all__ = ["end_skipped_steps", "record_skipped_step", "reset_skipped_steps", "schedule_pct"]
 
 
 def reset_skipped_steps(learn: Learner) -> None:
@@ -40,6 +40,15 @@ def reset_skipped_steps(learn: Learner) -> None:
     learn.opt_step_skipped = False
     learn.skipped_steps = 0
     learn.pct_skipped = 0.0
+
+
+def end_skipped_steps(learn: Learner) -> None:
+    """The end of a fit: the schedule's offset must not carry over into the next fit, which may have no skipping
+    callback to reset it (``fit(cbs=MixedPrecision())``); ``skipped_steps`` stays readable. A no-op on a learner
+    without the attributes."""
+    if "pct_skipped" in learn.__dict__:
+        learn.opt_step_skipped = False
+        learn.pct_skipped = 0.0
 
 
 def record_skipped_step(learn: Learner, n_batches: int) -> None:
