@@ -184,7 +184,7 @@ def test_to_channelslast_without_amp_or_with_mixed_precision_already() -> None:
 def test_profiler_pickles_after_a_fit(tmp_path: Path) -> None:
     # pickle.dumps(learn) failed after a fit: "cannot pickle 'torch._C._autograd._ProfilerResult' object".
     learn = synth_learner(n_train=16, bs=8)
-    prof = ProfilerCallback(wait=0, warmup=0, active=1, repeat=1, path=tmp_path / "trace.json")
+    prof = ProfilerCallback(wait=0, warmup=1, active=1, repeat=1, path=tmp_path / "trace.json")
     learn.add_cb(prof)
     learn.fit(1)
     copy = next(cb for cb in pickle.loads(pickle.dumps(learn)).cbs if isinstance(cb, ProfilerCallback))
