@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -582,6 +583,7 @@ def test_the_optimizer_must_be_of_the_same_kind_and_groups_before_anything_chang
     assert resumed.train_iter == N_EPOCH * 6
 
 
+@pytest.mark.filterwarnings("ignore:ParamScheduler schedules 'foo'")  # on purpose: a hyper nothing reads
 def test_another_learnloop_optimizer_is_refused_before_anything_changes(tmp_path: Path) -> None:
     # SGD's state into an Adam only warned in Adam's load_state_dict, after before_fit and the weights, and the fit
     # trained on with SGD's hypers (no sqr_mom, no eps).
@@ -595,8 +597,18 @@ def test_another_learnloop_optimizer_is_refused_before_anything_changes(tmp_path
     run = make_learner(path=tmp_path / "b", opt_func=SGD)
     one_cycle(run, cbs=[*scheduled, CheckpointCallback(every_n_iters=4, keep_last=None)])
     resumed = make_learner(path=tmp_path / "b", opt_func=SGD)
-    one_cycle(resumed, cbs=scheduled, resume=checkpoint_files(tmp_path / "b" / "models" / "checkpoints")[0])
+    first = checkpoint_files(tmp_path / "b" / "models" / "checkpoints")[0]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        one_cycle(resumed, cbs=scheduled, resume=first)
     assert_same_run(run, resumed)
+    # ... without the optimizer's "was it saved from another optimizer?", which a hyper-parameter nothing here
+    # schedules still gets (Adam's state into an SGD, whose hyper-parameters are all among Adam's)
+    assert not [w for w in caught if "another optimizer" in str(w.message)]
+    one_cycle(make_learner(path=tmp_path / "c"), cbs=CheckpointCallback())
+    adam = latest_checkpoint(tmp_path / "c" / "models" / "checkpoints")
+    with pytest.warns(UserWarning, match=r"hyper-parameters \(.*sqr_mom.*\) are not this optimizer's .* another"):
+        one_cycle(make_learner(opt_func=SGD), resume=adam)
 
 
 def test_an_uncertain_final_checkpoint_is_marked_and_latest_skips_it(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ uninterrupted run drew, and the run ends bit-identical to it (on CPU; see docs/c
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -386,6 +387,15 @@ class ResumeState:
                 "the saved run."
             )
 
+    def _extra_hypers_are_scheduled(self, learn: Loop) -> bool:
+        """Whether the saved optimizer's hyper-parameters beyond this one's are all set by this fit's schedules (a
+        ParamScheduler({'foo': ...}) adds 'foo'), so that they are no sign of another optimizer's state."""
+        saved, now = self.ckpt["opt"].get("hypers"), learn.opt.state_dict().get("hypers")
+        if not saved or not now:
+            return False
+        scheduled = {name for cb in learn.cbs for name in getattr(cb, "scheds", None) or ()}
+        return set(saved[0]) - set(now[0]) <= scheduled
+
     def _check_callbacks(self, learn: Learner) -> None:
         current = dict(keyed_callbacks(learn))
         missing = []
@@ -419,7 +429,10 @@ class ResumeState:
         first epoch to run. A mid-epoch checkpoint is handed to the loop's DataOrder, which restores the rest
         at the start of the epoch's first batch."""
         if self.ckpt["opt"] is not None and learn.opt is not None:
-            learn.opt.load_state_dict(self.ckpt["opt"])
+            with warnings.catch_warnings():
+                if self._extra_hypers_are_scheduled(learn):  # else the optimizer asks if it was another one's
+                    warnings.filterwarnings("ignore", "The state_dict's hyper-parameters")
+                learn.opt.load_state_dict(self.ckpt["opt"])
         # Persistent workers that ran in the saved run run here too before the resumed epoch: otherwise their first
         # pass would draw a base seed the saved run did not draw there, and shift the random numbers after it.
         generators = loader_generators(learn.dls)
