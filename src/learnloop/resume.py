@@ -35,8 +35,8 @@ uninterrupted run drew, and the run ends bit-identical to it (on CPU; see docs/c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,7 @@ from .checkpoint import (
     safe_load,
 )
 from .distributed import unwrap_model
+from .optimizer.core import loading_own_state
 from .rng import get_rng_state, loader_generators, set_rng_state
 from .warn import warn_caller
 
@@ -429,9 +430,8 @@ class ResumeState:
         first epoch to run. A mid-epoch checkpoint is handed to the loop's DataOrder, which restores the rest
         at the start of the epoch's first batch."""
         if self.ckpt["opt"] is not None and learn.opt is not None:
-            with warnings.catch_warnings():
-                if self._extra_hypers_are_scheduled(learn):  # else the optimizer asks if it was another one's
-                    warnings.filterwarnings("ignore", "The state_dict's hyper-parameters")
+            # Unless the hyper-parameters beyond this optimizer's are the schedules', it asks if it was another one's.
+            with loading_own_state() if self._extra_hypers_are_scheduled(learn) else contextlib.nullcontext():
                 learn.opt.load_state_dict(self.ckpt["opt"])
         # Persistent workers that ran in the saved run run here too before the resumed epoch: otherwise their first
         # pass would draw a base seed the saved run did not draw there, and shift the random numbers after it.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,6 +24,7 @@ from ..callback import Callback
 from ..distributed import world_size
 from ..errors import ValueTypeError, to_number
 from ..events import CancelFitException, CancelValidException
+from ..optimizer.core import loading_own_state
 from ..schedules import SchedExp, SchedLin
 from .lr_suggest import (
     SuggestionFunction,
@@ -202,9 +202,7 @@ class LearnerSnapshot:
                 t.grad = grad
         learn.opt = self.opt
         if self.opt is not None and self.opt_state is not None:
-            with warnings.catch_warnings():
-                # The same optimizer: a hyper-parameter the run added (the wd a fit sets) goes, no sign of a mismatch.
-                warnings.filterwarnings("ignore", "The state_dict's hyper-parameters")
+            with loading_own_state():  # a hyper-parameter the sweep's fit added (the wd a fit sets) goes
                 self.opt.load_state_dict(self.opt_state)
         for cb, state in self.cb_states:
             cb.__dict__.clear()

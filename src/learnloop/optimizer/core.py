@@ -17,6 +17,8 @@ import difflib
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
@@ -35,6 +37,21 @@ Implementation = Literal["auto", "fused", "foreach", "per_param"]
 _PER_PARAM_STATE = ("grad_avg", "sqr_avg")  # state tensors shaped like their parameter
 _GRAD = operator.attrgetter("grad")
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
+
+# Set while a state_dict known to come from the optimizer it is loaded into is loaded (`loading_own_state`).
+_own_state: ContextVar[bool] = ContextVar("_own_state", default=False)
+
+
+@contextmanager
+def loading_own_state() -> Iterator[None]:
+    """Load a state_dict that this optimizer (or its run) saved: hyper-parameters beyond its own are then those a fit
+    or a schedule added (the wd a fit sets, ParamScheduler({'foo': ...})), and `Optimizer.load_state_dict` does not
+    warn that the state may be another optimizer's."""
+    token = _own_state.set(True)
+    try:
+        yield
+    finally:
+        _own_state.reset(token)
 
 
 def _to_param_lists(params: Tensor | Iterable[Any]) -> tuple[list[list[Tensor]], list[dict[str, Any]]]:
@@ -409,7 +426,7 @@ class Optimizer(BaseOptimizer):
         loaded = [
             self._load_param_state(i, p, s) for i, (p, s) in enumerate(zip(params, states, strict=True))
         ]
-        if hypers and self.hypers and set(hypers[0]) != set(self.hypers[0]):
+        if hypers and self.hypers and set(hypers[0]) != set(self.hypers[0]) and not _own_state.get():
             warn_caller(
                 f"The state_dict's hyper-parameters ({', '.join(hypers[0])}) are not this optimizer's "
                 f"({', '.join(self.hypers[0])}): was it saved from another optimizer? They replace these ones."
