@@ -578,20 +578,30 @@ def test_the_optimizer_must_be_of_the_same_kind_and_groups_before_anything_chang
     )
     split = make_learner(opt_func=wrapped, splitter=lambda m: [list(m[0].parameters()), list(m[3].parameters())])
     _unchanged_by_a_failed_resume(split, torch_opt, r"groups of \[4\] parameters, but .* has \[2, 2\]")
+    # Another torch optimizer's state (Adam's into an SGD) was taken, and torch's SGD lacked its hypers at the step
+    _unchanged_by_a_failed_resume(
+        make_learner(opt_func=partial(OptimWrapper, opt=torch.optim.SGD)), torch_opt,
+        r"made of torch.optim.adam.Adam, but this learner's OptimWrapper is made of torch.optim.sgd.SGD",
+    )
     resumed = make_learner(opt_func=wrapped)  # the same kind and groups: resumes
     one_cycle(resumed, resume=torch_opt)
     assert resumed.train_iter == N_EPOCH * 6
 
 
 @pytest.mark.filterwarnings("ignore:ParamScheduler schedules 'foo'")  # on purpose: a hyper nothing reads
-def test_another_learnloop_optimizer_is_refused_before_anything_changes(tmp_path: Path) -> None:
+def test_another_learnloop_optimizer_is_refused_before_anything_changes_either_way(tmp_path: Path) -> None:
     # SGD's state into an Adam only warned in Adam's load_state_dict, after before_fit and the weights, and the fit
     # trained on with SGD's hypers (no sqr_mom, no eps).
     one_cycle(make_learner(path=tmp_path, opt_func=SGD), cbs=CheckpointCallback())
     sgd = latest_checkpoint(tmp_path / "models" / "checkpoints")
     assert sgd is not None
-    _unchanged_by_a_failed_resume(make_learner(), sgd, r"hyper-parameters wd, lr, mom, but .* has wd, mom, sqr_mom, "
-                                  r"lr, eps: use the same opt_func")
+    _unchanged_by_a_failed_resume(make_learner(), sgd, r"made of weight_decay, sgd_step, but this learner's Optimizer "
+                                  r"is made of weight_decay, partial\(average_grad\), .*adam_step: use the same")
+    # A checkpoint from before the steppers were recorded: told by the hyper-parameters Adam has and SGD has not
+    old_sgd = tmp_path / "old_sgd.pth"
+    torch.save({k: v for k, v in torch.load(sgd, weights_only=True).items() if k != "opt_kind"}, old_sgd)
+    _unchanged_by_a_failed_resume(make_learner(), old_sgd, r"hyper-parameters wd, lr, mom, but .* has wd, mom, "
+                                  r"sqr_mom, lr, eps: use the same opt_func")
     # A hyper-parameter a schedule set (and so added) is in the checkpoint only: it resumes
     scheduled = [ParamScheduler({"foo": SchedLin(1.0, 2.0)})]
     run = make_learner(path=tmp_path / "b", opt_func=SGD)
@@ -602,13 +612,20 @@ def test_another_learnloop_optimizer_is_refused_before_anything_changes(tmp_path
         warnings.simplefilter("always")
         one_cycle(resumed, cbs=scheduled, resume=first)
     assert_same_run(run, resumed)
-    # ... without the optimizer's "was it saved from another optimizer?", which a hyper-parameter nothing here
-    # schedules still gets (Adam's state into an SGD, whose hyper-parameters are all among Adam's)
+    # ... without the optimizer's "was it saved from another optimizer?"
     assert not [w for w in caught if "another optimizer" in str(w.message)]
+    # Adam's state into an SGD, whose hyper-parameters are all among Adam's, only warned (in the optimizer's
+    # load_state_dict, after before_fit) and trained on: refused before anything changes, as SGD's into an Adam.
     one_cycle(make_learner(path=tmp_path / "c"), cbs=CheckpointCallback())
     adam = latest_checkpoint(tmp_path / "c" / "models" / "checkpoints")
+    assert adam is not None
+    _unchanged_by_a_failed_resume(make_learner(opt_func=SGD), adam, r"made of weight_decay, partial\(average_grad\), "
+                                  r".*adam_step, but this learner's Optimizer is made of weight_decay, sgd_step")
+    # ... which a checkpoint from before the steppers were recorded still gets, as a warning
+    old_adam = tmp_path / "old_adam.pth"
+    torch.save({k: v for k, v in torch.load(adam, weights_only=True).items() if k != "opt_kind"}, old_adam)
     with pytest.warns(UserWarning, match=r"hyper-parameters \(.*sqr_mom.*\) are not this optimizer's .* another"):
-        one_cycle(make_learner(opt_func=SGD), resume=adam)
+        one_cycle(make_learner(opt_func=SGD), resume=old_adam)
 
 
 def test_an_uncertain_final_checkpoint_is_marked_and_latest_skips_it(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ saved at                            position                  the resumed fit co
 ==================================  ========================  ==========================================
 
 It holds the model, its gradients (those not all zero, as in the middle of a gradient accumulation; the
-zeroed ones by name), the optimizer (state and hypers), every callback's ``state_dict()``, the learner's counters
+zeroed ones by name), the optimizer (state and hypers, and what it is made of:
+:func:`optimizer_kind`), every callback's ``state_dict()``, the learner's counters
 (``epoch``, ``train_iter``, ``pct_train``: the schedule's position), the states of every random generator
 (:mod:`learnloop.rng`) at the save, and for a mid-epoch checkpoint the generators' states at the start of that epoch's
 training, from which the epoch's batch order was drawn; and which loaders' persistent workers were running
@@ -56,7 +57,9 @@ from .checkpoint import (
     safe_load,
 )
 from .distributed import unwrap_model
-from .optimizer.core import loading_own_state
+from .optimizer.chain import stepper_name
+from .optimizer.core import Optimizer, loading_own_state
+from .optimizer.wrapper import OptimWrapper
 from .rng import get_rng_state, loader_generators, set_rng_state
 from .warn import warn_caller
 
@@ -127,12 +130,25 @@ def training_state(learn: Learner, position: Position, epoch_rng: dict[str, Any]
         "grads": {name: g for name, g in grads.items() if nonzero[name]},
         "zero_grads": [name for name in grads if not nonzero[name]],
         "opt": learn.opt.state_dict() if learn.opt is not None else None,
+        "opt_kind": optimizer_kind(learn.opt) if learn.opt is not None else None,
         "callbacks": callbacks,
         "loop": {name: learn.__dict__[name] for name in _LOOP_ATTRS if name in learn.__dict__},
         "rng": get_rng_state(loader_generators(learn.dls)),
         "epoch_rng": epoch_rng if position.mid_epoch else None,
         "workers_running": _workers_running(learn, position),
     }
+
+
+def optimizer_kind(opt: Any) -> list[str]:
+    """What tells `opt` from another optimizer in a checkpoint: a learnloop Optimizer's steppers (SGD's
+    ``weight_decay, sgd_step``), the class of the torch optimizer an OptimWrapper holds, after the classes of the
+    optimizers wrapping them (``Lookahead``)."""
+    if isinstance(opt, Optimizer):
+        return [stepper_name(cb) for cb in opt.cbs]
+    if isinstance(opt, OptimWrapper):
+        return [f"{type(opt.opt).__module__}.{type(opt.opt).__qualname__}"]
+    inner = getattr(opt, "opt", None)
+    return [type(opt).__qualname__, *(optimizer_kind(inner) if inner is not None else [])]
 
 
 def workers_running(dl: Any) -> bool:
@@ -366,6 +382,12 @@ class ResumeState:
                 f"{self.path} holds the state of {kinds[not saved_torch]}, but this learner's optimizer is "
                 f"{kinds[not now_torch]} ({type(learn.opt).__name__}): use the same opt_func as the saved run."
             )
+        saved_kind, now_kind = self.ckpt.get("opt_kind"), optimizer_kind(learn.opt)
+        if saved_kind is not None and list(saved_kind) != now_kind:  # checkpoints from before it was saved lack it
+            raise CheckpointError(
+                f"{self.path} was saved from an optimizer made of {', '.join(saved_kind)}, but this learner's "
+                f"{type(learn.opt).__name__} is made of {', '.join(now_kind)}: use the same opt_func as the saved run."
+            )
         if saved_torch:
             sizes: Any = [len(g.get("params", ())) for g in saved["param_groups"]]
         else:
@@ -388,9 +410,12 @@ class ResumeState:
                 "the saved run."
             )
 
-    def _extra_hypers_are_scheduled(self, learn: Loop) -> bool:
-        """Whether the saved optimizer's hyper-parameters beyond this one's are all set by this fit's schedules (a
+    def _is_own_state(self, learn: Loop) -> bool:
+        """Whether the saved optimizer state is known to be this optimizer's kind (the checkpoint says so, checked
+        before the fit), or its hyper-parameters beyond this one's are all set by this fit's schedules (a
         ParamScheduler({'foo': ...}) adds 'foo'), so that they are no sign of another optimizer's state."""
+        if self.ckpt.get("opt_kind") is not None:
+            return True
         saved, now = self.ckpt["opt"].get("hypers"), learn.opt.state_dict().get("hypers")
         if not saved or not now:
             return False
@@ -430,8 +455,8 @@ class ResumeState:
         first epoch to run. A mid-epoch checkpoint is handed to the loop's DataOrder, which restores the rest
         at the start of the epoch's first batch."""
         if self.ckpt["opt"] is not None and learn.opt is not None:
-            # Unless the hyper-parameters beyond this optimizer's are the schedules', it asks if it was another one's.
-            with loading_own_state() if self._extra_hypers_are_scheduled(learn) else contextlib.nullcontext():
+            # Unless the state is known to be this kind of optimizer's, it asks if it was another one's.
+            with loading_own_state() if self._is_own_state(learn) else contextlib.nullcontext():
                 learn.opt.load_state_dict(self.ckpt["opt"])
         # Persistent workers that ran in the saved run run here too before the resumed epoch: otherwise their first
         # pass would draw a base seed the saved run did not draw there, and shift the random numbers after it.
