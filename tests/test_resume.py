@@ -237,6 +237,27 @@ def test_fine_tune_resumes_in_either_of_its_fits(tmp_path: Path) -> None:
                                   r"taken during fine_tune \(its unfrozen fit\), not in a plain fit: resume it with")
 
 
+def test_which_parameters_are_frozen_comes_back_with_the_checkpoint(tmp_path: Path) -> None:
+    # A fit checkpointed after learn.freeze() and resumed on an unfrozen learner trained the frozen parameters on.
+    def make(frozen: bool, path: Path | None = None) -> Learner:
+        learn = make_learner(path=path, splitter=lambda m: [list(m[0].parameters()), list(m[3].parameters())])
+        if frozen:
+            learn.freeze()
+        return learn
+
+    for frozen in (True, False):
+        full = make(frozen)
+        one_cycle(full)
+        run = make(frozen, tmp_path / str(frozen))
+        one_cycle(run, cbs=CheckpointCallback(every_n_iters=4, keep_last=None))
+        file = checkpoint_files(tmp_path / str(frozen) / "models" / "checkpoints")[1]
+        resumed = make(not frozen)
+        one_cycle(resumed, resume=file)
+        assert [p.requires_grad for p in resumed.model.parameters()] == [not frozen] * 2 + [True] * 2
+        assert resumed.opt.frozen_idx == (1 if frozen else 0)
+        assert_same_run(full, resumed)
+
+
 def test_fine_tune_resumed_at_the_end_of_its_frozen_fit_resets_the_trackers_in_the_unfrozen_one(tmp_path: Path) -> None:
     """The frozen fit resumed from its last checkpoint has no epoch left: the tracker state it loads is its own, and
     the unfrozen fit resets it (reset_on_fit) as in the uninterrupted run."""

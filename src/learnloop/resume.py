@@ -12,7 +12,7 @@ saved at                            position                  the resumed fit co
 ==================================  ========================  ==========================================
 
 It holds the model, its gradients (those not all zero, as in the middle of a gradient accumulation; the
-zeroed ones by name), the optimizer (state and hypers, and what it is made of:
+zeroed ones by name), which parameters are frozen, the optimizer (state and hypers, and what it is made of:
 :func:`optimizer_kind`), every callback's ``state_dict()``, the learner's counters
 (``epoch``, ``train_iter``, ``pct_train``: the schedule's position), the states of every random generator
 (:mod:`learnloop.rng`) at the save, and for a mid-epoch checkpoint the generators' states at the start of that epoch's
@@ -129,6 +129,9 @@ def training_state(learn: Learner, position: Position, epoch_rng: dict[str, Any]
         # Gradients that are not all zero; the zeroed ones (zero_grad zeroes in place, as fastai's) by name only.
         "grads": {name: g for name, g in grads.items() if nonzero[name]},
         "zero_grads": [name for name in grads if not nonzero[name]],
+        # What learn.freeze() (fine_tune's first fit) or the user froze: trained on, these would change.
+        "frozen": [name for name, p in model.named_parameters() if not p.requires_grad],
+        "frozen_idx": getattr(learn.opt, "frozen_idx", None),
         "opt": learn.opt.state_dict() if learn.opt is not None else None,
         "opt_kind": optimizer_kind(learn.opt) if learn.opt is not None else None,
         "callbacks": callbacks,
@@ -447,8 +450,18 @@ class ResumeState:
 
     # The three steps of a resumed fit, in the order the loop runs them.
     def load_model(self, learn: Learner) -> None:
-        """Before ``before_fit``: the weights, so that callbacks reading them there (EMA) see the saved ones."""
-        unwrap_model(learn.model).load_state_dict(self.ckpt["model"])
+        """Before ``before_fit``: the weights, so that callbacks reading them there (EMA) see the saved ones, and
+        which parameters were frozen (``requires_grad``, and the optimizer's ``frozen_idx``)."""
+        model = unwrap_model(learn.model)
+        model.load_state_dict(self.ckpt["model"])
+        frozen = self.ckpt.get("frozen")
+        if frozen is None:  # a checkpoint from before it was recorded: the learner's as it is
+            return
+        for name, p in model.named_parameters():
+            p.requires_grad_(name not in frozen)
+        frozen_idx = self.ckpt.get("frozen_idx")
+        if frozen_idx is not None and learn.opt is not None:
+            learn.opt.frozen_idx = frozen_idx
 
     def restore(self, learn: Loop) -> int:
         """Right after ``before_fit``: the optimizer, and at an epoch boundary everything else; returns the
