@@ -649,6 +649,30 @@ def test_another_learnloop_optimizer_is_refused_before_anything_changes_either_w
         one_cycle(make_learner(opt_func=SGD), resume=old_adam)
 
 
+def test_latest_skips_newer_checkpoints_that_cannot_be_read(tmp_path: Path) -> None:
+    # A truncated newest checkpoint made resume='latest' a CheckpointError, though the one before it was good.
+    full = make_learner(path=tmp_path)
+    one_cycle(full, cbs=CheckpointCallback(every_n_iters=4, keep_last=None))
+    folder = tmp_path / "models" / "checkpoints"
+    files = checkpoint_files(folder)
+    newest = files[-1].read_bytes()
+    files[-1].write_bytes(newest[: len(newest) // 2])
+    for resume in ("latest", folder):
+        resumed = make_learner(path=tmp_path)
+        with pytest.warns(UserWarning, match=rf"skipping {files[-1].name}, which cannot be read: .* is corrupt or "
+                                             rf"truncated .* Resuming from .*{files[-2].name}, the newest"):
+            one_cycle(resumed, resume=resume)
+        assert_same_run(full, resumed)
+    assert checkpoint_files(folder) == files and files[-1].stat().st_size == len(newest) // 2  # nothing deleted
+    for file in files:
+        file.write_bytes(b"garbage")
+    learn = make_learner(path=tmp_path)
+    with pytest.raises(CheckpointError, match=rf"no checkpoint in {folder} can be read \({files[-1].name}, .*\): "):
+        one_cycle(learn, resume="latest")
+    with pytest.raises(CheckpointError, match="is corrupt or truncated"):  # a file named is taken as it is
+        one_cycle(learn, resume=files[-2])
+
+
 def test_an_uncertain_final_checkpoint_is_marked_and_latest_skips_it(tmp_path: Path) -> None:
     class Stop(Callback):
         def after_batch(self) -> None:

@@ -32,6 +32,7 @@ from .warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 __all__ = [
     "CheckpointError",
     "CheckpointIsADirectoryError",
+    "CorruptFileError",
     "atomic_save",
     "atomic_write",
     "check_format",
@@ -54,6 +55,10 @@ FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used: missing, corrupt, foreign or unsafe."""
+
+
+class CorruptFileError(CheckpointError):
+    """A file that cannot be read at all: truncated, garbage, or not written by torch.save."""
 
 
 class CheckpointIsADirectoryError(IsADirectoryError, FileNotFoundError):
@@ -268,7 +273,7 @@ def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_on
     except pickle.UnpicklingError as e:
         # The weights-only unpickler names the GLOBAL (class, function) it refused; anything else is garbage.
         if "GLOBAL" not in str(e):
-            raise CheckpointError(
+            raise CorruptFileError(
                 f"{path} is corrupt or truncated, or was not written by torch.save, and cannot be read "
                 f"({_unpickler_reason(e)})."
             ) from e
@@ -281,7 +286,7 @@ def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_on
         raise
     except RuntimeError as e:
         if "device" not in str(e).lower() and "data location" not in str(e):  # torch's words for where tensors go
-            raise CheckpointError(f"{path} is corrupt or truncated and cannot be read (RuntimeError: {e}).") from e
+            raise CorruptFileError(f"{path} is corrupt or truncated and cannot be read (RuntimeError: {e}).") from e
         raise CheckpointError(
             f"{path} cannot be read onto a device this machine does not have (map_location={map_location!r}; "
             f"with None its tensors go back to the device they were saved from): pass device='cpu' or a device "
@@ -294,7 +299,7 @@ def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_on
                 "file fastai saved with its optimizer state needs fastcore), or save it again without those objects "
                 "(with_opt=False)."
             ) from e
-        raise CheckpointError(f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}).") from e
+        raise CorruptFileError(f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}).") from e
 
 
 def _read_to_its_end(buffer: Any) -> bool:

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..callback import Callback, is_side_run
-from ..checkpoint import CheckpointError, is_checkpoint_writer
+from ..checkpoint import CheckpointError, CorruptFileError, is_checkpoint_writer
 from ..data import length
 from ..finite import all_finite, first_non_finite
-from ..resume import DataOrder, Position, save_training_checkpoint
+from ..resume import DataOrder, Position, read_position, save_training_checkpoint
 from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 
 if TYPE_CHECKING:
@@ -339,6 +339,36 @@ def _batches_done(learn: Learner) -> int:
     return learn.iter
 
 
+def _latest_readable(folder: Path, fname: str, resume: str | os.PathLike[str]) -> Path | None:
+    """The newest exact checkpoint in `folder` that can be read, or None when there is none. Newer ones that are
+    corrupt or truncated are skipped with a warning naming them (they stay where they are); when every one is, a
+    CheckpointError names them."""
+    files = [f for f in checkpoint_files(folder, fname) if not f.name.endswith("_inexact.pth")]
+    corrupt: list[tuple[Path, CorruptFileError]] = []
+    for file in reversed(files):
+        try:
+            read_position(file)  # the file's pickle and layout, not its tensors
+        except CorruptFileError as e:
+            corrupt.append((file, e))
+            continue
+        if corrupt:
+            warn_caller(
+                f"resume={str(resume)!r}: skipping {_names(corrupt)}, which cannot be read: {corrupt[0][1]} Resuming "
+                f"from {file}, the newest checkpoint that can be; the unreadable files are left where they are."
+            )
+        return file
+    if corrupt:
+        raise CheckpointError(
+            f"resume={str(resume)!r}: no checkpoint in {folder} can be read ({_names(corrupt)}): {corrupt[0][1]} "
+            "Start from scratch without resume=, or pass a checkpoint file from elsewhere."
+        )
+    return None
+
+
+def _names(files: list[tuple[Path, CorruptFileError]]) -> str:
+    return ", ".join(f.name for f, _ in files)
+
+
 def resolve_resume(learn: Learner, resume: str | Path, cbs: list[Any] | None = None) -> Path | None:
     """The checkpoint file ``resume`` names: a file, a folder (its latest checkpoint), or ``'latest'``.
 
@@ -346,7 +376,8 @@ def resolve_resume(learn: Learner, resume: str | Path, cbs: list[Any] | None = N
     default ``learn.path / learn.model_dir / 'checkpoints'``, for the newest exact checkpoint; when there is
     none, a warning says so and None is returned (the fit starts from scratch). A folder must hold an exact
     checkpoint; a file is taken as it is (an ``_inexact`` one too). A file or folder that does not exist is
-    an error.
+    an error. With ``'latest'`` or a folder, newer checkpoints that are corrupt or truncated are skipped with a
+    warning naming them; when none can be read, it is an error.
     """
     if not isinstance(resume, (str, os.PathLike)):
         raise TypeError(
@@ -356,7 +387,7 @@ def resolve_resume(learn: Learner, resume: str | Path, cbs: list[Any] | None = N
     fname = checkpointers[0].fname if checkpointers else "checkpoint"
     if isinstance(resume, str) and resume == "latest":
         folder = checkpointers[0].folder(learn) if checkpointers else learn.path / learn.model_dir / DEFAULT_FOLDER
-        found = latest_checkpoint(folder, fname)
+        found = _latest_readable(folder, fname, resume)
         if found is None:
             warn_caller(
                 f"resume='latest': no checkpoint in {folder}{_inexact_hint(folder, fname)}; training starts from "
@@ -365,7 +396,7 @@ def resolve_resume(learn: Learner, resume: str | Path, cbs: list[Any] | None = N
         return found
     path = Path(resume)
     if path.is_dir():
-        found = latest_checkpoint(path, fname)
+        found = _latest_readable(path, fname, resume)
         if found is None:
             raise CheckpointError(
                 f"resume={str(resume)!r}: the folder holds no {fname}_*.pth checkpoint{_inexact_hint(path, fname)}."
