@@ -620,3 +620,20 @@ def test_a_scaler_state_loaded_in_a_fit_before_it_trains_is_the_fits() -> None:
     assert seen == [(True, 2.0**5)] and spy.scales[0] == 2.0**5
     learn.fit(1)
     assert mp.scaler.get_scale() == 2.0**8  # the next fit starts afresh
+
+
+def test_to_fp16_on_a_float16_model_says_what_to_do_before_any_step() -> None:
+    # torch's "Attempting to unscale FP16 gradients" came from the GradScaler at the first step.
+    learn = synth_learner(n_train=32, bs=16)
+    learn.model.half()
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    learn.to_fp16()
+    with pytest.raises(InputError, match=r"parameters, but the model's are float16 \(weight and 1 more; "
+                                         r"model\.half\(\), say\).*Call learn\.model\.float\(\) first"):
+        learn.fit(1)
+    assert learn.train_iter == 0
+    assert all(torch.equal(p, w) for p, w in zip(learn.model.parameters(), weights, strict=True))
+    assert len(learn.validate()) == 1  # validating a float16 model is no training: it runs
+    learn.model.float()
+    learn.fit(1)
+    assert learn.train_iter == 2

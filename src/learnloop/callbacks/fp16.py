@@ -300,10 +300,25 @@ class MixedPrecision(Callback):
         reset_skipped_steps(self.learn)
 
     def before_train(self) -> None:
+        if self.use_scaler:
+            self._check_float32_params()
         # The fit trains: its scaler is the one from now on, and a loaded state it started from is used up.
         fit_scaler = self._fit_scaler
         if fit_scaler is not None and self._scaler is not fit_scaler:
             self._scaler, self._scaler_state = fit_scaler, None
+
+    def _check_float32_params(self) -> None:
+        """Refuse to train float16 parameters (a model.half()): the GradScaler cannot unscale their float16
+        gradients (torch's 'Attempting to unscale FP16 gradients', at the first step)."""
+        half = [name for name, p in self.learn.model.named_parameters() if p.requires_grad and p.dtype == torch.float16]
+        if half:
+            more = f" and {len(half) - 1} more" if len(half) > 1 else ""
+            raise InputError(
+                f"MixedPrecision('fp16') (to_fp16) trains float32 parameters, but the model's are float16 ({half[0]}"
+                f"{more}; model.half(), say): its loss scaling needs float32 weights and gradients, while autocast "
+                "runs the forward in float16. Call learn.model.float() first, or train in float16 throughout without "
+                "MixedPrecision (learn.to_fp32(), and float16 inputs)."
+            )
 
     def before_batch(self) -> None:
         self.learn.opt_step_skipped = False
