@@ -31,6 +31,7 @@ from learnloop import (
     CancelFitException,
     CancelValidException,
     CSVLogger,
+    DataLoaders,
     GradientAccumulation,
     Learner,
     SaveModelCallback,
@@ -861,3 +862,38 @@ def test_export_of_a_model_sharded_with_fsdp_is_refused_with_the_way_to_save_it(
         assert not (tmp_path / "export.pkl").exists()
     finally:
         torch.distributed.destroy_process_group()
+
+
+class TaggedLoader(DataLoader):  # type: ignore[type-arg]
+    """A DataLoader subclass with an __iter__ of its own: it counts its batches in `read` and adds the scale."""
+
+    def __init__(self, dataset: Any, scale: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.scale, self.read = scale, [0]
+
+    def __iter__(self) -> Iterator[Any]:
+        for x, y in super().__iter__():
+            self.read[0] += 1
+            yield x, y * self.scale
+
+
+def test_a_data_loader_subclass_keeps_its_own_iter_once_sharded(tmp_path: Path, world_of_one: None) -> None:
+    # Each rank's copy was a plain torch DataLoader: the subclass's __iter__ (here: the targets scaled) was lost.
+    learn = worker.make_learner(8, tmp_path, cbs=DistributedTrainer())
+    learn.logger = noop
+    train, valid = (TaggedLoader(dl.dataset, scale=0.0, batch_size=8, shuffle=i == 0)
+                    for i, dl in enumerate(learn.dls.loaders))
+    learn.dls = DataLoaders(train, valid, device="cpu")
+    seen: list[torch.Tensor] = []
+    learn.fit(1, cbs=Callback(before_batch=lambda: seen.append(learn.yb[0])))
+    assert seen and all(not y.any() for y in seen)  # every target scaled to 0, training and validation batches
+    assert train.read[0] == len(train) and valid.read[0] == len(valid)  # the copies counted in the originals' list
+
+    class Required(TaggedLoader):
+        def __init__(self, dataset: Any, scale: float, **kwargs: Any) -> None:
+            super().__init__(dataset, scale, **kwargs)
+
+    # A subclass whose own arguments have no default cannot be made again: refused, saying what to do
+    with pytest.raises(DistributedError, match=r"training DataLoader is a .*Required, whose __init__ does not take "
+                                               r"DataLoader's arguments \(missing a required argument: 'scale'\)"):
+        shard_loader(Required(train.dataset, 2.0, batch_size=8), 0, 1, train=True)

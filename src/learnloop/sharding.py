@@ -11,6 +11,8 @@ the shares.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -88,7 +90,8 @@ def shard_loader(
     split_batch: bool = False,
     agree_seed: Callable[[int], int] | None = None,
 ) -> DataLoader[Any]:
-    """A copy of the DataLoader `dl` that reads rank `rank`'s share of its dataset.
+    """A copy of the DataLoader `dl` that reads rank `rank`'s share of its dataset: a DataLoader of `dl`'s class (a
+    subclass is made with DataLoader's arguments, then given the attributes of its own that `dl` has).
 
     `train`: a DistributedSampler (same number of batches on every rank; shuffled with `seed` when
     `dl` shuffles, or with `agree_seed` given, with a seed drawn each epoch: :class:`DrawnSeedSampler`),
@@ -150,7 +153,7 @@ def shard_loader(
         if dl.drop_last:  # the items of the full batches, those one process evaluates; each rank reads all its own
             n -= n % int(dl.batch_size)  # type: ignore[arg-type]
         new_sampler = ShardSampler(n, rank, world_size)
-    return _rebuild(dl, new_sampler, batch_size, drop_last=train and dl.drop_last)
+    return _rebuild(dl, new_sampler, batch_size, drop_last=train and dl.drop_last, role=role)
 
 
 def _random_with_replacement(sampler: Sampler[Any]) -> bool:
@@ -159,7 +162,9 @@ def _random_with_replacement(sampler: Sampler[Any]) -> bool:
     )
 
 
-def _rebuild(dl: DataLoader[Any], sampler: Sampler[int], batch_size: int, drop_last: bool) -> DataLoader[Any]:
+def _rebuild(
+    dl: DataLoader[Any], sampler: Sampler[int], batch_size: int, drop_last: bool, role: str
+) -> DataLoader[Any]:
     kwargs: dict[str, Any] = {
         "num_workers": dl.num_workers,
         "collate_fn": dl.collate_fn,
@@ -176,7 +181,34 @@ def _rebuild(dl: DataLoader[Any], sampler: Sampler[int], batch_size: int, drop_l
         kwargs["prefetch_factor"] = dl.prefetch_factor
     if hasattr(dl, "in_order"):
         kwargs["in_order"] = dl.in_order
-    return DataLoader(dl.dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    cls = type(dl)
+    if cls is DataLoader:
+        return DataLoader(dl.dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    # A subclass is made again as itself, so that what it overrides (__iter__ adding a field, say) still runs.
+    try:
+        inspect.signature(cls).bind(dl.dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    except TypeError as e:
+        raise DistributedError(
+            f"The {role} DataLoader is a {cls.__qualname__}, whose __init__ does not take DataLoader's arguments "
+            f"({e}), so learnloop cannot make the {cls.__qualname__} that reads this rank's share of the data (a "
+            "plain DataLoader would lose what the subclass does). Give its __init__ defaults for its own arguments "
+            "and pass the rest on to DataLoader (**kwargs), or shard the data yourself (a DistributedSampler) and "
+            "pass DistributedTrainer(shard_data=False)."
+        ) from e
+    except ValueError:  # no signature to read: tried as it is
+        pass
+    new = cls(dl.dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    for name, value in vars(dl).items():  # the subclass's own attributes, as `dl` has them (set after __init__ too)
+        if name not in _data_loader_attributes():
+            setattr(new, name, value)
+    return new
+
+
+@functools.cache
+def _data_loader_attributes() -> frozenset[str]:
+    """The attributes a torch DataLoader sets on itself (the version installed)."""
+    nothing: Any = []
+    return frozenset(vars(DataLoader(nothing)))
 
 
 def interleave(shares: Sequence[Any]) -> Any:
