@@ -343,6 +343,38 @@ def test_unshuffled_reads_a_shuffling_batch_sampler_in_order(make: Any) -> None:
         assert fixed.batch_size == 4 and not fixed.drop_last
 
 
+class _Doubling(DataLoader):  # type: ignore[type-arg]
+    """A DataLoader subclass with an __iter__ of its own (the inputs times `factor`) and an attribute set later."""
+
+    def __init__(self, dataset: Any, factor: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.factor = factor
+
+    def __iter__(self) -> Any:
+        for xb, yb in super().__iter__():
+            yield xb * self.factor * self.extra, yb
+
+
+def test_unshuffled_makes_a_data_loader_subclass_again_as_itself() -> None:
+    # It was made again as a plain DataLoader: get_preds(ds_idx=0) read the inputs without the subclass's __iter__.
+    ds = _ds(10)
+    dl = _Doubling(ds, factor=2.0, batch_size=4, shuffle=True, drop_last=True)
+    dl.extra = 3.0
+    fixed = unshuffled(dl)
+    assert type(fixed) is _Doubling and fixed.factor == 2.0 and not fixed.drop_last
+    assert torch.equal(torch.cat([xb for xb, _ in fixed]), ds.tensors[0] * 6)
+
+    class Required(_Doubling):
+        def __init__(self, dataset: Any, factor: float, **kwargs: Any) -> None:
+            super().__init__(dataset, factor, **kwargs)
+
+    # One whose own arguments have no default cannot be made again: read by a plain DataLoader, and warned of
+    with pytest.warns(UserWarning, match=r"DataLoader is a .*Required, whose __init__ does not take DataLoader's "
+                                         r"arguments \(missing a required argument: 'factor'\).*plain DataLoader"):
+        plain = unshuffled(Required(ds, 2.0, batch_size=4, shuffle=True))
+    assert type(plain) is DataLoader and torch.equal(torch.cat([xb for xb, _ in plain]), ds.tensors[0])
+
+
 def test_unshuffled_leaves_a_custom_batch_sampler_alone() -> None:
     by_length = DataLoader(_ds(6), batch_sampler=[[5, 4], [3, 2, 1, 0]])  # its own order and sizes
     assert unshuffled(by_length) is by_length

@@ -24,7 +24,8 @@ from torch.utils.data.distributed import DistributedSampler
 from .distributed import is_distributed, world_size
 from .errors import ArgumentError, InputError, ValueTypeError, to_whole
 from .nested import map_tensors
-from .sharding import ShardSampler
+from .sharding import LoaderSubclassError, ShardSampler, same_kind_loader
+from .warn import warn_caller
 
 __all__ = ["DataLoaders", "DeviceUnavailableError", "default_device", "to_detach", "to_device", "unshuffled"]
 
@@ -116,14 +117,14 @@ _WHOLE_DATASET = (RandomSampler, WeightedRandomSampler, SequentialSampler, Distr
 def unshuffled(dl: Iterable[Any], by_index: bool = False) -> Iterable[Any]:
     """The same batches in dataset order, without dropping the last one (for predictions).
 
-    A torch DataLoader over a map-style dataset whose order is drawn (a shuffling sampler, or a `BatchSampler`
-    over one) or that drops its last batch is made again, reading the dataset in order in batches of the same
-    size, with the same workers and collate function. A `SubsetRandomSampler` reads only its items, in the order
-    of its indices (the new loader's dataset is their `Subset`); a sampler of another kind (your own, or indices
-    given as the sampler) picks the items, in its own order, and only its last partial batch comes back; with
-    `by_index`, those items are read once into a `Subset` instead, so that the result's `dataset[i]` is the i-th
-    item read (what an Interpretation indexes). Anything else is read as it comes: a custom batch sampler (its
-    batches may be of any size and order, by length say), an IterableDataset, any other iterable.
+    A torch DataLoader over a map-style dataset whose order is drawn (a shuffling sampler, or a `BatchSampler` over
+    one) or that drops its last batch is made again (a subclass of DataLoader as itself), reading the dataset in
+    order in batches of the same size, with the same workers and collate function. A `SubsetRandomSampler` reads
+    only its items, in the order of its indices (the new loader's dataset is their `Subset`); a sampler of another
+    kind (your own, or indices given as the sampler) picks the items, in its own order, and only its last partial
+    batch comes back; with `by_index`, those items are read once into a `Subset` instead, so that the result's
+    `dataset[i]` is the i-th item read (what an Interpretation indexes). Anything else is read as it comes: a custom
+    batch sampler (its batches may be of any size and order, by length say), an IterableDataset, any other iterable.
     """
     if not isinstance(dl, DataLoader) or isinstance(dl.dataset, torch.utils.data.IterableDataset):
         return dl
@@ -145,20 +146,29 @@ def unshuffled(dl: Iterable[Any], by_index: bool = False) -> Iterable[Any]:
     if (keep is not None or isinstance(sampler, SequentialSampler)) and not drop_last:
         return dl
     workers: dict[str, Any] = {"persistent_workers": dl.persistent_workers, "prefetch_factor": dl.prefetch_factor}
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=keep,
-        shuffle=False,
-        drop_last=False,
-        num_workers=dl.num_workers,
-        collate_fn=dl.collate_fn,
-        pin_memory=dl.pin_memory,
-        timeout=dl.timeout,
-        worker_init_fn=dl.worker_init_fn,
-        multiprocessing_context=dl.multiprocessing_context,
+    kwargs: dict[str, Any] = {
+        "batch_size": batch_size,
+        "sampler": keep,
+        "shuffle": False,
+        "drop_last": False,
+        "num_workers": dl.num_workers,
+        "collate_fn": dl.collate_fn,
+        "pin_memory": dl.pin_memory,
+        "timeout": dl.timeout,
+        "worker_init_fn": dl.worker_init_fn,
+        "multiprocessing_context": dl.multiprocessing_context,
         **(workers if dl.num_workers > 0 else {}),  # torch refuses these without workers
-    )
+    }
+    try:
+        return same_kind_loader(dl, dataset, **kwargs)
+    except LoaderSubclassError as e:
+        warn_caller(
+            f"The DataLoader is a {e.cls}, whose __init__ does not take DataLoader's arguments ({e}): its items are "
+            f"read in order by a plain DataLoader, without what {e.cls} does. Give its __init__ defaults for its own "
+            "arguments and pass the rest on to DataLoader (**kwargs), or pass dl= a loader of yours that reads them "
+            "in order."
+        )
+        return DataLoader(dataset, **kwargs)
 
 
 class DataLoaders:

@@ -181,24 +181,42 @@ def _rebuild(
         kwargs["prefetch_factor"] = dl.prefetch_factor
     if hasattr(dl, "in_order"):
         kwargs["in_order"] = dl.in_order
+    try:
+        return same_kind_loader(dl, dl.dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+    except LoaderSubclassError as e:
+        raise DistributedError(
+            f"The {role} DataLoader is a {e.cls}, whose __init__ does not take DataLoader's arguments ({e}), so "
+            f"learnloop cannot make the {e.cls} that reads this rank's share of the data (a plain DataLoader would "
+            "lose what the subclass does). Give its __init__ defaults for its own arguments and pass the rest on to "
+            "DataLoader (**kwargs), or shard the data yourself (a DistributedSampler) and pass "
+            "DistributedTrainer(shard_data=False)."
+        ) from e
+
+
+class LoaderSubclassError(TypeError):
+    """A DataLoader subclass whose ``__init__`` does not take DataLoader's arguments (``cls``: its name)."""
+
+    def __init__(self, cls: type, reason: TypeError) -> None:
+        super().__init__(str(reason))
+        self.cls = cls.__qualname__
+
+
+def same_kind_loader(dl: DataLoader[Any], dataset: Any, **kwargs: Any) -> DataLoader[Any]:
+    """A DataLoader of `dl`'s class over `dataset` with DataLoader's `kwargs`: a subclass is made again as itself, so
+    that what it overrides (an ``__iter__`` adding a field, say) still runs, and is given the attributes of its own
+    that `dl` has (set after ``__init__`` too); :class:`LoaderSubclassError` when its ``__init__`` cannot take
+    them (an argument of its own without a default)."""
     cls = type(dl)
     if cls is DataLoader:
-        return DataLoader(dl.dataset, batch_size=batch_size, sampler=sampler, **kwargs)
-    # A subclass is made again as itself, so that what it overrides (__iter__ adding a field, say) still runs.
+        return DataLoader(dataset, **kwargs)
     try:
-        inspect.signature(cls).bind(dl.dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+        inspect.signature(cls).bind(dataset, **kwargs)
     except TypeError as e:
-        raise DistributedError(
-            f"The {role} DataLoader is a {cls.__qualname__}, whose __init__ does not take DataLoader's arguments "
-            f"({e}), so learnloop cannot make the {cls.__qualname__} that reads this rank's share of the data (a "
-            "plain DataLoader would lose what the subclass does). Give its __init__ defaults for its own arguments "
-            "and pass the rest on to DataLoader (**kwargs), or shard the data yourself (a DistributedSampler) and "
-            "pass DistributedTrainer(shard_data=False)."
-        ) from e
+        raise LoaderSubclassError(cls, e) from e
     except ValueError:  # no signature to read: tried as it is
         pass
-    new = cls(dl.dataset, batch_size=batch_size, sampler=sampler, **kwargs)
-    for name, value in vars(dl).items():  # the subclass's own attributes, as `dl` has them (set after __init__ too)
+    new = cls(dataset, **kwargs)
+    for name, value in vars(dl).items():
         if name not in _data_loader_attributes():
             setattr(new, name, value)
     return new
