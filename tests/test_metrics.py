@@ -643,6 +643,9 @@ def test_r2_score_and_explained_variance_are_scikit_learns_numbers_bit_for_bit()
     assert ExplainedVariance()(p, t) == 0.9272197484970093
     assert R2Score(sample_weight=weight)(p, t) == 0.950952946279075  # float64 weights: float64 sums
     assert ExplainedVariance(sample_weight=weight)(p, t) == 0.9513069816183105
+    # A list of weights has no dtype: scikit-learn's sums stay float32, as the predictions'.
+    assert R2Score(sample_weight=list(weight))(p, t) == 0.95095294713974
+    assert ExplainedVariance(sample_weight=list(weight))(p, t) == 0.9513069987297058
     assert math.isnan(r2_score(p[:1], t[:1]))  # undefined for one sample, as in scikit-learn
 
 

@@ -85,10 +85,14 @@ def _exp_rmspe(inp: Tensor, targ: Tensor) -> Tensor:
 def _regression_columns(
     targ: np.ndarray, pred: np.ndarray, sample_weight: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``targ`` and ``pred`` as (n, 1) columns of scikit-learn's dtype (the widest floating one among the inputs,
-    float64 when none is floating; at least float32: half-precision sums overflow), and the weights in it."""
-    arrays = [np.asarray(a) for a in (targ, pred, sample_weight) if a is not None]
-    floating = [a.dtype for a in arrays if np.issubdtype(a.dtype, np.floating)]
+    """``targ`` and ``pred`` as (n, 1) columns of scikit-learn's dtype (the widest floating one among the inputs that
+    have a dtype, so not a list of weights; float64 when none is floating; at least float32: half-precision sums
+    overflow), and the weights in it."""
+    given = [a for a in (targ, pred, sample_weight) if a is not None]
+    arrays = [np.asarray(a) for a in given]
+    # As scikit-learn, only inputs that have a dtype count: weights in a list of floats are not float64 ones.
+    typed = [a for a, g in zip(arrays, given, strict=True) if hasattr(g, "dtype")]
+    floating = [a.dtype for a in typed if np.issubdtype(a.dtype, np.floating)]
     dtype = np.result_type(np.float32, *floating) if floating else np.dtype(np.float64)
     y_true, y_pred = (a.astype(dtype).reshape(-1, 1) if a.ndim == 1 else a.astype(dtype) for a in arrays[:2])
     weight = None if sample_weight is None else np.asarray(sample_weight, dtype=dtype).reshape(-1)
