@@ -334,6 +334,43 @@ def test_plot_top_losses_names_the_classes_of_one_sigmoid_output() -> None:
     assert titles == {"yes/yes", "no/yes", "yes/no", "no/no"}  # predicted/actual: x > 0 against y
 
 
+class WithAux(nn.Module):
+    """The picker's logits and an auxiliary output: a model of several outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.picker = picker(4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.picker(x)
+        return logits, logits.sum(1, keepdim=True)
+
+
+class MainOutputLoss(nn.Module):
+    """Cross-entropy of the first output; the predictions keep both outputs, decoded from the first."""
+
+    reduction = "mean"
+
+    def forward(self, out: tuple[torch.Tensor, torch.Tensor], targ: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(out[0], targ, reduction=self.reduction)
+
+    def activation(self, out: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return out[0].softmax(1), out[1]
+
+    def decodes(self, out: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return out[0].argmax(1)
+
+
+def test_a_model_of_several_outputs_takes_its_classes_from_the_first() -> None:
+    learn = make_learner(MainOutputLoss())
+    learn.model = WithAux()
+    got = ClassificationInterpretation.from_learner(learn)  # the vocab read the width of a tuple: AttributeError
+    assert got.vocab == [0, 1, 2] and got.confusion_matrix().tolist() == CM
+    by_loss = sorted(range(len(PAIRS)), key=expected_loss, reverse=True)
+    fig = got.plot_top_losses(3)  # one title per item (it zipped the two outputs), with the first's probability
+    assert [ax.get_title().split(" / ")[-1] for ax in fig.axes[:3]] == [f"{expected_prob(i):.2f}" for i in by_loss[:3]]
+
+
 def test_plot_top_losses_needs_images() -> None:
     x = torch.randn(6, 3)
     y = torch.tensor([0, 1, 2, 0, 1, 2])

@@ -8,7 +8,8 @@ actual classes, for the confusion matrix, the most confused pairs and scikit-lea
 
 There is no DataLoaders vocab in learnloop, so the class names are, in order of preference: `vocab=`, the
 `learn.dls.vocab` you set, the interpreted dataset's `classes` (torchvision's datasets have one), else the class
-indices `0 .. n-1`, `n` the width of the predictions along the loss function's class axis.
+indices `0 .. n-1`, `n` the width of the predictions along the loss function's class axis (of the first
+predictions of a model of several outputs).
 
 >>> interp = ClassificationInterpretation.from_learner(learn, vocab=["cat", "dog"])
 >>> interp.most_confused()      # [('cat', 'dog', 7), ('dog', 'cat', 2)]: (actual, predicted, count)
@@ -117,7 +118,7 @@ class ClassificationInterpretation(Interpretation):
         self.targs: Tensor = _one_target(_required(targs, "targets", type(dl).__name__))
         self.decoded: Tensor = _predicted_classes(decoded, self.targs)
         _check_classes(self.decoded, self.targs)
-        self.vocab: list[Any] = _vocab(vocab, learn, dl, preds)
+        self.vocab: list[Any] = _vocab(vocab, learn, dl, _main_output(preds))
 
     @classmethod
     def from_learner(
@@ -227,7 +228,7 @@ class ClassificationInterpretation(Interpretation):
         if not len(idx):
             raise InputError(f"plot_top_losses(k={k!r}) picks no item to plot; ask for at least one.")
         inps, preds, targs, decoded, _ = self[idx]
-        images = _images(inps)
+        images, preds = _images(inps), _main_output(preds)
         predicted = _predicted_classes(decoded, targs).tolist()
         n = len(images)
         ncols = ncols or (math.ceil(n / nrows) if nrows else max(1, math.ceil(math.sqrt(n))))
@@ -343,6 +344,13 @@ def _predicted_classes(decoded: Tensor, targs: Tensor) -> Tensor:
             "decodes gives one class per target (CrossEntropyLossFlat's argmax, say)."
         )
     return decoded
+
+
+def _main_output(preds: Any) -> Any:
+    """The class scores of a model of several outputs (a tuple or list, such as `(logits, aux)`): its first."""
+    while isinstance(preds, (tuple, list)) and preds:
+        preds = preds[0]
+    return preds
 
 
 def _vocab(vocab: Sequence[Any] | None, learn: Learner, dl: Any, preds: Tensor) -> list[Any]:
