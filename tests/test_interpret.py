@@ -137,6 +137,18 @@ def test_getitem_takes_a_slice_of_the_items(interp: ClassificationInterpretation
     assert interp[2:7:2][2].tolist() == y[2:7:2].tolist() and interp[-2:][4].tolist() == losses[-2:].tolist()
 
 
+def test_getitem_takes_a_boolean_mask_of_the_items(interp: ClassificationInterpretation) -> None:
+    # As fastai's L and tensor indexing take one: the items where the mask is True (they were read as indices 0 and 1).
+    wrong = interp.losses > 1.5
+    expected = [i for i in range(len(PAIRS)) if expected_loss(i) > 1.5]
+    for mask in (wrong, wrong.tolist(), wrong.numpy()):
+        _, _, targs, _, losses = interp[mask]
+        assert targs.tolist() == [PAIRS[i][0] for i in expected]
+        assert losses.tolist() == pytest.approx([expected_loss(i) for i in expected], rel=1e-5)
+    with pytest.raises(InputError, match="the mask has 2 values for 9 items"):
+        interp[[True, False]]
+
+
 def test_items_need_a_dataloader_over_a_map_style_dataset() -> None:
     x, y = images()
     batches = [(x[:4], y[:4]), (x[4:], y[4:])]  # any iterable of batches: losses work, items do not

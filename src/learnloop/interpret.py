@@ -66,9 +66,9 @@ class Interpretation:
         return cls(learn, loader, _required(losses, "losses", _loader_name(ds_idx, dl)), act)
 
     def __getitem__(self, idxs: int | slice | Sequence[int] | Tensor) -> tuple[Any, Tensor, Any, Tensor, Tensor]:
-        """`(inputs, preds, targets, decoded, losses)` of the items at `idxs` (indices into the dataset, or a slice
-        of it: `interp[:]` is every item), the model run again on them; needs a torch DataLoader over a map-style
-        dataset."""
+        """`(inputs, preds, targets, decoded, losses)` of the items at `idxs` (indices into the dataset, a slice
+        of it: `interp[:]` is every item, or a boolean mask over the items: `interp[interp.losses > 2]`), the model
+        run again on them; needs a torch DataLoader over a map-style dataset."""
         index, dl = _index_list(idxs, len(self.losses)), self.dl
         dataset = _dataset(dl, "interp[idxs]", batched=True)  # dl is a torch DataLoader from here on
         subset = DataLoader(
@@ -302,14 +302,17 @@ def _check_classes(decoded: Tensor, targs: Tensor) -> None:
             )
 
 
-def _index_list(idxs: int | slice | Sequence[int] | Tensor, n: int) -> list[int]:
+def _index_list(idxs: int | slice | Sequence[int] | Sequence[bool] | Tensor | np.ndarray, n: int) -> list[int]:
     if isinstance(idxs, slice):  # of the `n` items, as fastai's `interp[:]`
         return list(range(n))[idxs]
-    if isinstance(idxs, Tensor):
-        return [int(i) for i in idxs.reshape(-1).tolist()]
     if isinstance(idxs, (int, np.integer)):  # numpy's integers too
         return [int(idxs)]
-    return [int(i) for i in idxs]
+    items = idxs.reshape(-1).tolist() if isinstance(idxs, (Tensor, np.ndarray)) else list(idxs)
+    if items and all(isinstance(i, (bool, np.bool_)) for i in items):  # a mask over the items, as fastai's L takes
+        if len(items) != n:
+            raise InputError(f"interp[mask]: the mask has {len(items)} values for {n} items; give one per item.")
+        return [i for i, keep in enumerate(items) if keep]
+    return [int(i) for i in items]
 
 
 def _dataset(dl: Any, what: str, batched: bool = False) -> Any:
