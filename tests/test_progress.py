@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import pickle
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -242,6 +245,27 @@ def test_logger_is_restored_after_fit_even_when_fit_raises(spy_bars: list[Spy]) 
     assert learn.logger == rows.append and all(bar.closed for bar in spy_bars)
     assert rows == []  # the progress callback prints the table itself while it runs, as fastai's does
     assert out.getvalue().count("epoch ") == 3  # a header per fit
+
+
+def test_a_learner_printing_to_stderr_or_left_with_bars_open_can_be_copied() -> None:
+    # pickle.dumps(learn) and copy.deepcopy(learn) failed with "cannot pickle '_io.TextIOWrapper' object" for
+    # ProgressCallback(file=sys.stderr), and on the tqdm bars a fit that raised left open.
+    learn = synth_classif_learner()
+    learn.progress.file = sys.stderr
+    learn.fit(1)
+    for copied in (pickle.loads(pickle.dumps(learn)), copy.deepcopy(learn)):
+        assert copied.progress.file is sys.stderr and learn.progress.file is sys.stderr
+    learn, out = _printing_learner()
+    learn.progress.bars = True
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, cbs=Boom())
+    assert learn.progress.epoch_bar is not None  # left open: the next fit closes it
+    copied = pickle.loads(pickle.dumps(learn))
+    assert copied.progress.epoch_bar is None and copied.progress.batch_bar is None and copied.progress.bars is True
+    assert learn.progress.epoch_bar is not None  # the original's are left as they are
+    copied.progress.file = io.StringIO()
+    copied.fit(1)
+    assert copied.progress.file.getvalue().count("epoch ") == 1 and copied.progress.epoch_bar is None
 
 
 def test_logger_changed_after_a_failed_fit_is_kept() -> None:

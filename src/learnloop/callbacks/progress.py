@@ -39,6 +39,10 @@ def format_row(values: Sequence[Any], widths: int | Sequence[int]) -> str:
     return "".join(c + " " * max(1, w - len(c)) for c, w in zip(cells, sized, strict=False)).rstrip()
 
 
+#: The streams a pickled ProgressCallback's `file` is taken back to by name (the process's own, not picklable).
+_STD_STREAMS = ("stdout", "stderr")
+
+
 class ProgressCallback(Callback):
     """Shows a bar over epochs and one over the batches of each phase, and prints the epoch table.
 
@@ -62,6 +66,24 @@ class ProgressCallback(Callback):
         self._old_logger: Callable[[Any], None] | None = None
         self._muted_logger: Callable[[Any], None] | None = None  # the logger a fit under no_mbar() silenced
         self._show_bars, self._widths = False, [10]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (pickle.dumps(learn), copy.deepcopy(learn)) keeps the settings. The bars a fit that raised left
+        # open are not copied (tqdm's cannot be pickled), and `file=sys.stdout` or `sys.stderr`, which cannot be
+        # pickled either, is the copy's own sys.stdout or sys.stderr.
+        state = self.__dict__.copy()
+        state.update(epoch_bar=None, batch_bar=None)
+        for name in _STD_STREAMS:
+            if state.get("file") is not None and state["file"] is getattr(sys, name):
+                state.update(file=None, _std_file=name)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        std = state.pop("_std_file", None)
+        self.__dict__.update(state)
+        if std in _STD_STREAMS:
+            self.file = getattr(sys, std)
 
     @property
     def _out(self) -> TextIO:
