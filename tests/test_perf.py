@@ -94,6 +94,20 @@ def test_profiler_writes_a_chrome_trace(tmp_path: Path) -> None:
     assert prof._running is False
 
 
+def test_profiler_sits_out_lr_find(tmp_path: Path) -> None:
+    # A profiler on the learner profiled lr_find's sweep (training batches): it wrote the sweep's trace, and lost the
+    # list of the last fit's. It sits the sweep out, as trackers and loggers do, and profiles the next fit.
+    learn = synth_learner(n_train=16, bs=4)
+    prof = ProfilerCallback(wait=0, warmup=1, active=1, path=tmp_path / "trace.json")
+    learn.add_cb(prof)
+    learn.lr_find(num_it=12, show_plot=False, suggest_funcs=None)
+    assert prof.traces == [] and prof.prof is None and not (tmp_path / "trace.json").exists()
+    learn.fit(1)
+    assert prof.traces == [tmp_path / "trace.json"] and (tmp_path / "trace.json").exists()
+    learn.lr_find(num_it=12, show_plot=False, suggest_funcs=None)
+    assert prof.traces == [tmp_path / "trace.json"]  # the fit's, still listed
+
+
 @pytest.mark.filterwarnings("ignore:Warning. Profiler clears events:UserWarning")  # one trace per cycle is the point
 def test_profiler_cycles_and_default_path(tmp_path: Path) -> None:
     learn = synth_learner(n_train=64, bs=8, path=tmp_path)

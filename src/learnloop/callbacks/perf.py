@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..callback import Callback
+from ..callback import Callback, is_side_run
 
 __all__ = ["ChannelsLast", "CompileModel", "ProfilerCallback"]
 
@@ -63,7 +63,8 @@ class ProfilerCallback(Callback):
     waits ``wait`` steps, warms up for ``warmup`` and records ``active``; each recorded cycle is written
     to ``path`` (default ``learn.path/'trace.json'``; later cycles get ``_1``, ``_2``... suffixes), and the
     files are listed in ``traces``. A step ends at each training ``after_batch``, so validation between
-    epochs counts towards the step it interrupts. The profiler starts at the first training batch and
+    epochs counts towards the step it interrupts. The profiler starts at the first training batch (not in an
+    ``lr_find()`` sweep, which it sits out) and
     stops once its schedule is done, at ``after_fit``, or, after an exception left the previous fit,
     at the next ``before_fit`` (not at those of a ``validate()`` run inside the fit).
     ``prof`` is the last ``torch.profiler.profile`` (``prof.key_averages().table()``).
@@ -141,8 +142,9 @@ class ProfilerCallback(Callback):
         self._started = False
 
     def before_batch(self) -> None:
-        # Started by the first training batch, so validate() and get_preds() never start a profiler.
-        if self._started:
+        # Started by the first training batch, so validate() and get_preds() never start a profiler; nor does an
+        # lr_find sweep (training batches, but no part of the fit to profile, as trackers and loggers sit it out).
+        if self._started or is_side_run(self.learn):
             return
         self._started = True
         self.traces, self._n_steps = [], 0
