@@ -77,6 +77,39 @@ def test_load_with_opt_false_leaves_the_optimizer_alone(tmp_path: Path) -> None:
     assert _same(other.model.state_dict(), learn.model.state_dict())
 
 
+class _BuffersOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def test_a_model_with_nothing_to_train_loads_its_weights(tmp_path: Path) -> None:
+    # learn.load made the optimizer first, which failed ("empty parameter list") for a model frozen whole, or with
+    # buffers only, even with with_opt=False (fastai's fails too, with an IndexError).
+    learn = _trained(tmp_path)
+    learn.save("model")
+    frozen = synth_learner(path=tmp_path, seed=3)
+    frozen.model.requires_grad_(False)
+    frozen.load("model", with_opt=False)
+    assert frozen.opt is None and _same(frozen.model.state_dict(), learn.model.state_dict())
+    warned = synth_learner(path=tmp_path, seed=3)
+    warned.model.requires_grad_(False)
+    with pytest.warns(UserWarning, match="no parameter to train .* only the weights are loaded"):
+        warned.load("model")
+    buffers = Learner(learn.dls, _BuffersOnly(), loss_func=nn.MSELoss(), path=tmp_path)
+    buffers.model.scale.fill_(3.0)
+    buffers.save("buffers")
+    other = Learner(learn.dls, _BuffersOnly(), loss_func=nn.MSELoss(), path=tmp_path)
+    other.load("buffers", with_opt=False)
+    assert torch.equal(other.model.scale, torch.full((2,), 3.0))
+    frozen.model.requires_grad_(True)
+    frozen.fit(1)  # the optimizer is made by the fit, as for any learner without one
+    assert frozen.opt is not None
+
+
 @pytest.mark.parametrize("opt_state", [None, [1, 2]])
 def test_an_optimizer_state_that_does_not_fit_is_warned_of_whatever_the_error(tmp_path: Path, opt_state: Any) -> None:
     # fastai warns "Could not load the optimizer state" whatever the optimizer raises; these were raw TypeErrors.

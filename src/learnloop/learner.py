@@ -312,11 +312,23 @@ class Learner(Inference):
     ) -> Learner:
         """Load `path/model_dir/file.pth` (written by `save`), or an open buffer from where it stands, into the
         model and optimizer. Only tensors and plain containers are read, unless `weights_only=False` (torch.load's
-        argument, which fastai passes on): then anything is unpickled, for a file you trust."""
+        argument, which fastai passes on): then anything is unpickled, for a file you trust.
+
+        The optimizer is created first when there is none, as in fastai; a model with no parameter to train (frozen
+        whole, or with buffers only) gets none, and only its weights are loaded (fastai's fails)."""
         if device is None:
             device = getattr(self.dls, "device", None)
         if self.opt is None:
-            self.create_opt()
+            try:
+                self.create_opt()
+            except ValueError as e:
+                if "empty parameter list" not in str(e):
+                    raise
+                if with_opt:
+                    warn_caller(
+                        "learn.load: the model has no parameter to train (frozen whole, or none at all), so there is "
+                        "no optimizer to load a state into: only the weights are loaded (with_opt=False: no warning)."
+                    )
         model = unwrap_model(self.model)
         if is_fsdp(model):
             if is_buffer(file):
