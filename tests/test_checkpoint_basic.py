@@ -110,6 +110,31 @@ def test_a_model_with_nothing_to_train_loads_its_weights(tmp_path: Path) -> None
     assert frozen.opt is not None
 
 
+def test_a_model_in_a_data_parallel_wrapper_is_saved_without_it(tmp_path: Path) -> None:
+    # fastai's get_model unwraps nn.DataParallel as DDP; learnloop wrote "module.weight", which the plain model (and
+    # fastai) refused as another model's.
+    from learnloop import load_learner
+
+    wrapped = synth_learner(path=tmp_path)
+    wrapped.model = nn.DataParallel(wrapped.model)
+    wrapped.fit(1)
+    wrapped.save("dp")
+    assert list(torch.load(tmp_path / "models" / "dp.pth")["model"]) == ["weight", "bias"]
+    plain = synth_learner(path=tmp_path, seed=3)
+    plain.load("dp")
+    assert _same(plain.model.state_dict(), wrapped.model.module.state_dict())
+    plain.model.weight.data.fill_(2.0)
+    plain.save("plain")
+    wrapped.load("plain")
+    assert torch.equal(wrapped.model.module.weight, plain.model.weight)
+    checkpoint_module.save_model(tmp_path / "f.pth", wrapped.model, wrapped.opt)
+    other = nn.DataParallel(nn.Linear(2, 1))
+    checkpoint_module.load_model(tmp_path / "f.pth", other)
+    assert torch.equal(other.module.weight, plain.model.weight)
+    loaded = load_learner(wrapped.export(), model=nn.Linear(2, 1))
+    assert torch.equal(loaded.model.weight, plain.model.weight)
+
+
 @pytest.mark.parametrize("opt_state", [None, [1, 2]])
 def test_an_optimizer_state_that_does_not_fit_is_warned_of_whatever_the_error(tmp_path: Path, opt_state: Any) -> None:
     # fastai warns "Could not load the optimizer state" whatever the optimizer raises; these were raw TypeErrors.

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import is_rank_zero
+from .distributed import is_rank_zero, unwrap_model
 from .finite import all_finite, first_non_finite
 from .warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 
@@ -390,10 +390,12 @@ def save_model(
     path: str | Path | IO[bytes], model: nn.Module, opt: Any = None, with_opt: bool = True, pickle_protocol: int = 2
 ) -> Any:
     """Save the model's state (and the optimizer's, when `with_opt`) to `path`, atomically, or into an open
-    buffer; returns where it went. `pickle_protocol` is fastai's argument: only 2, what `load_model` reads cleanly."""
+    buffer; returns where it went. A model in a DistributedDataParallel or nn.DataParallel wrapper is saved without
+    it (`load_model` loads into the module inside), as in fastai. `pickle_protocol` is fastai's argument: only 2,
+    what `load_model` reads cleanly."""
     check_pickle_protocol(pickle_protocol, "load_model")
     _warn_non_finite(model, path)
-    state = model.state_dict()
+    state = unwrap_model(model).state_dict()  # without a (Distributed)DataParallel wrapper's "module." prefix
     if with_opt and opt is not None:
         state = {"model": state, "opt": opt.state_dict()}
     if is_buffer(path):  # written as it is: a buffer is no file that a crash could leave half-written
@@ -490,7 +492,7 @@ def load_model(
         )
     has_opt = set(state) == {"model", "opt"}
     model_state = state["model"] if has_opt else state
-    _load_weights(model, model_state, path, strict)
+    _load_weights(unwrap_model(model), model_state, path, strict)
     if with_opt and opt is not None:
         if not has_opt:
             warn_caller(f"Saved file doesn't contain an optimizer state: {path} holds the model alone, now loaded.")

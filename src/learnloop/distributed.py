@@ -124,8 +124,9 @@ def launched_distributed(env: Mapping[str, str] | None = None) -> bool:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (the model itself otherwise): what to save."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The module inside a DistributedDataParallel or nn.DataParallel wrapper (the model itself otherwise): what to
+    save, as fastai's `get_model` unwraps both, so the file's keys have no "module." prefix."""
+    return model.module if isinstance(model, (DistributedDataParallel, nn.DataParallel)) else model
 
 
 def rank_device() -> torch.device:

@@ -227,7 +227,7 @@ class Module(nn.Module):
 
 def get_model(model: nn.Module) -> nn.Module:
     """The model inside a `DistributedDataParallel` or `nn.DataParallel` wrapper, else `model` itself."""
-    return model.module if isinstance(model, nn.DataParallel) else unwrap_model(model)
+    return unwrap_model(model)
 
 
 def one_param(m: nn.Module) -> nn.Parameter | None:
