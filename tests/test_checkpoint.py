@@ -84,6 +84,15 @@ def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
         CheckpointCallback(**kwargs)
 
 
+def test_fname_is_a_str_or_a_path_of_one_name(tmp_path: Path) -> None:
+    # A Path or a number was refused by `"/" in fname`: "argument of type 'PosixPath' is not iterable".
+    assert CheckpointCallback(fname=Path("ck")).fname == "ck"  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fname is a file name prefix, a str; got int 5"):
+        CheckpointCallback(fname=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="file name prefix without folders"):
+        CheckpointCallback(fname=Path("a/b"))  # type: ignore[arg-type]
+
+
 def test_numpy_integers_are_whole_numbers() -> None:
     # Refused with "must be a whole number >= 1 or None, got 500".
     cb = CheckpointCallback(every_n_iters=np.int64(500), keep_last=np.int32(2))

@@ -121,6 +121,11 @@ class CheckpointCallback(Callback):
                 f"CheckpointCallback: every_epoch is True or False (a checkpoint at the end of every epoch, or none), "
                 f"got {every_epoch!r}; for checkpoints less often, count batches: every_n_iters=n * len(dls.train)."
             )
+        if isinstance(fname, os.PathLike):
+            fname = os.fspath(fname)
+        if not isinstance(fname, str):  # `"/" in fname` said "argument of type 'int' is not iterable"
+            raise TypeError(f"CheckpointCallback: fname is a file name prefix, a str; got {type(fname).__name__} "
+                            f"{fname!r}.")
         if not fname or "/" in fname or os.sep in fname:
             raise ValueError(f"CheckpointCallback: fname is a file name prefix without folders, got {fname!r}.")
         self.every_n_iters, self.every_epoch, self.keep_last = every_n_iters, bool(every_epoch), keep_last
