@@ -836,6 +836,18 @@ def test_load_learner_errors(tmp_path: Path) -> None:
         load_learner(tmp_path / "nothing.pkl", model=learn.model)
 
 
+@pytest.mark.parametrize("trusted", [False, True])
+def test_load_learner_of_a_pickled_model_or_learner_says_it_is_no_export(tmp_path: Path, trusted: bool) -> None:
+    # fastai's export.pkl (a pickled Learner) or torch.save(model) was refused with safe_load's advice to load it
+    # "with learn.load(name, weights_only=False)", which reads no export; trusted=True did not help either.
+    torch.save(nn.Linear(2, 1), tmp_path / "export.pkl")
+    kwargs: dict[str, Any] = {"trusted": True} if trusted else {"model": nn.Linear(2, 1)}
+    with pytest.raises(CheckpointError, match=r"not a learnloop export .* fastai's \(a pickled Learner\)") as e:
+        load_learner(tmp_path / "export.pkl", **kwargs)
+    assert "weights_only=False" not in str(e.value) and "learn.load(name)" in str(e.value)
+    assert "torch.nn.modules.linear.Linear" in str(e.value)
+
+
 def test_load_learner_of_a_directory_or_a_missing_file_says_what_to_pass(tmp_path: Path) -> None:
     learn = make_learner(path=tmp_path)
     (tmp_path / "run").mkdir()

@@ -251,9 +251,13 @@ def is_buffer(file: Any) -> bool:
     return not isinstance(file, (str, os.PathLike)) and (hasattr(file, "write") or hasattr(file, "read"))
 
 
-def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_only: bool = True) -> Any:
+def safe_load(
+    path: str | Path | IO[bytes], map_location: Any = None, weights_only: bool = True, refused_advice: str = ""
+) -> Any:
     """`torch.load(weights_only=True)` of a file (or a buffer, read from where it stands), with errors that say
-    what is wrong with the file. `weights_only=False` unpickles anything: only for a file the caller trusts."""
+    what is wrong with the file. `weights_only=False` unpickles anything: only for a file the caller trusts.
+    `refused_advice` replaces the advice given for a file of pickled objects (load it with `learn.load(name,
+    weights_only=False)` if you trust it), for a reader that cannot take it that way."""
     if not is_buffer(path):
         path = Path(path)  # type: ignore[arg-type]
         if path.is_dir():
@@ -279,8 +283,7 @@ def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_on
             ) from e
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers, so it is refused: loading it could "
-            f"run arbitrary code. Only load files you trust, with learn.load(name, weights_only=False) (or "
-            f"torch.load(..., weights_only=False)). ({_unpickler_reason(e)})"
+            f"run arbitrary code. {refused_advice or _TRUSTED_LOAD} ({_unpickler_reason(e)})"
         ) from e
     except (MemoryError, KeyboardInterrupt):
         raise
@@ -300,6 +303,11 @@ def safe_load(path: str | Path | IO[bytes], map_location: Any = None, weights_on
                 "(with_opt=False)."
             ) from e
         raise CorruptFileError(f"{path} is corrupt or truncated and cannot be read ({type(e).__name__}: {e}).") from e
+
+
+_TRUSTED_LOAD = (
+    "Only load files you trust, with learn.load(name, weights_only=False) (or torch.load(..., weights_only=False))."
+)
 
 
 def _read_to_its_end(buffer: Any) -> bool:

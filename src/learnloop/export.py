@@ -199,7 +199,7 @@ def load_learner(
         weights, info = load_safetensors(path, device)
         pickled = None
     else:
-        info = safe_load(path, map_location=device)
+        info = safe_load(path, map_location=device, refused_advice=_NOT_AN_EXPORT)
         check_format(info, path, EXPORT_FORMAT, " Weights saved by learn.save are loaded with learn.load.")
         weights, pickled = info["model"], info.get("pickled")
     if model is not None:
@@ -254,6 +254,16 @@ def load_learner(
                     path=path.parent)
     learn.logger = noop
     return learn
+
+
+# What load_learner says of a file of pickled objects: learn.load(name, weights_only=False), safe_load's advice,
+# reads no export, and trusted=True unpickles only the model a learnloop export holds.
+_NOT_AN_EXPORT = (
+    "It is not a learnloop export (learn.export writes one that this loader reads) but, say, fastai's (a pickled "
+    "Learner) or torch.save(model)'s, which load_learner does not read, trusted=True or not. Save the weights instead "
+    "(fastai: learn.save(name, with_opt=False); torch: torch.save(model.state_dict(), file)) and load them into a "
+    "Learner built with the model: learn.load(name)."
+)
 
 
 # ------------------------------------------------------------------------------------ safetensors
