@@ -154,6 +154,19 @@ def test_save_creates_missing_folders_and_leaves_no_temporary_file(tmp_path: Pat
     assert [p.name for p in file.parent.iterdir()] == ["m.pth"]
 
 
+def test_a_long_name_torch_save_takes_is_saved(tmp_path: Path) -> None:
+    # The temporary file's name (".<name>.<8 hex>.tmp") went past the file system's 255 bytes for names of 242 to
+    # 255 bytes, which torch.save (and fastai) write: "Cannot save ...: the folder ... cannot be written to".
+    learn = _trained(tmp_path)
+    for name in ["a" * 245, "é" * 125]:
+        path = learn.save(name)
+        assert len(path.name.encode()) > 245 and path.is_file()
+        learn.load(name)
+    assert [p.name for p in (tmp_path / "models").iterdir() if p.name.startswith(".")] == []
+    with pytest.raises(OSError, match=r"its name is longer than the file system takes \(264 bytes\)"):
+        learn.save(Path("new") / ("b" * 260))
+
+
 def test_an_interrupted_save_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     learn = _trained(tmp_path)
     file = learn.save("m")

@@ -125,9 +125,12 @@ def atomic_write(
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temporary(target)
     except OSError as e:
-        raise type(e)(
-            e.errno, f"Cannot save {path}: the folder {target.parent} cannot be created or written to ({e.strerror})"
-        ) from e
+        cause = (
+            f"its name is longer than the file system takes ({len(target.name.encode())} bytes)"
+            if e.errno == errno.ENAMETOOLONG and len(target.name.encode()) > 255
+            else f"the folder {target.parent} cannot be created or written to"
+        )
+        raise type(e)(e.errno, f"Cannot save {path}: {cause} ({e.strerror})") from e
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -156,8 +159,11 @@ def _create_temporary(path: Path) -> tuple[int, str]:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         mode = None
+    # As much of the name as fits in a file system's 255 bytes with the 14 the temporary adds: a name torch.save takes
+    # (up to 255 bytes) must not fail here as "File name too long".
+    start = path.name.encode()[:241].decode(errors="ignore")
     for _ in range(100):
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = str(path.parent / f".{start}.{secrets.token_hex(4)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:
