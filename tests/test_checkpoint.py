@@ -805,6 +805,12 @@ def test_export_and_load_learner_take_fastais_arguments(tmp_path: Path) -> None:
     # Calls in learnloop's old positional order are refused, not misread
     with pytest.raises(TypeError, match=r"cpu must be True or False, got Sequential; pass the model by keyword"):
         load_learner(tmp_path / "m.pkl", learn.model, trusted=True)  # type: ignore[arg-type]
+    # fastai tests cpu for truth: numpy's bools, 0 and 1 are taken (np.True_ was refused as "got bool"); anything
+    # else is refused without the model hint, which was about none of them
+    for cpu in (np.True_, 1, 0):
+        assert load_learner(tmp_path / "m.pkl", cpu, trusted=True).dls.device == torch.device("cpu")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"cpu must be True or False, got str 'cpu'\.$"):
+        load_learner(tmp_path / "m.pkl", "cpu", trusted=True)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="the second argument is pickle_module, as in fastai; pass pickle_model=False"):
         learn.export("old.pkl", False)
     with pytest.raises(TypeError, match="pickle_module must be a pickling module"):

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -187,11 +188,15 @@ def load_learner(
     """
     from .learner import Learner
 
-    if not isinstance(cpu, bool):  # a model passed where it used to go, before fastai's order was taken
-        raise TypeError(
-            f"load_learner(fname, cpu, pickle_module): cpu must be True or False, got {type(cpu).__name__}; "
-            "pass the model by keyword: load_learner(fname, model=...)."
+    if isinstance(cpu, (np.bool_, int)) and cpu in (0, 1):  # fastai tests it for truth: numpy's bools, 0 and 1 too
+        cpu = bool(cpu)
+    if not isinstance(cpu, bool):
+        # A model passed where it used to go, before fastai's order was taken, is the likely mistake.
+        got = (
+            f"{type(cpu).__name__}; pass the model by keyword: load_learner(fname, model=...)"
+            if isinstance(cpu, nn.Module) or callable(cpu) else f"{type(cpu).__name__} {_short_repr(cpu)}"
         )
+        raise TypeError(f"load_learner(fname, cpu, pickle_module): cpu must be True or False, got {got}.")
     path = Path(fname)
     _check_export_file(path)
     device = torch.device("cpu") if cpu else default_device()
@@ -254,6 +259,11 @@ def load_learner(
                     path=path.parent)
     learn.logger = noop
     return learn
+
+
+def _short_repr(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # What load_learner says of a file of pickled objects: learn.load(name, weights_only=False), safe_load's advice,
