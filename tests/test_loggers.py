@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -375,6 +376,26 @@ def test_tensorboard_reads_losses_in_batches(tmp_path: Path) -> None:
     learn.fit(1, cbs=[tb, spy])
     assert pending == [1, 2, 3, 4]  # kept as device tensors until the epoch ends
     assert len(scalars(tmp_path)["train_loss"]) == 4
+
+
+def test_a_learner_whose_tensorboard_fit_raised_can_be_pickled(tmp_path: Path) -> None:
+    # The writer a fit that raised left open (a lock, a file) made pickle.dumps(learn) fail until the next fit.
+    pytest.importorskip("tensorboard")
+    learn = synth_learner(n_train=64, bs=16)
+    tb = TensorBoardCallback(tmp_path, flush_every=100)
+    learn.add_cb(tb)
+
+    def boom() -> None:
+        if learn.train_iter == 2:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        learn.fit(1, cbs=Callback(after_batch=boom))
+    assert tb.writer is not None
+    copy = pickle.loads(pickle.dumps(learn))
+    assert copy.tensor_board.writer is None and copy.tensor_board.flush_every == 100 and tb.writer is not None
+    copy.fit(1)  # the copy's fit writes with its own writer, beside the original's
+    assert tb.writer is not None and copy.tensor_board.writer is None
 
 
 def test_tensorboard_preds_histogram_and_graph(tmp_path: Path) -> None:

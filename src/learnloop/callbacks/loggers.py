@@ -466,6 +466,14 @@ class TensorBoardCallback(Callback):
     def after_fit(self) -> None:
         self._close()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy (pickle.dumps(learn), copy.deepcopy(learn)) keeps the settings. The writer a fit that raised left
+        # open (it holds a lock and a file) and its hook are not copied, nor the points only that writer was to
+        # write: the copy's next fit opens its own.
+        state = self.__dict__.copy()
+        state.update(writer=None, _hook=None, _losses=[], _history=[], _embedding=[], _preds=None)
+        return state
+
     def _close(self) -> None:
         if self._hook is not None:  # a fit that raised in its validation phase
             self._hook.remove()
