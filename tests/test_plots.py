@@ -122,6 +122,9 @@ def test_plot_metrics(trained: Learner, tmp_path: Path) -> None:
     assert all(ax.get_xlabel() == "epoch" for ax in visible)
     with pytest.raises(ValueError, match="1x1 axes cannot hold the 2 panels"):
         trained.recorder.plot_metrics(nrows=1, ncols=1)
+    for bad in ({"ncols": 0}, {"nrows": 0}, {"nrows": -1, "ncols": 2}):  # ncols=0 was a ZeroDivisionError
+        with pytest.raises(ValueError, match=r"plot_metrics: n(rows|cols) must be at least 1 .*got (0|-1)"):
+            trained.recorder.plot_metrics(**bad)
 
 
 def test_plot_metrics_keeps_metrics_of_the_same_name_apart() -> None:

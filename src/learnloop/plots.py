@@ -178,6 +178,9 @@ def plot_metrics(
     for i in sorted(range(len(names)), key=lambda i: _metric_of(names[i]) != "loss"):
         panels.setdefault(_metric_of(names[i]), []).append(i)
     n = len(panels)
+    for name, given in (("nrows", nrows), ("ncols", ncols)):
+        if given is not None and given < 1:
+            raise ValueError(f"plot_metrics: {name} must be at least 1 (or None, to fit the {n} panels), got {given}.")
     if nrows is None and ncols is None:
         ncols = min(n, 3)
     if ncols is None:
