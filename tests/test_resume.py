@@ -435,6 +435,11 @@ def test_resume_needs_an_existing_file(tmp_path: Path) -> None:
         make_learner().fit(2, resume="latest", start_epoch=1)
     with pytest.raises(TypeError, match="resume must be a checkpoint file, its folder, or 'latest'; got True"):
         make_learner().fit(2, resume=True)  # type: ignore[arg-type]
+    # A pickle (a whole model, fastai's export) was told to load with learn.load(..., weights_only=False)
+    torch.save(nn.Linear(2, 1), tmp_path / "model.pkl")
+    with pytest.raises(CheckpointError, match=r"refused: loading it could run arbitrary code\. A CheckpointCallback's "
+                                              r"checkpoints hold tensors .* pass resume= a file a CheckpointCallback"):
+        one_cycle(make_learner(), resume=tmp_path / "model.pkl")
 
 
 def test_a_position_this_learnloop_cannot_read_is_a_checkpoint_error(

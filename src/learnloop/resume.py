@@ -222,14 +222,20 @@ def _position(ckpt: dict[str, Any], path: str | Path) -> Position:
     raise CheckpointError(f"{path} holds no valid position ({saved!r}): it was not written by a CheckpointCallback.")
 
 
+_NOT_A_CHECKPOINT = (
+    "A CheckpointCallback's checkpoints hold tensors and plain containers only, so this is not one: pass resume= a "
+    "file a CheckpointCallback wrote (models/checkpoints/*.pth), or the folder that holds them."
+)
+
+
 def _load(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if mmap:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # noqa: BLE001 - safe_load below says what is wrong with the file
-            ckpt = safe_load(path, map_location="cpu")
+            ckpt = safe_load(path, map_location="cpu", refused_advice=_NOT_A_CHECKPOINT)
     else:
-        ckpt = safe_load(path, map_location="cpu")
+        ckpt = safe_load(path, map_location="cpu", refused_advice=_NOT_A_CHECKPOINT)
     check_format(ckpt, path, CHECKPOINT_FORMAT, " Weights saved by learn.save are loaded with learn.load.")
     return ckpt
 
