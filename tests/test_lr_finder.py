@@ -553,7 +553,7 @@ def test_suggestions_moved_to_lr_suggest_are_still_importable_from_lr_finder() -
         ({"start_lr": 0.0}, "start_lr and end_lr must be finite and > 0"),
         ({"start_lr": 1e-2, "end_lr": 0.0}, r"start_lr and end_lr must be finite and > 0, got 0.01, 0.0"),
         ({"end_lr": math.inf}, "start_lr and end_lr must be finite"),
-        ({"num_it": 5, "suggest_funcs": (steep,)}, "num_it=5 runs 6 batches .* leave 1 points.*use num_it >= 7"),
+        ({"num_it": 5, "suggest_funcs": (steep,)}, "num_it=5 runs 6 batches .* leave 1 point for.*use num_it >= 7"),
         ({"num_it": 6, "suggest_funcs": (steep,)}, "num_it >= 7"),
         ({"num_it": 20, "suggest_funcs": (slide,)}, r"\['slide'\] need 16; use num_it >= 23"),
         ({"num_it": 0, "suggest_funcs": None}, "num_it is a number of batches >= 1"),

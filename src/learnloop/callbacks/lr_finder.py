@@ -304,8 +304,9 @@ def lr_find(
     if funcs and usable < need:
         raise ValueError(
             f"lr_find: num_it={num_it} runs {sweep} batches ({per_epoch} an epoch), which leave "
-            f"{max(usable, 0)} points for the suggestions once the first num_it//10 and the last 5 are dropped, "
-            f"but {_suggestion_names(funcs)} need {need}; use num_it >= {max(_min_num_it(need), MIN_NUM_IT)}."
+            f"{max(usable, 0)} point{'' if usable == 1 else 's'} for the suggestions once the first num_it//10 and "
+            f"the last 5 are dropped, but {_suggestion_names(funcs)} need {need}; use num_it >= "
+            f"{max(_min_num_it(need), MIN_NUM_IT)}."
         )
     snapshot = LearnerSnapshot(self)
     try:
