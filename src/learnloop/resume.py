@@ -460,9 +460,9 @@ class ResumeState:
         which parameters were frozen (``requires_grad``, and the optimizer's ``frozen_idx``)."""
         model = unwrap_model(learn.model)
         model.load_state_dict(self.ckpt["model"])
-        frozen = self.ckpt.get("frozen")
-        if frozen is None:  # a checkpoint from before it was recorded: the learner's as it is
+        if self.ckpt.get("frozen") is None:  # a checkpoint from before it was recorded: the learner's as it is
             return
+        frozen = set(self.ckpt["frozen"])
         for name, p in model.named_parameters():
             p.requires_grad_(name not in frozen)
         frozen_idx = self.ckpt.get("frozen_idx")
