@@ -637,3 +637,56 @@ def test_to_fp16_on_a_float16_model_says_what_to_do_before_any_step() -> None:
     learn.model.float()
     learn.fit(1)
     assert learn.train_iter == 2
+
+
+@pytest.mark.parametrize("leftover", ["accumulation", "cancelled", "raised"])
+def test_gradients_left_after_an_fp16_fit_are_in_true_units(leftover: str) -> None:
+    # 64 samples in batches of 16 with n_acc=48: the fit's last batch accumulates into a step that never comes; or a
+    # fit cancelled after its first backward. The gradients stay on the parameters (fastai's rule), and must be the
+    # true ones, not multiplied by the loss scale: a float32 fit after it steps with them (its weights moved by ~70).
+    def run(amp: str | None) -> tuple[list[torch.Tensor], float]:
+        learn = mlp_learner(opt_func=partial(SGD, mom=0.9))
+        cbs: list[Callback] = [MixedPrecision(amp)] if amp else []
+        if leftover == "accumulation":
+            cbs.append(GradientAccumulation(n_acc=48))
+        else:  # a fit that raises runs no after_fit: the next fit's before_fit takes the scale off
+            exc = CancelFitException() if leftover == "cancelled" else RuntimeError("stop")
+            cbs.append(Callback(after_backward=lambda: (_ for _ in ()).throw(exc)))
+        try:
+            learn.fit(1, 1e-2, cbs=cbs)
+        except RuntimeError:
+            assert leftover == "raised"
+        if leftover == "raised" and amp:
+            learn.add_cb(cbs[0])  # on the learner for the next fit, which finds the scaled gradients
+            learn.fit(0)
+            learn.remove_cb(cbs[0])
+        grads = [p.grad.clone() for p in learn.model.parameters()]
+        before = [p.detach().clone() for p in learn.model.parameters()]
+        learn.fit(1, 1e-2)  # a float32 fit: its first step takes the gradients left over
+        moved = max(float((p.detach() - b).abs().max()) for p, b in zip(learn.model.parameters(), before, strict=True))
+        return grads, moved
+
+    grads32, moved32 = run(None)
+    for amp in ("fp16", "bf16"):
+        grads, moved = run(amp)
+        for g, g32 in zip(grads, grads32, strict=True):
+            if amp == "fp16" and leftover != "accumulation":  # its first backward overflows at 2**16: thrown away
+                assert not g.any()
+            else:  # the fp16 fit's first step overflowed and was skipped: close to float32's, not equal
+                assert float(g.abs().max()) < 2 * float(g32.abs().max()) + 0.01
+        assert moved < 2 * moved32 + 0.1
+
+
+def test_gradients_left_by_an_fp16_fit_join_the_next_fp16_fit_in_its_scale() -> None:
+    # Unscaled at the end of the fit (whose scale fell to 2**15 after an overflow), the leftover gradients are scaled
+    # again by the next fit's new scaler (2**16) before its first batch: its first step unscales them right.
+    learn = mlp_learner(opt_func=partial(SGD, mom=0.9), cbs=GradientAccumulation(n_acc=48))
+    learn.to_fp16()
+    learn.fit(1, 1e-2)
+    assert learn.mixed_precision.scaler.get_scale() == 2.0**15
+    left = [p.grad.clone() for p in learn.model.parameters()]
+    seen: list[list[torch.Tensor]] = []
+    spy = Callback(before_batch=lambda: seen.append([p.grad.clone() for p in learn.model.parameters()]))
+    learn.fit(1, 1e-2, cbs=spy)
+    for g, first in zip(left, seen[0], strict=True):
+        torch.testing.assert_close(first, g * 2.0**16, rtol=0, atol=0)

@@ -280,6 +280,7 @@ class MixedPrecision(Callback):
         self.exit_autocast()
         if self.learn._nested_run:  # validate() or get_preds() inside a fit: the fit's autocast and scaler carry on
             return
+        self._unscale_left_grads()  # those of a fit that raised (no after_fit), before the new scaler replaces its own
         device_type = self._device_type()
         if self.amp_mode is AMPMode.BF16 and device_type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError("MixedPrecision: this GPU does not support bfloat16; use amp_mode='fp16'.")
@@ -306,6 +307,9 @@ class MixedPrecision(Callback):
         fit_scaler = self._fit_scaler
         if fit_scaler is not None and self._scaler is not fit_scaler:
             self._scaler, self._scaler_state = fit_scaler, None
+            # Gradients already there (an accumulation a previous fit left unfinished, in true units since its
+            # after_fit) join this fit's first step, as in float32: in this scaler's units, as the step unscales them.
+            self._rescale_grads(fit_scaler, unscale=False)
 
     def _check_float32_params(self) -> None:
         """Refuse to train float16 parameters (a model.half()): the GradScaler cannot unscale their float16
@@ -350,6 +354,31 @@ class MixedPrecision(Callback):
         if self.use_scaler and self._scaler is not None and not state.unscaled and state.n_accumulated:
             self._scaler.unscale_(cast(torch.optim.Optimizer, self._target))
             state.unscaled = True
+
+    def _unscale_left_grads(self) -> None:
+        """Scaled gradients no step used (an unfinished accumulation, a cancelled batch) stay on the parameters after
+        the fit, as in float32: in true units, not multiplied by the fit's loss scale for good."""
+        state = self._state
+        if self.use_scaler and self._scaler is not None and state.n_accumulated and not state.unscaled:
+            self._rescale_grads(self._scaler, unscale=True)
+        state.unscaled, state.n_accumulated = False, 0
+
+    def _rescale_grads(self, scaler: torch.amp.GradScaler, unscale: bool) -> None:
+        """Divide (``unscale``) or multiply the optimizer's gradients by the loss scale (a device sync or two).
+
+        Unscaled gradients that overflowed are zeroed: the step they awaited would have been skipped, and its
+        gradients thrown away."""
+        opt = self.learn.opt
+        grads = [] if opt is None else [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        scale = scaler.get_scale()
+        with torch.no_grad():
+            for g in grads:
+                g.div_(scale) if unscale else g.mul_(scale)
+            if unscale and not all(bool(torch.isfinite(g).all()) for g in grads):
+                for g in grads:
+                    g.zero_()
 
     def _has_grads(self) -> bool:
         return any(p.grad is not None for group in self._target.param_groups for p in group["params"])
@@ -413,6 +442,7 @@ class MixedPrecision(Callback):
         self.exit_autocast()
         if self.learn._nested_run:  # the end of a validate() inside a fit, which goes on
             return
+        self._unscale_left_grads()
         self.autocast, self.scales = None, None  # as fastai's: only a fit has them
         self.learn.scaler, self._fit_scaler = None, None
         end_skipped_steps(self.learn)  # the counts stay readable; the schedule offset must not leak into another fit

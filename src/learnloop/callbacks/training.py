@@ -76,7 +76,8 @@ class GradientAccumulation(Callback):
     callbacks before it in ``order`` see ``before_step`` on every training batch; those after it only on
     the batches that step. The logged ``learn.loss`` is never scaled. A partial accumulation carries
     over to the next epoch (a ``validate()`` run inside the fit leaves it alone); at the end of a fit it is
-    left as it is, as in fastai (``count`` and the gradients), and the next fit starts counting from zero.
+    left as it is, as in fastai (``count`` and the gradients: true ones under fp16 loss scaling, which MixedPrecision
+    takes off at ``after_fit``), and the next fit starts counting from zero.
 
     The schedule (ParamScheduler) follows ``pct_train`` as in fastai: hyper-parameters are set every
     batch but only the values at the stepping batches are used, and those sample the whole schedule,
