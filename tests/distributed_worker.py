@@ -259,6 +259,13 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         learn.fit(2)
         result["epoch_cancel_after_train"] = summary(learn) | {"validation_batches": counter.n}
 
+        # DDP told not to sync buffers: each rank keeps its own BatchNorm statistics after training, as under DDP
+        bn_model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+        learn = Learner(make_data(per_rank_bs), bn_model, loss_func=nn.MSELoss(), opt_func=SGD, lr=0.05, path=work,
+                        cbs=DistributedTrainer(split_batch=True, broadcast_buffers=False))
+        learn.fit(1)
+        result["own_buffers"] = bn_model[1].running_mean.tolist()
+
         # gradient accumulation: DDP's all-reduce only on the batches that step
         calls: list[int] = []
         learn = make_learner(per_rank_bs, work, cbs=[GradientAccumulation(n_steps=2), CountAllReduce(calls)])

@@ -332,7 +332,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 25  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 26  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -414,6 +414,12 @@ def test_an_epoch_cancelled_on_one_rank_after_its_training_phase_is_validated_on
     # epoch 1's only, as in one process: rank 0 has 3 batches of 9 validation items (4 a batch), rank 1 has 2 of 8
     assert (r0["validation_batches"], r1["validation_batches"]) == (3, 2)
     assert r0["values"] == r1["values"] and [len(row) for row in r0["values"]] == [1, 4]
+
+
+def test_broadcast_buffers_false_leaves_each_rank_its_own_batchnorm_statistics(ddp_run: dict[str, Any]) -> None:
+    # DDP's promise: no buffer is synced; rank 0's were copied to every rank after each training phase regardless
+    r0, r1 = (rank["own_buffers"] for rank in ddp_run["ranks"])
+    assert not _close(r0, r1)
 
 
 def test_lr_find_and_a_scheduled_fit_agree_on_every_rank(ddp_run: dict[str, Any]) -> None:

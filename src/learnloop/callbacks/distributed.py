@@ -82,6 +82,9 @@ class DistributedTrainer(Callback):
     True, or a dict of ``fully_shard`` keywords; `shard_modules` picks the submodules sharded on
     their own (default: the model's direct children).
     `timeout`: for the process group, when this callback sets it up. Other keywords go to DDP.
+    After each training phase rank 0's buffers (BatchNorm statistics) are copied to every rank, so that validation
+    sees the job's, unless DDP is told not to sync them (``broadcast_buffers=False``, or torch's newer
+    ``forward_sync_buffers=False``): each rank then keeps its own, as DDP does.
     """
 
     order = 4  # after GatherPredsCallback (0); before GradientAccumulation (6), MixedPrecision (10), Recorder (50)
@@ -388,7 +391,7 @@ class DistributedTrainer(Callback):
         recorder = getattr(self.learn, "recorder", None)
         if recorder is not None and recorder.train_metrics and not recorder.cancel_train:
             reduce_metrics(self.learn.metrics, self._warned)
-        if self._wrapped:
+        if self._wrapped and (self.ddp is None or self.ddp.broadcast_buffers):
             self._broadcast_buffers()
 
     # ---------------------------------------------------------------- validation
@@ -466,7 +469,8 @@ class DistributedTrainer(Callback):
             self._cancels.tell(CancelLevel.FIT)
 
     def _broadcast_buffers(self) -> None:
-        """Rank 0's buffers (BatchNorm statistics) everywhere, as DDP's next forward would make them."""
+        """Rank 0's buffers (BatchNorm statistics) everywhere, as DDP's next forward would make them (not with DDP's
+        ``broadcast_buffers=False``/``forward_sync_buffers=False``: each rank then keeps its own, as under DDP)."""
         module = self.ddp.module if self.ddp is not None else self.learn.model
         for buf in module.buffers():
             torch.distributed.broadcast(buf, src=0)
