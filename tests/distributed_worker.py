@@ -21,6 +21,7 @@ from torch import nn
 
 from learnloop import (
     Callback,
+    CancelBatchException,
     CancelEpochException,
     CancelFitException,
     CancelTrainException,
@@ -250,6 +251,13 @@ def run(scenario: str, out: Path) -> dict[str, Any]:
         learn = split_batch(make_learner(per_rank_bs, work, cbs=cbs))
         learn.fit(2)
         result["step_cancel"] = summary(learn)
+
+        # rank 1 alone cancels batch 2 after its step, then the training phase of epoch 1 after batch 3's: it skips
+        # opt.zero_grad(), so the gradients carry into the next step, on every rank, as in one process
+        for name, exc, epoch, it in (("batch", CancelBatchException, 0, 2), ("train", CancelTrainException, 0, 3)):
+            learn = split_batch(make_learner(per_rank_bs, work, cbs=OnRank(1, "after_step", epoch, it, _raise(exc))))
+            learn.fit(2)
+            result[f"carried_{name}"] = summary(learn)
 
         # rank 1 alone cancels epoch 0 at the end of its training phase, after the trainer's after_train: no rank
         # runs a validation batch of epoch 0

@@ -12,22 +12,23 @@ from learnloop.events import CancelEpochException, CancelFitException, CancelTra
 
 
 class Ranks:
-    """Stands in for `distributed.agree`: records what this rank passes, answers the largest of that and the
-    code the other ranks are scripted to pass next."""
+    """Stands in for `distributed.agree_each`: records the cancel this rank passes, answers the largest of that and
+    the code the other ranks are scripted to pass next (and of the gradient codes, those of `gradients`)."""
 
     def __init__(self) -> None:
         self.told: list[int] = []
         self.others: list[int] = []
+        self.gradients = (0, 0)  # the other ranks': the largest carrier (rank + 1), whether one zeroed its gradients
 
-    def agree(self, code: int) -> int:
+    def agree_each(self, code: int, *more: int) -> tuple[int, ...]:
         self.told.append(int(code))
-        return max(code, self.others.pop(0) if self.others else 0)
+        return max(code, self.others.pop(0) if self.others else 0), *map(max, more, self.gradients)
 
 
 @pytest.fixture
 def ranks(monkeypatch: pytest.MonkeyPatch) -> Iterator[Ranks]:
     r = Ranks()
-    monkeypatch.setattr(D, "agree", r.agree)
+    monkeypatch.setattr(D, "agree_each", r.agree_each)
     yield r
 
 
@@ -78,3 +79,21 @@ def test_reset_forgets_the_cancels_of_the_last_fit(ranks: Ranks) -> None:
     agreement.reset()
     assert not agreement.end_of(CancelLevel.FIT, fire=lambda e: pytest.fail(f"fired {e}"))  # asked again
     assert ranks.told == [CancelLevel.FIT, 0]
+
+
+@pytest.mark.parametrize(("carrying", "others", "shared"), [
+    (True, (0, 1), [0]),  # this rank (0) carries its gradients, another zeroed its own: this rank's everywhere
+    (False, (2, 0), [1]),  # rank 1 carries them: its gradients here too
+    (True, (2, 0), []),  # every rank carries them: nothing to share
+    (False, (0, 1), []),  # none does
+])
+def test_gradients_a_rank_carries_past_a_cancel_are_shared_at_the_next_question(
+    ranks: Ranks, carrying: bool, others: tuple[int, int], shared: list[int]
+) -> None:
+    sources: list[int] = []
+    agreement = CancelAgreement(sources.append)
+    agreement.carrying, ranks.gradients = carrying, others
+    ranks.others = [CancelLevel.TRAIN]
+    with pytest.raises(CancelTrainException):  # shared before the cancel is raised: every rank shares
+        agreement.ask()
+    assert sources == shared and not agreement.carrying

@@ -28,7 +28,9 @@ import learnloop.callbacks.distributed as dist_callbacks
 from conftest import synth_learner
 from learnloop import (
     Callback,
+    CancelBatchException,
     CancelFitException,
+    CancelTrainException,
     CancelValidException,
     CSVLogger,
     DataLoaders,
@@ -332,7 +334,7 @@ def test_only_rank_zero_writes_files_and_every_rank_can_load_them(ddp_run: dict[
     assert events and all(f.name.endswith(f".{r0['pid']}.{f.name.split('.')[-1]}") for f in events)  # TensorBoard
     for rank in (r0, r1):
         assert rank["loaded"] == rank["fit"]["params"]
-    assert ddp_run["stdout"].count("epoch     train_loss") == 26  # one table per fit, from rank 0 only
+    assert ddp_run["stdout"].count("epoch     train_loss") == 28  # one table per fit, from rank 0 only
 
 
 def test_early_stopping_on_one_rank_stops_every_rank(ddp_run: dict[str, Any]) -> None:
@@ -384,6 +386,20 @@ def test_a_cancel_between_the_backward_pass_and_the_step_stops_every_rank_before
     ref = _reference(tmp_path, 2, worker.OnRank(0, "after_backward", 0, 2, worker._raise(CancelFitException)))
     assert _close(r0["params"], worker.params(ref))
     assert r0["train_iter"] == ref.train_iter == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "exc", "it"), [("batch", CancelBatchException, 2), ("train", CancelTrainException, 3)]
+)
+def test_a_cancel_after_the_step_on_one_rank_carries_the_gradients_into_the_next_step_on_every_rank(
+    ddp_run: dict[str, Any], tmp_path: Path, name: str, exc: type[Exception], it: int
+) -> None:
+    # SPEC §1: the cancel skips opt.zero_grad(). Rank 0 zeroed its gradients, rank 1 did not: the next step's
+    # all-reduce averaged half of the carried gradient in, where one process adds all of it
+    r0, r1 = (rank[f"carried_{name}"] for rank in ddp_run["ranks"])
+    assert r0["params"] == r1["params"]
+    ref = _reference(tmp_path, 2, worker.OnRank(0, "after_step", 0, it, worker._raise(exc)))
+    assert _close(r0["params"], worker.params(ref)) and r0["train_iter"] == ref.train_iter
 
 
 def test_the_trainer_asks_before_the_step_only_when_a_callback_may_cancel_after_the_backward() -> None:
@@ -778,7 +794,7 @@ def test_an_exception_leaving_validate_asks_no_collective_on_its_way_out(monkeyp
     asks the other processes nothing: a rank that raised alone would wait for answers until the timeout."""
     asked: list[object] = []
     monkeypatch.setattr(dist_callbacks.D, "is_distributed", lambda: True)
-    monkeypatch.setattr(dist_callbacks.D, "agree", lambda code: asked.append(code) or code)
+    monkeypatch.setattr(dist_callbacks.D, "agree_each", lambda *codes: asked.append(codes[0]) or codes)
 
     def boom() -> None:
         asked.append("raised")

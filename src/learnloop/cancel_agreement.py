@@ -10,9 +10,12 @@ training phase is validated on no rank), before a shuffled training share draws 
 broadcast: :class:`~learnloop.sharding.DrawnSeedSampler`), and at the end of each phase (`end_of`: ``after_train``,
 ``after_validate``, ``after_epoch``, ``after_fit``). A rank that learns of a cancel raises it in turn (or, at the
 end of a phase, fires ``after_cancel_*`` for it), so every rank leaves the same phase at the same batch. Each
-question is a one-integer all-reduce on a Gloo group on the CPU: about 0.1-0.3 ms, no wait on the GPU. Batch,
+question is one all-reduce of three integers on a Gloo group on the CPU: about 0.1-0.3 ms, no wait on the GPU. Batch,
 backward and step cancels are not exchanged: they must be decided alike on every rank, as GradientAccumulation and
-MixedPrecision do. A training-phase cancel raised on one rank only in ``before_backward``, or in ``before_batch``
+MixedPrecision do; but a cancel that ends a batch after its step (at ``after_step``) skips ``opt.zero_grad()`` on
+its rank alone, and each question also says whether this rank carries such gradients: if some rank does and
+another zeroed its own, the carrier's are broadcast to all (``share_gradients``), at no extra question.
+A training-phase cancel raised on one rank only in ``before_backward``, or in ``before_batch``
 while the forward is preceded by a question, by a callback of order above the trainer's comes after the question:
 the ranks then end with a timeout error (in ``before_step``: the other ranks step where this one does not).
 """
@@ -48,7 +51,13 @@ _PHASES: dict[CancelLevel, Phase] = {
 class CancelAgreement:
     """One fit's questions and answers about cancels (see the module docs); a single process agrees with itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, share_gradients: Callable[[int], Any] | None = None) -> None:
+        # A cancel that ends a batch after its backward pass (CancelBatchException at after_step, a phase's cancel
+        # there or at after_backward) skips opt.zero_grad(): the gradients carry into the next step, as in one
+        # process. A rank whose gradients carry says so in its next question; if some other rank zeroed its own,
+        # every rank takes the carried ones, `share_gradients(src)` broadcasting them from rank `src`.
+        self._share_gradients = share_gradients
+        self.carrying = False  # this rank's last synchronised gradients were not zeroed (set by the trainer)
         self.reset()
 
     def reset(self) -> None:
@@ -58,7 +67,7 @@ class CancelAgreement:
 
     def ask(self) -> None:
         """Ask the other ranks whether one of them cancelled; if so, raise that cancel here too."""
-        code = CancelLevel(D.agree(CancelLevel.NONE))
+        code = self._agree(CancelLevel.NONE)
         if code != CancelLevel.NONE:
             self._following = code
             raise _PHASES[code].cancel
@@ -71,7 +80,7 @@ class CancelAgreement:
         self._agreed = {p for p in self._agreed if p > phase}  # the phases inside this one are over too
         if agreed:
             return True
-        code = CancelLevel(D.agree(CancelLevel.NONE))
+        code = self._agree(CancelLevel.NONE)
         if code > phase:
             self._following = code
             raise _PHASES[code].cancel
@@ -90,9 +99,18 @@ class CancelAgreement:
         if not own:  # raised (or fired) because of another rank: nothing to tell
             self._following = CancelLevel.NONE
         else:
-            code = CancelLevel(D.agree(phase))  # tell the others at once; they ask before their next collective
+            code = self._agree(phase)  # tell the others at once; they ask before their next collective
             if code > phase:
                 self._following = code
                 raise _PHASES[code].cancel
         self._agreed.add(phase)
         return own
+
+    def _agree(self, code: CancelLevel) -> CancelLevel:
+        """The largest cancel of the ranks; on the way, the carried gradients of a rank everywhere (see __init__)."""
+        carrier = D.rank() + 1 if self.carrying else 0
+        level, carrier, zeroed = D.agree_each(code, carrier, int(not self.carrying))
+        self.carrying = False
+        if carrier and zeroed and self._share_gradients is not None:
+            self._share_gradients(carrier - 1)
+        return CancelLevel(level)

@@ -36,6 +36,7 @@ __all__ = [
     "all_gather_objects",
     "all_reduce_sum",
     "agree",
+    "agree_each",
     "barrier",
     "broadcast_object",
     "check_launch_env",
@@ -295,12 +296,17 @@ def _peers(what: str) -> Iterator[None]:
 
 def agree(code: int) -> int:
     """The largest `code` any rank passes: how ranks agree on a cancel one of them raised."""
+    return agree_each(code)[0]
+
+
+def agree_each(*codes: int) -> tuple[int, ...]:
+    """The largest of each of `codes` any rank passes, in one all-reduce."""
     if not is_distributed():
-        return code
-    t = torch.tensor([code], dtype=torch.int64)
+        return codes
+    t = torch.tensor(codes, dtype=torch.int64)
     with _peers("checking whether a rank cancelled"):
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=control_group())
-    return int(t.item())
+    return tuple(int(v) for v in t.tolist())
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

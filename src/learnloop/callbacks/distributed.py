@@ -107,7 +107,8 @@ class DistributedTrainer(Callback):
         self._active = False
         self._depth = 0  # fits in progress: validate() inside a fit nests one
         self._epoch_begun = False  # an epoch of the fit in progress began (so the loop's `_in_fit` is up)
-        self._cancels = CancelAgreement()
+        self._cancels = CancelAgreement(self._share_gradients)
+        self._synced = False  # this training batch's backward pass all-reduces the gradients (DDP)
         self._shards: list[tuple[Any, Any]] = []  # (original loader, this rank's copy), for this fit
         self._eval_sharded = False  # the loader being evaluated holds only this rank's share
         self._valid_cancelled_here = False  # this rank raised the cancel of the validation phase in progress
@@ -338,6 +339,7 @@ class DistributedTrainer(Callback):
                     g.copy_(mean.view_as(g))
 
     def before_batch(self) -> None:
+        self._synced = False
         if not self._active:
             return
         learn = self.learn
@@ -354,6 +356,7 @@ class DistributedTrainer(Callback):
             self._cancels.ask()  # the forward broadcasts rank 0's buffers, or DDP's new bucket layout
         accumulation = getattr(learn, "gradient_accumulation", None)
         sync = not isinstance(accumulation, GradientAccumulation) or accumulation.will_step()
+        self._synced = sync and self.ddp is not None
         if self.ddp is not None and not sync:
             self._no_sync.enter_context(self.ddp.no_sync())
         elif self._sharded and sync != self._grad_sync:
@@ -381,6 +384,7 @@ class DistributedTrainer(Callback):
 
     def after_batch(self) -> None:
         self._no_sync.close()
+        self._synced = False  # opt.zero_grad() ran, or after_cancel_batch took note that it did not
 
     def after_train(self) -> None:
         if not self._active:
@@ -451,9 +455,20 @@ class DistributedTrainer(Callback):
     def _end_of(self, phase: CancelLevel) -> bool:
         return self._cancels.end_of(phase, self.learn)
 
+    def after_cancel_batch(self) -> None:
+        self._carry_gradients()
+
+    def _carry_gradients(self) -> None:
+        """A cancel ended this training batch after its backward pass all-reduced the gradients, before
+        opt.zero_grad(): they carry into the next step (SPEC §1), and must on every rank (cancel_agreement.py)."""
+        if self._synced and self.learn.training:
+            self._cancels.carrying = True
+        self._synced = False
+
     def after_cancel_train(self) -> None:
         self._no_sync.close()
         if self._active:
+            self._carry_gradients()
             self._cancels.tell(CancelLevel.TRAIN)
 
     def after_cancel_validate(self) -> None:
@@ -462,11 +477,23 @@ class DistributedTrainer(Callback):
 
     def after_cancel_epoch(self) -> None:
         if self._active:
+            self._carry_gradients()
             self._cancels.tell(CancelLevel.EPOCH)
 
     def after_cancel_fit(self) -> None:
         if self._active:
+            self._carry_gradients()
             self._cancels.tell(CancelLevel.FIT)
+
+    def _share_gradients(self, src: int) -> None:
+        """Rank `src`'s gradients everywhere: those it carries into the next step, which the other ranks zeroed (the
+        same on every rank, as DDP's all-reduce left them)."""
+        module = self.ddp.module if self.ddp is not None else self.learn.model
+        for p in module.parameters():
+            if p.requires_grad:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                torch.distributed.broadcast(p.grad, src=src)
 
     def _broadcast_buffers(self) -> None:
         """Rank 0's buffers (BatchNorm statistics) everywhere, as DDP's next forward would make them (not with DDP's
