@@ -818,6 +818,41 @@ def world_of_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[No
         torch.distributed.destroy_process_group()
 
 
+class _FailingBackward(torch.autograd.Function):
+    """The identity, whose backward raises RuntimeError(message): as DDP's gradient all-reduce does on a lost rank."""
+
+    message = ""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(_FailingBackward.message)
+
+
+@pytest.mark.parametrize(("message", "lost"), [
+    ("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:925.", True),
+    ("[gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 5000ms for recv operation to complete", True),
+    ("Function MulBackward0 returned an invalid gradient at index 0", False),  # autograd's own: left as it is
+])
+def test_a_rank_lost_during_the_gradient_all_reduce_is_a_clear_error(
+    tmp_path: Path, world_of_one: None, message: str, lost: bool
+) -> None:
+    # DDP's all-reduce runs inside the backward pass, past the trainer's question: a rank that raised or stalled after
+    # it left the others with the backend's bare RuntimeError
+    _FailingBackward.message = message
+    learn = synth_learner(path=tmp_path, cbs=DistributedTrainer(),
+                          loss_func=lambda pred, y: nn.functional.mse_loss(_FailingBackward.apply(pred), y))
+    with pytest.raises(RuntimeError, match=message.split("[")[-1][:20]) as raised:
+        learn.fit(1)
+    assert isinstance(raised.value, DistributedError) == lost
+    if lost:
+        assert "lost the other ranks while all-reducing the gradients in the backward pass" in str(raised.value)
+        assert "before_backward on one rank only" in str(raised.value) and "LEARNLOOP_DIST_TIMEOUT" in str(raised.value)
+
+
 def test_sync_bn_on_the_cpu_is_refused_before_the_model_is_converted(tmp_path: Path, world_of_one: None) -> None:
     # DDP refuses SyncBatchNorm on the CPU; the conversion, which is permanent, must not have happened by then (the
     # model would then fail in every later fit, sync_bn or not).

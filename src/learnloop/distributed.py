@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "is_distributed",
     "is_rank_zero",
     "launched_distributed",
+    "lost_peers_in_backward",
     "local_rank",
     "rank",
     "rank_device",
@@ -287,11 +289,32 @@ def _peers(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as e:
-        raise DistributedError(
-            f"Rank {rank()} lost the other ranks while {what}: another rank most likely stopped with an error "
-            f"(its traceback is above), or did not get here within the timeout ({_collective_timeout()}; set "
-            f"{TIMEOUT_ENV} or timeout=). [{e}]"
-        ) from e
+        raise _lost_peers(e, what) from e
+
+
+def _lost_peers(e: BaseException, what: str, check: str = "") -> DistributedError:
+    others = f"rank {1 - rank()}" if world_size() == 2 else "another rank"
+    return DistributedError(
+        f"Rank {rank()} lost the other ranks while {what}: {others} most likely stopped with an error (its "
+        f"traceback is above), or did not get here within the timeout ({_collective_timeout()}; set {TIMEOUT_ENV} "
+        f"or timeout=){check}. [{e}]"
+    )
+
+
+_BACKEND_FAILURE = re.compile(r"gloo|nccl|connection (closed|reset)|timed out", re.IGNORECASE)
+
+
+def lost_peers_in_backward(e: RuntimeError) -> DistributedError | None:
+    """The error to raise for `e`, raised by the backward pass of a distributed fit, when it is DDP's gradient
+    all-reduce failing on a lost or late rank (a backend error, not autograd's); None otherwise. Only called once the
+    backward failed: nothing per batch."""
+    if not is_distributed() or not (isinstance(e, dist.DistError) or _BACKEND_FAILURE.search(str(e))):
+        return None
+    return _lost_peers(
+        e, "all-reducing the gradients in the backward pass (DDP)",
+        ": check that rank's log, a callback that raises or waits at before_backward on one rank only (after the "
+        "DistributedTrainer's question, order above 4), and a backward pass much slower on one rank than the others",
+    )
 
 
 def agree(code: int) -> int:

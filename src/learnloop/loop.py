@@ -20,6 +20,7 @@ from .callback import Callback
 from .callbacks.checkpointing import CheckpointCallback
 from .data import length, to_device
 from .dispatch import CallbackHost
+from .distributed import lost_peers_in_backward
 from .errors import ValueTypeError
 from .events import BACKWARD, BATCH, EPOCH, FIT, STEP, TRAIN, VALIDATE, Event, Phase
 from .explain import explain_backward_error, explain_loss_error, explain_loss_result, explain_model_error
@@ -202,6 +203,8 @@ class Loop(CallbackHost):
                     except BACKWARD.cancel:
                         self._fire(BACKWARD.after_cancel)
                     except RuntimeError as e:
+                        if (lost := lost_peers_in_backward(e)) is not None:
+                            raise lost from e
                         explain_backward_error(e, s.loss_grad)
                         raise
                     if h := hooks[BACKWARD.after]:
