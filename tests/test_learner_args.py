@@ -14,8 +14,18 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import synth_dls, synth_learner
-from learnloop import Callback, Learner
-from learnloop.errors import ArgumentError, InputError, ValueTypeError, WrongKindError, to_epochs, to_lr
+from learnloop import Callback, CheckpointCallback, Learner
+from learnloop.callbacks import EarlyStoppingCallback, GradientClip
+from learnloop.errors import (
+    ArgumentError,
+    InputError,
+    ValueTypeError,
+    WrongKindError,
+    to_epochs,
+    to_lr,
+    to_number,
+    to_whole,
+)
 from learnloop.optimizer import Adam, OptimWrapper
 
 
@@ -92,6 +102,27 @@ def test_to_lr_keeps_the_form_and_makes_python_numbers() -> None:
         to_lr(slice(1e-3, None))
     with pytest.raises(TypeError, match=r"a slice of learning rates needs its stop"):  # fastai's fit: a TypeError
         synth_learner().fit(1, slice(None))
+
+
+def test_a_0_dim_numpy_array_is_a_number_as_a_0_dim_tensor_is() -> None:
+    # np.array(2) (what numpy reductions give) is taken by fastai's range(n_epoch), float() and arithmetic; learnloop
+    # refused it where it took torch.tensor(2).
+    learn = synth_learner(cbs=[GradientClip(max_norm=np.array(1.0)), EarlyStoppingCallback(patience=np.array(3))])
+    learn.fit(np.array(2), lr=np.array(0.01), wd=np.array(0.1))
+    assert learn.epoch == 1 and learn.opt.hypers[0]["lr"] == 0.01 and type(learn.opt.hypers[0]["wd"]) is float
+    learn.fit_sgdr(np.array(1), np.array(1), lr_max=np.array(0.01))
+    learn.fine_tune(np.array(1), base_lr=np.array(2e-3), freeze_epochs=np.array(0))
+    assert Learner(synth_dls(), nn.Linear(2, 1), loss_func=nn.MSELoss(), lr=np.array(0.01)).lr == 0.01
+    assert (to_number(np.array(3), "n_acc", "GradientAccumulation"), to_lr(np.array(0.5))) == (3, 0.5)
+    assert type(to_whole(np.array(2), "n_inp", "DataLoaders", "the number of inputs")) is int
+    for wrong in (np.array(2.0), np.array(True)):
+        with pytest.raises(ValueTypeError, match=r"n_epoch must be a whole number of epochs >= 0, got array\("):
+            learn.fit(wrong)
+    with pytest.raises(ArgumentError, match=r"lr must be a number, .* got array\(True\)"):
+        to_lr(np.array(True))
+    with pytest.raises(ValueTypeError, match=r"num_it is a whole number of batches >= 1, got array\(10\.\)"):
+        learn.lr_find(num_it=np.array(10.0), show_plot=False)
+    assert CheckpointCallback(every_n_iters=np.array(2), keep_last=np.array(1)).every_n_iters == 2
 
 
 def _state(learn: Learner) -> tuple[Any, ...]:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "ArgumentError", "InputError", "ValueTypeError", "WrongKindError", "to_epochs", "to_lr", "to_number", "to_wd",
-    "to_whole",
+    "ArgumentError", "InputError", "ValueTypeError", "WrongKindError", "as_scalar", "to_epochs", "to_lr", "to_number",
+    "to_wd", "to_whole",
 ]
 
 
@@ -48,16 +48,15 @@ def to_number(value: Any, name: str, owner: str) -> int | float:
     """`value`, a hyper-parameter given as a number, as a Python int (an integral one) or float.
 
     Accepts what fastai's arithmetic accepts: ints and floats, numpy scalars (``numbers.Integral`` /
-    ``numbers.Real``) and 0-dim torch tensors; an int stays an int. Booleans (Python's and numpy's), NaN and
-    anything else are refused: a ValueTypeError for a non-number (fastai's arithmetic fails on a string with a
-    ValueError, `float('x')`, or a TypeError), an InputError for NaN. `owner` and `name`
+    ``numbers.Real``), 0-dim numpy arrays and 0-dim torch tensors; an int stays an int. Booleans (Python's and
+    numpy's), NaN and anything else are refused: a ValueTypeError for a non-number (fastai's arithmetic fails on a
+    string with a ValueError, `float('x')`, or a TypeError), an InputError for NaN. `owner` and `name`
     (``"GradientClip"``, ``"max_norm"``) say in the message which argument is wrong.
 
     >>> to_number(np.int64(3), "n_acc", "GradientAccumulation"), to_number(torch.tensor(0.5), "pct", "Short")
     (3, 0.5)
     """
-    if isinstance(value, torch.Tensor) and value.ndim == 0:
-        value = value.item()  # read once, when the callback is made
+    value = as_scalar(value)  # read once, when the callback is made
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueTypeError(
             f"{owner}: {name} must be a number (an int or a float, a numpy scalar or a 0-dim tensor), got {value!r}."
@@ -70,12 +69,20 @@ def to_number(value: Any, name: str, owner: str) -> int | float:
     return number
 
 
+def as_scalar(value: Any) -> Any:
+    """`value` as a Python or numpy number when it is a 0-dim tensor or numpy array (``np.array(1e-3)``, what numpy
+    reductions give), which fastai's arithmetic takes as numbers; anything else as it is."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and value.ndim == 0:
+        return value.item()
+    return value
+
+
 def to_lr(value: Any, name: str = "lr", owner: str = "") -> Any:
     """`value`, a learning rate as the fit methods take it (a number, a ``slice`` for discriminative learning
     rates, or one number per parameter group), with its numbers made Python ints and floats: numpy scalars and
-    0-dim tensors are accepted as numbers. A value that is not a number is an ArgumentError; a negative, NaN or
-    infinite one an InputError, and a slice without its stop a ValueTypeError (both: fastai's is a TypeError).
-    `owner`, when given, starts the message (``"fine_tune"``).
+    0-dim numpy arrays and tensors are accepted as numbers. A value that is not a number is an ArgumentError; a
+    negative, NaN or infinite one an InputError, and a slice without its stop a ValueTypeError (both: fastai's is a
+    TypeError). `owner`, when given, starts the message (``"fine_tune"``).
 
     >>> to_lr(slice(np.float64(1e-4), torch.tensor(0.5)))
     slice(0.0001, 0.5, None)
@@ -110,8 +117,7 @@ def _prefix(owner: str) -> str:
 
 def _hyper(v: Any, given: Any, name: str, owner: str, lr: bool) -> int | float:
     """One number of `given`, a learning rate (`lr`: slices too, no negative numbers) or a weight decay."""
-    if isinstance(v, torch.Tensor) and v.ndim == 0:
-        v = v.item()
+    v = as_scalar(v)
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         forms = "a number, a slice or a list of numbers" if lr else "a number or a list of numbers"
         raise ArgumentError(f"{_prefix(owner)}{name} must be {forms} (one per parameter group), got {given!r}.")
@@ -123,7 +129,8 @@ def _hyper(v: Any, given: Any, name: str, owner: str, lr: bool) -> int | float:
 
 
 def to_epochs(value: Any, name: str = "n_epoch", owner: str = "fit") -> int:
-    """`value`, a number of epochs, as a Python int >= 0 (numpy integers and 0-dim integer tensors too).
+    """`value`, a number of epochs, as a Python int >= 0 (numpy integers and 0-dim integer arrays and tensors too,
+    which fastai's ``range(n_epoch)`` takes).
 
     Anything else is a `ValueTypeError`: fastai's fit fails on a float or a string with a TypeError (the check is
     also the ValueError learnloop raised before), and trains nothing, without a word, for a negative number.
@@ -131,15 +138,15 @@ def to_epochs(value: Any, name: str = "n_epoch", owner: str = "fit") -> int:
     >>> to_epochs(np.int64(3))
     3
     """
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_floating_point():
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+    number = as_scalar(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 0:
         raise ValueTypeError(f"{owner}: {name} must be a whole number of epochs >= 0, got {value!r}.")
-    return int(value)
+    return int(number)
 
 
 def to_whole(value: Any, name: str, owner: str, what: str) -> int:
-    """`value` as a Python int >= 1: an int, a numpy integer or a 0-dim integer tensor (`what` says what it counts)."""
+    """`value` as a Python int >= 1: an int, a numpy integer or a 0-dim integer array or tensor (`what` says what it
+    counts)."""
     number = to_number(value, name, owner)
     if not isinstance(number, int):
         raise ArgumentError(f"{owner}: {name} is {what}, a whole number >= 1; got {value!r}.")

@@ -26,6 +26,7 @@ import numpy as np
 from ..callback import Callback, is_side_run
 from ..checkpoint import CheckpointError, CorruptFileError, is_checkpoint_writer
 from ..data import length
+from ..errors import as_scalar
 from ..finite import all_finite, first_non_finite
 from ..resume import DataOrder, Position, read_position, save_training_checkpoint
 from ..warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
@@ -110,12 +111,13 @@ class CheckpointCallback(Callback):
         fname: str = "checkpoint",
     ) -> None:
         for name, value in (("every_n_iters", every_n_iters), ("keep_last", keep_last)):
-            # numpy integers too (np.int64(500) was refused as not "a whole number")
-            if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral)
-                                      or value < 1):
+            # numpy integers too (np.int64(500) was refused as not "a whole number"), and 0-dim integer arrays
+            number = as_scalar(value)
+            if value is not None and (isinstance(number, (bool, np.bool_)) or not isinstance(number, Integral)
+                                      or number < 1):
                 raise ValueError(f"CheckpointCallback: {name} must be a whole number >= 1 or None, got {value!r}.")
-        every_n_iters = None if every_n_iters is None else int(every_n_iters)
-        keep_last = None if keep_last is None else int(keep_last)
+        every_n_iters = None if every_n_iters is None else int(as_scalar(every_n_iters))
+        keep_last = None if keep_last is None else int(as_scalar(keep_last))
         if not isinstance(every_epoch, (bool, np.bool_)):  # not SaveModelCallback's every_epoch=n (every n epochs)
             raise ValueError(
                 f"CheckpointCallback: every_epoch is True or False (a checkpoint at the end of every epoch, or none), "

@@ -48,7 +48,7 @@ class EMACallback(Callback):
         validate_ema: bool = True,
         replace_weights: bool = False,
     ) -> None:
-        # Numbers as the other callbacks take them (to_number): numpy scalars and 0-dim tensors too.
+        # Numbers as the other callbacks take them (to_number): numpy scalars and 0-dim arrays and tensors too.
         try:
             number = float(to_number(decay, "decay", "EMACallback"))
         except (ArgumentError, InputError):  # a bool, a string, NaN: the message below

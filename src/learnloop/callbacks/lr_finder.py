@@ -22,7 +22,7 @@ from torch.nn.parameter import is_lazy
 
 from ..callback import Callback
 from ..distributed import world_size
-from ..errors import ValueTypeError, to_number
+from ..errors import ValueTypeError, as_scalar, to_number
 from ..events import CancelFitException, CancelValidException
 from ..optimizer.core import loading_own_state
 from ..schedules import SchedExp, SchedLin
@@ -94,12 +94,13 @@ class LRFinder(ParamScheduler):
         # the log-scaled plot (and a sweep from 0 could not be exponential).
         if not (np.all(np.isfinite(start)) and np.all(np.isfinite(end)) and np.all(start > 0) and np.all(end > 0)):
             raise ValueError(f"LRFinder: start_lr and end_lr must be finite and > 0, got {start_lr!r}, {end_lr!r}.")
-        if isinstance(num_it, bool) or not isinstance(num_it, (int, np.integer)):  # numpy ints too
+        number = as_scalar(num_it)  # a 0-dim integer array or tensor too, as a number of epochs
+        if isinstance(number, bool) or not isinstance(number, (int, np.integer)):  # numpy ints too
             # fastai: a TypeError ("'float' object cannot be interpreted as an integer"); a ValueError here before
             raise ValueTypeError(f"LRFinder: num_it is a whole number of batches >= 1, got {num_it!r}.")
-        if num_it < 1:
+        if number < 1:
             raise ValueError(f"LRFinder: num_it is a number of batches >= 1, got {num_it!r}.")
-        num_it = int(num_it)
+        num_it = int(number)
         sched = SchedLin(start_lr, end_lr) if linear else SchedExp(start_lr, end_lr)
         super().__init__({"lr": sched})
         self.start_lr, self.end_lr, self.num_it = start_lr, end_lr, max(num_it, MIN_NUM_IT)

@@ -19,7 +19,17 @@ import numpy as np
 from ..callback import Callback
 from ..checkpoint import CheckpointError
 from ..dispatch import NotACallbackError, as_list
-from ..errors import ArgumentError, InputError, ValueTypeError, WrongKindError, to_epochs, to_lr, to_number, to_wd
+from ..errors import (
+    ArgumentError,
+    InputError,
+    ValueTypeError,
+    WrongKindError,
+    as_scalar,
+    to_epochs,
+    to_lr,
+    to_number,
+    to_wd,
+)
 from ..optimizer.core import Optimizer
 from ..optimizer.foreach import resolve_builtin
 from ..optimizer.lookahead import Lookahead
@@ -272,9 +282,10 @@ def fit_sgdr(
         # numpy integers too, as fastai's arithmetic takes them. fastai's combine_scheds asserts on the fractions a
         # fractional or zero cycle_len or cycle_mult makes, and its arithmetic fails on a string or a fractional
         # n_cycles with a TypeError: an InputError is an AssertionError, a ValueTypeError one and a TypeError too.
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        number = as_scalar(value)  # a 0-dim integer array or tensor too, which fastai's range() takes
+        if isinstance(number, bool) or not isinstance(number, (int, np.integer)):
             raise ValueTypeError(f"fit_sgdr: {name} must be a whole number >= {low}, got {value!r}.")
-        if value < low:
+        if number < low:
             raise InputError(f"fit_sgdr: {name} must be a whole number >= {low}, got {value!r}.")
     n_cycles, cycle_len, cycle_mult = int(n_cycles), int(cycle_len), int(cycle_mult)
     lrs = _group_lrs(self, lr_max, "lr_max")
