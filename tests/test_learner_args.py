@@ -384,3 +384,21 @@ def test_a_fit_policy_that_fit_refuses_leaves_the_optimizer_and_the_model_as_the
     with pytest.raises((TypeError, ValueError, FileNotFoundError)):
         call(learn)
     assert _same(_state(learn), before)
+
+
+@pytest.mark.parametrize(("arg", "value"), [
+    ("div", "25"), ("div_final", None), ("pct_start", "0.3"), ("lr_mult", "10"),
+])
+def test_a_fit_policy_number_that_is_not_one_is_refused_naming_it(arg: str, value: Any) -> None:
+    # fastai's arithmetic fails on them with a TypeError; learnloop compared them with 0 first, a bare
+    # "'>' not supported between instances of 'str' and 'int'" that named no argument.
+    learn = synth_learner(splitter=lambda m: [[m.weight], [m.bias]])
+    learn.fit(1)
+    before = _state(learn)
+    fits = [learn.fine_tune] if arg == "lr_mult" else [learn.fit_one_cycle, learn.fine_tune]
+    fits += [learn.fit_flat_cos] if arg in ("div_final", "pct_start") else []
+    for fit in fits:
+        with pytest.raises(TypeError, match=rf"{fit.__name__}: {arg} must be a number .*got {value!r}") as info:
+            fit(1, **{arg: value})
+        assert isinstance(info.value, ValueTypeError) and _same(_state(learn), before)
+    learn.fit_one_cycle(1, div=np.array(25.0), pct_start=torch.tensor(0.5), div_final=np.float32(1e4))

@@ -145,18 +145,28 @@ def _names_read(opt: Any) -> set[str] | None:
 
 
 # ------------------------------------------------------------------------------------ fit policies
-def _check_fraction(name: str, value: float) -> None:
+def _check_fraction(name: str, value: float, owner: str) -> float:
     # fastai accepts the end points: pct_start=0 is pure annealing, 1 pure warm-up. Outside them fastai's
-    # combine_scheds fails an assert: an InputError is an AssertionError too.
-    if not 0 <= value <= 1:
+    # combine_scheds fails an assert: an InputError is an AssertionError too. Not a number (a string, None): fastai's
+    # arithmetic fails with a TypeError, which the ValueTypeError is too.
+    number = to_number(value, name, owner)
+    if not 0 <= number <= 1:
         raise InputError(f"{name} is the fraction of training spent warming up, in [0, 1]; got {value!r}.")
+    return number
 
 
-def _check_positive(name: str, value: float, infinite_ok: bool = True) -> None:
+def _check_positive(name: str, value: float, owner: str, infinite_ok: bool = True) -> float:
     # An infinite div or div_final divides the lr to 0: a schedule that starts or ends at 0, as fastai's trains it.
-    if not value > 0 or (math.isinf(value) and not infinite_ok):
+    try:
+        number = to_number(value, name, owner)  # a string or None: fastai's arithmetic fails with a TypeError, as here
+    except ValueTypeError:
+        raise
+    except InputError:  # NaN: the message below
+        number = math.nan
+    if not number > 0 or (math.isinf(number) and not infinite_ok):
         finite = "a finite number" if not infinite_ok else "a number"
         raise ValueError(f"{name} divides the learning rate, so it must be {finite} > 0; got {value!r}.")
+    return number
 
 
 def _group_lrs(learn: Learner, lr: Any, arg: str) -> float | np.ndarray:
@@ -199,9 +209,9 @@ def fit_one_cycle(
     ``resume`` continues from a checkpoint (``Learner.fit``), with the same arguments as the saved run.
     """
     n_epoch = to_epochs(n_epoch, owner="fit_one_cycle")  # each argument checked before the optimizer is changed
-    _check_fraction("pct_start", pct_start)
-    _check_positive("div", div)
-    _check_positive("div_final", div_final)
+    pct_start = _check_fraction("pct_start", pct_start, "fit_one_cycle")
+    div = _check_positive("div", div, "fit_one_cycle")
+    div_final = _check_positive("div_final", div_final, "fit_one_cycle")
     three_moms = _three_moms(*((self.moms, "learn.moms") if moms is None else (moms, "moms")))
     lrs = _group_lrs(self, lr_max, "lr_max")
     scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs / div, lrs, lrs / div_final)}
@@ -243,8 +253,8 @@ def fit_flat_cos(
 ) -> None:
     """Train at a flat ``lr`` for ``pct_start`` of training, then anneal it to ``lr/div_final`` (cosine)."""
     n_epoch = to_epochs(n_epoch, owner="fit_flat_cos")
-    _check_fraction("pct_start", pct_start)
-    _check_positive("div_final", div_final)
+    pct_start = _check_fraction("pct_start", pct_start, "fit_flat_cos")
+    div_final = _check_positive("div_final", div_final, "fit_flat_cos")
     lrs = _group_lrs(self, lr, "lr")
     scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs, lrs, lrs / div_final)}
     self.fit(
@@ -334,9 +344,9 @@ def fine_tune(
     if "cbs" in kwargs:  # read once, for the checks and both fits: a generator would be spent by the first reading
         kwargs["cbs"] = as_list(kwargs["cbs"])
     _check_fit_kwargs(kwargs)  # and what fit_one_cycle and fit would refuse only once the model is frozen
-    _check_positive("lr_mult", lr_mult, infinite_ok=False)  # fastai's slice(0, lr) would read as slice(lr): lr/10
-    _check_fraction("pct_start", pct_start)
-    _check_positive("div", div)
+    lr_mult = _check_positive("lr_mult", lr_mult, "fine_tune", infinite_ok=False)  # fastai's slice(0, lr): lr/10
+    pct_start = _check_fraction("pct_start", pct_start, "fine_tune")
+    div = _check_positive("div", div, "fine_tune")
     file = resolve_resume(self, resume, as_list(kwargs.get("cbs"))) if resume is not None else None
     stage = read_position(file).stage if file is not None else None
     if file is not None and stage not in (FROZEN, UNFROZEN):
@@ -377,7 +387,7 @@ def _check_fit_kwargs(kwargs: Mapping[str, Any]) -> None:
     to_wd(kwargs.get("wd"), "wd", "fine_tune")
     to_number(kwargs.get("start_epoch", 0), "start_epoch", "fine_tune")
     if "div_final" in kwargs:
-        _check_positive("div_final", kwargs["div_final"])
+        _check_positive("div_final", kwargs["div_final"], "fine_tune")
     for cb in as_list(kwargs.get("cbs")):
         if not (isinstance(cb, Callback) or (isinstance(cb, type) and issubclass(cb, Callback))):
             raise NotACallbackError(
