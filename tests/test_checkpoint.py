@@ -826,6 +826,8 @@ def test_export_and_load_learner_take_fastais_arguments(tmp_path: Path) -> None:
     for protocol in (3, 4):
         with pytest.raises(ValueError, match=f"pickle_protocol={protocol} would write a file that torch's weights"):
             learn.save("kept", pickle_protocol=protocol)
+    with pytest.raises(TypeError, match=r"pickle_protocol must be an int, 2 \(what learn.load reads\), got '2'"):
+        learn.save("kept", pickle_protocol="2")  # was a ValueError saying protocol '2' would not load cleanly
     learn.load("kept")  # the refused saves left the file as it was
 
 

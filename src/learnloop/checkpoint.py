@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import importlib.metadata
+import numbers
 import os
 import pickle
 import secrets
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from .distributed import is_rank_zero, unwrap_model
+from .errors import as_scalar
 from .finite import all_finite, first_non_finite
 from .warn import NON_FINITE_ADVICE, NonFiniteLossWarning, warn_caller
 
@@ -391,7 +393,10 @@ def _few(items: list[str], n: int = 10, sep: str = ", ") -> str:
 
 def check_pickle_protocol(pickle_protocol: int, reader: str) -> None:
     """Refuse a pickle protocol other than 2: torch's weights-only loader, which `reader` reads with, refuses
-    protocols 0, 1, 4 and 5 and warns at every load of 3."""
+    protocols 0, 1, 4 and 5 and warns at every load of 3. One that is not a number (``'2'``) is a TypeError, as
+    fastai's (torch's pickler refuses it)."""
+    if pickle_protocol is not None and not isinstance(as_scalar(pickle_protocol), numbers.Real):
+        raise TypeError(f"pickle_protocol must be an int, 2 (what {reader} reads), got {pickle_protocol!r}.")
     if pickle_protocol != 2:
         raise ValueError(
             f"pickle_protocol={pickle_protocol!r} would write a file that torch's weights-only loader, which "
