@@ -817,6 +817,7 @@ def test_export_and_load_learner_take_fastais_arguments(tmp_path: Path) -> None:
         learn.export("old.pkl", "cloudpickle")
     with pytest.raises(ValueError, match="pickle_protocol must be from 2"):
         learn.export("old.pkl", None, 99)
+    learn.export("numpy.pkl", pickle_protocol=np.int64(2))  # as learn.save takes it (and torch's pickler)
     assert not (tmp_path / "old.pkl").exists()
     # learn.save(file, with_opt, pickle_protocol), as fastai's save_model; only protocols load() can read
     file = learn.save("kept", pickle_protocol=2)

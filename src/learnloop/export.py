@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,7 @@ from .checkpoint import (
 )
 from .data import DataLoaders, default_device
 from .distributed import barrier, is_rank_zero, unwrap_model
+from .errors import as_scalar
 from .fsdp import is_fsdp
 from .loss_record import InferenceOnlyLoss, class_name, loss_record, rebuilt_loss
 from .warn import warn_caller
@@ -77,7 +79,7 @@ def export_learner(
     distributed job rank 0 writes (the module inside the DDP wrapper) and every rank waits for the file. A model
     sharded with FSDP, of which each rank holds a part, is refused: save it with ``learn.save`` instead.
     """
-    _check_pickling(pickle_module, pickle_protocol)  # on every rank, before any rank writes or waits
+    pickle_protocol = _check_pickling(pickle_module, pickle_protocol)  # on every rank, before any writes or waits
     if is_fsdp(unwrap_model(learn.model)):
         raise NotImplementedError(
             "learn.export() writes the whole model to one file, but this model is sharded with FSDP: each process "
@@ -123,8 +125,9 @@ def _write_export(learn: Learner, path: Path, pickle_model: bool, pickle_module:
     )
 
 
-def _check_pickling(pickle_module: Any, pickle_protocol: Any) -> None:
-    """Refuse what `torch.save` could not pickle with, before the export's catch-all takes it for the model's fault."""
+def _check_pickling(pickle_module: Any, pickle_protocol: Any) -> int:
+    """Refuse what `torch.save` could not pickle with, before the export's catch-all takes it for the model's fault;
+    returns the protocol as a Python int (a numpy integer too, as torch's pickler and `learn.save` take it)."""
     if isinstance(pickle_module, bool):
         raise TypeError(
             f"learn.export(fname, {pickle_module!r}): the second argument is pickle_module, as in fastai; "
@@ -135,13 +138,15 @@ def _check_pickling(pickle_module: Any, pickle_protocol: Any) -> None:
             "learn.export: pickle_module must be a pickling module such as pickle or cloudpickle, "
             f"got {pickle_module!r}."
         )
-    if isinstance(pickle_protocol, bool) or not isinstance(pickle_protocol, int):
+    protocol = as_scalar(pickle_protocol)
+    if isinstance(protocol, (bool, np.bool_)) or not isinstance(protocol, numbers.Integral):
         raise TypeError(f"learn.export: pickle_protocol must be an int, got {pickle_protocol!r}.")
-    if not 2 <= pickle_protocol <= pickle.HIGHEST_PROTOCOL:
+    if not 2 <= int(protocol) <= pickle.HIGHEST_PROTOCOL:
         raise ValueError(
             f"learn.export: pickle_protocol must be from 2 (torch's default) to {pickle.HIGHEST_PROTOCOL}, "
             f"got {pickle_protocol}."
         )
+    return int(protocol)
 
 
 def _pickled(model: nn.Module, loss_func: Any, pickle_module: Any, pickle_protocol: int) -> bytes | None:
