@@ -8,6 +8,7 @@ from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -124,6 +125,12 @@ def test_from_dsets_gives_the_training_order_to_the_training_loader_only() -> No
     assert dls.train.generator is generator and dls.valid.generator is None
     with pytest.raises(ArgumentError, match=r"seed=1 and a generator both set the training order"):
         DataLoaders.from_dsets(_ds(10), bs=4, seed=1, generator=generator)
+    # numpy integers, which torch's BatchSampler ("batch_size should be a positive integer value, but got
+    # batch_size=8") and Generator.manual_seed refuse: made Python ints
+    numpy = DataLoaders.from_dsets(_ds(20), _ds(10), bs=np.int64(8), valid_bs=np.int32(5), seed=np.int64(1))
+    assert (numpy.train.batch_size, numpy.valid.batch_size, len(numpy.valid)) == (8, 5, 2)
+    with pytest.raises(ArgumentError, match=r"from_dsets: seed is the training order's random seed, an int; got '1'"):
+        DataLoaders.from_dsets(_ds(10), bs=4, seed="1")
 
 
 def test_from_dsets_takes_a_batch_sampler_for_the_training_batches() -> None:

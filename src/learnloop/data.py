@@ -322,9 +322,9 @@ class DataLoaders:
         training batches itself: `bs` is then the validation loader's only, and `shuffle` and `drop_last` go unused
         (torch takes none of them with it).
         """
-        _check_bs(bs, "bs", "")
+        bs = _check_bs(bs, "bs", "")  # a Python int: torch's samplers refuse a numpy integer
         if valid_bs is not None:
-            _check_bs(valid_bs, "valid_bs", " (or None for bs)")
+            valid_bs = _check_bs(valid_bs, "valid_bs", " (or None for bs)")
         if shuffle and hasattr(train_ds, "__len__") and len(train_ds) == 0:  # torch: "num_samples should be ..."
             raise InputError(
                 "from_dsets: train_ds has no items, so there is nothing to shuffle or train on; check how the "
@@ -339,7 +339,9 @@ class DataLoaders:
                 raise ArgumentError(
                     f"from_dsets: seed={seed!r} and a generator both set the training order; pass one of them."
                 )
-            generator = torch.Generator().manual_seed(seed)
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):  # torch: "an integer is required"
+                raise ArgumentError(f"from_dsets: seed is the training order's random seed, an int; got {seed!r}.")
+            generator = torch.Generator().manual_seed(int(seed))  # a numpy integer too, which torch refuses
         batching: dict[str, Any] = {"batch_size": bs, "shuffle": shuffle}
         batching["drop_last"] = shuffle if drop_last is None else drop_last
         if "batch_sampler" in train_only:  # torch refuses each of these beside it
@@ -389,12 +391,13 @@ class DataLoaders:
         return f"DataLoaders(train={_describe(self.train)}, valid={_describe(self.valid)}{more}, device={self.device})"
 
 
-def _check_bs(bs: Any, name: str, alternative: str) -> None:
+def _check_bs(bs: Any, name: str, alternative: str) -> int:
     # Not a whole number (bs='8'): fastai's loader fails with a ValueError, torch's with a TypeError: both.
     if isinstance(bs, bool) or not isinstance(bs, numbers.Integral):
         raise ValueTypeError(f"{name} must be a positive number of items per batch{alternative}, got {bs!r}.")
     if bs < 1:
         raise ValueError(f"{name} must be a positive number of items per batch{alternative}, got {bs}.")
+    return int(bs)
 
 
 def _check_rows(x: torch.Tensor, y: torch.Tensor, x_name: str, y_name: str) -> None:
