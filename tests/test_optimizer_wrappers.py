@@ -278,6 +278,10 @@ def test_lookahead_exposes_the_wrapped_api() -> None:
     assert opt.opt.hypers[0]["lrr"] == 0.1
     with pytest.raises(ValueError, match="k >= 1"):
         Lookahead(RAdam(groups, lr=0.1), k=0)
+    with pytest.raises(TypeError, match=r"Lookahead: alpha must be a number .*got '0.5'"):  # was: '<' not supported
+        Lookahead(RAdam(groups, lr=0.1), alpha="0.5")
+    with pytest.raises(TypeError, match=r"Lookahead: k must be a number .*got None"):
+        Lookahead(RAdam(groups, lr=0.1), k=None)  # type: ignore[arg-type]
 
 
 def test_lookahead_checks_a_hyper_name_as_the_optimizer_it_wraps() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, to_number
 from .base import BaseOptimizer, OptimizerState
 
 __all__ = ["Lookahead"]
@@ -21,11 +21,13 @@ class Lookahead(BaseOptimizer):
     """
 
     def __init__(self, opt: BaseOptimizer, k: int = 6, alpha: float = 0.5) -> None:
-        if k < 1:
+        # Numbers as the callbacks take them: a string or None names itself here, where fastai's fails at a step.
+        every, alpha = to_number(k, "k", "Lookahead"), to_number(alpha, "alpha", "Lookahead")
+        if every < 1:
             raise ValueError(f"Lookahead needs k >= 1, got k={k}")
         if not 0 < alpha <= 1:
             raise ValueError(f"Lookahead needs 0 < alpha <= 1, got alpha={alpha}")
-        self.opt, self.k, self.alpha = opt, k, alpha
+        self.opt, self.k, self.alpha = opt, every, alpha
         self.count = 0
         self.slow_weights: list[list[Tensor]] | None = None
 
