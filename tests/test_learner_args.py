@@ -214,6 +214,8 @@ def test_a_model_dir_that_is_not_a_path_is_refused_when_the_learner_is_made(mode
 def test_a_splitter_that_cannot_be_called_is_refused_when_the_learner_is_made() -> None:
     with pytest.raises(ArgumentError, match=r"splitter must be a function model -> parameter groups .*got 5"):
         synth_learner(splitter=5)
+    with pytest.raises(ArgumentError, match=r"splitter must be a function .*got None"):  # was: at the first fit,
+        synth_learner(splitter=None)  # "'NoneType' object is not callable", as fastai's
 
 
 @pytest.mark.parametrize("n", ["1", 1.5, None])

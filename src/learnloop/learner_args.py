@@ -10,6 +10,7 @@ import torch
 from .errors import ArgumentError, WrongKindError
 from .explain import describe
 from .optimizer import OptimWrapper
+from .params import trainable_params
 
 __all__ = ["check_dls", "check_funcs", "check_groups", "check_opt", "check_train_data"]
 
@@ -33,7 +34,7 @@ def check_dls(dls: Any) -> None:
         )
 
 
-def check_funcs(loss_func: Any, opt_func: Any, splitter: Any = None) -> None:
+def check_funcs(loss_func: Any, opt_func: Any, splitter: Any = trainable_params) -> None:
     """Refuse a loss function, an optimizer factory or a splitter that cannot be called as the Learner calls them."""
     if isinstance(loss_func, type):
         raise ArgumentError(
@@ -49,7 +50,7 @@ def check_funcs(loss_func: Any, opt_func: Any, splitter: Any = None) -> None:
         )
     if not callable(opt_func) and not isinstance(opt_func, OptimWrapper):  # an optimizer already built is used as it is
         raise ArgumentError(f"opt_func must be callable as opt_func(params, lr=...), got {opt_func!r}.")
-    if splitter is not None and not callable(splitter):  # fastai: "'int' object is not callable" at the first fit
+    if not callable(splitter):  # fastai: "'int' object is not callable" at the first fit, and for None
         raise ArgumentError(
             f"splitter must be a function model -> parameter groups (such as trainable_params), got {splitter!r}."
         )
