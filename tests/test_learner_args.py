@@ -209,6 +209,9 @@ def test_a_model_dir_that_is_not_a_path_is_refused_when_the_learner_is_made(mode
     # fastai keeps it and fails at the first save with "unsupported operand type(s) for /: 'PosixPath' and 'int'"
     with pytest.raises(TypeError, match=rf"model_dir is the folder.*a str or a Path, got {model_dir!r}"):
         synth_learner(model_dir=model_dir)
+    if model_dir is not None:  # a path of 5: Path(5)'s "expected str, bytes or os.PathLike object, not int" before
+        with pytest.raises(ArgumentError, match=r"path is the folder save\(\), export\(\).*a str or a Path, got 5"):
+            synth_learner(path=model_dir)
 
 
 def test_a_splitter_that_cannot_be_called_is_refused_when_the_learner_is_made() -> None:

@@ -100,6 +100,11 @@ class Learner(Inference):
             )
         lr = to_lr(lr)
         wd = to_wd(wd)
+        if path is not None and not isinstance(path, (str, os.PathLike)):  # fastai: Path()'s TypeError, naming none
+            raise ArgumentError(
+                f"path is the folder save(), export() and the loggers write under: a str or a Path, got {path!r} "
+                "(None for the data's path, or '.')."
+            )
         if not isinstance(model_dir, (str, os.PathLike)):  # fastai: a TypeError from `path / model_dir` at save
             raise ArgumentError(
                 f"model_dir is the folder, under path, where save() and load() keep models: a str or a Path, got "
