@@ -131,6 +131,11 @@ def test_from_dsets_gives_the_training_order_to_the_training_loader_only() -> No
     assert (numpy.train.batch_size, numpy.valid.batch_size, len(numpy.valid)) == (8, 5, 2)
     with pytest.raises(ArgumentError, match=r"from_dsets: seed is the training order's random seed, an int; got '1'"):
         DataLoaders.from_dsets(_ds(10), bs=4, seed="1")
+    # dls[1.0] was the validation loader (1.0 == 1), so Interpretation.from_learner(learn, ds_idx=1.0) ran; fastai's
+    # list of loaders refuses a float index with a TypeError, as get_preds(ds_idx=1.0) does here
+    with pytest.raises(TypeError, match=r"DataLoaders indices are whole numbers .*got 1.0"):
+        numpy[1.0]  # type: ignore[index]
+    assert numpy[np.int64(1)] is numpy.valid and numpy[True] is numpy.valid
 
 
 def test_from_dsets_takes_a_batch_sampler_for_the_training_batches() -> None:

@@ -262,6 +262,10 @@ class DataLoaders:
             ) from None
 
     def __getitem__(self, i: int) -> Iterable[Any]:
+        if not hasattr(type(i), "__index__"):  # 1.0 == 1 read the validation loader; fastai's list refuses it
+            raise ArgumentError(
+                f"DataLoaders indices are whole numbers (0 the training loader, 1 the validation one), got {i!r}."
+            )
         if isinstance(i, int) and -len(self.loaders) <= i < 0:  # dls[-1] is dls[1], the empty list without one
             i += len(self.loaders)
         return self.train if i == 0 else self.valid if i == 1 else self.loaders[i]  # type: ignore[return-value]
