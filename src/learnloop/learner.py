@@ -57,6 +57,11 @@ __all__ = [
 DEFAULT_CALLBACKS: tuple[type[Callback], ...] = (TrainEvalCallback, Recorder, ProgressCallback)
 
 
+def _no_parameters(e: ValueError) -> bool:
+    """Whether `e` is an optimizer refusing an empty parameter list (learnloop's optimizers and torch's say so)."""
+    return "empty parameter list" in str(e)
+
+
 class Learner(Inference):
     """Trains `model` on `dls` with `loss_func` and an optimizer from `opt_func`, firing callback events.
 
@@ -184,7 +189,7 @@ class Learner(Inference):
             try:
                 opt = self.opt_func(check_groups(self.splitter(self.model), self.splitter), lr=self.lr)
             except ValueError as e:
-                if "empty parameter list" in str(e):  # learnloop's optimizers and torch's say so
+                if _no_parameters(e):
                     e.add_note(
                         "learnloop: the splitter gave the optimizer no parameters: the model has none that require a "
                         "gradient (frozen: learn.unfreeze(), or p.requires_grad_(True)), or none at all."
@@ -327,7 +332,7 @@ class Learner(Inference):
             try:
                 self.create_opt()
             except ValueError as e:
-                if "empty parameter list" not in str(e):
+                if not _no_parameters(e):
                     raise
                 if with_opt:
                     warn_caller(
