@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -685,6 +686,22 @@ def test_export_and_load_safely_into_a_model(tmp_path: Path) -> None:
     inference = load_learner(learn.export(), model=make_learner().model)
     with pytest.raises(RuntimeError, match="loaded by load_learner for inference, without a loss function"):
         inference.loss_func(probs, torch.tensor(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_load_learner_warns_when_the_weights_are_cast_to_the_models_dtype(tmp_path: Path, dtype: torch.dtype) -> None:
+    learn = trained(tmp_path)
+    learn.model.to(dtype)
+    file = learn.export()
+    name = str(dtype).removeprefix("torch.")
+    with pytest.warns(UserWarning, match=rf"holds {name} weights and the model given has float32 ones: they are cast "
+                      rf"to float32.*model=Net\(\)\.to\(torch\.{name}\)"):
+        inference = load_learner(file, model=make_learner().model)
+    assert next(inference.model.parameters()).dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the dtype the export has: no warning
+        inference = load_learner(file, model=make_learner().model.to(dtype))
+    assert torch.equal(next(inference.model.parameters()), next(learn.model.parameters()))
 
 
 def test_load_learner_given_a_model_class_that_needs_arguments_says_how_it_is_called(tmp_path: Path) -> None:

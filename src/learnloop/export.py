@@ -178,17 +178,17 @@ def load_learner(
 ) -> Learner:
     """A Learner for inference from a file written by ``learn.export`` (on the CPU unless ``cpu=False``).
 
-    ``model`` (a module, or a function building one) receives the weights: the safe way. Without it,
-    ``trusted=True`` unpickles the model stored in the file (with ``pickle_module``, default pickle), which
-    runs code from it: only for files you trust (as in fastai, the classes and functions it names must be importable:
-    the unpickler's error says to define or import them first). ``loss_func`` defaults to the exported one:
-    unpickled, or, with ``model=``, rebuilt from the description the export holds of learnloop's losses and torch.nn's
-    (``CrossEntropyLossFlat(axis=1)``, ``nn.MSELoss()``...), so ``predict`` and ``get_preds`` apply its
-    activation and decodes. Any other loss cannot be rebuilt without running code: the learner gets a stand-in
-    that refuses to compute losses (``predict``, and ``get_preds`` of inputs without targets, work without one;
-    ``get_preds`` or ``validate`` of a loader with targets raises, where fastai's loaded learner computes its
-    loss), and, when the exported loss had an activation or decodes, a warning says they are not applied: pass
-    ``loss_func=`` to get them.
+    ``model`` (a module, or a function building one) receives the weights: the safe way (weights of another
+    floating-point dtype than its own are cast to its, with a warning naming both). Without it, ``trusted=True``
+    unpickles the model stored in the file (with ``pickle_module``, default pickle), which runs code from it: only for
+    files you trust (as in fastai, the classes and functions it names must be importable: the unpickler's error says
+    to define or import them first). ``loss_func`` defaults to the exported one: unpickled, or, with ``model=``,
+    rebuilt from the description the export holds of learnloop's losses and torch.nn's
+    (``CrossEntropyLossFlat(axis=1)``, ``nn.MSELoss()``...), so ``predict`` and ``get_preds`` apply its activation and
+    decodes. Any other loss cannot be rebuilt without running code: the learner gets a stand-in that refuses to
+    compute losses (``predict``, and ``get_preds`` of inputs without targets, work without one; ``get_preds`` or
+    ``validate`` of a loader with targets raises, where fastai's loaded learner computes its loss), and, when the
+    exported loss had an activation or decodes, a warning says they are not applied: pass ``loss_func=`` to get them.
     The positional arguments are fastai's (``fname, cpu, pickle_module``).
     """
     from .learner import Learner
@@ -225,6 +225,7 @@ def load_learner(
         if not isinstance(model, nn.Module):
             raise TypeError(f"load_learner: model must be an nn.Module or build one, got {type(model).__name__}.")
         check_state_dict(model, weights, path)
+        _warn_dtype_cast(model, weights, path)
         model.load_state_dict(weights)
         if loss_func is None:
             loss_func = rebuilt_loss(info.get("loss"), device, path)
@@ -264,6 +265,29 @@ def load_learner(
                     path=path.parent)
     learn.logger = noop
     return learn
+
+
+def _warn_dtype_cast(model: nn.Module, weights: Any, path: Path) -> None:
+    """Warn when the export's floating-point weights are of another dtype than the model's: load_state_dict casts them
+    to the model's without a word, and a float64 export loses precision in a float32 model."""
+    current = model.state_dict()
+    pairs = {
+        (v.dtype, current[k].dtype)
+        for k, v in weights.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and current[k].is_floating_point()
+        and v.dtype != current[k].dtype
+    }
+    if not pairs:
+        return
+    saved = ", ".join(sorted({str(s).removeprefix("torch.") for s, _ in pairs}))
+    given = ", ".join(sorted({str(g).removeprefix("torch.") for _, g in pairs}))
+    first = next(iter(pairs))[0]
+    warn_caller(
+        f"load_learner: {path} holds {saved} weights and the model given has {given} ones: they are cast to "
+        f"{given}, so predictions may differ from the exported model's. To keep them as exported, build the model "
+        f"in their dtype: load_learner(fname, model=Net().to({first})); if {given} is what you want, they are loaded "
+        "as such and this warning can be ignored."
+    )
 
 
 def _short_repr(obj: Any) -> str:
