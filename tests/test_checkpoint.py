@@ -704,6 +704,22 @@ def test_load_learner_warns_when_the_weights_are_cast_to_the_models_dtype(tmp_pa
     assert torch.equal(next(inference.model.parameters()), next(learn.model.parameters()))
 
 
+def test_load_learner_into_a_data_parallel_model_loads_the_module_inside(tmp_path: Path) -> None:
+    learn = trained(tmp_path)
+    file = learn.export()
+    x = torch.randn(4)
+    inference = load_learner(file, model=nn.DataParallel(make_learner().model))  # as learn.load takes one
+    assert isinstance(inference.model, nn.DataParallel)
+    assert torch.equal(inference.predict(x)[2], learn.predict(x)[2])
+    prefixed = {"format": "learnloop.export", "format_version": 1, "n_inp": 1,
+                "model": {f"module.{k}": v for k, v in learn.model.state_dict().items()}}  # a wrapper's keys
+    torch.save(prefixed, tmp_path / "prefixed.pkl")
+    for model in (make_learner().model, nn.DataParallel(make_learner().model)):
+        loaded = load_learner(tmp_path / "prefixed.pkl", model=model, loss_func=learn.loss_func).model
+        saved = learn.model.state_dict().values()
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), saved, strict=True))
+
+
 def test_load_learner_given_a_model_class_that_needs_arguments_says_how_it_is_called(tmp_path: Path) -> None:
     file = trained(tmp_path).export()
     with pytest.raises(TypeError, match="missing 2 required positional arguments") as info:  # Python's error, kept

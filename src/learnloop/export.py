@@ -178,17 +178,18 @@ def load_learner(
 ) -> Learner:
     """A Learner for inference from a file written by ``learn.export`` (on the CPU unless ``cpu=False``).
 
-    ``model`` (a module, or a function building one) receives the weights: the safe way (weights of another
-    floating-point dtype than its own are cast to its, with a warning naming both). Without it, ``trusted=True``
-    unpickles the model stored in the file (with ``pickle_module``, default pickle), which runs code from it: only for
-    files you trust (as in fastai, the classes and functions it names must be importable: the unpickler's error says
-    to define or import them first). ``loss_func`` defaults to the exported one: unpickled, or, with ``model=``,
-    rebuilt from the description the export holds of learnloop's losses and torch.nn's
-    (``CrossEntropyLossFlat(axis=1)``, ``nn.MSELoss()``...), so ``predict`` and ``get_preds`` apply its activation and
-    decodes. Any other loss cannot be rebuilt without running code: the learner gets a stand-in that refuses to
-    compute losses (``predict``, and ``get_preds`` of inputs without targets, work without one; ``get_preds`` or
-    ``validate`` of a loader with targets raises, where fastai's loaded learner computes its loss), and, when the
-    exported loss had an activation or decodes, a warning says they are not applied: pass ``loss_func=`` to get them.
+    ``model`` (a module, or a function building one; in an ``nn.DataParallel`` wrapper or not: the module inside gets
+    them) receives the weights: the safe way (weights of another floating-point dtype than its own are cast to its,
+    with a warning naming both). Without it, ``trusted=True`` unpickles the model stored in the file (with
+    ``pickle_module``, default pickle), which runs code from it: only for files you trust (as in fastai, the classes
+    and functions it names must be importable: the unpickler's error says to define or import them first).
+    ``loss_func`` defaults to the exported one: unpickled, or, with ``model=``, rebuilt from the description the
+    export holds of learnloop's losses and torch.nn's (``CrossEntropyLossFlat(axis=1)``, ``nn.MSELoss()``...), so
+    ``predict`` and ``get_preds`` apply its activation and decodes. Any other loss cannot be rebuilt without running
+    code: the learner gets a stand-in that refuses to compute losses (``predict``, and ``get_preds`` of inputs without
+    targets, work without one; ``get_preds`` or ``validate`` of a loader with targets raises, where fastai's loaded
+    learner computes its loss), and, when the exported loss had an activation or decodes, a warning says they are not
+    applied: pass ``loss_func=`` to get them.
     The positional arguments are fastai's (``fname, cpu, pickle_module``).
     """
     from .learner import Learner
@@ -224,9 +225,11 @@ def load_learner(
                 raise
         if not isinstance(model, nn.Module):
             raise TypeError(f"load_learner: model must be an nn.Module or build one, got {type(model).__name__}.")
-        check_state_dict(model, weights, path)
-        _warn_dtype_cast(model, weights, path)
-        model.load_state_dict(weights)
+        inner = unwrap_model(model)  # an nn.DataParallel (or DDP) wrapper: the module inside gets the weights
+        weights = _without_wrapper_prefix(weights, inner)
+        check_state_dict(inner, weights, path)
+        _warn_dtype_cast(inner, weights, path)
+        inner.load_state_dict(weights)
         if loss_func is None:
             loss_func = rebuilt_loss(info.get("loss"), device, path)
     elif trusted:
@@ -265,6 +268,17 @@ def load_learner(
                     path=path.parent)
     learn.logger = noop
     return learn
+
+
+def _without_wrapper_prefix(weights: Any, model: nn.Module) -> Any:
+    """`weights` without the "module." prefix of a (Distributed)DataParallel wrapper's state dict, when every key has
+    it and the model's keys do not (learn.export writes the module's keys; a file made by hand may not)."""
+    prefix = "module."
+    if not isinstance(weights, dict) or not weights or not all(k.startswith(prefix) for k in weights):
+        return weights
+    if any(k.startswith(prefix) for k in model.state_dict()):
+        return weights
+    return type(weights)((k[len(prefix):], v) for k, v in weights.items())
 
 
 def _warn_dtype_cast(model: nn.Module, weights: Any, path: Path) -> None:
