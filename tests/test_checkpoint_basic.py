@@ -129,7 +129,7 @@ def test_a_model_in_a_data_parallel_wrapper_is_saved_without_it(tmp_path: Path) 
     assert torch.equal(wrapped.model.module.weight, plain.model.weight)
     checkpoint_module.save_model(tmp_path / "f.pth", wrapped.model, wrapped.opt)
     other = nn.DataParallel(nn.Linear(2, 1))
-    checkpoint_module.load_model(tmp_path / "f.pth", other)
+    checkpoint_module.load_model(tmp_path / "f.pth", other, with_opt=False)
     assert torch.equal(other.module.weight, plain.model.weight)
     loaded = load_learner(wrapped.export(), model=nn.Linear(2, 1))
     assert torch.equal(loaded.model.weight, plain.model.weight)
@@ -403,13 +403,33 @@ def test_load_model_reads_onto_the_cpu_by_default_as_fastai(tmp_path: Path, monk
     model = nn.Linear(2, 1)
     _saved_on_a_gpu(tmp_path / "gpu.pth", model.state_dict(), monkeypatch)
     other = nn.Linear(2, 1)
-    checkpoint_module.load_model(tmp_path / "gpu.pth", other)
+    checkpoint_module.load_model(tmp_path / "gpu.pth", other, with_opt=False)
     assert torch.equal(other.weight, model.weight)
     # device=n is GPU n, as in fastai (torch's map_location takes no number); neither is a corrupt file.
     for device, shown in ((0, "device\\(type='cuda', index=0\\)"), ("cuda", "'cuda'")):
         with pytest.raises(CheckpointError, match=rf"cannot be read onto a device this machine does not have "
                            rf"\(map_location={shown}.*pass device='cpu'"):
             checkpoint_module.load_model(tmp_path / "gpu.pth", other, device=device)
+
+
+def test_load_model_without_an_optimizer_warns_that_the_state_is_not_loaded(tmp_path: Path) -> None:
+    # As fastai's load_model(file, model, None): it warns; learnloop's skipped the optimizer state without a word.
+    learn = synth_learner(path=tmp_path)
+    learn.fit(1)
+    learn.save("with")
+    learn.save("without", with_opt=False)
+    with pytest.warns(UserWarning, match=r"Could not load the optimizer state from .*with.pth: no optimizer was "
+                      r"given \(opt=None\).*learn.create_opt\(\).*with_opt=False"):
+        checkpoint_module.load_model(tmp_path / "models" / "with.pth", synth_learner().model)
+    with pytest.warns(UserWarning, match="Saved file doesn't contain an optimizer state"):
+        checkpoint_module.load_model(tmp_path / "models" / "without.pth", synth_learner().model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("with", "without"):
+            checkpoint_module.load_model(tmp_path / "models" / f"{name}.pth", synth_learner().model, with_opt=False)
+        fresh = synth_learner(path=tmp_path)  # learn.load creates the optimizer first, as fastai's
+        fresh.load("with")
+    assert fresh.opt is not None and fresh.opt.state_dict()["state"]
 
 
 @pytest.mark.parametrize("strict", [True, False])

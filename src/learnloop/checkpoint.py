@@ -490,10 +490,11 @@ def load_model(
     strict: bool = True,
     weights_only: bool | None = None,
 ) -> None:
-    """Load what `save_model` wrote into `model` (and `opt`), with clear errors for a foreign file. Only tensors
-    and plain containers are read, unless `weights_only=False` (torch.load's argument, as fastai passes it on):
-    then anything is unpickled, for a file you trust. The tensors are read onto `device`: None is the CPU and a
-    number that GPU, as in fastai (the model's own tensors stay where they are: they are copied into)."""
+    """Load what `save_model` wrote into `model` (and `opt`), with clear errors for a foreign file. Only tensors and
+    plain containers are read, unless `weights_only=False` (torch.load's argument, as fastai passes it on): then
+    anything is unpickled, for a file you trust. With `with_opt` (the default), a file without an optimizer state, or
+    with one and no `opt` to load it into, is warned of, as in fastai. The tensors are read onto `device`: None is the
+    CPU and a number that GPU, as in fastai (the model's own tensors stay where they are: they are copied into)."""
     if device is None:
         device = "cpu"
     elif isinstance(device, int) and not isinstance(device, bool):
@@ -512,9 +513,16 @@ def load_model(
     has_opt = set(state) == {"model", "opt"}
     model_state = state["model"] if has_opt else state
     _load_weights(unwrap_model(model), model_state, path, strict)
-    if with_opt and opt is not None:
+    if with_opt:
         if not has_opt:
             warn_caller(f"Saved file doesn't contain an optimizer state: {path} holds the model alone, now loaded.")
+            return
+        if opt is None:  # fastai's warns too (its opt.load_state_dict fails on None)
+            warn_caller(
+                f"Could not load the optimizer state from {path}: no optimizer was given (opt=None), so only the "
+                "weights were loaded. Create the optimizer first (learn.create_opt()) and pass it, or pass "
+                "with_opt=False to load the weights alone without this warning."
+            )
             return
         try:
             opt.load_state_dict(state["opt"])

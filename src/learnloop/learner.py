@@ -347,8 +347,9 @@ class Learner(Inference):
                 )
             load_sharded(self._model_file(file), model, self.opt, with_opt=with_opt)
             return self
-        load_model(
-            self._model_file(file), model, self.opt, with_opt=with_opt, device=device, strict=strict,
+        load_model(  # no optimizer here: the model has nothing to train, warned of above
+            self._model_file(file), model, self.opt, with_opt=with_opt and self.opt is not None, device=device,
+            strict=strict,
             weights_only=weights_only,
         )
         return self
