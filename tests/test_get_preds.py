@@ -5,6 +5,8 @@ The expected values are fastai 2.8.12's results on the same data and model, writ
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import inspect
 import zipfile
 from pathlib import Path
@@ -171,6 +173,27 @@ def test_save_preds_without_keeping_them_and_the_pickle_protocol(tmp_path: Path)
     )
     assert _pickle_protocol(tmp_path / "p" / "0") == 3
     assert torch.equal(torch.load(tmp_path / "p" / "2"), PREDS[8:])
+
+
+def test_save_preds_that_fail_to_be_written_leave_the_files_of_an_earlier_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fastai writes with torch.save in place: a write that failed halfway (a full disk) left a truncated file over
+    # a good one.
+    learn = small_learner()
+    learn.get_preds(save_preds=tmp_path / "p")
+    saved = (tmp_path / "p" / "0").read_bytes()
+
+    def save_half_then_fail(obj: Any, f: Any, **kwargs: Any) -> None:
+        with open(f, "wb") if isinstance(f, (str, Path)) else contextlib.nullcontext(f) as out:
+            out.write(saved[: len(saved) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space left on device"):
+        learn.get_preds(save_preds=tmp_path / "p")
+    assert (tmp_path / "p" / "0").read_bytes() == saved
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["0", "1", "2"]  # no temporary file left behind
 
 
 # ------------------------------------------------------------------ reorder

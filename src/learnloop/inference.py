@@ -102,7 +102,8 @@ class Inference(Loop):
           (say 1 for a model whose outputs are sequence-first); per-item losses always along 0.
         - `save_preds` / `save_targs`: a directory (made if missing) to write each batch's raw prediction (before
           `act`) / first target to, on the CPU, with `torch.save(..., pickle_protocol=pickle_protocol)`, in a file
-          named after the batch's index (`0`, `1`, ...). They are still returned unless `with_preds=False` /
+          named after the batch's index (`0`, `1`, ...), written atomically (a write that fails leaves the file of
+          an earlier run as it was). They are still returned unless `with_preds=False` /
           `with_targs=False` says not to keep them.
         - `reorder` changes nothing in learnloop, and is accepted for fastai's code. Fastai puts the predictions
           back in dataset order when the loader knows the order it drew (its own DataLoader); learnloop reads

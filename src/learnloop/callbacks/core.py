@@ -12,6 +12,7 @@ import torch
 
 from ..attrs import OwnAttrs
 from ..callback import Callback
+from ..checkpoint import atomic_write
 from ..data import to_device
 from ..dispatch import as_list
 from ..events import CancelEpochException
@@ -167,7 +168,8 @@ class GatherPredsCallback(Callback):
     `with_targs=False` keep no predictions / targets (None then, where fastai leaves an empty list).
     `save_preds` / `save_targs`: a directory (made if missing) where each batch's prediction, as the model made
     it, / first target is written on the CPU with `torch.save(..., pickle_protocol=pickle_protocol)`, to a file
-    named after the batch's index (`0`, `1`, ...); that does not stop it being kept as well.
+    named after the batch's index (`0`, `1`, ...), atomically as `learn.save` writes (a write that fails leaves the
+    file that was there as it was); that does not stop it being kept as well.
 
     Only the batches the model ran on are gathered: one cancelled before its prediction (a CancelBatchException in
     before_batch) adds nothing; one cancelled after it keeps its prediction, with NaN losses if its loss was not
@@ -264,9 +266,14 @@ class GatherPredsCallback(Callback):
                     )
                 g.losses.append(loss if loss.numel() == bs else loss.reshape(bs, -1).mean(1))
         if self.save_preds is not None:
-            torch.save(_on_cpu(pred), self.save_preds / str(learn.iter), pickle_protocol=self.pickle_protocol)
+            self._save(_on_cpu(pred), self.save_preds / str(learn.iter))
         if self.save_targs is not None and yb:
-            torch.save(_on_cpu(_detach(yb[0])), self.save_targs / str(learn.iter), pickle_protocol=self.pickle_protocol)
+            self._save(_on_cpu(_detach(yb[0])), self.save_targs / str(learn.iter))
+
+    def _save(self, obj: Any, path: Path) -> None:
+        # atomically, as learn.save: a write that fails (a full disk, an object that cannot be pickled) leaves the
+        # file of an earlier run as it was, not truncated
+        atomic_write(path, lambda f: torch.save(obj, f, pickle_protocol=self.pickle_protocol))
 
     def after_validate(self) -> None:
         g, self._gathered = self._gathered, None
