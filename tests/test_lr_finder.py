@@ -412,6 +412,28 @@ def test_exception_inside_lr_find_still_restores() -> None:
     assert not any(isinstance(cb, LRFinder) for cb in learn.cbs)
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_a_standalone_finder_restores_at_ctrl_c_not_after_another_exception(error: type[BaseException]) -> None:
+    # The finder restores in after_fit, which Ctrl-C gets and another exception skips (SPEC, as fastai's loop):
+    # lr_find is what restores even then (above). The docs say so.
+    learn = trained_learner()
+    before_model, before_opt = model_state(learn), copy.deepcopy(learn.opt.state_dict())
+
+    class Boom(Callback):
+        def after_batch(self) -> None:
+            if self.learn.train_iter == 5:
+                raise error("boom")
+
+    with pytest.raises(error):
+        learn.fit(3, cbs=[LRFinder(num_it=30), Boom()])
+    if error is KeyboardInterrupt:
+        assert_same_model(learn, before_model)
+        assert_same_opt_state(learn.opt.state_dict(), before_opt)
+    else:
+        assert not torch.equal(learn.model.weight, before_model["weight"])
+        assert learn.opt.hypers[0]["lr"] != before_opt["hypers"][0]["lr"]  # the sweep's last lr
+
+
 # ------------------------------------------------------------------ suggestions
 def test_suggestions_are_named_and_in_range() -> None:
     learn = synth_learner(n_train=64, bs=16)

@@ -70,7 +70,9 @@ class LRFinder(ParamScheduler):
     when ``linear``); as in fastai, a ``num_it`` below 6 counts as 6. Training stops after ``num_it`` batches,
     or as soon as the smoothed loss exceeds 4 times its best value (or is not finite) when ``stop_div``.
     With ``restore`` (the default) the model and the optimizer are put back as they were at ``before_fit``
-    when the fit ends (the loop counters and the other callbacks keep what the sweep left). As in fastai, the
+    in ``after_fit``: when the fit ends, is cancelled or is stopped by Ctrl-C, but not when it raises another
+    exception, which skips ``after_fit`` (as in fastai): ``learn.lr_find()`` restores them even then. The loop
+    counters and the other callbacks keep what the sweep left. As in fastai, the
     lrs tried are recorded in the finder's ``hps`` and in ``recorder.lrs``, but do not replace
     ``recorder.hps`` (what the last scheduled fit left).
     """
