@@ -124,9 +124,10 @@ class AccumMetric(Metric):
         return pred
 
     def accum_values(self, preds: Tensor, targs: Tensor, learn: MetricLearner | None = None) -> None:
-        """Store one batch of (already activated) predictions and targets, detached, on their device. ``learn`` is
-        taken for fastai's signature (a subclass's ``accumulate`` may pass it) and not used."""
-        preds, targs = preds.detach(), targs.detach()
+        """Store one batch of (already activated) predictions and targets, detached and on the CPU, as fastai's
+        does (an accelerator's memory does not grow with the validation set). ``learn`` is taken for fastai's
+        signature (a subclass's ``accumulate`` may pass it) and not used."""
+        preds, targs = preds.detach().cpu(), targs.detach().cpu()
         if self.flatten:
             preds, targs = flatten_check(preds, targs)
         self.preds.append(preds)
