@@ -217,7 +217,20 @@ def test_corpus_bleu_by_hand() -> None:
     assert run(metric, [batch(pred, targ)]) == pytest.approx(math.prod(precisions) ** 0.25, rel=1e-15)
     assert type(metric.value) is float and metric.name == "corpus_bleu"
     assert (metric.pred_len, metric.targ_len, metric.counts) == (10, 10, [10, 8, 6, 4])
-    assert metric.corrects == [5.0, 3.5, 2.25, 1.125] and metric.count == 2
+    assert metric.corrects == [5, 3.5, 2.25, 1.125] and metric.count == 2
+    # fastai's types: an order's sum is an int until a smoothed fraction is added to it
+    assert [type(c) for c in metric.corrects] == [int, float, float, float]
+
+
+def test_corpus_bleu_corrects_are_floats_once_smoothed_even_when_whole() -> None:
+    # Each sequence matches one 2-gram ((2, 1), (4, 3)) and no 3-gram, so adds 1/2: the sum 1.0 is a float, as in
+    # fastai (whose corrects here are [4, 2, 1.0, 0.5]).
+    pred, targ = tokens([[1, 2, 1, 2], [3, 4, 3, 4]]), torch.tensor([[2, 1, 5, 6], [4, 3, 5, 6]])
+    metric = CorpusBLEUMetric()
+    run(metric, [batch(pred, targ)])
+    assert metric.corrects == [4, 2, 1.0, 0.5]
+    assert [type(c) for c in metric.corrects] == [int, int, float, float]
+    assert [type(n) for n in (metric.pred_len, metric.targ_len, *metric.counts)] == [int] * 6
 
 
 def test_corpus_bleu_brevity_penalty_and_short_sequences() -> None:

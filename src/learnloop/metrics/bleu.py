@@ -43,10 +43,11 @@ class CorpusBLEUMetric(Metric):
         self.reset()
 
     def reset(self) -> None:
-        # The corpus sums (predicted and target tokens, then the smoothed matches and the predicted n-grams of each
-        # order) in one float64 CPU tensor, `total`, with `count` (sequences): the running sums DistributedTrainer
-        # adds up over the ranks. They are whole numbers and halves, quarters..., exact in float64 in any order.
-        self.total: Tensor = torch.zeros(2 + 2 * _ORDERS, dtype=torch.float64)
+        # The corpus sums (predicted and target tokens, then per order the smoothed matches, the predicted n-grams
+        # and the sequences smoothed) in one float64 CPU tensor, `total`, with `count` (sequences): the running sums
+        # DistributedTrainer adds up over the ranks. They are whole numbers and halves, quarters..., exact in
+        # float64 in any order.
+        self.total: Tensor = torch.zeros(2 + 3 * _ORDERS, dtype=torch.float64)
         self.count: int = 0
 
     def get_correct_ngrams(
@@ -72,6 +73,7 @@ class CorpusBLEUMetric(Metric):
                 matches, grams = self.get_correct_ngrams(pred, targ, i + 1, self.vocab_sz)
                 if matches == 0:
                     smoothing /= 2
+                    sums[2 + 2 * _ORDERS + i] += 1
                 sums[2 + i] += matches or smoothing
                 sums[2 + _ORDERS + i] += grams
             self.count += 1
@@ -88,19 +90,21 @@ class CorpusBLEUMetric(Metric):
         return int(self.total[1])
 
     @property
-    def corrects(self) -> list[float]:
-        """Per order (1 to 4), the n-gram matches so far, smoothed."""
-        return self.total[2 : 2 + _ORDERS].tolist()
+    def corrects(self) -> list[int | float]:
+        """Per order (1 to 4), the n-gram matches so far, smoothed: an int until a sequence without a match of that
+        order adds its fraction, a float from then on (fastai's types)."""
+        sums, smoothed = self.total[2 : 2 + _ORDERS].tolist(), self.total[2 + 2 * _ORDERS :].tolist()
+        return [c if s else int(c) for c, s in zip(sums, smoothed, strict=True)]
 
     @property
     def counts(self) -> list[int]:
         """Per order (1 to 4), the predicted n-grams so far."""
-        return [int(c) for c in self.total[2 + _ORDERS :].tolist()]
+        return [int(c) for c in self.total[2 + _ORDERS : 2 + 2 * _ORDERS].tolist()]
 
     @property
     def value(self) -> float:
         pred_len, targ_len, *rest = self.total.tolist()
-        corrects, counts = rest[:_ORDERS], rest[_ORDERS:]
+        corrects, counts = rest[:_ORDERS], rest[_ORDERS : 2 * _ORDERS]
         if max(corrects) == 0:
             return 0.0
         if min(counts) == 0:
