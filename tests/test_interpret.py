@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,21 @@ def test_plot_confusion_matrix_normalized(interp: ClassificationInterpretation) 
     assert texts == [f"{CM[i][j] / sum(CM[i]):.1f}" for i in range(3) for j in range(3)]
     assert ax.get_title() == "rates" and ax.images[0].get_cmap().name == "Reds"
     assert not interp.plot_confusion_matrix(plot_txt=False).axes[0].texts
+
+
+def test_plot_confusion_matrix_normalized_with_a_class_absent_from_the_targets(
+    interp: ClassificationInterpretation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The absent class's row is 0/0: 'nan' as in fastai, in black; the other cells' text is white above half the
+    # largest rate that is not NaN (fastai's threshold is NaN there, so all its text is black).
+    monkeypatch.setattr(interp, "confusion_matrix", lambda: np.array([[3, 1, 0], [0, 0, 0], [1, 0, 5]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # without numpy's warning on the division
+        (ax,) = interp.plot_confusion_matrix(normalize=True).axes
+    assert [(t.get_text(), t.get_color()) for t in ax.texts] == [
+        ("0.75", "white"), ("0.25", "black"), ("0.00", "black"), ("nan", "black"), ("nan", "black"), ("nan", "black"),
+        ("0.17", "black"), ("0.00", "black"), ("0.83", "white"),
+    ]
 
 
 def test_plot_top_losses_of_one_channel_images(interp: ClassificationInterpretation, tmp_path: Path) -> None:
