@@ -182,6 +182,9 @@ def test_plot_lr_find(tmp_path: Path) -> None:
     for skip_end, n in [(len(learn.recorder.lrs) + 2, 0), (-3, 3)]:
         curve = learn.recorder.plot_lr_find(skip_end).axes[0].get_lines()[0]
         assert len(curve.get_xdata()) == len(curve.get_ydata()) == n
+    # fastai's takes any other keyword and ignores it
+    curve = learn.recorder.plot_lr_find(figsize=(3, 2), show_plot=True).axes[0].get_lines()[0]
+    assert len(curve.get_xdata()) == len(learn.recorder.lrs) - 5
 
 
 def test_lr_find_shows_its_plot() -> None:

@@ -137,11 +137,13 @@ def plot_lr_find(
     suggestions: Sequence[tuple[float, float]] | None = None,
     nms: Sequence[str] | None = None,
     fname: str | Path | None = None,
+    **kwargs: Any,
 ) -> Figure | None:
     """Loss against learning rate (log scale) of an ``lr_find`` run, without the last ``skip_end`` points;
     ``suggestions`` are ``(lr, loss)`` points marked and labelled with ``nms`` (the legend's texts, as fastai's).
     ``skip_end`` slices as fastai's (``lrs[:-skip_end]``, all of them for 0). Returns the Figure, or None
-    with ``return_fig=False`` (the arguments in fastai's order)."""
+    with ``return_fig=False`` (the arguments in fastai's order). Other keywords are taken and ignored, as
+    fastai's are."""
     _require(recorder.lrs, "learning rates", "run learn.lr_find()")
     plt = _pyplot()
     end = -skip_end if skip_end else None  # fastai's slice: a skip_end past the points leaves none

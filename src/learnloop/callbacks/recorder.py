@@ -409,9 +409,10 @@ class Recorder(Callback):
         suggestions: Sequence[tuple[float, float]] | None = None,
         nms: Sequence[str] | None = None,
         fname: str | Path | None = None,
+        **kwargs: Any,
     ) -> Any:
         """Loss against lr (log scale) after `lr_find`, suggestions marked; returns the Figure (None with
-        `return_fig=False`)."""
+        `return_fig=False`). Other keywords are taken and ignored, as fastai's are."""
         from ..plots import plot_lr_find
 
         return plot_lr_find(self, skip_end, return_fig, suggestions, nms, fname)
