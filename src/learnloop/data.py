@@ -22,7 +22,7 @@ from torch.utils.data import (
 from torch.utils.data.distributed import DistributedSampler
 
 from .distributed import is_distributed, world_size
-from .errors import ArgumentError, InputError, ValueTypeError, to_whole
+from .errors import ArgumentError, InputError, ValueTypeError, to_path, to_whole
 from .nested import map_tensors
 from .sharding import LoaderSubclassError, ShardSampler, same_kind_loader
 from .warn import warn_caller
@@ -197,7 +197,7 @@ class DataLoaders:
         if n_inp is not None:
             n_inp = to_whole(n_inp, "n_inp", "DataLoaders", "the number of inputs per batch")
         self.n_inp = n_inp
-        self.path = Path(path)
+        self.path = to_path(path, "path", "DataLoaders", "the folder a learner made from them saves and exports under")
 
     @property
     def device(self) -> torch.device:

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 __all__ = [
-    "ArgumentError", "InputError", "ValueTypeError", "WrongKindError", "as_scalar", "to_epochs", "to_lr", "to_number",
-    "to_wd", "to_whole",
+    "ArgumentError", "InputError", "ValueTypeError", "WrongKindError", "as_scalar", "to_epochs", "to_int", "to_lr",
+    "to_number", "to_path", "to_wd", "to_whole",
 ]
 
 
@@ -142,6 +144,30 @@ def to_epochs(value: Any, name: str = "n_epoch", owner: str = "fit") -> int:
     if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 0:
         raise ValueTypeError(f"{owner}: {name} must be a whole number of epochs >= 0, got {value!r}.")
     return int(number)
+
+
+def to_int(value: Any, name: str, owner: str, what: str = "a dimension") -> int:
+    """`value`, an integer argument of any sign (a dimension, where a negative one counts from the end), as a Python
+    int: an int, a numpy integer or a 0-dim integer array or tensor. Anything else (a float, a string, a bool) is an
+    ArgumentError naming `owner`'s argument `name` (`what` says what it is), where torch's own TypeError would not.
+
+    >>> to_int(np.int64(-1), "axis", "accuracy")
+    -1
+    """
+    if type(value) is int:  # the common case, checked first: the metric functions call this every batch
+        return value
+    number = as_scalar(value)
+    if isinstance(number, bool) or not isinstance(number, numbers.Integral):
+        raise ArgumentError(f"{owner}: {name} is {what}, a whole number; got {value!r}.")
+    return int(number)
+
+
+def to_path(value: Any, name: str, owner: str, what: str) -> Path:
+    """`value`, a folder or file given as a str or an ``os.PathLike``, as a Path; anything else is an ArgumentError
+    naming `owner`'s argument `name` (`what` says what it is for), where ``Path``'s TypeError names none."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ArgumentError(f"{owner}: {name} is {what}: a str or a Path, got {value!r}.")
+    return Path(value)
 
 
 def to_whole(value: Any, name: str, owner: str, what: str) -> int:

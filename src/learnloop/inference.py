@@ -24,7 +24,7 @@ from .callbacks.distributed import DistributedTrainer
 from .data import to_detach, unshuffled
 from .dispatch import as_list
 from .distributed import is_distributed
-from .errors import ArgumentError, ValueTypeError
+from .errors import ArgumentError, ValueTypeError, to_int
 from .explain import describe
 from .loop import Loop
 from .warn import warn_caller
@@ -135,6 +135,7 @@ class Inference(Loop):
                 "get_preds(with_loss=True) computes each item's loss with learn.loss_func, which is None: set one "
                 "(learn.loss_func = nn.CrossEntropyLoss(), say) or leave with_loss out."
             )
+        concat_dim = to_int(concat_dim, "concat_dim", "get_preds", "the dimension the batches are concatenated along")
         if (concat_dim != 0 or save_preds is not None or save_targs is not None) and is_distributed() and any(
             isinstance(cb, DistributedTrainer) for cb in self.cbs
         ):

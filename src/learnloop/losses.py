@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .callbacks.mixed_loss import NoneReduce
-from .errors import InputError
+from .errors import InputError, to_int
 
 __all__ = [
     "BaseLoss",
@@ -83,6 +83,7 @@ class BaseLoss(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        axis = to_int(axis, "axis", type(self).__name__, "the dimension of the classes (or channels)")
         self.func = loss_cls(*args, **kwargs)
         self.axis, self.flatten, self.floatify, self.is_2d = axis, flatten, floatify, is_2d
 

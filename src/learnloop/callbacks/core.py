@@ -15,6 +15,7 @@ from ..callback import Callback
 from ..checkpoint import atomic_write
 from ..data import to_device
 from ..dispatch import as_list
+from ..errors import to_int
 from ..events import CancelEpochException
 from ..nested import map_tensors, to_concat
 from .training import batch_size
@@ -197,7 +198,9 @@ class GatherPredsCallback(Callback):
         self.with_preds, self.with_targs = with_preds, with_targs
         self.save_preds = None if save_preds is None else Path(save_preds)
         self.save_targs = None if save_targs is None else Path(save_targs)
-        self.concat_dim, self.pickle_protocol = concat_dim, pickle_protocol
+        what = "the dimension the batches are concatenated along"
+        self.concat_dim = to_int(concat_dim, "concat_dim", "GatherPredsCallback", what)
+        self.pickle_protocol = pickle_protocol
         self.preds: Any = None
         self.targets: Any = None
         self.inputs: Any = None

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..distributed import is_distributed
-from ..errors import InputError
+from ..errors import InputError, to_int
 from ..warn import warn_caller
 from .core import Metric, MetricLearner, _func_name, _snake_case, flatten_check
 
@@ -91,7 +91,8 @@ class AccumMetric(Metric):
         **kwargs: Any,
     ) -> None:
         self.func = func
-        self.dim_argmax = dim_argmax
+        what = "the dimension of the classes (None for fastai's implicit one)"
+        self.dim_argmax = None if dim_argmax is None else to_int(dim_argmax, "dim_argmax", "AccumMetric", what)
         self.activation = _activation_type(activation)
         self.thresh = thresh
         self.to_np = to_np

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..errors import to_int
 from .core import Metric, MetricLearner
 
 _ORDERS = 4  # BLEU-4: unigrams to 4-grams
@@ -39,7 +40,7 @@ class CorpusBLEUMetric(Metric):
 
     def __init__(self, vocab_sz: int = 5000, axis: int = -1) -> None:
         self.vocab_sz = vocab_sz
-        self.axis = axis
+        self.axis = to_int(axis, "axis", "CorpusBLEUMetric", "the dimension of the vocabulary")
         self.reset()
 
     def reset(self) -> None:

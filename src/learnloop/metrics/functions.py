@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, to_int
 from .accum import AccumMetric
 from .core import _at_least_float32, flatten_check
 
 
 def accuracy(inp: Tensor, targ: Tensor, axis: int = -1) -> Tensor:
     """Fraction of items whose argmax over ``axis`` equals the target class."""
-    pred, targ = flatten_check(inp.argmax(dim=axis), targ)
+    pred, targ = flatten_check(inp.argmax(dim=to_int(axis, "axis", "accuracy", "the dimension of the classes")), targ)
     return (pred == targ).float().mean()
 
 
@@ -31,7 +31,8 @@ def error_rate(inp: Tensor, targ: Tensor, axis: int = -1) -> Tensor:
 
 def top_k_accuracy(inp: Tensor, targ: Tensor, k: int = 5, axis: int = -1) -> Tensor:
     """Fraction of items whose target is among the ``k`` highest scores over ``axis``."""
-    axis = axis % inp.dim()
+    k = to_int(k, "k", "top_k_accuracy", "how many of the highest scores count")
+    axis = to_int(axis, "axis", "top_k_accuracy", "the dimension of the classes") % inp.dim()
     expected = inp.shape[:axis] + inp.shape[axis + 1 :]
     if targ.shape != expected:
         raise ValueError(

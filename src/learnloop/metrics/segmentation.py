@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, to_int, to_number
 from .core import Metric, MetricLearner, find_bs, flatten_check
 
 
@@ -26,6 +26,9 @@ def _count_dtype(device: torch.device) -> torch.dtype:
 def foreground_acc(inp: Tensor, targ: Tensor, bkg_idx: int = 0, axis: int = 1) -> Tensor:
     """Accuracy over the pixels whose target is not the background class ``bkg_idx`` (nan when there are none):
     the predicted class is the argmax over ``axis``; targets may have a channel dimension of size 1 (dimension 1)."""
+    axis = to_int(axis, "axis", "foreground_acc", "the dimension of the classes")
+    # a float compares as well, as in fastai
+    background = bkg_idx if type(bkg_idx) is int else to_number(bkg_idx, "bkg_idx", "foreground_acc")
     pred = inp.argmax(dim=axis)
     if targ.ndim == pred.ndim + 1 and targ.shape[1] == 1:
         targ = targ.squeeze(1)  # only then: fastai squeezes any dimension 1 of size 1, a height of 1 too, and fails
@@ -34,7 +37,7 @@ def foreground_acc(inp: Tensor, targ: Tensor, bkg_idx: int = 0, axis: int = 1) -
             f"foreground_acc: predictions of shape {tuple(inp.shape)} give classes of shape {tuple(pred.shape)} "
             f"(argmax over axis {axis}), but the target has shape {tuple(targ.shape)}; they must be the same."
         )
-    foreground = targ != bkg_idx
+    foreground = targ != background
     # Counting with a mask rather than indexing by it: boolean indexing waits for the device to size its result.
     hits = ((pred == targ) & foreground).sum()
     # A float64 quotient rounded to float32 is the correctly rounded float32 one: fastai's float32 mean.
@@ -53,7 +56,7 @@ class Dice(Metric):
     class the argmax over ``axis``; None when both the predictions and the targets are all 0."""
 
     def __init__(self, axis: int = 1) -> None:
-        self.axis = axis
+        self.axis = to_int(axis, "axis", type(self).__name__, "the dimension of the classes")
         self.reset()
 
     def reset(self) -> None:
@@ -102,7 +105,7 @@ class DiceMulti(Metric):
     Targets outside ``0 .. classes - 1`` (an ignored index such as 255) count for no class."""
 
     def __init__(self, axis: int = 1) -> None:
-        self.axis = axis
+        self.axis = to_int(axis, "axis", type(self).__name__, "the dimension of the classes")
         self.reset()
 
     def reset(self) -> None:
