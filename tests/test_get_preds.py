@@ -99,6 +99,34 @@ def test_with_preds_false_leaves_a_none_in_place_of_the_predictions() -> None:
     assert torch.allclose(losses, F.cross_entropy(PREDS, Y, reduction="none"))
 
 
+class _SetReduction(Callback):
+    """Sets the loss function's reduction at before_fit and/or after_fit (None: leaves it)."""
+
+    def __init__(self, before: str | None, after: str | None) -> None:
+        self.before, self.after = before, after
+
+    def before_fit(self) -> None:
+        if self.before is not None:
+            self.learn.loss_func.reduction = self.before
+
+    def after_fit(self) -> None:
+        if self.after is not None:
+            self.learn.loss_func.reduction = self.after
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "left"), [("sum", "mean", "mean"), ("sum", None, "sum"), (None, "sum", "sum")]
+)
+def test_with_loss_makes_the_loss_unreduced_inside_before_fit_and_after_fit(before: Any, after: Any, left: str) -> None:
+    # As fastai: 'none' is set after the callbacks' before_fit and the reduction put back before their after_fit, so
+    # a callback that changes it for the run still gets per-item losses, and its after_fit's change stays.
+    learn = small_learner()
+    learn.add_cb(_SetReduction(before, after))
+    _, _, losses = learn.get_preds(with_loss=True)
+    assert torch.allclose(losses, F.cross_entropy(PREDS, Y, reduction="none"))
+    assert learn.loss_func.reduction == left
+
+
 def test_with_targs_false_leaves_a_none_in_place_of_the_targets() -> None:
     preds, targs = small_learner().get_preds(with_targs=False)
     assert torch.equal(preds, PREDS) and targs is None

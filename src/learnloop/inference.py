@@ -93,8 +93,9 @@ class Inference(Loop):
         `ds_idx` picks `dls[ds_idx]` (0 training, 1 validation), read in dataset order: unshuffled, its last
         partial batch kept. `dl`, any iterable of batches, is read instead, as it comes. Predictions go through
         `act`, else the loss function's `activation` if it has one; `with_decoded` adds the loss function's
-        `decodes` of them (the predictions themselves without one), `with_loss` a loss per item, `with_input`
-        the inputs. The signature is fastai's, keyword-only arguments included:
+        `decodes` of them (the predictions themselves without one), `with_loss` a loss per item (the loss function
+        made unreduced after the callbacks' `before_fit` and restored before their `after_fit`, as fastai's),
+        `with_input` the inputs. The signature is fastai's, keyword-only arguments included:
 
         - `with_preds=False` / `with_targs=False`: keep no predictions / targets; that place in the tuple is
           None (as are the decoded predictions when there are no predictions).
@@ -150,7 +151,11 @@ class Inference(Loop):
             with_preds=with_preds, with_targs=with_targs, concat_dim=concat_dim, pickle_protocol=pickle_protocol,
         )
         gather.side_run = True
-        with self._unreduced_loss(with_loss), self.validation_context([*as_list(cbs), gather], inner=inner):
+        if with_loss:
+            _check_reducible(self.loss_func)  # before any callback runs
+        # The loss is made unreduced inside the run, after before_fit and restored before after_fit, as in fastai: a
+        # callback that sets the loss function's reduction for the run does not undo the per-item losses.
+        with self.validation_context([*as_list(cbs), gather], inner=inner), self._unreduced_loss(with_loss):
             self._do_epoch_validate(ds_idx, dl)
         preds = gather.preds
         if preds is not None:
@@ -190,14 +195,7 @@ class Inference(Loop):
             finally:
                 old.reduction = reduction
         else:
-            if not _takes_reduction(old):  # fastai: "got an unexpected keyword argument 'reduction'" at the first batch
-                name = getattr(old, "__qualname__", type(old).__name__)
-                raise ArgumentError(
-                    f"The loss function {name} has no `reduction` attribute, so it is called with reduction='none' for "
-                    "one loss per item (get_preds(with_loss=True), loss_not_reduced()), a keyword it does not take: "
-                    "give it a `reduction` parameter (`def loss(pred, targ, reduction='mean')`) or use a loss that has "
-                    "one (nn.CrossEntropyLoss(), F.cross_entropy, CrossEntropyLossFlat())."
-                )
+            _check_reducible(old)
             self.loss_func = functools.partial(old, reduction="none")
             try:
                 yield
@@ -247,6 +245,20 @@ class Inference(Loop):
         if with_input:
             return (inp[0] if isinstance(inp, torch.Tensor) else tuple(x[0] for x in inp), *result)
         return result
+
+
+def _check_reducible(loss_func: Any) -> None:
+    """Refuse a loss function that can be made unreduced neither by its `reduction` attribute nor keyword."""
+    if hasattr(loss_func, "reduction") or _takes_reduction(loss_func):
+        return
+    # fastai: "got an unexpected keyword argument 'reduction'" at the first batch
+    name = getattr(loss_func, "__qualname__", type(loss_func).__name__)
+    raise ArgumentError(
+        f"The loss function {name} has no `reduction` attribute, so it is called with reduction='none' for "
+        "one loss per item (get_preds(with_loss=True), loss_not_reduced()), a keyword it does not take: "
+        "give it a `reduction` parameter (`def loss(pred, targ, reduction='mean')`) or use a loss that has "
+        "one (nn.CrossEntropyLoss(), F.cross_entropy, CrossEntropyLossFlat())."
+    )
 
 
 def _takes_reduction(loss_func: Any) -> bool:
