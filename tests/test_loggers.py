@@ -35,6 +35,29 @@ def test_csv_logger_writes_the_header_once_and_a_row_per_epoch(tmp_path: Path) -
         assert row[4].count(":") == 1
 
 
+class MetricCollection:
+    """A stand-in for torchmetrics' MetricCollection: its value is a dict."""
+
+    def reset(self) -> None:
+        pass
+
+    def update(self, pred: torch.Tensor, targ: torch.Tensor) -> None:
+        pass
+
+    def compute(self) -> dict[str, float]:
+        return {"acc": 0.5, "f1": 0.25}
+
+
+def test_a_metric_whose_value_is_a_dict_is_one_column_quoted_in_the_file(tmp_path: Path) -> None:
+    # As fastai: one column holding the dict (fastai's CSVLogger writes it bare, its commas adding columns).
+    learn = synth_classif_learner(metrics=MetricCollection(), path=tmp_path)
+    learn.fit(1, cbs=CSVLogger())
+    assert learn.recorder.metric_names[3] == "metric_collection"
+    assert learn.recorder.values[0][2] == {"acc": 0.5, "f1": 0.25}
+    rows = read_rows(tmp_path / "history.csv")
+    assert rows[1][3] == "{'acc': 0.5, 'f1': 0.25}" and len(rows[1]) == 5
+
+
 def test_the_callbacks_path_is_the_learners_and_the_file_is_path_over_fname(tmp_path: Path) -> None:
     learn = synth_classif_learner(path=tmp_path)
     learn.add_cb(CSVLogger("logs/run.csv"))
