@@ -49,6 +49,11 @@ class Callback:
     Attributes the callback does not have are read from the learner, so `self.model`
     is `self.learn.model`; assign through `self.learn` to change the learner's state.
 
+    Class attributes: `order` (callbacks run sorted by it), `run_before` / `run_after` (callback classes this one
+    must run before / after, whatever their `order`), `run` (False: skipped until the end of the fit),
+    `run_train` / `run_valid` (False: its per-batch events skipped in training / validation). Event methods may
+    also be given as keywords: `Callback(after_batch=f)`.
+
     >>> class CountBatches(Callback):
     ...     def before_fit(self): self.n = 0
     ...     def after_batch(self): self.n += 1

@@ -178,6 +178,11 @@ class DataLoaders:
     As fastai's, an attribute it does not have is read from the training loader (`dls.batch_size`, `dls.dataset`),
     and `dls.bs` is the training loader's batch size.
 
+    `valid` None means no validation. `device` is where each batch is moved before the model sees it (default:
+    `default_device()`, CUDA when available); a device that is not available is refused here. `n_inp` is the number
+    of inputs at the start of each batch (default: all but the last element, the target). `path` is where the
+    Learner writes its files unless given its own.
+
     >>> dls = DataLoaders.from_tensors(x_train, y_train, x_valid, y_valid, bs=64)
     >>> learn = Learner(dls, model, loss_func=torch.nn.functional.cross_entropy)
     """

@@ -65,6 +65,26 @@ def _no_parameters(e: ValueError) -> bool:
 class Learner(Inference):
     """Trains `model` on `dls` with `loss_func` and an optimizer from `opt_func`, firing callback events.
 
+    The arguments and defaults are fastai's:
+
+    - `dls`: a `DataLoaders`, or a `(train, valid)` sequence of loaders (any iterables of batches).
+    - `model`: the `nn.Module` to train; `loss_func` is called as `loss_func(pred, *yb)` (required: there is no data
+      layer to infer it from, unless `dls` has a `loss_func`).
+    - `opt_func`: called as `opt_func(param_groups, lr=lr)` to make the optimizer (`Adam`, or any factory such as
+      `partial(OptimWrapper, opt=torch.optim.AdamW)`); `lr` is the learning rate `fit` uses when given none.
+    - `splitter`: `splitter(model)` gives the parameters, or a list of parameter groups (for `freeze_to` and
+      discriminative lrs); the default, `trainable_params`, is one group of the parameters that require a gradient.
+    - `cbs`: callbacks (instances or classes) added after the default ones (`TrainEvalCallback`, `Recorder`,
+      `ProgressCallback`; none of those with `default_cbs=False`).
+    - `metrics`: a metric or a list of them, computed on the validation set: functions `f(pred, *yb)` (averaged
+      over the batches, as `AvgMetric`), `Metric` objects (`AccumMetric`, `R2Score()`...), torchmetrics-style objects.
+    - `path` (default: `dls.path`, else '.') and `model_dir` ('models'): where `save`, `load`, `export` and the
+      loggers put their files (`path/model_dir/name.pth`).
+    - `wd`: the weight decay every fit sets (None: the optimizer's own default); `wd_bn_bias=False` exempts the
+      normalisation layers' parameters and every bias from it; `train_bn=True` keeps normalisation layers
+      training in frozen groups.
+    - `moms`: the (start, middle, end) momentums of `fit_one_cycle` when it is given none.
+
     >>> learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), metrics=accuracy)
     >>> learn.fit(3, lr=1e-3)
     """
@@ -215,6 +235,12 @@ class Learner(Inference):
     ) -> None:
         """Train for `n_epoch` epochs, validating after each one.
 
+        `lr` (default: `learn.lr`; a slice spreads it over the parameter groups, a list gives one per group) and
+        `wd` (default: `learn.wd`, else the optimizer's) are set on the optimizer, which is made first when there is
+        none or `reset_opt` is True. `cbs` are added for this fit only. `start_epoch` skips the epochs before it (a
+        restart of the schedule's position, as in fastai; it does not restore the optimizer or the random state:
+        `resume` does).
+
         `resume` continues a run from a checkpoint of `CheckpointCallback` (a file, its folder, or 'latest'),
         ending exactly as the uninterrupted run would have; call it as the interrupted fit was called.
         """
@@ -291,7 +317,8 @@ class Learner(Inference):
         return file if is_buffer(file) else self.path / self.model_dir / f"{file}.pth"
 
     def save(self, file: str | Path | IO[bytes], with_opt: bool = True, pickle_protocol: int = 2) -> Any:
-        """Save the model (and optimizer) to `path/model_dir/file.pth`, atomically, with `torch.save`'s
+        """Save the model (and the optimizer's state, with `with_opt`) to `path/model_dir/file.pth`, atomically, with
+        `torch.save`'s
         `pickle_protocol` (accepted for fastai's code: only 2, what `load` reads cleanly); returns the path.
         An open buffer (`io.BytesIO`) is written into and returned instead, as in fastai.
 
@@ -322,7 +349,10 @@ class Learner(Inference):
     ) -> Learner:
         """Load `path/model_dir/file.pth` (written by `save`), or an open buffer from where it stands, into the
         model and optimizer. Only tensors and plain containers are read, unless `weights_only=False` (torch.load's
-        argument, which fastai passes on): then anything is unpickled, for a file you trust.
+        argument, which fastai passes on): then anything is unpickled, for a file you trust. The tensors are read
+        onto `device` (default: the device `dls` feeds); `with_opt` loads the optimizer's state too when the file
+        holds one (a warning when it holds none, or one this optimizer cannot take); `strict` is
+        `load_state_dict`'s: the file's weights must match the model's names and shapes exactly. Returns the learner.
 
         The optimizer is created first when there is none, as in fastai; a model with no parameter to train (frozen
         whole, or with buffers only) gets none, and only its weights are loaded (fastai's fails)."""

@@ -268,7 +268,10 @@ def lr_find(
 ) -> tuple[float, ...] | None:
     """Train ``num_it`` batches with the lr growing from ``start_lr`` to ``end_lr``, put the model and the
     optimizer back as they were, and return ``SuggestedLRs(valley=..., ...)``: one field per function of
-    ``suggest_funcs`` (none for ``()``; ``suggest_funcs=None`` returns None, as in fastai).
+    ``suggest_funcs`` (none for ``()``; ``suggest_funcs=None`` returns None, as in fastai). The lr grows
+    exponentially; with ``stop_div`` the sweep stops once the smoothed loss exceeds 4 times its best value or is
+    not finite. ``show_plot`` draws ``recorder.plot_lr_find()`` with the suggestions marked (needs matplotlib:
+    without it, a warning).
 
     The model's weights, buffers, gradients and modes and the optimizer (state and hypers, or its absence) are
     restored exactly, even when the run raises, and so are a learnable loss function's parameters and the other

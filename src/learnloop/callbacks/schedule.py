@@ -204,8 +204,10 @@ def fit_one_cycle(
     """Train with the 1cycle policy: lr warms up from ``lr_max/div`` to ``lr_max`` over ``pct_start`` of
     training (cosine), then anneals to ``lr_max/div_final``; momentum goes the opposite way through ``moms``.
 
-    ``lr_max`` may be a slice or a list for discriminative learning rates. An optimizer without a
-    momentum hyper-parameter (torch's Adagrad, say) gets only the lr schedule unless ``moms`` is given.
+    ``lr_max`` (default: ``learn.lr``) may be a slice or a list for discriminative learning rates. ``moms``
+    (default: ``learn.moms``) is (start, middle, end). An optimizer without a momentum hyper-parameter (torch's
+    Adagrad, say) gets only the lr schedule unless ``moms`` is given. ``wd``, ``cbs``, ``reset_opt`` and
+    ``start_epoch`` are passed on to ``Learner.fit``.
     ``resume`` continues from a checkpoint (``Learner.fit``), with the same arguments as the saved run.
     """
     n_epoch = to_epochs(n_epoch, owner="fit_one_cycle")  # each argument checked before the optimizer is changed

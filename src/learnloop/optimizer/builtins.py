@@ -51,7 +51,11 @@ def SGD(
     *,
     implementation: Implementation = "auto",
 ) -> Optimizer:
-    """SGD, with momentum (no dampening) when ``mom`` is not 0: ``[wd, average_grad, momentum_step]``."""
+    """SGD, with momentum (no dampening) when ``mom`` is not 0: ``[wd, average_grad, momentum_step]``.
+
+    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
+    ``implementation`` picks the kernels (``Optimizer``).
+    """
     cbs = _wd(decouple_wd)
     if mom != 0:
         cbs.append(average_grad)
@@ -70,7 +74,13 @@ def RMSProp(
     *,
     implementation: Implementation = "auto",
 ) -> Optimizer:
-    """RMSProp: ``[wd, average_grad if mom, average_sqr_grad, rms_prop_step]``."""
+    """RMSProp: ``[wd, average_grad if mom, average_sqr_grad, rms_prop_step]``.
+
+    ``sqr_mom`` is the squared gradients' moving-average coefficient (before ``mom``, the gradients' one, unlike
+    fastai's order: pass them by keyword), ``eps`` is added to the denominator;
+    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
+    ``implementation`` picks the kernels (``Optimizer``).
+    """
     cbs = _wd(decouple_wd)
     cbs += [average_sqr_grad] if mom == 0 else [average_grad, average_sqr_grad]
     cbs.append(rms_prop_step)
@@ -89,7 +99,13 @@ def Adam(
     implementation: Implementation = "auto",
 ) -> Optimizer:
     """Adam (AdamW when ``decouple_wd``): ``[wd, average_grad(dampening), average_sqr_grad, step_stat,
-    adam_step]``."""
+    adam_step]``.
+
+    ``mom`` (beta1) and ``sqr_mom`` (beta2) are the moving averages' coefficients, ``eps`` is added to the
+    denominator;
+    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
+    ``implementation`` picks the kernels (``Optimizer``).
+    """
     cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, adam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, implementation=implementation)
 
@@ -106,7 +122,13 @@ def RAdam(
     *,
     implementation: Implementation = "auto",
 ) -> Optimizer:
-    """Rectified Adam; ``beta`` > 0 smooths the denominator with ``softplus(denom, beta)``."""
+    """Rectified Adam; ``beta`` > 0 smooths the denominator with ``softplus(denom, beta)``.
+
+    ``mom`` (beta1) and ``sqr_mom`` (beta2) are the moving averages' coefficients, ``eps`` is added to the
+    denominator;
+    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
+    ``implementation`` picks the kernels (``Optimizer``).
+    """
     cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, radam_step]
     return Optimizer(
         params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, beta=beta, implementation=implementation
@@ -126,7 +148,13 @@ def QHAdam(
     *,
     implementation: Implementation = "auto",
 ) -> Optimizer:
-    """Quasi-hyperbolic Adam (Ma & Yarats, 2019)."""
+    """Quasi-hyperbolic Adam (Ma & Yarats, 2019).
+
+    ``mom`` (beta1) and ``sqr_mom`` (beta2) are the moving averages' coefficients, ``nu_1`` and ``nu_2`` how much of
+    each average (against the current gradient) the step uses, ``eps`` is added to the denominator;
+    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
+    ``implementation`` picks the kernels (``Optimizer``).
+    """
     cbs = _wd(decouple_wd) + [
         partial(average_grad, dampening=True),
         partial(average_sqr_grad, dampening=True),
@@ -159,7 +187,12 @@ def Larc(
     *,
     implementation: Implementation = "auto",
 ) -> Optimizer:
-    """LARC: SGD with a layer-wise lr from the trust ratio, clipped at ``lr`` (``clip=False`` gives LARS)."""
+    """LARC: SGD with a layer-wise lr from the trust ratio, clipped at ``lr`` (``clip=False`` gives LARS).
+
+    The layer's lr is ``lr * trust_coeff * norm(p) / (norm(grad) + wd * norm(p) + eps)``; ``mom`` is the momentum;
+    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
+    ``implementation`` picks the kernels (``Optimizer``).
+    """
     cbs = _wd(decouple_wd)
     if mom != 0:
         cbs.append(average_grad)
@@ -184,7 +217,13 @@ def Lamb(
     *,
     implementation: Implementation = "auto",
 ) -> Optimizer:
-    """LAMB: Adam's update scaled per tensor by ``min(rms(p) / rms(update), 10)``."""
+    """LAMB: Adam's update scaled per tensor by ``min(rms(p) / rms(update), 10)``.
+
+    ``mom`` (beta1) and ``sqr_mom`` (beta2) are the moving averages' coefficients, ``eps`` is added to the
+    denominator;
+    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
+    ``implementation`` picks the kernels (``Optimizer``).
+    """
     cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, lamb_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, implementation=implementation)
 
@@ -208,7 +247,8 @@ def ranger(
 ) -> Lookahead:
     """``Lookahead(RAdam(...), k, alpha)`` with fastai's ranger defaults and argument order.
 
-    The keyword-only arguments go to ``RAdam`` (fastai passes them through ``**kwargs``).
+    ``mom``, ``wd`` and ``eps`` are RAdam's (``Adam``), ``k`` and ``alpha`` Lookahead's. The keyword-only arguments
+    go to ``RAdam`` (fastai passes them through ``**kwargs``).
     """
     radam = RAdam(
         params,

@@ -118,8 +118,15 @@ def _split_repeats(plist: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
 class Optimizer(BaseOptimizer):
     """fastai's generic optimizer: ``Optimizer(params, cbs, train_bn=True, **defaults)``.
 
-    ``params`` may be a single tensor and ``cbs`` a single stepper, as in fastai. ``train_bn`` is there for fastai's
+    ``params`` is a list of parameters (one group), a list of such lists (one group each) or torch-style group dicts;
+    it may be a single tensor and ``cbs`` a single stepper, as in fastai. ``cbs`` are the steppers, called in order
+    on each parameter with a gradient. ``defaults`` are the hyper-parameters (``lr=0.1``, ``wd=0.01``...), over the
+    steppers' own ``defaults``; a slice or a list gives one value per group. ``train_bn`` is there for fastai's
     signature and does nothing (``Learner(train_bn=...)`` keeps normalisation layers trainable); False is warned of.
+    ``implementation``: ``"auto"`` (or ``"fused"``, the same) runs a chain of built-in steppers on torch's fused
+    kernels where they exist, else on its foreach forms; ``"foreach"`` never fuses (fastai's numbers bit for bit);
+    ``"per_param"`` runs the steppers one parameter at a time, as fastai does. A chain with a stepper of your own
+    always runs per parameter.
 
     >>> opt = Optimizer(model.parameters(), [weight_decay, sgd_step], lr=0.1, wd=0.01)  # doctest: +SKIP
     """

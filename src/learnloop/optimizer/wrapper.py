@@ -131,6 +131,12 @@ class TorchGroupHypers(MutableMapping[str, Any]):
 class OptimWrapper(BaseOptimizer):
     """Run a ``torch.optim`` optimizer under learnloop's API.
 
+    ``opt`` is a torch optimizer class, built over ``params`` (a list of parameters, or a list of groups: with
+    ``convert_groups`` each list becomes a torch group dict) with ``kwargs`` under torch's own names (``lr=1e-3,
+    betas=(0.9, 0.99)``), or an optimizer already built (then ``params`` is None). ``hp_map`` renames torch's
+    group keys to the names ``hypers``, ``set_hyper`` and the schedules use (default ``PYTORCH_HP_MAP``:
+    ``momentum`` and ``betas[0]`` are ``mom``, ``betas[1]`` and ``alpha`` ``sqr_mom``, ``weight_decay`` ``wd``).
+
     >>> opt_func = functools.partial(OptimWrapper, opt=torch.optim.AdamW)  # doctest: +SKIP
     >>> opt = opt_func(param_lists, lr=1e-3)  # doctest: +SKIP
     """
