@@ -1130,9 +1130,22 @@ def test_save_and_load_through_a_buffer(tmp_path: Path) -> None:
     assert other.opt.state_dict()["hypers"] == learn.opt.state_dict()["hypers"]
 
 
+def test_every_name_fastais_learner_module_exports_imports_from_learnloop() -> None:
+    """The porting guide: `from fastai.learner import ...` becomes `from learnloop import ...` (fastai.learner.__all__
+    as of fastai 2.8.12; `replacing_yield` was only in learnloop.learner)."""
+    import learnloop
+
+    fastai_learner_all = [
+        "replacing_yield", "mk_metric", "save_model", "load_model", "SkipToEpoch", "Learner", "before_batch_cb",
+        "load_learner", "Metric", "AvgMetric", "AvgLoss", "AvgSmoothLoss", "ValueMetric", "Recorder", "CastToTensor",
+        "CancelBackwardException", "CancelStepException", "CancelFitException", "CancelEpochException",
+        "CancelTrainException", "CancelValidException", "CancelBatchException",
+    ]
+    assert [n for n in fastai_learner_all if n not in learnloop.__all__] == []
+
+
 def test_fastais_learner_helpers(tmp_path: Path) -> None:
-    from learnloop import before_batch_cb, load_model, save_model, to_detach
-    from learnloop.learner import replacing_yield
+    from learnloop import before_batch_cb, load_model, replacing_yield, save_model, to_detach
 
     learn = synth_learner()
     seen: list[float] = []

@@ -62,7 +62,15 @@ from .events import (
     event,
 )
 from .export import load_learner
-from .learner import Learner, before_batch_cb, load_model, norm_bias_params, save_model, trainable_params
+from .learner import (
+    Learner,
+    before_batch_cb,
+    load_model,
+    norm_bias_params,
+    replacing_yield,
+    save_model,
+    trainable_params,
+)
 from .losses import (
     BaseLoss,
     BCELossFlat,
@@ -245,6 +253,7 @@ __all__ = [
     "norm_bias_params",
     "r2_score",
     "ranger",
+    "replacing_yield",
     "rmse",
     "rnn_cbs",
     "save_model",
