@@ -44,6 +44,7 @@ from .callbacks import (
     TrackerCallback,
     TrainEvalCallback,
     bn_types,
+    reduce_loss,
     rnn_cbs,
     set_bn_eval,
 )
@@ -253,6 +254,7 @@ __all__ = [
     "norm_bias_params",
     "r2_score",
     "ranger",
+    "reduce_loss",
     "replacing_yield",
     "rmse",
     "rnn_cbs",

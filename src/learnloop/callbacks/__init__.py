@@ -17,7 +17,7 @@ from .graph import ShowGraphCallback
 from .hook import ActivationStats, HookCallback
 from .loggers import CSVLogger, TensorBoardCallback, TensorBoardProjectorCallback
 from .lr_finder import LRFinder
-from .mixed_loss import NoneReduce
+from .mixed_loss import NoneReduce, reduce_loss
 from .mixup import CutMix, MixHandler, MixUp
 from .perf import ChannelsLast, CompileModel, ProfilerCallback
 from .preds import MCDropoutCallback
@@ -81,6 +81,7 @@ __all__ = [
     "TrackerCallback",
     "TrainEvalCallback",
     "bn_types",
+    "reduce_loss",
     "rnn_cbs",
     "set_bn_eval",
 ]
