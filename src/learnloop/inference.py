@@ -62,7 +62,8 @@ class Inference(Loop):
 
     def validate(self, ds_idx: int = 1, dl: Any = None, cbs: Any = None) -> list[Any] | None:
         """Evaluate on the validation set (or `dl`): `[valid_loss, *metrics]`, the Recorder's `final_record`
-        (None when no Recorder ever recorded one)."""
+        (None when no Recorder ever recorded one). `ds_idx` picks `dls[ds_idx]` (0 training, 1 validation), `dl`
+        any loader of batches instead; `cbs` are added for this call only."""
         _check_data_arguments(self.dls, "validate", ds_idx, dl)
         dl = self.dls[ds_idx] if dl is None else dl
         with self.validation_context(cbs):
@@ -95,7 +96,8 @@ class Inference(Loop):
         `act`, else the loss function's `activation` if it has one; `with_decoded` adds the loss function's
         `decodes` of them (the predictions themselves without one), `with_loss` a loss per item (the loss function
         made unreduced after the callbacks' `before_fit` and restored before their `after_fit`, as fastai's),
-        `with_input` the inputs. The signature is fastai's, keyword-only arguments included:
+        `with_input` the inputs; `cbs` are added for this call only. The signature is fastai's, keyword-only
+        arguments included:
 
         - `with_preds=False` / `with_targs=False`: keep no predictions / targets; that place in the tuple is
           None (as are the decoded predictions when there are no predictions).

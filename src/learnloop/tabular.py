@@ -307,7 +307,11 @@ def load_csv(
 ) -> TabularData:
     """Read a CSV file and split its rows at random (seeded) into training and validation datasets.
 
-    Rows whose target is missing are left out. The preprocessing is learnt from the training rows only.
+    `target` is the column to predict; `valid_pct` the share of the rows held out for validation, drawn with
+    `seed`; `task` 'classification', 'regression' or 'auto' (as `learnloop train --task`: classification when the
+    target is not numeric, or whole numbers with at most 20 distinct values); `drop` the columns to leave out;
+    `categorical` the non-numeric feature columns to one-hot encode. Returns `TabularData(train, valid, prep,
+    notes)`. Rows whose target is missing are left out. The preprocessing is learnt from the training rows only.
     `notes` says what was inferred or filled in, for the user to read.
     """
     if not 0 < valid_pct < 1:

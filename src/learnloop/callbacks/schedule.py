@@ -253,7 +253,9 @@ def fit_flat_cos(
     start_epoch: int = 0,
     resume: str | Path | None = None,
 ) -> None:
-    """Train at a flat ``lr`` for ``pct_start`` of training, then anneal it to ``lr/div_final`` (cosine)."""
+    """Train at a flat ``lr`` (default: ``learn.lr``) for ``pct_start`` of training, then anneal it to
+    ``lr/div_final`` (cosine). ``wd``, ``cbs``, ``reset_opt``, ``start_epoch`` and ``resume`` are passed on to
+    ``Learner.fit``."""
     n_epoch = to_epochs(n_epoch, owner="fit_flat_cos")
     pct_start = _check_fraction("pct_start", pct_start, "fit_flat_cos")
     div_final = _check_positive("div_final", div_final, "fit_flat_cos")
@@ -288,8 +290,9 @@ def fit_sgdr(
     start_epoch: int = 0,
     resume: str | Path | None = None,
 ) -> None:
-    """Train with warm restarts (SGDR): ``n_cycles`` cosine annealings from ``lr_max`` to 0, the first one
-    ``cycle_len`` epochs long, each next one ``cycle_mult`` times longer."""
+    """Train with warm restarts (SGDR): ``n_cycles`` cosine annealings from ``lr_max`` (default: ``learn.lr``) to 0,
+    the first one ``cycle_len`` epochs long, each next one ``cycle_mult`` times longer. ``cbs``, ``reset_opt``,
+    ``wd``, ``start_epoch`` and ``resume`` are passed on to ``Learner.fit``."""
     for name, value, low in (("n_cycles", n_cycles, 1), ("cycle_len", cycle_len, 1), ("cycle_mult", cycle_mult, 1)):
         # numpy integers too, as fastai's arithmetic takes them. fastai's combine_scheds asserts on the fractions a
         # fractional or zero cycle_len or cycle_mult makes, and its arithmetic fails on a string or a fractional
