@@ -76,6 +76,20 @@ def test_one_output_per_item_and_targets_without_that_dimension_get_the_shape_hi
     assert "y.long()" not in _notes(info)
 
 
+def test_one_output_per_item_and_class_index_targets_get_the_class_hint_not_the_shape_one() -> None:
+    # Class indices 0/1 against a 1-output model: unsqueezing the targets, as the shape hint said, fails again in
+    # cross-entropy (multi-target) and in BCE (integer targets); the fix is one output per class, or float targets.
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    y[0] = 1
+    for loss_func, error in ((nn.CrossEntropyLoss(), IndexError), (nn.BCEWithLogitsLoss(), ValueError)):
+        learn = _learner([(x, y)], nn.Linear(4, 1), loss_func)
+        with pytest.raises(error) as info:
+            learn.fit(1)
+        assert "integer targets up to 1: class indices, as cross-entropy takes them, need one output per class " \
+            "(2 here)" in _notes(info) and "y.float().unsqueeze(1)" in _notes(info)
+        assert "give the targets its shape, y.unsqueeze(1)" not in _notes(info)
+
+
 def test_a_note_that_cannot_be_worked_out_leaves_the_error_as_it_is() -> None:
     error = RuntimeError("the loss failed")
     explain_loss_error(error, torch.randn(3, 2), (torch.tensor([0, 1, 2]).to_sparse(),))  # min() fails on sparse

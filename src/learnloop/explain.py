@@ -78,7 +78,15 @@ def explain_loss_error(e: BaseException, pred: Any, yb: tuple[Any, ...], no_loss
     target = yb[0] if len(yb) == 1 and isinstance(yb[0], torch.Tensor) else None
     if isinstance(pred, torch.Tensor) and target is not None and pred.ndim == target.ndim + 1:
         if pred.shape[-1] == 1 and pred.ndim == 2:  # one output per item (binary, regression): a shape mismatch
-            note += " (one output per item: give the targets its shape, y.unsqueeze(1), or squeeze the output)"
+            if target.is_floating_point() or target.is_complex() or not target.numel() or int(target.max()) < 1:
+                note += " (one output per item: give the targets its shape, y.unsqueeze(1), or squeeze the output)"
+            else:  # integer targets beyond 0: class indices (cross-entropy), or 0/1 labels (floats for a binary loss)
+                high = int(target.max())
+                note += (
+                    f" (one output per item, and integer targets up to {high}: class indices, as cross-entropy takes "
+                    f"them, need one output per class ({high + 1} here); a binary or regression loss takes float "
+                    "targets of the output's shape, y.float().unsqueeze(1))"
+                )
         # Otherwise the shapes of class scores and class indices (cross-entropy): the usual causes are the dtype and
         # the range.
         elif target.is_floating_point():
