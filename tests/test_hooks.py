@@ -599,6 +599,26 @@ def test_summary_leaves_mode_weights_random_state_records_and_callbacks_alone() 
     assert torch.equal(seeded.dls.train.generator.get_state(), generator)
 
 
+def test_summary_from_a_fits_before_fit_leaves_activation_stats_hooked() -> None:
+    # There the fit is not yet under way: the summary's pass took ActivationStats' hooks, fired while it was out,
+    # off the model for good, and the fit recorded no batch (fastai's records the summary's batch at every one).
+    def record(with_summary: bool) -> list[list[float]]:
+        stats, texts = ActivationStats(), []
+
+        def print_summary() -> None:
+            if not texts:  # once: the summary's own pass fires before_fit too
+                texts.append("")
+                texts.append(summary(learn))
+
+        learn = make_learner(cbs=[stats, *([Callback(before_fit=print_summary)] if with_summary else [])])
+        learn.fit(1)
+        assert n_hooks(learn.model) == 0
+        return stats.layer_stats(0)
+
+    plain = record(False)
+    assert len(plain[0]) == 4 and record(True) == plain
+
+
 class Broken(nn.Module):
     def __init__(self) -> None:
         super().__init__()

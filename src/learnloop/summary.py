@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .callbacks.core import CollectDataCallback, GatherPredsCallback
+from .callbacks.hook import HookCallback
 from .callbacks.progress import ProgressCallback
 from .hooks import Hooks, flatten_model
 from .metrics import find_bs
@@ -90,10 +91,17 @@ def _left_as_it_was(learn: Learner) -> Iterator[None]:
     modes = [(m, m.training) for m in learn.model.modules()]
     cbs = list(learn.cbs)
     out = [cb for cb in cbs if getattr(cb, "remove_on_fetch", False) or isinstance(cb, _OUT_OF_SUMMARY)]
+    # The hooks of those taken out (ActivationStats') stay on the model but do nothing in the pass: called from a
+    # fit's before_fit, where the fit is not yet under way, the pass would otherwise take them off for good.
+    paused = [cb for cb in out if isinstance(cb, HookCallback)]
     try:
+        for cb in paused:
+            cb.__dict__["_paused"] = True
         with _same_random_state(learn), learn.removed_cbs(out):
             yield
     finally:
+        for cb in paused:
+            cb.__dict__["_paused"] = False
         learn.cbs = cbs  # removed_cbs puts them back at the end
         for m, mode in modes:
             m.training = mode

@@ -139,7 +139,8 @@ class _HookOf:
     the callback is off the learner (one of `fit(cbs=...)` is taken off however the fit ends) they would fire at every
     forward pass for good. So, unless kept on purpose (`remove_end=False`), a callback off the learner is not called,
     and its hooks come off at the next forward pass outside its fit (a pass of the fit's validation, as a
-    FetchPredsCallback's, which takes it out for the while, leaves them). Both are held weakly: the model does not
+    FetchPredsCallback's, which takes it out for the while, leaves them; so does `learn.summary()`'s pass, which pauses
+    them, even from a fit's before_fit). Both are held weakly: the model does not
     keep a callback nobody else holds alive (its `__del__` unhooks). A model pickled with the hooks on (an export)
     carries them as no-ops, not the callback and its learner."""
 
@@ -149,7 +150,7 @@ class _HookOf:
 
     def __call__(self, m: nn.Module, i: Any, o: Any) -> Any:
         cb = self.cb()
-        if cb is None:
+        if cb is None or cb.__dict__.get("_paused"):  # gone, or taken out for a summary's pass (see summary.py)
             return None
         if cb.remove_end and cb.__dict__.get("learn") is None:
             learn = self.learn()
