@@ -560,6 +560,33 @@ def test_resume_after_ctrl_c_ends_as_the_uninterrupted_run(
     assert code == 2 and "no such run directory" in err
 
 
+def test_resume_skips_a_corrupt_newest_checkpoint_as_fit_resume_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `fit(resume=folder)` falls back to the newest checkpoint that can be read, with a warning; --resume stopped with
+    # "... is corrupt or truncated" and exit code 1 instead.
+    data = flowers(tmp_path / "flowers.csv", n=30)
+    with monkeypatch.context() as patch:
+        patch.setattr(recipe, "Learner", learner_with_ctrl_c)
+        code, _, err = run(capsys, "train", "--data", data, "--target", "species", "--epochs", "4", "--out",
+                           tmp_path / "cut")
+    assert code == 130, err
+    folder = tmp_path / "cut" / "checkpoints"
+    (good,) = folder.iterdir()
+    (folder / "checkpoint_000099_epoch3_end.pth").write_bytes(good.read_bytes()[:1000])  # newer, truncated
+    code, out, err = run(capsys, "train", "--resume", tmp_path / "cut")
+    assert code == 0, err
+    assert "warning: resume=" in err and "skipping checkpoint_000099_epoch3_end.pth, which cannot be read" in err
+    assert f"(resuming from {good})" in out
+    assert [r["epoch"] for r in read_rows(tmp_path / "cut" / "metrics.csv")] == ["0", "1", "2", "3"]
+
+    for file in folder.iterdir():  # every checkpoint unreadable: an error, in the command's terms
+        file.write_bytes(b"garbage")
+    code, _, err = run(capsys, "train", "--resume", tmp_path / "cut")
+    assert code == 1 and "can be read" in err and "Start the run again with the command in" in err, err
+    assert "resume=," not in err
+
+
 def test_parser_defaults_are_train_config_defaults() -> None:
     args = build_parser().parse_args(["train"])
     defaults = TrainConfig()

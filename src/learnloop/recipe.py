@@ -157,7 +157,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
                     cbs=MixUp(config.mixup) if config.mixup else None)
     if config.precision != "fp32":
         learn.to_fp16(amp_mode=config.precision)
-    out = _resumable(config, data) if resume else _new_run_dir(config)
+    out, checkpoint = _resumable(config, data) if resume else (_new_run_dir(config), None)
     learn.path, learn.model_dir = out, Path(".")
     what = f"{len(data.prep.classes)} classes" if classification else f"regression of {data.prep.target!r}"
     log(f"data: {config.data}, {len(data.train)} train / {len(data.valid)} valid items, {data.prep.n_inputs} "
@@ -171,9 +171,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
         runs.write_json(out / runs.PREPROCESSING, data.prep.to_dict())
     log(f"model: {type(model).__name__} {' '.join(map(str, hidden))}; {config.opt}, {config.policy}, "
         f"{epochs} epochs, bs {bs}, lr {config.lr:.3g}, {config.precision}, device {config.device}\n"
-        f"run directory: {out}" + (f" (resuming from {runs.latest_checkpoint(out)})" if resume else ""))
+        f"run directory: {out}" + (f" (resuming from {checkpoint})" if checkpoint else ""))
     try:
-        _fit(learn, config.policy, epochs, config.lr, resume)
+        _fit(learn, config.policy, epochs, config.lr, checkpoint)
     except KeyboardInterrupt:
         checkpoint = runs.latest_checkpoint(out)
         if checkpoint is not None:
@@ -220,14 +220,15 @@ def _new_run_dir(config: TrainConfig) -> Path:
     return made
 
 
-def _resumable(config: TrainConfig, data: TabularData) -> Path:
-    """The run directory of a run to resume, checked: same data, a checkpoint to resume from, epochs left."""
+def _resumable(config: TrainConfig, data: TabularData) -> tuple[Path, Path]:
+    """The run directory of a run to resume, checked (same data, epochs left), and the checkpoint to resume from: the
+    newest that can be read, as fit(resume=folder) takes it (newer ones that cannot are skipped with a warning)."""
     out = Path(str(config.out))
     saved = runs.read_prep(out / runs.PREPROCESSING)
     if saved != data.prep:
         raise runs.RunError(f"{config.data} is not the data the run in {out} was trained on (it changed since); "
                             "resuming needs the same data.")
-    checkpoint = runs.latest_checkpoint(out)
+    checkpoint = runs.readable_checkpoint(out)
     if checkpoint is None:
         raise runs.RunError(f"{out} holds no checkpoint to resume from (one is written at the end of each epoch); "
                             "start it again with the command in its config.json.")
@@ -235,7 +236,7 @@ def _resumable(config: TrainConfig, data: TabularData) -> Path:
     if position.epoch >= position.n_epoch and not position.mid_epoch:
         raise runs.RunError(f"the run in {out} finished all its {position.n_epoch} epochs: there is nothing to "
                             "resume. `learnloop show` prints it.")
-    return out
+    return out, checkpoint
 
 
 def _regression_metrics() -> list[Any]:
@@ -333,11 +334,11 @@ class QuietSaveModel(SaveModelCallback):
         pass
 
 
-def _fit(learn: Learner, policy: str, epochs: int, lr: float, resume: bool) -> None:
+def _fit(learn: Learner, policy: str, epochs: int, lr: float, resume: Path | None) -> None:
     # The checkpoint at the end of each epoch (and on Ctrl-C) is the run's last checkpoint, for --resume.
     checkpoints = CheckpointCallback(every_epoch=True, keep_last=1, path=runs.CHECKPOINTS)
-    cbs = [CSVLogger(runs.METRICS, append=resume), QuietSaveModel(fname="model"), checkpoints]
-    kwargs: dict[str, Any] = {"cbs": cbs, "resume": learn.path / runs.CHECKPOINTS if resume else None}
+    cbs = [CSVLogger(runs.METRICS, append=resume is not None), QuietSaveModel(fname="model"), checkpoints]
+    kwargs: dict[str, Any] = {"cbs": cbs, "resume": resume}
     if policy == "one_cycle":
         learn.fit_one_cycle(epochs, lr, **kwargs)
     elif policy == "flat_cos":

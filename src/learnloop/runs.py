@@ -41,6 +41,7 @@ __all__ = [
     "open_run",
     "read_json",
     "read_prep",
+    "readable_checkpoint",
     "save_lr_find_plot",
     "save_plots",
     "write_json",
@@ -82,6 +83,15 @@ def new_run_dir(out: Path | None, root: Path = Path("runs")) -> Path:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The run's last training checkpoint, if it has one."""
     return checkpointing.latest_checkpoint(run_dir / CHECKPOINTS)
+
+
+def readable_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint `learnloop train --resume` carries the run on from: its newest that can be read, as
+    ``fit(resume=...)`` takes it (newer ones that are corrupt or truncated are skipped with a warning naming them);
+    None when it has none, a RunError when none can be read."""
+    folder = run_dir / CHECKPOINTS
+    start_over = f"Start the run again with the command in {run_dir / CONFIG}."
+    return checkpointing._latest_readable(folder, "checkpoint", folder, start_over)
 
 
 def write_json(path: Path, data: Any) -> None:

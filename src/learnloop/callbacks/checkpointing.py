@@ -346,10 +346,15 @@ def _batches_done(learn: Learner) -> int:
     return learn.iter
 
 
-def _latest_readable(folder: Path, fname: str, resume: str | os.PathLike[str]) -> Path | None:
+def _latest_readable(
+    folder: Path,
+    fname: str,
+    resume: str | os.PathLike[str],
+    start_over: str = "Start from scratch without resume=, or pass a checkpoint file from elsewhere.",
+) -> Path | None:
     """The newest exact checkpoint in `folder` that can be read, or None when there is none. Newer ones that are
     corrupt or truncated are skipped with a warning naming them (they stay where they are); when every one is, a
-    CheckpointError names them."""
+    CheckpointError names them, and ends with the advice `start_over`."""
     files = [f for f in checkpoint_files(folder, fname) if not f.name.endswith("_inexact.pth")]
     corrupt: list[tuple[Path, CorruptFileError]] = []
     for file in reversed(files):
@@ -367,7 +372,7 @@ def _latest_readable(folder: Path, fname: str, resume: str | os.PathLike[str]) -
     if corrupt:
         raise CheckpointError(
             f"resume={str(resume)!r}: no checkpoint in {folder} can be read ({_names(corrupt)}): {corrupt[0][1]} "
-            "Start from scratch without resume=, or pass a checkpoint file from elsewhere."
+            + start_over
         )
     return None
 
