@@ -579,6 +579,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint_as_fit_resume_does(
     assert "warning: resume=" in err and "skipping checkpoint_000099_epoch3_end.pth, which cannot be read" in err
     assert f"(resuming from {good})" in out
     assert [r["epoch"] for r in read_rows(tmp_path / "cut" / "metrics.csv")] == ["0", "1", "2", "3"]
+    assert [f.name for f in folder.iterdir()] == ["checkpoint_000101_epoch3_end.pth"]  # keep_last=1 pruned the rest
 
     for file in folder.iterdir():  # every checkpoint unreadable: an error, in the command's terms
         file.write_bytes(b"garbage")

@@ -353,7 +353,7 @@ def _latest_readable(
     start_over: str = "Start from scratch without resume=, or pass a checkpoint file from elsewhere.",
 ) -> Path | None:
     """The newest exact checkpoint in `folder` that can be read, or None when there is none. Newer ones that are
-    corrupt or truncated are skipped with a warning naming them (they stay where they are); when every one is, a
+    corrupt or truncated are skipped with a warning naming them (then older ones, for keep_last); when every one is, a
     CheckpointError names them, and ends with the advice `start_over`."""
     files = [f for f in checkpoint_files(folder, fname) if not f.name.endswith("_inexact.pth")]
     corrupt: list[tuple[Path, CorruptFileError]] = []
@@ -366,7 +366,8 @@ def _latest_readable(
         if corrupt:
             warn_caller(
                 f"resume={str(resume)!r}: skipping {_names(corrupt)}, which cannot be read: {corrupt[0][1]} Resuming "
-                f"from {file}, the newest checkpoint that can be; the unreadable files are left where they are."
+                f"from {file}, the newest checkpoint that can be; the unreadable files now count as older checkpoints, "
+                "which keep_last prunes."
             )
         return file
     if corrupt:
