@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 from collections import namedtuple
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import nn
 from torch.utils.data import (
     BatchSampler,
     DataLoader,
+    IterableDataset,
     RandomSampler,
     SequentialSampler,
     SubsetRandomSampler,
@@ -150,6 +152,18 @@ def test_from_dsets_takes_a_sampler_with_the_default_shuffle() -> None:
     dls = DataLoaders.from_dsets(_ds(10), _ds(10), bs=4, sampler=SubsetRandomSampler(range(5)))
     assert [len(xb) for xb, _ in dls.train] == [4]  # the sampler's 5 items; the last partial batch dropped, as shuffled
     assert DataLoaders.from_dsets(_ds(10), bs=4, sampler=range(10), drop_last=False).train.sampler == range(10)
+
+
+def test_from_dsets_says_an_iterable_dataset_cannot_be_shuffled() -> None:
+    # torch's "expected unspecified shuffle option, but got shuffle=True" named a shuffle the caller had not written
+    class Stream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+        def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            return iter(_ds(6))
+
+    with pytest.raises(ValueError, match=r"train_ds is an IterableDataset \(Stream\).* Pass shuffle=False"):
+        DataLoaders.from_dsets(Stream(), Stream(), bs=4)
+    dls = DataLoaders.from_dsets(Stream(), Stream(), bs=4, shuffle=False)
+    assert [len(xb) for xb, _ in dls.train] == [4, 2] and [len(xb) for xb, _ in dls.valid] == [4, 2]
 
 
 def test_from_tensors() -> None:

@@ -12,6 +12,7 @@ from torch.utils.data import (
     BatchSampler,
     DataLoader,
     Dataset,
+    IterableDataset,
     RandomSampler,
     SequentialSampler,
     Subset,
@@ -323,7 +324,8 @@ class DataLoaders:
         n_inp: int | None = None,
         **kwargs: Any,
     ) -> DataLoaders:
-        """Torch DataLoaders over two datasets; the training one shuffles and drops its last partial batch.
+        """Torch DataLoaders over two datasets; the training one shuffles and drops its last partial batch (an
+        IterableDataset, which cannot be shuffled, needs shuffle=False).
 
         Other keywords go to both torch DataLoaders (`collate_fn`, `pin_memory`...), except `sampler`,
         `batch_sampler` and `generator`, which draw the training order: the training loader's only. A `sampler`
@@ -338,6 +340,13 @@ class DataLoaders:
             raise InputError(
                 "from_dsets: train_ds has no items, so there is nothing to shuffle or train on; check how the "
                 "training set was made (or pass shuffle=False for an empty training loader)."
+            )
+        if shuffle and isinstance(train_ds, IterableDataset) and not {"sampler", "batch_sampler"} & set(kwargs):
+            # torch: "expected unspecified shuffle option, but got shuffle=True", of a shuffle the caller left as is
+            raise InputError(
+                f"from_dsets: train_ds is an IterableDataset ({type(train_ds).__name__}), which yields its items in "
+                "its own order: it cannot be shuffled. Pass shuffle=False (and shuffle inside the dataset's __iter__ "
+                "if the order should change), or give a map-style Dataset (__getitem__ and __len__)."
             )
         # The training order's own arguments: given to both loaders, the validation one would read the items a
         # training sampler names (its indices, in the validation set), and torch would get `generator` twice.
