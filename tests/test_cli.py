@@ -296,6 +296,10 @@ def files(tmp_path: Path) -> Path:
         ("train --target y", 2, r"--target is for CSV files \(--data FILE.csv\); the digits' target is the digit in"),
         ("train --drop y", 2, r"--drop is for CSV files \(--data FILE.csv\); the digits' features are the 64 pixels"),
         ("train --bogus", 2, "unrecognized arguments: --bogus"),
+        # the usage and prog of `learnloop`, which list no option of the command, were printed with it
+        ("train --learning-rate 0.1", 2, r"(?s)^usage: learnloop train .*\nlearnloop train: error: unrecognized "
+         "arguments: --learning-rate 0.1"),
+        ("predict nope flowers.csv --bogus", 2, r"^usage: learnloop predict .*\nlearnloop predict: error: unrecog"),
         ("fly", 2, "invalid choice: 'fly'"),
         ("train --out flowers.csv", 1, r"--out flowers.csv: flowers.csv is a file, and a run needs a directory there"),
         ("train --out flowers.csv/run", 1, r"--out flowers.csv/run: flowers.csv is a file, and a run needs a"),

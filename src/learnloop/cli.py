@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="FILE", help="where to write the predictions (default: stdout)")
     s = commands.add_parser("show", help="print a run's settings and epoch table", epilog=EXIT_CODES)
     s.add_argument("run", type=Path, help="a run directory")
+    for command in (t, p, s):  # main() reports an option a command does not know with the command's own usage
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -247,7 +249,9 @@ def _warning_printer(prog: str, args: argparse.Namespace) -> Callable[..., None]
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `learnloop` command; returns the exit code."""
     try:
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:  # argparse's parse_args says so with the usage of `learnloop`, which lists no option of the command
+            args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as e:  # argparse has printed the usage error (code 2), or --help / --version (0)
         return e.code if isinstance(e.code, int) else 0
     prog = f"learnloop {args.command}"
