@@ -562,6 +562,11 @@ def test_resume_after_ctrl_c_ends_as_the_uninterrupted_run(
     assert code == 2 and "leave out --epochs, --fp16" in err
     code, _, err = run(capsys, "train", "--resume", tmp_path / "nope")
     assert code == 2 and "no such run directory" in err
+    # a model or checkpoint file was "no such run directory"
+    for file in (tmp_path / "cut" / "model.pth", *(tmp_path / "cut" / "checkpoints").iterdir()):
+        code, _, err = run(capsys, "train", "--resume", file)
+        assert code == 2 and f"--resume {file}: is a file; --resume takes a run directory" in err, err
+        assert f"({tmp_path / 'cut'} for this file)" in err
 
 
 def test_resume_skips_a_corrupt_newest_checkpoint_as_fit_resume_does(

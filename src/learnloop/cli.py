@@ -140,6 +140,13 @@ def _trained(learn: Learner, out: Path) -> Learner:
 
 
 def _resume(args: argparse.Namespace) -> Learner:
+    if args.resume.is_file():  # a model or checkpoint file: "no such run directory" sent the user looking for one
+        try:
+            hint = f" ({runs.open_run(args.resume).path} for this file)"
+        except runs.RunError:
+            hint = ""
+        raise ConfigError(f"--resume {args.resume}: is a file; --resume takes a run directory, the one that holds "
+                          f"{runs.CONFIG}{hint}, and carries the run on from its last checkpoint.")
     if not args.resume.is_dir():
         raise ConfigError(f"--resume {args.resume}: no such run directory.")
     run = runs.open_run(args.resume)
