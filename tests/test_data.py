@@ -469,6 +469,7 @@ def test_a_negative_index_counts_from_the_end_as_the_positive_one_reads() -> Non
     ds = _ds(8)
     no_valid = DataLoaders(DataLoader(ds, batch_size=4), device="cpu")
     assert no_valid[-1] == [] and no_valid[-2] is no_valid.train  # dls[-1] was the None the valid slot holds
+    assert no_valid[np.int64(-1)] == [] and no_valid[np.int64(-2)] is no_valid.train  # np.int64(-1) was that None
     learn = Learner(no_valid, nn.Linear(2, 1), loss_func=nn.MSELoss())
     learn.logger = noop
     assert learn.validate(ds_idx=-1) == learn.validate(ds_idx=1) == [None]

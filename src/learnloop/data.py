@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import operator
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -272,7 +273,8 @@ class DataLoaders:
             raise ArgumentError(
                 f"DataLoaders indices are whole numbers (0 the training loader, 1 the validation one), got {i!r}."
             )
-        if isinstance(i, int) and -len(self.loaders) <= i < 0:  # dls[-1] is dls[1], the empty list without one
+        i = operator.index(i)  # a numpy integer as the int it stands for (np.int64(-1) read the None slot)
+        if -len(self.loaders) <= i < 0:  # dls[-1] is dls[1], the empty list without one
             i += len(self.loaders)
         return self.train if i == 0 else self.valid if i == 1 else self.loaders[i]  # type: ignore[return-value]
 
