@@ -166,6 +166,13 @@ def test_from_dsets_says_an_iterable_dataset_cannot_be_shuffled() -> None:
     assert [len(xb) for xb, _ in dls.train] == [4, 2] and [len(xb) for xb, _ in dls.valid] == [4, 2]
 
 
+def test_from_dsets_takes_torchs_batch_size_for_bs() -> None:
+    # fastai takes batch_size (PyTorch's name) for bs; torch got it twice: "got multiple values for ... 'batch_size'"
+    dls = DataLoaders.from_dsets(_ds(10), _ds(10), batch_size=4, shuffle=False)
+    assert [len(xb) for xb, _ in dls.train] == [4, 4, 2] and [len(xb) for xb, _ in dls.valid] == [4, 4, 2]
+    assert dls.bs == 4 and DataLoaders.from_tensors(*_ds(6).tensors, bs=8, batch_size=None).bs == 8
+
+
 def test_from_tensors() -> None:
     x, y = torch.randn(10, 3), torch.randn(10)
     dls = DataLoaders.from_tensors(x, y, x[:4], y[:4], bs=5, shuffle=False)

@@ -329,12 +329,16 @@ class DataLoaders:
         """Torch DataLoaders over two datasets; the training one shuffles and drops its last partial batch (an
         IterableDataset, which cannot be shuffled, needs shuffle=False).
 
-        Other keywords go to both torch DataLoaders (`collate_fn`, `pin_memory`...), except `sampler`,
-        `batch_sampler` and `generator`, which draw the training order: the training loader's only. A `sampler`
+        `batch_size`, torch's name, stands for `bs` (as in fastai). Other keywords go to both torch DataLoaders
+        (`collate_fn`, `pin_memory`...), except `sampler`, `batch_sampler` and `generator`, which draw the training
+        order: the training loader's only. A `sampler`
         draws it in place of `shuffle` (which then only sets the default of `drop_last`). A `batch_sampler` makes the
         training batches itself: `bs` is then the validation loader's only, and `shuffle` and `drop_last` go unused
         (torch takes none of them with it).
         """
+        if kwargs.get("batch_size") is not None:  # torch's name, which fastai takes for bs: torch got it twice
+            bs = kwargs.pop("batch_size")
+        kwargs.pop("batch_size", None)
         bs = _check_bs(bs, "bs", "")  # a Python int: torch's samplers refuse a numpy integer
         if valid_bs is not None:
             valid_bs = _check_bs(valid_bs, "valid_bs", " (or None for bs)")
