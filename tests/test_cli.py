@@ -329,6 +329,13 @@ def test_train_config_refuses_what_the_parser_would(field: str, value: int) -> N
         recipe.train(TrainConfig(**{field: value}), log=lambda _: None)
 
 
+def test_resuming_without_a_run_directory_says_so() -> None:
+    # it read Path("None"): "None/preprocessing.json is missing: the run directory is incomplete."
+    with pytest.raises(recipe.ConfigError, match=r"resume=True\) carries on the run in the directory config.out, which "
+                       "is None"):
+        recipe.train(TrainConfig(epochs=1), log=lambda _: None, resume=True)
+
+
 def test_the_recorded_command_parses_back_when_a_value_starts_with_a_dash() -> None:
     """A column named like an option ("--out") or a file named "-x.csv": config.json's command still repeats the run
     (`--target --out` was read by argparse as a --target without its value)."""

@@ -142,6 +142,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
     if not D.is_rank_zero():
         log = _silent
     _check(config)
+    if resume and not config.out:  # Path(str(None)): "None/preprocessing.json is missing: the run directory is ..."
+        raise ConfigError("train(config, resume=True) carries on the run in the directory config.out, which is None: "
+                          "give the run directory (and the settings of its config.json).")
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     random.seed(config.seed)
