@@ -336,6 +336,26 @@ def test_to_device_moves_nested_batches() -> None:
     assert moved[2:] == ("label", 3)
 
 
+def test_to_device_waits_for_copies_to_the_cpu() -> None:
+    # A batch on a GPU given to DataLoaders on the CPU: a non-blocking copy could be read before it has landed. A
+    # tensor standing in for a GPU one records how it is copied.
+    copies: list[tuple[torch.device, bool]] = []
+
+    class OnAccelerator(torch.Tensor):
+        @property
+        def is_cpu(self) -> bool:  # type: ignore[override]
+            return False
+
+        def to(self, device: Any, non_blocking: bool = False) -> torch.Tensor:  # type: ignore[override]
+            copies.append((torch.device(device), non_blocking))
+            return self.as_subclass(torch.Tensor)
+
+    gpu_like = torch.ones(2).as_subclass(OnAccelerator)
+    to_device((gpu_like, [gpu_like]), torch.device("cpu"))
+    to_device(gpu_like, torch.device("meta"))
+    assert copies == [(torch.device("cpu"), False)] * 2 + [(torch.device("meta"), True)]
+
+
 def test_to_device_and_to_detach_keep_a_namedtuple_batch() -> None:
     Batch = namedtuple("Batch", "x y")
     b = Batch(torch.ones(2, requires_grad=True) * 2, torch.zeros(2))

@@ -105,9 +105,11 @@ def to_detach(b: Any, cpu: bool = True, gather: bool = True) -> Any:
 
 
 def to_device(b: Any, device: torch.device, non_blocking: bool = True) -> Any:
-    """Move every tensor in the (nested) batch `b` to `device`."""
+    """Move every tensor in the (nested) batch `b` to `device` (`non_blocking` to an accelerator only)."""
     on_cpu = device.type == "cpu"
-    # A tensor already on the CPU is kept as it is (the common case, cheap).
+    # A copy to the CPU always waits: one made non-blocking from a GPU could be read before it has landed. A tensor
+    # already on the CPU is kept as it is (the common case, cheap).
+    non_blocking = non_blocking and not on_cpu
     return map_tensors(lambda t: t if on_cpu and t.is_cpu else t.to(device, non_blocking=non_blocking), b)
 
 
