@@ -26,6 +26,7 @@ from learnloop.optimizer import (
     momentum_step,
     ranger,
     sgd_step,
+    stepper_defaults,
     weight_decay,
     with_defaults,
 )
@@ -155,6 +156,23 @@ def test_stepper_defaults_fastai_attribute_and_typed_decorator() -> None:
     assert Optimizer([p], [partial(average_grad, dampening=True)]).hypers[0] == {"mom": 0.9}
     with pytest.raises(TypeError, match=r"\['scal'\] are not parameters of my_step"):
         with_defaults(scal=1.0)(my_step)
+
+
+def test_partial_binding_a_default_steps_with_its_value() -> None:
+    # fastai: the partial's mom is used unless a mom hyper-parameter is given (the call's keywords win).
+    p = torch.ones(2, requires_grad=True)
+    opt = Optimizer([p], [partial(average_grad, mom=0.5), momentum_step], lr=0.1)
+    assert opt.hypers[0] == {"lr": 0.1}
+    assert stepper_defaults(partial(average_grad, mom=0.5)) == {}
+    for _ in range(2):
+        p.grad = torch.ones(2)
+        opt.step()
+    assert opt.state[p]["grad_avg"].tolist() == [1.5, 1.5]  # 0.5 * 1 + 1, not 0.9 * 1 + 1
+    opt = Optimizer([p], [partial(average_grad, mom=0.5), momentum_step], lr=0.1, mom=0.9)
+    for _ in range(2):
+        p.grad = torch.ones(2)
+        opt.step()
+    assert opt.state[p]["grad_avg"].tolist() == pytest.approx([1.9, 1.9])
 
 
 @pytest.mark.parametrize(

@@ -75,14 +75,19 @@ def with_defaults(**defaults: Any) -> Callable[[F_], F_]:
 
 
 def stepper_defaults(cb: Callable[..., Any]) -> dict[str, Any]:
-    """The ``defaults`` a stepper declares, looking through ``functools.partial``."""
+    """The ``defaults`` a stepper declares, looking through ``functools.partial``: but for the names a partial binds
+    (``partial(average_grad, mom=0.5)`` steps with its ``mom``, as in fastai, unless a hyper-parameter sets it)."""
+    bound: set[str] = set()
     while True:
         found = getattr(cb, "defaults", None)
         if isinstance(found, dict):
-            return found
+            return {k: v for k, v in found.items() if k not in bound} if bound else found
         inner = getattr(cb, "func", None)
         if inner is None or not callable(inner):
             return {}
+        keywords = getattr(cb, "keywords", None)
+        if isinstance(keywords, dict):
+            bound.update(keywords)
         cb = inner
 
 
