@@ -399,3 +399,24 @@ def test_lookahead_over_optim_wrapper() -> None:
     assert torch.allclose(groups[0][0], three_groups()[0][0] - 1.0)
     opt.set_hypers(mom=0.5)
     assert opt.opt.opt.param_groups[0]["momentum"] == 0.5
+
+
+def test_wrapper_hypers_hold_only_their_own_names() -> None:
+    # fastai's hypers are torch's keys renamed and tuples split: 'momentum', 'betas' and Adafactor's 'eps' are not
+    # among them, so set_hyper refuses them (a KeyError) instead of writing a float over torch's tuple.
+    params = [torch.zeros(2, requires_grad=True)]
+    sgd = OptimWrapper(params, opt=torch.optim.SGD, lr=0.1, momentum=0.9)
+    assert "momentum" not in sgd.hypers[0] and "mom" in sgd.hypers[0]
+    with pytest.raises(KeyError, match="unknown hyper-parameter 'momentum'"):
+        sgd.set_hyper("momentum", 0.5)
+    adam = OptimWrapper(params, opt=torch.optim.Adam, lr=0.1)
+    for name in ("betas", "betas__0"):
+        assert name not in adam.hypers[0]
+        with pytest.raises(KeyError, match=f"unknown hyper-parameter '{name}'"):
+            adam.set_hyper(name, 0.5)
+    assert adam.opt.param_groups[0]["betas"] == (0.9, 0.999)
+    factor = OptimWrapper(params, opt=torch.optim.Adafactor, lr=0.1)
+    with pytest.raises(KeyError, match="unknown hyper-parameter 'eps'"):
+        factor.set_hyper("eps", 1e-3)
+    factor.set_hyper("eps__1", 1e-2)
+    assert factor.opt.param_groups[0]["eps"] == (None, 1e-2)

@@ -97,7 +97,9 @@ class TorchGroupHypers(MutableMapping[str, Any]):
         key = self._keys.get(k)
         if key is None:
             tk = self._bwd.get(k, k)
-            if tk == "params":
+            # Not a name of this view (as in fastai's hypers): 'params', a torch key shown under another name
+            # ('momentum', 'betas__0': 'mom'), or a tuple shown as its items ('betas', Adafactor's 'eps').
+            if tk == "params" or self._fwd.get(tk, tk) != k or isinstance(self.group.get(tk), (tuple, list)):
                 raise KeyError(k)
             name, sep, idx = tk.rpartition("__")
             key = self._keys[k] = (name, int(idx)) if sep and idx.isdigit() else (tk, None)
