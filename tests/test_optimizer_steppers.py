@@ -433,3 +433,23 @@ def test_adam_with_a_momentum_of_1_is_fastais_zero_division_in_every_path(hyper:
     with pytest.raises(ZeroDivisionError):
         opt.step()
     assert not p.isnan().any()
+
+
+@pytest.mark.parametrize(("name", "cast"), [("Adam", torch.float16), ("SGD-mom", torch.float64)])
+def test_state_of_another_dtype_takes_the_foreach_path_and_keeps_the_kernel(name: str, cast: torch.dtype) -> None:
+    """A model cast after some steps (`model.half()`) keeps its state in the old dtype, which the fused kernels refuse:
+    that failure marked the kernel unsupported for the new dtype for the rest of the process, so every later
+    optimizer of that dtype ran the foreach forms (other numbers for Adam in float16)."""
+    from learnloop.optimizer import fused
+
+    fused._unsupported.clear()
+    model = nn.Linear(4, 3)
+    opt = OPTIMIZERS[name](list(model.parameters()), implementation="auto")
+    for step in range(4):
+        if step == 2:
+            model.to(cast)
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+    assert fused._unsupported == set()
+    assert opt.state[model.weight]["grad_avg"].dtype == torch.float32

@@ -74,8 +74,13 @@ def _flat_alike(*lists: list[Tensor]) -> bool:
     )
 
 
-def _mark_unsupported(b: Bucket, kernel: str) -> None:
-    _unsupported.add((b.params[0].device.type, b.params[0].dtype, kernel))
+def _mark_unsupported(b: Bucket, kernel: str, *states: list[Tensor]) -> None:
+    """After the kernel failed on ``b``: mark it unsupported for the device and dtype, unless the bucket's gradients or
+    state tensors have another dtype than its parameters (state made before the model was cast, ``model.half()``
+    after some steps), which the kernel refuses whatever its support: that bucket alone takes the foreach forms."""
+    dtype = b.params[0].dtype
+    if all(t.dtype == dtype for t in itertools.chain(b.grads, *states)):
+        _unsupported.add((b.params[0].device.type, dtype, kernel))
 
 
 def _fused_adamw(b: Bucket, h: Mapping[str, Any]) -> bool:
@@ -105,7 +110,7 @@ def _fused_adamw(b: Bucket, h: Mapping[str, Any]) -> bool:
             maximize=False,
         )
     except (RuntimeError, NotImplementedError):
-        _mark_unsupported(b, "adamw")
+        _mark_unsupported(b, "adamw", exp_avgs, exp_avg_sqs)
         return False
     b.step = step
     for s in b.states:
@@ -138,7 +143,7 @@ def _fused_sgd_momentum(b: Bucket, h: Mapping[str, Any]) -> bool:
         )
     except (RuntimeError, NotImplementedError):
         # The decay is already applied: finish this step with the foreach forms of the rest of the chain.
-        _mark_unsupported(b, "sgd")
+        _mark_unsupported(b, "sgd", bufs)
         torch._foreach_mul_(bufs, mom)
         torch._foreach_add_(bufs, b.grads)
         torch._foreach_add_(b.params, bufs, alpha=-h["lr"])
