@@ -21,6 +21,7 @@ from learnloop.optimizer import (
     Lamb,
     Larc,
     Optimizer,
+    OptimWrapper,
     RMSProp,
     average_grad,
     momentum_step,
@@ -727,3 +728,29 @@ def test_a_parameter_listed_twice_after_some_steps_is_stepped_twice_too(edit: st
         return a.tolist() + b.tolist() + [opt.state[a]["step"]]
 
     assert train("foreach") == pytest.approx(train("per_param"), rel=1e-6)
+
+
+class ListLike:
+    """An iterable of parameters that is not a list, as fastcore's ``L`` (which fastai's splitters return)."""
+
+    def __init__(self, items: Any) -> None:
+        self.items = list(items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def test_groups_may_be_any_iterable_of_tensors_as_fastais_L() -> None:
+    # fastai reads L(L(p1), L(p2)) as two groups; it was one group of two non-tensors, refused as "not a tensor".
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    groups = [list(model[0].parameters()), list(model[1].parameters())]
+    for given in (ListLike(ListLike(g) for g in groups), [ListLike(g) for g in groups]):
+        assert SGD(given, lr=0.1).param_lists == groups
+        wrapper = OptimWrapper(given, opt=torch.optim.SGD, lr=0.1)
+        assert wrapper.param_lists == groups
+    wrapper = OptimWrapper([model[0].parameters(), model[1].parameters()], opt=torch.optim.SGD, lr=0.1)
+    assert wrapper.param_lists == groups
+    assert SGD(ListLike(groups[0] + groups[1]), lr=0.1).param_lists == [groups[0] + groups[1]]

@@ -11,12 +11,14 @@ from numbers import Real
 from typing import Any
 
 import numpy as np
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ArgumentError, InputError
 from ..warn import warn_caller
 
-__all__ = ["BaseOptimizer", "OptimizerState", "ParamGroupView", "as_param_list", "even_mults", "spread_hyper"]
+__all__ = [
+    "BaseOptimizer", "OptimizerState", "ParamGroupView", "as_param_list", "even_mults", "is_param_group", "spread_hyper"
+]
 
 #: Hyper-parameter names the Learner and its schedules may set on any optimizer.
 STANDARD_HYPERS = frozenset({"lr", "mom", "sqr_mom", "eps", "wd"})
@@ -36,6 +38,15 @@ class OptimizerState(dict[Tensor, dict[str, Any]]):
 def as_param_list(params: Tensor | Iterable[Any]) -> list[Any]:
     """A list of the items of ``params``; a single tensor is one parameter (not an iterable of its rows)."""
     return [params] if isinstance(params, Tensor) else list(params)
+
+
+def is_param_group(x: Any) -> bool:
+    """Whether ``x``, an item of what an optimizer was given, is a group of parameters rather than one: a list, a tuple,
+    a generator (``m.parameters()``), an ``nn.ParameterList`` or any other iterable of tensors (fastcore's ``L``, which
+    fastai's splitters return), but not a tensor, a module, a group dict or a string."""
+    if isinstance(x, nn.ParameterList):
+        return True
+    return isinstance(x, Iterable) and not isinstance(x, (Tensor, nn.Module, Mapping, str, bytes))
 
 
 def even_mults(start: float, stop: float, n: int) -> list[float]:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import ArgumentError, InputError
 from ..warn import warn_caller
-from .base import BaseOptimizer, OptimizerState, ParamGroupView, as_param_list
+from .base import BaseOptimizer, OptimizerState, ParamGroupView, as_param_list, is_param_group
 from .chain import compile_chain, missing_message, stepper_name
 from .foreach import RESERVED_NAMES, Bucket, cpu_chunks
 from .steppers import stepper_defaults
@@ -66,9 +66,8 @@ def _to_param_lists(params: Tensor | Iterable[Any]) -> tuple[list[list[Tensor]],
         groups = [as_param_list(g["params"]) for g in items]
         hypers = [{k: v for k, v in g.items() if k != "params"} for g in items]
     else:
-        # Groups are lists (an nn.ParameterList too), or generators such as m.parameters(); else one group.
-        is_group = isinstance(items[0], (list, tuple, Iterator, nn.ParameterList))
-        groups = [as_param_list(g) for g in items] if is_group else [items]  # a bare tensor among them: one parameter
+        # Groups are lists (an nn.ParameterList, fastcore's L too) or generators (m.parameters()); else one group.
+        groups = [as_param_list(g) for g in items] if is_param_group(items[0]) else [items]  # a bare tensor: one param
         hypers = [{} for _ in groups]
     _check_tensors(groups)
     return groups, hypers

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .base import BaseOptimizer, OptimizerState, as_param_list
+from .base import BaseOptimizer, OptimizerState, as_param_list, is_param_group
 
 __all__ = ["OptimWrapper", "PYTORCH_HP_MAP", "detuplify_pg", "pytorch_hp_map", "set_item_pg"]
 
@@ -163,7 +163,7 @@ class OptimWrapper(BaseOptimizer):
             if params is None:
                 raise ValueError(f"OptimWrapper needs params to build {opt!r}")
             items = as_param_list(params)
-            if convert_groups and items and isinstance(items[0], (list, tuple)):
+            if convert_groups and items and is_param_group(items[0]):
                 # A torch-style group dict among the lists keeps its own hypers, as in fastai.
                 items = [g if isinstance(g, Mapping) else {"params": as_param_list(g)} for g in items]
             self.opt = opt(items, **kwargs)
