@@ -754,3 +754,23 @@ def test_groups_may_be_any_iterable_of_tensors_as_fastais_L() -> None:
     wrapper = OptimWrapper([model[0].parameters(), model[1].parameters()], opt=torch.optim.SGD, lr=0.1)
     assert wrapper.param_lists == groups
     assert SGD(ListLike(groups[0] + groups[1]), lr=0.1).param_lists == [groups[0] + groups[1]]
+
+
+def test_a_stepper_argument_held_in_every_parameters_state_is_provided() -> None:
+    # fastai calls each stepper with {**state, **hypers}: per-parameter state set before the step (a mask, say)
+    # provides a required argument. The check made before the first step refused it as missing.
+    def masked_step(p: torch.Tensor, lr: float, mask: torch.Tensor, **kwargs: Any) -> None:
+        assert p.grad is not None
+        p.data.add_(p.grad * mask, alpha=-lr)
+
+    w, b = torch.ones(2, requires_grad=True), torch.ones(1, requires_grad=True)
+    opt = Optimizer([w, b], [weight_decay, masked_step], lr=0.5, wd=0.2)
+    opt.state[w]["mask"], opt.state[b]["mask"] = torch.tensor([1.0, 0.0]), torch.tensor([1.0])
+    w.grad, b.grad = torch.ones(2), torch.ones(1)
+    opt.step()
+    assert w.tolist() == pytest.approx([0.4, 0.9]) and b.tolist() == pytest.approx([0.4])
+    del opt.state[b]["mask"]  # missing for one parameter: the TypeError naming the stepper, before anything steps
+    opt = Optimizer([w, b], [weight_decay, masked_step], lr=0.5, wd=0.2)
+    with pytest.raises(TypeError, match=r"stepper .*masked_step needs \['mask'\]"):
+        opt.step()
+    assert w.tolist() == pytest.approx([0.4, 0.9])

@@ -187,7 +187,14 @@ class Optimizer(BaseOptimizer):
 
     def _chain_error(self) -> TypeError | None:
         """fastai's TypeError, naming the stepper and the name, when a stepper needs a name nothing provides."""
-        hit = self._compiled.missing(set.intersection(*(set(h) for h in self.hypers)) | set(self.keep_on_clear))
+        names = set.intersection(*(set(h) for h in self.hypers)) | set(self.keep_on_clear)
+        hit = self._compiled.missing(names)
+        if hit is not None:
+            # A stepper reads the state too ({**state, **hypers}): a name in the state of every parameter to step
+            # (opt.state[p]['mask'] = ..., set before the step) is provided, as in fastai.
+            held = [set(dict.get(self.state, p, ())) for plist in self.param_lists for p in plist if p.grad is not None]
+            if held:
+                hit = self._compiled.missing(names | set.intersection(*held))
         return None if hit is None else TypeError(missing_message(hit[0], hit[1], self.hypers[0]))
 
     def known_hypers(self) -> set[str]:
