@@ -636,3 +636,17 @@ def test_schedule_values_that_are_not_numbers_are_type_errors_with_a_sentence(ma
     # fastai's fail with a TypeError when called (numpy's "could not convert string to float" here before).
     with pytest.raises(ArgumentError, match=match):
         make()
+
+
+def test_one_cycle_schedules_a_mom_a_partial_binds() -> None:
+    # fastai's fit_one_cycle sets mom on every optimizer: with partial(average_grad, mom=0.5) the schedule's value
+    # replaces the partial's (the call's keywords win). The optimizer holds no mom hyper-parameter (as in fastai).
+    from learnloop.optimizer import average_grad, momentum_step
+
+    cbs = [functools.partial(average_grad, mom=0.5), momentum_step]
+    learn = synth_learner(opt_func=lambda params, lr: Optimizer(params, cbs, lr=lr))
+    learn.create_opt()
+    assert learn.opt is not None and "mom" not in learn.opt.hypers[0]
+    learn.fit_one_cycle(1, lr_max=0.1)
+    assert list(learn.recorder.hps) == ["lr", "mom"]
+    assert learn.recorder.hps["mom"][0] == approx(0.95, abs=0.01)

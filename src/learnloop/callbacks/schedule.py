@@ -134,6 +134,15 @@ def _hyper_names(opt: Any) -> set[str]:
     return {name for hypers in opt.hypers for name in hypers}
 
 
+def _reads_mom(opt: Any) -> bool:
+    """Whether `opt` holds a `mom` hyper-parameter, or a stepper of its takes `mom` as an argument (one a partial binds,
+    `partial(average_grad, mom=0.5)`): fastai's fit_one_cycle schedules it, and its value replaces the partial's."""
+    if "mom" in _hyper_names(opt):
+        return True
+    arguments = getattr(opt, "stepper_arguments", None)
+    return callable(arguments) and "mom" in arguments()
+
+
 def _names_read(opt: Any) -> set[str] | None:
     """The hyper-parameters `opt`'s step reads, when that is known: it is learnloop's own Optimizer (or a Lookahead
     over one) and every stepper is a built-in one, which reads only the arguments it names. A stepper of your own
@@ -206,8 +215,8 @@ def fit_one_cycle(
 
     ``lr_max`` (default: ``learn.lr``) may be a slice or a list for discriminative learning rates. ``moms``
     (default: ``learn.moms``) is (start, middle, end). An optimizer without a momentum hyper-parameter (torch's
-    Adagrad, say) gets only the lr schedule unless ``moms`` is given. ``wd``, ``cbs``, ``reset_opt`` and
-    ``start_epoch`` are passed on to ``Learner.fit``.
+    Adagrad, say), and none of whose steppers takes ``mom``, gets only the lr schedule unless ``moms`` is given.
+    ``wd``, ``cbs``, ``reset_opt`` and ``start_epoch`` are passed on to ``Learner.fit``.
     ``resume`` continues from a checkpoint (``Learner.fit``), with the same arguments as the saved run.
     """
     n_epoch = to_epochs(n_epoch, owner="fit_one_cycle")  # each argument checked before the optimizer is changed
@@ -217,7 +226,7 @@ def fit_one_cycle(
     three_moms = _three_moms(*((self.moms, "learn.moms") if moms is None else (moms, "moms")))
     lrs = _group_lrs(self, lr_max, "lr_max")
     scheds: dict[str, Schedule] = {"lr": combined_cos(pct_start, lrs / div, lrs, lrs / div_final)}
-    if moms is not None or "mom" in _hyper_names(self.opt):
+    if moms is not None or _reads_mom(self.opt):
         scheds["mom"] = combined_cos(pct_start, *three_moms)
     self.fit(
         n_epoch,
