@@ -149,6 +149,19 @@ def test_after_batch_fired_by_hand_after_a_fit_cancelled_in_training_records_not
     assert len(learn.recorder.losses) == 1 and len(learn.recorder.lrs) == 1
 
 
+def test_a_loss_a_callback_made_a_number_is_named_as_such_not_as_an_event_fired_by_hand() -> None:
+    # A callback that sets learn.loss to a float fails at the Recorder's after_batch, as fastai's (an AttributeError);
+    # the message blamed an after_batch fired outside a batch, which is not what happened.
+    class FloatLoss(Callback):
+        def after_loss(self) -> None:
+            self.learn.loss = float(self.learn.loss)
+
+    learn = synth_learner(cbs=FloatLoss())
+    with pytest.raises(AttributeError, match="a float, not a tensor") as info:
+        learn.fit(1)
+    assert "outside a training batch" not in str(info.value)
+
+
 def test_before_epoch_fired_by_hand_on_a_learner_that_never_fit_starts_its_row_at_epoch_0() -> None:
     # fastai's Recorder reads getattr(self, 'epoch', 0): the callbacks after it get the event too. learnloop's read
     # learn.epoch, which does not exist before a fit: an AttributeError that the callbacks after it never saw.

@@ -68,10 +68,12 @@ class AvgSmoothLoss(Metric):
     def accumulate(self, learn: MetricLearner) -> None:
         loss = learn.loss
         if not isinstance(loss, Tensor):  # fastai's fails at `learn.loss.mean()`: keep no loss that is not one
-            raise AttributeError(
-                f"The smoothed loss needs the batch's loss, but learn.loss is {loss!r}: after_batch fired outside a "
-                "training batch (after a fit ended, which sets it to None)?"
-            )
+            if loss is None:
+                why = "after_batch fired outside a training batch (after a fit ended, which sets it to None)?"
+            else:  # a callback replaced it with a number: the record needs the tensor the loop computed
+                why = (f"a {type(loss).__name__}, not a tensor: a callback that replaces learn.loss must give a "
+                       "tensor (torch.tensor(x)).")
+            raise AttributeError(f"The smoothed loss needs the batch's loss, but learn.loss is {loss!r}: {why}")
         self.pending.append(loss)
         self.count += 1
         if self.count >= self.fold_at:  # not len(pending): past 256, len() makes a new int object every batch
