@@ -373,3 +373,43 @@ def test_two_averages_validated_are_refused() -> None:
     track, slow = Track(), EMACallback(decay=0.9, validate_ema=False)
     learn.fit(1, cbs=[EMACallback(decay=0.5), slow, track])  # one validated: the training weights come back
     assert same(track.at_after_validate[-1], weights(learn.model)) and slow.n_updates == 4
+
+
+@pytest.mark.parametrize("run", ["validate", "get_preds"])
+def test_weights_loaded_before_the_first_step_are_averaged(run: str) -> None:
+    # A validate() (or get_preds()) before any training took the weights as the average; weights loaded after it
+    # (learn.load of a trained model) were then neither validated (the stale copy was swapped in) nor averaged from.
+    trained = make_learner()
+    trained.fit(2)
+    good = weights(trained.model)
+    learn = make_learner()
+    ema = EMACallback(decay=0.5)
+    learn.add_cb(ema)
+    getattr(learn, run)()
+    learn.model.load_state_dict(trained.model.state_dict())
+    assert learn.validate() == trained.validate()
+    assert same(ema.averaged, good) and ema.n_updates == 0
+    learn.fit(1, lr=0.0)  # steps that change nothing: the average stays the loaded weights
+    assert ema.n_updates == 4 and same(ema.averaged, good)
+    # Once a step has updated it, the average carries over: a load does not restart it.
+    learn.model.load_state_dict(make_learner().model.state_dict())
+    learn.validate()
+    assert same(ema.averaged, good)
+
+
+def test_a_validate_inside_the_fit_keeps_the_average_of_its_start() -> None:
+    # Inside a fit an average no step has updated yet is the fit's own: a validate() a callback runs there does not take
+    # the weights again (BatchNorm statistics move without a step), so a run resumed from a checkpoint matches.
+    class ValidateMidFit(Callback):
+        def after_batch(self) -> None:
+            if self.learn.training and self.learn.iter == 1:
+                self.learn.validate()
+
+    model = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.Linear(3, 1))
+    learn = make_learner(model)
+    ema = EMACallback(decay=0.5)
+    start = [t.detach().clone() for t in [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]]
+    learn.fit(1, cbs=[ema, GradientAccumulation(n_steps=100), ValidateMidFit()])
+    assert ema.n_updates == 0
+    assert same(ema.averaged, start)
+    assert not torch.equal(model[1].running_mean, start[-2])  # the statistics moved, the average did not follow

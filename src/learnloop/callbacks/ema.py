@@ -34,8 +34,10 @@ class EMACallback(Callback):
 
     With ``ema_buffers`` floating-point buffers (BatchNorm running statistics) are averaged too and
     swapped with the weights; integer buffers (BatchNorm's batch counter) are left alone. The average
-    starts from the weights at the first ``before_fit`` and carries over between fits, following the model to
-    another device or dtype (``reset()`` starts again); given another model (the callback added to a new learner,
+    starts from the weights at a ``before_fit`` and, once a step has updated it, carries over between fits, following
+    the model to another device or dtype (``reset()`` starts again); until then each ``before_fit`` outside a fit (a
+    ``validate()``'s or ``get_preds()``'s too) takes the weights again, so weights loaded after a ``validate()`` are
+    the ones validated and averaged from; given another model (the callback added to a new learner,
     or ``learn.model`` replaced), it starts again from that model's weights. It travels in ``state_dict()``.
 
     >>> learn.fit(5, cbs=EMACallback(decay=0.999))
@@ -66,6 +68,7 @@ class EMACallback(Callback):
         self._backup: list[Tensor] | None = None  # training weights while the average is swapped in
         self._model_tensors: list[Tensor] = []  # the model tensors averaged, gathered once per fit
         self._step_cancelled = False
+        self._unstepped = False  # the average is a copy of the weights taken at a before_fit, never updated since
 
     # ------------------------------------------------------------------ tensors
     def _params(self) -> list[Tensor]:
@@ -99,9 +102,12 @@ class EMACallback(Callback):
                     for s, t in zip(saved, tracked, strict=True)
                 ]
             self.n_updates = int(self._pending.get("n_updates", 0))
-            self._pending = None
+            self._pending, self._unstepped = None, False
             return
-        if self._ema is not None:
+        # An average no step has updated is only the weights of an earlier validate() or get_preds(): taken again, so
+        # that weights loaded since (learn.load) are the ones validated and averaged from. Not in a validate() inside a
+        # fit, whose average is the fit's (and its buffers' statistics, which move without a step, stay as they were).
+        if self._ema is not None and not (self._unstepped and not self.learn._nested_run):
             try:
                 _check_shapes(self._ema, tracked, "the average")
             except ValueError as e:
@@ -115,7 +121,7 @@ class EMACallback(Callback):
                     return
         with torch.no_grad():
             self._ema = [t.detach().clone() for t in tracked]
-        self.n_updates = 0
+        self.n_updates, self._unstepped = 0, True
 
     # ------------------------------------------------------------------- events
     def before_fit(self) -> None:
@@ -142,6 +148,7 @@ class EMACallback(Callback):
             with torch.no_grad():
                 torch._foreach_lerp_(self._ema, self._model_tensors, 1.0 - self.decay)
         self.n_updates += 1
+        self._unstepped = False
 
     def before_validate(self) -> None:
         if self.validate_ema:
