@@ -472,6 +472,23 @@ def test_integer_inputs_cannot_be_blended() -> None:
         learn.fit(1, cbs=MixUp())
 
 
+@pytest.mark.parametrize("cls", [MixUp, CutMix])
+@pytest.mark.parametrize("target", ["dict", "strings"])
+def test_targets_that_are_not_tensors_are_named(cls: type[MixHandler], target: str) -> None:
+    # Indexing them with the shuffle failed with a message about something else: a KeyError showing the shuffle for a
+    # dict, "only integer tensors of a single element can be converted to an index" for a list.
+    x = torch.randn(4, 1, 2, 2)
+    y: Any = {"label": torch.tensor([0, 1, 2, 0])} if target == "dict" else ["a", "b", "c", "a"]
+    batches = [(x, y)]
+    learn = Learner(DataLoaders(batches, batches, device="cpu"), nn.Sequential(nn.Flatten(), nn.Linear(4, 3)),
+                    loss_func=lambda pred, y: pred.mean())
+    learn.logger = noop
+    kind = "dict" if target == "dict" else "list"
+    with pytest.raises(TypeError, match=rf"{cls.__name__} pairs each item .* so each target must be a tensor whose "
+                                        rf"first dimension is the batch; target 0 is a {kind}\."):
+        learn.fit(1, cbs=cls())
+
+
 def test_cutmix_pastes_into_uint8_images_and_leaves_other_inputs_alone() -> None:
     # CutMix copies pixels, it does not blend them: fastai's works on uint8 images, and so must learnloop's.
     g = torch.Generator().manual_seed(0)

@@ -258,10 +258,16 @@ def _targets_are_float(learn: Learner) -> bool | None:
 
 
 def _check_batch(learn: Learner, name: str, blends_inputs: bool = True) -> Any:
-    """The batch's first input, once the batch is known to have targets and, when `name` blends the inputs, to have
-    only float tensors as inputs."""
+    """The batch's first input, once the batch is known to have targets, all tensors, and, when `name` blends the
+    inputs, to have only float tensors as inputs."""
     if not learn.yb:
         raise ValueError(f"{name} needs targets to mix, but the batch has none (learn.yb is empty).")
+    for i, y in enumerate(learn.yb):
+        if not isinstance(y, torch.Tensor):  # indexing it by the shuffle failed with torch's or a dict's message
+            raise TypeError(
+                f"{name} pairs each item with another by indexing the targets with a shuffle of the batch, so each "
+                f"target must be a tensor whose first dimension is the batch; target {i} is a {type(y).__name__}."
+            )
     x = learn.xb[0]
     for i, xi in enumerate(learn.xb if blends_inputs else ()):
         if not (isinstance(xi, torch.Tensor) and xi.is_floating_point()):
