@@ -725,3 +725,19 @@ def test_a_min_delta_that_is_not_a_number_is_refused_when_made(cls: type[Tracker
 def test_a_patience_that_is_not_a_number_is_refused_when_made(cls: type[TrackerCallback]) -> None:
     with pytest.raises(ArgumentError, match=rf"{cls.__name__}: patience must be a number .*got '2'"):
         cls(patience="2")  # type: ignore[call-arg]
+
+
+def test_a_get_preds_refused_at_before_fit_leaves_the_trackers_running(tmp_path: Path, capsys: Any) -> None:
+    # A tracker sits out get_preds (`run` False from its before_fit, back to True at after_fit). When its before_fit
+    # refused the monitor, no after_fit followed, and the SaveModelCallback sat out every later fit, silently: once the
+    # metric was added, the fit saved nothing and loaded no best model.
+    learn = synth_classif_learner(path=tmp_path)
+    save = SaveModelCallback(monitor="accuracy")
+    learn.add_cb(save)
+    with pytest.raises(ValueError, match="monitors 'accuracy', which is not recorded"):
+        learn.get_preds()
+    assert save.run
+    learn.metrics = [accuracy]
+    learn.fit(1)
+    assert "Better model found at epoch 0 with accuracy value" in capsys.readouterr().out
+    assert (tmp_path / "models" / "model.pth").exists()

@@ -302,8 +302,16 @@ class Loop(CallbackHost):
 
     def __enter__(self) -> Self:
         """`with learn:` fires before_fit and before_epoch, and after_epoch and after_fit at the end of the block
-        (however it ends): what `validate()` does around its validation phase."""
-        self([Event.before_fit, Event.before_epoch])
+        (however it ends): what `validate()` does around its validation phase. When a `before_fit` or `before_epoch`
+        raises, no after_fit follows, but every callback's `run` is set back to True as after_fit would."""
+        try:
+            self([Event.before_fit, Event.before_epoch])
+        except BaseException:
+            # No __exit__ follows, so no after_fit sets `run` back: a callback that sits out get_preds() (a tracker, a
+            # logger: `run` False at its before_fit) would sit out every later fit too, silently.
+            for cb in self.cbs:
+                cb.run = True
+            raise
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
