@@ -318,8 +318,8 @@ class Learner(Inference):
 
     def save(self, file: str | Path | IO[bytes], with_opt: bool = True, pickle_protocol: int = 2) -> Any:
         """Save the model (and the optimizer's state, with `with_opt`) to `path/model_dir/file.pth`, atomically, with
-        `torch.save`'s
-        `pickle_protocol` (accepted for fastai's code: only 2, what `load` reads cleanly); returns the path.
+        `torch.save`'s `pickle_protocol` (accepted for fastai's code: only 2, what `load` reads cleanly); returns the
+        path.
         An open buffer (`io.BytesIO`) is written into and returned instead, as in fastai.
 
         In a distributed job, call it on every rank: rank 0 writes, and every rank waits until the
