@@ -77,9 +77,9 @@ def RMSProp(
     """RMSProp: ``[wd, average_grad if mom, average_sqr_grad, rms_prop_step]``.
 
     ``sqr_mom`` is the squared gradients' moving-average coefficient (before ``mom``, the gradients' one, unlike
-    fastai's order: pass them by keyword), ``eps`` is added to the denominator;
-    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
-    ``implementation`` picks the kernels (``Optimizer``).
+    fastai's order: pass them by keyword), ``eps`` is added to the denominator; ``wd`` is the weight decay:
+    decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``); ``implementation`` picks the
+    kernels (``Optimizer``).
     """
     cbs = _wd(decouple_wd)
     cbs += [average_sqr_grad] if mom == 0 else [average_grad, average_sqr_grad]
@@ -102,9 +102,8 @@ def Adam(
     adam_step]``.
 
     ``mom`` (beta1) and ``sqr_mom`` (beta2) are the moving averages' coefficients, ``eps`` is added to the
-    denominator;
-    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
-    ``implementation`` picks the kernels (``Optimizer``).
+    denominator; ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2
+    (``grad += wd*p``); ``implementation`` picks the kernels (``Optimizer``).
     """
     cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, adam_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, implementation=implementation)
@@ -125,9 +124,8 @@ def RAdam(
     """Rectified Adam; ``beta`` > 0 smooths the denominator with ``softplus(denom, beta)``.
 
     ``mom`` (beta1) and ``sqr_mom`` (beta2) are the moving averages' coefficients, ``eps`` is added to the
-    denominator;
-    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
-    ``implementation`` picks the kernels (``Optimizer``).
+    denominator; ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2
+    (``grad += wd*p``); ``implementation`` picks the kernels (``Optimizer``).
     """
     cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, radam_step]
     return Optimizer(
@@ -151,8 +149,8 @@ def QHAdam(
     """Quasi-hyperbolic Adam (Ma & Yarats, 2019).
 
     ``mom`` (beta1) and ``sqr_mom`` (beta2) are the moving averages' coefficients, ``nu_1`` and ``nu_2`` how much of
-    each average (against the current gradient) the step uses, ``eps`` is added to the denominator;
-    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
+    each average (against the current gradient) the step uses, ``eps`` is added to the denominator; ``wd`` is the
+    weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
     ``implementation`` picks the kernels (``Optimizer``).
     """
     cbs = _wd(decouple_wd) + [
@@ -220,9 +218,8 @@ def Lamb(
     """LAMB: Adam's update scaled per tensor by ``min(rms(p) / rms(update), 10)``.
 
     ``mom`` (beta1) and ``sqr_mom`` (beta2) are the moving averages' coefficients, ``eps`` is added to the
-    denominator;
-    ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2 (``grad += wd*p``);
-    ``implementation`` picks the kernels (``Optimizer``).
+    denominator; ``wd`` is the weight decay: decoupled (``p *= 1 - lr*wd``) when ``decouple_wd``, else L2
+    (``grad += wd*p``); ``implementation`` picks the kernels (``Optimizer``).
     """
     cbs = _wd(decouple_wd) + [partial(average_grad, dampening=True), average_sqr_grad, step_stat, lamb_step]
     return Optimizer(params, cbs, lr=lr, mom=mom, sqr_mom=sqr_mom, eps=eps, wd=wd, implementation=implementation)
