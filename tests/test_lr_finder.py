@@ -412,6 +412,35 @@ def test_exception_inside_lr_find_still_restores() -> None:
     assert not any(isinstance(cb, LRFinder) for cb in learn.cbs)
 
 
+def test_a_callback_sitting_out_a_sweep_that_raises_runs_in_the_next_fit() -> None:
+    # A callback that sits out lr_find (run False at its before_fit) gets `run` back from after_fit, which a sweep that
+    # raises never reaches: lr_find sets it back itself, or the callback would sit out every later fit.
+    learn = trained_learner()
+
+    class SitsOutSideRuns(Callback):
+        def __init__(self) -> None:
+            self.batches = 0
+
+        def before_fit(self) -> None:
+            self.run = not hasattr(self.learn, "lr_finder")
+
+        def after_batch(self) -> None:
+            self.batches += 1
+
+    class Boom(Callback):
+        def after_batch(self) -> None:
+            if hasattr(self.learn, "lr_finder") and self.learn.train_iter == 3:
+                raise RuntimeError("boom")
+
+    sits_out = SitsOutSideRuns()
+    learn.add_cbs([sits_out, Boom()])
+    with pytest.raises(RuntimeError, match="boom"):
+        lr_find(learn, num_it=30, show_plot=False)
+    assert sits_out.run and sits_out.batches == 0
+    learn.fit(1)
+    assert sits_out.batches > 0
+
+
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
 def test_a_standalone_finder_restores_at_ctrl_c_not_after_another_exception(error: type[BaseException]) -> None:
     # The finder restores in after_fit, which Ctrl-C gets and another exception skips (SPEC, as fastai's loop):

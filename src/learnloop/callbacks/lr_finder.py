@@ -283,6 +283,8 @@ def lr_find(
     (``recorder.hps`` stays the previous fit's, unless a ``ParamScheduler`` among the learner's callbacks ran in the
     sweep: its ``after_fit`` sets them, as in fastai, while its own ``hps`` are put back). The random number
     generators are not restored either: a later fit sees different shuffles and dropout masks than without lr_find.
+    When the sweep raises, every callback's ``run`` is set back to True as its ``after_fit`` would have (a callback
+    sitting out the sweep runs in the next fit; fastai's stays off).
 
     The fit runs ``num_it // batches_per_epoch + 1`` epochs, as fastai's: with a ``num_it`` below 6 (which the
     finder counts as 6), it ends before the 6th batch when those epochs hold fewer than 6 batches (``num_it=2``
@@ -318,6 +320,12 @@ def lr_find(
     try:
         with self.no_logging():
             self.fit(n_epoch, cbs=finder)
+    except BaseException:
+        # A sweep that raises skips after_fit, which sets every callback's `run` back: one that sits out lr_find's
+        # fit (ShowGraphCallback, a logger: `run` False at its before_fit) would sit out every later fit too.
+        for cb in self.cbs:
+            cb.run = True
+        raise
     finally:
         snapshot.restore()
     return _suggest(self, funcs, num_it, sweep, show_plot, finder.diverged)
