@@ -111,7 +111,11 @@ def to_plain(obj: Any) -> Any:
 
 
 def atomic_write(
-    path: str | Path, write: Callable[[IO[bytes]], object], check: Callable[[Path], object] | None = None
+    path: str | Path,
+    write: Callable[[IO[bytes]], object],
+    check: Callable[[Path], object] | None = None,
+    *,
+    sync: bool = True,
 ) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``.
 
@@ -119,6 +123,8 @@ def atomic_write(
     that was at ``path`` (if any) is untouched. Missing folders are created; the file gets the permissions and the
     place (a symlink's target) that ``open(path, 'wb')`` would give it. ``check(tmp)``, when given, is called
     on the complete temporary file before the rename: an exception it raises leaves ``path`` untouched too.
+    ``sync=False`` skips the two fsyncs (the file's and its folder's): a write that fails still leaves ``path`` as it
+    was, but a power cut may lose the file; for files written at every batch, where a fsync costs more than the write.
     """
     path = Path(path)
     # What open(path, 'wb') (torch.save, fastai) would write to: a symlink's target, not the link.
@@ -136,8 +142,9 @@ def atomic_write(
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
         if check is not None:
             check(Path(tmp))
         os.replace(tmp, target)
@@ -146,6 +153,8 @@ def atomic_write(
         if isinstance(e, Exception):  # a full disk, or state pickle cannot write (a lambda): nothing saved is lost
             e.add_note(f"learnloop: saving {path} failed; the file that was there (if any) is unchanged.")
         raise
+    if not sync:
+        return path
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a power cut

@@ -106,8 +106,8 @@ class Inference(Loop):
         - `save_preds` / `save_targs`: a directory (made if missing) to write each batch's raw prediction (before
           `act`) / first target to, on the CPU, with `torch.save(..., pickle_protocol=pickle_protocol)`, in a file
           named after the batch's index (`0`, `1`, ...), written atomically (a write that fails leaves the file of
-          an earlier run as it was). They are still returned unless `with_preds=False` /
-          `with_targs=False` says not to keep them.
+          an earlier run as it was; without `learn.save`'s fsync, as fastai's torch.save). They are still returned
+          unless `with_preds=False` / `with_targs=False` says not to keep them.
         - `reorder` changes nothing in learnloop, and is accepted for fastai's code. Fastai puts the predictions
           back in dataset order when the loader knows the order it drew (its own DataLoader); learnloop reads
           `dls[ds_idx]` in dataset order in the first place, and reads a `dl` given as it comes, as fastai does
