@@ -24,6 +24,7 @@ import torch
 
 from conftest import synth_learner
 from learnloop import Callback, Learner, NonFiniteLossWarning, recipe, runs
+from learnloop.checkpoint import CheckpointError
 from learnloop.cli import _warning_printer, build_parser, main
 from learnloop.datasets import digits
 from learnloop.recipe import TrainConfig
@@ -602,6 +603,8 @@ def test_resume_skips_a_corrupt_newest_checkpoint_as_fit_resume_does(
     code, _, err = run(capsys, "train", "--resume", tmp_path / "cut")
     assert code == 1 and "can be read" in err and "Start the run again with the command in" in err, err
     assert "resume=," not in err
+    with pytest.raises(CheckpointError, match="Start the run again"):  # what runs.readable_checkpoint says it raises
+        runs.readable_checkpoint(tmp_path / "cut")
 
 
 def test_parser_defaults_are_train_config_defaults() -> None:

@@ -88,7 +88,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def readable_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint `learnloop train --resume` carries the run on from: its newest that can be read, as
     ``fit(resume=...)`` takes it (newer ones that are corrupt or truncated are skipped with a warning naming them);
-    None when it has none, a RunError when none can be read."""
+    None when it has none, a CheckpointError (learnloop.checkpoint's, not a RunError) when none can be read."""
     folder = run_dir / CHECKPOINTS
     start_over = f"Start the run again with the command in {run_dir / CONFIG}."
     return checkpointing._latest_readable(folder, "checkpoint", folder, start_over)
