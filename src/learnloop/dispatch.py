@@ -343,6 +343,13 @@ class CallbackHost:
                 self._run_hooks(_AFTER_FIT, [(listed, hook)])
             cb.run = True
 
+    def _run_back_on(self) -> None:
+        """Every callback's `run` set back to True, as after_fit does, for a side run that raised and so skipped it
+        (get_preds' before_fit, an lr_find sweep): a callback sitting that run out (a tracker, a logger: `run` False
+        at its before_fit) would otherwise sit out every later fit too, silently."""
+        for cb in self.cbs:
+            cb.run = True
+
     def show_training_loop(self) -> None:
         """Print the training loop as fastai 2.8 does, line for line: its phases, and at each of its events the
         callbacks that run there, in order (`show_cbs` lists every event, those fastai leaves out included)."""

@@ -307,10 +307,7 @@ class Loop(CallbackHost):
         try:
             self([Event.before_fit, Event.before_epoch])
         except BaseException:
-            # No __exit__ follows, so no after_fit sets `run` back: a callback that sits out get_preds() (a tracker, a
-            # logger: `run` False at its before_fit) would sit out every later fit too, silently.
-            for cb in self.cbs:
-                cb.run = True
+            self._run_back_on()  # no __exit__ follows, so no after_fit sets `run` back
             raise
         return self
 

@@ -321,10 +321,7 @@ def lr_find(
         with self.no_logging():
             self.fit(n_epoch, cbs=finder)
     except BaseException:
-        # A sweep that raises skips after_fit, which sets every callback's `run` back: one that sits out lr_find's
-        # fit (ShowGraphCallback, a logger: `run` False at its before_fit) would sit out every later fit too.
-        for cb in self.cbs:
-            cb.run = True
+        self._run_back_on()  # a sweep that raises skips after_fit, which sets every callback's `run` back
         raise
     finally:
         snapshot.restore()
